@@ -1,0 +1,385 @@
+//! Incoming events: reading a JSON object, a JSON array or NDJSON, and checking each event.
+//!
+//! An [`Event`] is a Segment-spec message that passed the checks every later stage relies on:
+//! it is a JSON object and its `type` is one of Segment's call types. The product's documentation
+//! writes `"action": "identify"` where Segment writes `"type"`; [`Event::from_value`] accepts both.
+//! Everything else about the event is left as it came: mappings decide what they read.
+
+use serde::de::{Deserializer as _, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+use std::fmt;
+use std::io::{BufRead, BufReader, Read};
+
+/// The Segment call types zdmap accepts.
+pub const EVENT_TYPES: [&str; 6] = ["identify", "track", "group", "page", "screen", "alias"];
+
+/// A checked Segment-spec event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    value: Value,
+}
+
+/// Why one event was refused. Other events in the same input still run.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum EventError {
+    #[error("not JSON: {message} (line {line}, column {column})")]
+    NotJson {
+        message: String,
+        line: usize,
+        column: usize,
+    },
+    #[error("an event must be a JSON object, found {found}")]
+    NotObject { found: &'static str },
+    #[error("the event has no `type` (or `action`) field")]
+    MissingType,
+    #[error("the event's `type` must be a string, found {found}")]
+    TypeNotString { found: &'static str },
+    #[error("unknown event type {found:?}: expected one of identify, track, group, page, screen, alias")]
+    UnknownType { found: String },
+}
+
+/// The JSON kind of a value, for error messages.
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl Event {
+    /// Checks a parsed JSON value and turns it into an event (`action` is taken as `type`).
+    pub fn from_value(value: Value) -> Result<Event, EventError> {
+        let Value::Object(mut map) = value else {
+            return Err(EventError::NotObject {
+                found: json_kind(&value),
+            });
+        };
+        if !map.contains_key("type") {
+            if let Some(action) = map.remove("action") {
+                map.insert("type".to_owned(), action);
+            }
+        }
+        check_type(&map)?;
+        Ok(Event {
+            value: Value::Object(map),
+        })
+    }
+
+    /// Parses and checks one event from JSON bytes.
+    pub fn from_slice(bytes: &[u8]) -> Result<Event, EventError> {
+        let value: Value = serde_json::from_slice(bytes).map_err(not_json)?;
+        Event::from_value(value)
+    }
+
+    /// The event's call type (`identify`, `track`, ...).
+    pub fn kind(&self) -> &str {
+        self.value
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+
+    /// The whole event as JSON.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    pub fn into_value(self) -> Value {
+        self.value
+    }
+
+    /// A top-level string field, if present and a string.
+    pub fn str_field(&self, key: &str) -> Option<&str> {
+        self.value.get(key).and_then(Value::as_str)
+    }
+
+    /// The key that orders delivery: events with the same key are delivered in order.
+    ///
+    /// `group` calls are keyed by `groupId`; every other call by `userId`, else `anonymousId`.
+    pub fn partition_key(&self) -> Option<String> {
+        let non_empty = |k: &str| match self.value.get(k) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        if self.kind() == "group" {
+            if let Some(g) = non_empty("groupId") {
+                return Some(format!("group:{g}"));
+            }
+        }
+        non_empty("userId")
+            .map(|u| format!("user:{u}"))
+            .or_else(|| non_empty("anonymousId").map(|a| format!("anon:{a}")))
+    }
+}
+
+fn check_type(map: &Map<String, Value>) -> Result<(), EventError> {
+    match map.get("type") {
+        None => Err(EventError::MissingType),
+        Some(Value::String(t)) if EVENT_TYPES.contains(&t.as_str()) => Ok(()),
+        Some(Value::String(t)) => Err(EventError::UnknownType { found: t.clone() }),
+        Some(other) => Err(EventError::TypeNotString {
+            found: json_kind(other),
+        }),
+    }
+}
+
+fn not_json(e: serde_json::Error) -> EventError {
+    EventError::NotJson {
+        message: strip_position(&e.to_string()),
+        line: e.line(),
+        column: e.column(),
+    }
+}
+
+/// serde_json appends " at line L column C"; the error carries those as fields.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+/// One item read from an input: its position and the event or the reason it was refused.
+#[derive(Clone, Debug)]
+pub struct Incoming {
+    /// 0-based index of the event in the input.
+    pub index: usize,
+    /// 1-based line where the event starts, when the input is line-oriented.
+    pub line: Option<usize>,
+    pub event: Result<Event, EventError>,
+}
+
+/// Reads events from `input`, calling `sink` for each in order, without holding more than one in memory.
+///
+/// The input may be a single JSON object (pretty-printed or not), a JSON array of objects, or
+/// NDJSON (one object per line; blank lines are ignored). In NDJSON a line that is not JSON is
+/// one failed event and reading goes on; in an array a syntax error ends the input, after an
+/// error item that says where. `sink` returns `false` to stop early.
+pub fn read_events<R: Read>(input: R, mut sink: impl FnMut(Incoming) -> bool) -> std::io::Result<()> {
+    let mut reader = BufReader::with_capacity(64 * 1024, input);
+    let first = loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+            Some(i) => {
+                let b = buf[i];
+                reader.consume(i);
+                break b;
+            }
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
+    };
+    if first == b'[' {
+        read_array(reader, &mut sink)
+    } else {
+        read_lines(reader, &mut sink)
+    }
+}
+
+fn read_lines<R: BufRead>(mut reader: R, sink: &mut impl FnMut(Incoming) -> bool) -> std::io::Result<()> {
+    let mut index = 0;
+    let mut line_no = 0;
+    let mut pending = String::new();
+    let mut pending_start = 0;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line)?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        if pending.is_empty() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            pending_start = line_no;
+        }
+        pending.push_str(&line);
+        match serde_json::from_str::<Value>(&pending) {
+            Ok(v) => {
+                let item = Incoming {
+                    index,
+                    line: Some(pending_start),
+                    event: Event::from_value(v),
+                };
+                index += 1;
+                pending.clear();
+                if !sink(item) {
+                    return Ok(());
+                }
+            }
+            // A pretty-printed object spans lines: keep reading until it is complete.
+            Err(e) if e.is_eof() => {}
+            Err(e) => {
+                let item = Incoming {
+                    index,
+                    line: Some(pending_start),
+                    event: Err(EventError::NotJson {
+                        message: strip_position(&e.to_string()),
+                        line: pending_start + e.line() - 1,
+                        column: e.column(),
+                    }),
+                };
+                index += 1;
+                pending.clear();
+                if !sink(item) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    if !pending.trim().is_empty() {
+        let e = serde_json::from_str::<Value>(&pending).err();
+        let (message, line, column) = match e {
+            Some(e) => (strip_position(&e.to_string()), pending_start + e.line() - 1, e.column()),
+            None => ("unexpected end of input".into(), pending_start, 1),
+        };
+        sink(Incoming {
+            index,
+            line: Some(pending_start),
+            event: Err(EventError::NotJson { message, line, column }),
+        });
+    }
+    Ok(())
+}
+
+fn read_array<R: Read>(reader: R, sink: &mut impl FnMut(Incoming) -> bool) -> std::io::Result<()> {
+    struct Elements<'s, F> {
+        sink: &'s mut F,
+        index: usize,
+    }
+    impl<'de, F: FnMut(Incoming) -> bool> Visitor<'de> for Elements<'_, F> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON array of events")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(v) = seq.next_element::<Value>()? {
+                let item = Incoming {
+                    index: self.index,
+                    line: None,
+                    event: Event::from_value(v),
+                };
+                self.index += 1;
+                if !(self.sink)(item) {
+                    return Err(serde::de::Error::custom(STOPPED));
+                }
+            }
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
+            Err(serde::de::Error::custom("expected an array"))
+        }
+    }
+    const STOPPED: &str = "\u{0}stopped";
+    let mut count = 0usize;
+    let result = {
+        let mut counting = |item: Incoming| {
+            count = item.index + 1;
+            sink(item)
+        };
+        let mut de = serde_json::Deserializer::from_reader(reader);
+        de.deserialize_seq(Elements {
+            sink: &mut counting,
+            index: 0,
+        })
+        .and_then(|()| de.end())
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.to_string().starts_with(STOPPED) => Ok(()),
+        Err(e) if e.is_io() => Err(std::io::Error::other(e)),
+        Err(e) => {
+            sink(Incoming {
+                index: count,
+                line: Some(e.line()),
+                event: Err(not_json(e)),
+            });
+            Ok(())
+        }
+    }
+}
+
+/// Reads all events of a byte slice into memory (for tests and small inputs).
+pub fn read_all(input: &[u8]) -> Vec<Incoming> {
+    let mut out = Vec::new();
+    // Reading from a slice cannot fail with an I/O error.
+    let _ = read_events(input, |i| {
+        out.push(i);
+        true
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn action_is_an_alias_of_type() {
+        let e = Event::from_value(json!({"action": "identify", "userId": "u1"})).unwrap();
+        assert_eq!(e.kind(), "identify");
+        assert_eq!(e.value()["type"], "identify");
+    }
+
+    #[test]
+    fn bad_events_are_refused_with_a_reason() {
+        assert_eq!(
+            Event::from_value(json!([1])).unwrap_err(),
+            EventError::NotObject { found: "an array" }
+        );
+        assert_eq!(Event::from_value(json!({"userId": "x"})).unwrap_err(), EventError::MissingType);
+        assert_eq!(
+            Event::from_value(json!({"type": 3})).unwrap_err(),
+            EventError::TypeNotString { found: "a number" }
+        );
+        assert!(matches!(
+            Event::from_value(json!({"type": "boom"})).unwrap_err(),
+            EventError::UnknownType { .. }
+        ));
+        assert!(matches!(Event::from_slice(b"{nope").unwrap_err(), EventError::NotJson { .. }));
+    }
+
+    #[test]
+    fn reads_ndjson_array_and_pretty_objects() {
+        let nd = read_all(b"{\"type\":\"track\"}\n\nnot json\n{\"type\":\"identify\"}\n");
+        assert_eq!(nd.len(), 3);
+        assert!(nd[0].event.is_ok());
+        assert!(matches!(nd[1].event, Err(EventError::NotJson { line: 3, .. })));
+        assert_eq!(nd[2].line, Some(4));
+        assert_eq!(nd[2].event.as_ref().unwrap().kind(), "identify");
+
+        let arr = read_all(b" [ {\"type\":\"track\"}, 5, {\"type\":\"group\"} ]");
+        assert_eq!(arr.len(), 3);
+        assert!(matches!(arr[1].event, Err(EventError::NotObject { .. })));
+        assert_eq!(arr[2].index, 2);
+
+        let pretty = read_all(b"{\n  \"type\": \"track\",\n  \"event\": \"x\"\n}\n{\n\"type\":\"group\"}");
+        assert_eq!(pretty.len(), 2);
+        assert!(pretty.iter().all(|i| i.event.is_ok()));
+
+        let broken = read_all(b"[{\"type\":\"track\"}, {\"type\": ");
+        assert_eq!(broken.len(), 2);
+        assert!(matches!(broken[1].event, Err(EventError::NotJson { .. })));
+    }
+
+    #[test]
+    fn partition_keys() {
+        let e = Event::from_value(json!({"type": "group", "groupId": "g", "userId": "u"})).unwrap();
+        assert_eq!(e.partition_key().as_deref(), Some("group:g"));
+        let e = Event::from_value(json!({"type": "track", "anonymousId": "a"})).unwrap();
+        assert_eq!(e.partition_key().as_deref(), Some("anon:a"));
+    }
+}

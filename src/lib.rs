@@ -1,0 +1,40 @@
+//! zdmap: a Zendesk destination for customer-data pipelines.
+//!
+//! The modules follow the data flow:
+//!
+//! ```text
+//! events ─▶ event ─▶ trigger ─▶ field (path, template) ─▶ plan ─▶ deliver ─▶ Zendesk / emulator
+//!             ▲                                                     ▲
+//!             └──── serve (ingest + queue) ─────────────────────────┘
+//! ```
+//!
+//! - [`event`]: reading and checking Segment-spec events.
+//! - [`config`]: loading `mappings/` (action files, `destination.yaml`) with located errors.
+//! - [`trigger`]: the trigger language (Segment's subscription syntax).
+//! - [`path`]: compiled JSONPath with a fast path for plain paths.
+//! - [`template`]: minijinja templates and expressions over event data.
+//! - [`field`]: field mappings: paths, templates, literals and combinators.
+//! - [`plan`]: which actions an event triggers and the requests their steps render.
+//! - [`request`]: the rendered HTTP request.
+//! - [`deliver`]: sending plans to Zendesk: retries, request budget, lookups, dead letters.
+//! - [`queue`]: the embedded durable queue behind `zdmap serve`.
+//! - [`serve`]: the ingest server (Segment's HTTP tracking API).
+//! - [`emulator`]: a stateful in-memory Zendesk for tests and local work.
+//! - [`cases`]: mapping test cases (`zdmap test`).
+//! - [`commands`]: the CLI commands, as library functions.
+
+pub mod cases;
+pub mod commands;
+pub mod config;
+pub mod deliver;
+pub mod emulator;
+pub mod event;
+pub mod field;
+pub mod path;
+pub mod plan;
+pub mod queue;
+pub mod request;
+pub mod schema;
+pub mod serve;
+pub mod template;
+pub mod trigger;

@@ -1,0 +1,113 @@
+//! The HTTP request a step renders: method, path, query, headers and a JSON body.
+//!
+//! A [`Request`] is plain data. The planner builds it from a step of an action file,
+//! the sender sends it, `zdmap preview` prints it and the emulator's tests compare it.
+//! It carries no base URL and no credentials: those belong to the sender.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+/// An HTTP method a step may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One rendered HTTP request, relative to the destination's base URL.
+///
+/// `path` is already URL-encoded segment by segment (template parts are encoded,
+/// the literal slashes of the action file are kept). `query` values are raw: the
+/// sender encodes them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub method: Method,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub query: IndexMap<String, String>,
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub headers: IndexMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
+}
+
+impl Request {
+    /// The path and the encoded query string, as sent on the wire (`/api/v2/x?a=b`).
+    pub fn path_and_query(&self) -> String {
+        if self.query.is_empty() {
+            return self.path.clone();
+        }
+        let mut out = self.path.clone();
+        for (i, (k, v)) in self.query.iter().enumerate() {
+            out.push(if i == 0 { '?' } else { '&' });
+            out.push_str(&encode_query_component(k));
+            out.push('=');
+            out.push_str(&encode_query_component(v));
+        }
+        out
+    }
+}
+
+const QUERY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Percent-encodes one query key or value (RFC 3986 unreserved characters are kept).
+pub fn encode_query_component(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, QUERY).to_string()
+}
+
+/// Percent-encodes one path segment: a value spliced into a path can never add a `/`, `?` or `#`.
+pub fn encode_path_segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, QUERY).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_is_encoded() {
+        let mut r = Request {
+            method: Method::Get,
+            path: "/api/v2/users/search".into(),
+            query: IndexMap::new(),
+            headers: IndexMap::new(),
+            body: None,
+        };
+        r.query.insert("query".into(), "email:\"a+b@x.com\"".into());
+        assert_eq!(
+            r.path_and_query(),
+            "/api/v2/users/search?query=email%3A%22a%2Bb%40x.com%22"
+        );
+    }
+
+    #[test]
+    fn path_segment_cannot_escape() {
+        assert_eq!(encode_path_segment("../a/b?c"), "..%2Fa%2Fb%3Fc");
+    }
+}
