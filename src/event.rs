@@ -9,6 +9,7 @@ use serde::de::{Deserializer as _, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
+use std::sync::Arc;
 
 /// The Segment call types zdmap accepts.
 pub const EVENT_TYPES: [&str; 6] = ["identify", "track", "group", "page", "screen", "alias"];
@@ -16,7 +17,7 @@ pub const EVENT_TYPES: [&str; 6] = ["identify", "track", "group", "page", "scree
 /// A checked Segment-spec event.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
-    value: Value,
+    value: Arc<Value>,
 }
 
 /// Why one event was refused. Other events in the same input still run.
@@ -65,7 +66,7 @@ impl Event {
         }
         check_type(&map)?;
         Ok(Event {
-            value: Value::Object(map),
+            value: Arc::new(Value::Object(map)),
         })
     }
 
@@ -89,7 +90,12 @@ impl Event {
     }
 
     pub fn into_value(self) -> Value {
-        self.value
+        Arc::try_unwrap(self.value).unwrap_or_else(|shared| (*shared).clone())
+    }
+
+    /// The event as a shared value, for stages that keep it (templates, plans).
+    pub fn shared_value(&self) -> Arc<Value> {
+        self.value.clone()
     }
 
     /// A top-level string field, if present and a string.

@@ -1,1 +1,839 @@
-//! (being written)
+//! Templates and expressions over event data (minijinja, strict, no loader).
+//!
+//! Every string in a mapping that contains `{{` is compiled once, when the files load, into a
+//! [`Text`]. A string that is one expression alone (`"{{ user_id }}"`) keeps the expression's
+//! type, so a body leaf can be a number, a list or an object; a string with text around its
+//! expressions renders to a string. Plain references (`{{ email }}`, `{{ settings.source }}`)
+//! skip minijinja entirely. Event data is only ever data: it is passed to templates as values,
+//! never compiled.
+//!
+//! What a template can see is a [`Scope`]: the event's top-level keys (in `fields`), or the
+//! action's fields, `settings`, `message` (the whole event), `steps` (outputs of earlier steps),
+//! `item` (in `each`) and `key` (in resolver requests). Values that only delivery can know (a
+//! lookup's answer, an earlier step's output) are [`Lookups`] and step outputs: when they are not
+//! known yet, a placeholder stands in for them and the renderer reports what is needed.
+
+use indexmap::IndexMap;
+use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, Value as Mj};
+use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// Names a template may not use for fields: the scope's own.
+pub const RESERVED: [&str; 6] = ["settings", "message", "steps", "item", "key", "__zdmap"];
+
+/// A compiled string of a mapping.
+#[derive(Clone, Debug)]
+pub enum Text {
+    /// No template syntax: the string itself.
+    Literal(String),
+    /// `{{ a.b.c }}`: looked up directly; `fallback` is the compiled expression for names the
+    /// fast path does not serve (`steps`).
+    Ref { path: Vec<String>, fallback: String },
+    /// `{{ expr }}` alone: the expression's value, with its type.
+    Expr { name: String },
+    /// Text with expressions: rendered to a string.
+    Render { name: String },
+}
+
+/// A template that did not compile, with the offending line of the template when known.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct TemplateError {
+    pub message: String,
+    /// 0-based byte offset in the template source, when known.
+    pub offset: Option<usize>,
+}
+
+/// A template that failed while rendering for one event.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RenderError(pub String);
+
+impl From<Error> for RenderError {
+    fn from(e: Error) -> Self {
+        RenderError(describe(&e))
+    }
+}
+
+fn describe(e: &Error) -> String {
+    match e.detail() {
+        Some(d) => format!("{}: {d}", e.kind()),
+        None => e.kind().to_string(),
+    }
+}
+
+/// The template environment of one loaded config: all compiled templates live here.
+pub struct Templates {
+    env: Environment<'static>,
+    count: usize,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Templates({} compiled)", self.count)
+    }
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Templates::new()
+    }
+}
+
+impl Templates {
+    pub fn new() -> Templates {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_recursion_limit(64);
+        env.set_fuel(Some(100_000));
+        // `none` renders as nothing, so "{{ a }} {{ b }}" with b missing gives "a ".
+        env.set_formatter(|out, state, value| {
+            if value.is_none() {
+                Ok(())
+            } else {
+                minijinja::escape_formatter(out, state, value)
+            }
+        });
+        env.add_function("resolve", resolve);
+        env.add_filter("snake_case", |s: &str| snake_case(s));
+        env.add_filter("keys_as", keys_as);
+        Templates { env, count: 0 }
+    }
+
+    /// Compiles a string of a mapping (`"{{ a }}"`, `"x {{ a }}"` or plain text).
+    pub fn text(&mut self, source: &str) -> Result<Text, TemplateError> {
+        if !source.contains("{{") && !source.contains("{%") && !source.contains("{#") {
+            return Ok(Text::Literal(source.to_owned()));
+        }
+        if let Some(inner) = single_expression(source) {
+            let name = self.add(&format!("{{% set __zdmap_value = ({inner}) %}}"), source)?;
+            if let Some(path) = plain_reference(inner) {
+                return Ok(Text::Ref { path, fallback: name });
+            }
+            return Ok(Text::Expr { name });
+        }
+        let name = self.add(source, source)?;
+        Ok(Text::Render { name })
+    }
+
+    /// Compiles a bare expression (`remove != true`), as used by `when` and `each`.
+    pub fn expression(&mut self, source: &str) -> Result<Text, TemplateError> {
+        if source.contains("{{") {
+            return Err(TemplateError {
+                message: "write the expression without `{{ }}`".into(),
+                offset: source.find("{{"),
+            });
+        }
+        self.text(&format!("{{{{ {source} }}}}"))
+    }
+
+    fn add(&mut self, template: &str, shown: &str) -> Result<String, TemplateError> {
+        let name = format!("t{}", self.count);
+        self.env
+            .add_template_owned(name.clone(), template.to_owned())
+            .map_err(|e| TemplateError {
+                message: describe(&e),
+                offset: e.range().map(|r| r.start.min(shown.len())),
+            })?;
+        self.count += 1;
+        Ok(name)
+    }
+
+    /// The top-level names a text reads (for load-time checks).
+    pub fn variables(&self, text: &Text) -> HashSet<String> {
+        let name = match text {
+            Text::Literal(_) => return HashSet::new(),
+            Text::Ref { path, .. } => return path.iter().take(1).cloned().collect(),
+            Text::Expr { name } | Text::Render { name } => name,
+        };
+        let globals: HashSet<&str> = self.env.globals().map(|(n, _)| n).collect();
+        match self.env.get_template(name) {
+            Ok(t) => t
+                .undeclared_variables(false)
+                .into_iter()
+                .filter(|v| !globals.contains(v.as_str()) && v != "__zdmap_value")
+                .collect(),
+            Err(_) => HashSet::new(),
+        }
+    }
+
+    /// The dotted names a text reads (`steps.upsert.user_id`), for load-time checks.
+    pub fn nested_variables(&self, text: &Text) -> Vec<String> {
+        match text {
+            Text::Literal(_) => Vec::new(),
+            Text::Ref { path, .. } => vec![path.join(".")],
+            Text::Expr { name } | Text::Render { name } => match self.env.get_template(name) {
+                Ok(t) => t.undeclared_variables(true).into_iter().collect(),
+                Err(_) => Vec::new(),
+            },
+        }
+    }
+
+    /// The `resolve('NAME', by=...)` calls of a text with literal names: the name and the keys given.
+    pub fn resolve_calls(&self, text: &Text) -> Vec<(String, Vec<String>)> {
+        let source = match text {
+            Text::Expr { name } | Text::Render { name } => match self.env.get_template(name) {
+                Ok(t) => t.source().to_owned(),
+                Err(_) => return Vec::new(),
+            },
+            _ => return Vec::new(),
+        };
+        resolve_calls(&source)
+    }
+
+    /// Evaluates a text in a scope. `None` means "no value": the key is dropped.
+    pub fn eval(&self, text: &Text, scope: &Scope) -> Result<Option<Value>, RenderError> {
+        match text {
+            Text::Literal(s) => Ok(Some(Value::String(s.clone()))),
+            Text::Ref { path, fallback } => match scope.get_path(path) {
+                Some(found) => Ok(found.filter(|v| !v.is_null())),
+                None => self.eval_expr(fallback, scope),
+            },
+            Text::Expr { name } => self.eval_expr(name, scope),
+            Text::Render { name } => {
+                let out = self.env.get_template(name)?.render(scope.to_mj())?;
+                Ok((!out.is_empty()).then_some(Value::String(out)))
+            }
+        }
+    }
+
+    /// Evaluates a text for its truth (`when`).
+    pub fn truthy(&self, text: &Text, scope: &Scope) -> Result<bool, RenderError> {
+        Ok(match self.eval(text, scope)? {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+            Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(Value::Object(o)) => !o.is_empty(),
+            Some(Value::Bool(true)) => true,
+        })
+    }
+
+    fn eval_expr(&self, name: &str, scope: &Scope) -> Result<Option<Value>, RenderError> {
+        let tmpl = self.env.get_template(name)?;
+        let captured = tmpl.render_captured(scope.to_mj())?;
+        let value = captured.state().lookup("__zdmap_value").unwrap_or_default();
+        if value.is_undefined() || value.is_none() {
+            return Ok(None);
+        }
+        serde_json::to_value(&value)
+            .map(Some)
+            .map_err(|e| RenderError(format!("the value cannot be turned into JSON: {e}")))
+    }
+}
+
+/// Finds `resolve('name', a=..., b=...)` calls in template source.
+fn resolve_calls(source: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut rest = source;
+    while let Some(i) = rest.find("resolve(") {
+        rest = &rest[i + "resolve(".len()..];
+        let trimmed = rest.trim_start();
+        let Some(quote) = trimmed.chars().next().filter(|c| *c == '\'' || *c == '"') else {
+            continue;
+        };
+        let Some(end) = trimmed[1..].find(quote) else { break };
+        let name = trimmed[1..1 + end].to_owned();
+        let mut keys = Vec::new();
+        let mut depth = 1;
+        let bytes: Vec<char> = trimmed[1 + end + 1..].chars().collect();
+        let mut ident = String::new();
+        let mut j = 0;
+        while j < bytes.len() && depth > 0 {
+            let c = bytes[j];
+            match c {
+                '(' | '[' | '{' => depth += 1,
+                ')' | ']' | '}' => depth -= 1,
+                '=' if depth == 1 && bytes.get(j + 1) != Some(&'=') && j > 0 && !"=!<>".contains(bytes[j - 1]) => {
+                    let k = ident.trim().to_owned();
+                    if !k.is_empty() {
+                        keys.push(k);
+                    }
+                }
+                _ => {}
+            }
+            if c.is_alphanumeric() || c == '_' {
+                ident.push(c);
+            } else if c != ' ' && c != '=' {
+                ident.clear();
+            }
+            j += 1;
+        }
+        out.push((name, keys));
+    }
+    out
+}
+
+/// `"{{ expr }}"` with nothing around it: the inner expression.
+fn single_expression(source: &str) -> Option<&str> {
+    let t = source.trim();
+    let inner = t.strip_prefix("{{")?.strip_suffix("}}")?;
+    let inner = inner.strip_prefix('-').unwrap_or(inner);
+    let inner = inner.strip_suffix('-').unwrap_or(inner);
+    if inner.contains("{{") || inner.contains("}}") || t.contains("{%") || t.contains("{#") {
+        return None;
+    }
+    Some(inner.trim())
+}
+
+/// `a.b.c` made of plain names (no keywords): a reference the fast path can serve.
+fn plain_reference(expr: &str) -> Option<Vec<String>> {
+    const KEYWORDS: [&str; 11] = [
+        "true", "false", "none", "None", "True", "False", "and", "or", "not", "in", "is",
+    ];
+    let parts: Vec<&str> = expr.split('.').collect();
+    let ok = parts.iter().all(|p| {
+        let mut chars = p.chars();
+        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !KEYWORDS.contains(p)
+    });
+    ok.then(|| parts.into_iter().map(str::to_owned).collect())
+}
+
+/// `planName`, `Plan Name` and `plan-name` all become `plan_name`.
+pub fn snake_case(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    let chars: Vec<char> = s.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_alphanumeric() {
+            if c.is_uppercase() {
+                let prev = i.checked_sub(1).map(|p| chars[p]);
+                let next = chars.get(i + 1);
+                let boundary = match prev {
+                    Some(p) if p.is_lowercase() || p.is_ascii_digit() => true,
+                    Some(p) if p.is_uppercase() => next.is_some_and(|n| n.is_lowercase()),
+                    _ => false,
+                };
+                if boundary && !out.is_empty() && !out.ends_with('_') {
+                    out.push('_');
+                }
+                out.extend(c.to_lowercase());
+            } else {
+                out.push(c);
+            }
+        } else if !out.is_empty() && !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    while out.ends_with('_') {
+        out.pop();
+    }
+    out
+}
+
+/// `{{ traits | keys_as(existing) }}`: each key that is in `existing` is kept as it is,
+/// every other key becomes snake_case. Used for custom fields whose keys may already exist.
+fn keys_as(map: Mj, existing: Mj) -> Result<Mj, Error> {
+    let existing: HashSet<String> = existing
+        .try_iter()?
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    let mut out = IndexMap::new();
+    for key in map.try_iter()? {
+        let Some(k) = key.as_str() else { continue };
+        let value = map.get_item(&key)?;
+        let new_key = if existing.contains(k) { k.to_owned() } else { snake_case(k) };
+        out.insert(new_key, value);
+    }
+    Ok(Mj::from_iter(out))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scope
+
+/// What a template can see. Cheap to clone; built once per event (fields) or per step.
+#[derive(Clone, Debug)]
+pub struct Scope(Arc<ScopeData>);
+
+#[derive(Debug, Default)]
+struct ScopeData {
+    /// Top-level names: the event's keys (field templates) or the action's fields (steps).
+    vars: Vars,
+    settings: Option<Arc<Value>>,
+    message: Option<Arc<Value>>,
+    steps: Option<Arc<StepOutputs>>,
+    item: Option<Arc<Value>>,
+    key: Option<Arc<Value>>,
+    lookups: Option<Arc<Lookups>>,
+}
+
+#[derive(Debug, Default)]
+enum Vars {
+    #[default]
+    None,
+    /// An event: every top-level key is a name; a missing key is `none`.
+    Event(Arc<Value>),
+    /// Named values (an action's fields): a missing one is `none`, an unknown one an error.
+    Named(Arc<IndexMap<String, Arc<Value>>>),
+}
+
+/// Builds a [`Scope`].
+#[derive(Debug, Default)]
+pub struct ScopeBuilder(ScopeData);
+
+impl Scope {
+    pub fn builder() -> ScopeBuilder {
+        ScopeBuilder::default()
+    }
+
+    /// Looks a plain path up without minijinja. `None`: not served here (use the expression).
+    /// `Some(None)`: no value.
+    fn get_path(&self, path: &[String]) -> Option<Option<Value>> {
+        let (first, rest) = path.split_first()?;
+        let root: &Value = match (first.as_str(), &self.0.vars) {
+            ("settings", _) => self.0.settings.as_deref()?,
+            ("message", _) => self.0.message.as_deref()?,
+            ("item", _) => self.0.item.as_deref()?,
+            ("key", _) => self.0.key.as_deref()?,
+            ("steps", _) => return None,
+            (name, Vars::Event(ev)) => match ev.get(name) {
+                Some(v) => v,
+                None => return Some(None),
+            },
+            (name, Vars::Named(map)) => match map.get(name) {
+                Some(v) => v,
+                None => return None,
+            },
+            (_, Vars::None) => return None,
+        };
+        let mut node = root;
+        for seg in rest {
+            node = match node {
+                Value::Object(m) => match m.get(seg.as_str()) {
+                    Some(v) => v,
+                    None => return Some(None),
+                },
+                _ => return Some(None),
+            };
+        }
+        Some(Some(node.clone()))
+    }
+
+    fn to_mj(&self) -> Mj {
+        Mj::from_dyn_object(Arc::new(ScopeObject(self.clone())))
+    }
+}
+
+impl ScopeBuilder {
+    pub fn event(mut self, event: Arc<Value>) -> Self {
+        self.0.vars = Vars::Event(event);
+        self
+    }
+    pub fn fields(mut self, fields: Arc<IndexMap<String, Arc<Value>>>) -> Self {
+        self.0.vars = Vars::Named(fields);
+        self
+    }
+    pub fn settings(mut self, settings: Arc<Value>) -> Self {
+        self.0.settings = Some(settings);
+        self
+    }
+    pub fn message(mut self, message: Arc<Value>) -> Self {
+        self.0.message = Some(message);
+        self
+    }
+    pub fn steps(mut self, steps: Arc<StepOutputs>) -> Self {
+        self.0.steps = Some(steps);
+        self
+    }
+    pub fn item(mut self, item: Value) -> Self {
+        self.0.item = Some(Arc::new(item));
+        self
+    }
+    pub fn key(mut self, key: Value) -> Self {
+        self.0.key = Some(Arc::new(key));
+        self
+    }
+    pub fn lookups(mut self, lookups: Arc<Lookups>) -> Self {
+        self.0.lookups = Some(lookups);
+        self
+    }
+    pub fn build(self) -> Scope {
+        Scope(Arc::new(self.0))
+    }
+}
+
+#[derive(Debug)]
+struct ScopeObject(Scope);
+
+impl Object for ScopeObject {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Mj) -> Option<Mj> {
+        let d = &self.0.0;
+        let name = key.as_str()?;
+        let json = |v: &Arc<Value>| json_to_mj(v, Vec::new());
+        match name {
+            "settings" => d.settings.as_ref().map(json),
+            "message" => d.message.as_ref().map(json),
+            "item" => d.item.as_ref().map(json),
+            "key" => d.key.as_ref().map(json),
+            "steps" => d.steps.clone().map(Mj::from_dyn_object),
+            "__zdmap" => d.lookups.clone().map(Mj::from_dyn_object),
+            _ => match &d.vars {
+                Vars::Event(ev) => Some(match ev.get(name) {
+                    Some(_) => json_to_mj(ev, vec![Seg::Key(name.into())]),
+                    None => Mj::from(()),
+                }),
+                Vars::Named(map) => map.get(name).map(|v| json(v)),
+                Vars::None => None,
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Seg {
+    Key(Arc<str>),
+    Index(usize),
+}
+
+/// A JSON node seen from minijinja without copying: a root and a path into it.
+#[derive(Debug)]
+struct JsonRef {
+    root: Arc<Value>,
+    path: Vec<Seg>,
+}
+
+impl JsonRef {
+    fn target(&self) -> &Value {
+        let mut node = &*self.root;
+        for seg in &self.path {
+            node = match (seg, node) {
+                (Seg::Key(k), Value::Object(m)) => m.get(&**k).unwrap_or(&Value::Null),
+                (Seg::Index(i), Value::Array(a)) => a.get(*i).unwrap_or(&Value::Null),
+                _ => &Value::Null,
+            };
+        }
+        node
+    }
+
+    fn child(&self, seg: Seg) -> Mj {
+        let mut path = self.path.clone();
+        path.push(seg);
+        json_to_mj(&self.root, path)
+    }
+}
+
+fn json_to_mj(root: &Arc<Value>, path: Vec<Seg>) -> Mj {
+    let r = JsonRef {
+        root: root.clone(),
+        path,
+    };
+    match r.target() {
+        Value::Null => Mj::from(()),
+        Value::Bool(b) => Mj::from(*b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Mj::from(i)
+            } else if let Some(u) = n.as_u64() {
+                Mj::from(u)
+            } else {
+                Mj::from(n.as_f64().unwrap_or(0.0))
+            }
+        }
+        Value::String(s) => Mj::from(s.as_str()),
+        Value::Array(_) | Value::Object(_) => Mj::from_object(r),
+    }
+}
+
+impl Object for JsonRef {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        match self.target() {
+            Value::Array(_) => ObjectRepr::Seq,
+            _ => ObjectRepr::Map,
+        }
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Mj) -> Option<Mj> {
+        match self.target() {
+            // A missing key of event data is `none`, not an error: events vary.
+            Value::Object(m) => {
+                let k = key.as_str()?;
+                Some(if m.contains_key(k) {
+                    self.child(Seg::Key(k.into()))
+                } else {
+                    Mj::from(())
+                })
+            }
+            Value::Array(a) => {
+                let i = key.as_i64()?;
+                let i = if i < 0 { a.len() as i64 + i } else { i };
+                let i = usize::try_from(i).ok().filter(|i| *i < a.len())?;
+                Some(self.child(Seg::Index(i)))
+            }
+            _ => None,
+        }
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        match self.target() {
+            Value::Object(m) => Enumerator::Values(m.keys().map(|k| Mj::from(k.as_str())).collect()),
+            Value::Array(a) => Enumerator::Seq(a.len()),
+            _ => Enumerator::Empty,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Values only delivery knows: lookups and step outputs
+
+/// What a `resolve()` call asks for: a resolver and its keys in the order given (`by`, value).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct LookupNeed {
+    pub resolver: String,
+    pub keys: Vec<(String, String)>,
+}
+
+impl std::fmt::Display for LookupNeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}(", self.resolver)?;
+        for (i, (by, key)) in self.keys.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{by}={key:?}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// The answer to a lookup, once delivery has it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answer {
+    Found(Value),
+    NotFound,
+}
+
+/// The lookups of one render: answers known so far, and what was asked without an answer.
+#[derive(Debug, Default)]
+pub struct Lookups {
+    answers: HashMap<LookupNeed, Answer>,
+    asked: Mutex<Vec<LookupNeed>>,
+}
+
+impl Lookups {
+    pub fn new(answers: HashMap<LookupNeed, Answer>) -> Lookups {
+        Lookups {
+            answers,
+            asked: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The lookups asked for that have no answer yet, in order, without repeats.
+    pub fn missing(&self) -> Vec<LookupNeed> {
+        self.asked.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// The placeholder that stands for a lookup without an answer.
+    pub fn placeholder(index: usize) -> String {
+        format!("__zdmap_lookup_{index}__")
+    }
+
+    fn ask(&self, need: LookupNeed) -> Result<Mj, Error> {
+        match self.answers.get(&need) {
+            Some(Answer::Found(v)) => Ok(json_to_mj(&Arc::new(v.clone()), Vec::new())),
+            Some(Answer::NotFound) => Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("lookup found nothing: {need}"),
+            )),
+            None => {
+                let mut asked = self
+                    .asked
+                    .lock()
+                    .map_err(|_| Error::new(ErrorKind::InvalidOperation, "lookup state poisoned"))?;
+                let index = match asked.iter().position(|n| *n == need) {
+                    Some(i) => i,
+                    None => {
+                        asked.push(need);
+                        asked.len() - 1
+                    }
+                };
+                Ok(Mj::from(Lookups::placeholder(index)))
+            }
+        }
+    }
+}
+
+impl Object for Lookups {}
+
+/// `resolve('user', external_id=x, email=y)`: the answer, or a placeholder and a recorded need.
+fn resolve(state: &State, resolver: &str, kwargs: Kwargs) -> Result<Mj, Error> {
+    let mut keys = Vec::new();
+    for by in kwargs.args() {
+        let v: Mj = kwargs.get(by)?;
+        if v.is_undefined() || v.is_none() {
+            continue;
+        }
+        let s = match v.as_str() {
+            Some(s) => s.to_owned(),
+            None => v.to_string(),
+        };
+        if !s.is_empty() {
+            keys.push((by.to_owned(), s));
+        }
+    }
+    if keys.is_empty() {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("resolve('{resolver}', ...) has no key with a value"),
+        ));
+    }
+    let need = LookupNeed {
+        resolver: resolver.to_owned(),
+        keys,
+    };
+    let lookups = state.lookup("__zdmap").ok_or_else(|| {
+        Error::new(ErrorKind::InvalidOperation, "resolve() cannot be used here")
+    })?;
+    let lookups = lookups
+        .downcast_object_ref::<Lookups>()
+        .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "resolve() cannot be used here"))?;
+    lookups.ask(need)
+}
+
+/// Outputs of the steps that ran so far: step name → output name → value.
+#[derive(Debug, Default)]
+pub struct StepOutputs {
+    pub outputs: IndexMap<String, IndexMap<String, Value>>,
+    /// In a preview, outputs that are not known show as placeholders.
+    pub symbolic: bool,
+}
+
+impl StepOutputs {
+    pub fn placeholder(step: &str, output: &str) -> String {
+        format!("__zdmap_step_{step}__{output}__")
+    }
+}
+
+impl Object for StepOutputs {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+    fn get_value(self: &Arc<Self>, key: &Mj) -> Option<Mj> {
+        let step = key.as_str()?;
+        match self.outputs.get(step) {
+            Some(outputs) => {
+                let v = Value::Object(outputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+                Some(json_to_mj(&Arc::new(v), Vec::new()))
+            }
+            None if self.symbolic => Some(Mj::from_object(SymbolicOutputs(step.to_owned()))),
+            None => Some(Mj::from(())),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SymbolicOutputs(String);
+
+impl Object for SymbolicOutputs {
+    fn get_value(self: &Arc<Self>, key: &Mj) -> Option<Mj> {
+        Some(Mj::from(StepOutputs::placeholder(&self.0, key.as_str()?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event_scope(v: Value) -> Scope {
+        Scope::builder()
+            .event(Arc::new(v))
+            .settings(Arc::new(json!({"source": "zdmap"})))
+            .build()
+    }
+
+    #[test]
+    fn single_expressions_keep_their_type() {
+        let mut t = Templates::new();
+        let s = event_scope(json!({"traits": {"n": 3, "tags": ["a", "b"]}}));
+        let n = t.text("{{ traits.n + 1 }}").unwrap();
+        assert_eq!(t.eval(&n, &s).unwrap(), Some(json!(4)));
+        let tags = t.text("{{ traits.tags }}").unwrap();
+        assert!(matches!(tags, Text::Ref { .. }));
+        assert_eq!(t.eval(&tags, &s).unwrap(), Some(json!(["a", "b"])));
+        let mixed = t.text("n={{ traits.n }}").unwrap();
+        assert_eq!(t.eval(&mixed, &s).unwrap(), Some(json!("n=3")));
+    }
+
+    #[test]
+    fn missing_event_data_is_none_not_an_error() {
+        let mut t = Templates::new();
+        let s = event_scope(json!({"traits": {"first_name": "Ada"}}));
+        let name = t
+            .text("{{ [traits.first_name, traits.last_name] | select | join(' ') }}")
+            .unwrap();
+        assert_eq!(t.eval(&name, &s).unwrap(), Some(json!("Ada")));
+        let missing = t.text("{{ traits.nope.deeper }}").unwrap();
+        assert_eq!(t.eval(&missing, &s).unwrap(), None);
+        let or = t.text("{{ traits.email or traits.first_name }}").unwrap();
+        assert_eq!(t.eval(&or, &s).unwrap(), Some(json!("Ada")));
+        let source = t.text("{{ settings.source }}").unwrap();
+        assert_eq!(t.eval(&source, &s).unwrap(), Some(json!("zdmap")));
+    }
+
+    #[test]
+    fn unknown_names_fail_in_named_scopes() {
+        let mut t = Templates::new();
+        let fields = Arc::new(IndexMap::from([("email".to_owned(), Arc::new(json!("a@b.c")))]));
+        let s = Scope::builder().fields(fields).build();
+        let bad = t.text("{{ emial ~ 'x' }}").unwrap();
+        assert!(t.eval(&bad, &s).is_err());
+        assert_eq!(t.variables(&bad), HashSet::from(["emial".to_owned()]));
+    }
+
+    #[test]
+    fn event_data_is_never_compiled() {
+        let mut t = Templates::new();
+        let s = event_scope(json!({"traits": {"name": "{{ 7 * 7 }}"}}));
+        let v = t.text("Hi {{ traits.name }}").unwrap();
+        assert_eq!(t.eval(&v, &s).unwrap(), Some(json!("Hi {{ 7 * 7 }}")));
+    }
+
+    #[test]
+    fn lookups_give_placeholders_then_answers() {
+        let mut t = Templates::new();
+        let text = t.text("{{ resolve('user', external_id=x, email=none) }}").unwrap();
+        let fields = Arc::new(IndexMap::from([("x".to_owned(), Arc::new(json!("u1")))]));
+        let lookups = Arc::new(Lookups::default());
+        let s = Scope::builder().fields(fields.clone()).lookups(lookups.clone()).build();
+        assert_eq!(t.eval(&text, &s).unwrap(), Some(json!("__zdmap_lookup_0__")));
+        let need = LookupNeed {
+            resolver: "user".into(),
+            keys: vec![("external_id".into(), "u1".into())],
+        };
+        assert_eq!(lookups.missing(), vec![need.clone()]);
+        let known = Arc::new(Lookups::new(HashMap::from([(need, Answer::Found(json!(42)))])));
+        let s = Scope::builder().fields(fields).lookups(known).build();
+        assert_eq!(t.eval(&text, &s).unwrap(), Some(json!(42)));
+    }
+
+    #[test]
+    fn resolve_calls_are_found() {
+        assert_eq!(
+            resolve_calls("{% set __zdmap_value = (resolve('user', external_id=a, email=b or c)) %}"),
+            vec![("user".to_owned(), vec!["external_id".to_owned(), "email".to_owned()])]
+        );
+    }
+
+    #[test]
+    fn snake_case_keys() {
+        assert_eq!(snake_case("planName"), "plan_name");
+        assert_eq!(snake_case("Plan Name"), "plan_name");
+        assert_eq!(snake_case("HTTPCode"), "http_code");
+        assert_eq!(snake_case("already_snake"), "already_snake");
+        assert_eq!(snake_case("a-b.c"), "a_b_c");
+    }
+
+    #[test]
+    fn syntax_errors_are_reported() {
+        let mut t = Templates::new();
+        assert!(t.text("{{ a + }}").is_err());
+        assert!(t.expression("a ==").is_err());
+    }
+}

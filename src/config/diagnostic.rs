@@ -1,0 +1,193 @@
+//! Config problems with their place: `file:line:col: message`.
+//!
+//! Loading collects every problem it finds into [`Diagnostics`] rather than stopping at the
+//! first, so `zdmap validate` can report them all at once, as text, JSON, GitHub annotations
+//! or miette's rendered snippets.
+
+use super::yaml::Loc;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One problem in one config file.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn new(file: &Path, loc: Loc, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            file: file.to_path_buf(),
+            line: loc.line,
+            column: loc.column,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+    }
+}
+
+/// Every problem found while loading a mappings directory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl std::error::Error for Diagnostics {}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How `zdmap validate` prints problems.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// `file:line:col: message`, one per line.
+    #[default]
+    Text,
+    /// One JSON object per problem, in a JSON array.
+    Json,
+    /// GitHub Actions annotations: `::error file=…,line=…,col=…::message`.
+    Github,
+    /// Rendered snippets of the files, with the place marked.
+    Pretty,
+}
+
+impl Diagnostics {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn push(&mut self, d: Diagnostic) {
+        self.0.push(d);
+    }
+
+    /// Renders all problems in the given format (no trailing newline for text formats).
+    pub fn render(&self, format: Format) -> String {
+        match format {
+            Format::Text => self.to_string(),
+            Format::Json => serde_json::to_string_pretty(&self.0).unwrap_or_else(|_| "[]".into()),
+            Format::Github => self
+                .0
+                .iter()
+                .map(|d| {
+                    format!(
+                        "::error file={},line={},col={}::{}",
+                        d.file.display(),
+                        d.line,
+                        d.column,
+                        github_escape(&d.message)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Format::Pretty => self.0.iter().map(render_pretty).collect::<Vec<_>>().join("\n"),
+        }
+    }
+}
+
+fn github_escape(s: &str) -> String {
+    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+}
+
+/// A miette report of one problem, with the source line marked.
+fn render_pretty(d: &Diagnostic) -> String {
+    #[derive(Debug, thiserror::Error, miette::Diagnostic)]
+    #[error("{message}")]
+    struct Report {
+        message: String,
+        #[source_code]
+        src: miette::NamedSource<String>,
+        #[label("here")]
+        at: Option<miette::SourceSpan>,
+    }
+    let source = std::fs::read_to_string(&d.file).unwrap_or_default();
+    let offset = offset_of(&source, d.line, d.column);
+    let report = Report {
+        message: d.message.clone(),
+        src: miette::NamedSource::new(d.file.display().to_string(), source),
+        at: offset.map(|o| miette::SourceSpan::new(o.into(), 1)),
+    };
+    let mut out = String::new();
+    let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor());
+    if handler.render_report(&mut out, &report).is_err() {
+        return d.to_string();
+    }
+    format!("{d}\n{out}")
+}
+
+fn offset_of(source: &str, line: usize, column: usize) -> Option<usize> {
+    if line == 0 {
+        return None;
+    }
+    let mut offset = 0;
+    for (i, l) in source.split_inclusive('\n').enumerate() {
+        if i + 1 == line {
+            let col = l.char_indices().nth(column.saturating_sub(1)).map_or(0, |(b, _)| b);
+            return Some(offset + col.min(l.trim_end_matches('\n').len()));
+        }
+        offset += l.len();
+    }
+    None
+}
+
+/// The closest of `candidates` to `word`, if it is close enough to be a likely typo.
+pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1) + 1)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_find_typos_only() {
+        assert_eq!(suggest("requried", ["required", "default", "path"]), Some("required"));
+        assert_eq!(suggest("trigger", ["trigger"]), Some("trigger"));
+        assert_eq!(suggest("zzzzzz", ["path", "template"]), None);
+    }
+
+    #[test]
+    fn formats() {
+        let ds = Diagnostics(vec![Diagnostic {
+            file: "mappings/a.yaml".into(),
+            line: 3,
+            column: 7,
+            message: "bad\nthing".into(),
+        }]);
+        assert_eq!(ds.render(Format::Text), "mappings/a.yaml:3:7: bad\nthing");
+        assert_eq!(ds.render(Format::Github), "::error file=mappings/a.yaml,line=3,col=7::bad%0Athing");
+        assert!(ds.render(Format::Json).contains("\"line\": 3"));
+    }
+}

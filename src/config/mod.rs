@@ -1,0 +1,578 @@
+//! Loading `mappings/`: action files and `destination.yaml`, checked and compiled.
+//!
+//! Loading reads every file, checks it against the schema the files advertise
+//! (`schemas/*.schema.json`, generated from [`spec`]), deserializes it, and compiles its
+//! triggers, JSONPaths and templates. Then come the checks across files: unique action names,
+//! `after` references and cycles, names used in templates, resolvers used by steps. Every problem
+//! is collected as a located [`Diagnostic`]; a directory with any problem does not load.
+
+pub mod diagnostic;
+pub mod spec;
+pub mod yaml;
+
+pub use diagnostic::{Diagnostic, Diagnostics, Format};
+
+use crate::field::Field;
+use crate::path::JsonPath;
+use crate::plan::outcome::Outcomes;
+use crate::plan::resolver::Resolver;
+use crate::plan::{Action, Step};
+use crate::template::{RESERVED, Templates, Text};
+use crate::trigger::Trigger;
+use diagnostic::suggest;
+use indexmap::IndexMap;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use spec::{ActionSpec, AuthSpec, DestinationSpec, SettingSpec, SettingType};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use yaml::{Loc, Node};
+
+/// The name of the destination file in a mappings directory.
+pub const DESTINATION_FILE: &str = "destination.yaml";
+
+/// Options every command that loads the mappings takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConfigArgs {
+    /// The mappings directory: action files and destination.yaml.
+    #[arg(long, value_name = "DIR", default_value = "mappings", env = "ZDMAP_MAPPINGS")]
+    pub mappings: PathBuf,
+    /// Override a setting of destination.yaml, e.g. `--set subdomain=acme` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl ConfigArgs {
+    pub fn load(&self) -> Result<Config, Diagnostics> {
+        Config::load(&self.mappings, &self.set)
+    }
+}
+
+/// A loaded, checked and compiled mappings directory.
+#[derive(Debug)]
+pub struct Config {
+    pub dir: PathBuf,
+    pub name: String,
+    /// Setting values (after `--set`), as a JSON object.
+    pub settings: Arc<Value>,
+    pub auth: AuthSpec,
+    error_codes: Vec<JsonPath>,
+    error_messages: Vec<JsonPath>,
+    /// Default outcomes for every step.
+    pub outcomes: Outcomes,
+    pub resolvers: IndexMap<String, Resolver>,
+    /// Actions in run order: `after` first, then by file name.
+    pub actions: Vec<Action>,
+    pub templates: Templates,
+}
+
+/// Problems found in one file, located through its YAML tree.
+#[derive(Debug)]
+pub struct Problems {
+    file: PathBuf,
+    root: Option<Arc<Node>>,
+    found: Vec<Diagnostic>,
+}
+
+impl Problems {
+    fn new(file: &Path, root: Option<Arc<Node>>) -> Problems {
+        Problems {
+            file: file.to_path_buf(),
+            root,
+            found: Vec::new(),
+        }
+    }
+
+    /// Problems not tied to a file (unit tests).
+    pub fn detached() -> Problems {
+        Problems::new(Path::new("-"), None)
+    }
+
+    fn loc(&self, pointer: &str, key: bool) -> Loc {
+        self.root.as_ref().map(|r| r.locate(pointer, key)).unwrap_or_default()
+    }
+
+    /// A problem with the value at a JSON pointer.
+    pub fn at(&mut self, pointer: &str, message: impl Into<String>) {
+        let loc = self.loc(pointer, false);
+        self.found.push(Diagnostic::new(&self.file, loc, message));
+    }
+
+    /// A problem with the key at a JSON pointer.
+    pub fn at_key(&mut self, pointer: &str, message: impl Into<String>) {
+        let loc = self.loc(pointer, true);
+        self.found.push(Diagnostic::new(&self.file, loc, message));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.found.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.found.len()
+    }
+}
+
+impl Config {
+    /// Loads a mappings directory, applying `KEY=VALUE` setting overrides.
+    pub fn load(dir: &Path, overrides: &[String]) -> Result<Config, Diagnostics> {
+        let mut diags = Diagnostics::default();
+        let files = match list_yaml(dir) {
+            Ok(f) => f,
+            Err(e) => {
+                diags.push(Diagnostic::new(dir, Loc::default(), format!("cannot read the mappings directory: {e}")));
+                return Err(diags);
+            }
+        };
+        let dest_path = dir.join(DESTINATION_FILE);
+        let mut templates = Templates::new();
+        let destination = read_spec::<DestinationSpec>(&dest_path, crate::schema::destination_validator(), &mut diags);
+        let mut config = Config {
+            dir: dir.to_path_buf(),
+            name: String::new(),
+            settings: Arc::new(Value::Object(Default::default())),
+            auth: AuthSpec {
+                api_token: None,
+                oauth_token: None,
+            },
+            error_codes: Vec::new(),
+            error_messages: Vec::new(),
+            outcomes: Outcomes::default(),
+            resolvers: IndexMap::new(),
+            actions: Vec::new(),
+            templates: Templates::new(),
+        };
+        let mut setting_names: Vec<String> = Vec::new();
+        if let Some((spec, node)) = &destination {
+            let mut p = Problems::new(&dest_path, Some(node.clone()));
+            setting_names = spec.settings.keys().cloned().collect();
+            config.name = spec.name.clone();
+            config.auth = spec.auth.clone();
+            config.settings = Arc::new(settings(spec, overrides, &mut p, &mut diags));
+            config.outcomes = Outcomes::compile(&spec.outcomes, "/outcomes", &mut p);
+            for (what, paths, out) in [
+                ("codes", &spec.errors.codes, &mut config.error_codes),
+                ("messages", &spec.errors.messages, &mut config.error_messages),
+            ] {
+                for (i, s) in paths.iter().enumerate() {
+                    match JsonPath::parse(s) {
+                        Ok(jp) => out.push(jp),
+                        Err(e) => p.at(&format!("/errors/{what}/{i}"), format!("bad JSONPath {s:?}: {e}")),
+                    }
+                }
+            }
+            for (name, r) in &spec.resolvers {
+                let at = format!("/resolvers/{name}");
+                if let Some(r) = Resolver::compile(name, r, &at, &mut templates, &mut p) {
+                    for (ptr, text) in r.lookups.iter().filter_map(|l| l.texts()).flatten() {
+                        check_names(&templates, text, &["key", "settings"], &format!("{at}{ptr}"), &mut p);
+                    }
+                    config.resolvers.insert(name.clone(), r);
+                }
+            }
+            diags.0.extend(p.found);
+        }
+        let mut seen: HashMap<String, PathBuf> = HashMap::new();
+        for file in files.iter().filter(|f| f.file_name().is_some_and(|n| n != DESTINATION_FILE)) {
+            let Some((spec, node)) = read_spec::<ActionSpec>(file, crate::schema::action_validator(), &mut diags) else {
+                continue;
+            };
+            let mut p = Problems::new(file, Some(node));
+            if let Some(first) = seen.get(&spec.name) {
+                p.at("/name", format!("action `{}` is already defined in {}", spec.name, first.display()));
+            }
+            seen.insert(spec.name.clone(), file.clone());
+            if let Some(action) = compile_action(&spec, file, &mut templates, &setting_names, &config.resolvers, &mut p) {
+                config.actions.push(action);
+            }
+            diags.0.extend(p.found);
+        }
+        if diags.is_empty() {
+            order_actions(&mut config.actions, &mut diags);
+        }
+        config.templates = templates;
+        if diags.is_empty() { Ok(config) } else { Err(diags) }
+    }
+
+    /// A string setting.
+    pub fn setting_str(&self, name: &str) -> Option<&str> {
+        self.settings.get(name).and_then(Value::as_str)
+    }
+
+    /// A numeric setting.
+    pub fn setting_u64(&self, name: &str) -> Option<u64> {
+        self.settings.get(name).and_then(Value::as_u64)
+    }
+
+    /// The error codes in a response body (most specific first) and its message, by the
+    /// destination's `errors` paths.
+    pub fn error_info(&self, body: &Value) -> (Vec<String>, Option<String>) {
+        let mut codes = Vec::new();
+        for p in &self.error_codes {
+            let found: Vec<&Value> = match p.select(body) {
+                crate::path::Selected::Nothing => Vec::new(),
+                crate::path::Selected::One(v) => vec![v],
+                crate::path::Selected::Many(vs) => vs,
+            };
+            for v in found {
+                if let Some(s) = v.as_str() {
+                    if !codes.iter().any(|c| c == s) {
+                        codes.push(s.to_owned());
+                    }
+                }
+            }
+        }
+        let message = self
+            .error_messages
+            .iter()
+            .find_map(|p| p.first(body).and_then(Value::as_str).map(str::to_owned));
+        (codes, message)
+    }
+
+    pub fn action_named(&self, name: &str) -> Option<&Action> {
+        self.actions.iter().find(|a| a.name == name)
+    }
+}
+
+fn list_yaml(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Reads a YAML file, checks it against its schema and deserializes it.
+pub(crate) fn read_spec<T: DeserializeOwned>(
+    path: &Path,
+    validator: &jsonschema::Validator,
+    diags: &mut Diagnostics,
+) -> Option<(T, Arc<Node>)> {
+    let source = match std::fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) => {
+            diags.push(Diagnostic::new(path, Loc::default(), format!("cannot read the file: {e}")));
+            return None;
+        }
+    };
+    let node = match yaml::parse(&source) {
+        Ok(n) => Arc::new(n),
+        Err(e) => {
+            diags.push(Diagnostic::new(path, e.loc, format!("YAML syntax error: {}", e.message)));
+            return None;
+        }
+    };
+    let json = node.to_json();
+    let mut p = Problems::new(path, Some(node.clone()));
+    crate::schema::check(validator, &json, &mut p);
+    if !p.is_empty() {
+        diags.0.extend(p.found);
+        return None;
+    }
+    match serde_json::from_value::<T>(json) {
+        Ok(spec) => Some((spec, node)),
+        Err(e) => {
+            diags.push(Diagnostic::new(path, node.loc, e.to_string()));
+            None
+        }
+    }
+}
+
+/// Setting values after `--set` overrides, each checked against its declaration.
+fn settings(spec: &DestinationSpec, overrides: &[String], p: &mut Problems, diags: &mut Diagnostics) -> Value {
+    let mut values = serde_json::Map::new();
+    for (name, s) in &spec.settings {
+        if let Err(e) = check_setting(s, &s.value) {
+            p.at(&format!("/settings/{name}/value"), format!("setting `{name}`: {e}"));
+        }
+        values.insert(name.clone(), s.value.clone());
+    }
+    for o in overrides {
+        let Some((name, raw)) = o.split_once('=') else {
+            diags.push(Diagnostic::new(Path::new("--set"), Loc::default(), format!("{o:?}: write --set NAME=VALUE")));
+            continue;
+        };
+        let name = name.trim();
+        let Some(s) = spec.settings.get(name) else {
+            let hint = suggest(name, spec.settings.keys().map(String::as_str))
+                .map(|h| format!("; did you mean `{h}`?"))
+                .unwrap_or_default();
+            diags.push(Diagnostic::new(Path::new("--set"), Loc::default(), format!("unknown setting `{name}`{hint}")));
+            continue;
+        };
+        match parse_setting(s.kind, raw).and_then(|v| check_setting(s, &v).map(|()| v)) {
+            Ok(v) => {
+                values.insert(name.to_owned(), v);
+            }
+            Err(e) => diags.push(Diagnostic::new(Path::new("--set"), Loc::default(), format!("setting `{name}`: {e}"))),
+        }
+    }
+    Value::Object(values)
+}
+
+/// Parses a `--set` value as the setting's type.
+pub fn parse_setting(kind: SettingType, raw: &str) -> Result<Value, String> {
+    let raw = raw.trim();
+    match kind {
+        SettingType::String => Ok(Value::String(raw.to_owned())),
+        SettingType::Boolean => match raw {
+            "true" => Ok(Value::Bool(true)),
+            "false" => Ok(Value::Bool(false)),
+            _ => Err(format!("expected true or false, got {raw:?}")),
+        },
+        SettingType::Integer => raw.parse::<i64>().map(Value::from).map_err(|_| format!("expected an integer, got {raw:?}")),
+        SettingType::Number => raw
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number)
+            .ok_or_else(|| format!("expected a number, got {raw:?}")),
+    }
+}
+
+fn check_setting(s: &SettingSpec, v: &Value) -> Result<(), String> {
+    let type_ok = match s.kind {
+        SettingType::String => v.is_string(),
+        SettingType::Boolean => v.is_boolean(),
+        SettingType::Integer => v.is_i64() || v.is_u64(),
+        SettingType::Number => v.is_number(),
+    };
+    if !type_ok {
+        return Err(format!("expected a {:?}, got {}", s.kind, crate::event::json_kind(v)).to_lowercase());
+    }
+    if let (Some(min), Some(x)) = (s.minimum, v.as_f64()) {
+        if x < min {
+            return Err(format!("must be at least {min}"));
+        }
+    }
+    if let Some(text) = v.as_str() {
+        if let Some(allowed) = &s.allowed_characters {
+            if let Some(bad) = text.chars().find(|c| !char_allowed(allowed, *c)) {
+                return Err(format!("{bad:?} is not allowed (only {allowed})"));
+            }
+        }
+        if s.forbidden.iter().any(|f| f == text) {
+            return Err(format!("{text:?} is not allowed"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `c` is in a character class like `a-z0-9_`.
+fn char_allowed(class: &str, c: char) -> bool {
+    let chars: Vec<char> = class.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if i + 2 < chars.len() && chars[i + 1] == '-' {
+            if (chars[i]..=chars[i + 2]).contains(&c) {
+                return true;
+            }
+            i += 3;
+        } else {
+            if chars[i] == c {
+                return true;
+            }
+            i += 1;
+        }
+    }
+    false
+}
+
+fn compile_action(
+    spec: &ActionSpec,
+    file: &Path,
+    templates: &mut Templates,
+    settings: &[String],
+    resolvers: &IndexMap<String, Resolver>,
+    p: &mut Problems,
+) -> Option<Action> {
+    if spec.name.is_empty() || !spec.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        p.at("/name", "an action name is lowercase letters, digits and `_`");
+    }
+    let trigger = match Trigger::parse(&spec.trigger) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let loc = p.loc("/trigger", false);
+            let column = loc.column + e.column.saturating_sub(1) + quote_offset(p, "/trigger");
+            p.found.push(Diagnostic::new(
+                file,
+                Loc { line: loc.line, column },
+                format!("bad trigger: {}", e.message),
+            ));
+            None
+        }
+    };
+    let mut fields = Vec::new();
+    for (name, def) in &spec.fields {
+        if RESERVED.contains(&name.as_str()) {
+            p.at_key(&format!("/fields/{name}"), format!("`{name}` is a reserved name; choose another field name"));
+            continue;
+        }
+        if let Some(f) = Field::compile(name, def, &format!("/fields/{name}"), templates, settings, p) {
+            fields.push(f);
+        }
+    }
+    let field_names: Vec<&str> = spec.fields.keys().map(String::as_str).collect();
+    let mut steps: Vec<Step> = Vec::new();
+    for (i, s) in spec.steps.iter().enumerate() {
+        let at = format!("/steps/{i}");
+        if steps.iter().any(|x| x.name == s.name) {
+            p.at(&format!("{at}/name"), format!("step `{}` is defined twice", s.name));
+        }
+        let Some(step) = Step::compile(s, &at, templates, p) else {
+            continue;
+        };
+        let mut names: Vec<&str> = field_names.clone();
+        names.extend(["settings", "message", "steps"]);
+        if step.each.is_some() {
+            names.push("item");
+        }
+        for (ptr, text) in step.texts() {
+            check_names(templates, text, &names, &format!("{at}{ptr}"), p);
+            check_steps(templates, text, &steps, &format!("{at}{ptr}"), p);
+            check_resolvers(text, templates, resolvers, &format!("{at}{ptr}"), p);
+        }
+        for (j, l) in step.learn.iter().enumerate() {
+            match resolvers.get(&l.resolver) {
+                None => p.at(&format!("{at}/learn/{j}/resolver"), format!("unknown resolver `{}`", l.resolver)),
+                Some(r) if r.lookup(&l.by).is_none() => {
+                    p.at(&format!("{at}/learn/{j}/by"), format!("resolver `{}` has no lookup by `{}`", l.resolver, l.by))
+                }
+                Some(_) => {}
+            }
+        }
+        steps.push(step);
+    }
+    if spec.steps.is_empty() {
+        p.at("/steps", "an action needs at least one step");
+    }
+    Some(Action {
+        name: spec.name.clone(),
+        title: spec.title.clone().unwrap_or_else(|| spec.name.clone()),
+        file: file.to_path_buf(),
+        enabled: spec.enabled,
+        trigger: trigger?,
+        after: spec.after.clone(),
+        fields,
+        steps,
+    })
+}
+
+/// 1 when the YAML scalar at `pointer` is written in quotes (its column is the quote's).
+fn quote_offset(p: &Problems, pointer: &str) -> usize {
+    let Some(root) = &p.root else { return 0 };
+    let loc = root.locate(pointer, false);
+    let line = std::fs::read_to_string(&p.file)
+        .ok()
+        .and_then(|s| s.lines().nth(loc.line.saturating_sub(1)).map(str::to_owned));
+    match line.and_then(|l| l.chars().nth(loc.column.saturating_sub(1))) {
+        Some('"') | Some('\'') => 1,
+        _ => 0,
+    }
+}
+
+/// Names a template reads must be fields or the scope's own names.
+fn check_names(templates: &Templates, text: &Text, allowed: &[&str], at: &str, p: &mut Problems) {
+    let mut vars: Vec<String> = templates.variables(text).into_iter().collect();
+    vars.sort();
+    for v in vars {
+        if !allowed.contains(&v.as_str()) {
+            let hint = suggest(&v, allowed.iter().copied())
+                .map(|h| format!("; did you mean `{h}`?"))
+                .unwrap_or_default();
+            p.at(at, format!("unknown name `{v}` in a template: it is not a field of this action{hint}"));
+        }
+    }
+}
+
+/// `steps.NAME` must name an earlier step.
+fn check_steps(templates: &Templates, text: &Text, earlier: &[Step], at: &str, p: &mut Problems) {
+    for v in templates.nested_variables(text) {
+        let mut parts = v.split('.');
+        if parts.next() != Some("steps") {
+            continue;
+        }
+        let Some(step) = parts.next() else { continue };
+        if !earlier.iter().any(|s| s.name == step) {
+            p.at(at, format!("`steps.{step}` is not an earlier step of this action"));
+        } else if let Some(output) = parts.next() {
+            let known = earlier.iter().find(|s| s.name == step).is_some_and(|s| s.outputs.iter().any(|(n, _)| n == output));
+            if !known {
+                p.at(at, format!("step `{step}` has no output `{output}`"));
+            }
+        }
+    }
+}
+
+/// `resolve('NAME', by=...)` must name a resolver that has those lookups.
+fn check_resolvers(text: &Text, templates: &Templates, resolvers: &IndexMap<String, Resolver>, at: &str, p: &mut Problems) {
+    for (name, keys) in templates.resolve_calls(text) {
+        match resolvers.get(&name) {
+            None => {
+                let hint = suggest(&name, resolvers.keys().map(String::as_str))
+                    .map(|h| format!("; did you mean `{h}`?"))
+                    .unwrap_or_default();
+                p.at(at, format!("unknown resolver `{name}`{hint}"));
+            }
+            Some(r) => {
+                for k in keys {
+                    if r.lookup(&k).is_none() {
+                        p.at(at, format!("resolver `{name}` has no lookup by `{k}`"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sorts actions so that each runs after the actions it names in `after`; reports unknown names and cycles.
+fn order_actions(actions: &mut Vec<Action>, diags: &mut Diagnostics) {
+    let names: HashSet<String> = actions.iter().map(|a| a.name.clone()).collect();
+    for a in actions.iter() {
+        for dep in &a.after {
+            if !names.contains(dep) {
+                let hint = suggest(dep, names.iter().map(String::as_str))
+                    .map(|h| format!("; did you mean `{h}`?"))
+                    .unwrap_or_default();
+                diags.push(located(&a.file, "/after", format!("`after` names an unknown action `{dep}`{hint}")));
+            }
+        }
+    }
+    if !diags.is_empty() {
+        return;
+    }
+    let mut pending: Vec<Action> = std::mem::take(actions);
+    while !pending.is_empty() {
+        let ready = pending
+            .iter()
+            .position(|a| a.after.iter().all(|d| actions.iter().any(|done| &done.name == d)));
+        match ready {
+            Some(i) => actions.push(pending.remove(i)),
+            None => {
+                let cycle: Vec<&str> = pending.iter().map(|a| a.name.as_str()).collect();
+                for a in &pending {
+                    diags.push(located(
+                        &a.file,
+                        "/after",
+                        format!("`after` makes a cycle between actions: {}", cycle.join(", ")),
+                    ));
+                }
+                actions.append(&mut pending);
+                return;
+            }
+        }
+    }
+}
+
+/// A diagnostic at a pointer of a file that is read again to locate it.
+fn located(file: &Path, pointer: &str, message: String) -> Diagnostic {
+    let loc = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| yaml::parse(&s).ok())
+        .map(|n| n.locate(pointer, false))
+        .unwrap_or_default();
+    Diagnostic::new(file, loc, message)
+}

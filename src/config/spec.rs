@@ -1,0 +1,416 @@
+//! The shapes of the config files, as written: action files, `destination.yaml` and test cases.
+//!
+//! These types are what the YAML deserializes into and what `schemas/*.schema.json` are
+//! generated from (schemars), so the editor schema and the loader never disagree. They hold
+//! source text only; `config::compile` turns them into the compiled runtime types.
+
+use crate::request::Method;
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+fn yes() -> bool {
+    true
+}
+
+/// One action: when it runs (trigger), what it reads (fields) and what it sends (steps).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "zdmap action")]
+pub struct ActionSpec {
+    /// Unique name of the action (lowercase letters, digits and `_`), used by `after` and in reports.
+    pub name: String,
+    /// Human title, e.g. "Upsert User".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A disabled action is loaded and checked but never triggered.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// When the action runs, in Segment's subscription syntax: `type = "track" and event = "Ticket Created"`.
+    pub trigger: String,
+    /// Actions that must run before this one when one event triggers both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// Named values read from the event. Steps use them by name in templates.
+    #[serde(default)]
+    pub fields: IndexMap<String, FieldDef>,
+    /// The requests, in order.
+    pub steps: Vec<StepSpec>,
+}
+
+/// A field: a JSONPath (`$.traits.email`), a template (`"{{ traits.name }}"`), a literal, or a full definition.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum FieldDef {
+    Full(Box<FieldSpec>),
+    Short(Scalar),
+}
+
+/// A scalar YAML value.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum Scalar {
+    Bool(bool),
+    Number(serde_json::Number),
+    String(String),
+}
+
+impl Scalar {
+    pub fn to_json(&self) -> Value {
+        match self {
+            Scalar::Bool(b) => Value::Bool(*b),
+            Scalar::Number(n) => Value::Number(n.clone()),
+            Scalar::String(s) => Value::String(s.clone()),
+        }
+    }
+}
+
+/// A field with one source (`path`, `template`, `value`, `setting`, `first_of` or `entries`) and options.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    /// A JSONPath into the event, e.g. `$.traits.email`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A minijinja template over the event's top-level keys and `settings`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// A literal value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    /// The value of a destination setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setting: Option<String>,
+    /// The first of these sources that gives a value that is not null or an empty string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_of: Option<Vec<FieldDef>>,
+    /// An object built from the entries of one or more objects in the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<EntriesSpec>,
+    /// Convert the value to this type; a value that cannot be converted is an error for the event.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ValueType>,
+    /// A missing required field is an error for the event, naming the field and the paths tried.
+    #[serde(default)]
+    pub required: bool,
+    /// Used when the source gives nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// Builds an object from the entries of event objects, e.g. custom traits for `user_fields`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EntriesSpec {
+    /// JSONPaths of objects to merge; later ones win on equal keys.
+    pub from: Vec<String>,
+    /// Keys to leave out (compared before and after key conversion).
+    #[serde(default)]
+    pub except: Vec<String>,
+    /// How to convert the keys.
+    #[serde(default)]
+    pub key_case: KeyCase,
+    /// Which values to keep.
+    #[serde(default)]
+    pub values: EntryValues,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyCase {
+    /// Keep keys as they are.
+    #[default]
+    AsIs,
+    /// `planName` and `Plan Name` become `plan_name`.
+    SnakeCase,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryValues {
+    /// Strings, numbers and booleans only (objects, arrays and nulls are left out).
+    #[default]
+    Scalars,
+    /// Every non-null value.
+    Any,
+}
+
+/// The type a value is converted to.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Array,
+    Object,
+    Any,
+}
+
+/// One HTTP request of an action.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    /// Name of the step, unique in the action; later steps read its outputs as `steps.NAME.OUTPUT`.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A minijinja expression; the step runs only when it is true (e.g. `remove != true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// A minijinja expression giving a list; the step runs once per element, available as `item`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub each: Option<String>,
+    pub request: RequestSpec,
+    /// What a response status means, overriding the destination's defaults. Keys: `404`,
+    /// `4xx`, `422/DuplicateValue` (status and error code).
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub outcomes: IndexMap<String, OutcomeKind>,
+    /// Values read from the response body by JSONPath, for later steps.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub outputs: IndexMap<String, String>,
+    /// Resolver cache entries filled from the response, so later lookups cost no request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learn: Vec<LearnSpec>,
+}
+
+/// A request template. Strings may be templates; missing values drop their key.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    pub method: Method,
+    /// The path; template parts are URL-encoded (`/api/v2/users/{{ user_id }}/events`).
+    pub path: String,
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub query: IndexMap<String, Scalar>,
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub headers: IndexMap<String, Scalar>,
+    /// The JSON body as a YAML tree; leaves may be templates. `"{{ expr }}"` alone keeps the expression's type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+/// What a response means for the event.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    /// Success: go on with the next step.
+    Ok,
+    /// Success, but the action's remaining steps do not run.
+    Skip,
+    /// Try the step again later (backoff; `Retry-After` is honoured).
+    Retry,
+    /// The event failed: it goes to the dead letters with the status and error.
+    Fail,
+    /// The destination is misconfigured (e.g. credentials): delivery stops, events are kept.
+    Fatal,
+}
+
+/// A cache entry learned from a response: `resolver` by `by` = `key` is the value at `value`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LearnSpec {
+    pub resolver: String,
+    pub by: String,
+    /// Template giving the lookup key, e.g. `"{{ external_id }}"`.
+    pub key: String,
+    /// JSONPath into the response body, e.g. `$.user.id`.
+    pub value: String,
+}
+
+/// `destination.yaml`: settings, credentials, error envelopes, default outcomes and resolvers.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "zdmap destination")]
+pub struct DestinationSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Settings, each overridable with `--set NAME=VALUE`. `subdomain` and `requests_per_minute` are read by delivery.
+    pub settings: IndexMap<String, SettingSpec>,
+    pub auth: AuthSpec,
+    #[serde(default)]
+    pub errors: ErrorsSpec,
+    /// Default meaning of response statuses for every step (steps may override).
+    #[serde(default)]
+    pub outcomes: IndexMap<String, OutcomeKind>,
+    /// Named lookups, used in templates as `resolve('NAME', by=key, ...)`.
+    #[serde(default)]
+    pub resolvers: IndexMap<String, ResolverSpec>,
+}
+
+/// One setting: its value and how to check an override.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettingSpec {
+    pub value: Value,
+    #[serde(rename = "type")]
+    pub kind: SettingType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A regular-expression-free check for strings: the characters allowed (`a-z0-9`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_characters: Option<String>,
+    /// Values a string setting may not take.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forbidden: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SettingType {
+    String,
+    Boolean,
+    Integer,
+    Number,
+}
+
+/// Where credentials come from: names of environment variables, never the secrets themselves.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSpec {
+    /// HTTP Basic `{email}/token:{token}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_token: Option<ApiTokenAuth>,
+    /// `Authorization: Bearer {token}`; used when its variable is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth_token: Option<OAuthAuth>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenAuth {
+    pub email_env: String,
+    pub token_env: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthAuth {
+    pub token_env: String,
+}
+
+/// Where error codes and messages are found in the destination's error bodies (JSONPaths).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorsSpec {
+    /// Paths to error codes, most specific first, e.g. `$.details.*[*].error`, `$.error`.
+    #[serde(default)]
+    pub codes: Vec<String>,
+    /// Paths to a human message; the first found is used.
+    #[serde(default)]
+    pub messages: Vec<String>,
+}
+
+/// A named lookup: ways to find a value (e.g. a user id) by a key, tried in order, with a cache.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub lookups: Vec<LookupSpec>,
+    #[serde(default)]
+    pub cache: CacheSpec,
+}
+
+/// One way to look a value up: `by` names the key (`email`); `request` (with `{{ key }}`) and
+/// `result` (a JSONPath into the response) say how. Without a request the key is the value itself.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LookupSpec {
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    #[serde(default = "default_ttl")]
+    pub ttl_seconds: u64,
+    #[serde(default = "default_capacity")]
+    pub capacity: usize,
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        CacheSpec {
+            ttl_seconds: default_ttl(),
+            capacity: default_capacity(),
+        }
+    }
+}
+
+fn default_ttl() -> u64 {
+    900
+}
+fn default_capacity() -> usize {
+    10_000
+}
+
+/// A file of mapping test cases under `mappings/tests/`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "zdmap mapping test cases")]
+pub struct CaseFile {
+    pub cases: Vec<CaseSpec>,
+}
+
+/// One test case: an event, setting overrides, and what must come out.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaseSpec {
+    pub name: String,
+    pub event: Value,
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub settings: IndexMap<String, Value>,
+    pub expect: ExpectSpec,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectSpec {
+    /// The actions that must match, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions: Option<Vec<String>>,
+    /// The requests, in order (lookups shown as in `zdmap preview`). Given keys are compared exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<Vec<ExpectedRequest>>,
+    /// Errors that must be reported for the event (each by a part of its message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<ExpectedError>>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedRequest {
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    pub method: Method,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<IndexMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<IndexMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedError {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    pub contains: String,
+}

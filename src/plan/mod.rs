@@ -1,0 +1,341 @@
+//! Planning: which actions an event triggers, their field values, and the requests their steps render.
+//!
+//! [`Config::plan`] evaluates every trigger and, for the actions that match, every field. The
+//! result is a [`Plan`]: plain data, the matched actions in their run order with their field
+//! values, plus the per-event errors (a missing required field). Steps render lazily with
+//! [`Config::render_step`], because a step may need what only delivery knows: a lookup's answer
+//! or an earlier step's output. `zdmap preview` renders with placeholders for those; the sender
+//! renders, resolves what is missing, and renders again.
+
+pub mod outcome;
+pub mod resolver;
+pub mod step;
+
+use crate::config::Config;
+use crate::event::Event;
+use crate::field::{Field, Input};
+use crate::request::Request;
+use crate::template::{Lookups, RenderError, Scope, StepOutputs};
+use crate::trigger::Trigger;
+use indexmap::IndexMap;
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+pub use step::Step;
+
+/// A compiled action.
+#[derive(Debug)]
+pub struct Action {
+    pub name: String,
+    pub title: String,
+    pub file: PathBuf,
+    pub enabled: bool,
+    pub trigger: Trigger,
+    pub after: Vec<String>,
+    pub fields: Vec<Field>,
+    pub steps: Vec<Step>,
+}
+
+/// The field values of one action for one event.
+pub type FieldValues = Arc<IndexMap<String, Arc<Value>>>;
+
+/// What one event will do.
+#[derive(Debug)]
+pub struct Plan {
+    pub event: Arc<Value>,
+    /// Matched actions whose fields all resolved, in run order.
+    pub actions: Vec<PlannedAction>,
+    /// Matched actions that cannot run for this event, and why.
+    pub errors: Vec<PlanError>,
+}
+
+/// A matched action and its field values.
+#[derive(Clone, Debug)]
+pub struct PlannedAction {
+    /// Index into [`Config::actions`].
+    pub action: usize,
+    pub fields: FieldValues,
+}
+
+/// Why an action failed for an event: the action, the step or field, and a message.
+#[derive(Clone, Debug, PartialEq, Serialize, thiserror::Error)]
+#[error("action `{action}`{}: {message}", step.as_ref().map(|s| format!(", step `{s}`")).unwrap_or_default())]
+pub struct PlanError {
+    pub action: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    pub message: String,
+}
+
+/// What a step renders to.
+#[derive(Debug)]
+pub enum Rendered {
+    /// `when` was false (for every item of `each`).
+    Skipped,
+    /// The requests to send, in order (one, or one per item of `each`).
+    Requests(Vec<Request>),
+}
+
+impl Config {
+    /// Evaluates triggers and fields for one event.
+    pub fn plan(&self, event: &Event) -> Plan {
+        let value = event.shared_value();
+        let mut plan = Plan {
+            event: value.clone(),
+            actions: Vec::new(),
+            errors: Vec::new(),
+        };
+        let scope_cell = std::cell::OnceCell::new();
+        let make_scope = || {
+            scope_cell
+                .get_or_init(|| Scope::builder().event(value.clone()).settings(self.settings.clone()).build())
+                .clone()
+        };
+        let input = Input {
+            event: &value,
+            settings: &self.settings,
+            templates: &self.templates,
+            scope: &make_scope,
+        };
+        for (index, action) in self.actions.iter().enumerate() {
+            if !action.enabled || !action.trigger.matches(&value) {
+                continue;
+            }
+            let mut fields = IndexMap::with_capacity(action.fields.len());
+            let mut failed = false;
+            for field in &action.fields {
+                match field.eval(&input) {
+                    Ok(Some(v)) => {
+                        fields.insert(field.name.clone(), Arc::new(v));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        plan.errors.push(PlanError {
+                            action: action.name.clone(),
+                            step: None,
+                            message: e.to_string(),
+                        });
+                        failed = true;
+                    }
+                }
+            }
+            if !failed {
+                plan.actions.push(PlannedAction {
+                    action: index,
+                    fields: Arc::new(fields),
+                });
+            }
+        }
+        plan
+    }
+
+    /// Renders one step of a planned action, with the outputs of earlier steps and the lookups
+    /// known so far. Lookups without an answer leave placeholders and are listed by `lookups.missing()`.
+    pub fn render_step(
+        &self,
+        plan: &Plan,
+        planned: &PlannedAction,
+        step: &Step,
+        outputs: Arc<StepOutputs>,
+        lookups: Arc<Lookups>,
+    ) -> Result<Rendered, RenderError> {
+        let base = || {
+            Scope::builder()
+                .fields(planned.fields.clone())
+                .settings(self.settings.clone())
+                .message(plan.event.clone())
+                .steps(outputs.clone())
+                .lookups(lookups.clone())
+        };
+        let items: Vec<Option<Value>> = match &step.each {
+            None => vec![None],
+            Some(each) => match self.templates.eval(each, &base().build())? {
+                None => Vec::new(),
+                Some(Value::Array(items)) => items.into_iter().map(Some).collect(),
+                Some(Value::Object(map)) => map.into_iter().map(|(k, _)| Some(Value::String(k))).collect(),
+                Some(other) => {
+                    return Err(RenderError(format!(
+                        "`each` must give a list, gave {}",
+                        crate::event::json_kind(&other)
+                    )));
+                }
+            },
+        };
+        let mut requests = Vec::new();
+        for item in items {
+            let scope = match item {
+                Some(item) => base().item(item).build(),
+                None => base().build(),
+            };
+            if let Some(when) = &step.when {
+                if !self.templates.truthy(when, &scope)? {
+                    continue;
+                }
+            }
+            requests.push(step.request.render(&self.templates, &scope)?);
+        }
+        Ok(if requests.is_empty() {
+            Rendered::Skipped
+        } else {
+            Rendered::Requests(requests)
+        })
+    }
+
+    /// The action of a planned action.
+    pub fn action(&self, planned: &PlannedAction) -> &Action {
+        &self.actions[planned.action]
+    }
+
+    /// What an event would do, without any network: matched actions, their requests in order
+    /// (lookups and earlier steps' outputs as `<...>` placeholders) and the errors.
+    pub fn preview(&self, event: &Event) -> Preview {
+        let plan = self.plan(event);
+        let mut out = Preview {
+            kind: event.kind().to_owned(),
+            matched: Vec::new(),
+            requests: Vec::new(),
+            lookups: Vec::new(),
+            errors: plan.errors.clone(),
+        };
+        for (i, action) in self.actions.iter().enumerate() {
+            if action.enabled && action.trigger.matches(&plan.event) && !plan.actions.iter().any(|p| p.action == i) {
+                out.matched.push(action.name.clone());
+            }
+        }
+        for planned in &plan.actions {
+            let action = self.action(planned);
+            out.matched.push(action.name.clone());
+            let lookups = Arc::new(Lookups::default());
+            let outputs = Arc::new(StepOutputs {
+                outputs: IndexMap::new(),
+                symbolic: true,
+            });
+            for step in &action.steps {
+                match self.render_step(&plan, planned, step, outputs.clone(), lookups.clone()) {
+                    Ok(Rendered::Skipped) => {}
+                    Ok(Rendered::Requests(reqs)) => {
+                        for r in reqs {
+                            out.requests.push(PreviewRequest {
+                                action: action.name.clone(),
+                                step: step.name.clone(),
+                                request: r,
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        out.errors.push(PlanError {
+                            action: action.name.clone(),
+                            step: Some(step.name.clone()),
+                            message: e.to_string(),
+                        });
+                        break;
+                    }
+                }
+            }
+            let missing = lookups.missing();
+            let names: Vec<String> = missing.iter().map(placeholder_text).collect();
+            for r in out.requests.iter_mut().filter(|r| r.action == action.name) {
+                describe_placeholders(&mut r.request, &names);
+            }
+            out.lookups.extend(missing.into_iter().map(|n| PreviewLookup {
+                action: action.name.clone(),
+                resolver: n.resolver,
+                keys: n.keys.into_iter().collect(),
+            }));
+        }
+        out.matched.sort_by_key(|name| self.actions.iter().position(|a| &a.name == name));
+        out
+    }
+}
+
+/// The preview of one event.
+#[derive(Debug, Serialize)]
+pub struct Preview {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub matched: Vec<String>,
+    pub requests: Vec<PreviewRequest>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lookups: Vec<PreviewLookup>,
+    pub errors: Vec<PlanError>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PreviewRequest {
+    pub action: String,
+    pub step: String,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// A lookup a preview needs: the resolver and its keys.
+#[derive(Debug, Serialize)]
+pub struct PreviewLookup {
+    pub action: String,
+    pub resolver: String,
+    pub keys: IndexMap<String, String>,
+}
+
+fn placeholder_text(need: &crate::template::LookupNeed) -> String {
+    let keys: Vec<String> = need.keys.iter().map(|(by, k)| format!("{by}={k}")).collect();
+    format!("<{} {}>", need.resolver, keys.join(" "))
+}
+
+/// Replaces lookup and step-output placeholders with readable `<...>` text.
+fn describe_placeholders(r: &mut Request, lookups: &[String]) {
+    let fix = |s: &str| -> Option<String> {
+        if !s.contains("__zdmap_") {
+            return None;
+        }
+        let mut out = s.to_owned();
+        for (i, name) in lookups.iter().enumerate() {
+            out = out.replace(&Lookups::placeholder(i), name);
+        }
+        while let Some(start) = out.find("__zdmap_step_") {
+            let rest = &out[start + "__zdmap_step_".len()..];
+            let Some(mid) = rest.find("__") else { break };
+            let step = rest[..mid].to_owned();
+            let after = &rest[mid + 2..];
+            let Some(end) = after.find("__") else { break };
+            let output = after[..end].to_owned();
+            let total = "__zdmap_step_".len() + mid + 2 + end + 2;
+            out.replace_range(start..start + total, &format!("<steps.{step}.{output}>"));
+        }
+        Some(out)
+    };
+    if let Some(p) = fix(&r.path) {
+        r.path = p;
+    }
+    for v in r.query.values_mut().chain(r.headers.values_mut()) {
+        if let Some(x) = fix(v) {
+            *v = x;
+        }
+    }
+    if let Some(body) = &mut r.body {
+        walk_strings(body, &fix);
+    }
+}
+
+fn walk_strings(v: &mut Value, fix: &impl Fn(&str) -> Option<String>) {
+    match v {
+        Value::String(s) => {
+            if let Some(x) = fix(s) {
+                *s = x;
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| walk_strings(x, fix)),
+        Value::Object(o) => o.values_mut().for_each(|x| walk_strings(x, fix)),
+        _ => {}
+    }
+}
+
+impl Preview {
+    pub fn to_json(&self, index: usize) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or_else(|_| json!({}));
+        if let Value::Object(m) = &mut v {
+            m.shift_insert(0, "index".into(), json!(index));
+        }
+        v
+    }
+}

@@ -1,0 +1,113 @@
+//! Resolvers: named lookups (`resolve('user', email=...)`) and the requests that answer them.
+//!
+//! A resolver lists ways to find a value by a key (`by: external_id`, `by: email`), each a
+//! request template over `key` and a JSONPath into the response, or no request at all when the
+//! key already is the value (`by: id`). Delivery tries the keys a template gave in the
+//! resolver's order and caches answers; this module only compiles and renders.
+
+use crate::config::Problems;
+use crate::config::spec::{CacheSpec, ResolverSpec};
+use crate::path::JsonPath;
+use crate::plan::step::RequestTemplate;
+use crate::request::Request;
+use crate::template::{RenderError, Scope, Templates};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// A compiled resolver.
+#[derive(Debug)]
+pub struct Resolver {
+    pub name: String,
+    pub lookups: Vec<Lookup>,
+    pub cache: CacheSpec,
+}
+
+/// One way of looking a value up.
+#[derive(Debug)]
+pub struct Lookup {
+    pub by: String,
+    request: Option<RequestTemplate>,
+    result: Option<JsonPath>,
+}
+
+impl Resolver {
+    pub fn compile(
+        name: &str,
+        spec: &ResolverSpec,
+        pointer: &str,
+        templates: &mut Templates,
+        problems: &mut Problems,
+    ) -> Option<Resolver> {
+        let mut lookups = Vec::new();
+        for (i, l) in spec.lookups.iter().enumerate() {
+            let at = format!("{pointer}/lookups/{i}");
+            let request = match &l.request {
+                Some(r) => Some(RequestTemplate::compile(r, &format!("{at}/request"), templates, problems)?),
+                None => None,
+            };
+            let result = match &l.result {
+                Some(p) => match JsonPath::parse(p) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        problems.at(&format!("{at}/result"), format!("bad JSONPath {p:?}: {e}"));
+                        return None;
+                    }
+                },
+                None => None,
+            };
+            if request.is_some() && result.is_none() {
+                problems.at(&at, "a lookup with a `request` needs a `result` path");
+            }
+            if lookups.iter().any(|x: &Lookup| x.by == l.by) {
+                problems.at(&format!("{at}/by"), format!("`by: {}` is given twice", l.by));
+            }
+            lookups.push(Lookup {
+                by: l.by.clone(),
+                request,
+                result,
+            });
+        }
+        Some(Resolver {
+            name: name.to_owned(),
+            lookups,
+            cache: spec.cache.clone(),
+        })
+    }
+
+    pub fn lookup(&self, by: &str) -> Option<&Lookup> {
+        self.lookups.iter().find(|l| l.by == by)
+    }
+
+    /// The keys a call gave, in the order the resolver tries them.
+    pub fn order<'k>(&self, keys: &'k [(String, String)]) -> Vec<(&Lookup, &'k str)> {
+        self.lookups
+            .iter()
+            .filter_map(|l| keys.iter().find(|(by, _)| *by == l.by).map(|(_, k)| (l, k.as_str())))
+            .collect()
+    }
+}
+
+impl Lookup {
+    /// The request that looks `key` up, or `None` when the key is the value itself.
+    pub fn render(&self, templates: &Templates, settings: &Arc<Value>, key: &str) -> Result<Option<Request>, RenderError> {
+        let Some(req) = &self.request else {
+            return Ok(None);
+        };
+        let scope = Scope::builder()
+            .settings(settings.clone())
+            .key(Value::String(key.to_owned()))
+            .build();
+        req.render(templates, &scope).map(Some)
+    }
+
+    /// The compiled strings of the lookup's request, with pointers relative to the lookup.
+    pub fn texts(&self) -> Option<crate::plan::step::Texts<'_>> {
+        let req = self.request.as_ref()?;
+        Some(req.texts().into_iter().map(|(p, t)| (format!("/request{p}"), t)).collect())
+    }
+
+    /// The value found in a response body, if any.
+    pub fn extract(&self, body: &Value) -> Option<Value> {
+        self.result.as_ref()?.first(body).filter(|v| !v.is_null()).cloned()
+    }
+}

@@ -1,0 +1,387 @@
+//! Steps and request templates: the compiled form of `steps:` and what they render to.
+//!
+//! A [`RequestTemplate`] is a YAML request with its strings compiled. Rendering it in a scope
+//! gives a [`Request`]: path template parts are URL-encoded, query and header values that have
+//! no value are dropped, and body leaves that have no value drop their key. The body is built as
+//! JSON values, never as JSON text, so event data can never add structure.
+
+use crate::config::Problems;
+use crate::config::spec::{LearnSpec, RequestSpec, StepSpec};
+use crate::path::JsonPath;
+use crate::plan::outcome::Outcomes;
+use crate::request::{Method, Request, encode_path_segment};
+use crate::template::{RenderError, Scope, Templates, Text};
+use indexmap::IndexMap;
+use serde_json::{Map, Value};
+
+/// One compiled step of an action.
+#[derive(Debug)]
+pub struct Step {
+    pub name: String,
+    pub when: Option<Text>,
+    pub each: Option<Text>,
+    pub request: RequestTemplate,
+    pub outcomes: Outcomes,
+    pub outputs: Vec<(String, JsonPath)>,
+    pub learn: Vec<Learn>,
+}
+
+/// A resolver cache entry to learn from a response.
+#[derive(Debug)]
+pub struct Learn {
+    pub resolver: String,
+    pub by: String,
+    pub key: Text,
+    pub value: JsonPath,
+}
+
+/// A compiled request.
+#[derive(Debug)]
+pub struct RequestTemplate {
+    pub method: Method,
+    path: Vec<PathPart>,
+    query: Vec<(String, Text)>,
+    headers: Vec<(String, Text)>,
+    body: Option<Body>,
+}
+
+#[derive(Debug)]
+enum PathPart {
+    Literal(String),
+    Value(Text, String),
+}
+
+#[derive(Debug)]
+enum Body {
+    /// A subtree with no templates in it.
+    Fixed(Value),
+    Text(Text),
+    Object(Vec<(String, Body)>),
+    Array(Vec<Body>),
+}
+
+/// Every compiled string of a step, with the JSON pointer it came from (for load-time checks).
+pub type Texts<'a> = Vec<(String, &'a Text)>;
+
+impl Step {
+    pub fn compile(spec: &StepSpec, pointer: &str, templates: &mut Templates, problems: &mut Problems) -> Option<Step> {
+        let mut expression = |src: &Option<String>, key: &str, problems: &mut Problems| -> Result<Option<Text>, ()> {
+            match src {
+                None => Ok(None),
+                Some(s) => templates.expression(s).map(Some).map_err(|e| {
+                    problems.at(&format!("{pointer}/{key}"), format!("bad expression in `{key}`: {e}"));
+                }),
+            }
+        };
+        let when = expression(&spec.when, "when", problems);
+        let each = expression(&spec.each, "each", problems);
+        let request = RequestTemplate::compile(&spec.request, &format!("{pointer}/request"), templates, problems);
+        let outcomes = Outcomes::compile(&spec.outcomes, &format!("{pointer}/outcomes"), problems);
+        let mut outputs = Vec::new();
+        for (name, path) in &spec.outputs {
+            match JsonPath::parse(path) {
+                Ok(p) => outputs.push((name.clone(), p)),
+                Err(e) => problems.at(&format!("{pointer}/outputs/{name}"), format!("bad JSONPath {path:?}: {e}")),
+            }
+        }
+        let mut learn = Vec::new();
+        for (i, l) in spec.learn.iter().enumerate() {
+            if let Some(l) = Learn::compile(l, &format!("{pointer}/learn/{i}"), templates, problems) {
+                learn.push(l);
+            }
+        }
+        Some(Step {
+            name: spec.name.clone(),
+            when: when.ok()?,
+            each: each.ok()?,
+            request: request?,
+            outcomes,
+            outputs,
+            learn,
+        })
+    }
+
+    /// Every compiled string of the step with its pointer (relative to the step).
+    pub fn texts(&self) -> Texts<'_> {
+        let mut out: Texts = Vec::new();
+        if let Some(w) = &self.when {
+            out.push(("/when".into(), w));
+        }
+        if let Some(e) = &self.each {
+            out.push(("/each".into(), e));
+        }
+        for (p, t) in self.request.texts() {
+            out.push((format!("/request{p}"), t));
+        }
+        for (i, l) in self.learn.iter().enumerate() {
+            out.push((format!("/learn/{i}/key"), &l.key));
+        }
+        out
+    }
+
+    /// Values of the step's outputs read from a response body (absent ones are left out).
+    pub fn read_outputs(&self, body: &Value) -> IndexMap<String, Value> {
+        self.outputs
+            .iter()
+            .filter_map(|(name, path)| path.first(body).filter(|v| !v.is_null()).map(|v| (name.clone(), v.clone())))
+            .collect()
+    }
+}
+
+impl Learn {
+    fn compile(spec: &LearnSpec, pointer: &str, templates: &mut Templates, problems: &mut Problems) -> Option<Learn> {
+        let key = templates
+            .text(&spec.key)
+            .map_err(|e| problems.at(&format!("{pointer}/key"), format!("template error: {e}")))
+            .ok();
+        let value = JsonPath::parse(&spec.value)
+            .map_err(|e| problems.at(&format!("{pointer}/value"), format!("bad JSONPath {:?}: {e}", spec.value)))
+            .ok();
+        Some(Learn {
+            resolver: spec.resolver.clone(),
+            by: spec.by.clone(),
+            key: key?,
+            value: value?,
+        })
+    }
+}
+
+impl RequestTemplate {
+    pub fn compile(spec: &RequestSpec, pointer: &str, templates: &mut Templates, problems: &mut Problems) -> Option<RequestTemplate> {
+        let mut ok = true;
+        let mut text = |s: &str, at: String, problems: &mut Problems| match templates.text(s) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                problems.at(&at, format!("template error: {e}"));
+                ok = false;
+                None
+            }
+        };
+        let mut path = Vec::new();
+        if !spec.path.starts_with('/') {
+            problems.at(&format!("{pointer}/path"), "a path starts with `/`");
+        }
+        for part in split_path(&spec.path) {
+            match part {
+                Ok(lit) => path.push(PathPart::Literal(lit.to_owned())),
+                Err(expr) => {
+                    if let Some(t) = text(expr, format!("{pointer}/path"), problems) {
+                        path.push(PathPart::Value(t, expr.to_owned()));
+                    }
+                }
+            }
+        }
+        let mut pairs = |map: &IndexMap<String, crate::config::spec::Scalar>, what: &str, problems: &mut Problems| {
+            let mut out = Vec::new();
+            for (k, v) in map {
+                let src = match v.to_json() {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                if let Some(t) = text(&src, format!("{pointer}/{what}/{k}"), problems) {
+                    out.push((k.clone(), t));
+                }
+            }
+            out
+        };
+        let query = pairs(&spec.query, "query", problems);
+        let headers = pairs(&spec.headers, "headers", problems);
+        let body = spec
+            .body
+            .as_ref()
+            .map(|b| compile_body(b, &format!("{pointer}/body"), templates, problems));
+        (ok && body.as_ref().is_none_or(Option::is_some)).then(|| RequestTemplate {
+            method: spec.method,
+            path,
+            query,
+            headers,
+            body: body.flatten(),
+        })
+    }
+
+    /// Renders the request in a scope.
+    pub fn render(&self, templates: &Templates, scope: &Scope) -> Result<Request, RenderError> {
+        let mut path = String::new();
+        for part in &self.path {
+            match part {
+                PathPart::Literal(s) => path.push_str(s),
+                PathPart::Value(t, src) => match templates.eval(t, scope)? {
+                    Some(v) => path.push_str(&encode_path_segment(&scalar_text(&v))),
+                    None => return Err(RenderError(format!("the path part {src:?} has no value"))),
+                },
+            }
+        }
+        let pairs = |list: &[(String, Text)]| -> Result<IndexMap<String, String>, RenderError> {
+            let mut out = IndexMap::new();
+            for (k, t) in list {
+                if let Some(v) = templates.eval(t, scope)? {
+                    out.insert(k.clone(), scalar_text(&v));
+                }
+            }
+            Ok(out)
+        };
+        let body = match &self.body {
+            None => None,
+            Some(b) => Some(render_body(b, templates, scope)?.unwrap_or(Value::Null)),
+        };
+        Ok(Request {
+            method: self.method,
+            path,
+            query: pairs(&self.query)?,
+            headers: pairs(&self.headers)?,
+            body,
+        })
+    }
+
+    /// Every compiled string with its pointer relative to the request.
+    pub fn texts(&self) -> Texts<'_> {
+        let mut out: Texts = Vec::new();
+        for p in &self.path {
+            if let PathPart::Value(t, _) = p {
+                out.push(("/path".into(), t));
+            }
+        }
+        for (k, t) in &self.query {
+            out.push((format!("/query/{k}"), t));
+        }
+        for (k, t) in &self.headers {
+            out.push((format!("/headers/{k}"), t));
+        }
+        if let Some(b) = &self.body {
+            body_texts(b, "/body".into(), &mut out);
+        }
+        out
+    }
+}
+
+fn body_texts<'a>(b: &'a Body, at: String, out: &mut Texts<'a>) {
+    match b {
+        Body::Fixed(_) => {}
+        Body::Text(t) => out.push((at, t)),
+        Body::Object(entries) => {
+            for (k, v) in entries {
+                body_texts(v, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out);
+            }
+        }
+        Body::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                body_texts(v, format!("{at}/{i}"), out);
+            }
+        }
+    }
+}
+
+/// A scalar as text for paths, queries and headers (strings as they are; others as JSON).
+fn scalar_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Splits `/a/{{ x }}/b` into literal parts (`Ok`) and expression sources (`Err`).
+fn split_path(path: &str) -> Vec<Result<&str, &str>> {
+    let mut out = Vec::new();
+    let mut rest = path;
+    while let Some(start) = rest.find("{{") {
+        if start > 0 {
+            out.push(Ok(&rest[..start]));
+        }
+        match rest[start..].find("}}") {
+            Some(end) => {
+                out.push(Err(&rest[start..start + end + 2]));
+                rest = &rest[start + end + 2..];
+            }
+            None => {
+                out.push(Err(&rest[start..]));
+                rest = "";
+            }
+        }
+    }
+    if !rest.is_empty() {
+        out.push(Ok(rest));
+    }
+    out
+}
+
+fn has_template(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains("{{") || s.contains("{%"),
+        Value::Array(a) => a.iter().any(has_template),
+        Value::Object(o) => o.values().any(has_template),
+        _ => false,
+    }
+}
+
+fn compile_body(v: &Value, pointer: &str, templates: &mut Templates, problems: &mut Problems) -> Option<Body> {
+    if !has_template(v) {
+        return Some(Body::Fixed(v.clone()));
+    }
+    match v {
+        Value::String(s) => match templates.text(s) {
+            Ok(t) => Some(Body::Text(t)),
+            Err(e) => {
+                problems.at(pointer, format!("template error: {e}"));
+                None
+            }
+        },
+        Value::Array(items) => {
+            let compiled: Vec<Option<Body>> = items
+                .iter()
+                .enumerate()
+                .map(|(i, x)| compile_body(x, &format!("{pointer}/{i}"), templates, problems))
+                .collect();
+            compiled.into_iter().collect::<Option<Vec<_>>>().map(Body::Array)
+        }
+        Value::Object(map) => {
+            let compiled: Vec<Option<(String, Body)>> = map
+                .iter()
+                .map(|(k, x)| {
+                    let p = format!("{pointer}/{}", k.replace('~', "~0").replace('/', "~1"));
+                    compile_body(x, &p, templates, problems).map(|b| (k.clone(), b))
+                })
+                .collect();
+            compiled.into_iter().collect::<Option<Vec<_>>>().map(Body::Object)
+        }
+        other => Some(Body::Fixed(other.clone())),
+    }
+}
+
+fn render_body(b: &Body, templates: &Templates, scope: &Scope) -> Result<Option<Value>, RenderError> {
+    Ok(match b {
+        Body::Fixed(v) => Some(v.clone()),
+        Body::Text(t) => templates.eval(t, scope)?,
+        Body::Object(entries) => {
+            let mut m = Map::with_capacity(entries.len());
+            for (k, v) in entries {
+                if let Some(x) = render_body(v, templates, scope)? {
+                    m.insert(k.clone(), x);
+                }
+            }
+            Some(Value::Object(m))
+        }
+        Body::Array(items) => {
+            let mut a = Vec::with_capacity(items.len());
+            for v in items {
+                if let Some(x) = render_body(v, templates, scope)? {
+                    a.push(x);
+                }
+            }
+            Some(Value::Array(a))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_into_literals_and_expressions() {
+        assert_eq!(
+            split_path("/api/v2/users/{{ id }}/events"),
+            vec![Ok("/api/v2/users/"), Err("{{ id }}"), Ok("/events")]
+        );
+        assert_eq!(split_path("/a"), vec![Ok("/a")]);
+    }
+}
