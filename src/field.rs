@@ -69,8 +69,14 @@ impl Field {
         problems: &mut Problems,
     ) -> Option<Field> {
         let (source, spec) = match def {
-            FieldDef::Short(s) => (compile_short(&s.to_json(), pointer, templates, problems)?, None),
-            FieldDef::Full(spec) => (compile_spec(spec, pointer, templates, settings, problems)?, Some(spec)),
+            FieldDef::Short(s) => (
+                compile_short(&s.to_json(), pointer, templates, problems)?,
+                None,
+            ),
+            FieldDef::Full(spec) => (
+                compile_spec(spec, pointer, templates, settings, problems)?,
+                Some(spec),
+            ),
         };
         Some(Field {
             name: name.to_owned(),
@@ -110,7 +116,9 @@ fn compile_short(
     problems: &mut Problems,
 ) -> Option<Source> {
     match value {
-        Value::String(s) if s.starts_with('$') => compile_path(s, pointer, problems).map(Source::Path),
+        Value::String(s) if s.starts_with('$') => {
+            compile_path(s, pointer, problems).map(Source::Path)
+        }
         Value::String(s) if s.contains("{{") || s.contains("{%") => match templates.text(s) {
             Ok(t) => Some(Source::Template(t, s.clone())),
             Err(e) => {
@@ -166,7 +174,10 @@ fn compile_spec(
         return match templates.text(t) {
             Ok(text) => Some(Source::Template(text, t.clone())),
             Err(e) => {
-                problems.at(&format!("{pointer}/template"), format!("template error: {e}"));
+                problems.at(
+                    &format!("{pointer}/template"),
+                    format!("template error: {e}"),
+                );
                 None
             }
         };
@@ -179,7 +190,10 @@ fn compile_spec(
             let hint = crate::config::diagnostic::suggest(s, settings.iter().map(String::as_str))
                 .map(|h| format!("; did you mean `{h}`?"))
                 .unwrap_or_default();
-            problems.at(&format!("{pointer}/setting"), format!("unknown setting `{s}`{hint}"));
+            problems.at(
+                &format!("{pointer}/setting"),
+                format!("unknown setting `{s}`{hint}"),
+            );
             return None;
         }
         return Some(Source::Setting(s.clone()));
@@ -195,7 +209,10 @@ fn compile_spec(
             sources.push(s?);
         }
         if sources.is_empty() {
-            problems.at(&format!("{pointer}/first_of"), "`first_of` needs at least one source");
+            problems.at(
+                &format!("{pointer}/first_of"),
+                "`first_of` needs at least one source",
+            );
             return None;
         }
         return Some(Source::FirstOf(sources));
@@ -203,7 +220,11 @@ fn compile_spec(
     let e: &EntriesSpec = spec.entries.as_ref()?;
     let mut from = Vec::new();
     for (i, p) in e.from.iter().enumerate() {
-        from.push(compile_path(p, &format!("{pointer}/entries/from/{i}"), problems)?);
+        from.push(compile_path(
+            p,
+            &format!("{pointer}/entries/from/{i}"),
+            problems,
+        )?);
     }
     Some(Source::Entries(Entries {
         from,
@@ -258,8 +279,17 @@ impl Source {
             Source::Template(_, src) => format!("template {src:?}"),
             Source::Literal(_) => "a literal".into(),
             Source::Setting(s) => format!("setting `{s}`"),
-            Source::FirstOf(list) => list.iter().map(Source::describe).collect::<Vec<_>>().join(", "),
-            Source::Entries(e) => e.from.iter().map(|p| p.source()).collect::<Vec<_>>().join(", "),
+            Source::FirstOf(list) => list
+                .iter()
+                .map(Source::describe)
+                .collect::<Vec<_>>()
+                .join(", "),
+            Source::Entries(e) => e
+                .from
+                .iter()
+                .map(|p| p.source())
+                .collect::<Vec<_>>()
+                .join(", "),
         }
     }
 }
@@ -273,7 +303,9 @@ impl Entries {
             };
             for (k, v) in obj {
                 let keep = match self.values {
-                    EntryValues::Scalars => matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_)),
+                    EntryValues::Scalars => {
+                        matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
+                    }
                     EntryValues::Any => !v.is_null(),
                 };
                 if !keep || self.except.contains(k) {
@@ -295,14 +327,18 @@ impl Entries {
 
 /// Converts a value to a type; a value that cannot be converted is an error.
 pub fn coerce(v: Value, kind: ValueType) -> Result<Value, String> {
-    let fail = |v: &Value| Err(format!("cannot convert {} to {kind:?}", crate::event::json_kind(v)).to_lowercase());
+    let fail = |v: &Value| {
+        Err(format!("cannot convert {} to {kind:?}", crate::event::json_kind(v)).to_lowercase())
+    };
     match (kind, v) {
         (ValueType::Any, v) => Ok(v),
         (ValueType::String, Value::String(s)) => Ok(Value::String(s)),
         (ValueType::String, Value::Number(n)) => Ok(Value::String(n.to_string())),
         (ValueType::String, Value::Bool(b)) => Ok(Value::String(b.to_string())),
         (ValueType::Integer, Value::Number(n)) => match n.as_i64().or_else(|| {
-            n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
         }) {
             Some(i) => Ok(Value::from(i)),
             None => fail(&Value::Number(n)),
@@ -312,7 +348,12 @@ pub fn coerce(v: Value, kind: ValueType) -> Result<Value, String> {
             Err(_) => Err(format!("cannot convert {s:?} to an integer")),
         },
         (ValueType::Number, Value::Number(n)) => Ok(Value::Number(n)),
-        (ValueType::Number, Value::String(s)) => match s.trim().parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+        (ValueType::Number, Value::String(s)) => match s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+        {
             Some(n) => Ok(Value::Number(n)),
             None => Err(format!("cannot convert {s:?} to a number")),
         },

@@ -17,10 +17,16 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 fn generate<T: schemars::JsonSchema>(id: &str) -> Value {
-    let schema = SchemaSettings::draft2020_12().into_generator().into_root_schema_for::<T>();
+    let schema = SchemaSettings::draft2020_12()
+        .into_generator()
+        .into_root_schema_for::<T>();
     let mut v = serde_json::to_value(schema).unwrap_or_default();
     if let Value::Object(m) = &mut v {
-        m.shift_insert(1, "$id".into(), json!(format!("https://zdmap.dev/schemas/{id}")));
+        m.shift_insert(
+            1,
+            "$id".into(),
+            json!(format!("https://zdmap.dev/schemas/{id}")),
+        );
     }
     v
 }
@@ -143,7 +149,10 @@ fn report(e: &ValidationError, doc: &Value, problems: &mut Problems) {
                             format!("; expected one of: {}", known.join(", "))
                         }
                     });
-                problems.at_key(&format!("{at}/{}", escape(key)), format!("unknown key `{key}`{hint}"));
+                problems.at_key(
+                    &format!("{at}/{}", escape(key)),
+                    format!("unknown key `{key}`{hint}"),
+                );
             }
         }
         ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
@@ -151,12 +160,15 @@ fn report(e: &ValidationError, doc: &Value, problems: &mut Problems) {
             let instance_is_object = e.instance().is_object();
             let branch = context.iter().find(|errs| {
                 instance_is_object
-                    && !errs
-                        .iter()
-                        .any(|x| matches!(x.kind(), ValidationErrorKind::Type { .. }) && x.instance_path().as_str() == at)
+                    && !errs.iter().any(|x| {
+                        matches!(x.kind(), ValidationErrorKind::Type { .. })
+                            && x.instance_path().as_str() == at
+                    })
             });
             match branch {
-                Some(errs) if !errs.is_empty() => errs.iter().for_each(|x| report(x, doc, problems)),
+                Some(errs) if !errs.is_empty() => {
+                    errs.iter().for_each(|x| report(x, doc, problems))
+                }
                 _ => problems.at(&at, format!("{}", e.masked())),
             }
         }
@@ -173,7 +185,9 @@ fn known_properties(_instance_path: &str, _doc: &Value, e: &ValidationError) -> 
     let schema_path = e.schema_path().as_str();
     let parent = schema_path.rsplit_once('/').map_or("", |(p, _)| p);
     for root in [action_schema(), destination_schema(), cases_schema()] {
-        if let Some(Value::Object(props)) = resolve(&root, parent).and_then(|s| s.get("properties").cloned()) {
+        if let Some(Value::Object(props)) =
+            resolve(&root, parent).and_then(|s| s.get("properties").cloned())
+        {
             return props.keys().cloned().collect();
         }
     }

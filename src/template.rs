@@ -96,7 +96,14 @@ impl Templates {
                 minijinja::escape_formatter(out, state, value)
             }
         });
-        env.add_function("resolve", resolve);
+        env.add_function("resolve", |state: &State, name: &str, kwargs: Kwargs| {
+            resolve(state, name, kwargs, true)
+        });
+        env.add_function(
+            "try_resolve",
+            |state: &State, name: &str, kwargs: Kwargs| resolve(state, name, kwargs, false),
+        );
+        env.add_filter("without", without);
         env.add_filter("snake_case", |s: &str| snake_case(s));
         env.add_filter("keys_as", keys_as);
         Templates { env, count: 0 }
@@ -110,7 +117,10 @@ impl Templates {
         if let Some(inner) = single_expression(source) {
             let name = self.add(&format!("{{% set __zdmap_value = ({inner}) %}}"), source)?;
             if let Some(path) = plain_reference(inner) {
-                return Ok(Text::Ref { path, fallback: name });
+                return Ok(Text::Ref {
+                    path,
+                    fallback: name,
+                });
             }
             return Ok(Text::Expr { name });
         }
@@ -215,7 +225,7 @@ impl Templates {
         let tmpl = self.env.get_template(name)?;
         let captured = tmpl.render_captured(scope.to_mj())?;
         let value = captured.state().lookup("__zdmap_value").unwrap_or_default();
-        if value.is_undefined() || value.is_none() {
+        if is_missing(&value) {
             return Ok(None);
         }
         serde_json::to_value(&value)
@@ -234,7 +244,9 @@ fn resolve_calls(source: &str) -> Vec<(String, Vec<String>)> {
         let Some(quote) = trimmed.chars().next().filter(|c| *c == '\'' || *c == '"') else {
             continue;
         };
-        let Some(end) = trimmed[1..].find(quote) else { break };
+        let Some(end) = trimmed[1..].find(quote) else {
+            break;
+        };
         let name = trimmed[1..1 + end].to_owned();
         let mut keys = Vec::new();
         let mut depth = 1;
@@ -246,7 +258,11 @@ fn resolve_calls(source: &str) -> Vec<(String, Vec<String>)> {
             match c {
                 '(' | '[' | '{' => depth += 1,
                 ')' | ']' | '}' => depth -= 1,
-                '=' if depth == 1 && bytes.get(j + 1) != Some(&'=') && j > 0 && !"=!<>".contains(bytes[j - 1]) => {
+                '=' if depth == 1
+                    && bytes.get(j + 1) != Some(&'=')
+                    && j > 0
+                    && !"=!<>".contains(bytes[j - 1]) =>
+                {
                     let k = ident.trim().to_owned();
                     if !k.is_empty() {
                         keys.push(k);
@@ -331,14 +347,29 @@ fn keys_as(map: Mj, existing: Mj) -> Result<Mj, Error> {
         .try_iter()?
         .filter_map(|v| v.as_str().map(str::to_owned))
         .collect();
-    let mut out = IndexMap::new();
+    let mut out: IndexMap<Mj, Mj> = IndexMap::new();
     for key in map.try_iter()? {
         let Some(k) = key.as_str() else { continue };
         let value = map.get_item(&key)?;
-        let new_key = if existing.contains(k) { k.to_owned() } else { snake_case(k) };
-        out.insert(new_key, value);
+        let new_key = if existing.contains(k) {
+            k.to_owned()
+        } else {
+            snake_case(k)
+        };
+        out.insert(Mj::from(new_key), value);
     }
-    Ok(Mj::from_iter(out))
+    Ok(Mj::from_object(out))
+}
+
+/// `{{ list | without(other) }}`: the elements of a list (or keys of a map) not in `other`.
+fn without(items: Mj, other: Mj) -> Result<Mj, Error> {
+    let other: Vec<Mj> = other.try_iter()?.collect();
+    Ok(Mj::from(
+        items
+            .try_iter()?
+            .filter(|x| !other.contains(x))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -366,8 +397,12 @@ enum Vars {
     None,
     /// An event: every top-level key is a name; a missing key is `none`.
     Event(Arc<Value>),
-    /// Named values (an action's fields): a missing one is `none`, an unknown one an error.
-    Named(Arc<IndexMap<String, Arc<Value>>>),
+    /// Named values (an action's fields): a declared one without a value is `none`, an
+    /// undeclared one is undefined (an error under strict undefined).
+    Named {
+        values: Arc<IndexMap<String, Arc<Value>>>,
+        declared: Arc<[String]>,
+    },
 }
 
 /// Builds a [`Scope`].
@@ -393,8 +428,9 @@ impl Scope {
                 Some(v) => v,
                 None => return Some(None),
             },
-            (name, Vars::Named(map)) => match map.get(name) {
+            (name, Vars::Named { values, declared }) => match values.get(name) {
                 Some(v) => v,
+                None if declared.iter().any(|d| d == name) => return Some(None),
                 None => return None,
             },
             (_, Vars::None) => return None,
@@ -422,8 +458,13 @@ impl ScopeBuilder {
         self.0.vars = Vars::Event(event);
         self
     }
-    pub fn fields(mut self, fields: Arc<IndexMap<String, Arc<Value>>>) -> Self {
-        self.0.vars = Vars::Named(fields);
+    /// The action's fields: `values` of this event, `declared` names (missing ones are `none`).
+    pub fn fields(
+        mut self,
+        values: Arc<IndexMap<String, Arc<Value>>>,
+        declared: Arc<[String]>,
+    ) -> Self {
+        self.0.vars = Vars::Named { values, declared };
         self
     }
     pub fn settings(mut self, settings: Arc<Value>) -> Self {
@@ -477,9 +518,13 @@ impl Object for ScopeObject {
             _ => match &d.vars {
                 Vars::Event(ev) => Some(match ev.get(name) {
                     Some(_) => json_to_mj(ev, vec![Seg::Key(name.into())]),
-                    None => Mj::from(()),
+                    None => Mj::from_object(Missing),
                 }),
-                Vars::Named(map) => map.get(name).map(|v| json(v)),
+                Vars::Named { values, declared } => match values.get(name) {
+                    Some(v) => Some(json(v)),
+                    None if declared.iter().any(|d| d == name) => Some(Mj::from(())),
+                    None => None,
+                },
                 Vars::None => None,
             },
         }
@@ -525,7 +570,8 @@ fn json_to_mj(root: &Arc<Value>, path: Vec<Seg>) -> Mj {
         path,
     };
     match r.target() {
-        Value::Null => Mj::from(()),
+        Value::Null if r.path.is_empty() => Mj::from(()),
+        Value::Null => Mj::from_object(Missing),
         Value::Bool(b) => Mj::from(*b),
         Value::Number(n) => {
             if let Some(i) = n.as_i64() {
@@ -551,13 +597,13 @@ impl Object for JsonRef {
 
     fn get_value(self: &Arc<Self>, key: &Mj) -> Option<Mj> {
         match self.target() {
-            // A missing key of event data is `none`, not an error: events vary.
+            // A missing key of event data is falsy and empty, not an error: events vary.
             Value::Object(m) => {
                 let k = key.as_str()?;
                 Some(if m.contains_key(k) {
                     self.child(Seg::Key(k.into()))
                 } else {
-                    Mj::from(())
+                    Mj::from_object(Missing)
                 })
             }
             Value::Array(a) => {
@@ -572,11 +618,38 @@ impl Object for JsonRef {
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
         match self.target() {
-            Value::Object(m) => Enumerator::Values(m.keys().map(|k| Mj::from(k.as_str())).collect()),
+            Value::Object(m) => {
+                Enumerator::Values(m.keys().map(|k| Mj::from(k.as_str())).collect())
+            }
             Value::Array(a) => Enumerator::Seq(a.len()),
             _ => Enumerator::Empty,
         }
     }
+}
+
+/// Event data that is not there (an absent key or a JSON null): false, renders as nothing, gives
+/// no value as a result, and any attribute of it is missing too, so `context.traits.email` works
+/// on events without `context`. (Test for it with `if x`, not `x is none`.)
+#[derive(Debug)]
+struct Missing;
+
+impl Object for Missing {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+    fn get_value(self: &Arc<Self>, _key: &Mj) -> Option<Mj> {
+        Some(Mj::from_object(Missing))
+    }
+    fn is_true(self: &Arc<Self>) -> bool {
+        false
+    }
+    fn render(self: &Arc<Self>, _f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Ok(())
+    }
+}
+
+fn is_missing(v: &Mj) -> bool {
+    v.is_undefined() || v.is_none() || v.downcast_object_ref::<Missing>().is_some()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -634,18 +707,18 @@ impl Lookups {
         format!("__zdmap_lookup_{index}__")
     }
 
-    fn ask(&self, need: LookupNeed) -> Result<Mj, Error> {
+    fn ask(&self, need: LookupNeed, required: bool) -> Result<Mj, Error> {
         match self.answers.get(&need) {
             Some(Answer::Found(v)) => Ok(json_to_mj(&Arc::new(v.clone()), Vec::new())),
+            Some(Answer::NotFound) if !required => Ok(Mj::from(())),
             Some(Answer::NotFound) => Err(Error::new(
                 ErrorKind::InvalidOperation,
                 format!("lookup found nothing: {need}"),
             )),
             None => {
-                let mut asked = self
-                    .asked
-                    .lock()
-                    .map_err(|_| Error::new(ErrorKind::InvalidOperation, "lookup state poisoned"))?;
+                let mut asked = self.asked.lock().map_err(|_| {
+                    Error::new(ErrorKind::InvalidOperation, "lookup state poisoned")
+                })?;
                 let index = match asked.iter().position(|n| *n == need) {
                     Some(i) => i,
                     None => {
@@ -662,11 +735,12 @@ impl Lookups {
 impl Object for Lookups {}
 
 /// `resolve('user', external_id=x, email=y)`: the answer, or a placeholder and a recorded need.
-fn resolve(state: &State, resolver: &str, kwargs: Kwargs) -> Result<Mj, Error> {
+/// Finding nothing is an error for `resolve` and `none` for `try_resolve`.
+fn resolve(state: &State, resolver: &str, kwargs: Kwargs, required: bool) -> Result<Mj, Error> {
     let mut keys = Vec::new();
     for by in kwargs.args() {
         let v: Mj = kwargs.get(by)?;
-        if v.is_undefined() || v.is_none() {
+        if is_missing(&v) {
             continue;
         }
         let s = match v.as_str() {
@@ -687,13 +761,13 @@ fn resolve(state: &State, resolver: &str, kwargs: Kwargs) -> Result<Mj, Error> {
         resolver: resolver.to_owned(),
         keys,
     };
-    let lookups = state.lookup("__zdmap").ok_or_else(|| {
-        Error::new(ErrorKind::InvalidOperation, "resolve() cannot be used here")
-    })?;
+    let lookups = state
+        .lookup("__zdmap")
+        .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "resolve() cannot be used here"))?;
     let lookups = lookups
         .downcast_object_ref::<Lookups>()
         .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "resolve() cannot be used here"))?;
-    lookups.ask(need)
+    lookups.ask(need, required)
 }
 
 /// Outputs of the steps that ran so far: step name → output name → value.
@@ -718,7 +792,12 @@ impl Object for StepOutputs {
         let step = key.as_str()?;
         match self.outputs.get(step) {
             Some(outputs) => {
-                let v = Value::Object(outputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+                let v = Value::Object(
+                    outputs
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                );
                 Some(json_to_mj(&Arc::new(v), Vec::new()))
             }
             None if self.symbolic => Some(Mj::from_object(SymbolicOutputs(step.to_owned()))),
@@ -780,8 +859,13 @@ mod tests {
     #[test]
     fn unknown_names_fail_in_named_scopes() {
         let mut t = Templates::new();
-        let fields = Arc::new(IndexMap::from([("email".to_owned(), Arc::new(json!("a@b.c")))]));
-        let s = Scope::builder().fields(fields).build();
+        let fields = Arc::new(IndexMap::from([(
+            "email".to_owned(),
+            Arc::new(json!("a@b.c")),
+        )]));
+        let s = Scope::builder()
+            .fields(fields, Arc::from(vec!["email".to_owned()]))
+            .build();
         let bad = t.text("{{ emial ~ 'x' }}").unwrap();
         assert!(t.eval(&bad, &s).is_err());
         assert_eq!(t.variables(&bad), HashSet::from(["emial".to_owned()]));
@@ -798,26 +882,46 @@ mod tests {
     #[test]
     fn lookups_give_placeholders_then_answers() {
         let mut t = Templates::new();
-        let text = t.text("{{ resolve('user', external_id=x, email=none) }}").unwrap();
+        let text = t
+            .text("{{ resolve('user', external_id=x, email=none) }}")
+            .unwrap();
         let fields = Arc::new(IndexMap::from([("x".to_owned(), Arc::new(json!("u1")))]));
         let lookups = Arc::new(Lookups::default());
-        let s = Scope::builder().fields(fields.clone()).lookups(lookups.clone()).build();
-        assert_eq!(t.eval(&text, &s).unwrap(), Some(json!("__zdmap_lookup_0__")));
+        let declared: Arc<[String]> = Arc::from(vec!["x".to_owned()]);
+        let s = Scope::builder()
+            .fields(fields.clone(), declared.clone())
+            .lookups(lookups.clone())
+            .build();
+        assert_eq!(
+            t.eval(&text, &s).unwrap(),
+            Some(json!("__zdmap_lookup_0__"))
+        );
         let need = LookupNeed {
             resolver: "user".into(),
             keys: vec![("external_id".into(), "u1".into())],
         };
         assert_eq!(lookups.missing(), vec![need.clone()]);
-        let known = Arc::new(Lookups::new(HashMap::from([(need, Answer::Found(json!(42)))])));
-        let s = Scope::builder().fields(fields).lookups(known).build();
+        let known = Arc::new(Lookups::new(HashMap::from([(
+            need,
+            Answer::Found(json!(42)),
+        )])));
+        let s = Scope::builder()
+            .fields(fields, declared)
+            .lookups(known)
+            .build();
         assert_eq!(t.eval(&text, &s).unwrap(), Some(json!(42)));
     }
 
     #[test]
     fn resolve_calls_are_found() {
         assert_eq!(
-            resolve_calls("{% set __zdmap_value = (resolve('user', external_id=a, email=b or c)) %}"),
-            vec![("user".to_owned(), vec!["external_id".to_owned(), "email".to_owned()])]
+            resolve_calls(
+                "{% set __zdmap_value = (resolve('user', external_id=a, email=b or c)) %}"
+            ),
+            vec![(
+                "user".to_owned(),
+                vec!["external_id".to_owned(), "email".to_owned()]
+            )]
         );
     }
 

@@ -30,7 +30,14 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
     }
 }
 
@@ -94,13 +101,20 @@ impl Diagnostics {
                 })
                 .collect::<Vec<_>>()
                 .join("\n"),
-            Format::Pretty => self.0.iter().map(render_pretty).collect::<Vec<_>>().join("\n"),
+            Format::Pretty => self
+                .0
+                .iter()
+                .map(render_pretty)
+                .collect::<Vec<_>>()
+                .join("\n"),
         }
     }
 }
 
 fn github_escape(s: &str) -> String {
-    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
 }
 
 /// A miette report of one problem, with the source line marked.
@@ -122,7 +136,8 @@ fn render_pretty(d: &Diagnostic) -> String {
         at: offset.map(|o| miette::SourceSpan::new(o.into(), 1)),
     };
     let mut out = String::new();
-    let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor());
+    let handler =
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor());
     if handler.render_report(&mut out, &report).is_err() {
         return d.to_string();
     }
@@ -136,7 +151,10 @@ fn offset_of(source: &str, line: usize, column: usize) -> Option<usize> {
     let mut offset = 0;
     for (i, l) in source.split_inclusive('\n').enumerate() {
         if i + 1 == line {
-            let col = l.char_indices().nth(column.saturating_sub(1)).map_or(0, |(b, _)| b);
+            let col = l
+                .char_indices()
+                .nth(column.saturating_sub(1))
+                .map_or(0, |(b, _)| b);
             return Some(offset + col.min(l.trim_end_matches('\n').len()));
         }
         offset += l.len();
@@ -160,7 +178,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -173,7 +193,10 @@ mod tests {
 
     #[test]
     fn suggestions_find_typos_only() {
-        assert_eq!(suggest("requried", ["required", "default", "path"]), Some("required"));
+        assert_eq!(
+            suggest("requried", ["required", "default", "path"]),
+            Some("required")
+        );
         assert_eq!(suggest("trigger", ["trigger"]), Some("trigger"));
         assert_eq!(suggest("zzzzzz", ["path", "template"]), None);
     }
@@ -187,7 +210,10 @@ mod tests {
             message: "bad\nthing".into(),
         }]);
         assert_eq!(ds.render(Format::Text), "mappings/a.yaml:3:7: bad\nthing");
-        assert_eq!(ds.render(Format::Github), "::error file=mappings/a.yaml,line=3,col=7::bad%0Athing");
+        assert_eq!(
+            ds.render(Format::Github),
+            "::error file=mappings/a.yaml,line=3,col=7::bad%0Athing"
+        );
         assert!(ds.render(Format::Json).contains("\"line\": 3"));
     }
 }

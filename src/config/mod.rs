@@ -36,7 +36,12 @@ pub const DESTINATION_FILE: &str = "destination.yaml";
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConfigArgs {
     /// The mappings directory: action files and destination.yaml.
-    #[arg(long, value_name = "DIR", default_value = "mappings", env = "ZDMAP_MAPPINGS")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "mappings",
+        env = "ZDMAP_MAPPINGS"
+    )]
     pub mappings: PathBuf,
     /// Override a setting of destination.yaml, e.g. `--set subdomain=acme` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -90,7 +95,10 @@ impl Problems {
     }
 
     fn loc(&self, pointer: &str, key: bool) -> Loc {
-        self.root.as_ref().map(|r| r.locate(pointer, key)).unwrap_or_default()
+        self.root
+            .as_ref()
+            .map(|r| r.locate(pointer, key))
+            .unwrap_or_default()
     }
 
     /// A problem with the value at a JSON pointer.
@@ -121,13 +129,21 @@ impl Config {
         let files = match list_yaml(dir) {
             Ok(f) => f,
             Err(e) => {
-                diags.push(Diagnostic::new(dir, Loc::default(), format!("cannot read the mappings directory: {e}")));
+                diags.push(Diagnostic::new(
+                    dir,
+                    Loc::default(),
+                    format!("cannot read the mappings directory: {e}"),
+                ));
                 return Err(diags);
             }
         };
         let dest_path = dir.join(DESTINATION_FILE);
         let mut templates = Templates::new();
-        let destination = read_spec::<DestinationSpec>(&dest_path, crate::schema::destination_validator(), &mut diags);
+        let destination = read_spec::<DestinationSpec>(
+            &dest_path,
+            crate::schema::destination_validator(),
+            &mut diags,
+        );
         let mut config = Config {
             dir: dir.to_path_buf(),
             name: String::new(),
@@ -153,12 +169,19 @@ impl Config {
             config.outcomes = Outcomes::compile(&spec.outcomes, "/outcomes", &mut p);
             for (what, paths, out) in [
                 ("codes", &spec.errors.codes, &mut config.error_codes),
-                ("messages", &spec.errors.messages, &mut config.error_messages),
+                (
+                    "messages",
+                    &spec.errors.messages,
+                    &mut config.error_messages,
+                ),
             ] {
                 for (i, s) in paths.iter().enumerate() {
                     match JsonPath::parse(s) {
                         Ok(jp) => out.push(jp),
-                        Err(e) => p.at(&format!("/errors/{what}/{i}"), format!("bad JSONPath {s:?}: {e}")),
+                        Err(e) => p.at(
+                            &format!("/errors/{what}/{i}"),
+                            format!("bad JSONPath {s:?}: {e}"),
+                        ),
                     }
                 }
             }
@@ -166,7 +189,13 @@ impl Config {
                 let at = format!("/resolvers/{name}");
                 if let Some(r) = Resolver::compile(name, r, &at, &mut templates, &mut p) {
                     for (ptr, text) in r.lookups.iter().filter_map(|l| l.texts()).flatten() {
-                        check_names(&templates, text, &["key", "settings"], &format!("{at}{ptr}"), &mut p);
+                        check_names(
+                            &templates,
+                            text,
+                            &["key", "settings"],
+                            &format!("{at}{ptr}"),
+                            &mut p,
+                        );
                     }
                     config.resolvers.insert(name.clone(), r);
                 }
@@ -174,16 +203,35 @@ impl Config {
             diags.0.extend(p.found);
         }
         let mut seen: HashMap<String, PathBuf> = HashMap::new();
-        for file in files.iter().filter(|f| f.file_name().is_some_and(|n| n != DESTINATION_FILE)) {
-            let Some((spec, node)) = read_spec::<ActionSpec>(file, crate::schema::action_validator(), &mut diags) else {
+        for file in files
+            .iter()
+            .filter(|f| f.file_name().is_some_and(|n| n != DESTINATION_FILE))
+        {
+            let Some((spec, node)) =
+                read_spec::<ActionSpec>(file, crate::schema::action_validator(), &mut diags)
+            else {
                 continue;
             };
             let mut p = Problems::new(file, Some(node));
             if let Some(first) = seen.get(&spec.name) {
-                p.at("/name", format!("action `{}` is already defined in {}", spec.name, first.display()));
+                p.at(
+                    "/name",
+                    format!(
+                        "action `{}` is already defined in {}",
+                        spec.name,
+                        first.display()
+                    ),
+                );
             }
             seen.insert(spec.name.clone(), file.clone());
-            if let Some(action) = compile_action(&spec, file, &mut templates, &setting_names, &config.resolvers, &mut p) {
+            if let Some(action) = compile_action(
+                &spec,
+                file,
+                &mut templates,
+                &setting_names,
+                &config.resolvers,
+                &mut p,
+            ) {
                 config.actions.push(action);
             }
             diags.0.extend(p.found);
@@ -192,7 +240,11 @@ impl Config {
             order_actions(&mut config.actions, &mut diags);
         }
         config.templates = templates;
-        if diags.is_empty() { Ok(config) } else { Err(diags) }
+        if diags.is_empty() {
+            Ok(config)
+        } else {
+            Err(diags)
+        }
     }
 
     /// A string setting.
@@ -254,14 +306,22 @@ pub(crate) fn read_spec<T: DeserializeOwned>(
     let source = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) => {
-            diags.push(Diagnostic::new(path, Loc::default(), format!("cannot read the file: {e}")));
+            diags.push(Diagnostic::new(
+                path,
+                Loc::default(),
+                format!("cannot read the file: {e}"),
+            ));
             return None;
         }
     };
     let node = match yaml::parse(&source) {
         Ok(n) => Arc::new(n),
         Err(e) => {
-            diags.push(Diagnostic::new(path, e.loc, format!("YAML syntax error: {}", e.message)));
+            diags.push(Diagnostic::new(
+                path,
+                e.loc,
+                format!("YAML syntax error: {}", e.message),
+            ));
             return None;
         }
     };
@@ -282,17 +342,29 @@ pub(crate) fn read_spec<T: DeserializeOwned>(
 }
 
 /// Setting values after `--set` overrides, each checked against its declaration.
-fn settings(spec: &DestinationSpec, overrides: &[String], p: &mut Problems, diags: &mut Diagnostics) -> Value {
+fn settings(
+    spec: &DestinationSpec,
+    overrides: &[String],
+    p: &mut Problems,
+    diags: &mut Diagnostics,
+) -> Value {
     let mut values = serde_json::Map::new();
     for (name, s) in &spec.settings {
         if let Err(e) = check_setting(s, &s.value) {
-            p.at(&format!("/settings/{name}/value"), format!("setting `{name}`: {e}"));
+            p.at(
+                &format!("/settings/{name}/value"),
+                format!("setting `{name}`: {e}"),
+            );
         }
         values.insert(name.clone(), s.value.clone());
     }
     for o in overrides {
         let Some((name, raw)) = o.split_once('=') else {
-            diags.push(Diagnostic::new(Path::new("--set"), Loc::default(), format!("{o:?}: write --set NAME=VALUE")));
+            diags.push(Diagnostic::new(
+                Path::new("--set"),
+                Loc::default(),
+                format!("{o:?}: write --set NAME=VALUE"),
+            ));
             continue;
         };
         let name = name.trim();
@@ -300,14 +372,22 @@ fn settings(spec: &DestinationSpec, overrides: &[String], p: &mut Problems, diag
             let hint = suggest(name, spec.settings.keys().map(String::as_str))
                 .map(|h| format!("; did you mean `{h}`?"))
                 .unwrap_or_default();
-            diags.push(Diagnostic::new(Path::new("--set"), Loc::default(), format!("unknown setting `{name}`{hint}")));
+            diags.push(Diagnostic::new(
+                Path::new("--set"),
+                Loc::default(),
+                format!("unknown setting `{name}`{hint}"),
+            ));
             continue;
         };
         match parse_setting(s.kind, raw).and_then(|v| check_setting(s, &v).map(|()| v)) {
             Ok(v) => {
                 values.insert(name.to_owned(), v);
             }
-            Err(e) => diags.push(Diagnostic::new(Path::new("--set"), Loc::default(), format!("setting `{name}`: {e}"))),
+            Err(e) => diags.push(Diagnostic::new(
+                Path::new("--set"),
+                Loc::default(),
+                format!("setting `{name}`: {e}"),
+            )),
         }
     }
     Value::Object(values)
@@ -323,7 +403,10 @@ pub fn parse_setting(kind: SettingType, raw: &str) -> Result<Value, String> {
             "false" => Ok(Value::Bool(false)),
             _ => Err(format!("expected true or false, got {raw:?}")),
         },
-        SettingType::Integer => raw.parse::<i64>().map(Value::from).map_err(|_| format!("expected an integer, got {raw:?}")),
+        SettingType::Integer => raw
+            .parse::<i64>()
+            .map(Value::from)
+            .map_err(|_| format!("expected an integer, got {raw:?}")),
         SettingType::Number => raw
             .parse::<f64>()
             .ok()
@@ -341,7 +424,12 @@ fn check_setting(s: &SettingSpec, v: &Value) -> Result<(), String> {
         SettingType::Number => v.is_number(),
     };
     if !type_ok {
-        return Err(format!("expected a {:?}, got {}", s.kind, crate::event::json_kind(v)).to_lowercase());
+        return Err(format!(
+            "expected a {:?}, got {}",
+            s.kind,
+            crate::event::json_kind(v)
+        )
+        .to_lowercase());
     }
     if let (Some(min), Some(x)) = (s.minimum, v.as_f64()) {
         if x < min {
@@ -389,8 +477,16 @@ fn compile_action(
     resolvers: &IndexMap<String, Resolver>,
     p: &mut Problems,
 ) -> Option<Action> {
-    if spec.name.is_empty() || !spec.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
-        p.at("/name", "an action name is lowercase letters, digits and `_`");
+    if spec.name.is_empty()
+        || !spec
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        p.at(
+            "/name",
+            "an action name is lowercase letters, digits and `_`",
+        );
     }
     let trigger = match Trigger::parse(&spec.trigger) {
         Ok(t) => Some(t),
@@ -399,7 +495,10 @@ fn compile_action(
             let column = loc.column + e.column.saturating_sub(1) + quote_offset(p, "/trigger");
             p.found.push(Diagnostic::new(
                 file,
-                Loc { line: loc.line, column },
+                Loc {
+                    line: loc.line,
+                    column,
+                },
                 format!("bad trigger: {}", e.message),
             ));
             None
@@ -408,10 +507,20 @@ fn compile_action(
     let mut fields = Vec::new();
     for (name, def) in &spec.fields {
         if RESERVED.contains(&name.as_str()) {
-            p.at_key(&format!("/fields/{name}"), format!("`{name}` is a reserved name; choose another field name"));
+            p.at_key(
+                &format!("/fields/{name}"),
+                format!("`{name}` is a reserved name; choose another field name"),
+            );
             continue;
         }
-        if let Some(f) = Field::compile(name, def, &format!("/fields/{name}"), templates, settings, p) {
+        if let Some(f) = Field::compile(
+            name,
+            def,
+            &format!("/fields/{name}"),
+            templates,
+            settings,
+            p,
+        ) {
             fields.push(f);
         }
     }
@@ -420,7 +529,10 @@ fn compile_action(
     for (i, s) in spec.steps.iter().enumerate() {
         let at = format!("/steps/{i}");
         if steps.iter().any(|x| x.name == s.name) {
-            p.at(&format!("{at}/name"), format!("step `{}` is defined twice", s.name));
+            p.at(
+                &format!("{at}/name"),
+                format!("step `{}` is defined twice", s.name),
+            );
         }
         let Some(step) = Step::compile(s, &at, templates, p) else {
             continue;
@@ -437,10 +549,14 @@ fn compile_action(
         }
         for (j, l) in step.learn.iter().enumerate() {
             match resolvers.get(&l.resolver) {
-                None => p.at(&format!("{at}/learn/{j}/resolver"), format!("unknown resolver `{}`", l.resolver)),
-                Some(r) if r.lookup(&l.by).is_none() => {
-                    p.at(&format!("{at}/learn/{j}/by"), format!("resolver `{}` has no lookup by `{}`", l.resolver, l.by))
-                }
+                None => p.at(
+                    &format!("{at}/learn/{j}/resolver"),
+                    format!("unknown resolver `{}`", l.resolver),
+                ),
+                Some(r) if r.lookup(&l.by).is_none() => p.at(
+                    &format!("{at}/learn/{j}/by"),
+                    format!("resolver `{}` has no lookup by `{}`", l.resolver, l.by),
+                ),
                 Some(_) => {}
             }
         }
@@ -456,6 +572,7 @@ fn compile_action(
         enabled: spec.enabled,
         trigger: trigger?,
         after: spec.after.clone(),
+        field_names: spec.fields.keys().cloned().collect::<Vec<_>>().into(),
         fields,
         steps,
     })
@@ -483,7 +600,10 @@ fn check_names(templates: &Templates, text: &Text, allowed: &[&str], at: &str, p
             let hint = suggest(&v, allowed.iter().copied())
                 .map(|h| format!("; did you mean `{h}`?"))
                 .unwrap_or_default();
-            p.at(at, format!("unknown name `{v}` in a template: it is not a field of this action{hint}"));
+            p.at(
+                at,
+                format!("unknown name `{v}` in a template: it is not a field of this action{hint}"),
+            );
         }
     }
 }
@@ -497,9 +617,15 @@ fn check_steps(templates: &Templates, text: &Text, earlier: &[Step], at: &str, p
         }
         let Some(step) = parts.next() else { continue };
         if !earlier.iter().any(|s| s.name == step) {
-            p.at(at, format!("`steps.{step}` is not an earlier step of this action"));
+            p.at(
+                at,
+                format!("`steps.{step}` is not an earlier step of this action"),
+            );
         } else if let Some(output) = parts.next() {
-            let known = earlier.iter().find(|s| s.name == step).is_some_and(|s| s.outputs.iter().any(|(n, _)| n == output));
+            let known = earlier
+                .iter()
+                .find(|s| s.name == step)
+                .is_some_and(|s| s.outputs.iter().any(|(n, _)| n == output));
             if !known {
                 p.at(at, format!("step `{step}` has no output `{output}`"));
             }
@@ -508,7 +634,13 @@ fn check_steps(templates: &Templates, text: &Text, earlier: &[Step], at: &str, p
 }
 
 /// `resolve('NAME', by=...)` must name a resolver that has those lookups.
-fn check_resolvers(text: &Text, templates: &Templates, resolvers: &IndexMap<String, Resolver>, at: &str, p: &mut Problems) {
+fn check_resolvers(
+    text: &Text,
+    templates: &Templates,
+    resolvers: &IndexMap<String, Resolver>,
+    at: &str,
+    p: &mut Problems,
+) {
     for (name, keys) in templates.resolve_calls(text) {
         match resolvers.get(&name) {
             None => {
@@ -537,7 +669,11 @@ fn order_actions(actions: &mut Vec<Action>, diags: &mut Diagnostics) {
                 let hint = suggest(dep, names.iter().map(String::as_str))
                     .map(|h| format!("; did you mean `{h}`?"))
                     .unwrap_or_default();
-                diags.push(located(&a.file, "/after", format!("`after` names an unknown action `{dep}`{hint}")));
+                diags.push(located(
+                    &a.file,
+                    "/after",
+                    format!("`after` names an unknown action `{dep}`{hint}"),
+                ));
             }
         }
     }
@@ -546,9 +682,11 @@ fn order_actions(actions: &mut Vec<Action>, diags: &mut Diagnostics) {
     }
     let mut pending: Vec<Action> = std::mem::take(actions);
     while !pending.is_empty() {
-        let ready = pending
-            .iter()
-            .position(|a| a.after.iter().all(|d| actions.iter().any(|done| &done.name == d)));
+        let ready = pending.iter().position(|a| {
+            a.after
+                .iter()
+                .all(|d| actions.iter().any(|done| &done.name == d))
+        });
         match ready {
             Some(i) => actions.push(pending.remove(i)),
             None => {
@@ -557,7 +695,10 @@ fn order_actions(actions: &mut Vec<Action>, diags: &mut Diagnostics) {
                     diags.push(located(
                         &a.file,
                         "/after",
-                        format!("`after` makes a cycle between actions: {}", cycle.join(", ")),
+                        format!(
+                            "`after` makes a cycle between actions: {}",
+                            cycle.join(", ")
+                        ),
                     ));
                 }
                 actions.append(&mut pending);

@@ -137,7 +137,8 @@ impl Node {
                     }
                     None => return node.loc,
                 },
-                NodeValue::Seq(items) => match seg.parse::<usize>().ok().and_then(|i| items.get(i)) {
+                NodeValue::Seq(items) => match seg.parse::<usize>().ok().and_then(|i| items.get(i))
+                {
                     Some(v) => node = v,
                     None => return node.loc,
                 },
@@ -243,8 +244,17 @@ mod tests {
     fn nodes_know_their_place() {
         let doc = "name: x\nsteps:\n  - name: a\n    request:\n      method: GET\n";
         let node = parse(doc).unwrap();
-        assert_eq!(node.locate("/steps/0/request/method", false), Loc { line: 5, column: 15 });
-        assert_eq!(node.locate("/steps/0/name", true), Loc { line: 3, column: 5 });
+        assert_eq!(
+            node.locate("/steps/0/request/method", false),
+            Loc {
+                line: 5,
+                column: 15
+            }
+        );
+        assert_eq!(
+            node.locate("/steps/0/name", true),
+            Loc { line: 3, column: 5 }
+        );
         assert_eq!(node.to_json()["steps"][0]["request"]["method"], "GET");
     }
 

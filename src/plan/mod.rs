@@ -34,6 +34,8 @@ pub struct Action {
     pub trigger: Trigger,
     pub after: Vec<String>,
     pub fields: Vec<Field>,
+    /// The names of `fields`, for template scopes (a field without a value is `none`).
+    pub field_names: Arc<[String]>,
     pub steps: Vec<Step>,
 }
 
@@ -89,7 +91,12 @@ impl Config {
         let scope_cell = std::cell::OnceCell::new();
         let make_scope = || {
             scope_cell
-                .get_or_init(|| Scope::builder().event(value.clone()).settings(self.settings.clone()).build())
+                .get_or_init(|| {
+                    Scope::builder()
+                        .event(value.clone())
+                        .settings(self.settings.clone())
+                        .build()
+                })
                 .clone()
         };
         let input = Input {
@@ -142,7 +149,10 @@ impl Config {
     ) -> Result<Rendered, RenderError> {
         let base = || {
             Scope::builder()
-                .fields(planned.fields.clone())
+                .fields(
+                    planned.fields.clone(),
+                    self.actions[planned.action].field_names.clone(),
+                )
                 .settings(self.settings.clone())
                 .message(plan.event.clone())
                 .steps(outputs.clone())
@@ -153,7 +163,10 @@ impl Config {
             Some(each) => match self.templates.eval(each, &base().build())? {
                 None => Vec::new(),
                 Some(Value::Array(items)) => items.into_iter().map(Some).collect(),
-                Some(Value::Object(map)) => map.into_iter().map(|(k, _)| Some(Value::String(k))).collect(),
+                Some(Value::Object(map)) => map
+                    .into_iter()
+                    .map(|(k, _)| Some(Value::String(k)))
+                    .collect(),
                 Some(other) => {
                     return Err(RenderError(format!(
                         "`each` must give a list, gave {}",
@@ -199,7 +212,10 @@ impl Config {
             errors: plan.errors.clone(),
         };
         for (i, action) in self.actions.iter().enumerate() {
-            if action.enabled && action.trigger.matches(&plan.event) && !plan.actions.iter().any(|p| p.action == i) {
+            if action.enabled
+                && action.trigger.matches(&plan.event)
+                && !plan.actions.iter().any(|p| p.action == i)
+            {
                 out.matched.push(action.name.clone());
             }
         }
@@ -238,13 +254,15 @@ impl Config {
             for r in out.requests.iter_mut().filter(|r| r.action == action.name) {
                 describe_placeholders(&mut r.request, &names);
             }
-            out.lookups.extend(missing.into_iter().map(|n| PreviewLookup {
-                action: action.name.clone(),
-                resolver: n.resolver,
-                keys: n.keys.into_iter().collect(),
-            }));
+            out.lookups
+                .extend(missing.into_iter().map(|n| PreviewLookup {
+                    action: action.name.clone(),
+                    resolver: n.resolver,
+                    keys: n.keys.into_iter().collect(),
+                }));
         }
-        out.matched.sort_by_key(|name| self.actions.iter().position(|a| &a.name == name));
+        out.matched
+            .sort_by_key(|name| self.actions.iter().position(|a| &a.name == name));
         out
     }
 }
@@ -278,7 +296,11 @@ pub struct PreviewLookup {
 }
 
 fn placeholder_text(need: &crate::template::LookupNeed) -> String {
-    let keys: Vec<String> = need.keys.iter().map(|(by, k)| format!("{by}={k}")).collect();
+    let keys: Vec<String> = need
+        .keys
+        .iter()
+        .map(|(by, k)| format!("{by}={k}"))
+        .collect();
     format!("<{} {}>", need.resolver, keys.join(" "))
 }
 

@@ -37,7 +37,11 @@ impl Rule {
             Status::Exact(s) => s == status,
             Status::Class(c) => status / 100 == c,
         };
-        status_ok && self.code.as_ref().is_none_or(|c| codes.iter().any(|x| x == c))
+        status_ok
+            && self
+                .code
+                .as_ref()
+                .is_none_or(|c| codes.iter().any(|x| x == c))
     }
 }
 
@@ -47,7 +51,11 @@ pub struct Outcomes(Vec<Rule>);
 
 impl Outcomes {
     /// Parses `{ "404": ok, "4xx": fail, "422/DuplicateValue": ok }`; bad keys are reported at `pointer`.
-    pub fn compile(map: &IndexMap<String, OutcomeKind>, pointer: &str, problems: &mut Problems) -> Outcomes {
+    pub fn compile(
+        map: &IndexMap<String, OutcomeKind>,
+        pointer: &str,
+        problems: &mut Problems,
+    ) -> Outcomes {
         let mut rules = Vec::new();
         for (key, outcome) in map {
             match parse_key(key) {
@@ -68,7 +76,10 @@ impl Outcomes {
 
     /// The outcome for a status and the error codes found in the body, if any rule matches.
     pub fn decide(&self, status: u16, codes: &[String]) -> Option<OutcomeKind> {
-        self.0.iter().find(|r| r.matches(status, codes)).map(|r| r.outcome)
+        self.0
+            .iter()
+            .find(|r| r.matches(status, codes))
+            .map(|r| r.outcome)
     }
 }
 
@@ -102,8 +113,14 @@ mod tests {
         ]);
         let o = Outcomes::compile(&map, "/outcomes", &mut problems);
         assert!(problems.is_empty());
-        assert_eq!(o.decide(422, &["RecordInvalid".into(), "DuplicateValue".into()]), Some(OutcomeKind::Ok));
-        assert_eq!(o.decide(422, &["RecordInvalid".into()]), Some(OutcomeKind::Fail));
+        assert_eq!(
+            o.decide(422, &["RecordInvalid".into(), "DuplicateValue".into()]),
+            Some(OutcomeKind::Ok)
+        );
+        assert_eq!(
+            o.decide(422, &["RecordInvalid".into()]),
+            Some(OutcomeKind::Fail)
+        );
         assert_eq!(o.decide(404, &[]), Some(OutcomeKind::Skip));
         assert_eq!(o.decide(500, &[]), None);
     }
@@ -111,7 +128,10 @@ mod tests {
     #[test]
     fn bad_keys_are_reported() {
         let mut problems = Problems::detached();
-        let map = IndexMap::from([("4x4".to_owned(), OutcomeKind::Fail), ("999".to_owned(), OutcomeKind::Ok)]);
+        let map = IndexMap::from([
+            ("4x4".to_owned(), OutcomeKind::Fail),
+            ("999".to_owned(), OutcomeKind::Ok),
+        ]);
         Outcomes::compile(&map, "/outcomes", &mut problems);
         assert_eq!(problems.len(), 2);
     }

@@ -42,7 +42,12 @@ impl Resolver {
         for (i, l) in spec.lookups.iter().enumerate() {
             let at = format!("{pointer}/lookups/{i}");
             let request = match &l.request {
-                Some(r) => Some(RequestTemplate::compile(r, &format!("{at}/request"), templates, problems)?),
+                Some(r) => Some(RequestTemplate::compile(
+                    r,
+                    &format!("{at}/request"),
+                    templates,
+                    problems,
+                )?),
                 None => None,
             };
             let result = match &l.result {
@@ -59,7 +64,10 @@ impl Resolver {
                 problems.at(&at, "a lookup with a `request` needs a `result` path");
             }
             if lookups.iter().any(|x: &Lookup| x.by == l.by) {
-                problems.at(&format!("{at}/by"), format!("`by: {}` is given twice", l.by));
+                problems.at(
+                    &format!("{at}/by"),
+                    format!("`by: {}` is given twice", l.by),
+                );
             }
             lookups.push(Lookup {
                 by: l.by.clone(),
@@ -82,14 +90,23 @@ impl Resolver {
     pub fn order<'k>(&self, keys: &'k [(String, String)]) -> Vec<(&Lookup, &'k str)> {
         self.lookups
             .iter()
-            .filter_map(|l| keys.iter().find(|(by, _)| *by == l.by).map(|(_, k)| (l, k.as_str())))
+            .filter_map(|l| {
+                keys.iter()
+                    .find(|(by, _)| *by == l.by)
+                    .map(|(_, k)| (l, k.as_str()))
+            })
             .collect()
     }
 }
 
 impl Lookup {
     /// The request that looks `key` up, or `None` when the key is the value itself.
-    pub fn render(&self, templates: &Templates, settings: &Arc<Value>, key: &str) -> Result<Option<Request>, RenderError> {
+    pub fn render(
+        &self,
+        templates: &Templates,
+        settings: &Arc<Value>,
+        key: &str,
+    ) -> Result<Option<Request>, RenderError> {
         let Some(req) = &self.request else {
             return Ok(None);
         };
@@ -103,11 +120,20 @@ impl Lookup {
     /// The compiled strings of the lookup's request, with pointers relative to the lookup.
     pub fn texts(&self) -> Option<crate::plan::step::Texts<'_>> {
         let req = self.request.as_ref()?;
-        Some(req.texts().into_iter().map(|(p, t)| (format!("/request{p}"), t)).collect())
+        Some(
+            req.texts()
+                .into_iter()
+                .map(|(p, t)| (format!("/request{p}"), t))
+                .collect(),
+        )
     }
 
     /// The value found in a response body, if any.
     pub fn extract(&self, body: &Value) -> Option<Value> {
-        self.result.as_ref()?.first(body).filter(|v| !v.is_null()).cloned()
+        self.result
+            .as_ref()?
+            .first(body)
+            .filter(|v| !v.is_null())
+            .cloned()
     }
 }

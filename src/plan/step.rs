@@ -64,29 +64,49 @@ enum Body {
 pub type Texts<'a> = Vec<(String, &'a Text)>;
 
 impl Step {
-    pub fn compile(spec: &StepSpec, pointer: &str, templates: &mut Templates, problems: &mut Problems) -> Option<Step> {
-        let mut expression = |src: &Option<String>, key: &str, problems: &mut Problems| -> Result<Option<Text>, ()> {
+    pub fn compile(
+        spec: &StepSpec,
+        pointer: &str,
+        templates: &mut Templates,
+        problems: &mut Problems,
+    ) -> Option<Step> {
+        let mut expression = |src: &Option<String>,
+                              key: &str,
+                              problems: &mut Problems|
+         -> Result<Option<Text>, ()> {
             match src {
                 None => Ok(None),
                 Some(s) => templates.expression(s).map(Some).map_err(|e| {
-                    problems.at(&format!("{pointer}/{key}"), format!("bad expression in `{key}`: {e}"));
+                    problems.at(
+                        &format!("{pointer}/{key}"),
+                        format!("bad expression in `{key}`: {e}"),
+                    );
                 }),
             }
         };
         let when = expression(&spec.when, "when", problems);
         let each = expression(&spec.each, "each", problems);
-        let request = RequestTemplate::compile(&spec.request, &format!("{pointer}/request"), templates, problems);
+        let request = RequestTemplate::compile(
+            &spec.request,
+            &format!("{pointer}/request"),
+            templates,
+            problems,
+        );
         let outcomes = Outcomes::compile(&spec.outcomes, &format!("{pointer}/outcomes"), problems);
         let mut outputs = Vec::new();
         for (name, path) in &spec.outputs {
             match JsonPath::parse(path) {
                 Ok(p) => outputs.push((name.clone(), p)),
-                Err(e) => problems.at(&format!("{pointer}/outputs/{name}"), format!("bad JSONPath {path:?}: {e}")),
+                Err(e) => problems.at(
+                    &format!("{pointer}/outputs/{name}"),
+                    format!("bad JSONPath {path:?}: {e}"),
+                ),
             }
         }
         let mut learn = Vec::new();
         for (i, l) in spec.learn.iter().enumerate() {
-            if let Some(l) = Learn::compile(l, &format!("{pointer}/learn/{i}"), templates, problems) {
+            if let Some(l) = Learn::compile(l, &format!("{pointer}/learn/{i}"), templates, problems)
+            {
                 learn.push(l);
             }
         }
@@ -123,19 +143,33 @@ impl Step {
     pub fn read_outputs(&self, body: &Value) -> IndexMap<String, Value> {
         self.outputs
             .iter()
-            .filter_map(|(name, path)| path.first(body).filter(|v| !v.is_null()).map(|v| (name.clone(), v.clone())))
+            .filter_map(|(name, path)| {
+                path.first(body)
+                    .filter(|v| !v.is_null())
+                    .map(|v| (name.clone(), v.clone()))
+            })
             .collect()
     }
 }
 
 impl Learn {
-    fn compile(spec: &LearnSpec, pointer: &str, templates: &mut Templates, problems: &mut Problems) -> Option<Learn> {
+    fn compile(
+        spec: &LearnSpec,
+        pointer: &str,
+        templates: &mut Templates,
+        problems: &mut Problems,
+    ) -> Option<Learn> {
         let key = templates
             .text(&spec.key)
             .map_err(|e| problems.at(&format!("{pointer}/key"), format!("template error: {e}")))
             .ok();
         let value = JsonPath::parse(&spec.value)
-            .map_err(|e| problems.at(&format!("{pointer}/value"), format!("bad JSONPath {:?}: {e}", spec.value)))
+            .map_err(|e| {
+                problems.at(
+                    &format!("{pointer}/value"),
+                    format!("bad JSONPath {:?}: {e}", spec.value),
+                )
+            })
             .ok();
         Some(Learn {
             resolver: spec.resolver.clone(),
@@ -147,7 +181,12 @@ impl Learn {
 }
 
 impl RequestTemplate {
-    pub fn compile(spec: &RequestSpec, pointer: &str, templates: &mut Templates, problems: &mut Problems) -> Option<RequestTemplate> {
+    pub fn compile(
+        spec: &RequestSpec,
+        pointer: &str,
+        templates: &mut Templates,
+        problems: &mut Problems,
+    ) -> Option<RequestTemplate> {
         let mut ok = true;
         let mut text = |s: &str, at: String, problems: &mut Problems| match templates.text(s) {
             Ok(t) => Some(t),
@@ -171,7 +210,9 @@ impl RequestTemplate {
                 }
             }
         }
-        let mut pairs = |map: &IndexMap<String, crate::config::spec::Scalar>, what: &str, problems: &mut Problems| {
+        let mut pairs = |map: &IndexMap<String, crate::config::spec::Scalar>,
+                         what: &str,
+                         problems: &mut Problems| {
             let mut out = Vec::new();
             for (k, v) in map {
                 let src = match v.to_json() {
@@ -260,7 +301,11 @@ fn body_texts<'a>(b: &'a Body, at: String, out: &mut Texts<'a>) {
         Body::Text(t) => out.push((at, t)),
         Body::Object(entries) => {
             for (k, v) in entries {
-                body_texts(v, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out);
+                body_texts(
+                    v,
+                    format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    out,
+                );
             }
         }
         Body::Array(items) => {
@@ -313,7 +358,12 @@ fn has_template(v: &Value) -> bool {
     }
 }
 
-fn compile_body(v: &Value, pointer: &str, templates: &mut Templates, problems: &mut Problems) -> Option<Body> {
+fn compile_body(
+    v: &Value,
+    pointer: &str,
+    templates: &mut Templates,
+    problems: &mut Problems,
+) -> Option<Body> {
     if !has_template(v) {
         return Some(Body::Fixed(v.clone()));
     }
@@ -331,7 +381,10 @@ fn compile_body(v: &Value, pointer: &str, templates: &mut Templates, problems: &
                 .enumerate()
                 .map(|(i, x)| compile_body(x, &format!("{pointer}/{i}"), templates, problems))
                 .collect();
-            compiled.into_iter().collect::<Option<Vec<_>>>().map(Body::Array)
+            compiled
+                .into_iter()
+                .collect::<Option<Vec<_>>>()
+                .map(Body::Array)
         }
         Value::Object(map) => {
             let compiled: Vec<Option<(String, Body)>> = map
@@ -341,13 +394,20 @@ fn compile_body(v: &Value, pointer: &str, templates: &mut Templates, problems: &
                     compile_body(x, &p, templates, problems).map(|b| (k.clone(), b))
                 })
                 .collect();
-            compiled.into_iter().collect::<Option<Vec<_>>>().map(Body::Object)
+            compiled
+                .into_iter()
+                .collect::<Option<Vec<_>>>()
+                .map(Body::Object)
         }
         other => Some(Body::Fixed(other.clone())),
     }
 }
 
-fn render_body(b: &Body, templates: &Templates, scope: &Scope) -> Result<Option<Value>, RenderError> {
+fn render_body(
+    b: &Body,
+    templates: &Templates,
+    scope: &Scope,
+) -> Result<Option<Value>, RenderError> {
     Ok(match b {
         Body::Fixed(v) => Some(v.clone()),
         Body::Text(t) => templates.eval(t, scope)?,

@@ -1,0 +1,259 @@
+//! Commands that read the mappings without sending anything: validate, preview, match, test, schema.
+
+use crate::cases;
+use crate::config::{ConfigArgs, Format};
+use crate::event::read_events;
+use crate::trigger::Trigger;
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// How problems are printed: `text` (file:line:col: message), `json`, `github` (annotations) or `pretty`.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PreviewArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Events: a JSON object, a JSON array or NDJSON; `-` or nothing reads standard input.
+    pub events: Option<PathBuf>,
+    /// Pretty-print each event's preview instead of one JSON line per event.
+    #[arg(long)]
+    pub pretty: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MatchArgs {
+    /// The trigger, e.g. 'type = "track" and event = "Ticket Created"'.
+    pub trigger: String,
+    /// Events: a JSON object, a JSON array or NDJSON; `-` or nothing reads standard input.
+    pub events: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TestArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Case files or directories (default: the mappings directory's tests/).
+    pub cases: Vec<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SchemaArgs {
+    /// Write every schema into this directory (e.g. `schemas`) instead of printing the action schema.
+    #[arg(long, value_name = "DIR")]
+    pub write: Option<PathBuf>,
+}
+
+/// `zdmap validate`: exit 0 when valid, 1 when not.
+pub fn validate(args: &ValidateArgs) -> ExitCode {
+    match args.config.load() {
+        Ok(config) => {
+            if args.format == Format::Json {
+                println!("[]");
+            } else {
+                eprintln!(
+                    "{}: {} action(s), {} resolver(s): valid",
+                    args.config.mappings.display(),
+                    config.actions.len(),
+                    config.resolvers.len()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            println!("{}", diags.render(args.format));
+            if args.format != Format::Json {
+                eprintln!("{} problem(s) found", diags.0.len());
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `zdmap preview`: one JSON line per event; exit 2 when some events have errors.
+pub fn preview(args: &PreviewArgs) -> ExitCode {
+    let config = match args.config.load() {
+        Ok(c) => c,
+        Err(diags) => {
+            eprintln!("{diags}\nthe mappings are not valid; run `zdmap validate` for details");
+            return ExitCode::from(1);
+        }
+    };
+    let input = match super::open_input(&args.events) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut had_errors = false;
+    let mut write_error = None;
+    let result = read_events(input, |item| {
+        let value = match &item.event {
+            Ok(event) => {
+                let p = config.preview(event);
+                had_errors |= !p.errors.is_empty();
+                p.to_json(item.index)
+            }
+            Err(e) => {
+                had_errors = true;
+                json!({"index": item.index, "line": item.line, "errors": [{"message": e.to_string()}]})
+            }
+        };
+        let text = if args.pretty {
+            serde_json::to_string_pretty(&value)
+        } else {
+            serde_json::to_string(&value)
+        };
+        match text
+            .map_err(std::io::Error::other)
+            .and_then(|t| writeln!(out, "{t}"))
+        {
+            Ok(()) => true,
+            Err(e) => {
+                write_error = Some(e);
+                false
+            }
+        }
+    });
+    let _ = out.flush();
+    if let Some(e) = result.err().or(write_error) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    if had_errors {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `zdmap match`: `true`/`false` per event; exit 1 with the column on a parse error.
+pub fn match_trigger(args: &MatchArgs) -> ExitCode {
+    let trigger = match Trigger::parse(&args.trigger) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: bad trigger at column {}: {}", e.column, e.message);
+            eprintln!("  {}", args.trigger);
+            eprintln!("  {}^", " ".repeat(e.column.saturating_sub(1)));
+            return ExitCode::from(1);
+        }
+    };
+    let input = match super::open_input(&args.events) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = read_events(input, |item| {
+        let line = match &item.event {
+            Ok(event) => trigger.matches(event.value()).to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        writeln!(out, "{line}").is_ok()
+    });
+    let _ = out.flush();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `zdmap test`: runs mapping test cases like a test runner; exit 1 when any fails.
+pub fn test(args: &TestArgs) -> ExitCode {
+    let files = match cases::find(&args.config.mappings, &args.cases) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let report = match cases::run(&args.config.mappings, &args.config.set, &files) {
+        Ok(r) => r,
+        Err(diags) => {
+            eprintln!("{diags}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("running {} mapping test case(s)", report.results.len());
+    for r in &report.results {
+        let name = format!(
+            "{}::{}",
+            r.file
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
+            r.name
+        );
+        println!(
+            "test {name} ... {}",
+            if r.failures.is_empty() {
+                "ok"
+            } else {
+                "FAILED"
+            }
+        );
+    }
+    let failed: Vec<_> = report
+        .results
+        .iter()
+        .filter(|r| !r.failures.is_empty())
+        .collect();
+    if !failed.is_empty() {
+        println!("\nfailures:");
+        for r in &failed {
+            println!("\n---- {} ({}) ----", r.name, r.file.display());
+            for f in &r.failures {
+                println!("  {f}");
+            }
+        }
+    }
+    println!("\n{} passed, {} failed", report.passed(), report.failed());
+    if report.failed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `zdmap schema`: prints the action schema, or writes all schemas into a directory.
+pub fn schema(args: &SchemaArgs) -> ExitCode {
+    match &args.write {
+        Some(dir) => match crate::schema::write_all(dir) {
+            Ok(()) => {
+                eprintln!(
+                    "wrote {} schema(s) to {}",
+                    crate::schema::all().len(),
+                    dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", dir.display());
+                ExitCode::from(1)
+            }
+        },
+        None => {
+            print!("{}", crate::schema::render(&crate::schema::action_schema()));
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The CLI: argument definitions and one library function per command.
+//!
+//! `main.rs` calls [`main`]; each command lives in its own module and returns an exit code.
+//! Commands that only read mappings (validate, preview, match, test, schema) are in
+//! [`inspect`].
+
+pub mod inspect;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// zdmap: a Zendesk destination for customer-data pipelines.
+///
+/// Segment-spec events (identify, track, group) go in; Zendesk Support API calls come out, as the
+/// YAML files of the mappings directory say.
+#[derive(Parser, Debug)]
+#[command(name = "zdmap", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check the mappings: schema, triggers, JSONPaths, templates, references. Exit 1 when invalid.
+    Validate(inspect::ValidateArgs),
+    /// Show what events would do (actions matched, requests in order, errors), without any network.
+    Preview(inspect::PreviewArgs),
+    /// Evaluate a trigger against events: prints `true` or `false` per event.
+    Match(inspect::MatchArgs),
+    /// Run the mapping test cases of mappings/tests/ (or the given files).
+    Test(inspect::TestArgs),
+    /// Print or write the JSON Schemas of the config files and events.
+    Schema(inspect::SchemaArgs),
+}
+
+/// Parses the arguments and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate(a) => inspect::validate(&a),
+        Command::Preview(a) => inspect::preview(&a),
+        Command::Match(a) => inspect::match_trigger(&a),
+        Command::Test(a) => inspect::test(&a),
+        Command::Schema(a) => inspect::schema(&a),
+    }
+}
+
+/// An input argument: a file, or `-` for standard input.
+pub fn open_input(path: &Option<PathBuf>) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+    match path {
+        None => Ok(Box::new(std::io::stdin())),
+        Some(p) if p.as_os_str() == "-" => Ok(Box::new(std::io::stdin())),
+        Some(p) => std::fs::File::open(p)
+            .map(|f| Box::new(f) as Box<dyn std::io::Read + Send>)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display()))),
+    }
+}
