@@ -320,6 +320,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn one_workers_429_holds_the_others() {
+        let budget = std::sync::Arc::new(Budget::unlimited());
+        let limited = {
+            let budget = std::sync::Arc::clone(&budget);
+            tokio::spawn(async move { script(&budget, vec![Ok(response(429, Some(5)))]).await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // A second worker arriving during the pause sends nothing until it ends (t = 5 s).
+        let (d, times) = script(&budget, vec![]).await;
+        assert!(d.is_success());
+        assert_eq!(times, vec![Duration::from_secs(4)]);
+        let (d, times) = limited.await.expect("worker");
+        assert_eq!(d.attempts(), 2);
+        assert_eq!(times[1], Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn backoff_grows_with_jitter_and_gives_up() {
         let budget = Budget::unlimited();
         let outcomes = (0..6).map(|_| Ok(response(503, None))).collect();

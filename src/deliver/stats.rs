@@ -164,7 +164,7 @@ impl StatsSnapshot {
         );
         let _ = writeln!(
             out,
-            "requests: {} sent, {} retries, {} rate-limited (429)",
+            "requests: {} attempted, {} retries, {} rate-limited (429)",
             self.requests_total, self.retries, self.rate_limited
         );
         let width = self.requests.keys().map(String::len).max().unwrap_or(0);
