@@ -1,0 +1,319 @@
+//! Dead letters: events that could not be delivered, with why, as NDJSON records that `zdmap send`
+//! can read back as input.
+//!
+//! One record per line:
+//! `{"dead_letter":{"action":..,"step":..,"status":..,"code":..,"message":..,"attempts":..,"at":..},"event":{..}}`.
+//! [`unwrap_dead_letter`] turns such a record back into its event, so a dead-letter file replays
+//! as is. Records hold the event (the customer's data) but never credentials: messages come from
+//! Zendesk's error body or a [`super::http::TransportError`], neither of which carries a header.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::error_body::zendesk_error;
+use super::retry::Disposition;
+
+/// One event that could not be delivered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "DeadLetterRecord", into = "DeadLetterRecord")]
+pub struct DeadLetter {
+    /// The event as received.
+    pub event: Value,
+    /// The action whose step failed (`identify_user`).
+    pub action: String,
+    /// The step that failed (`create_or_update`).
+    pub step: String,
+    /// The last HTTP status, if a response came back.
+    pub status: Option<u16>,
+    /// Zendesk's error code (most specific, see [`zendesk_error`]), or the transport failure kind
+    /// (`timeout`, `connect`, ...).
+    pub code: Option<String>,
+    pub message: String,
+    pub attempts: u32,
+    /// When it was dead-lettered, RFC 3339 UTC (`2026-05-01T12:00:00Z`).
+    pub at: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DeadLetterRecord {
+    dead_letter: DeadLetterInfo,
+    event: Value,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DeadLetterInfo {
+    action: String,
+    step: String,
+    status: Option<u16>,
+    code: Option<String>,
+    message: String,
+    attempts: u32,
+    at: String,
+}
+
+impl From<DeadLetterRecord> for DeadLetter {
+    fn from(r: DeadLetterRecord) -> Self {
+        let i = r.dead_letter;
+        DeadLetter {
+            event: r.event,
+            action: i.action,
+            step: i.step,
+            status: i.status,
+            code: i.code,
+            message: i.message,
+            attempts: i.attempts,
+            at: i.at,
+        }
+    }
+}
+
+impl From<DeadLetter> for DeadLetterRecord {
+    fn from(d: DeadLetter) -> Self {
+        DeadLetterRecord {
+            dead_letter: DeadLetterInfo {
+                action: d.action,
+                step: d.step,
+                status: d.status,
+                code: d.code,
+                message: d.message,
+                attempts: d.attempts,
+                at: d.at,
+            },
+            event: d.event,
+        }
+    }
+}
+
+impl DeadLetter {
+    /// A dead letter for `event`, whose `action`'s `step` ended in `disposition`, stamped now.
+    /// For a `Done` response (a status the caller does not accept), status, code and message come
+    /// from the response; for `GaveUp`, from the last outcome.
+    pub fn from_disposition(
+        event: Value,
+        action: impl Into<String>,
+        step: impl Into<String>,
+        disposition: &Disposition,
+    ) -> Self {
+        let (status, code, message, attempts) = match disposition {
+            Disposition::Done { response, attempts }
+            | Disposition::GaveUp {
+                last: Ok(response),
+                attempts,
+            } => {
+                let (code, message) = zendesk_error(&response.body);
+                let message = message.unwrap_or_else(|| format!("HTTP {}", response.status));
+                (Some(response.status), code, message, *attempts)
+            }
+            Disposition::GaveUp {
+                last: Err(error),
+                attempts,
+            } => (
+                None,
+                Some(error.kind().to_string()),
+                error.to_string(),
+                *attempts,
+            ),
+            Disposition::Fatal { status, message } => (Some(*status), None, message.clone(), 1),
+        };
+        DeadLetter {
+            event,
+            action: action.into(),
+            step: step.into(),
+            status,
+            code,
+            message,
+            attempts,
+            at: rfc3339_utc(SystemTime::now()),
+        }
+    }
+
+    /// A dead letter for a failure before any request (e.g. a step that could not be rendered).
+    pub fn without_response(
+        event: Value,
+        action: impl Into<String>,
+        step: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        DeadLetter {
+            event,
+            action: action.into(),
+            step: step.into(),
+            status: None,
+            code: None,
+            message: message.into(),
+            attempts: 0,
+            at: rfc3339_utc(SystemTime::now()),
+        }
+    }
+
+    /// The NDJSON line, without the newline.
+    pub fn to_line(&self) -> String {
+        // Serializing `Value`s and plain fields to a string cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Returns the event inside a dead-letter record, or `value` unchanged when it is not one.
+/// A record is an object with exactly the keys `dead_letter` (an object) and `event` (an object),
+/// so a Segment `track` event (whose `event` is a string) is never mistaken for one.
+pub fn unwrap_dead_letter(value: Value) -> Value {
+    match value {
+        Value::Object(mut map)
+            if map.len() == 2
+                && map.get("dead_letter").is_some_and(Value::is_object)
+                && map.get("event").is_some_and(Value::is_object) =>
+        {
+            map.remove("event").unwrap_or(Value::Null)
+        }
+        other => other,
+    }
+}
+
+/// Could not write a dead letter. Carries the file path, never the record.
+#[derive(Debug, thiserror::Error)]
+#[error("could not write dead letters to {path}: {source}")]
+pub struct DeadLetterError {
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Appends dead letters to an NDJSON file, one flushed line per record. Shared by workers.
+#[derive(Debug)]
+pub struct DeadLetterWriter {
+    path: PathBuf,
+    file: Mutex<BufWriter<File>>,
+}
+
+impl DeadLetterWriter {
+    /// Opens `path` for appending, creating it and its parent directories.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, DeadLetterError> {
+        let path = path.as_ref().to_path_buf();
+        let err = |source| DeadLetterError {
+            path: path.clone(),
+            source,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(err)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(err)?;
+        Ok(DeadLetterWriter {
+            file: Mutex::new(BufWriter::new(file)),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record and flushes it to the file.
+    pub fn write(&self, letter: &DeadLetter) -> Result<(), DeadLetterError> {
+        let mut line = letter.to_line();
+        line.push('\n');
+        let mut file = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        file.write_all(line.as_bytes())
+            .and_then(|()| file.flush())
+            .map_err(|source| DeadLetterError {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
+/// `time` as RFC 3339 UTC with seconds (`2026-05-01T12:00:00Z`).
+pub fn rfc3339_utc(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::http::{Response, ResponseHeaders};
+    use serde_json::json;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339_utc(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339_utc(UNIX_EPOCH + Duration::from_secs(1_304_591_932)),
+            "2011-05-05T10:38:52Z"
+        );
+        assert_eq!(
+            rfc3339_utc(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn line_shape_and_round_trip() {
+        let event = json!({"type":"track","event":"Order Completed","userId":"u1"});
+        let disposition = Disposition::Done {
+            response: Response {
+                status: 422,
+                headers: ResponseHeaders::default(),
+                body: json!({"error":"RecordInvalid","details":{"email":[{"error":"DuplicateValue","description":"taken"}]}}),
+                elapsed: Duration::ZERO,
+            },
+            attempts: 1,
+        };
+        let letter =
+            DeadLetter::from_disposition(event.clone(), "track_event", "send", &disposition);
+        assert_eq!(letter.status, Some(422));
+        assert_eq!(letter.code.as_deref(), Some("DuplicateValue"));
+        let line = letter.to_line();
+        let value: Value = serde_json::from_str(&line).expect("json");
+        let keys: Vec<&str> = value
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, ["dead_letter", "event"]);
+        assert_eq!(value["dead_letter"]["action"], "track_event");
+        assert_eq!(value["dead_letter"]["attempts"], 1);
+        let back: DeadLetter = serde_json::from_value(value.clone()).expect("parses");
+        assert_eq!(back, letter);
+        assert_eq!(unwrap_dead_letter(value), event);
+        // A plain track event stays as it is.
+        assert_eq!(unwrap_dead_letter(event.clone()), event);
+    }
+}

@@ -1,0 +1,309 @@
+//! The run's counters: events (read, delivered, skipped, failed), requests by endpoint and
+//! status, retries and 429s, and the elapsed time. Thread-safe (`&Stats` from every worker),
+//! printed by [`Stats::summary`] and serialized (through [`StatsSnapshot`]) for `--json`.
+//!
+//! Endpoints are counted as `METHOD path` with ids replaced by `{id}`
+//! (`POST /api/v2/users/{id}/events`), so the table stays small and holds no personal data.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::http::{Response, TransportError};
+use crate::request::Method;
+
+/// Counters shared by every worker of a run.
+#[derive(Debug)]
+pub struct Stats {
+    started: Instant,
+    events_read: AtomicU64,
+    delivered: AtomicU64,
+    skipped: AtomicU64,
+    failed: AtomicU64,
+    retries: AtomicU64,
+    rate_limited: AtomicU64,
+    /// `METHOD endpoint` → status (`"200"`, `"timeout"`, ...) → count.
+    requests: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
+}
+
+/// A point-in-time copy of [`Stats`], the shape of `--json` output.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StatsSnapshot {
+    pub events_read: u64,
+    pub delivered: u64,
+    /// No trigger matched.
+    pub skipped: u64,
+    /// Dead-lettered.
+    pub failed: u64,
+    pub requests_total: u64,
+    /// `METHOD endpoint` → status → count. Statuses are HTTP codes, or `timeout`, `connect`,
+    /// `error`, `invalid` for requests that got no response.
+    pub requests: BTreeMap<String, BTreeMap<String, u64>>,
+    pub retries: u64,
+    pub rate_limited: u64,
+    pub elapsed_seconds: f64,
+    pub events_per_second: f64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stats {
+    /// Starts the clock.
+    pub fn new() -> Self {
+        Stats {
+            started: Instant::now(),
+            events_read: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+            requests: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn event_read(&self) {
+        self.events_read.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn event_delivered(&self) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// No trigger matched the event.
+    pub fn event_skipped(&self) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The event went to the dead letters.
+    pub fn event_failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request is about to be sent again.
+    pub fn retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one attempt of `method path` and how it ended.
+    pub fn record_request(
+        &self,
+        method: Method,
+        path: &str,
+        outcome: &Result<Response, TransportError>,
+    ) {
+        let status = match outcome {
+            Ok(r) => {
+                if r.status == 429 {
+                    self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                }
+                r.status.to_string()
+            }
+            Err(e) => e.kind().to_string(),
+        };
+        let key = format!("{method} {}", normalize_endpoint(path));
+        let mut requests = self
+            .requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *requests.entry(key).or_default().entry(status).or_default() += 1;
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let requests = self
+            .requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let elapsed = self.elapsed().as_secs_f64();
+        let events_read = self.events_read.load(Ordering::Relaxed);
+        StatsSnapshot {
+            events_read,
+            delivered: self.delivered.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            requests_total: requests.values().flat_map(BTreeMap::values).sum(),
+            requests,
+            retries: self.retries.load(Ordering::Relaxed),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            elapsed_seconds: elapsed,
+            events_per_second: if elapsed > 0.0 {
+                events_read as f64 / elapsed
+            } else {
+                0.0
+            },
+        }
+    }
+
+    /// A readable multi-line summary for the end of a run.
+    pub fn summary(&self) -> String {
+        self.snapshot().summary()
+    }
+}
+
+impl StatsSnapshot {
+    /// See [`Stats::summary`].
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "events: {} read, {} delivered, {} skipped (no trigger matched), {} failed (dead-lettered)",
+            self.events_read, self.delivered, self.skipped, self.failed
+        );
+        let _ = writeln!(
+            out,
+            "requests: {} attempted, {} retries, {} rate-limited (429)",
+            self.requests_total, self.retries, self.rate_limited
+        );
+        let width = self.requests.keys().map(String::len).max().unwrap_or(0);
+        for (endpoint, statuses) in &self.requests {
+            let statuses = statuses
+                .iter()
+                .map(|(status, n)| format!("{status} ×{n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(out, "  {endpoint:<width$}  {statuses}");
+        }
+        let _ = write!(
+            out,
+            "elapsed: {:.1} s ({:.1} events/s)",
+            self.elapsed_seconds, self.events_per_second
+        );
+        out
+    }
+}
+
+impl Serialize for Stats {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.snapshot().serialize(serializer)
+    }
+}
+
+/// The path with ids replaced by `{id}`: numeric segments (`123`, `123.json`), long hex ids
+/// (job statuses) and percent-encoded values (an email, an external id). The query is dropped.
+pub fn normalize_endpoint(path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    path.split('/')
+        .map(|segment| {
+            let (stem, suffix) = match segment.strip_suffix(".json") {
+                Some(stem) => (stem, ".json"),
+                None => (segment, ""),
+            };
+            if is_id(stem) {
+                format!("{{id}}{suffix}")
+            } else {
+                segment.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn is_id(segment: &str) -> bool {
+    if segment.is_empty() {
+        return false;
+    }
+    let all_digits = segment.bytes().all(|b| b.is_ascii_digit());
+    let long_hex = segment.len() >= 16
+        && segment.bytes().all(|b| b.is_ascii_hexdigit())
+        && segment.bytes().any(|b| b.is_ascii_digit());
+    let ulid = segment.len() == 26
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
+    all_digits || long_hex || ulid || segment.contains('%') || segment.contains('@')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::http::ResponseHeaders;
+
+    #[test]
+    fn endpoints_are_normalized() {
+        for (path, want) in [
+            (
+                "/api/v2/users/8929981612030/events",
+                "/api/v2/users/{id}/events",
+            ),
+            (
+                "/api/v2/users/create_or_update",
+                "/api/v2/users/create_or_update",
+            ),
+            ("/api/v2/tickets/42.json", "/api/v2/tickets/{id}.json"),
+            (
+                "/api/v2/job_statuses/8b726e606741012ffc2d782bcb7848fe",
+                "/api/v2/job_statuses/{id}",
+            ),
+            ("/api/v2/users/search?query=x", "/api/v2/users/search"),
+            (
+                "/api/v2/organizations/1/organization_memberships/2",
+                "/api/v2/organizations/{id}/organization_memberships/{id}",
+            ),
+            (
+                "/api/v2/users/a%40b.co/identities",
+                "/api/v2/users/{id}/identities",
+            ),
+            ("/api/v2/user_fields", "/api/v2/user_fields"),
+        ] {
+            assert_eq!(normalize_endpoint(path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn counts_and_summary() {
+        let stats = Stats::new();
+        stats.event_read();
+        stats.event_read();
+        stats.event_delivered();
+        stats.event_skipped();
+        let ok = |status| {
+            Ok(Response {
+                status,
+                headers: ResponseHeaders::default(),
+                body: serde_json::Value::Null,
+                elapsed: Duration::ZERO,
+            })
+        };
+        stats.record_request(Method::Post, "/api/v2/users/1/events", &ok(429));
+        stats.retry();
+        stats.record_request(Method::Post, "/api/v2/users/2/events", &ok(202));
+        stats.record_request(
+            Method::Get,
+            "/api/v2/users/search",
+            &Err(TransportError::InvalidRequest {
+                message: "x".into(),
+            }),
+        );
+        let snap = stats.snapshot();
+        assert_eq!(snap.events_read, 2);
+        assert_eq!(snap.requests_total, 3);
+        assert_eq!(snap.rate_limited, 1);
+        assert_eq!(snap.requests["POST /api/v2/users/{id}/events"]["429"], 1);
+        assert_eq!(snap.requests["POST /api/v2/users/{id}/events"]["202"], 1);
+        assert_eq!(snap.requests["GET /api/v2/users/search"]["invalid"], 1);
+        let summary = stats.summary();
+        assert!(
+            summary.contains("2 read, 1 delivered, 1 skipped"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("POST /api/v2/users/{id}/events  202 ×1, 429 ×1"),
+            "{summary}"
+        );
+        let json = serde_json::to_value(&stats).expect("serializes");
+        assert_eq!(json["retries"], 1);
+    }
+}

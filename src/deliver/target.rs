@@ -1,0 +1,290 @@
+//! Where requests go: the base URL of the destination and the rule that every request stays on it.
+//!
+//! The base URL is either `https://{subdomain}.zendesk.com`, with the subdomain checked (lowercase
+//! letters and digits only, zendesk-api.md §1), or an explicit override (`--zendesk-url` /
+//! `ZDMAP_ZENDESK_URL`, e.g. the emulator) that must be a bare `http(s)://host[:port]`. Every
+//! request URL is built by [`Target::url_for`], which refuses a path that would leave that host, so
+//! no setting and no rendered path can send credentials elsewhere. Errors never echo the input,
+//! which may contain credentials (`https://user:token@host`).
+
+use reqwest::Url;
+
+use super::TargetArgs;
+
+/// A checked destination base URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    base: Url,
+    kind: TargetKind,
+}
+
+/// What kind of destination a [`Target`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    /// A real Zendesk account, `https://{subdomain}.zendesk.com`.
+    Zendesk,
+    /// An explicit base URL (`--zendesk-url`): the emulator, a proxy, a test server.
+    Override,
+}
+
+/// What `TargetArgs` ask for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetChoice {
+    /// Send to this base URL.
+    Remote(Target),
+    /// Start the built-in emulator and send to it (then [`Target::emulator`] with its address).
+    Emulator,
+}
+
+/// A base URL or a request path that was refused. Never contains the input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error(
+        "no Zendesk subdomain set: set `subdomain` in destination.yaml (e.g. `--set subdomain=acme`) or pass --zendesk-url"
+    )]
+    NoSubdomain,
+    #[error(
+        "invalid Zendesk subdomain: use only lowercase letters and digits (as in acme for https://acme.zendesk.com)"
+    )]
+    InvalidSubdomain,
+    #[error("invalid --zendesk-url / ZDMAP_ZENDESK_URL: {reason}")]
+    InvalidUrl { reason: &'static str },
+    #[error("request path refused: {reason}")]
+    InvalidPath { reason: &'static str },
+}
+
+impl Target {
+    /// `https://{subdomain}.zendesk.com`. A leading `https://` and a trailing `.zendesk.com` (and
+    /// `/`) are stripped; what is left must be lowercase ASCII letters and digits. Uppercase is
+    /// lowered (hostnames are case-insensitive).
+    pub fn zendesk(subdomain: &str) -> Result<Target, TargetError> {
+        let mut s = subdomain.trim().to_ascii_lowercase();
+        if let Some(rest) = s.strip_prefix("https://") {
+            s = rest.to_string();
+        }
+        if let Some(rest) = s.strip_suffix('/') {
+            s = rest.to_string();
+        }
+        if let Some(rest) = s.strip_suffix(".zendesk.com") {
+            s = rest.to_string();
+        }
+        if s.is_empty() || s.len() > 63 || !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(TargetError::InvalidSubdomain);
+        }
+        let base = Url::parse(&format!("https://{s}.zendesk.com"))
+            .map_err(|_| TargetError::InvalidSubdomain)?;
+        Ok(Target {
+            base,
+            kind: TargetKind::Zendesk,
+        })
+    }
+
+    /// An explicit base URL: `http` or `https`, a host, an optional port, and nothing else (no
+    /// user name or password, no path but `/`, no query, no fragment).
+    pub fn from_url(url: &str) -> Result<Target, TargetError> {
+        let invalid = |reason| TargetError::InvalidUrl { reason };
+        let parsed = Url::parse(url.trim()).map_err(|_| invalid("not a URL"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(invalid("the scheme must be http or https"));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(invalid(
+                "credentials in the URL are not allowed; use environment variables",
+            ));
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("no host"));
+        }
+        if parsed.path() != "/" && !parsed.path().is_empty() {
+            return Err(invalid(
+                "a path is not allowed: give only scheme, host and port",
+            ));
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(invalid("a query or fragment is not allowed"));
+        }
+        Ok(Target {
+            base: parsed,
+            kind: TargetKind::Override,
+        })
+    }
+
+    /// The emulator listening on `addr`.
+    pub fn emulator(addr: std::net::SocketAddr) -> Target {
+        let base = Url::parse(&format!("http://{addr}/"))
+            .unwrap_or_else(|_| unreachable!("a socket address always makes a valid http URL"));
+        Target {
+            base,
+            kind: TargetKind::Override,
+        }
+    }
+
+    /// Resolves the command-line choice: `--emulator`, else `--zendesk-url`, else the subdomain
+    /// from destination.yaml.
+    pub fn resolve(
+        args: &TargetArgs,
+        subdomain: Option<&str>,
+    ) -> Result<TargetChoice, TargetError> {
+        if args.emulator {
+            return Ok(TargetChoice::Emulator);
+        }
+        if let Some(url) = args.zendesk_url.as_deref().filter(|u| !u.trim().is_empty()) {
+            return Target::from_url(url).map(TargetChoice::Remote);
+        }
+        match subdomain.filter(|s| !s.trim().is_empty()) {
+            Some(s) => Target::zendesk(s).map(TargetChoice::Remote),
+            None => Err(TargetError::NoSubdomain),
+        }
+    }
+
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    pub fn kind(&self) -> TargetKind {
+        self.kind
+    }
+
+    /// True for an explicit URL (the emulator or a test server), where a placeholder credential
+    /// may stand in for missing ones.
+    pub fn allows_placeholder_credentials(&self) -> bool {
+        self.kind == TargetKind::Override
+    }
+
+    /// The full URL of a request: the base URL followed by `path_and_query`, which must start
+    /// with a single `/`. The result is checked to have the base URL's scheme, host and port.
+    pub fn url_for(&self, path_and_query: &str) -> Result<Url, TargetError> {
+        let invalid = |reason| TargetError::InvalidPath { reason };
+        if !path_and_query.starts_with('/') {
+            return Err(invalid("the path must start with /"));
+        }
+        if path_and_query.starts_with("//") {
+            return Err(invalid("the path must not start with //"));
+        }
+        if path_and_query
+            .chars()
+            .any(|c| c.is_ascii_control() || c == '\\' || c == '#')
+        {
+            return Err(invalid("the path contains a control character, \\ or #"));
+        }
+        let origin = self.base.as_str().trim_end_matches('/');
+        let url = Url::parse(&format!("{origin}{path_and_query}"))
+            .map_err(|_| invalid("the path does not make a valid URL"))?;
+        if url.scheme() != self.base.scheme()
+            || url.host() != self.base.host()
+            || url.port_or_known_default() != self.base.port_or_known_default()
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
+            return Err(invalid("the path would leave the destination host"));
+        }
+        Ok(url)
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.base.as_str().trim_end_matches('/'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subdomains() {
+        for ok in [
+            "acme",
+            "acme.zendesk.com",
+            "https://acme.zendesk.com",
+            "https://acme.zendesk.com/",
+            "ACME",
+        ] {
+            let t = Target::zendesk(ok).expect(ok);
+            assert_eq!(t.base_url().as_str(), "https://acme.zendesk.com/", "{ok}");
+        }
+        assert!(Target::zendesk("acme2").is_ok());
+        for bad in [
+            "",
+            "evil.com/",
+            "a-b",
+            "a.b",
+            "a_b",
+            "user@host",
+            "user:pw@acme",
+            "acme.zendesk.com.evil.com",
+            "http://acme.zendesk.com",
+            "acme/x",
+            "ac me",
+            "äcme",
+        ] {
+            assert_eq!(
+                Target::zendesk(bad),
+                Err(TargetError::InvalidSubdomain),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn override_urls() {
+        assert!(Target::from_url("http://127.0.0.1:8080").is_ok());
+        assert!(Target::from_url("https://proxy.example.com/").is_ok());
+        for bad in [
+            "ftp://x.com",
+            "http://user:secrettoken@x.com",
+            "http://x.com/api",
+            "http://x.com/?a=b",
+            "x.com",
+            "file:///etc/passwd",
+        ] {
+            let err = Target::from_url(bad).expect_err(bad);
+            assert!(!err.to_string().contains("secrettoken"));
+        }
+    }
+
+    #[test]
+    fn paths_stay_on_the_host() {
+        let t = Target::zendesk("acme").expect("valid");
+        assert_eq!(
+            t.url_for("/api/v2/users/search?query=a%40b")
+                .expect("ok")
+                .as_str(),
+            "https://acme.zendesk.com/api/v2/users/search?query=a%40b"
+        );
+        for bad in [
+            "//evil.com/x",
+            "@evil.com/x",
+            "api/v2",
+            "/\\evil.com",
+            "/a\r\nHost: x",
+        ] {
+            assert!(t.url_for(bad).is_err(), "{bad}");
+        }
+        let local = Target::from_url("http://127.0.0.1:9").expect("valid");
+        assert_eq!(
+            local.url_for("/api/v2/tickets").expect("ok").as_str(),
+            "http://127.0.0.1:9/api/v2/tickets"
+        );
+    }
+
+    #[test]
+    fn resolve_prefers_emulator_then_url_then_subdomain() {
+        let mut args = TargetArgs::default();
+        assert_eq!(Target::resolve(&args, None), Err(TargetError::NoSubdomain));
+        assert_eq!(
+            Target::resolve(&args, Some("acme")),
+            Ok(TargetChoice::Remote(
+                Target::zendesk("acme").expect("valid")
+            ))
+        );
+        args.zendesk_url = Some("http://localhost:1234".into());
+        assert!(matches!(
+            Target::resolve(&args, Some("acme")),
+            Ok(TargetChoice::Remote(t)) if t.kind() == TargetKind::Override
+        ));
+        args.emulator = true;
+        assert_eq!(Target::resolve(&args, None), Ok(TargetChoice::Emulator));
+    }
+}
