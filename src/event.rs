@@ -172,6 +172,30 @@ pub fn read_events<R: Read>(
     input: R,
     mut sink: impl FnMut(Incoming) -> bool,
 ) -> std::io::Result<()> {
+    read_values(input, |raw| {
+        sink(Incoming {
+            index: raw.index,
+            line: raw.line,
+            event: raw.value.and_then(Event::from_value),
+        })
+    })
+}
+
+/// One JSON value read from an input, before it is checked as an event.
+#[derive(Clone, Debug)]
+pub struct RawItem {
+    pub index: usize,
+    pub line: Option<usize>,
+    /// The value, or `EventError::NotJson`.
+    pub value: Result<Value, EventError>,
+}
+
+/// Like [`read_events`], but hands over each JSON value unchecked (for inputs that may hold
+/// other records, such as dead letters).
+pub fn read_values<R: Read>(
+    input: R,
+    mut sink: impl FnMut(RawItem) -> bool,
+) -> std::io::Result<()> {
     let mut reader = BufReader::with_capacity(64 * 1024, input);
     let first = loop {
         let buf = reader.fill_buf()?;
@@ -199,7 +223,7 @@ pub fn read_events<R: Read>(
 
 fn read_lines<R: BufRead>(
     mut reader: R,
-    sink: &mut impl FnMut(Incoming) -> bool,
+    sink: &mut impl FnMut(RawItem) -> bool,
 ) -> std::io::Result<()> {
     let mut index = 0;
     let mut line_no = 0;
@@ -222,10 +246,10 @@ fn read_lines<R: BufRead>(
         pending.push_str(&line);
         match serde_json::from_str::<Value>(&pending) {
             Ok(v) => {
-                let item = Incoming {
+                let item = RawItem {
                     index,
                     line: Some(pending_start),
-                    event: Event::from_value(v),
+                    value: Ok(v),
                 };
                 index += 1;
                 pending.clear();
@@ -236,10 +260,10 @@ fn read_lines<R: BufRead>(
             // A pretty-printed object spans lines: keep reading until it is complete.
             Err(e) if e.is_eof() => {}
             Err(e) => {
-                let item = Incoming {
+                let item = RawItem {
                     index,
                     line: Some(pending_start),
-                    event: Err(EventError::NotJson {
+                    value: Err(EventError::NotJson {
                         message: strip_position(&e.to_string()),
                         line: pending_start + e.line() - 1,
                         column: e.column(),
@@ -263,10 +287,10 @@ fn read_lines<R: BufRead>(
             ),
             None => ("unexpected end of input".into(), pending_start, 1),
         };
-        sink(Incoming {
+        sink(RawItem {
             index,
             line: Some(pending_start),
-            event: Err(EventError::NotJson {
+            value: Err(EventError::NotJson {
                 message,
                 line,
                 column,
@@ -276,22 +300,22 @@ fn read_lines<R: BufRead>(
     Ok(())
 }
 
-fn read_array<R: Read>(reader: R, sink: &mut impl FnMut(Incoming) -> bool) -> std::io::Result<()> {
+fn read_array<R: Read>(reader: R, sink: &mut impl FnMut(RawItem) -> bool) -> std::io::Result<()> {
     struct Elements<'s, F> {
         sink: &'s mut F,
         index: usize,
     }
-    impl<'de, F: FnMut(Incoming) -> bool> Visitor<'de> for Elements<'_, F> {
+    impl<'de, F: FnMut(RawItem) -> bool> Visitor<'de> for Elements<'_, F> {
         type Value = ();
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a JSON array of events")
         }
         fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
             while let Some(v) = seq.next_element::<Value>()? {
-                let item = Incoming {
+                let item = RawItem {
                     index: self.index,
                     line: None,
-                    event: Event::from_value(v),
+                    value: Ok(v),
                 };
                 self.index += 1;
                 if !(self.sink)(item) {
@@ -307,7 +331,7 @@ fn read_array<R: Read>(reader: R, sink: &mut impl FnMut(Incoming) -> bool) -> st
     const STOPPED: &str = "\u{0}stopped";
     let mut count = 0usize;
     let result = {
-        let mut counting = |item: Incoming| {
+        let mut counting = |item: RawItem| {
             count = item.index + 1;
             sink(item)
         };
@@ -323,10 +347,10 @@ fn read_array<R: Read>(reader: R, sink: &mut impl FnMut(Incoming) -> bool) -> st
         Err(e) if e.to_string().starts_with(STOPPED) => Ok(()),
         Err(e) if e.is_io() => Err(std::io::Error::other(e)),
         Err(e) => {
-            sink(Incoming {
+            sink(RawItem {
                 index: count,
                 line: Some(e.line()),
-                event: Err(not_json(e)),
+                value: Err(not_json(e)),
             });
             Ok(())
         }

@@ -5,6 +5,7 @@
 //! [`inspect`].
 
 pub mod inspect;
+pub mod send;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -33,6 +34,10 @@ pub enum Command {
     Test(inspect::TestArgs),
     /// Print or write the JSON Schemas of the config files and events.
     Schema(inspect::SchemaArgs),
+    /// Deliver events to Zendesk (or the built-in emulator) with retries, a request budget,
+    /// lookups and dead letters. Exit 0 when all were delivered, 2 when some were dead-lettered,
+    /// 1 on a fatal error.
+    Send(send::SendArgs),
 }
 
 /// Parses the arguments and runs the command.
@@ -44,6 +49,7 @@ pub fn main() -> ExitCode {
         Command::Match(a) => inspect::match_trigger(&a),
         Command::Test(a) => inspect::test(&a),
         Command::Schema(a) => inspect::schema(&a),
+        Command::Send(a) => send::send(&a),
     }
 }
 

@@ -159,6 +159,25 @@ impl DeadLetter {
     }
 }
 
+impl DeadLetter {
+    /// Reads a dead-letter record back (as written by [`DeadLetter::to_line`]); `None` when
+    /// `value` is not one (see [`unwrap_dead_letter`] for the rule).
+    pub fn parse(value: &Value) -> Option<DeadLetter> {
+        let Value::Object(map) = value else {
+            return None;
+        };
+        if map.len() != 2
+            || !map.get("dead_letter").is_some_and(Value::is_object)
+            || !map.get("event").is_some_and(Value::is_object)
+        {
+            return None;
+        }
+        serde_json::from_value::<DeadLetterRecord>(value.clone())
+            .ok()
+            .map(DeadLetter::from)
+    }
+}
+
 /// Returns the event inside a dead-letter record, or `value` unchanged when it is not one.
 /// A record is an object with exactly the keys `dead_letter` (an object) and `event` (an object),
 /// so a Segment `track` event (whose `event` is a string) is never mistaken for one.

@@ -16,11 +16,15 @@
 
 pub mod auth;
 pub mod budget;
+pub mod cache;
 pub mod dead_letter;
 pub mod error_body;
+pub mod executor;
 pub mod http;
 pub mod progress;
 pub mod retry;
+pub mod run;
+pub mod setup;
 pub mod stats;
 pub mod target;
 
@@ -28,8 +32,10 @@ use std::sync::Arc;
 
 pub use auth::{CredentialVars, Credentials, CredentialsError, Secret};
 pub use budget::Budget;
+pub use cache::LookupCache;
 pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterWriter, unwrap_dead_letter};
 pub use error_body::{ZendeskError, zendesk_error};
+pub use executor::{EventOutcome, Executor};
 pub use http::{Client, ClientOptions, Response, ResponseHeaders, TransportError};
 pub use progress::Progress;
 pub use retry::{Disposition, RetryPolicy, send_with_retries};

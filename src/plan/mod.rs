@@ -147,17 +147,7 @@ impl Config {
         outputs: Arc<StepOutputs>,
         lookups: Arc<Lookups>,
     ) -> Result<Rendered, RenderError> {
-        let base = || {
-            Scope::builder()
-                .fields(
-                    planned.fields.clone(),
-                    self.actions[planned.action].field_names.clone(),
-                )
-                .settings(self.settings.clone())
-                .message(plan.event.clone())
-                .steps(outputs.clone())
-                .lookups(lookups.clone())
-        };
+        let base = || self.step_scope(plan, planned, outputs.clone(), lookups.clone());
         let items: Vec<Option<Value>> = match &step.each {
             None => vec![None],
             Some(each) => match self.templates.eval(each, &base().build())? {
@@ -193,6 +183,26 @@ impl Config {
         } else {
             Rendered::Requests(requests)
         })
+    }
+
+    /// The scope a step's templates see: the action's fields, settings, the event, earlier
+    /// steps' outputs and the lookups known so far.
+    pub fn step_scope(
+        &self,
+        plan: &Plan,
+        planned: &PlannedAction,
+        outputs: Arc<StepOutputs>,
+        lookups: Arc<Lookups>,
+    ) -> crate::template::ScopeBuilder {
+        Scope::builder()
+            .fields(
+                planned.fields.clone(),
+                self.actions[planned.action].field_names.clone(),
+            )
+            .settings(self.settings.clone())
+            .message(plan.event.clone())
+            .steps(outputs)
+            .lookups(lookups)
     }
 
     /// The action of a planned action.

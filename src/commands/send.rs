@@ -1,0 +1,142 @@
+//! `zdmap send`: deliver events to Zendesk (or the emulator), with a summary at the end.
+
+use crate::config::ConfigArgs;
+use crate::deliver::run::{RunOptions, run};
+use crate::deliver::setup::connect;
+use crate::deliver::{DeadLetterWriter, Progress, TargetArgs};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(clap::Args, Debug)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Events: a JSON object, a JSON array or NDJSON (a dead-letter file is fine too); `-` or
+    /// nothing reads standard input. Streamed: memory stays flat on any size.
+    pub events: Option<PathBuf>,
+    /// Where events that could not be delivered go (NDJSON; give it back to `zdmap send` to replay).
+    #[arg(long, value_name = "FILE", default_value = "zdmap-dead-letters.ndjson")]
+    pub dead_letter: PathBuf,
+    /// How many users are delivered in parallel (one user's events always go in order).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub concurrency: usize,
+    /// Also print the summary as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
+    /// Never show the progress bar (it shows only on a terminal anyway).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Exit 0 when everything was delivered, 2 when some events were dead-lettered, 1 on a fatal error.
+pub fn send(args: &SendArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(send_async(args))
+}
+
+async fn send_async(args: &SendArgs) -> ExitCode {
+    let config = match args.config.load() {
+        Ok(c) => Arc::new(c),
+        Err(diags) => {
+            eprintln!("{diags}\nthe mappings are not valid; run `zdmap validate` for details");
+            return ExitCode::from(1);
+        }
+    };
+    let destination = match connect(config, &args.target).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(emulator) = &destination.emulator {
+        eprintln!("emulator: listening on {}", emulator.url());
+    }
+    let input = match super::open_input(&args.events) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let existed = args.dead_letter.exists();
+    let writer = match DeadLetterWriter::open(&args.dead_letter) {
+        Ok(w) => Arc::new(w),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let progress = Progress::with_visibility(
+        destination.stats.clone(),
+        !args.no_progress && std::io::stderr().is_terminal(),
+    );
+    let options = RunOptions {
+        concurrency: args.concurrency,
+    };
+    let result = run(
+        destination.executor.clone(),
+        input,
+        writer,
+        destination.stats.clone(),
+        options,
+    )
+    .await;
+    progress.finish();
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if report.dead_letters == 0 && !existed {
+        let _ = std::fs::remove_file(&args.dead_letter);
+    }
+    let snapshot = destination.stats.snapshot();
+    eprintln!("{}", snapshot.summary());
+    if report.dead_letters > 0 {
+        eprintln!(
+            "{} dead letter(s) written to {}; fix the cause, then run `zdmap send {}` to replay them",
+            report.dead_letters,
+            args.dead_letter.display(),
+            args.dead_letter.display()
+        );
+    }
+    if let Some(emulator) = &destination.emulator {
+        eprintln!("emulator state: {}", emulator_counts(&emulator.state()));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&snapshot).unwrap_or_default());
+    }
+    if let Some(fatal) = report.fatal {
+        eprintln!("error: {fatal}");
+        return ExitCode::from(1);
+    }
+    if report.dead_letters > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// "3 users, 1 organizations, ..." from the emulator's state.
+fn emulator_counts(state: &serde_json::Value) -> String {
+    let Some(map) = state.as_object() else {
+        return "unavailable".into();
+    };
+    map.iter()
+        .filter_map(|(k, v)| v.as_array().map(|a| format!("{} {k}", a.len())))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

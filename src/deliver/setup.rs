@@ -1,0 +1,85 @@
+//! Connecting a loaded config to its destination: target, credentials, client, budget, executor.
+//!
+//! `zdmap send` and `zdmap serve` both start here. The target is Zendesk at the configured
+//! subdomain, an explicit `--zendesk-url`, or the built-in emulator started in-process
+//! (`--emulator`), which is kept alive as long as the returned [`Destination`].
+
+use crate::config::Config;
+use crate::deliver::{
+    Budget, Client, ClientOptions, CredentialVars, Credentials, Executor, LookupCache, RetryPolicy,
+    Stats, Target, TargetArgs, TargetChoice, Transport,
+};
+use std::sync::Arc;
+
+/// A ready destination: the executor and, with `--emulator`, the emulator it sends to.
+pub struct Destination {
+    pub executor: Arc<Executor>,
+    pub stats: Arc<Stats>,
+    pub emulator: Option<crate::emulator::Emulator>,
+}
+
+/// Why a destination could not be set up. Never carries a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{0}")]
+    Target(#[from] crate::deliver::TargetError),
+    #[error("{0}")]
+    Credentials(#[from] crate::deliver::CredentialsError),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+    #[error("cannot start the emulator: {0}")]
+    Emulator(std::io::Error),
+}
+
+/// The environment variables that hold credentials, as `destination.yaml` names them.
+pub fn credential_vars(config: &Config) -> CredentialVars {
+    let mut vars = CredentialVars::default();
+    if let Some(a) = &config.auth.api_token {
+        vars.email = a.email_env.clone();
+        vars.api_token = a.token_env.clone();
+    }
+    if let Some(o) = &config.auth.oauth_token {
+        vars.oauth_token = o.token_env.clone();
+    }
+    vars
+}
+
+/// Sets up delivery for a config and a target choice.
+pub async fn connect(config: Arc<Config>, target: &TargetArgs) -> Result<Destination, SetupError> {
+    let (target, emulator) = match Target::resolve(target, config.setting_str("subdomain"))? {
+        TargetChoice::Remote(t) => (t, None),
+        TargetChoice::Emulator => {
+            let emulator =
+                crate::emulator::Emulator::start(crate::emulator::EmulatorOptions::default())
+                    .await
+                    .map_err(SetupError::Emulator)?;
+            (Target::from_url(&emulator.url())?, Some(emulator))
+        }
+    };
+    let allow_placeholder = emulator.is_some() || target.allows_placeholder_credentials();
+    let credentials =
+        Credentials::from_env_or_placeholder(&credential_vars(&config), allow_placeholder)?;
+    let client = Client::new(target, credentials, ClientOptions::default())
+        .map_err(|e| SetupError::Client(e.to_string()))?;
+    let rpm = config
+        .setting_u64("requests_per_minute")
+        .and_then(|r| u32::try_from(r).ok())
+        .filter(|r| *r > 0);
+    let stats = Arc::new(Stats::new());
+    let transport = Transport::new(
+        client,
+        Arc::new(Budget::new(rpm)),
+        RetryPolicy::default(),
+        stats.clone(),
+    );
+    let executor = Arc::new(Executor::new(
+        config,
+        transport,
+        Arc::new(LookupCache::new()),
+    ));
+    Ok(Destination {
+        executor,
+        stats,
+        emulator,
+    })
+}
