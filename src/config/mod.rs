@@ -236,9 +236,7 @@ impl Config {
             }
             diags.0.extend(p.found);
         }
-        if diags.is_empty() {
-            order_actions(&mut config.actions, &mut diags);
-        }
+        order_actions(&mut config.actions, &mut diags);
         config.templates = templates;
         if diags.is_empty() {
             Ok(config)
@@ -677,7 +675,11 @@ fn order_actions(actions: &mut Vec<Action>, diags: &mut Diagnostics) {
             }
         }
     }
-    if !diags.is_empty() {
+    if diags
+        .0
+        .iter()
+        .any(|d| d.message.starts_with("`after` names"))
+    {
         return;
     }
     let mut pending: Vec<Action> = std::mem::take(actions);
