@@ -545,6 +545,14 @@ fn compile_action(
             check_steps(templates, text, &steps, &format!("{at}{ptr}"), p);
             check_resolvers(text, templates, resolvers, &format!("{at}{ptr}"), p);
         }
+        for (j, name) in step.forget.iter().enumerate() {
+            if !resolvers.contains_key(name) {
+                p.at(
+                    &format!("{at}/forget/{j}"),
+                    format!("unknown resolver `{name}`"),
+                );
+            }
+        }
         for (j, l) in step.learn.iter().enumerate() {
             match resolvers.get(&l.resolver) {
                 None => p.at(

@@ -178,6 +178,9 @@ pub struct StepSpec {
     /// Resolver cache entries filled from the response, so later lookups cost no request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub learn: Vec<LearnSpec>,
+    /// Resolvers whose cached answers this step makes stale (e.g. after creating a field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forget: Vec<String>,
 }
 
 /// A request template. Strings may be templates; missing values drop their key.

@@ -77,6 +77,15 @@ impl LookupCache {
         part.entries.insert(k, (value, Instant::now()));
     }
 
+    /// Drops every cached answer of a resolver.
+    pub fn forget(&self, resolver: &str) {
+        let mut parts = self
+            .parts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        parts.remove(resolver);
+    }
+
     /// Number of entries (all resolvers).
     pub fn len(&self) -> usize {
         let parts = self

@@ -166,6 +166,7 @@ impl Executor {
             let Rendered::Requests(requests) = rendered else {
                 continue;
             };
+            let sent = !requests.is_empty();
             for request in requests {
                 match self.send_step(plan, &action.name, step, &request).await? {
                     StepResult::Ok(response) => {
@@ -174,6 +175,9 @@ impl Executor {
                     }
                     StepResult::Skip => return Ok(()),
                 }
+            }
+            if sent {
+                step.forget.iter().for_each(|r| self.cache.forget(r));
             }
         }
         Ok(())

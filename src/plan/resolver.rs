@@ -128,12 +128,17 @@ impl Lookup {
         )
     }
 
-    /// The value found in a response body, if any.
+    /// A definite path (`$.users[0].id`) gives its value; any other path (`$.fields[*].key`)
+    /// gives the list of all matches, possibly empty, which is an answer too.
     pub fn extract(&self, body: &Value) -> Option<Value> {
-        self.result
-            .as_ref()?
-            .first(body)
-            .filter(|v| !v.is_null())
-            .cloned()
+        let path = self.result.as_ref()?;
+        if path.is_definite() {
+            return path.first(body).filter(|v| !v.is_null()).cloned();
+        }
+        Some(match path.select(body) {
+            crate::path::Selected::Nothing => Value::Array(Vec::new()),
+            crate::path::Selected::One(v) => Value::Array(vec![v.clone()]),
+            crate::path::Selected::Many(vs) => Value::Array(vs.into_iter().cloned().collect()),
+        })
     }
 }

@@ -24,6 +24,7 @@ pub struct Step {
     pub outcomes: Outcomes,
     pub outputs: Vec<(String, JsonPath)>,
     pub learn: Vec<Learn>,
+    pub forget: Vec<String>,
 }
 
 /// A resolver cache entry to learn from a response.
@@ -118,6 +119,7 @@ impl Step {
             outcomes,
             outputs,
             learn,
+            forget: spec.forget.clone(),
         })
     }
 

@@ -1,0 +1,141 @@
+//! `zdmap preview` and `zdmap match` through the binary.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn run(args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zdmap"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn zdmap");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+#[test]
+fn preview_prints_one_line_per_event_in_order_with_requests() {
+    let (code, out, _) = run(&["preview", "examples/events.ndjson"], "");
+    assert_eq!(code, 0, "{out}");
+    let previews = lines(&out);
+    assert_eq!(previews.len(), 11);
+    let first = &previews[0];
+    assert_eq!(first["index"], 0);
+    assert_eq!(first["matched"], serde_json::json!(["upsert_user"]));
+    let req = &first["requests"][0];
+    assert_eq!(req["method"], "POST");
+    assert_eq!(req["path"], "/api/v2/users/create_or_update");
+    assert_eq!(req["body"]["user"]["email"], "ada@example.com");
+    assert_eq!(
+        req["body"]["user"]["user_fields"],
+        serde_json::json!({"plan": "pro"})
+    );
+    // A lookup shows its resolver and keys.
+    let member = &previews[4];
+    assert_eq!(
+        member["matched"],
+        serde_json::json!(["upsert_user", "update_organization_membership"])
+    );
+    let add = &member["requests"][1];
+    assert_eq!(
+        add["body"]["organization_membership"]["organization_id"],
+        "<organization external_id=org-42>"
+    );
+    assert!(
+        member["lookups"]
+            .as_array()
+            .expect("lookups")
+            .iter()
+            .any(|l| l["resolver"] == "organization" && l["keys"]["external_id"] == "org-42")
+    );
+    // A page call matches nothing.
+    assert_eq!(previews[10]["matched"], serde_json::json!([]));
+}
+
+#[test]
+fn preview_reports_bad_events_and_goes_on() {
+    let input = "{\"type\":\"identify\",\"userId\":\"a\",\"traits\":{\"email\":\"a@x.io\"}}\nnot json\n[1]\n{\"userId\":\"b\"}\n{\"type\":5}\n{\"action\":\"identify\",\"userId\":\"c\"}\n";
+    let (code, out, _) = run(&["preview", "-"], input);
+    assert_eq!(code, 2, "some events have errors: exit 2");
+    let previews = lines(&out);
+    assert_eq!(previews.len(), 6, "{out}");
+    assert!(
+        previews[1]["errors"][0]["message"]
+            .as_str()
+            .expect("msg")
+            .starts_with("not JSON")
+    );
+    assert!(
+        previews[2]["errors"][0]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("must be a JSON object")
+    );
+    assert!(
+        previews[3]["errors"][0]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("no `type`")
+    );
+    assert!(
+        previews[4]["errors"][0]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("must be a string")
+    );
+    assert_eq!(previews[5]["type"], "identify");
+    assert_eq!(
+        previews[5]["requests"][0]["body"]["user"]["external_id"],
+        "c"
+    );
+}
+
+#[test]
+fn preview_reads_a_json_array() {
+    let input = r#"[{"type":"group","groupId":"g1","traits":{"name":"G"}}, {"type":"page"}]"#;
+    let (code, out, _) = run(&["preview"], input);
+    assert_eq!(code, 0, "{out}");
+    let previews = lines(&out);
+    assert_eq!(previews.len(), 2);
+    assert_eq!(
+        previews[0]["matched"],
+        serde_json::json!(["upsert_organization"])
+    );
+}
+
+#[test]
+fn match_prints_true_or_false_per_event() {
+    let input = "{\"type\":\"track\",\"event\":\"Ticket Created\"}\n{\"type\":\"track\",\"event\":\"Other\"}\n{\"type\":\"identify\"}\n";
+    let (code, out, _) = run(
+        &["match", "type = \"track\" and not event = \"Other\"", "-"],
+        input,
+    );
+    assert_eq!(code, 0);
+    assert_eq!(out, "true\nfalse\nfalse\n");
+}
+
+#[test]
+fn match_reports_the_column_of_a_parse_error() {
+    let (code, _, err) = run(&["match", "type = \"track\" and event =="], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("column"), "{err}");
+    assert!(err.contains('^'), "{err}");
+}
