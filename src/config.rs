@@ -6,7 +6,12 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConfigArgs {
     /// The mappings directory: action files and destination.yaml.
-    #[arg(long, value_name = "DIR", default_value = "mappings", env = "ZDMAP_MAPPINGS")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "mappings",
+        env = "ZDMAP_MAPPINGS"
+    )]
     pub mappings: PathBuf,
     /// Override a setting of destination.yaml, e.g. `--set subdomain=acme` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]

@@ -34,7 +34,9 @@ pub enum EventError {
     MissingType,
     #[error("the event's `type` must be a string, found {found}")]
     TypeNotString { found: &'static str },
-    #[error("unknown event type {found:?}: expected one of identify, track, group, page, screen, alias")]
+    #[error(
+        "unknown event type {found:?}: expected one of identify, track, group, page, screen, alias"
+    )]
     UnknownType { found: String },
 }
 
@@ -160,7 +162,10 @@ pub struct Incoming {
 /// NDJSON (one object per line; blank lines are ignored). In NDJSON a line that is not JSON is
 /// one failed event and reading goes on; in an array a syntax error ends the input, after an
 /// error item that says where. `sink` returns `false` to stop early.
-pub fn read_events<R: Read>(input: R, mut sink: impl FnMut(Incoming) -> bool) -> std::io::Result<()> {
+pub fn read_events<R: Read>(
+    input: R,
+    mut sink: impl FnMut(Incoming) -> bool,
+) -> std::io::Result<()> {
     let mut reader = BufReader::with_capacity(64 * 1024, input);
     let first = loop {
         let buf = reader.fill_buf()?;
@@ -186,7 +191,10 @@ pub fn read_events<R: Read>(input: R, mut sink: impl FnMut(Incoming) -> bool) ->
     }
 }
 
-fn read_lines<R: BufRead>(mut reader: R, sink: &mut impl FnMut(Incoming) -> bool) -> std::io::Result<()> {
+fn read_lines<R: BufRead>(
+    mut reader: R,
+    sink: &mut impl FnMut(Incoming) -> bool,
+) -> std::io::Result<()> {
     let mut index = 0;
     let mut line_no = 0;
     let mut pending = String::new();
@@ -242,13 +250,21 @@ fn read_lines<R: BufRead>(mut reader: R, sink: &mut impl FnMut(Incoming) -> bool
     if !pending.trim().is_empty() {
         let e = serde_json::from_str::<Value>(&pending).err();
         let (message, line, column) = match e {
-            Some(e) => (strip_position(&e.to_string()), pending_start + e.line() - 1, e.column()),
+            Some(e) => (
+                strip_position(&e.to_string()),
+                pending_start + e.line() - 1,
+                e.column(),
+            ),
             None => ("unexpected end of input".into(), pending_start, 1),
         };
         sink(Incoming {
             index,
             line: Some(pending_start),
-            event: Err(EventError::NotJson { message, line, column }),
+            event: Err(EventError::NotJson {
+                message,
+                line,
+                column,
+            }),
         });
     }
     Ok(())
@@ -340,7 +356,10 @@ mod tests {
             Event::from_value(json!([1])).unwrap_err(),
             EventError::NotObject { found: "an array" }
         );
-        assert_eq!(Event::from_value(json!({"userId": "x"})).unwrap_err(), EventError::MissingType);
+        assert_eq!(
+            Event::from_value(json!({"userId": "x"})).unwrap_err(),
+            EventError::MissingType
+        );
         assert_eq!(
             Event::from_value(json!({"type": 3})).unwrap_err(),
             EventError::TypeNotString { found: "a number" }
@@ -349,7 +368,10 @@ mod tests {
             Event::from_value(json!({"type": "boom"})).unwrap_err(),
             EventError::UnknownType { .. }
         ));
-        assert!(matches!(Event::from_slice(b"{nope").unwrap_err(), EventError::NotJson { .. }));
+        assert!(matches!(
+            Event::from_slice(b"{nope").unwrap_err(),
+            EventError::NotJson { .. }
+        ));
     }
 
     #[test]
@@ -357,7 +379,10 @@ mod tests {
         let nd = read_all(b"{\"type\":\"track\"}\n\nnot json\n{\"type\":\"identify\"}\n");
         assert_eq!(nd.len(), 3);
         assert!(nd[0].event.is_ok());
-        assert!(matches!(nd[1].event, Err(EventError::NotJson { line: 3, .. })));
+        assert!(matches!(
+            nd[1].event,
+            Err(EventError::NotJson { line: 3, .. })
+        ));
         assert_eq!(nd[2].line, Some(4));
         assert_eq!(nd[2].event.as_ref().unwrap().kind(), "identify");
 
@@ -366,7 +391,8 @@ mod tests {
         assert!(matches!(arr[1].event, Err(EventError::NotObject { .. })));
         assert_eq!(arr[2].index, 2);
 
-        let pretty = read_all(b"{\n  \"type\": \"track\",\n  \"event\": \"x\"\n}\n{\n\"type\":\"group\"}");
+        let pretty =
+            read_all(b"{\n  \"type\": \"track\",\n  \"event\": \"x\"\n}\n{\n\"type\":\"group\"}");
         assert_eq!(pretty.len(), 2);
         assert!(pretty.iter().all(|i| i.event.is_ok()));
 
