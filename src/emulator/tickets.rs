@@ -257,8 +257,9 @@ pub(crate) fn create_ticket(s: &mut Store, obj: &Map<String, Value>) -> ApiResul
     ] {
         events.push(json!({"id": s.ids.next(Kind::Comment), "type": "Create", "field_name": field, "value": value}));
     }
+    let author_id = comment.author_id;
     ticket.comments.push(comment);
-    let audit = audit(s, id, ticket.comments[0].author_id, events, &now);
+    let audit = audit(s, id, author_id, events, &now);
     ticket.audits.push(audit);
     let rendered = s.render_ticket(&ticket);
     s.tickets.insert(id, ticket);
