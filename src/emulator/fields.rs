@@ -6,7 +6,7 @@
 use serde_json::{Map, Value, json};
 
 use super::errors::{ApiError, ApiResult, Invalid, Reply};
-use super::router::{ApiRequest, World};
+use super::router::{ApiRequest, World, whole_list};
 use super::state::{FieldDef, Kind, Store, opt_id, opt_str};
 
 /// Field types Zendesk knows.
@@ -68,9 +68,7 @@ pub(crate) fn list(w: &mut World, fam: Family) -> ApiResult {
         .iter()
         .map(|f| s.render_field(fam.plural(), f))
         .collect();
-    Ok(Reply::ok(
-        json!({fam.plural(): items, "next_page": null, "previous_page": null, "count": items.len()}),
-    ))
+    Ok(whole_list(fam.plural(), items))
 }
 
 pub(crate) fn show(w: &mut World, fam: Family, id: u64) -> ApiResult {

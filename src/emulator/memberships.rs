@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 
 use super::errors::{ApiError, ApiResult, Invalid, Reply};
-use super::router::{ApiRequest, World};
+use super::router::{ApiRequest, World, whole_list};
 use super::state::{Kind, Membership, Store, opt_id};
 
 pub(crate) fn list(w: &mut World, user: Option<u64>, org: Option<u64>) -> ApiResult {
@@ -33,9 +33,7 @@ pub(crate) fn list(w: &mut World, user: Option<u64>, org: Option<u64>) -> ApiRes
         (None, None) => s.memberships.values().collect(),
     };
     let items: Vec<Value> = items.into_iter().map(|m| s.render_membership(m)).collect();
-    Ok(Reply::ok(
-        json!({"organization_memberships": items, "next_page": null, "previous_page": null, "count": items.len()}),
-    ))
+    Ok(whole_list("organization_memberships", items))
 }
 
 pub(crate) fn show(w: &mut World, user: Option<u64>, mid: u64) -> ApiResult {

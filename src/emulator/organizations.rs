@@ -8,15 +8,13 @@ use serde_json::{Map, Value, json};
 
 use super::errors::{ApiError, ApiResult, Invalid, Reply};
 use super::fields;
-use super::router::{ApiRequest, World, offset_page};
+use super::router::{ApiRequest, World, offset_page, whole_list};
 use super::state::{Kind, Organization, Store, opt_id, opt_str, str_list};
 
 pub(crate) fn list(w: &mut World) -> ApiResult {
     let s = &w.store;
     let items: Vec<Value> = s.organizations.values().map(|o| s.render_org(o)).collect();
-    Ok(Reply::ok(
-        json!({"organizations": items, "next_page": null, "previous_page": null, "count": items.len()}),
-    ))
+    Ok(whole_list("organizations", items))
 }
 
 pub(crate) fn show(w: &mut World, id: u64) -> ApiResult {
@@ -107,9 +105,7 @@ pub(crate) fn show_many(w: &mut World, req: &ApiRequest) -> ApiResult {
         .filter_map(|id| s.organizations.get(id))
         .map(|o| s.render_org(o))
         .collect();
-    Ok(Reply::ok(
-        json!({"organizations": items, "next_page": null, "previous_page": null, "count": items.len()}),
-    ))
+    Ok(whole_list("organizations", items))
 }
 
 fn name_taken(s: &Store, name: &str, owner: Option<u64>) -> Result<(), ApiError> {

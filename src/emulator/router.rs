@@ -454,6 +454,18 @@ pub(crate) fn offset_page(
     Ok(Reply::ok(Value::Object(body)))
 }
 
+/// A complete (single-page) list in the offset envelope: `{key: items, next_page: null,
+/// previous_page: null, count}`.
+pub(crate) fn whole_list(key: &str, items: Vec<Value>) -> Reply {
+    let count = items.len();
+    let mut body = Map::new();
+    body.insert(key.to_string(), Value::Array(items));
+    body.insert("next_page".into(), Value::Null);
+    body.insert("previous_page".into(), Value::Null);
+    body.insert("count".into(), json!(count));
+    Reply::ok(Value::Object(body))
+}
+
 fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::auth::Principal;
 use super::errors::{ApiError, ApiResult, Invalid, Reply, ReplyBody};
-use super::router::{ApiRequest, World, offset_page};
+use super::router::{ApiRequest, World, offset_page, whole_list};
 use super::state::{Comment, IdempotentEntry, Kind, Store, Ticket, opt_id, opt_str, str_list};
 use super::users;
 
@@ -48,16 +48,12 @@ pub(crate) fn comments(w: &mut World, id: u64) -> ApiResult {
     let s = &w.store;
     let t = s.tickets.get(&id).ok_or_else(ApiError::not_found)?;
     let list: Vec<Value> = t.comments.iter().map(|c| s.render_comment(c)).collect();
-    Ok(Reply::ok(
-        json!({"comments": list, "next_page": null, "previous_page": null, "count": list.len()}),
-    ))
+    Ok(whole_list("comments", list))
 }
 
 pub(crate) fn audits(w: &mut World, id: u64) -> ApiResult {
     let t = w.store.tickets.get(&id).ok_or_else(ApiError::not_found)?;
-    Ok(Reply::ok(
-        json!({"audits": t.audits, "next_page": null, "previous_page": null, "count": t.audits.len()}),
-    ))
+    Ok(whole_list("audits", t.audits.clone()))
 }
 
 /// `POST tickets`, honouring `Idempotency-Key`.

@@ -15,7 +15,7 @@ use super::errors::{ApiError, ApiResult, Invalid, Reply};
 use super::fields;
 use super::memberships;
 use super::organizations;
-use super::router::{ApiRequest, World, offset_page};
+use super::router::{ApiRequest, World, offset_page, whole_list};
 use super::state::{Identity, Job, Kind, Store, User, opt_id, opt_str, str_list};
 
 /// Roles a user can have.
@@ -199,9 +199,7 @@ pub(crate) fn show_many(w: &mut World, req: &ApiRequest) -> ApiResult {
         .filter_map(|id| s.users.get(id))
         .map(|u| s.render_user(u))
         .collect();
-    Ok(Reply::ok(
-        json!({"users": users, "next_page": null, "previous_page": null, "count": users.len()}),
-    ))
+    Ok(whole_list("users", users))
 }
 
 /// `GET users/search?query=…` (bare terms, `email:`, `external_id:`, `name:`, `role:`, `phone:`)
@@ -346,9 +344,7 @@ pub(crate) fn list_identities(w: &mut World, uid: u64) -> ApiResult {
         .iter()
         .map(|i| s.render_identity(uid, i))
         .collect();
-    Ok(Reply::ok(
-        json!({"identities": list, "next_page": null, "previous_page": null, "count": list.len()}),
-    ))
+    Ok(whole_list("identities", list))
 }
 
 pub(crate) fn show_identity(w: &mut World, uid: u64, iid: u64) -> ApiResult {
