@@ -1,0 +1,343 @@
+//! Rate limits, injected faults and latency (zendesk-api.md §3).
+//!
+//! - The account budget: `rpm` requests per window (a minute by default), reported on every API
+//!   answer as `X-Rate-Limit`, `X-Rate-Limit-Remaining`, `ratelimit-limit`, `ratelimit-remaining`,
+//!   `ratelimit-reset`; beyond it, 429 with `Retry-After`.
+//! - Endpoint buckets: `users/create_or_update` per end user (5 a minute), ticket updates per ticket
+//!   (30 per 10 minutes), each a sliding window over the emulator's clock.
+//! - Faults: forced ones ("the next N requests under path P answer S") and random ones
+//!   (`fail_rate`, 500 or 503), drawn from an RNG seeded with `--seed`.
+//!
+//! The knobs are plain data ([`RuntimeKnobs`]); tests change them with `Emulator::configure` or
+//! `POST /__emulator/config`.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::errors::ApiError;
+
+/// Behaviour that can change while the emulator runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeKnobs {
+    /// Account-wide requests per window; `None` means unlimited (headers still report 700).
+    pub rpm: Option<u32>,
+    /// Length of the account window in seconds (Zendesk: 60).
+    pub rate_window_secs: u64,
+    /// Probability (0..=1) that an API request answers 500 or 503.
+    pub fail_rate: f64,
+    /// Delay added to every API answer, in milliseconds.
+    pub latency_ms: u64,
+    /// Faults to answer before anything else, consumed in order.
+    pub forced_faults: Vec<ForcedFault>,
+    /// `users/create_or_update` calls allowed per end user per `rate_window_secs` (Zendesk: 5).
+    pub upsert_user_per_window: u32,
+    /// Updates allowed per ticket per `ticket_update_window_secs` (Zendesk: 30).
+    pub ticket_updates_per_window: u32,
+    /// Length of the per-ticket update window in seconds (Zendesk: 600).
+    pub ticket_update_window_secs: u64,
+    /// Whether bulk user imports (`users/create_or_update_many`) are enabled (Zendesk: off).
+    pub bulk_import: bool,
+}
+
+impl Default for RuntimeKnobs {
+    fn default() -> Self {
+        RuntimeKnobs {
+            rpm: None,
+            rate_window_secs: 60,
+            fail_rate: 0.0,
+            latency_ms: 0,
+            forced_faults: Vec::new(),
+            upsert_user_per_window: 5,
+            ticket_updates_per_window: 30,
+            ticket_update_window_secs: 600,
+            bulk_import: false,
+        }
+    }
+}
+
+/// "The next `count` requests (whose path starts with `path_prefix`, and whose method is
+/// `method`, when given) answer `status`."
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ForcedFault {
+    pub status: u16,
+    #[serde(default = "one")]
+    pub count: u32,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub method: Option<String>,
+    /// `Retry-After` seconds; 429 and 503 default to 1.
+    #[serde(default)]
+    pub retry_after: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl ForcedFault {
+    /// A fault answering `status` to the next request.
+    pub fn new(status: u16) -> ForcedFault {
+        ForcedFault {
+            status,
+            count: 1,
+            path_prefix: None,
+            method: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn times(mut self, count: u32) -> ForcedFault {
+        self.count = count;
+        self
+    }
+
+    pub fn on_path(mut self, prefix: impl Into<String>) -> ForcedFault {
+        self.path_prefix = Some(prefix.into());
+        self
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> ForcedFault {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    fn matches(&self, method: &str, path: &str) -> bool {
+        self.count > 0
+            && self
+                .path_prefix
+                .as_deref()
+                .is_none_or(|p| path.starts_with(p))
+            && self
+                .method
+                .as_deref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(method))
+    }
+
+    fn answer(&self) -> ApiError {
+        let mut err = match self.status {
+            401 => ApiError::unauthorized(),
+            403 => ApiError::forbidden("You do not have access to this page (emulated fault)"),
+            404 => ApiError::not_found(),
+            429 => ApiError::account_rate_limited(self.retry_after.unwrap_or(1)),
+            s => ApiError::fault(s),
+        };
+        if self.status != 429
+            && let Some(secs) = self.retry_after.or((self.status == 503).then_some(1))
+        {
+            err.0 = err.0.header("Retry-After", secs.to_string());
+        }
+        err
+    }
+}
+
+/// Headers describing the account budget after this request.
+pub(crate) struct Budget {
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_secs: u64,
+}
+
+impl Budget {
+    pub(crate) fn headers(&self) -> [(&'static str, String); 5] {
+        [
+            ("X-Rate-Limit", self.limit.to_string()),
+            ("X-Rate-Limit-Remaining", self.remaining.to_string()),
+            ("ratelimit-limit", self.limit.to_string()),
+            ("ratelimit-remaining", self.remaining.to_string()),
+            ("ratelimit-reset", self.reset_secs.to_string()),
+        ]
+    }
+}
+
+/// Outcome of an endpoint bucket check that let the request through.
+pub(crate) struct Bucket {
+    pub total: u32,
+    pub remaining: u32,
+    pub resets: u64,
+}
+
+impl Bucket {
+    /// The `Zendesk-RateLimit-<name>` header value.
+    pub(crate) fn header_value(&self) -> String {
+        format!(
+            "total={}; remaining={}; resets={}",
+            self.total, self.remaining, self.resets
+        )
+    }
+}
+
+/// Nominal plan limit shown when no budget is configured (Suite Enterprise).
+const NOMINAL_RPM: u32 = 700;
+
+/// Counters and the fault RNG.
+#[derive(Debug)]
+pub(crate) struct Limits {
+    pub knobs: RuntimeKnobs,
+    rng: StdRng,
+    window_start: Duration,
+    used: u32,
+    buckets: HashMap<String, VecDeque<Duration>>,
+}
+
+impl Limits {
+    pub(crate) fn new(knobs: RuntimeKnobs, seed: u64) -> Limits {
+        Limits {
+            knobs,
+            rng: StdRng::seed_from_u64(seed),
+            window_start: Duration::ZERO,
+            used: 0,
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Forgets all counters (not the knobs).
+    pub(crate) fn reset_counters(&mut self, now: Duration) {
+        self.window_start = now;
+        self.used = 0;
+        self.buckets.clear();
+    }
+
+    /// Consumes the first forced fault matching this request, if any.
+    pub(crate) fn take_forced_fault(&mut self, method: &str, path: &str) -> Option<ApiError> {
+        let idx = self
+            .knobs
+            .forced_faults
+            .iter()
+            .position(|f| f.matches(method, path))?;
+        let fault = &mut self.knobs.forced_faults[idx];
+        fault.count -= 1;
+        let answer = fault.answer();
+        if fault.count == 0 {
+            self.knobs.forced_faults.remove(idx);
+        }
+        Some(answer)
+    }
+
+    /// Counts one request against the account budget.
+    pub(crate) fn spend(&mut self, now: Duration) -> Result<Budget, (Budget, ApiError)> {
+        let window = Duration::from_secs(self.knobs.rate_window_secs.max(1));
+        if now.saturating_sub(self.window_start) >= window {
+            // Windows are aligned to the emulator's start, like Zendesk's minute boundaries.
+            let n = now.as_secs() / window.as_secs();
+            self.window_start = Duration::from_secs(n * window.as_secs());
+            self.used = 0;
+        }
+        let reset_secs = (self.window_start + window)
+            .saturating_sub(now)
+            .as_secs()
+            .max(1);
+        let limit = self.knobs.rpm.unwrap_or(NOMINAL_RPM);
+        if let Some(rpm) = self.knobs.rpm
+            && self.used >= rpm
+        {
+            let budget = Budget {
+                limit,
+                remaining: 0,
+                reset_secs,
+            };
+            return Err((budget, ApiError::account_rate_limited(reset_secs)));
+        }
+        self.used = self.used.saturating_add(1);
+        Ok(Budget {
+            limit,
+            remaining: limit.saturating_sub(self.used),
+            reset_secs,
+        })
+    }
+
+    /// Draws against `fail_rate`: `Some(500 or 503)` when this request should fail.
+    pub(crate) fn random_fault(&mut self) -> Option<ApiError> {
+        if self.knobs.fail_rate <= 0.0 {
+            return None;
+        }
+        if self.rng.random::<f64>() >= self.knobs.fail_rate {
+            return None;
+        }
+        let status = if self.rng.random::<bool>() { 500 } else { 503 };
+        Some(ApiError::fault(status))
+    }
+
+    /// A sliding-window bucket: lets the request through (and counts it) when fewer than `limit`
+    /// requests with this key happened in the last `window`; else gives the seconds to wait.
+    pub(crate) fn bucket(
+        &mut self,
+        key: String,
+        limit: u32,
+        window: Duration,
+        now: Duration,
+    ) -> Result<Bucket, u64> {
+        let log = self.buckets.entry(key).or_default();
+        while log
+            .front()
+            .is_some_and(|t| now.saturating_sub(*t) >= window)
+        {
+            log.pop_front();
+        }
+        let resets = |log: &VecDeque<Duration>| {
+            log.front().map_or(window.as_secs(), |t| {
+                (*t + window).saturating_sub(now).as_secs().max(1)
+            })
+        };
+        if log.len() >= limit as usize {
+            return Err(resets(log));
+        }
+        log.push_back(now);
+        Ok(Bucket {
+            total: limit,
+            remaining: limit - log.len() as u32,
+            resets: resets(log),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sliding_bucket_refills_after_the_window() {
+        let mut l = Limits::new(RuntimeKnobs::default(), 0);
+        let w = Duration::from_secs(60);
+        for i in 0..5 {
+            assert_eq!(
+                l.bucket("u".into(), 5, w, Duration::from_secs(i))
+                    .map(|b| b.remaining),
+                Ok(4 - i as u32)
+            );
+        }
+        assert_eq!(
+            l.bucket("u".into(), 5, w, Duration::from_secs(10)).err(),
+            Some(50)
+        );
+        assert!(l.bucket("u".into(), 5, w, Duration::from_secs(60)).is_ok());
+    }
+
+    #[test]
+    fn forced_faults_are_consumed_in_order_and_by_prefix() {
+        let knobs = RuntimeKnobs {
+            forced_faults: vec![ForcedFault::new(503).times(2).on_path("/api/v2/tickets")],
+            ..RuntimeKnobs::default()
+        };
+        let mut l = Limits::new(knobs, 0);
+        assert!(l.take_forced_fault("GET", "/api/v2/users/1").is_none());
+        assert_eq!(
+            l.take_forced_fault("POST", "/api/v2/tickets")
+                .map(|e| e.0.status),
+            Some(503)
+        );
+        assert_eq!(
+            l.take_forced_fault("POST", "/api/v2/tickets.json")
+                .map(|e| e.0.status),
+            Some(503)
+        );
+        assert!(l.take_forced_fault("POST", "/api/v2/tickets").is_none());
+        assert!(l.knobs.forced_faults.is_empty());
+    }
+}

@@ -1,0 +1,496 @@
+//! The request pipeline and the route table. Every `/api/...` request goes through [`api`]:
+//!
+//! 1. a forced fault, if one matches;
+//! 2. authentication (`users/me` answers the anonymous user instead of 401);
+//! 3. the account budget (429 beyond it; budget headers on every answer);
+//! 4. a random fault (`fail_rate`);
+//! 5. the JSON body (400 when unreadable);
+//! 6. [`dispatch`]: the route table, `.json` suffix stripped, 404 `InvalidEndpoint` otherwise.
+//!
+//! Then the answer is written to the request log, and the configured latency is waited out.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use super::auth::{AuthPolicy, Principal, redact};
+use super::errors::{ApiError, ApiResult, Reply, ReplyBody};
+use super::limits::Limits;
+use super::state::Store;
+use super::{events, fields, inspect, memberships, organizations, tickets, users};
+
+/// Largest request body accepted (bulk calls carry up to 100 records).
+const MAX_BODY: usize = 8 * 1024 * 1024;
+
+/// Everything behind the lock: the account, the limits and the request log.
+pub(crate) struct World {
+    pub store: Store,
+    pub limits: Limits,
+    pub log: Vec<Value>,
+    pub auth: AuthPolicy,
+    /// The state loaded at start-up (`--seed-state`), restored by `POST /__emulator/reset`.
+    pub initial_seed: Option<Value>,
+    pub subdomain: String,
+    pub seed: u64,
+}
+
+pub(crate) type Shared = Arc<Mutex<World>>;
+
+/// Locks the world; a poisoned lock (a panic elsewhere) still gives the data.
+pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, World> {
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A parsed API request, as handlers see it.
+pub(crate) struct ApiRequest {
+    pub method: String,
+    /// Path segments after `/api/v2/`, percent-decoded, with a trailing `.json` removed.
+    pub segments: Vec<String>,
+    pub query: Vec<(String, String)>,
+    pub headers: HeaderMap,
+    /// The JSON body; `Null` when there is none.
+    pub body: Value,
+    pub principal: Option<Principal>,
+}
+
+impl ApiRequest {
+    pub(crate) fn query(&self, key: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The object under `key` in the body (`{"user": {...}}`), or a 400.
+    pub(crate) fn wrapped(&self, key: &str) -> Result<&Map<String, Value>, ApiError> {
+        self.body
+            .get(key)
+            .and_then(Value::as_object)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("Parameter {key} is required and must be an object"))
+            })
+    }
+}
+
+pub(crate) fn router(shared: Shared) -> axum::Router {
+    inspect::routes().fallback(api).with_state(shared)
+}
+
+/// The axum entry point for everything that is not `/__emulator/*`.
+async fn api(State(shared): State<Shared>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return to_response(ApiError::bad_request("Request body too large or unreadable").0);
+        }
+    };
+    let (reply, latency) = {
+        let mut w = lock(&shared);
+        let reply = handle(
+            &mut w,
+            parts.method.as_str(),
+            &parts.uri,
+            &parts.headers,
+            &bytes,
+        );
+        record(
+            &mut w,
+            parts.method.as_str(),
+            &parts.uri,
+            &parts.headers,
+            &bytes,
+            &reply,
+        );
+        (reply, w.limits.knobs.latency_ms)
+    };
+    if latency > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
+    }
+    to_response(reply)
+}
+
+fn handle(
+    w: &mut World,
+    method: &str,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+) -> Reply {
+    let path = uri.path();
+    if let Some(err) = w.limits.take_forced_fault(method, path) {
+        return err.0;
+    }
+    let segments = match api_segments(path) {
+        Some(s) => s,
+        None => return ApiError::invalid_endpoint().0,
+    };
+    let auth_header = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let principal = w.auth.check(auth_header);
+    if principal.is_none() {
+        let is_me = method == "GET" && segments == ["users", "me"];
+        // Zendesk answers `users/me` with the anonymous user when no credentials are sent.
+        if is_me && auth_header.is_none() {
+            return users::anonymous();
+        }
+        return ApiError::unauthorized().0;
+    }
+    let now = w.store.clock.elapsed();
+    let budget = match w.limits.spend(now) {
+        Ok(b) => b,
+        Err((b, err)) => return with_budget(err.0, &b),
+    };
+    if let Some(err) = w.limits.random_fault() {
+        return with_budget(err.0, &budget);
+    }
+    let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        match serde_json::from_slice(bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                let err = ApiError::bad_request(format!("The request body is not valid JSON: {e}"));
+                return with_budget(err.0, &budget);
+            }
+        }
+    };
+    let req = ApiRequest {
+        method: method.to_string(),
+        segments,
+        query: parse_query(uri.query().unwrap_or("")),
+        headers: headers.clone(),
+        body,
+        principal,
+    };
+    let reply = dispatch(w, &req).unwrap_or_else(|e| e.0);
+    with_budget(reply, &budget)
+}
+
+fn with_budget(mut reply: Reply, budget: &super::limits::Budget) -> Reply {
+    for (k, v) in budget.headers() {
+        reply.headers.push((k.to_string(), v));
+    }
+    reply
+}
+
+/// The route table. Ids that are not numbers answer 404 `RecordNotFound` (400 on the events form).
+fn dispatch(w: &mut World, req: &ApiRequest) -> ApiResult {
+    let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
+    match (req.method.as_str(), segs.as_slice()) {
+        // Users
+        ("GET", ["users", "me"]) => users::me(w, req),
+        ("GET", ["users"]) => users::list(w, req),
+        ("POST", ["users"]) => users::create(w, req),
+        ("POST", ["users", "create_or_update"]) => users::create_or_update(w, req),
+        ("POST", ["users", "create_or_update_many"]) => users::create_or_update_many(w, req),
+        ("GET", ["users", "show_many"]) => users::show_many(w, req),
+        ("GET", ["users", "search"]) => users::search(w, req),
+        ("GET", ["users", uid]) => users::show(w, id(uid)?),
+        ("PUT", ["users", uid]) => users::update(w, req, id(uid)?),
+        ("GET", ["users", uid, "identities"]) => users::list_identities(w, id(uid)?),
+        ("POST", ["users", uid, "identities"]) => users::create_identity(w, req, id(uid)?),
+        ("GET", ["users", uid, "identities", iid]) => users::show_identity(w, id(uid)?, id(iid)?),
+        ("PUT", ["users", uid, "identities", iid]) => {
+            users::update_identity(w, req, id(uid)?, id(iid)?)
+        }
+        ("PUT", ["users", uid, "identities", iid, "make_primary"]) => {
+            users::make_primary(w, id(uid)?, id(iid)?)
+        }
+        ("DELETE", ["users", uid, "identities", iid]) => {
+            users::delete_identity(w, id(uid)?, id(iid)?)
+        }
+        // Memberships
+        ("GET", ["organization_memberships"]) => memberships::list(w, None, None),
+        ("POST", ["organization_memberships"]) => memberships::create(w, req, None),
+        ("GET", ["organization_memberships", mid]) => memberships::show(w, None, id(mid)?),
+        ("DELETE", ["organization_memberships", mid]) => memberships::delete(w, None, id(mid)?),
+        ("GET", ["users", uid, "organization_memberships"]) => {
+            memberships::list(w, Some(id(uid)?), None)
+        }
+        ("POST", ["users", uid, "organization_memberships"]) => {
+            memberships::create(w, req, Some(id(uid)?))
+        }
+        ("GET", ["users", uid, "organization_memberships", mid]) => {
+            memberships::show(w, Some(id(uid)?), id(mid)?)
+        }
+        ("DELETE", ["users", uid, "organization_memberships", mid]) => {
+            memberships::delete(w, Some(id(uid)?), id(mid)?)
+        }
+        (
+            "PUT",
+            [
+                "users",
+                uid,
+                "organization_memberships",
+                mid,
+                "make_default",
+            ],
+        ) => memberships::make_default_by_id(w, id(uid)?, id(mid)?),
+        ("DELETE", ["users", uid, "organizations", oid]) => {
+            memberships::unassign(w, id(uid)?, id(oid)?)
+        }
+        ("PUT", ["users", uid, "organizations", oid, "make_default"]) => {
+            memberships::make_default_by_org(w, id(uid)?, id(oid)?)
+        }
+        ("GET", ["organizations", oid, "organization_memberships"]) => {
+            memberships::list(w, None, Some(id(oid)?))
+        }
+        // Organizations
+        ("GET", ["organizations"]) => organizations::list(w),
+        ("POST", ["organizations"]) => organizations::create(w, req),
+        ("POST", ["organizations", "create_or_update"]) => organizations::create_or_update(w, req),
+        ("GET", ["organizations", "search"]) => organizations::search(w, req),
+        ("GET", ["organizations", "show_many"]) => organizations::show_many(w, req),
+        ("GET", ["organizations", oid]) => organizations::show(w, id(oid)?),
+        ("PUT", ["organizations", oid]) => organizations::update(w, req, id(oid)?),
+        // Custom fields
+        ("GET", ["user_fields"]) => fields::list(w, fields::Family::User),
+        ("POST", ["user_fields"]) => fields::create(w, req, fields::Family::User),
+        ("GET", ["user_fields", fid]) => fields::show(w, fields::Family::User, id(fid)?),
+        ("GET", ["organization_fields"]) => fields::list(w, fields::Family::Organization),
+        ("POST", ["organization_fields"]) => fields::create(w, req, fields::Family::Organization),
+        ("GET", ["organization_fields", fid]) => {
+            fields::show(w, fields::Family::Organization, id(fid)?)
+        }
+        // Tickets
+        ("GET", ["tickets"]) => tickets::list(w, req),
+        ("POST", ["tickets"]) => tickets::create(w, req),
+        ("GET", ["tickets", tid]) => tickets::show(w, id(tid)?),
+        ("PUT", ["tickets", tid]) => tickets::update(w, req, id(tid)?),
+        ("GET", ["tickets", tid, "comments"]) => tickets::comments(w, id(tid)?),
+        ("GET", ["tickets", tid, "audits"]) => tickets::audits(w, id(tid)?),
+        // Sunshine profile events
+        ("POST", ["user_profiles", "events"]) => events::track(w, req, None),
+        ("POST", ["users", uid, "events"]) => events::track(w, req, Some(events::user_id(uid)?)),
+        ("GET", ["users", uid, "events"]) => events::list_for_user(w, req, events::user_id(uid)?),
+        // Jobs
+        ("GET", ["job_statuses", jid]) => users::job_status(w, jid),
+        _ => Err(ApiError::invalid_endpoint()),
+    }
+}
+
+/// Parses a numeric id segment; anything else is a record that cannot exist.
+pub(crate) fn id(segment: &str) -> Result<u64, ApiError> {
+    segment.parse().map_err(|_| ApiError::not_found())
+}
+
+/// `/api/v2/users/create_or_update.json` → `["users", "create_or_update"]`; `None` outside `/api/v2/`.
+fn api_segments(path: &str) -> Option<Vec<String>> {
+    let rest = path.strip_prefix("/api/v2/")?;
+    let rest = rest.trim_end_matches('/');
+    let rest = rest.strip_suffix(".json").unwrap_or(rest);
+    if rest.is_empty() {
+        return None;
+    }
+    Some(rest.split('/').map(decode).collect())
+}
+
+fn decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// Parses a query string; `+` is a space, as browsers and reqwest send it.
+pub(crate) fn parse_query(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(&k.replace('+', " ")), decode(&v.replace('+', " ")))
+        })
+        .collect()
+}
+
+/// Appends a request to the log, with `Authorization` redacted.
+fn record(
+    w: &mut World,
+    method: &str,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+    reply: &Reply,
+) {
+    let mut hs = Map::new();
+    for (name, value) in headers {
+        let value = value.to_str().unwrap_or("<binary>");
+        let shown = if name == "authorization" {
+            redact(value)
+        } else {
+            value.to_string()
+        };
+        hs.insert(name.as_str().to_string(), Value::String(shown));
+    }
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+    };
+    let seq = w.log.len() + 1;
+    w.log.push(json!({
+        "seq": seq,
+        "method": method,
+        "path": uri.path(),
+        "query": uri.query().unwrap_or(""),
+        "headers": hs,
+        "body": body,
+        "status": reply.status,
+    }));
+}
+
+fn to_response(reply: Reply) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = match reply.body {
+        ReplyBody::Json(v) => {
+            let mut r = (status, Body::from(v.to_string())).into_response();
+            r.headers_mut().insert(
+                "content-type",
+                HeaderValue::from_static("application/json; charset=utf-8"),
+            );
+            r
+        }
+        ReplyBody::Text(ct, text) => {
+            let mut r = (status, text).into_response();
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static(ct));
+            r
+        }
+        ReplyBody::Empty => status.into_response(),
+    };
+    let h = resp.headers_mut();
+    h.insert("x-zendesk-api-version", HeaderValue::from_static("v2"));
+    h.insert(
+        "x-zendesk-origin-server",
+        HeaderValue::from_static("zdmap-emulator"),
+    );
+    for (name, value) in reply.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            h.append(n, v);
+        }
+    }
+    resp
+}
+
+/// Offset pagination (`page`, `per_page` ≤ 100) with Zendesk's `next_page` / `previous_page` /
+/// `count` envelope around `items` under `key`.
+pub(crate) fn offset_page(
+    req: &ApiRequest,
+    base_url: &str,
+    key: &str,
+    items: Vec<Value>,
+) -> ApiResult {
+    let per_page: usize = match req.query("per_page") {
+        None => 100,
+        Some(s) => s
+            .parse()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| ApiError::bad_request("per_page must be an integer from 1 to 100"))?,
+    };
+    let page: usize = match req.query("page") {
+        None => 1,
+        Some(s) => s.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "You passed an invalid value for the page attribute. Invalid parameter: page must be an integer from api/v2/{}",
+                req.segments.join("/")
+            ))
+        })?,
+    };
+    if page > 100 {
+        return Err(ApiError::errors(
+            400,
+            "InvalidPaginationDepth",
+            "Offset pagination is limited to the first 100 pages",
+            String::new(),
+        ));
+    }
+    let count = items.len();
+    let start = (page - 1).saturating_mul(per_page).min(count);
+    let end = (start + per_page).min(count);
+    let page_url = |n: usize| {
+        let mut q: Vec<String> = req
+            .query
+            .iter()
+            .filter(|(k, _)| k != "page")
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect();
+        q.push(format!("page={n}"));
+        json!(format!(
+            "{base_url}/api/v2/{}.json?{}",
+            req.segments.join("/"),
+            q.join("&")
+        ))
+    };
+    let mut body = Map::new();
+    body.insert(key.to_string(), Value::Array(items[start..end].to_vec()));
+    body.insert(
+        "next_page".into(),
+        if end < count {
+            page_url(page + 1)
+        } else {
+            Value::Null
+        },
+    );
+    body.insert(
+        "previous_page".into(),
+        if page > 1 {
+            page_url(page - 1)
+        } else {
+            Value::Null
+        },
+    );
+    body.insert("count".into(), json!(count));
+    Ok(Reply::ok(Value::Object(body)))
+}
+
+/// A complete (single-page) list in the offset envelope: `{key: items, next_page: null,
+/// previous_page: null, count}`.
+pub(crate) fn whole_list(key: &str, items: Vec<Value>) -> Reply {
+    let count = items.len();
+    let mut body = Map::new();
+    body.insert(key.to_string(), Value::Array(items));
+    body.insert("next_page".into(), Value::Null);
+    body.insert("previous_page".into(), Value::Null);
+    body.insert("count".into(), json!(count));
+    Reply::ok(Value::Object(body))
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_strip_json_and_prefix() {
+        assert_eq!(
+            api_segments("/api/v2/users/create_or_update.json").unwrap_or_default(),
+            ["users", "create_or_update"]
+        );
+        assert_eq!(
+            api_segments("/api/v2/users/12").unwrap_or_default(),
+            ["users", "12"]
+        );
+        assert_eq!(api_segments("/api/v1/users"), None);
+        assert_eq!(
+            parse_query("query=email%3Aa%40b.co&x=a+b"),
+            vec![
+                ("query".into(), "email:a@b.co".into()),
+                ("x".into(), "a b".into())
+            ]
+        );
+    }
+}

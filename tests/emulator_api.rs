@@ -1,0 +1,1620 @@
+//! The emulator driven over HTTP, one section per numbered item of the emulator issue.
+//! Each test starts its own emulator in-process on port 0.
+
+#[path = "support/oas.rs"]
+mod oas;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use clap::Parser;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use zdmap::emulator::{Emulator, EmulatorArgs, EmulatorOptions, ForcedFault, Secret};
+
+const AGENT: &str = "agent@example.com/token:s3cr3t-token";
+
+fn basic(creds: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(creds)
+    )
+}
+
+/// An emulator plus an HTTP client that authenticates as an agent.
+struct Z {
+    emu: Emulator,
+    http: reqwest::Client,
+    auth: Option<String>,
+}
+
+struct Resp {
+    status: u16,
+    headers: HeaderMap,
+    body: Value,
+    text: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl Z {
+    async fn start() -> Z {
+        Z::with(EmulatorOptions::default()).await
+    }
+
+    async fn with(opts: EmulatorOptions) -> Z {
+        let emu = Emulator::start(opts).await.expect("emulator starts");
+        Z {
+            emu,
+            http: reqwest::Client::new(),
+            auth: Some(basic(AGENT)),
+        }
+    }
+
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut rb = self
+            .http
+            .request(method, format!("{}{path}", self.emu.url()));
+        if let Some(a) = &self.auth {
+            rb = rb.header("authorization", a);
+        }
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        if let Some(b) = body {
+            rb = rb
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = rb.send().await.expect("request is answered");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
+        let text = body.map(|b| b.to_string());
+        self.raw(method, path, text.as_deref(), &[]).await
+    }
+
+    async fn get(&self, path: &str) -> Resp {
+        self.call("GET", path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Resp {
+        self.call("POST", path, Some(body)).await
+    }
+
+    async fn put(&self, path: &str, body: Value) -> Resp {
+        self.call("PUT", path, Some(body)).await
+    }
+
+    async fn delete(&self, path: &str) -> Resp {
+        self.call("DELETE", path, None).await
+    }
+
+    /// Creates a user through create_or_update and returns its id.
+    async fn user(&self, email: &str, name: &str) -> u64 {
+        let r = self
+            .post(
+                "/api/v2/users/create_or_update",
+                json!({"user": {"email": email, "name": name}}),
+            )
+            .await;
+        assert!(r.status == 201 || r.status == 200, "{}", r.text);
+        r.body["user"]["id"].as_u64().expect("user id")
+    }
+
+    async fn org(&self, external_id: &str, name: &str) -> u64 {
+        let r = self
+            .post(
+                "/api/v2/organizations/create_or_update",
+                json!({"organization": {"external_id": external_id, "name": name}}),
+            )
+            .await;
+        assert!(r.status == 201 || r.status == 200, "{}", r.text);
+        r.body["organization"]["id"].as_u64().expect("org id")
+    }
+}
+
+fn error_code<'a>(body: &'a Value, field: &str) -> Option<&'a str> {
+    body["details"][field][0]["error"].as_str()
+}
+
+// ---- 1. CLI and in-process start ----
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: EmulatorArgs,
+}
+
+#[tokio::test]
+async fn item1_cli_options_and_in_process_start() {
+    let cli = Cli::try_parse_from([
+        "zdmap",
+        "--listen",
+        "127.0.0.1:0",
+        "--rpm",
+        "5",
+        "--fail-rate",
+        "0.25",
+        "--latency-ms",
+        "3",
+        "--seed",
+        "7",
+        "--api-token",
+        "tok-abc-123",
+        "--bulk-import",
+    ])
+    .expect("flags parse");
+    assert!(
+        !format!("{:?}", cli.args).contains("tok-abc-123"),
+        "tokens never in Debug"
+    );
+    let opts = EmulatorOptions::from(cli.args);
+    assert_eq!(
+        (
+            opts.rpm,
+            opts.fail_rate,
+            opts.latency_ms,
+            opts.seed,
+            opts.bulk_import
+        ),
+        (Some(5), 0.25, 3, 7, true)
+    );
+    assert_eq!(opts.api_token, Some(Secret::new("tok-abc-123")));
+    let defaults = Cli::try_parse_from(["zdmap"]).expect("no flags");
+    assert_eq!(defaults.args.listen.to_string(), "127.0.0.1:8089");
+
+    let d = EmulatorOptions::default();
+    assert_eq!(
+        (
+            d.listen.port(),
+            d.rpm,
+            d.fail_rate,
+            d.seed,
+            d.bulk_import,
+            d.subdomain.as_str()
+        ),
+        (0, None, 0.0, 0, false, "example")
+    );
+    let z = Z::start().await;
+    assert!(z.emu.url().starts_with("http://127.0.0.1:"));
+    assert_ne!(z.emu.url(), "http://127.0.0.1:0");
+    assert_eq!(z.get("/api/v2/users").await.status, 200);
+    z.emu.shutdown().await;
+}
+
+// ---- 2. Auth ----
+
+#[tokio::test]
+async fn item2_auth_like_zendesk() {
+    let mut z = Z::start().await;
+    assert_eq!(
+        z.get("/api/v2/users").await.status,
+        200,
+        "email/token Basic"
+    );
+    z.auth = Some("Bearer any-oauth-token".into());
+    assert_eq!(z.get("/api/v2/users").await.status, 200, "Bearer");
+    for bad in [
+        basic("agent@example.com:password"),
+        basic("agent/token:x"),
+        "Token abc".into(),
+        "Basic %%%".into(),
+    ] {
+        z.auth = Some(bad);
+        let r = z.get("/api/v2/users").await;
+        assert_eq!(
+            (r.status, r.body.clone()),
+            (401, json!({"error": "Couldn't authenticate you"}))
+        );
+    }
+    z.auth = None;
+    assert_eq!(z.get("/api/v2/users").await.status, 401);
+    let me = z.get("/api/v2/users/me.json").await;
+    assert_eq!(
+        (
+            me.status,
+            me.body["user"]["name"].as_str(),
+            me.body["user"]["id"].clone()
+        ),
+        (200, Some("Anonymous user"), Value::Null)
+    );
+    z.auth = Some(basic(AGENT));
+    assert_eq!(
+        z.get("/api/v2/users/me").await.body["user"]["email"],
+        "agent@example.com"
+    );
+
+    // Restricted to configured tokens.
+    let opts = EmulatorOptions {
+        api_token: Some(Secret::new("right-token")),
+        oauth_token: Some(Secret::new("right-oauth")),
+        ..Default::default()
+    };
+    let mut r = Z::with(opts).await;
+    r.auth = Some(basic("a@b.co/token:right-token"));
+    assert_eq!(r.get("/api/v2/users").await.status, 200);
+    r.auth = Some("Bearer right-oauth".into());
+    assert_eq!(r.get("/api/v2/users").await.status, 200);
+    r.auth = Some(basic("a@b.co/token:wrong-token"));
+    assert_eq!(r.get("/api/v2/users").await.status, 401);
+    r.auth = Some("Bearer wrong-oauth".into());
+    assert_eq!(r.get("/api/v2/users").await.status, 401);
+    // Nothing secret in the request log.
+    let log = serde_json::to_string(&r.emu.requests()).expect("log");
+    assert!(
+        !log.contains("right-token")
+            && !log.contains("right-oauth")
+            && !log.contains("wrong-oauth")
+    );
+    assert!(!log.contains(&basic("a@b.co/token:right-token")["Basic ".len()..]));
+    assert_eq!(
+        r.emu.requests()[1]["headers"]["authorization"],
+        "Bearer [redacted]"
+    );
+}
+
+// ---- 3. Users ----
+
+#[tokio::test]
+async fn item3_create_or_update_matches_by_email_and_external_id() {
+    let z = Z::start().await;
+    let r = z
+        .post(
+            "/api/v2/users/create_or_update.json",
+            json!({"user": {"email": "Jane@Example.com", "name": "Jane", "external_id": "U-1"}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["user"]["id"].as_u64().expect("id");
+    assert!(id > 1_000_000_000_000, "ids look real");
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/api/v2/users/{id}.json").as_str())
+    );
+    assert_eq!(
+        r.body["user"]["url"],
+        format!("https://example.zendesk.com/api/v2/users/{id}.json")
+    );
+    assert!(
+        r.body["user"]["created_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z') && t.len() == 20)
+    );
+
+    // Same email, different case: 200, same user, Location too.
+    let r = z
+        .post(
+            "/api/v2/users/create_or_update",
+            json!({"user": {"email": "jane@example.COM", "name": "Jane D"}}),
+        )
+        .await;
+    assert_eq!((r.status, r.body["user"]["id"].as_u64()), (200, Some(id)));
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/api/v2/users/{id}.json").as_str())
+    );
+    assert_eq!(r.body["user"]["name"], "Jane D");
+
+    // Match by external_id, case-insensitively; the case sent is written back.
+    let r = z
+        .post(
+            "/api/v2/users/create_or_update",
+            json!({"user": {"external_id": "u-1", "email": "jane.work@example.com"}}),
+        )
+        .await;
+    assert_eq!((r.status, r.body["user"]["id"].as_u64()), (200, Some(id)));
+    assert_eq!(r.body["user"]["external_id"], "u-1");
+    // The primary email is unchanged; the new one is a secondary identity.
+    assert_eq!(r.body["user"]["email"], "Jane@Example.com");
+    let ids = z.get(&format!("/api/v2/users/{id}/identities")).await;
+    let values: Vec<(&str, bool)> = ids.body["identities"]
+        .as_array()
+        .expect("identities")
+        .iter()
+        .map(|i| {
+            (
+                i["value"].as_str().unwrap_or(""),
+                i["primary"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(
+        values,
+        vec![("Jane@Example.com", true), ("jane.work@example.com", false)]
+    );
+    // Either email now finds the user.
+    let r = z
+        .post(
+            "/api/v2/users/create_or_update",
+            json!({"user": {"email": "JANE.WORK@example.com"}}),
+        )
+        .await;
+    assert_eq!((r.status, r.body["user"]["id"].as_u64()), (200, Some(id)));
+
+    // A new user without a name: 422 BlankValue on name.
+    let r = z
+        .post(
+            "/api/v2/users/create_or_update",
+            json!({"user": {"email": "noname@example.com"}}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (422, Some("RecordInvalid"))
+    );
+    assert_eq!(error_code(&r.body, "name"), Some("BlankValue"));
+    // A malformed email: 422 InvalidValue.
+    let r = z
+        .post(
+            "/api/v2/users/create_or_update",
+            json!({"user": {"email": "not-an-email", "name": "X"}}),
+        )
+        .await;
+    assert_eq!(error_code(&r.body, "email"), Some("InvalidValue"));
+    // Missing wrapper: 400.
+    assert_eq!(
+        z.post("/api/v2/users/create_or_update", json!({"email": "a@b.co"}))
+            .await
+            .status,
+        400
+    );
+}
+
+#[tokio::test]
+async fn item3_show_show_many_and_search() {
+    let z = Z::start().await;
+    let jane = z.user("jane@example.com", "Jane Doe").await;
+    let r = z.post("/api/v2/users/create_or_update", json!({"user": {"email": "john@other.org", "name": "John Roe", "external_id": "Ext-9"}})).await;
+    let john = r.body["user"]["id"].as_u64().expect("id");
+
+    let show = z.get(&format!("/api/v2/users/{jane}.json")).await;
+    assert_eq!(
+        (show.status, show.body["user"]["email"].as_str()),
+        (200, Some("jane@example.com"))
+    );
+    let missing = z.get("/api/v2/users/12345").await;
+    assert_eq!(
+        (missing.status, missing.body.clone()),
+        (
+            404,
+            json!({"error": "RecordNotFound", "description": "Not found"})
+        )
+    );
+
+    let many = z
+        .get(&format!("/api/v2/users/show_many?ids={jane},{john},1"))
+        .await;
+    assert_eq!(many.body["users"].as_array().map(Vec::len), Some(2));
+    let many = z.get("/api/v2/users/show_many?external_ids=EXT-9").await;
+    assert_eq!(many.body["users"][0]["id"].as_u64(), Some(john));
+
+    let ids_of = |r: &Resp| -> Vec<u64> {
+        r.body["users"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|u| u["id"].as_u64()).collect())
+            .unwrap_or_default()
+    };
+    let search = |q: &str| format!("/api/v2/users/search?query={}", urlencode(q));
+    assert_eq!(
+        ids_of(&z.get(&search("jane")).await),
+        vec![jane],
+        "bare term, partial on name"
+    );
+    assert_eq!(
+        ids_of(&z.get(&search("other.org")).await),
+        vec![john],
+        "bare term, partial on email"
+    );
+    assert_eq!(
+        ids_of(&z.get(&search("jane@example.com")).await),
+        vec![jane],
+        "bare email"
+    );
+    assert_eq!(
+        ids_of(&z.get(&search("email:JANE@example.com")).await),
+        vec![jane]
+    );
+    assert_eq!(
+        ids_of(&z.get(&search("email:\"john@other.org\"")).await),
+        vec![john]
+    );
+    assert_eq!(
+        ids_of(&z.get(&search("external_id:ext-9")).await),
+        vec![john]
+    );
+    assert_eq!(
+        ids_of(&z.get(&search("email:jane@example")).await),
+        Vec::<u64>::new(),
+        "field terms are exact"
+    );
+    let none = z.get(&search("nobody")).await;
+    assert_eq!(
+        none.body,
+        json!({"users": [], "next_page": null, "previous_page": null, "count": 0})
+    );
+    assert_eq!(
+        ids_of(&z.get("/api/v2/users/search?external_id=EXT-9").await),
+        vec![john]
+    );
+    assert_eq!(
+        ids_of(&z.get("/api/v2/users/search?external_id=Ext").await),
+        Vec::<u64>::new(),
+        "external_id= is exact"
+    );
+    let paged = z.get(&format!("{}&per_page=1", search("o"))).await;
+    assert_eq!(
+        (
+            paged.body["count"].as_u64(),
+            paged.body["users"].as_array().map(Vec::len)
+        ),
+        (Some(2), Some(1))
+    );
+    assert!(
+        paged.body["next_page"]
+            .as_str()
+            .is_some_and(|u| u.contains("page=2"))
+    );
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn item3_user_fields_only_stick_when_defined() {
+    let z = Z::start().await;
+    let r = z
+        .post(
+            "/api/v2/users/create_or_update",
+            json!({"user": {"email": "a@b.co", "name": "A", "user_fields": {"plan": "pro"}}}),
+        )
+        .await;
+    assert_eq!(
+        r.body["user"]["user_fields"],
+        json!({}),
+        "undefined keys are dropped"
+    );
+    let f = z
+        .post(
+            "/api/v2/user_fields",
+            json!({"user_field": {"type": "text", "title": "Plan", "key": "plan"}}),
+        )
+        .await;
+    assert_eq!(f.status, 201);
+    z.post(
+        "/api/v2/user_fields",
+        json!({"user_field": {"type": "integer", "title": "Seats", "key": "seats"}}),
+    )
+    .await;
+    let r = z
+        .post(
+            "/api/v2/users/create_or_update",
+            json!({"user": {"email": "a@b.co", "user_fields": {"plan": "pro", "other": 1}}}),
+        )
+        .await;
+    assert_eq!(
+        r.body["user"]["user_fields"],
+        json!({"plan": "pro", "seats": null})
+    );
+    let r = z
+        .post(
+            "/api/v2/users/create_or_update",
+            json!({"user": {"email": "a@b.co", "user_fields": {"seats": "many"}}}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["details"]["base"][0]["error"].as_str()),
+        (422, Some("InvalidValue"))
+    );
+    assert_eq!(
+        r.body["details"]["base"][0]["field_key"],
+        f.body["user_field"]["id"]
+            .as_u64()
+            .map(|i| i + 1)
+            .map_or(Value::Null, |i| json!(i))
+    );
+}
+
+#[tokio::test]
+async fn item3_create_or_update_many_needs_bulk_import() {
+    let z = Z::start().await;
+    let body = json!({"users": [{"email": "a@b.co", "name": "A"}, {"email": "b@b.co"}]});
+    let r = z
+        .post("/api/v2/users/create_or_update_many", body.clone())
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["title"].as_str()),
+        (403, Some("Forbidden"))
+    );
+    z.emu.configure(|k| k.bulk_import = true);
+    let r = z.post("/api/v2/users/create_or_update_many", body).await;
+    assert_eq!(
+        (r.status, r.body["job_status"]["status"].as_str()),
+        (200, Some("queued"))
+    );
+    let job_id = r.body["job_status"]["id"]
+        .as_str()
+        .expect("job id")
+        .to_string();
+    assert_eq!(job_id.len(), 32);
+    let job = z.get(&format!("/api/v2/job_statuses/{job_id}.json")).await;
+    assert_eq!(job.body["job_status"]["status"], "completed");
+    let results = &job.body["job_status"]["results"];
+    assert_eq!(
+        (results[0]["action"].as_str(), results[0]["status"].as_str()),
+        (Some("create"), Some("Created"))
+    );
+    assert_eq!(
+        (
+            results[1]["success"].as_bool(),
+            results[1]["error"].as_str()
+        ),
+        (Some(false), Some("RecordInvalid"))
+    );
+}
+
+// ---- 4. Organizations and fields ----
+
+#[tokio::test]
+async fn item4_organizations_upsert_and_search() {
+    let z = Z::start().await;
+    let body = json!({"organization": {"external_id": "G-1", "name": "Acme", "domain_names": ["acme.com", "acme.io"], "tags": ["a", "b"], "url": "https://ignored", "deleted": false}});
+    let r = z.post("/api/v2/organizations/create_or_update", body).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["organization"]["id"].as_u64().expect("id");
+    let r = z.post("/api/v2/organizations/create_or_update", json!({"organization": {"external_id": "g-1", "domain_names": ["acme.org"], "tags": ["c"]}})).await;
+    assert_eq!(
+        (r.status, r.body["organization"]["id"].as_u64()),
+        (200, Some(id))
+    );
+    assert_eq!(
+        r.body["organization"]["domain_names"],
+        json!(["acme.org"]),
+        "replaced"
+    );
+    assert_eq!(r.body["organization"]["tags"], json!(["c"]), "replaced");
+    assert_eq!(r.body["organization"]["name"], "Acme");
+
+    // A new org with a taken name (trimmed, any case): 422 DuplicateValue.
+    let r = z
+        .post(
+            "/api/v2/organizations/create_or_update",
+            json!({"organization": {"external_id": "G-2", "name": "  acme "}}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, error_code(&r.body, "name")),
+        (422, Some("DuplicateValue"))
+    );
+    let r = z
+        .post(
+            "/api/v2/organizations/create_or_update",
+            json!({"organization": {"external_id": "G-3"}}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, error_code(&r.body, "name")),
+        (422, Some("BlankValue"))
+    );
+
+    assert_eq!(
+        z.get(&format!("/api/v2/organizations/{id}")).await.body["organization"]["external_id"],
+        "g-1",
+        "rewritten to the case sent"
+    );
+    let s = z.get("/api/v2/organizations/search?external_id=G-1").await;
+    assert_eq!(
+        (
+            s.body["count"].as_u64(),
+            s.body["organizations"][0]["id"].as_u64()
+        ),
+        (Some(1), Some(id))
+    );
+    let s = z.get("/api/v2/organizations/search?name=ACME").await;
+    assert_eq!(s.body["organizations"][0]["id"].as_u64(), Some(id));
+    assert_eq!(
+        z.get("/api/v2/organizations/search?name=nope").await.body["count"],
+        0
+    );
+
+    // organization_fields: filtered to defined fields.
+    let r = z.post("/api/v2/organizations/create_or_update", json!({"organization": {"external_id": "G-1", "organization_fields": {"tier": "gold"}}})).await;
+    assert_eq!(r.body["organization"]["organization_fields"], json!({}));
+    assert_eq!(
+        z.post(
+            "/api/v2/organization_fields",
+            json!({"organization_field": {"type": "text", "title": "Tier", "key": "tier"}})
+        )
+        .await
+        .status,
+        201
+    );
+    let r = z.post("/api/v2/organizations/create_or_update", json!({"organization": {"external_id": "G-1", "organization_fields": {"tier": "gold", "nope": 1}}})).await;
+    assert_eq!(
+        r.body["organization"]["organization_fields"],
+        json!({"tier": "gold"})
+    );
+}
+
+#[tokio::test]
+async fn item4_fields_key_rule_and_duplicates() {
+    let z = Z::start().await;
+    for (path, wrap) in [
+        ("/api/v2/user_fields", "user_field"),
+        ("/api/v2/organization_fields", "organization_field"),
+    ] {
+        let r = z
+            .post(
+                path,
+                json!({wrap: {"type": "text", "title": "Plan name", "key": "planName"}}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body[wrap]["key"].as_str()),
+            (201, Some("planName"))
+        );
+        let r = z
+            .post(
+                path,
+                json!({wrap: {"type": "text", "title": "Again", "key": "planName"}}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, error_code(&r.body, "key")),
+            (422, Some("DuplicateValue"))
+        );
+        for bad in ["plan-name", "plan name", "123"] {
+            let r = z
+                .post(
+                    path,
+                    json!({wrap: {"type": "text", "title": "Bad", "key": bad}}),
+                )
+                .await;
+            assert_eq!(
+                (r.status, error_code(&r.body, "key")),
+                (422, Some("InvalidValue")),
+                "{bad}"
+            );
+        }
+        let list = z.get(path).await;
+        let plural = format!("{wrap}s");
+        assert_eq!(list.body[plural.as_str()].as_array().map(Vec::len), Some(1));
+    }
+}
+
+// ---- 5. Memberships ----
+
+#[tokio::test]
+async fn item5_memberships() {
+    let z = Z::start().await;
+    let u = z.user("m@example.com", "Member").await;
+    let (o1, o2) = (z.org("O-1", "Zeta").await, z.org("O-2", "Alpha").await);
+    let add = |o: u64| json!({"organization_membership": {"user_id": u, "organization_id": o}});
+    let r = z.post("/api/v2/organization_memberships", add(o1)).await;
+    assert_eq!(
+        (
+            r.status,
+            r.body["organization_membership"]["default"].clone()
+        ),
+        (201, json!(true))
+    );
+    let m1 = r.body["organization_membership"]["id"]
+        .as_u64()
+        .expect("id");
+    let r = z
+        .post("/api/v2/organization_memberships.json", add(o2))
+        .await;
+    assert_eq!(
+        (
+            r.status,
+            r.body["organization_membership"]["default"].clone()
+        ),
+        (201, Value::Null)
+    );
+    let m2 = r.body["organization_membership"]["id"]
+        .as_u64()
+        .expect("id");
+    let dup = z.post("/api/v2/organization_memberships", add(o1)).await;
+    assert_eq!(dup.status, 422);
+    assert_eq!(
+        dup.body,
+        json!({"error": "RecordInvalid", "description": "Record validation errors", "details": {"user_id": [{"description": "User is already a member of this organization", "error": "DuplicateValue"}]}})
+    );
+    let bad = z
+        .post(
+            "/api/v2/organization_memberships",
+            json!({"organization_membership": {"user_id": o1, "organization_id": u}}),
+        )
+        .await;
+    assert_eq!(
+        (bad.status, error_code(&bad.body, "organization")),
+        (422, Some("BlankValue"))
+    );
+    assert_eq!(
+        z.get(&format!("/api/v2/users/{u}")).await.body["user"]["organization_id"].as_u64(),
+        Some(o1)
+    );
+
+    // Per user: default first, then by name; per org.
+    let list = z
+        .get(&format!("/api/v2/users/{u}/organization_memberships"))
+        .await;
+    let orgs: Vec<u64> = list.body["organization_memberships"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|m| m["organization_id"].as_u64())
+        .collect();
+    assert_eq!(orgs, vec![o1, o2]);
+    let per_org = z
+        .get(&format!(
+            "/api/v2/organizations/{o2}/organization_memberships"
+        ))
+        .await;
+    assert_eq!(
+        per_org.body["organization_memberships"][0]["id"].as_u64(),
+        Some(m2)
+    );
+
+    // Delete by user and membership, then by id, then by user and org.
+    assert_eq!(
+        z.delete(&format!("/api/v2/users/{u}/organization_memberships/{m2}"))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        z.delete(&format!("/api/v2/organization_memberships/{m2}"))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        z.delete(&format!("/api/v2/organization_memberships/{m1}.json"))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        z.get(&format!("/api/v2/users/{u}")).await.body["user"]["organization_id"],
+        Value::Null
+    );
+    z.post("/api/v2/organization_memberships", add(o2)).await;
+    let r = z
+        .delete(&format!("/api/v2/users/{u}/organizations/{o2}"))
+        .await;
+    assert_eq!((r.status, r.text.as_str()), (204, ""));
+    let r = z
+        .delete(&format!("/api/v2/users/{u}/organizations/{o2}"))
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (404, Some("RecordNotFound"))
+    );
+    assert_eq!(z.emu.state()["memberships"], json!([]));
+}
+
+// ---- 6. Tickets ----
+
+#[tokio::test]
+async fn item6_ticket_create_and_list() {
+    let z = Z::start().await;
+    let r = z
+        .post(
+            "/api/v2/tickets",
+            json!({"ticket": {"subject": "No comment"}}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, error_code(&r.body, "base")),
+        (422, Some("BlankValue"))
+    );
+    let body = json!({"ticket": {"subject": "Help", "comment": {"body": "It broke"}, "requester": {"name": "Rita", "email": "rita@example.com"}, "external_id": "T-1", "priority": "high", "tags": ["x"]}});
+    let r = z.post("/api/v2/tickets.json", body.clone()).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let t = &r.body["ticket"];
+    let tid = t["id"].as_u64().expect("id");
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/api/v2/tickets/{tid}.json").as_str())
+    );
+    assert_eq!(
+        (
+            t["description"].as_str(),
+            t["status"].as_str(),
+            t["priority"].as_str()
+        ),
+        (Some("It broke"), Some("new"), Some("high"))
+    );
+    let requester = t["requester_id"].as_u64().expect("requester");
+    let u = z.get(&format!("/api/v2/users/{requester}")).await;
+    assert_eq!(
+        (
+            u.body["user"]["email"].as_str(),
+            u.body["user"]["name"].as_str()
+        ),
+        (Some("rita@example.com"), Some("Rita"))
+    );
+    // external_id is not unique: a second POST makes a second ticket, for the same requester.
+    let r2 = z.post("/api/v2/tickets", body).await;
+    assert_eq!(r2.status, 201);
+    assert_ne!(r2.body["ticket"]["id"].as_u64(), Some(tid));
+    assert_eq!(r2.body["ticket"]["requester_id"].as_u64(), Some(requester));
+    let list = z.get("/api/v2/tickets?external_id=t-1").await;
+    assert_eq!(list.body["tickets"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        z.get("/api/v2/tickets?external_id=T-2").await.body["count"],
+        0
+    );
+    assert_eq!(
+        z.get(&format!("/api/v2/tickets/{tid}")).await.body["ticket"]["subject"],
+        "Help"
+    );
+    assert_eq!(z.get("/api/v2/tickets/999").await.status, 404);
+}
+
+#[tokio::test]
+async fn item6_idempotency_key() {
+    let z = Z::start().await;
+    let body = r#"{"ticket":{"comment":{"body":"once"},"requester":{"email":"i@example.com"}}}"#;
+    let a = z
+        .raw(
+            "POST",
+            "/api/v2/tickets",
+            Some(body),
+            &[("Idempotency-Key", "msg-1")],
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.header("x-idempotency-lookup")),
+        (201, Some("miss"))
+    );
+    let b = z
+        .raw(
+            "POST",
+            "/api/v2/tickets",
+            Some(body),
+            &[("Idempotency-Key", "msg-1")],
+        )
+        .await;
+    assert_eq!(
+        (b.status, b.header("x-idempotency-lookup")),
+        (201, Some("hit"))
+    );
+    assert_eq!(a.body["ticket"]["id"], b.body["ticket"]["id"]);
+    assert_eq!(z.emu.state()["tickets"].as_array().map(Vec::len), Some(1));
+    let other =
+        r#"{"ticket":{"comment":{"body":"different"},"requester":{"email":"i@example.com"}}}"#;
+    let c = z
+        .raw(
+            "POST",
+            "/api/v2/tickets",
+            Some(other),
+            &[("Idempotency-Key", "msg-1")],
+        )
+        .await;
+    assert_eq!(
+        (c.status, c.body["error"].as_str()),
+        (400, Some("IdempotentRequestError"))
+    );
+    let d = z
+        .raw(
+            "POST",
+            "/api/v2/tickets",
+            Some(other),
+            &[("Idempotency-Key", "msg-2")],
+        )
+        .await;
+    assert_eq!(
+        (d.status, d.header("x-idempotency-lookup")),
+        (201, Some("miss"))
+    );
+}
+
+#[tokio::test]
+async fn item6_ticket_update_audit_closed_and_limit() {
+    let z = Z::start().await;
+    let r = z.post("/api/v2/tickets", json!({"ticket": {"comment": {"body": "first"}, "requester": {"email": "u@example.com"}, "tags": ["a"]}})).await;
+    let tid = r.body["ticket"]["id"].as_u64().expect("id");
+    let r = z.put(&format!("/api/v2/tickets/{tid}.json"), json!({"ticket": {"status": "open", "comment": {"body": "second", "public": false}, "additional_tags": ["b"]}})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        (
+            r.body["ticket"]["status"].as_str(),
+            r.body["ticket"]["tags"].clone()
+        ),
+        (Some("open"), json!(["a", "b"]))
+    );
+    let events = r.body["audit"]["events"].as_array().expect("audit events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "Comment" && e["body"] == "second" && e["public"] == false)
+    );
+    assert!(events.iter().any(|e| e["type"] == "Change"
+        && e["field_name"] == "status"
+        && e["previous_value"] == "new"));
+    let comments = z.get(&format!("/api/v2/tickets/{tid}/comments")).await;
+    assert_eq!(comments.body["count"], 2, "comments append");
+    // 30 updates per ticket per window, then 429 with Retry-After (the create counted none).
+    for _ in 1..30 {
+        assert_eq!(
+            z.put(
+                &format!("/api/v2/tickets/{tid}"),
+                json!({"ticket": {"priority": "low"}})
+            )
+            .await
+            .status,
+            200
+        );
+    }
+    let limited = z
+        .put(
+            &format!("/api/v2/tickets/{tid}"),
+            json!({"ticket": {"priority": "low"}}),
+        )
+        .await;
+    assert_eq!(limited.status, 429);
+    assert!(
+        limited
+            .text
+            .contains("Rate limit for ticket updates exceeded")
+    );
+    assert!(
+        limited
+            .header("retry-after")
+            .and_then(|s| s.parse::<u64>().ok())
+            .is_some_and(|s| s > 0 && s <= 600)
+    );
+    z.emu.advance_clock(Duration::from_secs(600));
+    // Closed tickets are immutable.
+    assert_eq!(
+        z.put(
+            &format!("/api/v2/tickets/{tid}"),
+            json!({"ticket": {"status": "closed"}})
+        )
+        .await
+        .status,
+        200
+    );
+    let r = z
+        .put(
+            &format!("/api/v2/tickets/{tid}"),
+            json!({"ticket": {"comment": {"body": "again"}}}),
+        )
+        .await;
+    assert_eq!(
+        (
+            r.status,
+            r.body["details"]["status"][0]["description"].as_str()
+        ),
+        (422, Some("closed prevents ticket update"))
+    );
+    assert_eq!(
+        z.put(
+            "/api/v2/tickets/424242",
+            json!({"ticket": {"status": "open"}})
+        )
+        .await
+        .status,
+        404
+    );
+}
+
+// ---- 7. User events ----
+
+#[tokio::test]
+async fn item7_user_events() {
+    let z = Z::start().await;
+    let uid = z.user("ev@example.com", "Ev").await;
+    let ev = |source: &str| {
+        json!({"profile": {"source": "shop", "type": "customer", "identifiers": [{"type": "email", "value": "ev@example.com"}]},
+               "event": {"source": source, "type": "Order Completed", "description": "Order Completed", "properties": {"total": 3}}})
+    };
+    let r = z
+        .post(&format!("/api/v2/users/{uid}/events"), ev("shop"))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(
+        (r.body["status"].as_str(), r.body["user_id"].clone()),
+        (Some("received"), json!(uid.to_string()))
+    );
+    let profile_id = r.body["profile_id"]
+        .as_str()
+        .expect("profile id")
+        .to_string();
+    assert_eq!(profile_id.len(), 26);
+
+    let r = z
+        .post(&format!("/api/v2/users/{uid}/events"), ev("Zendesk"))
+        .await;
+    assert_eq!(r.status, 400, "the zendesk source is reserved");
+    assert!(r.body["errors"][0]["code"].is_string());
+    for broken in [
+        json!({"profile": {"source": "shop", "type": "customer", "identifiers": []}, "event": {"source": "shop", "type": "x", "properties": {}}}),
+        json!({"profile": {"source": "shop", "type": "customer", "identifiers": [{"type": "email", "value": "ev@example.com"}]}, "event": {"source": "shop", "type": "x"}}),
+        json!({"profile": {"type": "customer", "identifiers": [{"type": "email", "value": "ev@example.com"}]}, "event": {"source": "shop", "type": "x", "properties": {}}}),
+        json!({"profile": {"source": "shop", "type": "customer", "identifiers": [{"type": "email", "value": "ev@example.com"}]}, "event": {"source": "shop", "properties": {}}}),
+    ] {
+        assert_eq!(
+            z.post(&format!("/api/v2/users/{uid}/events"), broken)
+                .await
+                .status,
+            400
+        );
+    }
+    assert_eq!(
+        z.post("/api/v2/users/abc/events", ev("shop")).await.status,
+        400
+    );
+    assert_eq!(
+        z.post("/api/v2/users/777/events", ev("shop")).await.status,
+        404
+    );
+
+    // user_profiles/events links by identifier, or creates the user.
+    let r = z.post("/api/v2/user_profiles/events", ev("shop")).await;
+    assert_eq!(
+        (
+            r.status,
+            r.body["user_id"].clone(),
+            r.body["profile_id"].as_str()
+        ),
+        (202, json!(uid.to_string()), Some(profile_id.as_str()))
+    );
+    let mut fresh = ev("shop");
+    fresh["profile"]["identifiers"] = json!([{"type": "email", "value": "new@example.com"}]);
+    let r = z.post("/api/v2/user_profiles/events", fresh).await;
+    assert_eq!(r.status, 202);
+    let new_uid: u64 = r.body["user_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("string user id");
+    assert_eq!(
+        z.get(&format!("/api/v2/users/{new_uid}")).await.body["user"]["email"],
+        "new@example.com"
+    );
+
+    let list = z.get(&format!("/api/v2/users/{uid}/events")).await;
+    let events = list.body["events"].as_array().expect("events");
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        (events[0]["type"].as_str(), events[0]["properties"].clone()),
+        (Some("Order Completed"), json!({"total": 3}))
+    );
+    assert_eq!(list.body["meta"]["has_more"], false);
+    let paged = z
+        .get(&format!("/api/v2/users/{uid}/events?page[size]=1"))
+        .await;
+    assert_eq!(
+        (
+            paged.body["events"].as_array().map(Vec::len),
+            paged.body["meta"]["has_more"].clone()
+        ),
+        (Some(1), json!(true))
+    );
+    assert_eq!(
+        z.get(&format!("/api/v2/users/{uid}/events?filter[source]=other"))
+            .await
+            .body["events"],
+        json!([])
+    );
+}
+
+// ---- 8. Rate limits, faults, latency ----
+
+#[tokio::test]
+async fn item8_account_budget_and_headers() {
+    let z = Z::with(EmulatorOptions {
+        rpm: Some(3),
+        ..Default::default()
+    })
+    .await;
+    for remaining in ["2", "1", "0"] {
+        let r = z.get("/api/v2/users").await;
+        assert_eq!(
+            (
+                r.status,
+                r.header("x-rate-limit"),
+                r.header("x-rate-limit-remaining")
+            ),
+            (200, Some("3"), Some(remaining))
+        );
+        assert_eq!(
+            (r.header("ratelimit-limit"), r.header("ratelimit-remaining")),
+            (Some("3"), Some(remaining))
+        );
+        assert!(
+            r.header("ratelimit-reset")
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_some_and(|s| (1..=60).contains(&s))
+        );
+    }
+    let r = z.get("/api/v2/users").await;
+    assert_eq!(
+        (r.status, r.header("x-rate-limit-remaining")),
+        (429, Some("0"))
+    );
+    assert!(
+        r.header("retry-after")
+            .and_then(|s| s.parse::<u64>().ok())
+            .is_some_and(|s| (1..=60).contains(&s))
+    );
+    // The inspection routes are never limited.
+    let state = z
+        .http
+        .get(format!("{}/__emulator/state", z.emu.url()))
+        .send()
+        .await
+        .expect("state");
+    assert_eq!(state.status().as_u16(), 200);
+    z.emu.advance_clock(Duration::from_secs(60));
+    assert_eq!(z.get("/api/v2/users").await.status, 200);
+    // Unlimited by default: nominal headers, never 429.
+    let u = Z::start().await;
+    let r = u.get("/api/v2/users").await;
+    assert_eq!(
+        (r.header("x-rate-limit"), r.header("x-rate-limit-remaining")),
+        (Some("700"), Some("699"))
+    );
+}
+
+#[tokio::test]
+async fn item8_create_or_update_per_user_limit() {
+    let z = Z::start().await;
+    let body = json!({"user": {"email": "hot@example.com", "name": "Hot"}});
+    for remaining in (0..5).rev() {
+        let r = z.post("/api/v2/users/create_or_update", body.clone()).await;
+        assert!(r.status == 200 || r.status == 201);
+        let h = r
+            .header("zendesk-ratelimit-create-update-user")
+            .expect("endpoint header");
+        assert!(
+            h.starts_with(&format!("total=5; remaining={remaining}; resets=")),
+            "{h}"
+        );
+    }
+    let r = z.post("/api/v2/users/create_or_update", body.clone()).await;
+    assert_eq!(
+        (r.status, r.body["errors"][0]["code"].as_str()),
+        (429, Some("TooManyRequests"))
+    );
+    assert!(r.header("retry-after").is_some());
+    // Another user is not limited.
+    assert_eq!(
+        z.post(
+            "/api/v2/users/create_or_update",
+            json!({"user": {"email": "cold@example.com", "name": "C"}})
+        )
+        .await
+        .status,
+        201
+    );
+    z.emu.advance_clock(Duration::from_secs(61));
+    assert_eq!(
+        z.post("/api/v2/users/create_or_update", body).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn item8_forced_faults_random_faults_and_latency() {
+    let z = Z::start().await;
+    z.emu.configure(|k| {
+        k.forced_faults
+            .push(ForcedFault::new(503).times(2).on_path("/api/v2/tickets"))
+    });
+    assert_eq!(
+        z.get("/api/v2/users").await.status,
+        200,
+        "other paths unaffected"
+    );
+    let r = z.get("/api/v2/tickets").await;
+    assert_eq!((r.status, r.header("retry-after")), (503, Some("1")));
+    assert_eq!(z.get("/api/v2/tickets").await.status, 503);
+    assert_eq!(z.get("/api/v2/tickets").await.status, 200, "consumed");
+
+    // Over HTTP: the next request answers 429 with Retry-After 7; then a fault removed by configure.
+    let cfg = z
+        .http
+        .post(format!("{}/__emulator/config", z.emu.url()))
+        .json(&json!({"add_forced_fault": {"status": 429, "retry_after": 7}}))
+        .send()
+        .await
+        .expect("config");
+    let knobs: Value = cfg.json().await.expect("knobs");
+    assert_eq!(knobs["forced_faults"][0]["status"], 429);
+    let r = z.get("/api/v2/users").await;
+    assert_eq!((r.status, r.header("retry-after")), (429, Some("7")));
+    z.emu.configure(|k| {
+        k.forced_faults = vec![ForcedFault::new(500).times(100), ForcedFault::new(401)]
+    });
+    assert_eq!(z.get("/api/v2/users").await.status, 500);
+    z.emu.configure(|k| k.forced_faults.clear());
+    assert_eq!(
+        z.get("/api/v2/users").await.status,
+        200,
+        "replay after removing the fault"
+    );
+    let bad = z
+        .http
+        .post(format!("{}/__emulator/config", z.emu.url()))
+        .json(&json!({"no_such_knob": 1}))
+        .send()
+        .await
+        .expect("config");
+    assert_eq!(bad.status().as_u16(), 400);
+
+    // fail_rate 1: every request 500 or 503; deterministic under the seed.
+    let statuses = |seed: u64| async move {
+        let z = Z::with(EmulatorOptions {
+            fail_rate: 0.5,
+            seed,
+            ..Default::default()
+        })
+        .await;
+        let mut out = Vec::new();
+        for _ in 0..16 {
+            out.push(z.get("/api/v2/users").await.status);
+        }
+        out
+    };
+    let (a, b) = (statuses(42).await, statuses(42).await);
+    assert_eq!(a, b);
+    assert!(
+        a.contains(&200) && a.iter().any(|s| *s == 500 || *s == 503),
+        "{a:?}"
+    );
+    z.emu.configure(|k| k.fail_rate = 1.0);
+    assert!([500, 503].contains(&z.get("/api/v2/users").await.status));
+    z.emu.configure(|k| {
+        k.fail_rate = 0.0;
+        k.latency_ms = 120;
+    });
+    let t0 = Instant::now();
+    assert_eq!(z.get("/api/v2/users").await.status, 200);
+    assert!(t0.elapsed() >= Duration::from_millis(120));
+}
+
+// ---- 9. Paths and envelopes ----
+
+#[tokio::test]
+async fn item9_json_suffix_unknown_routes_and_envelopes() {
+    let z = Z::start().await;
+    let id = z.user("s@example.com", "S").await;
+    assert_eq!(z.get(&format!("/api/v2/users/{id}.json")).await.status, 200);
+    assert_eq!(z.get(&format!("/api/v2/users/{id}")).await.status, 200);
+    let invalid = json!({"error": "InvalidEndpoint", "description": "Not found"});
+    for (m, p) in [
+        ("GET", "/api/v2/nothing_here"),
+        ("PUT", "/api/v2/organization_memberships/create_many"),
+        ("GET", "/nope"),
+        ("DELETE", "/api/v2/users/search"),
+    ] {
+        let r = z.call(m, p, None).await;
+        assert_eq!(
+            (r.status, r.body.clone()),
+            (404, invalid.clone()),
+            "{m} {p}"
+        );
+    }
+    let r = z
+        .raw(
+            "POST",
+            "/api/v2/users/create_or_update",
+            Some("{not json"),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["title"].as_str()),
+        (400, Some("Invalid attribute"))
+    );
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    assert_eq!(r.header("x-zendesk-api-version"), Some("v2"));
+    let r = z
+        .raw("POST", "/api/v2/users/create_or_update", Some("[1,2"), &[])
+        .await;
+    assert_eq!(r.status, 400);
+}
+
+// ---- 10. Inspection, reset, seed ----
+
+#[tokio::test]
+async fn item10_inspection_reset_and_seed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seed_path = dir.path().join("seed.json");
+    let seed = json!({
+        "user_fields": [{"key": "plan", "type": "text", "title": "Plan"}],
+        "organization_fields": [{"key": "tier", "type": "text", "title": "Tier"}],
+        "organizations": [{"id": 555, "name": "Seeded Org", "external_id": "SO-1", "organization_fields": {"tier": "gold"}}],
+        "users": [{"id": 777, "name": "Seeded", "email": "seed@example.com", "external_id": "SU-1", "organization_id": 555, "user_fields": {"plan": "pro"}}],
+        "memberships": [{"user_id": 777, "organization_id": 555}],
+        "tickets": [{"requester_id": 777, "subject": "Seeded", "comment": {"body": "hello"}}]
+    });
+    std::fs::write(&seed_path, seed.to_string()).expect("write seed");
+    let z = Z::with(EmulatorOptions {
+        seed_state: Some(seed_path),
+        ..Default::default()
+    })
+    .await;
+    let state = z.emu.state();
+    for key in [
+        "users",
+        "organizations",
+        "memberships",
+        "tickets",
+        "events",
+        "user_fields",
+        "organization_fields",
+    ] {
+        assert!(state[key].is_array(), "{key}");
+    }
+    assert_eq!(state["users"][0]["id"], 777);
+    assert_eq!(state["users"][0]["user_fields"], json!({"plan": "pro"}));
+    assert_eq!(
+        state["users"][0]["identities"][0]["value"],
+        "seed@example.com"
+    );
+    assert_eq!(
+        state["organizations"][0]["organization_fields"],
+        json!({"tier": "gold"})
+    );
+    assert_eq!(state["memberships"].as_array().map(Vec::len), Some(1));
+    assert_eq!(state["tickets"][0]["comments"][0]["body"], "hello");
+
+    // New ids never collide with seeded ones.
+    let uid = z.user("new@example.com", "New").await;
+    assert_ne!(uid, 777);
+    let http_state: Value = z
+        .http
+        .get(format!("{}/__emulator/state", z.emu.url()))
+        .send()
+        .await
+        .expect("state")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(http_state, z.emu.state());
+    assert_eq!(http_state["users"].as_array().map(Vec::len), Some(2));
+
+    let log: Value = z
+        .http
+        .get(format!("{}/__emulator/requests", z.emu.url()))
+        .send()
+        .await
+        .expect("log")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(Value::Array(z.emu.requests()), log);
+    let entry = &log[0];
+    assert_eq!(
+        (
+            entry["method"].as_str(),
+            entry["path"].as_str(),
+            entry["status"].as_u64()
+        ),
+        (
+            Some("POST"),
+            Some("/api/v2/users/create_or_update"),
+            Some(201)
+        )
+    );
+    assert_eq!(entry["body"]["user"]["email"], "new@example.com");
+    assert_eq!(entry["headers"]["authorization"], "Basic [redacted]");
+    z.get("/api/v2/users/search?query=x").await;
+    assert_eq!(z.emu.requests()[1]["query"], "query=x");
+
+    // Reset: back to the seed, log emptied.
+    let r = z
+        .http
+        .post(format!("{}/__emulator/reset", z.emu.url()))
+        .send()
+        .await
+        .expect("reset");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(z.emu.state()["users"].as_array().map(Vec::len), Some(1));
+    assert!(z.emu.requests().is_empty());
+    // Seeding over HTTP adds to the state.
+    let r = z
+        .http
+        .post(format!("{}/__emulator/seed", z.emu.url()))
+        .json(&json!({"organizations": [{"name": "Other"}]}))
+        .send()
+        .await
+        .expect("seed");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        z.emu.state()["organizations"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let bad = z
+        .http
+        .post(format!("{}/__emulator/seed", z.emu.url()))
+        .json(&json!({"usres": []}))
+        .send()
+        .await
+        .expect("seed");
+    assert_eq!(bad.status().as_u16(), 400);
+}
+
+// ---- 11. Responses against the OpenAPI spec ----
+
+#[tokio::test]
+async fn item11_responses_match_the_openapi_spec() {
+    use oas::{Oas, Validated};
+    let spec = Oas::load();
+    let z = Z::start().await;
+    z.post(
+        "/api/v2/user_fields",
+        json!({"user_field": {"type": "text", "title": "Plan", "key": "plan"}}),
+    )
+    .await;
+    let mut checked = Vec::new();
+    // Sends a request, validates the request body (where the spec has a schema) and the response.
+    let mut exchange =
+        async |method: &str, path: &str, body: Option<Value>, expect_schema: bool| -> Resp {
+            if let Some(b) = &body {
+                assert!(
+                    spec.validate_request(method, path, b).is_ok(),
+                    "request {method} {path}: {:?}",
+                    spec.validate_request(method, path, b)
+                );
+            }
+            let r = z.call(method, path, body).await;
+            let verdict = spec.validate_response(method, path, r.status, &r.body);
+            match (expect_schema, &verdict) {
+                (true, Ok(Validated::Valid)) | (false, Ok(Validated::NoSchema)) => {}
+                _ => panic!("{method} {path} -> {}: {verdict:?}\n{}", r.status, r.text),
+            }
+            checked.push(format!("{method} {path} {}", r.status));
+            r
+        };
+    let upsert = json!({"user": {"email": "o@example.com", "name": "O", "external_id": "O-1", "user_fields": {"plan": "pro"}, "phone": "+15550100"}});
+    let r = exchange(
+        "POST",
+        "/api/v2/users/create_or_update",
+        Some(upsert.clone()),
+        true,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let uid = r.body["user"]["id"].as_u64().expect("id");
+    assert_eq!(
+        exchange(
+            "POST",
+            "/api/v2/users/create_or_update.json",
+            Some(upsert),
+            true
+        )
+        .await
+        .status,
+        200
+    );
+    exchange("GET", &format!("/api/v2/users/{uid}.json"), None, true).await;
+    exchange(
+        "GET",
+        "/api/v2/users/search?query=email:o@example.com",
+        None,
+        true,
+    )
+    .await;
+    exchange("GET", "/api/v2/users/search?external_id=O-1", None, true).await;
+    exchange(
+        "GET",
+        &format!("/api/v2/users/{uid}/identities"),
+        None,
+        true,
+    )
+    .await;
+
+    let org_body = json!({"organization": {"external_id": "OO-1", "name": "Org", "domain_names": ["o.com"], "tags": ["t"]}});
+    let r = exchange(
+        "POST",
+        "/api/v2/organizations/create_or_update",
+        Some(org_body.clone()),
+        true,
+    )
+    .await;
+    let oid = r.body["organization"]["id"].as_u64().expect("id");
+    exchange(
+        "POST",
+        "/api/v2/organizations/create_or_update",
+        Some(org_body),
+        true,
+    )
+    .await;
+    exchange("GET", &format!("/api/v2/organizations/{oid}"), None, true).await;
+    exchange("GET", "/api/v2/organizations/search?name=Org", None, true).await;
+
+    let m = json!({"organization_membership": {"user_id": uid, "organization_id": oid}});
+    assert_eq!(
+        exchange("POST", "/api/v2/organization_memberships", Some(m), true)
+            .await
+            .status,
+        201
+    );
+
+    let t = json!({"ticket": {"subject": "S", "comment": {"body": "B"}, "requester": {"email": "r@example.com", "name": "R"}, "external_id": "X-1", "priority": "normal", "type": "question", "tags": ["a"]}});
+    let r = exchange("POST", "/api/v2/tickets", Some(t), true).await;
+    let tid = r.body["ticket"]["id"].as_u64().expect("id");
+    let up = json!({"ticket": {"status": "pending", "comment": {"body": "more", "public": true}}});
+    exchange(
+        "PUT",
+        &format!("/api/v2/tickets/{tid}.json"),
+        Some(up),
+        true,
+    )
+    .await;
+    exchange("GET", &format!("/api/v2/tickets/{tid}"), None, true).await;
+    exchange("GET", "/api/v2/tickets?external_id=X-1", None, true).await;
+    exchange(
+        "POST",
+        "/api/v2/user_fields",
+        Some(json!({"user_field": {"type": "text", "title": "T2", "key": "t2"}})),
+        true,
+    )
+    .await;
+    exchange("GET", "/api/v2/user_fields", None, true).await;
+
+    // Operations the spec does not describe: the oracle must say so, not pass silently.
+    let ev = json!({"profile": {"source": "s", "type": "t", "identifiers": [{"type": "email", "value": "o@example.com"}]}, "event": {"source": "s", "type": "t", "properties": {}}});
+    exchange(
+        "POST",
+        &format!("/api/v2/users/{uid}/events"),
+        Some(ev.clone()),
+        false,
+    )
+    .await;
+    exchange("POST", "/api/v2/user_profiles/events", Some(ev), false).await;
+    exchange("GET", &format!("/api/v2/users/{uid}/events"), None, false).await;
+    exchange(
+        "GET",
+        &format!("/api/v2/users/{uid}/organization_memberships"),
+        None,
+        false,
+    )
+    .await;
+    assert_eq!(checked.len(), 21);
+    // And a deliberately wrong body is caught.
+    assert!(
+        spec.validate_response(
+            "GET",
+            &format!("/api/v2/users/{uid}"),
+            200,
+            &json!({"user": {"id": "not-a-number"}})
+        )
+        .is_err()
+    );
+}
