@@ -59,6 +59,7 @@ impl From<Error> for RenderError {
 
 fn describe(e: &Error) -> String {
     match e.detail() {
+        Some(d) if e.kind() == ErrorKind::InvalidOperation => d.to_owned(),
         Some(d) => format!("{}: {d}", e.kind()),
         None => e.kind().to_string(),
     }

@@ -38,6 +38,9 @@ pub enum Command {
     /// lookups and dead letters. Exit 0 when all were delivered, 2 when some were dead-lettered,
     /// 1 on a fatal error.
     Send(send::SendArgs),
+    /// Run the built-in Zendesk emulator: a stateful local Zendesk Support API for tests and
+    /// for developing mappings (inspect it at /__emulator/state).
+    Emulator(crate::emulator::EmulatorArgs),
 }
 
 /// Parses the arguments and runs the command.
@@ -50,6 +53,7 @@ pub fn main() -> ExitCode {
         Command::Test(a) => inspect::test(&a),
         Command::Schema(a) => inspect::schema(&a),
         Command::Send(a) => send::send(&a),
+        Command::Emulator(a) => crate::emulator::run_cli(a),
     }
 }
 

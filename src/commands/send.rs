@@ -52,7 +52,7 @@ async fn send_async(args: &SendArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let destination = match connect(config, &args.target).await {
+    let destination = match connect(config, &args.target, Default::default()).await {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: {e}");

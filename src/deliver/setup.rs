@@ -44,8 +44,15 @@ pub fn credential_vars(config: &Config) -> CredentialVars {
     vars
 }
 
+/// How requests are sent: timeouts and retries (defaults suit Zendesk).
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    pub client: ClientOptions,
+    pub retry: RetryPolicy,
+}
+
 /// Sets up delivery for a config and a target choice.
-pub async fn connect(config: Arc<Config>, target: &TargetArgs) -> Result<Destination, SetupError> {
+pub async fn connect(config: Arc<Config>, target: &TargetArgs, options: ConnectOptions) -> Result<Destination, SetupError> {
     let (target, emulator) = match Target::resolve(target, config.setting_str("subdomain"))? {
         TargetChoice::Remote(t) => (t, None),
         TargetChoice::Emulator => {
@@ -59,7 +66,7 @@ pub async fn connect(config: Arc<Config>, target: &TargetArgs) -> Result<Destina
     let allow_placeholder = emulator.is_some() || target.allows_placeholder_credentials();
     let credentials =
         Credentials::from_env_or_placeholder(&credential_vars(&config), allow_placeholder)?;
-    let client = Client::new(target, credentials, ClientOptions::default())
+    let client =Client::new(target, credentials, options.client)
         .map_err(|e| SetupError::Client(e.to_string()))?;
     let rpm = config
         .setting_u64("requests_per_minute")
@@ -69,7 +76,7 @@ pub async fn connect(config: Arc<Config>, target: &TargetArgs) -> Result<Destina
     let transport = Transport::new(
         client,
         Arc::new(Budget::new(rpm)),
-        RetryPolicy::default(),
+        options.retry,
         stats.clone(),
     );
     let executor = Arc::new(Executor::new(
