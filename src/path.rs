@@ -1,52 +1,295 @@
-//! (temporary) JSONPath
+//! JSONPath, compiled once: plain paths walk the value directly, the rest go to jsonpath-rust.
+//!
+//! A plain path (`$`, `$.a.b[0]`, `$['a b'].c`, `$.list[-1]`) names at most one value; it is
+//! parsed here into segments and evaluated without allocating. Any other path (wildcards,
+//! filters, slices, `..`, unions) is parsed by jsonpath-rust when the mappings load and
+//! evaluated by it. A property test checks that both give the same answers on plain paths.
+//! A JSON `null` found at a path is returned as a value; callers decide what it means.
+
+use jsonpath_rust::parser::model::JpQuery;
 use serde_json::Value;
+use std::fmt;
+
+/// A compiled JSONPath.
+#[derive(Clone)]
+pub struct JsonPath {
+    source: String,
+    compiled: Compiled,
+}
+
+#[derive(Clone)]
+enum Compiled {
+    Plain(Vec<Segment>),
+    Query(Box<JpQuery>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Segment {
+    Name(String),
+    Index(i64),
+}
+
+/// A path that does not parse.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("column {column}: {message}")]
 pub struct PathError {
     pub column: usize,
     pub message: String,
 }
-#[derive(Debug, Clone)]
-pub struct JsonPath {
-    source: String,
-    segs: Vec<String>,
-}
+
+/// What a path selects.
+#[derive(Debug, PartialEq)]
 pub enum Selected<'a> {
     Nothing,
     One(&'a Value),
     Many(Vec<&'a Value>),
 }
+
 impl JsonPath {
     pub fn parse(source: &str) -> Result<JsonPath, PathError> {
-        let rest = source.strip_prefix('$').ok_or(PathError {
-            column: 1,
-            message: "must start with $".into(),
-        })?;
-        Ok(JsonPath {
-            source: source.into(),
-            segs: rest.split('.').skip(1).map(str::to_owned).collect(),
-        })
+        if !source.starts_with('$') {
+            return Err(PathError {
+                column: 1,
+                message: "a JSONPath starts with `$`".into(),
+            });
+        }
+        if let Some(segments) = parse_plain(source) {
+            return Ok(JsonPath {
+                source: source.to_owned(),
+                compiled: Compiled::Plain(segments),
+            });
+        }
+        match jsonpath_rust::parser::parse_json_path(source) {
+            Ok(q) => Ok(JsonPath {
+                source: source.to_owned(),
+                compiled: Compiled::Query(Box::new(q)),
+            }),
+            Err(e) => {
+                let text = e.to_string();
+                Err(PathError {
+                    column: pest_column(&text).unwrap_or(1),
+                    message: text
+                        .lines()
+                        .next()
+                        .unwrap_or("not a valid JSONPath")
+                        .to_owned(),
+                })
+            }
+        }
     }
+
     pub fn source(&self) -> &str {
         &self.source
     }
+
+    /// Only names and indices: the path selects at most one value.
     pub fn is_definite(&self) -> bool {
-        true
+        matches!(self.compiled, Compiled::Plain(_))
     }
+
     pub fn select<'a>(&self, root: &'a Value) -> Selected<'a> {
-        match self.first(root) {
-            Some(v) => Selected::One(v),
-            None => Selected::Nothing,
+        match &self.compiled {
+            Compiled::Plain(segments) => match walk(root, segments) {
+                Some(v) => Selected::One(v),
+                None => Selected::Nothing,
+            },
+            Compiled::Query(q) => match jsonpath_rust::query::js_path_process(q, root) {
+                Ok(refs) if !refs.is_empty() => {
+                    Selected::Many(refs.into_iter().map(|r| r.val()).collect())
+                }
+                _ => Selected::Nothing,
+            },
         }
     }
+
+    /// The first value selected.
     pub fn first<'a>(&self, root: &'a Value) -> Option<&'a Value> {
-        let mut n = root;
-        for s in &self.segs {
-            n = match s.strip_suffix("[0]") {
-                Some(k) => n.get(k)?.get(0)?,
-                None => n.get(s.as_str())?,
-            };
+        match self.select(root) {
+            Selected::Nothing => None,
+            Selected::One(v) => Some(v),
+            Selected::Many(vs) => vs.into_iter().next(),
         }
-        Some(n)
+    }
+}
+
+impl fmt::Debug for JsonPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JsonPath({:?})", self.source)
+    }
+}
+
+fn walk<'a>(root: &'a Value, segments: &[Segment]) -> Option<&'a Value> {
+    let mut node = root;
+    for seg in segments {
+        node = match (seg, node) {
+            (Segment::Name(n), Value::Object(m)) => m.get(n)?,
+            (Segment::Index(i), Value::Array(a)) => {
+                let i = if *i < 0 { a.len() as i64 + i } else { *i };
+                a.get(usize::try_from(i).ok()?)?
+            }
+            _ => return None,
+        };
+    }
+    Some(node)
+}
+
+/// Parses `$`, `.name`, `['name']`, `["name"]` and `[index]` segments; `None` for anything else.
+fn parse_plain(source: &str) -> Option<Vec<Segment>> {
+    let chars: Vec<char> = source.chars().collect();
+    let mut i = 1;
+    let mut out = Vec::new();
+    while i < chars.len() {
+        match chars[i] {
+            '.' => {
+                let start = i + 1;
+                let mut j = start;
+                if j >= chars.len() || !(chars[j].is_ascii_alphabetic() || chars[j] == '_') {
+                    return None;
+                }
+                while j < chars.len() && (chars[j].is_ascii_alphanumeric() || chars[j] == '_') {
+                    j += 1;
+                }
+                out.push(Segment::Name(chars[start..j].iter().collect()));
+                i = j;
+            }
+            '[' => {
+                let close = chars[i..].iter().position(|c| *c == ']')? + i;
+                let inner: String = chars[i + 1..close].iter().collect();
+                let quoted =
+                    |q: char| inner.len() >= 2 && inner.starts_with(q) && inner.ends_with(q);
+                if quoted('\'') || quoted('"') {
+                    let name = &inner[1..inner.len() - 1];
+                    if name.contains(['\\', '\'', '"']) {
+                        return None;
+                    }
+                    out.push(Segment::Name(name.to_owned()));
+                } else {
+                    let valid = !inner.is_empty()
+                        && (inner == "0" || !inner.trim_start_matches('-').starts_with('0'))
+                        && inner != "-"
+                        && inner
+                            .trim_start_matches('-')
+                            .chars()
+                            .all(|c| c.is_ascii_digit())
+                        && inner.matches('-').count() <= 1
+                        && (!inner.contains('-') || inner.starts_with('-'));
+                    if !valid || inner == "-0" {
+                        return None;
+                    }
+                    out.push(Segment::Index(inner.parse().ok()?));
+                }
+                i = close + 1;
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// The column of a pest error message (` --> 1:7`).
+fn pest_column(text: &str) -> Option<usize> {
+    let at = text.find("--> ")?;
+    let rest = &text[at + 4..];
+    let (_, col) = rest.split_once(':')?;
+    col.chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn plain_paths_take_the_fast_path() {
+        let doc = json!({"a": {"b c": [1, {"d": 2}]}, "x": null});
+        for (path, want) in [
+            ("$.a['b c'][0]", Some(json!(1))),
+            ("$.a[\"b c\"][-1].d", Some(json!(2))),
+            ("$.a['b c'][5]", None),
+            ("$.x", Some(Value::Null)),
+            ("$", Some(doc.clone())),
+        ] {
+            let p = JsonPath::parse(path).unwrap();
+            assert!(p.is_definite(), "{path}");
+            assert_eq!(p.first(&doc).cloned(), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn other_paths_are_compiled_queries() {
+        let doc = json!({"fields": [{"key": "a"}, {"key": "b"}], "details": {"email": [{"error": "DuplicateValue"}]}});
+        let keys = JsonPath::parse("$.fields[*].key").unwrap();
+        assert!(!keys.is_definite());
+        assert_eq!(
+            keys.select(&doc),
+            Selected::Many(vec![&json!("a"), &json!("b")])
+        );
+        let codes = JsonPath::parse("$.details.*[*].error").unwrap();
+        assert_eq!(codes.first(&doc), Some(&json!("DuplicateValue")));
+        let filtered = JsonPath::parse("$.fields[?@.key == 'b'].key").unwrap();
+        assert_eq!(filtered.select(&doc), Selected::Many(vec![&json!("b")]));
+        assert_eq!(
+            JsonPath::parse("$.nothing[*]").unwrap().select(&doc),
+            Selected::Nothing
+        );
+    }
+
+    #[test]
+    fn errors_have_a_column() {
+        let e = JsonPath::parse("$.a[").unwrap_err();
+        assert!(e.column >= 1, "{e}");
+        assert_eq!(JsonPath::parse("traits.email").unwrap_err().column, 1);
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-5i64..5).prop_map(Value::from),
+            "[a-c]{0,2}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("a".to_owned()),
+                        Just("b c".to_owned()),
+                        Just("_x1".to_owned())
+                    ],
+                    inner,
+                    0..3
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn arb_path() -> impl Strategy<Value = String> {
+        let seg = prop_oneof![
+            Just(".a".to_owned()),
+            Just("._x1".to_owned()),
+            Just("['b c']".to_owned()),
+            Just("[\"a\"]".to_owned()),
+            (-4i64..4).prop_map(|i| format!("[{i}]")),
+        ];
+        prop::collection::vec(seg, 0..4).prop_map(|s| format!("${}", s.concat()))
+    }
+
+    proptest! {
+        /// The fast path answers exactly as jsonpath-rust does on plain paths.
+        #[test]
+        fn fast_path_agrees_with_jsonpath_rust(doc in arb_json(), path in arb_path()) {
+            let p = JsonPath::parse(&path).unwrap();
+            prop_assert!(p.is_definite(), "{}", path);
+            let fast: Vec<&Value> = p.first(&doc).into_iter().collect();
+            let slow = jsonpath_rust::query::js_path_vals(&path, &doc).unwrap();
+            prop_assert_eq!(fast, slow, "{}", path);
+        }
     }
 }

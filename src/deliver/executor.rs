@@ -55,7 +55,12 @@ pub struct Executor {
     config: Arc<Config>,
     transport: Transport,
     cache: Arc<LookupCache>,
+    not_found_pauses: Vec<Duration>,
 }
+
+/// Pauses before a lookup that found nothing is tried again.
+const DEFAULT_NOT_FOUND_PAUSES: [Duration; 2] =
+    [Duration::from_millis(500), Duration::from_secs(2)];
 
 /// How often a step whose outcome says `retry` is tried when the transport would not retry it.
 const OUTCOME_RETRIES: u32 = 3;
@@ -68,7 +73,14 @@ impl Executor {
             config,
             transport,
             cache,
+            not_found_pauses: DEFAULT_NOT_FOUND_PAUSES.to_vec(),
         }
+    }
+
+    /// The pauses before looking again when a lookup finds nothing (default 0.5 s, then 2 s).
+    pub fn with_not_found_pauses(mut self, pauses: Vec<Duration>) -> Executor {
+        self.not_found_pauses = pauses;
+        self
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -283,55 +295,67 @@ impl Executor {
             });
         };
         let ttl = Duration::from_secs(resolver.cache.ttl_seconds);
-        for (lookup, key) in resolver.order(&need.keys) {
-            if let Some(v) = self.cache.get(&resolver.name, &lookup.by, key) {
-                return Ok(Answer::Found(v));
+        // Nothing found may only mean "not yet": the record can be in flight on another
+        // worker, or not yet in Zendesk's search index. Look again after a pause or two.
+        let mut pauses = self.not_found_pauses.iter();
+        loop {
+            for (lookup, key) in resolver.order(&need.keys) {
+                if let Some(v) = self.cache.get(&resolver.name, &lookup.by, key) {
+                    return Ok(Answer::Found(v));
+                }
+                let request = lookup
+                    .render(&self.config.templates, &self.config.settings, key)
+                    .map_err(|e| ActionError::Failed {
+                        letter: Box::new(DeadLetter::without_response(
+                            (*plan.event).clone(),
+                            action,
+                            step,
+                            format!("{what}: {e}"),
+                        )),
+                        transient: false,
+                    })?;
+                let found = match request {
+                    None => Some(id_value(key)),
+                    Some(request) => match self.transport.send(&request).await {
+                        Disposition::Done { response, .. } if response.is_success() => {
+                            lookup.extract(&response.body)
+                        }
+                        Disposition::Fatal { status, message } => {
+                            return Err(ActionError::Fatal { status, message });
+                        }
+                        d => {
+                            let transient = matches!(d, Disposition::GaveUp { .. });
+                            let mut letter = DeadLetter::from_disposition(
+                                (*plan.event).clone(),
+                                action,
+                                step,
+                                &d,
+                            );
+                            letter.message = format!("{what}: {}", letter.message);
+                            return Err(ActionError::Failed {
+                                letter: Box::new(letter),
+                                transient,
+                            });
+                        }
+                    },
+                };
+                if let Some(value) = found {
+                    self.cache.put(
+                        &resolver.name,
+                        ttl,
+                        resolver.cache.capacity,
+                        &lookup.by,
+                        key,
+                        value.clone(),
+                    );
+                    return Ok(Answer::Found(value));
+                }
             }
-            let request = lookup
-                .render(&self.config.templates, &self.config.settings, key)
-                .map_err(|e| ActionError::Failed {
-                    letter: Box::new(DeadLetter::without_response(
-                        (*plan.event).clone(),
-                        action,
-                        step,
-                        format!("{what}: {e}"),
-                    )),
-                    transient: false,
-                })?;
-            let found = match request {
-                None => Some(id_value(key)),
-                Some(request) => match self.transport.send(&request).await {
-                    Disposition::Done { response, .. } if response.is_success() => {
-                        lookup.extract(&response.body)
-                    }
-                    Disposition::Fatal { status, message } => {
-                        return Err(ActionError::Fatal { status, message });
-                    }
-                    d => {
-                        let transient = matches!(d, Disposition::GaveUp { .. });
-                        let mut letter =
-                            DeadLetter::from_disposition((*plan.event).clone(), action, step, &d);
-                        letter.message = format!("{what}: {}", letter.message);
-                        return Err(ActionError::Failed {
-                            letter: Box::new(letter),
-                            transient,
-                        });
-                    }
-                },
-            };
-            if let Some(value) = found {
-                self.cache.put(
-                    &resolver.name,
-                    ttl,
-                    resolver.cache.capacity,
-                    &lookup.by,
-                    key,
-                    value.clone(),
-                );
-                return Ok(Answer::Found(value));
+            match pauses.next() {
+                Some(pause) => tokio::time::sleep(*pause).await,
+                None => return Ok(Answer::NotFound),
             }
         }
-        Ok(Answer::NotFound)
     }
 
     /// Fills the cache from a response, as the step's `learn` entries say.

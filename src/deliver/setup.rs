@@ -49,10 +49,16 @@ pub fn credential_vars(config: &Config) -> CredentialVars {
 pub struct ConnectOptions {
     pub client: ClientOptions,
     pub retry: RetryPolicy,
+    /// Pauses before a lookup that found nothing is tried again (`None`: the executor's default).
+    pub not_found_pauses: Option<Vec<std::time::Duration>>,
 }
 
 /// Sets up delivery for a config and a target choice.
-pub async fn connect(config: Arc<Config>, target: &TargetArgs, options: ConnectOptions) -> Result<Destination, SetupError> {
+pub async fn connect(
+    config: Arc<Config>,
+    target: &TargetArgs,
+    options: ConnectOptions,
+) -> Result<Destination, SetupError> {
     let (target, emulator) = match Target::resolve(target, config.setting_str("subdomain"))? {
         TargetChoice::Remote(t) => (t, None),
         TargetChoice::Emulator => {
@@ -66,7 +72,7 @@ pub async fn connect(config: Arc<Config>, target: &TargetArgs, options: ConnectO
     let allow_placeholder = emulator.is_some() || target.allows_placeholder_credentials();
     let credentials =
         Credentials::from_env_or_placeholder(&credential_vars(&config), allow_placeholder)?;
-    let client =Client::new(target, credentials, options.client)
+    let client = Client::new(target, credentials, options.client)
         .map_err(|e| SetupError::Client(e.to_string()))?;
     let rpm = config
         .setting_u64("requests_per_minute")
@@ -79,11 +85,11 @@ pub async fn connect(config: Arc<Config>, target: &TargetArgs, options: ConnectO
         options.retry,
         stats.clone(),
     );
-    let executor = Arc::new(Executor::new(
-        config,
-        transport,
-        Arc::new(LookupCache::new()),
-    ));
+    let mut executor = Executor::new(config, transport, Arc::new(LookupCache::new()));
+    if let Some(pauses) = options.not_found_pauses {
+        executor = executor.with_not_found_pauses(pauses);
+    }
+    let executor = Arc::new(executor);
     Ok(Destination {
         executor,
         stats,
