@@ -321,7 +321,7 @@ impl Entries {
                 out.insert(key, v.clone());
             }
         }
-        Some(Value::Object(out))
+        (!out.is_empty()).then_some(Value::Object(out))
     }
 }
 

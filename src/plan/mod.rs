@@ -213,41 +213,71 @@ impl Config {
     /// What an event would do, without any network: matched actions, their requests in order
     /// (lookups and earlier steps' outputs as `<...>` placeholders) and the errors.
     pub fn preview(&self, event: &Event) -> Preview {
-        let plan = self.plan(event);
+        let offline = self.render_offline(event);
         let mut out = Preview {
             kind: event.kind().to_owned(),
             matched: Vec::new(),
             requests: Vec::new(),
             lookups: Vec::new(),
-            errors: plan.errors.clone(),
+            errors: offline.errors,
         };
+        let erred: Vec<&str> = out.errors.iter().map(|e| e.action.as_str()).collect();
         for (i, action) in self.actions.iter().enumerate() {
-            if action.enabled
-                && action.trigger.matches(&plan.event)
-                && !plan.actions.iter().any(|p| p.action == i)
-            {
+            if offline.plan.actions.iter().any(|p| p.action == i) || erred.contains(&action.name.as_str()) {
                 out.matched.push(action.name.clone());
             }
         }
+        for (action, lookups) in offline.lookups {
+            let name = &self.actions[action].name;
+            let texts: Vec<String> = lookups.iter().map(placeholder_text).collect();
+            for r in offline.requests.iter().filter(|r| r.action == action) {
+                let mut request = r.request.clone();
+                describe_placeholders(&mut request, &texts);
+                out.requests.push(PreviewRequest {
+                    action: name.clone(),
+                    step: self.actions[action].steps[r.step].name.clone(),
+                    request,
+                });
+            }
+            out.lookups.extend(lookups.into_iter().map(|n| PreviewLookup {
+                action: name.clone(),
+                resolver: n.resolver,
+                keys: n.keys.into_iter().collect(),
+            }));
+        }
+        out
+    }
+
+    /// Every request an event's steps render without any network, in order: lookups and earlier
+    /// steps' outputs are placeholders. This is the whole mapping path the benches measure.
+    pub fn render_offline(&self, event: &Event) -> Offline {
+        let plan = self.plan(event);
+        let mut out = Offline {
+            requests: Vec::new(),
+            lookups: Vec::new(),
+            errors: plan.errors.clone(),
+            plan: Plan {
+                event: plan.event.clone(),
+                actions: Vec::new(),
+                errors: Vec::new(),
+            },
+        };
         for planned in &plan.actions {
             let action = self.action(planned);
-            out.matched.push(action.name.clone());
             let lookups = Arc::new(Lookups::default());
             let outputs = Arc::new(StepOutputs {
                 outputs: IndexMap::new(),
                 symbolic: true,
             });
-            for step in &action.steps {
+            for (index, step) in action.steps.iter().enumerate() {
                 match self.render_step(&plan, planned, step, outputs.clone(), lookups.clone()) {
                     Ok(Rendered::Skipped) => {}
                     Ok(Rendered::Requests(reqs)) => {
-                        for r in reqs {
-                            out.requests.push(PreviewRequest {
-                                action: action.name.clone(),
-                                step: step.name.clone(),
-                                request: r,
-                            });
-                        }
+                        out.requests.extend(reqs.into_iter().map(|request| OfflineRequest {
+                            action: planned.action,
+                            step: index,
+                            request,
+                        }));
                     }
                     Err(e) => {
                         out.errors.push(PlanError {
@@ -259,22 +289,32 @@ impl Config {
                     }
                 }
             }
-            let missing = lookups.missing();
-            let names: Vec<String> = missing.iter().map(placeholder_text).collect();
-            for r in out.requests.iter_mut().filter(|r| r.action == action.name) {
-                describe_placeholders(&mut r.request, &names);
-            }
-            out.lookups
-                .extend(missing.into_iter().map(|n| PreviewLookup {
-                    action: action.name.clone(),
-                    resolver: n.resolver,
-                    keys: n.keys.into_iter().collect(),
-                }));
+            out.lookups.push((planned.action, lookups.missing()));
         }
-        out.matched
-            .sort_by_key(|name| self.actions.iter().position(|a| &a.name == name));
+        out.plan.actions = plan.actions;
         out
     }
+}
+
+/// What an event renders to without any network.
+#[derive(Debug)]
+pub struct Offline {
+    pub plan: Plan,
+    pub requests: Vec<OfflineRequest>,
+    /// Per planned action (index into [`Config::actions`]): the lookups its steps need.
+    pub lookups: Vec<(usize, Vec<crate::template::LookupNeed>)>,
+    pub errors: Vec<PlanError>,
+}
+
+/// A request of an offline render, with the indices of its action and step.
+#[derive(Debug, Serialize)]
+pub struct OfflineRequest {
+    #[serde(skip)]
+    pub action: usize,
+    #[serde(skip)]
+    pub step: usize,
+    #[serde(flatten)]
+    pub request: Request,
 }
 
 /// The preview of one event.

@@ -13,6 +13,8 @@
 //! lookup's answer, an earlier step's output) are [`Lookups`] and step outputs: when they are not
 //! known yet, a placeholder stands in for them and the renderer reports what is needed.
 
+mod native;
+
 use indexmap::IndexMap;
 use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, Value as Mj};
 use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior};
@@ -31,8 +33,12 @@ pub enum Text {
     /// `{{ a.b.c }}`: looked up directly; `fallback` is the compiled expression for names the
     /// fast path does not serve (`steps`).
     Ref { path: Vec<String>, fallback: String },
-    /// `{{ expr }}` alone: the expression's value, with its type.
-    Expr { name: String },
+    /// `{{ expr }}` alone: the expression's value, with its type; `native` when the expression
+    /// is in the fast path's subset.
+    Expr {
+        name: String,
+        native: Option<native::Native>,
+    },
     /// Text with expressions: rendered to a string.
     Render { name: String },
 }
@@ -105,6 +111,8 @@ impl Templates {
             |state: &State, name: &str, kwargs: Kwargs| resolve(state, name, kwargs, false),
         );
         env.add_filter("without", without);
+        // Missing event data and none are the same thing to a mapping.
+        env.add_test("none", |v: Mj| is_missing(&v));
         env.add_filter("snake_case", |s: &str| snake_case(s));
         env.add_filter("keys_as", keys_as);
         Templates { env, count: 0 }
@@ -123,7 +131,10 @@ impl Templates {
                     fallback: name,
                 });
             }
-            return Ok(Text::Expr { name });
+            return Ok(Text::Expr {
+                name,
+                native: native::compile(inner),
+            });
         }
         let name = self.add(source, source)?;
         Ok(Text::Render { name })
@@ -157,7 +168,7 @@ impl Templates {
         let name = match text {
             Text::Literal(_) => return HashSet::new(),
             Text::Ref { path, .. } => return path.iter().take(1).cloned().collect(),
-            Text::Expr { name } | Text::Render { name } => name,
+            Text::Expr { name, .. } | Text::Render { name } => name,
         };
         let globals: HashSet<&str> = self.env.globals().map(|(n, _)| n).collect();
         match self.env.get_template(name) {
@@ -175,7 +186,7 @@ impl Templates {
         match text {
             Text::Literal(_) => Vec::new(),
             Text::Ref { path, .. } => vec![path.join(".")],
-            Text::Expr { name } | Text::Render { name } => match self.env.get_template(name) {
+            Text::Expr { name, .. } | Text::Render { name } => match self.env.get_template(name) {
                 Ok(t) => t.undeclared_variables(true).into_iter().collect(),
                 Err(_) => Vec::new(),
             },
@@ -185,7 +196,7 @@ impl Templates {
     /// The `resolve('NAME', by=...)` calls of a text with literal names: the name and the keys given.
     pub fn resolve_calls(&self, text: &Text) -> Vec<(String, Vec<String>)> {
         let source = match text {
-            Text::Expr { name } | Text::Render { name } => match self.env.get_template(name) {
+            Text::Expr { name, .. } | Text::Render { name } => match self.env.get_template(name) {
                 Ok(t) => t.source().to_owned(),
                 Err(_) => return Vec::new(),
             },
@@ -202,7 +213,14 @@ impl Templates {
                 Some(found) => Ok(found.filter(|v| !v.is_null())),
                 None => self.eval_expr(fallback, scope),
             },
-            Text::Expr { name } => self.eval_expr(name, scope),
+            Text::Expr { name, native } => {
+                if let Some(fast) = native {
+                    if let Ok(result) = fast.eval(scope) {
+                        return result.map_err(RenderError);
+                    }
+                }
+                self.eval_expr(name, scope)
+            }
             Text::Render { name } => {
                 let out = self.env.get_template(name)?.render(scope.to_mj())?;
                 Ok((!out.is_empty()).then_some(Value::String(out)))
@@ -447,6 +465,10 @@ impl Scope {
             };
         }
         Some(Some(node.clone()))
+    }
+
+    fn lookups(&self) -> Option<&Lookups> {
+        self.0.lookups.as_deref()
     }
 
     fn to_mj(&self) -> Mj {
@@ -709,28 +731,13 @@ impl Lookups {
     }
 
     fn ask(&self, need: LookupNeed, required: bool) -> Result<Mj, Error> {
-        match self.answers.get(&need) {
-            Some(Answer::Found(v)) => Ok(json_to_mj(&Arc::new(v.clone()), Vec::new())),
-            Some(Answer::NotFound) if !required => Ok(Mj::from(())),
-            Some(Answer::NotFound) => Err(Error::new(
-                ErrorKind::InvalidOperation,
-                format!("lookup found nothing: {need}"),
-            )),
-            None => {
-                let mut asked = self.asked.lock().map_err(|_| {
-                    Error::new(ErrorKind::InvalidOperation, "lookup state poisoned")
-                })?;
-                let index = match asked.iter().position(|n| *n == need) {
-                    Some(i) => i,
-                    None => {
-                        asked.push(need);
-                        asked.len() - 1
-                    }
-                };
-                Ok(Mj::from(Lookups::placeholder(index)))
-            }
+        match self.answer(need, required) {
+            Ok(Some(v)) => Ok(json_to_mj(&Arc::new(v), Vec::new())),
+            Ok(None) => Ok(Mj::from(())),
+            Err(message) => Err(Error::new(ErrorKind::InvalidOperation, message)),
         }
     }
+
 }
 
 impl Object for Lookups {}
@@ -911,6 +918,76 @@ mod tests {
             .lookups(known)
             .build();
         assert_eq!(t.eval(&text, &s).unwrap(), Some(json!(42)));
+    }
+
+    /// The native fast path and minijinja agree on every supported expression.
+    #[test]
+    fn native_fast_path_agrees_with_minijinja() {
+        let exprs = [
+            "a or none",
+            "a or b",
+            "a and b",
+            "not a",
+            "true if a else none",
+            "a | lower if a else none",
+            "b | string",
+            "a == 'X'",
+            "a != b",
+            "a is none",
+            "b is not none",
+            "(a or b) and not c",
+            "resolve('user', external_id=a, email=b)",
+            "try_resolve('user', external_id=a) is not none",
+            "[a, b] | select | join(' ')",
+            "{'email': a, 'name': b or a} if a else none",
+            "([{'type': 'email', 'value': a}] if a else []) + ([{'type': 'id', 'value': b}] if b else []) or [{'type': 'x', 'value': c}]",
+        ];
+        let values = [
+            json!(null),
+            json!("X"),
+            json!(""),
+            json!(0),
+            json!(2),
+            json!(true),
+            json!(false),
+            json!([1]),
+        ];
+        let mut t = Templates::new();
+        let declared: Arc<[String]> = Arc::from(vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]);
+        let need = |k: &str| LookupNeed {
+            resolver: "user".into(),
+            keys: vec![("external_id".into(), k.into())],
+        };
+        let answers = HashMap::from([(need("X"), Answer::Found(json!(7))), (need("2"), Answer::NotFound)]);
+        for src in exprs {
+            let text = t.text(&format!("{{{{ {src} }}}}")).unwrap();
+            let Text::Expr { name, native } = &text else {
+                panic!("{src} is an expression")
+            };
+            assert!(native.is_some(), "{src} takes the fast path");
+            for a in &values {
+                for b in &values {
+                    let mut fields = IndexMap::new();
+                    if !a.is_null() {
+                        fields.insert("a".to_owned(), Arc::new(a.clone()));
+                    }
+                    fields.insert("b".to_owned(), Arc::new(b.clone()));
+                    let scope = || {
+                        Scope::builder()
+                            .fields(Arc::new(fields.clone()), declared.clone())
+                            .lookups(Arc::new(Lookups::new(answers.clone())))
+                            .build()
+                    };
+                    let fast = t.eval(&text, &scope()).map_err(|e| e.0);
+                    let slow = t.eval_expr(name, &scope()).map_err(|e| e.0);
+                    match (&fast, &slow) {
+                        (Ok(x), Ok(y)) => assert_eq!(x, y, "{src} with a={a} b={b}"),
+                        (Err(x), Err(y)) => assert!(x.contains("lookup") == y.contains("lookup"), "{src}: {x} / {y}"),
+                        _ => panic!("{src} with a={a} b={b}: fast {fast:?} vs minijinja {slow:?}"),
+                    }
+                }
+            }
+        }
     }
 
     #[test]
