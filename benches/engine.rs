@@ -83,8 +83,8 @@ fn engine(c: &mut Criterion) {
             let mut bytes = 0;
             for e in &events {
                 if let Ok(event) = Event::from_slice(e) {
-                    let preview = config.preview(&event);
-                    bytes += serde_json::to_vec(&preview.requests)
+                    let rendered = config.render_offline(&event);
+                    bytes += serde_json::to_vec(&rendered.requests)
                         .map(|x| x.len())
                         .unwrap_or(0);
                 }

@@ -223,7 +223,9 @@ impl Config {
         };
         let erred: Vec<&str> = out.errors.iter().map(|e| e.action.as_str()).collect();
         for (i, action) in self.actions.iter().enumerate() {
-            if offline.plan.actions.iter().any(|p| p.action == i) || erred.contains(&action.name.as_str()) {
+            if offline.plan.actions.iter().any(|p| p.action == i)
+                || erred.contains(&action.name.as_str())
+            {
                 out.matched.push(action.name.clone());
             }
         }
@@ -239,11 +241,12 @@ impl Config {
                     request,
                 });
             }
-            out.lookups.extend(lookups.into_iter().map(|n| PreviewLookup {
-                action: name.clone(),
-                resolver: n.resolver,
-                keys: n.keys.into_iter().collect(),
-            }));
+            out.lookups
+                .extend(lookups.into_iter().map(|n| PreviewLookup {
+                    action: name.clone(),
+                    resolver: n.resolver,
+                    keys: n.keys.into_iter().collect(),
+                }));
         }
         out
     }
@@ -273,11 +276,12 @@ impl Config {
                 match self.render_step(&plan, planned, step, outputs.clone(), lookups.clone()) {
                     Ok(Rendered::Skipped) => {}
                     Ok(Rendered::Requests(reqs)) => {
-                        out.requests.extend(reqs.into_iter().map(|request| OfflineRequest {
-                            action: planned.action,
-                            step: index,
-                            request,
-                        }));
+                        out.requests
+                            .extend(reqs.into_iter().map(|request| OfflineRequest {
+                                action: planned.action,
+                                step: index,
+                                request,
+                            }));
                     }
                     Err(e) => {
                         out.errors.push(PlanError {

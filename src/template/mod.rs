@@ -737,7 +737,6 @@ impl Lookups {
             Err(message) => Err(Error::new(ErrorKind::InvalidOperation, message)),
         }
     }
-
 }
 
 impl Object for Lookups {}
@@ -941,6 +940,10 @@ mod tests {
             "[a, b] | select | join(' ')",
             "{'email': a, 'name': b or a} if a else none",
             "([{'type': 'email', 'value': a}] if a else []) + ([{'type': 'id', 'value': b}] if b else []) or [{'type': 'x', 'value': c}]",
+            "{'planName': 1, 'Tier': 2, 'X': 3} | keys_as(['Tier'])",
+            "{'planName': 1, 'X': 2} | keys_as(a)",
+            "{'planName': 1, 'X': 2} | keys_as(['Tier']) | without(['plan_name'])",
+            "{'planName': 1, 'X': 2} | without(a)",
         ];
         let values = [
             json!(null),
@@ -953,12 +956,16 @@ mod tests {
             json!([1]),
         ];
         let mut t = Templates::new();
-        let declared: Arc<[String]> = Arc::from(vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]);
+        let declared: Arc<[String]> =
+            Arc::from(vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]);
         let need = |k: &str| LookupNeed {
             resolver: "user".into(),
             keys: vec![("external_id".into(), k.into())],
         };
-        let answers = HashMap::from([(need("X"), Answer::Found(json!(7))), (need("2"), Answer::NotFound)]);
+        let answers = HashMap::from([
+            (need("X"), Answer::Found(json!(7))),
+            (need("2"), Answer::NotFound),
+        ]);
         for src in exprs {
             let text = t.text(&format!("{{{{ {src} }}}}")).unwrap();
             let Text::Expr { name, native } = &text else {
@@ -982,7 +989,10 @@ mod tests {
                     let slow = t.eval_expr(name, &scope()).map_err(|e| e.0);
                     match (&fast, &slow) {
                         (Ok(x), Ok(y)) => assert_eq!(x, y, "{src} with a={a} b={b}"),
-                        (Err(x), Err(y)) => assert!(x.contains("lookup") == y.contains("lookup"), "{src}: {x} / {y}"),
+                        (Err(x), Err(y)) => assert!(
+                            x.contains("lookup") == y.contains("lookup"),
+                            "{src}: {x} / {y}"
+                        ),
                         _ => panic!("{src} with a={a} b={b}: fast {fast:?} vs minijinja {slow:?}"),
                     }
                 }

@@ -27,6 +27,7 @@ pub enum Native {
     Eq(Box<Native>, Box<Native>, bool),
     IsNone(Box<Native>, bool),
     Filter(Box<Native>, Filter),
+    Filter2(Box<Native>, Filter2, Box<Native>),
     List(Vec<Native>),
     Dict(Vec<(String, Native)>),
     Concat(Box<Native>, Box<Native>),
@@ -47,6 +48,15 @@ pub enum Filter {
     Select,
     /// `join(sep)`: the elements of a list of strings, joined.
     Join(&'static str),
+}
+
+/// Filters that take an expression argument.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Filter2 {
+    /// `keys_as(existing)`: keys in `existing` stay, the others become snake_case.
+    KeysAs,
+    /// `without(other)`: the elements (or keys) not in `other`.
+    Without,
 }
 
 /// The fast path cannot decide: evaluate with minijinja.
@@ -84,7 +94,11 @@ impl Native {
                 if !truthy(&x) { x } else { ok!(b.eval(scope)?) }
             }
             Native::Not(a) => Some(Value::Bool(!truthy(&ok!(a.eval(scope)?)))),
-            Native::If { then, cond, otherwise } => {
+            Native::If {
+                then,
+                cond,
+                otherwise,
+            } => {
                 if truthy(&ok!(cond.eval(scope)?)) {
                     ok!(then.eval(scope)?)
                 } else {
@@ -106,16 +120,23 @@ impl Native {
                 };
                 Some(Value::Bool(eq != *negate))
             }
-            Native::IsNone(a, negate) => Some(Value::Bool(ok!(a.eval(scope)?).is_none() != *negate)),
+            Native::IsNone(a, negate) => {
+                Some(Value::Bool(ok!(a.eval(scope)?).is_none() != *negate))
+            }
             Native::Filter(a, f) => match (ok!(a.eval(scope)?), f) {
                 (Some(Value::String(s)), Filter::Lower) => Some(Value::String(s.to_lowercase())),
                 (Some(Value::String(s)), Filter::Upper) => Some(Value::String(s.to_uppercase())),
                 (Some(Value::String(s)), Filter::Trim) => Some(Value::String(s.trim().to_owned())),
                 (Some(Value::String(s)), Filter::String) => Some(Value::String(s)),
-                (Some(Value::Number(n)), Filter::String) if n.is_i64() || n.is_u64() => Some(Value::String(n.to_string())),
-                (Some(Value::Array(items)), Filter::Select) => {
-                    Some(Value::Array(items.into_iter().filter(|v| truthy(&Some(v.clone()))).collect()))
+                (Some(Value::Number(n)), Filter::String) if n.is_i64() || n.is_u64() => {
+                    Some(Value::String(n.to_string()))
                 }
+                (Some(Value::Array(items)), Filter::Select) => Some(Value::Array(
+                    items
+                        .into_iter()
+                        .filter(|v| truthy(&Some(v.clone())))
+                        .collect(),
+                )),
                 (Some(Value::Array(items)), Filter::Join(sep)) => {
                     let mut parts = Vec::with_capacity(items.len());
                     for v in items {
@@ -128,6 +149,51 @@ impl Native {
                 }
                 _ => return Err(Fallback),
             },
+            Native::Filter2(a, f, arg) => {
+                let (x, y) = (ok!(a.eval(scope)?), ok!(arg.eval(scope)?));
+                // minijinja iterates a string by its characters: the same here.
+                let others: Vec<Value> = match y {
+                    Some(Value::Array(items)) => items,
+                    Some(Value::String(s)) => {
+                        s.chars().map(|c| Value::String(c.to_string())).collect()
+                    }
+                    _ => return Err(Fallback),
+                };
+                match (f, x) {
+                    (Filter2::KeysAs, Some(Value::Object(map))) => {
+                        let existing: Vec<&str> = others.iter().filter_map(Value::as_str).collect();
+                        let mut out = serde_json::Map::new();
+                        for (k, v) in map {
+                            let key = if existing.contains(&k.as_str()) {
+                                k
+                            } else {
+                                super::snake_case(&k)
+                            };
+                            out.insert(key, v);
+                        }
+                        Some(Value::Object(out))
+                    }
+                    (Filter2::Without, Some(Value::Object(map))) => Some(Value::Array(
+                        map.keys()
+                            .filter(|k| !others.iter().any(|o| o.as_str() == Some(k)))
+                            .map(|k| Value::String(k.clone()))
+                            .collect(),
+                    )),
+                    (Filter2::Without, Some(Value::Array(items))) => {
+                        if items
+                            .iter()
+                            .chain(&others)
+                            .any(|v| !matches!(v, Value::String(_)))
+                        {
+                            return Err(Fallback);
+                        }
+                        Some(Value::Array(
+                            items.into_iter().filter(|i| !others.contains(i)).collect(),
+                        ))
+                    }
+                    _ => return Err(Fallback),
+                }
+            }
             Native::List(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for i in items {
@@ -149,7 +215,11 @@ impl Native {
                 }
                 _ => return Err(Fallback),
             },
-            Native::Resolve { resolver, keys, required } => {
+            Native::Resolve {
+                resolver,
+                keys,
+                required,
+            } => {
                 let Some(lookups) = scope.lookups() else {
                     return Err(Fallback);
                 };
@@ -159,12 +229,16 @@ impl Native {
                         None => {}
                         Some(Value::String(s)) if s.is_empty() => {}
                         Some(Value::String(s)) => given.push((by.clone(), s)),
-                        Some(v @ (Value::Number(_) | Value::Bool(_))) => given.push((by.clone(), v.to_string())),
+                        Some(v @ (Value::Number(_) | Value::Bool(_))) => {
+                            given.push((by.clone(), v.to_string()))
+                        }
                         Some(_) => return Err(Fallback),
                     }
                 }
                 if given.is_empty() {
-                    return Ok(Err(format!("resolve('{resolver}', ...) has no key with a value")));
+                    return Ok(Err(format!(
+                        "resolve('{resolver}', ...) has no key with a value"
+                    )));
                 }
                 let need = LookupNeed {
                     resolver: resolver.clone(),
@@ -198,7 +272,10 @@ impl Lookups {
             Some(Answer::NotFound) if !required => Ok(None),
             Some(Answer::NotFound) => Err(format!("lookup found nothing: {need}")),
             None => {
-                let mut asked = self.asked.lock().map_err(|_| "lookup state poisoned".to_owned())?;
+                let mut asked = self
+                    .asked
+                    .lock()
+                    .map_err(|_| "lookup state poisoned".to_owned())?;
                 let index = match asked.iter().position(|n| *n == need) {
                     Some(i) => i,
                     None => {
@@ -280,7 +357,10 @@ fn lex(src: &str) -> Option<Vec<Tok>> {
 
 /// Compiles an expression of the supported subset; `None` for anything else.
 pub fn compile(src: &str) -> Option<Native> {
-    let mut p = P { toks: lex(src)?, pos: 0 };
+    let mut p = P {
+        toks: lex(src)?,
+        pos: 0,
+    };
     let e = p.ternary()?;
     (p.pos == p.toks.len()).then_some(e)
 }
@@ -316,7 +396,11 @@ impl P {
             return Some(then);
         }
         let cond = self.or()?;
-        let otherwise = if self.word("else") { Some(Box::new(self.ternary()?)) } else { None };
+        let otherwise = if self.word("else") {
+            Some(Box::new(self.ternary()?))
+        } else {
+            None
+        };
         Some(Native::If {
             then: Box::new(then),
             cond: Box::new(cond),
@@ -377,6 +461,23 @@ impl P {
                 Some(Tok::Name(n)) if n == "trim" => Filter::Trim,
                 Some(Tok::Name(n)) if n == "string" => Filter::String,
                 Some(Tok::Name(n)) if n == "select" => Filter::Select,
+                Some(Tok::Name(n)) if n == "keys_as" || n == "without" => {
+                    let f = if n == "keys_as" {
+                        Filter2::KeysAs
+                    } else {
+                        Filter2::Without
+                    };
+                    self.pos += 1;
+                    if !self.sym("(") {
+                        return None;
+                    }
+                    let arg = self.ternary()?;
+                    if !self.sym(")") {
+                        return None;
+                    }
+                    e = Native::Filter2(Box::new(e), f, Box::new(arg));
+                    continue;
+                }
                 Some(Tok::Name(n)) if n == "join" => {
                     self.pos += 1;
                     if !self.sym("(") {
@@ -491,7 +592,11 @@ impl P {
             }
             keys.push((by, self.ternary()?));
         }
-        self.sym(")").then_some(Native::Resolve { resolver, keys, required })
+        self.sym(")").then_some(Native::Resolve {
+            resolver,
+            keys,
+            required,
+        })
     }
 }
 
@@ -513,10 +618,20 @@ mod tests {
         ] {
             assert!(compile(ok).is_some(), "{ok}");
         }
-        for more in ["[a, b] | select | join(' ')", "{'a': 1, 'b': c}", "([{'t': 'e'}] if a else []) + []"] {
+        for more in [
+            "[a, b] | select | join(' ')",
+            "{'a': 1, 'b': c}",
+            "([{'t': 'e'}] if a else []) + []",
+        ] {
             assert!(compile(more).is_some(), "{more}");
         }
-        for no in ["x | default('y')", "x ~ 'y'", "range(3)", "a[0]", "[a] | join('-')"] {
+        for no in [
+            "x | default('y')",
+            "x ~ 'y'",
+            "range(3)",
+            "a[0]",
+            "[a] | join('-')",
+        ] {
             assert!(compile(no).is_none(), "{no}");
         }
     }
