@@ -6,12 +6,20 @@ use std::path::Path;
 fn every_shipped_case_passes() {
     let files = zdmap::cases::find(Path::new("mappings"), &[]).expect("case files");
     assert!(files.len() >= 7, "{files:?}");
-    let report = zdmap::cases::run(Path::new("mappings"), &[], &files).unwrap_or_else(|d| panic!("{d}"));
+    let report =
+        zdmap::cases::run(Path::new("mappings"), &[], &files).unwrap_or_else(|d| panic!("{d}"));
     let failures: Vec<String> = report
         .results
         .iter()
         .filter(|r| !r.failures.is_empty())
-        .map(|r| format!("{} ({}):\n  {}", r.name, r.file.display(), r.failures.join("\n  ")))
+        .map(|r| {
+            format!(
+                "{} ({}):\n  {}",
+                r.name,
+                r.file.display(),
+                r.failures.join("\n  ")
+            )
+        })
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(report.passed() >= 35, "{} cases", report.passed());
@@ -40,21 +48,37 @@ fn a_wrong_expectation_fails_with_the_difference() {
 "#,
     )
     .expect("write");
-    let report = zdmap::cases::run(Path::new("mappings"), &[], std::slice::from_ref(&file)).expect("runs");
+    let report =
+        zdmap::cases::run(Path::new("mappings"), &[], std::slice::from_ref(&file)).expect("runs");
     assert_eq!(report.failed(), 3);
     let body = &report.results[0].failures;
-    assert!(body.iter().any(|f| f.contains("body") && f.contains("\"Wrong\"") && f.contains("\"Right\"")), "{body:?}");
+    assert!(
+        body.iter()
+            .any(|f| f.contains("body") && f.contains("\"Wrong\"") && f.contains("\"Right\"")),
+        "{body:?}"
+    );
     assert!(report.results[1].failures[0].contains("this error never happens"));
     assert!(report.results[2].failures[0].contains("actions"));
 }
 
 #[test]
 fn zdmap_test_reports_like_a_test_runner() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zdmap")).arg("test").output().expect("run zdmap test");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zdmap"))
+        .arg("test")
+        .output()
+        .expect("run zdmap test");
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     let last = text.lines().last().unwrap_or_default();
-    let passed: usize = last.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let passed: usize = last
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     assert!(passed >= 35 && last.ends_with("passed, 0 failed"), "{last}");
-    assert!(text.contains("test upsert_user.yaml::identify with first_name and last_name joined ... ok"));
+    assert!(
+        text.contains(
+            "test upsert_user.yaml::identify with first_name and last_name joined ... ok"
+        )
+    );
 }

@@ -212,7 +212,10 @@ pub(crate) fn create_ticket(s: &mut Store, obj: &Map<String, Value>) -> ApiResul
     };
     let requester_id = resolve_requester(s, obj)?;
     let organization_id = opt_id(obj, "organization_id").or_else(|| s.default_org_of(requester_id));
-    let id = s.ids.next(Kind::Ticket);
+    let id = opt_id(obj, "id")
+        .filter(|i| !s.tickets.contains_key(i))
+        .unwrap_or_else(|| s.ids.next(Kind::Ticket));
+    s.ids.observe(Kind::Ticket, id);
     let now = s.now();
     let comment = Comment {
         id: s.ids.next(Kind::Comment),
