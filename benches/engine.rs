@@ -26,14 +26,14 @@ pub fn mixed_events(n: usize) -> Vec<Vec<u8>> {
         .map(|i| {
             let user = format!("u-{}", i % 5000);
             let v = match i % 10 {
-                0 | 1 | 2 => serde_json::json!({
+                0..=2 => serde_json::json!({
                     "type": "identify", "userId": user, "messageId": format!("m-{i}"),
                     "timestamp": "2026-11-24T10:00:00Z", "context": context(i),
                     "traits": {"email": format!("user{i}@example.com"), "first_name": "Ada", "last_name": format!("L{i}"),
                                "plan": "pro", "accountTier": "gold", "phone": "+44 20 7946 0000",
                                "company": if i % 3 == 0 { serde_json::json!({"id": format!("org-{}", i % 300)}) } else { serde_json::Value::Null }}
                 }),
-                3 | 4 | 5 => serde_json::json!({
+                3..=5 => serde_json::json!({
                     "type": "track", "event": "Order Completed", "userId": user, "messageId": format!("m-{i}"),
                     "timestamp": "2026-11-24T10:05:00Z", "context": context(i),
                     "properties": {"order_id": format!("o-{i}"), "total": 42.5, "currency": "EUR", "items": [{"sku": "a", "qty": 1}]}

@@ -231,7 +231,7 @@ impl Executor {
             };
             match &disposition {
                 Disposition::Done { response, .. } => match self.outcome(step, response) {
-                    OutcomeKind::Ok => return Ok(StepResult::Ok(response.clone())),
+                    OutcomeKind::Ok => return Ok(StepResult::Ok(Box::new(response.clone()))),
                     OutcomeKind::Skip => return Ok(StepResult::Skip),
                     OutcomeKind::Fail => {
                         return Err(ActionError::Failed {
@@ -410,7 +410,7 @@ impl Executor {
 }
 
 enum StepResult {
-    Ok(Response),
+    Ok(Box<Response>),
     Skip,
 }
 
