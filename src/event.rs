@@ -107,14 +107,16 @@ impl Event {
 
     /// The key that orders delivery: events with the same key are delivered in order.
     ///
-    /// `group` calls are keyed by `groupId`; every other call by `userId`, else `anonymousId`.
+    /// Calls are keyed by `userId`, else `anonymousId`; a `group` call without a `userId` by its
+    /// `groupId`. (A group call with a `userId` adds that user to the organization, so it is
+    /// ordered after the user's own events rather than beside them.)
     pub fn partition_key(&self) -> Option<String> {
         let non_empty = |k: &str| match self.value.get(k) {
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
             _ => None,
         };
-        if self.kind() == "group" {
+        if self.kind() == "group" && non_empty("userId").is_none() {
             if let Some(g) = non_empty("groupId") {
                 return Some(format!("group:{g}"));
             }
@@ -434,6 +436,8 @@ mod tests {
     #[test]
     fn partition_keys() {
         let e = Event::from_value(json!({"type": "group", "groupId": "g", "userId": "u"})).unwrap();
+        assert_eq!(e.partition_key().as_deref(), Some("user:u"));
+        let e = Event::from_value(json!({"type": "group", "groupId": "g"})).unwrap();
         assert_eq!(e.partition_key().as_deref(), Some("group:g"));
         let e = Event::from_value(json!({"type": "track", "anonymousId": "a"})).unwrap();
         assert_eq!(e.partition_key().as_deref(), Some("anon:a"));
