@@ -245,9 +245,15 @@ impl Limits {
             return Err((budget, ApiError::account_rate_limited(reset_secs)));
         }
         self.used = self.used.saturating_add(1);
+        // Without a budget the emulator has no limit to run out of: it reports the nominal
+        // plan figure as fully available, so clients that pace by these headers never slow down.
+        let remaining = match self.knobs.rpm {
+            Some(_) => limit.saturating_sub(self.used),
+            None => limit,
+        };
         Ok(Budget {
             limit,
-            remaining: limit.saturating_sub(self.used),
+            remaining,
             reset_secs,
         })
     }
