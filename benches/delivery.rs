@@ -43,13 +43,23 @@ async fn deliver(events: &[u8]) -> Outcome {
     let dir = tempfile::tempdir().expect("temp");
     let writer =
         Arc::new(DeadLetterWriter::open(dir.path().join("dead.ndjson")).expect("dead letters"));
+    let options = RunOptions { concurrency: 8 };
+    run(
+        dest.executor.clone(),
+        Cursor::new(ndjson(mix::organizations())),
+        writer.clone(),
+        Arc::new(zdmap::deliver::Stats::new()),
+        options.clone(),
+    )
+    .await
+    .expect("organizations");
     let start = Instant::now();
     let report = run(
         dest.executor.clone(),
         Cursor::new(events.to_vec()),
         writer,
         dest.stats.clone(),
-        RunOptions { concurrency: 8 },
+        options,
     )
     .await
     .expect("run");
