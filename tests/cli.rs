@@ -139,3 +139,53 @@ fn match_reports_the_column_of_a_parse_error() {
     assert!(err.contains("column"), "{err}");
     assert!(err.contains('^'), "{err}");
 }
+
+#[test]
+fn the_emulator_command_serves_until_stopped_and_prints_no_secret() {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zdmap"))
+        .args([
+            "emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-token",
+            "s3cr3t-token-value",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn zdmap emulator");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let first = lines.next().expect("a line").expect("utf-8");
+    let url = first.rsplit(' ').next().expect("url").to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{first}");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (status, body) = rt.block_on(async {
+        let r = reqwest::get(format!("{url}/__emulator/state"))
+            .await
+            .expect("GET state");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    });
+    assert_eq!(status, 200);
+    assert!(body.contains("\"users\""), "{body}");
+    let denied = rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{url}/api/v2/users"))
+            .basic_auth("a@example.com/token", Some("wrong"))
+            .send()
+            .await
+            .expect("GET users")
+            .status()
+            .as_u16()
+    });
+    assert_eq!(denied, 401, "only the configured token is accepted");
+    child.kill().expect("stop");
+    let out = child.wait_with_output().expect("wait");
+    let all = format!(
+        "{first}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("s3cr3t-token-value"), "{all}");
+}
