@@ -4,8 +4,10 @@
 //! Commands that only read mappings (validate, preview, match, test, schema) are in
 //! [`inspect`].
 
+pub mod dead_letters;
 pub mod inspect;
 pub mod send;
+pub mod serve;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -41,6 +43,11 @@ pub enum Command {
     /// Run the built-in Zendesk emulator: a stateful local Zendesk Support API for tests and
     /// for developing mappings (inspect it at /__emulator/state).
     Emulator(crate::emulator::EmulatorArgs),
+    /// Run the ingest server: a Segment-compatible HTTP API whose events are stored durably
+    /// (SQLite) and delivered to Zendesk; /healthz, /readyz, /metrics; SIGHUP reloads.
+    Serve(serve::ServeArgs),
+    /// List, show, replay or purge the dead letters of a `zdmap serve` data directory.
+    DeadLetters(dead_letters::DeadLettersArgs),
 }
 
 /// Parses the arguments and runs the command.
@@ -54,6 +61,8 @@ pub fn main() -> ExitCode {
         Command::Schema(a) => inspect::schema(&a),
         Command::Send(a) => send::send(&a),
         Command::Emulator(a) => crate::emulator::run_cli(a),
+        Command::Serve(a) => serve::serve(&a),
+        Command::DeadLetters(a) => dead_letters::dead_letters(&a),
     }
 }
 

@@ -83,6 +83,17 @@ impl Executor {
         self
     }
 
+    /// The same destination (client, budget, stats, pauses) running another config, with an
+    /// empty cache (the new config's resolvers may differ). Used when the mappings are reloaded.
+    pub fn with_config(&self, config: Arc<Config>) -> Executor {
+        Executor {
+            config,
+            transport: self.transport.clone(),
+            cache: Arc::new(LookupCache::new()),
+            not_found_pauses: self.not_found_pauses.clone(),
+        }
+    }
+
     pub fn config(&self) -> &Arc<Config> {
         &self.config
     }

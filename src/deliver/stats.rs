@@ -28,6 +28,8 @@ pub struct Stats {
     rate_limited: AtomicU64,
     /// `METHOD endpoint` → status (`"200"`, `"timeout"`, ...) → count.
     requests: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
+    /// How long Zendesk took to answer, per response.
+    latency: Histogram,
 }
 
 /// A point-in-time copy of [`Stats`], the shape of `--json` output.
@@ -67,6 +69,7 @@ impl Stats {
             retries: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             requests: Mutex::new(BTreeMap::new()),
+            latency: Histogram::new(),
         }
     }
 
@@ -102,6 +105,7 @@ impl Stats {
     ) {
         let status = match outcome {
             Ok(r) => {
+                self.latency.observe(r.elapsed);
                 if r.status == 429 {
                     self.rate_limited.fetch_add(1, Ordering::Relaxed);
                 }
@@ -119,6 +123,11 @@ impl Stats {
 
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// How long Zendesk took to answer.
+    pub fn latency(&self) -> &Histogram {
+        &self.latency
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -182,6 +191,58 @@ impl StatsSnapshot {
             self.elapsed_seconds, self.events_per_second
         );
         out
+    }
+}
+
+/// A latency histogram with fixed buckets (seconds), lock-free, in Prometheus' shape.
+#[derive(Debug)]
+pub struct Histogram {
+    /// Count per bucket of [`Histogram::BOUNDS`], plus one for `+Inf`.
+    buckets: [AtomicU64; Histogram::BOUNDS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Histogram {
+    /// Upper bounds of the buckets, in seconds.
+    pub const BOUNDS: [f64; 14] = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+
+    pub fn new() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = Self::BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(Self::BOUNDS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per upper bound (the last is `+Inf`, i.e. the total), and the sum in
+    /// seconds.
+    pub fn cumulative(&self) -> (Vec<(f64, u64)>, f64) {
+        let mut total = 0;
+        let mut out = Vec::with_capacity(self.buckets.len());
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            total += bucket.load(Ordering::Relaxed);
+            out.push((Self::BOUNDS.get(i).copied().unwrap_or(f64::INFINITY), total));
+        }
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (out, sum)
     }
 }
 

@@ -1,0 +1,210 @@
+//! `zdmap serve`: arguments, logs and signals around [`crate::serve::Server`].
+//!
+//! SIGHUP reloads the mappings; SIGTERM and Ctrl-C shut down gracefully.
+
+use crate::config::ConfigArgs;
+use crate::deliver::TargetArgs;
+use crate::deliver::setup::connect;
+use crate::serve::ingest::WriteKeys;
+use crate::serve::{ServeOptions, Server, WorkerOptions};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Address of the ingest API (Segment's HTTP tracking API: /v1/identify, /v1/track,
+    /// /v1/group, /v1/batch, /v1/import), plus /healthz, /readyz and /metrics.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8088")]
+    pub listen: SocketAddr,
+    /// Where the durable queue and the dead letters are kept (created if needed).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "zdmap-data",
+        env = "ZDMAP_DATA_DIR"
+    )]
+    pub data_dir: PathBuf,
+    /// A write key senders must give as the HTTP Basic user (repeatable; also
+    /// ZDMAP_WRITE_KEYS, comma-separated). Required unless listening on loopback only.
+    #[arg(long = "write-key", value_name = "KEY")]
+    pub write_keys: Vec<String>,
+    /// How many users are delivered in parallel (one user's events always go in order).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub concurrency: usize,
+    /// How long an event Zendesk cannot take yet (down, refusing credentials) keeps being tried
+    /// before it is dead-lettered, e.g. `90s`, `30m`, `24h`.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub retry_for: Duration,
+    /// How long shutdown waits for events being sent; the rest stay queued for the next start.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Do not reload when a file of the mappings directory changes (SIGHUP still reloads).
+    #[arg(long)]
+    pub no_watch: bool,
+    /// Log format on standard error. The level comes from ZDMAP_LOG (default `info`).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Include whole events in the logs of dead letters (off by default: events hold personal
+    /// data).
+    #[arg(long)]
+    pub log_events: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `90s`, `30m`, `24h`, `2d`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 24h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => return Ok(Duration::from_millis(n)),
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ZDMAP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs until SIGTERM or Ctrl-C. Exit 0 after a graceful shutdown, 1 when it cannot start.
+pub fn serve(args: &ServeArgs) -> ExitCode {
+    init_logs(args.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(serve_async(args))
+}
+
+async fn serve_async(args: &ServeArgs) -> ExitCode {
+    let config = match args.config.load() {
+        Ok(c) => Arc::new(c),
+        Err(diags) => {
+            eprintln!("{diags}\nthe mappings are not valid; run `zdmap validate` for details");
+            return ExitCode::from(1);
+        }
+    };
+    let destination = match connect(config, &args.target, Default::default()).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let options = ServeOptions {
+        listen: args.listen,
+        data_dir: args.data_dir.clone(),
+        write_keys: WriteKeys::from_args_and_env(
+            &args.write_keys,
+            std::env::var("ZDMAP_WRITE_KEYS").ok().as_deref(),
+        ),
+        workers: WorkerOptions {
+            concurrency: args.concurrency,
+            retry_for: args.retry_for,
+            ..WorkerOptions::default()
+        },
+        config: args.config.clone(),
+        watch: !args.no_watch,
+        log_events: args.log_events,
+        shutdown_timeout: args.shutdown_timeout,
+    };
+    let server = match Server::start(options, destination).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("zdmap serve listening on {}", server.url());
+    if let Some(emulator) = server.emulator() {
+        println!(
+            "  delivering to the built-in emulator at {}",
+            emulator.url()
+        );
+    }
+    wait_for_signals(&server).await;
+    server.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// Reloads on SIGHUP; returns on SIGTERM or Ctrl-C.
+async fn wait_for_signals(server: &Server) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut hup), Ok(mut term)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the mappings");
+                    let shared = server.shared().clone();
+                    let _ = tokio::task::spawn_blocking(move || shared.reload()).await;
+                }
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+}

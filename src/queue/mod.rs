@@ -1,0 +1,81 @@
+//! The durable queue behind `zdmap serve`: accepted events wait here until Zendesk has them.
+//!
+//! [`Queue`] is what the server needs from a queue; [`SqliteQueue`] is the embedded backend
+//! (SQLite in WAL mode in the data directory). An event is stored before the ingest API answers
+//! 200 and removed only once delivered, or moved to the dead letters in the same transaction,
+//! so nothing accepted is lost. Items come back in the order they were accepted; the server
+//! keeps each user's events in that order.
+//!
+//! The dead letters of the data directory ([`DeadLetterStore`]) live in the same database so
+//! that "failed" is one atomic step; `zdmap dead-letters` reads and replays them.
+
+pub mod sqlite;
+
+use crate::deliver::DeadLetter;
+use serde_json::Value;
+use std::future::Future;
+
+pub use sqlite::{DeadLetterStore, SqliteQueue, StoredDeadLetter};
+
+/// An event to store.
+#[derive(Clone, Debug)]
+pub struct NewItem {
+    /// The event, as it will be delivered.
+    pub event: Value,
+    /// Its ordering key (the user); `None` when it has none (ordered with nothing).
+    pub partition: Option<String>,
+    /// Deliver only this action (a replayed dead letter).
+    pub only: Option<String>,
+}
+
+/// A stored event waiting for delivery.
+#[derive(Clone, Debug)]
+pub struct Item {
+    /// Increasing in acceptance order, never reused.
+    pub id: u64,
+    pub event: Value,
+    pub partition: Option<String>,
+    pub only: Option<String>,
+    /// When it was accepted (milliseconds since the Unix epoch).
+    pub accepted_at_ms: u64,
+}
+
+/// A queue failure: the database could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("queue: {0}")]
+pub struct QueueError(pub String);
+
+impl From<rusqlite::Error> for QueueError {
+    fn from(e: rusqlite::Error) -> Self {
+        QueueError(e.to_string())
+    }
+}
+
+/// What the server needs from a durable queue. Another backend (a broker shared by several
+/// instances) implements the same operations.
+pub trait Queue: Send + Sync + 'static {
+    /// Stores `items` durably, in order; resolves once they would survive a crash.
+    fn push(&self, items: Vec<NewItem>) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Up to `limit` items with an id above `after`, oldest first.
+    fn fetch(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Item>, QueueError>> + Send;
+
+    /// The item is settled: removes it and stores its dead letters (none when delivered), in one
+    /// step, so a failed event is never both gone and not dead-lettered.
+    fn finish(
+        &self,
+        id: u64,
+        letters: Vec<DeadLetter>,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// How many items wait (delivered ones excluded).
+    fn depth(&self) -> impl Future<Output = Result<u64, QueueError>> + Send;
+
+    /// Resolves when items may have been added since the last call, or after `max_wait` (other
+    /// processes, such as `zdmap dead-letters replay`, add items too).
+    fn changed(&self, max_wait: std::time::Duration) -> impl Future<Output = ()> + Send;
+}

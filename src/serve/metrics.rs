@@ -1,0 +1,282 @@
+//! What the server counts and how it tells: `/metrics` in Prometheus' text format, and the
+//! readiness that `/readyz` reports.
+//!
+//! Zendesk requests (by endpoint and status, 429s, retries, latency) are counted by the
+//! delivery [`Stats`]; the server adds its own counters: events accepted, delivered, skipped,
+//! dead-lettered, ingest requests refused, config reloads, and two latency histograms (the ingest
+//! request, and accept → delivered).
+
+use crate::deliver::Stats;
+use crate::deliver::stats::Histogram;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The server's own counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub accepted: AtomicU64,
+    pub delivered: AtomicU64,
+    pub skipped: AtomicU64,
+    /// Events that went to the dead letters (one event may leave several letters).
+    pub dead_lettered: AtomicU64,
+    /// Delivery attempts of an event that will be tried again later (Zendesk down, 429s).
+    pub deferred: AtomicU64,
+    pub rejected_bad_request: AtomicU64,
+    pub rejected_unauthorized: AtomicU64,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    /// Time to answer an ingest request (including the durable write).
+    pub ingest_latency: Histogram,
+    /// Time from accepting an event to Zendesk having it.
+    pub delivery_latency: Histogram,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Why the server is not ready, if it is not. Each reason is set and cleared on its own.
+#[derive(Debug, Default)]
+pub struct Health {
+    inner: Mutex<HealthState>,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct HealthState {
+    /// Zendesk refuses the credentials (401/403): delivery waits.
+    pub zendesk_auth: Option<String>,
+    /// The mappings on disk do not load (the last good config keeps running).
+    pub config: Option<String>,
+    /// The queue could not be read or written.
+    pub queue: Option<String>,
+}
+
+impl HealthState {
+    pub fn ready(&self) -> bool {
+        self.zendesk_auth.is_none() && self.config.is_none() && self.queue.is_none()
+    }
+}
+
+impl Health {
+    pub fn state(&self) -> HealthState {
+        self.lock().clone()
+    }
+
+    pub fn set_zendesk_auth(&self, problem: Option<String>) {
+        self.lock().zendesk_auth = problem;
+    }
+
+    pub fn set_config(&self, problem: Option<String>) {
+        self.lock().config = problem;
+    }
+
+    pub fn set_queue(&self, problem: Option<String>) {
+        self.lock().queue = problem;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Renders everything in Prometheus' text exposition format (version 0.0.4).
+pub fn render(metrics: &Metrics, stats: &Stats, queue_depth: Option<u64>, ready: bool) -> String {
+    let mut out = String::with_capacity(4096);
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let counters = [
+        (
+            "zdmap_events_accepted_total",
+            "Events accepted by the ingest API and stored.",
+            get(&metrics.accepted),
+        ),
+        (
+            "zdmap_events_delivered_total",
+            "Events whose actions all reached Zendesk.",
+            get(&metrics.delivered),
+        ),
+        (
+            "zdmap_events_skipped_total",
+            "Events no trigger matched.",
+            get(&metrics.skipped),
+        ),
+        (
+            "zdmap_events_dead_lettered_total",
+            "Events moved to the dead letters.",
+            get(&metrics.dead_lettered),
+        ),
+        (
+            "zdmap_events_deferred_total",
+            "Delivery attempts put off to be tried again (Zendesk unavailable or refusing credentials).",
+            get(&metrics.deferred),
+        ),
+    ];
+    for (name, help, value) in counters {
+        counter(&mut out, name, help, value);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP zdmap_ingest_rejected_total Ingest requests refused, by reason.\n# TYPE zdmap_ingest_rejected_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "zdmap_ingest_rejected_total{{reason=\"bad_request\"}} {}",
+        get(&metrics.rejected_bad_request)
+    );
+    let _ = writeln!(
+        out,
+        "zdmap_ingest_rejected_total{{reason=\"unauthorized\"}} {}",
+        get(&metrics.rejected_unauthorized)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP zdmap_config_reloads_total Config reloads, by result.\n# TYPE zdmap_config_reloads_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "zdmap_config_reloads_total{{result=\"ok\"}} {}",
+        get(&metrics.reloads_ok)
+    );
+    let _ = writeln!(
+        out,
+        "zdmap_config_reloads_total{{result=\"failed\"}} {}",
+        get(&metrics.reloads_failed)
+    );
+    if let Some(depth) = queue_depth {
+        gauge(
+            &mut out,
+            "zdmap_queue_depth",
+            "Events stored and not yet delivered.",
+            depth,
+        );
+    }
+    gauge(
+        &mut out,
+        "zdmap_ready",
+        "1 when /readyz answers 200.",
+        u64::from(ready),
+    );
+
+    let snapshot = stats.snapshot();
+    let _ = writeln!(
+        out,
+        "# HELP zdmap_zendesk_requests_total Zendesk requests by endpoint and status (or transport failure).\n# TYPE zdmap_zendesk_requests_total counter"
+    );
+    for (endpoint, statuses) in &snapshot.requests {
+        for (status, n) in statuses {
+            let _ = writeln!(
+                out,
+                "zdmap_zendesk_requests_total{{endpoint=\"{}\",status=\"{}\"}} {n}",
+                escape(endpoint),
+                escape(status)
+            );
+        }
+    }
+    counter(
+        &mut out,
+        "zdmap_zendesk_rate_limited_total",
+        "Zendesk answers 429.",
+        snapshot.rate_limited,
+    );
+    counter(
+        &mut out,
+        "zdmap_zendesk_retries_total",
+        "Zendesk requests sent again.",
+        snapshot.retries,
+    );
+    histogram(
+        &mut out,
+        "zdmap_zendesk_request_duration_seconds",
+        "Time Zendesk took to answer a request.",
+        stats.latency(),
+    );
+    histogram(
+        &mut out,
+        "zdmap_ingest_request_duration_seconds",
+        "Time to answer an ingest request, durable write included.",
+        &metrics.ingest_latency,
+    );
+    histogram(
+        &mut out,
+        "zdmap_delivery_latency_seconds",
+        "Time from accepting an event to Zendesk having it.",
+        &metrics.delivery_latency,
+    );
+    out
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
+    let (buckets, sum) = h.cumulative();
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut count = 0;
+    for (bound, n) in buckets {
+        let le = if bound.is_infinite() {
+            "+Inf".to_owned()
+        } else {
+            bound.to_string()
+        };
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
+        count = n;
+    }
+    let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn renders_counters_gauges_and_cumulative_histograms() {
+        let metrics = Metrics::default();
+        Metrics::add(&metrics.accepted, 3);
+        metrics.delivery_latency.observe(Duration::from_millis(3));
+        metrics.delivery_latency.observe(Duration::from_secs(60));
+        let text = render(&metrics, &Stats::new(), Some(2), false);
+        assert!(text.contains("zdmap_events_accepted_total 3\n"), "{text}");
+        assert!(text.contains("zdmap_queue_depth 2\n"), "{text}");
+        assert!(text.contains("zdmap_ready 0\n"), "{text}");
+        assert!(
+            text.contains("zdmap_delivery_latency_seconds_bucket{le=\"0.005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zdmap_delivery_latency_seconds_bucket{le=\"30\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zdmap_delivery_latency_seconds_bucket{le=\"+Inf\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zdmap_delivery_latency_seconds_count 2\n"),
+            "{text}"
+        );
+        assert_eq!(escape("a\"b\\c"), "a\\\"b\\\\c");
+    }
+}

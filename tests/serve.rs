@@ -1,0 +1,709 @@
+//! `zdmap serve` end to end: the ingest API (good and bad input), delivery from the durable queue
+//! to the emulator, Zendesk down then back, refused credentials, reload with a good and a broken
+//! config, shutdown with work in flight, dead letters through `zdmap dead-letters`, and (through
+//! the binary) a `kill -9` and restart with nothing lost and nothing duplicated.
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zdmap::config::{Config, ConfigArgs};
+use zdmap::deliver::setup::{ConnectOptions, connect};
+use zdmap::deliver::{RetryPolicy, TargetArgs};
+use zdmap::emulator::{Emulator, EmulatorOptions, ForcedFault};
+use zdmap::serve::ingest::WriteKeys;
+use zdmap::serve::{ServeOptions, Server, WorkerOptions};
+
+const KEY: &str = "wk-test-key";
+
+fn fast_workers() -> WorkerOptions {
+    WorkerOptions {
+        concurrency: 4,
+        first_pause: Duration::from_millis(50),
+        max_pause: Duration::from_millis(200),
+        poll: Duration::from_millis(100),
+        ..WorkerOptions::default()
+    }
+}
+
+async fn start_server(emu: &Emulator, data: &Path, mappings: &Path, watch: bool) -> Server {
+    let set = vec!["requests_per_minute=0".to_owned()];
+    let config = Config::load(mappings, &set).expect("mappings load");
+    let target = TargetArgs {
+        zendesk_url: Some(emu.url()),
+        emulator: false,
+    };
+    let dest = connect(
+        Arc::new(config),
+        &target,
+        ConnectOptions {
+            retry: RetryPolicy {
+                max_attempts: 2,
+                min_delay: Duration::from_millis(10),
+                max_delay: Duration::from_millis(50),
+                ..RetryPolicy::default()
+            },
+            not_found_pauses: Some(vec![Duration::from_millis(50)]),
+            ..ConnectOptions::default()
+        },
+    )
+    .await
+    .expect("connect");
+    let options = ServeOptions {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: data.to_path_buf(),
+        write_keys: WriteKeys::from_args_and_env(&[KEY.to_owned()], None),
+        workers: fast_workers(),
+        config: ConfigArgs {
+            mappings: mappings.to_path_buf(),
+            set,
+        },
+        watch,
+        log_events: false,
+        shutdown_timeout: Duration::from_secs(10),
+    };
+    Server::start(options, dest).await.expect("server starts")
+}
+
+fn basic(key: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
+    )
+}
+
+async fn post_raw(url: &str, path: &str, body: Vec<u8>, key: Option<&str>) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(k) = key {
+        req = req.header("authorization", basic(k));
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn post(url: &str, path: &str, body: &Value) -> (u16, Value) {
+    post_raw(
+        url,
+        path,
+        serde_json::to_vec(body).expect("json"),
+        Some(KEY),
+    )
+    .await
+}
+
+async fn get_text(url: &str) -> (u16, String) {
+    let resp = reqwest::get(url).await.expect("GET");
+    (
+        resp.status().as_u16(),
+        resp.text().await.unwrap_or_default(),
+    )
+}
+
+/// Polls `check` until it holds; panics with `what` after 30 s (a deadline, not a measurement).
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+async fn metrics(server: &Server) -> String {
+    get_text(&format!("{}/metrics", server.url())).await.1
+}
+
+fn count(state: &Value, what: &str) -> usize {
+    state[what].as_array().map_or(0, Vec::len)
+}
+
+fn ticket(n: usize) -> Value {
+    json!({
+        "type": "track", "event": "Ticket Created", "userId": format!("u-{n}"),
+        "messageId": format!("ticket-msg-{n}"),
+        "context": {"traits": {"email": format!("user{n}@example.com"), "name": format!("User {n}")}},
+        "properties": {"subject": format!("Problem {n}"), "comment": "It broke.", "external_id": format!("T-{n}")}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ingest_api_stores_and_delivers_good_input_and_refuses_bad_input() {
+    let emu = Emulator::start(EmulatorOptions::default())
+        .await
+        .expect("emulator");
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = start_server(&emu, data.path(), Path::new("mappings"), false).await;
+    let url = server.url();
+
+    let ok = json!({"success": true});
+    let identify = json!({"userId": "u-1", "traits": {"email": "ada@example.com", "name": "Ada"}});
+    assert_eq!(
+        post(&url, "/v1/identify", &identify).await,
+        (200, ok.clone())
+    );
+    let group = json!({"groupId": "org-1", "traits": {"name": "Engines"}});
+    assert_eq!(post(&url, "/v1/group", &group).await, (200, ok.clone()));
+    let batch = json!({"batch": [
+        {"type": "track", "userId": "u-1", "event": "Order Completed", "properties": {"total": 3}},
+        {"action": "identify", "userId": "u-2", "traits": {"email": "grace@example.com", "name": "Grace"}}
+    ]});
+    assert_eq!(post(&url, "/v1/batch", &batch).await, (200, ok.clone()));
+    let import = json!({"batch": [ticket(1)]});
+    assert_eq!(post(&url, "/v1/import", &import).await, (200, ok.clone()));
+    let track = json!({"userId": "u-2", "event": "Signed In", "writeKey": KEY});
+    let (status, _) = post_raw(
+        &url,
+        "/v1/track",
+        serde_json::to_vec(&track).expect("json"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "the write key may come in the body");
+
+    wait_until("all six events delivered", || {
+        let s = emu.state();
+        count(&s, "users") >= 3
+            && count(&s, "organizations") == 1
+            && count(&s, "tickets") == 1
+            && count(&s, "events") == 2
+    })
+    .await;
+    let state = emu.state();
+    let users = state["users"].as_array().expect("users");
+    assert!(
+        users
+            .iter()
+            .any(|u| u["email"] == "ada@example.com" && u["external_id"] == "u-1")
+    );
+    assert!(users.iter().any(|u| u["email"] == "grace@example.com"));
+    assert_eq!(state["tickets"][0]["external_id"], "T-1");
+    let created: Vec<Value> = emu
+        .requests()
+        .into_iter()
+        .filter(|r| r["method"] == "POST" && r["path"] == "/api/v2/tickets")
+        .collect();
+    assert_eq!(created.len(), 1);
+    assert_eq!(
+        created[0]["headers"]["idempotency-key"], "ticket-msg-1",
+        "the event's messageId is the ticket's idempotency key"
+    );
+
+    // Bad input: each refused with a message, nothing stored.
+    let big = "x".repeat(33 * 1024);
+    let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+    type Case<'a> = (&'a str, Vec<u8>, Option<&'a str>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        ("/v1/track", b"{nope".to_vec(), Some(KEY), 400, "not valid JSON"),
+        ("/v1/batch", br#"{"batch":[{"userId":"u"}]}"#.to_vec(), Some(KEY), 400, "no `type`"),
+        ("/v1/batch", br#"{"batch":[{"type":"purchase","userId":"u"}]}"#.to_vec(), Some(KEY), 400, "unknown event type"),
+        ("/v1/track", format!(r#"{{"userId":"u","event":"{big}"}}"#).into_bytes(), Some(KEY), 400, "32 KB"),
+        (
+            "/v1/batch",
+            serde_json::to_vec(&json!({"batch": (0..20).map(|_| json!({"type": "track", "event": "x".repeat(30_000)})).collect::<Vec<_>>()})).expect("json"),
+            Some(KEY), 400, "500 KB",
+        ),
+        ("/v1/track", format!(r#"{{"userId":"u","properties":{{"a":{deep}}}}}"#).into_bytes(), Some(KEY), 400, "nested deeper"),
+        ("/v1/track", br#"{"userId":"u","event":"E"}"#.to_vec(), Some("wrong-key"), 401, "write key"),
+        ("/v1/track", br#"{"userId":"u","event":"E"}"#.to_vec(), None, 401, "write key"),
+    ];
+    for (path, body, key, want_status, want_message) in cases {
+        let (status, answer) = post_raw(&url, path, body, key).await;
+        assert_eq!(status, want_status, "{path} {want_message}: {answer}");
+        assert_eq!(answer["success"], false);
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(message.contains(want_message), "{message} / {want_message}");
+    }
+
+    let (status, body) = get_text(&format!("{url}/healthz")).await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, body) = get_text(&format!("{url}/readyz")).await;
+    assert_eq!(status, 200, "{body}");
+    let text = metrics(&server).await;
+    assert_eq!(
+        metric(&text, "zdmap_events_accepted_total"),
+        Some(6.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "zdmap_events_delivered_total"),
+        Some(6.0),
+        "{text}"
+    );
+    assert_eq!(metric(&text, "zdmap_queue_depth"), Some(0.0), "{text}");
+    assert_eq!(
+        metric(&text, "zdmap_ingest_rejected_total{reason=\"bad_request\"}"),
+        Some(6.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "zdmap_ingest_rejected_total{reason=\"unauthorized\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "zdmap_zendesk_requests_total{endpoint=\"POST /api/v2/tickets\",status=\"201\"} 1"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "zdmap_delivery_latency_seconds_count"),
+        Some(6.0),
+        "{text}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_wait_while_zendesk_is_down_then_go() {
+    let emu = Emulator::start(EmulatorOptions::default())
+        .await
+        .expect("emulator");
+    emu.configure(|k| k.fail_rate = 1.0);
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = start_server(&emu, data.path(), Path::new("mappings"), false).await;
+    let batch = json!({"batch": (0..10).map(ticket).collect::<Vec<_>>()});
+    assert_eq!(post(&server.url(), "/v1/batch", &batch).await.0, 200);
+
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = metrics(&server).await;
+        if metric(&text, "zdmap_events_deferred_total").unwrap_or(0.0) >= 3.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        metric(&text, "zdmap_events_deferred_total").unwrap_or(0.0) >= 3.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "zdmap_queue_depth"),
+        Some(10.0),
+        "events wait in the queue: {text}"
+    );
+    assert_eq!(
+        metric(&text, "zdmap_events_dead_lettered_total"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(count(&emu.state(), "tickets"), 0);
+
+    emu.configure(|k| k.fail_rate = 0.0);
+    wait_until("ten tickets once Zendesk is back", || {
+        count(&emu.state(), "tickets") == 10
+    })
+    .await;
+    wait_until("the queue drained", || {
+        futures_lite_block(metrics(&server)).contains("zdmap_queue_depth 0\n")
+    })
+    .await;
+    let state = emu.state();
+    let mut ids: Vec<&str> = state["tickets"]
+        .as_array()
+        .expect("tickets")
+        .iter()
+        .filter_map(|t| t["external_id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 10, "each ticket exactly once");
+    server.shutdown().await;
+}
+
+/// Runs a future to completion from a synchronous check (inside `wait_until`).
+fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_credentials_make_it_not_ready_and_keep_the_events() {
+    let emu = Emulator::start(EmulatorOptions::default())
+        .await
+        .expect("emulator");
+    emu.configure(|k| k.forced_faults.push(ForcedFault::new(401).times(4)));
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = start_server(&emu, data.path(), Path::new("mappings"), false).await;
+    let url = server.url();
+    assert_eq!(post(&url, "/v1/track", &json!({"userId": "u-9", "event": "Ticket Created", "context": {"traits": {"email": "n@example.com", "name": "N"}}, "properties": {"subject": "S", "comment": "C"}})).await.0, 200);
+    let mut seen_not_ready = None;
+    for _ in 0..200 {
+        let (status, body) = get_text(&format!("{url}/readyz")).await;
+        if status == 503 {
+            seen_not_ready = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = seen_not_ready.expect("not ready while Zendesk refuses the credentials");
+    assert!(body.contains("401"), "{body}");
+    wait_until("the ticket once the credentials work again", || {
+        count(&emu.state(), "tickets") == 1
+    })
+    .await;
+    let (status, body) = get_text(&format!("{url}/readyz")).await;
+    assert_eq!(status, 200, "ready again: {body}");
+    let text = metrics(&server).await;
+    assert_eq!(
+        metric(&text, "zdmap_events_dead_lettered_total"),
+        Some(0.0),
+        "{text}"
+    );
+    server.shutdown().await;
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let path = entry.path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(entry.file_name())).expect("copy");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_config_is_swapped_in_and_a_broken_one_is_refused() {
+    let emu = Emulator::start(EmulatorOptions::default())
+        .await
+        .expect("emulator");
+    let data = tempfile::tempdir().expect("tempdir");
+    let mappings = tempfile::tempdir().expect("tempdir");
+    copy_dir(Path::new("mappings"), mappings.path());
+    let server = start_server(&emu, data.path(), mappings.path(), true).await;
+    let url = server.url();
+    let ticket_file = mappings.path().join("create_ticket.yaml");
+    let original = std::fs::read_to_string(&ticket_file).expect("read");
+
+    // Broken: refused with validate's messages; the running config goes on.
+    std::fs::write(&ticket_file, format!("{original}\nthis is: [not valid\n")).expect("write");
+    let mut not_ready = None;
+    for _ in 0..300 {
+        let (status, body) = get_text(&format!("{url}/readyz")).await;
+        if status == 503 {
+            not_ready = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = not_ready.expect("the broken config is noticed");
+    assert!(
+        body.contains("create_ticket.yaml:"),
+        "a located message: {body}"
+    );
+    assert_eq!(
+        post(&url, "/v1/import", &json!({"batch": [ticket(1)]}))
+            .await
+            .0,
+        200
+    );
+    wait_until("a ticket from the last good config", || {
+        count(&emu.state(), "tickets") == 1
+    })
+    .await;
+
+    // Good: tickets switched off; swapped in, ready again.
+    let disabled = original.replacen("\ntrigger:", "\nenabled: false\ntrigger:", 1);
+    assert_ne!(
+        disabled, original,
+        "create_ticket.yaml has a top-level trigger"
+    );
+    std::fs::write(&ticket_file, disabled).expect("write");
+    let mut ready = false;
+    for _ in 0..300 {
+        if get_text(&format!("{url}/readyz")).await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ready, "ready again after a good config");
+    let text = metrics(&server).await;
+    assert!(
+        metric(&text, "zdmap_config_reloads_total{result=\"ok\"}").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "zdmap_config_reloads_total{result=\"failed\"}").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        post(&url, "/v1/import", &json!({"batch": [ticket(2)]}))
+            .await
+            .0,
+        200
+    );
+    wait_until("the second event skipped by the new config", || {
+        metric(
+            &futures_lite_block(metrics(&server)),
+            "zdmap_events_skipped_total",
+        ) == Some(1.0)
+    })
+    .await;
+    assert_eq!(count(&emu.state(), "tickets"), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_with_work_in_flight_keeps_the_rest_for_the_next_start() {
+    let emu = Emulator::start(EmulatorOptions::default())
+        .await
+        .expect("emulator");
+    emu.configure(|k| k.latency_ms = 150);
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = start_server(&emu, data.path(), Path::new("mappings"), false).await;
+    let batch = json!({"batch": (0..30).map(ticket).collect::<Vec<_>>()});
+    assert_eq!(post(&server.url(), "/v1/batch", &batch).await.0, 200);
+    wait_until("some tickets on their way", || {
+        count(&emu.state(), "tickets") >= 2
+    })
+    .await;
+    server.shutdown().await;
+    let after_shutdown = count(&emu.state(), "tickets");
+    assert!(
+        after_shutdown < 30,
+        "shutdown stopped delivery before the end ({after_shutdown})"
+    );
+
+    emu.configure(|k| k.latency_ms = 0);
+    let server = start_server(&emu, data.path(), Path::new("mappings"), false).await;
+    wait_until("all thirty tickets after the restart", || {
+        count(&emu.state(), "tickets") >= 30
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let state = emu.state();
+    let mut ids: Vec<&str> = state["tickets"]
+        .as_array()
+        .expect("tickets")
+        .iter()
+        .filter_map(|t| t["external_id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 30, "no ticket twice");
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 30, "every ticket once");
+    server.shutdown().await;
+}
+
+fn zdmap(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_zdmap"))
+        .args(args)
+        .output()
+        .expect("zdmap runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_are_listed_shown_replayed_and_purged() {
+    let emu = Emulator::start(EmulatorOptions::default())
+        .await
+        .expect("emulator");
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path().to_str().expect("utf-8 path");
+    let server = start_server(&emu, data.path(), Path::new("mappings"), false).await;
+    let url = server.url();
+    let unknown =
+        json!({"userId": "nobody", "event": "Signed In", "properties": {"method": "sso"}});
+    assert_eq!(post(&url, "/v1/track", &unknown).await.0, 200);
+    let unknown2 = json!({"userId": "nobody-2", "event": "Signed In"});
+    assert_eq!(post(&url, "/v1/track", &unknown2).await.0, 200);
+    wait_until("two dead letters", || {
+        metric(
+            &futures_lite_block(metrics(&server)),
+            "zdmap_events_dead_lettered_total",
+        ) == Some(2.0)
+    })
+    .await;
+
+    let listed = zdmap(&["dead-letters", "--data-dir", dir, "list", "--json"]);
+    assert!(listed.status.success());
+    let lines: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["dead_letter"]["action"], "track_event");
+    assert_eq!(lines[0]["event"]["userId"], "nobody");
+    let first = lines[0]["id"].as_u64().expect("id").to_string();
+    let second = lines[1]["id"].as_u64().expect("id").to_string();
+    let shown = zdmap(&["dead-letters", "--data-dir", dir, "show", &first]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("\"nobody\""));
+    assert_eq!(
+        zdmap(&["dead-letters", "--data-dir", dir, "show", "424242"])
+            .status
+            .code(),
+        Some(1)
+    );
+    let text = zdmap(&["dead-letters", "--data-dir", dir, "list"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("track_event/"),
+        "{text:?}"
+    );
+
+    // The user appears; the first letter is replayed into the running server and delivered.
+    let identify =
+        json!({"userId": "nobody", "traits": {"email": "nobody@example.com", "name": "No Body"}});
+    assert_eq!(post(&url, "/v1/identify", &identify).await.0, 200);
+    wait_until("the user exists", || count(&emu.state(), "users") == 1).await;
+    assert!(
+        zdmap(&["dead-letters", "--data-dir", dir, "replay", &first])
+            .status
+            .success()
+    );
+    wait_until("the replayed event recorded", || {
+        count(&emu.state(), "events") == 1
+    })
+    .await;
+    assert_eq!(
+        zdmap(&["dead-letters", "--data-dir", dir, "replay"])
+            .status
+            .code(),
+        Some(2),
+        "replay needs ids or --all"
+    );
+    assert!(
+        zdmap(&["dead-letters", "--data-dir", dir, "purge", &second])
+            .status
+            .success()
+    );
+    let listed = zdmap(&["dead-letters", "--data-dir", dir, "list", "--json"]);
+    assert!(
+        listed.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+    server.shutdown().await;
+}
+
+/// Starts `zdmap serve` as a process and reads its URL from the first line it prints.
+fn spawn_serve(emu_url: &str, data: &Path, mappings: &Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zdmap"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-watch",
+            "--set",
+            "requests_per_minute=0",
+            "--write-key",
+            KEY,
+        ])
+        .arg("--zendesk-url")
+        .arg(emu_url)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--mappings")
+        .arg(mappings)
+        .env("ZENDESK_EMAIL", "agent@example.com")
+        .env("ZENDESK_API_TOKEN", "serve-test-token-secret")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn zdmap serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut first = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("first line");
+    let url = first
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{first}");
+    (child, url)
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(ok.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_and_a_restart_lose_nothing_and_duplicate_nothing() {
+    let emu = Emulator::start(EmulatorOptions::default())
+        .await
+        .expect("emulator");
+    emu.configure(|k| k.latency_ms = 200);
+    let data = tempfile::tempdir().expect("tempdir");
+    let mappings: PathBuf = Path::new("mappings").to_path_buf();
+
+    let (mut child, url) = spawn_serve(&emu.url(), data.path(), &mappings);
+    for chunk in 0..4 {
+        let batch = json!({"batch": (chunk * 10..chunk * 10 + 10).map(ticket).collect::<Vec<_>>()});
+        assert_eq!(post(&url, "/v1/batch", &batch).await.0, 200);
+    }
+    wait_until("delivery under way", || count(&emu.state(), "tickets") >= 1).await;
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    assert!(
+        count(&emu.state(), "tickets") < 40,
+        "the crash came before the end"
+    );
+
+    emu.configure(|k| k.latency_ms = 0);
+    let (child, url) = spawn_serve(&emu.url(), data.path(), &mappings);
+    wait_until("all forty tickets after the restart", || {
+        count(&emu.state(), "tickets") >= 40
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let state = emu.state();
+    let mut ids: Vec<&str> = state["tickets"]
+        .as_array()
+        .expect("tickets")
+        .iter()
+        .filter_map(|t| t["external_id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 40, "nothing duplicated");
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 40, "nothing lost");
+
+    // SIGHUP reloads; SIGTERM stops gracefully with exit 0; no secret in the output.
+    signal(&child, "HUP");
+    let mut reloaded = false;
+    for _ in 0..200 {
+        let text = get_text(&format!("{url}/metrics")).await.1;
+        if metric(&text, "zdmap_config_reloads_total{result=\"ok\"}") == Some(1.0) {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reloaded, "SIGHUP reloads the mappings");
+    signal(&child, "TERM");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("mappings reloaded"), "{logs}");
+    assert!(!logs.contains("serve-test-token-secret"), "{logs}");
+    assert!(
+        !logs.contains("user1@example.com"),
+        "no event data in the logs: {logs}"
+    );
+}
