@@ -105,13 +105,64 @@ async fn get_text(url: &str) -> (u16, String) {
     )
 }
 
-/// Polls `check` until it holds; panics with `what` after 30 s (a deadline, not a measurement).
-async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+/// Polls `check` until it gives a value; panics with `what` after 30 s (a deadline, not a
+/// measurement).
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !check() {
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Polls a synchronous check (the emulator's state) until it holds.
+async fn wait_until(what: &str, check: impl Fn() -> bool) {
+    eventually(what, || async { check().then_some(()) }).await
+}
+
+/// The `/readyz` body once it answers `status`.
+async fn readyz_once(url: &str, status: u16, what: &str) -> String {
+    eventually(what, || async {
+        let (s, body) = get_text(&format!("{url}/readyz")).await;
+        (s == status).then_some(body)
+    })
+    .await
+}
+
+/// The `/metrics` text once `name` satisfies `holds`.
+async fn metrics_once(url: &str, name: &str, holds: impl Fn(f64) -> bool) -> String {
+    eventually(name, || async {
+        let text = get_text(&format!("{url}/metrics")).await.1;
+        metric(&text, name).filter(|v| holds(*v)).map(|_| text)
+    })
+    .await
+}
+
+/// Waits until the emulator holds `n` tickets, then checks each external id is there once.
+async fn each_ticket_once(emu: &Emulator, n: usize) {
+    eventually("all the tickets", || async {
+        (count(&emu.state(), "tickets") >= n).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let state = emu.state();
+    let mut ids: Vec<&str> = state["tickets"]
+        .as_array()
+        .expect("tickets")
+        .iter()
+        .filter_map(|t| t["external_id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), n, "nothing duplicated");
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "nothing lost");
 }
 
 fn metric(text: &str, name: &str) -> Option<f64> {
@@ -278,18 +329,7 @@ async fn events_wait_while_zendesk_is_down_then_go() {
     let batch = json!({"batch": (0..10).map(ticket).collect::<Vec<_>>()});
     assert_eq!(post(&server.url(), "/v1/batch", &batch).await.0, 200);
 
-    let mut text = String::new();
-    for _ in 0..200 {
-        text = metrics(&server).await;
-        if metric(&text, "zdmap_events_deferred_total").unwrap_or(0.0) >= 3.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        metric(&text, "zdmap_events_deferred_total").unwrap_or(0.0) >= 3.0,
-        "{text}"
-    );
+    let text = metrics_once(&server.url(), "zdmap_events_deferred_total", |n| n >= 3.0).await;
     assert_eq!(
         metric(&text, "zdmap_queue_depth"),
         Some(10.0),
@@ -303,30 +343,9 @@ async fn events_wait_while_zendesk_is_down_then_go() {
     assert_eq!(count(&emu.state(), "tickets"), 0);
 
     emu.configure(|k| k.fail_rate = 0.0);
-    wait_until("ten tickets once Zendesk is back", || {
-        count(&emu.state(), "tickets") == 10
-    })
-    .await;
-    wait_until("the queue drained", || {
-        futures_lite_block(metrics(&server)).contains("zdmap_queue_depth 0\n")
-    })
-    .await;
-    let state = emu.state();
-    let mut ids: Vec<&str> = state["tickets"]
-        .as_array()
-        .expect("tickets")
-        .iter()
-        .filter_map(|t| t["external_id"].as_str())
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), 10, "each ticket exactly once");
+    each_ticket_once(&emu, 10).await;
+    metrics_once(&server.url(), "zdmap_queue_depth", |n| n == 0.0).await;
     server.shutdown().await;
-}
-
-/// Runs a future to completion from a synchronous check (inside `wait_until`).
-fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -339,16 +358,7 @@ async fn refused_credentials_make_it_not_ready_and_keep_the_events() {
     let server = start_server(&emu, data.path(), Path::new("mappings"), false).await;
     let url = server.url();
     assert_eq!(post(&url, "/v1/track", &json!({"userId": "u-9", "event": "Ticket Created", "context": {"traits": {"email": "n@example.com", "name": "N"}}, "properties": {"subject": "S", "comment": "C"}})).await.0, 200);
-    let mut seen_not_ready = None;
-    for _ in 0..200 {
-        let (status, body) = get_text(&format!("{url}/readyz")).await;
-        if status == 503 {
-            seen_not_ready = Some(body);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let body = seen_not_ready.expect("not ready while Zendesk refuses the credentials");
+    let body = readyz_once(&url, 503, "not ready while Zendesk refuses the credentials").await;
     assert!(body.contains("401"), "{body}");
     wait_until("the ticket once the credentials work again", || {
         count(&emu.state(), "tickets") == 1
@@ -391,16 +401,7 @@ async fn a_changed_config_is_swapped_in_and_a_broken_one_is_refused() {
 
     // Broken: refused with validate's messages; the running config goes on.
     std::fs::write(&ticket_file, format!("{original}\nthis is: [not valid\n")).expect("write");
-    let mut not_ready = None;
-    for _ in 0..300 {
-        let (status, body) = get_text(&format!("{url}/readyz")).await;
-        if status == 503 {
-            not_ready = Some(body);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let body = not_ready.expect("the broken config is noticed");
+    let body = readyz_once(&url, 503, "the broken config noticed").await;
     assert!(
         body.contains("create_ticket.yaml:"),
         "a located message: {body}"
@@ -423,15 +424,7 @@ async fn a_changed_config_is_swapped_in_and_a_broken_one_is_refused() {
         "create_ticket.yaml has a top-level trigger"
     );
     std::fs::write(&ticket_file, disabled).expect("write");
-    let mut ready = false;
-    for _ in 0..300 {
-        if get_text(&format!("{url}/readyz")).await.0 == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(ready, "ready again after a good config");
+    readyz_once(&url, 200, "ready again after a good config").await;
     let text = metrics(&server).await;
     assert!(
         metric(&text, "zdmap_config_reloads_total{result=\"ok\"}").unwrap_or(0.0) >= 1.0,
@@ -447,13 +440,7 @@ async fn a_changed_config_is_swapped_in_and_a_broken_one_is_refused() {
             .0,
         200
     );
-    wait_until("the second event skipped by the new config", || {
-        metric(
-            &futures_lite_block(metrics(&server)),
-            "zdmap_events_skipped_total",
-        ) == Some(1.0)
-    })
-    .await;
+    metrics_once(&url, "zdmap_events_skipped_total", |n| n == 1.0).await;
     assert_eq!(count(&emu.state(), "tickets"), 1);
     server.shutdown().await;
 }
@@ -481,22 +468,7 @@ async fn shutdown_with_work_in_flight_keeps_the_rest_for_the_next_start() {
 
     emu.configure(|k| k.latency_ms = 0);
     let server = start_server(&emu, data.path(), Path::new("mappings"), false).await;
-    wait_until("all thirty tickets after the restart", || {
-        count(&emu.state(), "tickets") >= 30
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let state = emu.state();
-    let mut ids: Vec<&str> = state["tickets"]
-        .as_array()
-        .expect("tickets")
-        .iter()
-        .filter_map(|t| t["external_id"].as_str())
-        .collect();
-    assert_eq!(ids.len(), 30, "no ticket twice");
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), 30, "every ticket once");
+    each_ticket_once(&emu, 30).await;
     server.shutdown().await;
 }
 
@@ -521,13 +493,7 @@ async fn dead_letters_are_listed_shown_replayed_and_purged() {
     assert_eq!(post(&url, "/v1/track", &unknown).await.0, 200);
     let unknown2 = json!({"userId": "nobody-2", "event": "Signed In"});
     assert_eq!(post(&url, "/v1/track", &unknown2).await.0, 200);
-    wait_until("two dead letters", || {
-        metric(
-            &futures_lite_block(metrics(&server)),
-            "zdmap_events_dead_lettered_total",
-        ) == Some(2.0)
-    })
-    .await;
+    metrics_once(&url, "zdmap_events_dead_lettered_total", |n| n == 2.0).await;
 
     let listed = zdmap(&["dead-letters", "--data-dir", dir, "list", "--json"]);
     assert!(listed.status.success());
@@ -590,7 +556,12 @@ async fn dead_letters_are_listed_shown_replayed_and_purged() {
 }
 
 /// Starts `zdmap serve` as a process and reads its URL from the first line it prints.
-fn spawn_serve(emu_url: &str, data: &Path, mappings: &Path) -> (std::process::Child, String) {
+fn spawn_serve(
+    emu_url: &str,
+    data: &Path,
+    mappings: &Path,
+    extra: &[&str],
+) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_zdmap"))
         .args([
@@ -609,6 +580,7 @@ fn spawn_serve(emu_url: &str, data: &Path, mappings: &Path) -> (std::process::Ch
         .arg(data)
         .arg("--mappings")
         .arg(mappings)
+        .args(extra)
         .env("ZENDESK_EMAIL", "agent@example.com")
         .env("ZENDESK_API_TOKEN", "serve-test-token-secret")
         .stdout(Stdio::piped())
@@ -647,7 +619,7 @@ async fn a_crash_and_a_restart_lose_nothing_and_duplicate_nothing() {
     let data = tempfile::tempdir().expect("tempdir");
     let mappings: PathBuf = Path::new("mappings").to_path_buf();
 
-    let (mut child, url) = spawn_serve(&emu.url(), data.path(), &mappings);
+    let (mut child, url) = spawn_serve(&emu.url(), data.path(), &mappings, &[]);
     for chunk in 0..4 {
         let batch = json!({"batch": (chunk * 10..chunk * 10 + 10).map(ticket).collect::<Vec<_>>()});
         assert_eq!(post(&url, "/v1/batch", &batch).await.0, 200);
@@ -661,36 +633,20 @@ async fn a_crash_and_a_restart_lose_nothing_and_duplicate_nothing() {
     );
 
     emu.configure(|k| k.latency_ms = 0);
-    let (child, url) = spawn_serve(&emu.url(), data.path(), &mappings);
-    wait_until("all forty tickets after the restart", || {
-        count(&emu.state(), "tickets") >= 40
+    let (child, url) = spawn_serve(
+        &emu.url(),
+        data.path(),
+        &mappings,
+        &["--log-format", "json"],
+    );
+    each_ticket_once(&emu, 40).await;
+
+    // SIGHUP reloads; SIGTERM stops gracefully with exit 0; JSON logs without secrets or events.
+    signal(&child, "HUP");
+    metrics_once(&url, "zdmap_config_reloads_total{result=\"ok\"}", |n| {
+        n == 1.0
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let state = emu.state();
-    let mut ids: Vec<&str> = state["tickets"]
-        .as_array()
-        .expect("tickets")
-        .iter()
-        .filter_map(|t| t["external_id"].as_str())
-        .collect();
-    assert_eq!(ids.len(), 40, "nothing duplicated");
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), 40, "nothing lost");
-
-    // SIGHUP reloads; SIGTERM stops gracefully with exit 0; no secret in the output.
-    signal(&child, "HUP");
-    let mut reloaded = false;
-    for _ in 0..200 {
-        let text = get_text(&format!("{url}/metrics")).await.1;
-        if metric(&text, "zdmap_config_reloads_total{result=\"ok\"}") == Some(1.0) {
-            reloaded = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(reloaded, "SIGHUP reloads the mappings");
     signal(&child, "TERM");
     let out = child.wait_with_output().expect("wait");
     assert_eq!(
@@ -701,6 +657,13 @@ async fn a_crash_and_a_restart_lose_nothing_and_duplicate_nothing() {
     );
     let logs = String::from_utf8_lossy(&out.stderr);
     assert!(logs.contains("mappings reloaded"), "{logs}");
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        let entry: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            entry["level"].is_string() && entry["fields"].is_object(),
+            "{line}"
+        );
+    }
     assert!(!logs.contains("serve-test-token-secret"), "{logs}");
     assert!(
         !logs.contains("user1@example.com"),

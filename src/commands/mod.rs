@@ -76,3 +76,35 @@ pub fn open_input(path: &Option<PathBuf>) -> std::io::Result<Box<dyn std::io::Re
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display()))),
     }
 }
+
+/// Runs a command's async body on a multi-threaded runtime; exit 1 when none can start.
+pub fn block_on(body: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(body),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Loads the mappings and sets up delivery to the chosen target (`zdmap send`, `zdmap serve`),
+/// saying why on standard error when it cannot.
+pub async fn load_and_connect(
+    config: &crate::config::ConfigArgs,
+    target: &crate::deliver::TargetArgs,
+) -> Result<crate::deliver::setup::Destination, ExitCode> {
+    let config = match config.load() {
+        Ok(c) => std::sync::Arc::new(c),
+        Err(diags) => {
+            eprintln!("{diags}\nthe mappings are not valid; run `zdmap validate` for details");
+            return Err(ExitCode::from(1));
+        }
+    };
+    crate::deliver::setup::connect(config, target, Default::default())
+        .await
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        })
+}

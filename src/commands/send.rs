@@ -2,7 +2,6 @@
 
 use crate::config::ConfigArgs;
 use crate::deliver::run::{RunOptions, run};
-use crate::deliver::setup::connect;
 use crate::deliver::{DeadLetterWriter, Progress, TargetArgs};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -34,30 +33,13 @@ pub struct SendArgs {
 
 /// Exit 0 when everything was delivered, 2 when some events were dead-lettered, 1 on a fatal error.
 pub fn send(args: &SendArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    runtime.block_on(send_async(args))
+    super::block_on(send_async(args))
 }
 
 async fn send_async(args: &SendArgs) -> ExitCode {
-    let config = match args.config.load() {
-        Ok(c) => Arc::new(c),
-        Err(diags) => {
-            eprintln!("{diags}\nthe mappings are not valid; run `zdmap validate` for details");
-            return ExitCode::from(1);
-        }
-    };
-    let destination = match connect(config, &args.target, Default::default()).await {
+    let destination = match super::load_and_connect(&args.config, &args.target).await {
         Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     if let Some(emulator) = &destination.emulator {
         eprintln!("emulator: listening on {}", emulator.url());

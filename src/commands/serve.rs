@@ -4,13 +4,11 @@
 
 use crate::config::ConfigArgs;
 use crate::deliver::TargetArgs;
-use crate::deliver::setup::connect;
 use crate::serve::ingest::WriteKeys;
 use crate::serve::{ServeOptions, Server, WorkerOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
@@ -101,30 +99,13 @@ fn init_logs(format: LogFormat) {
 /// Runs until SIGTERM or Ctrl-C. Exit 0 after a graceful shutdown, 1 when it cannot start.
 pub fn serve(args: &ServeArgs) -> ExitCode {
     init_logs(args.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    runtime.block_on(serve_async(args))
+    super::block_on(serve_async(args))
 }
 
 async fn serve_async(args: &ServeArgs) -> ExitCode {
-    let config = match args.config.load() {
-        Ok(c) => Arc::new(c),
-        Err(diags) => {
-            eprintln!("{diags}\nthe mappings are not valid; run `zdmap validate` for details");
-            return ExitCode::from(1);
-        }
-    };
-    let destination = match connect(config, &args.target, Default::default()).await {
+    let destination = match super::load_and_connect(&args.config, &args.target).await {
         Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let options = ServeOptions {
         listen: args.listen,

@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS events (
     accepted_at INTEGER NOT NULL,
     body TEXT NOT NULL
 );
+-- Small, so that counting the queue (`depth`) reads this index rather than every body.
+CREATE INDEX IF NOT EXISTS events_by_acceptance ON events (accepted_at);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     record TEXT NOT NULL

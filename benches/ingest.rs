@@ -1,0 +1,336 @@
+//! `zdmap serve` under load: how fast events are accepted and stored, and how long they take to
+//! reach the emulator.
+//!
+//! Criterion measures the two pieces of an ingest request on their own: turning a 100-event
+//! `/v1/batch` body into queue items, and the durable write of such batches (group commit, 8
+//! writers at once). Then a load run against the server (in this process, delivering to the
+//! built-in emulator with no rate limit): (1) a second process on loopback (this bench binary
+//! started again as a load generator) posts 60 000 events in batches of 100 over 8 connections
+//! as fast as they are answered, and reports events/s accepted and stored and the p50/p99
+//! latency of `/v1/batch`; (2) the backlog drains, giving delivery events/s and requests per
+//! event; (3) a steady 500 events/s for 10 s gives the accept → delivered latency.
+//! Run: `cargo bench --bench ingest`.
+
+use criterion::{Criterion, Throughput};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zdmap::config::{Config, ConfigArgs};
+use zdmap::deliver::TargetArgs;
+use zdmap::deliver::setup::{ConnectOptions, connect};
+use zdmap::emulator::{Emulator, EmulatorOptions};
+use zdmap::queue::{Queue, SqliteQueue};
+use zdmap::serve::ingest::{Endpoint, WriteKeys, events};
+use zdmap::serve::{ServeOptions, Server, WorkerOptions};
+
+#[path = "support/mix.rs"]
+mod mix;
+
+/// Set in the environment of the load-generator process: the server's URL.
+const LOADGEN: &str = "ZDMAP_BENCH_LOADGEN_URL";
+const KEY: &str = "bench-key";
+const BATCH: usize = 100;
+const CONNECTIONS: usize = 8;
+/// Batches posted by the load generator (600 × 100 = 60 000 events).
+const LOAD_BATCHES: usize = 600;
+
+/// `{"batch":[...]}` bodies of `BATCH` mixed events each.
+fn batches(n: usize) -> Vec<Vec<u8>> {
+    mix::mixed_events(n * BATCH)
+        .chunks(BATCH)
+        .map(|chunk| {
+            let mut body = b"{\"batch\":[".to_vec();
+            for (i, e) in chunk.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(e);
+            }
+            body.extend_from_slice(b"]}");
+            body
+        })
+        .collect()
+}
+
+fn pieces(c: &mut Criterion) {
+    let bodies = batches(20);
+    let mut group = c.benchmark_group("ingest");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("parse_and_check_batch_of_100", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % bodies.len();
+            events(Endpoint::Batch, &bodies[i], "2026-11-25T00:00:00Z").map(|v| v.len())
+        })
+    });
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("temp");
+    let queue = Arc::new(SqliteQueue::open(dir.path()).expect("queue"));
+    let items = events(Endpoint::Batch, &bodies[0], "2026-11-25T00:00:00Z").expect("items");
+    group.throughput(Throughput::Elements((BATCH * CONNECTIONS) as u64));
+    group.bench_function("durable_push_8_concurrent_batches_of_100", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let pushes = (0..CONNECTIONS).map(|_| {
+                    let queue = queue.clone();
+                    let items = items.clone();
+                    tokio::spawn(async move { queue.push(items).await })
+                });
+                for p in pushes.collect::<Vec<_>>() {
+                    let _ = p.await;
+                }
+            })
+        })
+    });
+    group.finish();
+}
+
+/// The load generator: `CONNECTIONS` clients posting `LOAD_BATCHES` batches between them as fast
+/// as they are answered; prints one JSON line with what it saw.
+fn loadgen(url: String) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async move {
+        let bodies = Arc::new(batches(LOAD_BATCHES));
+        let client = reqwest::Client::new();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..CONNECTIONS)
+            .map(|_| {
+                let (client, bodies, url, next) =
+                    (client.clone(), bodies.clone(), url.clone(), next.clone());
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    let mut failed = 0u64;
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(body) = bodies.get(i) else { break };
+                        let t = Instant::now();
+                        let ok = post(&client, &url, body.clone()).await;
+                        if ok {
+                            latencies.push(t.elapsed());
+                        } else {
+                            failed += 1;
+                        }
+                    }
+                    (latencies, failed)
+                })
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        let mut failed = 0;
+        for t in tasks {
+            if let Ok((l, f)) = t.await {
+                latencies.extend(l);
+                failed += f;
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        latencies.sort_unstable();
+        let q = |p: f64| {
+            let i = ((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1));
+            latencies.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        let report = serde_json::json!({
+            "requests": latencies.len(),
+            "failed": failed,
+            "events": latencies.len() * BATCH,
+            "seconds": seconds,
+            "events_per_second": (latencies.len() * BATCH) as f64 / seconds,
+            "p50_ms": q(0.50),
+            "p99_ms": q(0.99),
+        });
+        println!("{report}");
+    });
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> bool {
+    client
+        .post(format!("{url}/v1/batch"))
+        .basic_auth(KEY, Some(""))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// A server's `/metrics`, read.
+struct Metrics(String);
+
+impl Metrics {
+    async fn read(url: &str) -> Metrics {
+        let text = match reqwest::get(format!("{url}/metrics")).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        Metrics(text)
+    }
+
+    fn value(&self, name: &str) -> f64 {
+        self.0
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn settled(&self) -> f64 {
+        self.value("zdmap_events_delivered_total")
+            + self.value("zdmap_events_skipped_total")
+            + self.value("zdmap_events_dead_lettered_total")
+    }
+
+    fn requests(&self) -> f64 {
+        self.0
+            .lines()
+            .filter(|l| l.starts_with("zdmap_zendesk_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Cumulative (bound, count) of the accept → delivered histogram.
+    fn delivery_buckets(&self) -> Vec<(String, f64)> {
+        self.0
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("zdmap_delivery_latency_seconds_bucket{le=\"")?;
+                let (le, n) = rest.split_once("\"} ")?;
+                Some((le.to_owned(), n.trim().parse::<f64>().ok()?))
+            })
+            .collect()
+    }
+}
+
+/// Waits until the queue is empty; returns the metrics then.
+async fn drained(url: &str) -> Metrics {
+    loop {
+        let m = Metrics::read(url).await;
+        if m.value("zdmap_queue_depth") == 0.0 {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The upper bound of the bucket holding quantile `p` of the observations between two readings.
+fn quantile(before: &Metrics, after: &Metrics, p: f64) -> String {
+    let (b, a) = (before.delivery_buckets(), after.delivery_buckets());
+    let deltas: Vec<(String, f64)> = a
+        .iter()
+        .zip(b.iter().map(|(_, n)| *n).chain(std::iter::repeat(0.0)))
+        .map(|((le, n), m)| (le.clone(), n - m))
+        .collect();
+    let total = deltas.last().map_or(0.0, |(_, n)| *n);
+    deltas
+        .into_iter()
+        .find(|(_, n)| *n >= p * total && total > 0.0)
+        .map_or_else(|| "?".into(), |(le, _)| le)
+}
+
+fn load_run() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let emu = Emulator::start(EmulatorOptions::default())
+            .await
+            .expect("emulator");
+        let set = vec!["requests_per_minute=0".to_owned()];
+        let config = Config::load(Path::new("mappings"), &set).expect("mappings");
+        let target = TargetArgs {
+            zendesk_url: Some(emu.url()),
+            emulator: false,
+        };
+        let dest = connect(Arc::new(config), &target, ConnectOptions::default())
+            .await
+            .expect("connect");
+        let data = tempfile::tempdir().expect("temp");
+        let options = ServeOptions {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            data_dir: data.path().to_path_buf(),
+            write_keys: WriteKeys::from_args_and_env(&[KEY.to_owned()], None),
+            workers: WorkerOptions::default(),
+            config: ConfigArgs {
+                mappings: "mappings".into(),
+                set,
+            },
+            watch: false,
+            log_events: false,
+            shutdown_timeout: Duration::from_secs(30),
+        };
+        let server = Server::start(options, dest).await.expect("server");
+        let url = server.url();
+        let client = reqwest::Client::new();
+
+        // The organizations the mix refers to (not measured).
+        let mut orgs = b"{\"batch\":[".to_vec();
+        orgs.extend(mix::organizations().join(&b',')) ;
+        orgs.extend_from_slice(b"]}");
+        assert!(post(&client, &url, orgs).await, "organizations accepted");
+        let before_load = drained(&url).await;
+
+        // 1. Ingest at full speed from a second process.
+        let exe = std::env::current_exe().expect("bench binary");
+        let started = Instant::now();
+        let out = tokio::process::Command::new(exe)
+            .env(LOADGEN, &url)
+            .output()
+            .await
+            .expect("load generator");
+        let load: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        let at_end_of_load = Metrics::read(&url).await;
+
+        // 2. The backlog drains.
+        let after_load = drained(&url).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let settled = after_load.settled() - before_load.settled();
+        let requests = after_load.requests() - before_load.requests();
+
+        // 3. Accept → delivered at a steady 500 events/s (below delivery capacity).
+        let paced = batches(50); // 10 s
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        for body in paced {
+            tick.tick().await;
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move { post(&client, &url, body).await });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after_paced = drained(&url).await;
+
+        println!(
+            "\nload ({CONNECTIONS} connections from a second process on loopback, {LOAD_BATCHES} batches of {BATCH}):"
+        );
+        println!(
+            "  accepted and stored: {:.0} events/s ({} requests, {} failed); /v1/batch latency p50 {:.1} ms, p99 {:.1} ms",
+            load["events_per_second"].as_f64().unwrap_or(0.0),
+            load["requests"],
+            load["failed"],
+            load["p50_ms"].as_f64().unwrap_or(0.0),
+            load["p99_ms"].as_f64().unwrap_or(0.0),
+        );
+        println!(
+            "  backlog delivered to the emulator: {settled:.0} events in {seconds:.1} s from the start of the load ({:.0} events/s, {:.2} requests/event; {:.0} were queued when the load ended)",
+            settled / seconds,
+            requests / settled.max(1.0),
+            at_end_of_load.value("zdmap_queue_depth"),
+        );
+        println!(
+            "  accept -> delivered at a steady 500 events/s: p50 <= {} s, p99 <= {} s (histogram bucket bounds)",
+            quantile(&after_load, &after_paced, 0.5),
+            quantile(&after_load, &after_paced, 0.99)
+        );
+        server.shutdown().await;
+        emu.shutdown().await;
+    });
+}
+
+fn main() {
+    if let Ok(url) = std::env::var(LOADGEN) {
+        loadgen(url);
+        return;
+    }
+    let mut c = Criterion::default().configure_from_args();
+    pieces(&mut c);
+    c.final_summary();
+    if std::env::args().any(|a| a == "--bench") {
+        load_run();
+    }
+}
