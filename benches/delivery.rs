@@ -16,6 +16,8 @@ use zdmap::deliver::setup::{ConnectOptions, connect};
 use zdmap::deliver::{DeadLetterWriter, TargetArgs};
 use zdmap::emulator::{Emulator, EmulatorOptions};
 
+#[path = "support/emulated.rs"]
+mod emulated;
 #[path = "support/mix.rs"]
 mod mix;
 
@@ -28,18 +30,7 @@ struct Outcome {
 
 /// Delivers the organizations the mix refers to (not measured), then the mix (measured).
 async fn deliver(events: &[u8]) -> Outcome {
-    let emu = Emulator::start(EmulatorOptions::default())
-        .await
-        .expect("emulator");
-    let config = Config::load(Path::new("mappings"), &["requests_per_minute=0".to_owned()])
-        .expect("mappings");
-    let target = TargetArgs {
-        zendesk_url: Some(emu.url()),
-        emulator: false,
-    };
-    let dest = connect(Arc::new(config), &target, ConnectOptions::default())
-        .await
-        .expect("connect");
+    let (emu, dest) = emulated::emulated_destination().await;
     let dir = tempfile::tempdir().expect("temp");
     let writer =
         Arc::new(DeadLetterWriter::open(dir.path().join("dead.ndjson")).expect("dead letters"));

@@ -23,6 +23,8 @@ use zdmap::queue::{Queue, SqliteQueue};
 use zdmap::serve::ingest::{Endpoint, WriteKeys, events};
 use zdmap::serve::{ServeOptions, Server, WorkerOptions};
 
+#[path = "support/emulated.rs"]
+mod emulated;
 #[path = "support/mix.rs"]
 mod mix;
 
@@ -229,18 +231,7 @@ fn quantile(before: &Metrics, after: &Metrics, p: f64) -> String {
 fn load_run() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let emu = Emulator::start(EmulatorOptions::default())
-            .await
-            .expect("emulator");
-        let set = vec!["requests_per_minute=0".to_owned()];
-        let config = Config::load(Path::new("mappings"), &set).expect("mappings");
-        let target = TargetArgs {
-            zendesk_url: Some(emu.url()),
-            emulator: false,
-        };
-        let dest = connect(Arc::new(config), &target, ConnectOptions::default())
-            .await
-            .expect("connect");
+        let (emu, dest) = emulated::emulated_destination().await;
         let data = tempfile::tempdir().expect("temp");
         let options = ServeOptions {
             listen: "127.0.0.1:0".parse().expect("addr"),
@@ -249,7 +240,7 @@ fn load_run() {
             workers: WorkerOptions::default(),
             config: ConfigArgs {
                 mappings: "mappings".into(),
-                set,
+                set: vec![emulated::UNLIMITED.to_owned()],
             },
             watch: false,
             log_events: false,

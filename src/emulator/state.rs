@@ -267,6 +267,45 @@ pub(crate) struct Store {
     pub jobs: IndexMap<String, Job>,
     pub idempotency: HashMap<String, IdempotentEntry>,
     pub clock: Clock,
+    /// Remembered answers of `user_by_email` / `user_by_external_id`, so a large account is not
+    /// scanned on every request. Checked on use, so a stale entry only costs a scan.
+    user_lookups: UserLookups,
+}
+
+/// Lowercased email or external id → user id; each hit is verified against the user itself.
+#[derive(Debug, Default)]
+struct UserLookups {
+    by_email: std::sync::Mutex<HashMap<String, u64>>,
+    by_external_id: std::sync::Mutex<HashMap<String, u64>>,
+}
+
+impl Clone for UserLookups {
+    /// A copy starts empty: it fills again on use.
+    fn clone(&self) -> Self {
+        UserLookups::default()
+    }
+}
+
+/// The remembered id for `key` if `holds(id)`, else the scanned one (then remembered).
+fn remembered(
+    memo: &std::sync::Mutex<HashMap<String, u64>>,
+    key: &str,
+    holds: impl Fn(u64) -> bool,
+    scan: impl FnOnce() -> Option<u64>,
+) -> Option<u64> {
+    let key = key.to_ascii_lowercase();
+    let mut memo = memo
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(id) = memo.get(&key).copied().filter(|id| holds(*id)) {
+        return Some(id);
+    }
+    let found = scan();
+    match found {
+        Some(id) => memo.insert(key, id),
+        None => memo.remove(&key),
+    };
+    found
 }
 
 impl Store {
@@ -286,6 +325,7 @@ impl Store {
             jobs: IndexMap::new(),
             idempotency: HashMap::new(),
             clock,
+            user_lookups: UserLookups::default(),
         }
     }
 
@@ -317,21 +357,31 @@ impl Store {
     // ---- lookups shared by several modules ----
 
     pub(crate) fn user_by_email(&self, email: &str) -> Option<u64> {
-        self.users
-            .values()
-            .find(|u| u.has_email(email))
-            .map(|u| u.id)
+        remembered(
+            &self.user_lookups.by_email,
+            email,
+            |id| self.users.get(&id).is_some_and(|u| u.has_email(email)),
+            || {
+                self.users
+                    .values()
+                    .find(|u| u.has_email(email))
+                    .map(|u| u.id)
+            },
+        )
     }
 
     pub(crate) fn user_by_external_id(&self, external_id: &str) -> Option<u64> {
-        self.users
-            .values()
-            .find(|u| {
-                u.external_id
-                    .as_deref()
-                    .is_some_and(|e| e.eq_ignore_ascii_case(external_id))
-            })
-            .map(|u| u.id)
+        let matches = |u: &User| {
+            u.external_id
+                .as_deref()
+                .is_some_and(|e| e.eq_ignore_ascii_case(external_id))
+        };
+        remembered(
+            &self.user_lookups.by_external_id,
+            external_id,
+            |id| self.users.get(&id).is_some_and(matches),
+            || self.users.values().find(|u| matches(u)).map(|u| u.id),
+        )
     }
 
     pub(crate) fn org_by_external_id(&self, external_id: &str) -> Option<u64> {

@@ -209,7 +209,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The writer: takes all waiting commands, applies them in one transaction, commits, answers.
+///
+/// A group that stores new events is synced to disk before anyone hears back (`synchronous =
+/// FULL`). A group that only settles events (removals, dead letters) is not synced by itself
+/// (`NORMAL`: WAL mode still survives a process crash; a power cut may forget the last ones,
+/// which are then delivered again, harmlessly): syncing every acknowledgement would cap delivery
+/// at a few hundred events per second.
 fn write_loop(conn: &mut Connection, rx: &mpsc::Receiver<Command>, added: &Notify) {
+    let mut synced = true;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < GROUP_LIMIT {
@@ -219,6 +226,12 @@ fn write_loop(conn: &mut Connection, rx: &mpsc::Receiver<Command>, added: &Notif
             }
         }
         let pushed = group.iter().any(Command::is_push);
+        if pushed != synced {
+            let level = if pushed { "FULL" } else { "NORMAL" };
+            if conn.pragma_update(None, "synchronous", level).is_ok() {
+                synced = pushed;
+            }
+        }
         match apply_all(conn, &group) {
             Ok(()) => group.into_iter().for_each(|c| c.reply(Ok(()))),
             // One bad command must not fail the others: apply them one by one.
