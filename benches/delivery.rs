@@ -7,14 +7,10 @@
 
 use criterion::{Criterion, Throughput};
 use std::io::Cursor;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
-use zdmap::config::Config;
+use zdmap::deliver::DeadLetterWriter;
 use zdmap::deliver::run::{RunOptions, run};
-use zdmap::deliver::setup::{ConnectOptions, connect};
-use zdmap::deliver::{DeadLetterWriter, TargetArgs};
-use zdmap::emulator::{Emulator, EmulatorOptions};
 
 #[path = "support/emulated.rs"]
 mod emulated;

@@ -12,13 +12,9 @@
 //! Run: `cargo bench --bench ingest`.
 
 use criterion::{Criterion, Throughput};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use zdmap::config::{Config, ConfigArgs};
-use zdmap::deliver::TargetArgs;
-use zdmap::deliver::setup::{ConnectOptions, connect};
-use zdmap::emulator::{Emulator, EmulatorOptions};
+use zdmap::config::ConfigArgs;
 use zdmap::queue::{Queue, SqliteQueue};
 use zdmap::serve::ingest::{Endpoint, WriteKeys, events};
 use zdmap::serve::{ServeOptions, Server, WorkerOptions};
