@@ -19,26 +19,29 @@ pub fn organizations() -> Vec<Vec<u8>> {
 }
 
 fn mixed_events_from(start: usize, n: usize) -> Vec<Vec<u8>> {
+    // One user per block of ten events, with one email and name, as a real user has.
+    let person = |i: usize| (i / 10) % 5000;
     let context = |i: usize| {
+        let p = person(i);
         serde_json::json!({
             "ip": format!("10.0.{}.{}", i % 250, i % 200),
             "library": {"name": "analytics.js", "version": "5.2.0"},
             "locale": "en-GB",
             "page": {"path": "/pricing", "referrer": "https://example.com/", "title": "Pricing", "url": "https://app.example.com/pricing"},
             "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36",
-            "traits": {"email": format!("user{i}@example.com"), "name": format!("User {i}")}
+            "traits": {"email": format!("user{p}@example.com"), "name": format!("User {p}")}
         })
     };
     (start..start + n)
         .map(|i| {
             // Each block of ten events is one user's session: identifies first, then tracks,
             // a group call and a ticket created then updated.
-            let user = format!("u-{}", (i / 10) % 5000);
+            let user = format!("u-{}", person(i));
             let v = match i % 10 {
                 0..=2 => serde_json::json!({
                     "type": "identify", "userId": user, "messageId": format!("m-{i}"),
                     "timestamp": "2026-11-24T10:00:00Z", "context": context(i),
-                    "traits": {"email": format!("user{i}@example.com"), "first_name": "Ada", "last_name": format!("L{i}"),
+                    "traits": {"email": format!("user{}@example.com", person(i)), "first_name": "Ada", "last_name": format!("L{}", person(i)),
                                "plan": "pro", "accountTier": "gold", "phone": "+44 20 7946 0000",
                                "company": if i % 3 == 0 { serde_json::json!({"id": format!("org-{}", i % 300)}) } else { serde_json::Value::Null }}
                 }),

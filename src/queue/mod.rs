@@ -65,12 +65,10 @@ pub trait Queue: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Item>, QueueError>> + Send;
 
     /// The item is settled: removes it and stores its dead letters (none when delivered), in one
-    /// step, so a failed event is never both gone and not dead-lettered.
-    fn finish(
-        &self,
-        id: u64,
-        letters: Vec<DeadLetter>,
-    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// step, so a failed event is never both gone and not dead-lettered. Returns at once: the
+    /// change is committed shortly after (with other writes), and a crash before that only means
+    /// the event is delivered again. Fails only when the queue is closed.
+    fn finish(&self, id: u64, letters: Vec<DeadLetter>) -> Result<(), QueueError>;
 
     /// How many items wait (delivered ones excluded).
     fn depth(&self) -> impl Future<Output = Result<u64, QueueError>> + Send;

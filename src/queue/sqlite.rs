@@ -74,7 +74,6 @@ enum Command {
     Finish {
         id: u64,
         letters: Vec<DeadLetter>,
-        done: oneshot::Sender<Result<(), QueueError>>,
     },
 }
 
@@ -109,10 +108,17 @@ impl Command {
     }
 
     fn reply(self, result: Result<(), QueueError>) {
-        let done = match self {
-            Command::Push { done, .. } | Command::Finish { done, .. } => done,
-        };
-        let _ = done.send(result);
+        match self {
+            Command::Push { done, .. } => {
+                let _ = done.send(result);
+            }
+            Command::Finish { id, .. } => {
+                if let Err(e) = result {
+                    // The event stays queued and is delivered again at the next start.
+                    tracing::error!(queue_id = id, error = %e, "cannot remove a settled event from the queue");
+                }
+            }
+        }
     }
 }
 
@@ -168,23 +174,15 @@ impl SqliteQueue {
         }
     }
 
-    async fn command(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<(), QueueError>>) -> Command,
-    ) -> Result<(), QueueError> {
-        let (done, answer) = oneshot::channel();
-        {
-            let writer = lock(&self.writer);
-            let Some(writer) = writer.as_ref() else {
-                return Err(QueueError("the queue is closed".into()));
-            };
-            writer
-                .send(make(done))
-                .map_err(|_| QueueError("the queue writer stopped".into()))?;
-        }
-        answer
-            .await
-            .map_err(|_| QueueError("the queue writer stopped".into()))?
+    /// Hands a command to the writer.
+    fn send(&self, command: Command) -> Result<(), QueueError> {
+        let writer = lock(&self.writer);
+        let Some(writer) = writer.as_ref() else {
+            return Err(QueueError("the queue is closed".into()));
+        };
+        writer
+            .send(command)
+            .map_err(|_| QueueError("the queue writer stopped".into()))
     }
 
     async fn read<T: Send + 'static>(
@@ -262,7 +260,11 @@ impl Queue for SqliteQueue {
         if items.is_empty() {
             return Ok(());
         }
-        self.command(|done| Command::Push { items, done }).await
+        let (done, answer) = oneshot::channel();
+        self.send(Command::Push { items, done })?;
+        answer
+            .await
+            .map_err(|_| QueueError("the queue writer stopped".into()))?
     }
 
     async fn fetch(&self, after: u64, limit: usize) -> Result<Vec<Item>, QueueError> {
@@ -297,9 +299,8 @@ impl Queue for SqliteQueue {
         .await
     }
 
-    async fn finish(&self, id: u64, letters: Vec<DeadLetter>) -> Result<(), QueueError> {
-        self.command(|done| Command::Finish { id, letters, done })
-            .await
+    fn finish(&self, id: u64, letters: Vec<DeadLetter>) -> Result<(), QueueError> {
+        self.send(Command::Finish { id, letters })
     }
 
     async fn depth(&self) -> Result<u64, QueueError> {
@@ -513,7 +514,7 @@ mod tests {
             .await
             .expect("push");
         let items = queue.fetch(0, 10).await.expect("fetch");
-        queue.finish(items[0].id, vec![]).await.expect("delivered");
+        queue.finish(items[0].id, vec![]).expect("delivered");
         let letter = DeadLetter::without_response(
             items[1].event.clone(),
             "track_event",
@@ -522,8 +523,14 @@ mod tests {
         );
         queue
             .finish(items[1].id, vec![letter])
-            .await
             .expect("dead-lettered");
+        // Settling is committed shortly after `finish` returns.
+        for _ in 0..500 {
+            if queue.depth().await.expect("depth") == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(queue.depth().await.expect("depth"), 0);
 
         let mut store = DeadLetterStore::open(dir.path()).expect("store");

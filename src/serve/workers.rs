@@ -163,7 +163,7 @@ async fn settle<Q: Queue>(
         Err(e) => {
             let letter =
                 DeadLetter::without_response(as_object(&item.event), "", "input", e.to_string());
-            return finish(queue, shared, item, vec![letter], stop).await;
+            return finish(queue, shared, item, vec![letter]);
         }
     };
     let mut pending: Option<Vec<String>> = item.only.clone().map(|a| vec![a]);
@@ -184,7 +184,7 @@ async fn settle<Q: Queue>(
                     &shared.metrics.skipped
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                return finish(queue, shared, item, Vec::new(), stop).await;
+                return finish(queue, shared, item, Vec::new());
             }
             EventOutcome::Failed {
                 letters,
@@ -217,7 +217,7 @@ async fn settle<Q: Queue>(
                     );
                 }
                 shared.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                return finish(queue, shared, item, letters, stop).await;
+                return finish(queue, shared, item, letters);
             }
             EventOutcome::Fatal { status, message } => {
                 let problem = format!(
@@ -267,28 +267,15 @@ async fn deliver(executor: &Executor, event: &Event, actions: Option<&[String]>)
     }
 }
 
-/// Removes the item (with its dead letters). A queue that cannot be written is retried: the
-/// event must neither be lost nor delivered again needlessly. `false` only when stopped.
-async fn finish<Q: Queue>(
-    queue: &Q,
-    shared: &Shared,
-    item: &Item,
-    letters: Vec<DeadLetter>,
-    stop: &mut watch::Receiver<bool>,
-) -> bool {
-    loop {
-        match queue.finish(item.id, letters.clone()).await {
-            Ok(()) => {
-                shared.health.set_queue(None);
-                return true;
-            }
-            Err(e) => {
-                tracing::error!(queue_id = item.id, error = %e, "cannot update the queue; trying again");
-                shared.health.set_queue(Some(e.to_string()));
-                if !pause(Duration::from_secs(1), stop).await {
-                    return false;
-                }
-            }
+/// Settles the item in the queue (removed, with its dead letters). `false` when the queue is
+/// closed: the worker stops and the item is delivered again at the next start.
+fn finish<Q: Queue>(queue: &Q, shared: &Shared, item: &Item, letters: Vec<DeadLetter>) -> bool {
+    match queue.finish(item.id, letters) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(queue_id = item.id, error = %e, "cannot settle an event in the queue");
+            shared.health.set_queue(Some(e.to_string()));
+            false
         }
     }
 }
