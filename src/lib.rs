@@ -20,6 +20,7 @@
 //! - [`queue`]: the embedded durable queue behind `zdmap serve`.
 //! - [`serve`]: the ingest server (Segment's HTTP tracking API).
 //! - [`emulator`]: a stateful in-memory Zendesk for tests and local work.
+//! - [`time`]: timestamps as zdmap writes them.
 //! - [`cases`]: mapping test cases (`zdmap test`).
 //! - [`commands`]: the CLI commands, as library functions.
 
@@ -37,4 +38,5 @@ pub mod request;
 pub mod schema;
 pub mod serve;
 pub mod template;
+pub mod time;
 pub mod trigger;

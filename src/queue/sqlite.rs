@@ -12,11 +12,12 @@
 use super::{Item, NewItem, Queue, QueueError};
 use crate::deliver::DeadLetter;
 use crate::event::Event;
+use crate::time::unix_millis_now;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 
 /// The database file inside the data directory.
@@ -60,12 +61,6 @@ fn open_connection(data_dir: &Path) -> Result<Connection, QueueError> {
     Ok(conn)
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 enum Command {
     Push {
         items: Vec<NewItem>,
@@ -81,7 +76,7 @@ impl Command {
     fn apply(&self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
         match self {
             Command::Push { items, .. } => {
-                let accepted = now_ms() as i64;
+                let accepted = unix_millis_now() as i64;
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO events (partition, only_action, accepted_at, body) VALUES (?1, ?2, ?3, ?4)",
                 )?;
@@ -384,7 +379,7 @@ impl DeadLetterStore {
     pub fn replay(&mut self, which: &Selection) -> Result<u64, QueueError> {
         let tx = self.conn.transaction()?;
         let ids = selected_ids(&tx, which)?;
-        let accepted = now_ms() as i64;
+        let accepted = unix_millis_now() as i64;
         for id in &ids {
             let record: Option<String> = tx
                 .query_row(

@@ -16,10 +16,10 @@ pub mod reload;
 pub mod workers;
 
 use crate::config::{ConfigArgs, Diagnostics};
-use crate::deliver::dead_letter::rfc3339_utc;
 use crate::deliver::setup::Destination;
 use crate::deliver::{Executor, Stats};
 use crate::queue::{Queue, SqliteQueue};
+use crate::time::rfc3339_utc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;

@@ -19,7 +19,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 /// How the workers run.
@@ -292,10 +292,7 @@ async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 }
 
 fn since(ms: u64) -> Duration {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    Duration::from_millis(now.saturating_sub(ms))
+    Duration::from_millis(crate::time::unix_millis_now().saturating_sub(ms))
 }
 
 fn as_object(v: &Value) -> Value {
