@@ -80,19 +80,13 @@ pub fn validate(args: &ValidateArgs) -> ExitCode {
 
 /// `zdmap preview`: one JSON line per event; exit 2 when some events have errors.
 pub fn preview(args: &PreviewArgs) -> ExitCode {
-    let config = match args.config.load() {
+    let config = match super::load_config(&args.config) {
         Ok(c) => c,
-        Err(diags) => {
-            eprintln!("{diags}\nthe mappings are not valid; run `zdmap validate` for details");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let input = match super::open_input(&args.events) {
         Ok(i) => i,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -153,10 +147,7 @@ pub fn match_trigger(args: &MatchArgs) -> ExitCode {
     };
     let input = match super::open_input(&args.events) {
         Ok(i) => i,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

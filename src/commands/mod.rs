@@ -66,15 +66,27 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// An input argument: a file, or `-` for standard input.
-pub fn open_input(path: &Option<PathBuf>) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+/// An input argument: a file, or `-` (or nothing) for standard input; says why on standard
+/// error when it cannot be opened.
+pub fn open_input(path: &Option<PathBuf>) -> Result<Box<dyn std::io::Read + Send>, ExitCode> {
     match path {
         None => Ok(Box::new(std::io::stdin())),
         Some(p) if p.as_os_str() == "-" => Ok(Box::new(std::io::stdin())),
         Some(p) => std::fs::File::open(p)
             .map(|f| Box::new(f) as Box<dyn std::io::Read + Send>)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display()))),
+            .map_err(|e| {
+                eprintln!("error: {}: {e}", p.display());
+                ExitCode::from(1)
+            }),
     }
+}
+
+/// Loads the mappings, saying on standard error why they do not load.
+pub fn load_config(args: &crate::config::ConfigArgs) -> Result<crate::config::Config, ExitCode> {
+    args.load().map_err(|diags| {
+        eprintln!("{diags}\nthe mappings are not valid; run `zdmap validate` for details");
+        ExitCode::from(1)
+    })
 }
 
 /// Runs a command's async body on a multi-threaded runtime; exit 1 when none can start.
@@ -94,13 +106,7 @@ pub async fn load_and_connect(
     config: &crate::config::ConfigArgs,
     target: &crate::deliver::TargetArgs,
 ) -> Result<crate::deliver::setup::Destination, ExitCode> {
-    let config = match config.load() {
-        Ok(c) => std::sync::Arc::new(c),
-        Err(diags) => {
-            eprintln!("{diags}\nthe mappings are not valid; run `zdmap validate` for details");
-            return Err(ExitCode::from(1));
-        }
-    };
+    let config = std::sync::Arc::new(load_config(config)?);
     crate::deliver::setup::connect(config, target, Default::default())
         .await
         .map_err(|e| {

@@ -46,10 +46,7 @@ async fn send_async(args: &SendArgs) -> ExitCode {
     }
     let input = match super::open_input(&args.events) {
         Ok(i) => i,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let existed = args.dead_letter.exists();
     let writer = match DeadLetterWriter::open(&args.dead_letter) {
