@@ -230,14 +230,7 @@ impl Templates {
 
     /// Evaluates a text for its truth (`when`).
     pub fn truthy(&self, text: &Text, scope: &Scope) -> Result<bool, RenderError> {
-        Ok(match self.eval(text, scope)? {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
-            Some(Value::Number(n)) => n.as_f64() != Some(0.0),
-            Some(Value::String(s)) => !s.is_empty(),
-            Some(Value::Array(a)) => !a.is_empty(),
-            Some(Value::Object(o)) => !o.is_empty(),
-            Some(Value::Bool(true)) => true,
-        })
+        Ok(native::truthy(&self.eval(text, scope)?))
     }
 
     fn eval_expr(&self, name: &str, scope: &Scope) -> Result<Option<Value>, RenderError> {

@@ -66,6 +66,7 @@ pub struct Fallback;
 /// An evaluation result: a value, or an error message for the event.
 pub type Evaluated = Result<Result<Option<Value>, String>, Fallback>;
 
+/// Jinja's truth of a value: none, false, 0, and empty strings, lists and maps are false.
 pub fn truthy(v: &Option<Value>) -> bool {
     match v {
         None | Some(Value::Null) | Some(Value::Bool(false)) => false,
