@@ -76,13 +76,9 @@ impl Command {
     fn apply(&self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
         match self {
             Command::Push { items, .. } => {
-                let accepted = unix_millis_now() as i64;
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO events (partition, only_action, accepted_at, body) VALUES (?1, ?2, ?3, ?4)",
-                )?;
+                let accepted = unix_millis_now();
                 for item in items {
-                    let body = serde_json::to_string(&item.event).unwrap_or_default();
-                    insert.execute(params![item.partition, item.only, accepted, body])?;
+                    insert_item(tx, item, accepted)?;
                 }
             }
             Command::Finish { id, letters, .. } => {
@@ -195,6 +191,16 @@ impl Drop for SqliteQueue {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// Stores one waiting event (a push, or a replayed dead letter).
+fn insert_item(conn: &Connection, item: &NewItem, accepted_ms: u64) -> rusqlite::Result<()> {
+    let body = serde_json::to_string(&item.event).unwrap_or_default();
+    conn.prepare_cached(
+        "INSERT INTO events (partition, only_action, accepted_at, body) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![item.partition, item.only, accepted_ms as i64, body])?;
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -379,7 +385,7 @@ impl DeadLetterStore {
     pub fn replay(&mut self, which: &Selection) -> Result<u64, QueueError> {
         let tx = self.conn.transaction()?;
         let ids = selected_ids(&tx, which)?;
-        let accepted = unix_millis_now() as i64;
+        let accepted = unix_millis_now();
         for id in &ids {
             let record: Option<String> = tx
                 .query_row(
@@ -390,15 +396,14 @@ impl DeadLetterStore {
                 .optional()?;
             let Some(record) = record else { continue };
             let letter = stored(*id as i64, &record)?.letter;
-            let partition = Event::from_value(letter.event.clone())
-                .ok()
-                .and_then(|e| e.partition_key());
-            let only = Some(letter.action.clone()).filter(|a| !a.is_empty());
-            let body = serde_json::to_string(&letter.event).unwrap_or_default();
-            tx.execute(
-                "INSERT INTO events (partition, only_action, accepted_at, body) VALUES (?1, ?2, ?3, ?4)",
-                params![partition, only, accepted, body],
-            )?;
+            let item = NewItem {
+                partition: Event::from_value(letter.event.clone())
+                    .ok()
+                    .and_then(|e| e.partition_key()),
+                only: Some(letter.action).filter(|a| !a.is_empty()),
+                event: letter.event,
+            };
+            insert_item(&tx, &item, accepted)?;
             tx.execute(
                 "DELETE FROM dead_letters WHERE id = ?1",
                 params![*id as i64],
