@@ -106,10 +106,11 @@ impl Executor {
         &self.cache
     }
 
-    /// Delivers one event. With `only`, runs just that action (a dead letter being replayed).
-    pub async fn deliver(&self, event: &Event, only: Option<&str>) -> EventOutcome {
+    /// Delivers one event. With `only`, runs just those actions (a dead letter being replayed,
+    /// or the actions of an event that did not go through last time).
+    pub async fn deliver(&self, event: &Event, only: Option<&[String]>) -> EventOutcome {
         let plan = self.config.plan(event);
-        let wanted = |name: &str| only.is_none_or(|o| o == name);
+        let wanted = |name: &str| only.is_none_or(|o| o.iter().any(|a| a == name));
         let mut letters = Vec::new();
         let mut transient = false;
         let mut ran = 0;

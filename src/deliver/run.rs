@@ -88,7 +88,10 @@ pub async fn run<R: Read + Send + 'static>(
                 if fatal.lock().map(|f| f.is_some()).unwrap_or(true) {
                     continue;
                 }
-                match executor.deliver(&job.event, job.only.as_deref()).await {
+                match executor
+                    .deliver(&job.event, job.only.as_ref().map(std::slice::from_ref))
+                    .await
+                {
                     EventOutcome::Delivered => stats.event_delivered(),
                     EventOutcome::Skipped => stats.event_skipped(),
                     EventOutcome::Failed { letters, .. } => {

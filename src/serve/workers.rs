@@ -11,7 +11,7 @@
 //! stops; what it has not settled stays in the queue for the next start.
 
 use super::Shared;
-use crate::deliver::{DeadLetter, EventOutcome, Executor};
+use crate::deliver::{DeadLetter, EventOutcome};
 use crate::event::Event;
 use crate::queue::{Item, Queue};
 use serde_json::Value;
@@ -170,7 +170,7 @@ async fn settle<Q: Queue>(
     let mut wait = options.first_pause;
     loop {
         let executor = shared.executor();
-        let outcome = deliver(&executor, &event, pending.as_deref()).await;
+        let outcome = executor.deliver(&event, pending.as_deref()).await;
         let retry = match outcome {
             EventOutcome::Delivered | EventOutcome::Skipped => {
                 shared.health.set_zendesk_auth(None);
@@ -235,35 +235,6 @@ async fn settle<Q: Queue>(
             }
             wait = (wait * 2).min(options.max_pause);
         }
-    }
-}
-
-/// Runs all actions, or only `actions` (those still to do), and merges what became of them.
-async fn deliver(executor: &Executor, event: &Event, actions: Option<&[String]>) -> EventOutcome {
-    let Some(actions) = actions else {
-        return executor.deliver(event, None).await;
-    };
-    let mut all_letters = Vec::new();
-    let mut any_transient = false;
-    let mut delivered = false;
-    for action in actions {
-        match executor.deliver(event, Some(action)).await {
-            EventOutcome::Delivered => delivered = true,
-            EventOutcome::Skipped => {}
-            EventOutcome::Failed { letters, transient } => {
-                all_letters.extend(letters);
-                any_transient |= transient;
-            }
-            fatal @ EventOutcome::Fatal { .. } => return fatal,
-        }
-    }
-    match (all_letters.is_empty(), delivered) {
-        (false, _) => EventOutcome::Failed {
-            letters: all_letters,
-            transient: any_transient,
-        },
-        (true, true) => EventOutcome::Delivered,
-        (true, false) => EventOutcome::Skipped,
     }
 }
 
