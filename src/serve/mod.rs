@@ -148,8 +148,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the queue, starts listening and delivering. `config` is the loaded config and
-    /// `destination` the delivery set up for it (see [`crate::deliver::setup::connect`]).
+    /// Opens the queue, starts listening and delivering. `destination` is the delivery set up
+    /// for the config that `options.config` says where to load from (see
+    /// [`crate::deliver::setup::connect`]).
     pub async fn start(
         options: ServeOptions,
         destination: Destination,
