@@ -122,7 +122,7 @@ fn walk<'a>(root: &'a Value, segments: &[Segment]) -> Option<&'a Value> {
     let mut node = root;
     for seg in segments {
         node = match (seg, node) {
-            (Segment::Name(n), Value::Object(m)) => m.get(n)?,
+            (Segment::Name(n), Value::Object(m)) => crate::event::member(m, n)?,
             (Segment::Index(i), Value::Array(a)) => {
                 let i = if *i < 0 { a.len() as i64 + i } else { *i };
                 a.get(usize::try_from(i).ok()?)?

@@ -126,7 +126,7 @@ impl fmt::Display for Trigger {
 fn lookup<'a>(event: &'a Value, path: &[String]) -> Option<&'a Value> {
     let mut node = event;
     for seg in path {
-        node = node.as_object()?.get(seg)?;
+        node = crate::event::member(node.as_object()?, seg)?;
     }
     Some(node)
 }

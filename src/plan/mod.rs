@@ -13,7 +13,7 @@ pub mod step;
 
 use crate::config::Config;
 use crate::event::Event;
-use crate::field::{Field, Input};
+use crate::field::{Field, FieldValues, Input};
 use crate::request::Request;
 use crate::template::{Lookups, RenderError, Scope, StepOutputs};
 use crate::trigger::Trigger;
@@ -39,9 +39,6 @@ pub struct Action {
     pub steps: Vec<Step>,
 }
 
-/// The field values of one action for one event.
-pub type FieldValues = Arc<IndexMap<String, Arc<Value>>>;
-
 /// What one event will do.
 #[derive(Debug)]
 pub struct Plan {
@@ -57,7 +54,7 @@ pub struct Plan {
 pub struct PlannedAction {
     /// Index into [`Config::actions`].
     pub action: usize,
-    pub fields: FieldValues,
+    pub fields: Arc<FieldValues>,
 }
 
 /// Why an action failed for an event: the action, the step or field, and a message.
@@ -109,13 +106,11 @@ impl Config {
             if !action.enabled || !action.trigger.matches(&value) {
                 continue;
             }
-            let mut fields = IndexMap::with_capacity(action.fields.len());
+            let mut fields = FieldValues::new(action.field_names.clone());
             let mut failed = false;
-            for field in &action.fields {
+            for (i, field) in action.fields.iter().enumerate() {
                 match field.eval(&input) {
-                    Ok(Some(v)) => {
-                        fields.insert(field.name.clone(), Arc::new(v));
-                    }
+                    Ok(Some(v)) => fields.set(i, v),
                     Ok(None) => {}
                     Err(e) => {
                         plan.errors.push(PlanError {
@@ -148,35 +143,36 @@ impl Config {
         lookups: Arc<Lookups>,
     ) -> Result<Rendered, RenderError> {
         let base = || self.step_scope(plan, planned, outputs.clone(), lookups.clone());
-        let items: Vec<Option<Value>> = match &step.each {
-            None => vec![None],
-            Some(each) => match self.templates.eval(each, &base().build())? {
-                None => Vec::new(),
-                Some(Value::Array(items)) => items.into_iter().map(Some).collect(),
-                Some(Value::Object(map)) => map
-                    .into_iter()
-                    .map(|(k, _)| Some(Value::String(k)))
-                    .collect(),
-                Some(other) => {
-                    return Err(RenderError(format!(
-                        "`each` must give a list, gave {}",
-                        crate::event::json_kind(&other)
-                    )));
-                }
-            },
-        };
-        let mut requests = Vec::new();
-        for item in items {
-            let scope = match item {
-                Some(item) => base().item(item).build(),
-                None => base().build(),
-            };
+        let render = |scope: Scope, requests: &mut Vec<Request>| -> Result<(), RenderError> {
             if let Some(when) = &step.when {
                 if !self.templates.truthy(when, &scope)? {
-                    continue;
+                    return Ok(());
                 }
             }
             requests.push(step.request.render(&self.templates, &scope)?);
+            Ok(())
+        };
+        let mut requests = Vec::new();
+        match &step.each {
+            None => render(base().build(), &mut requests)?,
+            Some(each) => {
+                let items: Vec<Value> = match self.templates.eval(each, &base().build())? {
+                    None => Vec::new(),
+                    Some(Value::Array(items)) => items,
+                    Some(Value::Object(map)) => {
+                        map.into_iter().map(|(k, _)| Value::String(k)).collect()
+                    }
+                    Some(other) => {
+                        return Err(RenderError(format!(
+                            "`each` must give a list, gave {}",
+                            crate::event::json_kind(&other)
+                        )));
+                    }
+                };
+                for item in items {
+                    render(base().item(item).build(), &mut requests)?;
+                }
+            }
         }
         Ok(if requests.is_empty() {
             Rendered::Skipped
@@ -195,10 +191,7 @@ impl Config {
         lookups: Arc<Lookups>,
     ) -> crate::template::ScopeBuilder {
         Scope::builder()
-            .fields(
-                planned.fields.clone(),
-                self.actions[planned.action].field_names.clone(),
-            )
+            .fields(planned.fields.clone())
             .settings(self.settings.clone())
             .message(plan.event.clone())
             .steps(outputs)
@@ -254,17 +247,10 @@ impl Config {
     /// Every request an event's steps render without any network, in order: lookups and earlier
     /// steps' outputs are placeholders. This is the whole mapping path the benches measure.
     pub fn render_offline(&self, event: &Event) -> Offline {
-        let plan = self.plan(event);
-        let mut out = Offline {
-            requests: Vec::new(),
-            lookups: Vec::new(),
-            errors: plan.errors.clone(),
-            plan: Plan {
-                event: plan.event.clone(),
-                actions: Vec::new(),
-                errors: Vec::new(),
-            },
-        };
+        let mut plan = self.plan(event);
+        let mut requests = Vec::new();
+        let mut lookups_needed = Vec::new();
+        let mut errors = std::mem::take(&mut plan.errors);
         for planned in &plan.actions {
             let action = self.action(planned);
             let lookups = Arc::new(Lookups::default());
@@ -276,15 +262,14 @@ impl Config {
                 match self.render_step(&plan, planned, step, outputs.clone(), lookups.clone()) {
                     Ok(Rendered::Skipped) => {}
                     Ok(Rendered::Requests(reqs)) => {
-                        out.requests
-                            .extend(reqs.into_iter().map(|request| OfflineRequest {
-                                action: planned.action,
-                                step: index,
-                                request,
-                            }));
+                        requests.extend(reqs.into_iter().map(|request| OfflineRequest {
+                            action: planned.action,
+                            step: index,
+                            request,
+                        }));
                     }
                     Err(e) => {
-                        out.errors.push(PlanError {
+                        errors.push(PlanError {
                             action: action.name.clone(),
                             step: Some(step.name.clone()),
                             message: e.to_string(),
@@ -293,10 +278,17 @@ impl Config {
                     }
                 }
             }
-            out.lookups.push((planned.action, lookups.missing()));
+            let missing = Arc::try_unwrap(lookups)
+                .map(Lookups::into_missing)
+                .unwrap_or_else(|shared| shared.missing());
+            lookups_needed.push((planned.action, missing));
         }
-        out.plan.actions = plan.actions;
-        out
+        Offline {
+            plan,
+            requests,
+            lookups: lookups_needed,
+            errors,
+        }
     }
 }
 

@@ -15,10 +15,13 @@
 
 mod native;
 
+use crate::event::member;
+use crate::field::FieldValues;
 use indexmap::IndexMap;
 use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, Value as Mj};
 use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -207,11 +210,25 @@ impl Templates {
 
     /// Evaluates a text in a scope. `None` means "no value": the key is dropped.
     pub fn eval(&self, text: &Text, scope: &Scope) -> Result<Option<Value>, RenderError> {
+        Ok(self.eval_borrowed(text, scope)?.map(Cow::into_owned))
+    }
+
+    /// Evaluates a text for its truth (`when`).
+    pub fn truthy(&self, text: &Text, scope: &Scope) -> Result<bool, RenderError> {
+        Ok(native::truthy(self.eval_borrowed(text, scope)?.as_deref()))
+    }
+
+    /// Evaluates a text, borrowing what it reads from the scope or the text itself as it is.
+    fn eval_borrowed<'s>(
+        &self,
+        text: &'s Text,
+        scope: &'s Scope,
+    ) -> Result<Option<Cow<'s, Value>>, RenderError> {
         match text {
-            Text::Literal(s) => Ok(Some(Value::String(s.clone()))),
+            Text::Literal(s) => Ok(Some(Cow::Owned(Value::String(s.clone())))),
             Text::Ref { path, fallback } => match scope.get_path(path) {
                 Some(found) => Ok(found.filter(|v| !v.is_null())),
-                None => self.eval_expr(fallback, scope),
+                None => Ok(self.eval_expr(fallback, scope)?.map(Cow::Owned)),
             },
             Text::Expr { name, native } => {
                 if let Some(fast) = native {
@@ -219,18 +236,13 @@ impl Templates {
                         return result.map_err(RenderError);
                     }
                 }
-                self.eval_expr(name, scope)
+                Ok(self.eval_expr(name, scope)?.map(Cow::Owned))
             }
             Text::Render { name } => {
                 let out = self.env.get_template(name)?.render(scope.to_mj())?;
-                Ok((!out.is_empty()).then_some(Value::String(out)))
+                Ok((!out.is_empty()).then_some(Cow::Owned(Value::String(out))))
             }
         }
-    }
-
-    /// Evaluates a text for its truth (`when`).
-    pub fn truthy(&self, text: &Text, scope: &Scope) -> Result<bool, RenderError> {
-        Ok(native::truthy(&self.eval(text, scope)?))
     }
 
     fn eval_expr(&self, name: &str, scope: &Scope) -> Result<Option<Value>, RenderError> {
@@ -323,16 +335,23 @@ fn plain_reference(expr: &str) -> Option<Vec<String>> {
 
 /// `planName`, `Plan Name` and `plan-name` all become `plan_name`.
 pub fn snake_case(s: &str) -> String {
+    let already = !s.starts_with('_')
+        && !s.ends_with('_')
+        && !s.contains("__")
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if already {
+        return s.to_owned();
+    }
     let mut out = String::with_capacity(s.len() + 4);
-    let chars: Vec<char> = s.chars().collect();
-    for (i, &c) in chars.iter().enumerate() {
+    let mut prev: Option<char> = None;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
         if c.is_alphanumeric() {
             if c.is_uppercase() {
-                let prev = i.checked_sub(1).map(|p| chars[p]);
-                let next = chars.get(i + 1);
                 let boundary = match prev {
                     Some(p) if p.is_lowercase() || p.is_ascii_digit() => true,
-                    Some(p) if p.is_uppercase() => next.is_some_and(|n| n.is_lowercase()),
+                    Some(p) if p.is_uppercase() => chars.peek().is_some_and(|n| n.is_lowercase()),
                     _ => false,
                 };
                 if boundary && !out.is_empty() && !out.ends_with('_') {
@@ -345,6 +364,7 @@ pub fn snake_case(s: &str) -> String {
         } else if !out.is_empty() && !out.ends_with('_') {
             out.push('_');
         }
+        prev = Some(c);
     }
     while out.ends_with('_') {
         out.pop();
@@ -409,12 +429,9 @@ enum Vars {
     None,
     /// An event: every top-level key is a name; a missing key is `none`.
     Event(Arc<Value>),
-    /// Named values (an action's fields): a declared one without a value is `none`, an
-    /// undeclared one is undefined (an error under strict undefined).
-    Named {
-        values: Arc<IndexMap<String, Arc<Value>>>,
-        declared: Arc<[String]>,
-    },
+    /// An action's fields: a declared one without a value is `none`, an undeclared one is
+    /// undefined (an error under strict undefined).
+    Named(Arc<FieldValues>),
 }
 
 /// Builds a [`Scope`].
@@ -428,36 +445,35 @@ impl Scope {
 
     /// Looks a plain path up without minijinja. `None`: not served here (use the expression).
     /// `Some(None)`: no value.
-    fn get_path(&self, path: &[String]) -> Option<Option<Value>> {
+    fn get_path(&self, path: &[String]) -> Option<Option<Cow<'_, Value>>> {
         let (first, rest) = path.split_first()?;
         let root: &Value = match (first.as_str(), &self.0.vars) {
             ("settings", _) => self.0.settings.as_deref()?,
             ("message", _) => self.0.message.as_deref()?,
             ("item", _) => self.0.item.as_deref()?,
             ("key", _) => self.0.key.as_deref()?,
-            ("steps", _) => return None,
-            (name, Vars::Event(ev)) => match ev.get(name) {
+            ("steps", _) => return self.0.steps.as_deref()?.get_path(rest),
+            (name, Vars::Event(ev)) => match ev.as_object().and_then(|m| member(m, name)) {
                 Some(v) => v,
                 None => return Some(None),
             },
-            (name, Vars::Named { values, declared }) => match values.get(name) {
+            (name, Vars::Named(fields)) => match fields.get(name)? {
                 Some(v) => v,
-                None if declared.iter().any(|d| d == name) => return Some(None),
-                None => return None,
+                None => return Some(None),
             },
             (_, Vars::None) => return None,
         };
         let mut node = root;
         for seg in rest {
             node = match node {
-                Value::Object(m) => match m.get(seg.as_str()) {
+                Value::Object(m) => match member(m, seg) {
                     Some(v) => v,
                     None => return Some(None),
                 },
                 _ => return Some(None),
             };
         }
-        Some(Some(node.clone()))
+        Some(Some(Cow::Borrowed(node)))
     }
 
     fn lookups(&self) -> Option<&Lookups> {
@@ -474,13 +490,9 @@ impl ScopeBuilder {
         self.0.vars = Vars::Event(event);
         self
     }
-    /// The action's fields: `values` of this event, `declared` names (missing ones are `none`).
-    pub fn fields(
-        mut self,
-        values: Arc<IndexMap<String, Arc<Value>>>,
-        declared: Arc<[String]>,
-    ) -> Self {
-        self.0.vars = Vars::Named { values, declared };
+    /// The action's fields for this event (declared ones without a value are `none`).
+    pub fn fields(mut self, values: Arc<FieldValues>) -> Self {
+        self.0.vars = Vars::Named(values);
         self
     }
     pub fn settings(mut self, settings: Arc<Value>) -> Self {
@@ -523,7 +535,7 @@ impl Object for ScopeObject {
     fn get_value(self: &Arc<Self>, key: &Mj) -> Option<Mj> {
         let d = &self.0.0;
         let name = key.as_str()?;
-        let json = |v: &Arc<Value>| json_to_mj(v, Vec::new());
+        let json = |v: &Arc<Value>| json_to_mj(Root::Json(v.clone()), Vec::new());
         match name {
             "settings" => d.settings.as_ref().map(json),
             "message" => d.message.as_ref().map(json),
@@ -533,14 +545,16 @@ impl Object for ScopeObject {
             "__zdmap" => d.lookups.clone().map(Mj::from_dyn_object),
             _ => match &d.vars {
                 Vars::Event(ev) => Some(match ev.get(name) {
-                    Some(_) => json_to_mj(ev, vec![Seg::Key(name.into())]),
+                    Some(_) => json_to_mj(Root::Json(ev.clone()), vec![Seg::Key(name.into())]),
                     None => Mj::from_object(Missing),
                 }),
-                Vars::Named { values, declared } => match values.get(name) {
-                    Some(v) => Some(json(v)),
-                    None if declared.iter().any(|d| d == name) => Some(Mj::from(())),
-                    None => None,
-                },
+                Vars::Named(fields) => {
+                    let index = fields.position(name)?;
+                    Some(match fields.value_at(index) {
+                        Some(_) => json_to_mj(Root::Field(fields.clone(), index), Vec::new()),
+                        None => Mj::from(()),
+                    })
+                }
                 Vars::None => None,
             },
         }
@@ -553,19 +567,35 @@ enum Seg {
     Index(usize),
 }
 
+/// Where a [`JsonRef`] starts: a shared JSON value, or one field's value.
+#[derive(Clone, Debug)]
+enum Root {
+    Json(Arc<Value>),
+    Field(Arc<FieldValues>, usize),
+}
+
+impl Root {
+    fn value(&self) -> &Value {
+        match self {
+            Root::Json(v) => v,
+            Root::Field(fields, i) => fields.value_at(*i).unwrap_or(&Value::Null),
+        }
+    }
+}
+
 /// A JSON node seen from minijinja without copying: a root and a path into it.
 #[derive(Debug)]
 struct JsonRef {
-    root: Arc<Value>,
+    root: Root,
     path: Vec<Seg>,
 }
 
 impl JsonRef {
     fn target(&self) -> &Value {
-        let mut node = &*self.root;
+        let mut node = self.root.value();
         for seg in &self.path {
             node = match (seg, node) {
-                (Seg::Key(k), Value::Object(m)) => m.get(&**k).unwrap_or(&Value::Null),
+                (Seg::Key(k), Value::Object(m)) => member(m, k).unwrap_or(&Value::Null),
                 (Seg::Index(i), Value::Array(a)) => a.get(*i).unwrap_or(&Value::Null),
                 _ => &Value::Null,
             };
@@ -576,15 +606,12 @@ impl JsonRef {
     fn child(&self, seg: Seg) -> Mj {
         let mut path = self.path.clone();
         path.push(seg);
-        json_to_mj(&self.root, path)
+        json_to_mj(self.root.clone(), path)
     }
 }
 
-fn json_to_mj(root: &Arc<Value>, path: Vec<Seg>) -> Mj {
-    let r = JsonRef {
-        root: root.clone(),
-        path,
-    };
+fn json_to_mj(root: Root, path: Vec<Seg>) -> Mj {
+    let r = JsonRef { root, path };
     match r.target() {
         Value::Null if r.path.is_empty() => Mj::from(()),
         Value::Null => Mj::from_object(Missing),
@@ -718,6 +745,11 @@ impl Lookups {
         self.asked.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
+    /// Like [`Lookups::missing`], for a last look: what was asked is handed over, not copied.
+    pub fn into_missing(self) -> Vec<LookupNeed> {
+        self.asked.into_inner().unwrap_or_default()
+    }
+
     /// The placeholder that stands for a lookup without an answer.
     pub fn placeholder(index: usize) -> String {
         format!("__zdmap_lookup_{index}__")
@@ -725,7 +757,7 @@ impl Lookups {
 
     fn ask(&self, need: LookupNeed, required: bool) -> Result<Mj, Error> {
         match self.answer(need, required) {
-            Ok(Some(v)) => Ok(json_to_mj(&Arc::new(v), Vec::new())),
+            Ok(Some(v)) => Ok(json_to_mj(Root::Json(Arc::new(v)), Vec::new())),
             Ok(None) => Ok(Mj::from(())),
             Err(message) => Err(Error::new(ErrorKind::InvalidOperation, message)),
         }
@@ -782,6 +814,19 @@ impl StepOutputs {
     pub fn placeholder(step: &str, output: &str) -> String {
         format!("__zdmap_step_{step}__{output}__")
     }
+
+    /// `steps.STEP.OUTPUT` without minijinja, as [`Scope::get_path`] does for other names.
+    /// `None` for what only minijinja answers (other shapes, unknown outputs).
+    fn get_path(&self, path: &[String]) -> Option<Option<Cow<'_, Value>>> {
+        let [step, output] = path else { return None };
+        match self.outputs.get(step) {
+            Some(outputs) => outputs.get(output).map(|v| Some(Cow::Borrowed(v))),
+            None if self.symbolic => Some(Some(Cow::Owned(Value::String(
+                StepOutputs::placeholder(step, output),
+            )))),
+            None => None,
+        }
+    }
 }
 
 impl Object for StepOutputs {
@@ -798,7 +843,7 @@ impl Object for StepOutputs {
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
                 );
-                Some(json_to_mj(&Arc::new(v), Vec::new()))
+                Some(json_to_mj(Root::Json(Arc::new(v)), Vec::new()))
             }
             None if self.symbolic => Some(Mj::from_object(SymbolicOutputs(step.to_owned()))),
             None => Some(Mj::from(())),
@@ -819,6 +864,17 @@ impl Object for SymbolicOutputs {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The fields `declared`, those in `given` with a value.
+    fn field_values(declared: &[&str], given: &[(&str, Value)]) -> Arc<FieldValues> {
+        let names: Arc<[String]> = declared.iter().map(|n| n.to_string()).collect();
+        let mut values = FieldValues::new(names);
+        for (name, value) in given {
+            let at = declared.iter().position(|n| n == name).unwrap();
+            values.set(at, value.clone());
+        }
+        Arc::new(values)
+    }
 
     fn event_scope(v: Value) -> Scope {
         Scope::builder()
@@ -859,12 +915,8 @@ mod tests {
     #[test]
     fn unknown_names_fail_in_named_scopes() {
         let mut t = Templates::new();
-        let fields = Arc::new(IndexMap::from([(
-            "email".to_owned(),
-            Arc::new(json!("a@b.c")),
-        )]));
         let s = Scope::builder()
-            .fields(fields, Arc::from(vec!["email".to_owned()]))
+            .fields(field_values(&["email"], &[("email", json!("a@b.c"))]))
             .build();
         let bad = t.text("{{ emial ~ 'x' }}").unwrap();
         assert!(t.eval(&bad, &s).is_err());
@@ -885,11 +937,10 @@ mod tests {
         let text = t
             .text("{{ resolve('user', external_id=x, email=none) }}")
             .unwrap();
-        let fields = Arc::new(IndexMap::from([("x".to_owned(), Arc::new(json!("u1")))]));
+        let fields = field_values(&["x"], &[("x", json!("u1"))]);
         let lookups = Arc::new(Lookups::default());
-        let declared: Arc<[String]> = Arc::from(vec!["x".to_owned()]);
         let s = Scope::builder()
-            .fields(fields.clone(), declared.clone())
+            .fields(fields.clone())
             .lookups(lookups.clone())
             .build();
         assert_eq!(
@@ -905,10 +956,7 @@ mod tests {
             need,
             Answer::Found(json!(42)),
         )])));
-        let s = Scope::builder()
-            .fields(fields, declared)
-            .lookups(known)
-            .build();
+        let s = Scope::builder().fields(fields).lookups(known).build();
         assert_eq!(t.eval(&text, &s).unwrap(), Some(json!(42)));
     }
 
@@ -949,8 +997,6 @@ mod tests {
             json!([1]),
         ];
         let mut t = Templates::new();
-        let declared: Arc<[String]> =
-            Arc::from(vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]);
         let need = |k: &str| LookupNeed {
             resolver: "user".into(),
             keys: vec![("external_id".into(), k.into())],
@@ -967,14 +1013,14 @@ mod tests {
             assert!(native.is_some(), "{src} takes the fast path");
             for a in &values {
                 for b in &values {
-                    let mut fields = IndexMap::new();
+                    let mut given = vec![("b", b.clone())];
                     if !a.is_null() {
-                        fields.insert("a".to_owned(), Arc::new(a.clone()));
+                        given.push(("a", a.clone()));
                     }
-                    fields.insert("b".to_owned(), Arc::new(b.clone()));
+                    let fields = field_values(&["a", "b", "c"], &given);
                     let scope = || {
                         Scope::builder()
-                            .fields(Arc::new(fields.clone()), declared.clone())
+                            .fields(fields.clone())
                             .lookups(Arc::new(Lookups::new(answers.clone())))
                             .build()
                     };
@@ -990,6 +1036,36 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// `steps.STEP.OUTPUT` is read without minijinja, with minijinja's answers.
+    #[test]
+    fn step_outputs_take_the_fast_path_and_agree_with_minijinja() {
+        let mut t = Templates::new();
+        let text = t.text("{{ steps.upsert.id }}").unwrap();
+        let Text::Ref { fallback, .. } = &text else {
+            panic!("a plain reference")
+        };
+        let known = IndexMap::from([(
+            "upsert".to_owned(),
+            IndexMap::from([("id".to_owned(), json!(7))]),
+        )]);
+        let cases = [
+            (known, false, json!(7)),
+            (IndexMap::new(), true, json!("__zdmap_step_upsert__id__")),
+        ];
+        for (outputs, symbolic, expected) in cases {
+            let scope = Scope::builder()
+                .steps(Arc::new(StepOutputs { outputs, symbolic }))
+                .build();
+            let fast = scope.get_path(&["steps".into(), "upsert".into(), "id".into()]);
+            assert_eq!(fast.flatten().as_deref(), Some(&expected));
+            assert_eq!(t.eval(&text, &scope).unwrap(), Some(expected));
+            assert_eq!(
+                t.eval(&text, &scope).unwrap(),
+                t.eval_expr(fallback, &scope).unwrap()
+            );
         }
     }
 
@@ -1013,6 +1089,9 @@ mod tests {
         assert_eq!(snake_case("HTTPCode"), "http_code");
         assert_eq!(snake_case("already_snake"), "already_snake");
         assert_eq!(snake_case("a-b.c"), "a_b_c");
+        assert_eq!(snake_case("_a__b_"), "a_b");
+        assert_eq!(snake_case("plan2Tier"), "plan2_tier");
+        assert_eq!(snake_case("ÜberName"), "über_name");
     }
 
     #[test]

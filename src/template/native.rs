@@ -10,6 +10,7 @@
 
 use super::{Answer, LookupNeed, Lookups, Scope};
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// A compiled expression of the supported subset.
 #[derive(Clone, Debug, PartialEq)]
@@ -63,11 +64,12 @@ pub enum Filter2 {
 #[derive(Debug)]
 pub struct Fallback;
 
-/// An evaluation result: a value, or an error message for the event.
-pub type Evaluated = Result<Result<Option<Value>, String>, Fallback>;
+/// An evaluation result: a value, or an error message for the event. Values read from the
+/// scope or the expression are borrowed; only what an expression computes is owned.
+pub type Evaluated<'s> = Result<Result<Option<Cow<'s, Value>>, String>, Fallback>;
 
 /// Jinja's truth of a value: none, false, 0, and empty strings, lists and maps are false.
-pub fn truthy(v: &Option<Value>) -> bool {
+pub fn truthy(v: Option<&Value>) -> bool {
     match v {
         None | Some(Value::Null) | Some(Value::Bool(false)) => false,
         Some(Value::Number(n)) => n.as_f64() != Some(0.0),
@@ -78,29 +80,41 @@ pub fn truthy(v: &Option<Value>) -> bool {
     }
 }
 
+fn owned<'s>(v: Value) -> Option<Cow<'s, Value>> {
+    Some(Cow::Owned(v))
+}
+
 impl Native {
-    pub fn eval(&self, scope: &Scope) -> Evaluated {
+    pub fn eval<'s>(&'s self, scope: &'s Scope) -> Evaluated<'s> {
         Ok(Ok(match self {
             Native::Name(path) => match scope.get_path(path) {
                 Some(v) => v.filter(|v| !v.is_null()),
                 None => return Err(Fallback),
             },
-            Native::Literal(v) => Some(v.clone()).filter(|v| !v.is_null()),
+            Native::Literal(v) => Some(Cow::Borrowed(v)).filter(|v| !v.is_null()),
             Native::Or(a, b) => {
                 let x = ok!(a.eval(scope)?);
-                if truthy(&x) { x } else { ok!(b.eval(scope)?) }
+                if truthy(x.as_deref()) {
+                    x
+                } else {
+                    ok!(b.eval(scope)?)
+                }
             }
             Native::And(a, b) => {
                 let x = ok!(a.eval(scope)?);
-                if !truthy(&x) { x } else { ok!(b.eval(scope)?) }
+                if !truthy(x.as_deref()) {
+                    x
+                } else {
+                    ok!(b.eval(scope)?)
+                }
             }
-            Native::Not(a) => Some(Value::Bool(!truthy(&ok!(a.eval(scope)?)))),
+            Native::Not(a) => owned(Value::Bool(!truthy(ok!(a.eval(scope)?).as_deref()))),
             Native::If {
                 then,
                 cond,
                 otherwise,
             } => {
-                if truthy(&ok!(cond.eval(scope)?)) {
+                if truthy(ok!(cond.eval(scope)?).as_deref()) {
                     ok!(then.eval(scope)?)
                 } else {
                     match otherwise {
@@ -111,70 +125,78 @@ impl Native {
             }
             Native::Eq(a, b, negate) => {
                 let (x, y) = (ok!(a.eval(scope)?), ok!(b.eval(scope)?));
-                let eq = match (&x, &y) {
+                let eq = match (x.as_deref(), y.as_deref()) {
                     (Some(Value::Number(p)), Some(Value::Number(q))) => p.as_f64() == q.as_f64(),
                     (Some(Value::Array(_) | Value::Object(_)), _)
                     | (_, Some(Value::Array(_) | Value::Object(_)))
                     | (Some(Value::Bool(_)), Some(Value::Number(_)))
                     | (Some(Value::Number(_)), Some(Value::Bool(_))) => return Err(Fallback),
-                    _ => x == y,
+                    (x, y) => x == y,
                 };
-                Some(Value::Bool(eq != *negate))
+                owned(Value::Bool(eq != *negate))
             }
             Native::IsNone(a, negate) => {
-                Some(Value::Bool(ok!(a.eval(scope)?).is_none() != *negate))
+                owned(Value::Bool(ok!(a.eval(scope)?).is_none() != *negate))
             }
-            Native::Filter(a, f) => match (ok!(a.eval(scope)?), f) {
-                (Some(Value::String(s)), Filter::Lower) => Some(Value::String(s.to_lowercase())),
-                (Some(Value::String(s)), Filter::Upper) => Some(Value::String(s.to_uppercase())),
-                (Some(Value::String(s)), Filter::Trim) => Some(Value::String(s.trim().to_owned())),
-                (Some(Value::String(s)), Filter::String) => Some(Value::String(s)),
-                (Some(Value::Number(n)), Filter::String) if n.is_i64() || n.is_u64() => {
-                    Some(Value::String(n.to_string()))
-                }
-                (Some(Value::Array(items)), Filter::Select) => Some(Value::Array(
-                    items
-                        .into_iter()
-                        .filter(|v| truthy(&Some(v.clone())))
-                        .collect(),
-                )),
-                (Some(Value::Array(items)), Filter::Join(sep)) => {
-                    let mut parts = Vec::with_capacity(items.len());
-                    for v in items {
-                        match v {
-                            Value::String(s) => parts.push(s),
-                            _ => return Err(Fallback),
-                        }
+            Native::Filter(a, f) => {
+                let x = ok!(a.eval(scope)?);
+                match (x.as_deref(), f) {
+                    (Some(Value::String(s)), Filter::Lower) => {
+                        owned(Value::String(s.to_lowercase()))
                     }
-                    Some(Value::String(parts.join(sep)))
+                    (Some(Value::String(s)), Filter::Upper) => {
+                        owned(Value::String(s.to_uppercase()))
+                    }
+                    (Some(Value::String(s)), Filter::Trim) => {
+                        owned(Value::String(s.trim().to_owned()))
+                    }
+                    (Some(Value::String(_)), Filter::String) => x,
+                    (Some(Value::Number(n)), Filter::String) if n.is_i64() || n.is_u64() => {
+                        owned(Value::String(n.to_string()))
+                    }
+                    (Some(Value::Array(items)), Filter::Select) => owned(Value::Array(
+                        items.iter().filter(|v| truthy(Some(v))).cloned().collect(),
+                    )),
+                    (Some(Value::Array(items)), Filter::Join(sep)) => {
+                        let mut parts = Vec::with_capacity(items.len());
+                        for v in items {
+                            match v {
+                                Value::String(s) => parts.push(s.as_str()),
+                                _ => return Err(Fallback),
+                            }
+                        }
+                        owned(Value::String(parts.join(sep)))
+                    }
+                    _ => return Err(Fallback),
                 }
-                _ => return Err(Fallback),
-            },
+            }
             Native::Filter2(a, f, arg) => {
                 let (x, y) = (ok!(a.eval(scope)?), ok!(arg.eval(scope)?));
                 // minijinja iterates a string by its characters: the same here.
-                let others: Vec<Value> = match y {
+                let chars: Vec<Value>;
+                let others: &[Value] = match y.as_deref() {
                     Some(Value::Array(items)) => items,
                     Some(Value::String(s)) => {
-                        s.chars().map(|c| Value::String(c.to_string())).collect()
+                        chars = s.chars().map(|c| Value::String(c.to_string())).collect();
+                        &chars
                     }
                     _ => return Err(Fallback),
                 };
-                match (f, x) {
+                match (f, x.as_deref()) {
                     (Filter2::KeysAs, Some(Value::Object(map))) => {
                         let existing: Vec<&str> = others.iter().filter_map(Value::as_str).collect();
-                        let mut out = serde_json::Map::new();
+                        let mut out = serde_json::Map::with_capacity(map.len());
                         for (k, v) in map {
                             let key = if existing.contains(&k.as_str()) {
-                                k
+                                k.clone()
                             } else {
-                                super::snake_case(&k)
+                                super::snake_case(k)
                             };
-                            out.insert(key, v);
+                            out.insert(key, v.clone());
                         }
-                        Some(Value::Object(out))
+                        owned(Value::Object(out))
                     }
-                    (Filter2::Without, Some(Value::Object(map))) => Some(Value::Array(
+                    (Filter2::Without, Some(Value::Object(map))) => owned(Value::Array(
                         map.keys()
                             .filter(|k| !others.iter().any(|o| o.as_str() == Some(k)))
                             .map(|k| Value::String(k.clone()))
@@ -183,13 +205,17 @@ impl Native {
                     (Filter2::Without, Some(Value::Array(items))) => {
                         if items
                             .iter()
-                            .chain(&others)
+                            .chain(others)
                             .any(|v| !matches!(v, Value::String(_)))
                         {
                             return Err(Fallback);
                         }
-                        Some(Value::Array(
-                            items.into_iter().filter(|i| !others.contains(i)).collect(),
+                        owned(Value::Array(
+                            items
+                                .iter()
+                                .filter(|i| !others.contains(i))
+                                .cloned()
+                                .collect(),
                         ))
                     }
                     _ => return Err(Fallback),
@@ -198,24 +224,28 @@ impl Native {
             Native::List(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for i in items {
-                    out.push(ok!(i.eval(scope)?).unwrap_or(Value::Null));
+                    out.push(ok!(i.eval(scope)?).map_or(Value::Null, Cow::into_owned));
                 }
-                Some(Value::Array(out))
+                owned(Value::Array(out))
             }
             Native::Dict(entries) => {
-                let mut out = serde_json::Map::new();
+                let mut out = serde_json::Map::with_capacity(entries.len());
                 for (k, v) in entries {
-                    out.insert(k.clone(), ok!(v.eval(scope)?).unwrap_or(Value::Null));
+                    let v = ok!(v.eval(scope)?).map_or(Value::Null, Cow::into_owned);
+                    out.insert(k.clone(), v);
                 }
-                Some(Value::Object(out))
+                owned(Value::Object(out))
             }
-            Native::Concat(a, b) => match (ok!(a.eval(scope)?), ok!(b.eval(scope)?)) {
-                (Some(Value::Array(mut x)), Some(Value::Array(y))) => {
-                    x.extend(y);
-                    Some(Value::Array(x))
+            Native::Concat(a, b) => {
+                let (x, y) = (ok!(a.eval(scope)?), ok!(b.eval(scope)?));
+                match (x.map(Cow::into_owned), y.as_deref()) {
+                    (Some(Value::Array(mut x)), Some(Value::Array(y))) => {
+                        x.extend(y.iter().cloned());
+                        owned(Value::Array(x))
+                    }
+                    _ => return Err(Fallback),
                 }
-                _ => return Err(Fallback),
-            },
+            }
             Native::Resolve {
                 resolver,
                 keys,
@@ -226,10 +256,11 @@ impl Native {
                 };
                 let mut given = Vec::new();
                 for (by, expr) in keys {
-                    match ok!(expr.eval(scope)?) {
+                    let v = ok!(expr.eval(scope)?);
+                    match v.as_deref() {
                         None => {}
                         Some(Value::String(s)) if s.is_empty() => {}
-                        Some(Value::String(s)) => given.push((by.clone(), s)),
+                        Some(Value::String(s)) => given.push((by.clone(), s.clone())),
                         Some(v @ (Value::Number(_) | Value::Bool(_))) => {
                             given.push((by.clone(), v.to_string()))
                         }
@@ -246,7 +277,7 @@ impl Native {
                     keys: given,
                 };
                 match lookups.answer(need, *required) {
-                    Ok(v) => v,
+                    Ok(v) => v.map(Cow::Owned),
                     Err(message) => return Ok(Err(message)),
                 }
             }
