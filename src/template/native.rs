@@ -172,22 +172,16 @@ impl Native {
             }
             Native::Filter2(a, f, arg) => {
                 let (x, y) = (ok!(a.eval(scope)?), ok!(arg.eval(scope)?));
-                // minijinja iterates a string by its characters: the same here.
-                let chars: Vec<Value>;
-                let others: &[Value] = match y.as_deref() {
-                    Some(Value::Array(items)) => items,
-                    Some(Value::String(s)) => {
-                        chars = s.chars().map(|c| Value::String(c.to_string())).collect();
-                        &chars
-                    }
+                let others = match y.as_deref() {
+                    Some(Value::Array(items)) => Others::List(items),
+                    Some(Value::String(s)) => Others::Chars(s),
                     _ => return Err(Fallback),
                 };
                 match (f, x.as_deref()) {
                     (Filter2::KeysAs, Some(Value::Object(map))) => {
-                        let existing: Vec<&str> = others.iter().filter_map(Value::as_str).collect();
                         let mut out = serde_json::Map::with_capacity(map.len());
                         for (k, v) in map {
-                            let key = if existing.contains(&k.as_str()) {
+                            let key = if others.has_string(k) {
                                 k.clone()
                             } else {
                                 super::snake_case(k)
@@ -198,22 +192,21 @@ impl Native {
                     }
                     (Filter2::Without, Some(Value::Object(map))) => owned(Value::Array(
                         map.keys()
-                            .filter(|k| !others.iter().any(|o| o.as_str() == Some(k)))
+                            .filter(|k| !others.has_string(k))
                             .map(|k| Value::String(k.clone()))
                             .collect(),
                     )),
                     (Filter2::Without, Some(Value::Array(items))) => {
-                        if items
-                            .iter()
-                            .chain(others)
-                            .any(|v| !matches!(v, Value::String(_)))
+                        let all_strings = |list: &[Value]| list.iter().all(Value::is_string);
+                        if !all_strings(items)
+                            || matches!(others, Others::List(o) if !all_strings(o))
                         {
                             return Err(Fallback);
                         }
                         owned(Value::Array(
                             items
                                 .iter()
-                                .filter(|i| !others.contains(i))
+                                .filter(|i| !i.as_str().is_some_and(|s| others.has_string(s)))
                                 .cloned()
                                 .collect(),
                         ))
@@ -282,6 +275,26 @@ impl Native {
                 }
             }
         }))
+    }
+}
+
+/// The argument of `keys_as` and `without`: a list, or a string, which minijinja iterates
+/// by its characters.
+enum Others<'a> {
+    List(&'a [Value]),
+    Chars(&'a str),
+}
+
+impl Others<'_> {
+    /// Whether the string `s` is one of the elements.
+    fn has_string(&self, s: &str) -> bool {
+        match self {
+            Others::List(items) => items.iter().any(|o| o.as_str() == Some(s)),
+            Others::Chars(text) => {
+                let mut chars = s.chars();
+                matches!((chars.next(), chars.next()), (Some(c), None) if text.contains(c))
+            }
+        }
     }
 }
 
