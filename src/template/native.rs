@@ -231,9 +231,9 @@ impl Native {
             }
             Native::Concat(a, b) => {
                 let (x, y) = (ok!(a.eval(scope)?), ok!(b.eval(scope)?));
-                match (x.map(Cow::into_owned), y.as_deref()) {
+                match (x.map(Cow::into_owned), y.map(Cow::into_owned)) {
                     (Some(Value::Array(mut x)), Some(Value::Array(y))) => {
-                        x.extend(y.iter().cloned());
+                        x.extend(y);
                         owned(Value::Array(x))
                     }
                     _ => return Err(Fallback),
