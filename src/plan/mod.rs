@@ -303,14 +303,18 @@ pub struct Offline {
 }
 
 /// A request of an offline render, with the indices of its action and step.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct OfflineRequest {
-    #[serde(skip)]
     pub action: usize,
-    #[serde(skip)]
     pub step: usize,
-    #[serde(flatten)]
     pub request: Request,
+}
+
+/// Serialized as the request alone (the indices are for the caller).
+impl Serialize for OfflineRequest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.request.serialize(serializer)
+    }
 }
 
 /// The preview of one event.
