@@ -12,6 +12,8 @@ use std::time::Instant;
 use zdmap::deliver::DeadLetterWriter;
 use zdmap::deliver::run::{RunOptions, run};
 
+#[path = "support/allocator.rs"]
+mod allocator;
 #[path = "support/emulated.rs"]
 mod emulated;
 #[path = "support/mix.rs"]

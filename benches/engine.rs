@@ -9,6 +9,8 @@ use std::hint::black_box;
 use zdmap::config::Config;
 use zdmap::event::Event;
 
+#[path = "support/allocator.rs"]
+mod allocator;
 #[path = "support/mix.rs"]
 mod mix;
 use mix::mixed_events;

@@ -19,6 +19,8 @@ use zdmap::queue::{Queue, SqliteQueue};
 use zdmap::serve::ingest::{Endpoint, WriteKeys, events};
 use zdmap::serve::{ServeOptions, Server, WorkerOptions};
 
+#[path = "support/allocator.rs"]
+mod allocator;
 #[path = "support/emulated.rs"]
 mod emulated;
 #[path = "support/mix.rs"]
