@@ -81,9 +81,10 @@ pub fn encode_query_component(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, QUERY).to_string()
 }
 
-/// Percent-encodes one path segment: a value spliced into a path can never add a `/`, `?` or `#`.
-pub fn encode_path_segment(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, QUERY).to_string()
+/// Appends `s` to `path` as one percent-encoded path segment: a value spliced into a path can
+/// never add a `/`, `?` or `#`.
+pub fn push_path_segment(path: &mut String, s: &str) {
+    path.extend(percent_encoding::utf8_percent_encode(s, QUERY));
 }
 
 #[cfg(test)]
@@ -108,6 +109,8 @@ mod tests {
 
     #[test]
     fn path_segment_cannot_escape() {
-        assert_eq!(encode_path_segment("../a/b?c"), "..%2Fa%2Fb%3Fc");
+        let mut path = "/users/".to_owned();
+        push_path_segment(&mut path, "../a/b?c d");
+        assert_eq!(path, "/users/..%2Fa%2Fb%3Fc%20d");
     }
 }

@@ -9,7 +9,7 @@ use crate::config::Problems;
 use crate::config::spec::{LearnSpec, RequestSpec, StepSpec};
 use crate::path::JsonPath;
 use crate::plan::outcome::Outcomes;
-use crate::request::{Method, Request, encode_path_segment};
+use crate::request::{Method, Request, push_path_segment};
 use crate::template::{RenderError, Scope, Templates, Text};
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
@@ -244,12 +244,12 @@ impl RequestTemplate {
 
     /// Renders the request in a scope.
     pub fn render(&self, templates: &Templates, scope: &Scope) -> Result<Request, RenderError> {
-        let mut path = String::new();
+        let mut path = String::with_capacity(64);
         for part in &self.path {
             match part {
                 PathPart::Literal(s) => path.push_str(s),
                 PathPart::Value(t, src) => match templates.eval(t, scope)? {
-                    Some(v) => path.push_str(&encode_path_segment(&scalar_text(&v))),
+                    Some(v) => push_path_segment(&mut path, &scalar_text(v)),
                     None => return Err(RenderError(format!("the path part {src:?} has no value"))),
                 },
             }
@@ -258,7 +258,7 @@ impl RequestTemplate {
             let mut out = IndexMap::new();
             for (k, t) in list {
                 if let Some(v) = templates.eval(t, scope)? {
-                    out.insert(k.clone(), scalar_text(&v));
+                    out.insert(k.clone(), scalar_text(v));
                 }
             }
             Ok(out)
@@ -319,9 +319,9 @@ fn body_texts<'a>(b: &'a Body, at: String, out: &mut Texts<'a>) {
 }
 
 /// A scalar as text for paths, queries and headers (strings as they are; others as JSON).
-fn scalar_text(v: &Value) -> String {
+fn scalar_text(v: Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => s,
         other => other.to_string(),
     }
 }
