@@ -44,7 +44,7 @@ struct Entries {
 
 /// The values of one action's fields for one event, beside the fields' names (in the order the
 /// action declares them). A field without a value is there, as `None`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct FieldValues {
     names: Arc<[String]>,
     values: Vec<Option<Value>>,
@@ -79,14 +79,6 @@ impl FieldValues {
     /// `None`: no field of that name. `Some(None)`: the field has no value for this event.
     pub fn get(&self, name: &str) -> Option<Option<&Value>> {
         self.position(name).map(|i| self.value_at(i))
-    }
-
-    /// The fields that have a value, with their names.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.names
-            .iter()
-            .zip(&self.values)
-            .filter_map(|(n, v)| Some((n.as_str(), v.as_ref()?)))
     }
 }
 
