@@ -118,33 +118,25 @@ pub fn render(metrics: &Metrics, stats: &Stats, queue_depth: Option<u64>, ready:
     for (name, help, value) in counters {
         counter(&mut out, name, help, value);
     }
-    let _ = writeln!(
-        out,
-        "# HELP zdmap_ingest_rejected_total Ingest requests refused, by reason.\n# TYPE zdmap_ingest_rejected_total counter"
+    labeled_counter(
+        &mut out,
+        "zdmap_ingest_rejected_total",
+        "Ingest requests refused, by reason.",
+        "reason",
+        &[
+            ("bad_request", get(&metrics.rejected_bad_request)),
+            ("unauthorized", get(&metrics.rejected_unauthorized)),
+        ],
     );
-    let _ = writeln!(
-        out,
-        "zdmap_ingest_rejected_total{{reason=\"bad_request\"}} {}",
-        get(&metrics.rejected_bad_request)
-    );
-    let _ = writeln!(
-        out,
-        "zdmap_ingest_rejected_total{{reason=\"unauthorized\"}} {}",
-        get(&metrics.rejected_unauthorized)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP zdmap_config_reloads_total Config reloads, by result.\n# TYPE zdmap_config_reloads_total counter"
-    );
-    let _ = writeln!(
-        out,
-        "zdmap_config_reloads_total{{result=\"ok\"}} {}",
-        get(&metrics.reloads_ok)
-    );
-    let _ = writeln!(
-        out,
-        "zdmap_config_reloads_total{{result=\"failed\"}} {}",
-        get(&metrics.reloads_failed)
+    labeled_counter(
+        &mut out,
+        "zdmap_config_reloads_total",
+        "Config reloads, by result.",
+        "result",
+        &[
+            ("ok", get(&metrics.reloads_ok)),
+            ("failed", get(&metrics.reloads_failed)),
+        ],
     );
     if let Some(depth) = queue_depth {
         gauge(
@@ -214,6 +206,14 @@ fn counter(out: &mut String, name: &str, help: &str, value: u64) {
         out,
         "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
     );
+}
+
+/// One counter with a series per value of `label`.
+fn labeled_counter(out: &mut String, name: &str, help: &str, label: &str, series: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, count) in series {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {count}");
+    }
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
