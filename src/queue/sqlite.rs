@@ -404,10 +404,7 @@ impl DeadLetterStore {
                 event: letter.event,
             };
             insert_item(&tx, &item, accepted)?;
-            tx.execute(
-                "DELETE FROM dead_letters WHERE id = ?1",
-                params![*id as i64],
-            )?;
+            delete_letter(&tx, *id)?;
         }
         tx.commit()?;
         Ok(ids.len() as u64)
@@ -418,14 +415,16 @@ impl DeadLetterStore {
         let tx = self.conn.transaction()?;
         let ids = selected_ids(&tx, which)?;
         for id in &ids {
-            tx.execute(
-                "DELETE FROM dead_letters WHERE id = ?1",
-                params![*id as i64],
-            )?;
+            delete_letter(&tx, *id)?;
         }
         tx.commit()?;
         Ok(ids.len() as u64)
     }
+}
+
+fn delete_letter(conn: &Connection, id: u64) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM dead_letters WHERE id = ?1", params![id as i64])
+        .map(drop)
 }
 
 /// The ids of `which` that exist.
