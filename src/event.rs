@@ -57,8 +57,8 @@ pub fn json_kind(v: &Value) -> &'static str {
 ///
 /// Most objects of an event are small, and for a handful of keys comparing them in order is
 /// cheaper than hashing the key, which is what `Map::get` does (measured with
-/// `cargo bench --bench engine`: 8 keys was the better bound of 4, 8 and 16). Every stage that
-/// reads event data by name goes through here.
+/// `cargo bench --bench engine`: 8 keys was the better bound of 4, 8 and 16). The mapping engine's
+/// reads of event data by name (paths, triggers, template references) go through here.
 pub fn member<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     const LINEAR_UP_TO: usize = 8;
     if map.len() <= LINEAR_UP_TO {

@@ -544,7 +544,7 @@ impl Object for ScopeObject {
             "steps" => d.steps.clone().map(Mj::from_dyn_object),
             "__zdmap" => d.lookups.clone().map(Mj::from_dyn_object),
             _ => match &d.vars {
-                Vars::Event(ev) => Some(match ev.get(name) {
+                Vars::Event(ev) => Some(match ev.as_object().and_then(|m| member(m, name)) {
                     Some(_) => json_to_mj(Root::Json(ev.clone()), vec![Seg::Key(name.into())]),
                     None => Mj::from_object(Missing),
                 }),
@@ -643,7 +643,7 @@ impl Object for JsonRef {
             // A missing key of event data is falsy and empty, not an error: events vary.
             Value::Object(m) => {
                 let k = key.as_str()?;
-                Some(if m.contains_key(k) {
+                Some(if member(m, k).is_some() {
                     self.child(Seg::Key(k.into()))
                 } else {
                     Mj::from_object(Missing)
