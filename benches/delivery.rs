@@ -10,7 +10,8 @@ use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Instant;
 use zdmap::deliver::DeadLetterWriter;
-use zdmap::deliver::run::{RunOptions, run};
+use zdmap::deliver::dispatch::{DispatchOptions, RecordWait};
+use zdmap::deliver::run::run;
 
 #[path = "support/allocator.rs"]
 mod allocator;
@@ -32,7 +33,11 @@ async fn deliver(events: &[u8]) -> Outcome {
     let dir = tempfile::tempdir().expect("temp");
     let writer =
         Arc::new(DeadLetterWriter::open(dir.path().join("dead.ndjson")).expect("dead letters"));
-    let options = RunOptions { concurrency: 8 };
+    let options = DispatchOptions {
+        concurrency: 8,
+        wait_for_records: RecordWait::AfterInput(std::time::Duration::from_secs(30)),
+        ..DispatchOptions::default()
+    };
     run(
         dest.executor.clone(),
         Cursor::new(ndjson(mix::organizations())),

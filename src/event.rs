@@ -124,25 +124,32 @@ impl Event {
         self.value.get(key).and_then(Value::as_str)
     }
 
-    /// The key that orders delivery: events with the same key are delivered in order.
+    /// The entity keys that order delivery: events that share a key are delivered in order,
+    /// one at a time; events with no key in common go in parallel.
     ///
-    /// Calls are keyed by `userId`, else `anonymousId`; a `group` call without a `userId` by its
-    /// `groupId`. (A group call with a `userId` adds that user to the organization, so it is
-    /// ordered after the user's own events rather than beside them.)
-    pub fn partition_key(&self) -> Option<String> {
+    /// A call is keyed by its user: `userId`, else `anonymousId`. A `group` call is keyed by its
+    /// organization (`groupId`) too, so the group calls of one organization go in order whoever
+    /// sends them, and one with a `userId` (which adds that user to the organization) is ordered
+    /// with that user's events as well.
+    pub fn ordering_keys(&self) -> Vec<String> {
         let non_empty = |k: &str| match self.value.get(k) {
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
             _ => None,
         };
-        if self.kind() == "group" && non_empty("userId").is_none() {
-            if let Some(g) = non_empty("groupId") {
-                return Some(format!("group:{g}"));
-            }
-        }
-        non_empty("userId")
+        let user = non_empty("userId")
             .map(|u| format!("user:{u}"))
-            .or_else(|| non_empty("anonymousId").map(|a| format!("anon:{a}")))
+            .or_else(|| non_empty("anonymousId").map(|a| format!("anon:{a}")));
+        let group = (self.kind() == "group")
+            .then(|| non_empty("groupId").map(|g| format!("group:{g}")))
+            .flatten();
+        user.into_iter().chain(group).collect()
+    }
+
+    /// The first of [`Event::ordering_keys`] (the user, else the organization): the key a
+    /// queue partitions by.
+    pub fn partition_key(&self) -> Option<String> {
+        self.ordering_keys().into_iter().next()
     }
 }
 
@@ -456,6 +463,10 @@ mod tests {
     fn partition_keys() {
         let e = Event::from_value(json!({"type": "group", "groupId": "g", "userId": "u"})).unwrap();
         assert_eq!(e.partition_key().as_deref(), Some("user:u"));
+        assert_eq!(e.ordering_keys(), ["user:u", "group:g"]);
+        let e =
+            Event::from_value(json!({"type": "identify", "groupId": "g", "userId": 7})).unwrap();
+        assert_eq!(e.ordering_keys(), ["user:7"]);
         let e = Event::from_value(json!({"type": "group", "groupId": "g"})).unwrap();
         assert_eq!(e.partition_key().as_deref(), Some("group:g"));
         let e = Event::from_value(json!({"type": "track", "anonymousId": "a"})).unwrap();

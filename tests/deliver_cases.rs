@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use zdmap::config::Config;
 use zdmap::config::spec::CaseFile;
-use zdmap::deliver::run::{RunOptions, run};
+use zdmap::deliver::dispatch::{DispatchOptions, RecordWait};
+use zdmap::deliver::run::run;
 use zdmap::deliver::setup::{ConnectOptions, connect};
 use zdmap::deliver::{DeadLetterWriter, RetryPolicy, TargetArgs};
 use zdmap::emulator::{Emulator, EmulatorOptions};
@@ -143,12 +144,10 @@ async fn every_case_that_expects_requests_is_delivered_by_the_emulator() {
 
             let options = ConnectOptions {
                 retry: RetryPolicy {
-                    max_attempts: 2,
                     min_delay: Duration::from_millis(5),
                     max_delay: Duration::from_millis(20),
                     ..RetryPolicy::default()
                 },
-                not_found_pauses: Some(Vec::new()),
                 ..ConnectOptions::default()
             };
             let target = TargetArgs {
@@ -168,7 +167,12 @@ async fn every_case_that_expects_requests_is_delivered_by_the_emulator() {
                 Cursor::new(input),
                 writer,
                 dest.stats.clone(),
-                RunOptions { concurrency: 1 },
+                DispatchOptions {
+                    concurrency: 1,
+                    retry_for: Duration::from_secs(2),
+                    wait_for_records: RecordWait::AfterInput(Duration::ZERO),
+                    ..DispatchOptions::default()
+                },
             )
             .await
             .expect("run");

@@ -1,5 +1,6 @@
-//! The transport against a scripted HTTP server on 127.0.0.1: retries, dispositions, headers,
-//! timeouts, non-JSON bodies, and dead letters written and read back.
+//! The transport against a scripted HTTP server on 127.0.0.1: what each attempt's outcome means
+//! (done, retry and at which scope, fatal, invalid), headers, timeouts, non-JSON bodies, and
+//! dead letters written and read back.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use serde_json::{Value, json};
 
 use zdmap::deliver::{
     Budget, Client, ClientOptions, Credentials, DeadLetter, DeadLetterWriter, Disposition,
-    RetryPolicy, Stats, Target, Transport, TransportError, unwrap_dead_letter,
+    PauseScope, RetryPolicy, Stats, Target, Transport, TransportError, unwrap_dead_letter,
 };
 use zdmap::request::{Method, Request};
 
@@ -120,9 +121,8 @@ impl Server {
     }
 }
 
-fn fast_policy(max_attempts: u32) -> RetryPolicy {
+fn fast_policy() -> RetryPolicy {
     RetryPolicy {
-        max_attempts,
         min_delay: Duration::from_millis(5),
         max_delay: Duration::from_millis(20),
         ..RetryPolicy::default()
@@ -142,7 +142,7 @@ fn transport(target: Target, credentials: Credentials, timeout: Duration) -> Tra
     Transport::new(
         client,
         Arc::new(Budget::unlimited()),
-        fast_policy(6),
+        fast_policy(),
         Arc::new(Stats::new()),
     )
 }
@@ -167,9 +167,22 @@ fn get(path: &str) -> Request {
     }
 }
 
-fn done(d: &Disposition) -> (u16, u32) {
+/// Attempts `req` until an attempt is not `Retry` (at most 5): the last disposition and the
+/// attempts made. (Delivery waits between attempts; the transport itself never does.)
+async fn attempts(t: &Transport, req: &Request) -> (Disposition, u32) {
+    let mut n = 0;
+    loop {
+        n += 1;
+        let d = t.attempt(req, |_| false).await;
+        if n == 5 || !matches!(d, Disposition::Retry { .. }) {
+            return (d, n);
+        }
+    }
+}
+
+fn done(d: &(Disposition, u32)) -> (u16, u32) {
     match d {
-        Disposition::Done { response, attempts } => (response.status, *attempts),
+        (Disposition::Done { response }, n) => (response.status, *n),
         other => panic!("expected Done, got {other:?}"),
     }
 }
@@ -185,13 +198,21 @@ async fn rate_limited_then_ok() {
         Credentials::api_token("a@b.co", "tok"),
         Duration::from_secs(5),
     );
-    let d = t
-        .send(&post("/api/v2/users/1/events", json!({"event":{}})))
-        .await;
-    assert_eq!(done(&d), (200, 2));
+    let req = post("/api/v2/users/1/events", json!({"event":{}}));
+    match t.attempt(&req, |_| false).await {
+        Disposition::Retry { wait, scope, .. } => {
+            assert_eq!(wait, Some(Duration::ZERO));
+            assert_eq!(
+                scope,
+                PauseScope::Destination,
+                "no account headers: assume the account"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(done(&attempts(&t, &req).await), (200, 1));
     let stats = t.stats().snapshot();
     assert_eq!(stats.rate_limited, 1);
-    assert_eq!(stats.retries, 1);
     assert_eq!(stats.requests["POST /api/v2/users/{id}/events"]["429"], 1);
     assert_eq!(stats.requests["POST /api/v2/users/{id}/events"]["200"], 1);
 }
@@ -208,11 +229,13 @@ async fn server_errors_are_retried_until_ok() {
         ],
     );
     let t = transport(target, Credentials::oauth("tok"), Duration::from_secs(5));
-    let d = t
-        .send(&post("/api/v2/users/create_or_update", json!({"user":{}})))
-        .await;
+    let d = attempts(
+        &t,
+        &post("/api/v2/users/create_or_update", json!({"user":{}})),
+    )
+    .await;
     assert_eq!(done(&d), (201, 3));
-    if let Disposition::Done { response, .. } = d {
+    if let (Disposition::Done { response }, _) = d {
         assert_eq!(response.body, json!({"user":{"id":7}}));
     }
     assert_eq!(server.seen().len(), 3);
@@ -230,11 +253,16 @@ async fn not_implemented_and_client_errors_are_not_retried() {
         )],
     );
     let t = transport(target, Credentials::oauth("tok"), Duration::from_secs(5));
-    assert_eq!(done(&t.send(&get("/a")).await), (501, 1));
-    let d = t.send(&post("/b", json!({}))).await;
+    assert_eq!(done(&attempts(&t, &get("/a")).await), (501, 1));
+    let d = attempts(&t, &post("/b", json!({}))).await;
     assert_eq!(done(&d), (422, 1));
-    let letter =
-        DeadLetter::from_disposition(json!({"type":"identify"}), "identify_user", "upsert", &d);
+    let letter = DeadLetter::from_disposition(
+        json!({"type":"identify"}),
+        "identify_user",
+        "upsert",
+        &d.0,
+        d.1,
+    );
     assert_eq!(letter.code.as_deref(), Some("DuplicateValue"));
     assert_eq!(letter.status, Some(422));
     assert_eq!(server.seen().len(), 2);
@@ -252,7 +280,10 @@ async fn unauthorized_is_fatal() {
         Credentials::api_token("a@b.co", "s3cr3t"),
         Duration::from_secs(5),
     );
-    match t.send(&post("/api/v2/tickets", json!({"ticket":{}}))).await {
+    match t
+        .attempt(&post("/api/v2/tickets", json!({"ticket":{}})), |_| false)
+        .await
+    {
         Disposition::Fatal { status, message } => {
             assert_eq!(status, 401);
             assert!(message.contains("Couldn't authenticate you"), "{message}");
@@ -274,42 +305,20 @@ async fn slow_response_times_out_and_is_retried() {
         Credentials::oauth("tok"),
         Duration::from_millis(150),
     );
-    assert_eq!(done(&t.send(&get("/slow")).await), (200, 2));
+    match t.attempt(&get("/slow"), |_| false).await {
+        Disposition::Retry {
+            last: Err(TransportError::Timeout { .. }),
+            scope: PauseScope::Key,
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(done(&attempts(&t, &get("/slow")).await), (200, 1));
     assert_eq!(t.stats().snapshot().requests["GET /slow"]["timeout"], 1);
 }
 
 #[tokio::test]
-async fn persistent_timeouts_give_up_with_the_last_error() {
-    let (server, target) = Server::start().await;
-    let mut slow = reply(200, "{}");
-    slow.delay = Duration::from_millis(400);
-    server.script("/slow", vec![slow.clone(), slow]);
-    let client = Client::new(
-        target,
-        Credentials::oauth("tok"),
-        ClientOptions {
-            timeout: Duration::from_millis(100),
-            ..ClientOptions::default()
-        },
-    )
-    .expect("client");
-    let t = Transport::new(
-        client,
-        Arc::new(Budget::unlimited()),
-        fast_policy(2),
-        Arc::new(Stats::new()),
-    );
-    match t.send(&get("/slow")).await {
-        Disposition::GaveUp {
-            last: Err(TransportError::Timeout { .. }),
-            attempts: 2,
-        } => {}
-        other => panic!("{other:?}"),
-    }
-}
-
-#[tokio::test]
-async fn connection_refused_gives_up() {
+async fn connection_refused_is_retryable() {
     // Bind then drop a listener to get a port nobody listens on.
     let addr = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -324,17 +333,20 @@ async fn connection_refused_gives_up() {
     let t = Transport::new(
         client,
         Arc::new(Budget::unlimited()),
-        fast_policy(3),
+        fast_policy(),
         Arc::new(Stats::new()),
     );
-    match t.send(&get("/api/v2/users/1")).await {
-        Disposition::GaveUp {
+    match t.attempt(&get("/api/v2/users/1"), |_| false).await {
+        Disposition::Retry {
             last: Err(e @ TransportError::Connect { .. }),
-            attempts: 3,
+            ..
         } => assert_eq!(e.kind(), "connect"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(t.stats().snapshot().retries, 2);
+    assert_eq!(
+        t.stats().snapshot().requests["GET /api/v2/users/{id}"]["connect"],
+        1
+    );
 }
 
 #[tokio::test]
@@ -344,7 +356,7 @@ async fn non_json_body_becomes_a_string() {
     html.headers = vec![("content-type", "text/html")];
     server.script("/html", vec![html]);
     let t = transport(target, Credentials::oauth("tok"), Duration::from_secs(5));
-    match t.send(&get("/html")).await {
+    match t.attempt(&get("/html"), |_| false).await {
         Disposition::Done { response, .. } => {
             assert_eq!(response.status, 404);
             assert_eq!(response.body, json!("<html><body>Not here</body></html>"));
@@ -367,8 +379,8 @@ async fn request_headers_on_the_wire() {
         .headers
         .insert("Idempotency-Key".into(), "msg-1".into());
     create.query.insert("async".into(), "a b".into());
-    assert_eq!(done(&t.send(&create).await), (200, 2));
-    t.send(&get("/api/v2/users/me")).await;
+    assert_eq!(done(&attempts(&t, &create).await), (200, 2));
+    t.attempt(&get("/api/v2/users/me"), |_| false).await;
 
     let seen = server.seen();
     assert_eq!(seen.len(), 3);
@@ -398,7 +410,7 @@ async fn request_headers_on_the_wire() {
         Credentials::oauth("oauth-tok"),
         Duration::from_secs(5),
     );
-    bearer.send(&get("/x")).await;
+    bearer.attempt(&get("/x"), |_| false).await;
     let last = server.seen().pop().expect("seen");
     assert_eq!(last.headers["authorization"], "Bearer oauth-tok");
 }
@@ -411,17 +423,15 @@ async fn mappings_cannot_set_transport_headers_or_leave_the_host() {
     req.headers
         .insert("Authorization".into(), "Bearer other".into());
     assert!(matches!(
-        t.send(&req).await,
-        Disposition::GaveUp {
-            last: Err(TransportError::InvalidRequest { .. }),
-            attempts: 1
+        t.attempt(&req, |_| false).await,
+        Disposition::Invalid {
+            error: TransportError::InvalidRequest { .. }
         }
     ));
     assert!(matches!(
-        t.send(&get("//evil.example/steal")).await,
-        Disposition::GaveUp {
-            last: Err(TransportError::InvalidRequest { .. }),
-            attempts: 1
+        t.attempt(&get("//evil.example/steal"), |_| false).await,
+        Disposition::Invalid {
+            error: TransportError::InvalidRequest { .. }
         }
     ));
     assert!(server.seen().is_empty());

@@ -21,9 +21,8 @@ const KEY: &str = "wk-test-key";
 fn fast_workers() -> WorkerOptions {
     WorkerOptions {
         concurrency: 4,
-        first_pause: Duration::from_millis(50),
-        max_pause: Duration::from_millis(200),
         poll: Duration::from_millis(100),
+        wait_for_records: Duration::from_millis(500),
         ..WorkerOptions::default()
     }
 }
@@ -40,12 +39,10 @@ async fn start_server(emu: &Emulator, data: &Path, mappings: &Path, watch: bool)
         &target,
         ConnectOptions {
             retry: RetryPolicy {
-                max_attempts: 2,
                 min_delay: Duration::from_millis(10),
-                max_delay: Duration::from_millis(50),
+                max_delay: Duration::from_millis(200),
                 ..RetryPolicy::default()
             },
-            not_found_pauses: Some(vec![Duration::from_millis(50)]),
             ..ConnectOptions::default()
         },
     )

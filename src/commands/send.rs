@@ -1,12 +1,14 @@
 //! `zdmap send`: deliver events to Zendesk (or the emulator), with a summary at the end.
 
 use crate::config::ConfigArgs;
-use crate::deliver::run::{RunOptions, run};
+use crate::deliver::dispatch::{DispatchOptions, RecordWait};
+use crate::deliver::run::run;
 use crate::deliver::{DeadLetterWriter, Progress, TargetArgs};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct SendArgs {
@@ -20,9 +22,20 @@ pub struct SendArgs {
     /// Where events that could not be delivered go (NDJSON; give it back to `zdmap send` to replay).
     #[arg(long, value_name = "FILE", default_value = "zdmap-dead-letters.ndjson")]
     pub dead_letter: PathBuf,
-    /// How many users are delivered in parallel (one user's events always go in order).
+    /// How many events are delivered at once. The events of one user (or one organization)
+    /// always go in order; a user that must wait (a retry, a rate limit, a record that does
+    /// not exist yet) is set aside while the others go on.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub concurrency: usize,
+    /// How long an event keeps being tried while Zendesk fails (server errors, timeouts, 429s)
+    /// before it is dead-lettered, e.g. `90s`, `30m`, `1h`.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = super::serve::parse_duration)]
+    pub retry_for: Duration,
+    /// An event that needs a record that does not exist yet (a track before its user's
+    /// identify) waits for it: until another event creates it, or until this long after the
+    /// input has ended; then it is dead-lettered with the lookup that failed.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::serve::parse_duration)]
+    pub wait_for_records: Duration,
     /// Also print the summary as JSON on standard output.
     #[arg(long)]
     pub json: bool,
@@ -60,8 +73,11 @@ async fn send_async(args: &SendArgs) -> ExitCode {
         destination.stats.clone(),
         !args.no_progress && std::io::stderr().is_terminal(),
     );
-    let options = RunOptions {
+    let options = DispatchOptions {
         concurrency: args.concurrency,
+        retry_for: args.retry_for,
+        wait_for_records: RecordWait::AfterInput(args.wait_for_records),
+        ..DispatchOptions::default()
     };
     let result = run(
         destination.executor.clone(),

@@ -33,13 +33,21 @@ pub struct ServeArgs {
     /// ZDMAP_WRITE_KEYS, comma-separated). Required unless listening on loopback only.
     #[arg(long = "write-key", value_name = "KEY")]
     pub write_keys: Vec<String>,
-    /// How many users are delivered in parallel (one user's events always go in order).
+    /// How many events are delivered at once. The events of one user (or one organization)
+    /// always go in order; a user that must wait (a retry, a rate limit, a record that does
+    /// not exist yet) is set aside while the others go on.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub concurrency: usize,
-    /// How long an event Zendesk cannot take yet (down, refusing credentials) keeps being tried
-    /// before it is dead-lettered, e.g. `90s`, `30m`, `24h`.
+    /// How long an event Zendesk cannot take yet (server errors, timeouts, 429s) keeps being
+    /// tried before it is dead-lettered, e.g. `90s`, `30m`, `24h`. While Zendesk refuses the
+    /// credentials, events wait however long it takes.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     pub retry_for: Duration,
+    /// How long an event that needs a record that does not exist yet (a track before its
+    /// user's identify) waits for another event to create it before it is dead-lettered with
+    /// the lookup that failed.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    pub wait_for_records: Duration,
     /// How long shutdown waits for events being sent; the rest stay queued for the next start.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -117,6 +125,8 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
         workers: WorkerOptions {
             concurrency: args.concurrency,
             retry_for: args.retry_for,
+            wait_for_records: args.wait_for_records,
+            drain: args.shutdown_timeout,
             ..WorkerOptions::default()
         },
         config: args.config.clone(),

@@ -23,7 +23,7 @@ use diagnostic::suggest;
 use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use spec::{ActionSpec, AuthSpec, DestinationSpec, SettingSpec, SettingType};
+use spec::{ActionSpec, AuthSpec, DestinationSpec, RetriesSpec, SettingSpec, SettingType};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,6 +66,8 @@ pub struct Config {
     error_messages: Vec<JsonPath>,
     /// Default outcomes for every step.
     pub outcomes: Outcomes,
+    /// How often a step is tried when an outcome says `retry`.
+    pub retries: RetriesSpec,
     pub resolvers: IndexMap<String, Resolver>,
     /// Actions in run order: `after` first, then by file name.
     pub actions: Vec<Action>,
@@ -155,6 +157,7 @@ impl Config {
             error_codes: Vec::new(),
             error_messages: Vec::new(),
             outcomes: Outcomes::default(),
+            retries: RetriesSpec::default(),
             resolvers: IndexMap::new(),
             actions: Vec::new(),
             templates: Templates::new(),
@@ -167,6 +170,7 @@ impl Config {
             config.auth = spec.auth.clone();
             config.settings = Arc::new(settings(spec, overrides, &mut p, &mut diags));
             config.outcomes = Outcomes::compile(&spec.outcomes, "/outcomes", &mut p);
+            config.retries = spec.retries;
             for (what, paths, out) in [
                 ("codes", &spec.errors.codes, &mut config.error_codes),
                 (

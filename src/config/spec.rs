@@ -243,6 +243,9 @@ pub struct DestinationSpec {
     /// Default meaning of response statuses for every step (steps may override).
     #[serde(default)]
     pub outcomes: IndexMap<String, OutcomeKind>,
+    /// How often a step is tried when an outcome says `retry`.
+    #[serde(default)]
+    pub retries: RetriesSpec,
     /// Named lookups, used in templates as `resolve('NAME', by=key, ...)`.
     #[serde(default)]
     pub resolvers: IndexMap<String, ResolverSpec>,
@@ -299,6 +302,31 @@ pub struct ApiTokenAuth {
 #[serde(deny_unknown_fields)]
 pub struct OAuthAuth {
     pub token_env: String,
+}
+
+/// How often a step is tried when an outcome says `retry`. Server errors, timeouts and 429s
+/// are retried with backoff for as long as delivery's `--retry-for` allows; a client error (4xx)
+/// mapped to `retry` (two first creates of one user racing) has a bounded number of tries.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetriesSpec {
+    /// Tries in all of a step whose 4xx answer an outcome maps to `retry`; then the event is
+    /// dead-lettered with Zendesk's error.
+    #[serde(default = "default_client_error_tries")]
+    #[schemars(range(min = 1, max = 100))]
+    pub client_error_tries: u32,
+}
+
+impl Default for RetriesSpec {
+    fn default() -> Self {
+        RetriesSpec {
+            client_error_tries: default_client_error_tries(),
+        }
+    }
+}
+
+fn default_client_error_tries() -> u32 {
+    3
 }
 
 /// Where error codes and messages are found in the destination's error bodies (JSONPaths).

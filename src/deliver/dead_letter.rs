@@ -92,35 +92,32 @@ impl From<DeadLetter> for DeadLetterRecord {
 }
 
 impl DeadLetter {
-    /// A dead letter for `event`, whose `action`'s `step` ended in `disposition`, stamped now.
-    /// For a `Done` response (a status the caller does not accept), status, code and message come
-    /// from the response; for `GaveUp`, from the last outcome.
+    /// A dead letter for `event`, whose `action`'s `step` ended in `disposition` after
+    /// `attempts` attempts, stamped now. Status, code and message come from the response, or
+    /// from the transport failure when there was none.
     pub fn from_disposition(
         event: Value,
         action: impl Into<String>,
         step: impl Into<String>,
         disposition: &Disposition,
+        attempts: u32,
     ) -> Self {
-        let (status, code, message, attempts) = match disposition {
-            Disposition::Done { response, attempts }
-            | Disposition::GaveUp {
-                last: Ok(response),
-                attempts,
+        let (status, code, message) = match disposition {
+            Disposition::Done { response }
+            | Disposition::Retry {
+                last: Ok(response), ..
             } => {
                 let (code, message) = zendesk_error(&response.body);
                 let message = message.unwrap_or_else(|| format!("HTTP {}", response.status));
-                (Some(response.status), code, message, *attempts)
+                (Some(response.status), code, message)
             }
-            Disposition::GaveUp {
-                last: Err(error),
-                attempts,
-            } => (
-                None,
-                Some(error.kind().to_string()),
-                error.to_string(),
-                *attempts,
-            ),
-            Disposition::Fatal { status, message } => (Some(*status), None, message.clone(), 1),
+            Disposition::Retry {
+                last: Err(error), ..
+            }
+            | Disposition::Invalid { error } => {
+                (None, Some(error.kind().to_string()), error.to_string())
+            }
+            Disposition::Fatal { status, message } => (Some(*status), None, message.clone()),
         };
         DeadLetter {
             event,
@@ -271,10 +268,9 @@ mod tests {
                 body: json!({"error":"RecordInvalid","details":{"email":[{"error":"DuplicateValue","description":"taken"}]}}),
                 elapsed: Duration::ZERO,
             },
-            attempts: 1,
         };
         let letter =
-            DeadLetter::from_disposition(event.clone(), "track_event", "send", &disposition);
+            DeadLetter::from_disposition(event.clone(), "track_event", "send", &disposition, 1);
         assert_eq!(letter.status, Some(422));
         assert_eq!(letter.code.as_deref(), Some("DuplicateValue"));
         let line = letter.to_line();

@@ -1,19 +1,28 @@
 //! Executing plans: render each step, resolve what it needs, send it, judge the response.
 //!
-//! For one event, [`Executor::deliver`] plans it, then runs its actions in order. A step is
-//! rendered; the lookups it asks for (`resolve('user', email=...)`) are answered from the
-//! [`LookupCache`] or by the resolver's requests, and the step is rendered again with the
-//! answers. The request goes out through the [`Transport`] (budget, retries); the response
-//! status, read against the step's and the destination's outcome rules, says whether the action
-//! goes on, stops, fails (a [`DeadLetter`]) or whether the destination itself is broken (fatal).
-//! Ids that responses already carry are learned into the cache.
+//! [`Executor::start`] plans one event and returns its [`Delivery`]: the event's progress
+//! through its actions, in order. [`Delivery::advance`] runs it as far as it can go and says why
+//! it stopped ([`Turn`]): the event is settled, or it must wait ([`Wait`]) for a record that does
+//! not exist yet, for a retry, or for the credentials to be fixed. Nothing here sleeps: the
+//! scheduler ([`super::schedule`]) sets the event aside and calls `advance` again later, and the
+//! delivery resumes at the step (and the request of an `each` step) where it stopped.
+//!
+//! A step is rendered; the lookups it asks for (`resolve('user', email=...)`) are answered from
+//! the [`LookupCache`] or by the resolver's requests, and the step is rendered again with the
+//! answers. The request goes out through the [`Transport`] (one attempt); the response status,
+//! read against the step's and the destination's outcome rules, says whether the action goes
+//! on, stops, is tried again, fails (a [`DeadLetter`]) or whether the destination itself is
+//! broken (fatal). Ids that responses already carry are learned into the cache, and the keys
+//! learned are reported so that events waiting for them wake up.
 
 use crate::config::Config;
 use crate::config::spec::OutcomeKind;
-use crate::deliver::cache::LookupCache;
-use crate::deliver::{DeadLetter, Disposition, Response, Transport};
+use crate::deliver::cache::{Cached, LookupCache};
+use crate::deliver::retry::PauseScope;
+use crate::deliver::{DeadLetter, Disposition, Response, RetryPolicy, Transport};
 use crate::event::Event;
 use crate::plan::{Plan, PlannedAction, Rendered, Step};
+use crate::request::Request;
 use crate::template::{Answer, LookupNeed, Lookups, StepOutputs};
 use indexmap::IndexMap;
 use serde_json::Value;
@@ -29,41 +38,68 @@ pub enum EventOutcome {
     /// No action matched.
     Skipped,
     /// Some actions failed (the others are done): one dead letter per failed action.
-    /// `transient` when a failure may go away by itself (Zendesk down, timeouts, 429s).
-    Failed {
-        letters: Vec<DeadLetter>,
+    Failed { letters: Vec<DeadLetter> },
+}
+
+/// Why [`Delivery::advance`] stopped.
+#[derive(Debug)]
+pub enum Turn {
+    /// The event is settled.
+    Finished(EventOutcome),
+    /// The event cannot go on yet; call `advance` again after the wait.
+    Wait(Wait),
+}
+
+/// What an event waits for.
+#[derive(Debug)]
+pub enum Wait {
+    /// A `resolve(...)` found nothing: the record may not exist yet. Wait until a response
+    /// teaches one of `need`'s keys ([`Delivery::take_learned`] of another event), or give up.
+    Missing { need: LookupNeed },
+    /// Try again later: after `wait` when Zendesk said (`Retry-After`), else after a backoff.
+    /// `transient` failures (server errors, timeouts, 429s) are tried for as long as delivery's
+    /// `--retry-for` allows; others (a 4xx an outcome maps to `retry`) have a bounded number of
+    /// tries, counted here. `letter` is the dead letter if it is given up.
+    Retry {
+        wait: Option<Duration>,
+        scope: PauseScope,
         transient: bool,
+        letter: Box<DeadLetter>,
     },
-    /// The destination refused our credentials or permissions: stop, keep the event.
+    /// The destination refused the credentials or permissions (401/403).
     Fatal { status: u16, message: String },
 }
 
-enum ActionError {
-    Failed {
-        letter: Box<DeadLetter>,
-        transient: bool,
-    },
-    Fatal {
-        status: u16,
-        message: String,
-    },
+/// A resolver cache entry a response taught: `resolver` by `by` = `key`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LearnedKey {
+    pub resolver: String,
+    pub by: String,
+    pub key: String,
 }
 
-/// Runs plans against one destination. Share it between workers (`Arc`).
+impl LearnedKey {
+    /// The keys of a lookup need, as the cache stores them.
+    pub fn of_need(need: &LookupNeed) -> Vec<LearnedKey> {
+        need.keys
+            .iter()
+            .map(|(by, key)| LearnedKey {
+                resolver: need.resolver.clone(),
+                by: by.clone(),
+                key: key.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Runs plans against one destination. Share it between deliveries (`Arc`).
 #[derive(Debug)]
 pub struct Executor {
     config: Arc<Config>,
     transport: Transport,
     cache: Arc<LookupCache>,
-    not_found_pauses: Vec<Duration>,
 }
 
-/// Pauses before a lookup that found nothing is tried again.
-const DEFAULT_NOT_FOUND_PAUSES: [Duration; 2] =
-    [Duration::from_millis(500), Duration::from_secs(2)];
-
-/// How often a step whose outcome says `retry` is tried when the transport would not retry it.
-const OUTCOME_RETRIES: u32 = 3;
 /// How many render → resolve rounds one step may take.
 const LOOKUP_ROUNDS: usize = 8;
 
@@ -73,24 +109,16 @@ impl Executor {
             config,
             transport,
             cache,
-            not_found_pauses: DEFAULT_NOT_FOUND_PAUSES.to_vec(),
         }
     }
 
-    /// The pauses before looking again when a lookup finds nothing (default 0.5 s, then 2 s).
-    pub fn with_not_found_pauses(mut self, pauses: Vec<Duration>) -> Executor {
-        self.not_found_pauses = pauses;
-        self
-    }
-
-    /// The same destination (client, budget, stats, pauses) running another config, with an
-    /// empty cache (the new config's resolvers may differ). Used when the mappings are reloaded.
+    /// The same destination (client, budget, stats) running another config, with an empty
+    /// cache (the new config's resolvers may differ). Used when the mappings are reloaded.
     pub fn with_config(&self, config: Arc<Config>) -> Executor {
         Executor {
             config,
             transport: self.transport.clone(),
             cache: Arc::new(LookupCache::new()),
-            not_found_pauses: self.not_found_pauses.clone(),
         }
     }
 
@@ -106,16 +134,13 @@ impl Executor {
         &self.cache
     }
 
-    /// Delivers one event. With `only`, runs just those actions (a dead letter being replayed,
-    /// or the actions of an event that did not go through last time).
-    pub async fn deliver(&self, event: &Event, only: Option<&[String]>) -> EventOutcome {
+    /// Plans one event. With `only`, just those actions run (a dead letter being replayed).
+    /// The delivery keeps this executor (and so its config) until it is settled.
+    pub fn start(self: &Arc<Self>, event: &Event, only: Option<Vec<String>>) -> Delivery {
         let plan = self.config.plan(event);
-        let wanted = |name: &str| only.is_none_or(|o| o.iter().any(|a| a == name));
+        let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|a| a == name));
         let mut letters = Vec::new();
-        let mut transient = false;
-        let mut ran = 0;
         for e in plan.errors.iter().filter(|e| wanted(&e.action)) {
-            ran += 1;
             letters.push(DeadLetter::without_response(
                 event.value().clone(),
                 e.action.clone(),
@@ -123,88 +148,17 @@ impl Executor {
                 e.message.clone(),
             ));
         }
-        for planned in &plan.actions {
-            let action = self.config.action(planned);
-            if !wanted(&action.name) {
-                continue;
-            }
-            ran += 1;
-            match self.run_action(&plan, planned).await {
-                Ok(()) => {}
-                Err(ActionError::Failed {
-                    letter,
-                    transient: t,
-                }) => {
-                    letters.push(*letter);
-                    transient |= t;
-                }
-                Err(ActionError::Fatal { status, message }) => {
-                    return EventOutcome::Fatal { status, message };
-                }
-            }
+        Delivery {
+            ran: letters.len(),
+            executor: self.clone(),
+            plan,
+            only,
+            next: 0,
+            current: None,
+            letters,
+            learned: Vec::new(),
+            last_chance: false,
         }
-        match (ran, letters.is_empty()) {
-            (0, _) => EventOutcome::Skipped,
-            (_, true) => EventOutcome::Delivered,
-            (_, false) => EventOutcome::Failed { letters, transient },
-        }
-    }
-
-    async fn run_action(&self, plan: &Plan, planned: &PlannedAction) -> Result<(), ActionError> {
-        let action = self.config.action(planned);
-        let mut answers: HashMap<LookupNeed, Answer> = HashMap::new();
-        let mut outputs: IndexMap<String, IndexMap<String, Value>> = IndexMap::new();
-        let fail = |step: &str, message: String, transient: bool| ActionError::Failed {
-            letter: Box::new(DeadLetter::without_response(
-                (*plan.event).clone(),
-                action.name.clone(),
-                step.to_owned(),
-                message,
-            )),
-            transient,
-        };
-        for step in &action.steps {
-            let mut round = 0;
-            let rendered = loop {
-                let lookups = Arc::new(Lookups::new(answers.clone()));
-                let step_outputs = Arc::new(StepOutputs {
-                    outputs: outputs.clone(),
-                    symbolic: false,
-                });
-                let result =
-                    self.config
-                        .render_step(plan, planned, step, step_outputs, lookups.clone());
-                let missing = lookups.missing();
-                if missing.is_empty() {
-                    break result.map_err(|e| fail(&step.name, e.to_string(), false))?;
-                }
-                round += 1;
-                if round > LOOKUP_ROUNDS {
-                    return Err(fail(&step.name, "lookups did not settle".into(), false));
-                }
-                for need in missing {
-                    let answer = self.resolve(plan, &action.name, &step.name, &need).await?;
-                    answers.insert(need, answer);
-                }
-            };
-            let Rendered::Requests(requests) = rendered else {
-                continue;
-            };
-            let sent = !requests.is_empty();
-            for request in requests {
-                match self.send_step(plan, &action.name, step, &request).await? {
-                    StepResult::Ok(response) => {
-                        outputs.insert(step.name.clone(), step.read_outputs(&response.body));
-                        self.learn(plan, planned, step, &outputs, &answers, &response.body);
-                    }
-                    StepResult::Skip => return Ok(()),
-                }
-            }
-            if sent {
-                step.forget.iter().for_each(|r| self.cache.forget(r));
-            }
-        }
-        Ok(())
     }
 
     /// The outcome of a response for a step: the step's rules, then the destination's, then 2xx = ok.
@@ -219,211 +173,430 @@ impl Executor {
                 OutcomeKind::Fail
             })
     }
+}
 
-    async fn send_step(
-        &self,
-        plan: &Plan,
-        action: &str,
-        step: &Step,
-        request: &crate::request::Request,
-    ) -> Result<StepResult, ActionError> {
-        let mut extra = 0;
-        loop {
-            let disposition = self
-                .transport
-                .send_accepting(request, |r| self.outcome(step, r) != OutcomeKind::Retry)
-                .await;
-            let letter = |d: &Disposition| {
-                Box::new(DeadLetter::from_disposition(
-                    (*plan.event).clone(),
-                    action,
-                    &step.name,
-                    d,
-                ))
-            };
-            match &disposition {
-                Disposition::Done { response, .. } => match self.outcome(step, response) {
-                    OutcomeKind::Ok => return Ok(StepResult::Ok(Box::new(response.clone()))),
-                    OutcomeKind::Skip => return Ok(StepResult::Skip),
-                    OutcomeKind::Fail => {
-                        return Err(ActionError::Failed {
-                            letter: letter(&disposition),
-                            transient: false,
-                        });
-                    }
-                    OutcomeKind::Fatal => {
-                        let (_, message) = self.config.error_info(&response.body);
-                        return Err(ActionError::Fatal {
-                            status: response.status,
-                            message: message.unwrap_or_else(|| format!("HTTP {}", response.status)),
-                        });
-                    }
-                    OutcomeKind::Retry if extra < OUTCOME_RETRIES => {
-                        extra += 1;
-                        self.transport.stats().retry();
-                        tokio::time::sleep(Duration::from_millis(200 << extra)).await;
-                    }
-                    OutcomeKind::Retry => {
-                        return Err(ActionError::Failed {
-                            letter: letter(&disposition),
-                            transient: true,
-                        });
-                    }
-                },
-                Disposition::Fatal { status, message } => {
-                    return Err(ActionError::Fatal {
-                        status: *status,
-                        message: message.clone(),
-                    });
-                }
-                Disposition::GaveUp { .. } => {
-                    return Err(ActionError::Failed {
-                        letter: letter(&disposition),
-                        transient: true,
-                    });
-                }
-            }
-        }
-    }
+/// One event's way through its actions; see the module docs.
+#[derive(Debug)]
+pub struct Delivery {
+    executor: Arc<Executor>,
+    plan: Plan,
+    only: Option<Vec<String>>,
+    /// The next planned action to run (index into `plan.actions`).
+    next: usize,
+    /// Where the action under way stands.
+    current: Option<ActionProgress>,
+    letters: Vec<DeadLetter>,
+    /// Actions run or failed so far (0 at the end: nothing matched).
+    ran: usize,
+    learned: Vec<LearnedKey>,
+    last_chance: bool,
+}
 
-    /// Answers a lookup: from the cache, else by the resolver's lookups in order.
-    async fn resolve(
-        &self,
-        plan: &Plan,
-        action: &str,
-        step: &str,
-        need: &LookupNeed,
-    ) -> Result<Answer, ActionError> {
-        let what = format!("lookup {need}");
-        let Some(resolver) = self.config.resolvers.get(&need.resolver) else {
-            return Err(ActionError::Failed {
-                letter: Box::new(DeadLetter::without_response(
-                    (*plan.event).clone(),
-                    action,
-                    step,
-                    format!("{what}: no such resolver"),
-                )),
-                transient: false,
-            });
-        };
-        let ttl = Duration::from_secs(resolver.cache.ttl_seconds);
-        // Nothing found may only mean "not yet": the record can be in flight on another
-        // worker, or not yet in Zendesk's search index. Look again after a pause or two.
-        let mut pauses = self.not_found_pauses.iter();
-        loop {
-            for (lookup, key) in resolver.order(&need.keys) {
-                if let Some(v) = self.cache.get(&resolver.name, &lookup.by, key) {
-                    return Ok(Answer::Found(v));
-                }
-                let request = lookup
-                    .render(&self.config.templates, &self.config.settings, key)
-                    .map_err(|e| ActionError::Failed {
-                        letter: Box::new(DeadLetter::without_response(
-                            (*plan.event).clone(),
-                            action,
-                            step,
-                            format!("{what}: {e}"),
-                        )),
-                        transient: false,
-                    })?;
-                let found = match request {
-                    None => Some(id_value(key)),
-                    Some(request) => match self.transport.send(&request).await {
-                        Disposition::Done { response, .. } if response.is_success() => {
-                            lookup.extract(&response.body)
-                        }
-                        Disposition::Fatal { status, message } => {
-                            return Err(ActionError::Fatal { status, message });
-                        }
-                        d => {
-                            let transient = matches!(d, Disposition::GaveUp { .. });
-                            let mut letter = DeadLetter::from_disposition(
-                                (*plan.event).clone(),
-                                action,
-                                step,
-                                &d,
-                            );
-                            letter.message = format!("{what}: {}", letter.message);
-                            return Err(ActionError::Failed {
-                                letter: Box::new(letter),
-                                transient,
-                            });
-                        }
-                    },
-                };
-                if let Some(value) = found {
-                    self.cache.put(
-                        &resolver.name,
-                        ttl,
-                        resolver.cache.capacity,
-                        &lookup.by,
-                        key,
-                        value.clone(),
-                    );
-                    return Ok(Answer::Found(value));
-                }
-            }
-            match pauses.next() {
-                Some(pause) => tokio::time::sleep(*pause).await,
-                None => return Ok(Answer::NotFound),
-            }
-        }
-    }
+/// Where one action stands.
+#[derive(Debug, Default)]
+struct ActionProgress {
+    step: usize,
+    /// Requests of the current step already sent (an `each` step renders several).
+    sent: usize,
+    answers: HashMap<LookupNeed, Answer>,
+    outputs: IndexMap<String, IndexMap<String, Value>>,
+    /// Attempts at the current request.
+    attempts: u32,
+}
 
-    /// Fills the cache from a response, as the step's `learn` entries say.
-    fn learn(
-        &self,
-        plan: &Plan,
-        planned: &PlannedAction,
-        step: &Step,
-        outputs: &IndexMap<String, IndexMap<String, Value>>,
-        answers: &HashMap<LookupNeed, Answer>,
-        body: &Value,
-    ) {
-        if step.learn.is_empty() {
-            return;
-        }
-        let scope = self
-            .config
-            .step_scope(
-                plan,
-                planned,
-                Arc::new(StepOutputs {
-                    outputs: outputs.clone(),
-                    symbolic: false,
-                }),
-                Arc::new(Lookups::new(answers.clone())),
-            )
-            .build();
-        for l in &step.learn {
-            let Some(resolver) = self.config.resolvers.get(&l.resolver) else {
-                continue;
-            };
-            let Ok(Some(key)) = self.config.templates.eval(&l.key, &scope) else {
-                continue;
-            };
-            let key = match key {
-                Value::String(s) => s,
-                other => other.to_string(),
-            };
-            if let Some(value) = l.value.first(body).filter(|v| !v.is_null()) {
-                let ttl = Duration::from_secs(resolver.cache.ttl_seconds);
-                self.cache.put(
-                    &resolver.name,
-                    ttl,
-                    resolver.cache.capacity,
-                    &l.by,
-                    &key,
-                    value.clone(),
-                );
-            }
-        }
-    }
+/// Why an action stopped before its end.
+enum Stop {
+    Failed(Box<DeadLetter>),
+    Wait(Wait),
 }
 
 enum StepResult {
     Ok(Box<Response>),
     Skip,
+}
+
+impl Delivery {
+    /// The event being delivered.
+    pub fn event(&self) -> &Arc<Value> {
+        &self.plan.event
+    }
+
+    /// How long to wait between attempts: the transport's policy.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        self.executor.transport.policy()
+    }
+
+    /// Runs the event's actions, from where it stopped, until it is settled or must wait.
+    pub async fn advance(&mut self) -> Turn {
+        // A lookup that found nothing is asked again when the event comes back.
+        if let Some(progress) = &mut self.current {
+            progress
+                .answers
+                .retain(|_, a| matches!(a, Answer::Found(_)));
+        }
+        while self.next < self.plan.actions.len() {
+            let planned = self.plan.actions[self.next].clone();
+            let action = self.executor.config.action(&planned);
+            let wanted = self.only.as_ref().is_none_or(|o| o.contains(&action.name));
+            if wanted {
+                match self.run_action(&planned).await {
+                    Ok(()) => {}
+                    Err(Stop::Failed(letter)) => self.letters.push(*letter),
+                    Err(Stop::Wait(wait)) => return Turn::Wait(wait),
+                }
+                self.ran += 1;
+            }
+            self.current = None;
+            self.next += 1;
+        }
+        Turn::Finished(match (self.ran, self.letters.is_empty()) {
+            (0, _) => EventOutcome::Skipped,
+            (_, true) => EventOutcome::Delivered,
+            (_, false) => EventOutcome::Failed {
+                letters: std::mem::take(&mut self.letters),
+            },
+        })
+    }
+
+    /// The action under way fails with `letter` (its retries ran out); the next `advance`
+    /// goes on with the event's other actions.
+    pub fn give_up(&mut self, letter: DeadLetter) {
+        if self.next < self.plan.actions.len() {
+            self.letters.push(letter);
+            self.ran += 1;
+            self.current = None;
+            self.next += 1;
+        }
+    }
+
+    /// From now on a record that is missing fails the action instead of waiting for it.
+    pub fn last_chance(&mut self) {
+        self.last_chance = true;
+    }
+
+    /// The resolver keys that responses taught since the last call.
+    pub fn take_learned(&mut self) -> Vec<LearnedKey> {
+        std::mem::take(&mut self.learned)
+    }
+
+    async fn run_action(&mut self, planned: &PlannedAction) -> Result<(), Stop> {
+        let executor = self.executor.clone();
+        let config = &executor.config;
+        let action = config.action(planned);
+        let progress = self.current.get_or_insert_with(ActionProgress::default);
+        while let Some(step) = action.steps.get(progress.step) {
+            let requests = match render(
+                config,
+                &self.plan,
+                planned,
+                step,
+                progress,
+                &executor,
+                &mut self.learned,
+                self.last_chance,
+            )
+            .await?
+            {
+                Rendered::Requests(requests) => requests,
+                Rendered::Skipped => Vec::new(),
+            };
+            for request in requests.iter().skip(progress.sent) {
+                match send_step(&executor, &self.plan, &action.name, step, request, progress)
+                    .await?
+                {
+                    StepResult::Ok(response) => {
+                        progress
+                            .outputs
+                            .insert(step.name.clone(), step.read_outputs(&response.body));
+                        learn(
+                            config,
+                            &executor.cache,
+                            &self.plan,
+                            planned,
+                            step,
+                            progress,
+                            &response.body,
+                            &mut self.learned,
+                        );
+                        progress.sent += 1;
+                        progress.attempts = 0;
+                    }
+                    StepResult::Skip => return Ok(()),
+                }
+            }
+            if !requests.is_empty() {
+                step.forget.iter().for_each(|r| executor.cache.forget(r));
+            }
+            progress.step += 1;
+            progress.sent = 0;
+        }
+        Ok(())
+    }
+}
+
+fn letter_without_response(plan: &Plan, action: &str, step: &str, message: String) -> Stop {
+    Stop::Failed(Box::new(DeadLetter::without_response(
+        (*plan.event).clone(),
+        action,
+        step,
+        message,
+    )))
+}
+
+/// Renders a step, answering its lookups until it renders whole.
+#[allow(clippy::too_many_arguments)]
+async fn render(
+    config: &Config,
+    plan: &Plan,
+    planned: &PlannedAction,
+    step: &Step,
+    progress: &mut ActionProgress,
+    executor: &Executor,
+    learned: &mut Vec<LearnedKey>,
+    last_chance: bool,
+) -> Result<Rendered, Stop> {
+    let action = &config.action(planned).name;
+    for _ in 0..=LOOKUP_ROUNDS {
+        let lookups = Arc::new(Lookups::new(progress.answers.clone()));
+        let outputs = Arc::new(StepOutputs {
+            outputs: progress.outputs.clone(),
+            symbolic: false,
+        });
+        let result = config.render_step(plan, planned, step, outputs, lookups.clone());
+        let missing = lookups.missing();
+        if missing.is_empty() {
+            return result.map_err(|e| match lookups.first_unfound() {
+                Some(need) if !last_chance => Stop::Wait(Wait::Missing { need }),
+                _ => letter_without_response(plan, action, &step.name, e.to_string()),
+            });
+        }
+        for need in missing {
+            let answer =
+                resolve(executor, plan, action, &step.name, &need, progress, learned).await?;
+            progress.answers.insert(need, answer);
+        }
+    }
+    Err(letter_without_response(
+        plan,
+        action,
+        &step.name,
+        "lookups did not settle".into(),
+    ))
+}
+
+/// Sends one request of a step (one attempt) and judges the answer.
+async fn send_step(
+    executor: &Executor,
+    plan: &Plan,
+    action: &str,
+    step: &Step,
+    request: &Request,
+    progress: &mut ActionProgress,
+) -> Result<StepResult, Stop> {
+    let disposition = executor
+        .transport
+        .attempt(request, |r| executor.outcome(step, r) != OutcomeKind::Retry)
+        .await;
+    progress.attempts += 1;
+    let letter = |d: &Disposition| {
+        Box::new(DeadLetter::from_disposition(
+            (*plan.event).clone(),
+            action,
+            &step.name,
+            d,
+            progress.attempts,
+        ))
+    };
+    match &disposition {
+        Disposition::Done { response } => match executor.outcome(step, response) {
+            OutcomeKind::Ok => Ok(StepResult::Ok(Box::new(response.clone()))),
+            OutcomeKind::Skip => Ok(StepResult::Skip),
+            OutcomeKind::Fail => Err(Stop::Failed(letter(&disposition))),
+            OutcomeKind::Fatal => {
+                let (_, message) = executor.config.error_info(&response.body);
+                Err(Stop::Wait(Wait::Fatal {
+                    status: response.status,
+                    message: message.unwrap_or_else(|| format!("HTTP {}", response.status)),
+                }))
+            }
+            OutcomeKind::Retry
+                if progress.attempts < executor.config.retries.client_error_tries =>
+            {
+                executor.transport.stats().retry();
+                Err(Stop::Wait(Wait::Retry {
+                    wait: response.headers.retry_after,
+                    scope: PauseScope::Key,
+                    transient: false,
+                    letter: letter(&disposition),
+                }))
+            }
+            OutcomeKind::Retry => Err(Stop::Failed(letter(&disposition))),
+        },
+        Disposition::Retry { wait, scope, .. } => {
+            executor.transport.stats().retry();
+            Err(Stop::Wait(Wait::Retry {
+                wait: *wait,
+                scope: *scope,
+                transient: true,
+                letter: letter(&disposition),
+            }))
+        }
+        Disposition::Fatal { status, message } => Err(Stop::Wait(Wait::Fatal {
+            status: *status,
+            message: message.clone(),
+        })),
+        Disposition::Invalid { .. } => Err(Stop::Failed(letter(&disposition))),
+    }
+}
+
+/// Answers a lookup: from the cache, else by the resolver's lookups in order. A key the cache
+/// remembers as missing is not asked again.
+async fn resolve(
+    executor: &Executor,
+    plan: &Plan,
+    action: &str,
+    step: &str,
+    need: &LookupNeed,
+    progress: &mut ActionProgress,
+    learned: &mut Vec<LearnedKey>,
+) -> Result<Answer, Stop> {
+    let what = format!("lookup {need}");
+    let config = &executor.config;
+    let Some(resolver) = config.resolvers.get(&need.resolver) else {
+        return Err(letter_without_response(
+            plan,
+            action,
+            step,
+            format!("{what}: no such resolver"),
+        ));
+    };
+    let ttl = Duration::from_secs(resolver.cache.ttl_seconds);
+    let cache = &executor.cache;
+    for (lookup, key) in resolver.order(&need.keys) {
+        match cache.lookup(&resolver.name, &lookup.by, key) {
+            Cached::Found(v) => return Ok(Answer::Found(v)),
+            Cached::Missing => continue,
+            Cached::Unknown => {}
+        }
+        let request = lookup
+            .render(&config.templates, &config.settings, key)
+            .map_err(|e| letter_without_response(plan, action, step, format!("{what}: {e}")))?;
+        let found = match request {
+            None => Some(id_value(key)),
+            Some(request) => {
+                let d = executor.transport.attempt(&request, |_| false).await;
+                progress.attempts += 1;
+                match d {
+                    Disposition::Done { response } if response.is_success() => {
+                        lookup.extract(&response.body)
+                    }
+                    Disposition::Fatal { status, message } => {
+                        return Err(Stop::Wait(Wait::Fatal { status, message }));
+                    }
+                    d => {
+                        let mut letter = DeadLetter::from_disposition(
+                            (*plan.event).clone(),
+                            action,
+                            step,
+                            &d,
+                            progress.attempts,
+                        );
+                        letter.message = format!("{what}: {}", letter.message);
+                        return Err(match d {
+                            Disposition::Retry { wait, scope, .. } => {
+                                executor.transport.stats().retry();
+                                Stop::Wait(Wait::Retry {
+                                    wait,
+                                    scope,
+                                    transient: true,
+                                    letter: Box::new(letter),
+                                })
+                            }
+                            _ => Stop::Failed(Box::new(letter)),
+                        });
+                    }
+                }
+            }
+        };
+        match found {
+            Some(value) => {
+                cache.put(
+                    &resolver.name,
+                    ttl,
+                    resolver.cache.capacity,
+                    &lookup.by,
+                    key,
+                    value.clone(),
+                );
+                learned.push(LearnedKey {
+                    resolver: resolver.name.clone(),
+                    by: lookup.by.clone(),
+                    key: key.to_owned(),
+                });
+                progress.attempts = 0;
+                return Ok(Answer::Found(value));
+            }
+            None => cache.mark_missing(&resolver.name, &lookup.by, key),
+        }
+    }
+    progress.attempts = 0;
+    Ok(Answer::NotFound)
+}
+
+/// Fills the cache from a response, as the step's `learn` entries say.
+#[allow(clippy::too_many_arguments)]
+fn learn(
+    config: &Config,
+    cache: &LookupCache,
+    plan: &Plan,
+    planned: &PlannedAction,
+    step: &Step,
+    progress: &ActionProgress,
+    body: &Value,
+    learned: &mut Vec<LearnedKey>,
+) {
+    if step.learn.is_empty() {
+        return;
+    }
+    let scope = config
+        .step_scope(
+            plan,
+            planned,
+            Arc::new(StepOutputs {
+                outputs: progress.outputs.clone(),
+                symbolic: false,
+            }),
+            Arc::new(Lookups::new(progress.answers.clone())),
+        )
+        .build();
+    for l in &step.learn {
+        let Some(resolver) = config.resolvers.get(&l.resolver) else {
+            continue;
+        };
+        let Ok(Some(key)) = config.templates.eval(&l.key, &scope) else {
+            continue;
+        };
+        let key = match key {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        if let Some(value) = l.value.first(body).filter(|v| !v.is_null()) {
+            let ttl = Duration::from_secs(resolver.cache.ttl_seconds);
+            cache.put(
+                &resolver.name,
+                ttl,
+                resolver.cache.capacity,
+                &l.by,
+                &key,
+                value.clone(),
+            );
+            learned.push(LearnedKey {
+                resolver: resolver.name.clone(),
+                by: l.by.clone(),
+                key,
+            });
+        }
+    }
 }
 
 /// A key that is the value itself (`by: id`): a number when it reads as one.

@@ -50,6 +50,9 @@ pub struct ResponseHeaders {
     pub idempotency_lookup: Option<String>,
     /// `Location`.
     pub location: Option<String>,
+    /// True when a `Zendesk-RateLimit-<name>` endpoint bucket says `remaining=0`: the limit hit
+    /// is that endpoint's (often per user or per ticket), not the account's.
+    pub endpoint_limit_exhausted: bool,
 }
 
 impl ResponseHeaders {
@@ -75,8 +78,20 @@ impl ResponseHeaders {
             ratelimit_reset: seconds("ratelimit-reset"),
             idempotency_lookup: text("x-idempotency-lookup").map(str::to_string),
             location: text("location").map(str::to_string),
+            endpoint_limit_exhausted: headers.iter().any(|(name, value)| {
+                name.as_str().starts_with("zendesk-ratelimit-")
+                    && value.to_str().is_ok_and(bucket_exhausted)
+            }),
         }
     }
+}
+
+/// `total=5; remaining=0; resets=42` → true when `remaining` is 0.
+fn bucket_exhausted(value: &str) -> bool {
+    value.split(';').any(|part| {
+        part.split_once('=')
+            .is_some_and(|(k, v)| k.trim() == "remaining" && v.trim() == "0")
+    })
 }
 
 /// One HTTP response, read whole.
@@ -344,5 +359,17 @@ mod tests {
         assert_eq!(h.ratelimit_remaining, None);
         assert_eq!(h.ratelimit_reset, Some(Duration::from_secs(41)));
         assert_eq!(h.idempotency_lookup.as_deref(), Some("hit"));
+        assert!(!h.endpoint_limit_exhausted);
+
+        map.insert(
+            "zendesk-ratelimit-create-update-user",
+            HeaderValue::from_static("total=5; remaining=0; resets=42"),
+        );
+        assert!(ResponseHeaders::from_header_map(&map).endpoint_limit_exhausted);
+        map.insert(
+            "zendesk-ratelimit-create-update-user",
+            HeaderValue::from_static("total=5; remaining=3; resets=42"),
+        );
+        assert!(!ResponseHeaders::from_header_map(&map).endpoint_limit_exhausted);
     }
 }

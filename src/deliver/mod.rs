@@ -7,23 +7,30 @@
 //!   request stays on that host.
 //! - [`http`]: the pooled HTTP client: one attempt, one [`Response`] or [`TransportError`].
 //! - [`budget`]: the destination-wide request budget, 429 pause and header-driven pacing.
-//! - [`retry`]: which outcomes are retried and how; the final [`Disposition`].
+//! - [`retry`]: one attempt and what its outcome means ([`Disposition`]); backoff delays.
+//! - [`executor`]: one event's way through its actions and steps ([`Delivery`]), resumable.
+//! - [`schedule`]: which events may go now: order per entity key, keys set aside while they
+//!   wait (a missing record, a backoff, a per-key 429); [`dispatch`] runs it for `send` and
+//!   `serve`, with the events in flight bounded.
 //! - [`error_body`]: Zendesk's four error envelopes → code and message.
 //! - [`dead_letter`]: undeliverable events as NDJSON records, and reading them back.
 //! - [`stats`]: the run's counters and summary; [`progress`]: the terminal progress line.
+//! - [`run`]: `zdmap send` over a stream of events.
 //!
-//! [`Transport`] bundles a client, a budget, a retry policy and the stats for the plan executor.
+//! [`Transport`] bundles a client, a budget, a retry policy and the stats for the executor.
 
 pub mod auth;
 pub mod budget;
 pub mod cache;
 pub mod dead_letter;
+pub mod dispatch;
 pub mod error_body;
 pub mod executor;
 pub mod http;
 pub mod progress;
 pub mod retry;
 pub mod run;
+pub mod schedule;
 pub mod setup;
 pub mod stats;
 pub mod target;
@@ -35,10 +42,10 @@ pub use budget::Budget;
 pub use cache::LookupCache;
 pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterWriter, unwrap_dead_letter};
 pub use error_body::{ZendeskError, zendesk_error};
-pub use executor::{EventOutcome, Executor};
+pub use executor::{Delivery, EventOutcome, Executor, LearnedKey, Turn, Wait};
 pub use http::{Client, ClientOptions, Response, ResponseHeaders, TransportError};
 pub use progress::Progress;
-pub use retry::{Disposition, RetryPolicy, send_with_retries};
+pub use retry::{Disposition, PauseScope, RetryPolicy};
 pub use stats::{Stats, StatsSnapshot, normalize_endpoint};
 pub use target::{Target, TargetChoice, TargetError, TargetKind};
 
@@ -80,20 +87,11 @@ impl Transport {
         }
     }
 
-    /// Sends `req` with retries (see [`retry`]). Non-2xx statuses that are not retried come back
-    /// as [`Disposition::Done`] for the caller to judge.
-    pub async fn send(&self, req: &Request) -> Disposition {
-        self.send_accepting(req, |_| false).await
-    }
-
-    /// Like [`Transport::send`], but a response `accept` takes is final before any retry or
-    /// fatal check (a step that expects a 404, or treats a 409 as done).
-    pub async fn send_accepting(
-        &self,
-        req: &Request,
-        accept: impl Fn(&Response) -> bool,
-    ) -> Disposition {
-        send_with_retries(
+    /// One attempt at `req` (see [`retry`]): waits for the budget, sends, and says what the
+    /// outcome means. A response `accept` takes is final before any retry or fatal check (a
+    /// step that expects a 404, or treats a 409 as done).
+    pub async fn attempt(&self, req: &Request, accept: impl Fn(&Response) -> bool) -> Disposition {
+        retry::attempt(
             &self.client,
             &self.budget,
             &self.policy,

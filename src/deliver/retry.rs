@@ -1,46 +1,45 @@
-//! The retry policy: which outcomes are worth another attempt, how long to wait, and what a run
-//! should do with the final outcome ([`Disposition`]).
+//! One attempt at a request and what its outcome means: done, retry later (and at which scope),
+//! fatal, or not sendable ([`Disposition`]). Also the [`RetryPolicy`]: how long to wait before
+//! the next attempt.
 //!
-//! Per attempt, in this order:
-//! 1. the caller's `accept(&Response)` says the response is the step's answer (e.g. a 422
+//! An attempt, in this order:
+//! 1. waits for the destination's [`Budget`] (quota, account-wide pause, pacing);
+//! 2. the caller's `accept(&Response)` says the response is the step's answer (a 422
 //!    `DuplicateValue` the mapping treats as done, a 404 a lookup expects) → [`Disposition::Done`];
-//! 2. 2xx → `Done`;
-//! 3. 401 / 403 → [`Disposition::Fatal`]: the destination is misconfigured, not the event bad;
-//!    the run should stop and say so instead of dead-lettering every event;
-//! 4. 408, 429, 5xx except 501, timeouts, connection and other transport errors → retry, with
-//!    capped exponential backoff and jitter (backon: min 200 ms, max 30 s, 6 attempts in all by
-//!    default). A `Retry-After` (429, 503) pauses the whole destination through
-//!    [`Budget::pause_until`], so every worker waits, and the retry then waits only for the pause;
-//! 5. anything else (other 4xx, 501, 3xx) → `Done`: the caller reads the status and decides
-//!    (usually a dead letter with [`super::error_body::zendesk_error`]'s code).
+//! 3. 2xx → `Done`;
+//! 4. 401 / 403 → [`Disposition::Fatal`]: the destination is misconfigured, not the event bad;
+//! 5. 408, 429, 5xx except 501, timeouts, connection and other transport errors →
+//!    [`Disposition::Retry`], with the `Retry-After` wait and its [`PauseScope`]:
+//!    - a 429 from an endpoint bucket (`Zendesk-RateLimit-<name>: ...; remaining=0`, the
+//!      per-user limit of `users/create_or_update`), or while the account's headers still show
+//!      requests left, is the key's limit: only that key waits;
+//!    - any other 429, and a 503 with `Retry-After`, pause the whole destination through
+//!      [`Budget::pause_until`], so every request waits;
+//! 6. anything else (other 4xx, 501, 3xx) → `Done`: the caller reads the status and decides.
 //!
-//! When the attempts run out: [`Disposition::GaveUp`] with the last outcome. A request that
-//! cannot be sent at all (bad header) gives up at once.
+//! Nothing here sleeps between attempts: the delivery scheduler sets a key aside for the wait
+//! and lets other keys use the slot (see [`super::schedule`]).
 //!
 //! Retrying a `POST` after a timeout may repeat a write the server already did; ticket creation
 //! is made safe by the mapping's `Idempotency-Key` header (zendesk-api.md §2.4.1), which every
 //! attempt carries unchanged; the `*create_or_update` endpoints are idempotent by nature.
 
-use std::future::Future;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable as _};
+use backon::{BackoffBuilder as _, ExponentialBackoff, ExponentialBuilder};
 
 use super::budget::Budget;
 use super::error_body::zendesk_error;
 use super::http::{Client, Response, TransportError};
 use super::stats::Stats;
-use crate::request::{Method, Request};
+use crate::request::Request;
 
-/// Backoff and attempt limits.
+/// How long to wait before trying again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Attempts in all, the first included (at least 1). Default 6.
-    pub max_attempts: u32,
     /// The first backoff delay (before jitter). Default 200 ms.
     pub min_delay: Duration,
-    /// The largest backoff delay (before jitter). Default 30 s.
+    /// The largest backoff delay (before jitter). Default 60 s.
     pub max_delay: Duration,
     /// The longest `Retry-After` honoured; a longer one is cut to this. Default 15 min.
     pub max_retry_after: Duration,
@@ -49,22 +48,23 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 6,
             min_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(30),
+            max_delay: Duration::from_secs(60),
             max_retry_after: Duration::from_secs(15 * 60),
         }
     }
 }
 
 impl RetryPolicy {
-    fn backoff(&self) -> ExponentialBuilder {
+    /// The delays before each next attempt: capped exponential growth with jitter, endless.
+    pub fn backoff(&self) -> ExponentialBackoff {
         ExponentialBuilder::default()
             .with_min_delay(self.min_delay)
             .with_max_delay(self.max_delay.max(self.min_delay))
             .with_factor(2.0)
             .with_jitter()
-            .with_max_times(self.max_attempts.max(1) as usize - 1)
+            .without_max_times()
+            .build()
     }
 }
 
@@ -92,43 +92,46 @@ pub fn classify_status(status: u16) -> StatusClass {
     }
 }
 
-/// How sending one request ended.
+/// Who waits after a retryable outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PauseScope {
+    /// Only the entity key whose request it was (a per-user limit, a failing request).
+    Key,
+    /// Every request of the destination (the account's budget is spent, Zendesk unavailable).
+    Destination,
+}
+
+/// How one attempt at a request ended.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Disposition {
     /// A final response: 2xx, one `accept` took, or a status not worth retrying (read
     /// `response.status`).
-    Done { response: Response, attempts: u32 },
-    /// 401 or 403: stop the run; `message` says what to fix (no secrets).
+    Done { response: Response },
+    /// 401 or 403: the destination refuses us; `message` says what to fix (no secrets).
     Fatal { status: u16, message: String },
-    /// Retryable failures until the attempts ran out (or a request that cannot be sent).
-    GaveUp {
+    /// Worth another attempt later: after `wait` when Zendesk said (`Retry-After`, already
+    /// capped), else after a backoff. With [`PauseScope::Destination`] and a `wait`, the
+    /// budget is already paused.
+    Retry {
         last: Result<Response, TransportError>,
-        attempts: u32,
+        wait: Option<Duration>,
+        scope: PauseScope,
     },
+    /// The request cannot be sent as rendered (a reserved header, a path off the host).
+    Invalid { error: TransportError },
 }
 
 impl Disposition {
     /// True for `Done` with a 2xx status. (A non-2xx response the caller accepted is also
     /// `Done`; the caller knows it accepted it.)
     pub fn is_success(&self) -> bool {
-        matches!(self, Disposition::Done { response, .. } if response.is_success())
-    }
-
-    /// The attempts made (`Fatal` counts as its one deciding attempt).
-    pub fn attempts(&self) -> u32 {
-        match self {
-            Disposition::Done { attempts, .. } | Disposition::GaveUp { attempts, .. } => *attempts,
-            Disposition::Fatal { .. } => 1,
-        }
+        matches!(self, Disposition::Done { response } if response.is_success())
     }
 }
 
-/// A retryable outcome, carried through backon.
-struct Retry(Result<Response, TransportError>);
-
-/// Sends `req` through `client` under `budget` and `policy`, counting into `stats`. `accept`
-/// marks responses the caller takes as final before any retry (`|_| false` for none).
-pub async fn send_with_retries(
+/// One attempt at `req` through `client` under `budget`, counted into `stats`. `accept` marks
+/// responses the caller takes as final (`|_| false` for none).
+pub async fn attempt(
     client: &Client,
     budget: &Budget,
     policy: &RetryPolicy,
@@ -136,96 +139,76 @@ pub async fn send_with_retries(
     req: &Request,
     accept: impl Fn(&Response) -> bool,
 ) -> Disposition {
-    run_with_retries(budget, policy, stats, req.method, &req.path, accept, || {
-        client.send(req)
-    })
-    .await
+    budget.acquire().await;
+    let outcome = client.send(req).await;
+    stats.record_request(req.method, &req.path, &outcome);
+    judge(budget, policy, outcome, accept)
 }
 
-/// The retry loop of [`send_with_retries`] over any `attempt` (one send each call), so it can be
-/// driven without a network.
-pub async fn run_with_retries<F, Fut>(
+/// What an attempt's outcome means (see the module docs); pauses `budget` for a
+/// destination-wide `Retry-After`.
+pub fn judge(
     budget: &Budget,
     policy: &RetryPolicy,
-    stats: &Stats,
-    method: Method,
-    path: &str,
+    outcome: Result<Response, TransportError>,
     accept: impl Fn(&Response) -> bool,
-    mut attempt: F,
-) -> Disposition
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Response, TransportError>>,
-{
-    let attempts = AtomicU32::new(0);
-    let one_attempt = || {
-        let sending = attempt();
-        let attempts = &attempts;
-        let accept = &accept;
-        async move {
-            budget.acquire().await;
-            let n = attempts.fetch_add(1, Ordering::Relaxed) + 1;
-            let outcome = sending.await;
-            stats.record_request(method, path, &outcome);
-            let response = match outcome {
-                Ok(response) => response,
-                Err(e) if e.is_retryable() => return Err(Retry(Err(e))),
-                Err(e) => {
-                    return Ok(Disposition::GaveUp {
-                        last: Err(e),
-                        attempts: n,
-                    });
-                }
+) -> Disposition {
+    let response = match outcome {
+        Ok(response) => response,
+        Err(error) if error.is_retryable() => {
+            return Disposition::Retry {
+                last: Err(error),
+                wait: None,
+                scope: PauseScope::Key,
             };
-            budget.observe(&response.headers);
-            if accept(&response) {
-                return Ok(Disposition::Done {
-                    response,
-                    attempts: n,
-                });
+        }
+        Err(error) => return Disposition::Invalid { error },
+    };
+    budget.observe(&response.headers);
+    if accept(&response) {
+        return Disposition::Done { response };
+    }
+    match classify_status(response.status) {
+        StatusClass::Success | StatusClass::Final => Disposition::Done { response },
+        StatusClass::Fatal => Disposition::Fatal {
+            status: response.status,
+            message: fatal_message(&response),
+        },
+        StatusClass::Retryable => {
+            let wait = response
+                .headers
+                .retry_after
+                .map(|w| w.min(policy.max_retry_after));
+            let scope = scope_of(&response);
+            if let (Some(wait), PauseScope::Destination) = (wait, scope) {
+                budget.pause_until(tokio::time::Instant::now() + wait);
             }
-            match classify_status(response.status) {
-                StatusClass::Success | StatusClass::Final => Ok(Disposition::Done {
-                    response,
-                    attempts: n,
-                }),
-                StatusClass::Fatal => Ok(Disposition::Fatal {
-                    status: response.status,
-                    message: fatal_message(&response),
-                }),
-                StatusClass::Retryable => {
-                    if let Some(wait) = response.headers.retry_after {
-                        let wait = wait.min(policy.max_retry_after);
-                        budget.pause_until(tokio::time::Instant::now() + wait);
-                    }
-                    Err(Retry(Ok(response)))
-                }
+            Disposition::Retry {
+                last: Ok(response),
+                wait,
+                scope,
             }
         }
-    };
-    let result = one_attempt
-        .retry(policy.backoff())
-        .adjust(|Retry(last), delay| {
-            // A Retry-After already paused the destination; the next attempt waits for that
-            // pause in `Budget::acquire`, so no backoff on top.
-            let paused = matches!(last, Ok(r) if r.headers.retry_after.is_some());
-            delay.map(|d| if paused { Duration::ZERO } else { d })
-        })
-        .notify(|Retry(last), delay| {
-            stats.retry();
-            let what = match last {
-                Ok(r) => r.status.to_string(),
-                Err(e) => e.to_string(),
-            };
-            tracing::debug!(%method, path, outcome = %what, ?delay, "retrying");
-        })
-        .await;
-    match result {
-        Ok(disposition) => disposition,
-        Err(Retry(last)) => Disposition::GaveUp {
-            last,
-            attempts: attempts.load(Ordering::Relaxed),
-        },
+    }
+}
+
+/// Whose limit a retryable response speaks of (see the module docs).
+fn scope_of(response: &Response) -> PauseScope {
+    let h = &response.headers;
+    match response.status {
+        429 => {
+            let account_left = h
+                .ratelimit_remaining
+                .or(h.rate_limit_remaining)
+                .is_some_and(|left| left > 0);
+            if h.endpoint_limit_exhausted || account_left {
+                PauseScope::Key
+            } else {
+                PauseScope::Destination
+            }
+        }
+        503 if h.retry_after.is_some() => PauseScope::Destination,
+        _ => PauseScope::Key,
     }
 }
 
@@ -252,49 +235,24 @@ fn fatal_message(response: &Response) -> String {
 mod tests {
     use super::*;
     use crate::deliver::http::ResponseHeaders;
-    use std::sync::Mutex;
     use tokio::time::Instant;
 
-    fn response(status: u16, retry_after: Option<u64>) -> Response {
+    fn response(status: u16, headers: ResponseHeaders) -> Response {
         Response {
             status,
-            headers: ResponseHeaders {
-                retry_after: retry_after.map(Duration::from_secs),
-                ..Default::default()
-            },
+            headers,
             body: serde_json::Value::Null,
             elapsed: Duration::ZERO,
         }
     }
 
-    /// Runs the loop over scripted outcomes; returns the disposition and when each attempt began.
-    async fn script(
-        budget: &Budget,
-        outcomes: Vec<Result<Response, TransportError>>,
-    ) -> (Disposition, Vec<Duration>) {
-        let start = Instant::now();
-        let outcomes = Mutex::new(outcomes.into_iter());
-        let times = Mutex::new(Vec::new());
-        let stats = Stats::new();
-        let disposition = run_with_retries(
+    fn judged(budget: &Budget, status: u16, headers: ResponseHeaders) -> Disposition {
+        judge(
             budget,
             &RetryPolicy::default(),
-            &stats,
-            Method::Post,
-            "/api/v2/users/1/events",
+            Ok(response(status, headers)),
             |_| false,
-            || {
-                let next = outcomes.lock().expect("lock").next();
-                let times = &times;
-                async move {
-                    times.lock().expect("lock").push(start.elapsed());
-                    next.unwrap_or_else(|| Ok(response(200, None)))
-                }
-            },
         )
-        .await;
-        let times = times.into_inner().expect("lock");
-        (disposition, times)
     }
 
     #[test]
@@ -311,69 +269,85 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn retry_after_pauses_then_succeeds() {
+    async fn account_429_pauses_the_destination() {
         let budget = Budget::unlimited();
-        let (d, times) = script(&budget, vec![Ok(response(429, Some(7)))]).await;
-        assert!(d.is_success(), "{d:?}");
-        assert_eq!(d.attempts(), 2);
-        assert_eq!(times, vec![Duration::ZERO, Duration::from_secs(7)]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn one_workers_429_holds_the_others() {
-        let budget = std::sync::Arc::new(Budget::unlimited());
-        let limited = {
-            let budget = std::sync::Arc::clone(&budget);
-            tokio::spawn(async move { script(&budget, vec![Ok(response(429, Some(5)))]).await })
+        let headers = ResponseHeaders {
+            retry_after: Some(Duration::from_secs(7)),
+            ..Default::default()
         };
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        // A second worker arriving during the pause sends nothing until it ends (t = 5 s).
-        let (d, times) = script(&budget, vec![]).await;
-        assert!(d.is_success());
-        assert_eq!(times, vec![Duration::from_secs(4)]);
-        let (d, times) = limited.await.expect("worker");
-        assert_eq!(d.attempts(), 2);
-        assert_eq!(times[1], Duration::from_secs(5));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn backoff_grows_with_jitter_and_gives_up() {
-        let budget = Budget::unlimited();
-        let outcomes = (0..6).map(|_| Ok(response(503, None))).collect();
-        let (d, times) = script(&budget, outcomes).await;
-        match d {
-            Disposition::GaveUp { last, attempts } => {
-                assert_eq!(attempts, 6);
-                assert_eq!(last.map(|r| r.status), Ok(503));
+        match judged(&budget, 429, headers) {
+            Disposition::Retry { wait, scope, .. } => {
+                assert_eq!(wait, Some(Duration::from_secs(7)));
+                assert_eq!(scope, PauseScope::Destination);
             }
             other => panic!("{other:?}"),
         }
-        // Delays 200, 400, 800, 1600, 3200 ms, each plus up to 100% jitter.
-        let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
-        for (i, gap) in gaps.iter().enumerate() {
-            let base = Duration::from_millis(200 << i);
-            assert!(*gap >= base && *gap <= base * 2, "gap {i}: {gap:?}");
+        let until = budget.paused_until().expect("paused");
+        assert_eq!(until - Instant::now(), Duration::from_secs(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_key_429_pauses_only_the_key() {
+        for headers in [
+            // An endpoint bucket is empty (the per-user limit of users/create_or_update).
+            ResponseHeaders {
+                retry_after: Some(Duration::from_secs(40)),
+                endpoint_limit_exhausted: true,
+                ..Default::default()
+            },
+            // The account still has requests left.
+            ResponseHeaders {
+                retry_after: Some(Duration::from_secs(40)),
+                rate_limit_remaining: Some(650),
+                ..Default::default()
+            },
+        ] {
+            let budget = Budget::unlimited();
+            match judged(&budget, 429, headers) {
+                Disposition::Retry { wait, scope, .. } => {
+                    assert_eq!(wait, Some(Duration::from_secs(40)));
+                    assert_eq!(scope, PauseScope::Key);
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(budget.paused_until(), None, "the destination goes on");
         }
     }
 
     #[tokio::test(start_paused = true)]
-    async fn caller_accepts_before_retry_and_fatal_stops() {
+    async fn retry_after_is_capped_and_server_errors_wait_for_the_key() {
         let budget = Budget::unlimited();
-        let stats = Stats::new();
-        let d = run_with_retries(
+        let headers = ResponseHeaders {
+            retry_after: Some(Duration::from_secs(86_400)),
+            ..Default::default()
+        };
+        match judged(&budget, 503, headers) {
+            Disposition::Retry { wait, scope, .. } => {
+                assert_eq!(wait, Some(RetryPolicy::default().max_retry_after));
+                assert_eq!(scope, PauseScope::Destination);
+            }
+            other => panic!("{other:?}"),
+        }
+        match judged(&Budget::unlimited(), 500, ResponseHeaders::default()) {
+            Disposition::Retry { wait, scope, .. } => {
+                assert_eq!(wait, None);
+                assert_eq!(scope, PauseScope::Key);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn caller_accepts_before_retry_and_fatal_stops() {
+        let budget = Budget::unlimited();
+        let d = judge(
             &budget,
             &RetryPolicy::default(),
-            &stats,
-            Method::Get,
-            "/x",
+            Ok(response(503, ResponseHeaders::default())),
             |r| r.status == 503,
-            || async { Ok(response(503, None)) },
-        )
-        .await;
-        assert!(matches!(d, Disposition::Done { attempts: 1, .. }), "{d:?}");
-
-        let (d, _) = script(&budget, vec![Ok(response(403, None))]).await;
-        match d {
+        );
+        assert!(matches!(d, Disposition::Done { .. }), "{d:?}");
+        match judged(&budget, 403, ResponseHeaders::default()) {
             Disposition::Fatal { status, message } => {
                 assert_eq!(status, 403);
                 assert!(message.contains("Forbidden"), "{message}");
@@ -382,20 +356,41 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn invalid_request_gives_up_at_once() {
+    #[test]
+    fn transport_errors_retry_but_an_invalid_request_does_not() {
         let budget = Budget::unlimited();
-        let (d, times) = script(
-            &budget,
-            vec![Err(TransportError::InvalidRequest {
-                message: "bad header".into(),
-            })],
-        )
-        .await;
-        assert!(
-            matches!(d, Disposition::GaveUp { attempts: 1, .. }),
-            "{d:?}"
-        );
-        assert_eq!(times.len(), 1);
+        let policy = RetryPolicy::default();
+        let timeout = TransportError::Timeout {
+            method: crate::request::Method::Get,
+            url: "http://x/".into(),
+            after: Duration::from_secs(1),
+        };
+        assert!(matches!(
+            judge(&budget, &policy, Err(timeout), |_| false),
+            Disposition::Retry {
+                scope: PauseScope::Key,
+                ..
+            }
+        ));
+        let invalid = TransportError::InvalidRequest {
+            message: "bad header".into(),
+        };
+        assert!(matches!(
+            judge(&budget, &policy, Err(invalid), |_| false),
+            Disposition::Invalid { .. }
+        ));
+    }
+
+    #[test]
+    fn backoff_grows_and_never_ends() {
+        let policy = RetryPolicy {
+            min_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        };
+        let delays: Vec<Duration> = policy.backoff().take(20).collect();
+        assert_eq!(delays.len(), 20);
+        assert!(delays[0] >= Duration::from_millis(100) && delays[0] <= Duration::from_millis(200));
+        assert!(delays[19] >= Duration::from_secs(1) && delays[19] <= Duration::from_secs(2));
     }
 }

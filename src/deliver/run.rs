@@ -1,26 +1,22 @@
-//! A delivery run over a stream of events (`zdmap send`): ordered per user, parallel across users.
+//! A delivery run over a stream of events (`zdmap send`), under the delivery scheduler.
 //!
 //! A reader thread parses the input one event at a time into a bounded channel, so memory stays
-//! flat however long the input. A dispatcher hands each event to one of N workers chosen by its
-//! partition key (the user), so one user's events are delivered in order while different users
-//! go in parallel. Failed actions become dead letters; a dead-letter record in the input is
-//! replayed for its failed action only. A fatal answer (401/403) stops the run.
+//! flat however long the input. Each event becomes a [`crate::deliver::Delivery`] and goes to
+//! [`dispatch`], which orders it with the other events of its entity keys and runs different
+//! keys in parallel; a key that must wait (a record that does not exist yet, a retry, a per-key
+//! 429) is set aside while the others flow. Failed actions become dead letters; a dead-letter
+//! record in the input is replayed for its failed action only. Credentials refused (401/403)
+//! stop the run.
 
+use crate::deliver::dispatch::{DispatchOptions, DispatchReport, Incoming, Sink, dispatch};
 use crate::deliver::{DeadLetter, DeadLetterWriter, EventOutcome, Executor, Stats};
 use crate::event::{Event, RawItem, read_values};
 use serde_json::{Value, json};
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
-
-/// Options of a run.
-#[derive(Clone, Debug)]
-pub struct RunOptions {
-    /// Workers delivering in parallel (different users).
-    pub concurrency: usize,
-}
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 /// How a run ended.
 #[derive(Debug, Default)]
@@ -31,147 +27,162 @@ pub struct RunReport {
     pub fatal: Option<String>,
 }
 
-struct Job {
-    event: Event,
-    only: Option<String>,
-}
-
 /// Delivers every event of `input`, writing failures to `dead_letters`.
 pub async fn run<R: Read + Send + 'static>(
     executor: Arc<Executor>,
     input: R,
     dead_letters: Arc<DeadLetterWriter>,
     stats: Arc<Stats>,
-    options: RunOptions,
+    options: DispatchOptions,
 ) -> std::io::Result<RunReport> {
-    let workers = options.concurrency.max(1);
-    let fatal: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
-    let letters = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let write_error: Arc<Mutex<Option<std::io::Error>>> = Arc::new(Mutex::new(None));
+    let mut sink = RunSink {
+        record: Recorder {
+            writer: dead_letters,
+            letters: Arc::new(AtomicU64::new(0)),
+            write_error: Arc::new(Mutex::new(None)),
+        },
+        stats: stats.clone(),
+        stopped: Arc::new(AtomicBool::new(false)),
+    };
 
-    // Reader: a blocking thread, one parsed value at a time.
+    // Reader: a blocking thread, one parsed value at a time, until the run stops.
     let (raw_tx, mut raw_rx) = mpsc::channel::<RawItem>(1024);
-    let stop_reading = fatal.clone();
+    let stopped = sink.stopped.clone();
     let reader = tokio::task::spawn_blocking(move || {
         read_values(input, |item| {
-            let stopped = stop_reading.lock().map(|f| f.is_some()).unwrap_or(true);
-            !stopped && raw_tx.blocking_send(item).is_ok()
+            !stopped.load(Ordering::Relaxed) && raw_tx.blocking_send(item).is_ok()
         })
     });
 
-    let record = {
-        let dead_letters = dead_letters.clone();
-        let letters = letters.clone();
-        let write_error = write_error.clone();
-        move |letter: &DeadLetter| {
-            letters.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Err(e) = dead_letters.write(letter) {
-                if let Ok(mut slot) = write_error.lock() {
-                    slot.get_or_insert(std::io::Error::other(e.to_string()));
+    // Each value becomes a delivery; what cannot be read as an event is a dead letter at once.
+    let (events_tx, events_rx) = mpsc::channel::<Incoming<()>>(256);
+    let intake = {
+        let record = sink.record.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let mut next_id = 0;
+            while let Some(item) = raw_rx.recv().await {
+                stats.event_read();
+                let Some((event, only)) = read_event(item, &record) else {
+                    stats.event_failed();
+                    continue;
+                };
+                next_id += 1;
+                let incoming = Incoming {
+                    id: next_id,
+                    keys: event.ordering_keys(),
+                    delivery: executor.start(&event, only),
+                    since: Instant::now(),
+                    ticket: (),
+                };
+                if events_tx.send(incoming).await.is_err() {
+                    break;
                 }
             }
-        }
+        })
     };
 
-    // Workers: each delivers its jobs in order.
-    let mut senders = Vec::with_capacity(workers);
-    let mut handles = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        let (tx, mut rx) = mpsc::channel::<Job>(64);
-        senders.push(tx);
-        let executor = executor.clone();
-        let stats = stats.clone();
-        let fatal = fatal.clone();
-        let record = record.clone();
-        handles.push(tokio::spawn(async move {
-            while let Some(job) = rx.recv().await {
-                if fatal.lock().map(|f| f.is_some()).unwrap_or(true) {
-                    continue;
-                }
-                match executor
-                    .deliver(&job.event, job.only.as_ref().map(std::slice::from_ref))
-                    .await
-                {
-                    EventOutcome::Delivered => stats.event_delivered(),
-                    EventOutcome::Skipped => stats.event_skipped(),
-                    EventOutcome::Failed { letters, .. } => {
-                        stats.event_failed();
-                        letters.iter().for_each(&record);
-                    }
-                    EventOutcome::Fatal { status, message } => {
-                        if let Ok(mut f) = fatal.lock() {
-                            f.get_or_insert(format!(
-                                "Zendesk answered {status}: {message}. Check the credentials (ZENDESK_EMAIL and ZENDESK_API_TOKEN, or ZENDESK_OAUTH_TOKEN) and the agent's permissions; the events from this one on were not sent"
-                            ));
-                        }
-                    }
-                }
-            }
-        }));
-    }
-
-    // Dispatcher: by partition key, so one user's events stay in order.
-    while let Some(item) = raw_rx.recv().await {
-        stats.event_read();
-        if fatal.lock().map(|f| f.is_some()).unwrap_or(true) {
-            break;
-        }
-        let (value, only) = match item.value {
-            Ok(v) => match DeadLetter::parse(&v) {
-                Some(letter) => (letter.event, Some(letter.action).filter(|a| !a.is_empty())),
-                None => (v, None),
-            },
-            Err(e) => {
-                stats.event_failed();
-                let at = json!({"index": item.index, "line": item.line});
-                record(&DeadLetter::without_response(
-                    at,
-                    "",
-                    "input",
-                    e.to_string(),
-                ));
-                continue;
-            }
-        };
-        let event = match Event::from_value(value.clone()) {
-            Ok(ev) => ev,
-            Err(e) => {
-                stats.event_failed();
-                record(&DeadLetter::without_response(
-                    as_object(value),
-                    "",
-                    "input",
-                    e.to_string(),
-                ));
-                continue;
-            }
-        };
-        let worker = match event.partition_key() {
-            Some(k) => {
-                let mut h = DefaultHasher::new();
-                k.hash(&mut h);
-                (h.finish() % workers as u64) as usize
-            }
-            None => item.index % workers,
-        };
-        if senders[worker].send(Job { event, only }).await.is_err() {
-            break;
-        }
-    }
-    drop(senders);
-    for h in handles {
-        let _ = h.await;
-    }
-    drop(raw_rx);
+    let (_never, stop) = watch::channel(false);
+    let DispatchReport { fatal } = dispatch(events_rx, &mut sink, &options, stop).await;
+    sink.stopped.store(true, Ordering::Relaxed);
+    intake.abort();
+    let _ = intake.await;
     let read_result = reader.await.map_err(std::io::Error::other)?;
     read_result?;
-    if let Some(e) = write_error.lock().ok().and_then(|mut e| e.take()) {
+    if let Some(e) = lock(&sink.record.write_error).take() {
         return Err(e);
     }
     Ok(RunReport {
-        dead_letters: letters.load(std::sync::atomic::Ordering::Relaxed),
-        fatal: fatal.lock().ok().and_then(|f| f.clone()),
+        dead_letters: sink.record.letters.load(Ordering::Relaxed),
+        fatal,
     })
+}
+
+/// Settles `send`'s events: counts them, writes their dead letters.
+struct RunSink {
+    record: Recorder,
+    stats: Arc<Stats>,
+    stopped: Arc<AtomicBool>,
+}
+
+/// Writes dead letters, counting them and keeping the first write error.
+#[derive(Clone)]
+struct Recorder {
+    writer: Arc<DeadLetterWriter>,
+    letters: Arc<AtomicU64>,
+    write_error: Arc<Mutex<Option<std::io::Error>>>,
+}
+
+impl Recorder {
+    fn record(&self, letter: &DeadLetter) {
+        self.letters.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.writer.write(letter) {
+            lock(&self.write_error).get_or_insert(std::io::Error::other(e.to_string()));
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Sink for RunSink {
+    type Ticket = ();
+
+    fn settled(&mut self, (): (), _since: Instant, outcome: EventOutcome) -> bool {
+        match outcome {
+            EventOutcome::Delivered => self.stats.event_delivered(),
+            EventOutcome::Skipped => self.stats.event_skipped(),
+            EventOutcome::Failed { letters } => {
+                self.stats.event_failed();
+                letters.iter().for_each(|l| self.record.record(l));
+            }
+        }
+        true
+    }
+
+    fn refused(&mut self, _status: u16, _message: &str) -> bool {
+        self.stopped.store(true, Ordering::Relaxed);
+        false
+    }
+}
+
+/// The event of an input item (a dead-letter record stands for its event and failed action),
+/// or `None` after recording why it is not one.
+fn read_event(item: RawItem, record: &Recorder) -> Option<(Event, Option<Vec<String>>)> {
+    let (value, only) = match item.value {
+        Ok(v) => match DeadLetter::parse(&v) {
+            Some(letter) => (
+                letter.event,
+                Some(vec![letter.action]).filter(|a| !a[0].is_empty()),
+            ),
+            None => (v, None),
+        },
+        Err(e) => {
+            let at = json!({"index": item.index, "line": item.line});
+            record.record(&DeadLetter::without_response(
+                at,
+                "",
+                "input",
+                e.to_string(),
+            ));
+            return None;
+        }
+    };
+    match Event::from_value(value.clone()) {
+        Ok(event) => Some((event, only)),
+        Err(e) => {
+            record.record(&DeadLetter::without_response(
+                as_object(value),
+                "",
+                "input",
+                e.to_string(),
+            ));
+            None
+        }
+    }
 }
 
 /// Dead letters hold an object; anything else is wrapped so it is kept.

@@ -44,13 +44,11 @@ pub fn credential_vars(config: &Config) -> CredentialVars {
     vars
 }
 
-/// How requests are sent: timeouts and retries (defaults suit Zendesk).
+/// How requests are sent: timeouts and retry backoff (defaults suit Zendesk).
 #[derive(Clone, Debug, Default)]
 pub struct ConnectOptions {
     pub client: ClientOptions,
     pub retry: RetryPolicy,
-    /// Pauses before a lookup that found nothing is tried again (`None`: the executor's default).
-    pub not_found_pauses: Option<Vec<std::time::Duration>>,
 }
 
 /// Sets up delivery for a config and a target choice.
@@ -85,11 +83,11 @@ pub async fn connect(
         options.retry,
         stats.clone(),
     );
-    let mut executor = Executor::new(config, transport, Arc::new(LookupCache::new()));
-    if let Some(pauses) = options.not_found_pauses {
-        executor = executor.with_not_found_pauses(pauses);
-    }
-    let executor = Arc::new(executor);
+    let executor = Arc::new(Executor::new(
+        config,
+        transport,
+        Arc::new(LookupCache::new()),
+    ));
     Ok(Destination {
         executor,
         stats,

@@ -7,6 +7,7 @@
 //! request, and accept → delivered).
 
 use crate::deliver::Stats;
+use crate::deliver::schedule::{Status, WaitReason};
 use crate::deliver::stats::Histogram;
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -30,11 +31,28 @@ pub struct Metrics {
     pub ingest_latency: Histogram,
     /// Time from accepting an event to Zendesk having it.
     pub delivery_latency: Histogram,
+    /// What the delivery scheduler holds up (keys waiting by reason, the oldest wait).
+    delivery: Mutex<Status>,
 }
 
 impl Metrics {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set_delivery(&self, status: Status) {
+        *self
+            .delivery
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = status;
+    }
+
+    /// What the delivery scheduler held up when it last said.
+    pub fn delivery(&self) -> Status {
+        self.delivery
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -152,6 +170,33 @@ pub fn render(metrics: &Metrics, stats: &Stats, queue_depth: Option<u64>, ready:
         "1 when /readyz answers 200.",
         u64::from(ready),
     );
+    let delivery = metrics.delivery();
+    gauge(
+        &mut out,
+        "zdmap_delivery_events_held",
+        "Events the delivery scheduler holds (running, ready, waiting).",
+        delivery.events as u64,
+    );
+    let waiting: Vec<(&str, u64)> = WaitReason::ALL
+        .iter()
+        .map(|r| {
+            let n = delivery.keys_waiting.get(r).copied().unwrap_or(0);
+            (r.as_str(), n as u64)
+        })
+        .collect();
+    labeled(
+        &mut out,
+        "gauge",
+        "zdmap_delivery_keys_waiting",
+        "Keys (users, organizations) whose events wait, by reason.",
+        "reason",
+        &waiting,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP zdmap_delivery_oldest_waiting_seconds Age of the oldest event that waits.\n# TYPE zdmap_delivery_oldest_waiting_seconds gauge\nzdmap_delivery_oldest_waiting_seconds {}",
+        delivery.oldest_waiting_seconds
+    );
 
     let snapshot = stats.snapshot();
     let _ = writeln!(
@@ -210,7 +255,19 @@ fn counter(out: &mut String, name: &str, help: &str, value: u64) {
 
 /// One counter with a series per value of `label`.
 fn labeled_counter(out: &mut String, name: &str, help: &str, label: &str, series: &[(&str, u64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    labeled(out, "counter", name, help, label, series);
+}
+
+/// One metric of `kind` with a series per value of `label`.
+fn labeled(
+    out: &mut String,
+    kind: &str,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: &[(&str, u64)],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for (value, count) in series {
         let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {count}");
     }
@@ -257,8 +314,26 @@ mod tests {
         Metrics::add(&metrics.accepted, 3);
         metrics.delivery_latency.observe(Duration::from_millis(3));
         metrics.delivery_latency.observe(Duration::from_secs(60));
+        metrics.set_delivery(Status {
+            events: 4,
+            running: 1,
+            keys_waiting: [(WaitReason::MissingRecord, 2)].into_iter().collect(),
+            oldest_waiting_seconds: 1.5,
+        });
         let text = render(&metrics, &Stats::new(), Some(2), false);
         assert!(text.contains("zdmap_events_accepted_total 3\n"), "{text}");
+        assert!(
+            text.contains("zdmap_delivery_keys_waiting{reason=\"missing_record\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zdmap_delivery_keys_waiting{reason=\"retry\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zdmap_delivery_oldest_waiting_seconds 1.5\n"),
+            "{text}"
+        );
         assert!(text.contains("zdmap_queue_depth 2\n"), "{text}");
         assert!(text.contains("zdmap_ready 0\n"), "{text}");
         assert!(

@@ -383,7 +383,11 @@ async fn readyz<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
     };
     (
         status,
-        axum::Json(json!({ "ready": state.ready(), "problems": state })),
+        axum::Json(json!({
+            "ready": state.ready(),
+            "problems": state,
+            "delivery": app.shared.metrics.delivery(),
+        })),
     )
         .into_response()
 }

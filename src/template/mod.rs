@@ -730,6 +730,8 @@ pub enum Answer {
 pub struct Lookups {
     answers: HashMap<LookupNeed, Answer>,
     asked: Mutex<Vec<LookupNeed>>,
+    /// `resolve` calls whose answer is "not found" (an error for the render).
+    unfound: Mutex<Vec<LookupNeed>>,
 }
 
 impl Lookups {
@@ -737,7 +739,14 @@ impl Lookups {
         Lookups {
             answers,
             asked: Mutex::new(Vec::new()),
+            unfound: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The first `resolve` (not `try_resolve`) of the render whose lookup found nothing: the
+    /// record the step needs does not exist (yet).
+    pub fn first_unfound(&self) -> Option<LookupNeed> {
+        self.unfound.lock().ok().and_then(|u| u.first().cloned())
     }
 
     /// The lookups asked for that have no answer yet, in order, without repeats.

@@ -315,7 +315,13 @@ impl Lookups {
         match self.answers.get(&need) {
             Some(Answer::Found(v)) => Ok(Some(v.clone())),
             Some(Answer::NotFound) if !required => Ok(None),
-            Some(Answer::NotFound) => Err(format!("lookup found nothing: {need}")),
+            Some(Answer::NotFound) => {
+                let message = format!("lookup found nothing: {need}");
+                if let Ok(mut unfound) = self.unfound.lock() {
+                    unfound.push(need);
+                }
+                Err(message)
+            }
             None => {
                 let mut asked = self
                     .asked

@@ -1,0 +1,432 @@
+//! Running deliveries under the [`Scheduler`]: the loop that `zdmap send` and `zdmap serve`
+//! share.
+//!
+//! [`dispatch`] takes events from a channel (the input file's reader, or the queue's fetcher),
+//! starts up to `concurrency` turns at once ([`Delivery::advance`], each a task), and reads how
+//! each ended:
+//! - settled → handed to the [`Sink`] (stats and dead letters, or the queue);
+//! - a missing record → parked until a response teaches it, re-checked now and then (after 1 s,
+//!   doubling up to a minute; the cache remembers "not found" meanwhile, so a recheck costs at
+//!   most one lookup per key), and given a last chance when its wait is over (`serve`: after
+//!   `wait_for_records`; `send`: that long after the input ends), then dead-lettered naming the
+//!   lookup that failed;
+//! - a retryable failure → that event (and so its keys) waits: `Retry-After` when Zendesk gave
+//!   one, else a backoff (the transport's [`crate::deliver::RetryPolicy`]: 200 ms doubling up to a
+//!   minute, with jitter); transient failures are tried for as long as `retry_for` allows since
+//!   the event was accepted;
+//! - credentials refused → the sink decides: stop the run (`send`), or hold every event and try
+//!   again after a pause that grows to a minute (`serve`).
+//!
+//! No task sleeps while holding a slot: waiting is a timer in the scheduler. Events held are
+//! bounded (`max_active` not parked, `max_parked` parked: past it the oldest parked event gets
+//! its last chance early), so memory stays flat whatever the input.
+
+use crate::deliver::executor::{Delivery, EventOutcome, Turn, Wait};
+use crate::deliver::schedule::{EventId, Key, Scheduler, Status, WaitReason};
+use crate::deliver::{DeadLetter, LearnedKey, PauseScope};
+use backon::ExponentialBackoff;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// How the dispatcher runs.
+#[derive(Clone, Debug)]
+pub struct DispatchOptions {
+    /// Turns running at once (keys delivered in parallel).
+    pub concurrency: usize,
+    /// How long an event keeps being tried after transient failures, from when it was accepted.
+    pub retry_for: Duration,
+    /// How long an event waits for a record it needs (see [`RecordWait`]).
+    pub wait_for_records: RecordWait,
+    /// Events held that are not parked; no more are taken from the input past this.
+    pub max_active: usize,
+    /// Events parked at most; past it, the oldest gets its last chance.
+    pub max_parked: usize,
+    /// After a stop, how long running turns may take to finish (then they are dropped, and
+    /// their events are delivered again by whoever reads the input next).
+    pub drain: Duration,
+}
+
+/// How long a parked event waits for its record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordWait {
+    /// This long after it was first parked (`serve`).
+    For(Duration),
+    /// Until the input has ended, plus this long (`send`: a backfill's later events may create
+    /// the record).
+    AfterInput(Duration),
+}
+
+impl Default for DispatchOptions {
+    fn default() -> Self {
+        DispatchOptions {
+            concurrency: 8,
+            retry_for: Duration::from_secs(24 * 3600),
+            wait_for_records: RecordWait::For(Duration::from_secs(15 * 60)),
+            max_active: 4096,
+            max_parked: 100_000,
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An event to deliver.
+pub struct Incoming<T> {
+    /// Increasing with arrival.
+    pub id: EventId,
+    pub delivery: Delivery,
+    pub keys: Vec<String>,
+    /// When it was accepted.
+    pub since: Instant,
+    /// What the sink needs to settle it (a queue id).
+    pub ticket: T,
+}
+
+/// Where settled events go.
+pub trait Sink: Send {
+    type Ticket: Send + 'static;
+
+    /// An event is settled. `false` stops the dispatcher (the sink cannot take more).
+    fn settled(&mut self, ticket: Self::Ticket, since: Instant, outcome: EventOutcome) -> bool;
+
+    /// Zendesk refused the credentials (401/403). `true`: hold every event and try again later;
+    /// `false`: stop (events not settled stay unsettled).
+    fn refused(&mut self, status: u16, message: &str) -> bool;
+
+    /// Zendesk took a request again after refusing the credentials.
+    fn accepted(&mut self) {}
+
+    /// An event is set aside to be tried again (a retry, a record that does not exist yet).
+    fn deferred(&mut self) {}
+
+    /// What is held up, now and then (at most once a second).
+    fn status(&mut self, _status: Status) {}
+}
+
+/// How a dispatch ended.
+#[derive(Debug, Default)]
+pub struct DispatchReport {
+    /// Why it stopped early (credentials refused), if it did.
+    pub fatal: Option<String>,
+}
+
+struct Job<T> {
+    delivery: Delivery,
+    meta: Meta<T>,
+}
+
+/// A job's data besides its delivery: kept by the dispatcher while the delivery runs.
+struct Meta<T> {
+    keys: Vec<Key>,
+    ticket: T,
+    since: Instant,
+    backoff: ExponentialBackoff,
+    /// The next recheck interval while parked.
+    recheck: Duration,
+    /// When a parked event's wait for its record ends.
+    deadline: Option<Instant>,
+}
+
+const FIRST_RECHECK: Duration = Duration::from_secs(1);
+const LONGEST_RECHECK: Duration = Duration::from_secs(60);
+const FIRST_HOLD: Duration = Duration::from_secs(1);
+const LONGEST_HOLD: Duration = Duration::from_secs(60);
+
+/// Delivers what `input` brings until it closes and everything is settled, or until `stop`
+/// turns true (then running turns get `options.drain` to finish; what is unsettled stays with
+/// the input's source).
+pub async fn dispatch<S: Sink>(
+    mut input: mpsc::Receiver<Incoming<S::Ticket>>,
+    sink: &mut S,
+    options: &DispatchOptions,
+    mut stop: watch::Receiver<bool>,
+) -> DispatchReport {
+    let mut d = Dispatcher {
+        scheduler: Scheduler::new(),
+        running: JoinSet::new(),
+        tasks: HashMap::new(),
+        options,
+        input_done: false,
+        held_until: None,
+        hold: FIRST_HOLD,
+        refused: false,
+        fatal: None,
+        last_status: None,
+    };
+    let mut draining: Option<Instant> = None;
+    loop {
+        if draining.is_none() && d.fatal.is_none() {
+            d.start_turns();
+        }
+        if d.input_done && d.scheduler.is_empty() && d.running.is_empty() {
+            break;
+        }
+        if (draining.is_some() || d.fatal.is_some()) && d.running.is_empty() {
+            break;
+        }
+        d.report_status(sink);
+        let take_input = !d.input_done
+            && draining.is_none()
+            && d.fatal.is_none()
+            && d.scheduler.len() - d.scheduler.parked() < options.max_active;
+        let timer = match (draining, d.scheduler.next_timer(), d.held_until) {
+            (Some(end), _, _) => Some(end),
+            (None, t, h) => [t, h].into_iter().flatten().min(),
+        };
+        tokio::select! {
+            changed = stop.changed(), if draining.is_none() => {
+                if changed.is_err() || *stop.borrow() {
+                    draining = Some(Instant::now() + options.drain);
+                }
+            }
+            Some(done) = d.running.join_next_with_id(), if !d.running.is_empty() => {
+                if !d.turn_ended(done, sink) {
+                    draining = Some(Instant::now() + options.drain);
+                }
+            }
+            item = input.recv(), if take_input => match item {
+                Some(incoming) => d.admit(incoming),
+                None => d.input_ended(),
+            },
+            () = sleep_until(timer), if timer.is_some() => {
+                let now = Instant::now();
+                if draining.is_some_and(|end| end <= now) {
+                    d.running.abort_all();
+                    break;
+                }
+                if d.held_until.is_some_and(|h| h <= now) {
+                    d.held_until = None;
+                }
+                d.fire(now);
+            }
+        }
+    }
+    DispatchReport { fatal: d.fatal }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+struct Dispatcher<'o, T> {
+    scheduler: Scheduler<Job<T>>,
+    running: JoinSet<(Delivery, Turn)>,
+    /// Running tasks → their event, the rest of its job, and the event's data (to settle it if
+    /// the task fails).
+    tasks: HashMap<tokio::task::Id, (EventId, Meta<T>, Arc<serde_json::Value>)>,
+    options: &'o DispatchOptions,
+    input_done: bool,
+    /// No turn starts before this (credentials refused).
+    held_until: Option<Instant>,
+    hold: Duration,
+    /// The last answer was a refusal of the credentials.
+    refused: bool,
+    fatal: Option<String>,
+    last_status: Option<Instant>,
+}
+
+impl<T: Send + 'static> Dispatcher<'_, T> {
+    fn start_turns(&mut self) {
+        if self.held_until.is_some() {
+            return;
+        }
+        while self.running.len() < self.options.concurrency.max(1) {
+            let Some((id, Job { mut delivery, meta })) = self.scheduler.start_next() else {
+                return;
+            };
+            let event = delivery.event().clone();
+            let handle = self.running.spawn(async move {
+                let turn = delivery.advance().await;
+                (delivery, turn)
+            });
+            self.tasks.insert(handle.id(), (id, meta, event));
+        }
+    }
+
+    fn admit(&mut self, incoming: Incoming<T>) {
+        let keys: Vec<Key> = incoming
+            .keys
+            .iter()
+            .map(|k| Key::from(k.as_str()))
+            .collect();
+        let backoff = incoming.delivery.retry_policy().backoff();
+        let job = Job {
+            delivery: incoming.delivery,
+            meta: Meta {
+                keys: keys.clone(),
+                ticket: incoming.ticket,
+                since: incoming.since,
+                backoff,
+                recheck: FIRST_RECHECK,
+                deadline: None,
+            },
+        };
+        self.scheduler
+            .insert(incoming.id, keys, incoming.since, job);
+    }
+
+    /// The input has ended: parked events get their deadline (`send`), so they come back now
+    /// to take it.
+    fn input_ended(&mut self) {
+        self.input_done = true;
+        for id in self.scheduler.parked_ids() {
+            self.scheduler.unpark_now(id);
+        }
+    }
+
+    fn fire(&mut self, now: Instant) {
+        for id in self.scheduler.fire(now) {
+            if let Some(job) = self.scheduler.job_mut(id)
+                && job.meta.deadline.is_some_and(|d| d <= now)
+            {
+                job.delivery.last_chance();
+            }
+        }
+    }
+
+    /// Applies how a turn ended. `false` when the sink cannot take more.
+    fn turn_ended<S: Sink<Ticket = T>>(
+        &mut self,
+        done: Result<(tokio::task::Id, (Delivery, Turn)), tokio::task::JoinError>,
+        sink: &mut S,
+    ) -> bool {
+        let (id, mut job, turn) = match done {
+            Ok((task, (delivery, turn))) => {
+                let Some((id, meta, _)) = self.tasks.remove(&task) else {
+                    return true;
+                };
+                (id, Job { delivery, meta }, turn)
+            }
+            Err(e) => {
+                // A turn that panicked (a bug): its event is settled as failed, not lost.
+                let Some((id, meta, event)) = self.tasks.remove(&e.id()) else {
+                    return true;
+                };
+                tracing::error!(event_id = id, error = %e, "a delivery turn failed");
+                self.scheduler.finish(id);
+                let letter = DeadLetter::without_response(
+                    (*event).clone(),
+                    "",
+                    "deliver",
+                    format!("delivery failed: {e}"),
+                );
+                let outcome = EventOutcome::Failed {
+                    letters: vec![letter],
+                };
+                return sink.settled(meta.ticket, meta.since, outcome);
+            }
+        };
+        let learned: Vec<LearnedKey> = job.delivery.take_learned();
+        if !learned.is_empty() {
+            self.scheduler.learned(&learned);
+        }
+        let now = Instant::now();
+        if !matches!(turn, Turn::Wait(Wait::Fatal { .. })) && self.refused {
+            self.refused = false;
+            self.hold = FIRST_HOLD;
+            sink.accepted();
+        }
+        match turn {
+            Turn::Finished(outcome) => {
+                self.scheduler.finish(id);
+                sink.settled(job.meta.ticket, job.meta.since, outcome)
+            }
+            Turn::Wait(Wait::Missing { need }) => {
+                let deadline = match (job.meta.deadline, self.options.wait_for_records) {
+                    (Some(d), _) => Some(d),
+                    (None, RecordWait::For(wait)) => Some(now + wait),
+                    (None, RecordWait::AfterInput(grace)) if self.input_done => Some(now + grace),
+                    // Not before the input has ended.
+                    (None, RecordWait::AfterInput(_)) => None,
+                };
+                job.meta.deadline = deadline;
+                let recheck_at = now + job.meta.recheck;
+                let until = deadline.map_or(recheck_at, |d| d.min(recheck_at));
+                job.meta.recheck = (job.meta.recheck * 2).min(LONGEST_RECHECK);
+                tracing::debug!(event_id = id, lookup = %need, "waiting for a record that does not exist yet");
+                sink.deferred();
+                self.scheduler
+                    .park(id, job, LearnedKey::of_need(&need), until);
+                if self.scheduler.parked() > self.options.max_parked
+                    && let Some(oldest) = self.scheduler.parked_ids().first().copied()
+                {
+                    tracing::warn!(
+                        parked = self.scheduler.parked(),
+                        "too many events wait for records that do not exist; the oldest is given up early"
+                    );
+                    if let Some(job) = self.scheduler.job_mut(oldest) {
+                        job.delivery.last_chance();
+                    }
+                    self.scheduler.unpark_now(oldest);
+                }
+                true
+            }
+            Turn::Wait(Wait::Retry {
+                wait,
+                scope,
+                transient,
+                letter,
+            }) => {
+                if transient
+                    && now.saturating_duration_since(job.meta.since) >= self.options.retry_for
+                {
+                    // Out of time: this action is dead-lettered, the event's others go on.
+                    job.delivery.give_up(*letter);
+                    self.scheduler.wait(id, job, now, WaitReason::Retry);
+                    return true;
+                }
+                sink.deferred();
+                let rate_limited = wait.is_some() && scope == PauseScope::Key;
+                let pause = wait
+                    .or_else(|| job.meta.backoff.next())
+                    .unwrap_or(LONGEST_HOLD);
+                if rate_limited {
+                    tracing::info!(
+                        keys = %job.meta.keys.join(","),
+                        seconds = pause.as_secs_f64(),
+                        "a per-key rate limit: these keys wait, the others go on"
+                    );
+                }
+                let reason = if rate_limited {
+                    WaitReason::RateLimited
+                } else {
+                    WaitReason::Retry
+                };
+                self.scheduler.wait(id, job, now + pause, reason);
+                true
+            }
+            Turn::Wait(Wait::Fatal { status, message }) => {
+                self.refused = true;
+                if sink.refused(status, &message) {
+                    let until = now + self.hold;
+                    self.hold = (self.hold * 2).min(LONGEST_HOLD);
+                    self.held_until = Some(self.held_until.map_or(until, |h| h.max(until)));
+                    self.scheduler.wait(id, job, until, WaitReason::Credentials);
+                } else {
+                    self.scheduler.finish(id);
+                    self.fatal.get_or_insert(format!(
+                        "Zendesk answered {status}: {message}. Check the credentials (ZENDESK_EMAIL and ZENDESK_API_TOKEN, or ZENDESK_OAUTH_TOKEN) and the agent's permissions; the events from this one on were not sent"
+                    ));
+                }
+                true
+            }
+        }
+    }
+
+    fn report_status<S: Sink>(&mut self, sink: &mut S) {
+        let now = Instant::now();
+        if self
+            .last_status
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_status = Some(now);
+        sink.status(self.scheduler.status(now));
+    }
+}
