@@ -166,10 +166,11 @@ fn upsert_profile(
     let idents = identifiers
         .iter()
         .map(|(t, v)| json!({"type": t, "value": v}));
+    let key = (uid, source.to_string(), kind.to_string());
     if let Some(p) = s
-        .profiles
-        .iter_mut()
-        .find(|p| p.user_id == uid && p.source == source && p.kind == kind)
+        .profile_index
+        .get(&key)
+        .and_then(|i| s.profiles.get_mut(*i))
     {
         for i in idents {
             if !p.identifiers.contains(&i) {
@@ -182,6 +183,7 @@ fn upsert_profile(
         return p.id.clone();
     }
     let id = s.ulid();
+    s.profile_index.insert(key, s.profiles.len());
     s.profiles.push(Profile {
         id: id.clone(),
         user_id: uid,
