@@ -2093,6 +2093,61 @@ async fn item11_responses_match_the_openapi_spec() {
     exchange("GET", &format!("/api/v2/tickets/{tid}"), None, true).await;
     exchange("GET", "/api/v2/tickets?external_id=X-1", None, true).await;
     exchange(
+        "GET",
+        &format!("/api/v2/users/show_many?ids={uid}"),
+        None,
+        true,
+    )
+    .await;
+    exchange(
+        "GET",
+        "/api/v2/organizations/show_many?external_ids=OO-1",
+        None,
+        true,
+    )
+    .await;
+    // Bulk writes and their jobs.
+    z.emu.configure(|k| k.bulk_import = true);
+    let users = json!({"users": [{"email": "b1@example.com", "name": "B1"}, {"external_id": "O-1", "name": "O2"}]});
+    let r = exchange(
+        "POST",
+        "/api/v2/users/create_or_update_many",
+        Some(users),
+        true,
+    )
+    .await;
+    let user_job = r.body["job_status"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let orgs = json!({"organizations": [{"name": "Bulk Org"}]});
+    let r = exchange(
+        "POST",
+        "/api/v2/organizations/create_many",
+        Some(orgs),
+        true,
+    )
+    .await;
+    let org_job = r.body["job_status"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let r = exchange(
+        "GET",
+        &format!("/api/v2/job_statuses/{user_job}"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(r.body["job_status"]["results"][1]["action"], "update");
+    exchange(
+        "GET",
+        &format!("/api/v2/job_statuses/show_many?ids={user_job},{org_job}"),
+        None,
+        true,
+    )
+    .await;
+    exchange(
         "POST",
         "/api/v2/user_fields",
         Some(json!({"user_field": {"type": "text", "title": "T2", "key": "t2"}})),
@@ -2119,7 +2174,7 @@ async fn item11_responses_match_the_openapi_spec() {
         false,
     )
     .await;
-    assert_eq!(checked.len(), 21);
+    assert_eq!(checked.len(), 27);
     // And a deliberately wrong body is caught.
     assert!(
         spec.validate_response(
