@@ -2,7 +2,7 @@
 //!
 //! It behaves like Zendesk where zdmap can notice (zendesk-api.md §7): upserts with 201/200,
 //! Zendesk's error envelopes, per-minute budgets and endpoint limits with their headers, closed
-//! tickets, idempotency keys, the Sunshine events API. Start it from the CLI
+//! tickets, idempotency keys, the Sunshine events API, bulk writes answered with job statuses. Start it from the CLI
 //! (`zdmap emulator --listen 127.0.0.1:8089`) or in-process from a test:
 //!
 //! ```no_run
@@ -13,14 +13,36 @@
 //! # let _ = base; emu.shutdown().await; Ok(()) }
 //! ```
 //!
+//! The runtime knobs ([`RuntimeKnobs`]; `zdmap emulator` flags of the same names with dashes,
+//! `POST /__emulator/config` with the names below, `Emulator::configure` in-process):
+//! - `rpm`, `rate_window_secs`: the account budget; `upsert_user_per_window`,
+//!   `ticket_updates_per_window`, `ticket_update_window_secs`: the endpoint limits.
+//! - `fail_rate`, `forced_faults`, `latency_ms`: requests that fail, or answer late.
+//! - `lost_answer_rate` (0 to 1) and `lost_answer` (`"500"`, `"drop"` or `"either"`): a write
+//!   (POST, PUT, PATCH, DELETE) that succeeded is applied and then answered 500, or its
+//!   connection closed without an answer; the request log marks it `lost_answer`.
+//! - `bulk_import`: whether `users/create_or_update_many` is enabled (off, as on a new account).
+//! - `job_delay_ms`: from a bulk request to its job's end on the emulator's clock (0);
+//!   `job_fail_rate`: jobs that fail as a whole (0); `job_limit`: jobs queued or working at once
+//!   (30); `job_limit_status`: the answer beyond it, 429 (with `Retry-After`), 403 or 422.
+//! - `request_log_size`: requests kept by `/__emulator/requests` (10 000, the newest).
+//!
+//! Every random choice (faults, lost answers, failed jobs, ids) comes from `--seed`, so a run
+//! repeats exactly when the requests do.
+//!
 //! Map of the module:
-//! - [`router`]: the request pipeline (faults → auth → budget → body → route table) and the request log.
+//! - [`router`]: the request pipeline (jobs due → faults → auth → budget → body → route table →
+//!   request log → lost answer).
+//! - `connection`: the listener whose connections can be cut (lost answers).
 //! - `auth`: Basic `email/token:TOKEN` and Bearer, 401 otherwise.
 //! - [`limits`]: runtime knobs, account budget, endpoint buckets, faults, latency.
 //! - `errors`: Zendesk's error envelopes.
-//! - `state`: the data model and how records render as Zendesk JSON.
+//! - `state`: the data model and how records render as Zendesk JSON; `table`: records with the
+//!   indexes behind every lookup.
 //! - `users`, `organizations`, `memberships`, `fields`, `tickets`, `events`: one per resource.
-//! - `inspect`: `/__emulator/*` (state, request log, reset, seed, config).
+//! - `bulk`: the `*_many` writes; `jobs`: job statuses, the job limit.
+//! - `inspect`: `/__emulator/*` (state, request log, reset, seed, config); `request_log`: the
+//!   bounded log.
 //! - `clock`: the clock tests can advance instead of sleeping.
 
 mod auth;
