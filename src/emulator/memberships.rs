@@ -26,9 +26,7 @@ pub(crate) fn list(w: &mut World, user: Option<u64>, org: Option<u64>) -> ApiRes
                 return Err(ApiError::not_found());
             }
             s.memberships
-                .lookup(&MembershipKey::Organization(oid))
-                .iter()
-                .filter_map(|id| s.memberships.get(id))
+                .find(&MembershipKey::Organization(oid))
                 .collect()
         }
         (None, None) => s.memberships.values().collect(),

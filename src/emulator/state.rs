@@ -470,10 +470,7 @@ impl Store {
 
     /// The user's memberships in id order.
     pub(crate) fn memberships_by_user(&self, user_id: u64) -> impl Iterator<Item = &Membership> {
-        self.memberships
-            .lookup(&MembershipKey::User(user_id))
-            .iter()
-            .filter_map(|id| self.memberships.get(id))
+        self.memberships.find(&MembershipKey::User(user_id))
     }
 
     /// The membership of `user_id` in `org_id`, if any.

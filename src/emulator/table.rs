@@ -46,9 +46,15 @@ impl<R: Record> Table<R> {
         self.rows.values()
     }
 
-    /// The ids of the records found by `key`, oldest first.
+    /// The ids of the records found by `key`, in id order.
     pub(crate) fn lookup(&self, key: &R::Key) -> &[u64] {
         self.index.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    /// The records found by `key`, in id order.
+    pub(crate) fn find<'a>(&'a self, key: &R::Key) -> impl Iterator<Item = &'a R> + use<'a, R> {
+        let rows = &self.rows;
+        self.lookup(key).iter().filter_map(move |id| rows.get(id))
     }
 
     /// The first record found by `key`.
@@ -86,8 +92,8 @@ impl<R: Record> Table<R> {
     fn add_keys(&mut self, id: u64, keys: Vec<R::Key>) {
         for key in keys {
             let ids = self.index.entry(key).or_default();
-            if !ids.contains(&id) {
-                ids.push(id);
+            if let Err(at) = ids.binary_search(&id) {
+                ids.insert(at, id);
             }
         }
     }
@@ -95,7 +101,9 @@ impl<R: Record> Table<R> {
     fn drop_keys(&mut self, id: u64, keys: Vec<R::Key>) {
         for key in keys {
             if let Some(ids) = self.index.get_mut(&key) {
-                ids.retain(|i| *i != id);
+                if let Ok(at) = ids.binary_search(&id) {
+                    ids.remove(at);
+                }
                 if ids.is_empty() {
                     self.index.remove(&key);
                 }
@@ -108,24 +116,16 @@ impl<R: Record> Table<R> {
     #[cfg(test)]
     pub(crate) fn index_agrees(&self) -> bool {
         let mut rebuilt: HashMap<R::Key, Vec<u64>> = HashMap::new();
+        // Rows come in id order, so each list is built sorted, as the index keeps it.
         for r in self.rows.values() {
             for key in r.keys() {
                 let ids = rebuilt.entry(key).or_default();
-                if !ids.contains(&r.id()) {
+                if ids.last() != Some(&r.id()) {
                     ids.push(r.id());
                 }
             }
         }
-        let sorted = |m: &HashMap<R::Key, Vec<u64>>| -> HashMap<R::Key, Vec<u64>> {
-            m.iter()
-                .map(|(k, v)| {
-                    let mut v = v.clone();
-                    v.sort_unstable();
-                    (k.clone(), v)
-                })
-                .collect()
-        };
-        sorted(&rebuilt) == sorted(&self.index)
+        rebuilt == self.index
     }
 }
 
@@ -160,6 +160,10 @@ mod tests {
             id: 2,
             emails: vec!["a".into(), "b".into()],
         });
+        assert_eq!(t.lookup(&"a".to_string()), [1, 2]);
+        // A record changed and put back keeps its place in id order.
+        t.update(1, |p| p.emails = vec!["x".into()]);
+        t.update(1, |p| p.emails = vec!["a".into()]);
         assert_eq!(t.lookup(&"a".to_string()), [1, 2]);
         t.update(1, |p| p.emails = vec!["c".into()]);
         assert_eq!(t.lookup(&"a".to_string()), [2]);

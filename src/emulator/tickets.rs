@@ -27,9 +27,7 @@ pub(crate) fn list(w: &mut World, req: &ApiRequest) -> ApiResult {
     let items = match req.query("external_id") {
         Some(ext) => s
             .tickets
-            .lookup(&TicketKey::ExternalId(ext.to_lowercase()))
-            .iter()
-            .filter_map(|id| s.tickets.get(id))
+            .find(&TicketKey::ExternalId(ext.to_lowercase()))
             .map(|t| s.render_ticket(t))
             .collect(),
         None => s.tickets.values().map(|t| s.render_ticket(t)).collect(),
