@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, Uri};
+use axum::http::request::Parts;
 use serde_json::{Map, Value, json};
 
 use super::auth::redact;
@@ -22,13 +22,10 @@ pub(crate) struct RequestLog {
 
 impl RequestLog {
     /// Appends a request, dropping the oldest entries beyond `capacity`.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn record(
         &mut self,
         capacity: usize,
-        method: &str,
-        uri: &Uri,
-        headers: &HeaderMap,
+        request: &Parts,
         bytes: &Bytes,
         reply: &Reply,
         lost: Option<LostAnswer>,
@@ -41,7 +38,7 @@ impl RequestLog {
             return;
         }
         let mut hs = Map::new();
-        for (name, value) in headers {
+        for (name, value) in &request.headers {
             let value = value.to_str().unwrap_or("<binary>");
             let shown = if name == "authorization" {
                 redact(value)
@@ -58,9 +55,9 @@ impl RequestLog {
         };
         let mut entry = json!({
             "seq": self.seen,
-            "method": method,
-            "path": uri.path(),
-            "query": uri.query().unwrap_or(""),
+            "method": request.method.as_str(),
+            "path": request.uri.path(),
+            "query": request.uri.query().unwrap_or(""),
             "headers": hs,
             "body": body,
             "status": reply.status,

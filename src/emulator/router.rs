@@ -123,15 +123,7 @@ async fn api(State(shared): State<Shared>, req: Request) -> Response {
             None
         };
         let capacity = w.limits.knobs.request_log_size;
-        w.log.record(
-            capacity,
-            method,
-            &parts.uri,
-            &parts.headers,
-            &bytes,
-            &reply,
-            lost,
-        );
+        w.log.record(capacity, &parts, &bytes, &reply, lost);
         (reply, lost, w.limits.knobs.latency_ms)
     };
     if latency > 0 {
