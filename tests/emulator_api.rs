@@ -582,6 +582,77 @@ async fn item3_create_or_update_many_needs_bulk_import() {
     );
 }
 
+#[tokio::test]
+async fn item3_merge_and_delete_users() {
+    let z = Z::start().await;
+    let keep = z.user("keep@example.com", "Keep").await;
+    let dup = z.user("dup@example.com", "Dup").await;
+    let org = z.org("G-M", "Merged Org").await;
+    z.post(
+        "/api/v2/organization_memberships",
+        json!({"organization_membership": {"user_id": dup, "organization_id": org}}),
+    )
+    .await;
+    let t = z
+        .post(
+            "/api/v2/tickets",
+            json!({"ticket": {"requester_id": dup, "comment": {"body": "hi"}}}),
+        )
+        .await;
+    let tid = t.body["ticket"]["id"].as_u64().expect("ticket id");
+    for uid in [keep, dup] {
+        let ev = json!({"profile": {"source": "shop", "type": "customer", "identifiers": [{"type": "email", "value": format!("{uid}@example.com")}]}, "event": {"source": "shop", "type": "visit", "properties": {}}});
+        let r = z.post(&format!("/api/v2/users/{uid}/events"), ev).await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    let r = z
+        .put(
+            &format!("/api/v2/users/{dup}/merge"),
+            json!({"user": {"id": keep}}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["user"]["id"].as_u64()),
+        (200, Some(keep)),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.body["user"]["email"], "keep@example.com");
+    assert_eq!(r.body["user"]["organization_id"].as_u64(), Some(org));
+    assert_eq!(z.get(&format!("/api/v2/users/{dup}")).await.status, 404);
+    let found = z
+        .get("/api/v2/users/search?query=email:dup@example.com")
+        .await;
+    assert_eq!(found.body["users"][0]["id"].as_u64(), Some(keep));
+    let t = z.get(&format!("/api/v2/tickets/{tid}")).await;
+    assert_eq!(t.body["ticket"]["requester_id"].as_u64(), Some(keep));
+    let events = z.get(&format!("/api/v2/users/{keep}/events")).await;
+    assert_eq!(events.body["events"].as_array().map(Vec::len), Some(2));
+    assert_eq!(z.emu.state()["profiles"].as_array().map(Vec::len), Some(1));
+    let r = z
+        .put(
+            &format!("/api/v2/users/{keep}/merge"),
+            json!({"user": {"id": keep}}),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+
+    // A deleted user's email and external id can be used again; its tickets stay.
+    let r = z.delete(&format!("/api/v2/users/{keep}")).await;
+    assert_eq!(
+        (r.status, r.body["user"]["active"].as_bool()),
+        (200, Some(false))
+    );
+    assert_eq!(z.delete(&format!("/api/v2/users/{keep}")).await.status, 404);
+    assert_eq!(z.get(&format!("/api/v2/tickets/{tid}")).await.status, 200);
+    assert_eq!(
+        z.emu.state()["memberships"].as_array().map(Vec::len),
+        Some(0)
+    );
+    let again = z.user("dup@example.com", "Again").await;
+    assert_ne!(again, keep);
+}
+
 // ---- 4. Organizations and fields ----
 
 #[tokio::test]

@@ -138,6 +138,13 @@ fn remove(s: &mut Store, mid: u64) -> ApiResult {
     Ok(Reply::no_content())
 }
 
+/// Removes all of a user's memberships (a user deleted or merged away).
+pub(crate) fn remove_all_of(s: &mut Store, uid: u64) {
+    for mid in s.memberships.lookup(&MembershipKey::User(uid)).to_vec() {
+        s.memberships.remove(&mid);
+    }
+}
+
 /// `DELETE organization_memberships/{id}` and `DELETE users/{uid}/organization_memberships/{id}`.
 pub(crate) fn delete(w: &mut World, user: Option<u64>, mid: u64) -> ApiResult {
     let s = &mut w.store;

@@ -232,6 +232,9 @@ fn dispatch(w: &mut World, req: &ApiRequest) -> ApiResult {
         ("GET", ["users", "search"]) => users::search(w, req),
         ("GET", ["users", uid]) => users::show(w, id(uid)?),
         ("PUT", ["users", uid]) => users::update(w, req, id(uid)?),
+        // Only a numeric id: `DELETE users/search` and the like stay unknown endpoints.
+        ("DELETE", ["users", uid]) if uid.parse::<u64>().is_ok() => users::delete(w, id(uid)?),
+        ("PUT", ["users", uid, "merge"]) => users::merge(w, req, id(uid)?),
         ("GET", ["users", uid, "identities"]) => users::list_identities(w, id(uid)?),
         ("POST", ["users", uid, "identities"]) => users::create_identity(w, req, id(uid)?),
         ("GET", ["users", uid, "identities", iid]) => users::show_identity(w, id(uid)?, id(iid)?),
@@ -528,7 +531,7 @@ mod tests {
 }
 
 /// The indexes behind lookups by email, external id, name, owner and profile stay in step with
-/// the records through every kind of change the API can make.
+/// the records through every kind of change the API can make: updates, merges, deletes.
 #[cfg(test)]
 mod index_tests {
     use super::*;
@@ -711,7 +714,33 @@ mod index_tests {
             json!({"organization": {"name": "Acme 3"}}),
         );
         send(w, "GET", "/api/v2/users", Value::Null);
-        assert!(w.store.user_by_email("c@x.co").is_some());
+        let c = w.store.user_by_email("c@x.co").expect("c was created");
+        // B is merged into C: its phone identity and membership move, B goes.
+        send(
+            w,
+            "POST",
+            "/api/v2/organization_memberships",
+            json!({"organization_membership": {"user_id": b, "organization_id": o}}),
+        );
+        let (status, _) = send(
+            w,
+            "PUT",
+            &format!("/api/v2/users/{b}/merge"),
+            json!({"user": {"id": c}}),
+        );
+        assert_eq!(status, 200);
+        assert!(!w.store.users.contains_key(&b));
+        assert!(w.store.membership_of(c, o).is_some());
+        // C is deleted: its email and external id are free again.
+        let (status, _) = send(w, "DELETE", &format!("/api/v2/users/{c}"), Value::Null);
+        assert_eq!(status, 200);
+        assert_eq!(
+            (
+                w.store.user_by_email("c@x.co"),
+                w.store.user_by_external_id("E-C")
+            ),
+            (None, None)
+        );
         assert_eq!(w.store.org_by_name("acme 3"), Some(o));
         // Profiles of tracked events.
         let event = json!({"profile": {"source": "s", "type": "t", "identifiers": [{"type": "email", "value": "a@x.co"}]}, "event": {"source": "s", "type": "t", "properties": {}}});

@@ -1,6 +1,6 @@
 //! Users and their identities (zendesk-api.md §2.1): `create_or_update` matched by external_id or
 //! email (case-insensitive, 201 vs 200, `Location`, the per-user limit), create, update, show,
-//! `show_many`, `search`, `users/me`, identities. [`upsert`] is also what each item of
+//! `show_many`, `search`, `users/me`, identities, merge (end users only) and delete. [`upsert`] is also what each item of
 //! `create_or_update_many` goes through (see `bulk`).
 //!
 //! Email rule: the primary email is writable on create only; on update a new email becomes a
@@ -12,11 +12,12 @@ use serde_json::{Map, Value, json};
 
 use super::auth::Principal;
 use super::errors::{ApiError, ApiResult, Invalid, Reply};
+use super::events;
 use super::fields;
 use super::memberships;
 use super::organizations;
 use super::router::{ApiRequest, ShowMany, World, offset_page, show_many_keys, whole_list};
-use super::state::{Identity, Kind, Store, User, opt_id, opt_str, str_list};
+use super::state::{Identity, Kind, Store, TicketKey, User, opt_id, opt_str, str_list};
 
 /// Roles a user can have.
 const ROLES: [&str; 3] = ["end-user", "agent", "admin"];
@@ -72,6 +73,71 @@ pub(crate) fn update(w: &mut World, req: &ApiRequest, id: u64) -> ApiResult {
     }
     update_user(&mut w.store, id, obj)?;
     show(w, id)
+}
+
+/// `DELETE users/{id}`: removes the user, its identities (their emails and external id can be
+/// used again) and its memberships; its tickets stay. Answers the user as it was, inactive.
+pub(crate) fn delete(w: &mut World, id: u64) -> ApiResult {
+    let s = &mut w.store;
+    let user = s.users.get(&id).ok_or_else(ApiError::not_found)?;
+    let mut body = s.render_user(user);
+    body["active"] = json!(false);
+    memberships::remove_all_of(s, id);
+    s.users.remove(&id);
+    Ok(Reply::ok(json!({"user": body})))
+}
+
+/// `PUT users/{id}/merge` with `{"user": {"id": TARGET}}`: merges end user `id` into TARGET.
+/// Its identities become TARGET's (secondary where TARGET has one of the kind), its requested
+/// tickets, memberships, events and profiles move over, and it is removed; TARGET keeps its own
+/// name and external id. 422 for an agent or a missing target.
+pub(crate) fn merge(w: &mut World, req: &ApiRequest, id: u64) -> ApiResult {
+    let obj = req.wrapped("user")?;
+    let s = &mut w.store;
+    let source = s.users.get(&id).ok_or_else(ApiError::not_found)?;
+    if source.role != "end-user" {
+        return Err(ApiError::invalid(
+            "base",
+            "InvalidValue",
+            "Only end users can be merged",
+        ));
+    }
+    let target = opt_id(obj, "id")
+        .filter(|t| *t != id && s.users.contains_key(t))
+        .ok_or_else(|| ApiError::invalid("id", "InvalidValue", "User to merge into: is invalid"))?;
+    for tid in s.tickets.lookup(&TicketKey::Requester(id)).to_vec() {
+        s.tickets.update(tid, |t| {
+            t.requester_id = target;
+            if t.submitter_id == id {
+                t.submitter_id = target;
+            }
+        });
+    }
+    let orgs: Vec<u64> = s
+        .memberships_by_user(id)
+        .map(|m| m.organization_id)
+        .collect();
+    memberships::remove_all_of(s, id);
+    for oid in orgs {
+        memberships::ensure(s, target, oid);
+    }
+    events::move_to_user(s, id, target);
+    let Some(source) = s.users.remove(&id) else {
+        return Err(ApiError::not_found());
+    };
+    s.users.update(target, |t| {
+        for mut identity in source.identities {
+            let known = t
+                .identities
+                .iter()
+                .any(|i| i.kind == identity.kind && i.value.eq_ignore_ascii_case(&identity.value));
+            if !known {
+                identity.primary = !t.identities.iter().any(|i| i.kind == identity.kind);
+                t.identities.push(identity);
+            }
+        }
+    });
+    show(w, target)
 }
 
 /// `POST users/create_or_update`.
