@@ -13,8 +13,9 @@
 //! # let _ = base; emu.shutdown().await; Ok(()) }
 //! ```
 //!
-//! The runtime knobs ([`RuntimeKnobs`]; `zdmap emulator` flags of the same names with dashes,
-//! `POST /__emulator/config` with the names below, `Emulator::configure` in-process):
+//! The runtime knobs ([`RuntimeKnobs`]), set by `POST /__emulator/config` with the names below,
+//! by `Emulator::configure` in-process, and at start by the `zdmap emulator` flag of the same
+//! name with dashes where there is one (all but the endpoint limits and `forced_faults`):
 //! - `rpm`, `rate_window_secs`: the account budget; `upsert_user_per_window`,
 //!   `ticket_updates_per_window`, `ticket_update_window_secs`: the endpoint limits.
 //! - `fail_rate`, `forced_faults`, `latency_ms`: requests that fail, or answer late.
