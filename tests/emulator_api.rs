@@ -10,7 +10,9 @@ use base64::Engine;
 use clap::Parser;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use zdmap::emulator::{Emulator, EmulatorArgs, EmulatorOptions, ForcedFault, Secret};
+use zdmap::emulator::{
+    Emulator, EmulatorArgs, EmulatorOptions, ForcedFault, LostAnswer, RuntimeKnobs, Secret,
+};
 
 const AGENT: &str = "agent@example.com/token:s3cr3t-token";
 
@@ -578,6 +580,77 @@ async fn item3_create_or_update_many_needs_bulk_import() {
         ),
         (Some(false), Some("RecordInvalid"))
     );
+}
+
+#[tokio::test]
+async fn item3_merge_and_delete_users() {
+    let z = Z::start().await;
+    let keep = z.user("keep@example.com", "Keep").await;
+    let dup = z.user("dup@example.com", "Dup").await;
+    let org = z.org("G-M", "Merged Org").await;
+    z.post(
+        "/api/v2/organization_memberships",
+        json!({"organization_membership": {"user_id": dup, "organization_id": org}}),
+    )
+    .await;
+    let t = z
+        .post(
+            "/api/v2/tickets",
+            json!({"ticket": {"requester_id": dup, "comment": {"body": "hi"}}}),
+        )
+        .await;
+    let tid = t.body["ticket"]["id"].as_u64().expect("ticket id");
+    for uid in [keep, dup] {
+        let ev = json!({"profile": {"source": "shop", "type": "customer", "identifiers": [{"type": "email", "value": format!("{uid}@example.com")}]}, "event": {"source": "shop", "type": "visit", "properties": {}}});
+        let r = z.post(&format!("/api/v2/users/{uid}/events"), ev).await;
+        assert_eq!(r.status, 202, "{}", r.text);
+    }
+    let r = z
+        .put(
+            &format!("/api/v2/users/{dup}/merge"),
+            json!({"user": {"id": keep}}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["user"]["id"].as_u64()),
+        (200, Some(keep)),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.body["user"]["email"], "keep@example.com");
+    assert_eq!(r.body["user"]["organization_id"].as_u64(), Some(org));
+    assert_eq!(z.get(&format!("/api/v2/users/{dup}")).await.status, 404);
+    let found = z
+        .get("/api/v2/users/search?query=email:dup@example.com")
+        .await;
+    assert_eq!(found.body["users"][0]["id"].as_u64(), Some(keep));
+    let t = z.get(&format!("/api/v2/tickets/{tid}")).await;
+    assert_eq!(t.body["ticket"]["requester_id"].as_u64(), Some(keep));
+    let events = z.get(&format!("/api/v2/users/{keep}/events")).await;
+    assert_eq!(events.body["events"].as_array().map(Vec::len), Some(2));
+    assert_eq!(z.emu.state()["profiles"].as_array().map(Vec::len), Some(1));
+    let r = z
+        .put(
+            &format!("/api/v2/users/{keep}/merge"),
+            json!({"user": {"id": keep}}),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+
+    // A deleted user's email and external id can be used again; its tickets stay.
+    let r = z.delete(&format!("/api/v2/users/{keep}")).await;
+    assert_eq!(
+        (r.status, r.body["user"]["active"].as_bool()),
+        (200, Some(false))
+    );
+    assert_eq!(z.delete(&format!("/api/v2/users/{keep}")).await.status, 404);
+    assert_eq!(z.get(&format!("/api/v2/tickets/{tid}")).await.status, 200);
+    assert_eq!(
+        z.emu.state()["memberships"].as_array().map(Vec::len),
+        Some(0)
+    );
+    let again = z.user("dup@example.com", "Again").await;
+    assert_ne!(again, keep);
 }
 
 // ---- 4. Organizations and fields ----
@@ -1469,6 +1542,517 @@ async fn item10_inspection_reset_and_seed() {
     assert_eq!(bad.status().as_u16(), 400);
 }
 
+// ---- 12. Bulk endpoints and job statuses ----
+
+impl Z {
+    /// `POST /__emulator/config` with `patch`; gives the knobs it answers.
+    async fn config(&self, patch: Value) -> Value {
+        let r = self
+            .http
+            .post(format!("{}/__emulator/config", self.emu.url()))
+            .json(&patch)
+            .send()
+            .await
+            .expect("config");
+        assert_eq!(r.status().as_u16(), 200, "config {patch}");
+        r.json().await.expect("knobs")
+    }
+
+    /// Polls the job a bulk answer names.
+    async fn job(&self, bulk: &Resp) -> Value {
+        let id = bulk.body["job_status"]["id"].as_str().expect("job id");
+        let r = self.get(&format!("/api/v2/job_statuses/{id}")).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body["job_status"].clone()
+    }
+}
+
+#[tokio::test]
+async fn item12_users_job_queued_working_completed_with_per_item_results() {
+    let z = Z::start().await;
+    let existing = z.user("old@example.com", "Old").await;
+    z.config(json!({"bulk_import": true, "job_delay_ms": 10_000}))
+        .await;
+    let body = json!({"users": [
+        {"email": "new@example.com", "name": "New", "external_id": "N-1"},
+        {"email": "old@example.com", "name": "Old Renamed"},
+        {"email": "nameless@example.com"},
+        {"external_id": "N-1", "name": "New Again"}
+    ]});
+    let r = z.post("/api/v2/users/create_or_update_many", body).await;
+    assert_eq!(
+        (r.status, r.body["job_status"]["status"].as_str()),
+        (200, Some("queued")),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.body["job_status"]["total"], 4);
+    assert!(r.body["job_status"]["results"].is_null());
+    // Nothing is applied while the job is queued, then working.
+    assert_eq!(z.job(&r).await["status"], "queued");
+    z.emu.advance_clock(Duration::from_secs(6));
+    assert_eq!(z.job(&r).await["status"], "working");
+    assert_eq!(z.emu.state()["users"].as_array().map(Vec::len), Some(1));
+    z.emu.advance_clock(Duration::from_secs(5));
+    let job = z.job(&r).await;
+    assert_eq!(
+        (job["status"].as_str(), job["progress"].as_u64()),
+        (Some("completed"), Some(4))
+    );
+    let results = &job["results"];
+    let new_id = results[0]["id"].as_u64().expect("created id");
+    assert_eq!(
+        results[0],
+        json!({"index": 0, "id": new_id, "action": "create", "status": "Created", "success": true})
+    );
+    assert_eq!(
+        results[1],
+        json!({"index": 1, "id": existing, "action": "update", "status": "Updated", "success": true})
+    );
+    assert_eq!(
+        (
+            results[2]["index"].as_u64(),
+            results[2]["success"].as_bool(),
+            results[2]["error"].as_str(),
+            results[2]["details"].is_string()
+        ),
+        (Some(2), Some(false), Some("RecordInvalid"), true)
+    );
+    // Items apply in order: the fourth updates the user the first created.
+    assert_eq!(
+        (results[3]["id"].as_u64(), results[3]["action"].as_str()),
+        (Some(new_id), Some("update"))
+    );
+    let user = z.get(&format!("/api/v2/users/{new_id}")).await;
+    assert_eq!(user.body["user"]["name"], "New Again");
+    let user = z.get(&format!("/api/v2/users/{existing}")).await;
+    assert_eq!(user.body["user"]["name"], "Old Renamed");
+
+    // show_many answers the known ids in the order asked.
+    let id = job["id"].as_str().expect("id");
+    let many = z
+        .get(&format!(
+            "/api/v2/job_statuses/show_many?ids={id},00000000000000000000000000000000"
+        ))
+        .await;
+    assert_eq!(many.body["job_statuses"].as_array().map(Vec::len), Some(1));
+    assert_eq!(many.body["job_statuses"][0]["status"], "completed");
+    // Ended jobs are forgotten after an hour.
+    z.emu.advance_clock(Duration::from_secs(3601));
+    let gone = z.get(&format!("/api/v2/job_statuses/{id}")).await;
+    assert_eq!(
+        (gone.status, gone.body["error"].as_str()),
+        (404, Some("RecordNotFound"))
+    );
+    // Lookups by id and external id.
+    let users = z
+        .get(&format!(
+            "/api/v2/users/show_many?external_ids=n-1,nobody&ids={existing}"
+        ))
+        .await;
+    assert_eq!(users.body["users"][0]["id"].as_u64(), Some(existing));
+    let users = z
+        .get("/api/v2/users/show_many?external_ids=n-1,nobody")
+        .await;
+    assert_eq!(users.body["users"][0]["id"].as_u64(), Some(new_id));
+    let too_many: Vec<String> = (0..101).map(|i| i.to_string()).collect();
+    let r = z
+        .get(&format!(
+            "/api/v2/users/show_many?ids={}",
+            too_many.join(",")
+        ))
+        .await;
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test]
+async fn item12_organizations_memberships_and_tickets_in_bulk() {
+    let z = Z::start().await;
+    let taken = z.org("T-1", "Taken").await;
+    let r = z
+        .post(
+            "/api/v2/organizations/create_many",
+            json!({"organizations": [{"name": "Alpha", "external_id": "A-1"}, {"name": "Beta", "external_id": "B-1"}, {"name": "taken"}]}),
+        )
+        .await;
+    let results = z.job(&r).await["results"].clone();
+    let (alpha, beta) = (
+        results[0]["id"].as_u64().expect("alpha"),
+        results[1]["id"].as_u64().expect("beta"),
+    );
+    assert_eq!(
+        (results[0]["action"].as_str(), results[0]["status"].as_str()),
+        (Some("create"), Some("Created"))
+    );
+    assert_eq!(
+        (
+            results[2]["success"].as_bool(),
+            results[2]["error"].as_str()
+        ),
+        (Some(false), Some("RecordInvalid"))
+    );
+
+    // The same change by ids, then by external ids, then a batch of different changes.
+    let r = z
+        .put(
+            &format!("/api/v2/organizations/update_many?ids={alpha},{beta},999"),
+            json!({"organization": {"notes": "Priority"}}),
+        )
+        .await;
+    let results = z.job(&r).await["results"].clone();
+    assert_eq!(
+        results[1],
+        json!({"index": 1, "id": beta, "action": "update", "status": "Updated", "success": true})
+    );
+    assert_eq!(
+        (
+            results[2]["id"].as_u64(),
+            results[2]["success"].as_bool(),
+            results[2]["error"].as_str()
+        ),
+        (Some(999), Some(false), Some("RecordNotFound"))
+    );
+    let r = z
+        .put(
+            "/api/v2/organizations/update_many.json?external_ids=a-1,NOPE",
+            json!({"organization": {"tags": ["vip"]}}),
+        )
+        .await;
+    let results = z.job(&r).await["results"].clone();
+    assert_eq!(results[0]["id"].as_u64(), Some(alpha));
+    assert_eq!(
+        (
+            results[1]["external_id"].as_str(),
+            results[1]["success"].as_bool()
+        ),
+        (Some("NOPE"), Some(false))
+    );
+    let r = z
+        .put(
+            "/api/v2/organizations/update_many",
+            json!({"organizations": [{"id": alpha, "notes": "Normal"}, {"id": beta, "name": "Taken"}, {"notes": "no id"}]}),
+        )
+        .await;
+    let results = z.job(&r).await["results"].clone();
+    assert_eq!(results[0]["success"], true);
+    assert_eq!(
+        (results[1]["id"].as_u64(), results[1]["error"].as_str()),
+        (Some(beta), Some("RecordInvalid"))
+    );
+    assert_eq!(results[2]["error"], "RecordNotFound");
+    let orgs = z
+        .get(&format!(
+            "/api/v2/organizations/show_many?ids={alpha},{beta},{taken}"
+        ))
+        .await;
+    let orgs = &orgs.body["organizations"];
+    assert_eq!(
+        (orgs[0]["notes"].as_str(), orgs[0]["tags"].clone()),
+        (Some("Normal"), json!(["vip"]))
+    );
+    assert_eq!(
+        (orgs[1]["name"].as_str(), orgs[1]["notes"].as_str()),
+        (Some("Beta"), Some("Priority"))
+    );
+    let by_ext = z
+        .get("/api/v2/organizations/show_many?external_ids=B-1,t-1")
+        .await;
+    let ids: Vec<u64> = by_ext.body["organizations"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|o| o["id"].as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, vec![beta, taken]);
+
+    // Memberships: the first is the user's default; a repeat fails on its own.
+    let uid = z.user("m@example.com", "M").await;
+    let r = z
+        .post(
+            "/api/v2/organization_memberships/create_many",
+            json!({"organization_memberships": [
+                {"user_id": uid, "organization_id": alpha},
+                {"user_id": uid, "organization_id": beta},
+                {"user_id": uid, "organization_id": alpha},
+                {"user_id": 1, "organization_id": alpha}
+            ]}),
+        )
+        .await;
+    let results = z.job(&r).await["results"].clone();
+    assert_eq!(
+        (results[0]["action"].as_str(), results[0]["status"].as_str()),
+        (Some("create"), Some("Created"))
+    );
+    assert_eq!(
+        (
+            results[2]["success"].as_bool(),
+            results[3]["success"].as_bool()
+        ),
+        (Some(false), Some(false))
+    );
+    let user = z.get(&format!("/api/v2/users/{uid}")).await;
+    assert_eq!(user.body["user"]["organization_id"].as_u64(), Some(alpha));
+
+    // Tickets: the same change by ids, and a batch where a closed ticket fails alone.
+    let mut tickets = Vec::new();
+    for status in ["new", "new", "closed"] {
+        let t = z
+            .post(
+                "/api/v2/tickets",
+                json!({"ticket": {"requester_id": uid, "status": status, "comment": {"body": "hi"}}}),
+            )
+            .await;
+        tickets.push(t.body["ticket"]["id"].as_u64().expect("ticket id"));
+    }
+    let r = z
+        .put(
+            &format!(
+                "/api/v2/tickets/update_many?ids={},{}",
+                tickets[0], tickets[1]
+            ),
+            json!({"ticket": {"status": "open"}}),
+        )
+        .await;
+    assert_eq!(z.job(&r).await["results"][1]["status"], "Updated");
+    let r = z
+        .put(
+            "/api/v2/tickets/update_many",
+            json!({"tickets": [
+                {"id": tickets[0], "comment": {"body": "first"}},
+                {"id": tickets[2], "status": "open"},
+                {"id": tickets[0], "comment": {"body": "second"}}
+            ]}),
+        )
+        .await;
+    let results = z.job(&r).await["results"].clone();
+    assert_eq!(
+        (
+            results[1]["id"].as_u64(),
+            results[1]["error"].as_str(),
+            results[1]["details"].as_str()
+        ),
+        (
+            Some(tickets[2]),
+            Some("RecordInvalid"),
+            Some("closed prevents ticket update")
+        )
+    );
+    let comments = z
+        .get(&format!("/api/v2/tickets/{}/comments", tickets[0]))
+        .await;
+    let bodies: Vec<&str> = comments.body["comments"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c["body"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(bodies, ["hi", "first", "second"]);
+    let t = z.get(&format!("/api/v2/tickets/{}", tickets[1])).await;
+    assert_eq!(t.body["ticket"]["status"], "open");
+
+    // At most 100 items; the bulk body is required; create_many is POST only.
+    let many: Vec<Value> = (0..101).map(|i| json!({"name": format!("O{i}")})).collect();
+    let r = z
+        .post(
+            "/api/v2/organizations/create_many",
+            json!({"organizations": many}),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = z
+        .put("/api/v2/tickets/update_many", json!({"ticket": {}}))
+        .await;
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test]
+async fn item12_job_limit_failed_jobs_and_bulk_import_off() {
+    let z = Z::start().await;
+    let r = z
+        .post(
+            "/api/v2/users/create_or_update_many",
+            json!({"users": [{"email": "a@example.com", "name": "A"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 403, "bulk user imports are off by default");
+    z.config(json!({"job_delay_ms": 60_000})).await;
+    let one = |i: usize| json!({"organizations": [{"name": format!("Org {i}")}]});
+    for i in 0..30 {
+        let r = z.post("/api/v2/organizations/create_many", one(i)).await;
+        assert_eq!(r.status, 200, "job {i}: {}", r.text);
+    }
+    let r = z.post("/api/v2/organizations/create_many", one(30)).await;
+    assert_eq!(
+        (
+            r.status,
+            r.header("retry-after"),
+            r.body["errors"][0]["code"].as_str()
+        ),
+        (429, Some("60"), Some("TooManyJobs"))
+    );
+    z.config(json!({"job_limit_status": 422})).await;
+    let r = z.post("/api/v2/organizations/create_many", one(30)).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (422, Some("TooManyJobs"))
+    );
+    // When the running jobs end there is room again; they created their organizations in order.
+    z.emu.advance_clock(Duration::from_secs(61));
+    let state = z.emu.state();
+    assert_eq!(state["organizations"].as_array().map(Vec::len), Some(30));
+    assert_eq!(state["organizations"][29]["name"], "Org 29");
+    z.config(json!({"job_fail_rate": 1.0, "job_delay_ms": 0}))
+        .await;
+    let r = z.post("/api/v2/organizations/create_many", one(30)).await;
+    assert_eq!(r.status, 200);
+    let job = z.job(&r).await;
+    assert_eq!(
+        (job["status"].as_str(), job["results"].is_null()),
+        (Some("failed"), true)
+    );
+    assert_eq!(
+        z.emu.state()["organizations"].as_array().map(Vec::len),
+        Some(30),
+        "a failed job applies nothing"
+    );
+    let bad = z
+        .http
+        .post(format!("{}/__emulator/config", z.emu.url()))
+        .json(&json!({"job_limit_status": 500}))
+        .send()
+        .await
+        .expect("config");
+    assert_eq!(bad.status().as_u16(), 400);
+}
+
+// ---- 13. Lost answers and the bounded request log ----
+
+#[tokio::test]
+async fn item13_a_write_is_applied_and_its_answer_lost() {
+    let z = Z::start().await;
+    z.config(json!({"lost_answer_rate": 1.0, "lost_answer": "500"}))
+        .await;
+    let r = z
+        .post(
+            "/api/v2/users/create_or_update",
+            json!({"user": {"email": "lost@example.com", "name": "Lost"}}),
+        )
+        .await;
+    assert_eq!(r.status, 500, "the client sees a failure");
+    assert!(r.header("x-rate-limit").is_some(), "budget headers stay");
+    let state = z.emu.state();
+    assert_eq!(
+        state["users"][0]["email"], "lost@example.com",
+        "yet it applied"
+    );
+    let log = z.emu.requests();
+    assert_eq!(
+        (log[0]["status"].as_u64(), log[0]["lost_answer"].as_str()),
+        (Some(201), Some("500"))
+    );
+    // Reads never lose their answer.
+    assert_eq!(z.get("/api/v2/users").await.status, 200);
+
+    // Dropped: the connection closes without an answer, and the ticket exists.
+    z.config(json!({"lost_answer": "drop"})).await;
+    let sent = z
+        .http
+        .post(format!("{}/api/v2/tickets", z.emu.url()))
+        .header("authorization", basic(AGENT))
+        .json(&json!({"ticket": {"requester": {"email": "r@example.com", "name": "R"}, "comment": {"body": "once"}}}))
+        .send()
+        .await;
+    assert!(sent.is_err(), "no answer: {sent:?}");
+    let state = z.emu.state();
+    assert_eq!(state["tickets"][0]["comments"][0]["body"], "once");
+    assert_eq!(z.emu.requests()[2]["lost_answer"], "drop");
+    // The emulator keeps serving other connections.
+    z.config(json!({"lost_answer_rate": 0.0})).await;
+    assert_eq!(
+        z.post(
+            "/api/v2/users/create_or_update",
+            json!({"user": {"email": "ok@example.com", "name": "Ok"}})
+        )
+        .await
+        .status,
+        201
+    );
+
+    // Deterministic under the seed: the same requests lose the same answers.
+    let lost = |seed: u64| async move {
+        let z = Z::with(EmulatorOptions {
+            seed,
+            ..Default::default()
+        })
+        .await;
+        z.config(json!({"lost_answer_rate": 0.5, "lost_answer": "500"}))
+            .await;
+        let mut statuses = Vec::new();
+        for i in 0..16 {
+            let body = json!({"user": {"email": format!("u{i}@example.com"), "name": "U"}});
+            statuses.push(z.post("/api/v2/users/create_or_update", body).await.status);
+        }
+        (statuses, z.emu.state()["users"].as_array().map(Vec::len))
+    };
+    let (a, b) = (lost(9).await, lost(9).await);
+    assert_eq!(a, b);
+    assert!(a.0.contains(&500) && a.0.contains(&201), "{a:?}");
+    assert_eq!(a.1, Some(16), "every write applied");
+}
+
+#[tokio::test]
+async fn item13_flags_and_a_bounded_request_log() {
+    let cli = Cli::try_parse_from([
+        "zdmap",
+        "--lost-answer-rate",
+        "0.3",
+        "--lost-answer",
+        "drop",
+        "--job-delay-ms",
+        "1500",
+        "--job-limit",
+        "5",
+        "--job-limit-status",
+        "403",
+        "--job-fail-rate",
+        "0.1",
+        "--request-log-size",
+        "3",
+    ])
+    .expect("flags parse");
+    let opts = EmulatorOptions::from(cli.args);
+    let k = &opts.knobs;
+    assert_eq!(
+        (
+            k.lost_answer_rate,
+            k.lost_answer,
+            k.job_delay_ms,
+            k.job_limit,
+            k.job_limit_status,
+            k.job_fail_rate,
+            k.request_log_size
+        ),
+        (0.3, LostAnswer::Drop, 1500, 5, 403, 0.1, 3)
+    );
+    let bad = Cli::try_parse_from(["zdmap", "--lost-answer", "sometimes"]);
+    assert!(bad.is_err());
+
+    let z = Z::with(EmulatorOptions {
+        knobs: RuntimeKnobs {
+            request_log_size: 3,
+            ..RuntimeKnobs::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    for _ in 0..5 {
+        z.get("/api/v2/users").await;
+    }
+    let seqs: Vec<u64> = z
+        .emu
+        .requests()
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, [3, 4, 5], "the newest three");
+}
+
 // ---- 11. Responses against the OpenAPI spec ----
 
 #[tokio::test]
@@ -1580,6 +2164,61 @@ async fn item11_responses_match_the_openapi_spec() {
     exchange("GET", &format!("/api/v2/tickets/{tid}"), None, true).await;
     exchange("GET", "/api/v2/tickets?external_id=X-1", None, true).await;
     exchange(
+        "GET",
+        &format!("/api/v2/users/show_many?ids={uid}"),
+        None,
+        true,
+    )
+    .await;
+    exchange(
+        "GET",
+        "/api/v2/organizations/show_many?external_ids=OO-1",
+        None,
+        true,
+    )
+    .await;
+    // Bulk writes and their jobs.
+    z.emu.configure(|k| k.bulk_import = true);
+    let users = json!({"users": [{"email": "b1@example.com", "name": "B1"}, {"external_id": "O-1", "name": "O2"}]});
+    let r = exchange(
+        "POST",
+        "/api/v2/users/create_or_update_many",
+        Some(users),
+        true,
+    )
+    .await;
+    let user_job = r.body["job_status"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let orgs = json!({"organizations": [{"name": "Bulk Org"}]});
+    let r = exchange(
+        "POST",
+        "/api/v2/organizations/create_many",
+        Some(orgs),
+        true,
+    )
+    .await;
+    let org_job = r.body["job_status"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let r = exchange(
+        "GET",
+        &format!("/api/v2/job_statuses/{user_job}"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(r.body["job_status"]["results"][1]["action"], "update");
+    exchange(
+        "GET",
+        &format!("/api/v2/job_statuses/show_many?ids={user_job},{org_job}"),
+        None,
+        true,
+    )
+    .await;
+    exchange(
         "POST",
         "/api/v2/user_fields",
         Some(json!({"user_field": {"type": "text", "title": "T2", "key": "t2"}})),
@@ -1606,7 +2245,7 @@ async fn item11_responses_match_the_openapi_spec() {
         false,
     )
     .await;
-    assert_eq!(checked.len(), 21);
+    assert_eq!(checked.len(), 27);
     // And a deliberately wrong body is caught.
     assert!(
         spec.validate_response(

@@ -166,10 +166,11 @@ fn upsert_profile(
     let idents = identifiers
         .iter()
         .map(|(t, v)| json!({"type": t, "value": v}));
+    let key = (uid, source.to_string(), kind.to_string());
     if let Some(p) = s
-        .profiles
-        .iter_mut()
-        .find(|p| p.user_id == uid && p.source == source && p.kind == kind)
+        .profile_index
+        .get(&key)
+        .and_then(|i| s.profiles.get_mut(*i))
     {
         for i in idents {
             if !p.identifiers.contains(&i) {
@@ -182,6 +183,7 @@ fn upsert_profile(
         return p.id.clone();
     }
     let id = s.ulid();
+    s.profile_index.insert(key, s.profiles.len());
     s.profiles.push(Profile {
         id: id.clone(),
         user_id: uid,
@@ -191,6 +193,46 @@ fn upsert_profile(
         identifiers: idents.collect(),
     });
     id
+}
+
+/// Moves a user's events and profiles to another user (a merge). A profile whose source and
+/// type the other user already has joins that one: its identifiers and its events go over.
+pub(crate) fn move_to_user(s: &mut Store, from: u64, to: u64) {
+    let mut joined: Vec<(String, String)> = Vec::new();
+    for i in 0..s.profiles.len() {
+        let p = &s.profiles[i];
+        if p.user_id != from {
+            continue;
+        }
+        let key = (to, p.source.clone(), p.kind.clone());
+        match s.profile_index.get(&key).copied() {
+            Some(kept) => {
+                let (old_id, identifiers) = (p.id.clone(), p.identifiers.clone());
+                let kept = &mut s.profiles[kept];
+                for identifier in identifiers {
+                    if !kept.identifiers.contains(&identifier) {
+                        kept.identifiers.push(identifier);
+                    }
+                }
+                joined.push((old_id, kept.id.clone()));
+            }
+            None => s.profiles[i].user_id = to,
+        }
+    }
+    s.profiles
+        .retain(|p| !joined.iter().any(|(old, _)| *old == p.id));
+    s.profile_index = s
+        .profiles
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ((p.user_id, p.source.clone(), p.kind.clone()), i))
+        .collect();
+    for e in s.events.iter_mut().filter(|e| e.user_id == from) {
+        e.user_id = to;
+        if let Some((_, kept)) = joined.iter().find(|(old, _)| *old == e.profile_id) {
+            e.profile_id = kept.clone();
+        }
+    }
 }
 
 /// `GET users/{id}/events` with `filter[source]`, `filter[type]` and `page[size]`.

@@ -1,9 +1,10 @@
 //! The inspection and control routes, for tests and people (never rate-limited, no auth):
 //!
 //! - `GET /__emulator/state`: users (with identities), organizations, memberships, tickets (with
-//!   comments and audits), events, profiles, user_fields, organization_fields, job_statuses.
-//! - `GET /__emulator/requests`: the request log (method, path, query, headers with
-//!   `Authorization` redacted, body, status).
+//!   comments and audits), events, profiles, user_fields, organization_fields, job_statuses
+//!   (due jobs run first).
+//! - `GET /__emulator/requests`: the request log, the last `request_log_size` requests (see
+//!   `request_log`); `DELETE` empties it.
 //! - `POST /__emulator/reset`: empties the account, the request log and the rate counters, then
 //!   loads the start-up seed again. Knobs stay as they are.
 //! - `POST /__emulator/seed`: loads a JSON document (the shape of `state`) into the account.
@@ -20,6 +21,7 @@ use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
 use super::fields::{self, Family};
+use super::jobs;
 use super::limits::{ForcedFault, RuntimeKnobs};
 use super::memberships;
 use super::organizations;
@@ -41,11 +43,13 @@ pub(crate) fn routes() -> axum::Router<Shared> {
 }
 
 async fn get_state(State(shared): State<Shared>) -> Json<Value> {
-    Json(state_json(&lock(&shared).store))
+    let mut w = lock(&shared);
+    w.catch_up();
+    Json(state_json(&w.store))
 }
 
 async fn get_requests(State(shared): State<Shared>) -> Json<Value> {
-    Json(Value::Array(lock(&shared).log.clone()))
+    Json(Value::Array(lock(&shared).log.entries()))
 }
 
 async fn clear_requests(State(shared): State<Shared>) -> StatusCode {
@@ -128,9 +132,7 @@ fn apply_config(
     }
     let mut knobs: RuntimeKnobs =
         serde_json::from_value(merged).map_err(|e| format!("config: {e}"))?;
-    if !(0.0..=1.0).contains(&knobs.fail_rate) {
-        return Err("fail_rate must be between 0 and 1".into());
-    }
+    knobs.check()?;
     knobs.forced_faults.extend(add_fault);
     Ok((knobs, advance))
 }
@@ -177,7 +179,7 @@ pub(crate) fn state_json(s: &Store) -> Value {
         "profiles": s.profiles.iter().map(|p| s.render_profile(p)).collect::<Vec<_>>(),
         "user_fields": s.user_fields.iter().map(|f| s.render_field("user_fields", f)).collect::<Vec<_>>(),
         "organization_fields": s.organization_fields.iter().map(|f| s.render_field("organization_fields", f)).collect::<Vec<_>>(),
-        "job_statuses": s.jobs.values().map(|j| s.render_job(j, true)).collect::<Vec<_>>(),
+        "job_statuses": s.jobs.values().map(|j| jobs::render(s, j)).collect::<Vec<_>>(),
     })
 }
 
@@ -245,11 +247,7 @@ pub(crate) fn load_seed(s: &mut Store, seed: &Value) -> Result<(), String> {
                 "memberships[{i}]: unknown user {uid} or organization {oid}"
             ));
         }
-        if !s
-            .memberships
-            .values()
-            .any(|x| x.user_id == uid && x.organization_id == oid)
-        {
+        if s.membership_of(uid, oid).is_none() {
             memberships::insert(s, uid, oid, opt_id(m, "id"));
         }
     }

@@ -5,8 +5,9 @@
 //!   `ratelimit-reset`; beyond it, 429 with `Retry-After`.
 //! - Endpoint buckets: `users/create_or_update` per end user (5 a minute), ticket updates per ticket
 //!   (30 per 10 minutes), each a sliding window over the emulator's clock.
-//! - Faults: forced ones ("the next N requests under path P answer S") and random ones
-//!   (`fail_rate`, 500 or 503), drawn from an RNG seeded with `--seed`.
+//! - Faults: forced ones ("the next N requests under path P answer S"), random ones
+//!   (`fail_rate`, 500 or 503) and lost answers (`lost_answer_rate`: a write is applied, then
+//!   answered 500 or its connection dropped), drawn from an RNG seeded with `--seed`.
 //!
 //! The knobs are plain data ([`RuntimeKnobs`]); tests change them with `Emulator::configure` or
 //! `POST /__emulator/config`.
@@ -42,6 +43,37 @@ pub struct RuntimeKnobs {
     pub ticket_update_window_secs: u64,
     /// Whether bulk user imports (`users/create_or_update_many`) are enabled (Zendesk: off).
     pub bulk_import: bool,
+    /// Time on the emulator's clock from a bulk request to its job's end, in milliseconds: the
+    /// job is `queued` for the first half, `working` for the second, then applies its items and
+    /// is `completed` (or `failed`). With 0 it ends before the next request is handled.
+    pub job_delay_ms: u64,
+    /// Probability (0..=1) that a job fails as a whole: it applies nothing and ends `failed`.
+    pub job_fail_rate: f64,
+    /// Jobs that may be queued or working at once (Zendesk: 30).
+    pub job_limit: u32,
+    /// The answer to a bulk request beyond `job_limit`: 429 (with `Retry-After`), 403 or 422.
+    pub job_limit_status: u16,
+    /// Probability (0..=1) that a write (POST, PUT, PATCH, DELETE) is applied and then its answer
+    /// is lost, as `lost_answer` says.
+    pub lost_answer_rate: f64,
+    /// How an answer is lost after the write was applied.
+    pub lost_answer: LostAnswer,
+    /// Requests kept in the request log (a ring: the oldest are dropped first); 0 keeps none.
+    pub request_log_size: usize,
+}
+
+/// How the emulator loses the answer to a write it applied.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LostAnswer {
+    /// Answer 500 as if the write had failed.
+    #[serde(rename = "500")]
+    #[value(name = "500")]
+    Error500,
+    /// Close the connection without answering.
+    Drop,
+    /// One or the other, drawn per lost answer.
+    Either,
 }
 
 impl Default for RuntimeKnobs {
@@ -56,7 +88,36 @@ impl Default for RuntimeKnobs {
             ticket_updates_per_window: 30,
             ticket_update_window_secs: 600,
             bulk_import: false,
+            job_delay_ms: 0,
+            job_fail_rate: 0.0,
+            job_limit: 30,
+            job_limit_status: 429,
+            lost_answer_rate: 0.0,
+            lost_answer: LostAnswer::Either,
+            request_log_size: 10_000,
         }
+    }
+}
+
+impl RuntimeKnobs {
+    /// Checks the knobs that have a range: the rates and the job-limit answer.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, rate) in [
+            ("fail_rate", self.fail_rate),
+            ("job_fail_rate", self.job_fail_rate),
+            ("lost_answer_rate", self.lost_answer_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("{name} must be between 0 and 1, not {rate}"));
+            }
+        }
+        if ![403, 422, 429].contains(&self.job_limit_status) {
+            return Err(format!(
+                "job_limit_status must be 403, 422 or 429, not {}",
+                self.job_limit_status
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -258,16 +319,30 @@ impl Limits {
         })
     }
 
+    /// One draw from the seeded RNG: true with probability `p` (no draw when `p` is 0).
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && self.rng.random::<f64>() < p
+    }
+
     /// Draws against `fail_rate`: `Some(500 or 503)` when this request should fail.
     pub(crate) fn random_fault(&mut self) -> Option<ApiError> {
-        if self.knobs.fail_rate <= 0.0 {
-            return None;
-        }
-        if self.rng.random::<f64>() >= self.knobs.fail_rate {
+        if !self.chance(self.knobs.fail_rate) {
             return None;
         }
         let status = if self.rng.random::<bool>() { 500 } else { 503 };
         Some(ApiError::fault(status))
+    }
+
+    /// Draws against `lost_answer_rate` for a write that was applied: how its answer is lost.
+    pub(crate) fn lost_answer(&mut self) -> Option<LostAnswer> {
+        if !self.chance(self.knobs.lost_answer_rate) {
+            return None;
+        }
+        Some(match self.knobs.lost_answer {
+            LostAnswer::Either if self.rng.random::<bool>() => LostAnswer::Error500,
+            LostAnswer::Either => LostAnswer::Drop,
+            chosen => chosen,
+        })
     }
 
     /// A sliding-window bucket: lets the request through (and counts it) when fewer than `limit`

@@ -6,11 +6,11 @@
 //! Removing a membership clears `organization_id` on that user's tickets in that organization,
 //! and promotes another membership to default when the default goes.
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::errors::{ApiError, ApiResult, Invalid, Reply};
 use super::router::{ApiRequest, World, whole_list};
-use super::state::{Kind, Membership, Store, opt_id};
+use super::state::{Kind, Membership, MembershipKey, Store, TicketKey, opt_id};
 
 pub(crate) fn list(w: &mut World, user: Option<u64>, org: Option<u64>) -> ApiResult {
     let s = &w.store;
@@ -26,8 +26,7 @@ pub(crate) fn list(w: &mut World, user: Option<u64>, org: Option<u64>) -> ApiRes
                 return Err(ApiError::not_found());
             }
             s.memberships
-                .values()
-                .filter(|m| m.organization_id == oid)
+                .find(&MembershipKey::Organization(oid))
                 .collect()
         }
         (None, None) => s.memberships.values().collect(),
@@ -52,6 +51,26 @@ pub(crate) fn show(w: &mut World, user: Option<u64>, mid: u64) -> ApiResult {
 pub(crate) fn create(w: &mut World, req: &ApiRequest, path_user: Option<u64>) -> ApiResult {
     let obj = req.wrapped("organization_membership")?;
     let s = &mut w.store;
+    let mid = create_membership(s, path_user, obj)?;
+    let m = s.memberships.get(&mid).ok_or_else(ApiError::not_found)?;
+    Ok(Reply::json(
+        201,
+        json!({"organization_membership": s.render_membership(m)}),
+    )
+    .header(
+        "Location",
+        format!("/api/v2/organization_memberships/{mid}.json"),
+    ))
+}
+
+/// Creates a membership from `{user_id, organization_id}` (the user may come from the path):
+/// 422 `BlankValue` for an unknown user or organization, `DuplicateValue` when already a
+/// member. Also what each item of `create_many` goes through (see `bulk`).
+pub(crate) fn create_membership(
+    s: &mut Store,
+    path_user: Option<u64>,
+    obj: &Map<String, Value>,
+) -> Result<u64, ApiError> {
     let user_id = path_user.or_else(|| opt_id(obj, "user_id"));
     let org_id = opt_id(obj, "organization_id");
     let mut inv = Invalid::new();
@@ -65,26 +84,14 @@ pub(crate) fn create(w: &mut World, req: &ApiRequest, path_user: Option<u64>) ->
     let (Some(uid), Some(oid)) = (user_id, org_id) else {
         return Err(ApiError::not_found());
     };
-    if s.memberships
-        .values()
-        .any(|m| m.user_id == uid && m.organization_id == oid)
-    {
+    if s.membership_of(uid, oid).is_some() {
         return Err(ApiError::invalid(
             "user_id",
             "DuplicateValue",
             "User is already a member of this organization",
         ));
     }
-    let mid = insert(s, uid, oid, None);
-    let m = s.memberships.get(&mid).ok_or_else(ApiError::not_found)?;
-    Ok(Reply::json(
-        201,
-        json!({"organization_membership": s.render_membership(m)}),
-    )
-    .header(
-        "Location",
-        format!("/api/v2/organization_memberships/{mid}.json"),
-    ))
+    Ok(insert(s, uid, oid, None))
 }
 
 /// Adds a membership (default when it is the user's first); `id` keeps a seeded id.
@@ -93,47 +100,49 @@ pub(crate) fn insert(s: &mut Store, uid: u64, oid: u64, id: Option<u64>) -> u64 
         .filter(|i| !s.memberships.contains_key(i))
         .unwrap_or_else(|| s.ids.next(Kind::Membership));
     s.ids.observe(Kind::Membership, id);
-    let default = !s.memberships.values().any(|m| m.user_id == uid);
+    let default = s.memberships_by_user(uid).next().is_none();
     let now = s.now();
-    s.memberships.insert(
+    s.memberships.insert(Membership {
         id,
-        Membership {
-            id,
-            user_id: uid,
-            organization_id: oid,
-            default,
-            created_at: now.clone(),
-            updated_at: now,
-        },
-    );
+        user_id: uid,
+        organization_id: oid,
+        default,
+        created_at: now.clone(),
+        updated_at: now,
+    });
     id
 }
 
 /// Makes sure the user is a member (used by `organization_id` on users and tickets).
 pub(crate) fn ensure(s: &mut Store, uid: u64, oid: u64) {
-    if !s
-        .memberships
-        .values()
-        .any(|m| m.user_id == uid && m.organization_id == oid)
-    {
+    if s.membership_of(uid, oid).is_none() {
         insert(s, uid, oid, None);
     }
 }
 
 fn remove(s: &mut Store, mid: u64) -> ApiResult {
     let m = s.memberships.remove(&mid).ok_or_else(ApiError::not_found)?;
-    if m.default {
-        let next = s.memberships_of_user(m.user_id).first().map(|n| n.id);
-        if let Some(n) = next.and_then(|n| s.memberships.get_mut(&n)) {
-            n.default = true;
-        }
+    if m.default
+        && let Some(next) = s.memberships_of_user(m.user_id).first().map(|n| n.id)
+    {
+        s.memberships.update(next, |n| n.default = true);
     }
-    for t in s.tickets.values_mut() {
-        if t.requester_id == m.user_id && t.organization_id == Some(m.organization_id) {
-            t.organization_id = None;
-        }
+    let requested: Vec<u64> = s.tickets.lookup(&TicketKey::Requester(m.user_id)).to_vec();
+    for tid in requested {
+        s.tickets.update(tid, |t| {
+            if t.organization_id == Some(m.organization_id) {
+                t.organization_id = None;
+            }
+        });
     }
     Ok(Reply::no_content())
+}
+
+/// Removes all of a user's memberships (a user deleted or merged away).
+pub(crate) fn remove_all_of(s: &mut Store, uid: u64) {
+    for mid in s.memberships.lookup(&MembershipKey::User(uid)).to_vec() {
+        s.memberships.remove(&mid);
+    }
 }
 
 /// `DELETE organization_memberships/{id}` and `DELETE users/{uid}/organization_memberships/{id}`.
@@ -156,16 +165,13 @@ pub(crate) fn unassign(w: &mut World, uid: u64, oid: u64) -> ApiResult {
 }
 
 fn find(s: &Store, uid: u64, oid: u64) -> Result<u64, ApiError> {
-    s.memberships
-        .values()
-        .find(|m| m.user_id == uid && m.organization_id == oid)
-        .map(|m| m.id)
-        .ok_or_else(ApiError::not_found)
+    s.membership_of(uid, oid).ok_or_else(ApiError::not_found)
 }
 
 fn make_default(s: &mut Store, uid: u64, mid: u64) -> ApiResult {
-    for m in s.memberships.values_mut().filter(|m| m.user_id == uid) {
-        m.default = m.id == mid;
+    let own: Vec<u64> = s.memberships.lookup(&MembershipKey::User(uid)).to_vec();
+    for id in own {
+        s.memberships.update(id, |m| m.default = m.id == mid);
     }
     let m = s.memberships.get(&mid).ok_or_else(ApiError::not_found)?;
     Ok(Reply::ok(

@@ -2,7 +2,7 @@
 //!
 //! It behaves like Zendesk where zdmap can notice (zendesk-api.md §7): upserts with 201/200,
 //! Zendesk's error envelopes, per-minute budgets and endpoint limits with their headers, closed
-//! tickets, idempotency keys, the Sunshine events API. Start it from the CLI
+//! tickets, idempotency keys, the Sunshine events API, bulk writes answered with job statuses. Start it from the CLI
 //! (`zdmap emulator --listen 127.0.0.1:8089`) or in-process from a test:
 //!
 //! ```no_run
@@ -13,27 +13,55 @@
 //! # let _ = base; emu.shutdown().await; Ok(()) }
 //! ```
 //!
+//! The runtime knobs ([`RuntimeKnobs`]), set by `POST /__emulator/config` with the names below,
+//! by `Emulator::configure` in-process, and at start by the `zdmap emulator` flag of the same
+//! name with dashes where there is one (all but the endpoint limits and `forced_faults`):
+//! - `rpm`, `rate_window_secs`: the account budget; `upsert_user_per_window`,
+//!   `ticket_updates_per_window`, `ticket_update_window_secs`: the endpoint limits.
+//! - `fail_rate`, `forced_faults`, `latency_ms`: requests that fail, or answer late.
+//! - `lost_answer_rate` (0 to 1) and `lost_answer` (`"500"`, `"drop"` or `"either"`): a write
+//!   (POST, PUT, PATCH, DELETE) that succeeded is applied and then answered 500, or its
+//!   connection closed without an answer; the request log marks it `lost_answer`.
+//! - `bulk_import`: whether `users/create_or_update_many` is enabled (off, as on a new account).
+//! - `job_delay_ms`: from a bulk request to its job's end on the emulator's clock (0);
+//!   `job_fail_rate`: jobs that fail as a whole (0); `job_limit`: jobs queued or working at once
+//!   (30); `job_limit_status`: the answer beyond it, 429 (with `Retry-After`), 403 or 422.
+//! - `request_log_size`: requests kept by `/__emulator/requests` (10 000, the newest).
+//!
+//! Every random choice (faults, lost answers, failed jobs, ids) comes from `--seed`, so a run
+//! repeats exactly when the requests do.
+//!
 //! Map of the module:
-//! - [`router`]: the request pipeline (faults → auth → budget → body → route table) and the request log.
+//! - [`router`]: the request pipeline (jobs due → faults → auth → budget → body → route table →
+//!   request log → lost answer).
+//! - `connection`: the listener whose connections can be cut (lost answers).
 //! - `auth`: Basic `email/token:TOKEN` and Bearer, 401 otherwise.
 //! - [`limits`]: runtime knobs, account budget, endpoint buckets, faults, latency.
 //! - `errors`: Zendesk's error envelopes.
-//! - `state`: the data model and how records render as Zendesk JSON.
+//! - `state`: the data model and how records render as Zendesk JSON; `table`: records with the
+//!   indexes behind every lookup.
 //! - `users`, `organizations`, `memberships`, `fields`, `tickets`, `events`: one per resource.
-//! - `inspect`: `/__emulator/*` (state, request log, reset, seed, config).
+//! - `bulk`: the `*_many` writes; `jobs`: job statuses, the job limit.
+//! - `inspect`: `/__emulator/*` (state, request log, reset, seed, config); `request_log`: the
+//!   bounded log.
 //! - `clock`: the clock tests can advance instead of sleeping.
 
 mod auth;
+mod bulk;
 mod clock;
+mod connection;
 mod errors;
 mod events;
 mod fields;
 mod inspect;
+mod jobs;
 pub mod limits;
 mod memberships;
 mod organizations;
+mod request_log;
 pub(crate) mod router;
 mod state;
+mod table;
 mod tickets;
 mod users;
 
@@ -46,7 +74,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use auth::Secret;
-pub use limits::{ForcedFault, RuntimeKnobs};
+pub use limits::{ForcedFault, LostAnswer, RuntimeKnobs};
 
 use router::{Shared, World, lock};
 
@@ -94,6 +122,28 @@ pub struct EmulatorArgs {
     /// Enable bulk user imports (`users/create_or_update_many`); Zendesk answers 403 by default.
     #[arg(long)]
     pub bulk_import: bool,
+    /// Time from a bulk request to the end of its job, on the emulator's clock, in milliseconds
+    /// (queued for the first half, working for the second).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub job_delay_ms: u64,
+    /// Jobs that may be queued or working at once (Zendesk: 30).
+    #[arg(long, value_name = "N", default_value_t = 30)]
+    pub job_limit: u32,
+    /// The answer to a bulk request beyond the job limit: 429, 403 or 422.
+    #[arg(long, value_name = "STATUS", default_value_t = 429)]
+    pub job_limit_status: u16,
+    /// Probability (0 to 1) that a job fails as a whole, applying nothing.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub job_fail_rate: f64,
+    /// Probability (0 to 1) that a write is applied and then its answer lost.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub lost_answer_rate: f64,
+    /// How a lost answer is lost: answered 500, the connection dropped, or either.
+    #[arg(long, value_enum, value_name = "HOW", default_value = "either")]
+    pub lost_answer: LostAnswer,
+    /// Requests kept in the request log (`/__emulator/requests`), the newest; 0 keeps none.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub request_log_size: usize,
     /// Subdomain used in the `url` field of every record.
     #[arg(long, value_name = "NAME", default_value = "example")]
     pub subdomain: String,
@@ -153,7 +203,16 @@ impl From<EmulatorArgs> for EmulatorOptions {
             subdomain: a.subdomain,
             seed_state: a.seed_state,
             seed_json: None,
-            knobs: RuntimeKnobs::default(),
+            knobs: RuntimeKnobs {
+                job_delay_ms: a.job_delay_ms,
+                job_limit: a.job_limit,
+                job_limit_status: a.job_limit_status,
+                job_fail_rate: a.job_fail_rate,
+                lost_answer_rate: a.lost_answer_rate,
+                lost_answer: a.lost_answer,
+                request_log_size: a.request_log_size,
+                ..RuntimeKnobs::default()
+            },
         }
     }
 }
@@ -194,17 +253,12 @@ impl Emulator {
         };
         knobs.latency_ms = opts.latency_ms.max(knobs.latency_ms);
         knobs.bulk_import |= opts.bulk_import;
-        if !(0.0..=1.0).contains(&knobs.fail_rate) {
-            return Err(invalid(format!(
-                "fail rate must be between 0 and 1, not {}",
-                knobs.fail_rate
-            )));
-        }
+        knobs.check().map_err(invalid)?;
         let clock = clock::Clock::new();
         let mut world = World {
             store: state::Store::new(&opts.subdomain, opts.seed, clock),
             limits: limits::Limits::new(knobs, opts.seed),
-            log: Vec::new(),
+            log: request_log::RequestLog::default(),
             auth: auth::AuthPolicy {
                 api_token: opts.api_token.clone(),
                 oauth_token: opts.oauth_token.clone(),
@@ -219,8 +273,10 @@ impl Emulator {
         let shared: Shared = Arc::new(Mutex::new(world));
         let listener = tokio::net::TcpListener::bind(opts.listen).await?;
         let addr = listener.local_addr()?;
+        let listener = connection::CuttableListener(listener);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let app = router::router(shared.clone());
+        let app = router::router(shared.clone())
+            .into_make_service_with_connect_info::<connection::Cutter>();
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
@@ -244,14 +300,16 @@ impl Emulator {
         format!("http://{}", self.addr)
     }
 
-    /// The same JSON as `GET /__emulator/state`.
+    /// The same JSON as `GET /__emulator/state` (due jobs run first).
     pub fn state(&self) -> Value {
-        inspect::state_json(&lock(&self.shared).store)
+        let mut w = lock(&self.shared);
+        w.catch_up();
+        inspect::state_json(&w.store)
     }
 
     /// The same entries as `GET /__emulator/requests`.
     pub fn requests(&self) -> Vec<Value> {
-        lock(&self.shared).log.clone()
+        lock(&self.shared).log.entries()
     }
 
     /// Changes the runtime knobs (budget, faults, latency, endpoint limits, bulk import).

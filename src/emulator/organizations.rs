@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::errors::{ApiError, ApiResult, Invalid, Reply};
 use super::fields;
-use super::router::{ApiRequest, World, offset_page, whole_list};
+use super::router::{ApiRequest, ShowMany, World, offset_page, show_many_keys, whole_list};
 use super::state::{Kind, Organization, Store, opt_id, opt_str, str_list};
 
 pub(crate) fn list(w: &mut World) -> ApiResult {
@@ -89,16 +89,9 @@ pub(crate) fn search(w: &mut World, req: &ApiRequest) -> ApiResult {
 /// `GET organizations/show_many?ids=1,2` or `?external_ids=a,b`.
 pub(crate) fn show_many(w: &mut World, req: &ApiRequest) -> ApiResult {
     let s = &w.store;
-    let ids: Vec<u64> = if let Some(ids) = req.query("ids") {
-        ids.split(',')
-            .filter_map(|i| i.trim().parse().ok())
-            .collect()
-    } else if let Some(ext) = req.query("external_ids") {
-        ext.split(',')
-            .filter_map(|e| s.org_by_external_id(e.trim()))
-            .collect()
-    } else {
-        return Err(ApiError::bad_request("ids or external_ids is required"));
+    let ids: Vec<u64> = match show_many_keys(req)? {
+        ShowMany::Ids(ids) => ids,
+        ShowMany::ExternalIds(ext) => ext.iter().filter_map(|e| s.org_by_external_id(e)).collect(),
     };
     let items: Vec<Value> = ids
         .iter()
@@ -153,35 +146,36 @@ pub(crate) fn create_org(s: &mut Store, obj: &Map<String, Value>) -> Result<u64,
         .unwrap_or_else(|| s.ids.next(Kind::Organization));
     s.ids.observe(Kind::Organization, id);
     let now = s.now();
-    s.organizations.insert(
+    s.organizations.insert(Organization {
         id,
-        Organization {
-            id,
-            name,
-            external_id: opt_str(obj, "external_id"),
-            domain_names: obj.get("domain_names").map(str_list).unwrap_or_default(),
-            tags: obj.get("tags").map(str_list).unwrap_or_default(),
-            details: opt_str(obj, "details"),
-            notes: opt_str(obj, "notes"),
-            group_id: opt_id(obj, "group_id"),
-            shared_tickets: obj
-                .get("shared_tickets")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            shared_comments: obj
-                .get("shared_comments")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            organization_fields: org_fields,
-            created_at: now.clone(),
-            updated_at: now,
-        },
-    );
+        name,
+        external_id: opt_str(obj, "external_id"),
+        domain_names: obj.get("domain_names").map(str_list).unwrap_or_default(),
+        tags: obj.get("tags").map(str_list).unwrap_or_default(),
+        details: opt_str(obj, "details"),
+        notes: opt_str(obj, "notes"),
+        group_id: opt_id(obj, "group_id"),
+        shared_tickets: obj
+            .get("shared_tickets")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        shared_comments: obj
+            .get("shared_comments")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        organization_fields: org_fields,
+        created_at: now.clone(),
+        updated_at: now,
+    });
     Ok(id)
 }
 
-/// Updates an organization. Unknown and read-only keys (`url`, `deleted`) are ignored.
-fn update_org(s: &mut Store, id: u64, obj: &Map<String, Value>) -> Result<(), ApiError> {
+/// Updates an organization (404 when there is none). Unknown and read-only keys (`url`,
+/// `deleted`) are ignored. Also what each item of `update_many` goes through (see `bulk`).
+pub(crate) fn update_org(s: &mut Store, id: u64, obj: &Map<String, Value>) -> Result<(), ApiError> {
+    if !s.organizations.contains_key(&id) {
+        return Err(ApiError::not_found());
+    }
     let name = opt_str(obj, "name").map(|n| n.trim().to_string());
     if let Some(n) = &name {
         if n.is_empty() {
@@ -201,40 +195,39 @@ fn update_org(s: &mut Store, id: u64, obj: &Map<String, Value>) -> Result<(), Ap
     );
     inv.into_result()?;
     let now = s.now();
-    let o = s
-        .organizations
-        .get_mut(&id)
-        .ok_or_else(ApiError::not_found)?;
-    if let Some(n) = name {
-        o.name = n;
-    }
-    if let Some(ext) = opt_str(obj, "external_id") {
-        o.external_id = Some(ext);
-    }
-    if let Some(v) = obj.get("domain_names") {
-        o.domain_names = str_list(v);
-    }
-    if let Some(v) = obj.get("tags") {
-        o.tags = str_list(v);
-    }
-    if obj.contains_key("details") {
-        o.details = opt_str(obj, "details");
-    }
-    if obj.contains_key("notes") {
-        o.notes = opt_str(obj, "notes");
-    }
-    if obj.contains_key("group_id") {
-        o.group_id = opt_id(obj, "group_id");
-    }
-    for (key, slot) in [
-        ("shared_tickets", &mut o.shared_tickets),
-        ("shared_comments", &mut o.shared_comments),
-    ] {
-        if let Some(b) = obj.get(key).and_then(Value::as_bool) {
-            *slot = b;
-        }
-    }
-    o.organization_fields.extend(org_fields);
-    o.updated_at = now;
-    Ok(())
+    s.organizations
+        .update(id, |o| {
+            if let Some(n) = name {
+                o.name = n;
+            }
+            if let Some(ext) = opt_str(obj, "external_id") {
+                o.external_id = Some(ext);
+            }
+            if let Some(v) = obj.get("domain_names") {
+                o.domain_names = str_list(v);
+            }
+            if let Some(v) = obj.get("tags") {
+                o.tags = str_list(v);
+            }
+            if obj.contains_key("details") {
+                o.details = opt_str(obj, "details");
+            }
+            if obj.contains_key("notes") {
+                o.notes = opt_str(obj, "notes");
+            }
+            if obj.contains_key("group_id") {
+                o.group_id = opt_id(obj, "group_id");
+            }
+            for (key, slot) in [
+                ("shared_tickets", &mut o.shared_tickets),
+                ("shared_comments", &mut o.shared_comments),
+            ] {
+                if let Some(b) = obj.get(key).and_then(Value::as_bool) {
+                    *slot = b;
+                }
+            }
+            o.organization_fields.extend(org_fields);
+            o.updated_at = now;
+        })
+        .ok_or_else(ApiError::not_found)
 }

@@ -7,21 +7,25 @@
 //! 5. the JSON body (400 when unreadable);
 //! 6. [`dispatch`]: the route table, `.json` suffix stripped, 404 `InvalidEndpoint` otherwise.
 //!
-//! Then the answer is written to the request log, and the configured latency is waited out.
+//! Due jobs run before all of that (see `jobs`). Then the answer is written to the request log,
+//! the configured latency is waited out, and a write that was applied may lose its answer
+//! (`lost_answer_rate`): a 500 goes out instead, or the connection is cut (see `connection`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use super::auth::{AuthPolicy, Principal, redact};
+use super::auth::{AuthPolicy, Principal};
+use super::connection::Cutter;
 use super::errors::{ApiError, ApiResult, Reply, ReplyBody};
-use super::limits::Limits;
+use super::limits::{Limits, LostAnswer};
+use super::request_log::RequestLog;
 use super::state::Store;
-use super::{events, fields, inspect, memberships, organizations, tickets, users};
+use super::{bulk, events, fields, inspect, jobs, memberships, organizations, tickets, users};
 
 /// Largest request body accepted (bulk calls carry up to 100 records).
 const MAX_BODY: usize = 8 * 1024 * 1024;
@@ -30,7 +34,7 @@ const MAX_BODY: usize = 8 * 1024 * 1024;
 pub(crate) struct World {
     pub store: Store,
     pub limits: Limits,
-    pub log: Vec<Value>,
+    pub log: RequestLog,
     pub auth: AuthPolicy,
     /// The state loaded at start-up (`--seed-state`), restored by `POST /__emulator/reset`.
     pub initial_seed: Option<Value>,
@@ -86,8 +90,19 @@ pub(crate) fn router(shared: Shared) -> axum::Router {
     inspect::routes().fallback(api).with_state(shared)
 }
 
+impl World {
+    /// Brings the account up to the emulator's clock: runs the jobs that are due.
+    pub(crate) fn catch_up(&mut self) {
+        jobs::run_due(&mut self.store);
+    }
+}
+
 /// The axum entry point for everything that is not `/__emulator/*`.
 async fn api(State(shared): State<Shared>, req: Request) -> Response {
+    let cutter = req
+        .extensions()
+        .get::<ConnectInfo<Cutter>>()
+        .map(|c| c.0.clone());
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
@@ -95,29 +110,49 @@ async fn api(State(shared): State<Shared>, req: Request) -> Response {
             return to_response(ApiError::bad_request("Request body too large or unreadable").0);
         }
     };
-    let (reply, latency) = {
+    let method = parts.method.as_str();
+    let (reply, lost, latency) = {
         let mut w = lock(&shared);
-        let reply = handle(
-            &mut w,
-            parts.method.as_str(),
-            &parts.uri,
-            &parts.headers,
-            &bytes,
-        );
-        record(
-            &mut w,
-            parts.method.as_str(),
-            &parts.uri,
-            &parts.headers,
-            &bytes,
-            &reply,
-        );
-        (reply, w.limits.knobs.latency_ms)
+        w.catch_up();
+        let reply = handle(&mut w, method, &parts.uri, &parts.headers, &bytes);
+        let applied_write = matches!(method, "POST" | "PUT" | "PATCH" | "DELETE")
+            && (200..300).contains(&reply.status);
+        let lost = if applied_write {
+            w.limits.lost_answer()
+        } else {
+            None
+        };
+        let capacity = w.limits.knobs.request_log_size;
+        w.log.record(capacity, &parts, &bytes, &reply, lost);
+        (reply, lost, w.limits.knobs.latency_ms)
     };
     if latency > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
     }
-    to_response(reply)
+    match lost {
+        None => to_response(reply),
+        Some(how) => {
+            if let (LostAnswer::Drop, Some(cutter)) = (how, &cutter) {
+                cutter.cut();
+            }
+            to_response(lost_answer(&reply))
+        }
+    }
+}
+
+/// The 500 that replaces the answer to an applied write (with the budget headers it had).
+fn lost_answer(applied: &Reply) -> Reply {
+    let mut reply = ApiError::fault(500).0;
+    reply.headers = applied
+        .headers
+        .iter()
+        .filter(|(name, _)| {
+            let name = name.to_ascii_lowercase();
+            name.starts_with("x-rate-limit") || name.starts_with("ratelimit-")
+        })
+        .cloned()
+        .collect();
+    reply
 }
 
 fn handle(
@@ -192,11 +227,14 @@ fn dispatch(w: &mut World, req: &ApiRequest) -> ApiResult {
         ("GET", ["users"]) => users::list(w, req),
         ("POST", ["users"]) => users::create(w, req),
         ("POST", ["users", "create_or_update"]) => users::create_or_update(w, req),
-        ("POST", ["users", "create_or_update_many"]) => users::create_or_update_many(w, req),
+        ("POST", ["users", "create_or_update_many"]) => bulk::create_or_update_users(w, req),
         ("GET", ["users", "show_many"]) => users::show_many(w, req),
         ("GET", ["users", "search"]) => users::search(w, req),
         ("GET", ["users", uid]) => users::show(w, id(uid)?),
         ("PUT", ["users", uid]) => users::update(w, req, id(uid)?),
+        // Only a numeric id: `DELETE users/search` and the like stay unknown endpoints.
+        ("DELETE", ["users", uid]) if uid.parse::<u64>().is_ok() => users::delete(w, id(uid)?),
+        ("PUT", ["users", uid, "merge"]) => users::merge(w, req, id(uid)?),
         ("GET", ["users", uid, "identities"]) => users::list_identities(w, id(uid)?),
         ("POST", ["users", uid, "identities"]) => users::create_identity(w, req, id(uid)?),
         ("GET", ["users", uid, "identities", iid]) => users::show_identity(w, id(uid)?, id(iid)?),
@@ -212,6 +250,7 @@ fn dispatch(w: &mut World, req: &ApiRequest) -> ApiResult {
         // Memberships
         ("GET", ["organization_memberships"]) => memberships::list(w, None, None),
         ("POST", ["organization_memberships"]) => memberships::create(w, req, None),
+        ("POST", ["organization_memberships", "create_many"]) => bulk::create_memberships(w, req),
         ("GET", ["organization_memberships", mid]) => memberships::show(w, None, id(mid)?),
         ("DELETE", ["organization_memberships", mid]) => memberships::delete(w, None, id(mid)?),
         ("GET", ["users", uid, "organization_memberships"]) => {
@@ -251,6 +290,8 @@ fn dispatch(w: &mut World, req: &ApiRequest) -> ApiResult {
         ("POST", ["organizations", "create_or_update"]) => organizations::create_or_update(w, req),
         ("GET", ["organizations", "search"]) => organizations::search(w, req),
         ("GET", ["organizations", "show_many"]) => organizations::show_many(w, req),
+        ("POST", ["organizations", "create_many"]) => bulk::create_organizations(w, req),
+        ("PUT", ["organizations", "update_many"]) => bulk::update_organizations(w, req),
         ("GET", ["organizations", oid]) => organizations::show(w, id(oid)?),
         ("PUT", ["organizations", oid]) => organizations::update(w, req, id(oid)?),
         // Custom fields
@@ -265,6 +306,7 @@ fn dispatch(w: &mut World, req: &ApiRequest) -> ApiResult {
         // Tickets
         ("GET", ["tickets"]) => tickets::list(w, req),
         ("POST", ["tickets"]) => tickets::create(w, req),
+        ("PUT", ["tickets", "update_many"]) => bulk::update_tickets(w, req),
         ("GET", ["tickets", tid]) => tickets::show(w, id(tid)?),
         ("PUT", ["tickets", tid]) => tickets::update(w, req, id(tid)?),
         ("GET", ["tickets", tid, "comments"]) => tickets::comments(w, id(tid)?),
@@ -274,7 +316,8 @@ fn dispatch(w: &mut World, req: &ApiRequest) -> ApiResult {
         ("POST", ["users", uid, "events"]) => events::track(w, req, Some(events::user_id(uid)?)),
         ("GET", ["users", uid, "events"]) => events::list_for_user(w, req, events::user_id(uid)?),
         // Jobs
-        ("GET", ["job_statuses", jid]) => users::job_status(w, jid),
+        ("GET", ["job_statuses", "show_many"]) => jobs::show_many(w, req),
+        ("GET", ["job_statuses", jid]) => jobs::show(w, jid),
         _ => Err(ApiError::invalid_endpoint()),
     }
 }
@@ -310,43 +353,6 @@ pub(crate) fn parse_query(q: &str) -> Vec<(String, String)> {
             (decode(&k.replace('+', " ")), decode(&v.replace('+', " ")))
         })
         .collect()
-}
-
-/// Appends a request to the log, with `Authorization` redacted.
-fn record(
-    w: &mut World,
-    method: &str,
-    uri: &axum::http::Uri,
-    headers: &HeaderMap,
-    bytes: &Bytes,
-    reply: &Reply,
-) {
-    let mut hs = Map::new();
-    for (name, value) in headers {
-        let value = value.to_str().unwrap_or("<binary>");
-        let shown = if name == "authorization" {
-            redact(value)
-        } else {
-            value.to_string()
-        };
-        hs.insert(name.as_str().to_string(), Value::String(shown));
-    }
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
-    };
-    let seq = w.log.len() + 1;
-    w.log.push(json!({
-        "seq": seq,
-        "method": method,
-        "path": uri.path(),
-        "query": uri.query().unwrap_or(""),
-        "headers": hs,
-        "body": body,
-        "status": reply.status,
-    }));
 }
 
 fn to_response(reply: Reply) -> Response {
@@ -454,6 +460,35 @@ pub(crate) fn offset_page(
     Ok(Reply::ok(Value::Object(body)))
 }
 
+/// What a `show_many` request asks for.
+pub(crate) enum ShowMany {
+    Ids(Vec<u64>),
+    ExternalIds(Vec<String>),
+}
+
+/// `?ids=1,2` (ids that are not numbers are skipped) or `?external_ids=a,b`, at most 100.
+pub(crate) fn show_many_keys(req: &ApiRequest) -> Result<ShowMany, ApiError> {
+    let split = |list: &str| -> Vec<String> {
+        list.split(',')
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect()
+    };
+    let keys = match (req.query("ids"), req.query("external_ids")) {
+        (Some(ids), _) => ShowMany::Ids(split(ids).iter().filter_map(|i| i.parse().ok()).collect()),
+        (None, Some(ext)) => ShowMany::ExternalIds(split(ext)),
+        (None, None) => return Err(ApiError::bad_request("ids or external_ids is required")),
+    };
+    let n = match &keys {
+        ShowMany::Ids(ids) => ids.len(),
+        ShowMany::ExternalIds(ext) => ext.len(),
+    };
+    if n > 100 {
+        return Err(ApiError::bad_request(format!("At most 100 ids, not {n}")));
+    }
+    Ok(keys)
+}
+
 /// A complete (single-page) list in the offset envelope: `{key: items, next_page: null,
 /// previous_page: null, count}`.
 pub(crate) fn whole_list(key: &str, items: Vec<Value>) -> Reply {
@@ -492,5 +527,225 @@ mod tests {
                 ("x".into(), "a b".into())
             ]
         );
+    }
+}
+
+/// The indexes behind lookups by email, external id, name, owner and profile stay in step with
+/// the records through every kind of change the API can make: updates, merges, deletes.
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+    use crate::emulator::clock::Clock;
+    use crate::emulator::limits::RuntimeKnobs;
+
+    fn world() -> World {
+        let knobs = RuntimeKnobs {
+            bulk_import: true,
+            ..RuntimeKnobs::default()
+        };
+        World {
+            store: Store::new("example", 0, Clock::new()),
+            limits: Limits::new(knobs, 0),
+            log: RequestLog::default(),
+            auth: AuthPolicy {
+                api_token: None,
+                oauth_token: None,
+            },
+            initial_seed: None,
+            subdomain: "example".into(),
+            seed: 0,
+        }
+    }
+
+    /// Sends one request through the whole pipeline; gives the status and JSON body.
+    fn send(w: &mut World, method: &str, path: &str, body: Value) -> (u16, Value) {
+        let uri: axum::http::Uri = path.parse().expect("a valid path");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "authorization",
+            HeaderValue::from_static("Basic YWdlbnRAeC5jby90b2tlbjp0"),
+        );
+        let bytes = Bytes::from(if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        });
+        w.catch_up();
+        let reply = handle(w, method, &uri, &headers, &bytes);
+        assert!(
+            w.store.indexes_agree(),
+            "indexes disagree after {method} {path}"
+        );
+        (reply.status, reply.body_json())
+    }
+
+    #[test]
+    fn indexes_agree_with_records_after_updates_merges_and_deletes() {
+        let mut w = world();
+        let w = &mut w;
+        let upsert = "/api/v2/users/create_or_update";
+        let (_, a) = send(
+            w,
+            "POST",
+            upsert,
+            json!({"user": {"email": "a@x.co", "name": "A", "external_id": "E-A"}}),
+        );
+        let a = a["user"]["id"].as_u64().expect("id");
+        let (_, b) = send(
+            w,
+            "POST",
+            upsert,
+            json!({"user": {"email": "b@x.co", "name": "B", "phone": "+1555"}}),
+        );
+        let b = b["user"]["id"].as_u64().expect("id");
+        // Merged by email into A: a new external id and a second email.
+        let (status, _) = send(
+            w,
+            "POST",
+            upsert,
+            json!({"user": {"email": "a@x.co", "external_id": "E-A2"}}),
+        );
+        assert_eq!(status, 200);
+        send(
+            w,
+            "PUT",
+            &format!("/api/v2/users/{a}"),
+            json!({"user": {"email": "a2@x.co"}}),
+        );
+        assert_eq!(w.store.user_by_external_id("e-a"), None);
+        assert_eq!(w.store.user_by_external_id("E-A2"), Some(a));
+        assert_eq!(w.store.user_by_email("A2@x.co"), Some(a));
+        // An identity's value changes, and B's email is deleted.
+        let second = w.store.users.get(&a).and_then(|u| {
+            u.identities
+                .iter()
+                .find(|i| i.value == "a2@x.co")
+                .map(|i| i.id)
+        });
+        let second = second.expect("second email");
+        send(
+            w,
+            "PUT",
+            &format!("/api/v2/users/{a}/identities/{second}"),
+            json!({"identity": {"value": "a3@x.co"}}),
+        );
+        assert_eq!(w.store.user_by_email("a2@x.co"), None);
+        assert_eq!(w.store.user_by_email("a3@x.co"), Some(a));
+        let b_email = w.store.users.get(&b).and_then(|u| {
+            u.identities
+                .iter()
+                .find(|i| i.kind == "email")
+                .map(|i| i.id)
+        });
+        let b_email = b_email.expect("b's email");
+        send(
+            w,
+            "DELETE",
+            &format!("/api/v2/users/{b}/identities/{b_email}"),
+            Value::Null,
+        );
+        assert_eq!(w.store.user_by_email("b@x.co"), None);
+        // Organizations renamed; memberships added, made default and deleted.
+        let (_, o) = send(
+            w,
+            "POST",
+            "/api/v2/organizations/create_or_update",
+            json!({"organization": {"external_id": "G-1", "name": "Acme"}}),
+        );
+        let o = o["organization"]["id"].as_u64().expect("id");
+        send(
+            w,
+            "PUT",
+            &format!("/api/v2/organizations/{o}"),
+            json!({"organization": {"name": "Acme 2", "external_id": "G-2"}}),
+        );
+        assert_eq!(w.store.org_by_name("acme"), None);
+        assert_eq!(w.store.org_by_name(" ACME 2 "), Some(o));
+        assert_eq!(w.store.org_by_external_id("g-2"), Some(o));
+        send(
+            w,
+            "POST",
+            "/api/v2/organization_memberships",
+            json!({"organization_membership": {"user_id": a, "organization_id": o}}),
+        );
+        send(
+            w,
+            "PUT",
+            &format!("/api/v2/users/{a}/organizations/{o}/make_default"),
+            Value::Null,
+        );
+        // A ticket whose requester is created on the way; its external id changes; then the
+        // membership goes and the ticket loses its organization.
+        let (_, t) = send(
+            w,
+            "POST",
+            "/api/v2/tickets",
+            json!({"ticket": {"comment": {"body": "hi"}, "requester_id": a, "external_id": "T-1"}}),
+        );
+        let t = t["ticket"]["id"].as_u64().expect("id");
+        send(
+            w,
+            "PUT",
+            &format!("/api/v2/tickets/{t}"),
+            json!({"ticket": {"external_id": "T-2"}}),
+        );
+        send(
+            w,
+            "DELETE",
+            &format!("/api/v2/users/{a}/organizations/{o}"),
+            Value::Null,
+        );
+        assert_eq!(w.store.membership_of(a, o), None);
+        assert_eq!(
+            w.store.tickets.get(&t).and_then(|t| t.organization_id),
+            None
+        );
+        // Bulk jobs go through the same functions.
+        send(
+            w,
+            "POST",
+            "/api/v2/users/create_or_update_many",
+            json!({"users": [{"email": "c@x.co", "name": "C", "external_id": "E-C"}, {"external_id": "E-A2", "name": "A again"}]}),
+        );
+        send(
+            w,
+            "PUT",
+            "/api/v2/organizations/update_many?external_ids=G-2",
+            json!({"organization": {"name": "Acme 3"}}),
+        );
+        send(w, "GET", "/api/v2/users", Value::Null);
+        let c = w.store.user_by_email("c@x.co").expect("c was created");
+        // B is merged into C: its phone identity and membership move, B goes.
+        send(
+            w,
+            "POST",
+            "/api/v2/organization_memberships",
+            json!({"organization_membership": {"user_id": b, "organization_id": o}}),
+        );
+        let (status, _) = send(
+            w,
+            "PUT",
+            &format!("/api/v2/users/{b}/merge"),
+            json!({"user": {"id": c}}),
+        );
+        assert_eq!(status, 200);
+        assert!(!w.store.users.contains_key(&b));
+        assert!(w.store.membership_of(c, o).is_some());
+        // C is deleted: its email and external id are free again.
+        let (status, _) = send(w, "DELETE", &format!("/api/v2/users/{c}"), Value::Null);
+        assert_eq!(status, 200);
+        assert_eq!(
+            (
+                w.store.user_by_email("c@x.co"),
+                w.store.user_by_external_id("E-C")
+            ),
+            (None, None)
+        );
+        assert_eq!(w.store.org_by_name("acme 3"), Some(o));
+        // Profiles of tracked events.
+        let event = json!({"profile": {"source": "s", "type": "t", "identifiers": [{"type": "email", "value": "a@x.co"}]}, "event": {"source": "s", "type": "t", "properties": {}}});
+        send(w, "POST", "/api/v2/user_profiles/events", event.clone());
+        send(w, "POST", "/api/v2/user_profiles/events", event);
+        assert_eq!(w.store.profiles.len(), 1);
     }
 }

@@ -1,15 +1,16 @@
 //! The data model: every record the emulator keeps, the id allocator, and how records render as
 //! Zendesk JSON. Handlers in the sibling modules change a [`Store`]; nothing here knows HTTP.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 
-use indexmap::IndexMap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
 
 use super::clock::Clock;
 use super::errors::Reply;
+use super::jobs::Jobs;
+use super::table::{Record, Table};
 
 /// The kinds of numeric id the emulator hands out. Each kind counts on its own from a base that
 /// looks like a real Zendesk id, so runs with the same inputs get the same ids.
@@ -233,20 +234,112 @@ pub(crate) struct UserEvent {
     pub received_at: String,
 }
 
-/// A bulk-import job status.
-#[derive(Debug, Clone)]
-pub(crate) struct Job {
-    pub id: String,
-    pub job_type: String,
-    pub results: Vec<Value>,
-}
-
 /// A remembered ticket creation for `Idempotency-Key`.
 #[derive(Debug, Clone)]
 pub(crate) struct IdempotentEntry {
     pub request_body: Value,
     pub reply: Reply,
     pub stored_at_secs: u64,
+}
+
+/// What users are found by: each email identity and the external id, lowercased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum UserKey {
+    Email(String),
+    ExternalId(String),
+}
+
+impl Record for User {
+    type Key = UserKey;
+
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn keys(&self) -> Vec<UserKey> {
+        let emails = self
+            .identities
+            .iter()
+            .filter(|i| i.kind == "email")
+            .map(|i| UserKey::Email(i.value.to_lowercase()));
+        let external = self
+            .external_id
+            .iter()
+            .map(|e| UserKey::ExternalId(e.to_lowercase()));
+        emails.chain(external).collect()
+    }
+}
+
+/// What organizations are found by: the external id and the name (trimmed), lowercased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum OrgKey {
+    ExternalId(String),
+    Name(String),
+}
+
+impl Record for Organization {
+    type Key = OrgKey;
+
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn keys(&self) -> Vec<OrgKey> {
+        let mut keys = vec![OrgKey::Name(self.name.trim().to_lowercase())];
+        keys.extend(
+            self.external_id
+                .iter()
+                .map(|e| OrgKey::ExternalId(e.to_lowercase())),
+        );
+        keys
+    }
+}
+
+/// What memberships are found by: their user and their organization.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum MembershipKey {
+    User(u64),
+    Organization(u64),
+}
+
+impl Record for Membership {
+    type Key = MembershipKey;
+
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn keys(&self) -> Vec<MembershipKey> {
+        vec![
+            MembershipKey::User(self.user_id),
+            MembershipKey::Organization(self.organization_id),
+        ]
+    }
+}
+
+/// What tickets are found by: the external id (lowercased; not unique) and the requester.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum TicketKey {
+    ExternalId(String),
+    Requester(u64),
+}
+
+impl Record for Ticket {
+    type Key = TicketKey;
+
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn keys(&self) -> Vec<TicketKey> {
+        let mut keys = vec![TicketKey::Requester(self.requester_id)];
+        keys.extend(
+            self.external_id
+                .iter()
+                .map(|e| TicketKey::ExternalId(e.to_lowercase())),
+        );
+        keys
+    }
 }
 
 /// Everything the emulator knows about the account.
@@ -256,56 +349,55 @@ pub(crate) struct Store {
     pub base_url: String,
     pub ids: Ids,
     rng: StdRng,
-    pub users: BTreeMap<u64, User>,
-    pub organizations: BTreeMap<u64, Organization>,
-    pub memberships: BTreeMap<u64, Membership>,
-    pub tickets: BTreeMap<u64, Ticket>,
+    pub users: Table<User>,
+    pub organizations: Table<Organization>,
+    pub memberships: Table<Membership>,
+    pub tickets: Table<Ticket>,
     pub user_fields: Vec<FieldDef>,
     pub organization_fields: Vec<FieldDef>,
     pub profiles: Vec<Profile>,
+    /// (user, source, type) → position in `profiles`.
+    pub profile_index: HashMap<(u64, String, String), usize>,
     pub events: Vec<UserEvent>,
-    pub jobs: IndexMap<String, Job>,
-    pub idempotency: HashMap<String, IdempotentEntry>,
+    pub jobs: Jobs,
+    pub idempotency: IdempotencyKeys,
     pub clock: Clock,
-    /// Remembered answers of `user_by_email` / `user_by_external_id`, so a large account is not
-    /// scanned on every request. Checked on use, so a stale entry only costs a scan.
-    user_lookups: UserLookups,
 }
 
-/// Lowercased email or external id → user id; each hit is verified against the user itself.
-#[derive(Debug, Default)]
-struct UserLookups {
-    by_email: std::sync::Mutex<HashMap<String, u64>>,
-    by_external_id: std::sync::Mutex<HashMap<String, u64>>,
+/// Remembered ticket creations by `Idempotency-Key`, forgotten oldest first once they are older
+/// than the time Zendesk keeps them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IdempotencyKeys {
+    entries: HashMap<String, IdempotentEntry>,
+    /// Keys in the order they were stored (the order they expire in).
+    stored: VecDeque<(u64, String)>,
 }
 
-impl Clone for UserLookups {
-    /// A copy starts empty: it fills again on use.
-    fn clone(&self) -> Self {
-        UserLookups::default()
+impl IdempotencyKeys {
+    /// Forgets the keys stored `ttl_secs` or longer before `now_secs`.
+    pub(crate) fn expire(&mut self, now_secs: u64, ttl_secs: u64) {
+        while let Some((at, _)) = self.stored.front()
+            && now_secs.saturating_sub(*at) >= ttl_secs
+        {
+            if let Some((at, key)) = self.stored.pop_front()
+                && self
+                    .entries
+                    .get(&key)
+                    .is_some_and(|e| e.stored_at_secs == at)
+            {
+                self.entries.remove(&key);
+            }
+        }
     }
-}
 
-/// The remembered id for `key` if `holds(id)`, else the scanned one (then remembered).
-fn remembered(
-    memo: &std::sync::Mutex<HashMap<String, u64>>,
-    key: &str,
-    holds: impl Fn(u64) -> bool,
-    scan: impl FnOnce() -> Option<u64>,
-) -> Option<u64> {
-    let key = key.to_ascii_lowercase();
-    let mut memo = memo
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(id) = memo.get(&key).copied().filter(|id| holds(*id)) {
-        return Some(id);
+    pub(crate) fn get(&self, key: &str) -> Option<&IdempotentEntry> {
+        self.entries.get(key)
     }
-    let found = scan();
-    match found {
-        Some(id) => memo.insert(key, id),
-        None => memo.remove(&key),
-    };
-    found
+
+    pub(crate) fn insert(&mut self, key: String, entry: IdempotentEntry) {
+        self.stored.push_back((entry.stored_at_secs, key.clone()));
+        self.entries.insert(key, entry);
+    }
 }
 
 impl Store {
@@ -314,18 +406,18 @@ impl Store {
             base_url: format!("https://{subdomain}.zendesk.com"),
             ids: Ids::new(),
             rng: StdRng::seed_from_u64(seed),
-            users: BTreeMap::new(),
-            organizations: BTreeMap::new(),
-            memberships: BTreeMap::new(),
-            tickets: BTreeMap::new(),
+            users: Table::default(),
+            organizations: Table::default(),
+            memberships: Table::default(),
+            tickets: Table::default(),
             user_fields: Vec::new(),
             organization_fields: Vec::new(),
             profiles: Vec::new(),
+            profile_index: HashMap::new(),
             events: Vec::new(),
-            jobs: IndexMap::new(),
-            idempotency: HashMap::new(),
+            jobs: Jobs::default(),
+            idempotency: IdempotencyKeys::default(),
             clock,
-            user_lookups: UserLookups::default(),
         }
     }
 
@@ -357,59 +449,40 @@ impl Store {
     // ---- lookups shared by several modules ----
 
     pub(crate) fn user_by_email(&self, email: &str) -> Option<u64> {
-        remembered(
-            &self.user_lookups.by_email,
-            email,
-            |id| self.users.get(&id).is_some_and(|u| u.has_email(email)),
-            || {
-                self.users
-                    .values()
-                    .find(|u| u.has_email(email))
-                    .map(|u| u.id)
-            },
-        )
+        self.users
+            .first(&UserKey::Email(email.trim().to_lowercase()))
     }
 
     pub(crate) fn user_by_external_id(&self, external_id: &str) -> Option<u64> {
-        let matches = |u: &User| {
-            u.external_id
-                .as_deref()
-                .is_some_and(|e| e.eq_ignore_ascii_case(external_id))
-        };
-        remembered(
-            &self.user_lookups.by_external_id,
-            external_id,
-            |id| self.users.get(&id).is_some_and(matches),
-            || self.users.values().find(|u| matches(u)).map(|u| u.id),
-        )
+        self.users
+            .first(&UserKey::ExternalId(external_id.to_lowercase()))
     }
 
     pub(crate) fn org_by_external_id(&self, external_id: &str) -> Option<u64> {
         self.organizations
-            .values()
-            .find(|o| {
-                o.external_id
-                    .as_deref()
-                    .is_some_and(|e| e.eq_ignore_ascii_case(external_id))
-            })
-            .map(|o| o.id)
+            .first(&OrgKey::ExternalId(external_id.to_lowercase()))
     }
 
     pub(crate) fn org_by_name(&self, name: &str) -> Option<u64> {
-        let name = name.trim();
         self.organizations
-            .values()
-            .find(|o| o.name.trim().eq_ignore_ascii_case(name))
-            .map(|o| o.id)
+            .first(&OrgKey::Name(name.trim().to_lowercase()))
+    }
+
+    /// The user's memberships in id order.
+    pub(crate) fn memberships_by_user(&self, user_id: u64) -> impl Iterator<Item = &Membership> {
+        self.memberships.find(&MembershipKey::User(user_id))
+    }
+
+    /// The membership of `user_id` in `org_id`, if any.
+    pub(crate) fn membership_of(&self, user_id: u64, org_id: u64) -> Option<u64> {
+        self.memberships_by_user(user_id)
+            .find(|m| m.organization_id == org_id)
+            .map(|m| m.id)
     }
 
     /// The user's memberships, default first, then by organization name.
     pub(crate) fn memberships_of_user(&self, user_id: u64) -> Vec<&Membership> {
-        let mut list: Vec<&Membership> = self
-            .memberships
-            .values()
-            .filter(|m| m.user_id == user_id)
-            .collect();
+        let mut list: Vec<&Membership> = self.memberships_by_user(user_id).collect();
         list.sort_by_key(|m| {
             let name = self
                 .organizations
@@ -421,10 +494,26 @@ impl Store {
     }
 
     pub(crate) fn default_org_of(&self, user_id: u64) -> Option<u64> {
-        self.memberships
-            .values()
-            .find(|m| m.user_id == user_id && m.default)
+        self.memberships_by_user(user_id)
+            .find(|m| m.default)
             .map(|m| m.organization_id)
+    }
+
+    /// Whether every table's index agrees with its records (and the profile index with the
+    /// profiles): for tests.
+    #[cfg(test)]
+    pub(crate) fn indexes_agree(&self) -> bool {
+        let profiles_agree = self.profile_index.len() == self.profiles.len()
+            && self.profiles.iter().enumerate().all(|(i, p)| {
+                self.profile_index
+                    .get(&(p.user_id, p.source.clone(), p.kind.clone()))
+                    == Some(&i)
+            });
+        self.users.index_agrees()
+            && self.organizations.index_agrees()
+            && self.memberships.index_agrees()
+            && self.tickets.index_agrees()
+            && profiles_agree
     }
 
     // ---- rendering ----
@@ -660,20 +749,6 @@ impl Store {
             "type": p.kind,
             "name": p.name,
             "identifiers": p.identifiers,
-        })
-    }
-
-    pub(crate) fn render_job(&self, j: &Job, completed: bool) -> Value {
-        let total = j.results.len();
-        json!({
-            "id": j.id,
-            "url": self.url("job_statuses", &j.id),
-            "job_type": j.job_type,
-            "status": if completed { "completed" } else { "queued" },
-            "total": total,
-            "progress": if completed { json!(total) } else { Value::Null },
-            "message": if completed { json!(format!("Completed at {}", self.now())) } else { Value::Null },
-            "results": if completed { json!(j.results) } else { Value::Null },
         })
     }
 }

@@ -11,7 +11,9 @@ use serde_json::{Map, Value, json};
 use super::auth::Principal;
 use super::errors::{ApiError, ApiResult, Invalid, Reply, ReplyBody};
 use super::router::{ApiRequest, World, offset_page, whole_list};
-use super::state::{Comment, IdempotentEntry, Kind, Store, Ticket, opt_id, opt_str, str_list};
+use super::state::{
+    Comment, IdempotentEntry, Kind, Store, Ticket, TicketKey, opt_id, opt_str, str_list,
+};
 use super::users;
 
 const PRIORITIES: [&str; 4] = ["urgent", "high", "normal", "low"];
@@ -22,19 +24,14 @@ const IDEMPOTENCY_TTL_SECS: u64 = 2 * 60 * 60;
 
 pub(crate) fn list(w: &mut World, req: &ApiRequest) -> ApiResult {
     let s = &w.store;
-    let ext = req.query("external_id");
-    let items = s
-        .tickets
-        .values()
-        .filter(|t| {
-            ext.is_none_or(|e| {
-                t.external_id
-                    .as_deref()
-                    .is_some_and(|x| x.eq_ignore_ascii_case(e))
-            })
-        })
-        .map(|t| s.render_ticket(t))
-        .collect();
+    let items = match req.query("external_id") {
+        Some(ext) => s
+            .tickets
+            .find(&TicketKey::ExternalId(ext.to_lowercase()))
+            .map(|t| s.render_ticket(t))
+            .collect(),
+        None => s.tickets.values().map(|t| s.render_ticket(t)).collect(),
+    };
     offset_page(req, &s.base_url, "tickets", items)
 }
 
@@ -64,9 +61,7 @@ pub(crate) fn create(w: &mut World, req: &ApiRequest) -> ApiResult {
         return create_ticket(&mut w.store, obj);
     };
     let now = w.store.clock.elapsed().as_secs();
-    w.store
-        .idempotency
-        .retain(|_, e| now.saturating_sub(e.stored_at_secs) < IDEMPOTENCY_TTL_SECS);
+    w.store.idempotency.expire(now, IDEMPOTENCY_TTL_SECS);
     if let Some(entry) = w.store.idempotency.get(&key) {
         if entry.request_body != req.body {
             return Err(ApiError(
@@ -261,7 +256,7 @@ pub(crate) fn create_ticket(s: &mut Store, obj: &Map<String, Value>) -> ApiResul
     let audit = audit(s, id, author_id, events, &now);
     ticket.audits.push(audit);
     let rendered = s.render_ticket(&ticket);
-    s.tickets.insert(id, ticket);
+    s.tickets.insert(ticket);
     Ok(Reply::json(201, json!({"ticket": rendered}))
         .header("Location", format!("/api/v2/tickets/{id}.json")))
 }
@@ -326,7 +321,22 @@ pub(crate) fn update(w: &mut World, req: &ApiRequest, id: u64) -> ApiResult {
             ),
         }));
     }
-    let s = &mut w.store;
+    let audit = update_ticket(&mut w.store, id, obj)?;
+    let s = &w.store;
+    let t = s.tickets.get(&id).ok_or_else(ApiError::not_found)?;
+    Ok(Reply::ok(
+        json!({"ticket": s.render_ticket(t), "audit": audit}),
+    ))
+}
+
+/// Applies a ticket update and gives its audit: 404 for no such ticket, 422 on a closed one,
+/// 409 for a stale `safe_update`. Also what each item of `update_many` goes through (see
+/// `bulk`).
+pub(crate) fn update_ticket(
+    s: &mut Store,
+    id: u64,
+    obj: &Map<String, Value>,
+) -> Result<Value, ApiError> {
     let (status, updated_at, requester_id) = match s.tickets.get(&id) {
         Some(t) => (t.status.clone(), t.updated_at.clone(), t.requester_id),
         None => return Err(ApiError::not_found()),
@@ -431,7 +441,6 @@ pub(crate) fn update(w: &mut World, req: &ApiRequest, id: u64) -> ApiResult {
     let author_id = t.comments.last().map_or(requester_id, |c| c.author_id);
     let audit = audit(s, id, author_id, events, &now);
     t.audits.push(audit.clone());
-    let rendered = s.render_ticket(&t);
-    s.tickets.insert(id, t);
-    Ok(Reply::ok(json!({"ticket": rendered, "audit": audit})))
+    s.tickets.insert(t);
+    Ok(audit)
 }

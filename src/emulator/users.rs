@@ -1,7 +1,7 @@
 //! Users and their identities (zendesk-api.md §2.1): `create_or_update` matched by external_id or
 //! email (case-insensitive, 201 vs 200, `Location`, the per-user limit), create, update, show,
-//! `show_many`, `search`, `users/me`, identities, and `create_or_update_many` (403 unless bulk
-//! import is on, else a job status).
+//! `show_many`, `search`, `users/me`, identities, merge (end users only) and delete. [`upsert`] is also what each item of
+//! `create_or_update_many` goes through (see `bulk`).
 //!
 //! Email rule: the primary email is writable on create only; on update a new email becomes a
 //! secondary identity.
@@ -12,11 +12,12 @@ use serde_json::{Map, Value, json};
 
 use super::auth::Principal;
 use super::errors::{ApiError, ApiResult, Invalid, Reply};
+use super::events;
 use super::fields;
 use super::memberships;
 use super::organizations;
-use super::router::{ApiRequest, World, offset_page, whole_list};
-use super::state::{Identity, Job, Kind, Store, User, opt_id, opt_str, str_list};
+use super::router::{ApiRequest, ShowMany, World, offset_page, show_many_keys, whole_list};
+use super::state::{Identity, Kind, Store, TicketKey, User, opt_id, opt_str, str_list};
 
 /// Roles a user can have.
 const ROLES: [&str; 3] = ["end-user", "agent", "admin"];
@@ -74,6 +75,71 @@ pub(crate) fn update(w: &mut World, req: &ApiRequest, id: u64) -> ApiResult {
     show(w, id)
 }
 
+/// `DELETE users/{id}`: removes the user, its identities (their emails and external id can be
+/// used again) and its memberships; its tickets stay. Answers the user as it was, inactive.
+pub(crate) fn delete(w: &mut World, id: u64) -> ApiResult {
+    let s = &mut w.store;
+    let user = s.users.get(&id).ok_or_else(ApiError::not_found)?;
+    let mut body = s.render_user(user);
+    body["active"] = json!(false);
+    memberships::remove_all_of(s, id);
+    s.users.remove(&id);
+    Ok(Reply::ok(json!({"user": body})))
+}
+
+/// `PUT users/{id}/merge` with `{"user": {"id": TARGET}}`: merges end user `id` into TARGET.
+/// Its identities become TARGET's (secondary where TARGET has one of the kind), its requested
+/// tickets, memberships, events and profiles move over, and it is removed; TARGET keeps its own
+/// name and external id. 422 for an agent or a missing target.
+pub(crate) fn merge(w: &mut World, req: &ApiRequest, id: u64) -> ApiResult {
+    let obj = req.wrapped("user")?;
+    let s = &mut w.store;
+    let source = s.users.get(&id).ok_or_else(ApiError::not_found)?;
+    if source.role != "end-user" {
+        return Err(ApiError::invalid(
+            "base",
+            "InvalidValue",
+            "Only end users can be merged",
+        ));
+    }
+    let target = opt_id(obj, "id")
+        .filter(|t| *t != id && s.users.contains_key(t))
+        .ok_or_else(|| ApiError::invalid("id", "InvalidValue", "User to merge into: is invalid"))?;
+    for tid in s.tickets.lookup(&TicketKey::Requester(id)).to_vec() {
+        s.tickets.update(tid, |t| {
+            t.requester_id = target;
+            if t.submitter_id == id {
+                t.submitter_id = target;
+            }
+        });
+    }
+    let orgs: Vec<u64> = s
+        .memberships_by_user(id)
+        .map(|m| m.organization_id)
+        .collect();
+    memberships::remove_all_of(s, id);
+    for oid in orgs {
+        memberships::ensure(s, target, oid);
+    }
+    events::move_to_user(s, id, target);
+    let Some(source) = s.users.remove(&id) else {
+        return Err(ApiError::not_found());
+    };
+    s.users.update(target, |t| {
+        for mut identity in source.identities {
+            let known = t
+                .identities
+                .iter()
+                .any(|i| i.kind == identity.kind && i.value.eq_ignore_ascii_case(&identity.value));
+            if !known {
+                identity.primary = !t.identities.iter().any(|i| i.kind == identity.kind);
+                t.identities.push(identity);
+            }
+        }
+    });
+    show(w, target)
+}
+
 /// `POST users/create_or_update`.
 pub(crate) fn create_or_update(w: &mut World, req: &ApiRequest) -> ApiResult {
     let obj = req.wrapped("user")?;
@@ -120,86 +186,22 @@ pub(crate) fn create_or_update(w: &mut World, req: &ApiRequest) -> ApiResult {
     ))
 }
 
-/// `POST users/create_or_update_many`: 403 unless bulk import is enabled, then a job status.
-pub(crate) fn create_or_update_many(w: &mut World, req: &ApiRequest) -> ApiResult {
-    if !w.limits.knobs.bulk_import {
-        return Err(ApiError::forbidden(
-            "Bulk user imports are not enabled for this account. Contact Zendesk Customer Support to enable them.",
-        ));
-    }
-    let users = req
-        .body
-        .get("users")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::bad_request("Parameter users is required and must be an array"))?;
-    if users.len() > 100 {
-        return Err(ApiError::bad_request(
-            "Too many users: at most 100 per request",
-        ));
-    }
-    let mut results = Vec::new();
-    for (index, item) in users.iter().enumerate() {
-        let result = match item.as_object() {
-            None => {
-                json!({"index": index, "success": false, "error": "InvalidValue", "details": "Not an object"})
-            }
-            Some(obj) => match upsert(&mut w.store, obj) {
-                Ok((id, true)) => {
-                    json!({"index": index, "id": id, "action": "create", "status": "Created", "success": true})
-                }
-                Ok((id, false)) => {
-                    json!({"index": index, "id": id, "action": "update", "status": "Updated", "success": true})
-                }
-                Err(e) => {
-                    let body = e.0.body_json();
-                    json!({"index": index, "action": "create_or_update", "success": false,
-                           "error": body.get("error").cloned().unwrap_or(Value::Null),
-                           "details": body.get("details").map(Value::to_string).unwrap_or_default()})
-                }
-            },
-        };
-        results.push(result);
-    }
-    let job = Job {
-        id: w.store.hex_id(),
-        job_type: "Bulk Create or Update Users".into(),
-        results,
-    };
-    let body = json!({"job_status": w.store.render_job(&job, false)});
-    w.store.jobs.insert(job.id.clone(), job);
-    Ok(Reply::ok(body))
-}
-
-/// `GET job_statuses/{id}`: jobs run at once, so a poll always sees them completed.
-pub(crate) fn job_status(w: &mut World, id: &str) -> ApiResult {
-    let s = &w.store;
-    let job = s.jobs.get(id).ok_or_else(ApiError::not_found)?;
-    Ok(Reply::ok(json!({"job_status": s.render_job(job, true)})))
-}
-
 /// `GET users/show_many?ids=1,2` or `?external_ids=a,b`.
 pub(crate) fn show_many(w: &mut World, req: &ApiRequest) -> ApiResult {
     let s = &w.store;
-    let ids: Vec<u64> = if let Some(ids) = req.query("ids") {
-        ids.split(',')
-            .filter_map(|i| i.trim().parse().ok())
-            .collect()
-    } else if let Some(ext) = req.query("external_ids") {
-        ext.split(',')
-            .filter_map(|e| s.user_by_external_id(e.trim()))
-            .collect()
-    } else {
-        return Err(ApiError::bad_request("ids or external_ids is required"));
+    let ids: Vec<u64> = match show_many_keys(req)? {
+        ShowMany::Ids(ids) => ids,
+        ShowMany::ExternalIds(ext) => ext
+            .iter()
+            .filter_map(|e| s.user_by_external_id(e))
+            .collect(),
     };
-    if ids.len() > 100 {
-        return Err(ApiError::bad_request("At most 100 ids"));
-    }
-    let users: Vec<Value> = ids
+    let items: Vec<Value> = ids
         .iter()
         .filter_map(|id| s.users.get(id))
         .map(|u| s.render_user(u))
         .collect();
-    Ok(whole_list("users", users))
+    Ok(whole_list("users", items))
 }
 
 /// `GET users/search?query=…` (bare terms, `email:`, `external_id:`, `name:`, `role:`, `phone:`)
@@ -214,15 +216,38 @@ pub(crate) fn search(w: &mut World, req: &ApiRequest) -> ApiResult {
             .collect()
     } else if let Some(q) = req.query("query") {
         let terms = parse_query_terms(q);
-        s.users
-            .values()
-            .filter(|u| terms.iter().all(|t| t.matches(u)))
-            .map(|u| s.render_user(u))
-            .collect()
+        let matches_all = |u: &&User| terms.iter().all(|t| t.matches(u));
+        match exact_term_match(s, &terms) {
+            Some(found) => found
+                .and_then(|id| s.users.get(&id))
+                .filter(matches_all)
+                .map(|u| s.render_user(u))
+                .into_iter()
+                .collect(),
+            None => s
+                .users
+                .values()
+                .filter(matches_all)
+                .map(|u| s.render_user(u))
+                .collect(),
+        }
     } else {
         return Err(ApiError::bad_request("query or external_id is required"));
     };
     offset_page(req, &s.base_url, "users", matches)
+}
+
+/// The one user an exact `email:` or `external_id:` term allows, found through the index
+/// (`Some(None)`: nobody); `None` when no term is exact, so every user is a candidate.
+fn exact_term_match(s: &Store, terms: &[Term]) -> Option<Option<u64>> {
+    terms.iter().find_map(|t| match t {
+        Term::Field(field, value) if !value.contains('*') => match field.as_str() {
+            "email" => Some(s.user_by_email(value)),
+            "external_id" => Some(s.user_by_external_id(value)),
+            _ => None,
+        },
+        _ => None,
+    })
 }
 
 /// One term of the users search syntax.
@@ -412,70 +437,61 @@ pub(crate) fn update_identity(w: &mut World, req: &ApiRequest, uid: u64, iid: u6
         check_email(&w.store, v, Some(uid))?;
     }
     let now = w.store.now();
-    let u = w
-        .store
+    let verified = obj.get("verified").and_then(Value::as_bool);
+    w.store
         .users
-        .get_mut(&uid)
+        .update(uid, |u| {
+            let i = u.identities.iter_mut().find(|i| i.id == iid)?;
+            if let Some(v) = value {
+                i.value = v;
+            }
+            if let Some(b) = verified {
+                i.verified = b;
+            }
+            i.updated_at = now.clone();
+            u.updated_at = now;
+            Some(())
+        })
+        .flatten()
         .ok_or_else(ApiError::not_found)?;
-    let i = u
-        .identities
-        .iter_mut()
-        .find(|i| i.id == iid)
-        .ok_or_else(ApiError::not_found)?;
-    if let Some(v) = value {
-        i.value = v;
-    }
-    if let Some(b) = obj.get("verified").and_then(Value::as_bool) {
-        i.verified = b;
-    }
-    i.updated_at = now.clone();
-    u.updated_at = now;
     show_identity(w, uid, iid)
 }
 
 /// `PUT users/{id}/identities/{iid}/make_primary`: answers the identity list.
 pub(crate) fn make_primary(w: &mut World, uid: u64, iid: u64) -> ApiResult {
-    let u = w
-        .store
+    w.store
         .users
-        .get_mut(&uid)
+        .update(uid, |u| {
+            let chosen = u.identities.iter().find(|i| i.id == iid)?;
+            let (kind, value) = (chosen.kind.clone(), chosen.value.clone());
+            for i in u.identities.iter_mut().filter(|i| i.kind == kind) {
+                i.primary = i.id == iid;
+            }
+            if kind == "phone_number" {
+                u.phone = Some(value);
+            }
+            Some(())
+        })
+        .flatten()
         .ok_or_else(ApiError::not_found)?;
-    let kind = u
-        .identities
-        .iter()
-        .find(|i| i.id == iid)
-        .map(|i| i.kind.clone())
-        .ok_or_else(ApiError::not_found)?;
-    for i in u.identities.iter_mut().filter(|i| i.kind == kind) {
-        i.primary = i.id == iid;
-    }
-    if kind == "phone_number" {
-        u.phone = u
-            .identities
-            .iter()
-            .find(|i| i.id == iid)
-            .map(|i| i.value.clone());
-    }
     list_identities(w, uid)
 }
 
 pub(crate) fn delete_identity(w: &mut World, uid: u64, iid: u64) -> ApiResult {
-    let u = w
-        .store
+    w.store
         .users
-        .get_mut(&uid)
+        .update(uid, |u| {
+            let pos = u.identities.iter().position(|i| i.id == iid)?;
+            let removed = u.identities.remove(pos);
+            if removed.primary
+                && let Some(next) = u.identities.iter_mut().find(|i| i.kind == removed.kind)
+            {
+                next.primary = true;
+            }
+            Some(())
+        })
+        .flatten()
         .ok_or_else(ApiError::not_found)?;
-    let pos = u
-        .identities
-        .iter()
-        .position(|i| i.id == iid)
-        .ok_or_else(ApiError::not_found)?;
-    let removed = u.identities.remove(pos);
-    if removed.primary
-        && let Some(next) = u.identities.iter_mut().find(|i| i.kind == removed.kind)
-    {
-        next.primary = true;
-    }
     Ok(Reply::no_content())
 }
 
@@ -561,17 +577,20 @@ pub(crate) fn add_identity(
 ) -> Result<u64, ApiError> {
     let id = s.ids.next(Kind::Identity);
     let now = s.now();
-    let u = s.users.get_mut(&uid).ok_or_else(ApiError::not_found)?;
-    let primary = !u.identities.iter().any(|i| i.kind == kind);
-    u.identities.push(Identity {
-        id,
-        kind: kind.to_string(),
-        value: value.to_string(),
-        verified,
-        primary,
-        created_at: now.clone(),
-        updated_at: now,
-    });
+    s.users
+        .update(uid, |u| {
+            let primary = !u.identities.iter().any(|i| i.kind == kind);
+            u.identities.push(Identity {
+                id,
+                kind: kind.to_string(),
+                value: value.to_string(),
+                verified,
+                primary,
+                created_at: now.clone(),
+                updated_at: now,
+            });
+        })
+        .ok_or_else(ApiError::not_found)?;
     Ok(id)
 }
 
@@ -631,7 +650,7 @@ pub(crate) fn create_user(s: &mut Store, obj: &Map<String, Value>) -> Result<u64
         updated_at: now,
     };
     let verified = user.verified;
-    s.users.insert(id, user);
+    s.users.insert(user);
     if let Some(e) = email {
         add_identity(s, id, "email", &e, verified)?;
     }
@@ -677,40 +696,43 @@ pub(crate) fn update_user(
     inv.into_result()?;
     let org = resolve_org(s, obj)?;
     let now = s.now();
-    let u = s.users.get_mut(&id).ok_or_else(ApiError::not_found)?;
-    if let Some(n) = opt_str(obj, "name") {
-        u.name = n.trim().to_string();
-    }
-    if ext.is_some() {
-        u.external_id = ext;
-    }
-    if let Some(r) = role {
-        u.role = r;
-    }
-    if let Some(b) = obj.get("verified").and_then(Value::as_bool) {
-        u.verified = b;
-    }
-    for (key, slot) in [("time_zone", &mut u.time_zone), ("locale", &mut u.locale)] {
-        if let Some(v) = opt_str(obj, key) {
-            *slot = v;
-        }
-    }
-    for (key, slot) in [
-        ("notes", &mut u.notes),
-        ("details", &mut u.details),
-        ("alias", &mut u.alias),
-    ] {
-        if let Some(v) = obj.get(key) {
-            *slot = v.as_str().unwrap_or_default().to_string();
-        }
-    }
-    if let Some(t) = obj.get("tags") {
-        u.tags = str_list(t);
-    }
-    u.user_fields.extend(user_fields);
-    u.updated_at = now;
-    let verified = u.verified;
-    let has_email = email.as_deref().is_none_or(|e| u.has_email(e));
+    let (verified, has_email) = s
+        .users
+        .update(id, |u| {
+            if let Some(n) = opt_str(obj, "name") {
+                u.name = n.trim().to_string();
+            }
+            if ext.is_some() {
+                u.external_id = ext;
+            }
+            if let Some(r) = role {
+                u.role = r;
+            }
+            if let Some(b) = obj.get("verified").and_then(Value::as_bool) {
+                u.verified = b;
+            }
+            for (key, slot) in [("time_zone", &mut u.time_zone), ("locale", &mut u.locale)] {
+                if let Some(v) = opt_str(obj, key) {
+                    *slot = v;
+                }
+            }
+            for (key, slot) in [
+                ("notes", &mut u.notes),
+                ("details", &mut u.details),
+                ("alias", &mut u.alias),
+            ] {
+                if let Some(v) = obj.get(key) {
+                    *slot = v.as_str().unwrap_or_default().to_string();
+                }
+            }
+            if let Some(t) = obj.get("tags") {
+                u.tags = str_list(t);
+            }
+            u.user_fields.extend(user_fields);
+            u.updated_at = now;
+            (u.verified, email.as_deref().is_none_or(|e| u.has_email(e)))
+        })
+        .ok_or_else(ApiError::not_found)?;
     if !has_email && let Some(e) = email {
         add_identity(s, id, "email", &e, verified)?;
     }
@@ -726,13 +748,16 @@ pub(crate) fn update_user(
 
 /// Sets the primary phone, keeping a `phone_number` identity in sync.
 fn set_phone(s: &mut Store, id: u64, phone: &str) -> Result<(), ApiError> {
-    let u = s.users.get_mut(&id).ok_or_else(ApiError::not_found)?;
-    u.phone = Some(phone.to_string());
-    if !u
-        .identities
-        .iter()
-        .any(|i| i.kind == "phone_number" && i.value == phone)
-    {
+    let known = s
+        .users
+        .update(id, |u| {
+            u.phone = Some(phone.to_string());
+            u.identities
+                .iter()
+                .any(|i| i.kind == "phone_number" && i.value == phone)
+        })
+        .ok_or_else(ApiError::not_found)?;
+    if !known {
         add_identity(s, id, "phone_number", phone, false)?;
     }
     Ok(())

@@ -1,0 +1,79 @@
+//! The request log behind `GET /__emulator/requests`: a ring of the last `request_log_size`
+//! API requests (method, path, query, headers with `Authorization` redacted, body, status, and
+//! `lost_answer` when the answer was lost after the write was applied), numbered by `seq` from
+//! the start, so its cost stays the same however long the emulator runs.
+
+use std::collections::VecDeque;
+
+use axum::body::Bytes;
+use axum::http::request::Parts;
+use serde_json::{Map, Value, json};
+
+use super::auth::redact;
+use super::errors::Reply;
+use super::limits::LostAnswer;
+
+#[derive(Debug, Default)]
+pub(crate) struct RequestLog {
+    entries: VecDeque<Value>,
+    /// Requests seen since the last clear (the `seq` of the newest entry).
+    seen: u64,
+}
+
+impl RequestLog {
+    /// Appends a request, dropping the oldest entries beyond `capacity`.
+    pub(crate) fn record(
+        &mut self,
+        capacity: usize,
+        request: &Parts,
+        bytes: &Bytes,
+        reply: &Reply,
+        lost: Option<LostAnswer>,
+    ) {
+        self.seen += 1;
+        while self.entries.len() >= capacity.max(1) {
+            self.entries.pop_front();
+        }
+        if capacity == 0 {
+            return;
+        }
+        let mut hs = Map::new();
+        for (name, value) in &request.headers {
+            let value = value.to_str().unwrap_or("<binary>");
+            let shown = if name == "authorization" {
+                redact(value)
+            } else {
+                value.to_string()
+            };
+            hs.insert(name.as_str().to_string(), Value::String(shown));
+        }
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+        };
+        let mut entry = json!({
+            "seq": self.seen,
+            "method": request.method.as_str(),
+            "path": request.uri.path(),
+            "query": request.uri.query().unwrap_or(""),
+            "headers": hs,
+            "body": body,
+            "status": reply.status,
+        });
+        if let Some(lost) = lost {
+            entry["lost_answer"] = json!(lost);
+        }
+        self.entries.push_back(entry);
+    }
+
+    pub(crate) fn entries(&self) -> Vec<Value> {
+        self.entries.iter().cloned().collect()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+        self.seen = 0;
+    }
+}
