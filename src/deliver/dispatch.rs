@@ -132,6 +132,8 @@ struct Meta<T> {
 
 const FIRST_RECHECK: Duration = Duration::from_secs(1);
 const LONGEST_RECHECK: Duration = Duration::from_secs(60);
+/// How often the sink hears what is held up.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 const FIRST_HOLD: Duration = Duration::from_secs(1);
 const LONGEST_HOLD: Duration = Duration::from_secs(60);
 
@@ -172,9 +174,16 @@ pub async fn dispatch<S: Sink>(
             && draining.is_none()
             && d.fatal.is_none()
             && d.scheduler.len() - d.scheduler.parked() < options.max_active;
-        let timer = match (draining, d.scheduler.next_timer(), d.held_until) {
-            (Some(end), _, _) => Some(end),
-            (None, t, h) => [t, h].into_iter().flatten().min(),
+        // The next timer, a hold ending, or the next status report while events are held.
+        let status_due = (!d.scheduler.is_empty())
+            .then(|| d.last_status.map(|at| at + STATUS_EVERY))
+            .flatten();
+        let timer = match draining {
+            Some(end) => Some(end),
+            None => [d.scheduler.next_timer(), d.held_until, status_due]
+                .into_iter()
+                .flatten()
+                .min(),
         };
         tokio::select! {
             changed = stop.changed(), if draining.is_none() => {
@@ -422,7 +431,7 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
         let now = Instant::now();
         if self
             .last_status
-            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+            .is_some_and(|at| now.duration_since(at) < STATUS_EVERY)
         {
             return;
         }

@@ -21,10 +21,12 @@ pub(crate) struct RequestLog {
 }
 
 impl RequestLog {
-    /// Appends a request, dropping the oldest entries beyond `capacity`.
+    /// Appends a request answered at `at` on the emulator's clock, dropping the oldest entries
+    /// beyond `capacity`.
     pub(crate) fn record(
         &mut self,
         capacity: usize,
+        at: std::time::Duration,
         request: &Parts,
         bytes: &Bytes,
         reply: &Reply,
@@ -61,6 +63,7 @@ impl RequestLog {
             "headers": hs,
             "body": body,
             "status": reply.status,
+            "at_ms": u64::try_from(at.as_millis()).unwrap_or(u64::MAX),
         });
         if let Some(lost) = lost {
             entry["lost_answer"] = json!(lost);

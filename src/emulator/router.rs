@@ -123,7 +123,8 @@ async fn api(State(shared): State<Shared>, req: Request) -> Response {
             None
         };
         let capacity = w.limits.knobs.request_log_size;
-        w.log.record(capacity, &parts, &bytes, &reply, lost);
+        let at = w.store.clock.elapsed();
+        w.log.record(capacity, at, &parts, &bytes, &reply, lost);
         (reply, lost, w.limits.knobs.latency_ms)
     };
     if latency > 0 {

@@ -1,0 +1,566 @@
+//! The delivery scheduler on realistic traffic, in `zdmap send` and `zdmap serve`, against the
+//! emulator: events that come before the records they need (tracks before identifies, group
+//! calls before their users, identifies before their company's group call) wait and are woken
+//! by the response that creates the record; a key that waits (a per-user 429, a retry) does not
+//! hold up the others, which is measured as events delivered during the wait; an account-wide
+//! 429 pauses everyone; a poison event is dead-lettered after its bounded retries; server
+//! errors are retried until they pass.
+
+use serde_json::{Value, json};
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use zdmap::config::{Config, ConfigArgs};
+use zdmap::deliver::dispatch::{DispatchOptions, RecordWait};
+use zdmap::deliver::run::{RunReport, run};
+use zdmap::deliver::setup::{ConnectOptions, Destination, connect};
+use zdmap::deliver::{DeadLetter, DeadLetterWriter, RetryPolicy, TargetArgs};
+use zdmap::emulator::{Emulator, EmulatorOptions, ForcedFault, RuntimeKnobs};
+use zdmap::serve::ingest::WriteKeys;
+use zdmap::serve::{ServeOptions, Server, WorkerOptions};
+
+const UNLIMITED: &str = "requests_per_minute=0";
+
+fn quick_retries() -> ConnectOptions {
+    ConnectOptions {
+        retry: RetryPolicy {
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(200),
+            ..RetryPolicy::default()
+        },
+        ..ConnectOptions::default()
+    }
+}
+
+async fn emulator(knobs: RuntimeKnobs) -> Emulator {
+    Emulator::start(EmulatorOptions {
+        knobs,
+        ..EmulatorOptions::default()
+    })
+    .await
+    .expect("emulator")
+}
+
+async fn destination(emu: &Emulator) -> Destination {
+    let config = Config::load(Path::new("mappings"), &[UNLIMITED.to_owned()]).expect("mappings");
+    let target = TargetArgs {
+        zendesk_url: Some(emu.url()),
+        emulator: false,
+    };
+    connect(Arc::new(config), &target, quick_retries())
+        .await
+        .expect("connect")
+}
+
+/// `zdmap send` of `events`; a missing record may wait `grace` after the input ends.
+async fn send(
+    dest: &Destination,
+    events: &[Value],
+    grace: Duration,
+) -> (RunReport, Vec<DeadLetter>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("dead.ndjson");
+    let writer = Arc::new(DeadLetterWriter::open(&path).expect("dead letters"));
+    let input: String = events.iter().map(|e| format!("{e}\n")).collect();
+    let options = DispatchOptions {
+        concurrency: 4,
+        wait_for_records: RecordWait::AfterInput(grace),
+        ..DispatchOptions::default()
+    };
+    // A guard, not a measurement: a run that relied on its waits running out would take
+    // `grace` (ten minutes below) instead of moments.
+    let report = tokio::time::timeout(
+        Duration::from_secs(120),
+        run(
+            dest.executor.clone(),
+            Cursor::new(input.into_bytes()),
+            writer,
+            dest.stats.clone(),
+            options,
+        ),
+    )
+    .await
+    .expect("the run ends without waiting out its waits")
+    .expect("run");
+    let letters = std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| DeadLetter::parse(&serde_json::from_str(l).ok()?))
+        .collect();
+    (report, letters)
+}
+
+fn identify(user: &str, traits: Value) -> Value {
+    json!({"type": "identify", "userId": user, "traits": traits})
+}
+
+fn find<'a>(state: &'a Value, what: &str, key: &str, value: &str) -> Option<&'a Value> {
+    state[what].as_array()?.iter().find(|x| x[key] == value)
+}
+
+fn count(state: &Value, what: &str) -> usize {
+    state[what].as_array().map_or(0, Vec::len)
+}
+
+/// Tracks before their users' identifies, a group call before its user's identify, an
+/// identify before its company's group call, and a user identified without a name.
+fn shuffled_dependencies() -> Vec<Value> {
+    vec![
+        json!({"type": "track", "event": "Signed In", "userId": "u1", "properties": {"n": 1}}),
+        json!({"type": "track", "event": "Viewed", "userId": "u1", "properties": {"n": 2}}),
+        json!({"type": "group", "groupId": "org-a", "userId": "u2", "traits": {"name": "A"}}),
+        identify(
+            "u3",
+            json!({"email": "u3@example.com", "name": "Three", "company": {"id": "org-b"}}),
+        ),
+        identify("u1", json!({"email": "u1@example.com"})),
+        identify("u2", json!({"email": "u2@example.com", "name": "Two"})),
+        json!({"type": "group", "groupId": "org-b", "userId": "u4", "traits": {"name": "B"}}),
+        identify("u4", json!({"email": "u4@example.com", "name": "Four"})),
+    ]
+}
+
+fn assert_shuffled_dependencies_delivered(state: &Value) {
+    let u1 = find(state, "users", "external_id", "u1").expect("u1");
+    assert_eq!(
+        u1["name"], "u1@example.com",
+        "a user without a name is named by its email"
+    );
+    let events: Vec<&Value> = state["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["user_id"] == u1["id"] || e["profile"].is_object())
+        .collect();
+    assert_eq!(
+        count(state, "events"),
+        2,
+        "both tracks recorded: {events:?}"
+    );
+    let member = |user: &str, org: &str| {
+        let u = find(state, "users", "external_id", user).expect("user");
+        let o = find(state, "organizations", "external_id", org).expect("organization");
+        state["memberships"]
+            .as_array()
+            .expect("memberships")
+            .iter()
+            .any(|m| m["user_id"] == u["id"] && m["organization_id"] == o["id"])
+    };
+    assert!(
+        member("u2", "org-a"),
+        "the group call's user joined once it existed"
+    );
+    assert!(
+        member("u3", "org-b"),
+        "the identify joined its company once it existed"
+    );
+    assert!(member("u4", "org-b"));
+}
+
+#[tokio::test]
+async fn events_before_their_records_wait_and_are_delivered_in_send() {
+    let emu = emulator(RuntimeKnobs::default()).await;
+    let dest = destination(&emu).await;
+    let (report, letters) = send(&dest, &shuffled_dependencies(), Duration::from_secs(600)).await;
+    assert_eq!(report.dead_letters, 0, "{letters:#?}");
+    assert_shuffled_dependencies_delivered(&emu.state());
+}
+
+#[tokio::test]
+async fn a_record_that_never_comes_is_dead_lettered_with_its_lookup() {
+    let emu = emulator(RuntimeKnobs::default()).await;
+    let dest = destination(&emu).await;
+    let events = [
+        json!({"type": "track", "event": "Viewed", "userId": "ghost"}),
+        identify("u1", json!({"email": "u1@example.com", "name": "One"})),
+    ];
+    let (report, letters) = send(&dest, &events, Duration::from_millis(200)).await;
+    assert_eq!(report.dead_letters, 1);
+    assert_eq!(letters[0].action, "track_event");
+    assert!(
+        letters[0].message.contains("lookup found nothing") && letters[0].message.contains("ghost"),
+        "{}",
+        letters[0].message
+    );
+    assert!(find(&emu.state(), "users", "external_id", "u1").is_some());
+}
+
+/// The emulator's request log, in order: (user external id or path, status, at_ms).
+fn upserts(emu: &Emulator) -> Vec<(String, u64, u64)> {
+    emu.requests()
+        .iter()
+        .filter(|r| r["path"] == "/api/v2/users/create_or_update")
+        .map(|r| {
+            (
+                r["body"]["user"]["external_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                r["status"].as_u64().unwrap_or_default(),
+                r["at_ms"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_per_user_rate_limit_holds_that_user_while_the_others_flow_in_send() {
+    // One upsert per user per 3 s window: a user identified twice waits out a per-user 429.
+    let emu = emulator(RuntimeKnobs {
+        upsert_user_per_window: 1,
+        rate_window_secs: 3,
+        ..RuntimeKnobs::default()
+    })
+    .await;
+    let dest = destination(&emu).await;
+    let mut events = vec![
+        identify("busy", json!({"email": "busy@example.com", "name": "Busy"})),
+        identify(
+            "busy",
+            json!({"email": "busy@example.com", "name": "Busy B."}),
+        ),
+    ];
+    for i in 0..30 {
+        events.push(identify(
+            &format!("other-{i}"),
+            json!({"email": format!("other{i}@example.com"), "name": "Other"}),
+        ));
+    }
+    let (report, letters) = send(&dest, &events, Duration::from_secs(1)).await;
+    assert_eq!(report.dead_letters, 0, "{letters:#?}");
+    let log = upserts(&emu);
+    let limited = log
+        .iter()
+        .position(|(u, status, _)| u == "busy" && *status == 429)
+        .expect("the second identify met the per-user limit");
+    let retried = log
+        .iter()
+        .rposition(|(u, status, _)| u == "busy" && *status < 300)
+        .expect("and went through after its wait");
+    let delivered_before = |i: usize| {
+        log[..retried]
+            .iter()
+            .any(|(u, status, _)| *u == format!("other-{i}") && *status < 300)
+    };
+    assert!(
+        (0..30).all(delivered_before),
+        "every other user was delivered before the busy user's wait ended: {log:?}"
+    );
+    let during = log[limited..retried]
+        .iter()
+        .filter(|(u, status, _)| u.starts_with("other-") && *status < 300)
+        .count();
+    assert!(during > 0, "events delivered during the wait: {log:?}");
+    assert!(
+        log[retried].2 >= log[limited].2 + 1000,
+        "the busy user waited for its Retry-After: {log:?}"
+    );
+    assert!(
+        dest.executor.transport().budget().paused_until().is_none(),
+        "a per-user limit never pauses the destination"
+    );
+    let busy = find(&emu.state(), "users", "external_id", "busy").cloned();
+    assert_eq!(
+        busy.expect("busy")["name"],
+        "Busy B.",
+        "its later change applied last"
+    );
+}
+
+#[tokio::test]
+async fn an_account_wide_429_pauses_every_key_in_send() {
+    let emu = emulator(RuntimeKnobs {
+        forced_faults: vec![
+            ForcedFault::new(429)
+                .on_path("/api/v2/users/create_or_update")
+                .retry_after(2),
+        ],
+        ..RuntimeKnobs::default()
+    })
+    .await;
+    let dest = destination(&emu).await;
+    let events: Vec<Value> = (0..12)
+        .map(|i| {
+            identify(
+                &format!("u{i}"),
+                json!({"email": format!("u{i}@example.com"), "name": "U"}),
+            )
+        })
+        .collect();
+    let (report, letters) = send(&dest, &events, Duration::from_secs(1)).await;
+    assert_eq!(report.dead_letters, 0, "{letters:#?}");
+    let log = upserts(&emu);
+    let limited = log
+        .iter()
+        .position(|(_, status, _)| *status == 429)
+        .expect("one account 429");
+    let at = log[limited].2;
+    // Requests already on the wire may land just after it; none is sent during the pause.
+    let started_during_the_pause = log[limited + 1..]
+        .iter()
+        .filter(|(_, _, t)| *t > at + 100 && *t < at + 1900)
+        .count();
+    assert_eq!(started_during_the_pause, 0, "{log:?}");
+    assert_eq!(count(&emu.state(), "users"), 12);
+}
+
+#[tokio::test]
+async fn a_poison_event_is_dead_lettered_after_its_bounded_retries_in_send() {
+    let emu = emulator(RuntimeKnobs::default()).await;
+    let dest = destination(&emu).await;
+    let events = vec![
+        identify("u-a", json!({"email": "taken@example.com", "name": "A"})),
+        identify("u-b", json!({"email": "b@example.com", "name": "B"})),
+        // The email of u-a: 422 DuplicateValue, which `upsert_user` maps to `retry`.
+        identify("u-b", json!({"email": "taken@example.com", "name": "B"})),
+        identify("u-c", json!({"email": "c@example.com", "name": "C"})),
+        identify("u-b", json!({"email": "b@example.com", "name": "B again"})),
+    ];
+    let (report, letters) = send(&dest, &events, Duration::from_secs(1)).await;
+    assert_eq!(report.dead_letters, 1, "{letters:#?}");
+    assert_eq!(letters[0].status, Some(422));
+    assert_eq!(letters[0].code.as_deref(), Some("DuplicateValue"));
+    assert_eq!(
+        letters[0].attempts, 3,
+        "retries.client_error_tries of destination.yaml"
+    );
+    let state = emu.state();
+    assert_eq!(count(&state, "users"), 3);
+    let b = find(&state, "users", "external_id", "u-b").expect("u-b");
+    assert_eq!(
+        b["name"], "B again",
+        "the key went on after the poison event"
+    );
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_until_they_pass_in_send() {
+    let emu = emulator(RuntimeKnobs {
+        fail_rate: 0.3,
+        ..RuntimeKnobs::default()
+    })
+    .await;
+    let dest = destination(&emu).await;
+    let mut events = Vec::new();
+    for i in 0..60 {
+        let user = format!("u{i}");
+        events.push(identify(
+            &user,
+            json!({"email": format!("{user}@example.com"), "name": "U"}),
+        ));
+        events.push(json!({"type": "track", "event": "Viewed", "userId": user}));
+        events.push(json!({"type": "group", "groupId": format!("org-{}", i % 7), "userId": user, "traits": {"name": format!("Org {}", i % 7)}}));
+    }
+    let (report, letters) = send(&dest, &events, Duration::from_secs(2)).await;
+    assert_eq!(report.dead_letters, 0, "{letters:#?}");
+    assert!(dest.stats.snapshot().retries > 0);
+    let state = emu.state();
+    assert_eq!(count(&state, "users"), 60);
+    assert_eq!(count(&state, "organizations"), 7);
+    assert_eq!(count(&state, "memberships"), 60);
+    assert_eq!(
+        count(&state, "events"),
+        60,
+        "a failed request applied nothing"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// zdmap serve
+
+const KEY: &str = "wk-scheduler";
+
+async fn serve(emu: &Emulator, data: &Path, wait_for_records: Duration) -> Server {
+    let dest = destination(emu).await;
+    let options = ServeOptions {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: data.to_path_buf(),
+        write_keys: WriteKeys::from_args_and_env(&[KEY.to_owned()], None),
+        workers: WorkerOptions {
+            concurrency: 4,
+            poll: Duration::from_millis(100),
+            wait_for_records,
+            ..WorkerOptions::default()
+        },
+        config: ConfigArgs {
+            mappings: "mappings".into(),
+            set: vec![UNLIMITED.to_owned()],
+        },
+        watch: false,
+        log_events: false,
+        shutdown_timeout: Duration::from_secs(5),
+    };
+    Server::start(options, dest).await.expect("server starts")
+}
+
+async fn post_batch(server: &Server, events: &[Value]) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/batch", server.url()))
+        .basic_auth(KEY, None::<&str>)
+        .json(&json!({ "batch": events }))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
+async fn readyz(server: &Server) -> (u16, Value) {
+    let resp = reqwest::get(format!("{}/readyz", server.url()))
+        .await
+        .expect("readyz");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls until `check` holds; panics after 60 s (a deadline, not a measurement).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn delivered(server: &Server) -> u64 {
+    server
+        .shared()
+        .metrics
+        .delivered
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_before_their_records_wait_and_are_woken_by_them_in_serve() {
+    let emu = emulator(RuntimeKnobs::default()).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    // An hour's wait: only a response that creates the record can wake these in time.
+    let server = serve(&emu, data.path(), Duration::from_secs(3600)).await;
+    let events = shuffled_dependencies();
+    let (early, late) = events.split_at(4);
+    post_batch(&server, early).await;
+    eventually("the early events wait for their records", || async {
+        let (status, body) = readyz(&server).await;
+        status == 200 && body["delivery"]["keys_waiting"]["missing_record"].as_u64() >= Some(3)
+    })
+    .await;
+    assert!(
+        count(&emu.state(), "events") == 0,
+        "the tracks wait for their user"
+    );
+    post_batch(&server, late).await;
+    eventually("everything delivered", || async {
+        delivered(&server) == events.len() as u64
+    })
+    .await;
+    assert_shuffled_dependencies_delivered(&emu.state());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_waiting_user_does_not_hold_up_the_others_in_serve() {
+    // One upsert per user a minute: the busy user's second identify waits about a minute.
+    let emu = emulator(RuntimeKnobs {
+        upsert_user_per_window: 1,
+        ..RuntimeKnobs::default()
+    })
+    .await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = serve(&emu, data.path(), Duration::from_secs(60)).await;
+    post_batch(
+        &server,
+        &[
+            identify("busy", json!({"email": "busy@example.com", "name": "Busy"})),
+            identify(
+                "busy",
+                json!({"email": "busy@example.com", "name": "Busy B."}),
+            ),
+        ],
+    )
+    .await;
+    eventually("the busy user waits out a per-user 429", || async {
+        let (status, body) = readyz(&server).await;
+        status == 200 && body["delivery"]["keys_waiting"]["rate_limited"].as_u64() == Some(1)
+    })
+    .await;
+    let before = delivered(&server);
+    let others: Vec<Value> = (0..40)
+        .map(|i| {
+            identify(
+                &format!("o{i}"),
+                json!({"email": format!("o{i}@example.com"), "name": "O"}),
+            )
+        })
+        .collect();
+    post_batch(&server, &others).await;
+    eventually("the others delivered", || async {
+        delivered(&server) == before + 40
+    })
+    .await;
+    let (status, body) = readyz(&server).await;
+    assert_eq!(
+        status, 200,
+        "one waiting key does not make the server unready"
+    );
+    assert_eq!(
+        body["delivery"]["keys_waiting"]["rate_limited"].as_u64(),
+        Some(1),
+        "40 events delivered during the busy user's wait: {body}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", server.url()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("zdmap_delivery_keys_waiting{reason=\"rate_limited\"} 1"),
+        "{metrics}"
+    );
+    let busy = find(&emu.state(), "users", "external_id", "busy").cloned();
+    assert_eq!(
+        busy.expect("busy")["name"],
+        "Busy",
+        "its second identify still waits"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_event_is_dead_lettered_and_its_user_goes_on_in_serve() {
+    let emu = emulator(RuntimeKnobs::default()).await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = serve(&emu, data.path(), Duration::from_secs(60)).await;
+    let events = [
+        identify("u-a", json!({"email": "taken@example.com", "name": "A"})),
+        identify("u-b", json!({"email": "b@example.com", "name": "B"})),
+        identify("u-b", json!({"email": "taken@example.com", "name": "B"})),
+        identify("u-b", json!({"email": "b@example.com", "name": "B again"})),
+    ];
+    post_batch(&server, &events[..2]).await;
+    eventually("the users exist", || async { delivered(&server) == 2 }).await;
+    post_batch(&server, &events[2..]).await;
+    eventually(
+        "the poison event dead-lettered, the next delivered",
+        || async {
+            delivered(&server) == 3
+                && server
+                    .shared()
+                    .metrics
+                    .dead_lettered
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    == 1
+        },
+    )
+    .await;
+    let b = find(&emu.state(), "users", "external_id", "u-b").cloned();
+    assert_eq!(b.expect("u-b")["name"], "B again");
+    server.shutdown().await;
+}
