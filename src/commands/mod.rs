@@ -104,13 +104,21 @@ pub fn block_on(body: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
-/// Loads the mappings and sets up delivery to the chosen target (`zdmap send`, `zdmap serve`),
-/// saying why on standard error when it cannot.
+/// Where `zdmap send --emulator` leaves the emulator's final state.
+pub const EMULATOR_STATE_FILE: &str = "zdmap-emulator-state.json";
+
+/// Loads the mappings and sets up delivery to the chosen target for `zdmap send`, saying why on
+/// standard error when it cannot. The built-in emulator leaves its final state in
+/// [`EMULATOR_STATE_FILE`], so the result of a run can be seen after it.
 pub async fn load_and_connect(
     config: &crate::config::ConfigArgs,
     target: &crate::deliver::TargetArgs,
 ) -> Result<crate::deliver::setup::Destination, ExitCode> {
-    try_load_and_connect(config, target)
+    let options = crate::deliver::setup::ConnectOptions {
+        emulator_final_state: Some(EMULATOR_STATE_FILE.into()),
+        ..Default::default()
+    };
+    try_load_and_connect(config, target, options)
         .await
         .map_err(|problem| {
             eprintln!("{problem}");
@@ -122,9 +130,10 @@ pub async fn load_and_connect(
 pub async fn try_load_and_connect(
     config: &crate::config::ConfigArgs,
     target: &crate::deliver::TargetArgs,
+    options: crate::deliver::setup::ConnectOptions,
 ) -> Result<crate::deliver::setup::Destination, String> {
     let config = config.load().map_err(|diags| invalid_mappings(&diags))?;
-    crate::deliver::setup::connect(std::sync::Arc::new(config), target, Default::default())
+    crate::deliver::setup::connect(std::sync::Arc::new(config), target, options)
         .await
         .map_err(|e| format!("error: {e}"))
 }

@@ -115,10 +115,11 @@ fn cannot_start(problem: &str) -> ExitCode {
 }
 
 async fn serve_async(args: &ServeArgs) -> ExitCode {
-    let destination = match super::try_load_and_connect(&args.config, &args.target).await {
-        Ok(d) => d,
-        Err(problem) => return cannot_start(&problem),
-    };
+    let destination =
+        match super::try_load_and_connect(&args.config, &args.target, Default::default()).await {
+            Ok(d) => d,
+            Err(problem) => return cannot_start(&problem),
+        };
     let options = ServeOptions {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
