@@ -29,7 +29,8 @@ use tower::ServiceExt as _;
 /// Limits on the ingest server's connections.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
-    /// Connections open at once; more are closed as they arrive.
+    /// Connections open at once; more are closed as they arrive. The default stays well under
+    /// the usual limit of 1024 open files, which the database and Zendesk connections share.
     pub max_connections: usize,
     /// How long a client may take to send a request's headers (or, between requests, to start
     /// the next one).
@@ -41,7 +42,7 @@ pub struct ConnectionLimits {
 impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
-            max_connections: 1024,
+            max_connections: 512,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
         }

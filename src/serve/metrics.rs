@@ -77,8 +77,14 @@ impl Health {
         self.lock().clone()
     }
 
+    /// Zendesk refuses the credentials (`None`: no longer). The problem is told with what to do.
     pub fn set_zendesk_auth(&self, problem: Option<String>) {
-        self.lock().zendesk_auth = problem;
+        self.lock().zendesk_auth = problem.map(|p| {
+            format!(
+                "{p}. Fix the credentials (their environment variables, or the files their _FILE \
+                 variables name) and reload (SIGHUP): the waiting events go then"
+            )
+        });
     }
 
     pub fn set_config(&self, problem: Option<String>) {

@@ -351,30 +351,28 @@ impl Server {
     }
 }
 
-/// The ingest paths: Segment's, and analytics.js' short forms.
-const INGEST_ROUTES: [(&str, Endpoint); 15] = [
-    ("/v1/identify", Endpoint::Single("identify")),
-    ("/v1/track", Endpoint::Single("track")),
-    ("/v1/group", Endpoint::Single("group")),
-    ("/v1/page", Endpoint::Single("page")),
-    ("/v1/screen", Endpoint::Single("screen")),
-    ("/v1/alias", Endpoint::Single("alias")),
-    ("/v1/batch", Endpoint::Batch),
-    ("/v1/import", Endpoint::Batch),
-    ("/v1/i", Endpoint::Single("identify")),
-    ("/v1/t", Endpoint::Single("track")),
-    ("/v1/g", Endpoint::Single("group")),
-    ("/v1/p", Endpoint::Single("page")),
-    ("/v1/s", Endpoint::Single("screen")),
-    ("/v1/a", Endpoint::Single("alias")),
-    ("/v1/b", Endpoint::Batch),
+/// Segment's single-call endpoints (`/v1/identify`), each with analytics.js' short form (`/v1/i`).
+const SINGLE_CALLS: [(&str, &str); 6] = [
+    ("identify", "i"),
+    ("track", "t"),
+    ("group", "g"),
+    ("page", "p"),
+    ("screen", "s"),
+    ("alias", "a"),
 ];
 
+/// The batch endpoints: Segment's, and analytics.js' short form.
+const BATCH_PATHS: [&str; 3] = ["/v1/batch", "/v1/import", "/v1/b"];
+
 fn router<Q: Queue>(app: Arc<App<Q>>, cors: Option<CorsLayer>) -> Router {
+    let singles = SINGLE_CALLS.into_iter().flat_map(|(kind, short)| {
+        [kind, short].map(|path| (format!("/v1/{path}"), Endpoint::Single(kind)))
+    });
+    let batches = BATCH_PATHS.map(|path| (path.to_owned(), Endpoint::Batch));
     let mut router = Router::new();
-    for (path, endpoint) in INGEST_ROUTES {
+    for (path, endpoint) in singles.chain(batches) {
         router = router.route(
-            path,
+            &path,
             post(
                 move |state: State<Arc<App<Q>>>, headers: HeaderMap, body: Body| {
                     accept(state, endpoint, headers, body)
