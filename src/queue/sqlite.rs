@@ -584,6 +584,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_message_id_is_remembered_for_the_window_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sent = |id: &str| NewItem {
+            message_id: Some(id.into()),
+            ..item("a", 1)
+        };
+        let queue = SqliteQueue::open(dir.path()).expect("open");
+        let pushed = queue
+            .push(
+                vec![sent("m1"), sent("m2"), sent("m1"), item("a", 2)],
+                vec![],
+            )
+            .await
+            .expect("push");
+        assert_eq!(pushed.duplicates, 1);
+        queue.close();
+        drop(queue);
+        let queue = SqliteQueue::open(dir.path())
+            .expect("reopen")
+            .with_dedupe_window(Duration::ZERO);
+        let pushed = queue.push(vec![sent("m1")], vec![]).await.expect("push");
+        assert_eq!(pushed.duplicates, 0, "a zero window remembers nothing");
+        queue.close();
+        drop(queue);
+        let queue = SqliteQueue::open(dir.path())
+            .expect("reopen")
+            .with_dedupe_window(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(20));
+        let pushed = queue.push(vec![sent("m2")], vec![]).await.expect("push");
+        assert_eq!(
+            pushed.duplicates, 0,
+            "an id older than the window is forgotten"
+        );
+        assert_eq!(queue.depth().await.expect("depth"), 5);
+    }
+
+    #[tokio::test]
     async fn finishing_removes_the_item_and_keeps_its_dead_letters_for_replay() {
         let dir = tempfile::tempdir().expect("tempdir");
         let queue = SqliteQueue::open(dir.path()).expect("open");

@@ -125,6 +125,9 @@ impl Refused {
     }
 }
 
+/// A call refused: why, the message, and the call as sent.
+type Refusal = (Reason, String, Value);
+
 /// The calls of a request: those to queue and those refused.
 #[derive(Debug, Default)]
 pub struct Calls {
@@ -200,7 +203,7 @@ pub fn events(endpoint: Endpoint, body: &[u8], received_at: &str) -> Result<Call
         return Err(too_large(endpoint, body.len()));
     }
     let mut calls = Calls::default();
-    let mut take = |index: Option<usize>, checked: Result<Value, (Reason, String, Value)>| {
+    let mut take = |index: Option<usize>, checked: Result<Map<String, Value>, Refusal>| {
         let checked = checked.and_then(|call| accept(call, received_at));
         match checked {
             Ok(item) => calls.accepted.push(item),
@@ -250,7 +253,7 @@ fn too_large(endpoint: Endpoint, len: usize) -> BadRequest {
     }
 }
 
-fn too_deep(call: Value) -> (Reason, String, Value) {
+fn too_deep(call: Value) -> Refusal {
     (
         Reason::TooDeep,
         format!("the event is nested deeper than {MAX_DEPTH} levels"),
@@ -263,7 +266,7 @@ fn parse<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, BadRequest>
 }
 
 /// One call from a single-call endpoint: its type is the path's.
-fn single(kind: &'static str, value: Value) -> Result<Value, (Reason, String, Value)> {
+fn single(kind: &'static str, value: Value) -> Result<Map<String, Value>, Refusal> {
     let Value::Object(mut map) = value else {
         let message = format!(
             "the body must be a JSON object, found {}",
@@ -278,12 +281,16 @@ fn single(kind: &'static str, value: Value) -> Result<Value, (Reason, String, Va
         }
         Some(Value::String(t)) if t == kind => {}
         Some(other) => {
+            let given = match other {
+                Value::String(t) => format!("{t:?}"),
+                other => json_kind(other).to_owned(),
+            };
             let message =
-                format!("this endpoint takes {kind} calls, but the body's type is {other}");
+                format!("this endpoint takes {kind} calls, but the body's type is {given}");
             return Err((Reason::BadType, message, Value::Object(map)));
         }
     }
-    Ok(Value::Object(map))
+    Ok(map)
 }
 
 #[derive(serde::Deserialize)]
@@ -299,7 +306,7 @@ fn in_batch(
     raw: &RawValue,
     context: &Option<Map<String, Value>>,
     integrations: &Option<Map<String, Value>>,
-) -> Result<Value, (Reason, String, Value)> {
+) -> Result<Map<String, Value>, Refusal> {
     let len = raw.get().len();
     let call: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
     if len > MAX_EVENT_BYTES {
@@ -327,16 +334,12 @@ fn in_batch(
             merge_missing(&mut map, key, shared);
         }
     }
-    Ok(Value::Object(map))
+    Ok(map)
 }
 
 /// A call that passed the endpoint's checks, as the event to queue: without a write key, with
 /// what the server adds, checked as an event.
-fn accept(call: Value, received_at: &str) -> Result<NewItem, (Reason, String, Value)> {
-    let Value::Object(mut map) = call else {
-        let message = format!("an event must be a JSON object, found {}", json_kind(&call));
-        return Err((Reason::NotAnObject, message, call));
-    };
+fn accept(mut map: Map<String, Value>, received_at: &str) -> Result<NewItem, Refusal> {
     map.remove("writeKey");
     let message_id = enrich(&mut map, received_at);
     match Event::from_object(map) {
@@ -349,7 +352,6 @@ fn accept(call: Value, received_at: &str) -> Result<NewItem, (Reason, String, Va
         Err((e, map)) => {
             let reason = match e {
                 EventError::MissingType => Reason::NoType,
-                EventError::NotObject { .. } => Reason::NotAnObject,
                 _ => Reason::BadType,
             };
             Err((reason, e.to_string(), Value::Object(map)))
