@@ -522,32 +522,10 @@ async fn take<Q: Queue>(
             app.shared.health.set_queue(None);
             Metrics::add(&metrics.accepted, offered - pushed.duplicates);
             Metrics::add(&metrics.duplicates, pushed.duplicates);
-            if calls.refused.is_empty() {
-                return answer(StatusCode::OK, None);
-            }
-            let refused: Vec<_> = calls
-                .refused
-                .iter()
-                .map(
-                    |r| json!({"index": r.index, "reason": r.reason.label(), "message": r.message}),
-                )
-                .collect();
-            if offered == 0 {
-                let message = calls
-                    .refused
-                    .iter()
-                    .map(Refused::located)
-                    .collect::<Vec<_>>()
-                    .join("; ");
+            if offered == 0 && !calls.refused.is_empty() {
                 Metrics::add(&metrics.rejected_bad_request, 1);
-                let body = json!({"success": false, "message": message, "refused": refused});
-                return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
             }
-            (
-                StatusCode::OK,
-                axum::Json(json!({"success": true, "refused": refused})),
-            )
-                .into_response()
+            with_refusals(&calls.refused, offered > 0)
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot store events; the sender is asked to send them again");
@@ -558,6 +536,26 @@ async fn take<Q: Queue>(
             )
         }
     }
+}
+
+/// The answer to a request whose calls were stored: 200, listing the refused calls if any; 400
+/// when none was valid.
+fn with_refusals(refused: &[Refused], any_accepted: bool) -> Response {
+    if refused.is_empty() {
+        return answer(StatusCode::OK, None);
+    }
+    let listed: Vec<_> = refused
+        .iter()
+        .map(|r| json!({"index": r.index, "reason": r.reason.label(), "message": r.message}))
+        .collect();
+    let (status, body) = if any_accepted {
+        (StatusCode::OK, json!({"success": true, "refused": listed}))
+    } else {
+        let message: Vec<String> = refused.iter().map(Refused::located).collect();
+        let body = json!({"success": false, "message": message.join("; "), "refused": listed});
+        (StatusCode::BAD_REQUEST, body)
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 /// The process is up; what is wrong without making it unready (a broken reload) is in the
