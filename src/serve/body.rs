@@ -6,7 +6,7 @@
 //! decompression bomb costs at most the limit in memory before it is refused. flate2's decoders do
 //! the decoding; a compressed body may itself be at most the limit (plus a little framing).
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, header};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use std::io::Read as _;
@@ -83,11 +83,7 @@ pub struct BodyLimits {
 }
 
 /// Reads and decodes a request body.
-pub async fn read(
-    body: Body,
-    headers: &HeaderMap,
-    limits: BodyLimits,
-) -> Result<Vec<u8>, BodyError> {
+pub async fn read(body: Body, headers: &HeaderMap, limits: BodyLimits) -> Result<Bytes, BodyError> {
     let encoding = Encoding::of(headers)?;
     let raw_limit = match encoding {
         Encoding::Identity => limits.max_bytes,
@@ -110,8 +106,8 @@ pub async fn read(
         Err(e) => return Err(BodyError::Read(e.to_string())),
     };
     match encoding {
-        Encoding::Identity => Ok(raw.to_vec()),
-        _ => decode(encoding, &raw, limits),
+        Encoding::Identity => Ok(raw),
+        _ => decode(encoding, &raw, limits).map(Bytes::from),
     }
 }
 

@@ -592,3 +592,28 @@ async fn metrics_text<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cors_takes_origins_and_refuses_what_is_not_one() {
+        assert!(cors(&[]).expect("none").is_none());
+        assert!(cors(&["*".into()]).expect("any").is_some());
+        let origins = [
+            "https://shop.example.com/".into(),
+            "http://localhost:3000".into(),
+        ];
+        assert!(cors(&origins).expect("origins").is_some());
+        for bad in [
+            "shop.example.com",
+            "https://shop.example.com/page",
+            "ftp://x",
+            "https://",
+        ] {
+            let err = cors(&[bad.to_owned()]).expect_err(bad);
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
+}
