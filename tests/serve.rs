@@ -744,6 +744,14 @@ mod senders {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// Checks the server's counters: each name has the value given.
+    async fn counters_are(server: &Server, expected: &[(&str, f64)]) {
+        let text = metrics(server).await;
+        for (name, value) in expected {
+            assert_eq!(metric(&text, name), Some(*value), "{name}: {text}");
+        }
+    }
+
     fn dead_letters(data: &Path) -> Vec<Value> {
         let dir = data.to_str().expect("utf-8 path");
         let listed = zdmap(&["dead-letters", "--data-dir", dir, "list", "--json"]);
@@ -830,17 +838,11 @@ mod senders {
             let message = answer["message"].as_str().unwrap_or_default();
             assert!(message.contains(want_message), "{message} / {want_message}");
         }
-        let text = metrics(&server).await;
-        assert_eq!(
-            metric(&text, "zdmap_events_accepted_total"),
-            Some(5.0),
-            "{text}"
-        );
-        assert_eq!(
-            metric(&text, "zdmap_ingest_rejected_total{reason=\"bad_request\"}"),
-            Some(4.0),
-            "{text}"
-        );
+        let counters = [
+            ("zdmap_events_accepted_total", 5.0),
+            ("zdmap_ingest_rejected_total{reason=\"bad_request\"}", 4.0),
+        ];
+        counters_are(&server, &counters).await;
         server.shutdown().await;
     }
 
@@ -874,21 +876,14 @@ mod senders {
         assert_eq!(answer["refused"][0]["index"], 1);
         each_ticket_once(&emu, 3).await;
 
-        let text = metrics(&server).await;
-        assert_eq!(
-            metric(&text, "zdmap_events_accepted_total"),
-            Some(3.0),
-            "{text}"
-        );
-        for reason in ["no_type", "bad_type", "too_large"] {
-            let name = format!("zdmap_events_refused_total{{reason=\"{reason}\"}}");
-            assert_eq!(metric(&text, &name), Some(1.0), "{name}: {text}");
-        }
-        assert_eq!(
-            metric(&text, "zdmap_ingest_rejected_total{reason=\"bad_request\"}"),
-            Some(0.0),
-            "{text}"
-        );
+        let counters = [
+            ("zdmap_events_accepted_total", 3.0),
+            ("zdmap_events_refused_total{reason=\"no_type\"}", 1.0),
+            ("zdmap_events_refused_total{reason=\"bad_type\"}", 1.0),
+            ("zdmap_events_refused_total{reason=\"too_large\"}", 1.0),
+            ("zdmap_ingest_rejected_total{reason=\"bad_request\"}", 0.0),
+        ];
+        counters_are(&server, &counters).await;
         server.shutdown().await;
 
         let letters = dead_letters(data.path());
@@ -928,27 +923,17 @@ mod senders {
         // The SDK did not hear back in time and sends both again.
         assert_eq!(post(&url, "/v1/batch", &batch).await.0, 200);
         assert_eq!(post(&url, "/v1/batch", &events).await.0, 200);
-        let text = metrics(&server).await;
-        assert_eq!(
-            metric(&text, "zdmap_events_duplicate_total"),
-            Some(4.0),
-            "{text}"
-        );
-        assert_eq!(
-            metric(&text, "zdmap_events_accepted_total"),
-            Some(4.0),
-            "{text}"
-        );
+        let counters = [
+            ("zdmap_events_duplicate_total", 4.0),
+            ("zdmap_events_accepted_total", 4.0),
+        ];
+        counters_are(&server, &counters).await;
         server.shutdown().await;
 
         let server = start_server(&emu, data.path(), Path::new("mappings"), false).await;
         assert_eq!(post(&server.url(), "/v1/batch", &events).await.0, 200);
-        let text = metrics(&server).await;
-        assert_eq!(
-            metric(&text, "zdmap_events_duplicate_total"),
-            Some(1.0),
-            "remembered across a restart: {text}"
-        );
+        // Remembered across a restart.
+        counters_are(&server, &[("zdmap_events_duplicate_total", 1.0)]).await;
         // A call without a messageId gets a new one each time: it is never a duplicate.
         let anonymous = json!({"userId": "u-again", "event": "Signed In"});
         assert_eq!(post(&server.url(), "/v1/track", &anonymous).await.0, 200);
