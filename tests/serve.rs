@@ -744,6 +744,17 @@ mod senders {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// An emulator, a data directory and a server delivering to the emulator.
+    async fn serving(ingest: IngestOptions) -> (Emulator, tempfile::TempDir, Server) {
+        let emu = Emulator::start(EmulatorOptions::default())
+            .await
+            .expect("emulator");
+        let data = tempfile::tempdir().expect("tempdir");
+        let server =
+            start_server_with(&emu, data.path(), Path::new("mappings"), false, ingest).await;
+        (emu, data, server)
+    }
+
     /// Checks the server's counters: each name has the value given.
     async fn counters_are(server: &Server, expected: &[(&str, f64)]) {
         let text = metrics(server).await;
@@ -785,11 +796,7 @@ mod senders {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn gzip_and_deflate_bodies_are_taken_and_bombs_and_garbage_refused() {
-        let emu = Emulator::start(EmulatorOptions::default())
-            .await
-            .expect("emulator");
-        let data = tempfile::tempdir().expect("tempdir");
-        let server = start_server(&emu, data.path(), Path::new("mappings"), false).await;
+        let (emu, _data, server) = serving(IngestOptions::default()).await;
         let url = server.url();
         let gz = [
             ("content-type", "application/json"),
@@ -849,11 +856,7 @@ mod senders {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_partly_invalid_batch_is_taken_for_its_valid_calls_and_the_rest_kept_as_dead_letters()
     {
-        let emu = Emulator::start(EmulatorOptions::default())
-            .await
-            .expect("emulator");
-        let data = tempfile::tempdir().expect("tempdir");
-        let server = start_server(&emu, data.path(), Path::new("mappings"), false).await;
+        let (emu, data, server) = serving(IngestOptions::default()).await;
         let url = server.url();
         let batch = json!({"batch": [
             ticket(1),
@@ -950,16 +953,11 @@ mod senders {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn analytics_js_posts_text_plain_from_an_allowed_origin() {
-        let emu = Emulator::start(EmulatorOptions::default())
-            .await
-            .expect("emulator");
-        let data = tempfile::tempdir().expect("tempdir");
         let ingest = IngestOptions {
             cors_origins: vec!["https://shop.example.com".into()],
             ..IngestOptions::default()
         };
-        let server =
-            start_server_with(&emu, data.path(), Path::new("mappings"), false, ingest).await;
+        let (emu, data, server) = serving(ingest).await;
         let url = server.url();
         let client = reqwest::Client::new();
         let preflight = |origin: &'static str| {
@@ -1038,11 +1036,7 @@ mod senders {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_wrong_key_gets_401_before_its_body_is_uploaded() {
-        let emu = Emulator::start(EmulatorOptions::default())
-            .await
-            .expect("emulator");
-        let data = tempfile::tempdir().expect("tempdir");
-        let server = start_server(&emu, data.path(), Path::new("mappings"), false).await;
+        let (_emu, _data, server) = serving(IngestOptions::default()).await;
         let head = |key: &str| {
             format!(
                 "POST /v1/batch HTTP/1.1\r\nhost: zdmap\r\ncontent-type: application/json\r\n\
@@ -1066,10 +1060,6 @@ mod senders {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn unfinished_headers_time_out_and_connections_over_the_cap_are_closed() {
-        let emu = Emulator::start(EmulatorOptions::default())
-            .await
-            .expect("emulator");
-        let data = tempfile::tempdir().expect("tempdir");
         let ingest = IngestOptions {
             connections: ConnectionLimits {
                 max_connections: 3,
@@ -1078,8 +1068,7 @@ mod senders {
             },
             ..IngestOptions::default()
         };
-        let server =
-            start_server_with(&emu, data.path(), Path::new("mappings"), false, ingest).await;
+        let (_emu, _data, server) = serving(ingest).await;
         let addr = server.url().trim_start_matches("http://").to_owned();
         // Three clients that never finish their headers take every slot.
         let mut slow = Vec::new();
