@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use zdmap::config::ConfigArgs;
 use zdmap::queue::{Queue, SqliteQueue};
 use zdmap::serve::ingest::{Endpoint, WriteKeys, events};
-use zdmap::serve::{ServeOptions, Server, WorkerOptions};
+use zdmap::serve::{IngestOptions, ServeOptions, Server, WorkerOptions};
 
 #[path = "support/allocator.rs"]
 mod allocator;
@@ -60,13 +60,20 @@ fn pieces(c: &mut Criterion) {
         let mut i = 0;
         b.iter(|| {
             i = (i + 1) % bodies.len();
-            events(Endpoint::Batch, &bodies[i], "2026-11-25T00:00:00Z").map(|v| v.len())
+            events(Endpoint::Batch, &bodies[i], "2026-11-25T00:00:00Z").map(|c| c.accepted.len())
         })
     });
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("temp");
-    let queue = Arc::new(SqliteQueue::open(dir.path()).expect("queue"));
-    let items = events(Endpoint::Batch, &bodies[0], "2026-11-25T00:00:00Z").expect("items");
+    // The same items are pushed again and again: no deduplication.
+    let queue = Arc::new(
+        SqliteQueue::open(dir.path())
+            .expect("queue")
+            .with_dedupe_window(Duration::ZERO),
+    );
+    let items = events(Endpoint::Batch, &bodies[0], "2026-11-25T00:00:00Z")
+        .expect("items")
+        .accepted;
     group.throughput(Throughput::Elements((BATCH * CONNECTIONS) as u64));
     group.bench_function("durable_push_8_concurrent_batches_of_100", |b| {
         b.iter(|| {
@@ -74,7 +81,7 @@ fn pieces(c: &mut Criterion) {
                 let pushes = (0..CONNECTIONS).map(|_| {
                     let queue = queue.clone();
                     let items = items.clone();
-                    tokio::spawn(async move { queue.push(items).await })
+                    tokio::spawn(async move { queue.push(items, Vec::new()).await })
                 });
                 for p in pushes.collect::<Vec<_>>() {
                     let _ = p.await;
@@ -245,6 +252,7 @@ fn load_run() {
             watch: false,
             log_events: false,
             shutdown_timeout: Duration::from_secs(30),
+            ingest: IngestOptions::default(),
         };
         let server = Server::start(options, dest).await.expect("server");
         let url = server.url();

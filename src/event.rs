@@ -75,20 +75,30 @@ pub fn member<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
 impl Event {
     /// Checks a parsed JSON value and turns it into an event (`action` is taken as `type`).
     pub fn from_value(value: Value) -> Result<Event, EventError> {
-        let Value::Object(mut map) = value else {
+        let Value::Object(map) = value else {
             return Err(EventError::NotObject {
                 found: json_kind(&value),
             });
         };
+        Event::from_object(map).map_err(|(e, _)| e)
+    }
+
+    /// Checks a JSON object and turns it into an event; a refused object comes back with the
+    /// error (the ingest API keeps refused calls for the operator).
+    pub fn from_object(
+        mut map: Map<String, Value>,
+    ) -> Result<Event, (EventError, Map<String, Value>)> {
         if !map.contains_key("type") {
             if let Some(action) = map.remove("action") {
                 map.insert("type".to_owned(), action);
             }
         }
-        check_type(&map)?;
-        Ok(Event {
-            value: Arc::new(Value::Object(map)),
-        })
+        match check_type(&map) {
+            Ok(()) => Ok(Event {
+                value: Arc::new(Value::Object(map)),
+            }),
+            Err(e) => Err((e, map)),
+        }
     }
 
     /// Parses and checks one event from JSON bytes.

@@ -1,4 +1,4 @@
-//! `zdmap preview` and `zdmap match` through the binary.
+//! `zdmap preview`, `zdmap match` and the README's first command through the binary.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -188,4 +188,30 @@ fn the_emulator_command_serves_until_stopped_and_prints_no_secret() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!all.contains("s3cr3t-token-value"), "{all}");
+}
+
+/// The README's first command: every example event delivered (exit 0, whichever user the
+/// emulator creates first), and the end says where the result is.
+#[test]
+fn send_to_the_emulator_delivers_every_example_and_says_where_the_result_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(env!("CARGO_BIN_EXE_zdmap"))
+        .args(["send", "--emulator", "--mappings"])
+        .arg(format!("{root}/mappings"))
+        .arg(format!("{root}/examples/events.ndjson"))
+        .current_dir(dir.path())
+        .output()
+        .expect("zdmap send");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("zdmap-emulator-state.json"), "{stderr}");
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("zdmap-emulator-state.json")).expect("state file"),
+    )
+    .expect("JSON");
+    assert_eq!(state["users"].as_array().map(Vec::len), Some(3), "{state}");
+    assert_eq!(state["events"].as_array().map(Vec::len), Some(2), "{state}");
+    assert!(!dir.path().join("zdmap-dead-letters.ndjson").exists());
 }

@@ -189,7 +189,7 @@ async fn every_default_action_lands_in_the_emulator_state() {
     assert_eq!(tickets[0]["priority"], "high");
     assert_eq!(tickets[0]["requester_id"], alan["id"]);
 
-    // Track Event: by userId and by context.zendesk_user_id.
+    // Track Event: recorded for the users found by userId.
     let events = s["events"].as_array().expect("events");
     let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
     assert!(
@@ -344,6 +344,7 @@ async fn a_slow_zendesk_times_out_then_the_dead_letters_replay_without_duplicate
             timeout: Duration::from_millis(150),
             ..ClientOptions::default()
         },
+        ..ConnectOptions::default()
     };
     let h = harness(opts, connect_opts).await;
     let input = concat!(

@@ -18,7 +18,7 @@ use zdmap::deliver::setup::{ConnectOptions, Destination, connect};
 use zdmap::deliver::{DeadLetter, DeadLetterWriter, RetryPolicy, TargetArgs};
 use zdmap::emulator::{Emulator, EmulatorOptions, ForcedFault, RuntimeKnobs};
 use zdmap::serve::ingest::WriteKeys;
-use zdmap::serve::{ServeOptions, Server, WorkerOptions};
+use zdmap::serve::{IngestOptions, ServeOptions, Server, WorkerOptions};
 
 const UNLIMITED: &str = "requests_per_minute=0";
 
@@ -390,6 +390,7 @@ async fn serve(emu: &Emulator, data: &Path, wait_for_records: Duration) -> Serve
         watch: false,
         log_events: false,
         shutdown_timeout: Duration::from_secs(5),
+        ingest: IngestOptions::default(),
     };
     Server::start(options, dest).await.expect("server starts")
 }

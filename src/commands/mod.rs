@@ -84,9 +84,13 @@ pub fn open_input(path: &Option<PathBuf>) -> Result<Box<dyn std::io::Read + Send
 /// Loads the mappings, saying on standard error why they do not load.
 pub fn load_config(args: &crate::config::ConfigArgs) -> Result<crate::config::Config, ExitCode> {
     args.load().map_err(|diags| {
-        eprintln!("{diags}\nthe mappings are not valid; run `zdmap validate` for details");
+        eprintln!("{}", invalid_mappings(&diags));
         ExitCode::from(1)
     })
+}
+
+fn invalid_mappings(diags: &crate::config::Diagnostics) -> String {
+    format!("{diags}\nthe mappings are not valid; run `zdmap validate` for details")
 }
 
 /// Runs a command's async body on a multi-threaded runtime; exit 1 when none can start.
@@ -100,17 +104,36 @@ pub fn block_on(body: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
-/// Loads the mappings and sets up delivery to the chosen target (`zdmap send`, `zdmap serve`),
-/// saying why on standard error when it cannot.
+/// Where `zdmap send --emulator` leaves the emulator's final state.
+pub const EMULATOR_STATE_FILE: &str = "zdmap-emulator-state.json";
+
+/// Loads the mappings and sets up delivery to the chosen target for `zdmap send`, saying why on
+/// standard error when it cannot. The built-in emulator leaves its final state in
+/// [`EMULATOR_STATE_FILE`], so the result of a run can be seen after it.
 pub async fn load_and_connect(
     config: &crate::config::ConfigArgs,
     target: &crate::deliver::TargetArgs,
 ) -> Result<crate::deliver::setup::Destination, ExitCode> {
-    let config = std::sync::Arc::new(load_config(config)?);
-    crate::deliver::setup::connect(config, target, Default::default())
+    let options = crate::deliver::setup::ConnectOptions {
+        emulator_final_state: Some(EMULATOR_STATE_FILE.into()),
+        ..Default::default()
+    };
+    try_load_and_connect(config, target, options)
         .await
-        .map_err(|e| {
-            eprintln!("error: {e}");
+        .map_err(|problem| {
+            eprintln!("{problem}");
             ExitCode::from(1)
         })
+}
+
+/// Loads the mappings and sets up delivery to the chosen target, or says why it cannot.
+pub async fn try_load_and_connect(
+    config: &crate::config::ConfigArgs,
+    target: &crate::deliver::TargetArgs,
+    options: crate::deliver::setup::ConnectOptions,
+) -> Result<crate::deliver::setup::Destination, String> {
+    let config = config.load().map_err(|diags| invalid_mappings(&diags))?;
+    crate::deliver::setup::connect(std::sync::Arc::new(config), target, options)
+        .await
+        .map_err(|e| format!("error: {e}"))
 }

@@ -1,11 +1,14 @@
 //! `zdmap serve`: arguments, logs and signals around [`crate::serve::Server`].
 //!
-//! SIGHUP reloads the mappings; SIGTERM and Ctrl-C shut down gracefully.
+//! SIGHUP reloads the mappings and reads the credentials again; SIGTERM and Ctrl-C shut down
+//! gracefully.
 
 use crate::config::ConfigArgs;
 use crate::deliver::TargetArgs;
+use crate::serve::connections::ConnectionLimits;
 use crate::serve::ingest::WriteKeys;
-use crate::serve::{ServeOptions, Server, WorkerOptions};
+use crate::serve::logs::{self, LogFormat};
+use crate::serve::{IngestOptions, ServeOptions, Server, WorkerOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,12 +64,27 @@ pub struct ServeArgs {
     /// data).
     #[arg(long)]
     pub log_events: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
+    /// An origin whose web pages may post events (CORS), e.g. https://www.example.com, or `*`
+    /// for any (repeatable; off by default).
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
+    /// How long a sender's messageId is remembered: the same call sent again within it is
+    /// dropped (`0` turns that off).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub dedupe_window: Duration,
+    /// Connections open at once; more are closed as they arrive.
+    #[arg(long, value_name = "N", default_value_t = ConnectionLimits::default().max_connections)]
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers (and, on a kept-alive
+    /// connection, to start its next request).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// How long a connection may pass no bytes before it is closed.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// How long a request body may take to arrive.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
 }
 
 /// `90s`, `30m`, `24h`, `2d`, or plain seconds.
@@ -92,29 +110,24 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ZDMAP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-}
-
 /// Runs until SIGTERM or Ctrl-C. Exit 0 after a graceful shutdown, 1 when it cannot start.
 pub fn serve(args: &ServeArgs) -> ExitCode {
-    init_logs(args.log_format);
+    logs::init(args.log_format);
     super::block_on(serve_async(args))
 }
 
+/// Why the server cannot start, in the log (so with `--log-format json` it is a JSON line too).
+fn cannot_start(problem: &str) -> ExitCode {
+    tracing::error!("{problem}");
+    ExitCode::from(1)
+}
+
 async fn serve_async(args: &ServeArgs) -> ExitCode {
-    let destination = match super::load_and_connect(&args.config, &args.target).await {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
+    let destination =
+        match super::try_load_and_connect(&args.config, &args.target, Default::default()).await {
+            Ok(d) => d,
+            Err(problem) => return cannot_start(&problem),
+        };
     let options = ServeOptions {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
@@ -133,13 +146,20 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
         watch: !args.no_watch,
         log_events: args.log_events,
         shutdown_timeout: args.shutdown_timeout,
+        ingest: IngestOptions {
+            cors_origins: args.cors_origins.clone(),
+            dedupe_window: args.dedupe_window,
+            body_timeout: args.body_timeout,
+            connections: ConnectionLimits {
+                max_connections: args.max_connections.max(1),
+                header_timeout: args.header_timeout,
+                idle_timeout: args.idle_timeout,
+            },
+        },
     };
     let server = match Server::start(options, destination).await {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+        Err(e) => return cannot_start(&e.to_string()),
     };
     println!("zdmap serve listening on {}", server.url());
     if let Some(emulator) = server.emulator() {
@@ -168,7 +188,7 @@ async fn wait_for_signals(server: &Server) {
         loop {
             tokio::select! {
                 _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading the mappings");
+                    tracing::info!("SIGHUP: reloading the mappings and the credentials");
                     let shared = server.shared().clone();
                     let _ = tokio::task::spawn_blocking(move || shared.reload()).await;
                 }

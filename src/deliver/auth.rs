@@ -1,4 +1,5 @@
-//! Credentials for the Zendesk API: where they come from (environment variables only), how they
+//! Credentials for the Zendesk API: where they come from (environment variables, or files they
+//! name: `ZENDESK_API_TOKEN_FILE` as a mounted secret is), how they
 //! are kept (a [`Secret`] that never prints) and the `Authorization` header built from them at send
 //! time (marked sensitive, so reqwest and `http` never print it either).
 //!
@@ -61,7 +62,9 @@ impl Default for CredentialVars {
 /// No usable credentials in the environment. Names variables, never values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CredentialsError {
-    #[error("no Zendesk credentials: set {email} and {api_token}, or {oauth_token}")]
+    #[error(
+        "no Zendesk credentials: set {email} and {api_token}, or {oauth_token} (each also as a file named by {email}_FILE, {api_token}_FILE, {oauth_token}_FILE)"
+    )]
     Missing {
         email: String,
         api_token: String,
@@ -77,6 +80,14 @@ pub enum CredentialsError {
         "{var} contains characters that cannot go in an HTTP header (control characters or non-ASCII)"
     )]
     InvalidValue { var: String },
+    #[error("both {var} and {var}_FILE are set: set one")]
+    Both { var: String },
+    #[error("cannot read {var}_FILE ({path}): {reason}")]
+    File {
+        var: String,
+        path: String,
+        reason: String,
+    },
 }
 
 /// How requests authenticate to Zendesk.
@@ -111,9 +122,17 @@ impl Credentials {
         Credentials::api_token(EMULATOR_EMAIL, "emulator")
     }
 
-    /// Reads credentials from the process environment (see [`Credentials::from_lookup`]).
+    /// Reads credentials from the process environment (see [`Credentials::from_lookup`]): each
+    /// variable, or the file named by the variable with `_FILE` appended (read at each call, so
+    /// a reload picks up a rotated secret).
     pub fn from_env(vars: &CredentialVars) -> Result<Self, CredentialsError> {
-        Self::from_lookup(vars, |name| std::env::var(name).ok())
+        let mut values = std::collections::HashMap::new();
+        for name in [&vars.email, &vars.api_token, &vars.oauth_token] {
+            if let Some(value) = env_or_file(name)? {
+                values.insert(name.as_str(), value);
+            }
+        }
+        Self::from_lookup(vars, |name| values.get(name).cloned())
     }
 
     /// Reads credentials through `lookup` (a variable name to its value). Empty values count as
@@ -203,6 +222,25 @@ impl Credentials {
     }
 }
 
+/// The variable `name`, else the content of the file `{name}_FILE` names. Errors name the
+/// variable and the file, never the content.
+fn env_or_file(name: &str) -> Result<Option<String>, CredentialsError> {
+    let direct = std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let Some(path) = std::env::var_os(format!("{name}_FILE")).filter(|p| !p.is_empty()) else {
+        return Ok(direct);
+    };
+    if direct.is_some() {
+        return Err(CredentialsError::Both { var: name.into() });
+    }
+    std::fs::read_to_string(&path)
+        .map(Some)
+        .map_err(|e| CredentialsError::File {
+            var: name.into(),
+            path: std::path::Path::new(&path).display().to_string(),
+            reason: e.to_string(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,9 +304,11 @@ mod tests {
     fn missing_and_incomplete_are_explained() {
         let vars = CredentialVars::default();
         let err = Credentials::from_lookup(&vars, env(&[])).expect_err("none set");
-        assert_eq!(
-            err.to_string(),
-            "no Zendesk credentials: set ZENDESK_EMAIL and ZENDESK_API_TOKEN, or ZENDESK_OAUTH_TOKEN"
+        assert!(
+            err.to_string().starts_with(
+                "no Zendesk credentials: set ZENDESK_EMAIL and ZENDESK_API_TOKEN, or ZENDESK_OAUTH_TOKEN (each also as a file named by ZENDESK_EMAIL_FILE,"
+            ),
+            "{err}"
         );
         let err = Credentials::from_lookup(&vars, env(&[("ZENDESK_API_TOKEN", "secret-value")]))
             .expect_err("no email");

@@ -6,6 +6,7 @@
 //! Redirects are not followed (the API does not redirect; a `Location` is reported instead), so a
 //! request never leaves the [`Target`]'s host.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -176,12 +177,13 @@ impl Default for ClientOptions {
     }
 }
 
-/// A pooled HTTP client bound to one [`Target`] and one set of [`Credentials`]. Cheap to clone.
+/// A pooled HTTP client bound to one [`Target`] and one set of [`Credentials`] (replaced on a
+/// reload; clones share them). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Client {
     http: reqwest::Client,
     target: Target,
-    credentials: Credentials,
+    credentials: Arc<RwLock<Credentials>>,
     timeout: Duration,
 }
 
@@ -207,13 +209,21 @@ impl Client {
         Ok(Client {
             http,
             target,
-            credentials,
+            credentials: Arc::new(RwLock::new(credentials)),
             timeout: options.timeout,
         })
     }
 
     pub fn target(&self) -> &Target {
         &self.target
+    }
+
+    /// Sends later requests with `credentials` (read again on a reload).
+    pub fn set_credentials(&self, credentials: Credentials) {
+        *self
+            .credentials
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = credentials;
     }
 
     /// Sends `req` once and reads the whole response.
@@ -293,9 +303,14 @@ impl Client {
                 .map_err(|_| invalid(format!("invalid value for header {name}")))?;
             headers.insert(name, value);
         }
-        let authorization = self.credentials.authorization_header().ok_or_else(|| {
-            invalid("the credentials cannot go in an Authorization header".to_string())
-        })?;
+        let authorization = self
+            .credentials
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .authorization_header()
+            .ok_or_else(|| {
+                invalid("the credentials cannot go in an Authorization header".to_string())
+            })?;
         headers.insert(AUTHORIZATION, authorization);
         Ok(headers)
     }

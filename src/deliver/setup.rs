@@ -49,6 +49,8 @@ pub fn credential_vars(config: &Config) -> CredentialVars {
 pub struct ConnectOptions {
     pub client: ClientOptions,
     pub retry: RetryPolicy,
+    /// With the built-in emulator: where it writes its state when it goes away.
+    pub emulator_final_state: Option<std::path::PathBuf>,
 }
 
 /// Sets up delivery for a config and a target choice.
@@ -60,10 +62,12 @@ pub async fn connect(
     let (target, emulator) = match Target::resolve(target, config.setting_str("subdomain"))? {
         TargetChoice::Remote(t) => (t, None),
         TargetChoice::Emulator => {
-            let emulator =
-                crate::emulator::Emulator::start(crate::emulator::EmulatorOptions::default())
-                    .await
-                    .map_err(SetupError::Emulator)?;
+            let emulator = crate::emulator::Emulator::start(crate::emulator::EmulatorOptions {
+                final_state: options.emulator_final_state.clone(),
+                ..crate::emulator::EmulatorOptions::default()
+            })
+            .await
+            .map_err(SetupError::Emulator)?;
             (Target::from_url(&emulator.url())?, Some(emulator))
         }
     };

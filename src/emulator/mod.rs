@@ -168,6 +168,9 @@ pub struct EmulatorOptions {
     /// All other runtime knobs (windows, endpoint limits); `rpm`, `fail_rate`, `latency_ms` and
     /// `bulk_import` above take precedence over the same fields here.
     pub knobs: RuntimeKnobs,
+    /// Where to write the state (the JSON of `/__emulator/state`) when the emulator goes away,
+    /// saying so on standard error, so what an in-process emulator received can still be seen.
+    pub final_state: Option<PathBuf>,
 }
 
 impl Default for EmulatorOptions {
@@ -185,6 +188,7 @@ impl Default for EmulatorOptions {
             seed_state: None,
             seed_json: None,
             knobs: RuntimeKnobs::default(),
+            final_state: None,
         }
     }
 }
@@ -213,6 +217,7 @@ impl From<EmulatorArgs> for EmulatorOptions {
                 request_log_size: a.request_log_size,
                 ..RuntimeKnobs::default()
             },
+            final_state: None,
         }
     }
 }
@@ -223,6 +228,27 @@ pub struct Emulator {
     shared: Shared,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    final_state: Option<PathBuf>,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let Some(path) = self.final_state.take() else {
+            return;
+        };
+        let text = serde_json::to_string_pretty(&self.state()).unwrap_or_default();
+        match std::fs::write(&path, text + "\n") {
+            Ok(()) => eprintln!(
+                "emulator: its final state (users, organizations, memberships, tickets, events) is in {0}; \
+                 `zdmap emulator --seed-state {0}` serves it again at /__emulator/state",
+                path.display()
+            ),
+            Err(e) => eprintln!(
+                "emulator: cannot write its final state to {}: {e}",
+                path.display()
+            ),
+        }
+    }
 }
 
 impl std::fmt::Debug for Emulator {
@@ -292,6 +318,7 @@ impl Emulator {
             shared,
             stop: Some(stop),
             task,
+            final_state: opts.final_state.clone(),
         })
     }
 

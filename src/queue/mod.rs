@@ -26,6 +26,16 @@ pub struct NewItem {
     pub partition: Option<String>,
     /// Deliver only this action (a replayed dead letter).
     pub only: Option<String>,
+    /// The sender's `messageId`, by which the same call sent again is recognised and dropped
+    /// (`None`: the id was generated at ingest, or the item is a replay).
+    pub message_id: Option<String>,
+}
+
+/// What a push stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pushed {
+    /// Items dropped because their `messageId` was accepted within the deduplication window.
+    pub duplicates: u64,
 }
 
 /// A stored event waiting for delivery.
@@ -54,8 +64,14 @@ impl From<rusqlite::Error> for QueueError {
 /// What the server needs from a durable queue. Another backend (a broker shared by several
 /// instances) implements the same operations.
 pub trait Queue: Send + Sync + 'static {
-    /// Stores `items` durably, in order; resolves once they would survive a crash.
-    fn push(&self, items: Vec<NewItem>) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Stores `items` durably, in order, and the dead letters of calls refused at ingest, in one
+    /// step; resolves once they would survive a crash. An item whose `message_id` was accepted
+    /// within the deduplication window is not stored again.
+    fn push(
+        &self,
+        items: Vec<NewItem>,
+        refused: Vec<DeadLetter>,
+    ) -> impl Future<Output = Result<Pushed, QueueError>> + Send;
 
     /// Up to `limit` items with an id above `after`, oldest first.
     fn fetch(

@@ -7,21 +7,27 @@
 //! serializes them with the server.
 //!
 //! Tables: `events` (waiting items; `AUTOINCREMENT` so an id is never reused and a reader's
-//! cursor never skips a new item) and `dead_letters` (one dead-letter record per row).
+//! cursor never skips a new item), `dead_letters` (one dead-letter record per row) and
+//! `message_ids` (the senders' `messageId`s accepted within the deduplication window, so a batch
+//! sent again is not queued twice, across restarts too; older ones are forgotten as pushes come).
 
-use super::{Item, NewItem, Queue, QueueError};
+use super::{Item, NewItem, Pushed, Queue, QueueError};
 use crate::deliver::DeadLetter;
 use crate::event::Event;
 use crate::time::unix_millis_now;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "zdmap.sqlite3";
+
+/// How long a sender's `messageId` is remembered by default (Segment's window: 24 hours).
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Commands handled together in one transaction, at most.
 const GROUP_LIMIT: usize = 1024;
@@ -40,6 +46,11 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS message_ids (
+    message_id TEXT PRIMARY KEY,
+    accepted_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS message_ids_by_age ON message_ids (accepted_at);
 ";
 
 /// Opens (creating) the database of `data_dir` with the settings every connection needs.
@@ -64,7 +75,12 @@ fn open_connection(data_dir: &Path) -> Result<Connection, QueueError> {
 enum Command {
     Push {
         items: Vec<NewItem>,
-        done: oneshot::Sender<Result<(), QueueError>>,
+        refused: Vec<DeadLetter>,
+        /// Remember `messageId`s accepted since this time (ms); `None`: no deduplication.
+        dedupe_since: Option<u64>,
+        /// Set by `apply`: items dropped as already accepted.
+        duplicates: AtomicU64,
+        done: oneshot::Sender<Result<Pushed, QueueError>>,
     },
     Finish {
         id: u64,
@@ -75,17 +91,34 @@ enum Command {
 impl Command {
     fn apply(&self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
         match self {
-            Command::Push { items, .. } => {
+            Command::Push {
+                items,
+                refused,
+                dedupe_since,
+                duplicates,
+                ..
+            } => {
                 let accepted = unix_millis_now();
+                if let Some(since) = dedupe_since {
+                    tx.prepare_cached("DELETE FROM message_ids WHERE accepted_at < ?1")?
+                        .execute(params![*since as i64])?;
+                }
+                let mut dropped = 0;
                 for item in items {
+                    if dedupe_since.is_some() && !first_time(tx, item, accepted)? {
+                        dropped += 1;
+                        continue;
+                    }
                     insert_item(tx, item, accepted)?;
                 }
+                for letter in refused {
+                    insert_letter(tx, letter)?;
+                }
+                duplicates.store(dropped, Ordering::Relaxed);
             }
             Command::Finish { id, letters, .. } => {
-                let mut insert =
-                    tx.prepare_cached("INSERT INTO dead_letters (record) VALUES (?1)")?;
                 for letter in letters {
-                    insert.execute(params![letter.to_line()])?;
+                    insert_letter(tx, letter)?;
                 }
                 tx.prepare_cached("DELETE FROM events WHERE id = ?1")?
                     .execute(params![*id as i64])?;
@@ -100,8 +133,12 @@ impl Command {
 
     fn reply(self, result: Result<(), QueueError>) {
         match self {
-            Command::Push { done, .. } => {
-                let _ = done.send(result);
+            Command::Push {
+                done, duplicates, ..
+            } => {
+                let _ = done.send(result.map(|()| Pushed {
+                    duplicates: duplicates.into_inner(),
+                }));
             }
             Command::Finish { id, .. } => {
                 if let Err(e) = result {
@@ -121,6 +158,7 @@ pub struct SqliteQueue {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     reader: Arc<Mutex<Connection>>,
     added: Arc<Notify>,
+    dedupe_window: Duration,
 }
 
 impl std::fmt::Debug for SqliteQueue {
@@ -149,7 +187,14 @@ impl SqliteQueue {
             writer_thread: Mutex::new(Some(thread)),
             reader: Arc::new(Mutex::new(reader)),
             added,
+            dedupe_window: DEFAULT_DEDUPE_WINDOW,
         })
+    }
+
+    /// How long a sender's `messageId` is remembered (zero: calls are never deduplicated).
+    pub fn with_dedupe_window(mut self, window: Duration) -> SqliteQueue {
+        self.dedupe_window = window;
+        self
     }
 
     /// The database file.
@@ -201,6 +246,26 @@ fn insert_item(conn: &Connection, item: &NewItem, accepted_ms: u64) -> rusqlite:
     )?
     .execute(params![item.partition, item.only, accepted_ms as i64, body])?;
     Ok(())
+}
+
+/// Records the item's `messageId`; false when it was accepted within the window already (the
+/// window's older ids are deleted before). An item without a sender's id is always new.
+fn first_time(conn: &Connection, item: &NewItem, accepted_ms: u64) -> rusqlite::Result<bool> {
+    let Some(id) = &item.message_id else {
+        return Ok(true);
+    };
+    let inserted = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO message_ids (message_id, accepted_at) VALUES (?1, ?2)",
+        )?
+        .execute(params![id, accepted_ms as i64])?;
+    Ok(inserted == 1)
+}
+
+fn insert_letter(conn: &Connection, letter: &DeadLetter) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT INTO dead_letters (record) VALUES (?1)")?
+        .execute(params![letter.to_line()])
+        .map(drop)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -257,12 +322,24 @@ fn apply_all(conn: &mut Connection, group: &[Command]) -> Result<(), QueueError>
 }
 
 impl Queue for SqliteQueue {
-    async fn push(&self, items: Vec<NewItem>) -> Result<(), QueueError> {
-        if items.is_empty() {
-            return Ok(());
+    async fn push(
+        &self,
+        items: Vec<NewItem>,
+        refused: Vec<DeadLetter>,
+    ) -> Result<Pushed, QueueError> {
+        if items.is_empty() && refused.is_empty() {
+            return Ok(Pushed::default());
         }
+        let window = u64::try_from(self.dedupe_window.as_millis()).unwrap_or(u64::MAX);
+        let dedupe_since = (window > 0).then(|| unix_millis_now().saturating_sub(window));
         let (done, answer) = oneshot::channel();
-        self.send(Command::Push { items, done })?;
+        self.send(Command::Push {
+            items,
+            refused,
+            dedupe_since,
+            duplicates: AtomicU64::new(0),
+            done,
+        })?;
         answer
             .await
             .map_err(|_| QueueError("the queue writer stopped".into()))?
@@ -402,6 +479,7 @@ impl DeadLetterStore {
                     .and_then(|e| e.partition_key()),
                 only: Some(letter.action).filter(|a| !a.is_empty()),
                 event: letter.event,
+                message_id: None,
             };
             insert_item(&tx, &item, accepted)?;
             delete_letter(&tx, *id)?;
@@ -464,6 +542,7 @@ mod tests {
             event: json!({"type": "track", "userId": user, "event": "E", "properties": {"n": n}}),
             partition: Some(user.into()),
             only: None,
+            message_id: None,
         }
     }
 
@@ -476,7 +555,7 @@ mod tests {
             let queue = queue.clone();
             tasks.push(tokio::spawn(async move {
                 for n in 0..50 {
-                    queue.push(vec![item(&format!("u{w}"), n)]).await?;
+                    queue.push(vec![item(&format!("u{w}"), n)], vec![]).await?;
                 }
                 Ok::<_, QueueError>(())
             }));
@@ -505,11 +584,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_message_id_is_remembered_for_the_window_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sent = |id: &str| NewItem {
+            message_id: Some(id.into()),
+            ..item("a", 1)
+        };
+        let queue = SqliteQueue::open(dir.path()).expect("open");
+        let pushed = queue
+            .push(
+                vec![sent("m1"), sent("m2"), sent("m1"), item("a", 2)],
+                vec![],
+            )
+            .await
+            .expect("push");
+        assert_eq!(pushed.duplicates, 1);
+        queue.close();
+        drop(queue);
+        let queue = SqliteQueue::open(dir.path())
+            .expect("reopen")
+            .with_dedupe_window(Duration::ZERO);
+        let pushed = queue.push(vec![sent("m1")], vec![]).await.expect("push");
+        assert_eq!(pushed.duplicates, 0, "a zero window remembers nothing");
+        queue.close();
+        drop(queue);
+        let queue = SqliteQueue::open(dir.path())
+            .expect("reopen")
+            .with_dedupe_window(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(20));
+        let pushed = queue.push(vec![sent("m2")], vec![]).await.expect("push");
+        assert_eq!(
+            pushed.duplicates, 0,
+            "an id older than the window is forgotten"
+        );
+        assert_eq!(queue.depth().await.expect("depth"), 5);
+    }
+
+    #[tokio::test]
     async fn finishing_removes_the_item_and_keeps_its_dead_letters_for_replay() {
         let dir = tempfile::tempdir().expect("tempdir");
         let queue = SqliteQueue::open(dir.path()).expect("open");
         queue
-            .push(vec![item("a", 1), item("b", 2)])
+            .push(vec![item("a", 1), item("b", 2)], vec![])
             .await
             .expect("push");
         let items = queue.fetch(0, 10).await.expect("fetch");

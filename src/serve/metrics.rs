@@ -3,12 +3,14 @@
 //!
 //! Zendesk requests (by endpoint and status, 429s, retries, latency) are counted by the
 //! delivery [`Stats`]; the server adds its own counters: events accepted, delivered, skipped,
-//! dead-lettered, ingest requests refused, config reloads, and two latency histograms (the ingest
-//! request, and accept → delivered).
+//! dead-lettered, ingest requests refused, calls refused at ingest by reason, calls dropped as sent
+//! before, connections, config reloads, and two latency histograms (the ingest request, and
+//! accept → delivered).
 
 use crate::deliver::Stats;
 use crate::deliver::schedule::{Status, WaitReason};
 use crate::deliver::stats::Histogram;
+use crate::serve::ingest::Reason;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +29,15 @@ pub struct Metrics {
     pub rejected_unauthorized: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// 1 while the mappings on disk do not load (the last good config keeps running).
+    pub reload_failing: AtomicU64,
+    /// Calls of accepted requests refused at ingest (kept as dead letters), by [`Reason`].
+    pub events_refused: [AtomicU64; Reason::ALL.len()],
+    /// Calls dropped because their `messageId` was accepted within the deduplication window.
+    pub duplicates: AtomicU64,
+    pub connections_open: AtomicU64,
+    /// Connections closed at once because the connection cap was reached.
+    pub connections_refused: AtomicU64,
     /// Time to answer an ingest request (including the durable write).
     pub ingest_latency: Histogram,
     /// Time from accepting an event to Zendesk having it.
@@ -66,7 +77,8 @@ pub struct Health {
 pub struct HealthState {
     /// Zendesk refuses the credentials (401/403): delivery waits.
     pub zendesk_auth: Option<String>,
-    /// The mappings on disk do not load (the last good config keeps running).
+    /// The mappings on disk (or the credentials) do not load: reported, but the server stays
+    /// ready, since the last good config keeps running.
     pub config: Option<String>,
     /// The queue could not be read or written.
     pub queue: Option<String>,
@@ -74,7 +86,7 @@ pub struct HealthState {
 
 impl HealthState {
     pub fn ready(&self) -> bool {
-        self.zendesk_auth.is_none() && self.config.is_none() && self.queue.is_none()
+        self.zendesk_auth.is_none() && self.queue.is_none()
     }
 }
 
@@ -83,8 +95,14 @@ impl Health {
         self.lock().clone()
     }
 
+    /// Zendesk refuses the credentials (`None`: no longer). The problem is told with what to do.
     pub fn set_zendesk_auth(&self, problem: Option<String>) {
-        self.lock().zendesk_auth = problem;
+        self.lock().zendesk_auth = problem.map(|p| {
+            format!(
+                "{p}. Fix the credentials (their environment variables, or the files their _FILE \
+                 variables name) and reload (SIGHUP): the waiting events go then"
+            )
+        });
     }
 
     pub fn set_config(&self, problem: Option<String>) {
@@ -145,6 +163,41 @@ pub fn render(metrics: &Metrics, stats: &Stats, queue_depth: Option<u64>, ready:
             ("bad_request", get(&metrics.rejected_bad_request)),
             ("unauthorized", get(&metrics.rejected_unauthorized)),
         ],
+    );
+    let refused: Vec<(&str, u64)> = Reason::ALL
+        .iter()
+        .map(|r| (r.label(), get(&metrics.events_refused[*r as usize])))
+        .collect();
+    labeled_counter(
+        &mut out,
+        "zdmap_events_refused_total",
+        "Calls refused at ingest and kept as dead letters, by reason (their batch was accepted).",
+        "reason",
+        &refused,
+    );
+    counter(
+        &mut out,
+        "zdmap_events_duplicate_total",
+        "Calls dropped because their messageId was accepted within the deduplication window.",
+        get(&metrics.duplicates),
+    );
+    gauge(
+        &mut out,
+        "zdmap_connections_open",
+        "Ingest connections open.",
+        get(&metrics.connections_open),
+    );
+    counter(
+        &mut out,
+        "zdmap_connections_refused_total",
+        "Connections closed on arrival because the connection cap was reached.",
+        get(&metrics.connections_refused),
+    );
+    gauge(
+        &mut out,
+        "zdmap_config_reload_failing",
+        "1 while the mappings on disk do not load; the last good config keeps running.",
+        get(&metrics.reload_failing),
     );
     labeled_counter(
         &mut out,

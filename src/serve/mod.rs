@@ -1,32 +1,40 @@
-//! `zdmap serve`: the long-running service. CDPs and apps post events to a Segment-compatible
-//! ingest API; each accepted event is stored durably before the answer, then delivered to
-//! Zendesk by workers reading the queue.
+//! `zdmap serve`: the long-running service. CDPs, apps and web pages post events to a
+//! Segment-compatible ingest API; each accepted event is stored durably before the answer, then
+//! delivered to Zendesk by workers reading the queue.
 //!
-//! - [`ingest`]: what a request may carry and how it becomes queued events.
+//! - [`ingest`]: what a request may carry and how it becomes queued events (or refused calls).
+//! - [`body`]: reading a request body: time and size limits, gzip and deflate.
+//! - [`connections`]: the connection cap, header and idle timeouts, the graceful stop.
 //! - [`workers`]: delivery from the queue, in order per user, until each event is settled.
 //! - [`metrics`]: `/metrics` (Prometheus text) and the readiness behind `/readyz`.
 //! - [`reload`]: swapping in a changed config (SIGHUP, or a file of the mappings changing).
+//! - [`logs`]: how the server logs (text or one JSON object per line).
 //!
 //! [`Server::start`] wires them over a [`SqliteQueue`] in the data directory; [`Server::shutdown`]
 //! stops taking requests, lets workers put down their current event and flushes the queue.
 
+pub mod body;
+pub mod connections;
 pub mod ingest;
+pub mod logs;
 pub mod metrics;
 pub mod reload;
 pub mod workers;
 
 use crate::config::{ConfigArgs, Diagnostics};
-use crate::deliver::setup::Destination;
-use crate::deliver::{Executor, Stats};
+use crate::deliver::setup::{Destination, credential_vars};
+use crate::deliver::{Credentials, CredentialsError, Executor, Stats};
 use crate::queue::{Queue, SqliteQueue};
 use crate::time::rfc3339_utc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use ingest::{Endpoint, WriteKeys};
+use body::{BodyError, BodyLimits};
+use connections::ConnectionLimits;
+use ingest::{Endpoint, Refused, WriteKeys};
 use metrics::{Health, Metrics};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -35,6 +43,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 pub use workers::WorkerOptions;
 
 /// How the server runs.
@@ -53,6 +62,32 @@ pub struct ServeOptions {
     pub log_events: bool,
     /// How long shutdown waits for workers to put down their current event.
     pub shutdown_timeout: Duration,
+    pub ingest: IngestOptions,
+}
+
+/// How the ingest API takes requests.
+#[derive(Clone, Debug)]
+pub struct IngestOptions {
+    /// Origins whose web pages may post events (CORS), like `https://www.example.com`; `*` for
+    /// any. Empty: no CORS.
+    pub cors_origins: Vec<String>,
+    /// How long a sender's `messageId` is remembered, so the same call sent again is dropped
+    /// (zero: never dropped).
+    pub dedupe_window: Duration,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
+    pub connections: ConnectionLimits,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions {
+            cors_origins: Vec::new(),
+            dedupe_window: crate::queue::sqlite::DEFAULT_DEDUPE_WINDOW,
+            body_timeout: Duration::from_secs(30),
+            connections: ConnectionLimits::default(),
+        }
+    }
 }
 
 /// Why the server did not start.
@@ -69,6 +104,17 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("--cors-origin {0:?} is not an origin like https://www.example.com (or *)")]
+    CorsOrigin(String),
+}
+
+/// Why a reload was refused (the running config and credentials stay).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Mappings(Diagnostics),
+    #[error("{0}")]
+    Credentials(#[from] CredentialsError),
 }
 
 /// What every part of the server shares: the current executor (swapped on reload), health,
@@ -80,6 +126,8 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     pub log_events: bool,
     config: ConfigArgs,
+    /// Whether the emulator's placeholder credential may stand in when none are set.
+    placeholder_credentials: bool,
     reloading: std::sync::Mutex<()>,
 }
 
@@ -92,36 +140,55 @@ impl Shared {
             .clone()
     }
 
-    /// Loads the mappings again; a valid config replaces the running one, a broken one is
-    /// refused (the running one stays) and reported by `/readyz` until a good one loads.
-    pub fn reload(&self) -> Result<(), Diagnostics> {
+    /// Loads the mappings and reads the credentials again (from their variables or files); a
+    /// valid config replaces the running one, a broken one is refused (the running one stays)
+    /// and reported by `/healthz`, `/readyz` and a metric until a good one loads. The server
+    /// stays ready: one typo must not take every replica out of a load balancer.
+    pub fn reload(&self) -> Result<(), ReloadError> {
         let _one_at_a_time = self
             .reloading
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match self.config.load() {
-            Ok(config) => {
+        let loaded = self
+            .config
+            .load()
+            .map_err(ReloadError::Mappings)
+            .and_then(|config| {
+                let vars = credential_vars(&config);
+                Credentials::from_env_or_placeholder(&vars, self.placeholder_credentials)
+                    .map(|credentials| (config, credentials))
+                    .map_err(ReloadError::from)
+            });
+        match loaded {
+            Ok((config, credentials)) => {
                 let actions = config.actions.len();
                 let next = Arc::new(self.executor().with_config(Arc::new(config)));
+                next.transport().client().set_credentials(credentials);
                 *self
                     .executor
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
                 self.health.set_config(None);
                 self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(actions, "mappings reloaded");
+                self.metrics.reload_failing.store(0, Ordering::Relaxed);
+                tracing::info!(actions, "mappings reloaded; credentials read again");
                 Ok(())
             }
-            Err(diags) => {
+            Err(e) => {
                 self.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.reload_failing.store(1, Ordering::Relaxed);
+                let what = match e {
+                    ReloadError::Mappings(_) => "the mappings do not load",
+                    ReloadError::Credentials(_) => "the credentials do not load",
+                };
                 self.health.set_config(Some(format!(
-                    "the mappings do not load; the last good config keeps running:\n{diags}"
+                    "{what}; the last good config keeps running:\n{e}"
                 )));
                 tracing::error!(
-                    problems = %diags,
-                    "the changed mappings are not valid; the last good config keeps running"
+                    problems = %e,
+                    "{what}; the last good config keeps running"
                 );
-                Err(diags)
+                Err(e)
             }
         }
     }
@@ -132,6 +199,7 @@ struct App<Q> {
     queue: Arc<Q>,
     shared: Arc<Shared>,
     keys: WriteKeys,
+    body_timeout: Duration,
 }
 
 /// A running server.
@@ -140,7 +208,7 @@ pub struct Server {
     shared: Arc<Shared>,
     queue: Arc<SqliteQueue>,
     stop: watch::Sender<bool>,
-    http: tokio::task::JoinHandle<std::io::Result<()>>,
+    http: tokio::task::JoinHandle<()>,
     workers: tokio::task::JoinHandle<()>,
     _watcher: Option<reload::Watcher>,
     destination: Destination,
@@ -158,7 +226,17 @@ impl Server {
         if options.write_keys.is_empty() && !options.listen.ip().is_loopback() {
             return Err(ServeError::NoWriteKey(options.listen));
         }
-        let queue = Arc::new(SqliteQueue::open(&options.data_dir)?);
+        let cors = cors(&options.ingest.cors_origins)?;
+        let queue = Arc::new(
+            SqliteQueue::open(&options.data_dir)?.with_dedupe_window(options.ingest.dedupe_window),
+        );
+        let placeholder_credentials = destination.emulator.is_some()
+            || destination
+                .executor
+                .transport()
+                .client()
+                .target()
+                .allows_placeholder_credentials();
         let shared = Arc::new(Shared {
             executor: RwLock::new(destination.executor.clone()),
             health: Health::default(),
@@ -166,6 +244,7 @@ impl Server {
             stats: destination.stats.clone(),
             log_events: options.log_events,
             config: options.config.clone(),
+            placeholder_credentials,
             reloading: std::sync::Mutex::new(()),
         });
         let listener = tokio::net::TcpListener::bind(options.listen)
@@ -183,15 +262,15 @@ impl Server {
             queue: queue.clone(),
             shared: shared.clone(),
             keys: options.write_keys.clone(),
+            body_timeout: options.ingest.body_timeout,
         });
-        let mut http_stop = stopped.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(listener, router(app))
-                .with_graceful_shutdown(async move {
-                    let _ = http_stop.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let http = tokio::spawn(connections::serve(
+            listener,
+            router(app, cors),
+            options.ingest.connections,
+            shared.clone(),
+            stopped.clone(),
+        ));
         let workers = tokio::spawn(workers::run(
             queue.clone(),
             shared.clone(),
@@ -249,7 +328,7 @@ impl Server {
     pub async fn shutdown(self) {
         tracing::info!("shutting down: no new events; finishing the ones being sent");
         let _ = self.stop.send(true);
-        if let Ok(Err(e)) = self.http.await {
+        if let Err(e) = self.http.await {
             tracing::error!(error = %e, "the HTTP server stopped with an error");
         }
         let mut workers = self.workers;
@@ -272,34 +351,80 @@ impl Server {
     }
 }
 
-fn router<Q: Queue>(app: Arc<App<Q>>) -> Router {
-    let single = |kind: &'static str| {
-        post(
-            move |state: State<Arc<App<Q>>>, headers: HeaderMap, body: Body| {
-                accept(state, Endpoint::Single(kind), headers, body)
-            },
-        )
-    };
-    let batch = || {
-        post(
-            |state: State<Arc<App<Q>>>, headers: HeaderMap, body: Body| {
-                accept(state, Endpoint::Batch, headers, body)
-            },
-        )
-    };
-    Router::new()
-        .route("/v1/identify", single("identify"))
-        .route("/v1/track", single("track"))
-        .route("/v1/group", single("group"))
-        .route("/v1/page", single("page"))
-        .route("/v1/screen", single("screen"))
-        .route("/v1/alias", single("alias"))
-        .route("/v1/batch", batch())
-        .route("/v1/import", batch())
-        .route("/healthz", get(|| async { "ok\n" }))
+/// Segment's single-call endpoints (`/v1/identify`), each with analytics.js' short form (`/v1/i`).
+const SINGLE_CALLS: [(&str, &str); 6] = [
+    ("identify", "i"),
+    ("track", "t"),
+    ("group", "g"),
+    ("page", "p"),
+    ("screen", "s"),
+    ("alias", "a"),
+];
+
+/// The batch endpoints: Segment's, and analytics.js' short form.
+const BATCH_PATHS: [&str; 3] = ["/v1/batch", "/v1/import", "/v1/b"];
+
+fn router<Q: Queue>(app: Arc<App<Q>>, cors: Option<CorsLayer>) -> Router {
+    let singles = SINGLE_CALLS.into_iter().flat_map(|(kind, short)| {
+        [kind, short].map(|path| (format!("/v1/{path}"), Endpoint::Single(kind)))
+    });
+    let batches = BATCH_PATHS.map(|path| (path.to_owned(), Endpoint::Batch));
+    let mut router = Router::new();
+    for (path, endpoint) in singles.chain(batches) {
+        router = router.route(
+            &path,
+            post(
+                move |state: State<Arc<App<Q>>>, headers: HeaderMap, body: Body| {
+                    accept(state, endpoint, headers, body)
+                },
+            ),
+        );
+    }
+    let router = router
+        .route("/healthz", get(healthz::<Q>))
         .route("/readyz", get(readyz::<Q>))
         .route("/metrics", get(metrics_text::<Q>))
-        .with_state(app)
+        .with_state(app);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// CORS for the configured origins, so a web page can post straight to zdmap.
+fn cors(origins: &[String]) -> Result<Option<CorsLayer>, ServeError> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let values = origins
+            .iter()
+            .map(|o| {
+                let origin = o.trim_end_matches('/');
+                let (scheme, host) = origin.split_once("://").unwrap_or_default();
+                let valid =
+                    matches!(scheme, "http" | "https") && !host.is_empty() && !host.contains('/');
+                valid
+                    .then(|| HeaderValue::from_str(origin).ok())
+                    .flatten()
+                    .ok_or_else(|| ServeError::CorsOrigin(o.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(values)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::POST])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                header::CONTENT_ENCODING,
+            ])
+            .max_age(Duration::from_secs(24 * 3600)),
+    ))
 }
 
 fn answer(status: StatusCode, message: Option<String>) -> Response {
@@ -310,7 +435,7 @@ fn answer(status: StatusCode, message: Option<String>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// One ingest request: key, limits, parse, store; 200 only once stored.
+/// One ingest request, timed.
 async fn accept<Q: Queue>(
     State(app): State<Arc<App<Q>>>,
     endpoint: Endpoint,
@@ -318,60 +443,126 @@ async fn accept<Q: Queue>(
     body: Body,
 ) -> Response {
     let started = Instant::now();
+    let response = take(&app, endpoint, &headers, body).await;
+    app.shared.metrics.ingest_latency.observe(started.elapsed());
+    response
+}
+
+/// Key, body, calls, store; 200 only once stored. A key in the `Authorization` header is checked
+/// before the body is read, so a wrong one costs no upload (and gets no `100 Continue`).
+async fn take<Q: Queue>(
+    app: &App<Q>,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
     let metrics = &app.shared.metrics;
-    let response = async {
-        let limit = endpoint.body_limit();
-        let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-            metrics.rejected_bad_request.fetch_add(1, Ordering::Relaxed);
-            let what = match endpoint {
-                Endpoint::Single(_) => "32 KB per event",
-                Endpoint::Batch => "500 KB per batch",
+    let bad_request = |status: StatusCode, message: String| {
+        Metrics::add(&metrics.rejected_bad_request, 1);
+        answer(status, Some(message))
+    };
+    let unauthorized = || {
+        Metrics::add(&metrics.rejected_unauthorized, 1);
+        answer(
+            StatusCode::UNAUTHORIZED,
+            Some(
+                "invalid or missing write key: send one of this server's write keys \
+                 (--write-key, ZDMAP_WRITE_KEYS) as the HTTP Basic user, or as writeKey in the body"
+                    .into(),
+            ),
+        )
+    };
+    let header_key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(ingest::basic_user);
+    let keyed = !app.keys.is_empty();
+    if keyed && header_key.as_ref().is_some_and(|k| !app.keys.allows(k)) {
+        return unauthorized();
+    }
+    let limits = BodyLimits {
+        max_bytes: endpoint.body_limit(),
+        what: endpoint.limit_text(),
+        timeout: app.body_timeout,
+    };
+    let bytes = match body::read(body, headers, limits).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let status = match e {
+                BodyError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                BodyError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+                _ => StatusCode::BAD_REQUEST,
             };
-            return answer(
-                StatusCode::BAD_REQUEST,
-                Some(format!("the request body is larger than the limit of {what}")),
-            );
-        };
-        if !app.keys.is_empty() {
-            let auth = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|h| h.to_str().ok());
-            let key = ingest::write_key(auth, &bytes);
-            if !key.is_some_and(|k| app.keys.allows(&k)) {
-                metrics.rejected_unauthorized.fetch_add(1, Ordering::Relaxed);
-                return answer(
-                    StatusCode::UNAUTHORIZED,
-                    Some("invalid or missing write key (send it as the HTTP Basic user)".into()),
-                );
-            }
+            return bad_request(status, e.to_string());
         }
-        let items = match ingest::events(endpoint, &bytes, &rfc3339_utc(SystemTime::now())) {
-            Ok(items) => items,
-            Err(e) => {
-                metrics.rejected_bad_request.fetch_add(1, Ordering::Relaxed);
-                return answer(StatusCode::BAD_REQUEST, Some(e.0));
+    };
+    if keyed
+        && header_key.is_none()
+        && !ingest::body_write_key(&bytes).is_some_and(|k| app.keys.allows(&k))
+    {
+        return unauthorized();
+    }
+    let calls = match ingest::events(endpoint, &bytes, &rfc3339_utc(SystemTime::now())) {
+        Ok(calls) => calls,
+        Err(e) => return bad_request(StatusCode::BAD_REQUEST, e.0),
+    };
+    for r in &calls.refused {
+        Metrics::add(&metrics.events_refused[r.reason as usize], 1);
+        tracing::warn!(
+            reason = r.reason.label(),
+            index = r.index,
+            detail = %r.message,
+            "a call was refused at ingest and kept in the dead letters"
+        );
+    }
+    let letters = calls.refused.iter().map(Refused::dead_letter).collect();
+    let offered = calls.accepted.len() as u64;
+    match app.queue.push(calls.accepted, letters).await {
+        Ok(pushed) => {
+            app.shared.health.set_queue(None);
+            Metrics::add(&metrics.accepted, offered - pushed.duplicates);
+            Metrics::add(&metrics.duplicates, pushed.duplicates);
+            if offered == 0 && !calls.refused.is_empty() {
+                Metrics::add(&metrics.rejected_bad_request, 1);
             }
-        };
-        let n = items.len() as u64;
-        match app.queue.push(items).await {
-            Ok(()) => {
-                app.shared.health.set_queue(None);
-                metrics.accepted.fetch_add(n, Ordering::Relaxed);
-                answer(StatusCode::OK, None)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot store events; the sender is asked to send them again");
-                app.shared.health.set_queue(Some(e.to_string()));
-                answer(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Some("the events could not be stored; send them again".into()),
-                )
-            }
+            with_refusals(&calls.refused, offered > 0)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store events; the sender is asked to send them again");
+            app.shared.health.set_queue(Some(e.to_string()));
+            answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("the events could not be stored; send them again".into()),
+            )
         }
     }
-    .await;
-    metrics.ingest_latency.observe(started.elapsed());
-    response
+}
+
+/// The answer to a request whose calls were stored: 200, listing the refused calls if any; 400
+/// when none was valid.
+fn with_refusals(refused: &[Refused], any_accepted: bool) -> Response {
+    if refused.is_empty() {
+        return answer(StatusCode::OK, None);
+    }
+    let listed: Vec<_> = refused
+        .iter()
+        .map(|r| json!({"index": r.index, "reason": r.reason.label(), "message": r.message}))
+        .collect();
+    let (status, body) = if any_accepted {
+        (StatusCode::OK, json!({"success": true, "refused": listed}))
+    } else {
+        let message: Vec<String> = refused.iter().map(Refused::located).collect();
+        let body = json!({"success": false, "message": message.join("; "), "refused": listed});
+        (StatusCode::BAD_REQUEST, body)
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// The process is up; what is wrong without making it unready (a broken reload) is in the
+/// details.
+async fn healthz<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
+    let state = app.shared.health.state();
+    axum::Json(json!({ "status": "ok", "ready": state.ready(), "problems": state })).into_response()
 }
 
 async fn readyz<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
@@ -404,4 +595,29 @@ async fn metrics_text<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
         text,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cors_takes_origins_and_refuses_what_is_not_one() {
+        assert!(cors(&[]).expect("none").is_none());
+        assert!(cors(&["*".into()]).expect("any").is_some());
+        let origins = [
+            "https://shop.example.com/".into(),
+            "http://localhost:3000".into(),
+        ];
+        assert!(cors(&origins).expect("origins").is_some());
+        for bad in [
+            "shop.example.com",
+            "https://shop.example.com/page",
+            "ftp://x",
+            "https://",
+        ] {
+            let err = cors(&[bad.to_owned()]).expect_err(bad);
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
 }

@@ -1,4 +1,6 @@
-//! A small OpenAPI oracle over `../shared/zendesk-oas.yaml` (Zendesk Support OAS 3.0.3).
+//! A small OpenAPI oracle over `tests/support/zendesk-oas.json`: the part of Zendesk Support's OAS
+//! 3.0.3 spec for the operations zdmap and its emulator use, without the prose (regenerate it with
+//! `cargo run --example extract_oas`).
 //!
 //! It finds the operation for a concrete request (`/api/v2/users/123.json` matches
 //! `/api/v2/users/{user_id}`; the literal template wins over a parameter, so `users/search` is not
@@ -32,7 +34,10 @@ pub struct Oas {
     compiled: Mutex<HashMap<String, Arc<jsonschema::Validator>>>,
 }
 
-const SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/zendesk-oas.yaml");
+const SPEC: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/support/zendesk-oas.json"
+);
 
 impl Oas {
     /// Loads and prepares the spec once per test binary.
@@ -41,15 +46,14 @@ impl Oas {
         OAS.get_or_init(|| {
             let text =
                 std::fs::read_to_string(SPEC).unwrap_or_else(|e| panic!("cannot read {SPEC}: {e}"));
-            Oas::from_yaml(&text)
+            let doc: Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("cannot parse {SPEC}: {e}"));
+            Oas::from_doc(doc)
         })
     }
 
-    /// Parses a spec. The bare `=` scalar (YAML 1.1's `!!value` tag, which some loaders reject)
-    /// is read as the string `"="` by serde-saphyr; anything else odd is made a string too.
-    pub fn from_yaml(text: &str) -> Oas {
-        let doc: Value =
-            serde_saphyr::from_str(text).unwrap_or_else(|e| panic!("cannot parse the OAS: {e}"));
+    /// Prepares a parsed spec.
+    pub fn from_doc(doc: Value) -> Oas {
         let templates = doc
             .get("paths")
             .and_then(Value::as_object)
