@@ -5,11 +5,11 @@
 //! starts up to `concurrency` turns at once ([`Delivery::advance`], each a task), and reads how
 //! each ended:
 //! - settled → handed to the [`Sink`] (stats and dead letters, or the queue);
-//! - a missing record → parked until a response teaches it, re-checked now and then (after 1 s,
-//!   doubling up to a minute; the cache remembers "not found" meanwhile, so a recheck costs at
-//!   most one lookup per key), and given a last chance when its wait is over (`serve`: after
-//!   `wait_for_records`; `send`: that long after the input ends), then dead-lettered naming the
-//!   lookup that failed;
+//! - a missing record → parked until a response teaches it, re-checked now and then (`serve`:
+//!   after 1 s, doubling up to a minute; `send`: when the input ends; the cache remembers "not
+//!   found" meanwhile, so a recheck costs at most one lookup per key), and given a last chance
+//!   when its wait is over (`serve`: after `wait_for_records`; `send`: that long after the input
+//!   ends), then dead-lettered naming the lookup that failed;
 //! - a retryable failure → that event (and so its keys) waits: `Retry-After` when Zendesk gave
 //!   one, else a backoff (the transport's [`crate::deliver::RetryPolicy`]: 200 ms doubling up to a
 //!   minute, with jitter); transient failures are tried for as long as `retry_for` allows since
@@ -131,6 +131,8 @@ struct Meta<T> {
 }
 
 const FIRST_RECHECK: Duration = Duration::from_secs(1);
+/// A timer that the end of the input comes before (a year).
+const UNTIL_INPUT_ENDS: Duration = Duration::from_secs(365 * 24 * 3600);
 const LONGEST_RECHECK: Duration = Duration::from_secs(60);
 /// How often the sink hears what is held up.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -354,8 +356,12 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                     (None, RecordWait::AfterInput(_)) => None,
                 };
                 job.meta.deadline = deadline;
-                let recheck_at = now + job.meta.recheck;
-                let until = deadline.map_or(recheck_at, |d| d.min(recheck_at));
+                let until = match deadline {
+                    Some(d) => d.min(now + job.meta.recheck),
+                    // `send` looks again when the input ends (see `input_ended`): the record
+                    // is most likely further on in the input.
+                    None => now + UNTIL_INPUT_ENDS,
+                };
                 job.meta.recheck = (job.meta.recheck * 2).min(LONGEST_RECHECK);
                 tracing::debug!(event_id = id, lookup = %need, "waiting for a record that does not exist yet");
                 sink.deferred();

@@ -198,7 +198,7 @@ impl<Q: Queue> Sink for QueueSink<Q> {
                         step = %l.step,
                         status = l.status,
                         code = l.code.as_deref(),
-                        message = %l.message,
+                        zendesk_message = %l.message,
                         event = self.shared.log_events.then(|| l.event.to_string()),
                         "event dead-lettered"
                     );
