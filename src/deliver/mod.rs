@@ -93,13 +93,21 @@ impl Transport {
         req: &Request,
         accept: impl Fn(&Response) -> bool,
     ) -> Disposition {
-        send_with_retries(
-            &self.client,
+        // Counted under the request's endpoint (template parts as `{id}`), never its path: event
+        // data must not become a counter's name.
+        let counted = if req.endpoint.is_empty() {
+            &req.path
+        } else {
+            &req.endpoint
+        };
+        retry::run_with_retries(
             &self.budget,
             &self.policy,
             &self.stats,
-            req,
+            req.method,
+            counted,
             accept,
+            || self.client.send(req),
         )
         .await
     }
