@@ -8,6 +8,13 @@
 //!
 //! Tables: `events` (waiting items; `AUTOINCREMENT` so an id is never reused and a reader's
 //! cursor never skips a new item) and `dead_letters` (one dead-letter record per row).
+//!
+//! Storage faults: a database whose pages are damaged is refused at open (SQLite's quick check),
+//! since it would take events and never give them back. When a write fails (disk full, read-only
+//! file system), the queue reports it ([`Queue::write_problem`]) until a write succeeds again;
+//! the settling of delivered events is kept and tried again every [`RETRY_WRITES`] (with a
+//! probe write when nothing waits) so that, once there is room again, they are not delivered a
+//! second time after a restart. Only if zdmap stops before that are they delivered again.
 
 use super::{Item, NewItem, Queue, QueueError};
 use crate::deliver::DeadLetter;
@@ -25,6 +32,9 @@ pub const DATABASE_FILE: &str = "zdmap.sqlite3";
 
 /// Commands handled together in one transaction, at most.
 const GROUP_LIMIT: usize = 1024;
+
+/// How often the writer tries again after a failed write.
+pub const RETRY_WRITES: Duration = Duration::from_secs(1);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -98,6 +108,10 @@ impl Command {
         matches!(self, Command::Push { .. })
     }
 
+    fn is_finish(&self) -> bool {
+        matches!(self, Command::Finish { .. })
+    }
+
     fn reply(self, result: Result<(), QueueError>) {
         match self {
             Command::Push { done, .. } => {
@@ -121,6 +135,10 @@ pub struct SqliteQueue {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     reader: Arc<Mutex<Connection>>,
     added: Arc<Notify>,
+    /// Why the last write failed, until one succeeds again.
+    write_problem: Arc<Mutex<Option<String>>>,
+    /// Held while the queue is open: only this process delivers from the data directory.
+    _lock: super::lock::DataDirLock,
 }
 
 impl std::fmt::Debug for SqliteQueue {
@@ -133,15 +151,20 @@ impl std::fmt::Debug for SqliteQueue {
 
 impl SqliteQueue {
     /// Opens the queue in `data_dir` (created if needed) and starts its writer.
+    /// Fails when another process has the directory open (see [`super::lock`]).
     pub fn open(data_dir: &Path) -> Result<SqliteQueue, QueueError> {
+        check_integrity(&data_dir.join(DATABASE_FILE))?;
         let mut writer_conn = open_connection(data_dir)?;
+        let lock = super::lock::DataDirLock::acquire(data_dir)?;
         let reader = open_connection(data_dir)?;
         let added = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel::<Command>();
         let notify = added.clone();
+        let write_problem = Arc::new(Mutex::new(None));
+        let problem = write_problem.clone();
         let thread = std::thread::Builder::new()
             .name("zdmap-queue-writer".into())
-            .spawn(move || write_loop(&mut writer_conn, &rx, &notify))
+            .spawn(move || write_loop(&mut writer_conn, &rx, &notify, &problem))
             .map_err(|e| QueueError(format!("cannot start the queue writer: {e}")))?;
         Ok(SqliteQueue {
             path: data_dir.join(DATABASE_FILE),
@@ -149,6 +172,8 @@ impl SqliteQueue {
             writer_thread: Mutex::new(Some(thread)),
             reader: Arc::new(Mutex::new(reader)),
             added,
+            write_problem,
+            _lock: lock,
         })
     }
 
@@ -203,6 +228,36 @@ fn insert_item(conn: &Connection, item: &NewItem, accepted_ms: u64) -> rusqlite:
     Ok(())
 }
 
+/// Refuses a database with damaged pages (a missing one is fine: it is created). Runs before
+/// anything writes to the file.
+fn check_integrity(path: &Path) -> Result<(), QueueError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let damaged = |detail: String| {
+        QueueError(format!(
+            "the queue database {} is damaged ({detail}); zdmap will not start on it, since it \
+             could take events and never deliver them: move the file aside (`sqlite3 FILE \
+             .recover` saves what can still be read) and start again",
+            path.display()
+        ))
+    };
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| QueueError(format!("cannot open {}: {e}", path.display())))?;
+    let problems = conn
+        .prepare("PRAGMA quick_check(5)")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<String>, _>>()
+        })
+        .map_err(|e| damaged(e.to_string()))?;
+    if problems == ["ok"] {
+        Ok(())
+    } else {
+        Err(damaged(problems.join("; ")))
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -214,15 +269,43 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// (`NORMAL`: WAL mode still survives a process crash; a power cut may forget the last ones,
 /// which are then delivered again, harmlessly): syncing every acknowledgement would cap delivery
 /// at a few hundred events per second.
-fn write_loop(conn: &mut Connection, rx: &mpsc::Receiver<Command>, added: &Notify) {
+///
+/// A failed write sets `problem` until a write succeeds. Settlements that failed are kept and
+/// tried again with the next group, or after [`RETRY_WRITES`]; with nothing to retry, a probe
+/// write tells when the storage takes writes again.
+fn write_loop(
+    conn: &mut Connection,
+    rx: &mpsc::Receiver<Command>,
+    added: &Notify,
+    problem: &Mutex<Option<String>>,
+) {
     let mut synced = true;
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
+    let mut unsettled: Vec<Command> = Vec::new();
+    loop {
+        let failing = lock(problem).is_some();
+        let first = if failing || !unsettled.is_empty() {
+            match rx.recv_timeout(RETRY_WRITES) {
+                Ok(c) => Some(c),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(c) => Some(c),
+                Err(_) => break,
+            }
+        };
+        let mut group = std::mem::take(&mut unsettled);
+        group.extend(first);
         while group.len() < GROUP_LIMIT {
             match rx.try_recv() {
                 Ok(c) => group.push(c),
                 Err(_) => break,
             }
+        }
+        if group.is_empty() {
+            *lock(problem) = probe_write(conn).err().map(|e| e.to_string());
+            continue;
         }
         let pushed = group.iter().any(Command::is_push);
         if pushed != synced {
@@ -231,20 +314,59 @@ fn write_loop(conn: &mut Connection, rx: &mpsc::Receiver<Command>, added: &Notif
                 synced = pushed;
             }
         }
+        let mut failed = None;
         match apply_all(conn, &group) {
             Ok(()) => group.into_iter().for_each(|c| c.reply(Ok(()))),
             // One bad command must not fail the others: apply them one by one.
             Err(_) => {
                 for c in group {
-                    let result = apply_all(conn, std::slice::from_ref(&c));
-                    c.reply(result);
+                    match apply_all(conn, std::slice::from_ref(&c)) {
+                        Err(e) if c.is_finish() => {
+                            failed = Some(e.to_string());
+                            unsettled.push(c);
+                        }
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            c.reply(Err(e));
+                        }
+                        Ok(()) => c.reply(Ok(())),
+                    }
                 }
             }
         }
+        if let Some(e) = &failed {
+            if !failing {
+                tracing::error!(error = %e, unsettled = unsettled.len(), "cannot write the queue; delivered events are settled once it can be written again");
+            }
+        } else if failing {
+            tracing::info!("the queue can be written again");
+        }
+        *lock(problem) = failed;
         if pushed {
             added.notify_one();
         }
     }
+    // Closing: one last try for what is still unsettled.
+    if !unsettled.is_empty() {
+        let result = apply_all(conn, &unsettled);
+        for c in unsettled {
+            c.reply(result.as_ref().map(|_| ()).map_err(|e| QueueError(e.0.clone())));
+        }
+    }
+}
+
+/// A write that changes nothing of the queue: does the storage take writes?
+fn probe_write(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE IF NOT EXISTS write_probe (at INTEGER NOT NULL);
+         DELETE FROM write_probe;
+         INSERT INTO write_probe (at) VALUES (unixepoch());
+         COMMIT;",
+    )
+    .inspect_err(|_| {
+        let _ = conn.execute_batch("ROLLBACK");
+    })
 }
 
 fn apply_all(conn: &mut Connection, group: &[Command]) -> Result<(), QueueError> {
@@ -314,6 +436,10 @@ impl Queue for SqliteQueue {
 
     async fn changed(&self, max_wait: Duration) {
         let _ = tokio::time::timeout(max_wait, self.added.notified()).await;
+    }
+
+    fn write_problem(&self) -> Option<String> {
+        lock(&self.write_problem).clone()
     }
 }
 
