@@ -1,0 +1,12 @@
+//! The ingest parser: a request body as a single call and as a batch.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use zdmap::serve::ingest::{Endpoint, events, write_key};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = write_key(None, data);
+    for endpoint in [Endpoint::Single("track"), Endpoint::Batch] {
+        let _ = events(endpoint, data, "2026-01-01T00:00:00.000Z");
+    }
+});
