@@ -140,7 +140,17 @@ mod tests {
 
     #[test]
     fn dot_segments_in_any_encoding_move() {
-        for s in ["", ".", "..", "%2e", "%2E", ".%2e", "%2e.", "%2E%2e", "%252e%252E"] {
+        for s in [
+            "",
+            ".",
+            "..",
+            "%2e",
+            "%2E",
+            ".%2e",
+            "%2e.",
+            "%2E%2e",
+            "%252e%252E",
+        ] {
             assert!(is_moving_segment(s), "{s}");
         }
         for s in ["...", "a..", "123", "%2e%2e%2e", "%2f", "a%2e"] {

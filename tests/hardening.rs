@@ -139,11 +139,10 @@ fn dot_segments_from_event_data_are_refused_per_event() {
     assert_eq!(summary["requests_total"], 0, "nothing sent: {summary}");
     assert_eq!(letters.len(), moving.len(), "{letters:?}");
     for letter in &letters {
-        let message = letter["dead_letter"]["message"].as_str().unwrap_or_default();
-        assert!(
-            message.contains("would change the endpoint"),
-            "{letter}"
-        );
+        let message = letter["dead_letter"]["message"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(message.contains("would change the endpoint"), "{letter}");
     }
 }
 
@@ -155,7 +154,8 @@ fn a_direct_id_lookup_takes_only_positive_integers() {
         .map(|id| json!({"type": "track", "event": "Viewed", "context": {"zendesk_user_id": id}}))
         .collect();
     // A well-formed id is sent (the emulator has no such user: a 404, not a refusal).
-    events.push(json!({"type": "track", "event": "Viewed", "context": {"zendesk_user_id": 424242}}));
+    events
+        .push(json!({"type": "track", "event": "Viewed", "context": {"zendesk_user_id": 424242}}));
     let (summary, letters) = send(Path::new("mappings"), &events);
     assert_eq!(
         summary["requests"]
@@ -166,9 +166,16 @@ fn a_direct_id_lookup_takes_only_positive_integers() {
     );
     assert_eq!(summary["requests_total"], 1, "{summary}");
     assert_eq!(letters.len(), bad.len() + 1, "{letters:?}");
-    for letter in letters.iter().filter(|l| l["dead_letter"]["status"].is_null()) {
-        let id = letter["event"]["context"]["zendesk_user_id"].as_str().unwrap_or_default();
-        let message = letter["dead_letter"]["message"].as_str().unwrap_or_default();
+    for letter in letters
+        .iter()
+        .filter(|l| l["dead_letter"]["status"].is_null())
+    {
+        let id = letter["event"]["context"]["zendesk_user_id"]
+            .as_str()
+            .unwrap_or_default();
+        let message = letter["dead_letter"]["message"]
+            .as_str()
+            .unwrap_or_default();
         assert!(
             message.contains(&format!("the `by: id` key {id:?}")),
             "{id}: {letter}"
@@ -205,7 +212,9 @@ fn validate_requires_a_key_form_on_direct_lookups() {
     let (code, out) = validate(&mappings);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("destination.yaml:77:9: a lookup without a `request` gives its key as the value"),
+        out.contains(
+            "destination.yaml:77:9: a lookup without a `request` gives its key as the value"
+        ),
         "{out}"
     );
     assert!(
@@ -249,7 +258,11 @@ fn validate_refuses_jsonpaths_whose_work_explodes_and_a_single_descent_stays_che
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let preview: Value = serde_json::from_slice(&out.stdout).expect("a preview line");
     let selected = &preview["requests"][0]["body"]["event"]["properties"];
-    assert_eq!(selected.as_array().map(Vec::len), Some(30 * 6 + 3), "{preview}");
+    assert_eq!(
+        selected.as_array().map(Vec::len),
+        Some(30 * 6 + 3),
+        "{preview}"
+    );
 }
 
 #[test]
@@ -279,7 +292,13 @@ fn subdomains_take_hyphens_inside_the_name_only() {
 fn spawn_serve(data: &Path) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_zdmap"))
-        .args(["serve", "--emulator", "--listen", "127.0.0.1:0", "--no-watch"])
+        .args([
+            "serve",
+            "--emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-watch",
+        ])
         .arg("--data-dir")
         .arg(data)
         .stdout(Stdio::piped())
@@ -290,14 +309,25 @@ fn spawn_serve(data: &Path) -> (std::process::Child, String) {
     std::io::BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut first)
         .expect("first line");
-    let url = first.trim().rsplit(' ').next().unwrap_or_default().to_owned();
+    let url = first
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     assert!(url.starts_with("http://127.0.0.1:"), "{first}");
     (child, url)
 }
 
 fn serve_once(data: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_zdmap"))
-        .args(["serve", "--emulator", "--listen", "127.0.0.1:0", "--no-watch"])
+        .args([
+            "serve",
+            "--emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-watch",
+        ])
         .arg("--data-dir")
         .arg(data)
         .output()
@@ -346,7 +376,10 @@ async fn a_damaged_database_is_refused_at_start() {
     let data = tempfile::tempdir().expect("tempdir");
     {
         let queue = SqliteQueue::open(data.path()).expect("open");
-        queue.push((0..200).map(item).collect()).await.expect("push");
+        queue
+            .push((0..200).map(item).collect())
+            .await
+            .expect("push");
         queue.close();
     }
     let file = data.path().join(zdmap::queue::sqlite::DATABASE_FILE);
@@ -390,14 +423,21 @@ impl SmallDisk {
         let path = self.path().join("filler");
         let mut file = std::fs::File::create(&path).expect("create the filler");
         let chunk = vec![0u8; 64 * 1024];
-        while file.write_all(&chunk).and_then(|()| file.sync_data()).is_ok() {}
+        while file
+            .write_all(&chunk)
+            .and_then(|()| file.sync_data())
+            .is_ok()
+        {}
         path
     }
 }
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -442,7 +482,10 @@ async fn start_server(emu: &Emulator, data: &Path) -> Server {
 
 async fn get(url: &str) -> (u16, String) {
     let resp = reqwest::get(url).await.expect("GET");
-    (resp.status().as_u16(), resp.text().await.unwrap_or_default())
+    (
+        resp.status().as_u16(),
+        resp.text().await.unwrap_or_default(),
+    )
 }
 
 async fn post_batch(url: &str, events: Vec<Value>) -> u16 {
@@ -492,8 +535,11 @@ async fn a_full_disk_is_reported_until_writes_work_and_delivered_events_are_not_
     emu.configure(|k| k.fail_rate = 1.0);
     assert_eq!(post_batch(&url, (0..10).map(ticket).collect()).await, 200);
     eventually("events deferred", || async {
-        metric(&get(&format!("{url}/metrics")).await.1, "zdmap_events_deferred_total")
-            .is_some_and(|n| n >= 1.0)
+        metric(
+            &get(&format!("{url}/metrics")).await.1,
+            "zdmap_events_deferred_total",
+        )
+        .is_some_and(|n| n >= 1.0)
     })
     .await;
     let filler = disk.fill();
@@ -511,7 +557,10 @@ async fn a_full_disk_is_reported_until_writes_work_and_delivered_events_are_not_
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await; // several polls of the queue
     let (status, body) = get(&format!("{url}/readyz")).await;
-    assert_eq!(status, 503, "a read does not clear a write's problem: {body}");
+    assert_eq!(
+        status, 503,
+        "a read does not clear a write's problem: {body}"
+    );
     assert!(body.contains("queue_write"), "{body}");
 
     // Room again: the removals are written, the queue is empty and the server ready.

@@ -7,8 +7,8 @@
 //! is; a key that does not fit is an error for the event. Delivery tries the keys a template gave
 //! in the resolver's order and caches answers; this module only compiles, checks and renders.
 
-use crate::config::{Problems, char_allowed};
 use crate::config::spec::{CacheSpec, KeySpec, KeyType, ResolverSpec};
+use crate::config::{Problems, char_allowed};
 use crate::path::JsonPath;
 use crate::plan::step::RequestTemplate;
 use crate::request::Request;
@@ -123,9 +123,8 @@ impl Lookup {
         key: &str,
     ) -> Result<Option<Request>, RenderError> {
         if let Some(spec) = &self.key {
-            check_key(spec, key).map_err(|e| {
-                RenderError(format!("the `by: {}` key {key:?} {e}", self.by))
-            })?;
+            check_key(spec, key)
+                .map_err(|e| RenderError(format!("the `by: {}` key {key:?} {e}", self.by)))?;
         }
         let Some(req) = &self.request else {
             return Ok(None);

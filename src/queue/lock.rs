@@ -28,7 +28,9 @@ impl DataDirLock {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| QueueError(format!("cannot open the lock file {}: {e}", path.display())))?;
+            .map_err(|e| {
+                QueueError(format!("cannot open the lock file {}: {e}", path.display()))
+            })?;
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(DataDirLock { _file: file }),
             Err(rustix::io::Errno::WOULDBLOCK) => Err(QueueError(format!(

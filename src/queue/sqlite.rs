@@ -350,7 +350,12 @@ fn write_loop(
     if !unsettled.is_empty() {
         let result = apply_all(conn, &unsettled);
         for c in unsettled {
-            c.reply(result.as_ref().map(|_| ()).map_err(|e| QueueError(e.0.clone())));
+            c.reply(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| QueueError(e.0.clone())),
+            );
         }
     }
 }
