@@ -52,10 +52,10 @@ fn template(data: &[u8]) -> bool {
 fn ingest(data: &[u8]) -> bool {
     use zdmap::serve::ingest::{Endpoint, events, write_key};
     let _ = write_key(None, data);
+    // Both endpoints run on every input; the input is valid when one takes it.
     [Endpoint::Single("track"), Endpoint::Batch]
-        .into_iter()
         .map(|endpoint| events(endpoint, data, "2026-01-01T00:00:00.000Z").is_ok())
-        .fold(false, |any, ok| any || ok)
+        .contains(&true)
 }
 
 fn config(data: &[u8]) -> bool {

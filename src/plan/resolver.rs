@@ -70,10 +70,8 @@ impl Resolver {
                 Some(key) => check_key_spec(key, &format!("{at}/key"), problems),
                 None if request.is_none() => problems.at(
                     &at,
-                    format!(
-                        "a lookup without a `request` gives its key as the value: say what a key \
-                         can be with `key:` (for an id, `key: {{ type: integer, minimum: 1 }}`)"
-                    ),
+                    "a lookup without a `request` gives its key as the value: say what a key \
+                     can be with `key:` (for an id, `key: { type: integer, minimum: 1 }`)",
                 ),
                 None => {}
             }
