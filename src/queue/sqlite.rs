@@ -303,61 +303,69 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        if group.is_empty() {
-            *lock(problem) = probe_write(conn).err().map(|e| e.to_string());
-            continue;
-        }
-        let pushed = group.iter().any(Command::is_push);
-        if pushed != synced {
-            let level = if pushed { "FULL" } else { "NORMAL" };
-            if conn.pragma_update(None, "synchronous", level).is_ok() {
-                synced = pushed;
-            }
-        }
-        let mut failed = None;
-        match apply_all(conn, &group) {
-            Ok(()) => group.into_iter().for_each(|c| c.reply(Ok(()))),
-            // One bad command must not fail the others: apply them one by one.
-            Err(_) => {
-                for c in group {
-                    match apply_all(conn, std::slice::from_ref(&c)) {
-                        Err(e) if c.is_finish() => {
-                            failed = Some(e.to_string());
-                            unsettled.push(c);
-                        }
-                        Err(e) => {
-                            failed = Some(e.to_string());
-                            c.reply(Err(e));
-                        }
-                        Ok(()) => c.reply(Ok(())),
-                    }
+        let failed = if group.is_empty() {
+            probe_write(conn).err().map(|e| e.to_string())
+        } else {
+            let pushed = group.iter().any(Command::is_push);
+            if pushed != synced {
+                let level = if pushed { "FULL" } else { "NORMAL" };
+                if conn.pragma_update(None, "synchronous", level).is_ok() {
+                    synced = pushed;
                 }
             }
-        }
-        if let Some(e) = &failed {
-            if !failing {
-                tracing::error!(error = %e, unsettled = unsettled.len(), "cannot write the queue; delivered events are settled once it can be written again");
+            let failed = write_group(conn, group, &mut unsettled);
+            if pushed {
+                added.notify_one();
             }
-        } else if failing {
-            tracing::info!("the queue can be written again");
+            failed
+        };
+        match (&failed, failing) {
+            (Some(e), false) => tracing::error!(
+                error = %e,
+                unsettled = unsettled.len(),
+                "cannot write the queue; delivered events are settled once it can be written again"
+            ),
+            (None, true) => tracing::info!("the queue can be written again"),
+            _ => {}
         }
         *lock(problem) = failed;
-        if pushed {
-            added.notify_one();
-        }
     }
     // Closing: one last try for what is still unsettled.
     if !unsettled.is_empty() {
-        let result = apply_all(conn, &unsettled);
+        let result = apply_all(conn, &unsettled).map_err(|e| e.0);
         for c in unsettled {
-            c.reply(
-                result
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|e| QueueError(e.0.clone())),
-            );
+            c.reply(result.clone().map_err(QueueError));
         }
     }
+}
+
+/// Applies a group in one transaction, else command by command, and answers each. A settlement
+/// that cannot be written goes to `unsettled`, to be tried again. Gives the last error, if any.
+fn write_group(
+    conn: &mut Connection,
+    group: Vec<Command>,
+    unsettled: &mut Vec<Command>,
+) -> Option<String> {
+    if apply_all(conn, &group).is_ok() {
+        group.into_iter().for_each(|c| c.reply(Ok(())));
+        return None;
+    }
+    // One bad command must not fail the others: apply them one by one.
+    let mut failed = None;
+    for c in group {
+        match apply_all(conn, std::slice::from_ref(&c)) {
+            Ok(()) => c.reply(Ok(())),
+            Err(e) => {
+                failed = Some(e.to_string());
+                if c.is_finish() {
+                    unsettled.push(c);
+                } else {
+                    c.reply(Err(e));
+                }
+            }
+        }
+    }
+    failed
 }
 
 /// A write that changes nothing of the queue: does the storage take writes?
