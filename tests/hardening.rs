@@ -441,9 +441,9 @@ impl Drop for SmallDisk {
     }
 }
 
-async fn start_server(emu: &Emulator, data: &Path) -> Server {
+async fn start_server(emu: &Emulator, data: &Path, mappings: &Path) -> Server {
     let set = vec!["requests_per_minute=0".to_owned()];
-    let mappings = PathBuf::from("mappings");
+    let mappings = mappings.to_path_buf();
     let config = Config::load(&mappings, &set).expect("mappings load");
     let target = TargetArgs {
         zendesk_url: Some(emu.url()),
@@ -522,13 +522,51 @@ async fn metric_is(url: &str, name: &str, want: f64) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn endpoint_labels_in_metrics_never_carry_event_data() {
+    let (_dir, mappings) = mappings_copy();
+    edit(
+        &mappings.join("track_event.yaml"),
+        "/api/v2/users/{{ resolve('user', id=zendesk_user_id, external_id=external_id, email=email) }}/events",
+        "/api/v2/users/{{ external_id }}/events",
+    );
+    let emu = Emulator::start(EmulatorOptions::default())
+        .await
+        .expect("emulator");
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = start_server(&emu, data.path(), &mappings).await;
+    let url = server.url();
+    let events = (0..50)
+        .map(|i| json!({"type": "track", "event": "Viewed", "userId": format!("user-{i}-secret")}))
+        .collect();
+    assert_eq!(post_batch(&url, events).await, 200);
+    eventually("all fifty settled", || async {
+        metric_is(&url, "zdmap_queue_depth", 0.0).await
+    })
+    .await;
+    let text = get(&format!("{url}/metrics")).await.1;
+    let labels: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("zdmap_zendesk_requests_total{"))
+        .collect();
+    assert!(!labels.is_empty(), "{text}");
+    for line in &labels {
+        assert!(
+            line.contains("endpoint=\"POST /api/v2/users/{id}/events\""),
+            "{line}"
+        );
+    }
+    assert!(!text.contains("secret"), "{text}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_disk_is_reported_until_writes_work_and_delivered_events_are_not_sent_again() {
     let emu = Emulator::start(EmulatorOptions::default())
         .await
         .expect("emulator");
     let disk = SmallDisk::mount("8m");
     let data = disk.path().join("data");
-    let server = start_server(&emu, &data).await;
+    let server = start_server(&emu, &data, Path::new("mappings")).await;
     let url = server.url();
 
     // Ten events wait while Zendesk is down; then the disk fills up.
@@ -573,7 +611,7 @@ async fn a_full_disk_is_reported_until_writes_work_and_delivered_events_are_not_
     server.shutdown().await;
 
     // A restart sends nothing again: only a new event is delivered.
-    let server = start_server(&emu, &data).await;
+    let server = start_server(&emu, &data, Path::new("mappings")).await;
     let url = server.url();
     assert!(metric_is(&url, "zdmap_queue_depth", 0.0).await);
     assert_eq!(post_batch(&url, vec![ticket(10)]).await, 200);
