@@ -137,8 +137,8 @@ pub struct SqliteQueue {
     added: Arc<Notify>,
     /// Why the last write failed, until one succeeds again.
     write_problem: Arc<Mutex<Option<String>>>,
-    /// Held while the queue is open: only this process delivers from the data directory.
-    _lock: super::lock::DataDirLock,
+    /// Held until the queue is closed: only this process delivers from the data directory.
+    dir_lock: Mutex<Option<super::lock::DataDirLock>>,
 }
 
 impl std::fmt::Debug for SqliteQueue {
@@ -155,7 +155,7 @@ impl SqliteQueue {
     pub fn open(data_dir: &Path) -> Result<SqliteQueue, QueueError> {
         check_integrity(&data_dir.join(DATABASE_FILE))?;
         let mut writer_conn = open_connection(data_dir)?;
-        let lock = super::lock::DataDirLock::acquire(data_dir)?;
+        let dir_lock = super::lock::DataDirLock::acquire(data_dir)?;
         let reader = open_connection(data_dir)?;
         let added = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel::<Command>();
@@ -173,7 +173,7 @@ impl SqliteQueue {
             reader: Arc::new(Mutex::new(reader)),
             added,
             write_problem,
-            _lock: lock,
+            dir_lock: Mutex::new(Some(dir_lock)),
         })
     }
 
@@ -182,12 +182,14 @@ impl SqliteQueue {
         &self.path
     }
 
-    /// Stops taking writes and waits until everything given to the writer is committed.
+    /// Stops taking writes, waits until everything given to the writer is committed, and lets
+    /// another process have the data directory.
     pub fn close(&self) {
         drop(lock(&self.writer).take());
         if let Some(thread) = lock(&self.writer_thread).take() {
             let _ = thread.join();
         }
+        drop(lock(&self.dir_lock).take());
     }
 
     /// Hands a command to the writer.
