@@ -20,8 +20,14 @@ pub struct DataDirLock {
 }
 
 impl DataDirLock {
-    /// Locks `data_dir` (which must exist), or says which directory is in use.
+    /// Locks `data_dir` (created if needed), or says which directory is in use.
     pub fn acquire(data_dir: &Path) -> Result<DataDirLock, QueueError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            QueueError(format!(
+                "cannot create the data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
         let path = data_dir.join(LOCK_FILE);
         let file = File::options()
             .create(true)

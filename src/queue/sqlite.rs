@@ -153,9 +153,9 @@ impl SqliteQueue {
     /// Opens the queue in `data_dir` (created if needed) and starts its writer.
     /// Fails when another process has the directory open (see [`super::lock`]).
     pub fn open(data_dir: &Path) -> Result<SqliteQueue, QueueError> {
+        let dir_lock = super::lock::DataDirLock::acquire(data_dir)?;
         check_integrity(&data_dir.join(DATABASE_FILE))?;
         let mut writer_conn = open_connection(data_dir)?;
-        let dir_lock = super::lock::DataDirLock::acquire(data_dir)?;
         let reader = open_connection(data_dir)?;
         let added = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel::<Command>();
