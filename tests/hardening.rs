@@ -17,6 +17,10 @@ use zdmap::queue::{NewItem, Queue, SqliteQueue};
 use zdmap::serve::ingest::WriteKeys;
 use zdmap::serve::{ServeOptions, Server, WorkerOptions};
 
+#[path = "support/mappings.rs"]
+mod mappings;
+use mappings::{edit, mappings_copy};
+
 fn zdmap(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_zdmap"))
         .args(args)
@@ -39,26 +43,6 @@ fn zdmap(args: &[&str], stdin: &str) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A copy of the shipped mappings, for changing on purpose.
-fn mappings_copy() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let dst = dir.path().join("mappings");
-    std::fs::create_dir_all(&dst).expect("mkdir");
-    for entry in std::fs::read_dir("mappings").expect("mappings dir") {
-        let p = entry.expect("entry").path();
-        if p.is_file() {
-            std::fs::copy(&p, dst.join(p.file_name().expect("name"))).expect("copy");
-        }
-    }
-    (dir, dst)
-}
-
-fn edit(file: &Path, from: &str, to: &str) {
-    let text = std::fs::read_to_string(file).expect("read");
-    assert!(text.contains(from), "{from:?} not in {}", file.display());
-    std::fs::write(file, text.replacen(from, to, 1)).expect("write");
 }
 
 fn ndjson(events: &[Value]) -> String {
@@ -288,10 +272,10 @@ fn subdomains_take_hyphens_inside_the_name_only() {
     }
 }
 
-/// Starts `zdmap serve --emulator` on `data` and reads its URL from the first line it prints.
-fn spawn_serve(data: &Path) -> (std::process::Child, String) {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zdmap"))
+/// `zdmap serve --emulator` on `data`, on any free port.
+fn serve_command(data: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zdmap"));
+    command
         .args([
             "serve",
             "--emulator",
@@ -300,7 +284,14 @@ fn spawn_serve(data: &Path) -> (std::process::Child, String) {
             "--no-watch",
         ])
         .arg("--data-dir")
-        .arg(data)
+        .arg(data);
+    command
+}
+
+/// Starts the server and waits until it listens (its first line says where).
+fn spawn_serve(data: &Path) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = serve_command(data)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -309,35 +300,18 @@ fn spawn_serve(data: &Path) -> (std::process::Child, String) {
     std::io::BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut first)
         .expect("first line");
-    let url = first
-        .trim()
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(url.starts_with("http://127.0.0.1:"), "{first}");
-    (child, url)
+    assert!(first.contains("listening on http://127.0.0.1:"), "{first}");
+    child
 }
 
 fn serve_once(data: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zdmap"))
-        .args([
-            "serve",
-            "--emulator",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-watch",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .expect("run zdmap serve")
+    serve_command(data).output().expect("run zdmap serve")
 }
 
 #[test]
 fn a_second_server_on_a_data_directory_stops_at_start() {
     let data = tempfile::tempdir().expect("tempdir");
-    let (mut first, _url) = spawn_serve(data.path());
+    let mut first = spawn_serve(data.path());
     let second = serve_once(data.path());
     let err = text(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{err}");
