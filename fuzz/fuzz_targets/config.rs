@@ -14,7 +14,7 @@ fn dir() -> &'static std::path::Path {
     })
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: zdmap_fuzz::catch_stack_overflows(), |data: &[u8]| {
     let dir = dir();
     for entry in std::fs::read_dir(dir).expect("the temp dir").flatten() {
         let _ = std::fs::remove_file(entry.path());

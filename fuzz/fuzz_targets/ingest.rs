@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 use zdmap::serve::ingest::{Endpoint, events, write_key};
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: zdmap_fuzz::catch_stack_overflows(), |data: &[u8]| {
     let _ = write_key(None, data);
     for endpoint in [Endpoint::Single("track"), Endpoint::Batch] {
         let _ = events(endpoint, data, "2026-01-01T00:00:00.000Z");

@@ -3,7 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: zdmap_fuzz::catch_stack_overflows(), |data: &[u8]| {
     let Ok(source) = std::str::from_utf8(data) else {
         return;
     };
