@@ -250,6 +250,25 @@ fn validate_refuses_jsonpaths_whose_work_explodes_and_a_single_descent_stays_che
 }
 
 #[test]
+fn validate_refuses_a_repeated_list_literal_before_compiling_it() {
+    // Found by fuzzing template compilation: minijinja folds this into a 46-million-item
+    // string while compiling. Refused at once with its place instead.
+    let (_dir, mappings) = mappings_copy();
+    edit(
+        &mappings.join("update_organization_membership.yaml"),
+        "when: not remove",
+        "when: \"[0]*6006*7731 ~ '' > 'x'\"",
+    );
+    let (code, out) = validate(&mappings);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("update_organization_membership.yaml:26:")
+            && out.contains("a list literal cannot be repeated"),
+        "{out}"
+    );
+}
+
+#[test]
 fn subdomains_take_hyphens_inside_the_name_only() {
     let (code, out) = {
         let o = zdmap(&["validate", "--set", "subdomain=acme-support"], "");
