@@ -91,9 +91,8 @@ fn ndjson(events: &[Vec<u8>]) -> Vec<u8> {
 
 /// Every event but the identifies first (in their order), then the identifies.
 fn identifies_last(events: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    let is_identify = |e: &Vec<u8>| {
-        serde_json::from_slice::<Value>(e).is_ok_and(|v| v["type"] == "identify")
-    };
+    let is_identify =
+        |e: &Vec<u8>| serde_json::from_slice::<Value>(e).is_ok_and(|v| v["type"] == "identify");
     let (identifies, others): (Vec<_>, Vec<_>) = events.iter().cloned().partition(is_identify);
     others.into_iter().chain(identifies).collect()
 }

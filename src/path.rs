@@ -5,8 +5,17 @@
 //! filters, slices, `..`, unions) is parsed by jsonpath-rust when the mappings load and
 //! evaluated by it. A property test checks that both give the same answers on plain paths.
 //! A JSON `null` found at a path is returned as a value; callers decide what it means.
+//!
+//! The work of a query is bounded when it is parsed, so an event can never make one explode:
+//! at most one `..` (each multiplies the work by the size of the document), unions that repeat
+//! a node at most [`MAX_FAN_OUT`] times over the whole path, and filters that read only single
+//! values (names and indices). Within these, a query selects at most `MAX_FAN_OUT` times as many
+//! values as the document has, in time of the same order.
 
-use jsonpath_rust::parser::model::JpQuery;
+use jsonpath_rust::parser::model::{
+    Comparable, Filter, FilterAtom, FnArg, JpQuery, Segment as QuerySegment, Selector, Test,
+    TestFunction,
+};
 use serde_json::Value;
 use std::fmt;
 
@@ -60,10 +69,15 @@ impl JsonPath {
             });
         }
         match jsonpath_rust::parser::parse_json_path(source) {
-            Ok(q) => Ok(JsonPath {
-                source: source.to_owned(),
-                compiled: Compiled::Query(Box::new(q)),
-            }),
+            Ok(q) => {
+                if let Some(e) = unbounded(source, &q) {
+                    return Err(e);
+                }
+                Ok(JsonPath {
+                    source: source.to_owned(),
+                    compiled: Compiled::Query(Box::new(q)),
+                })
+            }
             Err(e) => {
                 let text = e.to_string();
                 Err(PathError {
@@ -186,6 +200,112 @@ fn parse_plain(source: &str) -> Option<Vec<Segment>> {
     Some(out)
 }
 
+/// How many times over a query may select one node through its unions (`[0,0]`, `['a','a']`).
+pub const MAX_FAN_OUT: u64 = 16;
+
+/// Why a query could take work out of proportion to the document it reads, if it could.
+fn unbounded(source: &str, query: &JpQuery) -> Option<PathError> {
+    let column_of = |needle: &str, nth: usize| {
+        source
+            .match_indices(needle)
+            .nth(nth)
+            .map_or(1, |(i, _)| source[..i].chars().count() + 1)
+    };
+    let mut descendants = 0;
+    let mut fan_out: u64 = 1;
+    for segment in &query.segments {
+        let selectors = match segment {
+            QuerySegment::Descendant(inner) => {
+                descendants += 1;
+                if descendants > 1 {
+                    return Some(PathError {
+                        column: column_of("..", 1),
+                        message: "a JSONPath may use `..` once: each one multiplies the work by \
+                                  the size of the event"
+                            .into(),
+                    });
+                }
+                selectors(inner)
+            }
+            other => selectors(other),
+        };
+        fan_out = fan_out.saturating_mul(selectors.len().max(1) as u64);
+        let filters_ok = selectors.iter().all(|s| match s {
+            Selector::Filter(f) => filter_reads_single_values(f),
+            _ => true,
+        });
+        if !filters_ok {
+            return Some(PathError {
+                column: column_of("?", 0),
+                message: "a filter may only read single values (names and indices): no `*`, \
+                          `..`, slices or filters inside it, which would run once per node"
+                    .into(),
+            });
+        }
+    }
+    (fan_out > MAX_FAN_OUT).then(|| PathError {
+        column: column_of(",", 0),
+        message: format!(
+            "the unions of this JSONPath select each node up to {fan_out} times; at most \
+             {MAX_FAN_OUT} is allowed"
+        ),
+    })
+}
+
+fn selectors(segment: &QuerySegment) -> &[Selector] {
+    match segment {
+        QuerySegment::Selector(s) => std::slice::from_ref(s),
+        QuerySegment::Selectors(v) => v,
+        // The parser never nests descendants; if it did, count the inner one as nothing selected.
+        QuerySegment::Descendant(_) => &[],
+    }
+}
+
+fn filter_reads_single_values(filter: &Filter) -> bool {
+    match filter {
+        Filter::Or(fs) | Filter::And(fs) => fs.iter().all(filter_reads_single_values),
+        Filter::Atom(FilterAtom::Filter { expr, .. }) => filter_reads_single_values(expr),
+        Filter::Atom(FilterAtom::Test { expr, .. }) => test_reads_single_values(expr),
+        Filter::Atom(FilterAtom::Comparison(c)) => {
+            let (left, right) = c.vals();
+            [left, right].into_iter().all(|side| match side {
+                Comparable::Literal(_) | Comparable::SingularQuery(_) => true,
+                Comparable::Function(f) => function_reads_single_values(f),
+            })
+        }
+    }
+}
+
+fn test_reads_single_values(test: &Test) -> bool {
+    let singular = |segments: &[QuerySegment]| {
+        segments.iter().all(|s| {
+            matches!(
+                s,
+                QuerySegment::Selector(Selector::Name(_) | Selector::Index(_))
+            )
+        })
+    };
+    match test {
+        Test::RelQuery(segments) => singular(segments),
+        Test::AbsQuery(q) => singular(&q.segments),
+        Test::Function(f) => function_reads_single_values(f),
+    }
+}
+
+fn function_reads_single_values(f: &TestFunction) -> bool {
+    let arg_ok = |a: &FnArg| match a {
+        FnArg::Literal(_) => true,
+        FnArg::Test(t) => test_reads_single_values(t),
+        FnArg::Filter(f) => filter_reads_single_values(f),
+    };
+    match f {
+        TestFunction::Custom(_, args) => args.iter().all(arg_ok),
+        TestFunction::Length(a) => arg_ok(a),
+        TestFunction::Value(a) | TestFunction::Count(a) => arg_ok(a),
+        TestFunction::Search(a, b) | TestFunction::Match(a, b) => arg_ok(a) && arg_ok(b),
+    }
+}
+
 /// The column of a pest error message (` --> 1:7`).
 fn pest_column(text: &str) -> Option<usize> {
     let at = text.find("--> ")?;
@@ -237,6 +357,43 @@ mod tests {
             JsonPath::parse("$.nothing[*]").unwrap().select(&doc),
             Selected::Nothing
         );
+    }
+
+    #[test]
+    fn work_is_bounded_when_parsing() {
+        for (path, column) in [
+            ("$..*..*..*..*..*..*..*..*", 5),
+            ("$..a..b", 5),
+            ("$.a[?@..b]", 5),
+            ("$.a[?@.b[*]]", 5),
+            ("$.a[?count(@.*) > 1]", 5),
+            ("$[0,0,0,0][0,0,0,0][0,0]", 4),
+        ] {
+            let e = JsonPath::parse(path).expect_err(path);
+            assert_eq!(e.column, column, "{path}: {e}");
+        }
+        for path in [
+            "$..*",
+            "$..email",
+            "$.details.*[*].error",
+            "$.fields[?@.key == 'b'].key",
+            "$[0,1,2,3][0,1,2,3]",
+        ] {
+            assert!(JsonPath::parse(path).is_ok(), "{path}");
+        }
+    }
+
+    #[test]
+    fn one_descendant_on_a_deep_event_selects_each_node_once() {
+        let mut doc = json!({"b": [1, 2, 3]});
+        for _ in 0..30 {
+            doc = json!({"a": doc, "b": [1, 2, 3]});
+        }
+        let Selected::Many(all) = JsonPath::parse("$..*").unwrap().select(&doc) else {
+            panic!("selects values")
+        };
+        // Each level holds `a`, `b` and b's three numbers.
+        assert_eq!(all.len(), 30 * 5 + 4);
     }
 
     #[test]

@@ -40,11 +40,15 @@ impl std::fmt::Display for Method {
 ///
 /// `path` is already URL-encoded segment by segment (template parts are encoded,
 /// the literal slashes of the action file are kept). `query` values are raw: the
-/// sender encodes them.
+/// sender encodes them. `endpoint` is the path with every template part as `{id}`
+/// (`/api/v2/users/{id}/events`): what counters and metrics name, so they never carry event
+/// data; empty for a request not rendered from a template.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Request {
     pub method: Method,
     pub path: String,
+    #[serde(skip)]
+    pub endpoint: String,
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub query: IndexMap<String, String>,
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
@@ -87,6 +91,25 @@ pub fn push_path_segment(path: &mut String, s: &str) {
     path.extend(percent_encoding::utf8_percent_encode(s, QUERY));
 }
 
+/// A segment that would move the request to another endpoint rather than name something in
+/// it: empty, `.` or `..`, also in their percent-encoded forms (`%2e`, `%2E%2e`, `%252e`...),
+/// which URL parsers and servers resolve as dot segments.
+pub fn is_moving_segment(segment: &str) -> bool {
+    let mut text = std::borrow::Cow::Borrowed(segment);
+    // Each decoding undoes one layer of encoding; three covers a proxy decoding twice.
+    for _ in 0..3 {
+        if matches!(text.as_ref(), "" | "." | "..") {
+            return true;
+        }
+        let decoded = percent_encoding::percent_decode_str(&text).decode_utf8_lossy();
+        if decoded == text {
+            return false;
+        }
+        text = std::borrow::Cow::Owned(decoded.into_owned());
+    }
+    matches!(text.as_ref(), "" | "." | "..")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +119,7 @@ mod tests {
         let mut r = Request {
             method: Method::Get,
             path: "/api/v2/users/search".into(),
+            endpoint: String::new(),
             query: IndexMap::new(),
             headers: IndexMap::new(),
             body: None,
@@ -112,5 +136,25 @@ mod tests {
         let mut path = "/users/".to_owned();
         push_path_segment(&mut path, "../a/b?c d");
         assert_eq!(path, "/users/..%2Fa%2Fb%3Fc%20d");
+    }
+
+    #[test]
+    fn dot_segments_in_any_encoding_move() {
+        for s in [
+            "",
+            ".",
+            "..",
+            "%2e",
+            "%2E",
+            ".%2e",
+            "%2e.",
+            "%2E%2e",
+            "%252e%252E",
+        ] {
+            assert!(is_moving_segment(s), "{s}");
+        }
+        for s in ["...", "a..", "123", "%2e%2e%2e", "%2f", "a%2e"] {
+            assert!(!is_moving_segment(s), "{s}");
+        }
     }
 }

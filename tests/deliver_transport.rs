@@ -151,6 +151,7 @@ fn post(path: &str, body: Value) -> Request {
     Request {
         method: Method::Post,
         path: path.into(),
+        endpoint: String::new(),
         query: Default::default(),
         headers: Default::default(),
         body: Some(body),
@@ -161,6 +162,7 @@ fn get(path: &str) -> Request {
     Request {
         method: Method::Get,
         path: path.into(),
+        endpoint: String::new(),
         query: Default::default(),
         headers: Default::default(),
         body: None,

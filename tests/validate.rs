@@ -1,28 +1,12 @@
 //! `zdmap validate` through the binary: every kind of config problem is found, located and
 //! reported at once, in each format, with the documented exit codes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-/// A copy of the shipped mappings in a temp dir, for breaking on purpose.
-fn mappings_copy() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let dst = dir.path().join("mappings");
-    std::fs::create_dir_all(&dst).expect("mkdir");
-    for entry in std::fs::read_dir("mappings").expect("mappings dir") {
-        let p = entry.expect("entry").path();
-        if p.is_file() {
-            std::fs::copy(&p, dst.join(p.file_name().expect("name"))).expect("copy");
-        }
-    }
-    (dir, dst)
-}
-
-fn edit(file: &Path, from: &str, to: &str) {
-    let text = std::fs::read_to_string(file).expect("read");
-    assert!(text.contains(from), "{from:?} not in {}", file.display());
-    std::fs::write(file, text.replacen(from, to, 1)).expect("write");
-}
+#[path = "support/mappings.rs"]
+mod mappings;
+use mappings::{edit, mappings_copy};
 
 fn validate(dir: &Path, format: &str) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_zdmap"))

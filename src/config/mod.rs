@@ -452,7 +452,7 @@ fn check_setting(s: &SettingSpec, v: &Value) -> Result<(), String> {
 }
 
 /// Whether `c` is in a character class like `a-z0-9_`.
-fn char_allowed(class: &str, c: char) -> bool {
+pub(crate) fn char_allowed(class: &str, c: char) -> bool {
     let chars: Vec<char> = class.chars().collect();
     let mut i = 0;
     while i < chars.len() {

@@ -353,7 +353,8 @@ pub struct ResolverSpec {
 }
 
 /// One way to look a value up: `by` names the key (`email`); `request` (with `{{ key }}`) and
-/// `result` (a JSONPath into the response) say how. Without a request the key is the value itself.
+/// `result` (a JSONPath into the response) say how. Without a request the key is the value itself,
+/// and `key` must say what such a value can be.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LookupSpec {
@@ -362,6 +363,32 @@ pub struct LookupSpec {
     pub request: Option<RequestSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
+    /// What a key must be (`{ type: integer, minimum: 1 }`); a key that is not is an error for
+    /// the event. Required on a lookup without a request, whose key goes into paths as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeySpec>,
+}
+
+/// The form of a lookup key, e.g. a Zendesk id: `{ type: integer, minimum: 1 }`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    #[serde(rename = "type")]
+    pub kind: KeyType,
+    /// For `integer`: the smallest value allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum: Option<i64>,
+    /// For `string`: the characters allowed (`a-z0-9_-`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_characters: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyType {
+    /// Digits with an optional leading `-`, written as the number is (no `+`, no leading zeros).
+    Integer,
+    String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

@@ -141,7 +141,14 @@ pub async fn attempt(
 ) -> Disposition {
     budget.acquire().await;
     let outcome = client.send(req).await;
-    stats.record_request(req.method, &req.path, &outcome);
+    // Counted under the request's endpoint (template parts as `{id}`), never its path: event
+    // data must not become a counter's name.
+    let counted = if req.endpoint.is_empty() {
+        &req.path
+    } else {
+        &req.endpoint
+    };
+    stats.record_request(req.method, counted, &outcome);
     judge(budget, policy, outcome, accept)
 }
 

@@ -2,8 +2,10 @@
 //! status, retries and 429s, and the elapsed time. Thread-safe (`&Stats` from every worker),
 //! printed by [`Stats::summary`] and serialized (through [`StatsSnapshot`]) for `--json`.
 //!
-//! Endpoints are counted as `METHOD path` with ids replaced by `{id}`
-//! (`POST /api/v2/users/{id}/events`), so the table stays small and holds no personal data.
+//! Endpoints are counted as `METHOD endpoint`: the request's path with every template part as
+//! `{id}` (`POST /api/v2/users/{id}/events`, see [`crate::request::Request::endpoint`]), so the
+//! table stays small and holds no event data; in a path not rendered from a template, id-like
+//! segments are replaced by `{id}` too.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

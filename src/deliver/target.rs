@@ -1,7 +1,7 @@
 //! Where requests go: the base URL of the destination and the rule that every request stays on it.
 //!
-//! The base URL is either `https://{subdomain}.zendesk.com`, with the subdomain checked (lowercase
-//! letters and digits only, zendesk-api.md §1), or an explicit override (`--zendesk-url` /
+//! The base URL is either `https://{subdomain}.zendesk.com`, with the subdomain checked (one DNS
+//! label: lowercase letters, digits and hyphens inside, as in `acme-support`), or an explicit override (`--zendesk-url` /
 //! `ZDMAP_ZENDESK_URL`, e.g. the emulator) that must be a bare `http(s)://host[:port]`. Every
 //! request URL is built by [`Target::url_for`], which refuses a path that would leave that host, so
 //! no setting and no rendered path can send credentials elsewhere. Errors never echo the input,
@@ -44,7 +44,7 @@ pub enum TargetError {
     )]
     NoSubdomain,
     #[error(
-        "invalid Zendesk subdomain: use only lowercase letters and digits (as in acme for https://acme.zendesk.com)"
+        "invalid Zendesk subdomain: use only lowercase letters, digits and hyphens inside the name (as in acme or acme-support for https://acme-support.zendesk.com)"
     )]
     InvalidSubdomain,
     #[error("invalid --zendesk-url / ZDMAP_ZENDESK_URL: {reason}")]
@@ -55,8 +55,9 @@ pub enum TargetError {
 
 impl Target {
     /// `https://{subdomain}.zendesk.com`. A leading `https://` and a trailing `.zendesk.com` (and
-    /// `/`) are stripped; what is left must be lowercase ASCII letters and digits. Uppercase is
-    /// lowered (hostnames are case-insensitive).
+    /// `/`) are stripped; what is left must be one DNS label: lowercase ASCII letters, digits and
+    /// hyphens, neither first nor last. Uppercase is lowered (hostnames are case-insensitive).
+    /// With no `.`, `/`, `@` or `:` possible, the host is always a subdomain of `zendesk.com`.
     pub fn zendesk(subdomain: &str) -> Result<Target, TargetError> {
         let mut s = subdomain.trim().to_ascii_lowercase();
         if let Some(rest) = s.strip_prefix("https://") {
@@ -68,11 +69,19 @@ impl Target {
         if let Some(rest) = s.strip_suffix(".zendesk.com") {
             s = rest.to_string();
         }
-        if s.is_empty() || s.len() > 63 || !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        let label = !s.is_empty()
+            && s.len() <= 63
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-');
+        if !label {
             return Err(TargetError::InvalidSubdomain);
         }
-        let base = Url::parse(&format!("https://{s}.zendesk.com"))
-            .map_err(|_| TargetError::InvalidSubdomain)?;
+        let host = format!("{s}.zendesk.com");
+        let base = Url::parse(&format!("https://{host}"))
+            .ok()
+            .filter(|u| u.host_str() == Some(host.as_str()))
+            .ok_or(TargetError::InvalidSubdomain)?;
         Ok(Target {
             base,
             kind: TargetKind::Zendesk,
@@ -205,10 +214,24 @@ mod tests {
             assert_eq!(t.base_url().as_str(), "https://acme.zendesk.com/", "{ok}");
         }
         assert!(Target::zendesk("acme2").is_ok());
+        for (name, url) in [
+            ("acme-support", "https://acme-support.zendesk.com/"),
+            ("d3v-foo.zendesk.com", "https://d3v-foo.zendesk.com/"),
+            ("xn--cme-4na", "https://xn--cme-4na.zendesk.com/"),
+        ] {
+            let t = Target::zendesk(name).expect(name);
+            assert_eq!(t.base_url().as_str(), url, "{name}");
+        }
         for bad in [
             "",
             "evil.com/",
-            "a-b",
+            "-acme",
+            "acme-",
+            "-",
+            "acme-.zendesk.com",
+            "evil-com.evil.com",
+            "a-b.c",
+            &"a".repeat(64),
             "a.b",
             "a_b",
             "user@host",

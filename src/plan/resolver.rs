@@ -2,11 +2,13 @@
 //!
 //! A resolver lists ways to find a value by a key (`by: external_id`, `by: email`), each a
 //! request template over `key` and a JSONPath into the response, or no request at all when the
-//! key already is the value (`by: id`). Delivery tries the keys a template gave in the
-//! resolver's order and caches answers; this module only compiles and renders.
+//! key already is the value (`by: id`). A lookup may declare what its keys can be (`key:`, e.g.
+//! a positive integer), and must when it has no request, since such a key goes into paths as it
+//! is; a key that does not fit is an error for the event. Delivery tries the keys a template gave
+//! in the resolver's order and caches answers; this module only compiles, checks and renders.
 
-use crate::config::Problems;
-use crate::config::spec::{CacheSpec, ResolverSpec};
+use crate::config::spec::{CacheSpec, KeySpec, KeyType, ResolverSpec};
+use crate::config::{Problems, char_allowed};
 use crate::path::JsonPath;
 use crate::plan::step::RequestTemplate;
 use crate::request::Request;
@@ -28,6 +30,7 @@ pub struct Lookup {
     pub by: String,
     request: Option<RequestTemplate>,
     result: Option<JsonPath>,
+    key: Option<KeySpec>,
 }
 
 impl Resolver {
@@ -63,6 +66,15 @@ impl Resolver {
             if request.is_some() && result.is_none() {
                 problems.at(&at, "a lookup with a `request` needs a `result` path");
             }
+            match &l.key {
+                Some(key) => check_key_spec(key, &format!("{at}/key"), problems),
+                None if request.is_none() => problems.at(
+                    &at,
+                    "a lookup without a `request` gives its key as the value: say what a key \
+                     can be with `key:` (for an id, `key: { type: integer, minimum: 1 }`)",
+                ),
+                None => {}
+            }
             if lookups.iter().any(|x: &Lookup| x.by == l.by) {
                 problems.at(
                     &format!("{at}/by"),
@@ -73,6 +85,7 @@ impl Resolver {
                 by: l.by.clone(),
                 request,
                 result,
+                key: l.key.clone(),
             });
         }
         Some(Resolver {
@@ -107,6 +120,10 @@ impl Lookup {
         settings: &Arc<Value>,
         key: &str,
     ) -> Result<Option<Request>, RenderError> {
+        if let Some(spec) = &self.key {
+            check_key(spec, key)
+                .map_err(|e| RenderError(format!("the `by: {}` key {key:?} {e}", self.by)))?;
+        }
         let Some(req) = &self.request else {
             return Ok(None);
         };
@@ -140,5 +157,47 @@ impl Lookup {
             crate::path::Selected::One(v) => Value::Array(vec![v.clone()]),
             crate::path::Selected::Many(vs) => Value::Array(vs.into_iter().cloned().collect()),
         })
+    }
+}
+
+/// Problems with a `key:` declaration itself.
+fn check_key_spec(spec: &KeySpec, at: &str, problems: &mut Problems) {
+    match spec.kind {
+        KeyType::Integer if spec.allowed_characters.is_some() => problems.at(
+            &format!("{at}/allowed_characters"),
+            "`allowed_characters` is for `type: string` keys",
+        ),
+        KeyType::String if spec.minimum.is_some() => problems.at(
+            &format!("{at}/minimum"),
+            "`minimum` is for `type: integer` keys",
+        ),
+        KeyType::String if spec.allowed_characters.as_deref() == Some("") => problems.at(
+            &format!("{at}/allowed_characters"),
+            "`allowed_characters` allows nothing",
+        ),
+        _ => {}
+    }
+}
+
+/// Whether `key` has the declared form; the message says how it does not.
+fn check_key(spec: &KeySpec, key: &str) -> Result<(), String> {
+    match spec.kind {
+        KeyType::Integer => {
+            let n = key
+                .parse::<i64>()
+                .ok()
+                .filter(|n| n.to_string() == key)
+                .ok_or("is not an integer")?;
+            match spec.minimum {
+                Some(min) if n < min => Err(format!("is less than {min}")),
+                _ => Ok(()),
+            }
+        }
+        KeyType::String => match &spec.allowed_characters {
+            Some(class) if key.is_empty() || !key.chars().all(|c| char_allowed(class, c)) => {
+                Err(format!("has characters other than {class}"))
+            }
+            _ => Ok(()),
+        },
     }
 }

@@ -9,7 +9,7 @@ use crate::config::Problems;
 use crate::config::spec::{LearnSpec, RequestSpec, StepSpec};
 use crate::path::JsonPath;
 use crate::plan::outcome::Outcomes;
-use crate::request::{Method, Request, push_path_segment};
+use crate::request::{Method, Request, is_moving_segment, push_path_segment};
 use crate::template::{RenderError, Scope, Templates, Text};
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
@@ -245,15 +245,43 @@ impl RequestTemplate {
     /// Renders the request in a scope.
     pub fn render(&self, templates: &Templates, scope: &Scope) -> Result<Request, RenderError> {
         let mut path = String::with_capacity(64);
+        let mut endpoint = String::with_capacity(64);
+        // The unencoded text of the segment being built, and the template part in it, if any.
+        let mut segment = String::new();
+        let mut templated: Option<&str> = None;
+        let check = |segment: &str, templated: Option<&str>| match templated {
+            Some(src) if is_moving_segment(segment) => Err(RenderError(format!(
+                "the path part {src:?} gives the path segment {segment:?}, which would change the \
+                 endpoint (empty, `.` and `..`, also percent-encoded, are refused)"
+            ))),
+            _ => Ok(()),
+        };
         for part in &self.path {
             match part {
-                PathPart::Literal(s) => path.push_str(s),
+                PathPart::Literal(s) => {
+                    path.push_str(s);
+                    endpoint.push_str(s);
+                    for (i, piece) in s.split('/').enumerate() {
+                        if i > 0 {
+                            check(&segment, templated.take())?;
+                            segment.clear();
+                        }
+                        segment.push_str(piece);
+                    }
+                }
                 PathPart::Value(t, src) => match templates.eval(t, scope)? {
-                    Some(v) => push_path_segment(&mut path, &scalar_text(v)),
+                    Some(v) => {
+                        let text = scalar_text(v);
+                        push_path_segment(&mut path, &text);
+                        endpoint.push_str("{id}");
+                        segment.push_str(&text);
+                        templated = Some(src);
+                    }
                     None => return Err(RenderError(format!("the path part {src:?} has no value"))),
                 },
             }
         }
+        check(&segment, templated)?;
         let pairs = |list: &[(String, Text)]| -> Result<IndexMap<String, String>, RenderError> {
             let mut out = IndexMap::new();
             for (k, t) in list {
@@ -270,6 +298,7 @@ impl RequestTemplate {
         Ok(Request {
             method: self.method,
             path,
+            endpoint,
             query: pairs(&self.query)?,
             headers: pairs(&self.headers)?,
             body,

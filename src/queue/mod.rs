@@ -9,6 +9,7 @@
 //! The dead letters of the data directory ([`DeadLetterStore`]) live in the same database so
 //! that "failed" is one atomic step; `zdmap dead-letters` reads and replays them.
 
+pub mod lock;
 pub mod sqlite;
 
 use crate::deliver::DeadLetter;
@@ -92,4 +93,10 @@ pub trait Queue: Send + Sync + 'static {
     /// Resolves when items may have been added since the last call, or after `max_wait` (other
     /// processes, such as `zdmap dead-letters replay`, add items too).
     fn changed(&self, max_wait: std::time::Duration) -> impl Future<Output = ()> + Send;
+
+    /// Why the queue cannot be written, from the last failed write until a write succeeds again
+    /// (a successful read says nothing about writes).
+    fn write_problem(&self) -> Option<String> {
+        None
+    }
 }

@@ -10,6 +10,13 @@
 //! cursor never skips a new item), `dead_letters` (one dead-letter record per row) and
 //! `message_ids` (the senders' `messageId`s accepted within the deduplication window, so a batch
 //! sent again is not queued twice, across restarts too; older ones are forgotten as pushes come).
+//!
+//! Storage faults: a database whose pages are damaged is refused at open (SQLite's quick check),
+//! since it would take events and never give them back. When a write fails (disk full, read-only
+//! file system), the queue reports it ([`Queue::write_problem`]) until a write succeeds again;
+//! the settling of delivered events is kept and tried again every [`RETRY_WRITES`] (with a
+//! probe write when nothing waits) so that, once there is room again, they are not delivered a
+//! second time after a restart. Only if zdmap stops before that are they delivered again.
 
 use super::{Item, NewItem, Pushed, Queue, QueueError};
 use crate::deliver::DeadLetter;
@@ -31,6 +38,9 @@ pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Commands handled together in one transaction, at most.
 const GROUP_LIMIT: usize = 1024;
+
+/// How often the writer tries again after a failed write.
+pub const RETRY_WRITES: Duration = Duration::from_secs(1);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -131,6 +141,10 @@ impl Command {
         matches!(self, Command::Push { .. })
     }
 
+    fn is_finish(&self) -> bool {
+        matches!(self, Command::Finish { .. })
+    }
+
     fn reply(self, result: Result<(), QueueError>) {
         match self {
             Command::Push {
@@ -159,6 +173,10 @@ pub struct SqliteQueue {
     reader: Arc<Mutex<Connection>>,
     added: Arc<Notify>,
     dedupe_window: Duration,
+    /// Why the last write failed, until one succeeds again.
+    write_problem: Arc<Mutex<Option<String>>>,
+    /// Held until the queue is closed: only this process delivers from the data directory.
+    dir_lock: Mutex<Option<super::lock::DataDirLock>>,
 }
 
 impl std::fmt::Debug for SqliteQueue {
@@ -171,15 +189,20 @@ impl std::fmt::Debug for SqliteQueue {
 
 impl SqliteQueue {
     /// Opens the queue in `data_dir` (created if needed) and starts its writer.
+    /// Fails when another process has the directory open (see [`super::lock`]).
     pub fn open(data_dir: &Path) -> Result<SqliteQueue, QueueError> {
+        let dir_lock = super::lock::DataDirLock::acquire(data_dir)?;
+        check_integrity(&data_dir.join(DATABASE_FILE))?;
         let mut writer_conn = open_connection(data_dir)?;
         let reader = open_connection(data_dir)?;
         let added = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel::<Command>();
         let notify = added.clone();
+        let write_problem = Arc::new(Mutex::new(None));
+        let problem = write_problem.clone();
         let thread = std::thread::Builder::new()
             .name("zdmap-queue-writer".into())
-            .spawn(move || write_loop(&mut writer_conn, &rx, &notify))
+            .spawn(move || write_loop(&mut writer_conn, &rx, &notify, &problem))
             .map_err(|e| QueueError(format!("cannot start the queue writer: {e}")))?;
         Ok(SqliteQueue {
             path: data_dir.join(DATABASE_FILE),
@@ -188,6 +211,8 @@ impl SqliteQueue {
             reader: Arc::new(Mutex::new(reader)),
             added,
             dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            write_problem,
+            dir_lock: Mutex::new(Some(dir_lock)),
         })
     }
 
@@ -202,12 +227,14 @@ impl SqliteQueue {
         &self.path
     }
 
-    /// Stops taking writes and waits until everything given to the writer is committed.
+    /// Stops taking writes, waits until everything given to the writer is committed, and lets
+    /// another process have the data directory.
     pub fn close(&self) {
         drop(lock(&self.writer).take());
         if let Some(thread) = lock(&self.writer_thread).take() {
             let _ = thread.join();
         }
+        drop(lock(&self.dir_lock).take());
     }
 
     /// Hands a command to the writer.
@@ -268,6 +295,36 @@ fn insert_letter(conn: &Connection, letter: &DeadLetter) -> rusqlite::Result<()>
         .map(drop)
 }
 
+/// Refuses a database with damaged pages (a missing one is fine: it is created). Runs before
+/// anything writes to the file.
+fn check_integrity(path: &Path) -> Result<(), QueueError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let damaged = |detail: String| {
+        QueueError(format!(
+            "the queue database {} is damaged ({detail}); zdmap will not start on it, since it \
+             could take events and never deliver them: move the file aside (`sqlite3 FILE \
+             .recover` saves what can still be read) and start again",
+            path.display()
+        ))
+    };
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| QueueError(format!("cannot open {}: {e}", path.display())))?;
+    let problems = conn
+        .prepare("PRAGMA quick_check(5)")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<String>, _>>()
+        })
+        .map_err(|e| damaged(e.to_string()))?;
+    if problems == ["ok"] {
+        Ok(())
+    } else {
+        Err(damaged(problems.join("; ")))
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -279,37 +336,117 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// (`NORMAL`: WAL mode still survives a process crash; a power cut may forget the last ones,
 /// which are then delivered again, harmlessly): syncing every acknowledgement would cap delivery
 /// at a few hundred events per second.
-fn write_loop(conn: &mut Connection, rx: &mpsc::Receiver<Command>, added: &Notify) {
+///
+/// A failed write sets `problem` until a write succeeds. Settlements that failed are kept and
+/// tried again with the next group, or after [`RETRY_WRITES`]; with nothing to retry, a probe
+/// write tells when the storage takes writes again.
+fn write_loop(
+    conn: &mut Connection,
+    rx: &mpsc::Receiver<Command>,
+    added: &Notify,
+    problem: &Mutex<Option<String>>,
+) {
     let mut synced = true;
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
+    let mut unsettled: Vec<Command> = Vec::new();
+    loop {
+        let failing = lock(problem).is_some();
+        let first = if failing || !unsettled.is_empty() {
+            match rx.recv_timeout(RETRY_WRITES) {
+                Ok(c) => Some(c),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(c) => Some(c),
+                Err(_) => break,
+            }
+        };
+        let mut group = std::mem::take(&mut unsettled);
+        group.extend(first);
         while group.len() < GROUP_LIMIT {
             match rx.try_recv() {
                 Ok(c) => group.push(c),
                 Err(_) => break,
             }
         }
-        let pushed = group.iter().any(Command::is_push);
-        if pushed != synced {
-            let level = if pushed { "FULL" } else { "NORMAL" };
-            if conn.pragma_update(None, "synchronous", level).is_ok() {
-                synced = pushed;
+        let failed = if group.is_empty() {
+            probe_write(conn).err().map(|e| e.to_string())
+        } else {
+            let pushed = group.iter().any(Command::is_push);
+            if pushed != synced {
+                let level = if pushed { "FULL" } else { "NORMAL" };
+                if conn.pragma_update(None, "synchronous", level).is_ok() {
+                    synced = pushed;
+                }
             }
+            let failed = write_group(conn, group, &mut unsettled);
+            if pushed {
+                added.notify_one();
+            }
+            failed
+        };
+        match (&failed, failing) {
+            (Some(e), false) => tracing::error!(
+                error = %e,
+                unsettled = unsettled.len(),
+                "cannot write the queue; delivered events are settled once it can be written again"
+            ),
+            (None, true) => tracing::info!("the queue can be written again"),
+            _ => {}
         }
-        match apply_all(conn, &group) {
-            Ok(()) => group.into_iter().for_each(|c| c.reply(Ok(()))),
-            // One bad command must not fail the others: apply them one by one.
-            Err(_) => {
-                for c in group {
-                    let result = apply_all(conn, std::slice::from_ref(&c));
-                    c.reply(result);
+        *lock(problem) = failed;
+    }
+    // Closing: one last try for what is still unsettled.
+    if !unsettled.is_empty() {
+        let result = apply_all(conn, &unsettled).map_err(|e| e.0);
+        for c in unsettled {
+            c.reply(result.clone().map_err(QueueError));
+        }
+    }
+}
+
+/// Applies a group in one transaction, else command by command, and answers each. A settlement
+/// that cannot be written goes to `unsettled`, to be tried again. Gives the last error, if any.
+fn write_group(
+    conn: &mut Connection,
+    group: Vec<Command>,
+    unsettled: &mut Vec<Command>,
+) -> Option<String> {
+    if apply_all(conn, &group).is_ok() {
+        group.into_iter().for_each(|c| c.reply(Ok(())));
+        return None;
+    }
+    // One bad command must not fail the others: apply them one by one.
+    let mut failed = None;
+    for c in group {
+        match apply_all(conn, std::slice::from_ref(&c)) {
+            Ok(()) => c.reply(Ok(())),
+            Err(e) => {
+                failed = Some(e.to_string());
+                if c.is_finish() {
+                    unsettled.push(c);
+                } else {
+                    c.reply(Err(e));
                 }
             }
         }
-        if pushed {
-            added.notify_one();
-        }
     }
+    failed
+}
+
+/// A write that changes nothing of the queue: does the storage take writes?
+fn probe_write(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE IF NOT EXISTS write_probe (at INTEGER NOT NULL);
+         DELETE FROM write_probe;
+         INSERT INTO write_probe (at) VALUES (unixepoch());
+         COMMIT;",
+    )
+    .inspect_err(|_| {
+        let _ = conn.execute_batch("ROLLBACK");
+    })
 }
 
 fn apply_all(conn: &mut Connection, group: &[Command]) -> Result<(), QueueError> {
@@ -391,6 +528,10 @@ impl Queue for SqliteQueue {
 
     async fn changed(&self, max_wait: Duration) {
         let _ = tokio::time::timeout(max_wait, self.added.notified()).await;
+    }
+
+    fn write_problem(&self) -> Option<String> {
+        lock(&self.write_problem).clone()
     }
 }
 

@@ -82,11 +82,15 @@ pub struct HealthState {
     pub config: Option<String>,
     /// The queue could not be read or written.
     pub queue: Option<String>,
+    /// The queue's storage refuses writes (disk full, read-only): reported by the queue itself,
+    /// from a failed write until a write succeeds again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_write: Option<String>,
 }
 
 impl HealthState {
     pub fn ready(&self) -> bool {
-        self.zendesk_auth.is_none() && self.queue.is_none()
+        self.zendesk_auth.is_none() && self.queue.is_none() && self.queue_write.is_none()
     }
 }
 

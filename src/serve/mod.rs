@@ -565,8 +565,15 @@ async fn healthz<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
     axum::Json(json!({ "status": "ok", "ready": state.ready(), "problems": state })).into_response()
 }
 
+/// The server's health with the queue's own word on writes.
+fn health<Q: Queue>(app: &App<Q>) -> metrics::HealthState {
+    let mut state = app.shared.health.state();
+    state.queue_write = app.queue.write_problem();
+    state
+}
+
 async fn readyz<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
-    let state = app.shared.health.state();
+    let state = health(&app);
     let status = if state.ready() {
         StatusCode::OK
     } else {
@@ -585,7 +592,7 @@ async fn readyz<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
 
 async fn metrics_text<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
     let depth = app.queue.depth().await.ok();
-    let ready = app.shared.health.state().ready();
+    let ready = health(&app).ready();
     let text = metrics::render(&app.shared.metrics, &app.shared.stats, depth, ready);
     (
         [(

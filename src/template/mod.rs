@@ -14,6 +14,7 @@
 //! known yet, a placeholder stands in for them and the renderer reports what is needed.
 
 mod native;
+mod repeat;
 
 use crate::event::member;
 use crate::field::FieldValues;
@@ -155,6 +156,12 @@ impl Templates {
     }
 
     fn add(&mut self, template: &str, shown: &str) -> Result<String, TemplateError> {
+        if let Some(at) = repeat::repeated_list_literal(shown) {
+            return Err(TemplateError {
+                message: "a list literal cannot be repeated with `*` in a mapping".into(),
+                offset: Some(at),
+            });
+        }
         let name = format!("t{}", self.count);
         self.env
             .add_template_owned(name.clone(), template.to_owned())

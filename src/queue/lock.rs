@@ -1,0 +1,67 @@
+//! The data directory's lock: one process at a time delivers from a data directory.
+//!
+//! [`DataDirLock::acquire`] takes an exclusive advisory lock (`flock`) on `zdmap.lock` in the
+//! data directory and holds it for as long as the value lives; the kernel drops it when the
+//! process ends, even on `kill -9`, so a crash never leaves a stale lock behind. A second
+//! `zdmap serve` on the same directory stops at start with a message naming the directory.
+//! `zdmap dead-letters` does not take it: it may read and replay while a server runs.
+
+use super::QueueError;
+use std::fs::File;
+use std::path::Path;
+
+/// The lock file inside the data directory.
+pub const LOCK_FILE: &str = "zdmap.lock";
+
+/// The held lock; released on drop.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDirLock {
+    /// Locks `data_dir` (created if needed), or says which directory is in use.
+    pub fn acquire(data_dir: &Path) -> Result<DataDirLock, QueueError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            QueueError(format!(
+                "cannot create the data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join(LOCK_FILE);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                QueueError(format!("cannot open the lock file {}: {e}", path.display()))
+            })?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(DataDirLock { _file: file }),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(QueueError(format!(
+                "the data directory {} is in use by another zdmap process (it holds {}); \
+                 stop that one first, or give this one another --data-dir",
+                data_dir.display(),
+                path.display()
+            ))),
+            Err(e) => Err(QueueError(format!("cannot lock {}: {e}", path.display()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_holder_at_a_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = DataDirLock::acquire(dir.path()).expect("first");
+        let e = DataDirLock::acquire(dir.path()).expect_err("second");
+        assert!(e.0.contains("is in use by another zdmap"), "{e}");
+        assert!(e.0.contains(&dir.path().display().to_string()), "{e}");
+        drop(first);
+        DataDirLock::acquire(dir.path()).expect("free again");
+    }
+}
