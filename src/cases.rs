@@ -5,7 +5,7 @@
 //! requests are compared key by key: the keys a case gives (`query`, `headers`, `body`) must
 //! be equal; lookups appear as in a preview (`<user external_id=abc>`).
 
-use crate::config::spec::{CaseFile, CaseSpec, ExpectSpec};
+use crate::spec::{CaseFile, CaseSpec, ExpectSpec};
 use crate::config::{Config, Diagnostics};
 use crate::event::Event;
 use crate::plan::Preview;

@@ -6,8 +6,8 @@
 //! nothing is simply absent: the keys that use it drop out of the request. A required field that
 //! resolves to nothing is an error for that event, naming the field and the sources tried.
 
-use crate::config::Problems;
-use crate::config::spec::{EntriesSpec, EntryValues, FieldDef, FieldSpec, KeyCase, ValueType};
+use crate::diagnostic::Problems;
+use crate::spec::{EntriesSpec, EntryValues, FieldDef, FieldSpec, KeyCase, ValueType};
 use crate::path::{JsonPath, Selected};
 use crate::template::{Scope, Templates, Text, snake_case};
 use serde_json::{Map, Value};
@@ -228,7 +228,7 @@ fn compile_spec(
     }
     if let Some(s) = &spec.setting {
         if !settings.iter().any(|k| k == s) {
-            let hint = crate::config::diagnostic::suggest(s, settings.iter().map(String::as_str))
+            let hint = crate::diagnostic::suggest(s, settings.iter().map(String::as_str))
                 .map(|h| format!("; did you mean `{h}`?"))
                 .unwrap_or_default();
             problems.at(

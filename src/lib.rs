@@ -9,6 +9,8 @@
 //! ```
 //!
 //! - [`event`]: reading and checking Segment-spec events.
+//! - [`yaml`], [`spec`], [`diagnostic`]: what every stage below `config` shares: located YAML
+//!   trees, the shapes of the config files, and located problems.
 //! - [`config`]: loading `mappings/` (action files, `destination.yaml`) with located errors.
 //! - [`trigger`]: the trigger language (Segment's subscription syntax).
 //! - [`path`]: compiled JSONPath with a fast path for plain paths.
@@ -28,6 +30,7 @@ pub mod cases;
 pub mod commands;
 pub mod config;
 pub mod deliver;
+pub mod diagnostic;
 pub mod emulator;
 pub mod event;
 pub mod field;
@@ -37,6 +40,8 @@ pub mod queue;
 pub mod request;
 pub mod schema;
 pub mod serve;
+pub mod spec;
 pub mod template;
 pub mod time;
 pub mod trigger;
+pub mod yaml;

@@ -1,14 +1,14 @@
 //! The JSON Schemas of `schemas/`: generated from the config types, and used to check files.
 //!
 //! `schemas/action.schema.json`, `destination.schema.json` and `cases.schema.json` are generated
-//! from [`crate::config::spec`] with schemars, so editors (through the `yaml-language-server`
+//! from [`crate::spec`] with schemars, so editors (through the `yaml-language-server`
 //! line at the top of every shipped file) and the loader check the same thing. The event schema
 //! describes what an incoming event must be. `zdmap schema --write` regenerates the files; a test
 //! fails when the checked-in files drift from the types.
 
-use crate::config::Problems;
-use crate::config::diagnostic::suggest;
-use crate::config::spec::{ActionSpec, CaseFile, DestinationSpec};
+use crate::diagnostic::Problems;
+use crate::diagnostic::suggest;
+use crate::spec::{ActionSpec, CaseFile, DestinationSpec};
 use jsonschema::error::ValidationErrorKind;
 use jsonschema::{ValidationError, Validator};
 use schemars::generate::SchemaSettings;

@@ -6,11 +6,8 @@
 //! `after` references and cycles, names used in templates, resolvers used by steps. Every problem
 //! is collected as a located [`Diagnostic`]; a directory with any problem does not load.
 
-pub mod diagnostic;
-pub mod spec;
-pub mod yaml;
-
-pub use diagnostic::{Diagnostic, Diagnostics, Format};
+pub use crate::diagnostic::{Diagnostic, Diagnostics, Format, Problems};
+pub use crate::{diagnostic, spec, yaml};
 
 use crate::field::Field;
 use crate::path::JsonPath;
@@ -19,15 +16,15 @@ use crate::plan::resolver::Resolver;
 use crate::plan::{Action, Step};
 use crate::template::{RESERVED, Templates, Text};
 use crate::trigger::Trigger;
-use diagnostic::suggest;
+use crate::diagnostic::suggest;
 use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use spec::{ActionSpec, AuthSpec, DestinationSpec, SettingSpec, SettingType};
+use crate::spec::{ActionSpec, AuthSpec, DestinationSpec, SettingSpec, SettingType};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use yaml::{Loc, Node};
+use crate::yaml::{Loc, Node};
 
 /// The name of the destination file in a mappings directory.
 pub const DESTINATION_FILE: &str = "destination.yaml";
@@ -70,56 +67,6 @@ pub struct Config {
     /// Actions in run order: `after` first, then by file name.
     pub actions: Vec<Action>,
     pub templates: Templates,
-}
-
-/// Problems found in one file, located through its YAML tree.
-#[derive(Debug)]
-pub struct Problems {
-    file: PathBuf,
-    root: Option<Arc<Node>>,
-    found: Vec<Diagnostic>,
-}
-
-impl Problems {
-    fn new(file: &Path, root: Option<Arc<Node>>) -> Problems {
-        Problems {
-            file: file.to_path_buf(),
-            root,
-            found: Vec::new(),
-        }
-    }
-
-    /// Problems not tied to a file (unit tests).
-    pub fn detached() -> Problems {
-        Problems::new(Path::new("-"), None)
-    }
-
-    fn loc(&self, pointer: &str, key: bool) -> Loc {
-        self.root
-            .as_ref()
-            .map(|r| r.locate(pointer, key))
-            .unwrap_or_default()
-    }
-
-    /// A problem with the value at a JSON pointer.
-    pub fn at(&mut self, pointer: &str, message: impl Into<String>) {
-        let loc = self.loc(pointer, false);
-        self.found.push(Diagnostic::new(&self.file, loc, message));
-    }
-
-    /// A problem with the key at a JSON pointer.
-    pub fn at_key(&mut self, pointer: &str, message: impl Into<String>) {
-        let loc = self.loc(pointer, true);
-        self.found.push(Diagnostic::new(&self.file, loc, message));
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.found.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.found.len()
-    }
 }
 
 impl Config {
@@ -200,7 +147,7 @@ impl Config {
                     config.resolvers.insert(name.clone(), r);
                 }
             }
-            diags.0.extend(p.found);
+            diags.0.extend(p.into_found());
         }
         let mut seen: HashMap<String, PathBuf> = HashMap::new();
         for file in files
@@ -234,7 +181,7 @@ impl Config {
             ) {
                 config.actions.push(action);
             }
-            diags.0.extend(p.found);
+            diags.0.extend(p.into_found());
         }
         order_actions(&mut config.actions, &mut diags);
         config.templates = templates;
@@ -327,7 +274,7 @@ pub(crate) fn read_spec<T: DeserializeOwned>(
     let mut p = Problems::new(path, Some(node.clone()));
     crate::schema::check(validator, &json, &mut p);
     if !p.is_empty() {
-        diags.0.extend(p.found);
+        diags.0.extend(p.into_found());
         return None;
     }
     match serde_json::from_value::<T>(json) {
@@ -491,7 +438,7 @@ fn compile_action(
         Err(e) => {
             let loc = p.loc("/trigger", false);
             let column = loc.column + e.column.saturating_sub(1) + quote_offset(p, "/trigger");
-            p.found.push(Diagnostic::new(
+            p.push(Diagnostic::new(
                 file,
                 Loc {
                     line: loc.line,
@@ -586,9 +533,9 @@ fn compile_action(
 
 /// 1 when the YAML scalar at `pointer` is written in quotes (its column is the quote's).
 fn quote_offset(p: &Problems, pointer: &str) -> usize {
-    let Some(root) = &p.root else { return 0 };
+    let Some(root) = p.root() else { return 0 };
     let loc = root.locate(pointer, false);
-    let line = std::fs::read_to_string(&p.file)
+    let line = std::fs::read_to_string(p.file())
         .ok()
         .and_then(|s| s.lines().nth(loc.line.saturating_sub(1)).map(str::to_owned));
     match line.and_then(|l| l.chars().nth(loc.column.saturating_sub(1))) {

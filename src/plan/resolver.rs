@@ -5,8 +5,8 @@
 //! key already is the value (`by: id`). Delivery tries the keys a template gave in the
 //! resolver's order and caches answers; this module only compiles and renders.
 
-use crate::config::Problems;
-use crate::config::spec::{CacheSpec, ResolverSpec};
+use crate::diagnostic::Problems;
+use crate::spec::{CacheSpec, ResolverSpec};
 use crate::path::JsonPath;
 use crate::plan::step::RequestTemplate;
 use crate::request::Request;

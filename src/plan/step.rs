@@ -5,8 +5,8 @@
 //! no value are dropped, and body leaves that have no value drop their key. The body is built as
 //! JSON values, never as JSON text, so event data can never add structure.
 
-use crate::config::Problems;
-use crate::config::spec::{LearnSpec, RequestSpec, StepSpec};
+use crate::diagnostic::Problems;
+use crate::spec::{LearnSpec, RequestSpec, StepSpec};
 use crate::path::JsonPath;
 use crate::plan::outcome::Outcomes;
 use crate::request::{Method, Request, push_path_segment};
@@ -212,7 +212,7 @@ impl RequestTemplate {
                 }
             }
         }
-        let mut pairs = |map: &IndexMap<String, crate::config::spec::Scalar>,
+        let mut pairs = |map: &IndexMap<String, crate::spec::Scalar>,
                          what: &str,
                          problems: &mut Problems| {
             let mut out = Vec::new();

@@ -1,10 +1,13 @@
 //! Config problems with their place: `file:line:col: message`.
 //!
-//! Loading collects every problem it finds into [`Diagnostics`] rather than stopping at the
-//! first, so `zdmap validate` can report them all at once, as text, JSON, GitHub annotations
-//! or miette's rendered snippets.
+//! Every stage that compiles part of a mapping (fields, steps, outcomes, resolvers, schema
+//! checks) reports into a file's [`Problems`], located through its YAML tree; loading collects
+//! them into [`Diagnostics`] rather than stopping at the first, so `zdmap validate` can report
+//! them all at once, as text, JSON, GitHub annotations or miette's rendered snippets. This
+//! module sits below all of them, so stages import it and never each other upward.
 
-use super::yaml::Loc;
+use crate::yaml::{Loc, Node};
+use std::sync::Arc;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -38,6 +41,76 @@ impl fmt::Display for Diagnostic {
             self.column,
             self.message
         )
+    }
+}
+
+/// Problems found in one file, located through its YAML tree.
+#[derive(Debug)]
+pub struct Problems {
+    file: PathBuf,
+    root: Option<Arc<Node>>,
+    found: Vec<Diagnostic>,
+}
+
+impl Problems {
+    pub fn new(file: &Path, root: Option<Arc<Node>>) -> Problems {
+        Problems {
+            file: file.to_path_buf(),
+            root,
+            found: Vec::new(),
+        }
+    }
+
+    /// Problems not tied to a file (unit tests).
+    pub fn detached() -> Problems {
+        Problems::new(Path::new("-"), None)
+    }
+
+    pub fn loc(&self, pointer: &str, key: bool) -> Loc {
+        self.root
+            .as_ref()
+            .map(|r| r.locate(pointer, key))
+            .unwrap_or_default()
+    }
+
+    /// A problem with the value at a JSON pointer.
+    pub fn at(&mut self, pointer: &str, message: impl Into<String>) {
+        let loc = self.loc(pointer, false);
+        self.found.push(Diagnostic::new(&self.file, loc, message));
+    }
+
+    /// A problem with the key at a JSON pointer.
+    pub fn at_key(&mut self, pointer: &str, message: impl Into<String>) {
+        let loc = self.loc(pointer, true);
+        self.found.push(Diagnostic::new(&self.file, loc, message));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.found.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.found.len()
+    }
+
+    /// A problem already located.
+    pub fn push(&mut self, d: Diagnostic) {
+        self.found.push(d);
+    }
+
+    /// The file the problems are in.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// The YAML tree of the file, when it parsed.
+    pub fn root(&self) -> Option<&Arc<Node>> {
+        self.root.as_ref()
+    }
+
+    /// The problems found, in order.
+    pub fn into_found(self) -> Vec<Diagnostic> {
+        self.found
     }
 }
 
