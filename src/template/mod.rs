@@ -15,6 +15,7 @@
 
 mod native;
 
+use crate::diagnostic::Problems;
 use crate::event::member;
 use crate::field::FieldValues;
 use indexmap::IndexMap;
@@ -24,6 +25,10 @@ use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+
+/// How many operators and filters one template may chain. minijinja builds a tree as deep as a
+/// chain is long and walks it recursively, so a longer one could exhaust the stack.
+pub const MAX_OPERATORS: usize = 500;
 
 /// Names a template may not use for fields: the scope's own.
 pub const RESERVED: [&str; 6] = ["settings", "message", "steps", "item", "key", "__zdmap"];
@@ -53,6 +58,17 @@ pub struct TemplateError {
     pub message: String,
     /// 0-based byte offset in the template source, when known.
     pub offset: Option<usize>,
+}
+
+impl TemplateError {
+    /// Reports the error at its place inside the mapping's string at `pointer`.
+    pub fn report(&self, pointer: &str, problems: &mut Problems) {
+        let message = format!("template error: {}", self.message);
+        match self.offset {
+            Some(offset) => problems.at_offset(pointer, offset, message),
+            None => problems.at(pointer, message),
+        }
+    }
 }
 
 /// A template that failed while rendering for one event.
@@ -126,8 +142,13 @@ impl Templates {
         if !source.contains("{{") && !source.contains("{%") && !source.contains("{#") {
             return Ok(Text::Literal(source.to_owned()));
         }
+        check_operators(source)?;
         if let Some(inner) = single_expression(source) {
-            let name = self.add(&format!("{{% set __zdmap_value = ({inner}) %}}"), source)?;
+            // Offsets in the wrapped template map back into `inner`, which is part of `source`.
+            let prefix = "{% set __zdmap_value = (";
+            let start = inner.as_ptr() as usize - source.as_ptr() as usize;
+            let back = |o: usize| start + o.saturating_sub(prefix.len()).min(inner.len());
+            let name = self.add(&format!("{prefix}{inner}) %}}"), back)?;
             if let Some(path) = plain_reference(inner) {
                 return Ok(Text::Ref {
                     path,
@@ -139,7 +160,7 @@ impl Templates {
                 native: native::compile(inner),
             });
         }
-        let name = self.add(source, source)?;
+        let name = self.add(source, |o| o.min(source.len()))?;
         Ok(Text::Render { name })
     }
 
@@ -152,15 +173,24 @@ impl Templates {
             });
         }
         self.text(&format!("{{{{ {source} }}}}"))
+            .map_err(|e| TemplateError {
+                offset: e.offset.map(|o| o.saturating_sub(3).min(source.len())),
+                ..e
+            })
     }
 
-    fn add(&mut self, template: &str, shown: &str) -> Result<String, TemplateError> {
+    /// Compiles `template`; `back` maps an offset in it to one in the mapping's string.
+    fn add(
+        &mut self,
+        template: &str,
+        back: impl Fn(usize) -> usize,
+    ) -> Result<String, TemplateError> {
         let name = format!("t{}", self.count);
         self.env
             .add_template_owned(name.clone(), template.to_owned())
             .map_err(|e| TemplateError {
                 message: describe(&e),
-                offset: e.range().map(|r| r.start.min(shown.len())),
+                offset: e.range().map(|r| back(r.start)),
             })?;
         self.count += 1;
         Ok(name)
@@ -256,6 +286,64 @@ impl Templates {
             .map(Some)
             .map_err(|e| RenderError(format!("the value cannot be turned into JSON: {e}")))
     }
+}
+
+/// Refuses a template that chains more than [`MAX_OPERATORS`] operators and filters, at the first
+/// one past the limit. Counted inside `{{ }}` and `{% %}`, outside string literals.
+fn check_operators(source: &str) -> Result<(), TemplateError> {
+    const WORDS: [&str; 7] = ["and", "or", "not", "if", "else", "is", "in"];
+    let mut count = 0;
+    let mut in_tag = false;
+    let mut quote: Option<char> = None;
+    let mut word_start: Option<usize> = None;
+    let mut chars = source.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let next = chars.peek().map(|(_, n)| *n);
+        if !in_tag {
+            if c == '{' && matches!(next, Some('{' | '%')) {
+                in_tag = true;
+                chars.next();
+            }
+            continue;
+        }
+        if let Some(q) = quote {
+            if c == '\\' {
+                chars.next();
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        let in_word = c.is_alphanumeric() || c == '_';
+        match (in_word, word_start) {
+            (true, None) => word_start = Some(i),
+            (false, Some(start)) => {
+                word_start = None;
+                count += usize::from(WORDS.contains(&&source[start..i]));
+            }
+            _ => {}
+        }
+        match c {
+            '\'' | '"' => quote = Some(c),
+            '}' | '%' if next == Some('}') => {
+                in_tag = false;
+                chars.next();
+            }
+            '|' | '.' | '+' | '-' | '*' | '/' | '%' | '~' | '=' | '<' | '>' | '!' | '(' | '[' => {
+                count += 1
+            }
+            _ => {}
+        }
+        if count > MAX_OPERATORS {
+            return Err(TemplateError {
+                message: format!(
+                    "the template chains more than {MAX_OPERATORS} operators and filters"
+                ),
+                offset: Some(i),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Finds `resolve('name', a=..., b=...)` calls in template source.
@@ -1092,6 +1180,22 @@ mod tests {
         assert_eq!(snake_case("_a__b_"), "a_b");
         assert_eq!(snake_case("plan2Tier"), "plan2_tier");
         assert_eq!(snake_case("ÜberName"), "über_name");
+    }
+
+    #[test]
+    fn long_chains_are_refused_with_their_place() {
+        let mut t = Templates::new();
+        let chained = format!("{{{{ a{} }}}}", " | lower".repeat(50_000));
+        let err = t.text(&chained).expect_err("too long");
+        assert!(err.message.contains("more than 500"), "{err}");
+        let at = err.offset.expect("located");
+        assert_eq!(&chained[at..at + 1], "|");
+        assert_eq!(chained[..at].matches('|').count(), MAX_OPERATORS);
+        assert!(t.expression(&vec!["a"; 100_000].join(" and ")).is_err());
+        // Operators in text and in string literals do not count; a long mapping template fits.
+        let text = format!("{} {{{{ '{}' ~ a }}}}", "-|.".repeat(1000), "|".repeat(1000));
+        assert!(t.text(&text).is_ok());
+        assert!(t.text(&format!("{{{{ a{} }}}}", " | lower".repeat(400))).is_ok());
     }
 
     #[test]
