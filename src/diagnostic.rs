@@ -17,7 +17,16 @@ pub struct Diagnostic {
     pub file: PathBuf,
     pub line: usize,
     pub column: usize,
+    pub severity: Severity,
     pub message: String,
+}
+
+/// An error keeps the mappings from loading; a warning is shown and loading goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Error,
+    Warning,
 }
 
 impl Diagnostic {
@@ -26,16 +35,30 @@ impl Diagnostic {
             file: file.to_path_buf(),
             line: loc.line,
             column: loc.column,
+            severity: Severity::Error,
             message: message.into(),
         }
+    }
+
+    /// The same problem as a warning.
+    pub fn warning(self) -> Diagnostic {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..self
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
     }
 }
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let warning = if self.is_error() { "" } else { "warning: " };
         write!(
             f,
-            "{}:{}:{}: {}",
+            "{}:{}:{}: {warning}{}",
             self.file.display(),
             self.line,
             self.column,
@@ -83,6 +106,46 @@ impl Problems {
     pub fn at_key(&mut self, pointer: &str, message: impl Into<String>) {
         let loc = self.loc(pointer, true);
         self.found.push(Diagnostic::new(&self.file, loc, message));
+    }
+
+    /// A problem at a place inside the string at a JSON pointer, `offset` bytes into it: the
+    /// column is exact for strings written on one line, plain or quoted; a block scalar
+    /// (`>-`, `|`) is located at its start.
+    pub fn at_offset(&mut self, pointer: &str, offset: usize, message: impl Into<String>) {
+        let d = Diagnostic::new(&self.file, self.place(pointer, offset), message);
+        self.found.push(d);
+    }
+
+    /// A warning at a place inside the string at a JSON pointer, as [`Problems::at_offset`].
+    pub fn warn_at_offset(&mut self, pointer: &str, offset: usize, message: impl Into<String>) {
+        let d = Diagnostic::new(&self.file, self.place(pointer, offset), message);
+        self.found.push(d.warning());
+    }
+
+    fn place(&self, pointer: &str, offset: usize) -> Loc {
+        let mut loc = self.loc(pointer, false);
+        if let Some(column) = self.column_in_string(pointer, loc, offset) {
+            loc.column = column;
+        }
+        loc
+    }
+
+    fn column_in_string(&self, pointer: &str, loc: Loc, offset: usize) -> Option<usize> {
+        let crate::yaml::NodeValue::Str(text) = &self.root.as_ref()?.find(pointer)?.value else {
+            return None;
+        };
+        let before = text.get(..offset)?;
+        if before.contains('\n') {
+            return None;
+        }
+        let source = std::fs::read_to_string(&self.file).ok()?;
+        let line = source.lines().nth(loc.line.checked_sub(1)?)?;
+        let quoted = match line.chars().nth(loc.column.checked_sub(1)?)? {
+            '"' | '\'' => 1,
+            '|' | '>' => return None,
+            _ => 0,
+        };
+        Some(loc.column + quoted + before.chars().count())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -151,6 +214,17 @@ impl Diagnostics {
         self.0.is_empty()
     }
 
+    /// Whether any problem is an error (warnings alone do not keep mappings from loading).
+    pub fn has_errors(&self) -> bool {
+        self.0.iter().any(Diagnostic::is_error)
+    }
+
+    /// How many are errors and how many warnings.
+    pub fn counts(&self) -> (usize, usize) {
+        let errors = self.0.iter().filter(|d| d.is_error()).count();
+        (errors, self.0.len() - errors)
+    }
+
     pub fn push(&mut self, d: Diagnostic) {
         self.0.push(d);
     }
@@ -165,7 +239,8 @@ impl Diagnostics {
                 .iter()
                 .map(|d| {
                     format!(
-                        "::error file={},line={},col={}::{}",
+                        "::{} file={},line={},col={}::{}",
+                        if d.is_error() { "error" } else { "warning" },
                         d.file.display(),
                         d.line,
                         d.column,
@@ -190,7 +265,8 @@ fn github_escape(s: &str) -> String {
         .replace('\n', "%0A")
 }
 
-/// A miette report of one problem, with the source line marked.
+/// A miette report of one problem, with the source line marked (its header names the file,
+/// line and column, so the problem is said once); the text form when the line cannot be shown.
 fn render_pretty(d: &Diagnostic) -> String {
     #[derive(Debug, thiserror::Error, miette::Diagnostic)]
     #[error("{message}")]
@@ -203,18 +279,19 @@ fn render_pretty(d: &Diagnostic) -> String {
     }
     let source = std::fs::read_to_string(&d.file).unwrap_or_default();
     let offset = offset_of(&source, d.line, d.column);
+    let warning = if d.is_error() { "" } else { "warning: " };
     let report = Report {
-        message: d.message.clone(),
+        message: format!("{warning}{}", d.message),
         src: miette::NamedSource::new(d.file.display().to_string(), source),
         at: offset.map(|o| miette::SourceSpan::new(o.into(), 1)),
     };
     let mut out = String::new();
     let handler =
         miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor());
-    if handler.render_report(&mut out, &report).is_err() {
+    if offset.is_none() || handler.render_report(&mut out, &report).is_err() {
         return d.to_string();
     }
-    format!("{d}\n{out}")
+    out
 }
 
 fn offset_of(source: &str, line: usize, column: usize) -> Option<usize> {
@@ -276,12 +353,11 @@ mod tests {
 
     #[test]
     fn formats() {
-        let ds = Diagnostics(vec![Diagnostic {
-            file: "mappings/a.yaml".into(),
-            line: 3,
-            column: 7,
-            message: "bad\nthing".into(),
-        }]);
+        let ds = Diagnostics(vec![Diagnostic::new(
+            Path::new("mappings/a.yaml"),
+            Loc { line: 3, column: 7 },
+            "bad\nthing",
+        )]);
         assert_eq!(ds.render(Format::Text), "mappings/a.yaml:3:7: bad\nthing");
         assert_eq!(
             ds.render(Format::Github),

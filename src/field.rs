@@ -163,7 +163,7 @@ fn compile_short(
         Value::String(s) if s.contains("{{") || s.contains("{%") => match templates.text(s) {
             Ok(t) => Some(Source::Template(t, s.clone())),
             Err(e) => {
-                problems.at(pointer, format!("template error: {e}"));
+                e.report(pointer, problems);
                 None
             }
         },
@@ -175,7 +175,7 @@ fn compile_path(source: &str, pointer: &str, problems: &mut Problems) -> Option<
     match JsonPath::parse(source) {
         Ok(p) => Some(p),
         Err(e) => {
-            problems.at(pointer, format!("bad JSONPath {source:?}: {e}"));
+            e.report(source, pointer, problems);
             None
         }
     }
@@ -215,10 +215,7 @@ fn compile_spec(
         return match templates.text(t) {
             Ok(text) => Some(Source::Template(text, t.clone())),
             Err(e) => {
-                problems.at(
-                    &format!("{pointer}/template"),
-                    format!("template error: {e}"),
-                );
+                e.report(&format!("{pointer}/template"), problems);
                 None
             }
         };

@@ -7,6 +7,7 @@
 //! A JSON `null` found at a path is returned as a value; callers decide what it means.
 
 use jsonpath_rust::parser::model::JpQuery;
+use crate::diagnostic::Problems;
 use serde_json::Value;
 use std::fmt;
 
@@ -29,12 +30,43 @@ enum Segment {
     Index(i64),
 }
 
-/// A path that does not parse.
+/// A path that does not parse: the 1-based column (in characters) and what was expected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("column {column}: {message}")]
 pub struct PathError {
     pub column: usize,
     pub message: String,
+}
+
+impl PathError {
+    /// Reports the error at its column inside the path `source`, the string at `pointer`.
+    pub fn report(&self, source: &str, pointer: &str, problems: &mut Problems) {
+        let offset = source
+            .char_indices()
+            .nth(self.column.saturating_sub(1))
+            .map_or(source.len(), |(b, _)| b);
+        problems.at_offset(
+            pointer,
+            offset,
+            format!("bad JSONPath {source:?}: {}", self.message),
+        );
+    }
+}
+
+/// What the parser expected, in words, from its report (`= expected selector` gives
+/// "expected a selector"); its raw text is not for users.
+fn expected(report: &str) -> String {
+    let Some(rules) = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("= expected "))
+    else {
+        return "not a valid JSONPath".into();
+    };
+    let words = rules
+        .replace("ALPHA", "a name")
+        .replace("DIGIT", "a digit")
+        .replace('_', " ");
+    format!("expected {words} here")
 }
 
 /// What a path selects.
@@ -68,11 +100,7 @@ impl JsonPath {
                 let text = e.to_string();
                 Err(PathError {
                     column: pest_column(&text).unwrap_or(1),
-                    message: text
-                        .lines()
-                        .next()
-                        .unwrap_or("not a valid JSONPath")
-                        .to_owned(),
+                    message: expected(&text),
                 })
             }
         }

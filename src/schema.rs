@@ -156,6 +156,12 @@ fn report(e: &ValidationError, doc: &Value, problems: &mut Problems) {
             }
         }
         ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
+            // A value that must be one of a set: name the set and the closest member.
+            let valid: Vec<&Value> = context.iter().flatten().flat_map(valid_values).collect();
+            if !valid.is_empty() {
+                problems.at(&at, not_valid(e.instance(), &valid));
+                return;
+            }
             // For a mapping, report the errors of the alternative that is a mapping too.
             let instance_is_object = e.instance().is_object();
             let branch = context.iter().find(|errs| {
@@ -172,12 +178,38 @@ fn report(e: &ValidationError, doc: &Value, problems: &mut Problems) {
                 _ => problems.at(&at, format!("{}", e.masked())),
             }
         }
+        ValidationErrorKind::Enum { .. } | ValidationErrorKind::Constant { .. } => {
+            problems.at(&at, not_valid(e.instance(), &valid_values(e)));
+        }
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
             problems.at(&at, format!("missing required key `{name}`"));
         }
         _ => problems.at(&at, e.to_string()),
     }
+}
+
+/// The values an `enum` or `const` error allows.
+fn valid_values<'e>(e: &'e ValidationError) -> Vec<&'e Value> {
+    match e.kind() {
+        ValidationErrorKind::Enum { options } => options
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default(),
+        ValidationErrorKind::Constant { expected_value } => vec![expected_value.as_ref()],
+        _ => Vec::new(),
+    }
+}
+
+/// `"str" is not valid. Valid values: "string", "integer", ...; did you mean "string"?`
+fn not_valid(value: &Value, valid: &[&Value]) -> String {
+    let names: Vec<String> = valid.iter().map(|v| v.to_string()).collect();
+    let hint = value
+        .as_str()
+        .and_then(|s| suggest(s, valid.iter().filter_map(|v| v.as_str())))
+        .map(|h| format!("; did you mean {h:?}?"))
+        .unwrap_or_default();
+    format!("{value} is not valid. Valid values: {}{hint}", names.join(", "))
 }
 
 /// Property names allowed at the place of an `additionalProperties` error, for suggestions.

@@ -52,13 +52,11 @@ pub struct SchemaArgs {
     pub write: Option<PathBuf>,
 }
 
-/// `zdmap validate`: exit 0 when valid, 1 when not.
+/// `zdmap validate`: exit 0 when valid (warnings alone leave it valid), 1 when not.
 pub fn validate(args: &ValidateArgs) -> ExitCode {
-    match args.config.load() {
+    let (problems, valid) = match args.config.load() {
         Ok(config) => {
-            if args.format == Format::Json {
-                println!("[]");
-            } else {
+            if args.format != Format::Json {
                 eprintln!(
                     "{}: {} action(s), {} resolver(s): valid",
                     args.config.mappings.display(),
@@ -66,15 +64,21 @@ pub fn validate(args: &ValidateArgs) -> ExitCode {
                     config.resolvers.len()
                 );
             }
-            ExitCode::SUCCESS
+            (config.warnings, true)
         }
-        Err(diags) => {
-            println!("{}", diags.render(args.format));
-            if args.format != Format::Json {
-                eprintln!("{} problem(s) found", diags.0.len());
-            }
-            ExitCode::from(1)
-        }
+        Err(diags) => (diags, false),
+    };
+    if args.format == Format::Json || !problems.is_empty() {
+        println!("{}", problems.render(args.format));
+    }
+    if args.format != Format::Json && !problems.is_empty() {
+        let (errors, warnings) = problems.counts();
+        eprintln!("{errors} error(s), {warnings} warning(s)");
+    }
+    if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -67,6 +67,8 @@ pub struct Config {
     /// Actions in run order: `after` first, then by file name.
     pub actions: Vec<Action>,
     pub templates: Templates,
+    /// What loads but is probably a mistake (`type = identify`), for `zdmap validate` to show.
+    pub warnings: Diagnostics,
 }
 
 impl Config {
@@ -76,11 +78,14 @@ impl Config {
         let files = match list_yaml(dir) {
             Ok(f) => f,
             Err(e) => {
-                diags.push(Diagnostic::new(
-                    dir,
-                    Loc::default(),
-                    format!("cannot read the mappings directory: {e}"),
-                ));
+                let message = if e.kind() == std::io::ErrorKind::NotFound {
+                    "no mappings directory here: give its place with `--mappings DIR`, or write \
+                     the default mappings into it with `zdmap init`"
+                        .to_owned()
+                } else {
+                    format!("cannot read the mappings directory: {e}")
+                };
+                diags.push(Diagnostic::new(dir, Loc::default(), message));
                 return Err(diags);
             }
         };
@@ -105,6 +110,7 @@ impl Config {
             resolvers: IndexMap::new(),
             actions: Vec::new(),
             templates: Templates::new(),
+            warnings: Diagnostics::default(),
         };
         let mut setting_names: Vec<String> = Vec::new();
         if let Some((spec, node)) = &destination {
@@ -125,10 +131,7 @@ impl Config {
                 for (i, s) in paths.iter().enumerate() {
                     match JsonPath::parse(s) {
                         Ok(jp) => out.push(jp),
-                        Err(e) => p.at(
-                            &format!("/errors/{what}/{i}"),
-                            format!("bad JSONPath {s:?}: {e}"),
-                        ),
+                        Err(e) => e.report(s, &format!("/errors/{what}/{i}"), &mut p),
                     }
                 }
             }
@@ -183,12 +186,16 @@ impl Config {
             }
             diags.0.extend(p.into_found());
         }
-        order_actions(&mut config.actions, &mut diags);
+        // An action file that did not load may be the one an `after` names: say nothing of it then.
+        let action_files = files.len() - usize::from(files.contains(&dest_path));
+        let all_loaded = config.actions.len() == action_files;
+        order_actions(&mut config.actions, all_loaded, &mut diags);
         config.templates = templates;
-        if diags.is_empty() {
-            Ok(config)
-        } else {
+        if diags.has_errors() {
             Err(diags)
+        } else {
+            config.warnings = diags;
+            Ok(config)
         }
     }
 
@@ -433,19 +440,25 @@ fn compile_action(
             "an action name is lowercase letters, digits and `_`",
         );
     }
+    let byte_at = |column: usize| {
+        spec.trigger
+            .char_indices()
+            .nth(column.saturating_sub(1))
+            .map_or(spec.trigger.len(), |(b, _)| b)
+    };
     let trigger = match Trigger::parse(&spec.trigger) {
-        Ok(t) => Some(t),
+        Ok(t) => {
+            for w in t.warnings() {
+                p.warn_at_offset("/trigger", byte_at(w.column), w.message.clone());
+            }
+            Some(t)
+        }
         Err(e) => {
-            let loc = p.loc("/trigger", false);
-            let column = loc.column + e.column.saturating_sub(1) + quote_offset(p, "/trigger");
-            p.push(Diagnostic::new(
-                file,
-                Loc {
-                    line: loc.line,
-                    column,
-                },
+            p.at_offset(
+                "/trigger",
+                byte_at(e.column),
                 format!("bad trigger: {}", e.message),
-            ));
+            );
             None
         }
     };
@@ -531,19 +544,6 @@ fn compile_action(
     })
 }
 
-/// 1 when the YAML scalar at `pointer` is written in quotes (its column is the quote's).
-fn quote_offset(p: &Problems, pointer: &str) -> usize {
-    let Some(root) = p.root() else { return 0 };
-    let loc = root.locate(pointer, false);
-    let line = std::fs::read_to_string(p.file())
-        .ok()
-        .and_then(|s| s.lines().nth(loc.line.saturating_sub(1)).map(str::to_owned));
-    match line.and_then(|l| l.chars().nth(loc.column.saturating_sub(1))) {
-        Some('"') | Some('\'') => 1,
-        _ => 0,
-    }
-}
-
 /// Names a template reads must be fields or the scope's own names.
 fn check_names(templates: &Templates, text: &Text, allowed: &[&str], at: &str, p: &mut Problems) {
     let mut vars: Vec<String> = templates.variables(text).into_iter().collect();
@@ -553,12 +553,29 @@ fn check_names(templates: &Templates, text: &Text, allowed: &[&str], at: &str, p
             let hint = suggest(&v, allowed.iter().copied())
                 .map(|h| format!("; did you mean `{h}`?"))
                 .unwrap_or_default();
-            p.at(
-                at,
-                format!("unknown name `{v}` in a template: it is not a field of this action{hint}"),
-            );
+            let message =
+                format!("unknown name `{v}` in a template: it is not a field of this action{hint}");
+            let source = p.root().and_then(|r| r.find(at)).and_then(|n| match &n.value {
+                crate::yaml::NodeValue::Str(s) => name_offset(s, &v),
+                _ => None,
+            });
+            match source {
+                Some(offset) => p.at_offset(at, offset, message),
+                None => p.at(at, message),
+            }
         }
     }
+}
+
+/// Where `name` first stands as a name of its own in template source (not as `x.name`, nor
+/// inside a longer name).
+fn name_offset(source: &str, name: &str) -> Option<usize> {
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    source.match_indices(name).map(|(i, _)| i).find(|&i| {
+        let before = source[..i].chars().next_back();
+        let after = source[i + name.len()..].chars().next();
+        !before.is_some_and(|c| ident(c) || c == '.') && !after.is_some_and(ident)
+    })
 }
 
 /// `steps.NAME` must name an earlier step.
@@ -613,12 +630,14 @@ fn check_resolvers(
     }
 }
 
-/// Sorts actions so that each runs after the actions it names in `after`; reports unknown names and cycles.
-fn order_actions(actions: &mut Vec<Action>, diags: &mut Diagnostics) {
+/// Sorts actions so that each runs after the actions it names in `after`; reports unknown names and
+/// cycles. With an action file that did not load (`all_loaded` false) the config is refused anyway,
+/// and names it may hold are not reported as unknown.
+fn order_actions(actions: &mut Vec<Action>, all_loaded: bool, diags: &mut Diagnostics) {
     let names: HashSet<String> = actions.iter().map(|a| a.name.clone()).collect();
     for a in actions.iter() {
         for dep in &a.after {
-            if !names.contains(dep) {
+            if !names.contains(dep) && all_loaded {
                 let hint = suggest(dep, names.iter().map(String::as_str))
                     .map(|h| format!("; did you mean `{h}`?"))
                     .unwrap_or_default();
@@ -630,10 +649,11 @@ fn order_actions(actions: &mut Vec<Action>, diags: &mut Diagnostics) {
             }
         }
     }
-    if diags
-        .0
-        .iter()
-        .any(|d| d.message.starts_with("`after` names"))
+    if !all_loaded
+        || diags
+            .0
+            .iter()
+            .any(|d| d.message.starts_with("`after` names"))
     {
         return;
     }

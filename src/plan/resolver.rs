@@ -54,7 +54,7 @@ impl Resolver {
                 Some(p) => match JsonPath::parse(p) {
                     Ok(p) => Some(p),
                     Err(e) => {
-                        problems.at(&format!("{at}/result"), format!("bad JSONPath {p:?}: {e}"));
+                        e.report(p, &format!("{at}/result"), problems);
                         return None;
                     }
                 },

@@ -98,10 +98,7 @@ impl Step {
         for (name, path) in &spec.outputs {
             match JsonPath::parse(path) {
                 Ok(p) => outputs.push((name.clone(), p)),
-                Err(e) => problems.at(
-                    &format!("{pointer}/outputs/{name}"),
-                    format!("bad JSONPath {path:?}: {e}"),
-                ),
+                Err(e) => e.report(path, &format!("{pointer}/outputs/{name}"), problems),
             }
         }
         let mut learn = Vec::new();
@@ -163,15 +160,10 @@ impl Learn {
     ) -> Option<Learn> {
         let key = templates
             .text(&spec.key)
-            .map_err(|e| problems.at(&format!("{pointer}/key"), format!("template error: {e}")))
+            .map_err(|e| e.report(&format!("{pointer}/key"), problems))
             .ok();
         let value = JsonPath::parse(&spec.value)
-            .map_err(|e| {
-                problems.at(
-                    &format!("{pointer}/value"),
-                    format!("bad JSONPath {:?}: {e}", spec.value),
-                )
-            })
+            .map_err(|e| e.report(&spec.value, &format!("{pointer}/value"), problems))
             .ok();
         Some(Learn {
             resolver: spec.resolver.clone(),
@@ -193,7 +185,7 @@ impl RequestTemplate {
         let mut text = |s: &str, at: String, problems: &mut Problems| match templates.text(s) {
             Ok(t) => Some(t),
             Err(e) => {
-                problems.at(&at, format!("template error: {e}"));
+                e.report(&at, problems);
                 ok = false;
                 None
             }
@@ -373,7 +365,7 @@ fn compile_body(
         Value::String(s) => match templates.text(s) {
             Ok(t) => Some(Body::Text(t)),
             Err(e) => {
-                problems.at(pointer, format!("template error: {e}"));
+                e.report(pointer, problems);
                 None
             }
         },
