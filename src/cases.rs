@@ -5,10 +5,10 @@
 //! requests are compared key by key: the keys a case gives (`query`, `headers`, `body`) must
 //! be equal; lookups appear as in a preview (`<user external_id=abc>`).
 
-use crate::spec::{CaseFile, CaseSpec, ExpectSpec};
 use crate::config::{Config, Diagnostics};
 use crate::event::Event;
 use crate::plan::Preview;
+use crate::spec::{CaseFile, CaseSpec, ExpectSpec};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -7,9 +7,9 @@
 //! module sits below all of them, so stages import it and never each other upward.
 
 use crate::yaml::{Loc, Node};
-use std::sync::Arc;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One problem in one config file.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

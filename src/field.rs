@@ -7,8 +7,8 @@
 //! resolves to nothing is an error for that event, naming the field and the sources tried.
 
 use crate::diagnostic::Problems;
-use crate::spec::{EntriesSpec, EntryValues, FieldDef, FieldSpec, KeyCase, ValueType};
 use crate::path::{JsonPath, Selected};
+use crate::spec::{EntriesSpec, EntryValues, FieldDef, FieldSpec, KeyCase, ValueType};
 use crate::template::{Scope, Templates, Text, snake_case};
 use serde_json::{Map, Value};
 use std::collections::HashSet;

@@ -6,8 +6,8 @@
 //! evaluated by it. A property test checks that both give the same answers on plain paths.
 //! A JSON `null` found at a path is returned as a value; callers decide what it means.
 
-use jsonpath_rust::parser::model::JpQuery;
 use crate::diagnostic::Problems;
+use jsonpath_rust::parser::model::JpQuery;
 use serde_json::Value;
 use std::fmt;
 

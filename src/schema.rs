@@ -209,7 +209,10 @@ fn not_valid(value: &Value, valid: &[&Value]) -> String {
         .and_then(|s| suggest(s, valid.iter().filter_map(|v| v.as_str())))
         .map(|h| format!("; did you mean {h:?}?"))
         .unwrap_or_default();
-    format!("{value} is not valid. Valid values: {}{hint}", names.join(", "))
+    format!(
+        "{value} is not valid. Valid values: {}{hint}",
+        names.join(", ")
+    )
 }
 
 /// Property names allowed at the place of an `additionalProperties` error, for suggestions.

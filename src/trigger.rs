@@ -394,9 +394,10 @@ fn lex_name(chars: &[char]) -> Result<(String, usize), (usize, String)> {
     while let Some(&c) = chars.get(i) {
         match c {
             '\\' => {
-                let escaped = chars
-                    .get(i + 1)
-                    .ok_or((i, "`\\` at the end: it escapes the character after it".to_owned()))?;
+                let escaped = chars.get(i + 1).ok_or((
+                    i,
+                    "`\\` at the end: it escapes the character after it".to_owned(),
+                ))?;
                 out.push(*escaped);
                 i += 2;
             }
@@ -828,20 +829,50 @@ mod tests {
         for (trigger, expected) in [
             (r#"type = "track""#, true),
             (r#"type = "track" or type = "identify""#, true),
-            (r#"type = "track" and (event = "Product Added" or event = "Order Completed")"#, true),
-            (r#"event = "Product Added" and properties.price >= 100"#, true),
-            (r#"event = "Product Added" and properties.price >= 100 and properties.premium = "true""#, true),
-            (r#"event = "identify" and traits.logins >= 10 and traits.plan = "premium""#, false),
-            (r#"(event = "identify" and traits.logins >= 100) or (event = "Product Added" and traits.logins >= 10)"#, true),
+            (
+                r#"type = "track" and (event = "Product Added" or event = "Order Completed")"#,
+                true,
+            ),
+            (
+                r#"event = "Product Added" and properties.price >= 100"#,
+                true,
+            ),
+            (
+                r#"event = "Product Added" and properties.price >= 100 and properties.premium = "true""#,
+                true,
+            ),
+            (
+                r#"event = "identify" and traits.logins >= 10 and traits.plan = "premium""#,
+                false,
+            ),
+            (
+                r#"(event = "identify" and traits.logins >= 100) or (event = "Product Added" and traits.logins >= 10)"#,
+                true,
+            ),
             (r#"contains(event, "Product")"#, true),
             (r#"!contains(event, "Nike")"#, true),
-            (r#"event = "Product Added" and !contains(properties.name, "Nike")"#, false),
-            (r#"event = "Product Added" and !contains(traits.name, "Nike")"#, true),
+            (
+                r#"event = "Product Added" and !contains(properties.name, "Nike")"#,
+                false,
+            ),
+            (
+                r#"event = "Product Added" and !contains(traits.name, "Nike")"#,
+                true,
+            ),
             (r#"match(event, "Product*")"#, true),
             (r#"!match(event, "*Added")"#, false),
-            (r#"event = "Product Added" and !match(properties.name, "X*")"#, true),
-            (r#"event = "Product Added" and match(traits.name, "*X")"#, true),
-            ("event = \"Product Added\" and properties.name != null", true),
+            (
+                r#"event = "Product Added" and !match(properties.name, "X*")"#,
+                true,
+            ),
+            (
+                r#"event = "Product Added" and match(traits.name, "*X")"#,
+                true,
+            ),
+            (
+                "event = \"Product Added\" and properties.name != null",
+                true,
+            ),
             ("event = \"Product Added\" and traits.missing = null", true),
             ("name = \"Home\"", true),
             ("name != null", true),
@@ -859,7 +890,11 @@ mod tests {
 
     #[test]
     fn nesting_is_limited_with_a_located_error() {
-        let deep = format!("{}type = \"track\"{}", "(".repeat(10_000), ")".repeat(10_000));
+        let deep = format!(
+            "{}type = \"track\"{}",
+            "(".repeat(10_000),
+            ")".repeat(10_000)
+        );
         let err = e(&deep);
         assert_eq!(err.column, MAX_NESTING + 1, "{err}");
         assert!(err.message.contains("nests deeper"), "{err}");
@@ -868,7 +903,11 @@ mod tests {
         let bangs = format!("{}contains(event, \"x\")", "!".repeat(100_000));
         assert!(e(&bangs).message.contains("nests deeper"));
         // Within the limit both parse, and long flat chains are no nesting at all.
-        let ok = format!("{}type = \"track\"{}", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING));
+        let ok = format!(
+            "{}type = \"track\"{}",
+            "(".repeat(MAX_NESTING),
+            ")".repeat(MAX_NESTING)
+        );
         assert!(m(&ok, json!({"type": "track"})));
         let chain = vec![r#"type = "track""#; 100_000].join(" and ");
         assert!(m(&chain, json!({"type": "track"})));
@@ -890,7 +929,10 @@ mod tests {
             "properties.a = properties.b",
             "traits.n > 3",
         ] {
-            assert!(Trigger::parse(fine).unwrap().warnings().is_empty(), "{fine}");
+            assert!(
+                Trigger::parse(fine).unwrap().warnings().is_empty(),
+                "{fine}"
+            );
         }
     }
 

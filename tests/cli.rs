@@ -141,6 +141,41 @@ fn match_reports_the_column_of_a_parse_error() {
 }
 
 #[test]
+fn match_takes_segments_negated_functions() {
+    let input = "{\"type\":\"track\",\"event\":\"Nike Air\",\"properties\":{\"product 1\":\"x\"}}\n{\"type\":\"track\",\"event\":\"Adidas\"}\n";
+    let (code, out, err) = run(
+        &[
+            "match",
+            r#"!contains(event, "Nike") and !match(event, "X*")"#,
+            "-",
+        ],
+        input,
+    );
+    assert_eq!((code, out.as_str()), (0, "false\ntrue\n"), "{err}");
+    let (code, out, err) = run(&["match", r#"properties.product\ 1 = "x""#, "-"], input);
+    assert_eq!((code, out.as_str()), (0, "true\nfalse\n"), "{err}");
+}
+
+#[test]
+fn match_refuses_deep_nesting_with_its_column() {
+    for trigger in [
+        format!(
+            "{}type = \"track\"{}",
+            "(".repeat(10_000),
+            ")".repeat(10_000)
+        ),
+        // One argument holds at most 128 KiB: 100 000 negations are written `!`.
+        format!("{}type = \"track\"", "not ".repeat(30_000)),
+        format!("{}contains(event, \"x\")", "!".repeat(100_000)),
+    ] {
+        let (code, _, err) = run(&["match", &trigger, "-"], "{\"type\":\"track\"}\n");
+        assert_eq!(code, 1, "a located error, not a crash: {err}");
+        assert!(err.contains("nests deeper than 64"), "{err}");
+        assert!(err.contains("column"), "{err}");
+    }
+}
+
+#[test]
 fn the_emulator_command_serves_until_stopped_and_prints_no_secret() {
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_zdmap"))

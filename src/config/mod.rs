@@ -9,22 +9,22 @@
 pub use crate::diagnostic::{Diagnostic, Diagnostics, Format, Problems};
 pub use crate::{diagnostic, spec, yaml};
 
+use crate::diagnostic::suggest;
 use crate::field::Field;
 use crate::path::JsonPath;
 use crate::plan::outcome::Outcomes;
 use crate::plan::resolver::Resolver;
 use crate::plan::{Action, Step};
+use crate::spec::{ActionSpec, AuthSpec, DestinationSpec, SettingSpec, SettingType};
 use crate::template::{RESERVED, Templates, Text};
 use crate::trigger::Trigger;
-use crate::diagnostic::suggest;
+use crate::yaml::{Loc, Node};
 use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use crate::spec::{ActionSpec, AuthSpec, DestinationSpec, SettingSpec, SettingType};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use crate::yaml::{Loc, Node};
 
 /// The name of the destination file in a mappings directory.
 pub const DESTINATION_FILE: &str = "destination.yaml";
@@ -45,9 +45,38 @@ pub struct ConfigArgs {
     pub set: Vec<String>,
 }
 
+/// The stack of the thread that loads mappings: the size of a main thread's, whatever thread
+/// asks (a `serve` reload runs on a runtime thread, whose stack is smaller).
+const LOAD_STACK: usize = 8 << 20;
+
 impl ConfigArgs {
+    /// Loads the mappings on a thread of its own, so that no mappings directory can take the
+    /// calling process down: a panic while loading is reported as a problem like any other.
     pub fn load(&self) -> Result<Config, Diagnostics> {
-        Config::load(&self.mappings, &self.set)
+        let (dir, set) = (self.mappings.clone(), self.set.clone());
+        let failed = |message: String| {
+            Err(Diagnostics(vec![Diagnostic::new(
+                &self.mappings,
+                Loc::default(),
+                message,
+            )]))
+        };
+        let loading = std::thread::Builder::new()
+            .name("zdmap-load".into())
+            .stack_size(LOAD_STACK)
+            .spawn(move || Config::load(&dir, &set));
+        match loading.map(std::thread::JoinHandle::join) {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default();
+                failed(format!("loading the mappings failed: {why}"))
+            }
+            Err(e) => failed(format!("cannot start loading the mappings: {e}")),
+        }
     }
 }
 
@@ -555,10 +584,13 @@ fn check_names(templates: &Templates, text: &Text, allowed: &[&str], at: &str, p
                 .unwrap_or_default();
             let message =
                 format!("unknown name `{v}` in a template: it is not a field of this action{hint}");
-            let source = p.root().and_then(|r| r.find(at)).and_then(|n| match &n.value {
-                crate::yaml::NodeValue::Str(s) => name_offset(s, &v),
-                _ => None,
-            });
+            let source = p
+                .root()
+                .and_then(|r| r.find(at))
+                .and_then(|n| match &n.value {
+                    crate::yaml::NodeValue::Str(s) => name_offset(s, &v),
+                    _ => None,
+                });
             match source {
                 Some(offset) => p.at_offset(at, offset, message),
                 None => p.at(at, message),

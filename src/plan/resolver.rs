@@ -6,10 +6,10 @@
 //! resolver's order and caches answers; this module only compiles and renders.
 
 use crate::diagnostic::Problems;
-use crate::spec::{CacheSpec, ResolverSpec};
 use crate::path::JsonPath;
 use crate::plan::step::RequestTemplate;
 use crate::request::Request;
+use crate::spec::{CacheSpec, ResolverSpec};
 use crate::template::{RenderError, Scope, Templates};
 use serde_json::Value;
 use std::sync::Arc;

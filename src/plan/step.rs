@@ -6,10 +6,10 @@
 //! JSON values, never as JSON text, so event data can never add structure.
 
 use crate::diagnostic::Problems;
-use crate::spec::{LearnSpec, RequestSpec, StepSpec};
 use crate::path::JsonPath;
 use crate::plan::outcome::Outcomes;
 use crate::request::{Method, Request, push_path_segment};
+use crate::spec::{LearnSpec, RequestSpec, StepSpec};
 use crate::template::{RenderError, Scope, Templates, Text};
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
@@ -204,21 +204,20 @@ impl RequestTemplate {
                 }
             }
         }
-        let mut pairs = |map: &IndexMap<String, crate::spec::Scalar>,
-                         what: &str,
-                         problems: &mut Problems| {
-            let mut out = Vec::new();
-            for (k, v) in map {
-                let src = match v.to_json() {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                if let Some(t) = text(&src, format!("{pointer}/{what}/{k}"), problems) {
-                    out.push((k.clone(), t));
+        let mut pairs =
+            |map: &IndexMap<String, crate::spec::Scalar>, what: &str, problems: &mut Problems| {
+                let mut out = Vec::new();
+                for (k, v) in map {
+                    let src = match v.to_json() {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    if let Some(t) = text(&src, format!("{pointer}/{what}/{k}"), problems) {
+                        out.push((k.clone(), t));
+                    }
                 }
-            }
-            out
-        };
+                out
+            };
         let query = pairs(&spec.query, "query", problems);
         let headers = pairs(&spec.headers, "headers", problems);
         let body = spec

@@ -1193,9 +1193,16 @@ mod tests {
         assert_eq!(chained[..at].matches('|').count(), MAX_OPERATORS);
         assert!(t.expression(&vec!["a"; 100_000].join(" and ")).is_err());
         // Operators in text and in string literals do not count; a long mapping template fits.
-        let text = format!("{} {{{{ '{}' ~ a }}}}", "-|.".repeat(1000), "|".repeat(1000));
+        let text = format!(
+            "{} {{{{ '{}' ~ a }}}}",
+            "-|.".repeat(1000),
+            "|".repeat(1000)
+        );
         assert!(t.text(&text).is_ok());
-        assert!(t.text(&format!("{{{{ a{} }}}}", " | lower".repeat(400))).is_ok());
+        assert!(
+            t.text(&format!("{{{{ a{} }}}}", " | lower".repeat(400)))
+                .is_ok()
+        );
     }
 
     #[test]
