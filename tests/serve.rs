@@ -445,6 +445,42 @@ async fn a_changed_config_is_swapped_in_and_a_broken_one_is_refused() {
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_deeply_nested_mappings_is_refused_and_the_server_stays_up() {
+    let emu = Emulator::start(EmulatorOptions::default())
+        .await
+        .expect("emulator");
+    let data = tempfile::tempdir().expect("tempdir");
+    let mappings = tempfile::tempdir().expect("tempdir");
+    copy_dir(Path::new("mappings"), mappings.path());
+    let server = start_server(&emu, data.path(), mappings.path(), false).await;
+    let url = server.url();
+    let ticket_file = mappings.path().join("create_ticket.yaml");
+    let original = std::fs::read_to_string(&ticket_file).expect("read");
+    let trigger = "trigger: type = \"track\" and event = \"Ticket Created\"";
+    assert!(original.contains(trigger));
+    for depth in [2_000, 10_000] {
+        let deep = format!(
+            "trigger: {}type = \"track\"{}",
+            "(".repeat(depth),
+            ")".repeat(depth)
+        );
+        std::fs::write(&ticket_file, original.replacen(trigger, &deep, 1)).expect("write");
+        let shared = server.shared().clone();
+        let refused = tokio::task::spawn_blocking(move || shared.reload())
+            .await
+            .expect("the reload returns");
+        let diags = refused.expect_err("refused");
+        assert!(
+            diags.to_string().contains("nests deeper than 64"),
+            "{diags}"
+        );
+        assert_eq!(get_text(&format!("{url}/healthz")).await.0, 200);
+        readyz_once(&url, 503, "the refused config is reported").await;
+    }
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_with_work_in_flight_keeps_the_rest_for_the_next_start() {
     let emu = Emulator::start(EmulatorOptions::default())
