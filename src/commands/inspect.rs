@@ -43,6 +43,19 @@ pub struct TestArgs {
     pub config: ConfigArgs,
     /// Case files or directories (default: the mappings directory's tests/).
     pub cases: Vec<PathBuf>,
+    /// Run only the cases whose name contains NAME.
+    #[arg(short = 'k', long = "name", value_name = "NAME")]
+    pub only: Option<String>,
+    /// `text`, or `github`: the same, plus an annotation at each failing case for GitHub Actions.
+    #[arg(long, value_enum, default_value_t = TestFormat::Text)]
+    pub format: TestFormat,
+}
+
+/// How `zdmap test` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TestFormat {
+    Text,
+    Github,
 }
 
 #[derive(clap::Args, Debug)]
@@ -52,28 +65,40 @@ pub struct SchemaArgs {
     pub write: Option<PathBuf>,
 }
 
-/// `zdmap validate`: exit 0 when valid (warnings alone leave it valid), 1 when not.
+/// `zdmap validate`: the mappings and their test cases; exit 0 when valid (warnings alone
+/// leave them valid), 1 when not.
 pub fn validate(args: &ValidateArgs) -> ExitCode {
-    let (problems, valid) = match args.config.load() {
+    let mappings = &args.config.mappings;
+    let (problems, summary) = match args.config.load() {
         Ok(config) => {
-            if args.format != Format::Json {
-                eprintln!(
-                    "{}: {} action(s), {} resolver(s): valid",
-                    args.config.mappings.display(),
-                    config.actions.len(),
-                    config.resolvers.len()
-                );
-            }
-            (config.warnings, true)
+            let mut problems = config.warnings.clone();
+            problems.0.extend(cases::check(mappings, Some(&config)).0);
+            let summary = format!(
+                "{}: {} action(s), {} resolver(s)",
+                mappings.display(),
+                config.actions.len(),
+                config.resolvers.len()
+            );
+            (problems, Some(summary))
         }
-        Err(diags) => (diags, false),
+        // The test cases' own shape is worth knowing even when the mappings do not load.
+        Err(mut problems) => {
+            if mappings.is_dir() {
+                problems.0.extend(cases::check(mappings, None).0);
+            }
+            (problems, None)
+        }
     };
+    let valid = !problems.has_errors();
     if args.format == Format::Json || !problems.is_empty() {
         println!("{}", problems.render(args.format));
     }
-    if args.format != Format::Json && !problems.is_empty() {
+    if args.format != Format::Json {
         let (errors, warnings) = problems.counts();
-        eprintln!("{errors} error(s), {warnings} warning(s)");
+        match summary {
+            Some(summary) if valid => eprintln!("{summary}: valid, {warnings} warning(s)"),
+            _ => eprintln!("{errors} error(s), {warnings} warning(s)"),
+        }
     }
     if valid {
         ExitCode::SUCCESS
@@ -181,7 +206,8 @@ pub fn test(args: &TestArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let report = match cases::run(&args.config.mappings, &args.config.set, &files) {
+    let only = args.only.as_deref();
+    let report = match cases::run(&args.config.mappings, &args.config.set, &files, only) {
         Ok(r) => r,
         Err(diags) => {
             eprintln!("{diags}");
@@ -219,6 +245,22 @@ pub fn test(args: &TestArgs) -> ExitCode {
             for f in &r.failures {
                 println!("  {f}");
             }
+        }
+    }
+    if args.format == TestFormat::Github {
+        for r in &failed {
+            let d = crate::diagnostic::Diagnostic::new(
+                &r.file,
+                crate::yaml::Loc {
+                    line: r.line,
+                    column: 1,
+                },
+                format!("case `{}` failed:\n{}", r.name, r.failures.join("\n")),
+            );
+            println!(
+                "{}",
+                crate::config::Diagnostics(vec![d]).render(Format::Github)
+            );
         }
     }
     println!("\n{} passed, {} failed", report.passed(), report.failed());
