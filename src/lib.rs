@@ -24,11 +24,13 @@
 //! - [`emulator`]: a stateful in-memory Zendesk for tests and local work.
 //! - [`time`]: timestamps as zdmap writes them.
 //! - [`cases`]: mapping test cases (`zdmap test`).
+//! - [`defaults`]: the default mappings and schemas embedded in the binary (`zdmap init`).
 //! - [`commands`]: the CLI commands, as library functions.
 
 pub mod cases;
 pub mod commands;
 pub mod config;
+pub mod defaults;
 pub mod deliver;
 pub mod diagnostic;
 pub mod emulator;

@@ -21,6 +21,7 @@ fn generate<T: schemars::JsonSchema>(id: &str) -> Value {
         .into_generator()
         .into_root_schema_for::<T>();
     let mut v = serde_json::to_value(schema).unwrap_or_default();
+    drop_unknown_formats(&mut v);
     if let Value::Object(m) = &mut v {
         m.shift_insert(
             1,
@@ -29,6 +30,47 @@ fn generate<T: schemars::JsonSchema>(id: &str) -> Value {
         );
     }
     v
+}
+
+/// The `format`s JSON Schema 2020-12 defines. schemars also writes formats of its own (`uint64`,
+/// `double`), which strict validators refuse; those are dropped.
+pub const STANDARD_FORMATS: [&str; 19] = [
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uuid",
+    "uri-template",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
+];
+
+fn drop_unknown_formats(schema: &mut Value) {
+    match schema {
+        Value::Object(m) => {
+            let unknown = m
+                .get("format")
+                .and_then(Value::as_str)
+                .is_some_and(|f| !STANDARD_FORMATS.contains(&f));
+            if unknown {
+                m.shift_remove("format");
+            }
+            m.values_mut().for_each(drop_unknown_formats);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_unknown_formats),
+        _ => {}
+    }
 }
 
 /// The schema of action files.
@@ -58,9 +100,9 @@ pub fn event_schema() -> Value {
             "type": { "enum": crate::event::EVENT_TYPES },
             "action": { "enum": crate::event::EVENT_TYPES },
             "event": { "type": "string", "description": "The event name of a track call." },
-            "userId": { "type": ["string", "number", "null"] },
-            "anonymousId": { "type": ["string", "number", "null"] },
-            "groupId": { "type": ["string", "number", "null"] },
+            "userId": id_or_null(),
+            "anonymousId": id_or_null(),
+            "groupId": id_or_null(),
             "messageId": { "type": "string" },
             "timestamp": { "type": "string" },
             "traits": { "type": "object" },
@@ -69,13 +111,23 @@ pub fn event_schema() -> Value {
                 "type": "object",
                 "properties": {
                     "traits": { "type": "object" },
-                    "zendesk_user_id": { "type": ["string", "integer"] }
+                    "zendesk_user_id": { "anyOf": [{ "type": "string" }, { "type": "integer" }] }
                 }
             },
             "integrations": { "type": "object" }
         },
-        "anyOf": [ { "required": ["type"] }, { "required": ["action"] } ]
+        // Each branch names the property it requires, as strict validators want.
+        "anyOf": [
+            { "properties": { "type": true }, "required": ["type"] },
+            { "properties": { "action": true }, "required": ["action"] }
+        ]
     })
+}
+
+/// A user, anonymous or group id: a string, a number or null (as alternatives rather than a
+/// union `type`, which strict validators refuse).
+fn id_or_null() -> Value {
+    json!({ "anyOf": [{ "type": "string" }, { "type": "number" }, { "type": "null" }] })
 }
 
 /// Every schema file of `schemas/` and its content.

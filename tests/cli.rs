@@ -224,3 +224,68 @@ fn the_emulator_command_serves_until_stopped_and_prints_no_secret() {
     );
     assert!(!all.contains("s3cr3t-token-value"), "{all}");
 }
+
+#[test]
+fn init_writes_mappings_that_validate_and_test_and_refuses_to_overwrite() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("here").join("mappings");
+    let dir_arg = dir.to_str().expect("utf-8 path");
+    let (code, _, err) = run(&["init", dir_arg], "");
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&["validate", "--mappings", dir_arg], "");
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = run(&["test", "--mappings", dir_arg], "");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.trim_end().ends_with("passed, 0 failed"), "{out}");
+    // Every file's $schema line resolves inside the new directory.
+    for (path, _) in zdmap::defaults::files() {
+        let file = dir.join(&path);
+        let text = std::fs::read_to_string(&file).expect("written");
+        if let Some(target) = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# yaml-language-server: $schema="))
+        {
+            let schema = file.parent().expect("parent").join(target);
+            assert!(
+                schema.is_file(),
+                "{} points at {}",
+                file.display(),
+                schema.display()
+            );
+        }
+    }
+    // A second init refuses and changes nothing; --force overwrites.
+    let user = dir.join("upsert_user.yaml");
+    std::fs::write(&user, "edited").expect("edit");
+    let (code, _, err) = run(&["init", dir_arg], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read_to_string(&user).expect("read"), "edited");
+    let (code, _, _) = run(&["init", "--force", dir_arg], "");
+    assert_eq!(code, 0);
+    assert_ne!(std::fs::read_to_string(&user).expect("read"), "edited");
+}
+
+#[test]
+fn the_embedded_mappings_are_the_repositorys() {
+    let mut on_disk = Vec::new();
+    for dir in ["mappings", "mappings/tests"] {
+        for e in std::fs::read_dir(dir).expect("dir") {
+            let p = e.expect("entry").path();
+            if p.is_file() {
+                on_disk.push(p.strip_prefix("mappings").expect("inside").to_path_buf());
+            }
+        }
+    }
+    on_disk.sort();
+    let mut embedded: Vec<std::path::PathBuf> = zdmap::defaults::MAPPINGS
+        .iter()
+        .map(|(p, _)| p.into())
+        .collect();
+    embedded.sort();
+    assert_eq!(
+        embedded, on_disk,
+        "src/defaults.rs lists every file of mappings/"
+    );
+}

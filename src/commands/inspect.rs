@@ -96,6 +96,7 @@ pub fn validate(args: &ValidateArgs) -> ExitCode {
     if args.format != Format::Json {
         let (errors, warnings) = problems.counts();
         match summary {
+            Some(summary) if valid && warnings == 0 => eprintln!("{summary}: valid"),
             Some(summary) if valid => eprintln!("{summary}: valid, {warnings} warning(s)"),
             _ => eprintln!("{errors} error(s), {warnings} warning(s)"),
         }

@@ -5,6 +5,7 @@
 //! [`inspect`].
 
 pub mod dead_letters;
+pub mod init;
 pub mod inspect;
 pub mod send;
 pub mod serve;
@@ -26,6 +27,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Write the default mappings, their test cases and the JSON Schemas into a new mappings
+    /// directory (default `mappings`); refuses to overwrite without --force.
+    Init(init::InitArgs),
     /// Check the mappings: schema, triggers, JSONPaths, templates, references. Exit 1 when invalid.
     Validate(inspect::ValidateArgs),
     /// Show what events would do (actions matched, requests in order, errors), without any network.
@@ -54,6 +58,7 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Init(a) => init::init(&a),
         Command::Validate(a) => inspect::validate(&a),
         Command::Preview(a) => inspect::preview(&a),
         Command::Match(a) => inspect::match_trigger(&a),
