@@ -71,6 +71,27 @@ fn preview_prints_one_line_per_event_in_order_with_requests() {
 }
 
 #[test]
+fn preview_shows_direct_ids_in_the_path_without_a_lookup() {
+    let input = "{\"type\":\"track\",\"event\":\"Signed In\",\"context\":{\"zendesk_user_id\":98765}}\n{\"type\":\"track\",\"event\":\"Ticket Updated\",\"userId\":\"u1\",\"properties\":{\"ticket_id\":4321,\"status\":\"solved\"}}\n{\"type\":\"track\",\"event\":\"Signed In\",\"userId\":\"u-9\"}\n";
+    let (code, out, err) = run(&["preview", "-"], input);
+    assert_eq!(code, 0, "{err}");
+    let previews = lines(&out);
+    assert_eq!(
+        previews[0]["requests"][0]["path"],
+        "/api/v2/users/98765/events"
+    );
+    assert!(previews[0].get("lookups").is_none(), "{}", previews[0]);
+    assert_eq!(previews[1]["requests"][0]["path"], "/api/v2/tickets/4321");
+    assert!(previews[1].get("lookups").is_none(), "{}", previews[1]);
+    // Without a direct id the lookup stays a placeholder, and is listed.
+    assert_eq!(
+        previews[2]["requests"][0]["path"],
+        "/api/v2/users/<user external_id=u-9>/events"
+    );
+    assert_eq!(previews[2]["lookups"][0]["keys"]["external_id"], "u-9");
+}
+
+#[test]
 fn preview_reports_bad_events_and_goes_on() {
     let input = "{\"type\":\"identify\",\"userId\":\"a\",\"traits\":{\"email\":\"a@x.io\"}}\nnot json\n[1]\n{\"userId\":\"b\"}\n{\"type\":5}\n{\"action\":\"identify\",\"userId\":\"c\"}\n";
     let (code, out, _) = run(&["preview", "-"], input);

@@ -93,6 +93,8 @@ pub struct Config {
     /// Default outcomes for every step.
     pub outcomes: Outcomes,
     pub resolvers: IndexMap<String, Resolver>,
+    /// Which resolver lookups are direct ids, for previews to show them as they are.
+    pub direct_ids: Arc<crate::template::DirectIds>,
     /// Actions in run order: `after` first, then by file name.
     pub actions: Vec<Action>,
     pub templates: Templates,
@@ -137,6 +139,7 @@ impl Config {
             error_messages: Vec::new(),
             outcomes: Outcomes::default(),
             resolvers: IndexMap::new(),
+            direct_ids: Arc::default(),
             actions: Vec::new(),
             templates: Templates::new(),
             warnings: Diagnostics::default(),
@@ -181,6 +184,16 @@ impl Config {
             }
             diags.0.extend(p.into_found());
         }
+        config.direct_ids = Arc::new(
+            config
+                .resolvers
+                .iter()
+                .map(|(name, r)| {
+                    let order = r.lookups.iter().map(|l| (l.by.clone(), l.is_direct()));
+                    (name.clone(), order.collect())
+                })
+                .collect(),
+        );
         let mut seen: HashMap<String, PathBuf> = HashMap::new();
         for file in files
             .iter()

@@ -117,6 +117,11 @@ impl Lookup {
         req.render(templates, &scope).map(Some)
     }
 
+    /// Whether the key is the value itself (`by: id` without a request).
+    pub fn is_direct(&self) -> bool {
+        self.request.is_none()
+    }
+
     /// The compiled strings of the lookup's request, with pointers relative to the lookup.
     pub fn texts(&self) -> Option<crate::plan::step::Texts<'_>> {
         let req = self.request.as_ref()?;

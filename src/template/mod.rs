@@ -813,10 +813,17 @@ pub enum Answer {
     NotFound,
 }
 
+/// Per resolver, its lookups in order (`by`), each with whether its key is the value itself (a
+/// direct id, `by: id` without a request).
+pub type DirectIds = HashMap<String, Vec<(String, bool)>>;
+
 /// The lookups of one render: answers known so far, and what was asked without an answer.
 #[derive(Debug, Default)]
 pub struct Lookups {
     answers: HashMap<LookupNeed, Answer>,
+    /// Lookups answered without any request: a call whose first key, in its resolver's order,
+    /// is a direct id gets that id (as delivery does).
+    direct: Arc<DirectIds>,
     asked: Mutex<Vec<LookupNeed>>,
 }
 
@@ -824,8 +831,32 @@ impl Lookups {
     pub fn new(answers: HashMap<LookupNeed, Answer>) -> Lookups {
         Lookups {
             answers,
+            direct: Arc::default(),
             asked: Mutex::new(Vec::new()),
         }
+    }
+
+    /// No answers yet, but direct ids answer themselves (a preview).
+    pub fn offline(direct: Arc<DirectIds>) -> Lookups {
+        Lookups {
+            direct,
+            ..Lookups::default()
+        }
+    }
+
+    /// The id a lookup names directly: when the first of its keys in the resolver's order is a
+    /// direct id, that key (a number when it reads as one).
+    fn direct_answer(&self, need: &LookupNeed) -> Option<Value> {
+        let order = self.direct.get(&need.resolver)?;
+        let (by, direct) = order
+            .iter()
+            .find(|(by, _)| need.keys.iter().any(|(k, _)| k == by))?;
+        let key = &need.keys.iter().find(|(k, _)| k == by)?.1;
+        direct.then(|| {
+            key.parse::<u64>()
+                .map(Value::from)
+                .unwrap_or_else(|_| Value::String(key.clone()))
+        })
     }
 
     /// The lookups asked for that have no answer yet, in order, without repeats.

@@ -317,6 +317,9 @@ impl Lookups {
             Some(Answer::NotFound) if !required => Ok(None),
             Some(Answer::NotFound) => Err(format!("lookup found nothing: {need}")),
             None => {
+                if let Some(id) = self.direct_answer(&need) {
+                    return Ok(Some(id));
+                }
                 let mut asked = self
                     .asked
                     .lock()
