@@ -126,6 +126,43 @@ pub fn run(
     }
 }
 
+/// The events of the test cases of a mappings directory that are valid events, each labelled
+/// `FILE::CASE`: sample events for checks that need some (`zdmap fields check`).
+pub fn events(mappings: &Path) -> Result<Vec<(String, Event)>, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let mut events = Vec::new();
+    let files = find(mappings, &[]).map_err(|e| {
+        Diagnostics(vec![crate::diagnostic::Diagnostic::new(
+            &mappings.join("tests"),
+            Default::default(),
+            format!("cannot read the test cases: {e}"),
+        )])
+    })?;
+    for file in files {
+        let Some((spec, _)) = crate::config::read_spec::<CaseFile>(
+            &file,
+            crate::schema::cases_validator(),
+            &mut diags,
+        ) else {
+            continue;
+        };
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        for case in spec.cases {
+            if let Ok(event) = Event::from_value(case.event) {
+                events.push((format!("{name}::{}", case.name), event));
+            }
+        }
+    }
+    if diags.is_empty() {
+        Ok(events)
+    } else {
+        Err(diags)
+    }
+}
+
 /// The problems of the case files of a mappings directory (`tests/`), without running them: their
 /// shape (unknown keys, wrong types) and, with the loaded mappings, the names of actions and
 /// settings they use.

@@ -24,9 +24,11 @@
 //! - [`emulator`]: a stateful in-memory Zendesk for tests and local work.
 //! - [`time`]: timestamps as zdmap writes them.
 //! - [`cases`]: mapping test cases (`zdmap test`).
+//! - [`account_fields`]: the account's custom fields against the keys the mappings send.
 //! - [`defaults`]: the default mappings and schemas embedded in the binary (`zdmap init`).
 //! - [`commands`]: the CLI commands, as library functions.
 
+pub mod account_fields;
 pub mod cases;
 pub mod commands;
 pub mod config;

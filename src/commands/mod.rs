@@ -5,6 +5,7 @@
 //! [`inspect`].
 
 pub mod dead_letters;
+pub mod fields;
 pub mod init;
 pub mod inspect;
 pub mod send;
@@ -38,6 +39,9 @@ pub enum Command {
     Match(inspect::MatchArgs),
     /// Run the mapping test cases of mappings/tests/ (or the given files).
     Test(inspect::TestArgs),
+    /// Check the account's custom user and organization fields against the keys the mappings
+    /// send (`fields check`), and create the missing ones (`--create`).
+    Fields(fields::FieldsArgs),
     /// Print or write the JSON Schemas of the config files and events.
     Schema(inspect::SchemaArgs),
     /// Deliver events to Zendesk (or the built-in emulator) with retries, a request budget,
@@ -64,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Match(a) => inspect::match_trigger(&a),
         Command::Test(a) => inspect::test(&a),
         Command::Schema(a) => inspect::schema(&a),
+        Command::Fields(a) => fields::fields(&a),
         Command::Send(a) => send::send(&a),
         Command::Emulator(a) => crate::emulator::run_cli(a),
         Command::Serve(a) => serve::serve(&a),
