@@ -114,31 +114,7 @@ fn gather(v: &Value, label: &str, found: &mut IndexMap<(Family, String), SentKey
     }
 }
 
-/// The Zendesk field type for these values: `checkbox` (all booleans), `integer`, `decimal`
-/// (all numbers), `date` (all `YYYY-MM-DD`), else `text`.
-pub fn infer_type(values: &[Value]) -> &'static str {
-    let all = |test: fn(&Value) -> bool| !values.is_empty() && values.iter().all(test);
-    if all(Value::is_boolean) {
-        "checkbox"
-    } else if all(|v| v.is_i64() || v.is_u64()) {
-        "integer"
-    } else if all(Value::is_number) {
-        "decimal"
-    } else if all(|v| v.as_str().is_some_and(is_date)) {
-        "date"
-    } else {
-        "text"
-    }
-}
-
-fn is_date(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 10
-        && b.iter().enumerate().all(|(i, c)| match i {
-            4 | 7 => *c == b'-',
-            _ => c.is_ascii_digit(),
-        })
-}
+pub use crate::template::field_type as infer_type;
 
 /// A field title from its key: `plan_name` gives `Plan Name`.
 pub fn title(key: &str) -> String {

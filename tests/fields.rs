@@ -102,3 +102,82 @@ async fn missing_fields_are_listed_with_their_events_then_created_with_inferred_
     assert!(out.contains("0 missing"), "{out}");
     emu.shutdown().await;
 }
+
+fn send(url: &str, events: &Path, set: &[&str]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdmap"));
+    cmd.args([
+        "send",
+        "--zendesk-url",
+        url,
+        "--set",
+        "requests_per_minute=0",
+    ]);
+    for s in set {
+        cmd.args(["--set", s]);
+    }
+    let dir = events.parent().expect("dir");
+    cmd.arg("--dead-letter")
+        .arg(dir.join("dead.ndjson"))
+        .arg(events);
+    let out = cmd.output().expect("run zdmap send");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_missing_user_fields_makes_the_values_stick() {
+    let emu = Emulator::start(EmulatorOptions::default())
+        .await
+        .expect("emulator");
+    let url = emu.url();
+    let dir = tempfile::tempdir().expect("tmp");
+    let user = |external_id: &str| -> Value {
+        emu.state()["users"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|u| u["external_id"] == external_id)
+            .cloned()
+            .unwrap_or_else(|| panic!("user {external_id}"))
+    };
+
+    // Off (the default): Zendesk drops the values of fields it does not have.
+    let off = dir.path().join("off.ndjson");
+    std::fs::write(
+        &off,
+        r#"{"type":"identify","userId":"u-off","traits":{"email":"off@example.com","name":"Off","planName":"pro"}}"#,
+    )
+    .expect("write");
+    let (code, err) = send(&url, &off, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(user("u-off")["user_fields"].get("plan_name").is_none());
+    assert!(user_fields(&emu).is_empty());
+
+    // On: the fields are created first, typed by their values, and the values stay.
+    let on = dir.path().join("on.ndjson");
+    std::fs::write(
+        &on,
+        r#"{"type":"identify","userId":"u-on","traits":{"email":"on@example.com","name":"On","planName":"pro","seats":3}}"#,
+    )
+    .expect("write");
+    let (code, err) = send(&url, &on, &["create_missing_user_fields=true"]);
+    assert_eq!(code, 0, "{err}");
+    let fields = user("u-on")["user_fields"].clone();
+    assert_eq!(fields["plan_name"], "pro", "{fields}");
+    assert_eq!(fields["seats"], 3, "{fields}");
+    let types: Vec<(Value, Value)> = user_fields(&emu)
+        .iter()
+        .map(|f| (f["key"].clone(), f["type"].clone()))
+        .collect();
+    assert!(
+        types.contains(&("seats".into(), "integer".into())),
+        "{types:?}"
+    );
+    assert!(
+        types.contains(&("plan_name".into(), "text".into())),
+        "{types:?}"
+    );
+    emu.shutdown().await;
+}

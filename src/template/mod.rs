@@ -134,6 +134,11 @@ impl Templates {
         env.add_test("none", |v: Mj| is_missing(&v));
         env.add_filter("snake_case", |s: &str| snake_case(s));
         env.add_filter("keys_as", keys_as);
+        env.add_filter("field_type", |v: Mj| -> Result<&'static str, Error> {
+            let v = serde_json::to_value(&v)
+                .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+            Ok(field_type(std::slice::from_ref(&v)))
+        });
         Templates { env, count: 0 }
     }
 
@@ -479,6 +484,33 @@ fn keys_as(map: Mj, existing: Mj) -> Result<Mj, Error> {
         out.insert(Mj::from(new_key), value);
     }
     Ok(Mj::from_object(out))
+}
+
+/// The type of Zendesk custom field these values need: `checkbox` (all booleans), `integer`,
+/// `decimal` (all numbers), `date` (all `YYYY-MM-DD`), else `text`. As a filter,
+/// `{{ value | field_type }}` for one value.
+pub fn field_type(values: &[Value]) -> &'static str {
+    let all = |test: fn(&Value) -> bool| !values.is_empty() && values.iter().all(test);
+    if all(Value::is_boolean) {
+        "checkbox"
+    } else if all(|v| v.is_i64() || v.is_u64()) {
+        "integer"
+    } else if all(Value::is_number) {
+        "decimal"
+    } else if all(|v| v.as_str().is_some_and(is_date)) {
+        "date"
+    } else {
+        "text"
+    }
+}
+
+fn is_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            _ => c.is_ascii_digit(),
+        })
 }
 
 /// `{{ list | without(other) }}`: the elements of a list (or keys of a map) not in `other`.
