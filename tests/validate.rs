@@ -310,6 +310,7 @@ fn mistakes_are_explained_as_an_editor_would() {
         "422/DuplicateValue: retyr",
     );
     edit(&ticket, "      method: POST", "      methd: POST");
+    edit(&org, "name: \"{{ name }}\"", "name: \"{{ name | }}\"");
     edit(
         &org,
         "name: { path: $.traits.name, type: string }",
@@ -357,6 +358,18 @@ fn mistakes_are_explained_as_an_editor_would() {
     );
     assert!(l.starts_with(&at), "{l} (expected {at})");
     assert!(!out.contains("anyOf") && !out.contains("oneOf"), "{out}");
+    let l = line(&org, "template error");
+    let at = format!(
+        "{}:{}:{}:",
+        org.display(),
+        line_of(&org, "name | }}"),
+        column_of(&org, "| }}") + 1
+    );
+    assert!(l.starts_with(&at), "{l} (expected {at})");
+    assert!(
+        l.contains("unexpected end of the expression") && !l.contains("`)`"),
+        "{l}"
+    );
 
     // Pretty prints each problem once.
     let (_, pretty, _) = validate_with_stderr(&dir, "pretty");

@@ -78,10 +78,12 @@ impl Step {
             match src {
                 None => Ok(None),
                 Some(s) => templates.expression(s).map(Some).map_err(|e| {
-                    problems.at(
-                        &format!("{pointer}/{key}"),
-                        format!("bad expression in `{key}`: {e}"),
-                    );
+                    let at = format!("{pointer}/{key}");
+                    let message = format!("bad expression in `{key}`: {e}");
+                    match e.offset {
+                        Some(offset) => problems.at_offset(&at, offset, message),
+                        None => problems.at(&at, message),
+                    }
                 }),
             }
         };

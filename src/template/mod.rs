@@ -153,7 +153,19 @@ impl Templates {
             let prefix = "{% set __zdmap_value = (";
             let start = inner.as_ptr() as usize - source.as_ptr() as usize;
             let back = |o: usize| start + o.saturating_sub(prefix.len()).min(inner.len());
-            let name = self.add(&format!("{prefix}{inner}) %}}"), back)?;
+            // A parenthesis found at the end is the wrapper's, not the mapping's.
+            let end = start + inner.len();
+            let name = self
+                .add(&format!("{prefix}{inner}) %}}"), back)
+                .map_err(|e| match e.offset {
+                    Some(o) if o == end => TemplateError {
+                        message: e
+                            .message
+                            .replace("unexpected `)`", "unexpected end of the expression"),
+                        ..e
+                    },
+                    _ => e,
+                })?;
             if let Some(path) = plain_reference(inner) {
                 return Ok(Text::Ref {
                     path,
