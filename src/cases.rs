@@ -8,13 +8,15 @@
 //! a preview (`<user external_id=abc>`).
 
 use crate::config::{Config, Diagnostics};
-use crate::diagnostic::{Problems, suggest};
+use crate::diagnostic::{Diagnostic, Problems, suggest};
 use crate::event::Event;
 use crate::plan::Preview;
 use crate::spec::{CaseFile, CaseSpec, ExpectSpec};
+use crate::yaml::Node;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The result of one case.
 #[derive(Debug)]
@@ -126,26 +128,43 @@ pub fn run(
     }
 }
 
+/// The case files of a mappings directory's `tests/` that read and have the right shape, with
+/// their YAML trees; the problems of the others go to `diags`. No `tests/` is no case files.
+fn read_case_files(
+    mappings: &Path,
+    diags: &mut Diagnostics,
+) -> Vec<(PathBuf, CaseFile, Arc<Node>)> {
+    let files = match find(mappings, &[]) {
+        Ok(files) => files,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            diags.push(Diagnostic::new(
+                &mappings.join("tests"),
+                Default::default(),
+                format!("cannot read the test cases: {e}"),
+            ));
+            Vec::new()
+        }
+    };
+    files
+        .into_iter()
+        .filter_map(|file| {
+            let (spec, node) = crate::config::read_spec::<CaseFile>(
+                &file,
+                crate::schema::cases_validator(),
+                diags,
+            )?;
+            Some((file, spec, node))
+        })
+        .collect()
+}
+
 /// The events of the test cases of a mappings directory that are valid events, each labelled
 /// `FILE::CASE`: sample events for checks that need some (`zdmap fields check`).
 pub fn events(mappings: &Path) -> Result<Vec<(String, Event)>, Diagnostics> {
     let mut diags = Diagnostics::default();
     let mut events = Vec::new();
-    let files = find(mappings, &[]).map_err(|e| {
-        Diagnostics(vec![crate::diagnostic::Diagnostic::new(
-            &mappings.join("tests"),
-            Default::default(),
-            format!("cannot read the test cases: {e}"),
-        )])
-    })?;
-    for file in files {
-        let Some((spec, _)) = crate::config::read_spec::<CaseFile>(
-            &file,
-            crate::schema::cases_validator(),
-            &mut diags,
-        ) else {
-            continue;
-        };
+    for (file, spec, _) in read_case_files(mappings, &mut diags) {
         let name = file
             .file_name()
             .map(|n| n.to_string_lossy())
@@ -168,26 +187,7 @@ pub fn events(mappings: &Path) -> Result<Vec<(String, Event)>, Diagnostics> {
 /// settings they use.
 pub fn check(mappings: &Path, config: Option<&Config>) -> Diagnostics {
     let mut diags = Diagnostics::default();
-    let files = match find(mappings, &[]) {
-        Ok(files) => files,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return diags,
-        Err(e) => {
-            diags.push(crate::diagnostic::Diagnostic::new(
-                &mappings.join("tests"),
-                Default::default(),
-                format!("cannot read the test cases: {e}"),
-            ));
-            return diags;
-        }
-    };
-    for file in files {
-        let Some((spec, node)) = crate::config::read_spec::<CaseFile>(
-            &file,
-            crate::schema::cases_validator(),
-            &mut diags,
-        ) else {
-            continue;
-        };
+    for (file, spec, node) in read_case_files(mappings, &mut diags) {
         let Some(config) = config else { continue };
         let mut p = Problems::new(&file, Some(node));
         let actions: Vec<&str> = config.actions.iter().map(|a| a.name.as_str()).collect();

@@ -148,6 +148,18 @@ fn a_failing_case_names_the_keys_that_differ_and_annotates_for_github() {
     assert!(out.trim_end().ends_with("1 passed, 0 failed"), "{out}");
 }
 
+/// `zdmap validate` on a mappings directory that must be invalid: what it printed.
+fn validate_fails(mappings: &Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zdmap"))
+        .args(["validate", "--mappings"])
+        .arg(mappings)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    text
+}
+
 #[test]
 fn validate_checks_the_test_cases_too() {
     let dir = tempfile::tempdir().expect("temp");
@@ -175,13 +187,7 @@ fn validate_checks_the_test_cases_too() {
 "#,
     )
     .expect("write");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zdmap"))
-        .args(["validate", "--mappings"])
-        .arg(&mappings)
-        .output()
-        .expect("run");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let text = validate_fails(&mappings);
     let at = |line: usize| format!("{}:{line}:", case.display());
     let has = |text: &str, line: usize, what: &str| {
         assert!(
@@ -198,13 +204,7 @@ fn validate_checks_the_test_cases_too() {
         .replace("expct", "expect")
         .replace("      requests: 3\n", "");
     std::fs::write(&case, fixed).expect("write");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zdmap"))
-        .args(["validate", "--mappings"])
-        .arg(&mappings)
-        .output()
-        .expect("run");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let text = validate_fails(&mappings);
     has(
         &text,
         6,

@@ -25,15 +25,8 @@ fn edit(file: &Path, from: &str, to: &str) {
 }
 
 fn validate(dir: &Path, format: &str) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_zdmap"))
-        .args(["validate", "--format", format, "--mappings"])
-        .arg(dir)
-        .output()
-        .expect("run zdmap");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let (code, out, _) = validate_with_stderr(dir, format);
+    (code, out)
 }
 
 /// The line of `file` (1-based) where `needle` first occurs.
