@@ -89,7 +89,7 @@ impl Problems {
         Problems::new(Path::new("-"), None)
     }
 
-    pub fn loc(&self, pointer: &str, key: bool) -> Loc {
+    fn loc(&self, pointer: &str, key: bool) -> Loc {
         self.root
             .as_ref()
             .map(|r| r.locate(pointer, key))
@@ -154,16 +154,6 @@ impl Problems {
 
     pub fn len(&self) -> usize {
         self.found.len()
-    }
-
-    /// A problem already located.
-    pub fn push(&mut self, d: Diagnostic) {
-        self.found.push(d);
-    }
-
-    /// The file the problems are in.
-    pub fn file(&self) -> &Path {
-        &self.file
     }
 
     /// The YAML tree of the file, when it parsed.
@@ -310,6 +300,14 @@ fn offset_of(source: &str, line: usize, column: usize) -> Option<usize> {
         offset += l.len();
     }
     None
+}
+
+/// The byte offset of a 1-based column (in characters) of `text`, as parsers report places; the
+/// end of `text` past its last character.
+pub fn byte_offset(text: &str, column: usize) -> usize {
+    text.char_indices()
+        .nth(column.saturating_sub(1))
+        .map_or(text.len(), |(b, _)| b)
 }
 
 /// The closest of `candidates` to `word`, if it is close enough to be a likely typo.

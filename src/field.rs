@@ -163,7 +163,7 @@ fn compile_short(
         Value::String(s) if s.contains("{{") || s.contains("{%") => match templates.text(s) {
             Ok(t) => Some(Source::Template(t, s.clone())),
             Err(e) => {
-                e.report(pointer, problems);
+                e.report("template error", pointer, problems);
                 None
             }
         },
@@ -215,7 +215,7 @@ fn compile_spec(
         return match templates.text(t) {
             Ok(text) => Some(Source::Template(text, t.clone())),
             Err(e) => {
-                e.report(&format!("{pointer}/template"), problems);
+                e.report("template error", &format!("{pointer}/template"), problems);
                 None
             }
         };

@@ -6,7 +6,7 @@
 //! evaluated by it. A property test checks that both give the same answers on plain paths.
 //! A JSON `null` found at a path is returned as a value; callers decide what it means.
 
-use crate::diagnostic::Problems;
+use crate::diagnostic::{Problems, byte_offset};
 use jsonpath_rust::parser::model::JpQuery;
 use serde_json::Value;
 use std::fmt;
@@ -41,13 +41,9 @@ pub struct PathError {
 impl PathError {
     /// Reports the error at its column inside the path `source`, the string at `pointer`.
     pub fn report(&self, source: &str, pointer: &str, problems: &mut Problems) {
-        let offset = source
-            .char_indices()
-            .nth(self.column.saturating_sub(1))
-            .map_or(source.len(), |(b, _)| b);
         problems.at_offset(
             pointer,
-            offset,
+            byte_offset(source, self.column),
             format!("bad JSONPath {source:?}: {}", self.message),
         );
     }

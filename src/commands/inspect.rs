@@ -248,21 +248,17 @@ pub fn test(args: &TestArgs) -> ExitCode {
             }
         }
     }
-    if args.format == TestFormat::Github {
-        for r in &failed {
-            let d = crate::diagnostic::Diagnostic::new(
-                &r.file,
-                crate::yaml::Loc {
-                    line: r.line,
-                    column: 1,
-                },
-                format!("case `{}` failed:\n{}", r.name, r.failures.join("\n")),
-            );
-            println!(
-                "{}",
-                crate::config::Diagnostics(vec![d]).render(Format::Github)
-            );
-        }
+    if args.format == TestFormat::Github && !failed.is_empty() {
+        let at_each_case = failed.iter().map(|r| {
+            let place = crate::yaml::Loc {
+                line: r.line,
+                column: 1,
+            };
+            let message = format!("case `{}` failed:\n{}", r.name, r.failures.join("\n"));
+            crate::diagnostic::Diagnostic::new(&r.file, place, message)
+        });
+        let annotations = crate::diagnostic::Diagnostics(at_each_case.collect());
+        println!("{}", annotations.render(Format::Github));
     }
     println!("\n{} passed, {} failed", report.passed(), report.failed());
     if report.failed() == 0 {

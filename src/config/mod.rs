@@ -482,12 +482,7 @@ fn compile_action(
             "an action name is lowercase letters, digits and `_`",
         );
     }
-    let byte_at = |column: usize| {
-        spec.trigger
-            .char_indices()
-            .nth(column.saturating_sub(1))
-            .map_or(spec.trigger.len(), |(b, _)| b)
-    };
+    let byte_at = |column| crate::diagnostic::byte_offset(&spec.trigger, column);
     let trigger = match Trigger::parse(&spec.trigger) {
         Ok(t) => {
             for w in t.warnings() {

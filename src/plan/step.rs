@@ -78,12 +78,8 @@ impl Step {
             match src {
                 None => Ok(None),
                 Some(s) => templates.expression(s).map(Some).map_err(|e| {
-                    let at = format!("{pointer}/{key}");
-                    let message = format!("bad expression in `{key}`: {e}");
-                    match e.offset {
-                        Some(offset) => problems.at_offset(&at, offset, message),
-                        None => problems.at(&at, message),
-                    }
+                    let what = format!("bad expression in `{key}`");
+                    e.report(&what, &format!("{pointer}/{key}"), problems);
                 }),
             }
         };
@@ -162,7 +158,7 @@ impl Learn {
     ) -> Option<Learn> {
         let key = templates
             .text(&spec.key)
-            .map_err(|e| e.report(&format!("{pointer}/key"), problems))
+            .map_err(|e| e.report("template error", &format!("{pointer}/key"), problems))
             .ok();
         let value = JsonPath::parse(&spec.value)
             .map_err(|e| e.report(&spec.value, &format!("{pointer}/value"), problems))
@@ -187,7 +183,7 @@ impl RequestTemplate {
         let mut text = |s: &str, at: String, problems: &mut Problems| match templates.text(s) {
             Ok(t) => Some(t),
             Err(e) => {
-                e.report(&at, problems);
+                e.report("template error", &at, problems);
                 ok = false;
                 None
             }
@@ -366,7 +362,7 @@ fn compile_body(
         Value::String(s) => match templates.text(s) {
             Ok(t) => Some(Body::Text(t)),
             Err(e) => {
-                e.report(pointer, problems);
+                e.report("template error", pointer, problems);
                 None
             }
         },

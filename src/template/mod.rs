@@ -61,9 +61,10 @@ pub struct TemplateError {
 }
 
 impl TemplateError {
-    /// Reports the error at its place inside the mapping's string at `pointer`.
-    pub fn report(&self, pointer: &str, problems: &mut Problems) {
-        let message = format!("template error: {}", self.message);
+    /// Reports the error at its place inside the mapping's string at `pointer`, as `what`
+    /// (`template error`).
+    pub fn report(&self, what: &str, pointer: &str, problems: &mut Problems) {
+        let message = format!("{what}: {}", self.message);
         match self.offset {
             Some(offset) => problems.at_offset(pointer, offset, message),
             None => problems.at(pointer, message),
