@@ -9,8 +9,8 @@
 use crate::diagnostic::Problems;
 use crate::diagnostic::suggest;
 use crate::spec::{ActionSpec, CaseFile, DestinationSpec};
-use jsonschema::error::ValidationErrorKind;
-use jsonschema::{ValidationError, Validator};
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use jsonschema::{JsonType, ValidationError, Validator};
 use schemars::generate::SchemaSettings;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -227,8 +227,20 @@ fn report(e: &ValidationError, doc: &Value, problems: &mut Problems) {
                 Some(errs) if !errs.is_empty() => {
                     errs.iter().for_each(|x| report(x, doc, problems))
                 }
-                _ => problems.at(&at, format!("{}", e.masked())),
+                _ => {
+                    // A value of a shape no alternative takes: name the shapes they take.
+                    let wanted = types_wanted(e);
+                    let message = if wanted.is_empty() {
+                        e.masked().to_string()
+                    } else {
+                        wrong_type(&wanted, e.instance())
+                    };
+                    problems.at(&at, message);
+                }
             }
+        }
+        ValidationErrorKind::Type { .. } => {
+            problems.at(&at, wrong_type(&types_wanted(e), e.instance()));
         }
         ValidationErrorKind::Enum { .. } | ValidationErrorKind::Constant { .. } => {
             problems.at(&at, not_valid(e.instance(), &valid_values(e)));
@@ -239,6 +251,56 @@ fn report(e: &ValidationError, doc: &Value, problems: &mut Problems) {
         }
         _ => problems.at(&at, e.to_string()),
     }
+}
+
+/// The types a `type` error wants, or the alternatives of an `anyOf`/`oneOf` error at the
+/// same place want.
+fn types_wanted(e: &ValidationError) -> Vec<JsonType> {
+    match e.kind() {
+        ValidationErrorKind::Type {
+            kind: TypeKind::Single(t),
+        } => vec![*t],
+        ValidationErrorKind::Type {
+            kind: TypeKind::Multiple(set),
+        } => set.iter().collect(),
+        ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
+            context
+                .iter()
+                .flatten()
+                .filter(|x| x.instance_path() == e.instance_path())
+                .flat_map(types_wanted)
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// `expected a list, found a number` (`null` is left out: it stands for a key left out).
+fn wrong_type(wanted: &[JsonType], value: &Value) -> String {
+    let name = |t: JsonType| match t {
+        JsonType::Null => "nothing",
+        JsonType::Array => "a list",
+        JsonType::Object => "a mapping",
+        JsonType::String => "a string",
+        JsonType::Integer => "an integer",
+        JsonType::Number => "a number",
+        JsonType::Boolean => "a boolean",
+    };
+    let mut names: Vec<&str> = Vec::new();
+    for t in wanted.iter().filter(|t| **t != JsonType::Null) {
+        if !names.contains(&name(*t)) {
+            names.push(name(*t));
+        }
+    }
+    let found = match value {
+        Value::Null => JsonType::Null,
+        Value::Bool(_) => JsonType::Boolean,
+        Value::Number(_) => JsonType::Number,
+        Value::String(_) => JsonType::String,
+        Value::Array(_) => JsonType::Array,
+        Value::Object(_) => JsonType::Object,
+    };
+    format!("expected {}, found {}", names.join(" or "), name(found))
 }
 
 /// The values an `enum` or `const` error allows.

@@ -197,7 +197,7 @@ fn validate_checks_the_test_cases_too() {
         )
     };
     has(&text, 4, "unknown key `expct`; did you mean `expect`?");
-    has(&text, 10, "3 is not of types");
+    has(&text, 10, "expected a list, found a number");
     // Once the shape is right, the names are checked against the mappings.
     let fixed = std::fs::read_to_string(&case)
         .expect("read")

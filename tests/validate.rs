@@ -304,6 +304,12 @@ fn mistakes_are_explained_as_an_editor_would() {
     );
     edit(&ticket, "      method: POST", "      methd: POST");
     edit(&org, "name: \"{{ name }}\"", "name: \"{{ name | }}\"");
+    let member = dir.join("update_organization_membership.yaml");
+    edit(
+        &member,
+        "  remove:\n    first_of: [$.traits.company.remove, $.context.traits.company.remove]\n    type: boolean\n    default: false\n",
+        "  remove: [a, b]\n",
+    );
     edit(
         &org,
         "name: { path: $.traits.name, type: string }",
@@ -351,6 +357,11 @@ fn mistakes_are_explained_as_an_editor_would() {
     );
     assert!(l.starts_with(&at), "{l} (expected {at})");
     assert!(!out.contains("anyOf") && !out.contains("oneOf"), "{out}");
+    let l = line(&member, "expected");
+    assert!(
+        l.ends_with("expected a mapping or a boolean or a number or a string, found a list"),
+        "{l}"
+    );
     let l = line(&org, "template error");
     let at = format!(
         "{}:{}:{}:",
