@@ -498,6 +498,11 @@ impl Parser {
         TriggerError { column, message }
     }
 
+    /// The column of the next token (the end when there is none).
+    fn column(&self) -> usize {
+        self.peek().map_or(self.end, |t| t.column)
+    }
+
     fn found(&self) -> (usize, String) {
         match self.peek() {
             Some(t) => (t.column, t.kind.to_string()),
@@ -565,7 +570,7 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Expr, TriggerError> {
-        let column = self.found().0;
+        let column = self.column();
         if self.eat_keyword("not") || self.eat(&Kind::Bang) {
             self.nest(column)?;
             let e = Expr::Not(Box::new(self.unary()?));
@@ -576,7 +581,7 @@ impl Parser {
     }
 
     fn primary(&mut self) -> Result<Expr, TriggerError> {
-        let column = self.found().0;
+        let column = self.column();
         if self.eat(&Kind::LParen) {
             self.nest(column)?;
             let e = self.or()?;
@@ -634,7 +639,7 @@ impl Parser {
             }
             _ => return Err(self.expected("a comparison (`=`, `!=`, `<`, `<=`, `>`, `>=`)")),
         };
-        let right_at = self.found().0;
+        let right_at = self.column();
         let right = self.operand().map_err(|_| {
             let (column, found) = self.found();
             self.error_at(
