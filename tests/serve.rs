@@ -386,15 +386,22 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_changed_config_is_swapped_in_and_a_broken_one_is_refused() {
+/// A server (watching its mappings or not) on a copy of the shipped mappings, to change them
+/// while it runs: the emulator, the data and mappings directories, and the server.
+async fn serve_a_copy(watch: bool) -> (Emulator, tempfile::TempDir, tempfile::TempDir, Server) {
     let emu = Emulator::start(EmulatorOptions::default())
         .await
         .expect("emulator");
     let data = tempfile::tempdir().expect("tempdir");
     let mappings = tempfile::tempdir().expect("tempdir");
     copy_dir(Path::new("mappings"), mappings.path());
-    let server = start_server(&emu, data.path(), mappings.path(), true).await;
+    let server = start_server(&emu, data.path(), mappings.path(), watch).await;
+    (emu, data, mappings, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_config_is_swapped_in_and_a_broken_one_is_refused() {
+    let (emu, _data, mappings, server) = serve_a_copy(true).await;
     let url = server.url();
     let ticket_file = mappings.path().join("create_ticket.yaml");
     let original = std::fs::read_to_string(&ticket_file).expect("read");
@@ -447,13 +454,7 @@ async fn a_changed_config_is_swapped_in_and_a_broken_one_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_of_deeply_nested_mappings_is_refused_and_the_server_stays_up() {
-    let emu = Emulator::start(EmulatorOptions::default())
-        .await
-        .expect("emulator");
-    let data = tempfile::tempdir().expect("tempdir");
-    let mappings = tempfile::tempdir().expect("tempdir");
-    copy_dir(Path::new("mappings"), mappings.path());
-    let server = start_server(&emu, data.path(), mappings.path(), false).await;
+    let (emu, _data, mappings, server) = serve_a_copy(false).await;
     let url = server.url();
     let ticket_file = mappings.path().join("create_ticket.yaml");
     let original = std::fs::read_to_string(&ticket_file).expect("read");
