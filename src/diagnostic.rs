@@ -56,6 +56,10 @@ impl Diagnostic {
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let warning = if self.is_error() { "" } else { "warning: " };
+        if self.line == 0 {
+            // Not in a file's text (a directory, a `--set`): no line or column to give.
+            return write!(f, "{}: {warning}{}", self.file.display(), self.message);
+        }
         write!(
             f,
             "{}:{}:{}: {warning}{}",

@@ -94,7 +94,11 @@ pub fn open_input(path: &Option<PathBuf>) -> Result<Box<dyn std::io::Read + Send
 /// Loads the mappings, saying on standard error why they do not load.
 pub fn load_config(args: &crate::config::ConfigArgs) -> Result<crate::config::Config, ExitCode> {
     args.load().map_err(|diags| {
-        eprintln!("{diags}\nthe mappings are not valid; run `zdmap validate` for details");
+        if args.mappings.is_dir() {
+            eprintln!("{diags}\nthe mappings are not valid; run `zdmap validate` for details");
+        } else {
+            eprintln!("{diags}");
+        }
         ExitCode::from(1)
     })
 }
