@@ -454,7 +454,7 @@ async fn a_changed_config_is_swapped_in_and_a_broken_one_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_of_deeply_nested_mappings_is_refused_and_the_server_stays_up() {
-    let (emu, _data, mappings, server) = serve_a_copy(false).await;
+    let (_emu, _data, mappings, server) = serve_a_copy(false).await;
     let url = server.url();
     let ticket_file = mappings.path().join("create_ticket.yaml");
     let original = std::fs::read_to_string(&ticket_file).expect("read");
