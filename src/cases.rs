@@ -1,22 +1,29 @@
 //! Mapping test cases (`zdmap test`): an event, setting overrides, and the requests or errors
 //! that must come out, run through the same planner as `zdmap preview`.
 //!
-//! Case files live under `mappings/tests/` and follow `schemas/cases.schema.json`. Expected
-//! requests are compared key by key: the keys a case gives (`query`, `headers`, `body`) must
-//! be equal; lookups appear as in a preview (`<user external_id=abc>`).
+//! Case files live under `mappings/tests/` and follow `schemas/cases.schema.json`; [`check`]
+//! finds what is wrong with them without running them (`zdmap validate`). Expected requests are
+//! compared key by key: the keys a case gives (`query`, `headers`, `body`) must be equal, and a
+//! failure names each path that differs (`body.user.name`) with both values; lookups appear as in
+//! a preview (`<user external_id=abc>`).
 
-use crate::config::spec::{CaseFile, CaseSpec, ExpectSpec};
 use crate::config::{Config, Diagnostics};
+use crate::diagnostic::{Diagnostic, Problems, suggest};
 use crate::event::Event;
 use crate::plan::Preview;
+use crate::spec::{CaseFile, CaseSpec, ExpectSpec};
+use crate::yaml::Node;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The result of one case.
 #[derive(Debug)]
 pub struct CaseResult {
     pub file: PathBuf,
+    /// The line where the case starts in its file.
+    pub line: usize,
     pub name: String,
     /// Empty when the case passed.
     pub failures: Vec<String>,
@@ -69,24 +76,29 @@ pub fn find(mappings: &Path, paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>>
     Ok(files)
 }
 
-/// Runs every case of the files against the mappings (`overrides` apply to all cases).
+/// Runs the cases of the files whose name contains `only` (all without it) against the
+/// mappings (`overrides` apply to all cases).
 pub fn run(
     mappings: &Path,
     overrides: &[String],
     files: &[PathBuf],
+    only: Option<&str>,
 ) -> Result<Report, Diagnostics> {
     let mut report = Report::default();
     let mut configs: HashMap<Vec<String>, Config> = HashMap::new();
     let mut diags = Diagnostics::default();
     for file in files {
-        let Some((spec, _)) = crate::config::read_spec::<CaseFile>(
+        let Some((spec, node)) = crate::config::read_spec::<CaseFile>(
             file,
             crate::schema::cases_validator(),
             &mut diags,
         ) else {
             continue;
         };
-        for case in &spec.cases {
+        for (index, case) in spec.cases.iter().enumerate() {
+            if only.is_some_and(|name| !case.name.contains(name)) {
+                continue;
+            }
             let mut set = overrides.to_vec();
             set.extend(
                 case.settings
@@ -103,6 +115,7 @@ pub fn run(
             };
             report.results.push(CaseResult {
                 file: file.clone(),
+                line: node.locate(&format!("/cases/{index}"), false).line,
                 name: case.name.clone(),
                 failures,
             });
@@ -113,6 +126,118 @@ pub fn run(
     } else {
         Err(diags)
     }
+}
+
+/// The case files of a mappings directory's `tests/` that read and have the right shape, with
+/// their YAML trees; the problems of the others go to `diags`. No `tests/` is no case files.
+fn read_case_files(
+    mappings: &Path,
+    diags: &mut Diagnostics,
+) -> Vec<(PathBuf, CaseFile, Arc<Node>)> {
+    let files = match find(mappings, &[]) {
+        Ok(files) => files,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            diags.push(Diagnostic::new(
+                &mappings.join("tests"),
+                Default::default(),
+                format!("cannot read the test cases: {e}"),
+            ));
+            Vec::new()
+        }
+    };
+    files
+        .into_iter()
+        .filter_map(|file| {
+            let (spec, node) = crate::config::read_spec::<CaseFile>(
+                &file,
+                crate::schema::cases_validator(),
+                diags,
+            )?;
+            Some((file, spec, node))
+        })
+        .collect()
+}
+
+/// The events of the test cases of a mappings directory that are valid events, each labelled
+/// `FILE::CASE`: sample events for checks that need some (`zdmap fields check`).
+pub fn events(mappings: &Path) -> Result<Vec<(String, Event)>, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let mut events = Vec::new();
+    for (file, spec, _) in read_case_files(mappings, &mut diags) {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        for case in spec.cases {
+            if let Ok(event) = Event::from_value(case.event) {
+                events.push((format!("{name}::{}", case.name), event));
+            }
+        }
+    }
+    if diags.is_empty() {
+        Ok(events)
+    } else {
+        Err(diags)
+    }
+}
+
+/// The problems of the case files of a mappings directory (`tests/`), without running them: their
+/// shape (unknown keys, wrong types) and, with the loaded mappings, the names of actions and
+/// settings they use.
+pub fn check(mappings: &Path, config: Option<&Config>) -> Diagnostics {
+    let mut diags = Diagnostics::default();
+    for (file, spec, node) in read_case_files(mappings, &mut diags) {
+        let Some(config) = config else { continue };
+        let mut p = Problems::new(&file, Some(node));
+        let actions: Vec<&str> = config.actions.iter().map(|a| a.name.as_str()).collect();
+        let settings: Vec<&str> = config
+            .settings
+            .as_object()
+            .map(|m| m.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        for (i, case) in spec.cases.iter().enumerate() {
+            let at = format!("/cases/{i}");
+            for name in case.settings.keys() {
+                if !settings.contains(&name.as_str()) {
+                    p.at_key(
+                        &format!("{at}/settings/{name}"),
+                        format!("unknown setting `{name}`{}", hint(name, &settings)),
+                    );
+                }
+            }
+            let expect = &case.expect;
+            let named =
+                expect
+                    .actions
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .map(|(j, a)| (format!("{at}/expect/actions/{j}"), Some(a)))
+                    .chain(expect.requests.iter().flatten().enumerate().map(|(j, r)| {
+                        (format!("{at}/expect/requests/{j}/action"), Some(&r.action))
+                    }))
+                    .chain(expect.errors.iter().flatten().enumerate().map(|(j, e)| {
+                        (format!("{at}/expect/errors/{j}/action"), e.action.as_ref())
+                    }));
+            for (pointer, name) in named {
+                if let Some(name) = name.filter(|n| !actions.contains(&n.as_str())) {
+                    p.at(
+                        &pointer,
+                        format!("unknown action `{name}`{}", hint(name, &actions)),
+                    );
+                }
+            }
+        }
+        diags.0.extend(p.into_found());
+    }
+    diags
+}
+
+fn hint(name: &str, known: &[&str]) -> String {
+    suggest(name, known.iter().copied())
+        .map(|h| format!("; did you mean `{h}`?"))
+        .unwrap_or_default()
 }
 
 fn setting_text(v: &Value) -> String {
@@ -180,19 +305,31 @@ fn compare(expect: &ExpectSpec, got: &Preview) -> Vec<String> {
                 have.request.method.to_string(),
             );
             diff("path", want.path.clone(), have.request.path.clone());
+            let mut differences = Vec::new();
             if let Some(q) = &want.query {
-                diff("query", json(q), json(&have.request.query));
-            }
-            if let Some(h) = &want.headers {
-                diff("headers", json(h), json(&have.request.headers));
-            }
-            if let Some(b) = &want.body {
-                diff(
-                    "body",
-                    json(b),
-                    json(&have.request.body.clone().unwrap_or(Value::Null)),
+                differ(
+                    "query",
+                    &to_value(q),
+                    Some(&to_value(&have.request.query)),
+                    &mut differences,
                 );
             }
+            if let Some(h) = &want.headers {
+                differ(
+                    "headers",
+                    &to_value(h),
+                    Some(&to_value(&have.request.headers)),
+                    &mut differences,
+                );
+            }
+            if let Some(b) = &want.body {
+                differ("body", b, have.request.body.as_ref(), &mut differences);
+            }
+            failures.extend(
+                differences
+                    .into_iter()
+                    .map(|d| format!("request {}: {d}", i + 1)),
+            );
         }
     }
     match &expect.errors {
@@ -237,6 +374,29 @@ fn describe_errors(p: &Preview) -> String {
         .join("; ")
 }
 
-fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_default()
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
+/// The places where `got` differs from `want`, each as `path: expected X, got Y`: objects key by
+/// key (a key `want` lacks is a difference too), lists of the same length element by element.
+fn differ(path: &str, want: &Value, got: Option<&Value>, out: &mut Vec<String>) {
+    match (want, got) {
+        (Value::Object(w), Some(Value::Object(g))) => {
+            for (k, v) in w {
+                differ(&format!("{path}.{k}"), v, g.get(k), out);
+            }
+            for (k, v) in g.iter().filter(|(k, _)| !w.contains_key(*k)) {
+                out.push(format!("{path}.{k}: not expected, got {v}"));
+            }
+        }
+        (Value::Array(w), Some(Value::Array(g))) if w.len() == g.len() => {
+            for (i, (w, g)) in w.iter().zip(g).enumerate() {
+                differ(&format!("{path}[{i}]"), w, Some(g), out);
+            }
+        }
+        (w, Some(g)) if w == g => {}
+        (w, Some(g)) => out.push(format!("{path}: expected {w}, got {g}")),
+        (w, None) => out.push(format!("{path}: expected {w}, got nothing")),
+    }
 }

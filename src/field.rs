@@ -6,9 +6,9 @@
 //! nothing is simply absent: the keys that use it drop out of the request. A required field that
 //! resolves to nothing is an error for that event, naming the field and the sources tried.
 
-use crate::config::Problems;
-use crate::config::spec::{EntriesSpec, EntryValues, FieldDef, FieldSpec, KeyCase, ValueType};
+use crate::diagnostic::Problems;
 use crate::path::{JsonPath, Selected};
+use crate::spec::{EntriesSpec, EntryValues, FieldDef, FieldSpec, KeyCase, ValueType};
 use crate::template::{Scope, Templates, Text, snake_case};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
@@ -163,7 +163,7 @@ fn compile_short(
         Value::String(s) if s.contains("{{") || s.contains("{%") => match templates.text(s) {
             Ok(t) => Some(Source::Template(t, s.clone())),
             Err(e) => {
-                problems.at(pointer, format!("template error: {e}"));
+                e.report("template error", pointer, problems);
                 None
             }
         },
@@ -175,7 +175,7 @@ fn compile_path(source: &str, pointer: &str, problems: &mut Problems) -> Option<
     match JsonPath::parse(source) {
         Ok(p) => Some(p),
         Err(e) => {
-            problems.at(pointer, format!("bad JSONPath {source:?}: {e}"));
+            e.report(source, pointer, problems);
             None
         }
     }
@@ -215,10 +215,7 @@ fn compile_spec(
         return match templates.text(t) {
             Ok(text) => Some(Source::Template(text, t.clone())),
             Err(e) => {
-                problems.at(
-                    &format!("{pointer}/template"),
-                    format!("template error: {e}"),
-                );
+                e.report("template error", &format!("{pointer}/template"), problems);
                 None
             }
         };
@@ -228,7 +225,7 @@ fn compile_spec(
     }
     if let Some(s) = &spec.setting {
         if !settings.iter().any(|k| k == s) {
-            let hint = crate::config::diagnostic::suggest(s, settings.iter().map(String::as_str))
+            let hint = crate::diagnostic::suggest(s, settings.iter().map(String::as_str))
                 .map(|h| format!("; did you mean `{h}`?"))
                 .unwrap_or_default();
             problems.at(

@@ -9,6 +9,8 @@
 //! ```
 //!
 //! - [`event`]: reading and checking Segment-spec events.
+//! - [`yaml`], [`spec`], [`diagnostic`]: what every stage below `config` shares: located YAML
+//!   trees, the shapes of the config files, and located problems.
 //! - [`config`]: loading `mappings/` (action files, `destination.yaml`) with located errors.
 //! - [`trigger`]: the trigger language (Segment's subscription syntax).
 //! - [`path`]: compiled JSONPath with a fast path for plain paths.
@@ -22,12 +24,17 @@
 //! - [`emulator`]: a stateful in-memory Zendesk for tests and local work.
 //! - [`time`]: timestamps as zdmap writes them.
 //! - [`cases`]: mapping test cases (`zdmap test`).
+//! - [`account_fields`]: the account's custom fields against the keys the mappings send.
+//! - [`defaults`]: the default mappings and schemas embedded in the binary (`zdmap init`).
 //! - [`commands`]: the CLI commands, as library functions.
 
+pub mod account_fields;
 pub mod cases;
 pub mod commands;
 pub mod config;
+pub mod defaults;
 pub mod deliver;
+pub mod diagnostic;
 pub mod emulator;
 pub mod event;
 pub mod field;
@@ -37,6 +44,8 @@ pub mod queue;
 pub mod request;
 pub mod schema;
 pub mod serve;
+pub mod spec;
 pub mod template;
 pub mod time;
 pub mod trigger;
+pub mod yaml;

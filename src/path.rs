@@ -12,6 +12,7 @@
 //! values (names and indices). Within these, a query selects at most `MAX_FAN_OUT` times as many
 //! values as the document has, in time of the same order.
 
+use crate::diagnostic::{Problems, byte_offset};
 use jsonpath_rust::parser::model::{
     Comparable, Filter, FilterAtom, FnArg, JpQuery, Segment as QuerySegment, Selector, Test,
     TestFunction,
@@ -38,12 +39,39 @@ enum Segment {
     Index(i64),
 }
 
-/// A path that does not parse.
+/// A path that does not parse: the 1-based column (in characters) and what was expected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("column {column}: {message}")]
 pub struct PathError {
     pub column: usize,
     pub message: String,
+}
+
+impl PathError {
+    /// Reports the error at its column inside the path `source`, the string at `pointer`.
+    pub fn report(&self, source: &str, pointer: &str, problems: &mut Problems) {
+        problems.at_offset(
+            pointer,
+            byte_offset(source, self.column),
+            format!("bad JSONPath {source:?}: {}", self.message),
+        );
+    }
+}
+
+/// What the parser expected, in words, from its report (`= expected selector` gives
+/// "expected a selector"); its raw text is not for users.
+fn expected(report: &str) -> String {
+    let Some(rules) = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("= expected "))
+    else {
+        return "not a valid JSONPath".into();
+    };
+    let words = rules
+        .replace("ALPHA", "a name")
+        .replace("DIGIT", "a digit")
+        .replace('_', " ");
+    format!("expected {words} here")
 }
 
 /// What a path selects.
@@ -82,11 +110,7 @@ impl JsonPath {
                 let text = e.to_string();
                 Err(PathError {
                     column: pest_column(&text).unwrap_or(1),
-                    message: text
-                        .lines()
-                        .next()
-                        .unwrap_or("not a valid JSONPath")
-                        .to_owned(),
+                    message: expected(&text),
                 })
             }
         }

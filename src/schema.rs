@@ -1,16 +1,16 @@
 //! The JSON Schemas of `schemas/`: generated from the config types, and used to check files.
 //!
 //! `schemas/action.schema.json`, `destination.schema.json` and `cases.schema.json` are generated
-//! from [`crate::config::spec`] with schemars, so editors (through the `yaml-language-server`
+//! from [`crate::spec`] with schemars, so editors (through the `yaml-language-server`
 //! line at the top of every shipped file) and the loader check the same thing. The event schema
 //! describes what an incoming event must be. `zdmap schema --write` regenerates the files; a test
 //! fails when the checked-in files drift from the types.
 
-use crate::config::Problems;
-use crate::config::diagnostic::suggest;
-use crate::config::spec::{ActionSpec, CaseFile, DestinationSpec};
-use jsonschema::error::ValidationErrorKind;
-use jsonschema::{ValidationError, Validator};
+use crate::diagnostic::Problems;
+use crate::diagnostic::suggest;
+use crate::spec::{ActionSpec, CaseFile, DestinationSpec};
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use jsonschema::{JsonType, ValidationError, Validator};
 use schemars::generate::SchemaSettings;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -21,6 +21,7 @@ fn generate<T: schemars::JsonSchema>(id: &str) -> Value {
         .into_generator()
         .into_root_schema_for::<T>();
     let mut v = serde_json::to_value(schema).unwrap_or_default();
+    drop_unknown_formats(&mut v);
     if let Value::Object(m) = &mut v {
         m.shift_insert(
             1,
@@ -29,6 +30,47 @@ fn generate<T: schemars::JsonSchema>(id: &str) -> Value {
         );
     }
     v
+}
+
+/// The `format`s JSON Schema 2020-12 defines. schemars also writes formats of its own (`uint64`,
+/// `double`), which strict validators refuse; those are dropped.
+pub const STANDARD_FORMATS: [&str; 19] = [
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uuid",
+    "uri-template",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
+];
+
+fn drop_unknown_formats(schema: &mut Value) {
+    match schema {
+        Value::Object(m) => {
+            let unknown = m
+                .get("format")
+                .and_then(Value::as_str)
+                .is_some_and(|f| !STANDARD_FORMATS.contains(&f));
+            if unknown {
+                m.shift_remove("format");
+            }
+            m.values_mut().for_each(drop_unknown_formats);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_unknown_formats),
+        _ => {}
+    }
 }
 
 /// The schema of action files.
@@ -58,9 +100,9 @@ pub fn event_schema() -> Value {
             "type": { "enum": crate::event::EVENT_TYPES },
             "action": { "enum": crate::event::EVENT_TYPES },
             "event": { "type": "string", "description": "The event name of a track call." },
-            "userId": { "type": ["string", "number", "null"] },
-            "anonymousId": { "type": ["string", "number", "null"] },
-            "groupId": { "type": ["string", "number", "null"] },
+            "userId": id_or_null(),
+            "anonymousId": id_or_null(),
+            "groupId": id_or_null(),
             "messageId": { "type": "string" },
             "timestamp": { "type": "string" },
             "traits": { "type": "object" },
@@ -69,13 +111,23 @@ pub fn event_schema() -> Value {
                 "type": "object",
                 "properties": {
                     "traits": { "type": "object" },
-                    "zendesk_user_id": { "type": ["string", "integer"] }
+                    "zendesk_user_id": { "anyOf": [{ "type": "string" }, { "type": "integer" }] }
                 }
             },
             "integrations": { "type": "object" }
         },
-        "anyOf": [ { "required": ["type"] }, { "required": ["action"] } ]
+        // Each branch names the property it requires, as strict validators want.
+        "anyOf": [
+            { "properties": { "type": true }, "required": ["type"] },
+            { "properties": { "action": true }, "required": ["action"] }
+        ]
     })
+}
+
+/// A user, anonymous or group id: a string, a number or null (as alternatives rather than a
+/// union `type`, which strict validators refuse).
+fn id_or_null() -> Value {
+    json!({ "anyOf": [{ "type": "string" }, { "type": "number" }, { "type": "null" }] })
 }
 
 /// Every schema file of `schemas/` and its content.
@@ -156,6 +208,12 @@ fn report(e: &ValidationError, doc: &Value, problems: &mut Problems) {
             }
         }
         ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
+            // A value that must be one of a set: name the set and the closest member.
+            let valid: Vec<&Value> = context.iter().flatten().flat_map(valid_values).collect();
+            if !valid.is_empty() {
+                problems.at(&at, not_valid(e.instance(), &valid));
+                return;
+            }
             // For a mapping, report the errors of the alternative that is a mapping too.
             let instance_is_object = e.instance().is_object();
             let branch = context.iter().find(|errs| {
@@ -169,8 +227,23 @@ fn report(e: &ValidationError, doc: &Value, problems: &mut Problems) {
                 Some(errs) if !errs.is_empty() => {
                     errs.iter().for_each(|x| report(x, doc, problems))
                 }
-                _ => problems.at(&at, format!("{}", e.masked())),
+                _ => {
+                    // A value of a shape no alternative takes: name the shapes they take.
+                    let wanted = types_wanted(e);
+                    let message = if wanted.is_empty() {
+                        e.masked().to_string()
+                    } else {
+                        wrong_type(&wanted, e.instance())
+                    };
+                    problems.at(&at, message);
+                }
             }
+        }
+        ValidationErrorKind::Type { .. } => {
+            problems.at(&at, wrong_type(&types_wanted(e), e.instance()));
+        }
+        ValidationErrorKind::Enum { .. } | ValidationErrorKind::Constant { .. } => {
+            problems.at(&at, not_valid(e.instance(), &valid_values(e)));
         }
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
@@ -178,6 +251,82 @@ fn report(e: &ValidationError, doc: &Value, problems: &mut Problems) {
         }
         _ => problems.at(&at, e.to_string()),
     }
+}
+
+/// The types a `type` error wants, or the alternatives of an `anyOf`/`oneOf` error at the
+/// same place want.
+fn types_wanted(e: &ValidationError) -> Vec<JsonType> {
+    match e.kind() {
+        ValidationErrorKind::Type {
+            kind: TypeKind::Single(t),
+        } => vec![*t],
+        ValidationErrorKind::Type {
+            kind: TypeKind::Multiple(set),
+        } => set.iter().collect(),
+        ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
+            context
+                .iter()
+                .flatten()
+                .filter(|x| x.instance_path() == e.instance_path())
+                .flat_map(types_wanted)
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// `expected a list, found a number` (`null` is left out: it stands for a key left out).
+fn wrong_type(wanted: &[JsonType], value: &Value) -> String {
+    let name = |t: JsonType| match t {
+        JsonType::Null => "nothing",
+        JsonType::Array => "a list",
+        JsonType::Object => "a mapping",
+        JsonType::String => "a string",
+        JsonType::Integer => "an integer",
+        JsonType::Number => "a number",
+        JsonType::Boolean => "a boolean",
+    };
+    let mut names: Vec<&str> = Vec::new();
+    for t in wanted.iter().filter(|t| **t != JsonType::Null) {
+        if !names.contains(&name(*t)) {
+            names.push(name(*t));
+        }
+    }
+    let found = match value {
+        Value::Null => JsonType::Null,
+        Value::Bool(_) => JsonType::Boolean,
+        Value::Number(_) => JsonType::Number,
+        Value::String(_) => JsonType::String,
+        Value::Array(_) => JsonType::Array,
+        Value::Object(_) => JsonType::Object,
+    };
+    format!("expected {}, found {}", names.join(" or "), name(found))
+}
+
+/// The values an `enum` or `const` error allows.
+fn valid_values<'e>(e: &'e ValidationError) -> Vec<&'e Value> {
+    match e.kind() {
+        ValidationErrorKind::Enum { options } => options
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default(),
+        ValidationErrorKind::Constant { expected_value } => vec![expected_value.as_ref()],
+        _ => Vec::new(),
+    }
+}
+
+/// `"str" is not valid. Valid values: "string", "integer", ...; did you mean "string"?`
+fn not_valid(value: &Value, valid: &[&Value]) -> String {
+    let names: Vec<String> = valid.iter().map(|v| v.to_string()).collect();
+    let hint = value
+        .as_str()
+        .and_then(|s| suggest(s, valid.iter().filter_map(|v| v.as_str())))
+        .map(|h| format!("; did you mean {h:?}?"))
+        .unwrap_or_default();
+    format!(
+        "{value} is not valid. Valid values: {}{hint}",
+        names.join(", ")
+    )
 }
 
 /// Property names allowed at the place of an `additionalProperties` error, for suggestions.

@@ -4,13 +4,22 @@
 //! trigger    = or
 //! or         = and { "or" and }
 //! and        = unary { "and" unary }
-//! unary      = "not" unary | primary
+//! unary      = ( "not" | "!" ) unary | primary
 //! primary    = "(" or ")" | function | comparison
 //! function   = ( "contains" | "match" ) "(" path "," string ")"
 //! comparison = operand ( "=" | "!=" | "<" | "<=" | ">" | ">=" ) operand
 //! operand    = path | string | number | "true" | "false" | "null"
 //! path       = name { "." ( name | string ) }        e.g. properties."order id"
+//! name       = letters, digits, `_`, `$`, `-`, and any character escaped with `\`
 //! ```
+//!
+//! Every form of Segment's subscription syntax parses: `!contains(f, "x")` and `!match(f, "x*")`
+//! (Segment's negated functions), backslash-escaped path segments (`properties.product\ 1.price`,
+//! as Segment writes paths with spaces), `name`, `userId`, `context.*` and the rest.
+//!
+//! Nesting (parentheses and negations) is limited to [`MAX_NESTING`] levels, and `and`/`or`
+//! chains are kept as lists, so no trigger can exhaust the stack while parsing, evaluating or
+//! being dropped.
 //!
 //! Keywords are case-insensitive. Semantics:
 //! - `f = null` is true when `f` is absent or JSON null; `f != null` is its negation.
@@ -29,14 +38,19 @@
 use serde_json::Value;
 use std::fmt;
 
+/// How deeply parentheses and negations may nest.
+pub const MAX_NESTING: usize = 64;
+
 /// A compiled trigger.
 #[derive(Clone)]
 pub struct Trigger {
     source: String,
     expr: Expr,
+    warnings: Vec<TriggerError>,
 }
 
-/// A trigger that does not parse: the 1-based column (in characters) and what was expected.
+/// A trigger that does not parse (the 1-based column, in characters, and what was expected), or
+/// a warning about one that does.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("column {column}: {message}")]
 pub struct TriggerError {
@@ -46,8 +60,8 @@ pub struct TriggerError {
 
 #[derive(Clone, Debug, PartialEq)]
 enum Expr {
-    Or(Box<Expr>, Box<Expr>),
-    And(Box<Expr>, Box<Expr>),
+    Or(Vec<Expr>),
+    And(Vec<Expr>),
     Not(Box<Expr>),
     Compare(Operand, Op, Operand),
     Contains(Vec<String>, String),
@@ -77,6 +91,8 @@ impl Trigger {
             tokens,
             pos: 0,
             end: source.chars().count() + 1,
+            depth: 0,
+            warnings: Vec::new(),
         };
         let expr = p.or()?;
         if let Some(t) = p.peek() {
@@ -88,7 +104,14 @@ impl Trigger {
         Ok(Trigger {
             source: source.to_owned(),
             expr,
+            warnings: p.warnings,
         })
+    }
+
+    /// What parses but is probably not what was meant: a bare name on the right of a
+    /// comparison (`type = identify`), which is read as a field of the event, not as text.
+    pub fn warnings(&self) -> &[TriggerError] {
+        &self.warnings
     }
 
     /// Whether the event matches.
@@ -150,8 +173,8 @@ fn json_eq(a: &Value, b: &Value) -> bool {
 impl Expr {
     fn eval(&self, event: &Value) -> bool {
         match self {
-            Expr::Or(a, b) => a.eval(event) || b.eval(event),
-            Expr::And(a, b) => a.eval(event) && b.eval(event),
+            Expr::Or(all) => all.iter().any(|e| e.eval(event)),
+            Expr::And(all) => all.iter().all(|e| e.eval(event)),
             Expr::Not(a) => !a.eval(event),
             Expr::Compare(l, op, r) => {
                 let (a, b) = (l.resolve(event), r.resolve(event));
@@ -243,6 +266,7 @@ enum Kind {
     RParen,
     Comma,
     Dot,
+    Bang,
 }
 
 impl fmt::Display for Kind {
@@ -256,6 +280,7 @@ impl fmt::Display for Kind {
             Kind::RParen => f.write_str("`)`"),
             Kind::Comma => f.write_str("`,`"),
             Kind::Dot => f.write_str("`.`"),
+            Kind::Bang => f.write_str("`!`"),
         }
     }
 }
@@ -301,6 +326,7 @@ fn lex(source: &str) -> Result<Vec<Token>, TriggerError> {
             }
             '=' => push(Kind::Op(Op::Eq), 1, &mut i),
             '!' if next == Some('=') => push(Kind::Op(Op::Ne), 2, &mut i),
+            '!' => push(Kind::Bang, 1, &mut i),
             '<' if next == Some('=') => push(Kind::Op(Op::Le), 2, &mut i),
             '>' if next == Some('=') => push(Kind::Op(Op::Ge), 2, &mut i),
             '<' if next == Some('>') => {
@@ -350,24 +376,39 @@ fn lex(source: &str) -> Result<Vec<Token>, TriggerError> {
                     .ok_or_else(|| err(column, format!("{text:?} is not a number")))?;
                 push(Kind::Num(num), j - start, &mut i);
             }
-            c if c.is_alphabetic() || c == '_' || c == '$' => {
-                let start = i;
-                let mut j = i;
-                while j < chars.len()
-                    && (chars[j].is_alphanumeric()
-                        || chars[j] == '_'
-                        || chars[j] == '$'
-                        || chars[j] == '-')
-                {
-                    j += 1;
-                }
-                let text: String = chars[start..j].iter().collect();
-                push(Kind::Name(text), j - start, &mut i);
+            c if c.is_alphabetic() || c == '_' || c == '$' || c == '\\' => {
+                let (text, len) = lex_name(&chars[i..]).map_err(|(off, m)| err(column + off, m))?;
+                push(Kind::Name(text), len, &mut i);
             }
             other => return Err(err(column, format!("unexpected character {other:?}"))),
         }
     }
     Ok(out)
+}
+
+/// A name at the start of `chars` (`\` escapes the next character, as Segment writes a space or
+/// a dot inside a path segment): its text and its length in characters.
+fn lex_name(chars: &[char]) -> Result<(String, usize), (usize, String)> {
+    let mut out = String::new();
+    let mut i = 0;
+    while let Some(&c) = chars.get(i) {
+        match c {
+            '\\' => {
+                let escaped = chars.get(i + 1).ok_or((
+                    i,
+                    "`\\` at the end: it escapes the character after it".to_owned(),
+                ))?;
+                out.push(*escaped);
+                i += 2;
+            }
+            c if c.is_alphanumeric() || matches!(c, '_' | '$' | '-') => {
+                out.push(c);
+                i += 1;
+            }
+            _ => break,
+        }
+    }
+    Ok((out, i))
 }
 
 /// A double-quoted string at the start of `chars`: its value and its length in characters.
@@ -420,7 +461,29 @@ struct Parser {
     tokens: Vec<Token>,
     pos: usize,
     end: usize,
+    /// Parentheses and negations open around the current position.
+    depth: usize,
+    warnings: Vec<TriggerError>,
 }
+
+/// Segment's top-level event fields: a bare name among these on the right of a comparison is
+/// a deliberate field reference, anything else probably a forgotten string.
+const EVENT_FIELDS: [&str; 14] = [
+    "type",
+    "event",
+    "name",
+    "userId",
+    "anonymousId",
+    "groupId",
+    "previousId",
+    "messageId",
+    "timestamp",
+    "receivedAt",
+    "sentAt",
+    "properties",
+    "traits",
+    "context",
+];
 
 fn keyword(t: &Token, word: &str) -> bool {
     matches!(&t.kind, Kind::Name(n) if n.eq_ignore_ascii_case(word))
@@ -433,6 +496,11 @@ impl Parser {
 
     fn error_at(&self, column: usize, message: String) -> TriggerError {
         TriggerError { column, message }
+    }
+
+    /// The column of the next token (the end when there is none).
+    fn column(&self) -> usize {
+        self.peek().map_or(self.end, |t| t.column)
     }
 
     fn found(&self) -> (usize, String) {
@@ -466,34 +534,61 @@ impl Parser {
     }
 
     fn or(&mut self) -> Result<Expr, TriggerError> {
-        let mut left = self.and()?;
+        let mut all = vec![self.and()?];
         while self.eat_keyword("or") {
-            left = Expr::Or(Box::new(left), Box::new(self.and()?));
+            all.push(self.and()?);
         }
-        Ok(left)
+        Ok(if all.len() == 1 {
+            all.remove(0)
+        } else {
+            Expr::Or(all)
+        })
     }
 
     fn and(&mut self) -> Result<Expr, TriggerError> {
-        let mut left = self.unary()?;
+        let mut all = vec![self.unary()?];
         while self.eat_keyword("and") {
-            left = Expr::And(Box::new(left), Box::new(self.unary()?));
+            all.push(self.unary()?);
         }
-        Ok(left)
+        Ok(if all.len() == 1 {
+            all.remove(0)
+        } else {
+            Expr::And(all)
+        })
+    }
+
+    /// One level deeper (a parenthesis or a negation at `column`), refused past [`MAX_NESTING`].
+    fn nest(&mut self, column: usize) -> Result<(), TriggerError> {
+        self.depth += 1;
+        if self.depth > MAX_NESTING {
+            return Err(self.error_at(
+                column,
+                format!("the trigger nests deeper than {MAX_NESTING} parentheses and negations"),
+            ));
+        }
+        Ok(())
     }
 
     fn unary(&mut self) -> Result<Expr, TriggerError> {
-        if self.eat_keyword("not") {
-            return Ok(Expr::Not(Box::new(self.unary()?)));
+        let column = self.column();
+        if self.eat_keyword("not") || self.eat(&Kind::Bang) {
+            self.nest(column)?;
+            let e = Expr::Not(Box::new(self.unary()?));
+            self.depth -= 1;
+            return Ok(e);
         }
         self.primary()
     }
 
     fn primary(&mut self) -> Result<Expr, TriggerError> {
+        let column = self.column();
         if self.eat(&Kind::LParen) {
+            self.nest(column)?;
             let e = self.or()?;
             if !self.eat(&Kind::RParen) {
                 return Err(self.expected("`)`"));
             }
+            self.depth -= 1;
             return Ok(e);
         }
         let is_call = self
@@ -544,6 +639,7 @@ impl Parser {
             }
             _ => return Err(self.expected("a comparison (`=`, `!=`, `<`, `<=`, `>`, `>=`)")),
         };
+        let right_at = self.column();
         let right = self.operand().map_err(|_| {
             let (column, found) = self.found();
             self.error_at(
@@ -551,6 +647,16 @@ impl Parser {
                 format!("expected a value (a field, string, number, true, false or null) after `{}`, found {found}", op_text(op)),
             )
         })?;
+        if let (Operand::Path(_), Operand::Path(name)) = (&left, &right) {
+            if let [name] = name.as_slice() {
+                if !EVENT_FIELDS.contains(&name.as_str()) {
+                    self.warnings.push(self.error_at(
+                        right_at,
+                        format!("`{name}` is read as a field of the event, not as text: write \"{name}\" to compare with the string"),
+                    ));
+                }
+            }
+        }
         Ok(Expr::Compare(left, op, right))
     }
 
@@ -716,6 +822,123 @@ mod tests {
                 .contains("expected a comparison")
         );
         assert!(e(r#"a && b"#).message.contains("write `and`"));
+    }
+
+    /// Every trigger of Segment's own subscription tests parses, and means what Segment means.
+    #[test]
+    fn segment_subscription_forms() {
+        let ev = json!({"type": "track", "event": "Product Added", "name": "Home", "userId": "u1",
+            "properties": {"name": "Nike Air", "price": 120, "premium": "true", "foo": {"bar": "baz"}, "product 1": {"price": 3}},
+            "traits": {"name": "MAX", "logins": 12, "plan": "premium", "test": true},
+            "context": {"foo": "bar"}});
+        for (trigger, expected) in [
+            (r#"type = "track""#, true),
+            (r#"type = "track" or type = "identify""#, true),
+            (
+                r#"type = "track" and (event = "Product Added" or event = "Order Completed")"#,
+                true,
+            ),
+            (
+                r#"event = "Product Added" and properties.price >= 100"#,
+                true,
+            ),
+            (
+                r#"event = "Product Added" and properties.price >= 100 and properties.premium = "true""#,
+                true,
+            ),
+            (
+                r#"event = "identify" and traits.logins >= 10 and traits.plan = "premium""#,
+                false,
+            ),
+            (
+                r#"(event = "identify" and traits.logins >= 100) or (event = "Product Added" and traits.logins >= 10)"#,
+                true,
+            ),
+            (r#"contains(event, "Product")"#, true),
+            (r#"!contains(event, "Nike")"#, true),
+            (
+                r#"event = "Product Added" and !contains(properties.name, "Nike")"#,
+                false,
+            ),
+            (
+                r#"event = "Product Added" and !contains(traits.name, "Nike")"#,
+                true,
+            ),
+            (r#"match(event, "Product*")"#, true),
+            (r#"!match(event, "*Added")"#, false),
+            (
+                r#"event = "Product Added" and !match(properties.name, "X*")"#,
+                true,
+            ),
+            (
+                r#"event = "Product Added" and match(traits.name, "*X")"#,
+                true,
+            ),
+            (
+                "event = \"Product Added\" and properties.name != null",
+                true,
+            ),
+            ("event = \"Product Added\" and traits.missing = null", true),
+            ("name = \"Home\"", true),
+            ("name != null", true),
+            ("userId != null", true),
+            ("context.foo = \"bar\"", true),
+            ("properties.foo.bar = \"baz\"", true),
+            ("traits.test = true", true),
+            ("traits.test = \"true\"", false),
+            (r#"properties.product\ 1.price = 3"#, true),
+            (r#"!(type = "identify")"#, true),
+        ] {
+            assert_eq!(m(trigger, ev.clone()), expected, "{trigger}");
+        }
+    }
+
+    #[test]
+    fn nesting_is_limited_with_a_located_error() {
+        let deep = format!(
+            "{}type = \"track\"{}",
+            "(".repeat(10_000),
+            ")".repeat(10_000)
+        );
+        let err = e(&deep);
+        assert_eq!(err.column, MAX_NESTING + 1, "{err}");
+        assert!(err.message.contains("nests deeper"), "{err}");
+        let nots = format!("{}type = \"track\"", "not ".repeat(100_000));
+        assert_eq!(e(&nots).column, 4 * MAX_NESTING + 1);
+        let bangs = format!("{}contains(event, \"x\")", "!".repeat(100_000));
+        assert!(e(&bangs).message.contains("nests deeper"));
+        // Within the limit both parse, and long flat chains are no nesting at all.
+        let ok = format!(
+            "{}type = \"track\"{}",
+            "(".repeat(MAX_NESTING),
+            ")".repeat(MAX_NESTING)
+        );
+        assert!(m(&ok, json!({"type": "track"})));
+        let chain = vec![r#"type = "track""#; 100_000].join(" and ");
+        assert!(m(&chain, json!({"type": "track"})));
+        let chain = vec![r#"type = "x""#; 100_000].join(" or ");
+        assert!(!m(&chain, json!({"type": "track"})));
+    }
+
+    #[test]
+    fn bare_names_on_the_right_are_warned_about() {
+        let t = Trigger::parse("type = identify and event = Signed_In").unwrap();
+        let w = t.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!(w[0].column, 8);
+        assert!(w[0].message.contains("write \"identify\""), "{}", w[0]);
+        assert_eq!(w[1].column, 29);
+        for fine in [
+            r#"type = "identify""#,
+            "userId = anonymousId",
+            "properties.a = properties.b",
+            "traits.n > 3",
+        ] {
+            assert!(
+                Trigger::parse(fine).unwrap().warnings().is_empty(),
+                "{fine}"
+            );
+        }
     }
 
     #[test]

@@ -71,6 +71,27 @@ fn preview_prints_one_line_per_event_in_order_with_requests() {
 }
 
 #[test]
+fn preview_shows_direct_ids_in_the_path_without_a_lookup() {
+    let input = "{\"type\":\"track\",\"event\":\"Signed In\",\"context\":{\"zendesk_user_id\":98765}}\n{\"type\":\"track\",\"event\":\"Ticket Updated\",\"userId\":\"u1\",\"properties\":{\"ticket_id\":4321,\"status\":\"solved\"}}\n{\"type\":\"track\",\"event\":\"Signed In\",\"userId\":\"u-9\"}\n";
+    let (code, out, err) = run(&["preview", "-"], input);
+    assert_eq!(code, 0, "{err}");
+    let previews = lines(&out);
+    assert_eq!(
+        previews[0]["requests"][0]["path"],
+        "/api/v2/users/98765/events"
+    );
+    assert!(previews[0].get("lookups").is_none(), "{}", previews[0]);
+    assert_eq!(previews[1]["requests"][0]["path"], "/api/v2/tickets/4321");
+    assert!(previews[1].get("lookups").is_none(), "{}", previews[1]);
+    // Without a direct id the lookup stays a placeholder, and is listed.
+    assert_eq!(
+        previews[2]["requests"][0]["path"],
+        "/api/v2/users/<user external_id=u-9>/events"
+    );
+    assert_eq!(previews[2]["lookups"][0]["keys"]["external_id"], "u-9");
+}
+
+#[test]
 fn preview_reports_bad_events_and_goes_on() {
     let input = "{\"type\":\"identify\",\"userId\":\"a\",\"traits\":{\"email\":\"a@x.io\"}}\nnot json\n[1]\n{\"userId\":\"b\"}\n{\"type\":5}\n{\"action\":\"identify\",\"userId\":\"c\"}\n";
     let (code, out, _) = run(&["preview", "-"], input);
@@ -138,6 +159,41 @@ fn match_reports_the_column_of_a_parse_error() {
     assert_eq!(code, 1);
     assert!(err.contains("column"), "{err}");
     assert!(err.contains('^'), "{err}");
+}
+
+#[test]
+fn match_takes_segments_negated_functions() {
+    let input = "{\"type\":\"track\",\"event\":\"Nike Air\",\"properties\":{\"product 1\":\"x\"}}\n{\"type\":\"track\",\"event\":\"Adidas\"}\n";
+    let (code, out, err) = run(
+        &[
+            "match",
+            r#"!contains(event, "Nike") and !match(event, "X*")"#,
+            "-",
+        ],
+        input,
+    );
+    assert_eq!((code, out.as_str()), (0, "false\ntrue\n"), "{err}");
+    let (code, out, err) = run(&["match", r#"properties.product\ 1 = "x""#, "-"], input);
+    assert_eq!((code, out.as_str()), (0, "true\nfalse\n"), "{err}");
+}
+
+#[test]
+fn match_refuses_deep_nesting_with_its_column() {
+    for trigger in [
+        format!(
+            "{}type = \"track\"{}",
+            "(".repeat(10_000),
+            ")".repeat(10_000)
+        ),
+        // One argument holds at most 128 KiB: 100 000 negations are written `!`.
+        format!("{}type = \"track\"", "not ".repeat(30_000)),
+        format!("{}contains(event, \"x\")", "!".repeat(100_000)),
+    ] {
+        let (code, _, err) = run(&["match", &trigger, "-"], "{\"type\":\"track\"}\n");
+        assert_eq!(code, 1, "a located error, not a crash: {err}");
+        assert!(err.contains("nests deeper than 64"), "{err}");
+        assert!(err.contains("column"), "{err}");
+    }
 }
 
 #[test]
@@ -214,4 +270,69 @@ fn send_to_the_emulator_delivers_every_example_and_says_where_the_result_is() {
     assert_eq!(state["users"].as_array().map(Vec::len), Some(3), "{state}");
     assert_eq!(state["events"].as_array().map(Vec::len), Some(2), "{state}");
     assert!(!dir.path().join("zdmap-dead-letters.ndjson").exists());
+}
+
+#[test]
+fn init_writes_mappings_that_validate_and_test_and_refuses_to_overwrite() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("here").join("mappings");
+    let dir_arg = dir.to_str().expect("utf-8 path");
+    let (code, _, err) = run(&["init", dir_arg], "");
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&["validate", "--mappings", dir_arg], "");
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = run(&["test", "--mappings", dir_arg], "");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.trim_end().ends_with("passed, 0 failed"), "{out}");
+    // Every file's $schema line resolves inside the new directory.
+    for (path, _) in zdmap::defaults::files() {
+        let file = dir.join(&path);
+        let text = std::fs::read_to_string(&file).expect("written");
+        if let Some(target) = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# yaml-language-server: $schema="))
+        {
+            let schema = file.parent().expect("parent").join(target);
+            assert!(
+                schema.is_file(),
+                "{} points at {}",
+                file.display(),
+                schema.display()
+            );
+        }
+    }
+    // A second init refuses and changes nothing; --force overwrites.
+    let user = dir.join("upsert_user.yaml");
+    std::fs::write(&user, "edited").expect("edit");
+    let (code, _, err) = run(&["init", dir_arg], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read_to_string(&user).expect("read"), "edited");
+    let (code, _, _) = run(&["init", "--force", dir_arg], "");
+    assert_eq!(code, 0);
+    assert_ne!(std::fs::read_to_string(&user).expect("read"), "edited");
+}
+
+#[test]
+fn the_embedded_mappings_are_the_repositorys() {
+    let mut on_disk = Vec::new();
+    for dir in ["mappings", "mappings/tests"] {
+        for e in std::fs::read_dir(dir).expect("dir") {
+            let p = e.expect("entry").path();
+            if p.is_file() {
+                on_disk.push(p.strip_prefix("mappings").expect("inside").to_path_buf());
+            }
+        }
+    }
+    on_disk.sort();
+    let mut embedded: Vec<std::path::PathBuf> = zdmap::defaults::MAPPINGS
+        .iter()
+        .map(|(p, _)| p.into())
+        .collect();
+    embedded.sort();
+    assert_eq!(
+        embedded, on_disk,
+        "src/defaults.rs lists every file of mappings/"
+    );
 }

@@ -60,6 +60,17 @@ fn seed_for(preview: &Value) -> Value {
     // Records the expected bodies point at: an organization_id, and the user an upsert
     // without a name updates (Zendesk needs a name only to create one).
     for r in preview["requests"].as_array().into_iter().flatten() {
+        // A direct id in a path (`/api/v2/users/123/events`) names a record that must exist.
+        let parts: Vec<&str> = r["path"].as_str().unwrap_or_default().split('/').collect();
+        if let [_, "api", "v2", kind, id, ..] = parts.as_slice() {
+            if let Ok(id) = id.parse::<u64>() {
+                match *kind {
+                    "users" => users.push(json!({"id": id, "name": "Seeded User"})),
+                    "tickets" => tickets.push(json!({"id": id, "subject": "Seeded", "comment": {"body": "Seeded"}, "requester": {"email": "seed@example.com", "name": "Seed"}})),
+                    _ => {}
+                }
+            }
+        }
         let user = &r["body"]["user"];
         if let Some(oid) = user["organization_id"].as_u64() {
             orgs.push(json!({"id": oid, "name": format!("Seeded {oid}")}));

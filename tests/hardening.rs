@@ -195,10 +195,15 @@ fn validate_requires_a_key_form_on_direct_lookups() {
     );
     let (code, out) = validate(&mappings);
     assert_eq!(code, 1, "{out}");
+    let text = std::fs::read_to_string(&destination).expect("read");
+    let line = 1 + text
+        .lines()
+        .position(|l| l == "      - by: id")
+        .expect("a direct lookup");
     assert!(
-        out.contains(
-            "destination.yaml:83:9: a lookup without a `request` gives its key as the value"
-        ),
+        out.contains(&format!(
+            "destination.yaml:{line}:9: a lookup without a `request` gives its key as the value"
+        )),
         "{out}"
     );
     assert!(

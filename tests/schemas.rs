@@ -73,3 +73,40 @@ fn event_schema_agrees_with_event_checks() {
         assert!(zdmap::event::Event::from_value(bad).is_err());
     }
 }
+
+/// Strict validators (ajv `--spec=draft2020 --strict`) refuse formats the standard does not
+/// define, which schemars writes for Rust number types, and union `type`s.
+#[test]
+fn schemas_use_only_standard_formats_and_single_types() {
+    fn walk(v: &serde_json::Value, at: &str, found: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(f) = m.get("format").and_then(|f| f.as_str()) {
+                    if !zdmap::schema::STANDARD_FORMATS.contains(&f) {
+                        found.push(format!("{at}: format {f:?}"));
+                    }
+                }
+                if let Some(serde_json::Value::Array(types)) = m.get("type") {
+                    let non_null = types.iter().filter(|t| *t != "null").count();
+                    if non_null > 1 {
+                        found.push(format!("{at}: union type {types:?}"));
+                    }
+                }
+                for (k, x) in m {
+                    walk(x, &format!("{at}/{k}"), found);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, x) in items.iter().enumerate() {
+                    walk(x, &format!("{at}/{i}"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    for (name, schema) in zdmap::schema::all() {
+        walk(&schema, name, &mut found);
+    }
+    assert!(found.is_empty(), "{found:#?}");
+}

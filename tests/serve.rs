@@ -395,15 +395,22 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_changed_config_is_swapped_in_and_a_broken_one_is_refused() {
+/// A server (watching its mappings or not) on a copy of the shipped mappings, to change them
+/// while it runs: the emulator, the data and mappings directories, and the server.
+async fn serve_a_copy(watch: bool) -> (Emulator, tempfile::TempDir, tempfile::TempDir, Server) {
     let emu = Emulator::start(EmulatorOptions::default())
         .await
         .expect("emulator");
     let data = tempfile::tempdir().expect("tempdir");
     let mappings = tempfile::tempdir().expect("tempdir");
     copy_dir(Path::new("mappings"), mappings.path());
-    let server = start_server(&emu, data.path(), mappings.path(), true).await;
+    let server = start_server(&emu, data.path(), mappings.path(), watch).await;
+    (emu, data, mappings, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_config_is_swapped_in_and_a_broken_one_is_refused() {
+    let (emu, _data, mappings, server) = serve_a_copy(true).await;
     let url = server.url();
     let ticket_file = mappings.path().join("create_ticket.yaml");
     let original = std::fs::read_to_string(&ticket_file).expect("read");
@@ -456,6 +463,38 @@ async fn a_changed_config_is_swapped_in_and_a_broken_one_is_refused() {
     );
     metrics_once(&url, "zdmap_events_skipped_total", |n| n == 1.0).await;
     assert_eq!(count(&emu.state(), "tickets"), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_deeply_nested_mappings_is_refused_and_the_server_stays_up() {
+    let (_emu, _data, mappings, server) = serve_a_copy(false).await;
+    let url = server.url();
+    let ticket_file = mappings.path().join("create_ticket.yaml");
+    let original = std::fs::read_to_string(&ticket_file).expect("read");
+    let trigger = "trigger: type = \"track\" and event = \"Ticket Created\"";
+    assert!(original.contains(trigger));
+    for depth in [2_000, 10_000] {
+        let deep = format!(
+            "trigger: {}type = \"track\"{}",
+            "(".repeat(depth),
+            ")".repeat(depth)
+        );
+        std::fs::write(&ticket_file, original.replacen(trigger, &deep, 1)).expect("write");
+        let shared = server.shared().clone();
+        let refused = tokio::task::spawn_blocking(move || shared.reload())
+            .await
+            .expect("the reload returns");
+        let diags = refused.expect_err("refused");
+        assert!(
+            diags.to_string().contains("nests deeper than 64"),
+            "{diags}"
+        );
+        let (status, health) = get_text(&format!("{url}/healthz")).await;
+        assert_eq!(status, 200);
+        assert!(health.contains("deeper than 64"), "reported: {health}");
+        readyz_once(&url, 200, "the last good config keeps the server ready").await;
+    }
     server.shutdown().await;
 }
 

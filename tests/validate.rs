@@ -9,15 +9,8 @@ mod mappings;
 use mappings::{edit, mappings_copy};
 
 fn validate(dir: &Path, format: &str) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_zdmap"))
-        .args(["validate", "--format", format, "--mappings"])
-        .arg(dir)
-        .output()
-        .expect("run zdmap");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let (code, out, _) = validate_with_stderr(dir, format);
+    (code, out)
 }
 
 /// The line of `file` (1-based) where `needle` first occurs.
@@ -225,5 +218,228 @@ fn settings_overrides_are_checked() {
     assert!(
         text.contains("did you mean `requests_per_minute`?"),
         "{text}"
+    );
+}
+
+fn validate_with_stderr(dir: &Path, format: &str) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_zdmap"))
+        .args(["validate", "--format", format, "--mappings"])
+        .arg(dir)
+        .output()
+        .expect("run zdmap");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The column of `needle` in the line of `file` where it first occurs (1-based).
+fn column_of(file: &Path, needle: &str) -> usize {
+    let text = std::fs::read_to_string(file).expect("read");
+    let line = text.lines().find(|l| l.contains(needle)).expect("needle");
+    line[..line.find(needle).expect("needle")].chars().count() + 1
+}
+
+#[test]
+fn a_bare_name_compared_is_a_warning_that_leaves_the_mappings_valid() {
+    let (_tmp, dir) = mappings_copy();
+    let file = dir.join("upsert_user.yaml");
+    edit(
+        &file,
+        "trigger: type = \"identify\"",
+        "trigger: type = identify",
+    );
+    let (code, out, err) = validate_with_stderr(&dir, "text");
+    assert_eq!(code, 0, "{out}{err}");
+    let at = format!(
+        "{}:{}:{}: warning: `identify` is read as a field of the event",
+        file.display(),
+        line_of(&file, "trigger:"),
+        column_of(&file, "= identify") + 2
+    );
+    assert!(out.contains(&at), "{at}\nin:\n{out}");
+    assert!(out.contains("write \"identify\""), "{out}");
+    assert!(err.contains("valid, 1 warning(s)"), "{err}");
+    let (code, out, _) = validate_with_stderr(&dir, "github");
+    assert_eq!(code, 0);
+    assert!(out.starts_with("::warning file="), "{out}");
+    let (_, out, _) = validate_with_stderr(&dir, "json");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v[0]["severity"], "warning");
+}
+
+#[test]
+fn mistakes_are_explained_as_an_editor_would() {
+    let (_tmp, dir) = mappings_copy();
+    let user = dir.join("upsert_user.yaml");
+    let ticket = dir.join("create_ticket.yaml");
+    let org = dir.join("upsert_organization.yaml");
+    let update = dir.join("update_ticket.yaml");
+    edit(
+        &user,
+        "phone: { first_of: [$.traits.phone, $.context.traits.phone], type: string }",
+        "phone: { first_of: [$.traits.phone, $.context.traits.phone], type: str }",
+    );
+    edit(
+        &user,
+        "422/DuplicateValue: retry",
+        "422/DuplicateValue: retyr",
+    );
+    edit(&ticket, "      method: POST", "      methd: POST");
+    edit(&org, "name: \"{{ name }}\"", "name: \"{{ name | }}\"");
+    let member = dir.join("update_organization_membership.yaml");
+    edit(
+        &member,
+        "  remove:\n    first_of: [$.traits.company.remove, $.context.traits.company.remove]\n    type: boolean\n    default: false\n",
+        "  remove: [a, b]\n",
+    );
+    edit(
+        &org,
+        "name: { path: $.traits.name, type: string }",
+        "name: { path: \"$.traits..[name\", type: string }",
+    );
+    edit(
+        &update,
+        "status: \"{{ status | lower if status else none }}\"",
+        "status: \"{{ status | lower if stauts else none }}\"",
+    );
+    let (code, out, _) = validate_with_stderr(&dir, "text");
+    assert_eq!(code, 1, "{out}");
+    let line = |file: &Path, needle: &str| -> String {
+        out.lines()
+            .find(|l| l.starts_with(&file.display().to_string()) && l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} for {} in:\n{out}", file.display()))
+            .to_owned()
+    };
+    let l = line(&user, "\"str\" is not valid");
+    assert!(l.contains("Valid values: \"string\", \"integer\""), "{l}");
+    assert!(l.ends_with("did you mean \"string\"?"), "{l}");
+    let l = line(&user, "\"retyr\" is not valid");
+    assert!(
+        l.contains("\"ok\", \"skip\", \"retry\", \"fail\", \"fatal\""),
+        "{l}"
+    );
+    assert!(l.ends_with("did you mean \"retry\"?"), "{l}");
+    assert!(line(&ticket, "unknown key `methd`").contains("did you mean `method`?"));
+    let l = line(&org, "bad JSONPath");
+    assert!(!l.contains("Failed to parse") && !l.contains("-->"), "{l}");
+    assert!(l.contains("expected"), "{l}");
+    let at = format!(
+        "{}:{}:{}:",
+        org.display(),
+        line_of(&org, "..[name"),
+        column_of(&org, "[name") + 1
+    );
+    assert!(l.starts_with(&at), "{l} (expected {at})");
+    let l = line(&update, "unknown name `stauts`");
+    let at = format!(
+        "{}:{}:{}:",
+        update.display(),
+        line_of(&update, "stauts"),
+        column_of(&update, "stauts")
+    );
+    assert!(l.starts_with(&at), "{l} (expected {at})");
+    assert!(!out.contains("anyOf") && !out.contains("oneOf"), "{out}");
+    let l = line(&member, "expected");
+    assert!(
+        l.ends_with("expected a mapping or a boolean or a number or a string, found a list"),
+        "{l}"
+    );
+    let l = line(&org, "template error");
+    let at = format!(
+        "{}:{}:{}:",
+        org.display(),
+        line_of(&org, "name | }}"),
+        column_of(&org, "| }}") + 1
+    );
+    assert!(l.starts_with(&at), "{l} (expected {at})");
+    assert!(
+        l.contains("unexpected end of the expression") && !l.contains("`)`"),
+        "{l}"
+    );
+
+    // Pretty prints each problem once.
+    let (_, pretty, _) = validate_with_stderr(&dir, "pretty");
+    assert_eq!(
+        pretty.matches("unknown name `stauts`").count(),
+        1,
+        "{pretty}"
+    );
+    assert_eq!(pretty.matches("unknown key `methd`").count(), 1, "{pretty}");
+}
+
+#[test]
+fn yaml_syntax_errors_say_their_place_once() {
+    let (_tmp, dir) = mappings_copy();
+    let file = dir.join("create_ticket.yaml");
+    edit(&file, "steps:\n", "steps: [\n");
+    let (_, out, _) = validate_with_stderr(&dir, "text");
+    let l = out
+        .lines()
+        .find(|l| l.contains("YAML syntax error"))
+        .expect("a YAML error");
+    assert!(!l.contains(" line ") && !l.contains(" column "), "{l}");
+    // Files that did not load are no reason for more errors elsewhere.
+    let (_tmp, dir) = mappings_copy();
+    edit(&dir.join("upsert_user.yaml"), "steps:\n", "steps: [\n");
+    let (_, out, _) = validate_with_stderr(&dir, "text");
+    assert!(!out.contains("`after` names an unknown action"), "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+}
+
+#[test]
+fn no_mappings_directory_says_what_to_do() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (code, out, _) = validate_with_stderr(&tmp.path().join("mappings"), "text");
+    assert_eq!(code, 1);
+    assert!(out.contains("no mappings directory"), "{out}");
+    assert!(
+        out.contains("--mappings") && out.contains("zdmap init"),
+        "{out}"
+    );
+}
+
+#[test]
+fn deep_nesting_is_a_located_error_not_a_crash() {
+    let (_tmp, dir) = mappings_copy();
+    let file = dir.join("upsert_user.yaml");
+    let deep = format!(
+        "trigger: {}type = \"identify\"{}",
+        "(".repeat(10_000),
+        ")".repeat(10_000)
+    );
+    edit(&file, "trigger: type = \"identify\"", &deep);
+    let nots = format!("trigger: {}type = \"track\"", "not ".repeat(100_000));
+    edit(
+        &dir.join("track_event.yaml"),
+        "trigger: type = \"track\" and event != \"Ticket Created\"",
+        &nots,
+    );
+    let filters = format!(
+        "subject: \"{{{{ subject{} }}}}\"",
+        " | lower".repeat(50_000)
+    );
+    edit(
+        &dir.join("create_ticket.yaml"),
+        "subject: \"{{ subject }}\"",
+        &filters,
+    );
+    let (code, out, err) = validate_with_stderr(&dir, "text");
+    assert_eq!(code, 1, "exit 1, not a signal: {err}");
+    let at = format!(
+        "{}:{}:{}: bad trigger: the trigger nests deeper than 64",
+        file.display(),
+        line_of(&file, "trigger:"),
+        10 + 64
+    );
+    assert!(out.contains(&at), "{at}\nin:\n{out}");
+    assert!(
+        out.contains("track_event.yaml:") && out.matches("nests deeper").count() == 2,
+        "{out}"
+    );
+    assert!(
+        out.contains("create_ticket.yaml:") && out.contains("more than 500 operators and filters"),
+        "{out}"
     );
 }

@@ -43,6 +43,19 @@ pub struct TestArgs {
     pub config: ConfigArgs,
     /// Case files or directories (default: the mappings directory's tests/).
     pub cases: Vec<PathBuf>,
+    /// Run only the cases whose name contains NAME.
+    #[arg(short = 'k', long = "name", value_name = "NAME")]
+    pub only: Option<String>,
+    /// `text`, or `github`: the same, plus an annotation at each failing case for GitHub Actions.
+    #[arg(long, value_enum, default_value_t = TestFormat::Text)]
+    pub format: TestFormat,
+}
+
+/// How `zdmap test` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TestFormat {
+    Text,
+    Github,
 }
 
 #[derive(clap::Args, Debug)]
@@ -52,29 +65,46 @@ pub struct SchemaArgs {
     pub write: Option<PathBuf>,
 }
 
-/// `zdmap validate`: exit 0 when valid, 1 when not.
+/// `zdmap validate`: the mappings and their test cases; exit 0 when valid (warnings alone
+/// leave them valid), 1 when not.
 pub fn validate(args: &ValidateArgs) -> ExitCode {
-    match args.config.load() {
+    let mappings = &args.config.mappings;
+    let (problems, summary) = match args.config.load() {
         Ok(config) => {
-            if args.format == Format::Json {
-                println!("[]");
-            } else {
-                eprintln!(
-                    "{}: {} action(s), {} resolver(s): valid",
-                    args.config.mappings.display(),
-                    config.actions.len(),
-                    config.resolvers.len()
-                );
-            }
-            ExitCode::SUCCESS
+            let mut problems = config.warnings.clone();
+            problems.0.extend(cases::check(mappings, Some(&config)).0);
+            let summary = format!(
+                "{}: {} action(s), {} resolver(s)",
+                mappings.display(),
+                config.actions.len(),
+                config.resolvers.len()
+            );
+            (problems, Some(summary))
         }
-        Err(diags) => {
-            println!("{}", diags.render(args.format));
-            if args.format != Format::Json {
-                eprintln!("{} problem(s) found", diags.0.len());
+        // The test cases' own shape is worth knowing even when the mappings do not load.
+        Err(mut problems) => {
+            if mappings.is_dir() {
+                problems.0.extend(cases::check(mappings, None).0);
             }
-            ExitCode::from(1)
+            (problems, None)
         }
+    };
+    let valid = !problems.has_errors();
+    if args.format == Format::Json || !problems.is_empty() {
+        println!("{}", problems.render(args.format));
+    }
+    if args.format != Format::Json {
+        let (errors, warnings) = problems.counts();
+        match summary {
+            Some(summary) if valid && warnings == 0 => eprintln!("{summary}: valid"),
+            Some(summary) if valid => eprintln!("{summary}: valid, {warnings} warning(s)"),
+            _ => eprintln!("{errors} error(s), {warnings} warning(s)"),
+        }
+    }
+    if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 
@@ -177,7 +207,8 @@ pub fn test(args: &TestArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let report = match cases::run(&args.config.mappings, &args.config.set, &files) {
+    let only = args.only.as_deref();
+    let report = match cases::run(&args.config.mappings, &args.config.set, &files, only) {
         Ok(r) => r,
         Err(diags) => {
             eprintln!("{diags}");
@@ -216,6 +247,18 @@ pub fn test(args: &TestArgs) -> ExitCode {
                 println!("  {f}");
             }
         }
+    }
+    if args.format == TestFormat::Github && !failed.is_empty() {
+        let at_each_case = failed.iter().map(|r| {
+            let place = crate::yaml::Loc {
+                line: r.line,
+                column: 1,
+            };
+            let message = format!("case `{}` failed:\n{}", r.name, r.failures.join("\n"));
+            crate::diagnostic::Diagnostic::new(&r.file, place, message)
+        });
+        let annotations = crate::diagnostic::Diagnostics(at_each_case.collect());
+        println!("{}", annotations.render(Format::Github));
     }
     println!("\n{} passed, {} failed", report.passed(), report.failed());
     if report.failed() == 0 {

@@ -5,6 +5,8 @@
 //! [`inspect`].
 
 pub mod dead_letters;
+pub mod fields;
+pub mod init;
 pub mod inspect;
 pub mod send;
 pub mod serve;
@@ -26,6 +28,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Write the default mappings, their test cases and the JSON Schemas into a new mappings
+    /// directory (default `mappings`); refuses to overwrite without --force.
+    Init(init::InitArgs),
     /// Check the mappings: schema, triggers, JSONPaths, templates, references. Exit 1 when invalid.
     Validate(inspect::ValidateArgs),
     /// Show what events would do (actions matched, requests in order, errors), without any network.
@@ -34,6 +39,9 @@ pub enum Command {
     Match(inspect::MatchArgs),
     /// Run the mapping test cases of mappings/tests/ (or the given files).
     Test(inspect::TestArgs),
+    /// Check the account's custom user and organization fields against the keys the mappings
+    /// send (`fields check`), and create the missing ones (`--create`).
+    Fields(fields::FieldsArgs),
     /// Print or write the JSON Schemas of the config files and events.
     Schema(inspect::SchemaArgs),
     /// Deliver events to Zendesk (or the built-in emulator) with retries, a request budget,
@@ -54,11 +62,13 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Init(a) => init::init(&a),
         Command::Validate(a) => inspect::validate(&a),
         Command::Preview(a) => inspect::preview(&a),
         Command::Match(a) => inspect::match_trigger(&a),
         Command::Test(a) => inspect::test(&a),
         Command::Schema(a) => inspect::schema(&a),
+        Command::Fields(a) => fields::fields(&a),
         Command::Send(a) => send::send(&a),
         Command::Emulator(a) => crate::emulator::run_cli(a),
         Command::Serve(a) => serve::serve(&a),
@@ -84,7 +94,11 @@ pub fn open_input(path: &Option<PathBuf>) -> Result<Box<dyn std::io::Read + Send
 /// Loads the mappings, saying on standard error why they do not load.
 pub fn load_config(args: &crate::config::ConfigArgs) -> Result<crate::config::Config, ExitCode> {
     args.load().map_err(|diags| {
-        eprintln!("{}", invalid_mappings(&diags));
+        if args.mappings.is_dir() {
+            eprintln!("{}", invalid_mappings(&diags));
+        } else {
+            eprintln!("{diags}");
+        }
         ExitCode::from(1)
     })
 }

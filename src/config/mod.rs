@@ -6,28 +6,25 @@
 //! `after` references and cycles, names used in templates, resolvers used by steps. Every problem
 //! is collected as a located [`Diagnostic`]; a directory with any problem does not load.
 
-pub mod diagnostic;
-pub mod spec;
-pub mod yaml;
+pub use crate::diagnostic::{Diagnostic, Diagnostics, Format, Problems};
+pub use crate::{diagnostic, spec, yaml};
 
-pub use diagnostic::{Diagnostic, Diagnostics, Format};
-
+use crate::diagnostic::suggest;
 use crate::field::Field;
 use crate::path::JsonPath;
 use crate::plan::outcome::Outcomes;
 use crate::plan::resolver::Resolver;
 use crate::plan::{Action, Step};
+use crate::spec::{ActionSpec, AuthSpec, DestinationSpec, RetriesSpec, SettingSpec, SettingType};
 use crate::template::{RESERVED, Templates, Text};
 use crate::trigger::Trigger;
-use diagnostic::suggest;
+use crate::yaml::{Loc, Node};
 use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use spec::{ActionSpec, AuthSpec, DestinationSpec, RetriesSpec, SettingSpec, SettingType};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use yaml::{Loc, Node};
 
 /// The name of the destination file in a mappings directory.
 pub const DESTINATION_FILE: &str = "destination.yaml";
@@ -48,9 +45,38 @@ pub struct ConfigArgs {
     pub set: Vec<String>,
 }
 
+/// The stack of the thread that loads mappings: the size of a main thread's, whatever thread
+/// asks (a `serve` reload runs on a runtime thread, whose stack is smaller).
+const LOAD_STACK: usize = 8 << 20;
+
 impl ConfigArgs {
+    /// Loads the mappings on a thread of its own, so that no mappings directory can take the
+    /// calling process down: a panic while loading is reported as a problem like any other.
     pub fn load(&self) -> Result<Config, Diagnostics> {
-        Config::load(&self.mappings, &self.set)
+        let (dir, set) = (self.mappings.clone(), self.set.clone());
+        let failed = |message: String| {
+            Err(Diagnostics(vec![Diagnostic::new(
+                &self.mappings,
+                Loc::default(),
+                message,
+            )]))
+        };
+        let loading = std::thread::Builder::new()
+            .name("zdmap-load".into())
+            .stack_size(LOAD_STACK)
+            .spawn(move || Config::load(&dir, &set));
+        match loading.map(std::thread::JoinHandle::join) {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default();
+                failed(format!("loading the mappings failed: {why}"))
+            }
+            Err(e) => failed(format!("cannot start loading the mappings: {e}")),
+        }
     }
 }
 
@@ -69,59 +95,13 @@ pub struct Config {
     /// How often a step is tried when an outcome says `retry`.
     pub retries: RetriesSpec,
     pub resolvers: IndexMap<String, Resolver>,
+    /// Which resolver lookups are direct ids, for previews to show them as they are.
+    pub direct_ids: Arc<crate::template::DirectIds>,
     /// Actions in run order: `after` first, then by file name.
     pub actions: Vec<Action>,
     pub templates: Templates,
-}
-
-/// Problems found in one file, located through its YAML tree.
-#[derive(Debug)]
-pub struct Problems {
-    file: PathBuf,
-    root: Option<Arc<Node>>,
-    found: Vec<Diagnostic>,
-}
-
-impl Problems {
-    fn new(file: &Path, root: Option<Arc<Node>>) -> Problems {
-        Problems {
-            file: file.to_path_buf(),
-            root,
-            found: Vec::new(),
-        }
-    }
-
-    /// Problems not tied to a file (unit tests).
-    pub fn detached() -> Problems {
-        Problems::new(Path::new("-"), None)
-    }
-
-    fn loc(&self, pointer: &str, key: bool) -> Loc {
-        self.root
-            .as_ref()
-            .map(|r| r.locate(pointer, key))
-            .unwrap_or_default()
-    }
-
-    /// A problem with the value at a JSON pointer.
-    pub fn at(&mut self, pointer: &str, message: impl Into<String>) {
-        let loc = self.loc(pointer, false);
-        self.found.push(Diagnostic::new(&self.file, loc, message));
-    }
-
-    /// A problem with the key at a JSON pointer.
-    pub fn at_key(&mut self, pointer: &str, message: impl Into<String>) {
-        let loc = self.loc(pointer, true);
-        self.found.push(Diagnostic::new(&self.file, loc, message));
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.found.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.found.len()
-    }
+    /// What loads but is probably a mistake (`type = identify`), for `zdmap validate` to show.
+    pub warnings: Diagnostics,
 }
 
 impl Config {
@@ -131,11 +111,14 @@ impl Config {
         let files = match list_yaml(dir) {
             Ok(f) => f,
             Err(e) => {
-                diags.push(Diagnostic::new(
-                    dir,
-                    Loc::default(),
-                    format!("cannot read the mappings directory: {e}"),
-                ));
+                let message = if e.kind() == std::io::ErrorKind::NotFound {
+                    "no mappings directory here: give its place with `--mappings DIR`, or write \
+                     the default mappings into it with `zdmap init`"
+                        .to_owned()
+                } else {
+                    format!("cannot read the mappings directory: {e}")
+                };
+                diags.push(Diagnostic::new(dir, Loc::default(), message));
                 return Err(diags);
             }
         };
@@ -159,8 +142,10 @@ impl Config {
             outcomes: Outcomes::default(),
             retries: RetriesSpec::default(),
             resolvers: IndexMap::new(),
+            direct_ids: Arc::default(),
             actions: Vec::new(),
             templates: Templates::new(),
+            warnings: Diagnostics::default(),
         };
         let mut setting_names: Vec<String> = Vec::new();
         if let Some((spec, node)) = &destination {
@@ -182,10 +167,7 @@ impl Config {
                 for (i, s) in paths.iter().enumerate() {
                     match JsonPath::parse(s) {
                         Ok(jp) => out.push(jp),
-                        Err(e) => p.at(
-                            &format!("/errors/{what}/{i}"),
-                            format!("bad JSONPath {s:?}: {e}"),
-                        ),
+                        Err(e) => e.report(s, &format!("/errors/{what}/{i}"), &mut p),
                     }
                 }
             }
@@ -204,8 +186,18 @@ impl Config {
                     config.resolvers.insert(name.clone(), r);
                 }
             }
-            diags.0.extend(p.found);
+            diags.0.extend(p.into_found());
         }
+        config.direct_ids = Arc::new(
+            config
+                .resolvers
+                .iter()
+                .map(|(name, r)| {
+                    let order = r.lookups.iter().map(|l| (l.by.clone(), l.is_direct()));
+                    (name.clone(), order.collect())
+                })
+                .collect(),
+        );
         let mut seen: HashMap<String, PathBuf> = HashMap::new();
         for file in files
             .iter()
@@ -238,14 +230,18 @@ impl Config {
             ) {
                 config.actions.push(action);
             }
-            diags.0.extend(p.found);
+            diags.0.extend(p.into_found());
         }
-        order_actions(&mut config.actions, &mut diags);
+        // An action file that did not load may be the one an `after` names: say nothing of it then.
+        let action_files = files.len() - usize::from(files.contains(&dest_path));
+        let all_loaded = config.actions.len() == action_files;
+        order_actions(&mut config.actions, all_loaded, &mut diags);
         config.templates = templates;
-        if diags.is_empty() {
-            Ok(config)
-        } else {
+        if diags.has_errors() {
             Err(diags)
+        } else {
+            config.warnings = diags;
+            Ok(config)
         }
     }
 
@@ -331,7 +327,7 @@ pub(crate) fn read_spec<T: DeserializeOwned>(
     let mut p = Problems::new(path, Some(node.clone()));
     crate::schema::check(validator, &json, &mut p);
     if !p.is_empty() {
-        diags.0.extend(p.found);
+        diags.0.extend(p.into_found());
         return None;
     }
     match serde_json::from_value::<T>(json) {
@@ -490,19 +486,20 @@ fn compile_action(
             "an action name is lowercase letters, digits and `_`",
         );
     }
+    let byte_at = |column| crate::diagnostic::byte_offset(&spec.trigger, column);
     let trigger = match Trigger::parse(&spec.trigger) {
-        Ok(t) => Some(t),
+        Ok(t) => {
+            for w in t.warnings() {
+                p.warn_at_offset("/trigger", byte_at(w.column), w.message.clone());
+            }
+            Some(t)
+        }
         Err(e) => {
-            let loc = p.loc("/trigger", false);
-            let column = loc.column + e.column.saturating_sub(1) + quote_offset(p, "/trigger");
-            p.found.push(Diagnostic::new(
-                file,
-                Loc {
-                    line: loc.line,
-                    column,
-                },
+            p.at_offset(
+                "/trigger",
+                byte_at(e.column),
                 format!("bad trigger: {}", e.message),
-            ));
+            );
             None
         }
     };
@@ -588,19 +585,6 @@ fn compile_action(
     })
 }
 
-/// 1 when the YAML scalar at `pointer` is written in quotes (its column is the quote's).
-fn quote_offset(p: &Problems, pointer: &str) -> usize {
-    let Some(root) = &p.root else { return 0 };
-    let loc = root.locate(pointer, false);
-    let line = std::fs::read_to_string(&p.file)
-        .ok()
-        .and_then(|s| s.lines().nth(loc.line.saturating_sub(1)).map(str::to_owned));
-    match line.and_then(|l| l.chars().nth(loc.column.saturating_sub(1))) {
-        Some('"') | Some('\'') => 1,
-        _ => 0,
-    }
-}
-
 /// Names a template reads must be fields or the scope's own names.
 fn check_names(templates: &Templates, text: &Text, allowed: &[&str], at: &str, p: &mut Problems) {
     let mut vars: Vec<String> = templates.variables(text).into_iter().collect();
@@ -610,12 +594,32 @@ fn check_names(templates: &Templates, text: &Text, allowed: &[&str], at: &str, p
             let hint = suggest(&v, allowed.iter().copied())
                 .map(|h| format!("; did you mean `{h}`?"))
                 .unwrap_or_default();
-            p.at(
-                at,
-                format!("unknown name `{v}` in a template: it is not a field of this action{hint}"),
-            );
+            let message =
+                format!("unknown name `{v}` in a template: it is not a field of this action{hint}");
+            let source = p
+                .root()
+                .and_then(|r| r.find(at))
+                .and_then(|n| match &n.value {
+                    crate::yaml::NodeValue::Str(s) => name_offset(s, &v),
+                    _ => None,
+                });
+            match source {
+                Some(offset) => p.at_offset(at, offset, message),
+                None => p.at(at, message),
+            }
         }
     }
+}
+
+/// Where `name` first stands as a name of its own in template source (not as `x.name`, nor
+/// inside a longer name).
+fn name_offset(source: &str, name: &str) -> Option<usize> {
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    source.match_indices(name).map(|(i, _)| i).find(|&i| {
+        let before = source[..i].chars().next_back();
+        let after = source[i + name.len()..].chars().next();
+        !before.is_some_and(|c| ident(c) || c == '.') && !after.is_some_and(ident)
+    })
 }
 
 /// `steps.NAME` must name an earlier step.
@@ -670,12 +674,14 @@ fn check_resolvers(
     }
 }
 
-/// Sorts actions so that each runs after the actions it names in `after`; reports unknown names and cycles.
-fn order_actions(actions: &mut Vec<Action>, diags: &mut Diagnostics) {
+/// Sorts actions so that each runs after the actions it names in `after`; reports unknown names and
+/// cycles. With an action file that did not load (`all_loaded` false) the config is refused anyway,
+/// and names it may hold are not reported as unknown.
+fn order_actions(actions: &mut Vec<Action>, all_loaded: bool, diags: &mut Diagnostics) {
     let names: HashSet<String> = actions.iter().map(|a| a.name.clone()).collect();
     for a in actions.iter() {
         for dep in &a.after {
-            if !names.contains(dep) {
+            if !names.contains(dep) && all_loaded {
                 let hint = suggest(dep, names.iter().map(String::as_str))
                     .map(|h| format!("; did you mean `{h}`?"))
                     .unwrap_or_default();
@@ -687,10 +693,11 @@ fn order_actions(actions: &mut Vec<Action>, diags: &mut Diagnostics) {
             }
         }
     }
-    if diags
-        .0
-        .iter()
-        .any(|d| d.message.starts_with("`after` names"))
+    if !all_loaded
+        || diags
+            .0
+            .iter()
+            .any(|d| d.message.starts_with("`after` names"))
     {
         return;
     }

@@ -53,12 +53,13 @@ pub struct ConnectOptions {
     pub emulator_final_state: Option<std::path::PathBuf>,
 }
 
-/// Sets up delivery for a config and a target choice.
-pub async fn connect(
-    config: Arc<Config>,
+/// The HTTP client for a config's target (with the credentials its `auth` names) and, with
+/// `--emulator`, the emulator it sends to, kept alive by the caller.
+pub async fn open_client(
+    config: &Config,
     target: &TargetArgs,
-    options: ConnectOptions,
-) -> Result<Destination, SetupError> {
+    options: &ConnectOptions,
+) -> Result<(Client, Option<crate::emulator::Emulator>), SetupError> {
     let (target, emulator) = match Target::resolve(target, config.setting_str("subdomain"))? {
         TargetChoice::Remote(t) => (t, None),
         TargetChoice::Emulator => {
@@ -73,9 +74,19 @@ pub async fn connect(
     };
     let allow_placeholder = emulator.is_some() || target.allows_placeholder_credentials();
     let credentials =
-        Credentials::from_env_or_placeholder(&credential_vars(&config), allow_placeholder)?;
-    let client = Client::new(target, credentials, options.client)
+        Credentials::from_env_or_placeholder(&credential_vars(config), allow_placeholder)?;
+    let client = Client::new(target, credentials, options.client.clone())
         .map_err(|e| SetupError::Client(e.to_string()))?;
+    Ok((client, emulator))
+}
+
+/// Sets up delivery for a config and a target choice.
+pub async fn connect(
+    config: Arc<Config>,
+    target: &TargetArgs,
+    options: ConnectOptions,
+) -> Result<Destination, SetupError> {
+    let (client, emulator) = open_client(&config, target, &options).await?;
     let rpm = config
         .setting_u64("requests_per_minute")
         .and_then(|r| u32::try_from(r).ok())

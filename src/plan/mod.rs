@@ -253,7 +253,7 @@ impl Config {
         let mut errors = std::mem::take(&mut plan.errors);
         for planned in &plan.actions {
             let action = self.action(planned);
-            let lookups = Arc::new(Lookups::default());
+            let lookups = Arc::new(Lookups::offline(self.direct_ids.clone()));
             let outputs = Arc::new(StepOutputs {
                 outputs: IndexMap::new(),
                 symbolic: true,

@@ -7,11 +7,12 @@
 //! is; a key that does not fit is an error for the event. Delivery tries the keys a template gave
 //! in the resolver's order and caches answers; this module only compiles, checks and renders.
 
-use crate::config::spec::{CacheSpec, KeySpec, KeyType, ResolverSpec};
-use crate::config::{Problems, char_allowed};
+use crate::config::char_allowed;
+use crate::diagnostic::Problems;
 use crate::path::JsonPath;
 use crate::plan::step::RequestTemplate;
 use crate::request::Request;
+use crate::spec::{CacheSpec, KeySpec, KeyType, ResolverSpec};
 use crate::template::{RenderError, Scope, Templates};
 use serde_json::Value;
 use std::sync::Arc;
@@ -57,7 +58,7 @@ impl Resolver {
                 Some(p) => match JsonPath::parse(p) {
                     Ok(p) => Some(p),
                     Err(e) => {
-                        problems.at(&format!("{at}/result"), format!("bad JSONPath {p:?}: {e}"));
+                        e.report(p, &format!("{at}/result"), problems);
                         return None;
                     }
                 },
@@ -132,6 +133,11 @@ impl Lookup {
             .key(Value::String(key.to_owned()))
             .build();
         req.render(templates, &scope).map(Some)
+    }
+
+    /// Whether the key is the value itself (`by: id` without a request).
+    pub fn is_direct(&self) -> bool {
+        self.request.is_none()
     }
 
     /// The compiled strings of the lookup's request, with pointers relative to the lookup.

@@ -5,11 +5,11 @@
 //! no value are dropped, and body leaves that have no value drop their key. The body is built as
 //! JSON values, never as JSON text, so event data can never add structure.
 
-use crate::config::Problems;
-use crate::config::spec::{LearnSpec, RequestSpec, StepSpec};
+use crate::diagnostic::Problems;
 use crate::path::JsonPath;
 use crate::plan::outcome::Outcomes;
 use crate::request::{Method, Request, is_moving_segment, push_path_segment};
+use crate::spec::{LearnSpec, RequestSpec, StepSpec};
 use crate::template::{RenderError, Scope, Templates, Text};
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
@@ -78,10 +78,8 @@ impl Step {
             match src {
                 None => Ok(None),
                 Some(s) => templates.expression(s).map(Some).map_err(|e| {
-                    problems.at(
-                        &format!("{pointer}/{key}"),
-                        format!("bad expression in `{key}`: {e}"),
-                    );
+                    let what = format!("bad expression in `{key}`");
+                    e.report(&what, &format!("{pointer}/{key}"), problems);
                 }),
             }
         };
@@ -98,10 +96,7 @@ impl Step {
         for (name, path) in &spec.outputs {
             match JsonPath::parse(path) {
                 Ok(p) => outputs.push((name.clone(), p)),
-                Err(e) => problems.at(
-                    &format!("{pointer}/outputs/{name}"),
-                    format!("bad JSONPath {path:?}: {e}"),
-                ),
+                Err(e) => e.report(path, &format!("{pointer}/outputs/{name}"), problems),
             }
         }
         let mut learn = Vec::new();
@@ -163,15 +158,10 @@ impl Learn {
     ) -> Option<Learn> {
         let key = templates
             .text(&spec.key)
-            .map_err(|e| problems.at(&format!("{pointer}/key"), format!("template error: {e}")))
+            .map_err(|e| e.report("template error", &format!("{pointer}/key"), problems))
             .ok();
         let value = JsonPath::parse(&spec.value)
-            .map_err(|e| {
-                problems.at(
-                    &format!("{pointer}/value"),
-                    format!("bad JSONPath {:?}: {e}", spec.value),
-                )
-            })
+            .map_err(|e| e.report(&spec.value, &format!("{pointer}/value"), problems))
             .ok();
         Some(Learn {
             resolver: spec.resolver.clone(),
@@ -193,7 +183,7 @@ impl RequestTemplate {
         let mut text = |s: &str, at: String, problems: &mut Problems| match templates.text(s) {
             Ok(t) => Some(t),
             Err(e) => {
-                problems.at(&at, format!("template error: {e}"));
+                e.report("template error", &at, problems);
                 ok = false;
                 None
             }
@@ -212,21 +202,20 @@ impl RequestTemplate {
                 }
             }
         }
-        let mut pairs = |map: &IndexMap<String, crate::config::spec::Scalar>,
-                         what: &str,
-                         problems: &mut Problems| {
-            let mut out = Vec::new();
-            for (k, v) in map {
-                let src = match v.to_json() {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                if let Some(t) = text(&src, format!("{pointer}/{what}/{k}"), problems) {
-                    out.push((k.clone(), t));
+        let mut pairs =
+            |map: &IndexMap<String, crate::spec::Scalar>, what: &str, problems: &mut Problems| {
+                let mut out = Vec::new();
+                for (k, v) in map {
+                    let src = match v.to_json() {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    if let Some(t) = text(&src, format!("{pointer}/{what}/{k}"), problems) {
+                        out.push((k.clone(), t));
+                    }
                 }
-            }
-            out
-        };
+                out
+            };
         let query = pairs(&spec.query, "query", problems);
         let headers = pairs(&spec.headers, "headers", problems);
         let body = spec
@@ -402,7 +391,7 @@ fn compile_body(
         Value::String(s) => match templates.text(s) {
             Ok(t) => Some(Body::Text(t)),
             Err(e) => {
-                problems.at(pointer, format!("template error: {e}"));
+                e.report("template error", pointer, problems);
                 None
             }
         },

@@ -16,6 +16,7 @@
 mod native;
 mod repeat;
 
+use crate::diagnostic::Problems;
 use crate::event::member;
 use crate::field::FieldValues;
 use indexmap::IndexMap;
@@ -25,6 +26,10 @@ use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+
+/// How many operators and filters one template may chain. minijinja builds a tree as deep as a
+/// chain is long and walks it recursively, so a longer one could exhaust the stack.
+pub const MAX_OPERATORS: usize = 500;
 
 /// Names a template may not use for fields: the scope's own.
 pub const RESERVED: [&str; 6] = ["settings", "message", "steps", "item", "key", "__zdmap"];
@@ -54,6 +59,18 @@ pub struct TemplateError {
     pub message: String,
     /// 0-based byte offset in the template source, when known.
     pub offset: Option<usize>,
+}
+
+impl TemplateError {
+    /// Reports the error at its place inside the mapping's string at `pointer`, as `what`
+    /// (`template error`).
+    pub fn report(&self, what: &str, pointer: &str, problems: &mut Problems) {
+        let message = format!("{what}: {}", self.message);
+        match self.offset {
+            Some(offset) => problems.at_offset(pointer, offset, message),
+            None => problems.at(pointer, message),
+        }
+    }
 }
 
 /// A template that failed while rendering for one event.
@@ -119,6 +136,11 @@ impl Templates {
         env.add_test("none", |v: Mj| is_missing(&v));
         env.add_filter("snake_case", |s: &str| snake_case(s));
         env.add_filter("keys_as", keys_as);
+        env.add_filter("field_type", |v: Mj| -> Result<&'static str, Error> {
+            let v = serde_json::to_value(&v)
+                .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+            Ok(field_type(std::slice::from_ref(&v)))
+        });
         Templates { env, count: 0 }
     }
 
@@ -127,8 +149,25 @@ impl Templates {
         if !source.contains("{{") && !source.contains("{%") && !source.contains("{#") {
             return Ok(Text::Literal(source.to_owned()));
         }
+        check_operators(source)?;
         if let Some(inner) = single_expression(source) {
-            let name = self.add(&format!("{{% set __zdmap_value = ({inner}) %}}"), source)?;
+            // Offsets in the wrapped template map back into `inner`, which is part of `source`.
+            let prefix = "{% set __zdmap_value = (";
+            let start = inner.as_ptr() as usize - source.as_ptr() as usize;
+            let back = |o: usize| start + o.saturating_sub(prefix.len()).min(inner.len());
+            // A parenthesis found at the end is the wrapper's, not the mapping's.
+            let end = start + inner.len();
+            let name = self
+                .add(&format!("{prefix}{inner}) %}}"), back)
+                .map_err(|e| match e.offset {
+                    Some(o) if o == end => TemplateError {
+                        message: e
+                            .message
+                            .replace("unexpected `)`", "unexpected end of the expression"),
+                        ..e
+                    },
+                    _ => e,
+                })?;
             if let Some(path) = plain_reference(inner) {
                 return Ok(Text::Ref {
                     path,
@@ -140,7 +179,7 @@ impl Templates {
                 native: native::compile(inner),
             });
         }
-        let name = self.add(source, source)?;
+        let name = self.add(source, |o| o.min(source.len()))?;
         Ok(Text::Render { name })
     }
 
@@ -153,13 +192,22 @@ impl Templates {
             });
         }
         self.text(&format!("{{{{ {source} }}}}"))
+            .map_err(|e| TemplateError {
+                offset: e.offset.map(|o| o.saturating_sub(3).min(source.len())),
+                ..e
+            })
     }
 
-    fn add(&mut self, template: &str, shown: &str) -> Result<String, TemplateError> {
-        if let Some(at) = repeat::repeated_list_literal(shown) {
+    /// Compiles `template`; `back` maps an offset in it to one in the mapping's string.
+    fn add(
+        &mut self,
+        template: &str,
+        back: impl Fn(usize) -> usize,
+    ) -> Result<String, TemplateError> {
+        if let Some(at) = repeat::repeated_list_literal(template) {
             return Err(TemplateError {
                 message: "a list literal cannot be repeated with `*` in a mapping".into(),
-                offset: Some(at),
+                offset: Some(back(at)),
             });
         }
         let name = format!("t{}", self.count);
@@ -167,7 +215,7 @@ impl Templates {
             .add_template_owned(name.clone(), template.to_owned())
             .map_err(|e| TemplateError {
                 message: describe(&e),
-                offset: e.range().map(|r| r.start.min(shown.len())),
+                offset: e.range().map(|r| back(r.start)),
             })?;
         self.count += 1;
         Ok(name)
@@ -263,6 +311,64 @@ impl Templates {
             .map(Some)
             .map_err(|e| RenderError(format!("the value cannot be turned into JSON: {e}")))
     }
+}
+
+/// Refuses a template that chains more than [`MAX_OPERATORS`] operators and filters, at the first
+/// one past the limit. Counted inside `{{ }}` and `{% %}`, outside string literals.
+fn check_operators(source: &str) -> Result<(), TemplateError> {
+    const WORDS: [&str; 7] = ["and", "or", "not", "if", "else", "is", "in"];
+    let mut count = 0;
+    let mut in_tag = false;
+    let mut quote: Option<char> = None;
+    let mut word_start: Option<usize> = None;
+    let mut chars = source.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let next = chars.peek().map(|(_, n)| *n);
+        if !in_tag {
+            if c == '{' && matches!(next, Some('{' | '%')) {
+                in_tag = true;
+                chars.next();
+            }
+            continue;
+        }
+        if let Some(q) = quote {
+            if c == '\\' {
+                chars.next();
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        let in_word = c.is_alphanumeric() || c == '_';
+        match (in_word, word_start) {
+            (true, None) => word_start = Some(i),
+            (false, Some(start)) => {
+                word_start = None;
+                count += usize::from(WORDS.contains(&&source[start..i]));
+            }
+            _ => {}
+        }
+        match c {
+            '\'' | '"' => quote = Some(c),
+            '}' | '%' if next == Some('}') => {
+                in_tag = false;
+                chars.next();
+            }
+            '|' | '.' | '+' | '-' | '*' | '/' | '%' | '~' | '=' | '<' | '>' | '!' | '(' | '[' => {
+                count += 1
+            }
+            _ => {}
+        }
+        if count > MAX_OPERATORS {
+            return Err(TemplateError {
+                message: format!(
+                    "the template chains more than {MAX_OPERATORS} operators and filters"
+                ),
+                offset: Some(i),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Finds `resolve('name', a=..., b=...)` calls in template source.
@@ -398,6 +504,33 @@ fn keys_as(map: Mj, existing: Mj) -> Result<Mj, Error> {
         out.insert(Mj::from(new_key), value);
     }
     Ok(Mj::from_object(out))
+}
+
+/// The type of Zendesk custom field these values need: `checkbox` (all booleans), `integer`,
+/// `decimal` (all numbers), `date` (all `YYYY-MM-DD`), else `text`. As a filter,
+/// `{{ value | field_type }}` for one value.
+pub fn field_type(values: &[Value]) -> &'static str {
+    let all = |test: fn(&Value) -> bool| !values.is_empty() && values.iter().all(test);
+    if all(Value::is_boolean) {
+        "checkbox"
+    } else if all(|v| v.is_i64() || v.is_u64()) {
+        "integer"
+    } else if all(Value::is_number) {
+        "decimal"
+    } else if all(|v| v.as_str().is_some_and(is_date)) {
+        "date"
+    } else {
+        "text"
+    }
+}
+
+fn is_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            _ => c.is_ascii_digit(),
+        })
 }
 
 /// `{{ list | without(other) }}`: the elements of a list (or keys of a map) not in `other`.
@@ -732,10 +865,17 @@ pub enum Answer {
     NotFound,
 }
 
+/// Per resolver, its lookups in order (`by`), each with whether its key is the value itself (a
+/// direct id, `by: id` without a request).
+pub type DirectIds = HashMap<String, Vec<(String, bool)>>;
+
 /// The lookups of one render: answers known so far, and what was asked without an answer.
 #[derive(Debug, Default)]
 pub struct Lookups {
     answers: HashMap<LookupNeed, Answer>,
+    /// Lookups answered without any request: a call whose first key, in its resolver's order,
+    /// is a direct id gets that id (as delivery does).
+    direct: Arc<DirectIds>,
     asked: Mutex<Vec<LookupNeed>>,
     /// `resolve` calls whose answer is "not found" (an error for the render).
     unfound: Mutex<Vec<LookupNeed>>,
@@ -745,6 +885,7 @@ impl Lookups {
     pub fn new(answers: HashMap<LookupNeed, Answer>) -> Lookups {
         Lookups {
             answers,
+            direct: Arc::default(),
             asked: Mutex::new(Vec::new()),
             unfound: Mutex::new(Vec::new()),
         }
@@ -754,6 +895,29 @@ impl Lookups {
     /// record the step needs does not exist (yet).
     pub fn first_unfound(&self) -> Option<LookupNeed> {
         self.unfound.lock().ok().and_then(|u| u.first().cloned())
+    }
+
+    /// No answers yet, but direct ids answer themselves (a preview).
+    pub fn offline(direct: Arc<DirectIds>) -> Lookups {
+        Lookups {
+            direct,
+            ..Lookups::default()
+        }
+    }
+
+    /// The id a lookup names directly: when the first of its keys in the resolver's order is a
+    /// direct id, that key (a number when it reads as one).
+    fn direct_answer(&self, need: &LookupNeed) -> Option<Value> {
+        let order = self.direct.get(&need.resolver)?;
+        let (by, direct) = order
+            .iter()
+            .find(|(by, _)| need.keys.iter().any(|(k, _)| k == by))?;
+        let key = &need.keys.iter().find(|(k, _)| k == by)?.1;
+        direct.then(|| {
+            key.parse::<u64>()
+                .map(Value::from)
+                .unwrap_or_else(|_| Value::String(key.clone()))
+        })
     }
 
     /// The lookups asked for that have no answer yet, in order, without repeats.
@@ -1108,6 +1272,29 @@ mod tests {
         assert_eq!(snake_case("_a__b_"), "a_b");
         assert_eq!(snake_case("plan2Tier"), "plan2_tier");
         assert_eq!(snake_case("ÜberName"), "über_name");
+    }
+
+    #[test]
+    fn long_chains_are_refused_with_their_place() {
+        let mut t = Templates::new();
+        let chained = format!("{{{{ a{} }}}}", " | lower".repeat(50_000));
+        let err = t.text(&chained).expect_err("too long");
+        assert!(err.message.contains("more than 500"), "{err}");
+        let at = err.offset.expect("located");
+        assert_eq!(&chained[at..at + 1], "|");
+        assert_eq!(chained[..at].matches('|').count(), MAX_OPERATORS);
+        assert!(t.expression(&vec!["a"; 100_000].join(" and ")).is_err());
+        // Operators in text and in string literals do not count; a long mapping template fits.
+        let text = format!(
+            "{} {{{{ '{}' ~ a }}}}",
+            "-|.".repeat(1000),
+            "|".repeat(1000)
+        );
+        assert!(t.text(&text).is_ok());
+        assert!(
+            t.text(&format!("{{{{ a{} }}}}", " | lower".repeat(400)))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -323,6 +323,9 @@ impl Lookups {
                 Err(message)
             }
             None => {
+                if let Some(id) = self.direct_answer(&need) {
+                    return Ok(Some(id));
+                }
                 let mut asked = self
                     .asked
                     .lock()

@@ -2,7 +2,7 @@
 //!
 //! These types are what the YAML deserializes into and what `schemas/*.schema.json` are
 //! generated from (schemars), so the editor schema and the loader never disagree. They hold
-//! source text only; `config::compile` turns them into the compiled runtime types.
+//! source text only; `config` compiles them into the compiled runtime types.
 
 use crate::request::Method;
 use indexmap::IndexMap;

@@ -79,9 +79,18 @@ pub fn parse(source: &str) -> Result<Node, SyntaxError> {
     })
 }
 
+/// The first line of serde-saphyr's message, without the place it writes in (`error: line L
+/// column C: ` before, ` at line L column C` after): the place is reported separately, once.
 fn first_line(s: &str) -> String {
-    let line = s.lines().next().unwrap_or(s).trim();
-    // serde-saphyr appends its own " at line L column C"; the location is reported separately.
+    let mut line = s.lines().next().unwrap_or(s).trim();
+    line = line.strip_prefix("error: ").unwrap_or(line);
+    if let Some(rest) = line.strip_prefix("line ") {
+        if let Some((place, message)) = rest.split_once(": ") {
+            if place.split(" column ").all(|n| n.parse::<u64>().is_ok()) {
+                line = message;
+            }
+        }
+    }
     match line.find(" at line ") {
         Some(i) => line[..i].to_owned(),
         None => line.to_owned(),
@@ -119,34 +128,54 @@ impl Node {
     /// The location of the node at a JSON pointer (`/steps/0/name`), or of the deepest node on the
     /// way there. With `key = true`, a final mapping key's own location is given instead of its value's.
     pub fn locate(&self, pointer: &str, key: bool) -> Loc {
+        match self.walk(pointer) {
+            Walk::Found(_, Some(key_loc)) if key => key_loc,
+            Walk::Found(node, _) | Walk::Deepest(node) => node.loc,
+        }
+    }
+
+    /// The node at a JSON pointer, when there is one.
+    pub fn find(&self, pointer: &str) -> Option<&Node> {
+        match self.walk(pointer) {
+            Walk::Found(node, _) => Some(node),
+            Walk::Deepest(_) => None,
+        }
+    }
+
+    fn walk(&self, pointer: &str) -> Walk<'_> {
         let mut node = self;
-        let segments: Vec<String> = pointer
-            .split('/')
-            .skip(1)
-            .map(|s| s.replace("~1", "/").replace("~0", "~"))
-            .collect();
-        for (i, seg) in segments.iter().enumerate() {
-            let last = i + 1 == segments.len();
-            match &node.value {
-                NodeValue::Map(entries) => match entries.iter().find(|(k, _)| &k.name == seg) {
-                    Some((k, v)) => {
-                        if last && key {
-                            return k.loc;
-                        }
-                        node = v;
-                    }
-                    None => return node.loc,
-                },
-                NodeValue::Seq(items) => match seg.parse::<usize>().ok().and_then(|i| items.get(i))
-                {
-                    Some(v) => node = v,
-                    None => return node.loc,
-                },
-                _ => return node.loc,
+        let mut key_loc = None;
+        for seg in pointer.split('/').skip(1) {
+            let seg = seg.replace("~1", "/").replace("~0", "~");
+            let child = match &node.value {
+                NodeValue::Map(entries) => entries
+                    .iter()
+                    .find(|(k, _)| k.name == seg)
+                    .map(|(k, v)| (v, Some(k.loc))),
+                NodeValue::Seq(items) => seg
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| items.get(i))
+                    .map(|v| (v, None)),
+                _ => None,
+            };
+            match child {
+                Some((v, k)) => {
+                    node = v;
+                    key_loc = k;
+                }
+                None => return Walk::Deepest(node),
             }
         }
-        node.loc
+        Walk::Found(node, key_loc)
     }
+}
+
+/// Where a JSON pointer leads: its node (and the location of its last key, when that is a
+/// mapping key), or the deepest node on the way when it leads nowhere.
+enum Walk<'a> {
+    Found(&'a Node, Option<Loc>),
+    Deepest(&'a Node),
 }
 
 /// The value of a node, deserialized with `deserialize_any` so every YAML shape is kept.
