@@ -59,6 +59,15 @@ async fn send(
     events: &[Value],
     grace: Duration,
 ) -> (RunReport, Vec<DeadLetter>) {
+    send_with(dest, events, grace, DispatchOptions::default()).await
+}
+
+async fn send_with(
+    dest: &Destination,
+    events: &[Value],
+    grace: Duration,
+    options: DispatchOptions,
+) -> (RunReport, Vec<DeadLetter>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("dead.ndjson");
     let writer = Arc::new(DeadLetterWriter::open(&path).expect("dead letters"));
@@ -66,7 +75,7 @@ async fn send(
     let options = DispatchOptions {
         concurrency: 4,
         wait_for_records: RecordWait::AfterInput(grace),
-        ..DispatchOptions::default()
+        ..options
     };
     // A guard, not a measurement: a run that relied on its waits running out would take
     // `grace` (ten minutes below) instead of moments.
@@ -165,6 +174,41 @@ async fn events_before_their_records_wait_and_are_delivered_in_send() {
     let (report, letters) = send(&dest, &shuffled_dependencies(), Duration::from_secs(600)).await;
     assert_eq!(report.dead_letters, 0, "{letters:#?}");
     assert_shuffled_dependencies_delivered(&emu.state());
+}
+
+#[tokio::test]
+async fn events_held_behind_waiting_ones_never_stop_the_input() {
+    // A backfill exported per type: every group call before any identify. Each organization's
+    // group calls queue behind the first, which waits for its user; the users behind them wait
+    // too. With room for only a few such events the input must still be read to its end, where
+    // the identifies are.
+    let emu = emulator(RuntimeKnobs::default()).await;
+    let dest = destination(&emu).await;
+    let users: Vec<String> = (0..24).map(|i| format!("u{i}")).collect();
+    let mut events: Vec<Value> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| json!({"type": "group", "groupId": format!("org-{}", i % 3), "userId": u, "traits": {"name": format!("Org {}", i % 3)}}))
+        .collect();
+    events.extend(
+        users
+            .iter()
+            .map(|u| json!({"type": "track", "event": "Viewed", "userId": u})),
+    );
+    events.extend(
+        users
+            .iter()
+            .map(|u| identify(u, json!({"email": format!("{u}@example.com"), "name": "U"}))),
+    );
+    let options = DispatchOptions {
+        max_active: 4,
+        ..DispatchOptions::default()
+    };
+    let (report, letters) = send_with(&dest, &events, Duration::from_secs(600), options).await;
+    assert_eq!(report.dead_letters, 0, "{letters:#?}");
+    let state = emu.state();
+    assert_eq!(count(&state, "memberships"), 24);
+    assert_eq!(count(&state, "events"), 24);
 }
 
 #[tokio::test]

@@ -18,8 +18,11 @@
 //!   again after a pause that grows to a minute (`serve`).
 //!
 //! No task sleeps while holding a slot: waiting is a timer in the scheduler. Events held are
-//! bounded (`max_active` not parked, `max_parked` parked: past it the oldest parked event gets
-//! its last chance early), so memory stays flat whatever the input.
+//! bounded, so memory stays flat whatever the input: no more input is taken while `max_active`
+//! events wait that are not parked, unless a slot is free and events wait for records (then
+//! the records may be further on in the input: events that waited behind a parked one would
+//! otherwise stop the reading for good); past `max_held` events in all, the oldest parked event
+//! gets its last chance early.
 
 use crate::deliver::executor::{Delivery, EventOutcome, Turn, Wait};
 use crate::deliver::schedule::{EventId, Key, Scheduler, Status, WaitReason};
@@ -41,10 +44,11 @@ pub struct DispatchOptions {
     pub retry_for: Duration,
     /// How long an event waits for a record it needs (see [`RecordWait`]).
     pub wait_for_records: RecordWait,
-    /// Events held that are not parked; no more are taken from the input past this.
+    /// Events held that are not parked; no more are taken from the input past this while every
+    /// slot is busy or nothing is parked.
     pub max_active: usize,
-    /// Events parked at most; past it, the oldest gets its last chance.
-    pub max_parked: usize,
+    /// Events held at most; past it, the oldest parked event gets its last chance.
+    pub max_held: usize,
     /// After a stop, how long running turns may take to finish (then they are dropped, and
     /// their events are delivered again by whoever reads the input next).
     pub drain: Duration,
@@ -67,7 +71,7 @@ impl Default for DispatchOptions {
             retry_for: Duration::from_secs(24 * 3600),
             wait_for_records: RecordWait::For(Duration::from_secs(15 * 60)),
             max_active: 4096,
-            max_parked: 100_000,
+            max_held: 100_000,
             drain: Duration::from_secs(30),
         }
     }
@@ -172,10 +176,8 @@ pub async fn dispatch<S: Sink>(
             break;
         }
         d.report_status(sink);
-        let take_input = !d.input_done
-            && draining.is_none()
-            && d.fatal.is_none()
-            && d.scheduler.len() - d.scheduler.parked() < options.max_active;
+        let take_input =
+            !d.input_done && draining.is_none() && d.fatal.is_none() && d.wants_input();
         // The next timer, a hold ending, or the next status report while events are held.
         let status_due = (!d.scheduler.is_empty())
             .then(|| d.last_status.map(|at| at + STATUS_EVERY))
@@ -199,7 +201,10 @@ pub async fn dispatch<S: Sink>(
                 }
             }
             item = input.recv(), if take_input => match item {
-                Some(incoming) => d.admit(incoming),
+                Some(incoming) => {
+                    d.admit(incoming);
+                    d.give_up_oldest_if_full();
+                }
                 None => d.input_ended(),
             },
             () = sleep_until(timer), if timer.is_some() => {
@@ -367,18 +372,7 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                 sink.deferred();
                 self.scheduler
                     .park(id, job, LearnedKey::of_need(&need), until);
-                if self.scheduler.parked() > self.options.max_parked
-                    && let Some(oldest) = self.scheduler.parked_ids().first().copied()
-                {
-                    tracing::warn!(
-                        parked = self.scheduler.parked(),
-                        "too many events wait for records that do not exist; the oldest is given up early"
-                    );
-                    if let Some(job) = self.scheduler.job_mut(oldest) {
-                        job.delivery.last_chance();
-                    }
-                    self.scheduler.unpark_now(oldest);
-                }
+                self.give_up_oldest_if_full();
                 true
             }
             Turn::Wait(Wait::Retry {
@@ -431,6 +425,32 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                 true
             }
         }
+    }
+
+    /// Whether to take more input (see the module docs).
+    fn wants_input(&self) -> bool {
+        let held = self.scheduler.len();
+        let free_slot = self.running.len() < self.options.concurrency.max(1);
+        held - self.scheduler.parked() < self.options.max_active
+            || (free_slot && self.scheduler.parked() > 0 && held < self.options.max_held)
+    }
+
+    /// Past `max_held` events, the oldest parked one gets its last chance now.
+    fn give_up_oldest_if_full(&mut self) {
+        if self.scheduler.len() <= self.options.max_held {
+            return;
+        }
+        let Some(oldest) = self.scheduler.oldest_parked() else {
+            return;
+        };
+        tracing::warn!(
+            held = self.scheduler.len(),
+            "too many events wait for records that do not exist; the oldest is given up early"
+        );
+        if let Some(job) = self.scheduler.job_mut(oldest) {
+            job.delivery.last_chance();
+        }
+        self.scheduler.unpark_now(oldest);
     }
 
     fn report_status<S: Sink>(&mut self, sink: &mut S) {

@@ -109,7 +109,8 @@ pub struct Scheduler<T> {
     ready: BTreeSet<EventId>,
     timers: BTreeSet<(Instant, EventId)>,
     parked: HashMap<LearnedKey, BTreeSet<EventId>>,
-    parked_count: usize,
+    /// Every parked event, oldest first.
+    parked_ids: BTreeSet<EventId>,
 }
 
 impl<T> Default for Scheduler<T> {
@@ -121,7 +122,7 @@ impl<T> Default for Scheduler<T> {
             ready: BTreeSet::new(),
             timers: BTreeSet::new(),
             parked: HashMap::new(),
-            parked_count: 0,
+            parked_ids: BTreeSet::new(),
         }
     }
 }
@@ -215,7 +216,7 @@ impl<T> Scheduler<T> {
         }
         entry.state = State::Parked { on, until };
         entry.job = Some(job);
-        self.parked_count += 1;
+        self.parked_ids.insert(id);
         self.timers.insert((until, id));
         let keys = entry.keys.clone();
         self.consider_lines(&keys);
@@ -281,19 +282,17 @@ impl<T> Scheduler<T> {
 
     /// Events parked for a missing record.
     pub fn parked(&self) -> usize {
-        self.parked_count
+        self.parked_ids.len()
     }
 
     /// The parked events, oldest first.
     pub fn parked_ids(&self) -> Vec<EventId> {
-        let mut ids: Vec<EventId> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| matches!(e.state, State::Parked { .. }))
-            .map(|(id, _)| *id)
-            .collect();
-        ids.sort_unstable();
-        ids
+        self.parked_ids.iter().copied().collect()
+    }
+
+    /// The oldest parked event.
+    pub fn oldest_parked(&self) -> Option<EventId> {
+        self.parked_ids.first().copied()
     }
 
     /// Brings a parked event back at once (its wait is over), as its timer would.
@@ -337,7 +336,7 @@ impl<T> Scheduler<T> {
         let State::Parked { on, .. } = std::mem::replace(&mut entry.state, State::Queued) else {
             return;
         };
-        self.parked_count -= 1;
+        self.parked_ids.remove(&id);
         for k in &on {
             if let Some(ids) = self.parked.get_mut(k) {
                 ids.remove(&id);
