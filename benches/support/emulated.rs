@@ -1,4 +1,5 @@
 //! The built-in emulator with no rate limit, and delivery set up to it with the shipped mappings.
+#![allow(dead_code)] // each bench uses part of it
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,4 +25,52 @@ pub async fn emulated_destination() -> (Emulator, Destination) {
         .await
         .expect("connect");
     (emu, dest)
+}
+
+/// What a measured `zdmap send` run did.
+pub struct Delivered {
+    pub seconds: f64,
+    pub stats: zdmap::deliver::StatsSnapshot,
+    pub dead_letters: Vec<zdmap::deliver::DeadLetter>,
+}
+
+/// `zdmap send` of `setup` (not measured: the records the events refer to), then of `events`
+/// (measured), NDJSON both, to a fresh emulator.
+pub async fn deliver(setup: &[u8], events: &[u8]) -> Delivered {
+    use zdmap::deliver::dispatch::{DispatchOptions, RecordWait};
+    use zdmap::deliver::{DeadLetter, DeadLetterWriter, Stats, run::run};
+    let (emu, dest) = emulated_destination().await;
+    let dir = tempfile::tempdir().expect("temp");
+    let path = dir.path().join("dead.ndjson");
+    let writer = Arc::new(DeadLetterWriter::open(&path).expect("dead letters"));
+    let options = DispatchOptions {
+        concurrency: 8,
+        wait_for_records: RecordWait::AfterInput(std::time::Duration::from_secs(30)),
+        ..DispatchOptions::default()
+    };
+    let run_on = |input: &[u8], stats: Arc<Stats>| {
+        run(
+            dest.executor.clone(),
+            std::io::Cursor::new(input.to_vec()),
+            writer.clone(),
+            stats,
+            options.clone(),
+        )
+    };
+    run_on(setup, Arc::new(Stats::new())).await.expect("setup");
+    let start = std::time::Instant::now();
+    run_on(events, dest.stats.clone()).await.expect("run");
+    let seconds = start.elapsed().as_secs_f64();
+    let dead_letters = std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| DeadLetter::parse(&serde_json::from_str(l).ok()?))
+        .collect();
+    let stats = dest.stats.snapshot();
+    emu.shutdown().await;
+    Delivered {
+        seconds,
+        stats,
+        dead_letters,
+    }
 }

@@ -7,6 +7,16 @@ pub fn mixed_events(n: usize) -> Vec<Vec<u8>> {
     mixed_events_from(0, n)
 }
 
+/// Events as NDJSON.
+pub fn ndjson(events: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in events {
+        out.extend_from_slice(e);
+        out.push(b'\n');
+    }
+    out
+}
+
 /// The organizations the mix refers to, as group calls (deliver them first).
 pub fn organizations() -> Vec<Vec<u8>> {
     (0..300)

@@ -410,12 +410,20 @@ mod tests {
         Arc::from(k)
     }
 
-    fn user(id: &str) -> LearnedKey {
+    fn learned(resolver: &str, id: &str) -> LearnedKey {
         LearnedKey {
-            resolver: "user".into(),
+            resolver: resolver.into(),
             by: "external_id".into(),
             key: id.into(),
         }
+    }
+
+    fn user(id: &str) -> LearnedKey {
+        learned("user", id)
+    }
+
+    fn org(id: &str) -> LearnedKey {
+        learned("organization", id)
     }
 
     fn started(s: &mut Scheduler<&'static str>) -> Vec<&'static str> {
@@ -507,11 +515,7 @@ mod tests {
 
     #[test]
     fn a_later_change_of_the_same_key_waits_behind_a_parked_event() {
-        let org = LearnedKey {
-            resolver: "organization".into(),
-            by: "external_id".into(),
-            key: "acme".into(),
-        };
+        let org = org("acme");
         let mut s = Scheduler::new();
         let now = Instant::now();
         let later = now + Duration::from_secs(60);
@@ -530,11 +534,7 @@ mod tests {
 
     #[test]
     fn the_group_call_an_identify_waits_for_may_pass_it() {
-        let org = LearnedKey {
-            resolver: "organization".into(),
-            by: "external_id".into(),
-            key: "acme".into(),
-        };
+        let org = org("acme");
         let mut s = Scheduler::new();
         let now = Instant::now();
         s.insert(1, vec![key("user:a")], now, "a joins acme");
