@@ -57,7 +57,10 @@ fn main() {
     // One run of each on 20 000 events, for the ratio, the requests and the dead letters.
     let events = mix::mixed_events(20_000);
     let o = rt.block_on(emulated::deliver(&orgs, &mix::ndjson(&events)));
-    let r = rt.block_on(emulated::deliver(&orgs, &mix::ndjson(&identifies_last(&events))));
+    let r = rt.block_on(emulated::deliver(
+        &orgs,
+        &mix::ndjson(&identifies_last(&events)),
+    ));
     let (ordered_letters, reordered_letters) = (letters(&o), letters(&r));
     let extra: Vec<_> = reordered_letters.difference(&ordered_letters).collect();
     println!(

@@ -202,6 +202,8 @@ struct ActionProgress {
     outputs: IndexMap<String, IndexMap<String, Value>>,
     /// Attempts at the current request.
     attempts: u32,
+    /// Of those, answers that an outcome maps to `retry` (bounded by `retries.client_error_tries`).
+    client_retries: u32,
 }
 
 /// Why an action stopped before its end.
@@ -320,6 +322,7 @@ impl Delivery {
                         );
                         progress.sent += 1;
                         progress.attempts = 0;
+                        progress.client_retries = 0;
                     }
                     StepResult::Skip => return Ok(()),
                 }
@@ -420,8 +423,9 @@ async fn send_step(
                 }))
             }
             OutcomeKind::Retry
-                if progress.attempts < executor.config.retries.client_error_tries =>
+                if progress.client_retries + 1 < executor.config.retries.client_error_tries =>
             {
+                progress.client_retries += 1;
                 executor.transport.stats().retry();
                 Err(Stop::Wait(Wait::Retry {
                     wait: response.headers.retry_after,
