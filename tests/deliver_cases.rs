@@ -11,13 +11,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use zdmap::config::Config;
-use zdmap::config::spec::CaseFile;
 use zdmap::deliver::dispatch::{DispatchOptions, RecordWait};
 use zdmap::deliver::run::run;
 use zdmap::deliver::setup::{ConnectOptions, connect};
 use zdmap::deliver::{DeadLetterWriter, RetryPolicy, TargetArgs};
 use zdmap::emulator::{Emulator, EmulatorOptions};
 use zdmap::event::Event;
+use zdmap::spec::CaseFile;
 
 /// Seed data for the lookups a preview lists.
 fn seed_for(preview: &Value) -> Value {

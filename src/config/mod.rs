@@ -1,13 +1,12 @@
 //! Loading `mappings/`: action files and `destination.yaml`, checked and compiled.
 //!
 //! Loading reads every file, checks it against the schema the files advertise
-//! (`schemas/*.schema.json`, generated from [`spec`]), deserializes it, and compiles its
+//! (`schemas/*.schema.json`, generated from [`crate::spec`]), deserializes it, and compiles its
 //! triggers, JSONPaths and templates. Then come the checks across files: unique action names,
 //! `after` references and cycles, names used in templates, resolvers used by steps. Every problem
 //! is collected as a located [`Diagnostic`]; a directory with any problem does not load.
 
 pub use crate::diagnostic::{Diagnostic, Diagnostics, Format, Problems};
-pub use crate::{diagnostic, spec, yaml};
 
 use crate::diagnostic::suggest;
 use crate::field::Field;
@@ -312,7 +311,7 @@ pub(crate) fn read_spec<T: DeserializeOwned>(
             return None;
         }
     };
-    let node = match yaml::parse(&source) {
+    let node = match crate::yaml::parse(&source) {
         Ok(n) => Arc::new(n),
         Err(e) => {
             diags.push(Diagnostic::new(
@@ -733,7 +732,7 @@ fn order_actions(actions: &mut Vec<Action>, all_loaded: bool, diags: &mut Diagno
 fn located(file: &Path, pointer: &str, message: String) -> Diagnostic {
     let loc = std::fs::read_to_string(file)
         .ok()
-        .and_then(|s| yaml::parse(&s).ok())
+        .and_then(|s| crate::yaml::parse(&s).ok())
         .map(|n| n.locate(pointer, false))
         .unwrap_or_default();
     Diagnostic::new(file, loc, message)

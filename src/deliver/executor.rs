@@ -16,13 +16,13 @@
 //! learned are reported so that events waiting for them wake up.
 
 use crate::config::Config;
-use crate::config::spec::OutcomeKind;
 use crate::deliver::cache::{Cached, LookupCache};
 use crate::deliver::retry::PauseScope;
 use crate::deliver::{DeadLetter, Disposition, Response, RetryPolicy, Transport};
 use crate::event::Event;
 use crate::plan::{Plan, PlannedAction, Rendered, Step};
 use crate::request::Request;
+use crate::spec::OutcomeKind;
 use crate::template::{Answer, LookupNeed, Lookups, StepOutputs};
 use indexmap::IndexMap;
 use serde_json::Value;
