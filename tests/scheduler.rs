@@ -104,6 +104,29 @@ fn identify(user: &str, traits: Value) -> Value {
     json!({"type": "identify", "userId": user, "traits": traits})
 }
 
+/// Identifies of `n` users `{prefix}0`, `{prefix}1`, ..., each with an email and a name.
+fn new_users(prefix: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let user = format!("{prefix}{i}");
+            let email = format!("{user}@example.com");
+            identify(&user, json!({"email": email, "name": "U"}))
+        })
+        .collect()
+}
+
+/// The first user upsert is answered by an account-wide 429 with `Retry-After: 2`.
+fn account_limited() -> RuntimeKnobs {
+    RuntimeKnobs {
+        forced_faults: vec![
+            ForcedFault::new(429)
+                .on_path("/api/v2/users/create_or_update")
+                .retry_after(2),
+        ],
+        ..RuntimeKnobs::default()
+    }
+}
+
 fn find<'a>(state: &'a Value, what: &str, key: &str, value: &str) -> Option<&'a Value> {
     state[what].as_array()?.iter().find(|x| x[key] == value)
 }
@@ -265,12 +288,7 @@ async fn a_per_user_rate_limit_holds_that_user_while_the_others_flow_in_send() {
             json!({"email": "busy@example.com", "name": "Busy B."}),
         ),
     ];
-    for i in 0..30 {
-        events.push(identify(
-            &format!("other-{i}"),
-            json!({"email": format!("other{i}@example.com"), "name": "Other"}),
-        ));
-    }
+    events.extend(new_users("other-", 30));
     let (report, letters) = send(&dest, &events, Duration::from_secs(1)).await;
     assert_eq!(report.dead_letters, 0, "{letters:#?}");
     let log = upserts(&emu);
@@ -314,24 +332,9 @@ async fn a_per_user_rate_limit_holds_that_user_while_the_others_flow_in_send() {
 
 #[tokio::test]
 async fn an_account_wide_429_pauses_every_key_in_send() {
-    let emu = emulator(RuntimeKnobs {
-        forced_faults: vec![
-            ForcedFault::new(429)
-                .on_path("/api/v2/users/create_or_update")
-                .retry_after(2),
-        ],
-        ..RuntimeKnobs::default()
-    })
-    .await;
+    let emu = emulator(account_limited()).await;
     let dest = destination(&emu).await;
-    let events: Vec<Value> = (0..12)
-        .map(|i| {
-            identify(
-                &format!("u{i}"),
-                json!({"email": format!("u{i}@example.com"), "name": "U"}),
-            )
-        })
-        .collect();
+    let events: Vec<Value> = new_users("u", 12);
     let (report, letters) = send(&dest, &events, Duration::from_secs(1)).await;
     assert_eq!(report.dead_letters, 0, "{letters:#?}");
     assert_nothing_sent_during_the_account_pause(&emu, 2);
@@ -541,14 +544,7 @@ async fn a_waiting_user_does_not_hold_up_the_others_in_serve() {
     })
     .await;
     let before = delivered(&server);
-    let others: Vec<Value> = (0..40)
-        .map(|i| {
-            identify(
-                &format!("o{i}"),
-                json!({"email": format!("o{i}@example.com"), "name": "O"}),
-            )
-        })
-        .collect();
+    let others: Vec<Value> = new_users("o", 40);
     post_batch(&server, &others).await;
     eventually("the others delivered", || async {
         delivered(&server) == before + 40
@@ -617,25 +613,10 @@ async fn a_poison_event_is_dead_lettered_and_its_user_goes_on_in_serve() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_account_wide_429_pauses_every_key_in_serve() {
-    let emu = emulator(RuntimeKnobs {
-        forced_faults: vec![
-            ForcedFault::new(429)
-                .on_path("/api/v2/users/create_or_update")
-                .retry_after(2),
-        ],
-        ..RuntimeKnobs::default()
-    })
-    .await;
+    let emu = emulator(account_limited()).await;
     let data = tempfile::tempdir().expect("tempdir");
     let server = serve(&emu, data.path(), Duration::from_secs(60)).await;
-    let events: Vec<Value> = (0..12)
-        .map(|i| {
-            identify(
-                &format!("u{i}"),
-                json!({"email": format!("u{i}@example.com"), "name": "U"}),
-            )
-        })
-        .collect();
+    let events: Vec<Value> = new_users("u", 12);
     post_batch(&server, &events).await;
     eventually("every user delivered after the pause", || async {
         delivered(&server) == 12
