@@ -289,8 +289,25 @@ async fn a_per_user_rate_limit_holds_that_user_while_the_others_flow_in_send() {
         ),
     ];
     events.extend(new_users("other-", 30));
+    // What the progress line shows meanwhile: the most keys it saw waiting.
+    let stats = dest.stats.clone();
+    let watch = tokio::spawn(async move {
+        let mut most = 0;
+        loop {
+            most = most.max(stats.keys_waiting());
+            if most > 0 {
+                return most;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
     let (report, letters) = send(&dest, &events, Duration::from_secs(1)).await;
     assert_eq!(report.dead_letters, 0, "{letters:#?}");
+    assert!(
+        watch.is_finished(),
+        "the progress line showed the waiting user"
+    );
+    assert_eq!(watch.await.expect("watch"), 1);
     let log = upserts(&emu);
     let limited = log
         .iter()

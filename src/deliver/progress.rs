@@ -92,8 +92,12 @@ impl Drop for Progress {
 
 fn message(stats: &Stats) -> String {
     let s = stats.snapshot();
+    let waiting = match stats.keys_waiting() {
+        0 => String::new(),
+        n => format!("; {n} users or organizations waiting (a retry, a rate limit, a record)"),
+    };
     format!(
-        "{} events ({:.0}/s): {} delivered, {} skipped, {} failed; {} requests, {} retries",
+        "{} events ({:.0}/s): {} delivered, {} skipped, {} failed; {} requests, {} retries{waiting}",
         s.events_read,
         s.events_per_second,
         s.delivered,
@@ -125,5 +129,8 @@ mod tests {
         stats.event_delivered();
         assert!(message(&stats).starts_with("1 events"));
         assert!(message(&stats).contains("1 delivered"));
+        assert!(!message(&stats).contains("waiting"));
+        stats.set_keys_waiting(3);
+        assert!(message(&stats).contains("3 users or organizations waiting"));
     }
 }

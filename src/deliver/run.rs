@@ -9,6 +9,7 @@
 //! stop the run.
 
 use crate::deliver::dispatch::{DispatchOptions, DispatchReport, Incoming, Sink, dispatch};
+use crate::deliver::schedule::Status;
 use crate::deliver::{DeadLetter, DeadLetterWriter, EventOutcome, Executor, Stats};
 use crate::event::{Event, RawItem, read_values};
 use serde_json::{Value, json};
@@ -141,6 +142,11 @@ impl Sink for RunSink {
             }
         }
         true
+    }
+
+    fn status(&mut self, status: Status) {
+        let waiting: usize = status.keys_waiting.values().sum();
+        self.stats.set_keys_waiting(waiting as u64);
     }
 
     fn refused(&mut self, _status: u16, _message: &str) -> bool {

@@ -28,6 +28,8 @@ pub struct Stats {
     failed: AtomicU64,
     retries: AtomicU64,
     rate_limited: AtomicU64,
+    /// Keys (users, organizations) whose events wait now: a gauge, for the progress line.
+    keys_waiting: AtomicU64,
     /// `METHOD endpoint` → status (`"200"`, `"timeout"`, ...) → count.
     requests: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
     /// How long Zendesk took to answer, per response.
@@ -70,6 +72,7 @@ impl Stats {
             failed: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
+            keys_waiting: AtomicU64::new(0),
             requests: Mutex::new(BTreeMap::new()),
             latency: Histogram::new(),
         }
@@ -94,6 +97,15 @@ impl Stats {
     }
 
     /// A request is about to be sent again.
+    /// How many keys wait now (set by the scheduler's dispatcher).
+    pub fn set_keys_waiting(&self, n: u64) {
+        self.keys_waiting.store(n, Ordering::Relaxed);
+    }
+
+    pub fn keys_waiting(&self) -> u64 {
+        self.keys_waiting.load(Ordering::Relaxed)
+    }
+
     pub fn retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
     }
