@@ -18,7 +18,8 @@
 //! - [`field`]: field mappings: paths, templates, literals and combinators.
 //! - [`plan`]: which actions an event triggers and the requests their steps render.
 //! - [`request`]: the rendered HTTP request.
-//! - [`deliver`]: sending plans to Zendesk: retries, request budget, lookups, dead letters.
+//! - [`deliver`]: sending plans to Zendesk: the scheduler by entity key, retries, request budget,
+//!   lookups, dead letters.
 //! - [`queue`]: the embedded durable queue behind `zdmap serve`.
 //! - [`serve`]: the ingest server (Segment's HTTP tracking API).
 //! - [`emulator`]: a stateful in-memory Zendesk for tests and local work.
