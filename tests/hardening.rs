@@ -3,19 +3,17 @@
 //! ids, event data in metric labels, hyphenated subdomains, two servers on one data directory,
 //! a damaged database, and a queue whose disk fills up while events are delivered.
 
+#[path = "support/serving.rs"]
+mod serving;
+
 use serde_json::{Value, json};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use zdmap::config::{Config, ConfigArgs};
-use zdmap::deliver::setup::{ConnectOptions, connect};
-use zdmap::deliver::{RetryPolicy, TargetArgs};
 use zdmap::emulator::{Emulator, EmulatorOptions};
 use zdmap::queue::{NewItem, Queue, SqliteQueue};
-use zdmap::serve::ingest::WriteKeys;
-use zdmap::serve::{IngestOptions, ServeOptions, Server, WorkerOptions};
+use zdmap::serve::{Server, WorkerOptions};
 
 #[path = "support/mappings.rs"]
 mod mappings;
@@ -440,42 +438,19 @@ impl Drop for SmallDisk {
     }
 }
 
+/// A server without write keys (it listens on loopback only).
 async fn start_server(emu: &Emulator, data: &Path, mappings: &Path) -> Server {
-    let set = vec!["requests_per_minute=0".to_owned()];
-    let mappings = mappings.to_path_buf();
-    let config = Config::load(&mappings, &set).expect("mappings load");
-    let target = TargetArgs {
-        zendesk_url: Some(emu.url()),
-        emulator: false,
-    };
-    let retry = RetryPolicy {
-        min_delay: Duration::from_millis(10),
-        max_delay: Duration::from_millis(50),
-        ..RetryPolicy::default()
-    };
-    let options = ConnectOptions {
-        retry,
-        ..ConnectOptions::default()
-    };
-    let dest = connect(Arc::new(config), &target, options)
-        .await
-        .expect("connect");
-    let options = ServeOptions {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: data.to_path_buf(),
-        write_keys: WriteKeys::from_args_and_env(&[], None),
+    let setup = serving::Setup {
+        mappings: mappings.to_path_buf(),
+        write_keys: Vec::new(),
         workers: WorkerOptions {
             poll: Duration::from_millis(50),
             wait_for_records: Duration::from_secs(1),
             ..WorkerOptions::default()
         },
-        config: ConfigArgs { mappings, set },
-        watch: false,
-        log_events: false,
-        shutdown_timeout: Duration::from_secs(10),
-        ingest: IngestOptions::default(),
+        ..serving::Setup::default()
     };
-    Server::start(options, dest).await.expect("server starts")
+    serving::start(emu, data, setup).await
 }
 
 async fn get(url: &str) -> (u16, String) {

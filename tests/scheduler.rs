@@ -6,32 +6,20 @@
 //! 429 pauses everyone; a poison event is dead-lettered after its bounded retries; server
 //! errors are retried until they pass.
 
+#[path = "support/serving.rs"]
+mod serving;
+
 use serde_json::{Value, json};
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use zdmap::config::{Config, ConfigArgs};
 use zdmap::deliver::dispatch::{DispatchOptions, RecordWait};
 use zdmap::deliver::run::{RunReport, run};
-use zdmap::deliver::setup::{ConnectOptions, Destination, connect};
-use zdmap::deliver::{DeadLetter, DeadLetterWriter, RetryPolicy, TargetArgs};
+use zdmap::deliver::setup::Destination;
+use zdmap::deliver::{DeadLetter, DeadLetterWriter};
 use zdmap::emulator::{Emulator, EmulatorOptions, ForcedFault, RuntimeKnobs};
-use zdmap::serve::ingest::WriteKeys;
-use zdmap::serve::{IngestOptions, ServeOptions, Server, WorkerOptions};
-
-const UNLIMITED: &str = "requests_per_minute=0";
-
-fn quick_retries() -> ConnectOptions {
-    ConnectOptions {
-        retry: RetryPolicy {
-            min_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(200),
-            ..RetryPolicy::default()
-        },
-        ..ConnectOptions::default()
-    }
-}
+use zdmap::serve::{Server, WorkerOptions};
 
 async fn emulator(knobs: RuntimeKnobs) -> Emulator {
     Emulator::start(EmulatorOptions {
@@ -43,14 +31,7 @@ async fn emulator(knobs: RuntimeKnobs) -> Emulator {
 }
 
 async fn destination(emu: &Emulator) -> Destination {
-    let config = Config::load(Path::new("mappings"), &[UNLIMITED.to_owned()]).expect("mappings");
-    let target = TargetArgs {
-        zendesk_url: Some(emu.url()),
-        emulator: false,
-    };
-    connect(Arc::new(config), &target, quick_retries())
-        .await
-        .expect("connect")
+    serving::destination(emu, Path::new("mappings")).await
 }
 
 /// `zdmap send` of `events`; a missing record may wait `grace` after the input ends.
@@ -438,36 +419,23 @@ async fn server_errors_are_retried_until_they_pass_in_send() {
 // ---------------------------------------------------------------------------------------------
 // zdmap serve
 
-const KEY: &str = "wk-scheduler";
-
 async fn serve(emu: &Emulator, data: &Path, wait_for_records: Duration) -> Server {
-    let dest = destination(emu).await;
-    let options = ServeOptions {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: data.to_path_buf(),
-        write_keys: WriteKeys::from_args_and_env(&[KEY.to_owned()], None),
+    let setup = serving::Setup {
         workers: WorkerOptions {
             concurrency: 4,
             poll: Duration::from_millis(100),
             wait_for_records,
             ..WorkerOptions::default()
         },
-        config: ConfigArgs {
-            mappings: "mappings".into(),
-            set: vec![UNLIMITED.to_owned()],
-        },
-        watch: false,
-        log_events: false,
-        shutdown_timeout: Duration::from_secs(5),
-        ingest: IngestOptions::default(),
+        ..serving::Setup::default()
     };
-    Server::start(options, dest).await.expect("server starts")
+    serving::start(emu, data, setup).await
 }
 
 async fn post_batch(server: &Server, events: &[Value]) {
     let resp = reqwest::Client::new()
         .post(format!("{}/v1/batch", server.url()))
-        .basic_auth(KEY, None::<&str>)
+        .basic_auth(serving::KEY, None::<&str>)
         .json(&json!({ "batch": events }))
         .send()
         .await

@@ -3,29 +3,18 @@
 //! config, shutdown with work in flight, dead letters through `zdmap dead-letters`, and (through
 //! the binary) a `kill -9` and restart with nothing lost and nothing duplicated.
 
+#[path = "support/serving.rs"]
+mod serving;
+
 use base64::Engine as _;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use zdmap::config::{Config, ConfigArgs};
-use zdmap::deliver::setup::{ConnectOptions, connect};
-use zdmap::deliver::{RetryPolicy, TargetArgs};
 use zdmap::emulator::{Emulator, EmulatorOptions, ForcedFault};
-use zdmap::serve::ingest::WriteKeys;
-use zdmap::serve::{IngestOptions, ServeOptions, Server, WorkerOptions};
+use zdmap::serve::{IngestOptions, Server};
 
-const KEY: &str = "wk-test-key";
-
-fn fast_workers() -> WorkerOptions {
-    WorkerOptions {
-        concurrency: 4,
-        poll: Duration::from_millis(100),
-        wait_for_records: Duration::from_millis(500),
-        ..WorkerOptions::default()
-    }
-}
+use serving::{KEY, Setup};
 
 async fn start_server(emu: &Emulator, data: &Path, mappings: &Path, watch: bool) -> Server {
     start_server_with(emu, data, mappings, watch, IngestOptions::default()).await
@@ -38,41 +27,13 @@ async fn start_server_with(
     watch: bool,
     ingest: IngestOptions,
 ) -> Server {
-    let set = vec!["requests_per_minute=0".to_owned()];
-    let config = Config::load(mappings, &set).expect("mappings load");
-    let target = TargetArgs {
-        zendesk_url: Some(emu.url()),
-        emulator: false,
-    };
-    let dest = connect(
-        Arc::new(config),
-        &target,
-        ConnectOptions {
-            retry: RetryPolicy {
-                min_delay: Duration::from_millis(10),
-                max_delay: Duration::from_millis(200),
-                ..RetryPolicy::default()
-            },
-            ..ConnectOptions::default()
-        },
-    )
-    .await
-    .expect("connect");
-    let options = ServeOptions {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: data.to_path_buf(),
-        write_keys: WriteKeys::from_args_and_env(&[KEY.to_owned()], None),
-        workers: fast_workers(),
-        config: ConfigArgs {
-            mappings: mappings.to_path_buf(),
-            set,
-        },
+    let setup = Setup {
+        mappings: mappings.to_path_buf(),
         watch,
-        log_events: false,
-        shutdown_timeout: Duration::from_secs(10),
         ingest,
+        ..Setup::default()
     };
-    Server::start(options, dest).await.expect("server starts")
+    serving::start(emu, data, setup).await
 }
 
 fn basic(key: &str) -> String {

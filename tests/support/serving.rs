@@ -1,0 +1,89 @@
+//! Delivery and `zdmap serve` in the test process, to an emulator: the shipped mappings with no
+//! request budget and quick retries, shared by the test files that deliver or start servers.
+#![allow(dead_code)] // each test file uses part of it
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use zdmap::config::{Config, ConfigArgs};
+use zdmap::deliver::setup::{ConnectOptions, Destination, connect};
+use zdmap::deliver::{RetryPolicy, TargetArgs};
+use zdmap::emulator::Emulator;
+use zdmap::serve::ingest::WriteKeys;
+use zdmap::serve::{IngestOptions, ServeOptions, Server, WorkerOptions};
+
+/// The write key test servers take.
+pub const KEY: &str = "wk-test-key";
+
+/// The setting that lifts zdmap's own request budget.
+pub const UNLIMITED: &str = "requests_per_minute=0";
+
+/// Retries after 10 ms, backing off to 200 ms.
+pub fn quick_retries() -> ConnectOptions {
+    ConnectOptions {
+        retry: RetryPolicy {
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(200),
+            ..RetryPolicy::default()
+        },
+        ..ConnectOptions::default()
+    }
+}
+
+/// Delivery to `emu` with the mappings of `mappings` and no request budget.
+pub async fn destination(emu: &Emulator, mappings: &Path) -> Destination {
+    let config = Config::load(mappings, &[UNLIMITED.to_owned()]).expect("mappings load");
+    let target = TargetArgs {
+        zendesk_url: Some(emu.url()),
+        emulator: false,
+    };
+    connect(Arc::new(config), &target, quick_retries())
+        .await
+        .expect("connect")
+}
+
+/// How a test server runs; the default suits most tests.
+pub struct Setup {
+    pub mappings: PathBuf,
+    pub write_keys: Vec<String>,
+    pub watch: bool,
+    pub workers: WorkerOptions,
+    pub ingest: IngestOptions,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            mappings: "mappings".into(),
+            write_keys: vec![KEY.to_owned()],
+            watch: false,
+            workers: WorkerOptions {
+                concurrency: 4,
+                poll: Duration::from_millis(100),
+                wait_for_records: Duration::from_millis(500),
+                ..WorkerOptions::default()
+            },
+            ingest: IngestOptions::default(),
+        }
+    }
+}
+
+/// A server on a free loopback port, storing in `data`, delivering to `emu`.
+pub async fn start(emu: &Emulator, data: &Path, setup: Setup) -> Server {
+    let dest = destination(emu, &setup.mappings).await;
+    let options = ServeOptions {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: data.to_path_buf(),
+        write_keys: WriteKeys::from_args_and_env(&setup.write_keys, None),
+        workers: setup.workers,
+        config: ConfigArgs {
+            mappings: setup.mappings,
+            set: vec![UNLIMITED.to_owned()],
+        },
+        watch: setup.watch,
+        log_events: false,
+        shutdown_timeout: Duration::from_secs(10),
+        ingest: setup.ingest,
+    };
+    Server::start(options, dest).await.expect("server starts")
+}
