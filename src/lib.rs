@@ -23,7 +23,7 @@
 //! - [`queue`]: the embedded durable queue behind `zdmap serve`.
 //! - [`serve`]: the ingest server (Segment's HTTP tracking API).
 //! - [`emulator`]: a stateful in-memory Zendesk for tests and local work.
-//! - [`time`]: timestamps as zdmap writes them.
+//! - [`time`]: timestamps as zdmap writes them; [`sync`]: locks that outlive a panic.
 //! - [`cases`]: mapping test cases (`zdmap test`).
 //! - [`account_fields`]: the account's custom fields against the keys the mappings send.
 //! - [`defaults`]: the default mappings and schemas embedded in the binary (`zdmap init`).
@@ -46,6 +46,7 @@ pub mod request;
 pub mod schema;
 pub mod serve;
 pub mod spec;
+pub mod sync;
 pub mod template;
 pub mod time;
 pub mod trigger;

@@ -25,6 +25,7 @@ use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
 use super::http::ResponseHeaders;
+use crate::sync::lock;
 
 /// Below this many requests left in the window, pacing starts (or a tenth of the limit, when
 /// the limit is known and larger).
@@ -192,14 +193,6 @@ impl Budget {
         p.next_slot = slot + p.interval;
         (slot > now).then_some(slot)
     }
-}
-
-/// Locks a mutex, recovering the data if a panicking holder poisoned it (the guarded values are
-/// plain instants, always consistent).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! asking Zendesk again. The mark lasts 1 s, then twice as long each time the record is still
 //! missing, up to a minute; an answer (a lookup or `learn`) clears it at once.
 
+use crate::sync::lock;
 use indexmap::IndexMap;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -150,13 +151,6 @@ impl LookupCache {
 
 fn triple(resolver: &str, by: &str, key: &str) -> (String, String, String) {
     (resolver.to_owned(), by.to_owned(), key.to_owned())
-}
-
-/// Locks a mutex, recovering the data if a panicking holder poisoned it (the maps stay valid).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use crate::deliver::dispatch::{DispatchOptions, DispatchReport, Incoming, Sink, 
 use crate::deliver::schedule::Status;
 use crate::deliver::{DeadLetter, DeadLetterWriter, EventOutcome, Executor, Stats};
 use crate::event::{Event, RawItem, read_values};
+use crate::sync::lock;
 use serde_json::{Value, json};
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -121,12 +122,6 @@ impl Recorder {
             lock(&self.write_error).get_or_insert(std::io::Error::other(e.to_string()));
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Sink for RunSink {

@@ -21,6 +21,7 @@
 use super::{Item, NewItem, Pushed, Queue, QueueError};
 use crate::deliver::DeadLetter;
 use crate::event::Event;
+use crate::sync::lock;
 use crate::time::unix_millis_now;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
@@ -323,10 +324,6 @@ fn check_integrity(path: &Path) -> Result<(), QueueError> {
     } else {
         Err(damaged(problems.join("; ")))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The writer: takes all waiting commands, applies them in one transaction, commits, answers.

@@ -52,18 +52,12 @@ impl Metrics {
     }
 
     pub fn set_delivery(&self, status: Status) {
-        *self
-            .delivery
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = status;
+        *crate::sync::lock(&self.delivery) = status;
     }
 
     /// What the delivery scheduler held up when it last said.
     pub fn delivery(&self) -> Status {
-        self.delivery
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        crate::sync::lock(&self.delivery).clone()
     }
 }
 
@@ -118,9 +112,7 @@ impl Health {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.inner)
     }
 }
 
