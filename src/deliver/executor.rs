@@ -137,28 +137,33 @@ impl Executor {
     /// Plans one event. With `only`, just those actions run (a dead letter being replayed).
     /// The delivery keeps this executor (and so its config) until it is settled.
     pub fn start(self: &Arc<Self>, event: &Event, only: Option<Vec<String>>) -> Delivery {
-        let plan = self.config.plan(event);
-        let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|a| a == name));
-        let mut letters = Vec::new();
-        for e in plan.errors.iter().filter(|e| wanted(&e.action)) {
-            letters.push(DeadLetter::without_response(
-                event.value().clone(),
-                e.action.clone(),
-                e.step.clone().unwrap_or_else(|| "fields".into()),
-                e.message.clone(),
-            ));
-        }
-        Delivery {
-            ran: letters.len(),
+        let mut delivery = Delivery {
             executor: self.clone(),
-            plan,
+            plan: self.config.plan(event),
             only,
             next: 0,
             current: None,
-            letters,
+            letters: Vec::new(),
+            ran: 0,
             learned: Vec::new(),
             last_chance: false,
+        };
+        // Actions whose fields did not resolve fail at once.
+        let errors = std::mem::take(&mut delivery.plan.errors);
+        let wanted: Vec<_> = errors
+            .into_iter()
+            .filter(|e| delivery.wants(&e.action))
+            .collect();
+        for e in wanted {
+            delivery.letters.push(DeadLetter::without_response(
+                event.value().clone(),
+                e.action,
+                e.step.unwrap_or_else(|| "fields".into()),
+                e.message,
+            ));
+            delivery.ran += 1;
         }
+        delivery
     }
 
     /// The outcome of a response for a step: the step's rules, then the destination's, then 2xx = ok.
@@ -239,8 +244,7 @@ impl Delivery {
         while self.next < self.plan.actions.len() {
             let planned = self.plan.actions[self.next].clone();
             let action = self.executor.config.action(&planned);
-            let wanted = self.only.as_ref().is_none_or(|o| o.contains(&action.name));
-            if wanted {
+            if self.wants(&action.name) {
                 match self.run_action(&planned).await {
                     Ok(()) => {}
                     Err(Stop::Failed(letter)) => self.letters.push(*letter),
@@ -276,6 +280,13 @@ impl Delivery {
         self.last_chance = true;
     }
 
+    /// Whether `action` runs: every action, or those `only` names.
+    fn wants(&self, action: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|a| a == action))
+    }
+
     /// The resolver keys that responses taught since the last call.
     pub fn take_learned(&mut self) -> Vec<LearnedKey> {
         std::mem::take(&mut self.learned)
@@ -283,17 +294,15 @@ impl Delivery {
 
     async fn run_action(&mut self, planned: &PlannedAction) -> Result<(), Stop> {
         let executor = self.executor.clone();
-        let config = &executor.config;
-        let action = config.action(planned);
+        let action = executor.config.action(planned);
         let progress = self.current.get_or_insert_with(ActionProgress::default);
         while let Some(step) = action.steps.get(progress.step) {
             let requests = match render(
-                config,
+                &executor,
                 &self.plan,
                 planned,
                 step,
                 progress,
-                &executor,
                 &mut self.learned,
                 self.last_chance,
             )
@@ -311,8 +320,7 @@ impl Delivery {
                             .outputs
                             .insert(step.name.clone(), step.read_outputs(&response.body));
                         learn(
-                            config,
-                            &executor.cache,
+                            &executor,
                             &self.plan,
                             planned,
                             step,
@@ -347,17 +355,16 @@ fn letter_without_response(plan: &Plan, action: &str, step: &str, message: Strin
 }
 
 /// Renders a step, answering its lookups until it renders whole.
-#[allow(clippy::too_many_arguments)]
 async fn render(
-    config: &Config,
+    executor: &Executor,
     plan: &Plan,
     planned: &PlannedAction,
     step: &Step,
     progress: &mut ActionProgress,
-    executor: &Executor,
     learned: &mut Vec<LearnedKey>,
     last_chance: bool,
 ) -> Result<Rendered, Stop> {
+    let config = &executor.config;
     let action = &config.action(planned).name;
     for _ in 0..=LOOKUP_ROUNDS {
         let lookups = Arc::new(Lookups::new(progress.answers.clone()));
@@ -548,10 +555,8 @@ async fn resolve(
 }
 
 /// Fills the cache from a response, as the step's `learn` entries say.
-#[allow(clippy::too_many_arguments)]
 fn learn(
-    config: &Config,
-    cache: &LookupCache,
+    executor: &Executor,
     plan: &Plan,
     planned: &PlannedAction,
     step: &Step,
@@ -562,6 +567,7 @@ fn learn(
     if step.learn.is_empty() {
         return;
     }
+    let (config, cache) = (&executor.config, &executor.cache);
     let scope = config
         .step_scope(
             plan,
