@@ -94,7 +94,7 @@ pub trait Sink: Send {
     type Ticket: Send + 'static;
 
     /// An event is settled. `false` stops the dispatcher (the sink cannot take more).
-    fn settled(&mut self, ticket: Self::Ticket, since: Instant, outcome: EventOutcome) -> bool;
+    fn settled(&mut self, ticket: Self::Ticket, outcome: EventOutcome) -> bool;
 
     /// Zendesk refused the credentials (401/403). `true`: hold every event and try again later;
     /// `false`: stop (events not settled stay unsettled).
@@ -124,9 +124,7 @@ struct Job<T> {
 
 /// A job's data besides its delivery: kept by the dispatcher while the delivery runs.
 struct Meta<T> {
-    keys: Vec<Key>,
     ticket: T,
-    since: Instant,
     backoff: ExponentialBackoff,
     /// The next recheck interval while parked.
     recheck: Duration,
@@ -274,9 +272,7 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
         let job = Job {
             delivery: incoming.delivery,
             meta: Meta {
-                keys: keys.clone(),
                 ticket: incoming.ticket,
-                since: incoming.since,
                 backoff,
                 recheck: FIRST_RECHECK,
                 deadline: None,
@@ -334,7 +330,7 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                 let outcome = EventOutcome::Failed {
                     letters: vec![letter],
                 };
-                return sink.settled(meta.ticket, meta.since, outcome);
+                return sink.settled(meta.ticket, outcome);
             }
         };
         let learned: Vec<LearnedKey> = job.delivery.take_learned();
@@ -350,7 +346,7 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
         match turn {
             Turn::Finished(outcome) => {
                 self.scheduler.finish(id);
-                sink.settled(job.meta.ticket, job.meta.since, outcome)
+                sink.settled(job.meta.ticket, outcome)
             }
             Turn::Wait(Wait::Missing { need }) => {
                 let deadline = match (job.meta.deadline, self.options.wait_for_records) {
@@ -381,9 +377,8 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                 transient,
                 letter,
             }) => {
-                if transient
-                    && now.saturating_duration_since(job.meta.since) >= self.options.retry_for
-                {
+                let since = self.scheduler.since(id).unwrap_or(now);
+                if transient && now.saturating_duration_since(since) >= self.options.retry_for {
                     // Out of time: this action is dead-lettered, the event's others go on.
                     job.delivery.give_up(*letter);
                     self.scheduler.wait(id, job, now, WaitReason::Retry);
@@ -396,7 +391,7 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                     .unwrap_or(LONGEST_HOLD);
                 if rate_limited {
                     tracing::info!(
-                        keys = %job.meta.keys.join(","),
+                        keys = %self.scheduler.keys(id).join(","),
                         seconds = pause.as_secs_f64(),
                         "a per-key rate limit: these keys wait, the others go on"
                     );

@@ -127,7 +127,7 @@ impl Recorder {
 impl Sink for RunSink {
     type Ticket = ();
 
-    fn settled(&mut self, (): (), _since: Instant, outcome: EventOutcome) -> bool {
+    fn settled(&mut self, (): (), outcome: EventOutcome) -> bool {
         match outcome {
             EventOutcome::Delivered => self.stats.event_delivered(),
             EventOutcome::Skipped => self.stats.event_skipped(),

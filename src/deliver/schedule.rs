@@ -266,6 +266,16 @@ impl<T> Scheduler<T> {
         self.timers.first().map(|(at, _)| *at)
     }
 
+    /// An event's keys (empty when it is not held).
+    pub fn keys(&self, id: EventId) -> &[Key] {
+        self.entries.get(&id).map_or(&[], |e| &e.keys)
+    }
+
+    /// When a held event was accepted.
+    pub fn since(&self, id: EventId) -> Option<Instant> {
+        self.entries.get(&id).map(|e| e.since)
+    }
+
     /// A job still in the scheduler (not running).
     pub fn job_mut(&mut self, id: EventId) -> Option<&mut T> {
         self.entries.get_mut(&id).and_then(|e| e.job.as_mut())

@@ -171,12 +171,7 @@ struct QueueSink<Q> {
 impl<Q: Queue> Sink for QueueSink<Q> {
     type Ticket = Ticket;
 
-    fn settled(
-        &mut self,
-        (id, accepted_at_ms): Ticket,
-        _since: Instant,
-        outcome: EventOutcome,
-    ) -> bool {
+    fn settled(&mut self, (id, accepted_at_ms): Ticket, outcome: EventOutcome) -> bool {
         let metrics = &self.shared.metrics;
         let letters = match outcome {
             EventOutcome::Delivered => {
