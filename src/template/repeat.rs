@@ -9,8 +9,22 @@
 /// parenthesized: `([..]) * n`), if there is one. String literals are skipped.
 pub fn repeated_list_literal(source: &str) -> Option<usize> {
     let bytes = source.as_bytes();
-    // Matching bracket of each `[`/`(` and `]`/`)` outside string literals.
+    let (partner, stars) = scan(bytes);
+    stars.into_iter().find(|&i| {
+        let left = bytes[..i].iter().rposition(|c| !c.is_ascii_whitespace());
+        let right = (i + 1..bytes.len()).find(|&j| !bytes[j].is_ascii_whitespace());
+        let lists = |at: Option<usize>, closing: bool| {
+            at.is_some_and(|at| is_list_literal(bytes, &partner, at, closing))
+        };
+        lists(left, true) || lists(right, false)
+    })
+}
+
+/// Outside string literals: the matching bracket of each `[`/`(` and `]`/`)` (`usize::MAX` when
+/// it has none), and the offsets of each `*` that is not part of `**`.
+fn scan(bytes: &[u8]) -> (Vec<usize>, Vec<usize>) {
     let mut partner = vec![usize::MAX; bytes.len()];
+    let mut stars = Vec::new();
     let mut open: Vec<usize> = Vec::new();
     let mut quote: Option<u8> = None;
     let mut i = 0;
@@ -30,41 +44,25 @@ pub fn repeated_list_literal(source: &str) -> Option<usize> {
                     }
                 }
                 b'*' if bytes.get(i + 1) != Some(&b'*') && (i == 0 || bytes[i - 1] != b'*') => {
-                    let left = bytes[..i].iter().rposition(|c| !c.is_ascii_whitespace());
-                    let right = (i + 1..bytes.len()).find(|&j| !bytes[j].is_ascii_whitespace());
-                    let lists = |at: Option<usize>, closing: bool| {
-                        at.is_some_and(|at| is_list_literal(bytes, &partner, at, closing))
-                    };
-                    if lists(left, true) || lists(right, false) {
-                        return Some(i);
-                    }
+                    stars.push(i);
                 }
                 _ => {}
             },
         }
         i += 1;
     }
-    None
+    (partner, stars)
 }
 
-/// Whether the bracket at `at` (a closing one when `closing`) delimits a list literal, possibly
-/// in parentheses. A `[` right after a name, `)` or `]` is a subscript, not a list.
+/// Whether the bracket at `at` (a closing one when `closing`, else an opening one) delimits a
+/// list literal, possibly in parentheses. A `[` right after a name, `)` or `]` is a subscript,
+/// not a list.
 fn is_list_literal(bytes: &[u8], partner: &[usize], at: usize, closing: bool) -> bool {
-    let (start, end) = if closing {
-        if !matches!(bytes[at], b']' | b')') || partner[at] == usize::MAX {
-            return false;
-        }
-        (partner[at], at)
-    } else {
-        if !matches!(bytes[at], b'[' | b'(') {
-            return false;
-        }
-        // The partner of an opening bracket is only known once its closing one was seen.
-        match find_closing(bytes, at) {
-            Some(end) => (at, end),
-            None => return false,
-        }
-    };
+    let expected: &[u8] = if closing { b"])" } else { b"[(" };
+    if !expected.contains(&bytes[at]) || partner[at] == usize::MAX {
+        return false;
+    }
+    let (start, end) = (at.min(partner[at]), at.max(partner[at]));
     match bytes[start] {
         b'[' => !is_subscript(bytes, start),
         _ => {
@@ -74,7 +72,7 @@ fn is_list_literal(bytes: &[u8], partner: &[usize], at: usize, closing: bool) ->
                 .find(|&j| !bytes[j].is_ascii_whitespace());
             match (inner, last) {
                 (Some(a), Some(b)) if bytes[a] == b'[' || bytes[a] == b'(' => {
-                    find_closing(bytes, a) == Some(b) && is_list_literal(bytes, partner, a, false)
+                    partner[a] == b && is_list_literal(bytes, partner, a, false)
                 }
                 _ => false,
             }
@@ -102,34 +100,6 @@ fn is_subscript(bytes: &[u8], at: usize) -> bool {
         }
         _ => false,
     }
-}
-
-/// The bracket closing the one at `at`, skipping string literals.
-fn find_closing(bytes: &[u8], at: usize) -> Option<usize> {
-    let mut depth = 0usize;
-    let mut quote: Option<u8> = None;
-    let mut i = at;
-    while i < bytes.len() {
-        let b = bytes[i];
-        match quote {
-            Some(_) if b == b'\\' => i += 1,
-            Some(q) if b == q => quote = None,
-            Some(_) => {}
-            None => match b {
-                b'\'' | b'"' => quote = Some(b),
-                b'[' | b'(' => depth += 1,
-                b']' | b')' => {
-                    depth = depth.saturating_sub(1);
-                    if depth == 0 {
-                        return Some(i);
-                    }
-                }
-                _ => {}
-            },
-        }
-        i += 1;
-    }
-    None
 }
 
 #[cfg(test)]
