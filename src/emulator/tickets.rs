@@ -253,7 +253,7 @@ pub(crate) fn create_ticket(s: &mut Store, obj: &Map<String, Value>) -> ApiResul
     }
     let author_id = comment.author_id;
     ticket.comments.push(comment);
-    let audit = audit(s, id, author_id, events, &now);
+    let audit = audit(s, id, author_id, events, obj.get("metadata"), &now);
     ticket.audits.push(audit);
     let rendered = s.render_ticket(&ticket);
     s.tickets.insert(ticket);
@@ -261,13 +261,27 @@ pub(crate) fn create_ticket(s: &mut Store, obj: &Map<String, Value>) -> ApiResul
         .header("Location", format!("/api/v2/tickets/{id}.json")))
 }
 
-fn audit(s: &mut Store, ticket_id: u64, author_id: u64, events: Vec<Value>, now: &str) -> Value {
+/// An audit of a ticket change. `custom` is the write's `metadata` (Zendesk's "Setting
+/// Metadata"): given on a create or an update, it is read back under the audit's
+/// `metadata.custom`.
+fn audit(
+    s: &mut Store,
+    ticket_id: u64,
+    author_id: u64,
+    events: Vec<Value>,
+    custom: Option<&Value>,
+    now: &str,
+) -> Value {
+    let custom = custom
+        .filter(|c| c.is_object())
+        .cloned()
+        .unwrap_or(json!({}));
     json!({
         "id": s.ids.next(Kind::Audit),
         "ticket_id": ticket_id,
         "created_at": now,
         "author_id": author_id,
-        "metadata": {"system": {}, "custom": {}},
+        "metadata": {"system": {}, "custom": custom},
         "via": {"channel": "api", "source": {"from": {}, "to": {}, "rel": null}},
         "events": events,
     })
@@ -439,7 +453,7 @@ pub(crate) fn update_ticket(
     }
     t.updated_at = now.clone();
     let author_id = t.comments.last().map_or(requester_id, |c| c.author_id);
-    let audit = audit(s, id, author_id, events, &now);
+    let audit = audit(s, id, author_id, events, obj.get("metadata"), &now);
     t.audits.push(audit.clone());
     s.tickets.insert(t);
     Ok(audit)

@@ -274,6 +274,18 @@ pub fn render(metrics: &Metrics, stats: &Stats, queue_depth: Option<u64>, ready:
         "Zendesk requests sent again.",
         snapshot.retries,
     );
+    counter(
+        &mut out,
+        "zdmap_stale_changes_total",
+        "Actions skipped because an entity they change had a newer change applied.",
+        snapshot.stale,
+    );
+    counter(
+        &mut out,
+        "zdmap_writes_confirmed_total",
+        "Writes whose answer was lost, found applied by their check (not sent again).",
+        snapshot.confirmed,
+    );
     histogram(
         &mut out,
         "zdmap_zendesk_request_duration_seconds",
