@@ -119,16 +119,25 @@ impl Executor {
         }
     }
 
-    /// Keeps the time of the last change per entity in `clock` (a durable one in `serve`).
-    pub fn with_clock(mut self, clock: Arc<dyn EntityClock>) -> Executor {
-        self.clock = clock;
-        self
+    /// The same executor keeping the time of the last change per entity in `clock` (a durable
+    /// one in `serve`).
+    pub fn with_clock(&self, clock: Arc<dyn EntityClock>) -> Executor {
+        Executor {
+            config: self.config.clone(),
+            transport: self.transport.clone(),
+            cache: self.cache.clone(),
+            clock,
+            force: self.force,
+        }
     }
 
-    /// With `force`, a change older than its entity's last applied one is applied anyway.
-    pub fn with_force(mut self, force: bool) -> Executor {
-        self.force = force;
-        self
+    /// The same executor; with `force`, a change older than its entity's last applied one is
+    /// applied anyway (`--force`).
+    pub fn with_force(&self, force: bool) -> Executor {
+        Executor {
+            force,
+            ..self.with_clock(self.clock.clone())
+        }
     }
 
     /// The same destination (client, budget, stats) running another config, with an empty

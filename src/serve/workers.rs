@@ -99,6 +99,8 @@ async fn fetch<Q: Queue>(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut cursor = 0u64;
+    // Events accepted before this start may have been under way when the last one stopped.
+    let started_ms = crate::time::unix_millis_now();
     while !*stop.borrow() {
         let items = match queue.fetch(cursor, FETCH).await {
             Ok(items) => {
@@ -124,7 +126,7 @@ async fn fetch<Q: Queue>(
         }
         for item in items {
             cursor = item.id;
-            let Some(incoming) = incoming(&item, &*queue, &shared) else {
+            let Some(incoming) = incoming(&item, &*queue, &shared, started_ms) else {
                 continue;
             };
             tokio::select! {
@@ -136,8 +138,15 @@ async fn fetch<Q: Queue>(
 }
 
 /// A stored item as the scheduler takes it; `None` when it is not an event (then it is
-/// dead-lettered at once).
-fn incoming<Q: Queue>(item: &Item, queue: &Q, shared: &Shared) -> Option<Incoming<Ticket>> {
+/// dead-lettered at once). An item accepted before `started_ms` may have been under way before
+/// a restart: its steps that are not idempotent check whether their write was applied before
+/// sending it.
+fn incoming<Q: Queue>(
+    item: &Item,
+    queue: &Q,
+    shared: &Shared,
+    started_ms: u64,
+) -> Option<Incoming<Ticket>> {
     let event = match Event::from_value(item.event.clone()) {
         Ok(e) => e,
         Err(e) => {
@@ -151,12 +160,19 @@ fn incoming<Q: Queue>(item: &Item, queue: &Q, shared: &Shared) -> Option<Incomin
     let age =
         Duration::from_millis(crate::time::unix_millis_now().saturating_sub(item.accepted_at_ms));
     let now = Instant::now();
+    let mut delivery = shared
+        .executor()
+        .start(&event, item.only.clone().map(|a| vec![a]));
+    if item.accepted_at_ms < started_ms {
+        delivery.resumed();
+    }
+    if item.force {
+        delivery.force();
+    }
     Some(Incoming {
         id: item.id,
         keys: event.ordering_keys(),
-        delivery: shared
-            .executor()
-            .start(&event, item.only.clone().map(|a| vec![a])),
+        delivery,
         since: now.checked_sub(age).unwrap_or(now),
         ticket: (item.id, item.accepted_at_ms),
     })
