@@ -834,6 +834,7 @@ mod tests {
             event: json!({"type": "track", "userId": user, "event": "E", "properties": {"n": n}}),
             partition: Some(user.into()),
             only: None,
+            force: false,
             message_id: None,
         }
     }
@@ -948,7 +949,10 @@ mod tests {
             store.get(letters[0].id).expect("get").map(|l| l.id),
             Some(letters[0].id)
         );
-        assert_eq!(store.replay(&Selection::All).expect("replay"), 1);
+        assert_eq!(
+            store.replay(&Selection::All, false).expect("replay").moved,
+            1
+        );
         assert_eq!(store.count().expect("count"), 0);
         let again = queue.fetch(items[1].id, 10).await.expect("fetch");
         assert_eq!(again.len(), 1, "a replayed letter gets a new, higher id");
@@ -956,5 +960,44 @@ mod tests {
         assert_eq!(again[0].partition.as_deref(), Some("user:b"));
         assert_eq!(again[0].event, items[1].event);
         assert_eq!(store.purge(&Selection::Ids(vec![999])).expect("purge"), 0);
+    }
+
+    #[tokio::test]
+    async fn entity_times_keep_the_latest_and_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let queue = SqliteQueue::open(dir.path()).expect("open");
+            queue.applied("ticket:1", 20);
+            queue.applied("ticket:1", 10);
+            assert_eq!(queue.last_applied("ticket:1"), Some(20));
+            queue.close();
+        }
+        let queue = SqliteQueue::open(dir.path()).expect("reopen");
+        assert_eq!(queue.last_applied("ticket:1"), Some(20));
+        assert_eq!(queue.last_applied("ticket:2"), None);
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_the_force_column_gets_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = Connection::open(dir.path().join(DATABASE_FILE)).expect("create");
+        conn.execute_batch(
+            "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, partition TEXT, \
+             only_action TEXT, accepted_at INTEGER NOT NULL, body TEXT NOT NULL);
+             INSERT INTO events (partition, only_action, accepted_at, body) VALUES ('a', NULL, 1, '{}');",
+        )
+        .expect("an old schema");
+        drop(conn);
+        let queue = SqliteQueue::open(dir.path()).expect("open");
+        let forced = NewItem {
+            force: true,
+            ..item("a", 2)
+        };
+        queue.push(vec![forced], vec![]).await.expect("push");
+        let items = queue.fetch(0, 10).await.expect("fetch");
+        assert_eq!(
+            items.iter().map(|i| i.force).collect::<Vec<_>>(),
+            [false, true]
+        );
     }
 }
