@@ -14,8 +14,9 @@ use std::time::Duration;
 use zdmap::deliver::dispatch::{DispatchOptions, RecordWait};
 use zdmap::deliver::run::{RunReport, run};
 use zdmap::deliver::setup::Destination;
-use zdmap::deliver::{DeadLetter, DeadLetterWriter, Executor};
-use zdmap::emulator::{Emulator, EmulatorOptions, LostAnswer};
+use zdmap::deliver::{DeadLetter, DeadLetterWriter, EventOutcome, Executor, Turn, Wait};
+use zdmap::emulator::{Emulator, EmulatorOptions, ForcedFault, LostAnswer};
+use zdmap::event::Event;
 use zdmap::queue::DeadLetterStore;
 use zdmap::serve::WorkerOptions;
 
@@ -403,4 +404,52 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), target).expect("copy");
         }
     }
+}
+
+/// A late retry: an update of a ticket waits to be tried again while another user's newer
+/// update of the same ticket is applied; when it comes back it is stale and skipped.
+#[tokio::test]
+async fn a_late_retry_is_not_applied_over_a_newer_change() {
+    let emu = emulator().await;
+    let dest = serving::destination(&emu, Path::new("mappings")).await;
+    let created = json!({"type": "track", "event": "Ticket Created", "userId": "u1",
+        "messageId": "new-t1", "timestamp": at(1),
+        "context": {"traits": {"email": "u1@example.com", "name": "One"}},
+        "properties": {"subject": "S", "comment": "opened", "external_id": "t1"}});
+    let (report, _) = send(&dest, dest.executor.clone(), &[created]).await;
+    assert_eq!(report.dead_letters, 0);
+
+    emu.configure(|k| {
+        k.forced_faults = vec![
+            ForcedFault::new(429)
+                .on_path("/api/v2/tickets/")
+                .on_method("PUT"),
+        ];
+    });
+    let event = |v: Value| Event::from_value(v).expect("an event");
+    let mut late = dest.executor.start(
+        &event(ticket_update("u1", "t1", 2, "pending", "late")),
+        None,
+    );
+    assert!(matches!(
+        late.advance().await,
+        Turn::Wait(Wait::Retry { .. })
+    ));
+    let mut newer = dest.executor.start(
+        &event(ticket_update("u2", "t1", 3, "solved", "on time")),
+        None,
+    );
+    assert!(matches!(
+        newer.advance().await,
+        Turn::Finished(EventOutcome::Delivered)
+    ));
+    assert!(matches!(
+        late.advance().await,
+        Turn::Finished(EventOutcome::Delivered)
+    ));
+    assert_eq!(dest.stats.snapshot().stale, 1);
+    let state = emu.state();
+    let t = ticket(&state, "t1");
+    assert_eq!(t["status"], "solved");
+    assert_eq!(comments(t), ["opened", "on time"]);
 }

@@ -299,9 +299,12 @@ impl Delivery {
             let planned = self.plan.actions[self.next].clone();
             let action = self.executor.config.action(&planned);
             if self.wants(&action.name) {
+                // Asked again each time the action resumes: while it waited for a retry, an event
+                // of another key may have applied a newer change of the same record.
                 let changes = self.changes(&planned);
-                if self.current.is_none() && !self.force && self.stale(&action.name, &changes) {
+                if !self.force && self.stale(&action.name, &changes) {
                     self.ran += 1;
+                    self.current = None;
                     self.next += 1;
                     continue;
                 }

@@ -2,7 +2,8 @@
 //! creates the user; `external_id` is not unique; `Idempotency-Key` replays with
 //! `x-idempotency-lookup: hit`), update (appends comments, answers an audit, 422 on closed
 //! tickets, `safe_update` 409, 30 updates per ticket per 10 minutes then 429), show, list (with
-//! `?external_id=`), comments and audits.
+//! `?external_id=`), comments and audits. A create's or an update's `metadata` is kept in its
+//! audit under `metadata.custom`, as Zendesk does ("Setting Metadata").
 
 use std::time::Duration;
 
