@@ -2,12 +2,14 @@
 //! a write whose answer is lost (applied, then a 500 or a dropped connection) is not applied
 //! twice, and an older change (a replayed dead letter) is not applied over a newer one.
 
+#[path = "support/mappings.rs"]
+mod mappings;
 #[path = "support/serving.rs"]
 mod serving;
 
 use serde_json::{Value, json};
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,13 +180,11 @@ async fn lost_answers_duplicate_no_user_event_and_no_comment() {
 /// recording it twice, and the dead letter says why.
 #[tokio::test]
 async fn without_a_check_a_lost_answer_is_dead_lettered_not_repeated() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mappings = dir.path().join("mappings");
-    copy_dir(Path::new("mappings"), &mappings);
+    let (_dir, mappings) = mappings::mappings_copy();
     let file = mappings.join("track_event.yaml");
     let text = std::fs::read_to_string(&file).expect("track_event");
-    let cut = text.find("    check:\n").expect("the check");
-    std::fs::write(&file, &text[..cut]).expect("write");
+    let check = &text[text.find("    check:\n").expect("the check")..];
+    mappings::edit(&file, check, "");
     let out = Command::new(env!("CARGO_BIN_EXE_zdmap"))
         .args(["validate", "--mappings"])
         .arg(&mappings)
@@ -390,19 +390,6 @@ async fn wait_until(mut done: impl FnMut() -> bool) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        let target: PathBuf = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).expect("copy");
-        }
     }
 }
 

@@ -381,8 +381,14 @@ mod tests {
             keys_waiting: [(WaitReason::MissingRecord, 2)].into_iter().collect(),
             oldest_waiting_seconds: 1.5,
         });
-        let text = render(&metrics, &Stats::new(), Some(2), false);
+        let stats = Stats::new();
+        stats.stale();
+        stats.confirmed();
+        stats.confirmed();
+        let text = render(&metrics, &stats, Some(2), false);
         assert!(text.contains("zdmap_events_accepted_total 3\n"), "{text}");
+        assert!(text.contains("zdmap_stale_changes_total 1\n"), "{text}");
+        assert!(text.contains("zdmap_writes_confirmed_total 2\n"), "{text}");
         assert!(
             text.contains("zdmap_delivery_keys_waiting{reason=\"missing_record\"} 2\n"),
             "{text}"
