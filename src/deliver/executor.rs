@@ -347,8 +347,9 @@ impl Delivery {
         }
     }
 
-    /// The event may have been under way before (it was queued when the server started): steps
-    /// that are not idempotent check whether their write was applied before sending it.
+    /// The event may have been under way before (the queue handed it out to a process that
+    /// stopped before settling it): steps that are not idempotent check whether their write was
+    /// applied before sending it.
     pub fn resumed(&mut self) {
         self.check_first = true;
     }
@@ -632,8 +633,11 @@ async fn verify(
                 Uncertain::Ambiguous(mut letter) => {
                     let why = match other {
                         Err(e) => format!("its check could not be rendered: {e}"),
-                        _ if step.check.is_some() => "its check's marker has no value".into(),
-                        _ => "the step is not idempotent and declares no check".into(),
+                        Ok(Some(_)) => "its check needs a lookup the write did not".into(),
+                        Ok(None) if step.check.is_some() => {
+                            "its check's marker has no value (an event without a messageId)".into()
+                        }
+                        Ok(None) => "the step is not idempotent and declares no check".into(),
                     };
                     letter.message = format!(
                         "{}; the write may have been applied, and is not sent again: {why} \

@@ -54,6 +54,10 @@ pub struct Item {
     pub only: Option<String>,
     /// Apply it even where an entity it changes had a newer change applied.
     pub force: bool,
+    /// The queue may have handed it out before (to a process that stopped before settling
+    /// it): its delivery may have been under way, so writes that are not idempotent check
+    /// first whether they were applied.
+    pub redelivered: bool,
     /// When it was accepted (milliseconds since the Unix epoch).
     pub accepted_at_ms: u64,
 }
@@ -82,7 +86,9 @@ pub trait Queue: EntityClock + Send + Sync + 'static {
         refused: Vec<DeadLetter>,
     ) -> impl Future<Output = Result<Pushed, QueueError>> + Send;
 
-    /// Up to `limit` items with an id above `after`, oldest first.
+    /// Up to `limit` items with an id above `after`, oldest first. The queue remembers (durably,
+    /// before answering) that it handed them out, so that after a restart the ones still
+    /// there come back marked `redelivered`.
     fn fetch(
         &self,
         after: u64,

@@ -12,7 +12,8 @@
 //! sent again is not queued twice, across restarts too; older ones are forgotten as pushes come)
 //! and `entity_times` (the event time of the last change applied per entity, bounded to
 //! [`ENTITY_CAPACITY`] by forgetting the least recently changed; see
-//! [`crate::deliver::order`]).
+//! [`crate::deliver::order`]), and `marks` (the highest item id handed out for delivery, so
+//! that the items a stopped process may have begun are known as redelivered at the next start).
 //!
 //! Storage faults: a database whose pages are damaged is refused at open (SQLite's quick check),
 //! since it would take events and never give them back. When a write fails (disk full, read-only
@@ -72,7 +73,14 @@ CREATE TABLE IF NOT EXISTS entity_times (
     touched INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entity_times_by_touch ON entity_times (touched);
+CREATE TABLE IF NOT EXISTS marks (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
+
+/// The mark of the highest item id handed out for delivery.
+const HANDED_OUT: &str = "handed_out";
 
 /// Entities whose last change time is kept on disk at most (the least recently changed go).
 pub const ENTITY_CAPACITY: usize = 1_000_000;
@@ -127,6 +135,11 @@ enum Command {
         id: u64,
         letters: Vec<DeadLetter>,
     },
+    /// Items up to `up_to` were handed out for delivery.
+    HandedOut {
+        up_to: u64,
+        done: oneshot::Sender<Result<(), QueueError>>,
+    },
     /// A change of `entity` at `at` (ms) was applied; with `trim`, the table is cut to
     /// [`ENTITY_CAPACITY`] first.
     Applied {
@@ -171,6 +184,13 @@ impl Command {
                 tx.prepare_cached("DELETE FROM events WHERE id = ?1")?
                     .execute(params![*id as i64])?;
             }
+            Command::HandedOut { up_to, .. } => {
+                tx.prepare_cached(
+                    "INSERT INTO marks (name, value) VALUES (?1, ?2) \
+                     ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+                )?
+                .execute(params![HANDED_OUT, *up_to as i64])?;
+            }
             Command::Applied { entity, at, trim } => {
                 if *trim {
                     tx.prepare_cached(
@@ -207,6 +227,9 @@ impl Command {
                     duplicates: duplicates.into_inner(),
                 }));
             }
+            Command::HandedOut { done, .. } => {
+                let _ = done.send(result);
+            }
             Command::Applied { entity, .. } => {
                 if let Err(e) = result {
                     tracing::error!(%entity, error = %e, "cannot record the time of an entity's last change");
@@ -239,6 +262,8 @@ pub struct SqliteQueue {
     entity_memory: MemoryClock,
     /// Entity times recorded, to trim the table now and then.
     entity_writes: AtomicU64,
+    /// Items up to this id were handed out before this queue was opened.
+    handed_out_before: u64,
 }
 
 impl std::fmt::Debug for SqliteQueue {
@@ -257,6 +282,14 @@ impl SqliteQueue {
         check_integrity(&data_dir.join(DATABASE_FILE))?;
         let mut writer_conn = open_connection(data_dir)?;
         let reader = open_connection(data_dir)?;
+        let handed_out_before = reader
+            .query_row(
+                "SELECT value FROM marks WHERE name = ?1",
+                params![HANDED_OUT],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .map_or(0, |v| v as u64);
         let added = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel::<Command>();
         let notify = added.clone();
@@ -277,6 +310,7 @@ impl SqliteQueue {
             dir_lock: Mutex::new(Some(dir_lock)),
             entity_memory: MemoryClock::new(ENTITY_MEMORY),
             entity_writes: AtomicU64::new(0),
+            handed_out_before,
         })
     }
 
@@ -549,7 +583,8 @@ impl Queue for SqliteQueue {
     }
 
     async fn fetch(&self, after: u64, limit: usize) -> Result<Vec<Item>, QueueError> {
-        self.read(move |conn| {
+        let before = self.handed_out_before;
+        let items = self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, partition, only_action, accepted_at, body, force FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
@@ -574,12 +609,24 @@ impl Queue for SqliteQueue {
                     partition,
                     only,
                     force,
+                    redelivered: id as u64 <= before,
                     accepted_at_ms: accepted as u64,
                 });
             }
             Ok(items)
         })
-        .await
+        .await?;
+        if let Some(last) = items.last() {
+            let (done, answer) = oneshot::channel();
+            self.send(Command::HandedOut {
+                up_to: last.id,
+                done,
+            })?;
+            answer
+                .await
+                .map_err(|_| QueueError("the queue writer stopped".into()))??;
+        }
+        Ok(items)
     }
 
     fn finish(&self, id: u64, letters: Vec<DeadLetter>) -> Result<(), QueueError> {
@@ -960,6 +1007,27 @@ mod tests {
         assert_eq!(again[0].partition.as_deref(), Some("user:b"));
         assert_eq!(again[0].event, items[1].event);
         assert_eq!(store.purge(&Selection::Ids(vec![999])).expect("purge"), 0);
+    }
+
+    #[tokio::test]
+    async fn items_handed_out_before_a_restart_come_back_redelivered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let queue = SqliteQueue::open(dir.path()).expect("open");
+            let items = (0..3).map(|n| item("a", n)).collect();
+            queue.push(items, vec![]).await.expect("push");
+            let first = queue.fetch(0, 2).await.expect("fetch");
+            assert!(first.iter().all(|i| !i.redelivered), "new in this run");
+            queue.close();
+        }
+        let queue = SqliteQueue::open(dir.path()).expect("reopen");
+        queue.push(vec![item("a", 3)], vec![]).await.expect("push");
+        let items = queue.fetch(0, 10).await.expect("fetch");
+        assert_eq!(
+            items.iter().map(|i| i.redelivered).collect::<Vec<_>>(),
+            [true, true, false, false],
+            "the two handed out before the restart"
+        );
     }
 
     #[tokio::test]

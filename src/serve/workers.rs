@@ -99,8 +99,6 @@ async fn fetch<Q: Queue>(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut cursor = 0u64;
-    // Events accepted before this start may have been under way when the last one stopped.
-    let started_ms = crate::time::unix_millis_now();
     while !*stop.borrow() {
         let items = match queue.fetch(cursor, FETCH).await {
             Ok(items) => {
@@ -126,7 +124,7 @@ async fn fetch<Q: Queue>(
         }
         for item in items {
             cursor = item.id;
-            let Some(incoming) = incoming(&item, &*queue, &shared, started_ms) else {
+            let Some(incoming) = incoming(&item, &*queue, &shared) else {
                 continue;
             };
             tokio::select! {
@@ -138,15 +136,9 @@ async fn fetch<Q: Queue>(
 }
 
 /// A stored item as the scheduler takes it; `None` when it is not an event (then it is
-/// dead-lettered at once). An item accepted before `started_ms` may have been under way before
-/// a restart: its steps that are not idempotent check whether their write was applied before
-/// sending it.
-fn incoming<Q: Queue>(
-    item: &Item,
-    queue: &Q,
-    shared: &Shared,
-    started_ms: u64,
-) -> Option<Incoming<Ticket>> {
+/// dead-lettered at once). A redelivered item may have been under way before a restart: its
+/// steps that are not idempotent check whether their write was applied before sending it.
+fn incoming<Q: Queue>(item: &Item, queue: &Q, shared: &Shared) -> Option<Incoming<Ticket>> {
     let event = match Event::from_value(item.event.clone()) {
         Ok(e) => e,
         Err(e) => {
@@ -163,7 +155,7 @@ fn incoming<Q: Queue>(
     let mut delivery = shared
         .executor()
         .start(&event, item.only.clone().map(|a| vec![a]));
-    if item.accepted_at_ms < started_ms {
+    if item.redelivered {
         delivery.resumed();
     }
     if item.force {
