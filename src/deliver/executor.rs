@@ -362,12 +362,11 @@ impl Delivery {
     /// The entities a planned action changes, stamped with the event's time (none when the
     /// event has no time).
     fn changes(&self, planned: &PlannedAction) -> Vec<EntityChange> {
-        let Some(at_ms) = event_time(&self.plan.event) else {
+        let entities = self.executor.config.entities(&self.plan, planned);
+        let Some(at_ms) = event_time(&self.plan.event).filter(|_| !entities.is_empty()) else {
             return Vec::new();
         };
-        self.executor
-            .config
-            .entities(&self.plan, planned)
+        entities
             .into_iter()
             .map(|entity| EntityChange { entity, at_ms })
             .collect()
