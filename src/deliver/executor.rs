@@ -380,13 +380,19 @@ impl Delivery {
             return false;
         };
         let last = clock.last_applied(&stale.entity).unwrap_or_default();
+        let time = |ms: i64| crate::time::rfc3339_from_unix_secs(ms.div_euclid(1000));
+        // The entity's key may be event data (an email): the kind and the messageId say which
+        // change it was; the key itself is logged at debug level only.
+        let kind = stale.entity.split(':').next().unwrap_or_default();
         tracing::warn!(
             action,
-            entity = %stale.entity,
-            event_time = %crate::time::rfc3339_from_unix_secs(stale.at_ms.div_euclid(1000)),
-            last_applied = %crate::time::rfc3339_from_unix_secs(last.div_euclid(1000)),
-            "stale change skipped: a newer change of the entity was applied (--force applies it)"
+            entity_kind = kind,
+            message_id = self.plan.event.get("messageId").and_then(serde_json::Value::as_str),
+            event_time = %time(stale.at_ms),
+            last_applied = %time(last),
+            "stale change skipped: a newer change of the record was applied (--force applies it)"
         );
+        tracing::debug!(action, entity = %stale.entity, "stale change skipped");
         self.executor.transport.stats().stale();
         true
     }
@@ -659,7 +665,11 @@ async fn verify(
             tracing::debug!(action, step = %step.name, applied, "checked whether a write was applied");
             Ok(applied)
         }
-        Disposition::Fatal { status, message } => Err(Stop::Wait(Wait::Fatal { status, message })),
+        Disposition::Fatal { status, message } => {
+            // Still unknown: checked again once the credentials are fixed.
+            progress.uncertain = Some(uncertain);
+            Err(Stop::Wait(Wait::Fatal { status, message }))
+        }
         d => {
             let mut letter = DeadLetter::from_disposition(
                 (*plan.event).clone(),
