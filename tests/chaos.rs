@@ -295,12 +295,21 @@ async fn serve_under_faults_and_a_kill_ends_as_a_clean_run_does() {
         seen(&|r| r["lost_answer"] == "drop") > 0,
         "connections dropped"
     );
-    assert_eq!(
-        store.count().expect("count"),
-        7,
-        "only the refused writes failed: {}",
+    // Only the refused writes failed (one refused just before the kill may have been delivered
+    // again after the restart, and then taken).
+    let failed = store.count().expect("count");
+    assert!(
+        (1..=7).contains(&failed),
+        "{failed} dead letters: {}",
         server_logs(logs.path())
     );
+    for l in store.list(0, 100).expect("list") {
+        assert!(
+            ["update_ticket", "update_organization_membership"].contains(&l.letter.action.as_str())
+                && matches!(l.letter.status, Some(400 | 422)),
+            "only the refused writes failed: {l:?}"
+        );
+    }
 
     // Replay the dead letters (faults off): the current ones are applied, the stale kept.
     emu.configure(|k| {
