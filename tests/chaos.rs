@@ -228,6 +228,11 @@ async fn serve_under_faults_and_a_kill_ends_as_a_clean_run_does() {
         k.upsert_user_per_window = 2;
         // Refused outright (dead-lettered at once): the first ticket updates and membership adds.
         k.forced_faults = vec![
+            // At least these 429s, however slowly a loaded machine sends.
+            ForcedFault::new(429)
+                .on_path("/api/v2/users/create_or_update")
+                .retry_after(1)
+                .times(3),
             ForcedFault::new(422)
                 .on_path("/api/v2/tickets/")
                 .on_method("PUT")
