@@ -253,7 +253,8 @@ async fn serve_under_faults_and_a_kill_ends_as_a_clean_run_does() {
             c.stderr(log);
         })
     };
-    let (mut child, first_url) = spawn(1);
+    let (child, first_url) = spawn(1);
+    let mut first = Killed(child);
     let url = Arc::new(RwLock::new(first_url));
     let clients: Vec<_> = per_client
         .into_iter()
@@ -267,14 +268,16 @@ async fn serve_under_faults_and_a_kill_ends_as_a_clean_run_does() {
             .is_some_and(|t| t.len() >= 8)
     })
     .await;
-    child.kill().expect("kill -9");
-    let _ = child.wait();
+    first.0.kill().expect("kill -9");
+    let _ = first.0.wait();
     let tickets = emu.state()["tickets"].as_array().map_or(0, Vec::len);
     assert!(
         tickets < CLIENTS * USERS_PER_CLIENT,
         "the kill came before the end"
     );
-    let (mut child, second_url) = spawn(2);
+    let (child, second_url) = spawn(2);
+    // Killed if an assertion fails before the end, so no server outlives the test.
+    let mut child = Killed(child);
     *url.write().expect("url") = second_url.clone();
     for c in clients {
         c.await.expect("client");
@@ -381,7 +384,7 @@ async fn serve_under_faults_and_a_kill_ends_as_a_clean_run_does() {
     }
 
     // The server went on after its restart and stops cleanly.
-    serving_stop(&mut child);
+    serving_stop(&mut child.0);
 }
 
 /// The time of the last change applied to `entity`, as the data directory keeps it.
@@ -393,6 +396,16 @@ fn store_time(data: &Path, entity: &str) -> Option<i64> {
         |r| r.get(0),
     )
     .ok()
+}
+
+/// A server process that is killed when dropped (it may already have exited).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn serving_stop(child: &mut std::process::Child) {
