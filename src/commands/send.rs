@@ -36,6 +36,14 @@ pub struct SendArgs {
     /// input has ended; then it is dead-lettered with the lookup that failed.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::serve::parse_duration)]
     pub wait_for_records: Duration,
+    /// How long an item of a bulk request waits for others to join it (steps with a `batch`
+    /// form: users, organizations, memberships upserted up to 100 per request). Bulk
+    /// requests also go out when full, or when the input has ended and nothing else runs.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = super::serve::parse_duration)]
+    pub batch_window: Duration,
+    /// Send every request on its own: no bulk requests, no jobs.
+    #[arg(long)]
+    pub no_batch: bool,
     /// Also print the summary as JSON on standard output.
     #[arg(long)]
     pub json: bool,
@@ -77,6 +85,7 @@ async fn send_async(args: &SendArgs) -> ExitCode {
         concurrency: args.concurrency,
         retry_for: args.retry_for,
         wait_for_records: RecordWait::AfterInput(args.wait_for_records),
+        batch_window: (!args.no_batch).then_some(args.batch_window),
         ..DispatchOptions::default()
     };
     let result = run(

@@ -20,6 +20,7 @@ use crate::deliver::cache::{Cached, LookupCache};
 use crate::deliver::retry::PauseScope;
 use crate::deliver::{DeadLetter, Disposition, Response, RetryPolicy, Transport};
 use crate::event::Event;
+use crate::plan::batch::BatchForm;
 use crate::plan::{Plan, PlannedAction, Rendered, Step};
 use crate::request::Request;
 use crate::spec::OutcomeKind;
@@ -68,6 +69,32 @@ pub enum Wait {
     },
     /// The destination refused the credentials or permissions (401/403).
     Fatal { status: u16, message: String },
+    /// The step's request goes out as an item of a bulk request ([`super::batch`]): hand the
+    /// delivery its [`BatchAnswer`] ([`Delivery::answer`]) and call `advance` again.
+    Batch(Box<BatchItem>),
+}
+
+/// A step's request as an item of a bulk request.
+#[derive(Debug)]
+pub struct BatchItem {
+    pub form: Arc<BatchForm>,
+    pub config: Arc<Config>,
+    pub transport: Transport,
+    /// The item (the part of the step's request body the form names).
+    pub item: Value,
+    /// The identity of the record it writes, when the form coalesces.
+    pub coalesce: Option<String>,
+}
+
+/// What became of a batched item, for the step that waits for it.
+#[derive(Debug, Clone)]
+pub enum BatchAnswer {
+    /// As if the step's single request had been answered so: the item's result, or how the bulk
+    /// request itself ended (a 429, a 5xx, a failed job: tried again like any request).
+    Answered(Disposition),
+    /// Send the step's single request (the bulk form is not allowed, or the item's error is
+    /// one its single request answers better).
+    Single,
 }
 
 /// A resolver cache entry a response taught: `resolver` by `by` = `key`.
@@ -147,6 +174,7 @@ impl Executor {
             ran: 0,
             learned: Vec::new(),
             last_chance: false,
+            batching: false,
         };
         // Actions whose fields did not resolve fail at once.
         let errors = std::mem::take(&mut delivery.plan.errors);
@@ -195,6 +223,8 @@ pub struct Delivery {
     ran: usize,
     learned: Vec<LearnedKey>,
     last_chance: bool,
+    /// Steps with a bulk form hand their request over as an item ([`Wait::Batch`]).
+    batching: bool,
 }
 
 /// Where one action stands.
@@ -209,6 +239,8 @@ struct ActionProgress {
     attempts: u32,
     /// Of those, answers that an outcome maps to `retry` (bounded by `retries.client_error_tries`).
     client_retries: u32,
+    /// What became of the current request as a bulk item, once known.
+    batch_answer: Option<BatchAnswer>,
 }
 
 /// Why an action stopped before its end.
@@ -280,6 +312,19 @@ impl Delivery {
         self.last_chance = true;
     }
 
+    /// Steps with a bulk form hand their request over as an item ([`Wait::Batch`]) instead of
+    /// sending it (off by default).
+    pub fn batching(&mut self, on: bool) {
+        self.batching = on;
+    }
+
+    /// The answer to the item the delivery waits for ([`Wait::Batch`]).
+    pub fn answer(&mut self, answer: BatchAnswer) {
+        if let Some(progress) = &mut self.current {
+            progress.batch_answer = Some(answer);
+        }
+    }
+
     /// Whether `action` runs: every action, or those `only` names.
     fn wants(&self, action: &str) -> bool {
         self.only
@@ -312,6 +357,13 @@ impl Delivery {
                 Rendered::Skipped => Vec::new(),
             };
             for request in requests.iter().skip(progress.sent) {
+                if self.batching
+                    && progress.batch_answer.is_none()
+                    && let Some(item) =
+                        batch_item(&executor, &self.plan, planned, step, request, progress)
+                {
+                    return Err(Stop::Wait(Wait::Batch(Box::new(item))));
+                }
                 match send_step(&executor, &self.plan, &action.name, step, request, progress)
                     .await?
                 {
@@ -403,10 +455,15 @@ async fn send_step(
     request: &Request,
     progress: &mut ActionProgress,
 ) -> Result<StepResult, Stop> {
-    let disposition = executor
-        .transport
-        .attempt(request, |r| executor.outcome(step, r) != OutcomeKind::Retry)
-        .await;
+    let disposition = match progress.batch_answer.take() {
+        Some(BatchAnswer::Answered(d)) => d,
+        Some(BatchAnswer::Single) | None => {
+            executor
+                .transport
+                .attempt(request, |r| executor.outcome(step, r) != OutcomeKind::Retry)
+                .await
+        }
+    };
     progress.attempts += 1;
     let letter = |d: &Disposition| {
         Box::new(DeadLetter::from_disposition(
@@ -458,6 +515,54 @@ async fn send_step(
         })),
         Disposition::Invalid { .. } => Err(Stop::Failed(letter(&disposition))),
     }
+}
+
+/// The step's request as a bulk item, when the step has a bulk form that is allowed, its `when`
+/// holds and the request's body has the item; else the request goes single.
+fn batch_item(
+    executor: &Executor,
+    plan: &Plan,
+    planned: &PlannedAction,
+    step: &Step,
+    request: &Request,
+    progress: &ActionProgress,
+) -> Option<BatchItem> {
+    let form = step.batch.as_ref().filter(|f| !f.is_refused())?;
+    let config = &executor.config;
+    let scope = || {
+        config
+            .step_scope(
+                plan,
+                planned,
+                Arc::new(StepOutputs {
+                    outputs: progress.outputs.clone(),
+                    symbolic: false,
+                }),
+                Arc::new(Lookups::new(progress.answers.clone())),
+            )
+            .build()
+    };
+    if let Some(when) = &form.when
+        && !config.templates.truthy(when, &scope()).unwrap_or(false)
+    {
+        return None;
+    }
+    let coalesce = match &form.coalesce {
+        Some(t) => match config.templates.eval(t, &scope()).ok()? {
+            Some(Value::String(s)) if !s.is_empty() => Some(s),
+            Some(Value::Null) | None => None,
+            Some(Value::String(_)) => None,
+            Some(other) => Some(other.to_string()),
+        },
+        None => None,
+    };
+    Some(BatchItem {
+        form: form.clone(),
+        config: config.clone(),
+        transport: executor.transport.clone(),
+        item: form.item_of(request)?,
+        coalesce,
+    })
 }
 
 /// Answers a lookup: from the cache, else by the resolver's lookups in order. A key the cache

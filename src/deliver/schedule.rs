@@ -48,14 +48,17 @@ pub enum WaitReason {
     Credentials,
     /// A record it needs does not exist yet (parked).
     MissingRecord,
+    /// Its request is an item of a bulk request not answered yet.
+    Batch,
 }
 
 impl WaitReason {
-    pub const ALL: [WaitReason; 4] = [
+    pub const ALL: [WaitReason; 5] = [
         WaitReason::Retry,
         WaitReason::RateLimited,
         WaitReason::Credentials,
         WaitReason::MissingRecord,
+        WaitReason::Batch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +67,7 @@ impl WaitReason {
             WaitReason::RateLimited => "rate_limited",
             WaitReason::Credentials => "credentials",
             WaitReason::MissingRecord => "missing_record",
+            WaitReason::Batch => "batch",
         }
     }
 }
@@ -73,6 +77,8 @@ enum State {
     Queued,
     Running,
     Waiting { until: Instant, reason: WaitReason },
+    /// Waiting with no timer, until [`Scheduler::wake`].
+    Held { reason: WaitReason },
     Parked { on: Vec<LearnedKey>, until: Instant },
 }
 
@@ -202,6 +208,31 @@ impl<T> Scheduler<T> {
         self.consider_lines(&keys);
     }
 
+    /// A running event waits, at the front of its lines, until [`Scheduler::wake`] (its item
+    /// is in a bulk request).
+    pub fn hold(&mut self, id: EventId, job: T, reason: WaitReason) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        entry.state = State::Held { reason };
+        entry.job = Some(job);
+        for key in &entry.keys {
+            self.busy.remove(key);
+        }
+        let keys = entry.keys.clone();
+        self.consider_lines(&keys);
+    }
+
+    /// A held event may go again.
+    pub fn wake(&mut self, id: EventId) {
+        if let Some(entry) = self.entries.get_mut(&id)
+            && matches!(entry.state, State::Held { .. })
+        {
+            entry.state = State::Queued;
+            self.consider(id);
+        }
+    }
+
     /// A running event waits until one of `on` is learned, or until `until`, letting pass the
     /// later events of its keys that may create the record (see the module docs).
     pub fn park(&mut self, id: EventId, job: T, on: Vec<LearnedKey>, until: Instant) {
@@ -329,7 +360,7 @@ impl<T> Scheduler<T> {
                     continue;
                 }
                 State::Queued => continue,
-                State::Waiting { reason, .. } => reason,
+                State::Waiting { reason, .. } | State::Held { reason } => reason,
                 State::Parked { .. } => WaitReason::MissingRecord,
             };
             *status.keys_waiting.entry(reason).or_default() += entry.keys.len().max(1);

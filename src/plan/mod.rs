@@ -7,6 +7,7 @@
 //! or an earlier step's output. `zdmap preview` renders with placeholders for those; the sender
 //! renders, resolves what is missing, and renders again.
 
+pub mod batch;
 pub mod outcome;
 pub mod resolver;
 pub mod step;

@@ -25,6 +25,8 @@ pub struct Step {
     pub outputs: Vec<(String, JsonPath)>,
     pub learn: Vec<Learn>,
     pub forget: Vec<String>,
+    /// The step's bulk form, if it has one.
+    pub batch: Option<std::sync::Arc<crate::plan::batch::BatchForm>>,
 }
 
 /// A resolver cache entry to learn from a response.
@@ -106,8 +108,21 @@ impl Step {
                 learn.push(l);
             }
         }
+        let batch = match &spec.batch {
+            Some(b) => Some(
+                crate::plan::batch::BatchForm::compile(
+                    b,
+                    &format!("{pointer}/batch"),
+                    templates,
+                    problems,
+                )
+                .map(std::sync::Arc::new)?,
+            ),
+            None => None,
+        };
         Some(Step {
             name: spec.name.clone(),
+            batch,
             when: when.ok()?,
             each: each.ok()?,
             request: request?,
@@ -132,6 +147,9 @@ impl Step {
         }
         for (i, l) in self.learn.iter().enumerate() {
             out.push((format!("/learn/{i}/key"), &l.key));
+        }
+        if let Some(b) = &self.batch {
+            out.extend(b.texts());
         }
         out
     }
