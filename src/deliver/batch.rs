@@ -23,10 +23,10 @@
 //! A job still running when the process stops is not remembered: its events were never
 //! settled, so they are delivered again at the next start (the batched steps are upserts).
 
+use crate::config::Config;
 use crate::deliver::executor::{BatchAnswer, BatchItem};
 use crate::deliver::schedule::EventId;
 use crate::deliver::{Disposition, PauseScope, Response, ResponseHeaders, Transport};
-use crate::config::Config;
 use crate::plan::batch::{BatchForm, JobState, coalesce_into};
 use indexmap::IndexMap;
 use serde_json::Value;
@@ -84,11 +84,7 @@ impl Batcher {
 
     /// Adds an event's item; sends its bulk request when it is full.
     pub fn add(&mut self, id: EventId, item: BatchItem, now: Instant) {
-        let group = format!(
-            "{:p} {}",
-            Arc::as_ptr(&item.config),
-            item.form.group()
-        );
+        let group = format!("{:p} {}", Arc::as_ptr(&item.config), item.form.group());
         let open = self.open.entry(group.clone()).or_insert_with(|| Open {
             deadline: now + self.window,
             form: item.form.clone(),
@@ -96,10 +92,11 @@ impl Batcher {
             transport: item.transport.clone(),
             slots: Vec::new(),
         });
-        let same = item
-            .coalesce
-            .as_ref()
-            .and_then(|c| open.slots.iter_mut().find(|s| s.coalesce.as_ref() == Some(c)));
+        let same = item.coalesce.as_ref().and_then(|c| {
+            open.slots
+                .iter_mut()
+                .find(|s| s.coalesce.as_ref() == Some(c))
+        });
         match same {
             Some(slot) => {
                 coalesce_into(&mut slot.item, &item.item);
@@ -194,7 +191,9 @@ impl Batcher {
             open.slots
                 .into_iter()
                 .zip(answers)
-                .flat_map(|(slot, answer)| slot.events.into_iter().map(move |e| (e, answer.clone())))
+                .flat_map(|(slot, answer)| {
+                    slot.events.into_iter().map(move |e| (e, answer.clone()))
+                })
                 .collect()
         });
         self.running.insert(handle.id(), events);
@@ -245,25 +244,27 @@ async fn run(open: &Open, limit: Option<Arc<Semaphore>>) -> Vec<BatchAnswer> {
     open.slots
         .iter()
         .enumerate()
-        .map(|(place, slot)| match form.result_for(&results, place, &slot.item) {
-            Some(result) => {
-                let (codes, _) = config.error_info(result);
-                let answer = form.answer(result, &codes);
-                if answer.send_single {
-                    return BatchAnswer::Single;
+        .map(
+            |(place, slot)| match form.result_for(&results, place, &slot.item) {
+                Some(result) => {
+                    let (codes, _) = config.error_info(result);
+                    let answer = form.answer(result, &codes);
+                    if answer.send_single {
+                        return BatchAnswer::Single;
+                    }
+                    BatchAnswer::Answered(Disposition::Done {
+                        response: Response {
+                            status: answer.status,
+                            headers: ResponseHeaders::default(),
+                            body: answer.body,
+                            elapsed: Duration::ZERO,
+                        },
+                    })
                 }
-                BatchAnswer::Answered(Disposition::Done {
-                    response: Response {
-                        status: answer.status,
-                        headers: ResponseHeaders::default(),
-                        body: answer.body,
-                        elapsed: Duration::ZERO,
-                    },
-                })
-            }
-            // No result for it: the item is tried again (the batched steps are upserts).
-            None => BatchAnswer::Answered(retry(response.clone())),
-        })
+                // No result for it: the item is tried again (the batched steps are upserts).
+                None => BatchAnswer::Answered(retry(response.clone())),
+            },
+        )
         .collect()
 }
 

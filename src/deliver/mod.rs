@@ -44,7 +44,9 @@ pub use budget::Budget;
 pub use cache::LookupCache;
 pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterWriter, unwrap_dead_letter};
 pub use error_body::{ZendeskError, zendesk_error};
-pub use executor::{BatchAnswer, BatchItem, Delivery, EventOutcome, Executor, LearnedKey, Turn, Wait};
+pub use executor::{
+    BatchAnswer, BatchItem, Delivery, EventOutcome, Executor, LearnedKey, Turn, Wait,
+};
 pub use http::{Client, ClientOptions, Response, ResponseHeaders, TransportError};
 pub use progress::Progress;
 pub use retry::{Disposition, PauseScope, RetryPolicy};

@@ -76,10 +76,18 @@ impl WaitReason {
 enum State {
     Queued,
     Running,
-    Waiting { until: Instant, reason: WaitReason },
+    Waiting {
+        until: Instant,
+        reason: WaitReason,
+    },
     /// Waiting with no timer, until [`Scheduler::wake`].
-    Held { reason: WaitReason },
-    Parked { on: Vec<LearnedKey>, until: Instant },
+    Held {
+        reason: WaitReason,
+    },
+    Parked {
+        on: Vec<LearnedKey>,
+        until: Instant,
+    },
 }
 
 #[derive(Debug)]

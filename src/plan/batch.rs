@@ -78,17 +78,18 @@ impl BatchForm {
         let index = path(&spec.result.index, "result/index", problems);
         let id = path(&spec.result.id, "result/id", problems);
         let success = path(&spec.result.success, "result/success", problems);
-        let mut expression = |src: &Option<String>, at: &str, text: bool, problems: &mut Problems| {
-            let src = src.as_deref()?;
-            let compiled = if text {
-                templates.text(src)
-            } else {
-                templates.expression(src)
+        let mut expression =
+            |src: &Option<String>, at: &str, text: bool, problems: &mut Problems| {
+                let src = src.as_deref()?;
+                let compiled = if text {
+                    templates.text(src)
+                } else {
+                    templates.expression(src)
+                };
+                compiled
+                    .map_err(|e| e.report("template error", &format!("{pointer}/{at}"), problems))
+                    .ok()
             };
-            compiled
-                .map_err(|e| e.report("template error", &format!("{pointer}/{at}"), problems))
-                .ok()
-        };
         let when = expression(&spec.when, "when", false, problems);
         let coalesce = expression(&spec.coalesce, "coalesce", true, problems);
         if spec.when.is_some() && when.is_none() || spec.coalesce.is_some() && coalesce.is_none() {
@@ -112,7 +113,10 @@ impl BatchForm {
         if !(1..=100).contains(&spec.max_items) {
             problems.at(
                 &format!("{pointer}/max_items"),
-                format!("a bulk request takes 1 to 100 items, not {}", spec.max_items),
+                format!(
+                    "a bulk request takes 1 to 100 items, not {}",
+                    spec.max_items
+                ),
             );
         }
         if spec.job == spec.results.is_some() {
