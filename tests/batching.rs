@@ -500,3 +500,100 @@ async fn no_more_jobs_than_the_limit_are_in_flight() {
         Some(12)
     );
 }
+
+/// `zdmap serve` as a child process delivering to `emu`: the child and its URL.
+fn spawn_serve(emu: &Emulator, data: &Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zdmap"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-watch"])
+        .args([
+            "--set",
+            "requests_per_minute=0",
+            "--write-key",
+            serving::KEY,
+        ])
+        .args(["--batch-window", "100ms", "--mappings", "mappings"])
+        .arg("--zendesk-url")
+        .arg(emu.url())
+        .arg("--data-dir")
+        .arg(data)
+        .env("ZENDESK_EMAIL", "agent@example.com")
+        .env("ZENDESK_API_TOKEN", "batching-test-token")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn zdmap serve");
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("first line");
+    let url = first
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{first}");
+    (child, url)
+}
+
+async fn wait_until(what: &str, check: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serve_killed_during_a_job_delivers_its_events_again_at_the_next_start() {
+    let emu = emulator(true).await;
+    emu.configure(|k| k.job_delay_ms = 3_000);
+    let data = tempfile::tempdir().expect("temp dir");
+    let (mut child, url) = spawn_serve(&emu, data.path());
+    let users: Vec<Value> = (0..10)
+        .map(|u| identify(&format!("k{u}"), &format!("k{u}@example.com"), "gold"))
+        .collect();
+    let accepted = reqwest::Client::new()
+        .post(format!("{url}/v1/batch"))
+        .basic_auth(serving::KEY, Some(""))
+        .json(&json!({"batch": users}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(accepted.status().as_u16(), 200);
+    let bulk = || requests(&emu, "POST", "/api/v2/users/create_or_update_many");
+    wait_until("the bulk request is sent", || !bulk().is_empty()).await;
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    assert_eq!(
+        emu.state()["users"].as_array().map(Vec::len),
+        Some(0),
+        "killed while the job was running"
+    );
+
+    emu.configure(|k| k.job_delay_ms = 0);
+    let (mut child, _) = spawn_serve(&emu, data.path());
+    let users = || comparable(&emu.state())["users"].clone();
+    wait_until("every user delivered again", || {
+        users().as_object().map(|u| u.len()) == Some(10)
+    })
+    .await;
+    // The first job ends too (3 s after it began): the same upserts again, nothing doubled.
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    let users = users();
+    assert_eq!(users.as_object().map(|u| u.len()), Some(10));
+    assert!(
+        users.as_object().is_some_and(|u| u
+            .iter()
+            .all(|(ext, v)| v["name"] == format!("User {}", ext.trim_matches('"')))),
+        "{users}"
+    );
+    assert!(bulk().len() >= 2, "sent again after the restart");
+    child.kill().expect("kill");
+    let _ = child.wait();
+}
