@@ -643,6 +643,11 @@ pub struct ExpectedRequest {
     pub headers: Option<IndexMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
+    /// The bulk request the event joins (as `zdmap preview` shows it: `method`, `path`,
+    /// `items`, `item`, `coalesce`), or `false` for a request that goes single. Given keys are
+    /// compared exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Value>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

@@ -11,7 +11,7 @@ pub use crate::diagnostic::{Diagnostic, Diagnostics, Format, Problems};
 use crate::diagnostic::suggest;
 use crate::field::Field;
 use crate::path::JsonPath;
-use crate::plan::batch::{BatchForm, JobsForm};
+use crate::plan::batch::JobsForm;
 use crate::plan::outcome::Outcomes;
 use crate::plan::resolver::Resolver;
 use crate::plan::{Action, Step};
@@ -586,8 +586,8 @@ fn compile_action(
                 Some(_) => {}
             }
         }
-        if let (Some(batch), Some(bs)) = (&step.batch, &s.batch) {
-            check_batch(s, bs, batch, has_jobs, &at, p);
+        if let Some(bs) = &s.batch {
+            check_batch(s, bs, has_jobs, &at, p);
         }
         steps.push(step);
     }
@@ -613,7 +613,6 @@ fn compile_action(
 fn check_batch(
     spec: &crate::spec::StepSpec,
     batch_spec: &crate::spec::BatchSpec,
-    batch: &BatchForm,
     has_jobs: bool,
     at: &str,
     p: &mut Problems,
@@ -651,7 +650,7 @@ fn check_batch(
             ),
         );
     }
-    if batch.job && !has_jobs {
+    if batch_spec.job && !has_jobs {
         p.at(
             &format!("{at}/batch/job"),
             "this bulk request answers with a job: declare how jobs are polled in destination.yaml (`jobs:`)",

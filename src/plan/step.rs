@@ -108,18 +108,16 @@ impl Step {
                 learn.push(l);
             }
         }
-        let batch = match &spec.batch {
-            Some(b) => Some(
-                crate::plan::batch::BatchForm::compile(
-                    b,
-                    &format!("{pointer}/batch"),
-                    templates,
-                    problems,
-                )
-                .map(std::sync::Arc::new)?,
-            ),
-            None => None,
-        };
+        // A form with problems (reported) leaves the step single, so the step's own checks run.
+        let batch = spec.batch.as_ref().and_then(|b| {
+            crate::plan::batch::BatchForm::compile(
+                b,
+                &format!("{pointer}/batch"),
+                templates,
+                problems,
+            )
+            .map(std::sync::Arc::new)
+        });
         Some(Step {
             name: spec.name.clone(),
             batch,
