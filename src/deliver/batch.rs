@@ -113,6 +113,22 @@ impl Batcher {
         }
     }
 
+    /// Adds the item of an event that ran while the events `ahead` of it waited for their bulk
+    /// requests: only into a bulk request one of them is in and that is still being collected
+    /// (so its items go after theirs). `false` when there is none.
+    pub fn join(&mut self, id: EventId, item: BatchItem, ahead: &[EventId], now: Instant) -> bool {
+        let group = group_of(&item);
+        let joinable = self.open.get(&group).is_some_and(|o| {
+            o.slots
+                .iter()
+                .any(|s| s.events.iter().any(|e| ahead.contains(e)))
+        });
+        if joinable {
+            self.add(id, item, now);
+        }
+        joinable
+    }
+
     /// When the next window ends.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.open.values().map(|o| o.deadline).min()
@@ -198,6 +214,11 @@ impl Batcher {
         });
         self.running.insert(handle.id(), events);
     }
+}
+
+/// Which bulk request an item joins: its form's, under the config it was rendered with.
+fn group_of(item: &BatchItem) -> String {
+    format!("{:p} {}", Arc::as_ptr(&item.config), item.form.group())
 }
 
 /// Sends one bulk request, polls its job, and gives each item its answer (in slot order).

@@ -135,6 +135,8 @@ struct Meta<T> {
     recheck: Duration,
     /// When a parked event's wait for its record ends.
     deadline: Option<Instant>,
+    /// The held events ahead of it when its turn started (it may only join their bulk requests).
+    ahead: Vec<EventId>,
 }
 
 const FIRST_RECHECK: Duration = Duration::from_secs(1);
@@ -282,9 +284,18 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
             return;
         }
         while self.running.len() < self.options.concurrency.max(1) {
-            let Some((id, Job { mut delivery, meta })) = self.scheduler.start_next() else {
+            let Some((
+                id,
+                Job {
+                    mut delivery,
+                    mut meta,
+                },
+            )) = self.scheduler.start_next()
+            else {
                 return;
             };
+            meta.ahead = self.scheduler.held_ahead(id);
+            delivery.join_only(!meta.ahead.is_empty());
             let event = delivery.event().clone();
             let handle = self.running.spawn(async move {
                 let turn = delivery.advance().await;
@@ -319,6 +330,7 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                 backoff,
                 recheck: FIRST_RECHECK,
                 deadline: None,
+                ahead: Vec::new(),
             },
         };
         self.scheduler
@@ -448,9 +460,17 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                 true
             }
             Turn::Wait(Wait::Batch(item)) => match &mut self.batcher {
-                Some(b) => {
+                Some(b) if job.meta.ahead.is_empty() => {
                     b.add(id, *item, now);
                     self.scheduler.hold(id, job, WaitReason::Batch);
+                    true
+                }
+                Some(b) => {
+                    if b.join(id, *item, &job.meta.ahead, now) {
+                        self.scheduler.hold(id, job, WaitReason::Batch);
+                    } else {
+                        self.scheduler.behind(id, job);
+                    }
                     true
                 }
                 None => {
@@ -459,6 +479,10 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                     true
                 }
             },
+            Turn::Wait(Wait::Behind) => {
+                self.scheduler.behind(id, job);
+                true
+            }
             Turn::Wait(Wait::Fatal { status, message }) => {
                 self.refused = true;
                 if sink.refused(status, &message) {

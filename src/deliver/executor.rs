@@ -72,6 +72,9 @@ pub enum Wait {
     /// The step's request goes out as an item of a bulk request ([`super::batch`]): hand the
     /// delivery its [`BatchAnswer`] ([`Delivery::answer`]) and call `advance` again.
     Batch(Box<BatchItem>),
+    /// In a turn that may only join bulk requests ([`Delivery::join_only`]), the next request
+    /// is not a bulk item: nothing was sent; call `advance` again once the events ahead are on.
+    Behind,
 }
 
 /// A step's request as an item of a bulk request.
@@ -175,6 +178,7 @@ impl Executor {
             learned: Vec::new(),
             last_chance: false,
             batching: false,
+            join_only: false,
         };
         // Actions whose fields did not resolve fail at once.
         let errors = std::mem::take(&mut delivery.plan.errors);
@@ -192,6 +196,23 @@ impl Executor {
             delivery.ran += 1;
         }
         delivery
+    }
+
+    /// Whether the cache answers a lookup (found, or known missing for every key).
+    fn is_cached(&self, need: &LookupNeed) -> bool {
+        let Some(resolver) = self.config.resolvers.get(&need.resolver) else {
+            return true;
+        };
+        let mut all_missing = true;
+        for (lookup, key) in resolver.order(&need.keys) {
+            match self.cache.lookup(&resolver.name, &lookup.by, key) {
+                Cached::Found(_) => return true,
+                Cached::Missing => {}
+                Cached::Unknown if lookup.is_direct() => return true,
+                Cached::Unknown => all_missing = false,
+            }
+        }
+        all_missing
     }
 
     /// The outcome of a response for a step: the step's rules, then the destination's, then 2xx = ok.
@@ -225,6 +246,8 @@ pub struct Delivery {
     last_chance: bool,
     /// Steps with a bulk form hand their request over as an item ([`Wait::Batch`]).
     batching: bool,
+    /// This turn may send nothing but bulk items ([`Wait::Behind`] otherwise).
+    join_only: bool,
 }
 
 /// Where one action stands.
@@ -318,6 +341,14 @@ impl Delivery {
         self.batching = on;
     }
 
+    /// For the next turn: events ahead of this one wait for their bulk requests, so it may
+    /// only hand over bulk items (to join theirs: its changes go after theirs, and several
+    /// upserts of one record in one window become one item). Anything else stops the turn
+    /// before it is sent ([`Wait::Behind`]).
+    pub fn join_only(&mut self, on: bool) {
+        self.join_only = on;
+    }
+
     /// The answer to the item the delivery waits for ([`Wait::Batch`]).
     pub fn answer(&mut self, answer: BatchAnswer) {
         if let Some(progress) = &mut self.current {
@@ -350,6 +381,7 @@ impl Delivery {
                 progress,
                 &mut self.learned,
                 self.last_chance,
+                self.join_only,
             )
             .await?
             {
@@ -363,6 +395,9 @@ impl Delivery {
                         batch_item(&executor, &self.plan, planned, step, request, progress)
                 {
                     return Err(Stop::Wait(Wait::Batch(Box::new(item))));
+                }
+                if self.join_only && progress.batch_answer.is_none() {
+                    return Err(Stop::Wait(Wait::Behind));
                 }
                 match send_step(&executor, &self.plan, &action.name, step, request, progress)
                     .await?
@@ -415,6 +450,7 @@ async fn render(
     progress: &mut ActionProgress,
     learned: &mut Vec<LearnedKey>,
     last_chance: bool,
+    join_only: bool,
 ) -> Result<Rendered, Stop> {
     let config = &executor.config;
     let action = &config.action(planned).name;
@@ -428,11 +464,17 @@ async fn render(
         let missing = lookups.missing();
         if missing.is_empty() {
             return result.map_err(|e| match lookups.first_unfound() {
+                // The events ahead may be creating it.
+                Some(_) if join_only => Stop::Wait(Wait::Behind),
                 Some(need) if !last_chance => Stop::Wait(Wait::Missing { need }),
                 _ => letter_without_response(plan, action, &step.name, e.to_string()),
             });
         }
         for need in missing {
+            if join_only && !executor.is_cached(&need) {
+                // A lookup request is more than a turn that may only join bulk requests sends.
+                return Err(Stop::Wait(Wait::Behind));
+            }
             let answer =
                 resolve(executor, plan, action, &step.name, &need, progress, learned).await?;
             progress.answers.insert(need, answer);

@@ -98,6 +98,9 @@ struct Entry<T> {
     state: State,
     /// Taken out while the event runs.
     job: Option<T>,
+    /// It ran while events ahead of it waited for their bulk requests, and could not join them:
+    /// it starts again only once one of its lines changes.
+    behind: bool,
 }
 
 /// What is held up, for metrics and `/readyz`.
@@ -158,6 +161,7 @@ impl<T> Scheduler<T> {
                 since,
                 state: State::Queued,
                 job: Some(job),
+                behind: false,
             },
         );
         self.consider(id);
@@ -237,8 +241,48 @@ impl<T> Scheduler<T> {
             && matches!(entry.state, State::Held { .. })
         {
             entry.state = State::Queued;
+            let keys = entry.keys.clone();
             self.consider(id);
+            self.consider_lines(&keys);
         }
+    }
+
+    /// A running event that started while events ahead of it were held ([`Self::held_ahead`])
+    /// sent nothing and could not join their bulk requests: it goes back to its place, and
+    /// starts again once one of its lines changes.
+    pub fn behind(&mut self, id: EventId, job: T) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        entry.state = State::Queued;
+        entry.behind = true;
+        entry.job = Some(job);
+        for key in &entry.keys {
+            self.busy.remove(key);
+        }
+    }
+
+    /// The held events ahead of an event in its lines: while they wait for their bulk requests,
+    /// it may run only to join those (its items then go after theirs, in order).
+    pub fn held_ahead(&self, id: EventId) -> Vec<EventId> {
+        let Some(entry) = self.entries.get(&id) else {
+            return Vec::new();
+        };
+        let mut out: Vec<EventId> = entry
+            .keys
+            .iter()
+            .filter_map(|k| self.lines.get(k))
+            .flat_map(|line| line.range(..id).copied())
+            .filter(|a| {
+                matches!(
+                    self.entries.get(a).map(|e| &e.state),
+                    Some(State::Held { .. })
+                )
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// A running event waits until one of `on` is learned, or until `until`, letting pass the
@@ -397,12 +441,14 @@ impl<T> Scheduler<T> {
         self.consider(id);
     }
 
-    /// Queued, no key busy, and in every line only parked events that let it pass ahead of it.
+    /// Queued, no key busy, and in every line only parked events that let it pass ahead of it,
+    /// or held ones (then it runs only to join their bulk requests).
     fn may_start(&self, id: EventId) -> bool {
         let Some(entry) = self.entries.get(&id) else {
             return false;
         };
         matches!(entry.state, State::Queued)
+            && !entry.behind
             && entry.keys.iter().all(|key| {
                 !self.busy.contains(key)
                     && self.lines.get(key).is_some_and(|line| {
@@ -412,13 +458,16 @@ impl<T> Scheduler<T> {
             })
     }
 
-    /// Whether the event `ahead` is parked for a record that an event with `keys` may create.
+    /// Whether the event `ahead` is parked for a record that an event with `keys` may create,
+    /// or held for its bulk request.
     fn lets_pass(&self, ahead: EventId, keys: &[Key]) -> bool {
-        let Some(State::Parked { on, .. }) = self.entries.get(&ahead).map(|e| &e.state) else {
-            return false;
-        };
-        on.iter()
-            .any(|missing| keys.iter().any(|k| key_value(k) == missing.key))
+        match self.entries.get(&ahead).map(|e| &e.state) {
+            Some(State::Parked { on, .. }) => on
+                .iter()
+                .any(|missing| keys.iter().any(|k| key_value(k) == missing.key)),
+            Some(State::Held { .. }) => true,
+            _ => false,
+        }
     }
 
     fn consider(&mut self, id: EventId) {
@@ -427,18 +476,22 @@ impl<T> Scheduler<T> {
         }
     }
 
-    /// Considers the first event of each line that is not parked.
+    /// Considers the first event of each line that is neither parked nor held (its line
+    /// changed, so one set `behind` may try again).
     fn consider_lines(&mut self, keys: &[Key]) {
         for key in keys {
             let first = self.lines.get(key).and_then(|line| {
                 line.iter().copied().find(|id| {
                     !matches!(
                         self.entries.get(id).map(|e| &e.state),
-                        Some(State::Parked { .. })
+                        Some(State::Parked { .. } | State::Held { .. })
                     )
                 })
             });
             if let Some(first) = first {
+                if let Some(entry) = self.entries.get_mut(&first) {
+                    entry.behind = false;
+                }
                 self.consider(first);
             }
         }
