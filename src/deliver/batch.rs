@@ -8,7 +8,8 @@
 //! `send`'s input has ended and no turn runs); items with the same `coalesce` identity become one
 //! item, later values winning field by field. Then the bulk request goes out as one attempt:
 //! - a status the form names as a refusal (`fallback.statuses`: 403 when bulk user imports are
-//!   off) turns the form off (logged once) and every item is sent as its single request;
+//!   off) turns the form off (logged once) and every item is sent as its single request, from
+//!   then on too (items are still collected, so the events coalesced into one share its request);
 //! - any other failure (a 429 on job creation, a 5xx, a timeout) is every item's answer, so each
 //!   event retries its step like after a failed single request, and joins a new batch;
 //! - a job is polled (`jobs:` of `destination.yaml`) until it is done, each poll one request
@@ -28,6 +29,7 @@ use crate::deliver::executor::{BatchAnswer, BatchItem};
 use crate::deliver::schedule::EventId;
 use crate::deliver::{Disposition, PauseScope, Response, ResponseHeaders, Transport};
 use crate::plan::batch::{BatchForm, JobState, coalesce_into};
+use crate::request::Request;
 use indexmap::IndexMap;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -67,6 +69,9 @@ struct Open {
 struct Slot {
     coalesce: Option<String>,
     item: Value,
+    /// The single request of its last event (with the coalesced item, when the bulk form is
+    /// not allowed).
+    single: Request,
     events: Vec<EventId>,
 }
 
@@ -100,11 +105,13 @@ impl Batcher {
         match same {
             Some(slot) => {
                 coalesce_into(&mut slot.item, &item.item);
+                slot.single = item.single;
                 slot.events.push(id);
             }
             None => open.slots.push(Slot {
                 coalesce: item.coalesce,
                 item: item.item,
+                single: item.single,
                 events: vec![id],
             }),
         }
@@ -226,6 +233,9 @@ async fn run(open: &Open, limit: Option<Arc<Semaphore>>) -> Vec<BatchAnswer> {
     let (form, config, transport) = (&open.form, &open.config, &open.transport);
     let n = open.slots.len();
     let all = |a: BatchAnswer| vec![a; n];
+    if form.is_refused() {
+        return singles(open).await;
+    }
     // Held from the bulk request until its job ends.
     let _permit = match limit {
         Some(s) => s.acquire_owned().await.ok(),
@@ -246,7 +256,7 @@ async fn run(open: &Open, limit: Option<Arc<Semaphore>>) -> Vec<BatchAnswer> {
                     "the bulk request is not allowed on this account: its items are sent as single requests from now on"
                 );
             }
-            return all(BatchAnswer::Single);
+            return singles(open).await;
         }
         Disposition::Done { response } if response.is_success() => response,
         other => return all(BatchAnswer::Answered(other)),
@@ -287,6 +297,18 @@ async fn run(open: &Open, limit: Option<Arc<Semaphore>>) -> Vec<BatchAnswer> {
             },
         )
         .collect()
+}
+
+/// The bulk form is not allowed: each item goes as its single request (one per item, so the
+/// events coalesced into it share one request), answering its events.
+async fn singles(open: &Open) -> Vec<BatchAnswer> {
+    let mut answers = Vec::with_capacity(open.slots.len());
+    for slot in &open.slots {
+        let request = open.form.single_with(&slot.single, &slot.item);
+        let d = open.transport.attempt(&request, |_| false).await;
+        answers.push(BatchAnswer::Answered(d));
+    }
+    answers
 }
 
 /// Polls the job a bulk answer started until it is done: its results, or how it failed.

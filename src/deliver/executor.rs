@@ -85,6 +85,8 @@ pub struct BatchItem {
     pub transport: Transport,
     /// The item (the part of the step's request body the form names).
     pub item: Value,
+    /// The step's single request (sent instead when the bulk form is not allowed).
+    pub single: Request,
     /// The identity of the record it writes, when the form coalesces.
     pub coalesce: Option<String>,
 }
@@ -92,8 +94,9 @@ pub struct BatchItem {
 /// What became of a batched item, for the step that waits for it.
 #[derive(Debug, Clone)]
 pub enum BatchAnswer {
-    /// As if the step's single request had been answered so: the item's result, or how the bulk
-    /// request itself ended (a 429, a 5xx, a failed job: tried again like any request).
+    /// As if the step's single request had been answered so: the item's result, how the bulk
+    /// request itself ended (a 429, a 5xx, a failed job: tried again like any request), or
+    /// the answer to the item's single request (the bulk form is not allowed).
     Answered(Disposition),
     /// Send the step's single request (the bulk form is not allowed, or the item's error is
     /// one its single request answers better).
@@ -569,7 +572,7 @@ fn batch_item(
     request: &Request,
     progress: &ActionProgress,
 ) -> Option<BatchItem> {
-    let form = step.batch.as_ref().filter(|f| !f.is_refused())?;
+    let form = step.batch.as_ref()?;
     let config = &executor.config;
     let scope = || {
         config
@@ -603,6 +606,7 @@ fn batch_item(
         config: config.clone(),
         transport: executor.transport.clone(),
         item: form.item_of(request)?,
+        single: request.clone(),
         coalesce,
     })
 }

@@ -24,7 +24,8 @@ pub struct BatchForm {
     pub path: String,
     /// The key of the list of items in the bulk body.
     pub items: String,
-    item: JsonPath,
+    /// Where the item is in the step's request body, as a JSON pointer (`$.user` is `/user`).
+    item: String,
     pub max_items: usize,
     pub when: Option<Text>,
     pub coalesce: Option<Text>,
@@ -70,7 +71,6 @@ impl BatchForm {
                 None
             }
         };
-        let item = path(&spec.item, "item", problems);
         let results = spec
             .results
             .as_deref()
@@ -78,6 +78,17 @@ impl BatchForm {
         let index = path(&spec.result.index, "result/index", problems);
         let id = path(&spec.result.id, "result/id", problems);
         let success = path(&spec.result.success, "result/success", problems);
+        let item = item_pointer(&spec.item);
+        if item.is_none() {
+            problems.at(
+                &format!("{pointer}/item"),
+                format!(
+                    "`{}`: the item is named by keys from the body's root, like `$.user`",
+                    spec.item
+                ),
+            );
+        }
+
         let mut expression =
             |src: &Option<String>, at: &str, text: bool, problems: &mut Problems| {
                 let src = src.as_deref()?;
@@ -92,7 +103,10 @@ impl BatchForm {
             };
         let when = expression(&spec.when, "when", false, problems);
         let coalesce = expression(&spec.coalesce, "coalesce", true, problems);
-        if spec.when.is_some() && when.is_none() || spec.coalesce.is_some() && coalesce.is_none() {
+        if spec.when.is_some() && when.is_none()
+            || spec.coalesce.is_some() && coalesce.is_none()
+            || item.is_none()
+        {
             ok = false;
         }
         if !spec.request.path.starts_with('/') {
@@ -137,7 +151,7 @@ impl BatchForm {
             method: spec.request.method,
             path: spec.request.path.clone(),
             items: spec.items.clone(),
-            item: item?,
+            item: item.unwrap_or_default(),
             max_items: spec.max_items.clamp(1, 100),
             when,
             coalesce,
@@ -180,9 +194,20 @@ impl BatchForm {
         single
             .body
             .as_ref()
-            .and_then(|b| self.item.first(b))
+            .and_then(|b| b.pointer(&self.item))
             .filter(|v| v.is_object())
             .cloned()
+    }
+
+    /// A step's single request with `item` (several events' items coalesced) in its place.
+    pub fn single_with(&self, single: &Request, item: &Value) -> Request {
+        let mut request = single.clone();
+        if let Some(body) = request.body.as_mut()
+            && let Some(slot) = body.pointer_mut(&self.item)
+        {
+            *slot = item.clone();
+        }
+        request
     }
 
     /// The bulk request carrying `items`.
@@ -273,6 +298,15 @@ impl BatchForm {
                 .any(|c| self.item_errors.iter().any(|e| e == c)),
         }
     }
+}
+
+/// `$.user.profile` as the JSON pointer `/user/profile`; `None` for anything but keys.
+fn item_pointer(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("$.")?;
+    let keys: Vec<&str> = rest.split('.').collect();
+    keys.iter()
+        .all(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .then(|| keys.iter().map(|k| format!("/{k}")).collect())
 }
 
 /// Ids compare as numbers or as text (`42` and `"42"` are one id).
