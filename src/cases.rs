@@ -332,7 +332,7 @@ fn compare(expect: &ExpectSpec, got: &Preview) -> Vec<String> {
                     b.method, b.path
                 )),
                 (Some(w), have) => {
-                    let have = have.as_ref().map(|b| to_value(b));
+                    let have = have.as_ref().map(to_value);
                     differ("batch", w, have.as_ref(), &mut differences);
                 }
             }

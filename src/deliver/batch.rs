@@ -259,17 +259,17 @@ async fn run(open: &Open, limit: Option<Arc<Semaphore>>) -> Vec<BatchAnswer> {
             return singles(open).await;
         }
         Disposition::Done { response } if response.is_success() => response,
-        other => return all(BatchAnswer::Answered(other)),
+        other => return all(BatchAnswer::Answered(Box::new(other))),
     };
     let results: Vec<Value> = if form.job {
         match poll(open, &response).await {
             Ok(results) => results,
-            Err(d) => return all(BatchAnswer::Answered(d)),
+            Err(d) => return all(BatchAnswer::Answered(Box::new(d))),
         }
     } else {
         match form.results_in(&response.body) {
             Some(r) => r.to_vec(),
-            None => return all(BatchAnswer::Answered(retry(response))),
+            None => return all(BatchAnswer::Answered(Box::new(retry(response)))),
         }
     };
     open.slots
@@ -283,17 +283,17 @@ async fn run(open: &Open, limit: Option<Arc<Semaphore>>) -> Vec<BatchAnswer> {
                     if answer.send_single {
                         return BatchAnswer::Single;
                     }
-                    BatchAnswer::Answered(Disposition::Done {
+                    BatchAnswer::Answered(Box::new(Disposition::Done {
                         response: Response {
                             status: answer.status,
                             headers: ResponseHeaders::default(),
                             body: answer.body,
                             elapsed: Duration::ZERO,
                         },
-                    })
+                    }))
                 }
                 // No result for it: the item is tried again (the batched steps are upserts).
-                None => BatchAnswer::Answered(retry(response.clone())),
+                None => BatchAnswer::Answered(Box::new(retry(response.clone()))),
             },
         )
         .collect()
@@ -306,7 +306,7 @@ async fn singles(open: &Open) -> Vec<BatchAnswer> {
     for slot in &open.slots {
         let request = open.form.single_with(&slot.single, &slot.item);
         let d = open.transport.attempt(&request, |_| false).await;
-        answers.push(BatchAnswer::Answered(d));
+        answers.push(BatchAnswer::Answered(Box::new(d)));
     }
     answers
 }

@@ -97,7 +97,7 @@ pub enum BatchAnswer {
     /// As if the step's single request had been answered so: the item's result, how the bulk
     /// request itself ended (a 429, a 5xx, a failed job: tried again like any request), or
     /// the answer to the item's single request (the bulk form is not allowed).
-    Answered(Disposition),
+    Answered(Box<Disposition>),
     /// Send the step's single request (the bulk form is not allowed, or the item's error is
     /// one its single request answers better).
     Single,
@@ -383,8 +383,10 @@ impl Delivery {
                 step,
                 progress,
                 &mut self.learned,
-                self.last_chance,
-                self.join_only,
+                Mode {
+                    last_chance: self.last_chance,
+                    join_only: self.join_only,
+                },
             )
             .await?
             {
@@ -444,6 +446,15 @@ fn letter_without_response(plan: &Plan, action: &str, step: &str, message: Strin
     )))
 }
 
+/// How a turn treats a record that is not there.
+#[derive(Clone, Copy)]
+struct Mode {
+    /// A record missing fails the action (its wait is over).
+    last_chance: bool,
+    /// The turn may only join bulk requests: no lookup request, no waiting for a record.
+    join_only: bool,
+}
+
 /// Renders a step, answering its lookups until it renders whole.
 async fn render(
     executor: &Executor,
@@ -452,9 +463,12 @@ async fn render(
     step: &Step,
     progress: &mut ActionProgress,
     learned: &mut Vec<LearnedKey>,
-    last_chance: bool,
-    join_only: bool,
+    mode: Mode,
 ) -> Result<Rendered, Stop> {
+    let Mode {
+        last_chance,
+        join_only,
+    } = mode;
     let config = &executor.config;
     let action = &config.action(planned).name;
     for _ in 0..=LOOKUP_ROUNDS {
@@ -501,7 +515,7 @@ async fn send_step(
     progress: &mut ActionProgress,
 ) -> Result<StepResult, Stop> {
     let disposition = match progress.batch_answer.take() {
-        Some(BatchAnswer::Answered(d)) => d,
+        Some(BatchAnswer::Answered(d)) => *d,
         Some(BatchAnswer::Single) | None => {
             executor
                 .transport
