@@ -202,8 +202,14 @@ pub struct BatchSpec {
     #[serde(default = "default_max_items")]
     #[schemars(range(min = 1, max = 100))]
     pub max_items: usize,
+    /// Keys added to the item, each a template over the step's scope (`id: "{{ resolve('ticket', ...) }}"`
+    /// for an update whose single request names the record in its path); a key without a value
+    /// is left out.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub set: IndexMap<String, String>,
     /// A minijinja expression over the step's scope; the step is batched only when it is true
-    /// (otherwise its single request is sent).
+    /// (otherwise its single request is sent). A lookup it needs is answered from the cache
+    /// only: a record not known yet goes single.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<String>,
     /// A template giving the identity of the record an item writes (`{{ external_id or email }}`):

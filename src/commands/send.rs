@@ -54,6 +54,7 @@ pub struct SendArgs {
 
 /// Exit 0 when everything was delivered, 2 when some events were dead-lettered, 1 on a fatal error.
 pub fn send(args: &SendArgs) -> ExitCode {
+    crate::serve::logs::init_at(crate::serve::logs::LogFormat::Text, "warn");
     super::block_on(send_async(args))
 }
 

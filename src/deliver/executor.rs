@@ -201,21 +201,24 @@ impl Executor {
         delivery
     }
 
-    /// Whether the cache answers a lookup (found, or known missing for every key).
-    fn is_cached(&self, need: &LookupNeed) -> bool {
-        let Some(resolver) = self.config.resolvers.get(&need.resolver) else {
-            return true;
-        };
+    /// The cache's answer to a lookup, if it has one (found, or known missing for every key).
+    fn cached(&self, need: &LookupNeed) -> Option<Answer> {
+        let resolver = self.config.resolvers.get(&need.resolver)?;
         let mut all_missing = true;
         for (lookup, key) in resolver.order(&need.keys) {
             match self.cache.lookup(&resolver.name, &lookup.by, key) {
-                Cached::Found(_) => return true,
+                Cached::Found(v) => return Some(Answer::Found(v)),
                 Cached::Missing => {}
-                Cached::Unknown if lookup.is_direct() => return true,
+                Cached::Unknown if lookup.is_direct() => return Some(Answer::Found(id_value(key))),
                 Cached::Unknown => all_missing = false,
             }
         }
-        all_missing
+        all_missing.then_some(Answer::NotFound)
+    }
+
+    /// Whether the cache answers a lookup (found, or known missing for every key).
+    fn is_cached(&self, need: &LookupNeed) -> bool {
+        self.cached(need).is_some()
     }
 
     /// The outcome of a response for a step: the step's rules, then the destination's, then 2xx = ok.
@@ -588,8 +591,11 @@ fn batch_item(
 ) -> Option<BatchItem> {
     let form = step.batch.as_ref()?;
     let config = &executor.config;
-    let scope = || {
-        config
+    // The step's own answers, and what the cache knows of the lookups only the form needs.
+    let mut answers = progress.answers.clone();
+    let scope = |answers: &HashMap<LookupNeed, Answer>| {
+        let lookups = Arc::new(Lookups::new(answers.clone()));
+        let scope = config
             .step_scope(
                 plan,
                 planned,
@@ -597,17 +603,29 @@ fn batch_item(
                     outputs: progress.outputs.clone(),
                     symbolic: false,
                 }),
-                Arc::new(Lookups::new(progress.answers.clone())),
+                lookups.clone(),
             )
-            .build()
+            .build();
+        (scope, lookups)
     };
-    if let Some(when) = &form.when
-        && !config.templates.truthy(when, &scope()).unwrap_or(false)
-    {
-        return None;
+    if let Some(when) = &form.when {
+        let (s, lookups) = scope(&answers);
+        let _ = config.templates.truthy(when, &s);
+        for need in lookups.missing() {
+            let answer = executor.cached(&need).unwrap_or(Answer::NotFound);
+            answers.insert(need, answer);
+        }
+        if !config
+            .templates
+            .truthy(when, &scope(&answers).0)
+            .unwrap_or(false)
+        {
+            return None;
+        }
     }
+    let (scope, _) = scope(&answers);
     let coalesce = match &form.coalesce {
-        Some(t) => match config.templates.eval(t, &scope()).ok()? {
+        Some(t) => match config.templates.eval(t, &scope).ok()? {
             Some(Value::String(s)) if !s.is_empty() => Some(s),
             Some(Value::Null) | None => None,
             Some(Value::String(_)) => None,
@@ -619,7 +637,7 @@ fn batch_item(
         form: form.clone(),
         config: config.clone(),
         transport: executor.transport.clone(),
-        item: form.item_of(request)?,
+        item: form.item_of(request, &config.templates, &scope)?,
         single: request.clone(),
         coalesce,
     })

@@ -29,6 +29,8 @@ pub struct BatchForm {
     pub max_items: usize,
     pub when: Option<Text>,
     pub coalesce: Option<Text>,
+    /// Keys added to the item (templates).
+    pub set: Vec<(String, Text)>,
     /// The answer is a job to poll (else the results are in the answer, at `results`).
     pub job: bool,
     results: Option<JsonPath>,
@@ -103,6 +105,13 @@ impl BatchForm {
             };
         let when = expression(&spec.when, "when", false, problems);
         let coalesce = expression(&spec.coalesce, "coalesce", true, problems);
+        let mut set = Vec::new();
+        for (key, src) in &spec.set {
+            match expression(&Some(src.clone()), &format!("set/{key}"), true, problems) {
+                Some(t) => set.push((key.clone(), t)),
+                None => ok = false,
+            }
+        }
         if spec.when.is_some() && when.is_none()
             || spec.coalesce.is_some() && coalesce.is_none()
             || item.is_none()
@@ -155,6 +164,7 @@ impl BatchForm {
             max_items: spec.max_items.clamp(1, 100),
             when,
             coalesce,
+            set,
             job: spec.job,
             results,
             by: spec.result.by,
@@ -180,6 +190,9 @@ impl BatchForm {
         if let Some(c) = &self.coalesce {
             out.push(("/batch/coalesce".to_owned(), c));
         }
+        for (k, t) in &self.set {
+            out.push((format!("/batch/set/{k}"), t));
+        }
         out
     }
 
@@ -189,14 +202,23 @@ impl BatchForm {
         format!("{} {} {}", self.method.as_str(), self.path, self.items)
     }
 
-    /// The item of a step's rendered request: the part of its body at `item`.
-    pub fn item_of(&self, single: &Request) -> Option<Value> {
-        single
+    /// The item of a step's rendered request: the part of its body at `item`, with the `set`
+    /// keys evaluated in `scope`. `None` when the body has no such object or a key fails.
+    pub fn item_of(&self, single: &Request, templates: &Templates, scope: &Scope) -> Option<Value> {
+        let mut item = single
             .body
             .as_ref()
             .and_then(|b| b.pointer(&self.item))
             .filter(|v| v.is_object())
-            .cloned()
+            .cloned()?;
+        for (key, text) in &self.set {
+            if let Some(v) = templates.eval(text, scope).ok()?
+                && let Some(obj) = item.as_object_mut()
+            {
+                obj.insert(key.clone(), v);
+            }
+        }
+        Some(item)
     }
 
     /// A step's single request with `item` (several events' items coalesced) in its place.

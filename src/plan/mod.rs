@@ -290,7 +290,7 @@ impl Config {
             method: form.method,
             path: form.path.clone(),
             items: form.items.clone(),
-            item: form.item_of(request)?,
+            item: form.item_of(request, &self.templates, &scope)?,
             coalesce,
         })
     }
