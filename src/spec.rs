@@ -553,6 +553,30 @@ pub struct LookupSpec {
     /// the event. Required on a lookup without a request, whose key goes into paths as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<KeySpec>,
+    /// The lookup's bulk form: the keys looked up in one window go out as one request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<LookupBatchSpec>,
+}
+
+/// A lookup of many keys at once (`GET /api/v2/users/show_many?external_ids=a,b`): the records
+/// found answer their keys, and a key without a record is not found.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LookupBatchSpec {
+    /// The request (no templates); the keys go in `query`.
+    pub request: BulkRequestSpec,
+    /// The query parameter that takes the keys, comma-separated (`external_ids`).
+    pub query: String,
+    /// Most keys in one request.
+    #[serde(default = "default_max_items")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_keys: usize,
+    /// JSONPath to the list of records in the answer (`$.users`).
+    pub records: String,
+    /// JSONPath to a record's key (`$.external_id`), compared without regard to case.
+    pub key: String,
+    /// JSONPath to the value a record gives its key (`$.id`).
+    pub value: String,
 }
 
 /// The form of a lookup key, e.g. a Zendesk id: `{ type: integer, minimum: 1 }`.

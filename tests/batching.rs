@@ -695,3 +695,38 @@ async fn several_upserts_of_one_user_in_a_window_become_one_item() {
     );
     assert_eq!(comparable(&off.state())["users"], users);
 }
+
+#[tokio::test]
+async fn lookups_in_one_window_go_out_as_one_request() {
+    let emu = emulator(true).await;
+    let users: Vec<Value> = (0..30)
+        .map(|u| identify(&format!("l{u}"), &format!("l{u}@example.com"), "pro"))
+        .collect();
+    let (report, _) = send(&emu, Path::new("mappings"), &lines(&users), options(None)).await;
+    assert_eq!(report.dead_letters, 0);
+    // A new run (an empty cache): 30 users to find, and one that does not exist.
+    let mut tracks: Vec<Value> = (0..30)
+        .map(|u| json!({"type": "track", "event": "Signed In", "userId": format!("l{u}"), "messageId": format!("s{u}")}))
+        .collect();
+    tracks.push(
+        json!({"type": "track", "event": "Signed In", "userId": "nobody", "messageId": "s-nobody"}),
+    );
+    let (report, letters) = send(
+        &emu,
+        Path::new("mappings"),
+        &lines(&tracks),
+        options(Some(Duration::from_millis(200))),
+    )
+    .await;
+    assert_eq!(report.dead_letters, 1, "{letters:?}");
+    assert_eq!(letters[0]["event"]["userId"], "nobody");
+    let show_many = requests(&emu, "GET", "/api/v2/users/show_many");
+    assert_eq!(show_many.len(), 1, "one request for the 31 keys");
+    assert!(requests(&emu, "GET", "/api/v2/users/search").is_empty());
+    let state = comparable(&emu.state());
+    assert_eq!(
+        state["events"].as_object().map(|e| e.len()),
+        Some(30),
+        "every user found got its event"
+    );
+}

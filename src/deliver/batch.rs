@@ -21,11 +21,16 @@
 //! and `learn` apply unchanged, and an item that failed fails only its own event. Answers go
 //! back to the dispatcher, which hands each delivery its own ([`super::Delivery::answer`]).
 //!
+//! Lookups whose resolver declares a bulk form (`show_many?external_ids=`) are collected the same
+//! way, per resolver and key kind, up to `max_keys`: one request answers them all into the cache
+//! (found, or not found), and each event goes on from there.
+//!
 //! A job still running when the process stops is not remembered: its events were never
 //! settled, so they are delivered again at the next start (the batched steps are upserts).
 
 use crate::config::Config;
-use crate::deliver::executor::{BatchAnswer, BatchItem};
+use crate::deliver::LearnedKey;
+use crate::deliver::executor::{BatchAnswer, BatchItem, LookupItem};
 use crate::deliver::schedule::EventId;
 use crate::deliver::{Disposition, PauseScope, Response, ResponseHeaders, Transport};
 use crate::plan::batch::{BatchForm, JobState, coalesce_into};
@@ -47,7 +52,9 @@ const POLL_FAILURES: u32 = 8;
 pub struct Batcher {
     window: Duration,
     open: IndexMap<String, Open>,
-    tasks: JoinSet<Vec<(EventId, BatchAnswer)>>,
+    /// Lookups being collected, by resolver and key kind.
+    lookups: IndexMap<String, OpenLookup>,
+    tasks: JoinSet<Answers>,
     /// The events of each running bulk request (to answer them if its task fails).
     running: HashMap<tokio::task::Id, Vec<EventId>>,
     /// Jobs in flight at once (`jobs.limit`), made with the first job.
@@ -62,6 +69,23 @@ struct Open {
     config: Arc<Config>,
     transport: Transport,
     slots: Vec<Slot>,
+}
+
+/// What a bulk request (or lookup) ended with: each event's answer, and the resolver keys it
+/// taught (so that events waiting for those records wake up).
+#[derive(Debug, Default)]
+pub struct Answers {
+    pub answers: Vec<(EventId, BatchAnswer)>,
+    pub learned: Vec<LearnedKey>,
+}
+
+/// Keys being collected for one bulk lookup.
+#[derive(Debug)]
+struct OpenLookup {
+    deadline: Instant,
+    first: LookupItem,
+    /// Each key (as given) and the events that wait for it.
+    keys: IndexMap<String, Vec<EventId>>,
 }
 
 /// One item of a bulk request and the events it answers.
@@ -81,6 +105,7 @@ impl Batcher {
         Batcher {
             window,
             open: IndexMap::new(),
+            lookups: IndexMap::new(),
             tasks: JoinSet::new(),
             running: HashMap::new(),
             jobs: None,
@@ -136,9 +161,36 @@ impl Batcher {
         joinable
     }
 
+    /// Adds an event's lookup; sends the bulk lookup when it is full.
+    pub fn add_lookup(&mut self, id: EventId, item: LookupItem, now: Instant) {
+        let group = format!(
+            "{:p} {} {}",
+            Arc::as_ptr(&item.config),
+            item.resolver,
+            item.by
+        );
+        let key = item.key.clone();
+        let open = self
+            .lookups
+            .entry(group.clone())
+            .or_insert_with(|| OpenLookup {
+                deadline: now + self.window,
+                first: item,
+                keys: IndexMap::new(),
+            });
+        open.keys.entry(key).or_default().push(id);
+        if open.keys.len() >= open.first.form.max_keys {
+            self.send_lookup(&group);
+        }
+    }
+
     /// When the next window ends.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.open.values().map(|o| o.deadline).min()
+        self.open
+            .values()
+            .map(|o| o.deadline)
+            .chain(self.lookups.values().map(|o| o.deadline))
+            .min()
     }
 
     /// Sends the bulk requests whose window has ended.
@@ -152,6 +204,15 @@ impl Batcher {
         for group in due {
             self.send(&group);
         }
+        let due: Vec<String> = self
+            .lookups
+            .iter()
+            .filter(|(_, o)| o.deadline <= now)
+            .map(|(g, _)| g.clone())
+            .collect();
+        for group in due {
+            self.send_lookup(&group);
+        }
     }
 
     /// Sends every bulk request being collected (nothing else can join them).
@@ -160,6 +221,10 @@ impl Batcher {
         for group in groups {
             self.send(&group);
         }
+        let groups: Vec<String> = self.lookups.keys().cloned().collect();
+        for group in groups {
+            self.send_lookup(&group);
+        }
     }
 
     /// Whether bulk requests are out.
@@ -167,13 +232,8 @@ impl Batcher {
         !self.tasks.is_empty()
     }
 
-    /// Items being collected.
-    pub fn collecting(&self) -> usize {
-        self.open.values().map(|o| o.slots.len()).sum()
-    }
-
     /// The answers of the next bulk request that ends: one per event.
-    pub async fn answered(&mut self) -> Vec<(EventId, BatchAnswer)> {
+    pub async fn answered(&mut self) -> Answers {
         match self.tasks.join_next_with_id().await {
             Some(Ok((task, answers))) => {
                 self.running.remove(&task);
@@ -182,15 +242,40 @@ impl Batcher {
             Some(Err(e)) => {
                 // A bulk request that panicked (a bug): its events send their single requests.
                 tracing::error!(error = %e, "a bulk request failed");
-                self.running
-                    .remove(&e.id())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|id| (id, BatchAnswer::Single))
-                    .collect()
+                Answers {
+                    answers: self
+                        .running
+                        .remove(&e.id())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|id| (id, BatchAnswer::Single))
+                        .collect(),
+                    learned: Vec::new(),
+                }
             }
-            None => Vec::new(),
+            None => Answers::default(),
         }
+    }
+
+    fn send_lookup(&mut self, group: &str) {
+        let Some(open) = self.lookups.shift_remove(group) else {
+            return;
+        };
+        let events: Vec<EventId> = open.keys.values().flatten().copied().collect();
+        let handle = self.tasks.spawn(async move {
+            let learned = look_up(&open).await;
+            // Each event goes on: its lookup is in the cache now, or asked on its own.
+            Answers {
+                answers: open
+                    .keys
+                    .into_values()
+                    .flatten()
+                    .map(|e| (e, BatchAnswer::Single))
+                    .collect(),
+                learned,
+            }
+        });
+        self.running.insert(handle.id(), events);
     }
 
     fn send(&mut self, group: &str) {
@@ -211,16 +296,57 @@ impl Batcher {
         let events: Vec<EventId> = open.slots.iter().flat_map(|s| s.events.clone()).collect();
         let handle = self.tasks.spawn(async move {
             let answers = run(&open, limit).await;
-            open.slots
-                .into_iter()
-                .zip(answers)
-                .flat_map(|(slot, answer)| {
-                    slot.events.into_iter().map(move |e| (e, answer.clone()))
-                })
-                .collect()
+            Answers {
+                answers: open
+                    .slots
+                    .into_iter()
+                    .zip(answers)
+                    .flat_map(|(slot, answer)| {
+                        slot.events.into_iter().map(move |e| (e, answer.clone()))
+                    })
+                    .collect(),
+                learned: Vec::new(),
+            }
         });
         self.running.insert(handle.id(), events);
     }
+}
+
+/// Looks the keys up in one request and caches what it says: the value of each key found, and
+/// "not found" for the others. On a failure nothing is cached (each event asks on its own).
+async fn look_up(open: &OpenLookup) -> Vec<LearnedKey> {
+    let item = &open.first;
+    let keys: Vec<String> = open.keys.keys().cloned().collect();
+    let request = item.form.request(&keys);
+    let Disposition::Done { response } = item.transport.attempt(&request, |_| false).await else {
+        return Vec::new();
+    };
+    if !response.is_success() {
+        return Vec::new();
+    }
+    let found = item.form.found(&response.body);
+    let mut learned = Vec::new();
+    for key in keys {
+        match found.get(&key.to_lowercase()) {
+            Some(value) => {
+                item.cache.put(
+                    &item.resolver,
+                    item.ttl,
+                    item.capacity,
+                    &item.by,
+                    &key,
+                    value.clone(),
+                );
+                learned.push(LearnedKey {
+                    resolver: item.resolver.clone(),
+                    by: item.by.clone(),
+                    key,
+                });
+            }
+            None => item.cache.mark_missing(&item.resolver, &item.by, &key),
+        }
+    }
+    learned
 }
 
 /// Which bulk request an item joins: its form's, under the config it was rendered with.

@@ -24,7 +24,7 @@
 //! otherwise stop the reading for good); past `max_held` events in all, the oldest parked event
 //! gets its last chance early.
 
-use crate::deliver::batch::Batcher;
+use crate::deliver::batch::{Answers, Batcher};
 use crate::deliver::executor::{BatchAnswer, Delivery, EventOutcome, Turn, Wait};
 use crate::deliver::schedule::{EventId, Key, Scheduler, Status, WaitReason};
 use crate::deliver::{DeadLetter, LearnedKey, PauseScope};
@@ -246,10 +246,10 @@ pub async fn dispatch<S: Sink>(
     DispatchReport { fatal: d.fatal }
 }
 
-async fn answered(batcher: &mut Option<Batcher>) -> Vec<(EventId, BatchAnswer)> {
+async fn answered(batcher: &mut Option<Batcher>) -> Answers {
     match batcher {
         Some(b) => b.answered().await,
-        None => Vec::new(),
+        None => Answers::default(),
     }
 }
 
@@ -306,8 +306,11 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
     }
 
     /// Bulk requests answered: each event gets its item's answer and may go on.
-    fn answered(&mut self, answers: Vec<(EventId, BatchAnswer)>) {
-        for (id, answer) in answers {
+    fn answered(&mut self, answers: Answers) {
+        if !answers.learned.is_empty() {
+            self.scheduler.learned(&answers.learned);
+        }
+        for (id, answer) in answers.answers {
             if let Some(job) = self.scheduler.job_mut(id) {
                 job.delivery.answer(answer);
             }
@@ -479,6 +482,19 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                     true
                 }
             },
+            Turn::Wait(Wait::Lookup(item)) => {
+                match &mut self.batcher {
+                    Some(b) => {
+                        b.add_lookup(id, *item, now);
+                        self.scheduler.hold(id, job, WaitReason::Batch);
+                    }
+                    None => {
+                        job.delivery.answer(BatchAnswer::Single);
+                        self.scheduler.wait(id, job, now, WaitReason::Retry);
+                    }
+                }
+                true
+            }
             Turn::Wait(Wait::Behind) => {
                 self.scheduler.behind(id, job);
                 true

@@ -20,7 +20,7 @@ use crate::deliver::cache::{Cached, LookupCache};
 use crate::deliver::retry::PauseScope;
 use crate::deliver::{DeadLetter, Disposition, Response, RetryPolicy, Transport};
 use crate::event::Event;
-use crate::plan::batch::BatchForm;
+use crate::plan::batch::{BatchForm, LookupBatch};
 use crate::plan::{Plan, PlannedAction, Rendered, Step};
 use crate::request::Request;
 use crate::spec::OutcomeKind;
@@ -72,6 +72,10 @@ pub enum Wait {
     /// The step's request goes out as an item of a bulk request ([`super::batch`]): hand the
     /// delivery its [`BatchAnswer`] ([`Delivery::answer`]) and call `advance` again.
     Batch(Box<BatchItem>),
+    /// A lookup goes out with others of its window as one request ([`super::batch`]); its
+    /// answer lands in the cache. Hand the delivery [`BatchAnswer::Single`] and call `advance`
+    /// again.
+    Lookup(Box<LookupItem>),
     /// In a turn that may only join bulk requests ([`Delivery::join_only`]), the next request
     /// is not a bulk item: nothing was sent; call `advance` again once the events ahead are on.
     Behind,
@@ -89,6 +93,21 @@ pub struct BatchItem {
     pub single: Request,
     /// The identity of the record it writes, when the form coalesces.
     pub coalesce: Option<String>,
+}
+
+/// A key a lookup's bulk form looks up with others.
+#[derive(Debug)]
+pub struct LookupItem {
+    pub form: Arc<LookupBatch>,
+    pub resolver: String,
+    pub by: String,
+    pub key: String,
+    /// How the answer is cached.
+    pub ttl: Duration,
+    pub capacity: usize,
+    pub cache: Arc<LookupCache>,
+    pub config: Arc<Config>,
+    pub transport: Transport,
 }
 
 /// What became of a batched item, for the step that waits for it.
@@ -389,6 +408,7 @@ impl Delivery {
                 Mode {
                     last_chance: self.last_chance,
                     join_only: self.join_only,
+                    batching: self.batching,
                 },
             )
             .await?
@@ -456,6 +476,8 @@ struct Mode {
     last_chance: bool,
     /// The turn may only join bulk requests: no lookup request, no waiting for a record.
     join_only: bool,
+    /// Lookups with a bulk form go out with others ([`Wait::Lookup`]).
+    batching: bool,
 }
 
 /// Renders a step, answering its lookups until it renders whole.
@@ -471,6 +493,7 @@ async fn render(
     let Mode {
         last_chance,
         join_only,
+        batching,
     } = mode;
     let config = &executor.config;
     let action = &config.action(planned).name;
@@ -495,8 +518,10 @@ async fn render(
                 // A lookup request is more than a turn that may only join bulk requests sends.
                 return Err(Stop::Wait(Wait::Behind));
             }
-            let answer =
-                resolve(executor, plan, action, &step.name, &need, progress, learned).await?;
+            let answer = resolve(
+                executor, plan, action, &step.name, &need, progress, learned, batching,
+            )
+            .await?;
             progress.answers.insert(need, answer);
         }
     }
@@ -653,6 +678,7 @@ async fn resolve(
     need: &LookupNeed,
     progress: &mut ActionProgress,
     learned: &mut Vec<LearnedKey>,
+    batching: bool,
 ) -> Result<Answer, Stop> {
     let what = format!("lookup {need}");
     let config = &executor.config;
@@ -675,6 +701,29 @@ async fn resolve(
         let request = lookup
             .render(&config.templates, &config.settings, key)
             .map_err(|e| letter_without_response(plan, action, step, format!("{what}: {e}")))?;
+        if batching
+            && request.is_some()
+            && let Some(form) = lookup.batch.as_ref().filter(|f| f.takes(key))
+        {
+            match progress.batch_answer {
+                // Looked up with others: still unknown, so it is asked on its own.
+                Some(BatchAnswer::Single) => progress.batch_answer = None,
+                None => {
+                    return Err(Stop::Wait(Wait::Lookup(Box::new(LookupItem {
+                        form: form.clone(),
+                        resolver: resolver.name.clone(),
+                        by: lookup.by.clone(),
+                        key: key.to_owned(),
+                        ttl,
+                        capacity: resolver.cache.capacity,
+                        cache: cache.clone(),
+                        config: config.clone(),
+                        transport: executor.transport.clone(),
+                    }))));
+                }
+                Some(BatchAnswer::Answered(_)) => {}
+            }
+        }
         let found = match request {
             None => Some(id_value(key)),
             Some(request) => {

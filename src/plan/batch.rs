@@ -12,7 +12,7 @@ use crate::diagnostic::Problems;
 use crate::path::JsonPath;
 use crate::plan::step::RequestTemplate;
 use crate::request::{Method, Request};
-use crate::spec::{BatchSpec, JobsSpec, ResultMatch};
+use crate::spec::{BatchSpec, JobsSpec, LookupBatchSpec, ResultMatch};
 use crate::template::{RenderError, Scope, Templates, Text};
 use serde_json::{Map, Value, json};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -354,6 +354,97 @@ pub fn coalesce_into(earlier: &mut Value, later: &Value) {
             }
         }
         (e, l) => *e = l.clone(),
+    }
+}
+
+/// A compiled bulk form of a resolver's lookup.
+#[derive(Debug)]
+pub struct LookupBatch {
+    pub method: Method,
+    pub path: String,
+    query: String,
+    pub max_keys: usize,
+    records: JsonPath,
+    key: JsonPath,
+    value: JsonPath,
+}
+
+impl LookupBatch {
+    pub fn compile(
+        spec: &LookupBatchSpec,
+        pointer: &str,
+        problems: &mut Problems,
+    ) -> Option<LookupBatch> {
+        let path = |src: &str, at: &str, problems: &mut Problems| {
+            JsonPath::parse(src)
+                .map_err(|e| e.report(src, &format!("{pointer}/{at}"), problems))
+                .ok()
+        };
+        let records = path(&spec.records, "records", problems);
+        let key = path(&spec.key, "key", problems);
+        let value = path(&spec.value, "value", problems);
+        if !spec.request.path.starts_with('/')
+            || spec.request.path.contains("{{")
+            || spec.request.path.contains('?')
+        {
+            problems.at(
+                &format!("{pointer}/request/path"),
+                "a bulk lookup's path starts with `/` and has no template and no query (the keys go in `query`)",
+            );
+        }
+        if spec.query.is_empty() {
+            problems.at(
+                &format!("{pointer}/query"),
+                "name the query parameter that takes the keys (`external_ids`)",
+            );
+        }
+        Some(LookupBatch {
+            method: spec.request.method,
+            path: spec.request.path.clone(),
+            query: spec.query.clone(),
+            max_keys: spec.max_keys.clamp(1, 100),
+            records: records?,
+            key: key?,
+            value: value?,
+        })
+    }
+
+    /// Whether a key can go in the comma-separated list.
+    pub fn takes(&self, key: &str) -> bool {
+        !key.is_empty() && !key.contains(',')
+    }
+
+    /// The request looking `keys` up.
+    pub fn request(&self, keys: &[String]) -> Request {
+        let mut query = indexmap::IndexMap::new();
+        query.insert(self.query.clone(), keys.join(","));
+        Request {
+            method: self.method,
+            path: self.path.clone(),
+            endpoint: self.path.clone(),
+            query,
+            headers: Default::default(),
+            body: None,
+        }
+    }
+
+    /// The value each record of an answer gives its key (keys lowercased).
+    pub fn found(&self, body: &Value) -> std::collections::HashMap<String, Value> {
+        self.records
+            .first(body)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| {
+                let key = match self.key.first(r)? {
+                    Value::String(s) => s.to_lowercase(),
+                    Value::Null => return None,
+                    other => other.to_string(),
+                };
+                let value = self.value.first(r).filter(|v| !v.is_null())?.clone();
+                Some((key, value))
+            })
+            .collect()
     }
 }
 
