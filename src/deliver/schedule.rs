@@ -682,4 +682,29 @@ mod tests {
         s.finish(7);
         assert!(s.is_empty());
     }
+
+    #[test]
+    fn a_held_event_lets_the_next_of_its_key_run_only_to_join_it() {
+        let mut s = Scheduler::new();
+        let now = Instant::now();
+        s.insert(1, vec![key("user:a")], now, "a1");
+        s.insert(2, vec![key("user:a")], now, "a2");
+        s.insert(3, vec![key("user:a")], now, "a3");
+        assert_eq!(started(&mut s), ["a1"]);
+        s.hold(1, "a1", WaitReason::Batch);
+        assert_eq!(s.status(now).keys_waiting.get(&WaitReason::Batch), Some(&1));
+        // a2 may run, knowing a1 is held ahead of it; a3 waits behind a2.
+        let (id, job) = s.start_next().expect("a2 starts");
+        assert_eq!((id, job), (2, "a2"));
+        assert_eq!(s.held_ahead(2), [1]);
+        assert!(s.start_next().is_none());
+        // It could not join: it goes back and does not run again until its line changes.
+        s.behind(2, "a2");
+        assert!(s.start_next().is_none());
+        s.wake(1);
+        assert_eq!(started(&mut s), ["a1"]);
+        s.finish(1);
+        assert_eq!(started(&mut s), ["a2"]);
+        assert!(s.held_ahead(2).is_empty());
+    }
 }
