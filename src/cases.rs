@@ -325,6 +325,17 @@ fn compare(expect: &ExpectSpec, got: &Preview) -> Vec<String> {
             if let Some(b) = &want.body {
                 differ("body", b, have.request.body.as_ref(), &mut differences);
             }
+            match (&want.batch, &have.batch) {
+                (None, _) | (Some(Value::Bool(false)), None) => {}
+                (Some(Value::Bool(false)), Some(b)) => differences.push(format!(
+                    "batch: expected a single request, got an item of {} {}",
+                    b.method, b.path
+                )),
+                (Some(w), have) => {
+                    let have = have.as_ref().map(to_value);
+                    differ("batch", w, have.as_ref(), &mut differences);
+                }
+            }
             failures.extend(
                 differences
                     .into_iter()

@@ -210,6 +210,10 @@ pub struct StepSpec {
     /// before the first attempt of a replayed or resumed event).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<CheckSpec>,
+    /// The step's bulk form: the request of several events goes out as one bulk request, each
+    /// event's part of it an item, and each event is answered by its item's result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSpec>,
 }
 
 /// How to tell whether a write was applied: a request (usually a GET of what the write adds),
@@ -232,6 +236,185 @@ pub struct AppliedSpec {
     /// Template giving the marker the write carries, e.g. `"{{ marker }}"`. Without a value
     /// (an event without a `messageId`) the check cannot tell, and the step is dead-lettered.
     pub equals: String,
+}
+
+/// A step's bulk form (see `README.md`, Batching). The step's own request is what a single event
+/// sends when batching is off or the bulk form is not allowed.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    /// The bulk request, shared by every item (no templates).
+    pub request: BulkRequestSpec,
+    /// The key of the list of items in the bulk request's body (`users`).
+    pub items: String,
+    /// A JSONPath into the step's request body giving its item (`$.user`).
+    pub item: String,
+    /// Most items in one bulk request.
+    #[serde(default = "default_max_items")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_items: usize,
+    /// Keys added to the item, each a template over the step's scope (`id: "{{ resolve('ticket', ...) }}"`
+    /// for an update whose single request names the record in its path); a key without a value
+    /// is left out.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub set: IndexMap<String, String>,
+    /// A minijinja expression over the step's scope; the step is batched only when it is true
+    /// (otherwise its single request is sent). A lookup it needs is answered from the cache
+    /// only: a record not known yet goes single.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// A template giving the identity of the record an item writes (`{{ external_id or email }}`):
+    /// items with the same identity in one batch become one item, later values winning field
+    /// by field, and each of their events is answered by that item's result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coalesce: Option<String>,
+    /// The bulk request answers with a job (polled as `destination.yaml`'s `jobs` says); `false`:
+    /// the results are in the answer itself, at `results`.
+    #[serde(default = "yes")]
+    pub job: bool,
+    /// Without a job: a JSONPath to the list of results in the bulk answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<String>,
+    /// How a result is read back.
+    #[serde(default)]
+    pub result: BatchResultSpec,
+    /// When not to use the bulk form.
+    #[serde(default)]
+    pub fallback: BatchFallbackSpec,
+}
+
+/// The bulk request of a batch form.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequestSpec {
+    pub method: Method,
+    /// The path (`/api/v2/users/create_or_update_many`).
+    pub path: String,
+}
+
+/// How each item's result is found and what the step sees as its response.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchResultSpec {
+    /// How a result finds its item: `index` (the result's `index`, else its place in the list)
+    /// or `id` (the result's `id` equals the item's `id`).
+    #[serde(default, rename = "match")]
+    pub by: ResultMatch,
+    /// JSONPath to a result's index (for `match: index`).
+    #[serde(default = "default_index_path")]
+    pub index: String,
+    /// JSONPath to a result's id, and to an item's id (for `match: id`).
+    #[serde(default = "default_id_path")]
+    pub id: String,
+    /// JSONPath to whether an item succeeded; a result without it succeeded unless it has an `error`.
+    #[serde(default = "default_success_path")]
+    pub success: String,
+    /// The step sees `{BODY_KEY: result}` as its response body (`user`: `$.user.id` is the
+    /// result's `id`), so its `outputs`, `learn` and `outcomes` read it as a single answer.
+    pub body_key: String,
+    /// The status the step sees for an item that succeeded.
+    #[serde(default = "default_ok_status")]
+    pub ok_status: u16,
+    /// The status the step sees for an item that failed (its body is the result, with the
+    /// destination's error codes and messages read from it).
+    #[serde(default = "default_failed_status")]
+    pub failed_status: u16,
+}
+
+impl Default for BatchResultSpec {
+    fn default() -> Self {
+        BatchResultSpec {
+            by: ResultMatch::default(),
+            index: default_index_path(),
+            id: default_id_path(),
+            success: default_success_path(),
+            body_key: String::new(),
+            ok_status: default_ok_status(),
+            failed_status: default_failed_status(),
+        }
+    }
+}
+
+/// How a result finds its item.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ResultMatch {
+    #[default]
+    Index,
+    Id,
+}
+
+/// When items go as single requests instead.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchFallbackSpec {
+    /// Statuses of the bulk request meaning the bulk form is not allowed on this account (403:
+    /// bulk user imports are off): said once in the log, and the step sends single requests
+    /// from then on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statuses: Vec<u16>,
+    /// Error codes of an item's result that its single request answers better (the single
+    /// request is sent and its answer judged by the step's outcomes: `422/DuplicateValue: ok`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub item_errors: Vec<String>,
+}
+
+fn default_max_items() -> usize {
+    100
+}
+fn default_index_path() -> String {
+    "$.index".into()
+}
+fn default_id_path() -> String {
+    "$.id".into()
+}
+fn default_success_path() -> String {
+    "$.success".into()
+}
+fn default_ok_status() -> u16 {
+    200
+}
+fn default_failed_status() -> u16 {
+    422
+}
+
+/// How bulk jobs are polled and limited (`destination.yaml`'s `jobs`).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobsSpec {
+    /// JSONPath to the job's id in a bulk answer (`$.job_status.id`).
+    pub id: String,
+    /// The request that reads a job, with `{{ id }}` (`GET /api/v2/job_statuses/{{ id }}`).
+    pub poll: RequestSpec,
+    /// JSONPath to the job's status in the poll's answer.
+    pub status: String,
+    /// Statuses of a job that is done (its results are read).
+    pub done: Vec<String>,
+    /// Statuses of a job that failed as a whole (its items are tried again, like a failed request).
+    #[serde(default)]
+    pub failed: Vec<String>,
+    /// JSONPath to the list of results in the poll's answer.
+    pub results: String,
+    /// Most jobs queued or running at once (Zendesk: 30).
+    #[serde(default = "default_job_limit")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub limit: usize,
+    /// The first poll comes this long after the bulk request; later ones wait half as long
+    /// again each, up to `poll_max_ms`.
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+    #[serde(default = "default_poll_max_ms")]
+    pub poll_max_ms: u64,
+}
+
+fn default_job_limit() -> usize {
+    30
+}
+fn default_poll_ms() -> u64 {
+    250
+}
+fn default_poll_max_ms() -> u64 {
+    5000
 }
 
 /// A request template. Strings may be templates; missing values drop their key.
@@ -300,6 +483,9 @@ pub struct DestinationSpec {
     /// Named lookups, used in templates as `resolve('NAME', by=key, ...)`.
     #[serde(default)]
     pub resolvers: IndexMap<String, ResolverSpec>,
+    /// How the jobs of bulk requests (steps' `batch` forms) are polled and limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<JobsSpec>,
 }
 
 /// One setting: its value and how to check an override.
@@ -418,6 +604,30 @@ pub struct LookupSpec {
     /// the event. Required on a lookup without a request, whose key goes into paths as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<KeySpec>,
+    /// The lookup's bulk form: the keys looked up in one window go out as one request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<LookupBatchSpec>,
+}
+
+/// A lookup of many keys at once (`GET /api/v2/users/show_many?external_ids=a,b`): the records
+/// found answer their keys, and a key without a record is not found.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LookupBatchSpec {
+    /// The request (no templates); the keys go in `query`.
+    pub request: BulkRequestSpec,
+    /// The query parameter that takes the keys, comma-separated (`external_ids`).
+    pub query: String,
+    /// Most keys in one request.
+    #[serde(default = "default_max_items")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_keys: usize,
+    /// JSONPath to the list of records in the answer (`$.users`).
+    pub records: String,
+    /// JSONPath to a record's key (`$.external_id`), compared without regard to case.
+    pub key: String,
+    /// JSONPath to the value a record gives its key (`$.id`).
+    pub value: String,
 }
 
 /// The form of a lookup key, e.g. a Zendesk id: `{ type: integer, minimum: 1 }`.
@@ -514,6 +724,11 @@ pub struct ExpectedRequest {
     pub headers: Option<IndexMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
+    /// The bulk request the event joins (as `zdmap preview` shows it: `method`, `path`,
+    /// `items`, `item`, `coalesce`), or `false` for a request that goes single. Given keys are
+    /// compared exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Value>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

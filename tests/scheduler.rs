@@ -420,11 +420,13 @@ async fn server_errors_are_retried_until_they_pass_in_send() {
 // zdmap serve
 
 async fn serve(emu: &Emulator, data: &Path, wait_for_records: Duration) -> Server {
+    // These tests watch single requests (tests/batching.rs covers bulk requests).
     let setup = serving::Setup {
         workers: WorkerOptions {
             concurrency: 4,
             poll: Duration::from_millis(100),
             wait_for_records,
+            batch_window: None,
             ..WorkerOptions::default()
         },
         ..serving::Setup::default()

@@ -495,3 +495,74 @@ fn idempotency_checks_and_entities_are_validated() {
         "{out}"
     );
 }
+
+#[test]
+fn batch_forms_are_checked_with_their_place() {
+    let (_tmp, dir) = mappings_copy();
+    let user = dir.join("upsert_user.yaml");
+    let ticket = dir.join("create_ticket.yaml");
+    let destination = dir.join("destination.yaml");
+    // An item that is not in the step's body, a bad coalesce template.
+    edit(&user, "      item: $.user\n", "      item: $.person\n");
+    edit(
+        &user,
+        "coalesce: \"{{ external_id }}|{{ email }}\"",
+        "coalesce: \"{{ external_id | }}\"",
+    );
+    // Ticket creation has an Idempotency-Key: it cannot be batched.
+    edit(
+        &ticket,
+        "    outputs:\n      id: $.ticket.id",
+        "    batch:\n      request: { method: POST, path: /api/v2/tickets/create_many }\n      items: tickets\n      item: $.ticket\n      result: { body_key: ticket }\n    outputs:\n      id: $.ticket.id",
+    );
+    let (code, out) = validate(&dir, "text");
+    assert_eq!(code, 1, "{out}");
+    let at = |file: &Path, needle: &str| format!("{}:{}:", file.display(), line_of(file, needle));
+    for (place, message) in [
+        (
+            at(&user, "item: $.person"),
+            "is not in the step's request body",
+        ),
+        (at(&user, "coalesce:"), "template"),
+        (
+            at(&ticket, "path: /api/v2/tickets/create_many"),
+            "must stay single",
+        ),
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&place) && l.contains(message)),
+            "{place} {message}: {out}"
+        );
+    }
+
+    // At most 100 items (the schema says so).
+    let (_tmp, dir) = mappings_copy();
+    let user = dir.join("upsert_user.yaml");
+    edit(
+        &user,
+        "      items: users\n",
+        "      items: users\n      max_items: 500\n",
+    );
+    let (code, out) = validate(&dir, "text");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&at(&user, "max_items: 500")) && out.contains("maximum of 100"),
+        "{out}"
+    );
+
+    // A bulk request answered with a job needs `jobs:` in destination.yaml.
+    let (_tmp, dir) = mappings_copy();
+    let destination2 = dir.join("destination.yaml");
+    let text = std::fs::read_to_string(&destination2).expect("read");
+    let start = text.find("jobs:").expect("jobs");
+    let end = text[start..].find("\n\n").expect("end") + start;
+    std::fs::write(&destination2, format!("{}{}", &text[..start], &text[end..])).expect("write");
+    let (code, out) = validate(&dir, "text");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("declare how jobs are polled in destination.yaml"),
+        "{out}"
+    );
+    let _ = destination;
+}

@@ -13,9 +13,30 @@ pub const UNLIMITED: &str = "requests_per_minute=0";
 
 /// A fresh emulator and a destination delivering to it.
 pub async fn emulated_destination() -> (Emulator, Destination) {
-    let emu = Emulator::start(EmulatorOptions::default())
-        .await
-        .expect("emulator");
+    emulated_destination_with(&Batching::default()).await
+}
+
+/// How a measured run batches, and the account it meets.
+#[derive(Clone, Debug, Default)]
+pub struct Batching {
+    /// The batch window (`None`: every request single, as `--no-batch`).
+    pub window: Option<std::time::Duration>,
+    /// Bulk user imports on at the emulator.
+    pub bulk_import: bool,
+    /// How long the emulator's jobs take.
+    pub job_delay_ms: u64,
+}
+
+/// A fresh emulator (with bulk user imports and job delay as `batching` says) and a destination
+/// delivering to it.
+pub async fn emulated_destination_with(batching: &Batching) -> (Emulator, Destination) {
+    let emu = Emulator::start(EmulatorOptions {
+        bulk_import: batching.bulk_import,
+        ..EmulatorOptions::default()
+    })
+    .await
+    .expect("emulator");
+    emu.configure(|k| k.job_delay_ms = batching.job_delay_ms);
     let config = Config::load(Path::new("mappings"), &[UNLIMITED.to_owned()]).expect("mappings");
     let target = TargetArgs {
         zendesk_url: Some(emu.url()),
@@ -37,15 +58,21 @@ pub struct Delivered {
 /// `zdmap send` of `setup` (not measured: the records the events refer to), then of `events`
 /// (measured), NDJSON both, to a fresh emulator.
 pub async fn deliver(setup: &[u8], events: &[u8]) -> Delivered {
+    deliver_with(setup, events, &Batching::default()).await
+}
+
+/// [`deliver`], batching as `batching` says.
+pub async fn deliver_with(setup: &[u8], events: &[u8], batching: &Batching) -> Delivered {
     use zdmap::deliver::dispatch::{DispatchOptions, RecordWait};
     use zdmap::deliver::{DeadLetter, DeadLetterWriter, Stats, run::run};
-    let (emu, dest) = emulated_destination().await;
+    let (emu, dest) = emulated_destination_with(batching).await;
     let dir = tempfile::tempdir().expect("temp");
     let path = dir.path().join("dead.ndjson");
     let writer = Arc::new(DeadLetterWriter::open(&path).expect("dead letters"));
     let options = DispatchOptions {
         concurrency: 8,
         wait_for_records: RecordWait::AfterInput(std::time::Duration::from_secs(30)),
+        batch_window: batching.window,
         ..DispatchOptions::default()
     };
     let run_on = |input: &[u8], stats: Arc<Stats>| {

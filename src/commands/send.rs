@@ -42,6 +42,14 @@ pub struct SendArgs {
     /// skipped, logged and counted in the summary.
     #[arg(long)]
     pub force: bool,
+    /// How long an item of a bulk request waits for others to join it (steps with a `batch`
+    /// form: users, organizations, memberships upserted up to 100 per request). Bulk
+    /// requests also go out when full, or when the input has ended and nothing else runs.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = super::serve::parse_duration)]
+    pub batch_window: Duration,
+    /// Send every request on its own: no bulk requests, no jobs.
+    #[arg(long)]
+    pub no_batch: bool,
     /// Also print the summary as JSON on standard output.
     #[arg(long)]
     pub json: bool,
@@ -52,6 +60,7 @@ pub struct SendArgs {
 
 /// Exit 0 when everything was delivered, 2 when some events were dead-lettered, 1 on a fatal error.
 pub fn send(args: &SendArgs) -> ExitCode {
+    crate::serve::logs::init_at(crate::serve::logs::LogFormat::Text, "warn");
     super::block_on(send_async(args))
 }
 
@@ -83,6 +92,7 @@ async fn send_async(args: &SendArgs) -> ExitCode {
         concurrency: args.concurrency,
         retry_for: args.retry_for,
         wait_for_records: RecordWait::AfterInput(args.wait_for_records),
+        batch_window: (!args.no_batch).then_some(args.batch_window),
         ..DispatchOptions::default()
     };
     let result = run(

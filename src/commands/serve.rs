@@ -51,6 +51,13 @@ pub struct ServeArgs {
     /// the lookup that failed.
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
     pub wait_for_records: Duration,
+    /// How long an item of a bulk request waits for others to join it (steps with a `batch`
+    /// form); an idle stream is slowed by at most this much. Bulk requests also go out when full.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    pub batch_window: Duration,
+    /// Send every request on its own: no bulk requests, no jobs.
+    #[arg(long)]
+    pub no_batch: bool,
     /// How long shutdown waits for events being sent; the rest stay queued for the next start.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -140,6 +147,7 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
             retry_for: args.retry_for,
             wait_for_records: args.wait_for_records,
             drain: args.shutdown_timeout,
+            batch_window: (!args.no_batch).then_some(args.batch_window),
             ..WorkerOptions::default()
         },
         config: args.config.clone(),

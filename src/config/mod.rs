@@ -11,6 +11,7 @@ pub use crate::diagnostic::{Diagnostic, Diagnostics, Format, Problems};
 use crate::diagnostic::suggest;
 use crate::field::Field;
 use crate::path::JsonPath;
+use crate::plan::batch::JobsForm;
 use crate::plan::outcome::Outcomes;
 use crate::plan::resolver::Resolver;
 use crate::plan::{Action, Step};
@@ -94,6 +95,8 @@ pub struct Config {
     /// How often a step is tried when an outcome says `retry`.
     pub retries: RetriesSpec,
     pub resolvers: IndexMap<String, Resolver>,
+    /// How bulk jobs are polled and limited (`jobs:`), for steps with a `batch` form.
+    pub jobs: Option<Arc<JobsForm>>,
     /// Which resolver lookups are direct ids, for previews to show them as they are.
     pub direct_ids: Arc<crate::template::DirectIds>,
     /// Actions in run order: `after` first, then by file name.
@@ -141,6 +144,7 @@ impl Config {
             outcomes: Outcomes::default(),
             retries: RetriesSpec::default(),
             resolvers: IndexMap::new(),
+            jobs: None,
             direct_ids: Arc::default(),
             actions: Vec::new(),
             templates: Templates::new(),
@@ -185,6 +189,20 @@ impl Config {
                     config.resolvers.insert(name.clone(), r);
                 }
             }
+            if let Some(jobs) = &spec.jobs {
+                if let Some(j) = JobsForm::compile(jobs, "/jobs", &mut templates, &mut p) {
+                    for (ptr, text) in j.texts() {
+                        check_names(
+                            &templates,
+                            text,
+                            &["key", "settings"],
+                            &format!("/jobs{ptr}"),
+                            &mut p,
+                        );
+                    }
+                    config.jobs = Some(Arc::new(j));
+                }
+            }
             diags.0.extend(p.into_found());
         }
         config.direct_ids = Arc::new(
@@ -225,6 +243,7 @@ impl Config {
                 &mut templates,
                 &setting_names,
                 &config.resolvers,
+                config.jobs.is_some(),
                 &mut p,
             ) {
                 config.actions.push(action);
@@ -472,6 +491,7 @@ fn compile_action(
     templates: &mut Templates,
     settings: &[String],
     resolvers: &IndexMap<String, Resolver>,
+    has_jobs: bool,
     p: &mut Problems,
 ) -> Option<Action> {
     if spec.name.is_empty()
@@ -566,6 +586,9 @@ fn compile_action(
                 Some(_) => {}
             }
         }
+        if let Some(bs) = &s.batch {
+            check_batch(s, bs, has_jobs, &at, p);
+        }
         steps.push(step);
     }
     if spec.steps.is_empty() {
@@ -605,6 +628,57 @@ fn compile_action(
         steps,
         entities,
     })
+}
+
+/// A step's bulk form must fit its step: one request per event, no headers (a bulk request
+/// carries none of an item's, so a step that needs them, such as an `Idempotency-Key`, stays
+/// single), a body whose `item` is there, and a way to read the results.
+fn check_batch(
+    spec: &crate::spec::StepSpec,
+    batch_spec: &crate::spec::BatchSpec,
+    has_jobs: bool,
+    at: &str,
+    p: &mut Problems,
+) {
+    if spec.each.is_some() {
+        p.at(
+            &format!("{at}/batch"),
+            "a step with `each` sends several requests per event and cannot be batched",
+        );
+    }
+    if !spec.request.headers.is_empty() {
+        p.at(
+            &format!("{at}/batch"),
+            "a bulk request carries no item's headers: a step that sends headers (an \
+             Idempotency-Key) must stay single",
+        );
+    }
+    let top = batch_spec
+        .item
+        .strip_prefix("$.")
+        .and_then(|rest| rest.split(['.', '[']).next())
+        .unwrap_or_default();
+    let has_top = spec
+        .request
+        .body
+        .as_ref()
+        .and_then(Value::as_object)
+        .is_some_and(|b| b.contains_key(top));
+    if !has_top {
+        p.at(
+            &format!("{at}/batch/item"),
+            format!(
+                "`{}` is not in the step's request body: the item is a part of it (`$.user` for a body `user: ...`)",
+                batch_spec.item
+            ),
+        );
+    }
+    if batch_spec.job && !has_jobs {
+        p.at(
+            &format!("{at}/batch/job"),
+            "this bulk request answers with a job: declare how jobs are polled in destination.yaml (`jobs:`)",
+        );
+    }
 }
 
 /// Names a template reads must be fields or the scope's own names.

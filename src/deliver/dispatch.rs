@@ -24,7 +24,8 @@
 //! otherwise stop the reading for good); past `max_held` events in all, the oldest parked event
 //! gets its last chance early.
 
-use crate::deliver::executor::{Delivery, EventOutcome, Turn, Wait};
+use crate::deliver::batch::{Answers, Batcher};
+use crate::deliver::executor::{BatchAnswer, Delivery, EventOutcome, Turn, Wait};
 use crate::deliver::schedule::{EventId, Key, Scheduler, Status, WaitReason};
 use crate::deliver::{DeadLetter, LearnedKey, PauseScope};
 use backon::ExponentialBackoff;
@@ -52,6 +53,9 @@ pub struct DispatchOptions {
     /// After a stop, how long running turns may take to finish (then they are dropped, and
     /// their events are delivered again by whoever reads the input next).
     pub drain: Duration,
+    /// Steps with a bulk form send their requests as items of bulk requests, each waiting at
+    /// most this long for more items ([`super::batch`]); `None`: every request goes single.
+    pub batch_window: Option<Duration>,
 }
 
 /// How long a parked event waits for its record.
@@ -73,6 +77,7 @@ impl Default for DispatchOptions {
             max_active: 4096,
             max_held: 100_000,
             drain: Duration::from_secs(30),
+            batch_window: None,
         }
     }
 }
@@ -130,6 +135,8 @@ struct Meta<T> {
     recheck: Duration,
     /// When a parked event's wait for its record ends.
     deadline: Option<Instant>,
+    /// The held events ahead of it when its turn started (it may only join their bulk requests).
+    ahead: Vec<EventId>,
 }
 
 const FIRST_RECHECK: Duration = Duration::from_secs(1);
@@ -161,11 +168,19 @@ pub async fn dispatch<S: Sink>(
         refused: false,
         fatal: None,
         last_status: None,
+        batcher: options.batch_window.map(Batcher::new),
     };
     let mut draining: Option<Instant> = None;
     loop {
         if draining.is_none() && d.fatal.is_none() {
             d.start_turns();
+            // Nothing else can join the items being collected: send them now.
+            if d.input_done
+                && d.running.is_empty()
+                && let Some(b) = &mut d.batcher
+            {
+                b.send_all();
+            }
         }
         if d.input_done && d.scheduler.is_empty() && d.running.is_empty() {
             break;
@@ -182,11 +197,17 @@ pub async fn dispatch<S: Sink>(
             .flatten();
         let timer = match draining {
             Some(end) => Some(end),
-            None => [d.scheduler.next_timer(), d.held_until, status_due]
-                .into_iter()
-                .flatten()
-                .min(),
+            None => [
+                d.scheduler.next_timer(),
+                d.held_until,
+                status_due,
+                d.batcher.as_ref().and_then(Batcher::next_deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
         };
+        let batches_out = d.batcher.as_ref().is_some_and(Batcher::has_running);
         tokio::select! {
             changed = stop.changed(), if draining.is_none() => {
                 if changed.is_err() || *stop.borrow() {
@@ -198,6 +219,7 @@ pub async fn dispatch<S: Sink>(
                     draining = Some(Instant::now() + options.drain);
                 }
             }
+            answers = answered(&mut d.batcher), if batches_out => d.answered(answers),
             item = input.recv(), if take_input => match item {
                 Some(incoming) => {
                     d.admit(incoming);
@@ -214,11 +236,21 @@ pub async fn dispatch<S: Sink>(
                 if d.held_until.is_some_and(|h| h <= now) {
                     d.held_until = None;
                 }
+                if let Some(b) = &mut d.batcher {
+                    b.send_due(now);
+                }
                 d.fire(now);
             }
         }
     }
     DispatchReport { fatal: d.fatal }
+}
+
+async fn answered(batcher: &mut Option<Batcher>) -> Answers {
+    match batcher {
+        Some(b) => b.answered().await,
+        None => Answers::default(),
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -242,6 +274,8 @@ struct Dispatcher<'o, T> {
     refused: bool,
     fatal: Option<String>,
     last_status: Option<Instant>,
+    /// Items of bulk requests (when batching is on).
+    batcher: Option<Batcher>,
 }
 
 impl<T: Send + 'static> Dispatcher<'_, T> {
@@ -250,9 +284,18 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
             return;
         }
         while self.running.len() < self.options.concurrency.max(1) {
-            let Some((id, Job { mut delivery, meta })) = self.scheduler.start_next() else {
+            let Some((
+                id,
+                Job {
+                    mut delivery,
+                    mut meta,
+                },
+            )) = self.scheduler.start_next()
+            else {
                 return;
             };
+            meta.ahead = self.scheduler.held_ahead(id);
+            delivery.join_only(!meta.ahead.is_empty());
             let event = delivery.event().clone();
             let handle = self.running.spawn(async move {
                 let turn = delivery.advance().await;
@@ -262,7 +305,21 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
         }
     }
 
-    fn admit(&mut self, incoming: Incoming<T>) {
+    /// Bulk requests answered: each event gets its item's answer and may go on.
+    fn answered(&mut self, answers: Answers) {
+        if !answers.learned.is_empty() {
+            self.scheduler.learned(&answers.learned);
+        }
+        for (id, answer) in answers.answers {
+            if let Some(job) = self.scheduler.job_mut(id) {
+                job.delivery.answer(answer);
+            }
+            self.scheduler.wake(id);
+        }
+    }
+
+    fn admit(&mut self, mut incoming: Incoming<T>) {
+        incoming.delivery.batching(self.batcher.is_some());
         let keys: Vec<Key> = incoming
             .keys
             .iter()
@@ -276,6 +333,7 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                 backoff,
                 recheck: FIRST_RECHECK,
                 deadline: None,
+                ahead: Vec::new(),
             },
         };
         self.scheduler
@@ -402,6 +460,43 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                     WaitReason::Retry
                 };
                 self.scheduler.wait(id, job, now + pause, reason);
+                true
+            }
+            Turn::Wait(Wait::Batch(item)) => match &mut self.batcher {
+                Some(b) if job.meta.ahead.is_empty() => {
+                    b.add(id, *item, now);
+                    self.scheduler.hold(id, job, WaitReason::Batch);
+                    true
+                }
+                Some(b) => {
+                    if b.join(id, *item, &job.meta.ahead, now) {
+                        self.scheduler.hold(id, job, WaitReason::Batch);
+                    } else {
+                        self.scheduler.behind(id, job);
+                    }
+                    true
+                }
+                None => {
+                    job.delivery.answer(BatchAnswer::Single);
+                    self.scheduler.wait(id, job, now, WaitReason::Retry);
+                    true
+                }
+            },
+            Turn::Wait(Wait::Lookup(item)) => {
+                match &mut self.batcher {
+                    Some(b) => {
+                        b.add_lookup(id, *item, now);
+                        self.scheduler.hold(id, job, WaitReason::Batch);
+                    }
+                    None => {
+                        job.delivery.answer(BatchAnswer::Single);
+                        self.scheduler.wait(id, job, now, WaitReason::Retry);
+                    }
+                }
+                true
+            }
+            Turn::Wait(Wait::Behind) => {
+                self.scheduler.behind(id, job);
                 true
             }
             Turn::Wait(Wait::Fatal { status, message }) => {

@@ -8,6 +8,7 @@
 //! | `{"error":"Couldn't authenticate you"}` (text, not a code) | | | the text |
 //! | `{"error":{"title":"Forbidden","message":".."}}` | `Forbidden` | | message |
 //! | `{"errors":[{"code":"TooManyRequests","title":".."}]}` | first `code` | later codes | titles |
+//! | a job's failed item `{"index":0,"success":false,"error":"RecordInvalid","details":".."}` (§2.7) | `RecordInvalid` | | details |
 //!
 //! [`ZendeskError::code`] is the **most specific** code: the first detail code when there is one
 //! (`DuplicateValue` says more than `RecordInvalid`), else the top-level code. Both are kept, so
@@ -76,6 +77,11 @@ impl ZendeskError {
         }
         if let Some(d) = map.get("description").and_then(Value::as_str) {
             parts.push(d.to_string());
+        }
+        if let Some(Value::String(d)) = map.get("details")
+            && !d.trim().is_empty()
+        {
+            parts.push(d.clone());
         }
         if let Some(Value::Object(details)) = map.get("details") {
             for (field, entries) in details {
@@ -192,6 +198,18 @@ fn shorten(text: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_failed_job_item() {
+        let body = json!({"index": 1, "action": "create_or_update", "success": false,
+                          "error": "RecordInvalid", "details": "Email: x is not properly formatted"});
+        let (code, message) = zendesk_error(&body);
+        assert_eq!(code.as_deref(), Some("RecordInvalid"));
+        assert_eq!(
+            message.as_deref(),
+            Some("Email: x is not properly formatted")
+        );
+    }
 
     #[test]
     fn record_invalid_with_details() {

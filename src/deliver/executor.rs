@@ -21,6 +21,7 @@ use crate::deliver::order::{EntityChange, EntityClock, MemoryClock, event_time};
 use crate::deliver::retry::PauseScope;
 use crate::deliver::{DeadLetter, Disposition, Response, RetryPolicy, Transport};
 use crate::event::Event;
+use crate::plan::batch::{BatchForm, LookupBatch};
 use crate::plan::{Plan, PlannedAction, Rendered, Step};
 use crate::request::Request;
 use crate::spec::OutcomeKind;
@@ -69,6 +70,57 @@ pub enum Wait {
     },
     /// The destination refused the credentials or permissions (401/403).
     Fatal { status: u16, message: String },
+    /// The step's request goes out as an item of a bulk request ([`super::batch`]): hand the
+    /// delivery its [`BatchAnswer`] ([`Delivery::answer`]) and call `advance` again.
+    Batch(Box<BatchItem>),
+    /// A lookup goes out with others of its window as one request ([`super::batch`]); its
+    /// answer lands in the cache. Hand the delivery [`BatchAnswer::Single`] and call `advance`
+    /// again.
+    Lookup(Box<LookupItem>),
+    /// In a turn that may only join bulk requests ([`Delivery::join_only`]), the next request
+    /// is not a bulk item: nothing was sent; call `advance` again once the events ahead are on.
+    Behind,
+}
+
+/// A step's request as an item of a bulk request.
+#[derive(Debug)]
+pub struct BatchItem {
+    pub form: Arc<BatchForm>,
+    pub config: Arc<Config>,
+    pub transport: Transport,
+    /// The item (the part of the step's request body the form names).
+    pub item: Value,
+    /// The step's single request (sent instead when the bulk form is not allowed).
+    pub single: Request,
+    /// The identity of the record it writes, when the form coalesces.
+    pub coalesce: Option<String>,
+}
+
+/// A key a lookup's bulk form looks up with others.
+#[derive(Debug)]
+pub struct LookupItem {
+    pub form: Arc<LookupBatch>,
+    pub resolver: String,
+    pub by: String,
+    pub key: String,
+    /// How the answer is cached.
+    pub ttl: Duration,
+    pub capacity: usize,
+    pub cache: Arc<LookupCache>,
+    pub config: Arc<Config>,
+    pub transport: Transport,
+}
+
+/// What became of a batched item, for the step that waits for it.
+#[derive(Debug, Clone)]
+pub enum BatchAnswer {
+    /// As if the step's single request had been answered so: the item's result, how the bulk
+    /// request itself ended (a 429, a 5xx, a failed job: tried again like any request), or
+    /// the answer to the item's single request (the bulk form is not allowed).
+    Answered(Box<Disposition>),
+    /// Send the step's single request (the bulk form is not allowed, or the item's error is
+    /// one its single request answers better).
+    Single,
 }
 
 /// A resolver cache entry a response taught: `resolver` by `by` = `key`.
@@ -185,6 +237,8 @@ impl Executor {
             ran: 0,
             learned: Vec::new(),
             last_chance: false,
+            batching: false,
+            join_only: false,
         };
         // Actions whose fields did not resolve fail at once.
         let errors = std::mem::take(&mut delivery.plan.errors);
@@ -202,6 +256,26 @@ impl Executor {
             delivery.ran += 1;
         }
         delivery
+    }
+
+    /// The cache's answer to a lookup, if it has one (found, or known missing for every key).
+    fn cached(&self, need: &LookupNeed) -> Option<Answer> {
+        let resolver = self.config.resolvers.get(&need.resolver)?;
+        let mut all_missing = true;
+        for (lookup, key) in resolver.order(&need.keys) {
+            match self.cache.lookup(&resolver.name, &lookup.by, key) {
+                Cached::Found(v) => return Some(Answer::Found(v)),
+                Cached::Missing => {}
+                Cached::Unknown if lookup.is_direct() => return Some(Answer::Found(id_value(key))),
+                Cached::Unknown => all_missing = false,
+            }
+        }
+        all_missing.then_some(Answer::NotFound)
+    }
+
+    /// Whether the cache answers a lookup (found, or known missing for every key).
+    fn is_cached(&self, need: &LookupNeed) -> bool {
+        self.cached(need).is_some()
     }
 
     /// The outcome of a response for a step: the step's rules, then the destination's, then 2xx = ok.
@@ -238,6 +312,10 @@ pub struct Delivery {
     check_first: bool,
     /// Apply changes older than their entity's last applied one too.
     force: bool,
+    /// Steps with a bulk form hand their request over as an item ([`Wait::Batch`]).
+    batching: bool,
+    /// This turn may send nothing but bulk items ([`Wait::Behind`] otherwise).
+    join_only: bool,
 }
 
 /// Where one action stands.
@@ -254,6 +332,8 @@ struct ActionProgress {
     client_retries: u32,
     /// The current request may have been applied already: check before sending it again.
     uncertain: Option<Uncertain>,
+    /// What became of the current request as a bulk item, once known.
+    batch_answer: Option<BatchAnswer>,
 }
 
 /// Why a write may have been applied although no answer said so.
@@ -402,6 +482,27 @@ impl Delivery {
         self.last_chance = true;
     }
 
+    /// Steps with a bulk form hand their request over as an item ([`Wait::Batch`]) instead of
+    /// sending it (off by default).
+    pub fn batching(&mut self, on: bool) {
+        self.batching = on;
+    }
+
+    /// For the next turn: events ahead of this one wait for their bulk requests, so it may
+    /// only hand over bulk items (to join theirs: its changes go after theirs, and several
+    /// upserts of one record in one window become one item). Anything else stops the turn
+    /// before it is sent ([`Wait::Behind`]).
+    pub fn join_only(&mut self, on: bool) {
+        self.join_only = on;
+    }
+
+    /// The answer to the item the delivery waits for ([`Wait::Batch`]).
+    pub fn answer(&mut self, answer: BatchAnswer) {
+        if let Some(progress) = &mut self.current {
+            progress.batch_answer = Some(answer);
+        }
+    }
+
     /// Whether `action` runs: every action, or those `only` names.
     fn wants(&self, action: &str) -> bool {
         self.only
@@ -426,7 +527,11 @@ impl Delivery {
                 step,
                 progress,
                 &mut self.learned,
-                self.last_chance,
+                Mode {
+                    last_chance: self.last_chance,
+                    join_only: self.join_only,
+                    batching: self.batching,
+                },
             )
             .await?
             {
@@ -447,6 +552,16 @@ impl Delivery {
                         progress.client_retries = 0;
                         continue;
                     }
+                }
+                if self.batching
+                    && progress.batch_answer.is_none()
+                    && let Some(item) =
+                        batch_item(&executor, &self.plan, planned, step, request, progress)
+                {
+                    return Err(Stop::Wait(Wait::Batch(Box::new(item))));
+                }
+                if self.join_only && progress.batch_answer.is_none() {
+                    return Err(Stop::Wait(Wait::Behind));
                 }
                 match send_step(&executor, &self.plan, &action.name, step, request, progress)
                     .await?
@@ -490,6 +605,17 @@ fn letter_without_response(plan: &Plan, action: &str, step: &str, message: Strin
     )))
 }
 
+/// How a turn treats a record that is not there.
+#[derive(Clone, Copy)]
+struct Mode {
+    /// A record missing fails the action (its wait is over).
+    last_chance: bool,
+    /// The turn may only join bulk requests: no lookup request, no waiting for a record.
+    join_only: bool,
+    /// Lookups with a bulk form go out with others ([`Wait::Lookup`]).
+    batching: bool,
+}
+
 /// Renders a step, answering its lookups until it renders whole.
 async fn render(
     executor: &Executor,
@@ -498,8 +624,13 @@ async fn render(
     step: &Step,
     progress: &mut ActionProgress,
     learned: &mut Vec<LearnedKey>,
-    last_chance: bool,
+    mode: Mode,
 ) -> Result<Rendered, Stop> {
+    let Mode {
+        last_chance,
+        join_only,
+        batching,
+    } = mode;
     let config = &executor.config;
     let action = &config.action(planned).name;
     for _ in 0..=LOOKUP_ROUNDS {
@@ -512,13 +643,21 @@ async fn render(
         let missing = lookups.missing();
         if missing.is_empty() {
             return result.map_err(|e| match lookups.first_unfound() {
+                // The events ahead may be creating it.
+                Some(_) if join_only => Stop::Wait(Wait::Behind),
                 Some(need) if !last_chance => Stop::Wait(Wait::Missing { need }),
                 _ => letter_without_response(plan, action, &step.name, e.to_string()),
             });
         }
         for need in missing {
-            let answer =
-                resolve(executor, plan, action, &step.name, &need, progress, learned).await?;
+            if join_only && !executor.is_cached(&need) {
+                // A lookup request is more than a turn that may only join bulk requests sends.
+                return Err(Stop::Wait(Wait::Behind));
+            }
+            let answer = resolve(
+                executor, plan, action, &step.name, &need, progress, learned, batching,
+            )
+            .await?;
             progress.answers.insert(need, answer);
         }
     }
@@ -539,10 +678,15 @@ async fn send_step(
     request: &Request,
     progress: &mut ActionProgress,
 ) -> Result<StepResult, Stop> {
-    let disposition = executor
-        .transport
-        .attempt(request, |r| executor.outcome(step, r) != OutcomeKind::Retry)
-        .await;
+    let disposition = match progress.batch_answer.take() {
+        Some(BatchAnswer::Answered(d)) => *d,
+        Some(BatchAnswer::Single) | None => {
+            executor
+                .transport
+                .attempt(request, |r| executor.outcome(step, r) != OutcomeKind::Retry)
+                .await
+        }
+    };
     progress.attempts += 1;
     let letter = |d: &Disposition| {
         Box::new(DeadLetter::from_disposition(
@@ -699,6 +843,70 @@ async fn verify(
     }
 }
 
+/// The step's request as a bulk item, when the step has a bulk form that is allowed, its `when`
+/// holds and the request's body has the item; else the request goes single.
+fn batch_item(
+    executor: &Executor,
+    plan: &Plan,
+    planned: &PlannedAction,
+    step: &Step,
+    request: &Request,
+    progress: &ActionProgress,
+) -> Option<BatchItem> {
+    let form = step.batch.as_ref()?;
+    let config = &executor.config;
+    // The step's own answers, and what the cache knows of the lookups only the form needs.
+    let mut answers = progress.answers.clone();
+    let scope = |answers: &HashMap<LookupNeed, Answer>| {
+        let lookups = Arc::new(Lookups::new(answers.clone()));
+        let scope = config
+            .step_scope(
+                plan,
+                planned,
+                Arc::new(StepOutputs {
+                    outputs: progress.outputs.clone(),
+                    symbolic: false,
+                }),
+                lookups.clone(),
+            )
+            .build();
+        (scope, lookups)
+    };
+    if let Some(when) = &form.when {
+        let (s, lookups) = scope(&answers);
+        let _ = config.templates.truthy(when, &s);
+        for need in lookups.missing() {
+            let answer = executor.cached(&need).unwrap_or(Answer::NotFound);
+            answers.insert(need, answer);
+        }
+        if !config
+            .templates
+            .truthy(when, &scope(&answers).0)
+            .unwrap_or(false)
+        {
+            return None;
+        }
+    }
+    let (scope, _) = scope(&answers);
+    let coalesce = match &form.coalesce {
+        Some(t) => match config.templates.eval(t, &scope).ok()? {
+            Some(Value::String(s)) if !s.is_empty() => Some(s),
+            Some(Value::Null) | None => None,
+            Some(Value::String(_)) => None,
+            Some(other) => Some(other.to_string()),
+        },
+        None => None,
+    };
+    Some(BatchItem {
+        form: form.clone(),
+        config: config.clone(),
+        transport: executor.transport.clone(),
+        item: form.item_of(request, &config.templates, &scope)?,
+        single: request.clone(),
+        coalesce,
+    })
+}
+
 /// Answers a lookup: from the cache, else by the resolver's lookups in order. A key the cache
 /// remembers as missing is not asked again.
 async fn resolve(
@@ -709,6 +917,7 @@ async fn resolve(
     need: &LookupNeed,
     progress: &mut ActionProgress,
     learned: &mut Vec<LearnedKey>,
+    batching: bool,
 ) -> Result<Answer, Stop> {
     let what = format!("lookup {need}");
     let config = &executor.config;
@@ -731,6 +940,29 @@ async fn resolve(
         let request = lookup
             .render(&config.templates, &config.settings, key)
             .map_err(|e| letter_without_response(plan, action, step, format!("{what}: {e}")))?;
+        if batching
+            && request.is_some()
+            && let Some(form) = lookup.batch.as_ref().filter(|f| f.takes(key))
+        {
+            match progress.batch_answer {
+                // Looked up with others: still unknown, so it is asked on its own.
+                Some(BatchAnswer::Single) => progress.batch_answer = None,
+                None => {
+                    return Err(Stop::Wait(Wait::Lookup(Box::new(LookupItem {
+                        form: form.clone(),
+                        resolver: resolver.name.clone(),
+                        by: lookup.by.clone(),
+                        key: key.to_owned(),
+                        ttl,
+                        capacity: resolver.cache.capacity,
+                        cache: cache.clone(),
+                        config: config.clone(),
+                        transport: executor.transport.clone(),
+                    }))));
+                }
+                Some(BatchAnswer::Answered(_)) => {}
+            }
+        }
         let found = match request {
             None => Some(id_value(key)),
             Some(request) => {

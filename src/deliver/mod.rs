@@ -9,6 +9,7 @@
 //! - [`budget`]: the destination-wide request budget, 429 pause and header-driven pacing.
 //! - [`retry`]: one attempt and what its outcome means ([`Disposition`]); backoff delays.
 //! - [`executor`]: one event's way through its actions and steps ([`Delivery`]), resumable.
+//! - [`batch`]: items of bulk requests collected, sent, their jobs polled, each answered.
 //! - [`schedule`]: which events may go now: order per entity key, keys set aside while they
 //!   wait (a missing record, a backoff, a per-key 429); [`dispatch`] runs it for `send` and
 //!   `serve`, with the events in flight bounded.
@@ -22,6 +23,7 @@
 //! [`Transport`] bundles a client, a budget, a retry policy and the stats for the executor.
 
 pub mod auth;
+pub mod batch;
 pub mod budget;
 pub mod cache;
 pub mod dead_letter;
@@ -45,7 +47,9 @@ pub use budget::Budget;
 pub use cache::LookupCache;
 pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterWriter, unwrap_dead_letter};
 pub use error_body::{ZendeskError, zendesk_error};
-pub use executor::{Delivery, EventOutcome, Executor, LearnedKey, Turn, Wait};
+pub use executor::{
+    BatchAnswer, BatchItem, Delivery, EventOutcome, Executor, LearnedKey, Turn, Wait,
+};
 pub use http::{Client, ClientOptions, Response, ResponseHeaders, TransportError};
 pub use progress::Progress;
 pub use retry::{Disposition, PauseScope, RetryPolicy};

@@ -48,14 +48,17 @@ pub enum WaitReason {
     Credentials,
     /// A record it needs does not exist yet (parked).
     MissingRecord,
+    /// Its request is an item of a bulk request not answered yet.
+    Batch,
 }
 
 impl WaitReason {
-    pub const ALL: [WaitReason; 4] = [
+    pub const ALL: [WaitReason; 5] = [
         WaitReason::Retry,
         WaitReason::RateLimited,
         WaitReason::Credentials,
         WaitReason::MissingRecord,
+        WaitReason::Batch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +67,7 @@ impl WaitReason {
             WaitReason::RateLimited => "rate_limited",
             WaitReason::Credentials => "credentials",
             WaitReason::MissingRecord => "missing_record",
+            WaitReason::Batch => "batch",
         }
     }
 }
@@ -72,8 +76,18 @@ impl WaitReason {
 enum State {
     Queued,
     Running,
-    Waiting { until: Instant, reason: WaitReason },
-    Parked { on: Vec<LearnedKey>, until: Instant },
+    Waiting {
+        until: Instant,
+        reason: WaitReason,
+    },
+    /// Waiting with no timer, until [`Scheduler::wake`].
+    Held {
+        reason: WaitReason,
+    },
+    Parked {
+        on: Vec<LearnedKey>,
+        until: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -84,6 +98,9 @@ struct Entry<T> {
     state: State,
     /// Taken out while the event runs.
     job: Option<T>,
+    /// It ran while events ahead of it waited for their bulk requests, and could not join them:
+    /// it starts again only once one of its lines changes.
+    behind: bool,
 }
 
 /// What is held up, for metrics and `/readyz`.
@@ -144,6 +161,7 @@ impl<T> Scheduler<T> {
                 since,
                 state: State::Queued,
                 job: Some(job),
+                behind: false,
             },
         );
         self.consider(id);
@@ -200,6 +218,71 @@ impl<T> Scheduler<T> {
         let keys = entry.keys.clone();
         // Another event that came back to the front of one of these lines meanwhile may go.
         self.consider_lines(&keys);
+    }
+
+    /// A running event waits, at the front of its lines, until [`Scheduler::wake`] (its item
+    /// is in a bulk request).
+    pub fn hold(&mut self, id: EventId, job: T, reason: WaitReason) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        entry.state = State::Held { reason };
+        entry.job = Some(job);
+        for key in &entry.keys {
+            self.busy.remove(key);
+        }
+        let keys = entry.keys.clone();
+        self.consider_lines(&keys);
+    }
+
+    /// A held event may go again.
+    pub fn wake(&mut self, id: EventId) {
+        if let Some(entry) = self.entries.get_mut(&id)
+            && matches!(entry.state, State::Held { .. })
+        {
+            entry.state = State::Queued;
+            let keys = entry.keys.clone();
+            self.consider(id);
+            self.consider_lines(&keys);
+        }
+    }
+
+    /// A running event that started while events ahead of it were held ([`Self::held_ahead`])
+    /// sent nothing and could not join their bulk requests: it goes back to its place, and
+    /// starts again once one of its lines changes.
+    pub fn behind(&mut self, id: EventId, job: T) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        entry.state = State::Queued;
+        entry.behind = true;
+        entry.job = Some(job);
+        for key in &entry.keys {
+            self.busy.remove(key);
+        }
+    }
+
+    /// The held events ahead of an event in its lines: while they wait for their bulk requests,
+    /// it may run only to join those (its items then go after theirs, in order).
+    pub fn held_ahead(&self, id: EventId) -> Vec<EventId> {
+        let Some(entry) = self.entries.get(&id) else {
+            return Vec::new();
+        };
+        let mut out: Vec<EventId> = entry
+            .keys
+            .iter()
+            .filter_map(|k| self.lines.get(k))
+            .flat_map(|line| line.range(..id).copied())
+            .filter(|a| {
+                matches!(
+                    self.entries.get(a).map(|e| &e.state),
+                    Some(State::Held { .. })
+                )
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// A running event waits until one of `on` is learned, or until `until`, letting pass the
@@ -329,7 +412,7 @@ impl<T> Scheduler<T> {
                     continue;
                 }
                 State::Queued => continue,
-                State::Waiting { reason, .. } => reason,
+                State::Waiting { reason, .. } | State::Held { reason } => reason,
                 State::Parked { .. } => WaitReason::MissingRecord,
             };
             *status.keys_waiting.entry(reason).or_default() += entry.keys.len().max(1);
@@ -358,12 +441,14 @@ impl<T> Scheduler<T> {
         self.consider(id);
     }
 
-    /// Queued, no key busy, and in every line only parked events that let it pass ahead of it.
+    /// Queued, no key busy, and in every line only parked events that let it pass ahead of it,
+    /// or held ones (then it runs only to join their bulk requests).
     fn may_start(&self, id: EventId) -> bool {
         let Some(entry) = self.entries.get(&id) else {
             return false;
         };
         matches!(entry.state, State::Queued)
+            && !entry.behind
             && entry.keys.iter().all(|key| {
                 !self.busy.contains(key)
                     && self.lines.get(key).is_some_and(|line| {
@@ -373,13 +458,16 @@ impl<T> Scheduler<T> {
             })
     }
 
-    /// Whether the event `ahead` is parked for a record that an event with `keys` may create.
+    /// Whether the event `ahead` is parked for a record that an event with `keys` may create,
+    /// or held for its bulk request.
     fn lets_pass(&self, ahead: EventId, keys: &[Key]) -> bool {
-        let Some(State::Parked { on, .. }) = self.entries.get(&ahead).map(|e| &e.state) else {
-            return false;
-        };
-        on.iter()
-            .any(|missing| keys.iter().any(|k| key_value(k) == missing.key))
+        match self.entries.get(&ahead).map(|e| &e.state) {
+            Some(State::Parked { on, .. }) => on
+                .iter()
+                .any(|missing| keys.iter().any(|k| key_value(k) == missing.key)),
+            Some(State::Held { .. }) => true,
+            _ => false,
+        }
     }
 
     fn consider(&mut self, id: EventId) {
@@ -388,18 +476,22 @@ impl<T> Scheduler<T> {
         }
     }
 
-    /// Considers the first event of each line that is not parked.
+    /// Considers the first event of each line that is neither parked nor held (its line
+    /// changed, so one set `behind` may try again).
     fn consider_lines(&mut self, keys: &[Key]) {
         for key in keys {
             let first = self.lines.get(key).and_then(|line| {
                 line.iter().copied().find(|id| {
                     !matches!(
                         self.entries.get(id).map(|e| &e.state),
-                        Some(State::Parked { .. })
+                        Some(State::Parked { .. } | State::Held { .. })
                     )
                 })
             });
             if let Some(first) = first {
+                if let Some(entry) = self.entries.get_mut(&first) {
+                    entry.behind = false;
+                }
                 self.consider(first);
             }
         }
@@ -589,5 +681,30 @@ mod tests {
         s.learned(&[user("a")]);
         s.finish(7);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_held_event_lets_the_next_of_its_key_run_only_to_join_it() {
+        let mut s = Scheduler::new();
+        let now = Instant::now();
+        s.insert(1, vec![key("user:a")], now, "a1");
+        s.insert(2, vec![key("user:a")], now, "a2");
+        s.insert(3, vec![key("user:a")], now, "a3");
+        assert_eq!(started(&mut s), ["a1"]);
+        s.hold(1, "a1", WaitReason::Batch);
+        assert_eq!(s.status(now).keys_waiting.get(&WaitReason::Batch), Some(&1));
+        // a2 may run, knowing a1 is held ahead of it; a3 waits behind a2.
+        let (id, job) = s.start_next().expect("a2 starts");
+        assert_eq!((id, job), (2, "a2"));
+        assert_eq!(s.held_ahead(2), [1]);
+        assert!(s.start_next().is_none());
+        // It could not join: it goes back and does not run again until its line changes.
+        s.behind(2, "a2");
+        assert!(s.start_next().is_none());
+        s.wake(1);
+        assert_eq!(started(&mut s), ["a1"]);
+        s.finish(1);
+        assert_eq!(started(&mut s), ["a2"]);
+        assert!(s.held_ahead(2).is_empty());
     }
 }

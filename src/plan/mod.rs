@@ -7,6 +7,7 @@
 //! or an earlier step's output. `zdmap preview` renders with placeholders for those; the sender
 //! renders, resolves what is missing, and renders again.
 
+pub mod batch;
 pub mod outcome;
 pub mod resolver;
 pub mod step;
@@ -302,10 +303,18 @@ impl Config {
             for r in offline.requests.iter().filter(|r| r.action == action) {
                 let mut request = r.request.clone();
                 describe_placeholders(&mut request, &texts);
+                let step = &self.actions[action].steps[r.step];
+                let batch = offline
+                    .plan
+                    .actions
+                    .iter()
+                    .find(|p| p.action == action)
+                    .and_then(|planned| self.preview_batch(&offline.plan, planned, step, &request));
                 out.requests.push(PreviewRequest {
                     action: name.clone(),
-                    step: self.actions[action].steps[r.step].name.clone(),
+                    step: step.name.clone(),
                     request,
+                    batch,
                 });
             }
             out.lookups
@@ -316,6 +325,48 @@ impl Config {
                 }));
         }
         out
+    }
+
+    /// The bulk request a step's rendered request would join (its form's `when` holding).
+    fn preview_batch(
+        &self,
+        plan: &Plan,
+        planned: &PlannedAction,
+        step: &Step,
+        request: &Request,
+    ) -> Option<PreviewBatch> {
+        let form = step.batch.as_ref()?;
+        let scope = self
+            .step_scope(
+                plan,
+                planned,
+                Arc::new(StepOutputs {
+                    outputs: IndexMap::new(),
+                    symbolic: true,
+                }),
+                Arc::new(Lookups::offline(self.direct_ids.clone())),
+            )
+            .build();
+        if let Some(when) = &form.when
+            && !self.templates.truthy(when, &scope).unwrap_or(false)
+        {
+            return None;
+        }
+        let coalesce = form
+            .coalesce
+            .as_ref()
+            .and_then(|c| self.templates.eval(c, &scope).ok().flatten())
+            .map(|v| match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            });
+        Some(PreviewBatch {
+            method: form.method,
+            path: form.path.clone(),
+            items: form.items.clone(),
+            item: form.item_of(request, &self.templates, &scope)?,
+            coalesce,
+        })
     }
 
     /// Every request an event's steps render without any network, in order: lookups and earlier
@@ -409,6 +460,23 @@ pub struct PreviewRequest {
     pub step: String,
     #[serde(flatten)]
     pub request: Request,
+    /// The bulk request the event joins instead, when the step is batched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<PreviewBatch>,
+}
+
+/// The bulk request a step's request joins as an item.
+#[derive(Debug, Serialize)]
+pub struct PreviewBatch {
+    pub method: crate::request::Method,
+    pub path: String,
+    /// The key of the list of items in the bulk body.
+    pub items: String,
+    /// This event's item.
+    pub item: Value,
+    /// The identity items are coalesced by, when the form says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coalesce: Option<String>,
 }
 
 /// A lookup a preview needs: the resolver and its keys.

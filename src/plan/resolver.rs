@@ -32,6 +32,8 @@ pub struct Lookup {
     request: Option<RequestTemplate>,
     result: Option<JsonPath>,
     key: Option<KeySpec>,
+    /// Its bulk form, if it has one.
+    pub batch: Option<Arc<crate::plan::batch::LookupBatch>>,
 }
 
 impl Resolver {
@@ -82,11 +84,22 @@ impl Resolver {
                     format!("`by: {}` is given twice", l.by),
                 );
             }
+            let batch = l.batch.as_ref().and_then(|b| {
+                crate::plan::batch::LookupBatch::compile(b, &format!("{at}/batch"), problems)
+                    .map(Arc::new)
+            });
+            if l.batch.is_some() && request.is_none() {
+                problems.at(
+                    &format!("{at}/batch"),
+                    "a lookup without a request has nothing to batch",
+                );
+            }
             lookups.push(Lookup {
                 by: l.by.clone(),
                 request,
                 result,
                 key: l.key.clone(),
+                batch,
             });
         }
         Some(Resolver {

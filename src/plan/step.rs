@@ -29,6 +29,8 @@ pub struct Step {
     pub idempotent: bool,
     /// How to tell whether the write of a step that is not idempotent was applied.
     pub check: Option<Check>,
+    /// The step's bulk form, if it has one.
+    pub batch: Option<std::sync::Arc<crate::plan::batch::BatchForm>>,
 }
 
 /// A compiled `check`: a request, and the JSONPath of markers in its answer, one of which equals
@@ -200,8 +202,26 @@ impl Step {
                 learn.push(l);
             }
         }
+        if spec.batch.is_some() && !idempotent {
+            problems.at(
+                &format!("{pointer}/batch"),
+                "a step that is not idempotent cannot be batched: after a bulk request's answer \
+                 is lost, its items cannot be checked one by one (send it single, with a `check`)",
+            );
+        }
+        // A form with problems (reported) leaves the step single, so the step's own checks run.
+        let batch = spec.batch.as_ref().filter(|_| idempotent).and_then(|b| {
+            crate::plan::batch::BatchForm::compile(
+                b,
+                &format!("{pointer}/batch"),
+                templates,
+                problems,
+            )
+            .map(std::sync::Arc::new)
+        });
         Some(Step {
             name: spec.name.clone(),
+            batch,
             when: when.ok()?,
             each: each.ok()?,
             request: request?,
@@ -234,6 +254,9 @@ impl Step {
                 out.push((format!("/check/request{p}"), t));
             }
             out.push(("/check/applied/equals".into(), &c.equals));
+        }
+        if let Some(b) = &self.batch {
+            out.extend(b.texts());
         }
         out
     }

@@ -24,8 +24,14 @@ pub enum LogFormat {
 
 /// Sends the process' logs to standard error, level from `ZDMAP_LOG` (default `info`).
 pub fn init(format: LogFormat) {
+    init_at(format, "info");
+}
+
+/// Like [`init`], at `level` unless `ZDMAP_LOG` says otherwise (`zdmap send` logs warnings only:
+/// its summary says the rest).
+pub fn init_at(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ZDMAP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -38,6 +38,8 @@ pub struct WorkerOptions {
     pub poll: Duration,
     /// On shutdown, how long the events being sent may take to finish.
     pub drain: Duration,
+    /// How long an item of a bulk request waits for others (`None`: no batching).
+    pub batch_window: Option<Duration>,
 }
 
 impl Default for WorkerOptions {
@@ -47,6 +49,7 @@ impl Default for WorkerOptions {
             retry_for: Duration::from_secs(24 * 3600),
             wait_for_records: Duration::from_secs(15 * 60),
             poll: Duration::from_secs(1),
+            batch_window: Some(Duration::from_millis(500)),
             drain: Duration::from_secs(30),
         }
     }
@@ -79,6 +82,7 @@ pub async fn run<Q: Queue>(
         retry_for: options.retry_for,
         wait_for_records: RecordWait::For(options.wait_for_records),
         drain: options.drain,
+        batch_window: options.batch_window,
         ..DispatchOptions::default()
     };
     let mut sink = QueueSink {

@@ -1,0 +1,491 @@
+//! Batching: the items of bulk requests, collected, sent, polled and answered one by one.
+//!
+//! A step with a bulk form (`batch:` in its YAML, [`crate::plan::batch::BatchForm`]) does not
+//! send its request: its delivery stops with [`Wait::Batch`](super::Wait::Batch) and the
+//! dispatcher hands the item to the [`Batcher`], while the event keeps its place at the front
+//! of its keys' lines (so the events of one key still go in order). Items of one bulk request
+//! are collected until `max_items` are there or the window ends (or nothing else can happen:
+//! `send`'s input has ended and no turn runs); items with the same `coalesce` identity become one
+//! item, later values winning field by field. Then the bulk request goes out as one attempt:
+//! - a status the form names as a refusal (`fallback.statuses`: 403 when bulk user imports are
+//!   off) turns the form off (logged once) and every item is sent as its single request, from
+//!   then on too (items are still collected, so the events coalesced into one share its request);
+//! - any other failure (a 429 on job creation, a 5xx, a timeout) is every item's answer, so each
+//!   event retries its step like after a failed single request, and joins a new batch;
+//! - a job is polled (`jobs:` of `destination.yaml`) until it is done, each poll one request
+//!   under the budget; at most `jobs.limit` jobs are in flight, further bulk requests wait
+//!   for one to end. A job that fails as a whole is a retry for every item.
+//!
+//! Each item's result is read back into the answer its step would have had for its single
+//! request (`{body_key: result}` with the form's status), so the step's `outcomes`, `outputs`
+//! and `learn` apply unchanged, and an item that failed fails only its own event. Answers go
+//! back to the dispatcher, which hands each delivery its own ([`super::Delivery::answer`]).
+//!
+//! Lookups whose resolver declares a bulk form (`show_many?external_ids=`) are collected the same
+//! way, per resolver and key kind, up to `max_keys`: one request answers them all into the cache
+//! (found, or not found), and each event goes on from there.
+//!
+//! A job still running when the process stops is not remembered: its events were never
+//! settled, so they are delivered again at the next start (the batched steps are upserts).
+
+use crate::config::Config;
+use crate::deliver::LearnedKey;
+use crate::deliver::executor::{BatchAnswer, BatchItem, LookupItem};
+use crate::deliver::schedule::EventId;
+use crate::deliver::{Disposition, PauseScope, Response, ResponseHeaders, Transport};
+use crate::plan::batch::{BatchForm, JobState, coalesce_into};
+use crate::request::Request;
+use indexmap::IndexMap;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Polls of one job that may fail in a row before its items are tried again.
+const POLL_FAILURES: u32 = 8;
+
+/// Collects items into bulk requests and runs them; see the module docs.
+#[derive(Debug)]
+pub struct Batcher {
+    window: Duration,
+    open: IndexMap<String, Open>,
+    /// Lookups being collected, by resolver and key kind.
+    lookups: IndexMap<String, OpenLookup>,
+    tasks: JoinSet<Answers>,
+    /// The events of each running bulk request (to answer them if its task fails).
+    running: HashMap<tokio::task::Id, Vec<EventId>>,
+    /// Jobs in flight at once (`jobs.limit`), made with the first job.
+    jobs: Option<Arc<Semaphore>>,
+}
+
+/// A bulk request being collected.
+#[derive(Debug)]
+struct Open {
+    deadline: Instant,
+    form: Arc<BatchForm>,
+    config: Arc<Config>,
+    transport: Transport,
+    slots: Vec<Slot>,
+}
+
+/// What a bulk request (or lookup) ended with: each event's answer, and the resolver keys it
+/// taught (so that events waiting for those records wake up).
+#[derive(Debug, Default)]
+pub struct Answers {
+    pub answers: Vec<(EventId, BatchAnswer)>,
+    pub learned: Vec<LearnedKey>,
+}
+
+/// Keys being collected for one bulk lookup.
+#[derive(Debug)]
+struct OpenLookup {
+    deadline: Instant,
+    first: LookupItem,
+    /// Each key (as given) and the events that wait for it.
+    keys: IndexMap<String, Vec<EventId>>,
+}
+
+/// One item of a bulk request and the events it answers.
+#[derive(Debug)]
+struct Slot {
+    coalesce: Option<String>,
+    item: Value,
+    /// The single request of its last event (with the coalesced item, when the bulk form is
+    /// not allowed).
+    single: Request,
+    events: Vec<EventId>,
+}
+
+impl Batcher {
+    /// Items wait at most `window` for more to join them.
+    pub fn new(window: Duration) -> Batcher {
+        Batcher {
+            window,
+            open: IndexMap::new(),
+            lookups: IndexMap::new(),
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
+            jobs: None,
+        }
+    }
+
+    /// Adds an event's item; sends its bulk request when it is full.
+    pub fn add(&mut self, id: EventId, item: BatchItem, now: Instant) {
+        let group = format!("{:p} {}", Arc::as_ptr(&item.config), item.form.group());
+        let open = self.open.entry(group.clone()).or_insert_with(|| Open {
+            deadline: now + self.window,
+            form: item.form.clone(),
+            config: item.config.clone(),
+            transport: item.transport.clone(),
+            slots: Vec::new(),
+        });
+        let same = item.coalesce.as_ref().and_then(|c| {
+            open.slots
+                .iter_mut()
+                .find(|s| s.coalesce.as_ref() == Some(c))
+        });
+        match same {
+            Some(slot) => {
+                coalesce_into(&mut slot.item, &item.item);
+                slot.single = item.single;
+                slot.events.push(id);
+            }
+            None => open.slots.push(Slot {
+                coalesce: item.coalesce,
+                item: item.item,
+                single: item.single,
+                events: vec![id],
+            }),
+        }
+        if open.slots.len() >= open.form.max_items {
+            self.send(&group);
+        }
+    }
+
+    /// Adds the item of an event that ran while the events `ahead` of it waited for their bulk
+    /// requests: only into a bulk request one of them is in and that is still being collected
+    /// (so its items go after theirs). `false` when there is none.
+    pub fn join(&mut self, id: EventId, item: BatchItem, ahead: &[EventId], now: Instant) -> bool {
+        let group = group_of(&item);
+        let joinable = self.open.get(&group).is_some_and(|o| {
+            o.slots
+                .iter()
+                .any(|s| s.events.iter().any(|e| ahead.contains(e)))
+        });
+        if joinable {
+            self.add(id, item, now);
+        }
+        joinable
+    }
+
+    /// Adds an event's lookup; sends the bulk lookup when it is full.
+    pub fn add_lookup(&mut self, id: EventId, item: LookupItem, now: Instant) {
+        let group = format!(
+            "{:p} {} {}",
+            Arc::as_ptr(&item.config),
+            item.resolver,
+            item.by
+        );
+        let key = item.key.clone();
+        let open = self
+            .lookups
+            .entry(group.clone())
+            .or_insert_with(|| OpenLookup {
+                deadline: now + self.window,
+                first: item,
+                keys: IndexMap::new(),
+            });
+        open.keys.entry(key).or_default().push(id);
+        if open.keys.len() >= open.first.form.max_keys {
+            self.send_lookup(&group);
+        }
+    }
+
+    /// When the next window ends.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.open
+            .values()
+            .map(|o| o.deadline)
+            .chain(self.lookups.values().map(|o| o.deadline))
+            .min()
+    }
+
+    /// Sends the bulk requests whose window has ended.
+    pub fn send_due(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, o)| o.deadline <= now)
+            .map(|(g, _)| g.clone())
+            .collect();
+        for group in due {
+            self.send(&group);
+        }
+        let due: Vec<String> = self
+            .lookups
+            .iter()
+            .filter(|(_, o)| o.deadline <= now)
+            .map(|(g, _)| g.clone())
+            .collect();
+        for group in due {
+            self.send_lookup(&group);
+        }
+    }
+
+    /// Sends every bulk request being collected (nothing else can join them).
+    pub fn send_all(&mut self) {
+        let groups: Vec<String> = self.open.keys().cloned().collect();
+        for group in groups {
+            self.send(&group);
+        }
+        let groups: Vec<String> = self.lookups.keys().cloned().collect();
+        for group in groups {
+            self.send_lookup(&group);
+        }
+    }
+
+    /// Whether bulk requests are out.
+    pub fn has_running(&self) -> bool {
+        !self.tasks.is_empty()
+    }
+
+    /// The answers of the next bulk request that ends: one per event.
+    pub async fn answered(&mut self) -> Answers {
+        match self.tasks.join_next_with_id().await {
+            Some(Ok((task, answers))) => {
+                self.running.remove(&task);
+                answers
+            }
+            Some(Err(e)) => {
+                // A bulk request that panicked (a bug): its events send their single requests.
+                tracing::error!(error = %e, "a bulk request failed");
+                Answers {
+                    answers: self
+                        .running
+                        .remove(&e.id())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|id| (id, BatchAnswer::Single))
+                        .collect(),
+                    learned: Vec::new(),
+                }
+            }
+            None => Answers::default(),
+        }
+    }
+
+    fn send_lookup(&mut self, group: &str) {
+        let Some(open) = self.lookups.shift_remove(group) else {
+            return;
+        };
+        let events: Vec<EventId> = open.keys.values().flatten().copied().collect();
+        let handle = self.tasks.spawn(async move {
+            let learned = look_up(&open).await;
+            // Each event goes on: its lookup is in the cache now, or asked on its own.
+            Answers {
+                answers: open
+                    .keys
+                    .into_values()
+                    .flatten()
+                    .map(|e| (e, BatchAnswer::Single))
+                    .collect(),
+                learned,
+            }
+        });
+        self.running.insert(handle.id(), events);
+    }
+
+    fn send(&mut self, group: &str) {
+        let Some(open) = self.open.shift_remove(group) else {
+            return;
+        };
+        if open.slots.is_empty() {
+            return;
+        }
+        let limit = match (&open.config.jobs, open.form.job) {
+            (Some(jobs), true) => Some(
+                self.jobs
+                    .get_or_insert_with(|| Arc::new(Semaphore::new(jobs.limit)))
+                    .clone(),
+            ),
+            _ => None,
+        };
+        let events: Vec<EventId> = open.slots.iter().flat_map(|s| s.events.clone()).collect();
+        let handle = self.tasks.spawn(async move {
+            let answers = run(&open, limit).await;
+            Answers {
+                answers: open
+                    .slots
+                    .into_iter()
+                    .zip(answers)
+                    .flat_map(|(slot, answer)| {
+                        slot.events.into_iter().map(move |e| (e, answer.clone()))
+                    })
+                    .collect(),
+                learned: Vec::new(),
+            }
+        });
+        self.running.insert(handle.id(), events);
+    }
+}
+
+/// Looks the keys up in one request and caches what it says: the value of each key found, and
+/// "not found" for the others. On a failure nothing is cached (each event asks on its own).
+async fn look_up(open: &OpenLookup) -> Vec<LearnedKey> {
+    let item = &open.first;
+    let keys: Vec<String> = open.keys.keys().cloned().collect();
+    let request = item.form.request(&keys);
+    let Disposition::Done { response } = item.transport.attempt(&request, |_| false).await else {
+        return Vec::new();
+    };
+    if !response.is_success() {
+        return Vec::new();
+    }
+    let found = item.form.found(&response.body);
+    let mut learned = Vec::new();
+    for key in keys {
+        match found.get(&key.to_lowercase()) {
+            Some(value) => {
+                item.cache.put(
+                    &item.resolver,
+                    item.ttl,
+                    item.capacity,
+                    &item.by,
+                    &key,
+                    value.clone(),
+                );
+                learned.push(LearnedKey {
+                    resolver: item.resolver.clone(),
+                    by: item.by.clone(),
+                    key,
+                });
+            }
+            None => item.cache.mark_missing(&item.resolver, &item.by, &key),
+        }
+    }
+    learned
+}
+
+/// Which bulk request an item joins: its form's, under the config it was rendered with.
+fn group_of(item: &BatchItem) -> String {
+    format!("{:p} {}", Arc::as_ptr(&item.config), item.form.group())
+}
+
+/// Sends one bulk request, polls its job, and gives each item its answer (in slot order).
+async fn run(open: &Open, limit: Option<Arc<Semaphore>>) -> Vec<BatchAnswer> {
+    let (form, config, transport) = (&open.form, &open.config, &open.transport);
+    let n = open.slots.len();
+    let all = |a: BatchAnswer| vec![a; n];
+    if form.is_refused() {
+        return singles(open).await;
+    }
+    // Held from the bulk request until its job ends.
+    let _permit = match limit {
+        Some(s) => s.acquire_owned().await.ok(),
+        None => None,
+    };
+    let request = form.bulk_request(open.slots.iter().map(|s| s.item.clone()).collect());
+    let response = match transport
+        .attempt(&request, |r| form.is_refusal(r.status))
+        .await
+    {
+        Disposition::Done { response } if form.is_refusal(response.status) => {
+            if form.refuse() {
+                let (_, message) = config.error_info(&response.body);
+                tracing::warn!(
+                    endpoint = %form.path,
+                    status = response.status,
+                    message = message.as_deref().unwrap_or_default(),
+                    "the bulk request is not allowed on this account: its items are sent as single requests from now on"
+                );
+            }
+            return singles(open).await;
+        }
+        Disposition::Done { response } if response.is_success() => response,
+        other => return all(BatchAnswer::Answered(Box::new(other))),
+    };
+    let results: Vec<Value> = if form.job {
+        match poll(open, &response).await {
+            Ok(results) => results,
+            Err(d) => return all(BatchAnswer::Answered(Box::new(d))),
+        }
+    } else {
+        match form.results_in(&response.body) {
+            Some(r) => r.to_vec(),
+            None => return all(BatchAnswer::Answered(Box::new(retry(response)))),
+        }
+    };
+    open.slots
+        .iter()
+        .enumerate()
+        .map(
+            |(place, slot)| match form.result_for(&results, place, &slot.item) {
+                Some(result) => {
+                    let (codes, _) = config.error_info(result);
+                    let answer = form.answer(result, &codes);
+                    if answer.send_single {
+                        return BatchAnswer::Single;
+                    }
+                    BatchAnswer::Answered(Box::new(Disposition::Done {
+                        response: Response {
+                            status: answer.status,
+                            headers: ResponseHeaders::default(),
+                            body: answer.body,
+                            elapsed: Duration::ZERO,
+                        },
+                    }))
+                }
+                // No result for it: the item is tried again (the batched steps are upserts).
+                None => BatchAnswer::Answered(Box::new(retry(response.clone()))),
+            },
+        )
+        .collect()
+}
+
+/// The bulk form is not allowed: each item goes as its single request (one per item, so the
+/// events coalesced into it share one request), answering its events.
+async fn singles(open: &Open) -> Vec<BatchAnswer> {
+    let mut answers = Vec::with_capacity(open.slots.len());
+    for slot in &open.slots {
+        let request = open.form.single_with(&slot.single, &slot.item);
+        let d = open.transport.attempt(&request, |_| false).await;
+        answers.push(BatchAnswer::Answered(Box::new(d)));
+    }
+    answers
+}
+
+/// Polls the job a bulk answer started until it is done: its results, or how it failed.
+async fn poll(open: &Open, started: &Response) -> Result<Vec<Value>, Disposition> {
+    let (config, transport) = (&open.config, &open.transport);
+    let Some(jobs) = &config.jobs else {
+        return Err(retry(started.clone()));
+    };
+    let Some(id) = jobs.job_id(&started.body) else {
+        return Err(retry(started.clone()));
+    };
+    let request = jobs
+        .poll_request(&config.templates, &config.settings, &id)
+        .map_err(|_| retry(started.clone()))?;
+    let mut wait = Duration::from_millis(jobs.poll_ms);
+    let longest = Duration::from_millis(jobs.poll_max_ms);
+    let mut failures = 0;
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = (wait * 3 / 2).min(longest);
+        match transport.attempt(&request, |_| false).await {
+            Disposition::Done { response } if response.is_success() => {
+                failures = 0;
+                match jobs.state(&response.body) {
+                    JobState::Running => {}
+                    JobState::Done(results) => return Ok(results.to_vec()),
+                    JobState::Failed(status) => {
+                        tracing::info!(job = %id, status = %status, "a bulk job failed: its items are tried again");
+                        return Err(retry(response));
+                    }
+                }
+            }
+            Disposition::Retry { wait: after, .. } if failures + 1 < POLL_FAILURES => {
+                failures += 1;
+                if let Some(after) = after {
+                    wait = wait.max(after);
+                }
+            }
+            // An unknown (expired) job: its items are tried again.
+            Disposition::Done { response } => return Err(retry(response)),
+            // Credentials refused, polls failing: the items' answer.
+            other => return Err(other),
+        }
+    }
+}
+
+/// A bulk answer that gives an item no result: tried again like a failed request.
+fn retry(response: Response) -> Disposition {
+    Disposition::Retry {
+        last: Ok(response),
+        wait: None,
+        scope: PauseScope::Key,
+    }
+}

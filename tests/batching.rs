@@ -1,0 +1,733 @@
+//! Batching against the emulator: steps with a bulk form (`batch:` in the mappings) send their
+//! requests as items of bulk requests and read each item's result from the job. The same events
+//! delivered batched and unbatched end in the same state; an item that fails fails only its
+//! event; failed jobs, a 429 on job creation and the job limit are waited out; with bulk user
+//! imports off, users go one by one; a `zdmap serve` killed during a job delivers again.
+
+#[path = "support/oas.rs"]
+mod oas;
+#[path = "support/serving.rs"]
+mod serving;
+
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use zdmap::deliver::DeadLetterWriter;
+use zdmap::deliver::dispatch::{DispatchOptions, RecordWait};
+use zdmap::deliver::run::{RunReport, run};
+use zdmap::emulator::{Emulator, EmulatorOptions};
+
+/// Users, organizations, memberships, tickets and user events of a small realistic mix: each
+/// user's session is identifies (one with a company), tracks, a group call, a ticket created
+/// then updated; the organizations are created first.
+fn mix(users: usize, sessions: usize) -> String {
+    let mut events = Vec::new();
+    for o in 0..4 {
+        events.push(
+            json!({"type": "group", "groupId": format!("org-{o}"), "messageId": format!("g-{o}"),
+                           "traits": {"name": format!("Org {o}"), "industry": "Computing"}}),
+        );
+    }
+    for s in 0..sessions {
+        let p = s % users;
+        let user = format!("u-{p}");
+        let email = format!("user{p}@example.com");
+        let context = json!({"traits": {"email": email, "name": format!("User {p}")}});
+        for k in 0..3 {
+            let mut traits = json!({"email": email, "first_name": "Ada", "last_name": format!("L{p}"),
+                                    "plan": format!("plan-{s}-{k}"), "phone": format!("+44 20 7946 {p:04}")});
+            if k == 0 {
+                traits["company"] = json!({"id": format!("org-{}", s % 4)});
+            }
+            events.push(
+                json!({"type": "identify", "userId": user, "messageId": format!("i-{s}-{k}"),
+                               "traits": traits, "context": context}),
+            );
+        }
+        events.push(
+            json!({"type": "track", "event": "Order Completed", "userId": user,
+                           "messageId": format!("t-{s}"), "context": context,
+                           "properties": {"order_id": format!("o-{s}")}}),
+        );
+        events.push(
+            json!({"type": "group", "groupId": format!("org-{}", (s + 1) % 4), "userId": user,
+                           "messageId": format!("gu-{s}"), "context": context,
+                           "traits": {"name": format!("Org {}", (s + 1) % 4), "tags": ["vip"]}}),
+        );
+        events.push(json!({"type": "track", "event": "Ticket Created", "userId": user,
+                           "messageId": format!("tc-{s}"), "context": context,
+                           "properties": {"subject": "Cannot log in", "comment": format!("Help {s}"), "external_id": format!("T-{s}")}}));
+        events.push(json!({"type": "track", "event": "Ticket Updated", "userId": user,
+                           "messageId": format!("tu-{s}"), "context": context,
+                           "properties": {"external_id": format!("T-{s}"), "status": "pending", "comment": format!("Reset {s}")}}));
+        events.push(
+            json!({"type": "track", "event": "Order Shipped", "userId": user,
+                           "messageId": format!("ts-{s}"), "context": context,
+                           "properties": {"order_id": format!("o-{s}")}}),
+        );
+    }
+    events
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// An emulator; its limit of 5 upserts per user a minute is lifted, so that the unbatched
+/// runs compared with the batched ones are not slowed by a minute's wait.
+async fn emulator(bulk_import: bool) -> Emulator {
+    let emu = Emulator::start(EmulatorOptions {
+        bulk_import,
+        ..EmulatorOptions::default()
+    })
+    .await
+    .expect("emulator starts");
+    emu.configure(|k| k.upsert_user_per_window = 1000);
+    emu
+}
+
+fn options(batch: Option<Duration>) -> DispatchOptions {
+    DispatchOptions {
+        concurrency: 4,
+        wait_for_records: RecordWait::AfterInput(Duration::from_millis(500)),
+        batch_window: batch,
+        ..DispatchOptions::default()
+    }
+}
+
+/// Delivers `input` to `emu` with the mappings of `mappings`; the report and the dead letters.
+async fn send(
+    emu: &Emulator,
+    mappings: &Path,
+    input: &str,
+    options: DispatchOptions,
+) -> (RunReport, Vec<Value>) {
+    let dest = serving::destination(emu, mappings).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("dead.ndjson");
+    let writer = Arc::new(DeadLetterWriter::open(&path).expect("dead letters"));
+    let report = run(
+        dest.executor.clone(),
+        Cursor::new(input.as_bytes().to_vec()),
+        writer,
+        dest.stats.clone(),
+        options,
+    )
+    .await
+    .expect("run");
+    let letters = std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    (report, letters)
+}
+
+/// The requests the emulator logged to `method path` (the path without its query).
+fn requests(emu: &Emulator, method: &str, path: &str) -> Vec<Value> {
+    emu.requests()
+        .into_iter()
+        .filter(|r| {
+            r["method"] == method
+                && r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.split('?').next() == Some(path))
+        })
+        .collect()
+}
+
+fn statuses(requests: &[Value]) -> Vec<u64> {
+    requests
+        .iter()
+        .filter_map(|r| r["status"].as_u64())
+        .collect()
+}
+
+/// The emulator's state with ids replaced by external ids, so two runs compare: users and their
+/// fields, organizations, memberships, tickets (with their comments, by external id: a list,
+/// so a ticket made twice shows), and each user's events in order.
+fn comparable(state: &Value) -> Value {
+    let list = |k: &str| state[k].as_array().cloned().unwrap_or_default();
+    let user_ext: BTreeMap<String, Value> = list("users")
+        .iter()
+        .map(|u| (u["id"].to_string(), u["external_id"].clone()))
+        .collect();
+    let org_ext: BTreeMap<String, Value> = list("organizations")
+        .iter()
+        .map(|o| (o["id"].to_string(), o["external_id"].clone()))
+        .collect();
+    let ext = |map: &BTreeMap<String, Value>, id: &Value| {
+        let key = match id {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        map.get(&key).cloned().unwrap_or(Value::Null)
+    };
+    let users: BTreeMap<String, Value> = list("users")
+        .iter()
+        .map(|u| {
+            let identities: BTreeSet<String> = u["identities"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|i| format!("{}:{}:{}", i["type"], i["value"], i["primary"]))
+                .collect();
+            (
+                u["external_id"].to_string(),
+                json!({"name": u["name"], "email": u["email"], "phone": u["phone"],
+                       "user_fields": u["user_fields"], "identities": identities,
+                       "organization": ext(&org_ext, &u["organization_id"])}),
+            )
+        })
+        .collect();
+    let organizations: BTreeMap<String, Value> = list("organizations")
+        .iter()
+        .map(|o| {
+            (
+                o["external_id"].to_string(),
+                json!({"name": o["name"], "tags": o["tags"], "domain_names": o["domain_names"],
+                       "organization_fields": o["organization_fields"]}),
+            )
+        })
+        .collect();
+    let memberships: BTreeSet<String> = list("memberships")
+        .iter()
+        .map(|m| {
+            format!(
+                "{} in {} default {}",
+                ext(&user_ext, &m["user_id"]),
+                ext(&org_ext, &m["organization_id"]),
+                m["default"]
+            )
+        })
+        .collect();
+    let mut tickets: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for t in list("tickets") {
+        let comments: Vec<Value> = t["comments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| c["body"].clone())
+            .collect();
+        tickets
+            .entry(t["external_id"].to_string())
+            .or_default()
+            .push(json!({
+            "subject": t["subject"], "status": t["status"], "tags": t["tags"],
+            "requester": ext(&user_ext, &t["requester_id"]), "comments": comments}));
+    }
+    let mut events: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for e in list("events") {
+        events
+            .entry(ext(&user_ext, &e["user_id"]).to_string())
+            .or_default()
+            .push(json!([e["type"], e["properties"]]));
+    }
+    json!({"users": users, "organizations": organizations, "memberships": memberships,
+           "tickets": tickets, "events": events})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_and_unbatched_end_in_the_same_state() {
+    let input = mix(12, 36);
+    let mappings = Path::new("mappings");
+
+    let single = emulator(true).await;
+    let (report, letters) = send(&single, mappings, &input, options(None)).await;
+    assert!(letters.is_empty(), "{letters:?}");
+    assert_eq!(report.dead_letters, 0);
+    assert!(requests(&single, "POST", "/api/v2/users/create_or_update_many").is_empty());
+
+    let batched = emulator(true).await;
+    let (report, letters) = send(
+        &batched,
+        mappings,
+        &input,
+        options(Some(Duration::from_millis(200))),
+    )
+    .await;
+    assert!(letters.is_empty(), "{letters:?}");
+    assert_eq!(report.dead_letters, 0);
+
+    let (a, b) = (comparable(&single.state()), comparable(&batched.state()));
+    assert_eq!(a["users"].as_object().map(|u| u.len()), Some(12));
+    assert_eq!(a["tickets"].as_object().map(|t| t.len()), Some(36));
+    assert!(
+        a["tickets"]
+            .as_object()
+            .is_some_and(|t| t.values().all(|v| v.as_array().map(Vec::len) == Some(1))),
+        "one ticket per Ticket Created"
+    );
+    assert_eq!(a, b);
+
+    // The batched run used the bulk endpoints and sent fewer requests.
+    let bulk_users = requests(&batched, "POST", "/api/v2/users/create_or_update_many");
+    let bulk_members = requests(
+        &batched,
+        "POST",
+        "/api/v2/organization_memberships/create_many",
+    );
+    assert!(!bulk_users.is_empty() && statuses(&bulk_users).iter().all(|s| *s == 200));
+    assert!(!bulk_members.is_empty());
+    assert!(
+        requests(&batched, "POST", "/api/v2/users/create_or_update").len()
+            < requests(&single, "POST", "/api/v2/users/create_or_update").len() / 2
+    );
+    assert!(
+        !requests(&batched, "GET", "/api/v2/job_statuses").is_empty() || {
+            batched.requests().iter().any(|r| {
+                r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/api/v2/job_statuses/"))
+            })
+        }
+    );
+    assert!(batched.requests().len() < single.requests().len());
+    // Organizations are updated in bulk too; ticket updates (a comment is not idempotent) stay
+    // single, each with its marker.
+    assert!(!requests(&batched, "PUT", "/api/v2/organizations/update_many").is_empty());
+    assert!(requests(&batched, "PUT", "/api/v2/tickets/update_many").is_empty());
+
+    // Every bulk request is what Zendesk's spec says it takes.
+    let oracle = oas::Oas::load();
+    let mut validated = 0;
+    for r in batched.requests() {
+        let (method, path) = (
+            r["method"].as_str().unwrap_or_default(),
+            r["path"].as_str().unwrap_or_default(),
+        );
+        if !path.contains("_many") {
+            continue;
+        }
+        let body = r.get("body").cloned().unwrap_or(Value::Null);
+        match oracle.validate_request(method, path, &body) {
+            Ok(oas::Validated::Valid) => validated += 1,
+            Ok(oas::Validated::NoSchema) => {}
+            Err(errs) => panic!("{method} {path}: {errs:?}"),
+        }
+    }
+    assert!(
+        validated > 0,
+        "bulk requests with a body schema were checked"
+    );
+}
+
+/// A copy of the shipped mappings with `edit` applied to the text of each file.
+fn mappings_with(edit: impl Fn(&str, String) -> String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for entry in std::fs::read_dir("mappings").expect("mappings") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            let text = std::fs::read_to_string(&path).expect("read");
+            std::fs::write(dir.path().join(&name), edit(&name, text)).expect("write");
+        }
+    }
+    dir
+}
+
+fn identify(user: &str, email: &str, plan: &str) -> Value {
+    json!({"type": "identify", "userId": user, "messageId": format!("m-{user}-{plan}"),
+           "traits": {"email": email, "name": format!("User {user}"), "plan": plan}})
+}
+
+fn lines(events: &[Value]) -> String {
+    events
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn with_bulk_user_imports_off_users_go_one_by_one_after_one_refusal() {
+    let emu = emulator(false).await;
+    let input = mix(6, 12);
+    let (report, letters) = send(
+        &emu,
+        Path::new("mappings"),
+        &input,
+        options(Some(Duration::from_millis(100))),
+    )
+    .await;
+    assert!(letters.is_empty(), "{letters:?}");
+    assert_eq!(report.dead_letters, 0);
+    let bulk = requests(&emu, "POST", "/api/v2/users/create_or_update_many");
+    assert_eq!(
+        statuses(&bulk),
+        vec![403],
+        "refused once, then never asked again"
+    );
+    assert!(!requests(&emu, "POST", "/api/v2/users/create_or_update").is_empty());
+    // Memberships still go in bulk.
+    assert!(!requests(&emu, "POST", "/api/v2/organization_memberships/create_many").is_empty());
+    let single = emulator(true).await;
+    send(&single, Path::new("mappings"), &input, options(None)).await;
+    assert_eq!(comparable(&emu.state()), comparable(&single.state()));
+}
+
+#[tokio::test]
+async fn an_item_that_fails_fails_only_its_own_event_with_zendesks_error() {
+    // Without `item_errors`, a failed item is the event's answer (no single request).
+    let mappings = mappings_with(|name, text| {
+        if name == "upsert_user.yaml" {
+            text.replace("item_errors: [RecordInvalid]", "item_errors: []")
+        } else {
+            text
+        }
+    });
+    let emu = emulator(true).await;
+    let input = lines(&[
+        identify("a", "a@example.com", "pro"),
+        identify("b", "not-an-email", "pro"),
+        identify("c", "c@example.com", "pro"),
+    ]);
+    let (report, letters) = send(
+        &emu,
+        mappings.path(),
+        &input,
+        options(Some(Duration::from_millis(100))),
+    )
+    .await;
+    assert_eq!(report.dead_letters, 1);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["event"]["userId"], "b");
+    let letter = &letters[0]["dead_letter"];
+    assert_eq!(letter["action"], "upsert_user");
+    assert_eq!(letter["step"], "upsert");
+    assert_eq!(letter["status"], 422);
+    assert_eq!(letter["code"], "RecordInvalid");
+    assert!(
+        letter["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not properly formatted")),
+        "Zendesk's per-item error: {letter}"
+    );
+    let bulk = requests(&emu, "POST", "/api/v2/users/create_or_update_many");
+    assert_eq!(bulk.len(), 1, "one bulk request for the three");
+    assert!(requests(&emu, "POST", "/api/v2/users/create_or_update").is_empty());
+    let users = comparable(&emu.state())["users"].clone();
+    assert!(users.get("\"a\"").is_some() && users.get("\"c\"").is_some());
+    assert!(users.get("\"b\"").is_none());
+}
+
+#[tokio::test]
+async fn a_job_that_fails_as_a_whole_is_tried_again() {
+    let emu = Emulator::start(EmulatorOptions {
+        bulk_import: true,
+        seed: 7,
+        ..EmulatorOptions::default()
+    })
+    .await
+    .expect("emulator");
+    emu.configure(|k| {
+        k.job_fail_rate = 0.5;
+        k.upsert_user_per_window = 1000;
+    });
+    let input = mix(6, 12);
+    let (report, letters) = send(
+        &emu,
+        Path::new("mappings"),
+        &input,
+        options(Some(Duration::from_millis(50))),
+    )
+    .await;
+    assert!(letters.is_empty(), "{letters:?}");
+    assert_eq!(report.dead_letters, 0);
+    let state = emu.state();
+    let failed = state["job_statuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|j| j["status"] == "failed")
+        .count();
+    assert!(failed > 0, "some jobs failed");
+    let single = emulator(true).await;
+    send(&single, Path::new("mappings"), &input, options(None)).await;
+    assert_eq!(comparable(&state), comparable(&single.state()));
+}
+
+#[tokio::test]
+async fn a_429_on_job_creation_is_waited_out() {
+    // Items go 2 per request, so 6 bulk requests go out at once, while Zendesk takes 2 jobs at
+    // a time (zdmap allows 30): the others meet 429 TooManyJobs and are tried again.
+    let mappings = mappings_with(|name, text| match name {
+        "upsert_user.yaml" => text.replace(
+            "      items: users\n",
+            "      items: users\n      max_items: 2\n",
+        ),
+        _ => text,
+    });
+    let emu = emulator(true).await;
+    emu.configure(|k| {
+        k.job_limit = 2;
+        k.job_delay_ms = 300;
+    });
+    let input = lines(
+        &(0..12)
+            .map(|u| identify(&format!("u{u}"), &format!("u{u}@example.com"), "pro"))
+            .collect::<Vec<_>>(),
+    );
+    let (report, letters) = send(
+        &emu,
+        mappings.path(),
+        &input,
+        options(Some(Duration::from_millis(100))),
+    )
+    .await;
+    assert!(letters.is_empty(), "{letters:?}");
+    assert_eq!(report.dead_letters, 0);
+    let bulk = requests(&emu, "POST", "/api/v2/users/create_or_update_many");
+    assert!(statuses(&bulk).contains(&429), "{:?}", statuses(&bulk));
+    assert_eq!(
+        comparable(&emu.state())["users"]
+            .as_object()
+            .map(|u| u.len()),
+        Some(12)
+    );
+}
+
+#[tokio::test]
+async fn no_more_jobs_than_the_limit_are_in_flight() {
+    // destination.yaml allows 2 jobs; the emulator refuses a third with 422 (which would fail
+    // the events), and items go 2 per request, so many jobs are needed.
+    let mappings = mappings_with(|name, text| match name {
+        "destination.yaml" => text.replace("  limit: 30", "  limit: 2"),
+        "upsert_user.yaml" => text.replace(
+            "      items: users\n",
+            "      items: users\n      max_items: 2\n",
+        ),
+        _ => text,
+    });
+    let emu = emulator(true).await;
+    emu.configure(|k| {
+        k.job_limit = 2;
+        k.job_limit_status = 422;
+        k.job_delay_ms = 100;
+    });
+    let input = lines(
+        &(0..12)
+            .map(|u| identify(&format!("u{u}"), &format!("u{u}@example.com"), "pro"))
+            .collect::<Vec<_>>(),
+    );
+    let (report, letters) = send(
+        &emu,
+        mappings.path(),
+        &input,
+        options(Some(Duration::from_millis(20))),
+    )
+    .await;
+    assert!(letters.is_empty(), "{letters:?}");
+    assert_eq!(report.dead_letters, 0);
+    let bulk = requests(&emu, "POST", "/api/v2/users/create_or_update_many");
+    assert!(bulk.len() >= 6, "{} bulk requests", bulk.len());
+    assert!(
+        statuses(&bulk).iter().all(|s| *s == 200),
+        "{:?}",
+        statuses(&bulk)
+    );
+    assert_eq!(
+        comparable(&emu.state())["users"]
+            .as_object()
+            .map(|u| u.len()),
+        Some(12)
+    );
+}
+
+/// `zdmap serve` as a child process delivering to `emu`: the child and its URL.
+fn spawn_serve(emu: &Emulator, data: &Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zdmap"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-watch"])
+        .args([
+            "--set",
+            "requests_per_minute=0",
+            "--write-key",
+            serving::KEY,
+        ])
+        .args(["--batch-window", "100ms", "--mappings", "mappings"])
+        .arg("--zendesk-url")
+        .arg(emu.url())
+        .arg("--data-dir")
+        .arg(data)
+        .env("ZENDESK_EMAIL", "agent@example.com")
+        .env("ZENDESK_API_TOKEN", "batching-test-token")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn zdmap serve");
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("first line");
+    let url = first
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{first}");
+    (child, url)
+}
+
+async fn wait_until(what: &str, check: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serve_killed_during_a_job_delivers_its_events_again_at_the_next_start() {
+    let emu = emulator(true).await;
+    emu.configure(|k| k.job_delay_ms = 3_000);
+    let data = tempfile::tempdir().expect("temp dir");
+    let (mut child, url) = spawn_serve(&emu, data.path());
+    let users: Vec<Value> = (0..10)
+        .map(|u| identify(&format!("k{u}"), &format!("k{u}@example.com"), "gold"))
+        .collect();
+    let accepted = reqwest::Client::new()
+        .post(format!("{url}/v1/batch"))
+        .basic_auth(serving::KEY, Some(""))
+        .json(&json!({"batch": users}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(accepted.status().as_u16(), 200);
+    let bulk = || requests(&emu, "POST", "/api/v2/users/create_or_update_many");
+    wait_until("the bulk request is sent", || !bulk().is_empty()).await;
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    assert_eq!(
+        emu.state()["users"].as_array().map(Vec::len),
+        Some(0),
+        "killed while the job was running"
+    );
+
+    emu.configure(|k| k.job_delay_ms = 0);
+    let (mut child, _) = spawn_serve(&emu, data.path());
+    let users = || comparable(&emu.state())["users"].clone();
+    wait_until("every user delivered again", || {
+        users().as_object().map(|u| u.len()) == Some(10)
+    })
+    .await;
+    // The first job ends too (3 s after it began): the same upserts again, nothing doubled.
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    let users = users();
+    assert_eq!(users.as_object().map(|u| u.len()), Some(10));
+    assert!(
+        users.as_object().is_some_and(|u| u
+            .iter()
+            .all(|(ext, v)| v["name"] == format!("User {}", ext.trim_matches('"')))),
+        "{users}"
+    );
+    assert!(bulk().len() >= 2, "sent again after the restart");
+    child.kill().expect("kill");
+    let _ = child.wait();
+}
+
+/// Five identifies of one user and one of another, sent together.
+fn busy_user() -> String {
+    let mut events: Vec<Value> = (1..=5)
+        .map(|n| {
+            let mut traits = json!({"email": "c1@example.com", "name": format!("Name {n}")});
+            if n == 2 {
+                traits["phone"] = json!("+44 20 7946 0002");
+            }
+            json!({"type": "identify", "userId": "c1", "messageId": format!("c1-{n}"), "traits": traits})
+        })
+        .collect();
+    events.push(identify("c2", "c2@example.com", "pro"));
+    lines(&events)
+}
+
+fn items_sent(emu: &Emulator) -> usize {
+    requests(emu, "POST", "/api/v2/users/create_or_update_many")
+        .iter()
+        .filter(|r| r["status"] == 200)
+        .filter_map(|r| r["body"]["users"].as_array().map(Vec::len))
+        .sum()
+}
+
+#[tokio::test]
+async fn several_upserts_of_one_user_in_a_window_become_one_item() {
+    let emu = emulator(true).await;
+    let (report, letters) = send(
+        &emu,
+        Path::new("mappings"),
+        &busy_user(),
+        options(Some(Duration::from_millis(300))),
+    )
+    .await;
+    assert!(letters.is_empty(), "{letters:?}");
+    assert_eq!(report.dead_letters, 0);
+    assert_eq!(items_sent(&emu), 2, "one item per user");
+    let users = comparable(&emu.state())["users"].clone();
+    // Later values win field by field: the last name, the phone only the second event had.
+    assert_eq!(users["\"c1\""]["name"], "Name 5");
+    assert_eq!(users["\"c1\""]["phone"], "+44 20 7946 0002");
+
+    // With bulk user imports off, the coalesced item is one single request.
+    let off = emulator(false).await;
+    let (report, _) = send(
+        &off,
+        Path::new("mappings"),
+        &busy_user(),
+        options(Some(Duration::from_millis(300))),
+    )
+    .await;
+    assert_eq!(report.dead_letters, 0);
+    assert_eq!(
+        requests(&off, "POST", "/api/v2/users/create_or_update").len(),
+        2,
+        "one upsert per user"
+    );
+    assert_eq!(comparable(&off.state())["users"], users);
+}
+
+#[tokio::test]
+async fn lookups_in_one_window_go_out_as_one_request() {
+    let emu = emulator(true).await;
+    let users: Vec<Value> = (0..30)
+        .map(|u| identify(&format!("l{u}"), &format!("l{u}@example.com"), "pro"))
+        .collect();
+    let (report, _) = send(&emu, Path::new("mappings"), &lines(&users), options(None)).await;
+    assert_eq!(report.dead_letters, 0);
+    // A new run (an empty cache): 30 users to find, and one that does not exist.
+    let mut tracks: Vec<Value> = (0..30)
+        .map(|u| json!({"type": "track", "event": "Signed In", "userId": format!("l{u}"), "messageId": format!("s{u}")}))
+        .collect();
+    tracks.push(
+        json!({"type": "track", "event": "Signed In", "userId": "nobody", "messageId": "s-nobody"}),
+    );
+    let (report, letters) = send(
+        &emu,
+        Path::new("mappings"),
+        &lines(&tracks),
+        options(Some(Duration::from_millis(200))),
+    )
+    .await;
+    assert_eq!(report.dead_letters, 1, "{letters:?}");
+    assert_eq!(letters[0]["event"]["userId"], "nobody");
+    let show_many = requests(&emu, "GET", "/api/v2/users/show_many");
+    assert_eq!(show_many.len(), 1, "one request for the 31 keys");
+    assert!(requests(&emu, "GET", "/api/v2/users/search").is_empty());
+    let state = comparable(&emu.state());
+    assert_eq!(
+        state["events"].as_object().map(|e| e.len()),
+        Some(30),
+        "every user found got its event"
+    );
+}
