@@ -249,7 +249,7 @@ async fn serve_under_faults_and_a_kill_ends_as_a_clean_run_does() {
     let spawn = |n: usize| {
         // Logs go to a file, so a long run never blocks on a full pipe.
         let log = std::fs::File::create(logs.path().join(format!("serve-{n}.log"))).expect("log");
-        serving::spawn_serve_with(&emu.url(), data.path(), mappings, &["--no-batch"], |c| {
+        serving::spawn_serve_with(&emu.url(), data.path(), mappings, &[], |c| {
             c.stderr(log);
         })
     };
