@@ -2,7 +2,8 @@
 //! requests as items of bulk requests and read each item's result from the job. The same events
 //! delivered batched and unbatched end in the same state; an item that fails fails only its
 //! event; failed jobs, a 429 on job creation and the job limit are waited out; with bulk user
-//! imports off, users go one by one; a `zdmap serve` killed during a job delivers again.
+//! imports off, users go one by one; a `zdmap serve` killed during a job delivers again; an
+//! event that ran behind a bulk request answered during its turn holds nobody up.
 
 #[path = "support/oas.rs"]
 mod oas;
@@ -729,5 +730,107 @@ async fn lookups_in_one_window_go_out_as_one_request() {
         state["events"].as_object().map(|e| e.len()),
         Some(30),
         "every user found got its event"
+    );
+}
+
+/// Input that gives its lines one at a time, pausing before each but the first (events that
+/// arrive while earlier ones are being delivered).
+struct Paced {
+    lines: std::collections::VecDeque<String>,
+    pause: Duration,
+    first: bool,
+}
+
+impl std::io::Read for Paced {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(line) = self.lines.pop_front() else {
+            return Ok(0);
+        };
+        if !std::mem::take(&mut self.first) {
+            std::thread::sleep(self.pause);
+        }
+        let bytes = format!("{line}\n").into_bytes();
+        let n = bytes.len().min(buf.len());
+        buf[..n].copy_from_slice(&bytes[..n]);
+        if n < bytes.len() {
+            self.lines
+                .push_front(String::from_utf8_lossy(&bytes[n..bytes.len() - 1]).into_owned());
+        }
+        Ok(n)
+    }
+}
+
+#[tokio::test]
+async fn an_event_behind_a_bulk_request_answered_during_its_turn_does_not_hold_its_user() {
+    // u1's identify is an item of a bulk request that fails at once (503); u1's track arrives
+    // while that request is out, so it may run only to join it: it cannot (the request is
+    // gone), and its turn lasts while the bulk request is answered, because it checks first
+    // whether its event was recorded (it is a dead letter being replayed). When it steps
+    // back, the identify must go on, and then the track: the run ends, nothing held.
+    let emu = emulator(true).await;
+    let dest = serving::destination(&emu, Path::new("mappings")).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let writer = Arc::new(DeadLetterWriter::open(&dir.path().join("dead.ndjson")).expect("dl"));
+    // u1 exists and is cached, so the track's turn needs no lookup.
+    let first = identify("u1", "u1@example.com", "free");
+    run(
+        dest.executor.clone(),
+        Cursor::new(first.to_string().into_bytes()),
+        writer.clone(),
+        dest.stats.clone(),
+        options(None),
+    )
+    .await
+    .expect("run");
+
+    emu.configure(|k| {
+        k.latency_ms = 400;
+        k.forced_faults = vec![
+            zdmap::emulator::ForcedFault::new(503).on_path("/api/v2/users/create_or_update_many"),
+        ];
+    });
+    let renamed = json!({"type": "identify", "userId": "u1", "messageId": "m-u1-renamed",
+        "traits": {"email": "u1@example.com", "name": "User One"}});
+    let track = json!({"type": "track", "event": "Plan Viewed", "userId": "u1",
+        "messageId": "m-u1-track", "properties": {"plan": "pro"}});
+    let replayed =
+        zdmap::deliver::DeadLetter::without_response(track, "track_event", "record", "HTTP 500");
+    let input = Paced {
+        lines: [renamed.to_string(), replayed.to_line()].into(),
+        // The identify's bulk request goes out after 10 ms and is answered after 410 ms; the
+        // track starts at 200 ms and its check is answered at 600 ms.
+        pause: Duration::from_millis(200),
+        first: true,
+    };
+    let report = tokio::time::timeout(
+        Duration::from_secs(30),
+        run(
+            dest.executor.clone(),
+            input,
+            writer,
+            dest.stats.clone(),
+            options(Some(Duration::from_millis(10))),
+        ),
+    )
+    .await
+    .expect("every event is settled: none is held for good")
+    .expect("run");
+    assert_eq!(report.dead_letters, 0);
+    let bulk = requests(&emu, "POST", "/api/v2/users/create_or_update_many");
+    assert_eq!(statuses(&bulk), vec![503, 200], "tried again after the 503");
+    let state = comparable(&emu.state());
+    assert_eq!(state["users"]["\"u1\""]["name"], "User One");
+    let checks = emu
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r["method"] == "GET" && r["path"].as_str().is_some_and(|p| p.contains("/events"))
+        })
+        .count();
+    assert_eq!(checks, 1, "the replayed track checked first");
+    assert_eq!(
+        emu.state()["events"].as_array().map(Vec::len),
+        Some(1),
+        "the track is recorded once"
     );
 }
