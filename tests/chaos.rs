@@ -1,8 +1,9 @@
-//! A bad day, in CI: `zdmap serve` (the binary) under load from several concurrent clients
-//! while the emulator fails requests (500s and 503s), applies writes and loses their answers
-//! (a 500 or a dropped connection), answers slowly and rate-limits (account-wide and per-user
-//! 429s), and the server is killed with `kill -9` and restarted in the middle of it. Some ticket
-//! updates and membership adds are refused outright, so they land in the dead letters.
+//! A bad day, in CI: `zdmap serve` (the binary, batching on) under load from several
+//! concurrent clients while the emulator fails requests (500s and 503s), applies writes and
+//! loses their answers (a 500 or a dropped connection), answers slowly and rate-limits
+//! (account-wide and per-user 429s), and the server is killed with `kill -9` and restarted in
+//! the middle of it. Some ticket updates and membership adds are refused outright, so they
+//! land in the dead letters.
 //!
 //! Afterwards the emulator's state equals that of a clean run of the same events (`zdmap send`
 //! to an emulator without faults): every user, organization, membership, ticket status and
@@ -345,7 +346,20 @@ async fn serve_under_faults_and_a_kill_ends_as_a_clean_run_does() {
     queue_empty(&second_url).await;
     let after = normalized(&emu.state());
     assert!(!kept.is_empty(), "stale letters were kept: {listed}");
-    if kept.len() < letters.len() {
+    // A current letter's write may have been applied after all: a membership add sent in a
+    // bulk request whose answer was lost, tried again as a duplicate item, then as its single
+    // request, which was refused. Replaying it changes nothing; any other current letter does.
+    let members = during["memberships"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let applied = |event: &Value| {
+        members.contains(&json!([event["userId"], event["traits"]["company"]["id"]]))
+    };
+    if letters.iter().any(|l| {
+        !kept.contains(&l.id)
+            && !(l.letter.action == "update_organization_membership" && applied(&l.letter.event))
+    }) {
         assert_ne!(during, after, "the replay applied the current letters");
     }
 
