@@ -8,15 +8,21 @@
 //!
 //! The dead letters of the data directory ([`DeadLetterStore`]) live in the same database so
 //! that "failed" is one atomic step; `zdmap dead-letters` reads and replays them.
+//!
+//! [`NatsQueue`] is the shared backend: NATS JetStream, for several replicas on several
+//! machines ([`nats`]); its dead letters are [`nats::dead_letters::NatsDeadLetters`]. Both
+//! kinds of dead letters are read through [`DeadLetters`].
 
 pub mod lock;
+pub mod nats;
 pub mod sqlite;
 
 use crate::deliver::DeadLetter;
 use serde_json::Value;
 use std::future::Future;
 
-pub use sqlite::{DeadLetterStore, SqliteQueue, StoredDeadLetter};
+pub use nats::{NatsOptions, NatsQueue};
+pub use sqlite::{DeadLetterStore, Selection, SqliteQueue, StoredDeadLetter};
 
 /// An event to store.
 #[derive(Clone, Debug)]
@@ -99,4 +105,41 @@ pub trait Queue: Send + Sync + 'static {
     fn write_problem(&self) -> Option<String> {
         None
     }
+
+    /// Lines this backend adds to `/metrics` (Prometheus text); `depth` is [`Queue::depth`].
+    fn metrics_text(&self, _depth: Option<u64>) -> String {
+        String::new()
+    }
+
+    /// What `/readyz` shows of the backend.
+    fn describe(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
+/// What `zdmap dead-letters` needs from where dead letters are kept.
+pub trait DeadLetters {
+    /// Where they are, for messages (a data directory, a NATS address).
+    fn place(&self) -> String;
+
+    fn count(&mut self) -> impl Future<Output = Result<u64, QueueError>>;
+
+    /// Up to `limit` dead letters with an id above `after`, oldest first.
+    fn list(
+        &mut self,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<StoredDeadLetter>, QueueError>>;
+
+    fn get(
+        &mut self,
+        id: u64,
+    ) -> impl Future<Output = Result<Option<StoredDeadLetter>, QueueError>>;
+
+    /// Moves the selected dead letters back into the queue, each for the action that failed.
+    /// Returns how many were moved.
+    fn replay(&mut self, which: &Selection) -> impl Future<Output = Result<u64, QueueError>>;
+
+    /// Deletes the selected dead letters. Returns how many were deleted.
+    fn purge(&mut self, which: &Selection) -> impl Future<Output = Result<u64, QueueError>>;
 }
