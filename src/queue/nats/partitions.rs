@@ -11,9 +11,10 @@
 //!    released once its events taken so far are settled, so no two replicas ever hold the same
 //!    key's events.
 //!
-//! A replica taking a partition starts its consumer again from the oldest unacknowledged event
-//! (a work-queue stream keeps only those): what a dead replica had taken is delivered again, in
-//! order. A replica killed without a word loses its leases after the lease time; a replica that
+//! A replica taking a partition deletes the previous owner's consumer and starts its own from
+//! the oldest unacknowledged event (a work-queue stream keeps only those): what a dead replica
+//! had taken is delivered again, in order, and a replica that lost its lease without noticing
+//! yet (cut off from NATS) can read no further events of it. A replica killed without a word loses its leases after the lease time; a replica that
 //! shuts down deletes them at once.
 
 use super::{Layout, Local, NatsMetrics, Received, events_subject};
@@ -109,6 +110,7 @@ impl Manager {
             tracing::warn!(error = %e, "cannot write this replica's heartbeat to NATS");
         }
         self.renew().await;
+        self.restart_stopped_consumers();
         self.release_settled().await;
         let Some((alive, leased)) = self.survey().await else {
             return;
@@ -239,26 +241,48 @@ impl Manager {
         else {
             return false;
         };
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(consume(
-            self.layout.clone(),
-            p,
-            self.handover.clone(),
-            self.local.clone(),
-            self.added.clone(),
-            stopped,
-        ));
         self.held.insert(
             p,
             Held {
                 revision,
                 renewed: Instant::now(),
-                consumer: Some((task, stop)),
+                consumer: Some(self.start_consumer(p)),
             },
         );
         self.metrics.lease_changes.fetch_add(1, Ordering::Relaxed);
         tracing::info!(partition = p, "took a partition");
         true
+    }
+
+    fn start_consumer(&self, p: u32) -> (tokio::task::JoinHandle<()>, watch::Sender<bool>) {
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(consume(
+            self.layout.clone(),
+            p,
+            self.replica.clone(),
+            self.handover.clone(),
+            self.local.clone(),
+            self.added.clone(),
+            stopped,
+        ));
+        (task, stop)
+    }
+
+    /// A consumer that stopped while its lease is held (another replica held the partition
+    /// for a while, when NATS was away) starts again.
+    fn restart_stopped_consumers(&mut self) {
+        let stopped: Vec<u32> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.consumer.as_ref().is_some_and(|(t, _)| t.is_finished()))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in stopped {
+            let consumer = self.start_consumer(p);
+            if let Some(h) = self.held.get_mut(&p) {
+                h.consumer = Some(consumer);
+            }
+        }
     }
 
     /// Stops taking events of `p` (those taken are settled, then the lease is released).
@@ -329,16 +353,21 @@ impl Manager {
 }
 
 /// Reads a partition's events from the oldest unacknowledged one and hands them to the workers,
-/// until stopped.
+/// until stopped, or until another replica took the partition over (it deletes this replica's
+/// consumer: a replica that lost its lease without noticing yet cannot read on).
 async fn consume(
     layout: Layout,
     p: u32,
+    replica: String,
     handover: mpsc::Sender<Received>,
     local: Arc<Mutex<Local>>,
     added: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let name = format!("p{p}");
+    // One consumer per owner: `p<N>-<replica>`. A work-queue stream takes one consumer per
+    // subject, so the previous owner's is deleted first.
+    let prefix = format!("p{p}-");
+    let name = format!("{prefix}{}", key_safe(&replica));
     let config = pull::Config {
         durable_name: Some(name.clone()),
         filter_subject: events_subject(p),
@@ -350,13 +379,47 @@ async fn consume(
         max_ack_pending: 20_000,
         ..Default::default()
     };
-    while !*stop.borrow() {
-        // A new consumer starts at the oldest event left (acknowledged ones are removed).
-        let _ = layout.events.delete_consumer(&name).await;
-        let consumer = match layout.events.create_consumer(config.clone()).await {
-            Ok(c) => c,
+    let consumer = loop {
+        let created = async {
+            let names: Vec<String> = layout
+                .events
+                .consumer_names()
+                .filter_map(|n| async { n.ok() })
+                .collect()
+                .await;
+            for old in names.iter().filter(|n| n.starts_with(&prefix)) {
+                layout
+                    .events
+                    .delete_consumer(old)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            // A new consumer starts at the oldest event left (acknowledged ones are removed).
+            layout
+                .events
+                .create_consumer(config.clone())
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match created.await {
+            Ok(c) => break c,
             Err(e) => {
                 tracing::warn!(partition = p, error = %e, "cannot start a partition's consumer; trying again");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    };
+    loop {
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(partition = p, error = %e, "a partition's consumer stopped; trying again");
+                if taken_over(&layout, &name).await {
+                    return;
+                }
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     _ = stop.changed() => return,
@@ -364,58 +427,54 @@ async fn consume(
             }
         };
         loop {
-            let mut messages = match consumer.messages().await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::debug!(partition = p, error = %e, "a partition's consumer stopped; trying again");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => break,
-                        _ = stop.changed() => return,
-                    }
-                }
+            let next = tokio::select! {
+                next = messages.next() => next,
+                _ = stop.changed() => return,
             };
-            loop {
-                let next = tokio::select! {
-                    next = messages.next() => next,
-                    _ = stop.changed() => return,
-                };
-                let message = match next {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => {
-                        tracing::debug!(partition = p, error = %e, "reading a partition");
-                        continue;
-                    }
-                    None => break,
-                };
-                let Ok(sequence) = message.info().map(|i| i.stream_sequence) else {
-                    continue;
-                };
-                let fresh = lock(&local)
-                    .unsettled
-                    .entry(p)
-                    .or_default()
-                    .insert(sequence);
-                if !fresh {
-                    continue;
-                }
-                let received = Received {
-                    partition: p,
-                    sequence,
-                    message,
-                };
-                tokio::select! {
-                    sent = handover.send(received) => if sent.is_err() { return },
-                    _ = stop.changed() => {
-                        if let Some(set) = lock(&local).unsettled.get_mut(&p) {
-                            set.remove(&sequence);
-                        }
+            let message = match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::debug!(partition = p, error = %e, "reading a partition");
+                    if taken_over(&layout, &name).await {
                         return;
                     }
+                    continue;
                 }
-                added.notify_one();
+                None => break,
+            };
+            let Ok(sequence) = message.info().map(|i| i.stream_sequence) else {
+                continue;
+            };
+            let fresh = lock(&local).unsettled.entry(p).or_default().insert(sequence);
+            if !fresh {
+                continue;
             }
+            let received = Received {
+                partition: p,
+                sequence,
+                message,
+            };
+            tokio::select! {
+                sent = handover.send(received) => if sent.is_err() { return },
+                _ = stop.changed() => {
+                    if let Some(set) = lock(&local).unsettled.get_mut(&p) {
+                        set.remove(&sequence);
+                    }
+                    return;
+                }
+            }
+            added.notify_one();
         }
     }
+}
+
+/// Whether this replica's consumer was deleted (by a replica that took the partition).
+async fn taken_over(layout: &Layout, name: &str) -> bool {
+    use async_nats::jetstream::context::ConsumerInfoErrorKind;
+    matches!(
+        layout.events.consumer_info(name).await.map_err(|e| e.kind()),
+        Err(ConsumerInfoErrorKind::NotFound)
+    )
 }
 
 /// A key token: NATS keys take `[-/_=.a-zA-Z0-9]`.
