@@ -3,7 +3,8 @@
 //! user's events in order, no duplicate ticket); their combined request rate stays within one
 //! budget and a 429 seen by one pauses all; `nats-server` restarted during a run loses nothing
 //! accepted; a fourth replica joining takes partitions while delivery goes on in order; dead
-//! letters, duplicate submissions, `/readyz` and `/metrics` on NATS.
+//! letters, duplicate submissions, `/readyz` and `/metrics` on NATS; Zendesk down, refused
+//! credentials and `--retry-for` as on SQLite; NATS credentials from the environment or files.
 
 #[path = "support/nats.rs"]
 mod nats;
@@ -333,18 +334,16 @@ async fn a_nats_server_restart_loses_nothing_accepted() {
     drop(replicas);
 }
 
+/// A lease far longer than the test's waits: partitions change hands only because replicas
+/// hand them over (to one that joins, or when stopping), never because a lease ran out.
+const JOIN_ARGS: &[&str] = &["--set", "requests_per_minute=0", "--nats-lease", "60s"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fourth_replica_joins_and_takes_its_share() {
     let server = NatsServer::start();
     let emu = emulator(20).await;
     let mut replicas: Vec<Replica> = (0..3)
-        .map(|_| {
-            Replica::start(
-                &server.url(),
-                &emu.url(),
-                &["--set", "requests_per_minute=0"],
-            )
-        })
+        .map(|_| Replica::start(&server.url(), &emu.url(), JOIN_ARGS))
         .collect();
     let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
     for url in &urls {
@@ -361,11 +360,7 @@ async fn a_fourth_replica_joins_and_takes_its_share() {
         ticket_count(&emu) >= 200
     })
     .await;
-    replicas.push(Replica::start(
-        &server.url(),
-        &emu.url(),
-        &["--set", "requests_per_minute=0"],
-    ));
+    replicas.push(Replica::start(&server.url(), &emu.url(), JOIN_ARGS));
     // 32 partitions over four replicas: eight each, once the others handed theirs over.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -392,10 +387,10 @@ async fn a_fourth_replica_joins_and_takes_its_share() {
     each_ticket_once(&emu, events.len());
     each_users_tickets_in_order(&emu, users, per_user);
 
-    // A graceful stop hands its partitions over at once (not after the lease time).
+    // A graceful stop hands its partitions over at once (not after the lease time, a minute).
     let leaving = replicas.remove(0);
     leaving.stop();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mut total = 0.0;
         for r in &replicas {
@@ -531,4 +526,157 @@ async fn dead_letters_duplicates_and_health_on_nats() {
     assert!(purged.status.success(), "{purged:?}");
     assert!(list().is_empty());
     replica.stop();
+}
+
+async fn readyz(url: &str) -> (u16, String) {
+    match reqwest::get(format!("{url}/readyz")).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zendesk_down_and_refused_credentials_defer_events_and_retry_for_dead_letters_them() {
+    let server = NatsServer::start();
+    let emu = emulator(0).await;
+    emu.configure(|k| k.fail_rate = 1.0);
+    let replica = Replica::start(
+        &server.url(),
+        &emu.url(),
+        &["--set", "requests_per_minute=0"],
+    );
+    let url = replica.url.clone();
+    let batch: Vec<Value> = (0..10).map(|u| ticket(u, 0)).collect();
+    assert_eq!(post_batch(&url, &batch).await, 200);
+
+    // Zendesk down: the events wait in the stream, none is dead-lettered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = metrics(&url).await;
+        if metric(&text, "zdmap_events_deferred_total").is_some_and(|n| n >= 3.0) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(metric(&text, "zdmap_nats_stream_lag"), Some(10.0), "{text}");
+    assert_eq!(metric(&text, "zdmap_events_dead_lettered_total"), Some(0.0));
+    assert_eq!(ticket_count(&emu), 0);
+    emu.configure(|k| k.fail_rate = 0.0);
+    wait_for("the tickets", Duration::from_secs(30), || {
+        ticket_count(&emu) >= 10
+    })
+    .await;
+
+    // Refused credentials: not ready, the event kept until they work again.
+    emu.configure(|k| k.forced_faults = vec![ForcedFault::new(401).times(4)]);
+    assert_eq!(post_batch(&url, &[ticket(10, 0)]).await, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = readyz(&url).await;
+        if status == 503 {
+            assert!(body.contains("401"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for(
+        "the ticket once the credentials work",
+        Duration::from_secs(30),
+        || ticket_count(&emu) >= 11,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while readyz(&url).await.0 != 200 {
+        assert!(Instant::now() < deadline, "ready again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    each_ticket_once(&emu, 11);
+    replica.stop();
+
+    // --retry-for: past it, an event Zendesk keeps failing is dead-lettered; replayed once
+    // Zendesk is back.
+    emu.configure(|k| k.fail_rate = 1.0);
+    let replica = Replica::start(
+        &server.url(),
+        &emu.url(),
+        &["--set", "requests_per_minute=0", "--retry-for", "1s"],
+    );
+    let three: Vec<Value> = (20..23).map(|u| ticket(u, 0)).collect();
+    assert_eq!(post_batch(&replica.url, &three).await, 200);
+    let queue = server.url();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = zdmap(&["dead-letters", "--queue", &queue, "list", "--json"]);
+        if String::from_utf8_lossy(&out.stdout).lines().count() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    emu.configure(|k| k.fail_rate = 0.0);
+    let replayed = zdmap(&["dead-letters", "--queue", &queue, "replay", "--all"]);
+    assert!(replayed.status.success(), "{replayed:?}");
+    wait_for("the replayed tickets", Duration::from_secs(30), || {
+        ticket_count(&emu) >= 14
+    })
+    .await;
+    each_ticket_once(&emu, 14);
+    replica.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_credentials_come_from_the_environment_or_files_and_stay_out_of_logs() {
+    let token_server = NatsServer::start_with(&["--auth", "nats-s3cret-token"]);
+    let queue = token_server.url();
+    let list = |env: &[(&str, &str)]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_zdmap"))
+            .args(["dead-letters", "--queue", &queue, "list"])
+            .envs(env.iter().copied())
+            .output()
+            .expect("zdmap runs")
+    };
+    let refused = list(&[("ZDMAP_NATS_TOKEN", "wrong-token")]);
+    assert_eq!(refused.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("refused the login"), "{said}");
+    assert!(!said.contains("wrong-token"), "{said}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "nats-s3cret-token\n").expect("write");
+    let token_path = token_file.to_str().expect("utf-8");
+    let out = list(&[("ZDMAP_NATS_TOKEN_FILE", token_path)]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 dead letter(s)"));
+    let both = list(&[
+        ("ZDMAP_NATS_TOKEN_FILE", token_path),
+        ("ZDMAP_NATS_TOKEN", "nats-s3cret-token"),
+    ]);
+    assert_eq!(both.status.code(), Some(1), "{both:?}");
+
+    // A replica logs in with a user and password; its logs hold neither.
+    let user_server = NatsServer::start_with(&["--user", "zdmap", "--pass", "nats-pa55word"]);
+    let emu = emulator(0).await;
+    let replica = Replica::start_with_env(
+        &user_server.url(),
+        &emu.url(),
+        &["--set", "requests_per_minute=0"],
+        &[
+            ("ZDMAP_NATS_USER", "zdmap"),
+            ("ZDMAP_NATS_PASSWORD", "nats-pa55word"),
+        ],
+    );
+    assert_eq!(post_batch(&replica.url, &[ticket(1, 0)]).await, 200);
+    wait_for("the ticket", Duration::from_secs(30), || {
+        ticket_count(&emu) == 1
+    })
+    .await;
+    let log = replica.stop();
+    assert!(!log.contains("nats-pa55word"), "{log}");
+    assert!(
+        log.contains("handed this replica's partitions over"),
+        "{log}"
+    );
 }

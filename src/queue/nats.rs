@@ -117,36 +117,65 @@ pub const NATS_TOKEN: &str = "ZDMAP_NATS_TOKEN";
 /// A creds file (a user JWT and its NKey seed), by path.
 pub const NATS_CREDS: &str = "ZDMAP_NATS_CREDS";
 
-/// Opens a connection with the credentials of the environment. A server down at start is
-/// waited for (and so is a server restarting later: the client reconnects by itself).
-pub async fn connect(options: &NatsOptions) -> Result<async_nats::Client, QueueError> {
-    let var = |name: &str| env_or_file(name).map_err(|e| QueueError(format!("NATS: {e}")));
-    let mut connect = async_nats::ConnectOptions::new()
-        .name("zdmap")
-        .connection_timeout(Duration::from_secs(5))
-        .retry_on_initial_connect();
-    let user = var(NATS_USER)?;
-    let password = var(NATS_PASSWORD)?;
-    let token = var(NATS_TOKEN)?;
-    let creds = std::env::var(NATS_CREDS).ok().filter(|p| !p.is_empty());
-    match (user, password, token, creds) {
-        (_, _, _, Some(path)) => {
-            connect = connect
-                .credentials_file(&path)
-                .await
-                .map_err(|e| QueueError(format!("NATS: cannot read {NATS_CREDS} ({path}): {e}")))?;
-        }
-        (Some(user), Some(password), None, None) => {
-            connect = connect.user_and_password(user.trim().into(), password.trim().into());
-        }
-        (None, None, Some(token), None) => connect = connect.token(token.trim().into()),
-        (None, None, None, None) => {}
-        _ => {
-            return Err(QueueError(format!(
-                "NATS: set {NATS_USER} and {NATS_PASSWORD}, or {NATS_TOKEN}, or {NATS_CREDS} (one of them)"
-            )));
+/// How a connection authenticates, read from the environment.
+enum Auth {
+    None,
+    UserPassword(String, String),
+    Token(String),
+    CredsFile(String),
+}
+
+impl Auth {
+    fn from_env() -> Result<Auth, QueueError> {
+        let var = |name: &str| {
+            env_or_file(name)
+                .map(|v| v.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()))
+                .map_err(|e| QueueError(format!("NATS: {e}")))
+        };
+        let creds = std::env::var(NATS_CREDS).ok().filter(|p| !p.is_empty());
+        match (
+            var(NATS_USER)?,
+            var(NATS_PASSWORD)?,
+            var(NATS_TOKEN)?,
+            creds,
+        ) {
+            (None, None, None, Some(path)) => Ok(Auth::CredsFile(path)),
+            (Some(user), Some(password), None, None) => Ok(Auth::UserPassword(user, password)),
+            (None, None, Some(token), None) => Ok(Auth::Token(token)),
+            (None, None, None, None) => Ok(Auth::None),
+            _ => Err(QueueError(format!(
+                "NATS: set {NATS_USER} and {NATS_PASSWORD}, or {NATS_TOKEN}, or {NATS_CREDS}: one way to log in"
+            ))),
         }
     }
+
+    async fn options(&self) -> Result<async_nats::ConnectOptions, QueueError> {
+        let options = async_nats::ConnectOptions::new()
+            .name("zdmap")
+            .connection_timeout(Duration::from_secs(5));
+        Ok(match self {
+            Auth::None => options,
+            Auth::UserPassword(user, password) => {
+                options.user_and_password(user.clone(), password.clone())
+            }
+            Auth::Token(token) => options.token(token.clone()),
+            Auth::CredsFile(path) => options
+                .credentials_file(path)
+                .await
+                .map_err(|e| QueueError(format!("NATS: cannot read {NATS_CREDS} ({path}): {e}")))?,
+        })
+    }
+}
+
+/// How long the first connection is waited for (a server starting beside zdmap).
+const FIRST_CONNECTION: Duration = Duration::from_secs(60);
+
+/// Opens a connection with the credentials of the environment. A server down at start is
+/// waited for up to a minute, a refused login is not; once connected, the client reconnects by
+/// itself whenever a server comes back.
+pub async fn connect(options: &NatsOptions) -> Result<async_nats::Client, QueueError> {
+    use async_nats::ConnectErrorKind as Kind;
+    let auth = Auth::from_env()?;
     if options.servers.is_empty() {
         return Err(QueueError("NATS: no server address given".into()));
     }
@@ -158,17 +187,35 @@ pub async fn connect(options: &NatsOptions) -> Result<async_nats::Client, QueueE
                 .map_err(|e| QueueError(format!("NATS: {s:?} is not a server address: {e}")))
         })
         .collect::<Result<_, _>>()?;
-    // The first connection is waited for up to a minute; after that the client reconnects
-    // whenever a server comes back.
-    tokio::time::timeout(Duration::from_secs(60), connect.connect(servers))
-        .await
-        .map_err(|_| {
-            QueueError(format!(
-                "NATS: no server of {} answered within a minute",
-                options.servers.join(",")
-            ))
-        })?
-        .map_err(|e| QueueError(format!("NATS: cannot connect: {e}")))
+    let list = options.servers.join(",");
+    let deadline = tokio::time::Instant::now() + FIRST_CONNECTION;
+    loop {
+        match auth.options().await?.connect(servers.clone()).await {
+            Ok(client) => return Ok(client),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    Kind::Authentication | Kind::AuthorizationViolation
+                ) =>
+            {
+                return Err(QueueError(format!(
+                    "NATS ({list}) refused the login: {e}; check {NATS_USER}/{NATS_PASSWORD}, {NATS_TOKEN} or {NATS_CREDS}"
+                )));
+            }
+            Err(e) if matches!(e.kind(), Kind::ServerParse | Kind::Tls) => {
+                return Err(QueueError(format!("NATS ({list}): {e}")));
+            }
+            Err(e) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(QueueError(format!(
+                        "NATS: no server of {list} answered within a minute: {e}"
+                    )));
+                }
+                tracing::warn!(servers = %list, error = %e, "waiting for NATS");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 /// What of the NATS queue every process needs: the JetStream context, the streams and buckets.

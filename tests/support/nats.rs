@@ -36,14 +36,21 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        Self::start_with(&[])
+    }
+
+    /// With more arguments (`--auth TOKEN`, `--user U --pass P`).
+    pub fn start_with(extra: &[&str]) -> NatsServer {
         let mut server = NatsServer {
             child: None,
             port: free_port(),
             store: tempfile::tempdir().expect("store dir"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         server.run();
         server
@@ -61,6 +68,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -116,6 +124,16 @@ impl Replica {
     /// Starts a replica on `nats`, delivering to `emu_url`, with `extra` arguments; its log goes
     /// to a file beside its (unused) data directory.
     pub fn start(nats: &str, emu_url: &str, extra: &[&str]) -> Replica {
+        Self::start_with_env(nats, emu_url, extra, &[])
+    }
+
+    /// Like [`Replica::start`], with more environment variables.
+    pub fn start_with_env(
+        nats: &str,
+        emu_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Replica {
         let data = tempfile::tempdir().expect("data dir");
         let log = data.path().join("serve.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_zdmap"))
@@ -126,8 +144,6 @@ impl Replica {
                 "--no-watch",
                 "--write-key",
                 KEY,
-                "--nats-lease",
-                "2s",
                 "--mappings",
                 "mappings",
                 "--zendesk-url",
@@ -137,9 +153,16 @@ impl Replica {
             ])
             .arg("--data-dir")
             .arg(data.path())
+            // A short lease, so a killed replica's partitions move within seconds.
+            .args(if extra.contains(&"--nats-lease") {
+                &[][..]
+            } else {
+                &["--nats-lease", "2s"][..]
+            })
             .args(extra)
             .env("ZENDESK_EMAIL", "agent@example.com")
             .env("ZENDESK_API_TOKEN", "nats-test-token-secret")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(&log).expect("log")))
             .spawn()

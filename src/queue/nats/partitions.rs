@@ -1,6 +1,6 @@
 //! Who delivers which partition: leases in the `zdmap_leases` bucket.
 //!
-//! Every tick (a fifth of the lease time) each replica:
+//! Every tick (a fifth of the lease time, at most a second) each replica:
 //! 1. writes its heartbeat (`r.<replica>`), which expires with the bucket's max age, so the
 //!    replicas alive are the heartbeats present;
 //! 2. renews each lease it holds (`p.<partition>`), by revision, so a lease that expired and was
@@ -49,6 +49,9 @@ pub(crate) struct Manager {
     held: HashMap<u32, Held>,
 }
 
+/// Leases are renewed, and partitions balanced, at least this often.
+const MAX_TICK: Duration = Duration::from_secs(1);
+
 fn lease_key(partition: u32) -> String {
     format!("p.{partition}")
 }
@@ -87,7 +90,7 @@ impl Manager {
     /// Keeps the leases until `stop`; then deletes them (the others take the partitions at
     /// their next tick).
     pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let tick = (self.lease / 5).max(Duration::from_millis(100));
+        let tick = (self.lease / 5).clamp(Duration::from_millis(100), MAX_TICK);
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !*stop.borrow() {
@@ -445,7 +448,11 @@ async fn consume(
             let Ok(sequence) = message.info().map(|i| i.stream_sequence) else {
                 continue;
             };
-            let fresh = lock(&local).unsettled.entry(p).or_default().insert(sequence);
+            let fresh = lock(&local)
+                .unsettled
+                .entry(p)
+                .or_default()
+                .insert(sequence);
             if !fresh {
                 continue;
             }
@@ -472,7 +479,11 @@ async fn consume(
 async fn taken_over(layout: &Layout, name: &str) -> bool {
     use async_nats::jetstream::context::ConsumerInfoErrorKind;
     matches!(
-        layout.events.consumer_info(name).await.map_err(|e| e.kind()),
+        layout
+            .events
+            .consumer_info(name)
+            .await
+            .map_err(|e| e.kind()),
         Err(ConsumerInfoErrorKind::NotFound)
     )
 }
