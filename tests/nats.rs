@@ -191,7 +191,13 @@ async fn three_replicas_share_the_work_and_a_killed_one_loses_nothing() {
     for r in &replicas[1..] {
         total += owned(&r.url).await.unwrap_or(0.0);
     }
-    assert_eq!(total, 32.0);
+    assert_eq!(
+        total,
+        32.0,
+        "{}\n----\n{}",
+        replicas[1].log_text(),
+        replicas[2].log_text()
+    );
     let survivor = replicas.pop().expect("replica");
     let log = survivor.stop();
     assert!(!log.contains("nats-test-token-secret"), "{log}");

@@ -171,7 +171,8 @@ impl Manager {
                 return None;
             }
         };
-        let keys: Vec<String> = keys.filter_map(|k| async { k.ok() }).collect().await;
+        // A key written while the listing runs may come twice: count each once.
+        let keys: HashSet<String> = keys.filter_map(|k| async { k.ok() }).collect().await;
         let alive = keys.iter().filter(|k| k.starts_with("r.")).count().max(1);
         let leased = keys
             .iter()
