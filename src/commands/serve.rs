@@ -24,7 +24,8 @@ pub struct ServeArgs {
     /// /v1/group, /v1/batch, /v1/import), plus /healthz, /readyz and /metrics.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8088")]
     pub listen: SocketAddr,
-    /// Where the durable queue and the dead letters are kept (created if needed).
+    /// Where the durable queue and the dead letters are kept (created if needed; not used with
+    /// --queue).
     #[arg(
         long,
         value_name = "DIR",
@@ -35,8 +36,8 @@ pub struct ServeArgs {
     /// Keep the queue, the dead letters and the request budget in NATS JetStream instead of
     /// the data directory, shared by every replica given the same servers:
     /// `nats://HOST:PORT[,HOST:PORT...]`. Credentials come from ZDMAP_NATS_USER and
-    /// ZDMAP_NATS_PASSWORD, or ZDMAP_NATS_TOKEN, or a creds file named by ZDMAP_NATS_CREDS
-    /// (each also as a file named by NAME_FILE).
+    /// ZDMAP_NATS_PASSWORD, or ZDMAP_NATS_TOKEN (each also from the file named by the same
+    /// variable with _FILE appended), or a creds file whose path is ZDMAP_NATS_CREDS.
     #[arg(long, value_name = "URLS", env = "ZDMAP_QUEUE")]
     pub queue: Option<String>,
     /// With --queue: copies JetStream keeps of the streams and buckets (1 on a single server,
@@ -49,8 +50,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = crate::queue::nats::DEFAULT_PARTITIONS)]
     pub nats_partitions: u32,
     /// With --queue: how long a replica that stopped (killed, cut off) keeps its partitions
-    /// before the others take them; leases are renewed every fifth of it. Fixed by the first
-    /// replica that creates the queue.
+    /// before the others take them; leases are renewed every fifth of it (at least every
+    /// second). Fixed by the first replica that creates the queue.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub nats_lease: Duration,
     /// A write key senders must give as the HTTP Basic user (repeatable; also

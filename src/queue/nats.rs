@@ -72,7 +72,7 @@ pub fn partition_of(key: &str, partitions: u32) -> u32 {
 }
 
 /// How to reach NATS and lay out the queue.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NatsOptions {
     /// `nats://host:port` of one or more servers of the cluster.
     pub servers: Vec<String>,
@@ -85,6 +85,18 @@ pub struct NatsOptions {
     pub lease: Duration,
     /// The duplicate window of `messageId`s (zero: not deduplicated).
     pub dedupe_window: Duration,
+}
+
+impl std::fmt::Debug for NatsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsOptions")
+            .field("servers", &shown_list(&self.servers))
+            .field("replicas", &self.replicas)
+            .field("partitions", &self.partitions)
+            .field("lease", &self.lease)
+            .field("dedupe_window", &self.dedupe_window)
+            .finish()
+    }
 }
 
 impl NatsOptions {
@@ -103,6 +115,26 @@ impl NatsOptions {
             dedupe_window: super::sqlite::DEFAULT_DEDUPE_WINDOW,
         }
     }
+}
+
+/// A server address as shown in logs, errors and `/readyz`: without a `user:password@` part.
+pub fn shown(server: &str) -> String {
+    match (server.find("://"), server.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}{}", &server[..scheme + 3], &server[at + 1..])
+        }
+        (None, Some(at)) => server[at + 1..].to_owned(),
+        _ => server.to_owned(),
+    }
+}
+
+/// The servers as shown (see [`shown`]), comma-separated.
+pub fn shown_list(servers: &[String]) -> String {
+    servers
+        .iter()
+        .map(|s| shown(s))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Is `queue` (the `--queue` setting) a NATS address list?
@@ -183,11 +215,12 @@ pub async fn connect(options: &NatsOptions) -> Result<async_nats::Client, QueueE
         .servers
         .iter()
         .map(|s| {
-            s.parse()
-                .map_err(|e| QueueError(format!("NATS: {s:?} is not a server address: {e}")))
+            s.parse().map_err(|e| {
+                QueueError(format!("NATS: {:?} is not a server address: {e}", shown(s)))
+            })
         })
         .collect::<Result<_, _>>()?;
-    let list = options.servers.join(",");
+    let list = shown_list(&options.servers);
     let deadline = tokio::time::Instant::now() + FIRST_CONNECTION;
     loop {
         match auth.options().await?.connect(servers.clone()).await {
@@ -565,7 +598,7 @@ impl NatsQueue {
             settling: Arc::new(AtomicUsize::new(0)),
             stop,
             manager: Mutex::new(Some(handle)),
-            servers: options.servers.clone(),
+            servers: options.servers.iter().map(|s| shown(s)).collect(),
         })
     }
 
@@ -805,6 +838,16 @@ mod tests {
         assert_eq!(used.len(), 32);
         assert!(used.iter().all(|p| *p < 32));
         assert_eq!(partition_of("x", 0), 0);
+    }
+
+    #[test]
+    fn passwords_in_server_addresses_are_not_shown() {
+        assert_eq!(shown("nats://zdmap:s3cret@n1:4222"), "nats://n1:4222");
+        assert_eq!(shown("tok3n@n1:4222"), "n1:4222");
+        assert_eq!(shown("nats://n1:4222"), "nats://n1:4222");
+        let queue = NatsOptions::new("nats://u:p@a:1,nats://b:2");
+        assert_eq!(shown_list(&queue.servers), "nats://a:1,nats://b:2");
+        assert!(!format!("{queue:?}").contains("u:p"));
     }
 
     #[test]

@@ -250,7 +250,7 @@ impl Server {
                 let closing = queue.clone();
                 let close: Closer =
                     Box::new(move || Box::pin(async move { closing.close().await }));
-                let place = format!("NATS {}", nats.servers.join(","));
+                let place = format!("NATS {}", crate::queue::nats::shown_list(&nats.servers));
                 Self::start_on(queue, close, place, options, destination).await
             }
             None => {

@@ -20,7 +20,7 @@ impl NatsDeadLetters {
     pub async fn open(options: &NatsOptions) -> Result<NatsDeadLetters, QueueError> {
         Ok(NatsDeadLetters {
             layout: Layout::open(options).await?,
-            servers: options.servers.join(","),
+            servers: super::shown_list(&options.servers),
         })
     }
 
