@@ -162,7 +162,7 @@ async fn three_replicas_share_the_work_and_a_killed_one_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let (users, per_user) = (300, 8);
+    let (users, per_user) = (300, 10);
     let events = tickets(users, per_user);
     let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
     post_all(&urls, &events, 100).await;

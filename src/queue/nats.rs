@@ -750,17 +750,11 @@ impl Queue for NatsQueue {
     /// event. A failure leaves the event unacknowledged: delivered again when its partition
     /// changes hands or a replica starts.
     fn finish(&self, id: u64, letters: Vec<DeadLetter>) -> Result<(), QueueError> {
-        let taken = {
-            let mut local = lock(&self.local);
-            let Some(taken) = local.taken.remove(&id) else {
-                return Ok(());
-            };
-            if let Some(set) = local.unsettled.get_mut(&taken.partition) {
-                set.remove(&taken.sequence);
-            }
-            taken
+        let Some(taken) = lock(&self.local).taken.remove(&id) else {
+            return Ok(());
         };
         let layout = self.layout.clone();
+        let local = self.local.clone();
         let settling = self.settling.clone();
         let problem = self.write_problem.clone();
         settling.fetch_add(1, Ordering::AcqRel);
@@ -785,6 +779,10 @@ impl Queue for NatsQueue {
                     tracing::error!(error = %e, sequence = taken.sequence, "cannot store dead letters; the event stays in the queue");
                     *lock(&problem) = Some(e.to_string());
                 }
+            }
+            // Only now may its partition be handed over: the next owner starts after it.
+            if let Some(set) = lock(&local).unsettled.get_mut(&taken.partition) {
+                set.remove(&taken.sequence);
             }
             settling.fetch_sub(1, Ordering::AcqRel);
         });
