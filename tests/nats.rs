@@ -653,9 +653,11 @@ async fn nats_credentials_come_from_the_environment_or_files_and_stay_out_of_log
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "nats-s3cret-token\n").expect("write");
     let token_path = token_file.to_str().expect("utf-8");
+    // Logged in: there is no queue yet to read (the command creates nothing).
     let out = list(&[("ZDMAP_NATS_TOKEN_FILE", token_path)]);
-    assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("0 dead letter(s)"));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no zdmap queue there"), "{said}");
     let both = list(&[
         ("ZDMAP_NATS_TOKEN_FILE", token_path),
         ("ZDMAP_NATS_TOKEN", "nats-s3cret-token"),
@@ -679,6 +681,18 @@ async fn nats_credentials_come_from_the_environment_or_files_and_stay_out_of_log
         ticket_count(&emu) == 1
     })
     .await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zdmap"))
+        .args(["dead-letters", "--queue", &user_server.url(), "list"])
+        .env("ZDMAP_NATS_USER", "zdmap")
+        .env("ZDMAP_NATS_PASSWORD_FILE", {
+            let path = dir.path().join("password");
+            std::fs::write(&path, "nats-pa55word").expect("write");
+            path
+        })
+        .output()
+        .expect("zdmap runs");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 dead letter(s)"));
     let log = replica.stop();
     assert!(!log.contains("nats-pa55word"), "{log}");
     assert!(

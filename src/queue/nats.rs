@@ -280,6 +280,15 @@ fn nats_error(what: &str) -> impl Fn(&dyn std::fmt::Display) -> QueueError + '_ 
 impl Layout {
     /// Connects and creates what does not exist yet (or reads it).
     pub async fn open(options: &NatsOptions) -> Result<Layout, QueueError> {
+        Self::connect(options, true).await
+    }
+
+    /// Opens what a server created, changing nothing (`zdmap dead-letters`).
+    pub async fn open_existing(options: &NatsOptions) -> Result<Layout, QueueError> {
+        Self::connect(options, false).await
+    }
+
+    async fn connect(options: &NatsOptions, create: bool) -> Result<Layout, QueueError> {
         let client = connect(options).await?;
         let js = jetstream::new(client.clone());
         let replicas = options.replicas.max(1);
@@ -297,6 +306,9 @@ impl Layout {
             },
             ..Default::default()
         };
+        if !create {
+            return Self::existing(client, js).await;
+        }
         let events = ensure_stream(&js, events_config).await?;
         let dead_letters = ensure_stream(
             &js,
@@ -342,6 +354,52 @@ impl Layout {
             settings,
             partitions,
             dedupe,
+        })
+    }
+
+    async fn existing(
+        client: async_nats::Client,
+        js: jetstream::Context,
+    ) -> Result<Layout, QueueError> {
+        let missing = |what: &str| {
+            QueueError(format!(
+                "NATS: no zdmap queue there ({what} is missing): `zdmap serve --queue` creates it"
+            ))
+        };
+        let events = js
+            .get_stream(EVENTS_STREAM)
+            .await
+            .map_err(|_| missing(EVENTS_STREAM))?;
+        let dead_letters = js
+            .get_stream(DEAD_LETTERS_STREAM)
+            .await
+            .map_err(|_| missing(DEAD_LETTERS_STREAM))?;
+        let leases = js
+            .get_key_value(LEASES_BUCKET)
+            .await
+            .map_err(|_| missing(LEASES_BUCKET))?;
+        let settings = js
+            .get_key_value(SETTINGS_BUCKET)
+            .await
+            .map_err(|_| missing(SETTINGS_BUCKET))?;
+        let partitions = settings
+            .get(PARTITIONS_KEY)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u32>().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| missing("the partition count"))?;
+        Ok(Layout {
+            client,
+            js,
+            events,
+            dead_letters,
+            leases,
+            settings,
+            partitions,
+            // What is published from here (replays) carries no sender's messageId.
+            dedupe: false,
         })
     }
 

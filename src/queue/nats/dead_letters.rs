@@ -17,9 +17,11 @@ pub struct NatsDeadLetters {
 }
 
 impl NatsDeadLetters {
+    /// Opens the dead letters of the queue that `zdmap serve --queue` created (nothing is
+    /// created or changed).
     pub async fn open(options: &NatsOptions) -> Result<NatsDeadLetters, QueueError> {
         Ok(NatsDeadLetters {
-            layout: Layout::open(options).await?,
+            layout: Layout::open_existing(options).await?,
             servers: super::shown_list(&options.servers),
         })
     }
