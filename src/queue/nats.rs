@@ -413,8 +413,8 @@ impl Layout {
         }
     }
 
-    /// Stores an event in its partition; resolves once JetStream has it. `true` when it was a
-    /// duplicate of a `messageId` within the window.
+    /// Stores events, each in its key's partition, in order; resolves once JetStream has them
+    /// all. Returns how many were dropped as duplicates of a `messageId` within the window.
     async fn publish_events(&self, items: Vec<NewItem>) -> Result<u64, QueueError> {
         let mut acks = Vec::with_capacity(items.len());
         for item in items {
