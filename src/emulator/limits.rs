@@ -164,6 +164,12 @@ impl ForcedFault {
         self
     }
 
+    /// Only requests of this method (`PUT`).
+    pub fn on_method(mut self, method: impl Into<String>) -> ForcedFault {
+        self.method = Some(method.into());
+        self
+    }
+
     pub fn retry_after(mut self, secs: u64) -> ForcedFault {
         self.retry_after = Some(secs);
         self

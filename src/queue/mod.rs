@@ -7,7 +7,9 @@
 //! keeps each user's events in that order.
 //!
 //! The dead letters of the data directory ([`DeadLetterStore`]) live in the same database so
-//! that "failed" is one atomic step; `zdmap dead-letters` reads and replays them.
+//! that "failed" is one atomic step; `zdmap dead-letters` reads and replays them. So does the
+//! time of the last change applied per entity (the queue is an [`EntityClock`]), so that a
+//! replay never applies an older change over a newer one, across restarts too.
 //!
 //! [`NatsQueue`] is the shared backend: NATS JetStream, for several replicas on several
 //! machines ([`nats`]); its dead letters are [`nats::dead_letters::NatsDeadLetters`]. Both
@@ -18,11 +20,14 @@ pub mod nats;
 pub mod sqlite;
 
 use crate::deliver::DeadLetter;
+use crate::deliver::order::EntityClock;
 use serde_json::Value;
 use std::future::Future;
 
 pub use nats::{NatsOptions, NatsQueue};
-pub use sqlite::{DeadLetterStore, Selection, SqliteQueue, StoredDeadLetter};
+pub use sqlite::{
+    DeadLetterStore, Replayed, Selection, SqliteQueue, StaleLetter, StoredDeadLetter,
+};
 
 /// An event to store.
 #[derive(Clone, Debug)]
@@ -33,6 +38,8 @@ pub struct NewItem {
     pub partition: Option<String>,
     /// Deliver only this action (a replayed dead letter).
     pub only: Option<String>,
+    /// Apply it even where an entity it changes had a newer change applied (`replay --force`).
+    pub force: bool,
     /// The sender's `messageId`, by which the same call sent again is recognised and dropped
     /// (`None`: the id was generated at ingest, or the item is a replay).
     pub message_id: Option<String>,
@@ -53,6 +60,12 @@ pub struct Item {
     pub event: Value,
     pub partition: Option<String>,
     pub only: Option<String>,
+    /// Apply it even where an entity it changes had a newer change applied.
+    pub force: bool,
+    /// The queue may have handed it out before (to a process that stopped before settling
+    /// it): its delivery may have been under way, so writes that are not idempotent check
+    /// first whether they were applied.
+    pub redelivered: bool,
     /// When it was accepted (milliseconds since the Unix epoch).
     pub accepted_at_ms: u64,
 }
@@ -69,8 +82,9 @@ impl From<rusqlite::Error> for QueueError {
 }
 
 /// What the server needs from a durable queue. Another backend (a broker shared by several
-/// instances) implements the same operations.
-pub trait Queue: Send + Sync + 'static {
+/// instances) implements the same operations, and keeps the entities' last change times
+/// ([`EntityClock`]) where its instances share them.
+pub trait Queue: EntityClock + Send + Sync + 'static {
     /// Stores `items` durably, in order, and the dead letters of calls refused at ingest, in one
     /// step; resolves once they would survive a crash. An item whose `message_id` was accepted
     /// within the deduplication window is not stored again.
@@ -80,7 +94,9 @@ pub trait Queue: Send + Sync + 'static {
         refused: Vec<DeadLetter>,
     ) -> impl Future<Output = Result<Pushed, QueueError>> + Send;
 
-    /// Up to `limit` items with an id above `after`, oldest first.
+    /// Up to `limit` items with an id above `after`, oldest first. The queue remembers (durably,
+    /// before answering) that it handed them out, so that after a restart the ones still
+    /// there come back marked `redelivered`.
     fn fetch(
         &self,
         after: u64,
@@ -136,9 +152,13 @@ pub trait DeadLetters {
         id: u64,
     ) -> impl Future<Output = Result<Option<StoredDeadLetter>, QueueError>>;
 
-    /// Moves the selected dead letters back into the queue, each for the action that failed.
-    /// Returns how many were moved.
-    fn replay(&mut self, which: &Selection) -> impl Future<Output = Result<u64, QueueError>>;
+    /// Moves the selected dead letters back into the queue, each for the action that failed;
+    /// a letter whose change is older than one applied since is kept unless `force`.
+    fn replay(
+        &mut self,
+        which: &Selection,
+        force: bool,
+    ) -> impl Future<Output = Result<Replayed, QueueError>>;
 
     /// Deletes the selected dead letters. Returns how many were deleted.
     fn purge(&mut self, which: &Selection) -> impl Future<Output = Result<u64, QueueError>>;

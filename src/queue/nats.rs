@@ -14,6 +14,9 @@
 //!   partition, so one key's events are never delivered by two replicas at once.
 //! - the key-value bucket `zdmap`: the partition count (fixed by the first replica) and the
 //!   shared request budget ([`budget`]).
+//! - the key-value bucket `zdmap_entities`: the time of the last change applied per entity
+//!   ([`entities`]), so a late retry or a replay never applies an older change over a newer one,
+//!   whichever replica made it.
 //!
 //! A replica that takes a partition starts its consumer again from the oldest event not yet
 //! acknowledged: a replica that died leaves nothing behind, and its events are delivered in the
@@ -21,6 +24,7 @@
 
 pub mod budget;
 pub mod dead_letters;
+pub mod entities;
 pub mod partitions;
 
 use super::{Item, NewItem, Pushed, Queue, QueueError};
@@ -50,6 +54,8 @@ const PARTITIONS_KEY: &str = "partitions";
 const KEY_HEADER: &str = "Zdmap-Key";
 /// The header carrying the only action to run (a replayed dead letter).
 const ONLY_HEADER: &str = "Zdmap-Only";
+/// The header marking a replay forced over newer changes.
+const FORCE_HEADER: &str = "Zdmap-Force";
 
 /// Partitions when the first replica does not say.
 pub const DEFAULT_PARTITIONS: u32 = 32;
@@ -260,6 +266,8 @@ pub struct Layout {
     pub dead_letters: stream::Stream,
     pub leases: kv::Store,
     pub settings: kv::Store,
+    /// The last change time per entity.
+    pub entities: kv::Store,
     /// The partition count every replica uses.
     pub partitions: u32,
     pub dedupe: bool,
@@ -331,6 +339,7 @@ impl Layout {
                 num_replicas: replicas,
                 ..Default::default()
             },
+            0,
         )
         .await?;
         let settings = ensure_bucket(
@@ -342,6 +351,19 @@ impl Layout {
                 num_replicas: replicas,
                 ..Default::default()
             },
+            0,
+        )
+        .await?;
+        let entities = ensure_bucket(
+            &js,
+            kv::Config {
+                bucket: entities::ENTITIES_BUCKET.into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+            entities::CAPACITY,
         )
         .await?;
         let partitions = shared_partitions(&settings, options.partitions).await?;
@@ -352,6 +374,7 @@ impl Layout {
             dead_letters,
             leases,
             settings,
+            entities,
             partitions,
             dedupe,
         })
@@ -382,6 +405,10 @@ impl Layout {
             .get_key_value(SETTINGS_BUCKET)
             .await
             .map_err(|_| missing(SETTINGS_BUCKET))?;
+        let entities = js
+            .get_key_value(entities::ENTITIES_BUCKET)
+            .await
+            .map_err(|_| missing(entities::ENTITIES_BUCKET))?;
         let partitions = settings
             .get(PARTITIONS_KEY)
             .await
@@ -397,6 +424,7 @@ impl Layout {
             dead_letters,
             leases,
             settings,
+            entities,
             partitions,
             // What is published from here (replays) carries no sender's messageId.
             dedupe: false,
@@ -430,6 +458,9 @@ impl Layout {
             }
             if let Some(only) = &item.only {
                 headers.insert(ONLY_HEADER, only.as_str());
+            }
+            if item.force {
+                headers.insert(FORCE_HEADER, "1");
             }
             if self.dedupe
                 && let Some(id) = &item.message_id
@@ -507,9 +538,11 @@ async fn ensure_stream(
 /// Gets a key-value bucket, creating its stream when missing. The stream is laid out as the
 /// client's own `create_key_value` would, without the account query it starts with (whose
 /// answer nats-server 2.9 words differently).
+/// `max_messages` above zero bounds the bucket: past it, the keys written longest ago go.
 async fn ensure_bucket(
     js: &jetstream::Context,
     config: kv::Config,
+    max_messages: i64,
 ) -> Result<kv::Store, QueueError> {
     if let Ok(store) = js.get_key_value(&config.bucket).await {
         return Ok(store);
@@ -524,7 +557,12 @@ async fn ensure_bucket(
         deny_delete: true,
         allow_direct: true,
         num_replicas: config.num_replicas.max(1),
-        discard: stream::DiscardPolicy::New,
+        max_messages: if max_messages > 0 { max_messages } else { -1 },
+        discard: if max_messages > 0 {
+            stream::DiscardPolicy::Old
+        } else {
+            stream::DiscardPolicy::New
+        },
         ..Default::default()
     };
     let created = js.get_or_create_stream(stream).await;
@@ -568,6 +606,8 @@ pub(crate) struct Received {
     pub partition: u32,
     pub sequence: u64,
     pub message: jetstream::Message,
+    /// Handed out before, to a consumer that did not settle it (a replica that stopped).
+    pub redelivered: bool,
 }
 
 /// An event the workers have, until it is settled.
@@ -598,6 +638,7 @@ pub struct NatsMetrics {
 /// The JetStream queue of one replica.
 pub struct NatsQueue {
     layout: Layout,
+    clock: Arc<entities::NatsClock>,
     local: Arc<Mutex<Local>>,
     received: tokio::sync::Mutex<mpsc::Receiver<Received>>,
     added: Arc<Notify>,
@@ -647,6 +688,7 @@ impl NatsQueue {
             "queue on NATS JetStream"
         );
         Ok(NatsQueue {
+            clock: entities::NatsClock::start(layout.entities.clone()),
             layout,
             local,
             received: tokio::sync::Mutex::new(rx),
@@ -737,6 +779,16 @@ impl NatsQueue {
     }
 }
 
+impl crate::deliver::order::EntityClock for NatsQueue {
+    fn last_applied(&self, entity: &str) -> Option<i64> {
+        self.clock.last_applied(entity)
+    }
+
+    fn applied(&self, entity: &str, at_ms: i64) {
+        self.clock.applied(entity, at_ms);
+    }
+}
+
 impl Drop for NatsQueue {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
@@ -798,6 +850,8 @@ impl Queue for NatsQueue {
                 event,
                 partition: header(KEY_HEADER),
                 only: header(ONLY_HEADER),
+                force: header(FORCE_HEADER).is_some(),
+                redelivered: received.redelivered,
                 accepted_at_ms,
             });
         }

@@ -6,7 +6,9 @@
 use super::{Layout, NatsOptions};
 use crate::deliver::DeadLetter;
 use crate::event::Event;
-use crate::queue::{DeadLetters, NewItem, QueueError, Selection, StoredDeadLetter};
+use crate::queue::{
+    DeadLetters, NewItem, QueueError, Replayed, Selection, StaleLetter, StoredDeadLetter,
+};
 use serde_json::Value;
 
 /// The dead letters of a NATS queue.
@@ -119,14 +121,39 @@ impl DeadLetters for NatsDeadLetters {
         self.read(id).await
     }
 
-    async fn replay(&mut self, which: &Selection) -> Result<u64, QueueError> {
+    /// As with SQLite: a letter whose change is older than the last one applied to an entity
+    /// it changes (by any replica) is kept unless `force`.
+    async fn replay(&mut self, which: &Selection, force: bool) -> Result<Replayed, QueueError> {
         let ids = self.selected(which).await?;
+        let mut replayed = Replayed::default();
         for id in &ids {
             let Some(stored) = self.read(*id).await? else {
                 continue;
             };
             let letter = stored.letter;
+            let mut newer = None;
+            for change in &letter.changes {
+                if let Some(last) =
+                    super::entities::last_applied_in(&self.layout.entities, &change.entity).await
+                    && last > change.at_ms
+                {
+                    newer = Some((change.clone(), last));
+                    break;
+                }
+            }
+            if let Some((change, last_ms)) = newer {
+                replayed.stale.push(StaleLetter {
+                    id: *id,
+                    action: letter.action.clone(),
+                    change,
+                    last_ms,
+                });
+                if !force {
+                    continue;
+                }
+            }
             let item = NewItem {
+                force,
                 partition: Event::from_value(letter.event.clone())
                     .ok()
                     .and_then(|e| e.partition_key()),
@@ -137,8 +164,9 @@ impl DeadLetters for NatsDeadLetters {
             // Stored again first, then deleted: a failure in between replays it twice at worst.
             self.layout.publish_events(vec![item]).await?;
             self.delete(*id).await?;
+            replayed.moved += 1;
         }
-        Ok(ids.len() as u64)
+        Ok(replayed)
     }
 
     async fn purge(&mut self, which: &Selection) -> Result<u64, QueueError> {

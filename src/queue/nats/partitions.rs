@@ -383,6 +383,8 @@ async fn consume(
         max_ack_pending: 20_000,
         ..Default::default()
     };
+    // Events up to this sequence were handed out by an earlier consumer of the partition.
+    let mut handed_out = 0u64;
     let consumer = loop {
         let created = async {
             let names: Vec<String> = layout
@@ -392,6 +394,9 @@ async fn consume(
                 .collect()
                 .await;
             for old in names.iter().filter(|n| n.starts_with(&prefix)) {
+                if let Ok(info) = layout.events.consumer_info(old).await {
+                    handed_out = handed_out.max(info.delivered.stream_sequence);
+                }
                 layout
                     .events
                     .delete_consumer(old)
@@ -446,7 +451,9 @@ async fn consume(
                 }
                 None => break,
             };
-            let Ok(sequence) = message.info().map(|i| i.stream_sequence) else {
+            let Ok((sequence, deliveries)) =
+                message.info().map(|i| (i.stream_sequence, i.delivered))
+            else {
                 continue;
             };
             let fresh = lock(&local)
@@ -461,6 +468,7 @@ async fn consume(
                 partition: p,
                 sequence,
                 message,
+                redelivered: sequence <= handed_out || deliveries > 1,
             };
             tokio::select! {
                 sent = handover.send(received) => if sent.is_err() { return },
