@@ -700,3 +700,93 @@ async fn nats_credentials_come_from_the_environment_or_files_and_stay_out_of_log
         "{log}"
     );
 }
+
+/// A ticket update dead-lettered by one replica, a newer update of the same ticket (another
+/// user's, so maybe another replica's): `dead-letters --queue replay` keeps the older one as
+/// stale (the last change times are shared in NATS), `--force` replays it anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_on_nats_applies_no_older_change_unless_forced() {
+    let server = NatsServer::start();
+    let emu = emulator(0).await;
+    let args = ["--set", "requests_per_minute=0", "--retry-for", "1s"];
+    let replicas: Vec<Replica> = (0..2)
+        .map(|_| Replica::start(&server.url(), &emu.url(), &args))
+        .collect();
+    let at = |second: u32| format!("2026-03-01T10:00:{second:02}Z");
+    let update = |user: &str, second: u32, status: &str, comment: &str| {
+        json!({"type": "track", "event": "Ticket Updated", "userId": user,
+               "messageId": format!("upd-{second}"), "timestamp": at(second),
+               "properties": {"external_id": "t1", "status": status, "comment": comment}})
+    };
+    let ticket_t1 = || {
+        emu.state()["tickets"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["external_id"] == "t1").cloned())
+            .unwrap_or(Value::Null)
+    };
+    let created = json!({"type": "track", "event": "Ticket Created", "userId": "u1",
+        "messageId": "new-t1", "timestamp": at(0),
+        "context": {"traits": {"email": "u1@example.com", "name": "u1"}},
+        "properties": {"subject": "S", "comment": "opened", "external_id": "t1"}});
+    assert_eq!(post_batch(&replicas[0].url, &[created]).await, 200);
+    wait_for("the ticket", Duration::from_secs(30), || {
+        ticket_count(&emu) == 1
+    })
+    .await;
+
+    emu.configure(|k| k.fail_rate = 1.0);
+    assert_eq!(
+        post_batch(&replicas[0].url, &[update("u1", 10, "pending", "older")]).await,
+        200
+    );
+    let queue = server.url();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while String::from_utf8_lossy(
+        &zdmap(&["dead-letters", "--queue", &queue, "list", "--json"]).stdout,
+    )
+    .lines()
+    .count()
+        < 1
+    {
+        assert!(Instant::now() < deadline, "the older update dead-lettered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    emu.configure(|k| k.fail_rate = 0.0);
+    assert_eq!(
+        post_batch(&replicas[1].url, &[update("u2", 20, "solved", "newer")]).await,
+        200
+    );
+    wait_for("the newer update", Duration::from_secs(30), || {
+        ticket_t1()["status"] == "solved"
+    })
+    .await;
+    // The newer change's time reaches the bucket right after it is applied.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let replay = |extra: &[&str]| {
+        let out = zdmap(&[&["dead-letters", "--queue", &queue, "replay"], extra].concat());
+        assert!(out.status.success(), "{out:?}");
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (stdout, stderr) = replay(&["--all"]);
+    assert!(stderr.contains("0 dead letter(s) moved back"), "{stderr}");
+    assert!(stderr.contains("1 stale dead letter(s) kept"), "{stderr}");
+    assert!(
+        stdout.contains("update_ticket\tstale: ticket:t1"),
+        "{stdout}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ticket_t1()["status"], "solved");
+
+    let (stdout, stderr) = replay(&["--force", "--all"]);
+    assert!(stderr.contains("1 dead letter(s) moved back"), "{stderr}");
+    assert!(stdout.contains("replayed anyway (--force)"), "{stdout}");
+    wait_for("the forced older update", Duration::from_secs(30), || {
+        ticket_t1()["status"] == "pending"
+    })
+    .await;
+    drop(replicas);
+}
