@@ -4,7 +4,8 @@
 //! budget and a 429 seen by one pauses all; `nats-server` restarted during a run loses nothing
 //! accepted; a fourth replica joining takes partitions while delivery goes on in order; dead
 //! letters, duplicate submissions, `/readyz` and `/metrics` on NATS; Zendesk down, refused
-//! credentials and `--retry-for` as on SQLite; NATS credentials from the environment or files.
+//! credentials and `--retry-for` as on SQLite; NATS credentials from the environment or files;
+//! a replay that keeps a dead letter older than a change another replica applied.
 
 #[path = "support/nats.rs"]
 mod nats;
