@@ -56,6 +56,9 @@ pub struct DispatchOptions {
     /// Steps with a bulk form send their requests as items of bulk requests, each waiting at
     /// most this long for more items ([`super::batch`]); `None`: every request goes single.
     pub batch_window: Option<Duration>,
+    /// Also send the items collected as soon as nothing else runs and no input waits (`serve`:
+    /// a quiet stream is not slowed by the window, a busy one fills its bulk requests).
+    pub batch_when_idle: bool,
 }
 
 /// How long a parked event waits for its record.
@@ -78,6 +81,7 @@ impl Default for DispatchOptions {
             max_held: 100_000,
             drain: Duration::from_secs(30),
             batch_window: None,
+            batch_when_idle: false,
         }
     }
 }
@@ -175,8 +179,8 @@ pub async fn dispatch<S: Sink>(
         if draining.is_none() && d.fatal.is_none() {
             d.start_turns();
             // Nothing else can join the items being collected: send them now.
-            if d.input_done
-                && d.running.is_empty()
+            if d.running.is_empty()
+                && (d.input_done || options.batch_when_idle && input.is_empty())
                 && let Some(b) = &mut d.batcher
             {
                 b.send_all();
