@@ -15,7 +15,10 @@
 //!   minute, with jitter); transient failures are tried for as long as `retry_for` allows since
 //!   the event was accepted;
 //! - credentials refused → the sink decides: stop the run (`send`), or hold every event and try
-//!   again after a pause that grows to a minute (`serve`).
+//!   again after a pause that grows to a minute (`serve`);
+//! - a bulk item or lookup → handed to the [`Batcher`] while the event is held at the front of
+//!   its lines; the next events of its keys may run meanwhile, but only to join its bulk request
+//!   (else they go back behind it); each answer wakes its event.
 //!
 //! No task sleeps while holding a slot: waiting is a timer in the scheduler. Events held are
 //! bounded, so memory stays flat whatever the input: no more input is taken while `max_active`
