@@ -526,7 +526,13 @@ async fn render(
                 return Err(Stop::Wait(Wait::Behind));
             }
             let answer = resolve(
-                executor, plan, action, &step.name, &need, progress, learned, batching,
+                executor,
+                plan,
+                (action, &step.name),
+                &need,
+                progress,
+                learned,
+                batching,
             )
             .await?;
             progress.answers.insert(need, answer);
@@ -680,8 +686,7 @@ fn batch_item(
 async fn resolve(
     executor: &Executor,
     plan: &Plan,
-    action: &str,
-    step: &str,
+    (action, step): (&str, &str),
     need: &LookupNeed,
     progress: &mut ActionProgress,
     learned: &mut Vec<LearnedKey>,
