@@ -120,6 +120,13 @@ impl Problems {
         self.found.push(d);
     }
 
+    /// A warning about the value at a JSON pointer.
+    pub fn warn_at(&mut self, pointer: &str, message: impl Into<String>) {
+        let loc = self.loc(pointer, false);
+        self.found
+            .push(Diagnostic::new(&self.file, loc, message).warning());
+    }
+
     /// A warning at a place inside the string at a JSON pointer, as [`Problems::at_offset`].
     pub fn warn_at_offset(&mut self, pointer: &str, offset: usize, message: impl Into<String>) {
         let d = Diagnostic::new(&self.file, self.place(pointer, offset), message);

@@ -39,6 +39,22 @@ pub struct ActionSpec {
     pub fields: IndexMap<String, FieldDef>,
     /// The requests, in order.
     pub steps: Vec<StepSpec>,
+    /// The records this action changes, each a kind and a key (templates over the fields).
+    /// zdmap keeps the time of the last change applied to each; a change older than that (a
+    /// replayed dead letter, a late retry) is skipped and reported instead of applied over the
+    /// newer one. A key without a value leaves its entity out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entities: Vec<EntitySpec>,
+}
+
+/// A record an action changes, for ordering changes by the event's time.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EntitySpec {
+    /// What kind of record it is: `user`, `organization`, `ticket`, `membership`, ...
+    pub kind: String,
+    /// Template giving the record's key among its kind, e.g. `"{{ external_id or email }}"`.
+    pub key: String,
 }
 
 /// A field: a JSONPath (`$.traits.email`), a template (`"{{ traits.name }}"`), a literal, or a full definition.
@@ -181,10 +197,45 @@ pub struct StepSpec {
     /// Resolvers whose cached answers this step makes stale (e.g. after creating a field).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forget: Vec<String>,
+    /// Whether sending the request again does no more than sending it once (an upsert, a
+    /// request with an idempotency key, a write whose repeat is an error an outcome accepts).
+    /// Default: true for GET, PUT and DELETE, false for POST and PATCH. After an ambiguous
+    /// failure (a 5xx, a timeout, a dropped connection: the write may have been applied), a step
+    /// that is not idempotent is tried again only when its `check` says the write was not
+    /// applied; without a `check` it is dead-lettered instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotent: Option<bool>,
+    /// For a step that is not idempotent: how to tell whether its write was applied, by a marker
+    /// the write carries and the check reads back. Runs only after an ambiguous failure (and
+    /// before the first attempt of a replayed or resumed event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckSpec>,
     /// The step's bulk form: the request of several events goes out as one bulk request, each
     /// event's part of it an item, and each event is answered by its item's result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchSpec>,
+}
+
+/// How to tell whether a write was applied: a request (usually a GET of what the write adds),
+/// and the JSONPath of values in its answer, one of which equals the write's marker when the
+/// write was applied.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    pub request: RequestSpec,
+    /// The write was applied when a value at `path` in the answer equals `equals`.
+    pub applied: AppliedSpec,
+}
+
+/// The condition of a [`CheckSpec`] over its answer.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppliedSpec {
+    /// JSONPath to the markers in the answer, e.g. `$.events[*].properties.zdmap_marker`.
+    pub path: String,
+    /// Template giving the marker the write carries, e.g. `"{{ marker }}"`. Without a value
+    /// (an event without a `messageId`) the check cannot tell, and the step is dead-lettered.
+    pub equals: String,
 }
 
 /// A step's bulk form (see `README.md`, Batching). The step's own request is what a single event

@@ -31,6 +31,73 @@ pub fn unix_millis_now() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// An RFC 3339 / ISO 8601 date-time (`2026-05-01T12:00:00.123Z`, `...+02:00`, or a date
+/// alone) as ms since the Unix epoch.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let b = text.trim().as_bytes();
+    let num = |from: usize, len: usize| -> Option<i64> {
+        let part = b.get(from..from + len)?;
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| part.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || !(1..=12).contains(&month) {
+        return None;
+    }
+    if !(1..=31).contains(&day) {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    if b.len() == 10 {
+        return Some(days * 86_400_000);
+    }
+    if !matches!(b.get(10), Some(b'T' | b't' | b' ')) || b.get(13) != Some(&b':') {
+        return None;
+    }
+    let (hour, minute) = (num(11, 2)?, num(14, 2)?);
+    let mut i = 16;
+    let mut second = 0;
+    let mut millis = 0;
+    if b.get(i) == Some(&b':') {
+        second = num(17, 2)?;
+        i = 19;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let mut scale = 100;
+            while let Some(d) = b.get(i).filter(|d| d.is_ascii_digit()) {
+                millis += i64::from(d - b'0') * scale;
+                scale /= 10;
+                i += 1;
+            }
+        }
+    }
+    if hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let offset = match b.get(i) {
+        None => 0,
+        Some(b'Z' | b'z') if i + 1 == b.len() => 0,
+        Some(sign @ (b'+' | b'-')) if b.len() == i + 6 && b.get(i + 3) == Some(&b':') => {
+            let minutes = num(i + 1, 2)? * 60 + num(i + 4, 2)?;
+            if *sign == b'+' { minutes } else { -minutes }
+        }
+        _ => return None,
+    };
+    Some(days * 86_400_000 + ((hour * 60 + minute - offset) * 60 + second) * 1000 + millis)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -66,5 +133,26 @@ mod tests {
         let a = unix_millis_now();
         assert!(a > 1_700_000_000_000);
         assert!(unix_millis_now() >= a);
+    }
+
+    #[test]
+    fn times_parse_with_offsets_and_fractions() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:01.5Z"), Some(1500));
+        assert_eq!(parse_rfc3339("1970-01-01T01:00:00+01:00"), Some(0));
+        assert_eq!(parse_rfc3339("2026-05-01"), Some(1_777_593_600_000));
+        assert_eq!(
+            parse_rfc3339("2026-05-01T12:00:00.123456Z"),
+            Some(1_777_593_600_000 + 12 * 3_600_000 + 123)
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01",
+            "2026-05-01T25:00:00Z",
+            "2026-05-01T12:00:00+0",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
     }
 }

@@ -222,7 +222,7 @@ fn validate_refuses_jsonpaths_whose_work_explodes_and_a_single_descent_stays_che
     let (code, out) = validate(&mappings);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("track_event.yaml:19:") && out.contains("may use `..` once"),
+        out.contains("track_event.yaml:23:") && out.contains("may use `..` once"),
         "{out}"
     );
 
@@ -265,7 +265,7 @@ fn validate_refuses_a_repeated_list_literal_before_compiling_it() {
     let (code, out) = validate(&mappings);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("update_organization_membership.yaml:26:")
+        out.contains("update_organization_membership.yaml:29:")
             && out.contains("a list literal cannot be repeated"),
         "{out}"
     );
@@ -352,6 +352,7 @@ fn a_second_server_on_a_data_directory_stops_at_start() {
 
 fn item(n: usize) -> NewItem {
     NewItem {
+        force: false,
         event: ticket(n),
         partition: Some(format!("user{n}")),
         only: None,

@@ -9,12 +9,12 @@ mod serving;
 use base64::Engine as _;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use zdmap::emulator::{Emulator, EmulatorOptions, ForcedFault};
 use zdmap::serve::{IngestOptions, Server};
 
-use serving::{KEY, Setup};
+use serving::{KEY, Setup, spawn_serve, spawn_serve_with};
 
 async fn start_server(emu: &Emulator, data: &Path, mappings: &Path, watch: bool) -> Server {
     start_server_with(emu, data, mappings, watch, IngestOptions::default()).await
@@ -567,65 +567,6 @@ async fn dead_letters_are_listed_shown_replayed_and_purged() {
         String::from_utf8_lossy(&listed.stdout)
     );
     server.shutdown().await;
-}
-
-/// Starts `zdmap serve` as a process and reads its URL from the first line it prints.
-fn spawn_serve(
-    emu_url: &str,
-    data: &Path,
-    mappings: &Path,
-    extra: &[&str],
-) -> (std::process::Child, String) {
-    spawn_serve_with(emu_url, data, mappings, extra, |_| {})
-}
-
-/// Like [`spawn_serve`], with the command changed by `adjust` (its environment) before it runs.
-fn spawn_serve_with(
-    emu_url: &str,
-    data: &Path,
-    mappings: &Path,
-    extra: &[&str],
-    adjust: impl FnOnce(&mut Command),
-) -> (std::process::Child, String) {
-    use std::io::BufRead;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_zdmap"));
-    command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-watch",
-            "--set",
-            "requests_per_minute=0",
-            "--write-key",
-            KEY,
-        ])
-        .arg("--zendesk-url")
-        .arg(emu_url)
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--mappings")
-        .arg(mappings)
-        .args(extra)
-        .env("ZENDESK_EMAIL", "agent@example.com")
-        .env("ZENDESK_API_TOKEN", "serve-test-token-secret")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    adjust(&mut command);
-    let mut child = command.spawn().expect("spawn zdmap serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut first = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut first)
-        .expect("first line");
-    let url = first
-        .trim()
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(url.starts_with("http://127.0.0.1:"), "{first}");
-    (child, url)
 }
 
 fn signal(child: &std::process::Child, name: &str) {

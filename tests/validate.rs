@@ -445,6 +445,58 @@ fn deep_nesting_is_a_located_error_not_a_crash() {
 }
 
 #[test]
+fn idempotency_checks_and_entities_are_validated() {
+    let (_tmp, dir) = mappings_copy();
+    let member = dir.join("update_organization_membership.yaml");
+    let ticket = dir.join("create_ticket.yaml");
+    let update = dir.join("update_ticket.yaml");
+    // A POST that no longer says it is idempotent and has no check: a warning.
+    edit(&member, "    idempotent: true\n", "");
+    // A check on a step that is idempotent: an error.
+    edit(
+        &ticket,
+        "    idempotent: true\n",
+        "    idempotent: true\n    check:\n      request: { method: GET, path: /api/v2/tickets }\n      applied: { path: \"$.tickets[*].id\", equals: \"{{ subject }}\" }\n",
+    );
+    // An entity key that reads no field of the action: an error.
+    edit(
+        &update,
+        "key: \"{{ ticket_id or external_id }}\"",
+        "key: \"{{ ticket_idd }}\"",
+    );
+    let (code, out) = validate(&dir, "text");
+    assert_eq!(code, 1, "{out}");
+    let warning = format!(
+        "{}:{}:",
+        member.display(),
+        line_of(&member, "  - name: add")
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with(&warning)
+            && l.contains(
+                "warning: step `add` is not idempotent (POST by default) and has no `check`"
+            )),
+        "{warning}\n{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{}:{}:",
+            ticket.display(),
+            line_of(&ticket, "    check:") + 1
+        )) && out.contains("a `check` is for a step that is not idempotent"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{}:{}:",
+            update.display(),
+            line_of(&update, "ticket_idd")
+        )) && out.contains("unknown name `ticket_idd`"),
+        "{out}"
+    );
+}
+
+#[test]
 fn batch_forms_are_checked_with_their_place() {
     let (_tmp, dir) = mappings_copy();
     let user = dir.join("upsert_user.yaml");

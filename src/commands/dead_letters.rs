@@ -34,8 +34,17 @@ pub enum DeadLettersCommand {
     },
     /// Print one dead letter with its event, as JSON.
     Show { id: u64 },
-    /// Put dead letters back into the queue, each for the action that failed.
-    Replay(Which),
+    /// Put dead letters back into the queue, each for the action that failed. A letter whose
+    /// change is stale (a record it changes had a newer change applied since: a later ticket
+    /// update, a membership removed after it was added) stays in the dead letters and is listed,
+    /// unless --force.
+    Replay {
+        #[command(flatten)]
+        which: Which,
+        /// Replay stale changes too, applying them over the newer ones.
+        #[arg(long)]
+        force: bool,
+    },
     /// Delete dead letters for good.
     Purge(Which),
 }
@@ -110,12 +119,36 @@ fn run(args: &DeadLettersArgs) -> Result<ExitCode, QueueError> {
                 return Ok(ExitCode::from(1));
             }
         },
-        DeadLettersCommand::Replay(which) => {
-            let n = store.replay(&which.selection())?;
+        DeadLettersCommand::Replay { which, force } => {
+            let replayed = store.replay(&which.selection(), *force)?;
+            for s in &replayed.stale {
+                let secs = |ms: i64| crate::time::rfc3339_from_unix_secs(ms.div_euclid(1000));
+                println!(
+                    "{}\t{}\tstale: {} changed at {}, a newer change (at {}) was applied{}",
+                    s.id,
+                    s.action,
+                    s.change.entity,
+                    secs(s.change.at_ms),
+                    secs(s.last_ms),
+                    if *force {
+                        "; replayed anyway (--force)"
+                    } else {
+                        "; kept"
+                    }
+                );
+            }
             eprintln!(
-                "{n} dead letter(s) moved back to the queue; `zdmap serve` on {} delivers them",
+                "{} dead letter(s) moved back to the queue; `zdmap serve` on {} delivers them",
+                replayed.moved,
                 args.data_dir.display()
             );
+            if !replayed.stale.is_empty() && !*force {
+                eprintln!(
+                    "{} stale dead letter(s) kept: replaying them would apply older changes over \
+                     newer ones (--force replays them anyway)",
+                    replayed.stale.len()
+                );
+            }
         }
         DeadLettersCommand::Purge(which) => {
             let n = store.purge(&which.selection())?;

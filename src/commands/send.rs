@@ -36,6 +36,12 @@ pub struct SendArgs {
     /// input has ended; then it is dead-lettered with the lookup that failed.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::serve::parse_duration)]
     pub wait_for_records: Duration,
+    /// Apply changes even where a record they change (a user, an organization, a ticket, a
+    /// membership: the action's `entities`) already had a newer change applied in this run.
+    /// Without it such a stale change (an older dead letter replayed after newer events) is
+    /// skipped, logged and counted in the summary.
+    #[arg(long)]
+    pub force: bool,
     /// How long an item of a bulk request waits for others to join it (steps with a `batch`
     /// form: users, organizations, memberships upserted up to 100 per request). Bulk
     /// requests also go out when full, or when the input has ended and nothing else runs.
@@ -90,7 +96,7 @@ async fn send_async(args: &SendArgs) -> ExitCode {
         ..DispatchOptions::default()
     };
     let result = run(
-        destination.executor.clone(),
+        Arc::new(destination.executor.with_force(args.force)),
         input,
         writer,
         destination.stats.clone(),

@@ -594,6 +594,28 @@ fn compile_action(
     if spec.steps.is_empty() {
         p.at("/steps", "an action needs at least one step");
     }
+    let mut entities = Vec::new();
+    for (i, e) in spec.entities.iter().enumerate() {
+        let at = format!("/entities/{i}/key");
+        if e.kind.is_empty() || e.kind.contains(':') {
+            p.at(
+                &format!("/entities/{i}/kind"),
+                "an entity kind is a non-empty name without `:`",
+            );
+        }
+        match templates.text(&e.key) {
+            Ok(key) => {
+                let mut names: Vec<&str> = field_names.clone();
+                names.extend(["settings", "message"]);
+                check_names(templates, &key, &names, &at, p);
+                entities.push(crate::plan::Entity {
+                    kind: e.kind.clone(),
+                    key,
+                });
+            }
+            Err(err) => err.report("template error", &at, p),
+        }
+    }
     Some(Action {
         name: spec.name.clone(),
         title: spec.title.clone().unwrap_or_else(|| spec.name.clone()),
@@ -604,6 +626,7 @@ fn compile_action(
         field_names: spec.fields.keys().cloned().collect::<Vec<_>>().into(),
         fields,
         steps,
+        entities,
     })
 }
 

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error_body::zendesk_error;
+use super::order::EntityChange;
 use super::retry::Disposition;
 
 /// One event that could not be delivered.
@@ -39,6 +40,9 @@ pub struct DeadLetter {
     pub attempts: u32,
     /// When it was dead-lettered, RFC 3339 UTC (`2026-05-01T12:00:00Z`).
     pub at: String,
+    /// The entities the action changes and the event's time, so that a replay can tell a
+    /// stale change (see [`crate::deliver::order`]).
+    pub changes: Vec<EntityChange>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -56,6 +60,8 @@ struct DeadLetterInfo {
     message: String,
     attempts: u32,
     at: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    changes: Vec<EntityChange>,
 }
 
 impl From<DeadLetterRecord> for DeadLetter {
@@ -70,6 +76,7 @@ impl From<DeadLetterRecord> for DeadLetter {
             message: i.message,
             attempts: i.attempts,
             at: i.at,
+            changes: i.changes,
         }
     }
 }
@@ -85,6 +92,7 @@ impl From<DeadLetter> for DeadLetterRecord {
                 message: d.message,
                 attempts: d.attempts,
                 at: d.at,
+                changes: d.changes,
             },
             event: d.event,
         }
@@ -128,6 +136,7 @@ impl DeadLetter {
             message,
             attempts,
             at: rfc3339_utc(SystemTime::now()),
+            changes: Vec::new(),
         }
     }
 
@@ -147,6 +156,7 @@ impl DeadLetter {
             message: message.into(),
             attempts: 0,
             at: rfc3339_utc(SystemTime::now()),
+            changes: Vec::new(),
         }
     }
 

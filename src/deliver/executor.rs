@@ -24,6 +24,7 @@
 
 use crate::config::Config;
 use crate::deliver::cache::{Cached, LookupCache};
+use crate::deliver::order::{EntityChange, EntityClock, MemoryClock, event_time};
 use crate::deliver::retry::PauseScope;
 use crate::deliver::{DeadLetter, Disposition, Response, RetryPolicy, Transport};
 use crate::event::Event;
@@ -157,6 +158,10 @@ pub struct Executor {
     config: Arc<Config>,
     transport: Transport,
     cache: Arc<LookupCache>,
+    /// The time of the last change applied per entity.
+    clock: Arc<dyn EntityClock>,
+    /// Apply changes older than their entity's last applied one too (`--force`).
+    force: bool,
 }
 
 /// How many render → resolve rounds one step may take.
@@ -168,6 +173,29 @@ impl Executor {
             config,
             transport,
             cache,
+            clock: Arc::new(MemoryClock::default()),
+            force: false,
+        }
+    }
+
+    /// The same executor keeping the time of the last change per entity in `clock` (a durable
+    /// one in `serve`).
+    pub fn with_clock(&self, clock: Arc<dyn EntityClock>) -> Executor {
+        Executor {
+            config: self.config.clone(),
+            transport: self.transport.clone(),
+            cache: self.cache.clone(),
+            clock,
+            force: self.force,
+        }
+    }
+
+    /// The same executor; with `force`, a change older than its entity's last applied one is
+    /// applied anyway (`--force`).
+    pub fn with_force(&self, force: bool) -> Executor {
+        Executor {
+            force,
+            ..self.with_clock(self.clock.clone())
         }
     }
 
@@ -178,6 +206,8 @@ impl Executor {
             config,
             transport: self.transport.clone(),
             cache: Arc::new(LookupCache::new()),
+            clock: self.clock.clone(),
+            force: self.force,
         }
     }
 
@@ -193,12 +223,20 @@ impl Executor {
         &self.cache
     }
 
-    /// Plans one event. With `only`, just those actions run (a dead letter being replayed).
-    /// The delivery keeps this executor (and so its config) until it is settled.
+    pub fn clock(&self) -> &Arc<dyn EntityClock> {
+        &self.clock
+    }
+
+    /// Plans one event. With `only`, just those actions run (a dead letter being replayed:
+    /// its steps that are not idempotent check first whether their write was applied, see
+    /// [`Delivery::resumed`]). The delivery keeps this executor (and so its config) until it
+    /// is settled.
     pub fn start(self: &Arc<Self>, event: &Event, only: Option<Vec<String>>) -> Delivery {
         let mut delivery = Delivery {
             executor: self.clone(),
             plan: self.config.plan(event),
+            check_first: only.is_some(),
+            force: self.force,
             only,
             next: 0,
             current: None,
@@ -276,6 +314,11 @@ pub struct Delivery {
     ran: usize,
     learned: Vec<LearnedKey>,
     last_chance: bool,
+    /// Steps that are not idempotent check whether their write was applied before their first
+    /// attempt (the event may have been under way before: a replay, a restart).
+    check_first: bool,
+    /// Apply changes older than their entity's last applied one too.
+    force: bool,
     /// Steps with a bulk form hand their request over as an item ([`Wait::Batch`]).
     batching: bool,
     /// This turn may send nothing but bulk items ([`Wait::Behind`] otherwise).
@@ -294,8 +337,19 @@ struct ActionProgress {
     attempts: u32,
     /// Of those, answers that an outcome maps to `retry` (bounded by `retries.client_error_tries`).
     client_retries: u32,
+    /// The current request may have been applied already: check before sending it again.
+    uncertain: Option<Uncertain>,
     /// What became of the current request as a bulk item, once known.
     batch_answer: Option<BatchAnswer>,
+}
+
+/// Why a write may have been applied although no answer said so.
+#[derive(Debug)]
+enum Uncertain {
+    /// The event may have been under way before (a replay, a restart): no sign either way.
+    Resumed,
+    /// An attempt failed ambiguously (5xx, timeout, dropped connection); `letter` says how.
+    Ambiguous(Box<DeadLetter>),
 }
 
 /// Why an action stopped before its end.
@@ -332,9 +386,26 @@ impl Delivery {
             let planned = self.plan.actions[self.next].clone();
             let action = self.executor.config.action(&planned);
             if self.wants(&action.name) {
+                // Asked again each time the action resumes: while it waited for a retry, an event
+                // of another key may have applied a newer change of the same record.
+                let changes = self.changes(&planned);
+                if !self.force && self.stale(&action.name, &changes) {
+                    self.ran += 1;
+                    self.current = None;
+                    self.next += 1;
+                    continue;
+                }
                 match self.run_action(&planned).await {
-                    Ok(()) => {}
-                    Err(Stop::Failed(letter)) => self.letters.push(*letter),
+                    Ok(()) => {
+                        let clock = &self.executor.clock;
+                        changes
+                            .iter()
+                            .for_each(|c| clock.applied(&c.entity, c.at_ms));
+                    }
+                    Err(Stop::Failed(mut letter)) => {
+                        letter.changes = changes;
+                        self.letters.push(*letter);
+                    }
                     Err(Stop::Wait(wait)) => return Turn::Wait(wait),
                 }
                 self.ran += 1;
@@ -353,13 +424,64 @@ impl Delivery {
 
     /// The action under way fails with `letter` (its retries ran out); the next `advance`
     /// goes on with the event's other actions.
-    pub fn give_up(&mut self, letter: DeadLetter) {
-        if self.next < self.plan.actions.len() {
+    pub fn give_up(&mut self, mut letter: DeadLetter) {
+        if let Some(planned) = self.plan.actions.get(self.next).cloned() {
+            letter.changes = self.changes(&planned);
             self.letters.push(letter);
             self.ran += 1;
             self.current = None;
             self.next += 1;
         }
+    }
+
+    /// The event may have been under way before (the queue handed it out to a process that
+    /// stopped before settling it): steps that are not idempotent check whether their write was
+    /// applied before sending it.
+    pub fn resumed(&mut self) {
+        self.check_first = true;
+    }
+
+    /// Apply this event's changes even where their entity had a newer change applied.
+    pub fn force(&mut self) {
+        self.force = true;
+    }
+
+    /// The entities a planned action changes, stamped with the event's time (none when the
+    /// event has no time).
+    fn changes(&self, planned: &PlannedAction) -> Vec<EntityChange> {
+        let entities = self.executor.config.entities(&self.plan, planned);
+        let Some(at_ms) = event_time(&self.plan.event).filter(|_| !entities.is_empty()) else {
+            return Vec::new();
+        };
+        entities
+            .into_iter()
+            .map(|entity| EntityChange { entity, at_ms })
+            .collect()
+    }
+
+    /// Whether one of `changes` is older than its entity's last applied change: then the
+    /// action is skipped, logged and counted.
+    fn stale(&self, action: &str, changes: &[EntityChange]) -> bool {
+        let clock = &*self.executor.clock;
+        let Some(stale) = changes.iter().find(|c| c.is_stale(clock)) else {
+            return false;
+        };
+        let last = clock.last_applied(&stale.entity).unwrap_or_default();
+        let time = |ms: i64| crate::time::rfc3339_from_unix_secs(ms.div_euclid(1000));
+        // The entity's key may be event data (an email): the kind and the messageId say which
+        // change it was; the key itself is logged at debug level only.
+        let kind = stale.entity.split(':').next().unwrap_or_default();
+        tracing::warn!(
+            action,
+            entity_kind = kind,
+            message_id = self.plan.event.get("messageId").and_then(serde_json::Value::as_str),
+            event_time = %time(stale.at_ms),
+            last_applied = %time(last),
+            "stale change skipped: a newer change of the record was applied (--force applies it)"
+        );
+        tracing::debug!(action, entity = %stale.entity, "stale change skipped");
+        self.executor.transport.stats().stale();
+        true
     }
 
     /// From now on a record that is missing fails the action instead of waiting for it.
@@ -424,6 +546,20 @@ impl Delivery {
                 Rendered::Skipped => Vec::new(),
             };
             for request in requests.iter().skip(progress.sent) {
+                if !step.idempotent {
+                    if self.check_first && progress.attempts == 0 && progress.uncertain.is_none() {
+                        progress.uncertain = Some(Uncertain::Resumed);
+                    }
+                    if let Some(uncertain) = progress.uncertain.take()
+                        && verify(&executor, &self.plan, planned, step, progress, uncertain).await?
+                    {
+                        executor.transport.stats().confirmed();
+                        progress.sent += 1;
+                        progress.attempts = 0;
+                        progress.client_retries = 0;
+                        continue;
+                    }
+                }
                 if self.batching
                     && progress.batch_answer.is_none()
                     && let Some(item) =
@@ -600,8 +736,11 @@ async fn send_step(
             }
             OutcomeKind::Retry => Err(Stop::Failed(letter(&disposition))),
         },
-        Disposition::Retry { wait, scope, .. } => {
+        Disposition::Retry { wait, scope, last } => {
             executor.transport.stats().retry();
+            if !step.idempotent && ambiguous(last) {
+                progress.uncertain = Some(Uncertain::Ambiguous(letter(&disposition)));
+            }
             Err(Stop::Wait(Wait::Retry {
                 wait: *wait,
                 scope: *scope,
@@ -614,6 +753,106 @@ async fn send_step(
             message: message.clone(),
         })),
         Disposition::Invalid { .. } => Err(Stop::Failed(letter(&disposition))),
+    }
+}
+
+/// Whether a failed attempt may have been applied: a server error, a timeout or a connection
+/// lost after sending (not a 429 or 408, which say it was not, nor a connection never made).
+fn ambiguous(last: &Result<Response, crate::deliver::TransportError>) -> bool {
+    match last {
+        Ok(response) => response.status >= 500,
+        Err(crate::deliver::TransportError::Connect { .. }) => false,
+        Err(_) => true,
+    }
+}
+
+/// Asks the step's `check` whether the write of the current request was applied: `true` when
+/// it was (the step goes on without sending it again), `false` when it was not (send it).
+/// Without a check (or a marker), an ambiguous failure dead-letters the step rather than risk
+/// applying the write twice; a resumed event is sent, as nothing says it was applied.
+async fn verify(
+    executor: &Executor,
+    plan: &Plan,
+    planned: &PlannedAction,
+    step: &Step,
+    progress: &mut ActionProgress,
+    uncertain: Uncertain,
+) -> Result<bool, Stop> {
+    let config = &executor.config;
+    let action = &config.action(planned).name;
+    let lookups = Arc::new(Lookups::new(progress.answers.clone()));
+    let outputs = Arc::new(StepOutputs {
+        outputs: progress.outputs.clone(),
+        symbolic: false,
+    });
+    let rendered =
+        config.render_check(plan, planned, step, progress.sent, outputs, lookups.clone());
+    let (request, marker) = match rendered {
+        Ok(Some(r)) if lookups.missing().is_empty() => r,
+        other => {
+            return match uncertain {
+                Uncertain::Resumed => Ok(false),
+                Uncertain::Ambiguous(mut letter) => {
+                    let why = match other {
+                        Err(e) => format!("its check could not be rendered: {e}"),
+                        Ok(Some(_)) => "its check needs a lookup the write did not".into(),
+                        Ok(None) if step.check.is_some() => {
+                            "its check's marker has no value (an event without a messageId)".into()
+                        }
+                        Ok(None) => "the step is not idempotent and declares no check".into(),
+                    };
+                    letter.message = format!(
+                        "{}; the write may have been applied, and is not sent again: {why} \
+                         (replay the dead letter to send it)",
+                        letter.message
+                    );
+                    Err(Stop::Failed(letter))
+                }
+            };
+        }
+    };
+    let Some(check) = &step.check else {
+        return Ok(false);
+    };
+    let disposition = executor.transport.attempt(&request, |_| false).await;
+    progress.attempts += 1;
+    match disposition {
+        Disposition::Done { response } if response.is_success() => {
+            let applied = check.applied(&response.body, &marker);
+            tracing::debug!(action, step = %step.name, applied, "checked whether a write was applied");
+            Ok(applied)
+        }
+        Disposition::Fatal { status, message } => {
+            // Still unknown: checked again once the credentials are fixed.
+            progress.uncertain = Some(uncertain);
+            Err(Stop::Wait(Wait::Fatal { status, message }))
+        }
+        d => {
+            let mut letter = DeadLetter::from_disposition(
+                (*plan.event).clone(),
+                action,
+                &step.name,
+                &d,
+                progress.attempts,
+            );
+            letter.message = format!(
+                "checking whether the write was applied: {}; the write may have been applied",
+                letter.message
+            );
+            match d {
+                Disposition::Retry { wait, scope, .. } => {
+                    executor.transport.stats().retry();
+                    progress.uncertain = Some(uncertain);
+                    Err(Stop::Wait(Wait::Retry {
+                        wait,
+                        scope,
+                        transient: true,
+                        letter: Box::new(letter),
+                    }))
+                }
+                _ => Err(Stop::Failed(Box::new(letter))),
+            }
+        }
     }
 }
 

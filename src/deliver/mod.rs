@@ -13,6 +13,8 @@
 //! - [`schedule`]: which events may go now: order per entity key, keys set aside while they
 //!   wait (a missing record, a backoff, a per-key 429); [`dispatch`] runs it for `send` and
 //!   `serve`, with the events in flight bounded.
+//! - [`order`]: the time of the last change applied per entity, so an older change is not
+//!   applied over a newer one.
 //! - [`error_body`]: Zendesk's four error envelopes → code and message.
 //! - [`dead_letter`]: undeliverable events as NDJSON records, and reading them back.
 //! - [`stats`]: the run's counters and summary; [`progress`]: the terminal progress line.
@@ -29,6 +31,7 @@ pub mod dispatch;
 pub mod error_body;
 pub mod executor;
 pub mod http;
+pub mod order;
 pub mod progress;
 pub mod retry;
 pub mod run;

@@ -5,8 +5,9 @@
 //! [`dispatch`], which orders it with the other events of its entity keys and runs different
 //! keys in parallel; a key that must wait (a record that does not exist yet, a retry, a per-key
 //! 429) is set aside while the others flow. Failed actions become dead letters; a dead-letter
-//! record in the input is replayed for its failed action only. Credentials refused (401/403)
-//! stop the run.
+//! record in the input is replayed for its failed action only. An event without a `messageId`
+//! gets one derived from its content and place in the input, the same when the input is sent
+//! again. Credentials refused (401/403) stop the run.
 
 use crate::deliver::dispatch::{DispatchOptions, DispatchReport, Incoming, Sink, dispatch};
 use crate::deliver::schedule::Status;
@@ -159,7 +160,11 @@ fn read_event(item: RawItem, record: &Recorder) -> Option<(Event, Option<Vec<Str
                 letter.event,
                 Some(vec![letter.action]).filter(|a| !a[0].is_empty()),
             ),
-            None => (v, None),
+            None => {
+                let mut v = v;
+                crate::event::ensure_message_id(&mut v, item.index);
+                (v, None)
+            }
         },
         Err(e) => {
             let at = json!({"index": item.index, "line": item.line});

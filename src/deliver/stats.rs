@@ -28,6 +28,8 @@ pub struct Stats {
     failed: AtomicU64,
     retries: AtomicU64,
     rate_limited: AtomicU64,
+    stale: AtomicU64,
+    confirmed: AtomicU64,
     /// Keys (users, organizations) whose events wait now: a gauge, for the progress line.
     keys_waiting: AtomicU64,
     /// `METHOD endpoint` → status (`"200"`, `"timeout"`, ...) → count.
@@ -51,6 +53,10 @@ pub struct StatsSnapshot {
     pub requests: BTreeMap<String, BTreeMap<String, u64>>,
     pub retries: u64,
     pub rate_limited: u64,
+    /// Changes skipped because their entity had a newer change applied (see `entities:`).
+    pub stale: u64,
+    /// Writes found applied by their step's `check` after an ambiguous failure (not sent again).
+    pub confirmed: u64,
     pub elapsed_seconds: f64,
     pub events_per_second: f64,
 }
@@ -72,6 +78,8 @@ impl Stats {
             failed: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+            confirmed: AtomicU64::new(0),
             keys_waiting: AtomicU64::new(0),
             requests: Mutex::new(BTreeMap::new()),
             latency: Histogram::new(),
@@ -108,6 +116,16 @@ impl Stats {
 
     pub fn retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An action was skipped: an entity it changes had a newer change applied.
+    pub fn stale(&self) {
+        self.stale.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A write whose answer was lost was found applied by its check.
+    pub fn confirmed(&self) {
+        self.confirmed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one attempt of `method path` and how it ended.
@@ -161,6 +179,8 @@ impl Stats {
             requests,
             retries: self.retries.load(Ordering::Relaxed),
             rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            stale: self.stale.load(Ordering::Relaxed),
+            confirmed: self.confirmed.load(Ordering::Relaxed),
             elapsed_seconds: elapsed,
             events_per_second: if elapsed > 0.0 {
                 events_read as f64 / elapsed
@@ -190,6 +210,14 @@ impl StatsSnapshot {
             "requests: {} attempted, {} retries, {} rate-limited (429)",
             self.requests_total, self.retries, self.rate_limited
         );
+        if self.stale > 0 || self.confirmed > 0 {
+            let _ = writeln!(
+                out,
+                "changes: {} stale skipped (an entity had a newer change applied; --force applies them), \
+                 {} writes found applied by their check after a lost answer",
+                self.stale, self.confirmed
+            );
+        }
         let width = self.requests.keys().map(String::len).max().unwrap_or(0);
         for (endpoint, statuses) in &self.requests {
             let statuses = statuses

@@ -4,7 +4,7 @@
 //! `event.type` and an object `event.properties`; the source `zendesk` is reserved. The
 //! `user_profiles` form links the profile to a user by its identifiers (email, external_id) and
 //! creates the user when none matches. `GET users/{id}/events` reads them back (cursor envelope,
-//! `filter[source]` / `filter[type]`).
+//! `filter[source]`, `filter[type]`, `filter[start_time]`, `filter[end_time]`).
 
 use serde_json::{Map, Value, json};
 
@@ -235,7 +235,8 @@ pub(crate) fn move_to_user(s: &mut Store, from: u64, to: u64) {
     }
 }
 
-/// `GET users/{id}/events` with `filter[source]`, `filter[type]` and `page[size]`.
+/// `GET users/{id}/events` with `filter[source]`, `filter[type]`, `filter[start_time]` and
+/// `filter[end_time]` (on the event's `created_at`, both inclusive) and `page[size]`.
 pub(crate) fn list_for_user(w: &mut World, req: &ApiRequest, uid: u64) -> ApiResult {
     let s = &w.store;
     if !s.users.contains_key(&uid) {
@@ -248,6 +249,17 @@ pub(crate) fn list_for_user(w: &mut World, req: &ApiRequest, uid: u64) -> ApiRes
     }
     let source = req.query("filter[source]");
     let kind = req.query("filter[type]");
+    let time = |name: &str| req.query(name).map(crate::time::parse_rfc3339);
+    let (start, end) = (time("filter[start_time]"), time("filter[end_time]"));
+    if matches!(start, Some(None)) || matches!(end, Some(None)) {
+        return Err(ApiError::errors(
+            400,
+            "InvalidParameter",
+            "filter[start_time] and filter[end_time] must be ISO 8601 times",
+            String::new(),
+        ));
+    }
+    let (start, end) = (start.flatten(), end.flatten());
     let size: usize = req
         .query("page[size]")
         .and_then(|n| n.parse().ok())
@@ -260,6 +272,11 @@ pub(crate) fn list_for_user(w: &mut World, req: &ApiRequest, uid: u64) -> ApiRes
             e.user_id == uid
                 && source.is_none_or(|x| e.source == x)
                 && kind.is_none_or(|x| e.kind == x)
+                && (start.is_none() && end.is_none() || {
+                    let at = crate::time::parse_rfc3339(&e.created_at);
+                    start.is_none_or(|s| at.is_some_and(|at| at >= s))
+                        && end.is_none_or(|t| at.is_some_and(|at| at <= t))
+                })
         })
         .collect();
     // The cursor is the position after the last event shown.

@@ -121,8 +121,8 @@ impl RuntimeKnobs {
     }
 }
 
-/// "The next `count` requests (whose path starts with `path_prefix`, and whose method is
-/// `method`, when given) answer `status`."
+/// "The next `count` requests (whose path starts with `path_prefix`, or is `path`, and whose
+/// method is `method`, when given) answer `status`."
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ForcedFault {
@@ -131,6 +131,9 @@ pub struct ForcedFault {
     pub count: u32,
     #[serde(default)]
     pub path_prefix: Option<String>,
+    /// Only this path (`/api/v2/organization_memberships`, not its `create_many`).
+    #[serde(default)]
+    pub path: Option<String>,
     #[serde(default)]
     pub method: Option<String>,
     /// `Retry-After` seconds; 429 and 503 default to 1.
@@ -149,6 +152,7 @@ impl ForcedFault {
             status,
             count: 1,
             path_prefix: None,
+            path: None,
             method: None,
             retry_after: None,
         }
@@ -164,6 +168,18 @@ impl ForcedFault {
         self
     }
 
+    /// Only requests to exactly this path.
+    pub fn on_exact_path(mut self, path: impl Into<String>) -> ForcedFault {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// Only requests of this method (`PUT`).
+    pub fn on_method(mut self, method: impl Into<String>) -> ForcedFault {
+        self.method = Some(method.into());
+        self
+    }
+
     pub fn retry_after(mut self, secs: u64) -> ForcedFault {
         self.retry_after = Some(secs);
         self
@@ -175,6 +191,7 @@ impl ForcedFault {
                 .path_prefix
                 .as_deref()
                 .is_none_or(|p| path.starts_with(p))
+            && self.path.as_deref().is_none_or(|p| path == p)
             && self
                 .method
                 .as_deref()

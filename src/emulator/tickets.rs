@@ -2,7 +2,8 @@
 //! creates the user; `external_id` is not unique; `Idempotency-Key` replays with
 //! `x-idempotency-lookup: hit`), update (appends comments, answers an audit, 422 on closed
 //! tickets, `safe_update` 409, 30 updates per ticket per 10 minutes then 429), show, list (with
-//! `?external_id=`), comments and audits.
+//! `?external_id=`), comments and audits. A create's or an update's `metadata` is kept in its
+//! audit under `metadata.custom`, as Zendesk does ("Setting Metadata").
 
 use std::time::Duration;
 
@@ -253,7 +254,7 @@ pub(crate) fn create_ticket(s: &mut Store, obj: &Map<String, Value>) -> ApiResul
     }
     let author_id = comment.author_id;
     ticket.comments.push(comment);
-    let audit = audit(s, id, author_id, events, &now);
+    let audit = audit(s, id, author_id, events, obj.get("metadata"), &now);
     ticket.audits.push(audit);
     let rendered = s.render_ticket(&ticket);
     s.tickets.insert(ticket);
@@ -261,13 +262,27 @@ pub(crate) fn create_ticket(s: &mut Store, obj: &Map<String, Value>) -> ApiResul
         .header("Location", format!("/api/v2/tickets/{id}.json")))
 }
 
-fn audit(s: &mut Store, ticket_id: u64, author_id: u64, events: Vec<Value>, now: &str) -> Value {
+/// An audit of a ticket change. `custom` is the write's `metadata` (Zendesk's "Setting
+/// Metadata"): given on a create or an update, it is read back under the audit's
+/// `metadata.custom`.
+fn audit(
+    s: &mut Store,
+    ticket_id: u64,
+    author_id: u64,
+    events: Vec<Value>,
+    custom: Option<&Value>,
+    now: &str,
+) -> Value {
+    let custom = custom
+        .filter(|c| c.is_object())
+        .cloned()
+        .unwrap_or(json!({}));
     json!({
         "id": s.ids.next(Kind::Audit),
         "ticket_id": ticket_id,
         "created_at": now,
         "author_id": author_id,
-        "metadata": {"system": {}, "custom": {}},
+        "metadata": {"system": {}, "custom": custom},
         "via": {"channel": "api", "source": {"from": {}, "to": {}, "rel": null}},
         "events": events,
     })
@@ -439,7 +454,7 @@ pub(crate) fn update_ticket(
     }
     t.updated_at = now.clone();
     let author_id = t.comments.last().map_or(requester_id, |c| c.author_id);
-    let audit = audit(s, id, author_id, events, &now);
+    let audit = audit(s, id, author_id, events, obj.get("metadata"), &now);
     t.audits.push(audit.clone());
     s.tickets.insert(t);
     Ok(audit)

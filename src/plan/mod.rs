@@ -38,6 +38,15 @@ pub struct Action {
     /// The names of `fields`, for template scopes (a field without a value is `none`).
     pub field_names: Arc<[String]>,
     pub steps: Vec<Step>,
+    /// The records the action changes (`entities:`), for ordering changes by event time.
+    pub entities: Vec<Entity>,
+}
+
+/// A record an action changes: its kind and the template of its key.
+#[derive(Debug)]
+pub struct Entity {
+    pub kind: String,
+    pub key: crate::template::Text,
 }
 
 /// What one event will do.
@@ -180,6 +189,71 @@ impl Config {
         } else {
             Rendered::Requests(requests)
         })
+    }
+
+    /// The check of a step that is not idempotent, rendered for its `index`th request (the
+    /// item of an `each` step): the request, and the marker the write carries. `None` when the
+    /// step has no check or the marker has no value.
+    pub fn render_check(
+        &self,
+        plan: &Plan,
+        planned: &PlannedAction,
+        step: &Step,
+        index: usize,
+        outputs: Arc<StepOutputs>,
+        lookups: Arc<Lookups>,
+    ) -> Result<Option<(Request, Value)>, RenderError> {
+        let Some(check) = &step.check else {
+            return Ok(None);
+        };
+        let base = || self.step_scope(plan, planned, outputs.clone(), lookups.clone());
+        let mut scope = base();
+        if let Some(each) = &step.each {
+            let items = match self.templates.eval(each, &base().build())? {
+                Some(Value::Array(items)) => items,
+                Some(Value::Object(map)) => {
+                    map.into_iter().map(|(k, _)| Value::String(k)).collect()
+                }
+                _ => Vec::new(),
+            };
+            let Some(item) = items.into_iter().nth(index) else {
+                return Ok(None);
+            };
+            scope = scope.item(item);
+        }
+        let scope = scope.build();
+        let Some(marker) = self.templates.eval(&check.equals, &scope)? else {
+            return Ok(None);
+        };
+        Ok(Some((
+            check.request.render(&self.templates, &scope)?,
+            marker,
+        )))
+    }
+
+    /// The entities a planned action changes, as `kind:key` (those whose key has a value).
+    pub fn entities(&self, plan: &Plan, planned: &PlannedAction) -> Vec<String> {
+        let action = self.action(planned);
+        if action.entities.is_empty() {
+            return Vec::new();
+        }
+        let scope = self
+            .step_scope(
+                plan,
+                planned,
+                Arc::new(StepOutputs::default()),
+                Arc::new(Lookups::new(Default::default())),
+            )
+            .build();
+        action
+            .entities
+            .iter()
+            .filter_map(|e| match self.templates.eval(&e.key, &scope) {
+                Ok(Some(Value::String(k))) if !k.is_empty() => Some(format!("{}:{k}", e.kind)),
+                Ok(Some(Value::String(_) | Value::Null) | None) | Err(_) => None,
+                Ok(Some(other)) => Some(format!("{}:{other}", e.kind)),
+            })
+            .collect()
     }
 
     /// The scope a step's templates see: the action's fields, settings, the event, earlier

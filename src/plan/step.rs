@@ -9,7 +9,7 @@ use crate::diagnostic::Problems;
 use crate::path::JsonPath;
 use crate::plan::outcome::Outcomes;
 use crate::request::{Method, Request, is_moving_segment, push_path_segment};
-use crate::spec::{LearnSpec, RequestSpec, StepSpec};
+use crate::spec::{CheckSpec, LearnSpec, RequestSpec, StepSpec};
 use crate::template::{RenderError, Scope, Templates, Text};
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
@@ -25,8 +25,71 @@ pub struct Step {
     pub outputs: Vec<(String, JsonPath)>,
     pub learn: Vec<Learn>,
     pub forget: Vec<String>,
+    /// Sending the request again does no more than sending it once (see [`StepSpec::idempotent`]).
+    pub idempotent: bool,
+    /// How to tell whether the write of a step that is not idempotent was applied.
+    pub check: Option<Check>,
     /// The step's bulk form, if it has one.
     pub batch: Option<std::sync::Arc<crate::plan::batch::BatchForm>>,
+}
+
+/// A compiled `check`: a request, and the JSONPath of markers in its answer, one of which equals
+/// the write's marker when the write was applied.
+#[derive(Debug)]
+pub struct Check {
+    pub request: RequestTemplate,
+    pub path: JsonPath,
+    pub equals: Text,
+}
+
+impl Check {
+    fn compile(
+        spec: &CheckSpec,
+        pointer: &str,
+        templates: &mut Templates,
+        problems: &mut Problems,
+    ) -> Option<Check> {
+        let request = RequestTemplate::compile(
+            &spec.request,
+            &format!("{pointer}/request"),
+            templates,
+            problems,
+        );
+        let path = JsonPath::parse(&spec.applied.path)
+            .map_err(|e| {
+                e.report(
+                    &spec.applied.path,
+                    &format!("{pointer}/applied/path"),
+                    problems,
+                )
+            })
+            .ok();
+        let equals = templates
+            .text(&spec.applied.equals)
+            .map_err(|e| {
+                e.report(
+                    "template error",
+                    &format!("{pointer}/applied/equals"),
+                    problems,
+                )
+            })
+            .ok();
+        Some(Check {
+            request: request?,
+            path: path?,
+            equals: equals?,
+        })
+    }
+
+    /// Whether a value at the check's path in `body` equals `marker`.
+    pub fn applied(&self, body: &Value, marker: &Value) -> bool {
+        use crate::path::Selected;
+        match self.path.select(body) {
+            Selected::Nothing => false,
+            Selected::One(v) => v == marker,
+            Selected::Many(vs) => vs.into_iter().any(|v| v == marker),
+        }
+    }
 }
 
 /// A resolver cache entry to learn from a response.
@@ -101,6 +164,37 @@ impl Step {
                 Err(e) => e.report(path, &format!("{pointer}/outputs/{name}"), problems),
             }
         }
+        let idempotent = spec
+            .idempotent
+            .unwrap_or(!matches!(spec.request.method, Method::Post | Method::Patch));
+        let check = match &spec.check {
+            None => None,
+            Some(_) if idempotent => {
+                problems.at(
+                    &format!("{pointer}/check"),
+                    "a `check` is for a step that is not idempotent: add `idempotent: false`, \
+                     or remove the check",
+                );
+                None
+            }
+            Some(c) => Some(Check::compile(
+                c,
+                &format!("{pointer}/check"),
+                templates,
+                problems,
+            )?),
+        };
+        if !idempotent && spec.check.is_none() {
+            problems.warn_at(
+                &format!("{pointer}/name"),
+                format!(
+                    "step `{}` is not idempotent ({} by default) and has no `check`: after an \
+                     ambiguous failure (5xx, timeout) it is dead-lettered rather than sent again; \
+                     declare `idempotent: true` if sending it twice is harmless, or a `check`",
+                    spec.name, spec.request.method
+                ),
+            );
+        }
         let mut learn = Vec::new();
         for (i, l) in spec.learn.iter().enumerate() {
             if let Some(l) = Learn::compile(l, &format!("{pointer}/learn/{i}"), templates, problems)
@@ -108,8 +202,15 @@ impl Step {
                 learn.push(l);
             }
         }
+        if spec.batch.is_some() && !idempotent {
+            problems.at(
+                &format!("{pointer}/batch"),
+                "a step that is not idempotent cannot be batched: after a bulk request's answer \
+                 is lost, its items cannot be checked one by one (send it single, with a `check`)",
+            );
+        }
         // A form with problems (reported) leaves the step single, so the step's own checks run.
-        let batch = spec.batch.as_ref().and_then(|b| {
+        let batch = spec.batch.as_ref().filter(|_| idempotent).and_then(|b| {
             crate::plan::batch::BatchForm::compile(
                 b,
                 &format!("{pointer}/batch"),
@@ -128,6 +229,8 @@ impl Step {
             outputs,
             learn,
             forget: spec.forget.clone(),
+            idempotent,
+            check,
         })
     }
 
@@ -145,6 +248,12 @@ impl Step {
         }
         for (i, l) in self.learn.iter().enumerate() {
             out.push((format!("/learn/{i}/key"), &l.key));
+        }
+        if let Some(c) = &self.check {
+            for (p, t) in c.request.texts() {
+                out.push((format!("/check/request{p}"), t));
+            }
+            out.push(("/check/applied/equals".into(), &c.equals));
         }
         if let Some(b) = &self.batch {
             out.extend(b.texts());

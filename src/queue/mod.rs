@@ -7,12 +7,15 @@
 //! keeps each user's events in that order.
 //!
 //! The dead letters of the data directory ([`DeadLetterStore`]) live in the same database so
-//! that "failed" is one atomic step; `zdmap dead-letters` reads and replays them.
+//! that "failed" is one atomic step; `zdmap dead-letters` reads and replays them. So does the
+//! time of the last change applied per entity (the queue is an [`EntityClock`]), so that a
+//! replay never applies an older change over a newer one, across restarts too.
 
 pub mod lock;
 pub mod sqlite;
 
 use crate::deliver::DeadLetter;
+use crate::deliver::order::EntityClock;
 use serde_json::Value;
 use std::future::Future;
 
@@ -27,6 +30,8 @@ pub struct NewItem {
     pub partition: Option<String>,
     /// Deliver only this action (a replayed dead letter).
     pub only: Option<String>,
+    /// Apply it even where an entity it changes had a newer change applied (`replay --force`).
+    pub force: bool,
     /// The sender's `messageId`, by which the same call sent again is recognised and dropped
     /// (`None`: the id was generated at ingest, or the item is a replay).
     pub message_id: Option<String>,
@@ -47,6 +52,12 @@ pub struct Item {
     pub event: Value,
     pub partition: Option<String>,
     pub only: Option<String>,
+    /// Apply it even where an entity it changes had a newer change applied.
+    pub force: bool,
+    /// The queue may have handed it out before (to a process that stopped before settling
+    /// it): its delivery may have been under way, so writes that are not idempotent check
+    /// first whether they were applied.
+    pub redelivered: bool,
     /// When it was accepted (milliseconds since the Unix epoch).
     pub accepted_at_ms: u64,
 }
@@ -63,8 +74,9 @@ impl From<rusqlite::Error> for QueueError {
 }
 
 /// What the server needs from a durable queue. Another backend (a broker shared by several
-/// instances) implements the same operations.
-pub trait Queue: Send + Sync + 'static {
+/// instances) implements the same operations, and keeps the entities' last change times
+/// ([`EntityClock`]) where its instances share them.
+pub trait Queue: EntityClock + Send + Sync + 'static {
     /// Stores `items` durably, in order, and the dead letters of calls refused at ingest, in one
     /// step; resolves once they would survive a crash. An item whose `message_id` was accepted
     /// within the deduplication window is not stored again.
@@ -74,7 +86,9 @@ pub trait Queue: Send + Sync + 'static {
         refused: Vec<DeadLetter>,
     ) -> impl Future<Output = Result<Pushed, QueueError>> + Send;
 
-    /// Up to `limit` items with an id above `after`, oldest first.
+    /// Up to `limit` items with an id above `after`, oldest first. The queue remembers (durably,
+    /// before answering) that it handed them out, so that after a restart the ones still
+    /// there come back marked `redelivered`.
     fn fetch(
         &self,
         after: u64,

@@ -9,7 +9,11 @@
 //! Tables: `events` (waiting items; `AUTOINCREMENT` so an id is never reused and a reader's
 //! cursor never skips a new item), `dead_letters` (one dead-letter record per row) and
 //! `message_ids` (the senders' `messageId`s accepted within the deduplication window, so a batch
-//! sent again is not queued twice, across restarts too; older ones are forgotten as pushes come).
+//! sent again is not queued twice, across restarts too; older ones are forgotten as pushes come)
+//! and `entity_times` (the event time of the last change applied per entity, bounded to
+//! [`ENTITY_CAPACITY`] by forgetting the least recently changed; see
+//! [`crate::deliver::order`]), and `marks` (the highest item id handed out for delivery, so
+//! that the items a stopped process may have begun are known as redelivered at the next start).
 //!
 //! Storage faults: a database whose pages are damaged is refused at open (SQLite's quick check),
 //! since it would take events and never give them back. When a write fails (disk full, read-only
@@ -20,6 +24,7 @@
 
 use super::{Item, NewItem, Pushed, Queue, QueueError};
 use crate::deliver::DeadLetter;
+use crate::deliver::order::{EntityChange, EntityClock, MemoryClock};
 use crate::event::Event;
 use crate::sync::lock;
 use crate::time::unix_millis_now;
@@ -62,7 +67,29 @@ CREATE TABLE IF NOT EXISTS message_ids (
     accepted_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS message_ids_by_age ON message_ids (accepted_at);
+CREATE TABLE IF NOT EXISTS entity_times (
+    entity TEXT PRIMARY KEY,
+    at INTEGER NOT NULL,
+    touched INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entity_times_by_touch ON entity_times (touched);
+CREATE TABLE IF NOT EXISTS marks (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
+
+/// The mark of the highest item id handed out for delivery.
+const HANDED_OUT: &str = "handed_out";
+
+/// Entities whose last change time is kept on disk at most (the least recently changed go).
+pub const ENTITY_CAPACITY: usize = 1_000_000;
+
+/// Entities whose last change time is also kept in memory.
+const ENTITY_MEMORY: usize = 100_000;
+
+/// Entity times recorded between two trims of the table to [`ENTITY_CAPACITY`].
+const TRIM_EVERY: u64 = 4096;
 
 /// Opens (creating) the database of `data_dir` with the settings every connection needs.
 fn open_connection(data_dir: &Path) -> Result<Connection, QueueError> {
@@ -80,6 +107,17 @@ fn open_connection(data_dir: &Path) -> Result<Connection, QueueError> {
     // FULL: a commit is on disk before the ingest API answers, even across a power cut.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.execute_batch(SCHEMA)?;
+    // `force` came after the first release: add it to an older database.
+    let has_force = conn
+        .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'force'")?
+        .exists([])?;
+    if !has_force
+        && let Err(e) =
+            conn.execute_batch("ALTER TABLE events ADD COLUMN force INTEGER NOT NULL DEFAULT 0")
+        && !e.to_string().contains("duplicate column")
+    {
+        return Err(e.into());
+    }
     Ok(conn)
 }
 
@@ -96,6 +134,18 @@ enum Command {
     Finish {
         id: u64,
         letters: Vec<DeadLetter>,
+    },
+    /// Items up to `up_to` were handed out for delivery.
+    HandedOut {
+        up_to: u64,
+        done: oneshot::Sender<Result<(), QueueError>>,
+    },
+    /// A change of `entity` at `at` (ms) was applied; with `trim`, the table is cut to
+    /// [`ENTITY_CAPACITY`] first.
+    Applied {
+        entity: String,
+        at: i64,
+        trim: bool,
     },
 }
 
@@ -134,6 +184,27 @@ impl Command {
                 tx.prepare_cached("DELETE FROM events WHERE id = ?1")?
                     .execute(params![*id as i64])?;
             }
+            Command::HandedOut { up_to, .. } => {
+                tx.prepare_cached(
+                    "INSERT INTO marks (name, value) VALUES (?1, ?2) \
+                     ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+                )?
+                .execute(params![HANDED_OUT, *up_to as i64])?;
+            }
+            Command::Applied { entity, at, trim } => {
+                if *trim {
+                    tx.prepare_cached(
+                        "DELETE FROM entity_times WHERE entity IN (SELECT entity FROM entity_times \
+                         ORDER BY touched LIMIT max(0, (SELECT count(*) FROM entity_times) - ?1))",
+                    )?
+                    .execute(params![ENTITY_CAPACITY as i64])?;
+                }
+                tx.prepare_cached(
+                    "INSERT INTO entity_times (entity, at, touched) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (entity) DO UPDATE SET at = max(at, excluded.at), touched = excluded.touched",
+                )?
+                .execute(params![entity, at, unix_millis_now() as i64])?;
+            }
         }
         Ok(())
     }
@@ -142,8 +213,9 @@ impl Command {
         matches!(self, Command::Push { .. })
     }
 
+    /// A settlement: kept and tried again when it cannot be written.
     fn is_finish(&self) -> bool {
-        matches!(self, Command::Finish { .. })
+        matches!(self, Command::Finish { .. } | Command::Applied { .. })
     }
 
     fn reply(self, result: Result<(), QueueError>) {
@@ -154,6 +226,14 @@ impl Command {
                 let _ = done.send(result.map(|()| Pushed {
                     duplicates: duplicates.into_inner(),
                 }));
+            }
+            Command::HandedOut { done, .. } => {
+                let _ = done.send(result);
+            }
+            Command::Applied { entity, .. } => {
+                if let Err(e) = result {
+                    tracing::error!(%entity, error = %e, "cannot record the time of an entity's last change");
+                }
             }
             Command::Finish { id, .. } => {
                 if let Err(e) = result {
@@ -178,6 +258,12 @@ pub struct SqliteQueue {
     write_problem: Arc<Mutex<Option<String>>>,
     /// Held until the queue is closed: only this process delivers from the data directory.
     dir_lock: Mutex<Option<super::lock::DataDirLock>>,
+    /// The entity times recorded or read lately (the table is the whole of them).
+    entity_memory: MemoryClock,
+    /// Entity times recorded, to trim the table now and then.
+    entity_writes: AtomicU64,
+    /// Items up to this id were handed out before this queue was opened.
+    handed_out_before: u64,
 }
 
 impl std::fmt::Debug for SqliteQueue {
@@ -196,6 +282,14 @@ impl SqliteQueue {
         check_integrity(&data_dir.join(DATABASE_FILE))?;
         let mut writer_conn = open_connection(data_dir)?;
         let reader = open_connection(data_dir)?;
+        let handed_out_before = reader
+            .query_row(
+                "SELECT value FROM marks WHERE name = ?1",
+                params![HANDED_OUT],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .map_or(0, |v| v as u64);
         let added = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel::<Command>();
         let notify = added.clone();
@@ -214,6 +308,9 @@ impl SqliteQueue {
             dedupe_window: DEFAULT_DEDUPE_WINDOW,
             write_problem,
             dir_lock: Mutex::new(Some(dir_lock)),
+            entity_memory: MemoryClock::new(ENTITY_MEMORY),
+            entity_writes: AtomicU64::new(0),
+            handed_out_before,
         })
     }
 
@@ -270,9 +367,15 @@ impl Drop for SqliteQueue {
 fn insert_item(conn: &Connection, item: &NewItem, accepted_ms: u64) -> rusqlite::Result<()> {
     let body = serde_json::to_string(&item.event).unwrap_or_default();
     conn.prepare_cached(
-        "INSERT INTO events (partition, only_action, accepted_at, body) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO events (partition, only_action, accepted_at, body, force) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![item.partition, item.only, accepted_ms as i64, body])?;
+    .execute(params![
+        item.partition,
+        item.only,
+        accepted_ms as i64,
+        body,
+        item.force
+    ])?;
     Ok(())
 }
 
@@ -480,9 +583,10 @@ impl Queue for SqliteQueue {
     }
 
     async fn fetch(&self, after: u64, limit: usize) -> Result<Vec<Item>, QueueError> {
-        self.read(move |conn| {
+        let before = self.handed_out_before;
+        let items = self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, partition, only_action, accepted_at, body FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+                "SELECT id, partition, only_action, accepted_at, body, force FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![after as i64, limit as i64], |row| {
                 Ok((
@@ -491,11 +595,12 @@ impl Queue for SqliteQueue {
                     row.get::<_, Option<String>>(2)?,
                     row.get::<_, i64>(3)?,
                     row.get::<_, String>(4)?,
+                    row.get::<_, bool>(5)?,
                 ))
             })?;
             let mut items = Vec::new();
             for row in rows {
-                let (id, partition, only, accepted, body) = row?;
+                let (id, partition, only, accepted, body, force) = row?;
                 // A body that does not parse (edited by hand) is kept visible as a string.
                 let event = serde_json::from_str(&body).unwrap_or(Value::String(body));
                 items.push(Item {
@@ -503,12 +608,25 @@ impl Queue for SqliteQueue {
                     event,
                     partition,
                     only,
+                    force,
+                    redelivered: id as u64 <= before,
                     accepted_at_ms: accepted as u64,
                 });
             }
             Ok(items)
         })
-        .await
+        .await?;
+        if let Some(last) = items.last() {
+            let (done, answer) = oneshot::channel();
+            self.send(Command::HandedOut {
+                up_to: last.id,
+                done,
+            })?;
+            answer
+                .await
+                .map_err(|_| QueueError("the queue writer stopped".into()))??;
+        }
+        Ok(items)
     }
 
     fn finish(&self, id: u64, letters: Vec<DeadLetter>) -> Result<(), QueueError> {
@@ -532,6 +650,43 @@ impl Queue for SqliteQueue {
     }
 }
 
+impl EntityClock for SqliteQueue {
+    fn last_applied(&self, entity: &str) -> Option<i64> {
+        if let Some(at) = self.entity_memory.last_applied(entity) {
+            return Some(at);
+        }
+        let at = entity_time(&lock(&self.reader), entity)
+            .inspect_err(
+                |e| tracing::warn!(%entity, error = %e, "cannot read an entity's last change time"),
+            )
+            .ok()
+            .flatten()?;
+        self.entity_memory.applied(entity, at);
+        Some(at)
+    }
+
+    fn applied(&self, entity: &str, at_ms: i64) {
+        self.entity_memory.applied(entity, at_ms);
+        let n = self.entity_writes.fetch_add(1, Ordering::Relaxed) + 1;
+        let command = Command::Applied {
+            entity: entity.to_owned(),
+            at: at_ms,
+            trim: n % TRIM_EVERY == 0,
+        };
+        if let Err(e) = self.send(command) {
+            tracing::error!(%entity, error = %e, "cannot record the time of an entity's last change");
+        }
+    }
+}
+
+/// The time of the last change applied to `entity` in the table.
+fn entity_time(conn: &Connection, entity: &str) -> Result<Option<i64>, QueueError> {
+    Ok(conn
+        .prepare_cached("SELECT at FROM entity_times WHERE entity = ?1")?
+        .query_row(params![entity], |r| r.get::<_, i64>(0))
+        .optional()?)
+}
+
 /// A dead letter of the data directory, with its id there.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct StoredDeadLetter {
@@ -544,6 +699,27 @@ pub struct StoredDeadLetter {
 /// Safe to use while `zdmap serve` runs on the same directory.
 pub struct DeadLetterStore {
     conn: Connection,
+}
+
+/// What a replay did.
+#[derive(Clone, Debug, Default)]
+pub struct Replayed {
+    /// Letters moved back into the queue.
+    pub moved: u64,
+    /// Letters whose change is older than the last one applied to an entity it changes (kept,
+    /// unless forced).
+    pub stale: Vec<StaleLetter>,
+}
+
+/// A dead letter whose change is stale.
+#[derive(Clone, Debug)]
+pub struct StaleLetter {
+    pub id: u64,
+    pub action: String,
+    /// The change (entity and event time) that is older...
+    pub change: EntityChange,
+    /// ...than the last one applied to the entity (ms).
+    pub last_ms: i64,
 }
 
 /// Which dead letters a command applies to.
@@ -596,11 +772,14 @@ impl DeadLetterStore {
     }
 
     /// Moves the selected dead letters back into the queue (each for its failed action only), in
-    /// one transaction. Returns how many were moved.
-    pub fn replay(&mut self, which: &Selection) -> Result<u64, QueueError> {
+    /// one transaction. A letter whose change is stale (an entity it changes had a newer change
+    /// applied since) stays, and is reported, unless `force`: then it is moved, marked to be
+    /// applied anyway.
+    pub fn replay(&mut self, which: &Selection, force: bool) -> Result<Replayed, QueueError> {
         let tx = self.conn.transaction()?;
         let ids = selected_ids(&tx, which)?;
         let accepted = unix_millis_now();
+        let mut replayed = Replayed::default();
         for id in &ids {
             let record: Option<String> = tx
                 .query_row(
@@ -611,7 +790,28 @@ impl DeadLetterStore {
                 .optional()?;
             let Some(record) = record else { continue };
             let letter = stored(*id as i64, &record)?.letter;
+            let mut newer = None;
+            for change in &letter.changes {
+                if let Some(last) = entity_time(&tx, &change.entity)?
+                    && last > change.at_ms
+                {
+                    newer = Some((change.clone(), last));
+                    break;
+                }
+            }
+            if let Some((change, last_ms)) = newer {
+                replayed.stale.push(StaleLetter {
+                    id: *id,
+                    action: letter.action.clone(),
+                    change,
+                    last_ms,
+                });
+                if !force {
+                    continue;
+                }
+            }
             let item = NewItem {
+                force,
                 partition: Event::from_value(letter.event.clone())
                     .ok()
                     .and_then(|e| e.partition_key()),
@@ -621,9 +821,10 @@ impl DeadLetterStore {
             };
             insert_item(&tx, &item, accepted)?;
             delete_letter(&tx, *id)?;
+            replayed.moved += 1;
         }
         tx.commit()?;
-        Ok(ids.len() as u64)
+        Ok(replayed)
     }
 
     /// Deletes the selected dead letters. Returns how many were deleted.
@@ -680,6 +881,7 @@ mod tests {
             event: json!({"type": "track", "userId": user, "event": "E", "properties": {"n": n}}),
             partition: Some(user.into()),
             only: None,
+            force: false,
             message_id: None,
         }
     }
@@ -794,7 +996,10 @@ mod tests {
             store.get(letters[0].id).expect("get").map(|l| l.id),
             Some(letters[0].id)
         );
-        assert_eq!(store.replay(&Selection::All).expect("replay"), 1);
+        assert_eq!(
+            store.replay(&Selection::All, false).expect("replay").moved,
+            1
+        );
         assert_eq!(store.count().expect("count"), 0);
         let again = queue.fetch(items[1].id, 10).await.expect("fetch");
         assert_eq!(again.len(), 1, "a replayed letter gets a new, higher id");
@@ -802,5 +1007,65 @@ mod tests {
         assert_eq!(again[0].partition.as_deref(), Some("user:b"));
         assert_eq!(again[0].event, items[1].event);
         assert_eq!(store.purge(&Selection::Ids(vec![999])).expect("purge"), 0);
+    }
+
+    #[tokio::test]
+    async fn items_handed_out_before_a_restart_come_back_redelivered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let queue = SqliteQueue::open(dir.path()).expect("open");
+            let items = (0..3).map(|n| item("a", n)).collect();
+            queue.push(items, vec![]).await.expect("push");
+            let first = queue.fetch(0, 2).await.expect("fetch");
+            assert!(first.iter().all(|i| !i.redelivered), "new in this run");
+            queue.close();
+        }
+        let queue = SqliteQueue::open(dir.path()).expect("reopen");
+        queue.push(vec![item("a", 3)], vec![]).await.expect("push");
+        let items = queue.fetch(0, 10).await.expect("fetch");
+        assert_eq!(
+            items.iter().map(|i| i.redelivered).collect::<Vec<_>>(),
+            [true, true, false, false],
+            "the two handed out before the restart"
+        );
+    }
+
+    #[tokio::test]
+    async fn entity_times_keep_the_latest_and_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let queue = SqliteQueue::open(dir.path()).expect("open");
+            queue.applied("ticket:1", 20);
+            queue.applied("ticket:1", 10);
+            assert_eq!(queue.last_applied("ticket:1"), Some(20));
+            queue.close();
+        }
+        let queue = SqliteQueue::open(dir.path()).expect("reopen");
+        assert_eq!(queue.last_applied("ticket:1"), Some(20));
+        assert_eq!(queue.last_applied("ticket:2"), None);
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_the_force_column_gets_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = Connection::open(dir.path().join(DATABASE_FILE)).expect("create");
+        conn.execute_batch(
+            "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, partition TEXT, \
+             only_action TEXT, accepted_at INTEGER NOT NULL, body TEXT NOT NULL);
+             INSERT INTO events (partition, only_action, accepted_at, body) VALUES ('a', NULL, 1, '{}');",
+        )
+        .expect("an old schema");
+        drop(conn);
+        let queue = SqliteQueue::open(dir.path()).expect("open");
+        let forced = NewItem {
+            force: true,
+            ..item("a", 2)
+        };
+        queue.push(vec![forced], vec![]).await.expect("push");
+        let items = queue.fetch(0, 10).await.expect("fetch");
+        assert_eq!(
+            items.iter().map(|i| i.force).collect::<Vec<_>>(),
+            [false, true]
+        );
     }
 }

@@ -344,6 +344,7 @@ fn accept(mut map: Map<String, Value>, received_at: &str) -> Result<NewItem, Ref
     let message_id = enrich(&mut map, received_at);
     match Event::from_object(map) {
         Ok(event) => Ok(NewItem {
+            force: false,
             partition: event.partition_key(),
             event: event.into_value(),
             only: None,

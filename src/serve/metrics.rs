@@ -274,6 +274,18 @@ pub fn render(metrics: &Metrics, stats: &Stats, queue_depth: Option<u64>, ready:
         "Zendesk requests sent again.",
         snapshot.retries,
     );
+    counter(
+        &mut out,
+        "zdmap_stale_changes_total",
+        "Actions skipped because an entity they change had a newer change applied.",
+        snapshot.stale,
+    );
+    counter(
+        &mut out,
+        "zdmap_writes_confirmed_total",
+        "Writes whose answer was lost, found applied by their check (not sent again).",
+        snapshot.confirmed,
+    );
     histogram(
         &mut out,
         "zdmap_zendesk_request_duration_seconds",
@@ -369,8 +381,14 @@ mod tests {
             keys_waiting: [(WaitReason::MissingRecord, 2)].into_iter().collect(),
             oldest_waiting_seconds: 1.5,
         });
-        let text = render(&metrics, &Stats::new(), Some(2), false);
+        let stats = Stats::new();
+        stats.stale();
+        stats.confirmed();
+        stats.confirmed();
+        let text = render(&metrics, &stats, Some(2), false);
         assert!(text.contains("zdmap_events_accepted_total 3\n"), "{text}");
+        assert!(text.contains("zdmap_stale_changes_total 1\n"), "{text}");
+        assert!(text.contains("zdmap_writes_confirmed_total 2\n"), "{text}");
         assert!(
             text.contains("zdmap_delivery_keys_waiting{reason=\"missing_record\"} 2\n"),
             "{text}"

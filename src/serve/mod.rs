@@ -238,7 +238,7 @@ impl Server {
                 .target()
                 .allows_placeholder_credentials();
         let shared = Arc::new(Shared {
-            executor: RwLock::new(destination.executor.clone()),
+            executor: RwLock::new(Arc::new(destination.executor.with_clock(queue.clone()))),
             health: Health::default(),
             metrics: Metrics::default(),
             stats: destination.stats.clone(),

@@ -141,7 +141,8 @@ async fn fetch<Q: Queue>(
 }
 
 /// A stored item as the scheduler takes it; `None` when it is not an event (then it is
-/// dead-lettered at once).
+/// dead-lettered at once). A redelivered item may have been under way before a restart: its
+/// steps that are not idempotent check whether their write was applied before sending it.
 fn incoming<Q: Queue>(item: &Item, queue: &Q, shared: &Shared) -> Option<Incoming<Ticket>> {
     let event = match Event::from_value(item.event.clone()) {
         Ok(e) => e,
@@ -156,12 +157,19 @@ fn incoming<Q: Queue>(item: &Item, queue: &Q, shared: &Shared) -> Option<Incomin
     let age =
         Duration::from_millis(crate::time::unix_millis_now().saturating_sub(item.accepted_at_ms));
     let now = Instant::now();
+    let mut delivery = shared
+        .executor()
+        .start(&event, item.only.clone().map(|a| vec![a]));
+    if item.redelivered {
+        delivery.resumed();
+    }
+    if item.force {
+        delivery.force();
+    }
     Some(Incoming {
         id: item.id,
         keys: event.ordering_keys(),
-        delivery: shared
-            .executor()
-            .start(&event, item.only.clone().map(|a| vec![a])),
+        delivery,
         since: now.checked_sub(age).unwrap_or(now),
         ticket: (item.id, item.accepted_at_ms),
     })

@@ -87,3 +87,63 @@ pub async fn start(emu: &Emulator, data: &Path, setup: Setup) -> Server {
     };
     Server::start(options, dest).await.expect("server starts")
 }
+
+/// Starts `zdmap serve` as a process and reads its URL from the first line it prints.
+pub fn spawn_serve(
+    emu_url: &str,
+    data: &Path,
+    mappings: &Path,
+    extra: &[&str],
+) -> (std::process::Child, String) {
+    spawn_serve_with(emu_url, data, mappings, extra, |_| {})
+}
+
+/// Like [`spawn_serve`], with the command changed by `adjust` (its environment) before it runs.
+pub fn spawn_serve_with(
+    emu_url: &str,
+    data: &Path,
+    mappings: &Path,
+    extra: &[&str],
+    adjust: impl FnOnce(&mut std::process::Command),
+) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zdmap"));
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-watch",
+            "--set",
+            "requests_per_minute=0",
+            "--write-key",
+            KEY,
+        ])
+        .arg("--zendesk-url")
+        .arg(emu_url)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--mappings")
+        .arg(mappings)
+        .args(extra)
+        .env("ZENDESK_EMAIL", "agent@example.com")
+        .env("ZENDESK_API_TOKEN", "serve-test-token-secret")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    adjust(&mut command);
+    let mut child = command.spawn().expect("spawn zdmap serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut first = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("first line");
+    let url = first
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{first}");
+    (child, url)
+}

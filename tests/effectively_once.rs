@@ -1,0 +1,442 @@
+//! Effectively once and in order, through `zdmap send` and `zdmap serve` against the emulator:
+//! a write whose answer is lost (applied, then a 500 or a dropped connection) is not applied
+//! twice, and an older change (a replayed dead letter) is not applied over a newer one.
+
+#[path = "support/mappings.rs"]
+mod mappings;
+#[path = "support/serving.rs"]
+mod serving;
+
+use serde_json::{Value, json};
+use std::io::Cursor;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+use zdmap::deliver::dispatch::{DispatchOptions, RecordWait};
+use zdmap::deliver::run::{RunReport, run};
+use zdmap::deliver::setup::Destination;
+use zdmap::deliver::{DeadLetter, DeadLetterWriter, EventOutcome, Executor, Turn, Wait};
+use zdmap::emulator::{Emulator, EmulatorOptions, ForcedFault, LostAnswer};
+use zdmap::event::Event;
+use zdmap::queue::DeadLetterStore;
+use zdmap::serve::WorkerOptions;
+
+async fn emulator() -> Emulator {
+    Emulator::start(EmulatorOptions {
+        seed: 7,
+        ..EmulatorOptions::default()
+    })
+    .await
+    .expect("emulator")
+}
+
+/// `zdmap send` of `events` through `executor`; gives the report and the dead letters.
+async fn send(
+    dest: &Destination,
+    executor: Arc<Executor>,
+    events: &[Value],
+) -> (RunReport, Vec<DeadLetter>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("dead.ndjson");
+    let writer = Arc::new(DeadLetterWriter::open(&path).expect("dead letters"));
+    let input: String = events.iter().map(|e| format!("{e}\n")).collect();
+    let report = run(
+        executor,
+        Cursor::new(input.into_bytes()),
+        writer,
+        dest.stats.clone(),
+        DispatchOptions {
+            concurrency: 4,
+            retry_for: Duration::from_secs(60),
+            wait_for_records: RecordWait::AfterInput(Duration::from_secs(2)),
+            ..DispatchOptions::default()
+        },
+    )
+    .await
+    .expect("run");
+    let letters = std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| DeadLetter::parse(&serde_json::from_str(l).expect("json")).expect("a letter"))
+        .collect();
+    (report, letters)
+}
+
+fn at(second: u32) -> String {
+    format!("2026-03-01T10:00:{second:02}Z")
+}
+
+fn identify(user: &str, second: u32, extra: Value) -> Value {
+    let mut traits = json!({"email": format!("{user}@example.com"), "name": user});
+    if let (Some(t), Value::Object(extra)) = (traits.as_object_mut(), extra) {
+        t.extend(extra);
+    }
+    json!({"type": "identify", "userId": user, "messageId": format!("id-{user}-{second}"),
+           "timestamp": at(second), "traits": traits})
+}
+
+fn ticket_update(user: &str, ticket: &str, second: u32, status: &str, comment: &str) -> Value {
+    json!({"type": "track", "event": "Ticket Updated", "userId": user,
+           "messageId": format!("upd-{ticket}-{second}"), "timestamp": at(second),
+           "properties": {"external_id": ticket, "status": status, "comment": comment}})
+}
+
+fn list<'a>(state: &'a Value, what: &str) -> &'a [Value] {
+    state[what].as_array().map_or(&[], Vec::as_slice)
+}
+
+fn ticket<'a>(state: &'a Value, external_id: &str) -> &'a Value {
+    list(state, "tickets")
+        .iter()
+        .find(|t| t["external_id"] == external_id)
+        .expect("the ticket")
+}
+
+fn comments(ticket: &Value) -> Vec<String> {
+    ticket["comments"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .map(|c| c["body"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Users, user events, tickets and comments, in order per user, while 40% of the writes the
+/// emulator applies lose their answer (a 500 or a dropped connection).
+#[tokio::test]
+async fn lost_answers_duplicate_no_user_event_and_no_comment() {
+    let emu = emulator().await;
+    let dest = serving::destination(&emu, Path::new("mappings")).await;
+    emu.configure(|k| {
+        k.lost_answer_rate = 0.4;
+        k.lost_answer = LostAnswer::Either;
+        k.upsert_user_per_window = 1000;
+    });
+    let mut events = Vec::new();
+    for u in 0..12 {
+        let user = format!("u{u}");
+        events.push(identify(&user, 0, json!({})));
+        for n in 0..4 {
+            events.push(json!({"type": "track", "event": "Viewed", "userId": user,
+                "messageId": format!("view-{user}-{n}"), "timestamp": at(1 + n),
+                "properties": {"n": n}}));
+        }
+        let t = format!("t-{user}");
+        events.push(
+            json!({"type": "track", "event": "Ticket Created", "userId": user,
+            "messageId": format!("new-{t}"), "timestamp": at(10),
+            "context": {"traits": {"email": format!("{user}@example.com"), "name": user}},
+            "properties": {"subject": "S", "comment": "opened", "external_id": t}}),
+        );
+        for (n, status) in ["open", "pending", "solved"].iter().enumerate() {
+            events.push(ticket_update(
+                &user,
+                &t,
+                11 + n as u32,
+                status,
+                &format!("c{n}"),
+            ));
+        }
+    }
+    let (report, letters) = send(&dest, dest.executor.clone(), &events).await;
+    assert_eq!(report.dead_letters, 0, "{letters:#?}");
+    let stats = dest.stats.snapshot();
+    assert!(
+        stats.confirmed > 0,
+        "some writes were found applied by their check: {stats:?}"
+    );
+
+    let state = emu.state();
+    assert_eq!(list(&state, "users").len(), 12);
+    let recorded = list(&state, "events");
+    let mut markers: Vec<&str> = recorded
+        .iter()
+        .map(|e| e["properties"]["zdmap_marker"].as_str().expect("a marker"))
+        .collect();
+    markers.sort_unstable();
+    markers.dedup();
+    assert_eq!(recorded.len(), 48, "each user event recorded once");
+    assert_eq!(markers.len(), 48);
+    assert_eq!(
+        list(&state, "tickets").len(),
+        12,
+        "each ticket created once"
+    );
+    for u in 0..12 {
+        let t = ticket(&state, &format!("t-u{u}"));
+        assert_eq!(
+            comments(t),
+            ["opened", "c0", "c1", "c2"],
+            "each comment once: {t}"
+        );
+        assert_eq!(t["status"], "solved");
+    }
+}
+
+/// The shipped track_event without its check: a lost answer dead-letters the event instead of
+/// recording it twice, and the dead letter says why.
+#[tokio::test]
+async fn without_a_check_a_lost_answer_is_dead_lettered_not_repeated() {
+    let (_dir, mappings) = mappings::mappings_copy();
+    let file = mappings.join("track_event.yaml");
+    let text = std::fs::read_to_string(&file).expect("track_event");
+    let check = &text[text.find("    check:\n").expect("the check")..];
+    mappings::edit(&file, check, "");
+    let out = Command::new(env!("CARGO_BIN_EXE_zdmap"))
+        .args(["validate", "--mappings"])
+        .arg(&mappings)
+        .output()
+        .expect("validate runs");
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("track_event.yaml:")
+            && said.contains("is not idempotent")
+            && said.contains("has no `check`"),
+        "{said}"
+    );
+
+    let emu = emulator().await;
+    let dest = serving::destination(&emu, &mappings).await;
+    let (report, _) = send(
+        &dest,
+        dest.executor.clone(),
+        &[identify("u1", 0, json!({}))],
+    )
+    .await;
+    assert_eq!(report.dead_letters, 0);
+    emu.configure(|k| {
+        k.lost_answer_rate = 1.0;
+        k.lost_answer = LostAnswer::Error500;
+    });
+    let track = json!({"type": "track", "event": "Paid", "userId": "u1", "messageId": "p1",
+                       "properties": {"amount": 3}});
+    let (report, letters) = send(&dest, dest.executor.clone(), &[track]).await;
+    assert_eq!(report.dead_letters, 1, "{letters:#?}");
+    assert_eq!(letters[0].action, "track_event");
+    assert_eq!(letters[0].status, Some(500));
+    assert!(
+        letters[0].message.contains("may have been applied"),
+        "{}",
+        letters[0].message
+    );
+    assert_eq!(
+        list(&emu.state(), "events").len(),
+        1,
+        "recorded once, not sent again"
+    );
+}
+
+/// In one `zdmap send` run, a dead letter of an older ticket update that comes after a newer
+/// update is skipped and counted; with --force it is applied.
+#[tokio::test]
+async fn send_skips_a_stale_change_unless_forced() {
+    let emu = emulator().await;
+    let dest = serving::destination(&emu, Path::new("mappings")).await;
+    let created = json!({"type": "track", "event": "Ticket Created", "userId": "u1",
+        "messageId": "new-t1", "timestamp": at(1),
+        "context": {"traits": {"email": "u1@example.com", "name": "One"}},
+        "properties": {"subject": "S", "comment": "opened", "external_id": "t1"}});
+    let older = ticket_update("u1", "t1", 2, "pending", "older");
+    let newer = ticket_update("u1", "t1", 3, "solved", "newer");
+    let letter = DeadLetter::without_response(older, "update_ticket", "update", "HTTP 500");
+    let replayed: Value = serde_json::from_str(&letter.to_line()).expect("a record");
+    let events = [created, newer, replayed.clone()];
+    let (report, letters) = send(&dest, dest.executor.clone(), &events).await;
+    assert_eq!(report.dead_letters, 0, "{letters:#?}");
+    assert_eq!(dest.stats.snapshot().stale, 1);
+    let state = emu.state();
+    let t = ticket(&state, "t1");
+    assert_eq!(t["status"], "solved");
+    assert_eq!(comments(t), ["opened", "newer"]);
+
+    // --force: the stale change is applied over the newer one.
+    let forced = Arc::new(dest.executor.with_force(true));
+    let (report, _) = send(&dest, forced, &[replayed]).await;
+    assert_eq!(report.dead_letters, 0);
+    let state = emu.state();
+    let t = ticket(&state, "t1");
+    assert_eq!(t["status"], "pending");
+    assert_eq!(comments(t), ["opened", "newer", "older"]);
+}
+
+/// `zdmap serve`: an older ticket update and an older membership add fail into the dead
+/// letters; newer events solve the ticket and remove the membership. `zdmap dead-letters
+/// replay` keeps both stale letters and says so (the time of each entity's last change is in
+/// the data directory); `--force` replays one anyway and the server applies it.
+#[tokio::test]
+async fn a_replay_applies_no_older_ticket_update_and_re_adds_no_removed_membership() {
+    let emu = emulator().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut setup = serving::Setup::default();
+    setup.workers = WorkerOptions {
+        retry_for: Duration::from_millis(300),
+        ..setup.workers
+    };
+    let server = serving::start(&emu, data.path(), setup).await;
+    let post = |events: Vec<Value>| {
+        let url = format!("{}/v1/batch", server.url());
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .basic_auth(serving::KEY, Some(""))
+                .json(&json!({"batch": events}))
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(response.status(), 200);
+        }
+    };
+
+    post(vec![
+        identify("u1", 0, json!({})),
+        json!({"type": "group", "groupId": "acme", "userId": "u1", "messageId": "g0",
+               "timestamp": at(0), "traits": {"name": "Acme"}}),
+        json!({"type": "track", "event": "Ticket Created", "userId": "u1", "messageId": "new-t1",
+               "timestamp": at(0), "context": {"traits": {"email": "u1@example.com", "name": "u1"}},
+               "properties": {"subject": "S", "comment": "opened", "external_id": "t1"}}),
+    ])
+    .await;
+    wait_for(&emu, |s| {
+        list(s, "memberships").len() == 1 && list(s, "tickets").len() == 1
+    })
+    .await;
+
+    // Zendesk fails everything: the older changes are dead-lettered.
+    emu.configure(|k| k.fail_rate = 1.0);
+    post(vec![
+        ticket_update("u1", "t1", 10, "pending", "older"),
+        identify("u1", 10, json!({"company": {"id": "acme"}})),
+    ])
+    .await;
+    let store = DeadLetterStore::open(data.path()).expect("dead letters");
+    wait_until(|| store.count().unwrap_or(0) >= 3).await;
+    emu.configure(|k| k.fail_rate = 0.0);
+
+    // Newer changes: the ticket is solved, the user leaves the organization.
+    post(vec![
+        ticket_update("u1", "t1", 20, "solved", "newer"),
+        identify("u1", 20, json!({"company": {"id": "acme", "remove": true}})),
+    ])
+    .await;
+    wait_for(&emu, |s| {
+        list(s, "memberships").is_empty() && ticket(s, "t1")["status"] == "solved"
+    })
+    .await;
+
+    let replay = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_zdmap"))
+            .args(["dead-letters", "replay", "--data-dir"])
+            .arg(data.path())
+            .args(args)
+            .output()
+            .expect("replay runs");
+        assert!(out.status.success(), "{out:?}");
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (stdout, stderr) = replay(&["--all"]);
+    assert!(stderr.contains("0 dead letter(s) moved back"), "{stderr}");
+    assert!(stderr.contains("3 stale dead letter(s) kept"), "{stderr}");
+    assert!(
+        stdout.contains("update_ticket\tstale: ticket:t1 changed at 2026-03-01T10:00:10Z"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("update_organization_membership\tstale: membership:u1/acme"),
+        "{stdout}"
+    );
+    assert_eq!(store.count().expect("count"), 3, "stale letters are kept");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let state = emu.state();
+    assert!(list(&state, "memberships").is_empty(), "not re-added");
+    assert_eq!(ticket(&state, "t1")["status"], "solved");
+    assert_eq!(comments(ticket(&state, "t1")), ["opened", "newer"]);
+
+    // --force on the ticket's letter: the server applies the older update anyway.
+    let id = store
+        .list(0, 10)
+        .expect("list")
+        .into_iter()
+        .find(|l| l.letter.action == "update_ticket")
+        .expect("the ticket's letter")
+        .id;
+    let (stdout, stderr) = replay(&["--force", &id.to_string()]);
+    assert!(stderr.contains("1 dead letter(s) moved back"), "{stderr}");
+    assert!(stdout.contains("replayed anyway (--force)"), "{stdout}");
+    wait_for(&emu, |s| ticket(s, "t1")["status"] == "pending").await;
+    assert_eq!(
+        comments(ticket(&emu.state(), "t1")),
+        ["opened", "newer", "older"]
+    );
+    server.shutdown().await;
+}
+
+async fn wait_for(emu: &Emulator, done: impl Fn(&Value) -> bool) {
+    let state = || emu.state();
+    wait_until(|| done(&state())).await;
+    assert!(done(&state()), "{:#}", state());
+}
+
+async fn wait_until(mut done: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A late retry: an update of a ticket waits to be tried again while another user's newer
+/// update of the same ticket is applied; when it comes back it is stale and skipped.
+#[tokio::test]
+async fn a_late_retry_is_not_applied_over_a_newer_change() {
+    let emu = emulator().await;
+    let dest = serving::destination(&emu, Path::new("mappings")).await;
+    let created = json!({"type": "track", "event": "Ticket Created", "userId": "u1",
+        "messageId": "new-t1", "timestamp": at(1),
+        "context": {"traits": {"email": "u1@example.com", "name": "One"}},
+        "properties": {"subject": "S", "comment": "opened", "external_id": "t1"}});
+    let (report, _) = send(&dest, dest.executor.clone(), &[created]).await;
+    assert_eq!(report.dead_letters, 0);
+
+    emu.configure(|k| {
+        k.forced_faults = vec![
+            ForcedFault::new(429)
+                .on_path("/api/v2/tickets/")
+                .on_method("PUT"),
+        ];
+    });
+    let event = |v: Value| Event::from_value(v).expect("an event");
+    let mut late = dest.executor.start(
+        &event(ticket_update("u1", "t1", 2, "pending", "late")),
+        None,
+    );
+    assert!(matches!(
+        late.advance().await,
+        Turn::Wait(Wait::Retry { .. })
+    ));
+    let mut newer = dest.executor.start(
+        &event(ticket_update("u2", "t1", 3, "solved", "on time")),
+        None,
+    );
+    assert!(matches!(
+        newer.advance().await,
+        Turn::Finished(EventOutcome::Delivered)
+    ));
+    assert!(matches!(
+        late.advance().await,
+        Turn::Finished(EventOutcome::Delivered)
+    ));
+    assert_eq!(dest.stats.snapshot().stale, 1);
+    let state = emu.state();
+    let t = ticket(&state, "t1");
+    assert_eq!(t["status"], "solved");
+    assert_eq!(comments(t), ["opened", "on time"]);
+}
