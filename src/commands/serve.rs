@@ -74,7 +74,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
     pub wait_for_records: Duration,
     /// How long an item of a bulk request waits for others to join it (steps with a `batch`
-    /// form); an idle stream is slowed by at most this much. Bulk requests also go out when full.
+    /// form). Bulk requests also go out when full, and as soon as nothing else runs and no event
+    /// waits to be read, so a quiet stream is not slowed.
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
     pub batch_window: Duration,
     /// Send every request on its own: no bulk requests, no jobs.

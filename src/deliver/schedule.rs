@@ -255,11 +255,17 @@ impl<T> Scheduler<T> {
             return;
         };
         entry.state = State::Queued;
-        entry.behind = true;
         entry.job = Some(job);
         for key in &entry.keys {
             self.busy.remove(key);
         }
+        // The events ahead that came back while it ran may go now; it waits for a change.
+        let keys = entry.keys.clone();
+        self.consider_lines(&keys);
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.behind = true;
+        }
+        self.ready.remove(&id);
     }
 
     /// The held events ahead of an event in its lines: while they wait for their bulk requests,
@@ -706,5 +712,21 @@ mod tests {
         s.finish(1);
         assert_eq!(started(&mut s), ["a2"]);
         assert!(s.held_ahead(2).is_empty());
+    }
+
+    #[test]
+    fn an_event_held_ahead_that_comes_back_while_the_next_runs_goes_when_it_is_behind() {
+        let mut s = Scheduler::new();
+        let now = Instant::now();
+        s.insert(1, vec![key("user:a")], now, "a1");
+        s.insert(2, vec![key("user:a")], now, "a2");
+        assert_eq!(started(&mut s), ["a1"]);
+        s.hold(1, "a1", WaitReason::Batch);
+        assert_eq!(started(&mut s), ["a2"]);
+        // a1's bulk request is answered while a2 runs (its key is busy): a1 waits for it.
+        s.wake(1);
+        assert!(s.start_next().is_none());
+        s.behind(2, "a2");
+        assert_eq!(started(&mut s), ["a1"]);
     }
 }
