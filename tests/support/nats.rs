@@ -18,8 +18,19 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// The `nats-server` binary: on the PATH, else Debian's place for it.
+/// The `nats-server` binary: on the PATH, else Debian's place for it. On a machine without it,
+/// the project's `.ci/install-nats-server` installs Debian's package first (once per process).
 fn nats_server_binary() -> PathBuf {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/install-nats-server");
+        let status = Command::new(&script).status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "{} failed ({status:?}): install Debian's nats-server package",
+            script.display()
+        );
+    });
     let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| {
         std::env::split_paths(&p)
             .map(|d| d.join("nats-server"))
@@ -28,7 +39,7 @@ fn nats_server_binary() -> PathBuf {
     on_path
         .chain([PathBuf::from("/usr/sbin/nats-server")])
         .find(|p| p.is_file())
-        .expect("nats-server is installed (apt-get install nats-server; .ci/run does it)")
+        .expect("nats-server is installed (.ci/install-nats-server)")
 }
 
 /// A JetStream server of its own.
