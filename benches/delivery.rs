@@ -65,7 +65,7 @@ fn main() {
             o.seconds,
             events as f64 / o.seconds,
             o.dead_letters.len(),
-            requests as f64 / 700.0 / 60.0 / 60.0
+            requests as f64 / 700.0 / 60.0
         );
         for (endpoint, statuses) in &o.stats.requests {
             println!("    {endpoint}: {statuses:?}");

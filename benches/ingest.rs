@@ -243,6 +243,7 @@ fn load_run() {
         let options = ServeOptions {
             listen: "127.0.0.1:0".parse().expect("addr"),
             data_dir: data.path().to_path_buf(),
+            nats: None,
             write_keys: WriteKeys::from_args_and_env(&[KEY.to_owned()], None),
             workers: WorkerOptions::default(),
             config: ConfigArgs {

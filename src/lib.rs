@@ -20,7 +20,8 @@
 //! - [`request`]: the rendered HTTP request.
 //! - [`deliver`]: sending plans to Zendesk: the scheduler by entity key, retries, request budget,
 //!   lookups, dead letters.
-//! - [`queue`]: the embedded durable queue behind `zdmap serve`.
+//! - [`queue`]: the durable queue behind `zdmap serve`: embedded (SQLite), or shared by replicas
+//!   (NATS JetStream).
 //! - [`serve`]: the ingest server (Segment's HTTP tracking API).
 //! - [`emulator`]: a stateful in-memory Zendesk for tests and local work.
 //! - [`time`]: timestamps as zdmap writes them; [`sync`]: locks that outlive a panic.

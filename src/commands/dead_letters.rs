@@ -1,8 +1,9 @@
-//! `zdmap dead-letters`: the dead letters of a `zdmap serve` data directory. Safe while the
-//! server runs: a replay moves letters back into its queue, and it delivers them within a second.
+//! `zdmap dead-letters`: the dead letters of a `zdmap serve` data directory, or of its NATS
+//! queue (`--queue nats://...`). Safe while the server runs: a replay moves letters back into
+//! its queue, and it delivers them within a second.
 
-use crate::queue::sqlite::Selection;
-use crate::queue::{DeadLetterStore, QueueError};
+use crate::queue::nats::dead_letters::NatsDeadLetters;
+use crate::queue::{DeadLetterStore, DeadLetters, QueueError, Selection};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,6 +18,11 @@ pub struct DeadLettersArgs {
         global = true
     )]
     pub data_dir: PathBuf,
+    /// The NATS queue of the servers (`nats://HOST:PORT[,HOST:PORT...]`), instead of a data
+    /// directory. Credentials as for `zdmap serve` (ZDMAP_NATS_USER and ZDMAP_NATS_PASSWORD,
+    /// ZDMAP_NATS_TOKEN or ZDMAP_NATS_CREDS).
+    #[arg(long, value_name = "URLS", env = "ZDMAP_QUEUE", global = true)]
+    pub queue: Option<String>,
     #[command(subcommand)]
     pub command: DeadLettersCommand,
 }
@@ -72,7 +78,24 @@ impl Which {
 
 /// Exit 0 on success, 1 on a failure (or an unknown id for `show`).
 pub fn dead_letters(args: &DeadLettersArgs) -> ExitCode {
-    match run(args) {
+    match args.queue.as_deref().filter(|q| !q.trim().is_empty()) {
+        Some(queue) => super::block_on(async {
+            let options = crate::queue::NatsOptions::new(queue);
+            let outcome = match NatsDeadLetters::open(&options).await {
+                Ok(mut store) => run(&mut store, &args.command).await,
+                Err(e) => Err(e),
+            };
+            exit(outcome)
+        }),
+        None => exit(DeadLetterStore::open(&args.data_dir).and_then(|mut store| {
+            futures_util::FutureExt::now_or_never(run(&mut store, &args.command))
+                .unwrap_or_else(|| Err(QueueError("the data directory did not answer".into())))
+        })),
+    }
+}
+
+fn exit(outcome: Result<ExitCode, QueueError>) -> ExitCode {
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -81,11 +104,13 @@ pub fn dead_letters(args: &DeadLettersArgs) -> ExitCode {
     }
 }
 
-fn run(args: &DeadLettersArgs) -> Result<ExitCode, QueueError> {
-    let mut store = DeadLetterStore::open(&args.data_dir)?;
-    match &args.command {
+async fn run<S: DeadLetters>(
+    store: &mut S,
+    command: &DeadLettersCommand,
+) -> Result<ExitCode, QueueError> {
+    match command {
         DeadLettersCommand::List { json, limit } => {
-            let letters = store.list(0, *limit)?;
+            let letters = store.list(0, *limit).await?;
             for l in &letters {
                 if *json {
                     println!("{}", serde_json::to_string(l).unwrap_or_default());
@@ -103,24 +128,24 @@ fn run(args: &DeadLettersArgs) -> Result<ExitCode, QueueError> {
                     );
                 }
             }
-            let total = store.count()?;
+            let total = store.count().await?;
             if !*json {
                 eprintln!(
                     "{} dead letter(s) shown, {total} in {}",
                     letters.len(),
-                    args.data_dir.display()
+                    store.place()
                 );
             }
         }
-        DeadLettersCommand::Show { id } => match store.get(*id)? {
+        DeadLettersCommand::Show { id } => match store.get(*id).await? {
             Some(l) => println!("{}", serde_json::to_string_pretty(&l).unwrap_or_default()),
             None => {
-                eprintln!("no dead letter {id} in {}", args.data_dir.display());
+                eprintln!("no dead letter {id} in {}", store.place());
                 return Ok(ExitCode::from(1));
             }
         },
         DeadLettersCommand::Replay { which, force } => {
-            let replayed = store.replay(&which.selection(), *force)?;
+            let replayed = store.replay(&which.selection(), *force).await?;
             for s in &replayed.stale {
                 let secs = |ms: i64| crate::time::rfc3339_from_unix_secs(ms.div_euclid(1000));
                 println!(
@@ -140,7 +165,7 @@ fn run(args: &DeadLettersArgs) -> Result<ExitCode, QueueError> {
             eprintln!(
                 "{} dead letter(s) moved back to the queue; `zdmap serve` on {} delivers them",
                 replayed.moved,
-                args.data_dir.display()
+                store.place()
             );
             if !replayed.stale.is_empty() && !*force {
                 eprintln!(
@@ -151,7 +176,7 @@ fn run(args: &DeadLettersArgs) -> Result<ExitCode, QueueError> {
             }
         }
         DeadLettersCommand::Purge(which) => {
-            let n = store.purge(&which.selection())?;
+            let n = store.purge(&which.selection()).await?;
             eprintln!("{n} dead letter(s) deleted");
         }
     }

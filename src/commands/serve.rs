@@ -24,7 +24,8 @@ pub struct ServeArgs {
     /// /v1/group, /v1/batch, /v1/import), plus /healthz, /readyz and /metrics.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8088")]
     pub listen: SocketAddr,
-    /// Where the durable queue and the dead letters are kept (created if needed).
+    /// Where the durable queue and the dead letters are kept (created if needed; not used with
+    /// --queue).
     #[arg(
         long,
         value_name = "DIR",
@@ -32,6 +33,27 @@ pub struct ServeArgs {
         env = "ZDMAP_DATA_DIR"
     )]
     pub data_dir: PathBuf,
+    /// Keep the queue, the dead letters and the request budget in NATS JetStream instead of
+    /// the data directory, shared by every replica given the same servers:
+    /// `nats://HOST:PORT[,HOST:PORT...]`. Credentials come from ZDMAP_NATS_USER and
+    /// ZDMAP_NATS_PASSWORD, or ZDMAP_NATS_TOKEN (each also from the file named by the same
+    /// variable with _FILE appended), or a creds file whose path is ZDMAP_NATS_CREDS.
+    #[arg(long, value_name = "URLS", env = "ZDMAP_QUEUE")]
+    pub queue: Option<String>,
+    /// With --queue: copies JetStream keeps of the streams and buckets (1 on a single server,
+    /// 3 on a three-node cluster). Applies when they are created.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub nats_replicas: usize,
+    /// With --queue: partitions of the events stream; each is delivered by one replica at a
+    /// time, so more partitions spread the work more evenly. Fixed by the first replica that
+    /// creates the queue.
+    #[arg(long, value_name = "N", default_value_t = crate::queue::nats::DEFAULT_PARTITIONS)]
+    pub nats_partitions: u32,
+    /// With --queue: how long a replica that stopped (killed, cut off) keeps its partitions
+    /// before the others take them; leases are renewed every fifth of it (at least every
+    /// second). Fixed by the first replica that creates the queue.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub nats_lease: Duration,
     /// A write key senders must give as the HTTP Basic user (repeatable; also
     /// ZDMAP_WRITE_KEYS, comma-separated). Required unless listening on loopback only.
     #[arg(long = "write-key", value_name = "KEY")]
@@ -52,7 +74,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
     pub wait_for_records: Duration,
     /// How long an item of a bulk request waits for others to join it (steps with a `batch`
-    /// form); an idle stream is slowed by at most this much. Bulk requests also go out when full.
+    /// form). Bulk requests also go out when full, and as soon as nothing else runs and no event
+    /// waits to be read, so a quiet stream is not slowed.
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
     pub batch_window: Duration,
     /// Send every request on its own: no bulk requests, no jobs.
@@ -138,6 +161,20 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
     let options = ServeOptions {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
+        nats: match args.queue.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(q) if crate::queue::nats::is_nats(q) => Some(crate::queue::NatsOptions {
+                replicas: args.nats_replicas.max(1),
+                partitions: args.nats_partitions.max(1),
+                lease: args.nats_lease.max(Duration::from_secs(1)),
+                ..crate::queue::NatsOptions::new(q)
+            }),
+            Some(q) => {
+                return cannot_start(&format!(
+                    "--queue {q:?} is not a NATS address like nats://127.0.0.1:4222 (leave it out to keep the queue in --data-dir)"
+                ));
+            }
+        },
         write_keys: WriteKeys::from_args_and_env(
             &args.write_keys,
             std::env::var("ZDMAP_WRITE_KEYS").ok().as_deref(),

@@ -224,7 +224,7 @@ impl Credentials {
 
 /// The variable `name`, else the content of the file `{name}_FILE` names. Errors name the
 /// variable and the file, never the content.
-fn env_or_file(name: &str) -> Result<Option<String>, CredentialsError> {
+pub(crate) fn env_or_file(name: &str) -> Result<Option<String>, CredentialsError> {
     let direct = std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     let Some(path) = std::env::var_os(format!("{name}_FILE")).filter(|p| !p.is_empty()) else {
         return Ok(direct);

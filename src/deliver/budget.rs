@@ -11,10 +11,16 @@
 //!    spread over the time until `ratelimit-reset` (60 s when Zendesk does not say), so a steady
 //!    stream slows down instead of hitting 429. Zero left pauses until the reset.
 //!
+//! 4. **Shared allowance** ([`Budget::share`]): when several processes deliver to the same account
+//!    (`zdmap serve` replicas on a NATS queue), each request also takes a token of their common
+//!    allowance, and a pause is told to the others ([`SharedAllowance`]).
+//!
 //! All waiting uses tokio's clock, so tests can run on paused time.
 
+use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use governor::clock::Clock;
@@ -59,6 +65,14 @@ struct Pacing {
     next_slot: Instant,
 }
 
+/// A request allowance shared with other processes delivering to the same account.
+pub trait SharedAllowance: Send + Sync + std::fmt::Debug {
+    /// Resolves when one more request may be sent by this process.
+    fn take(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// Tells the others to pause until `until` (this process pauses by itself).
+    fn pause_until(&self, until: std::time::SystemTime);
+}
+
 /// A per-minute request budget, pause and pacing shared by all workers of one destination.
 #[derive(Debug)]
 pub struct Budget {
@@ -66,6 +80,7 @@ pub struct Budget {
     requests_per_minute: Option<NonZeroU32>,
     paused_until: Mutex<Option<Instant>>,
     pacing: Mutex<Option<Pacing>>,
+    shared: OnceLock<Arc<dyn SharedAllowance>>,
 }
 
 impl Budget {
@@ -85,7 +100,14 @@ impl Budget {
             requests_per_minute: rpm,
             paused_until: Mutex::new(None),
             pacing: Mutex::new(None),
+            shared: OnceLock::new(),
         }
+    }
+
+    /// From now on every request also takes a token of `allowance`, and pauses are told to it
+    /// (set once; a second call is ignored).
+    pub fn share(&self, allowance: Arc<dyn SharedAllowance>) {
+        let _ = self.shared.set(allowance);
     }
 
     /// No limit, no pause (until one is set).
@@ -117,15 +139,37 @@ impl Budget {
                     continue;
                 }
             }
+            if let Some(shared) = self.shared.get() {
+                shared.take().await;
+                // A pause heard from another process while waiting wins.
+                if self.paused_until().is_some() {
+                    continue;
+                }
+            }
             return;
         }
     }
 
-    /// Pauses every worker until `until` (extends a running pause, never shortens it).
+    /// Pauses every worker until `until` (extends a running pause, never shortens it), and
+    /// the processes sharing the allowance too.
     pub fn pause_until(&self, until: Instant) {
+        if self.pause_here(until)
+            && let Some(shared) = self.shared.get()
+        {
+            let left = until.saturating_duration_since(Instant::now());
+            shared.pause_until(std::time::SystemTime::now() + left);
+        }
+    }
+
+    /// Pauses this process's workers until `until` (a pause another process heard); `true`
+    /// when that extends the pause.
+    pub fn pause_here(&self, until: Instant) -> bool {
         let mut paused = lock(&self.paused_until);
         if paused.is_none_or(|current| current < until) {
             *paused = Some(until);
+            true
+        } else {
+            false
         }
     }
 
@@ -198,7 +242,6 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[tokio::test(start_paused = true)]
     async fn unlimited_never_waits() {

@@ -15,7 +15,10 @@
 //!   minute, with jitter); transient failures are tried for as long as `retry_for` allows since
 //!   the event was accepted;
 //! - credentials refused → the sink decides: stop the run (`send`), or hold every event and try
-//!   again after a pause that grows to a minute (`serve`).
+//!   again after a pause that grows to a minute (`serve`);
+//! - a bulk item or lookup → handed to the [`Batcher`] while the event is held at the front of
+//!   its lines; the next events of its keys may run meanwhile, but only to join its bulk request
+//!   (else they go back behind it); each answer wakes its event.
 //!
 //! No task sleeps while holding a slot: waiting is a timer in the scheduler. Events held are
 //! bounded, so memory stays flat whatever the input: no more input is taken while `max_active`
@@ -56,6 +59,9 @@ pub struct DispatchOptions {
     /// Steps with a bulk form send their requests as items of bulk requests, each waiting at
     /// most this long for more items ([`super::batch`]); `None`: every request goes single.
     pub batch_window: Option<Duration>,
+    /// Also send the items collected as soon as nothing else runs and no input waits (`serve`:
+    /// a quiet stream is not slowed by the window, a busy one fills its bulk requests).
+    pub batch_when_idle: bool,
 }
 
 /// How long a parked event waits for its record.
@@ -78,6 +84,7 @@ impl Default for DispatchOptions {
             max_held: 100_000,
             drain: Duration::from_secs(30),
             batch_window: None,
+            batch_when_idle: false,
         }
     }
 }
@@ -175,8 +182,8 @@ pub async fn dispatch<S: Sink>(
         if draining.is_none() && d.fatal.is_none() {
             d.start_turns();
             // Nothing else can join the items being collected: send them now.
-            if d.input_done
-                && d.running.is_empty()
+            if d.running.is_empty()
+                && (d.input_done || options.batch_when_idle && input.is_empty())
                 && let Some(b) = &mut d.batcher
             {
                 b.send_all();

@@ -14,6 +14,13 @@
 //! on, stops, is tried again, fails (a [`DeadLetter`]) or whether the destination itself is
 //! broken (fatal). Ids that responses already carry are learned into the cache, and the keys
 //! learned are reported so that events waiting for them wake up.
+//!
+//! With batching on ([`Delivery::batching`]), a step whose request has a bulk form is not sent:
+//! the delivery stops with [`Wait::Batch`] and its item, and resumes with the item's answer
+//! ([`Delivery::answer`]), judged like a response to the single request; a lookup with a bulk
+//! form stops with [`Wait::Lookup`] and resumes from the cache. A turn that may only join the
+//! bulk requests of the events ahead of it ([`Delivery::join_only`]) stops with [`Wait::Behind`]
+//! before anything else would be sent.
 
 use crate::config::Config;
 use crate::deliver::cache::{Cached, LookupCache};
@@ -655,7 +662,13 @@ async fn render(
                 return Err(Stop::Wait(Wait::Behind));
             }
             let answer = resolve(
-                executor, plan, action, &step.name, &need, progress, learned, batching,
+                executor,
+                plan,
+                (action, &step.name),
+                &need,
+                progress,
+                learned,
+                batching,
             )
             .await?;
             progress.answers.insert(need, answer);
@@ -912,8 +925,7 @@ fn batch_item(
 async fn resolve(
     executor: &Executor,
     plan: &Plan,
-    action: &str,
-    step: &str,
+    (action, step): (&str, &str),
     need: &LookupNeed,
     progress: &mut ActionProgress,
     learned: &mut Vec<LearnedKey>,

@@ -10,8 +10,13 @@
 //! that "failed" is one atomic step; `zdmap dead-letters` reads and replays them. So does the
 //! time of the last change applied per entity (the queue is an [`EntityClock`]), so that a
 //! replay never applies an older change over a newer one, across restarts too.
+//!
+//! [`NatsQueue`] is the shared backend: NATS JetStream, for several replicas on several
+//! machines ([`nats`]); its dead letters are [`nats::dead_letters::NatsDeadLetters`]. Both
+//! kinds of dead letters are read through [`DeadLetters`].
 
 pub mod lock;
+pub mod nats;
 pub mod sqlite;
 
 use crate::deliver::DeadLetter;
@@ -19,7 +24,10 @@ use crate::deliver::order::EntityClock;
 use serde_json::Value;
 use std::future::Future;
 
-pub use sqlite::{DeadLetterStore, SqliteQueue, StoredDeadLetter};
+pub use nats::{NatsOptions, NatsQueue};
+pub use sqlite::{
+    DeadLetterStore, Replayed, Selection, SqliteQueue, StaleLetter, StoredDeadLetter,
+};
 
 /// An event to store.
 #[derive(Clone, Debug)]
@@ -113,4 +121,45 @@ pub trait Queue: EntityClock + Send + Sync + 'static {
     fn write_problem(&self) -> Option<String> {
         None
     }
+
+    /// Lines this backend adds to `/metrics` (Prometheus text); `depth` is [`Queue::depth`].
+    fn metrics_text(&self, _depth: Option<u64>) -> String {
+        String::new()
+    }
+
+    /// What `/readyz` shows of the backend.
+    fn describe(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
+/// What `zdmap dead-letters` needs from where dead letters are kept.
+pub trait DeadLetters {
+    /// Where they are, for messages (a data directory, a NATS address).
+    fn place(&self) -> String;
+
+    fn count(&mut self) -> impl Future<Output = Result<u64, QueueError>>;
+
+    /// Up to `limit` dead letters with an id above `after`, oldest first.
+    fn list(
+        &mut self,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<StoredDeadLetter>, QueueError>>;
+
+    fn get(
+        &mut self,
+        id: u64,
+    ) -> impl Future<Output = Result<Option<StoredDeadLetter>, QueueError>>;
+
+    /// Moves the selected dead letters back into the queue, each for the action that failed;
+    /// a letter whose change is older than one applied since is kept unless `force`.
+    fn replay(
+        &mut self,
+        which: &Selection,
+        force: bool,
+    ) -> impl Future<Output = Result<Replayed, QueueError>>;
+
+    /// Deletes the selected dead letters. Returns how many were deleted.
+    fn purge(&mut self, which: &Selection) -> impl Future<Output = Result<u64, QueueError>>;
 }

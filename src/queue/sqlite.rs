@@ -22,7 +22,7 @@
 //! probe write when nothing waits) so that, once there is room again, they are not delivered a
 //! second time after a restart. Only if zdmap stops before that are they delivered again.
 
-use super::{Item, NewItem, Pushed, Queue, QueueError};
+use super::{DeadLetters, Item, NewItem, Pushed, Queue, QueueError};
 use crate::deliver::DeadLetter;
 use crate::deliver::order::{EntityChange, EntityClock, MemoryClock};
 use crate::event::Event;
@@ -699,6 +699,7 @@ pub struct StoredDeadLetter {
 /// Safe to use while `zdmap serve` runs on the same directory.
 pub struct DeadLetterStore {
     conn: Connection,
+    data_dir: PathBuf,
 }
 
 /// What a replay did.
@@ -733,6 +734,7 @@ impl DeadLetterStore {
     pub fn open(data_dir: &Path) -> Result<DeadLetterStore, QueueError> {
         Ok(DeadLetterStore {
             conn: open_connection(data_dir)?,
+            data_dir: data_dir.to_path_buf(),
         })
     }
 
@@ -836,6 +838,36 @@ impl DeadLetterStore {
         }
         tx.commit()?;
         Ok(ids.len() as u64)
+    }
+}
+
+impl DeadLetters for DeadLetterStore {
+    fn place(&self) -> String {
+        self.data_dir.display().to_string()
+    }
+
+    async fn count(&mut self) -> Result<u64, QueueError> {
+        DeadLetterStore::count(self)
+    }
+
+    async fn list(
+        &mut self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredDeadLetter>, QueueError> {
+        DeadLetterStore::list(self, after, limit)
+    }
+
+    async fn get(&mut self, id: u64) -> Result<Option<StoredDeadLetter>, QueueError> {
+        DeadLetterStore::get(self, id)
+    }
+
+    async fn replay(&mut self, which: &Selection, force: bool) -> Result<Replayed, QueueError> {
+        DeadLetterStore::replay(self, which, force)
+    }
+
+    async fn purge(&mut self, which: &Selection) -> Result<u64, QueueError> {
+        DeadLetterStore::purge(self, which)
     }
 }
 

@@ -10,8 +10,10 @@
 //! - [`reload`]: swapping in a changed config (SIGHUP, or a file of the mappings changing).
 //! - [`logs`]: how the server logs (text or one JSON object per line).
 //!
-//! [`Server::start`] wires them over a [`SqliteQueue`] in the data directory; [`Server::shutdown`]
-//! stops taking requests, lets workers put down their current event and flushes the queue.
+//! [`Server::start`] wires them over a [`SqliteQueue`] in the data directory, or over a
+//! [`NatsQueue`] shared with other replicas (`--queue nats://...`); [`Server::shutdown`] stops
+//! taking requests, lets workers put down their current event and flushes the queue (on NATS,
+//! hands the replica's partitions over at once).
 
 pub mod body;
 pub mod connections;
@@ -24,7 +26,8 @@ pub mod workers;
 use crate::config::{ConfigArgs, Diagnostics};
 use crate::deliver::setup::{Destination, credential_vars};
 use crate::deliver::{Credentials, CredentialsError, Executor, Stats};
-use crate::queue::{Queue, SqliteQueue};
+use crate::queue::nats::budget::NatsAllowance;
+use crate::queue::{NatsOptions, NatsQueue, Queue, SqliteQueue};
 use crate::time::rfc3339_utc;
 use axum::Router;
 use axum::body::Body;
@@ -37,6 +40,7 @@ use connections::ConnectionLimits;
 use ingest::{Endpoint, Refused, WriteKeys};
 use metrics::{Health, Metrics};
 use serde_json::json;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -52,6 +56,9 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// Where the queue and the dead letters are kept.
     pub data_dir: PathBuf,
+    /// Keep them in NATS JetStream instead, shared with other replicas (the data directory is
+    /// then not used).
+    pub nats: Option<NatsOptions>,
     pub write_keys: WriteKeys,
     pub workers: WorkerOptions,
     /// Where the config was loaded from, to load it again on reload.
@@ -202,11 +209,14 @@ struct App<Q> {
     body_timeout: Duration,
 }
 
+/// Closes the queue on shutdown.
+type Closer = Box<dyn FnOnce() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    queue: Arc<SqliteQueue>,
+    close: Closer,
     stop: watch::Sender<bool>,
     http: tokio::task::JoinHandle<()>,
     workers: tokio::task::JoinHandle<()>,
@@ -226,10 +236,48 @@ impl Server {
         if options.write_keys.is_empty() && !options.listen.ip().is_loopback() {
             return Err(ServeError::NoWriteKey(options.listen));
         }
+        match &options.nats {
+            Some(nats) => {
+                let nats = NatsOptions {
+                    dedupe_window: options.ingest.dedupe_window,
+                    ..nats.clone()
+                };
+                let queue = Arc::new(NatsQueue::open(&nats).await?);
+                NatsAllowance::share(
+                    queue.layout().settings.clone(),
+                    destination.executor.transport().budget(),
+                );
+                let closing = queue.clone();
+                let close: Closer =
+                    Box::new(move || Box::pin(async move { closing.close().await }));
+                let place = format!("NATS {}", crate::queue::nats::shown_list(&nats.servers));
+                Self::start_on(queue, close, place, options, destination).await
+            }
+            None => {
+                let queue = Arc::new(
+                    SqliteQueue::open(&options.data_dir)?
+                        .with_dedupe_window(options.ingest.dedupe_window),
+                );
+                let closing = queue.clone();
+                let close: Closer = Box::new(move || {
+                    Box::pin(async move {
+                        let _ = tokio::task::spawn_blocking(move || closing.close()).await;
+                    })
+                });
+                let place = options.data_dir.display().to_string();
+                Self::start_on(queue, close, place, options, destination).await
+            }
+        }
+    }
+
+    async fn start_on<Q: Queue>(
+        queue: Arc<Q>,
+        close: Closer,
+        place: String,
+        options: ServeOptions,
+        destination: Destination,
+    ) -> Result<Server, ServeError> {
         let cors = cors(&options.ingest.cors_origins)?;
-        let queue = Arc::new(
-            SqliteQueue::open(&options.data_dir)?.with_dedupe_window(options.ingest.dedupe_window),
-        );
         let placeholder_credentials = destination.emulator.is_some()
             || destination
                 .executor
@@ -291,14 +339,14 @@ impl Server {
         let depth = queue.depth().await.unwrap_or(0);
         tracing::info!(
             listen = %addr,
-            data_dir = %options.data_dir.display(),
+            queue = %place,
             queued = depth,
             "zdmap serve started"
         );
         Ok(Server {
             addr,
             shared,
-            queue,
+            close,
             stop,
             http,
             workers,
@@ -342,8 +390,7 @@ impl Server {
             workers.abort();
             let _ = workers.await;
         }
-        let queue = self.queue;
-        let _ = tokio::task::spawn_blocking(move || queue.close()).await;
+        (self.close)().await;
         if let Some(emulator) = self.destination.emulator {
             emulator.shutdown().await;
         }
@@ -585,6 +632,7 @@ async fn readyz<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
             "ready": state.ready(),
             "problems": state,
             "delivery": app.shared.metrics.delivery(),
+            "queue": app.queue.describe(),
         })),
     )
         .into_response()
@@ -593,7 +641,8 @@ async fn readyz<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
 async fn metrics_text<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
     let depth = app.queue.depth().await.ok();
     let ready = health(&app).ready();
-    let text = metrics::render(&app.shared.metrics, &app.shared.stats, depth, ready);
+    let mut text = metrics::render(&app.shared.metrics, &app.shared.stats, depth, ready);
+    text.push_str(&app.queue.metrics_text(depth));
     (
         [(
             header::CONTENT_TYPE,

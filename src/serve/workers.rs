@@ -83,6 +83,7 @@ pub async fn run<Q: Queue>(
         wait_for_records: RecordWait::For(options.wait_for_records),
         drain: options.drain,
         batch_window: options.batch_window,
+        batch_when_idle: true,
         ..DispatchOptions::default()
     };
     let mut sink = QueueSink {

@@ -74,6 +74,7 @@ pub async fn start(emu: &Emulator, data: &Path, setup: Setup) -> Server {
     let options = ServeOptions {
         listen: "127.0.0.1:0".parse().expect("addr"),
         data_dir: data.to_path_buf(),
+        nats: None,
         write_keys: WriteKeys::from_args_and_env(&setup.write_keys, None),
         workers: setup.workers,
         config: ConfigArgs {

@@ -1,0 +1,519 @@
+//! Who delivers which partition: leases in the `zdmap_leases` bucket.
+//!
+//! Every tick (a fifth of the lease time, at most a second) each replica:
+//! 1. writes its heartbeat (`r.<replica>`), which expires with the bucket's max age, so the
+//!    replicas alive are the heartbeats present;
+//! 2. renews each lease it holds (`p.<partition>`), by revision, so a lease that expired and was
+//!    taken by another replica is never overwritten: the replica lets that partition go;
+//! 3. takes free partitions (a create, which fails if another replica got there first) up to its
+//!    fair share, `ceil(partitions / replicas alive)`, and hands back the ones above it, so a
+//!    replica that joins gets some. A partition handed back stops taking events at once and is
+//!    released once its events taken so far are settled, so no two replicas ever hold the same
+//!    key's events.
+//!
+//! A replica taking a partition deletes the previous owner's consumer and starts its own from
+//! the oldest unacknowledged event (a work-queue stream keeps only those): what a dead replica
+//! had taken is delivered again, in order, and a replica that lost its lease without noticing
+//! yet (cut off from NATS) can read no further events of it. A replica killed without a word loses its leases after the lease time; a replica that
+//! shuts down deletes them at once.
+
+use super::{Layout, Local, NatsMetrics, Received, events_subject};
+use crate::sync::lock;
+use async_nats::jetstream::consumer::{self, pull};
+use futures_util::StreamExt as _;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+
+/// A lease held.
+struct Held {
+    revision: u64,
+    /// When the lease was last renewed.
+    renewed: Instant,
+    /// The partition's consumer task; `None` once the partition is being handed back.
+    consumer: Option<(tokio::task::JoinHandle<()>, watch::Sender<bool>)>,
+}
+
+/// The lease keeper of one replica.
+pub(crate) struct Manager {
+    layout: Layout,
+    replica: String,
+    lease: Duration,
+    handover: mpsc::Sender<Received>,
+    local: Arc<Mutex<Local>>,
+    added: Arc<Notify>,
+    metrics: Arc<NatsMetrics>,
+    held: HashMap<u32, Held>,
+}
+
+/// Leases are renewed, and partitions balanced, at least this often.
+const MAX_TICK: Duration = Duration::from_secs(1);
+
+fn lease_key(partition: u32) -> String {
+    format!("p.{partition}")
+}
+
+impl Manager {
+    pub(crate) fn new(
+        layout: Layout,
+        handover: mpsc::Sender<Received>,
+        local: Arc<Mutex<Local>>,
+        added: Arc<Notify>,
+        metrics: Arc<NatsMetrics>,
+    ) -> Manager {
+        let replica = format!(
+            "{}-{}-{:08x}",
+            hostname(),
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let lease = layout.lease();
+        Manager {
+            layout,
+            replica,
+            lease,
+            handover,
+            local,
+            added,
+            metrics,
+            held: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Keeps the leases until `stop`; then deletes them (the others take the partitions at
+    /// their next tick).
+    pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let tick = (self.lease / 5).clamp(Duration::from_millis(100), MAX_TICK);
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !*stop.borrow() {
+            tokio::select! {
+                _ = interval.tick() => self.tick().await,
+                _ = stop.changed() => {}
+            }
+        }
+        self.hand_back_all().await;
+    }
+
+    async fn tick(&mut self) {
+        let heartbeat = format!("r.{}", key_safe(&self.replica));
+        if let Err(e) = self
+            .layout
+            .leases
+            .put(&heartbeat, self.replica.clone().into())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot write this replica's heartbeat to NATS");
+        }
+        self.renew().await;
+        self.restart_stopped_consumers();
+        self.release_settled().await;
+        let Some((alive, leased)) = self.survey().await else {
+            return;
+        };
+        self.metrics
+            .replicas_alive
+            .store(alive as u64, Ordering::Relaxed);
+        let partitions = self.layout.partitions;
+        let share = partitions.div_ceil(alive.max(1) as u32) as usize;
+        let active: Vec<u32> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.consumer.is_some())
+            .map(|(p, _)| *p)
+            .collect();
+        if active.len() > share {
+            let mut extra = active;
+            extra.sort_unstable();
+            for p in extra.into_iter().skip(share) {
+                self.stop_consuming(p);
+                tracing::info!(
+                    partition = p,
+                    "handing a partition to a replica that joined"
+                );
+            }
+            self.release_settled().await;
+        } else if active.len() < share {
+            let mut wanted = share - active.len();
+            // Start at a place of our own, so replicas do not all race for the same partition.
+            let start = super::partition_of(&self.replica, partitions);
+            for i in 0..partitions {
+                if wanted == 0 {
+                    break;
+                }
+                let p = (start + i) % partitions;
+                if leased.contains(&p) || self.held.contains_key(&p) {
+                    continue;
+                }
+                if self.take(p).await {
+                    wanted -= 1;
+                }
+            }
+        }
+        self.metrics
+            .partitions_owned
+            .store(self.held.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Replicas alive and the partitions leased by anyone, from the bucket's keys.
+    async fn survey(&self) -> Option<(usize, HashSet<u32>)> {
+        let keys = match self.layout.leases.keys().await {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the leases from NATS");
+                return None;
+            }
+        };
+        // A key written while the listing runs may come twice: count each once.
+        let keys: HashSet<String> = keys.filter_map(|k| async { k.ok() }).collect().await;
+        let alive = keys.iter().filter(|k| k.starts_with("r.")).count().max(1);
+        let leased = keys
+            .iter()
+            .filter_map(|k| k.strip_prefix("p.")?.parse().ok())
+            .collect();
+        Some((alive, leased))
+    }
+
+    /// Renews every lease held; lets go of those renewed too long ago or taken by another.
+    async fn renew(&mut self) {
+        let partitions: Vec<u32> = self.held.keys().copied().collect();
+        for p in partitions {
+            let Some(held) = self.held.get(&p) else {
+                continue;
+            };
+            let revision = held.revision;
+            let result = self
+                .layout
+                .leases
+                .update(lease_key(p), self.replica.clone().into(), revision)
+                .await;
+            match result {
+                Ok(revision) => {
+                    if let Some(h) = self.held.get_mut(&p) {
+                        h.revision = revision;
+                        h.renewed = Instant::now();
+                    }
+                }
+                Err(e) => {
+                    // Expired (NATS was away longer than the lease): take it again if free.
+                    let regained = self
+                        .layout
+                        .leases
+                        .create(lease_key(p), self.replica.clone().into())
+                        .await;
+                    match regained {
+                        Ok(revision) => {
+                            if let Some(h) = self.held.get_mut(&p) {
+                                h.revision = revision;
+                                h.renewed = Instant::now();
+                            }
+                        }
+                        Err(_) => {
+                            let expired = self
+                                .held
+                                .get(&p)
+                                .is_some_and(|h| h.renewed.elapsed() >= self.lease);
+                            let taken = matches!(
+                                e.kind(),
+                                async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision
+                            );
+                            if expired || taken {
+                                tracing::warn!(partition = p, error = %e, "lost the lease of a partition; another replica delivers it");
+                                self.drop_partition(p);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes a free partition and starts its consumer from the oldest unsettled event.
+    async fn take(&mut self, p: u32) -> bool {
+        let Ok(revision) = self
+            .layout
+            .leases
+            .create(lease_key(p), self.replica.clone().into())
+            .await
+        else {
+            return false;
+        };
+        self.held.insert(
+            p,
+            Held {
+                revision,
+                renewed: Instant::now(),
+                consumer: Some(self.start_consumer(p)),
+            },
+        );
+        self.metrics.lease_changes.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(partition = p, "took a partition");
+        true
+    }
+
+    fn start_consumer(&self, p: u32) -> (tokio::task::JoinHandle<()>, watch::Sender<bool>) {
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(consume(
+            self.layout.clone(),
+            p,
+            self.replica.clone(),
+            self.handover.clone(),
+            self.local.clone(),
+            self.added.clone(),
+            stopped,
+        ));
+        (task, stop)
+    }
+
+    /// A consumer that stopped while its lease is held (another replica held the partition
+    /// for a while, when NATS was away) starts again.
+    fn restart_stopped_consumers(&mut self) {
+        let stopped: Vec<u32> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.consumer.as_ref().is_some_and(|(t, _)| t.is_finished()))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in stopped {
+            let consumer = self.start_consumer(p);
+            if let Some(h) = self.held.get_mut(&p) {
+                h.consumer = Some(consumer);
+            }
+        }
+    }
+
+    /// Stops taking events of `p` (those taken are settled, then the lease is released).
+    fn stop_consuming(&mut self, p: u32) {
+        // The task stops at its next step (not aborted: an event it is handing over is
+        // either handed over or forgotten, never left counted as taken).
+        if let Some(held) = self.held.get_mut(&p)
+            && let Some((_task, stop)) = held.consumer.take()
+        {
+            let _ = stop.send(true);
+        }
+    }
+
+    /// Forgets a partition whose lease is gone.
+    fn drop_partition(&mut self, p: u32) {
+        self.stop_consuming(p);
+        self.held.remove(&p);
+        self.metrics.lease_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Releases the partitions handed back whose events are all settled.
+    async fn release_settled(&mut self) {
+        let done: Vec<(u32, u64)> = {
+            let local = lock(&self.local);
+            self.held
+                .iter()
+                .filter(|(p, h)| {
+                    h.consumer.is_none() && local.unsettled.get(p).is_none_or(HashSet::is_empty)
+                })
+                .map(|(p, h)| (*p, h.revision))
+                .collect()
+        };
+        for (p, revision) in done {
+            let _ = self
+                .layout
+                .leases
+                .delete_expect_revision(lease_key(p), Some(revision))
+                .await;
+            self.held.remove(&p);
+            self.metrics.lease_changes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Shutting down: stops every consumer and deletes the leases and the heartbeat.
+    async fn hand_back_all(&mut self) {
+        let partitions: Vec<u32> = self.held.keys().copied().collect();
+        for p in &partitions {
+            self.stop_consuming(*p);
+        }
+        for (p, held) in std::mem::take(&mut self.held) {
+            let _ = self
+                .layout
+                .leases
+                .delete_expect_revision(lease_key(p), Some(held.revision))
+                .await;
+        }
+        let _ = self
+            .layout
+            .leases
+            .delete(format!("r.{}", key_safe(&self.replica)))
+            .await;
+        self.metrics.partitions_owned.store(0, Ordering::Relaxed);
+        tracing::info!(
+            partitions = partitions.len(),
+            "handed this replica's partitions over"
+        );
+    }
+}
+
+/// Reads a partition's events from the oldest unacknowledged one and hands them to the workers,
+/// until stopped, or until another replica took the partition over (it deletes this replica's
+/// consumer: a replica that lost its lease without noticing yet cannot read on).
+async fn consume(
+    layout: Layout,
+    p: u32,
+    replica: String,
+    handover: mpsc::Sender<Received>,
+    local: Arc<Mutex<Local>>,
+    added: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // One consumer per owner: `p<N>-<replica>`. A work-queue stream takes one consumer per
+    // subject, so the previous owner's is deleted first.
+    let prefix = format!("p{p}-");
+    let name = format!("{prefix}{}", key_safe(&replica));
+    let config = pull::Config {
+        durable_name: Some(name.clone()),
+        filter_subject: events_subject(p),
+        deliver_policy: consumer::DeliverPolicy::All,
+        ack_policy: consumer::AckPolicy::Explicit,
+        // Redelivery to the same consumer is not how events come back (a new consumer is):
+        // an event may wait long for its turn.
+        ack_wait: Duration::from_secs(3600),
+        max_ack_pending: 20_000,
+        ..Default::default()
+    };
+    // Events up to this sequence were handed out by an earlier consumer of the partition.
+    let mut handed_out = 0u64;
+    let consumer = loop {
+        let created = async {
+            let names: Vec<String> = layout
+                .events
+                .consumer_names()
+                .filter_map(|n| async { n.ok() })
+                .collect()
+                .await;
+            for old in names.iter().filter(|n| n.starts_with(&prefix)) {
+                if let Ok(info) = layout.events.consumer_info(old).await {
+                    handed_out = handed_out.max(info.delivered.stream_sequence);
+                }
+                layout
+                    .events
+                    .delete_consumer(old)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            // A new consumer starts at the oldest event left (acknowledged ones are removed).
+            layout
+                .events
+                .create_consumer(config.clone())
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match created.await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "cannot start a partition's consumer; trying again");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    };
+    loop {
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(partition = p, error = %e, "a partition's consumer stopped; trying again");
+                if taken_over(&layout, &name).await {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stop.changed() => return,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                next = messages.next() => next,
+                _ = stop.changed() => return,
+            };
+            let message = match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::debug!(partition = p, error = %e, "reading a partition");
+                    if taken_over(&layout, &name).await {
+                        return;
+                    }
+                    continue;
+                }
+                None => break,
+            };
+            let Ok((sequence, deliveries)) =
+                message.info().map(|i| (i.stream_sequence, i.delivered))
+            else {
+                continue;
+            };
+            let fresh = lock(&local)
+                .unsettled
+                .entry(p)
+                .or_default()
+                .insert(sequence);
+            if !fresh {
+                continue;
+            }
+            let received = Received {
+                partition: p,
+                sequence,
+                message,
+                redelivered: sequence <= handed_out || deliveries > 1,
+            };
+            tokio::select! {
+                sent = handover.send(received) => if sent.is_err() { return },
+                _ = stop.changed() => {
+                    if let Some(set) = lock(&local).unsettled.get_mut(&p) {
+                        set.remove(&sequence);
+                    }
+                    return;
+                }
+            }
+            added.notify_one();
+        }
+    }
+}
+
+/// Whether this replica's consumer was deleted (by a replica that took the partition).
+async fn taken_over(layout: &Layout, name: &str) -> bool {
+    use async_nats::jetstream::context::ConsumerInfoErrorKind;
+    matches!(
+        layout
+            .events
+            .consumer_info(name)
+            .await
+            .map_err(|e| e.kind()),
+        Err(ConsumerInfoErrorKind::NotFound)
+    )
+}
+
+/// A key token: NATS keys take `[-/_=.a-zA-Z0-9]`.
+fn key_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| key_safe(h.trim()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "zdmap".into())
+}

@@ -1,0 +1,785 @@
+//! `zdmap serve` on NATS JetStream, with a real `nats-server` and replicas as processes of the
+//! binary: three replicas share the work and one is killed with `kill -9` (nothing lost, each
+//! user's events in order, no duplicate ticket); their combined request rate stays within one
+//! budget and a 429 seen by one pauses all; `nats-server` restarted during a run loses nothing
+//! accepted; a fourth replica joining takes partitions while delivery goes on in order; dead
+//! letters, duplicate submissions, `/readyz` and `/metrics` on NATS; Zendesk down, refused
+//! credentials and `--retry-for` as on SQLite; NATS credentials from the environment or files;
+//! a replay that keeps a dead letter older than a change another replica applied.
+
+#[path = "support/nats.rs"]
+mod nats;
+
+use nats::{KEY, NatsServer, Replica};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+use zdmap::emulator::{Emulator, EmulatorOptions, ForcedFault};
+
+async fn emulator(latency_ms: u64) -> Emulator {
+    let emu = Emulator::start(EmulatorOptions::default())
+        .await
+        .expect("emulator");
+    emu.configure(|k| {
+        k.latency_ms = latency_ms;
+        k.request_log_size = 200_000;
+    });
+    emu
+}
+
+/// A ticket event: user `u`'s `n`th.
+fn ticket(u: usize, n: usize) -> Value {
+    json!({
+        "type": "track", "event": "Ticket Created", "userId": format!("u-{u}"),
+        "messageId": format!("msg-{u}-{n}"),
+        "context": {"traits": {"email": format!("user{u}@example.com"), "name": format!("User {u}")}},
+        "properties": {"subject": format!("Problem {u}/{n}"), "comment": "It broke.", "external_id": format!("T-{u}-{n}")}
+    })
+}
+
+/// `users` users with `per_user` tickets each, the users interleaved (each user's in order).
+fn tickets(users: usize, per_user: usize) -> Vec<Value> {
+    (0..per_user)
+        .flat_map(|n| (0..users).map(move |u| ticket(u, n)))
+        .collect()
+}
+
+async fn post_batch(url: &str, events: &[Value]) -> u16 {
+    let body = json!({ "batch": events });
+    match reqwest::Client::new()
+        .post(format!("{url}/v1/batch"))
+        .basic_auth(KEY, Some(""))
+        .json(&body)
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// Posts `events` in batches of `size`, each to the next replica in turn; every batch must be
+/// accepted.
+async fn post_all(urls: &[String], events: &[Value], size: usize) {
+    for (i, chunk) in events.chunks(size).enumerate() {
+        let url = &urls[i % urls.len()];
+        assert_eq!(post_batch(url, chunk).await, 200, "batch {i} to {url}");
+    }
+}
+
+fn ticket_count(emu: &Emulator) -> usize {
+    emu.state()["tickets"].as_array().map_or(0, Vec::len)
+}
+
+async fn wait_for(what: &str, limit: Duration, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every ticket once: as many tickets as external ids expected, each there once.
+fn each_ticket_once(emu: &Emulator, expected: usize) {
+    let state = emu.state();
+    let ids: Vec<&str> = state["tickets"]
+        .as_array()
+        .expect("tickets")
+        .iter()
+        .filter_map(|t| t["external_id"].as_str())
+        .collect();
+    let unique: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), expected, "tickets created");
+    assert_eq!(unique.len(), expected, "no duplicate ticket");
+}
+
+/// The ticket creations of the request log, user by user, in the order they reached the
+/// emulator: each user's first creation of ticket `n` comes after that of `n - 1` (a creation
+/// sent again after a crash repeats one already made, which the idempotency key answers).
+fn each_users_tickets_in_order(emu: &Emulator, users: usize, per_user: usize) {
+    let mut seen: HashMap<String, Vec<usize>> = HashMap::new();
+    for entry in emu.requests() {
+        if entry["method"] != "POST" || entry["path"] != "/api/v2/tickets" {
+            continue;
+        }
+        let Some(id) = entry["body"]["ticket"]["external_id"].as_str() else {
+            continue;
+        };
+        let mut parts = id.trim_start_matches("T-").split('-');
+        let (Some(u), Some(n)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let n: usize = n.parse().expect("n");
+        let firsts = seen.entry(u.to_owned()).or_default();
+        if !firsts.contains(&n) {
+            firsts.push(n);
+        }
+    }
+    assert_eq!(seen.len(), users, "every user's tickets were sent");
+    for (u, firsts) in &seen {
+        assert_eq!(
+            firsts,
+            &(0..per_user).collect::<Vec<_>>(),
+            "user {u}'s tickets in order"
+        );
+    }
+}
+
+async fn metrics(url: &str) -> String {
+    match reqwest::get(format!("{url}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+async fn owned(url: &str) -> Option<f64> {
+    metric(&metrics(url).await, "zdmap_nats_partitions_owned")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_share_the_work_and_a_killed_one_loses_nothing() {
+    let server = NatsServer::start();
+    let emu = emulator(10).await;
+    let mut replicas: Vec<Replica> = (0..3)
+        .map(|_| {
+            Replica::start(
+                &server.url(),
+                &emu.url(),
+                &["--set", "requests_per_minute=0"],
+            )
+        })
+        .collect();
+    // Each replica takes its share before the events come.
+    for r in &replicas {
+        let url = r.url.clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while owned(&url).await.unwrap_or(0.0) < 1.0 {
+            assert!(Instant::now() < deadline, "{}", r.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (users, per_user) = (300, 10);
+    let events = tickets(users, per_user);
+    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    post_all(&urls, &events, 100).await;
+
+    wait_for("delivery under way", Duration::from_secs(60), || {
+        ticket_count(&emu) >= 300
+    })
+    .await;
+    replicas[0].kill();
+    assert!(
+        ticket_count(&emu) < events.len(),
+        "the kill came before the end"
+    );
+    wait_for(
+        "every accepted event delivered",
+        Duration::from_secs(120),
+        || ticket_count(&emu) >= events.len(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    each_ticket_once(&emu, events.len());
+    each_users_tickets_in_order(&emu, users, per_user);
+
+    // The two left own every partition between them.
+    let mut total = 0.0;
+    for r in &replicas[1..] {
+        total += owned(&r.url).await.unwrap_or(0.0);
+    }
+    assert_eq!(
+        total,
+        32.0,
+        "{}\n----\n{}",
+        replicas[1].log_text(),
+        replicas[2].log_text()
+    );
+    let survivor = replicas.pop().expect("replica");
+    let log = survivor.stop();
+    assert!(!log.contains("nats-test-token-secret"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_one_request_budget_and_one_pause() {
+    let server = NatsServer::start();
+    let emu = emulator(0).await;
+    // 1200 a minute: a burst of 200, then 20 a second, for all replicas together.
+    let replicas: Vec<Replica> = (0..3)
+        .map(|_| {
+            Replica::start(
+                &server.url(),
+                &emu.url(),
+                &["--set", "requests_per_minute=1200"],
+            )
+        })
+        .collect();
+    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    for url in &urls {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while owned(url).await.unwrap_or(0.0) < 1.0 {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let events = tickets(100, 5);
+    post_all(&urls, &events, 50).await;
+    wait_for("the burst spent", Duration::from_secs(60), || {
+        ticket_count(&emu) >= 250
+    })
+    .await;
+    // One 429 with Retry-After: 3 s reaches one replica; all of them wait.
+    emu.configure(|k| k.forced_faults = vec![ForcedFault::new(429).retry_after(3)]);
+    wait_for("all delivered", Duration::from_secs(90), || {
+        ticket_count(&emu) >= events.len()
+    })
+    .await;
+    each_ticket_once(&emu, events.len());
+
+    let log = emu.requests();
+    let times: Vec<u64> = log
+        .iter()
+        .filter(|e| e["path"].as_str().is_some_and(|p| p.starts_with("/api/")))
+        .filter_map(|e| e["at_ms"].as_u64())
+        .collect();
+    // Any window of W seconds holds at most the burst, W seconds' worth and the tokens the
+    // replicas may hold (a tenth of a second's worth each).
+    for w in [1u64, 3, 5] {
+        let allowed = 200 + 20 * w as usize + 3 * 2;
+        let most = times
+            .iter()
+            .map(|start| {
+                times
+                    .iter()
+                    .filter(|t| **t >= *start && **t < start + w * 1000)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        assert!(
+            most <= allowed,
+            "{most} requests within {w} s (budget allows {allowed})"
+        );
+    }
+    // After the 429, no replica sent anything until the pause was over (what was already on
+    // its way aside).
+    let at_429 = log
+        .iter()
+        .find(|e| e["status"] == 429)
+        .and_then(|e| e["at_ms"].as_u64())
+        .expect("a 429 was answered");
+    let during: Vec<u64> = times
+        .iter()
+        .copied()
+        .filter(|t| *t > at_429 + 500 && *t < at_429 + 2500)
+        .collect();
+    assert!(
+        during.is_empty(),
+        "requests during the pause at {at_429}: {during:?}"
+    );
+    drop(replicas);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nats_server_restart_loses_nothing_accepted() {
+    let mut server = NatsServer::start();
+    let emu = emulator(5).await;
+    let replicas: Vec<Replica> = (0..2)
+        .map(|_| {
+            Replica::start(
+                &server.url(),
+                &emu.url(),
+                &["--set", "requests_per_minute=0"],
+            )
+        })
+        .collect();
+    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    let (users, per_user) = (100, 8);
+    let events = tickets(users, per_user);
+    let (before, after) = events.split_at(events.len() / 2);
+    post_all(&urls, before, 50).await;
+
+    server.stop();
+    // While it is down nothing is accepted (and the sender is told to send again).
+    assert_eq!(post_batch(&urls[0], &after[..10]).await, 503);
+    let readyz = reqwest::get(format!("{}/readyz", urls[0]))
+        .await
+        .expect("readyz");
+    assert_eq!(readyz.status().as_u16(), 503);
+    server.start_again();
+
+    // Senders retry until their batches are accepted.
+    for (i, chunk) in after.chunks(50).enumerate() {
+        let url = &urls[i % urls.len()];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while post_batch(url, chunk).await != 200 {
+            assert!(Instant::now() < deadline, "batch {i} never accepted");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    wait_for(
+        "every accepted event delivered",
+        Duration::from_secs(120),
+        || ticket_count(&emu) >= events.len(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    each_ticket_once(&emu, events.len());
+    each_users_tickets_in_order(&emu, users, per_user);
+    drop(replicas);
+}
+
+/// A lease far longer than the test's waits: partitions change hands only because replicas
+/// hand them over (to one that joins, or when stopping), never because a lease ran out.
+const JOIN_ARGS: &[&str] = &["--set", "requests_per_minute=0", "--nats-lease", "60s"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fourth_replica_joins_and_takes_its_share() {
+    let server = NatsServer::start();
+    let emu = emulator(20).await;
+    let mut replicas: Vec<Replica> = (0..3)
+        .map(|_| Replica::start(&server.url(), &emu.url(), JOIN_ARGS))
+        .collect();
+    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    for url in &urls {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while owned(url).await.unwrap_or(0.0) < 1.0 {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (users, per_user) = (200, 8);
+    let events = tickets(users, per_user);
+    post_all(&urls, &events, 100).await;
+    wait_for("delivery under way", Duration::from_secs(60), || {
+        ticket_count(&emu) >= 200
+    })
+    .await;
+    replicas.push(Replica::start(&server.url(), &emu.url(), JOIN_ARGS));
+    // 32 partitions over four replicas: eight each, once the others handed theirs over.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut counts = BTreeMap::new();
+        for (i, r) in replicas.iter().enumerate() {
+            counts.insert(i, owned(&r.url).await.unwrap_or(0.0));
+        }
+        if counts.values().all(|c| *c == 8.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "partitions: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let changes = metric(
+        &metrics(&replicas[3].url).await,
+        "zdmap_nats_lease_changes_total",
+    );
+    assert!(changes.is_some_and(|c| c >= 8.0), "{changes:?}");
+    wait_for("all delivered", Duration::from_secs(120), || {
+        ticket_count(&emu) >= events.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    each_ticket_once(&emu, events.len());
+    each_users_tickets_in_order(&emu, users, per_user);
+
+    // A graceful stop hands its partitions over at once (not after the lease time, a minute).
+    let leaving = replicas.remove(0);
+    leaving.stop();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut total = 0.0;
+        for r in &replicas {
+            total += owned(&r.url).await.unwrap_or(0.0);
+        }
+        if total == 32.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{total} partitions owned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn zdmap(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_zdmap"))
+        .args(args)
+        .output()
+        .expect("zdmap runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_duplicates_and_health_on_nats() {
+    let server = NatsServer::start();
+    let emu = emulator(0).await;
+    let replica = Replica::start(
+        &server.url(),
+        &emu.url(),
+        &["--set", "requests_per_minute=0", "--wait-for-records", "1s"],
+    );
+    let url = replica.url.clone();
+
+    // /readyz and /metrics speak of NATS.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owned(&url).await != Some(32.0) {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready: Value = reqwest::get(format!("{url}/readyz"))
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["queue"]["backend"], "nats", "{ready}");
+    assert_eq!(ready["queue"]["connected"], true, "{ready}");
+    let text = metrics(&url).await;
+    for name in [
+        "zdmap_nats_partitions",
+        "zdmap_nats_lease_changes_total",
+        "zdmap_nats_stream_lag",
+        "zdmap_nats_replicas_alive",
+    ] {
+        assert!(metric(&text, name).is_some(), "{name}: {text}");
+    }
+
+    // The same batch sent twice: its messageIds are dropped the second time.
+    let batch: Vec<Value> = (0..5).map(|n| ticket(1, n)).collect();
+    assert_eq!(post_batch(&url, &batch).await, 200);
+    assert_eq!(post_batch(&url, &batch).await, 200);
+    wait_for("the tickets", Duration::from_secs(30), || {
+        ticket_count(&emu) >= 5
+    })
+    .await;
+    let text = metrics(&url).await;
+    assert_eq!(
+        metric(&text, "zdmap_events_duplicate_total"),
+        Some(5.0),
+        "{text}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    each_ticket_once(&emu, 5);
+
+    // Dead letters: kept in JetStream, listed, shown, replayed and purged from another process.
+    let unknown = |user: &str| json!({"type": "track", "userId": user, "event": "Signed In"});
+    assert_eq!(
+        post_batch(&url, &[unknown("nobody"), unknown("nobody-2")]).await,
+        200
+    );
+    let queue = server.url();
+    let list = || {
+        let out = zdmap(&["dead-letters", "--queue", &queue, "list", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut letters = list();
+    while letters.len() < 2 {
+        assert!(Instant::now() < deadline, "{letters:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        letters = list();
+    }
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    // Different users, different partitions: in the order they failed.
+    letters.sort_by_key(|l| l["event"]["userId"].as_str().map(str::to_owned));
+    assert_eq!(letters[0]["dead_letter"]["action"], "track_event");
+    assert_eq!(letters[0]["event"]["userId"], "nobody");
+    let first = letters[0]["id"].as_u64().expect("id").to_string();
+    let second = letters[1]["id"].as_u64().expect("id").to_string();
+    let shown = zdmap(&["dead-letters", "--queue", &queue, "show", &first]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("\"nobody\""));
+    assert_eq!(
+        zdmap(&["dead-letters", "--queue", &queue, "show", "424242"])
+            .status
+            .code(),
+        Some(1)
+    );
+
+    let identify = json!({"type": "identify", "userId": "nobody", "traits": {"email": "nobody@example.com", "name": "No Body"}});
+    assert_eq!(post_batch(&url, &[identify]).await, 200);
+    wait_for("the user exists", Duration::from_secs(30), || {
+        emu.state()["users"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|u| u["email"] == "nobody@example.com"))
+    })
+    .await;
+    let replayed = zdmap(&["dead-letters", "--queue", &queue, "replay", &first]);
+    assert!(replayed.status.success(), "{replayed:?}");
+    wait_for(
+        "the replayed event recorded",
+        Duration::from_secs(30),
+        || {
+            emu.state()["events"]
+                .as_array()
+                .is_some_and(|e| e.len() == 1)
+        },
+    )
+    .await;
+    let purged = zdmap(&["dead-letters", "--queue", &queue, "purge", &second]);
+    assert!(purged.status.success(), "{purged:?}");
+    assert!(list().is_empty());
+    replica.stop();
+}
+
+async fn readyz(url: &str) -> (u16, String) {
+    match reqwest::get(format!("{url}/readyz")).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zendesk_down_and_refused_credentials_defer_events_and_retry_for_dead_letters_them() {
+    let server = NatsServer::start();
+    let emu = emulator(0).await;
+    emu.configure(|k| k.fail_rate = 1.0);
+    let replica = Replica::start(
+        &server.url(),
+        &emu.url(),
+        &["--set", "requests_per_minute=0"],
+    );
+    let url = replica.url.clone();
+    let batch: Vec<Value> = (0..10).map(|u| ticket(u, 0)).collect();
+    assert_eq!(post_batch(&url, &batch).await, 200);
+
+    // Zendesk down: the events wait in the stream, none is dead-lettered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = metrics(&url).await;
+        if metric(&text, "zdmap_events_deferred_total").is_some_and(|n| n >= 3.0) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(metric(&text, "zdmap_nats_stream_lag"), Some(10.0), "{text}");
+    assert_eq!(metric(&text, "zdmap_events_dead_lettered_total"), Some(0.0));
+    assert_eq!(ticket_count(&emu), 0);
+    emu.configure(|k| k.fail_rate = 0.0);
+    wait_for("the tickets", Duration::from_secs(30), || {
+        ticket_count(&emu) >= 10
+    })
+    .await;
+
+    // Refused credentials: not ready, the event kept until they work again.
+    emu.configure(|k| k.forced_faults = vec![ForcedFault::new(401).times(4)]);
+    assert_eq!(post_batch(&url, &[ticket(10, 0)]).await, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = readyz(&url).await;
+        if status == 503 {
+            assert!(body.contains("401"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for(
+        "the ticket once the credentials work",
+        Duration::from_secs(30),
+        || ticket_count(&emu) >= 11,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while readyz(&url).await.0 != 200 {
+        assert!(Instant::now() < deadline, "ready again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    each_ticket_once(&emu, 11);
+    replica.stop();
+
+    // --retry-for: past it, an event Zendesk keeps failing is dead-lettered; replayed once
+    // Zendesk is back.
+    emu.configure(|k| k.fail_rate = 1.0);
+    let replica = Replica::start(
+        &server.url(),
+        &emu.url(),
+        &["--set", "requests_per_minute=0", "--retry-for", "1s"],
+    );
+    let three: Vec<Value> = (20..23).map(|u| ticket(u, 0)).collect();
+    assert_eq!(post_batch(&replica.url, &three).await, 200);
+    let queue = server.url();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = zdmap(&["dead-letters", "--queue", &queue, "list", "--json"]);
+        if String::from_utf8_lossy(&out.stdout).lines().count() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    emu.configure(|k| k.fail_rate = 0.0);
+    let replayed = zdmap(&["dead-letters", "--queue", &queue, "replay", "--all"]);
+    assert!(replayed.status.success(), "{replayed:?}");
+    wait_for("the replayed tickets", Duration::from_secs(30), || {
+        ticket_count(&emu) >= 14
+    })
+    .await;
+    each_ticket_once(&emu, 14);
+    replica.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_credentials_come_from_the_environment_or_files_and_stay_out_of_logs() {
+    let token_server = NatsServer::start_with(&["--auth", "nats-s3cret-token"]);
+    let queue = token_server.url();
+    let list = |env: &[(&str, &str)]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_zdmap"))
+            .args(["dead-letters", "--queue", &queue, "list"])
+            .envs(env.iter().copied())
+            .output()
+            .expect("zdmap runs")
+    };
+    let refused = list(&[("ZDMAP_NATS_TOKEN", "wrong-token")]);
+    assert_eq!(refused.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("refused the login"), "{said}");
+    assert!(!said.contains("wrong-token"), "{said}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "nats-s3cret-token\n").expect("write");
+    let token_path = token_file.to_str().expect("utf-8");
+    // Logged in: there is no queue yet to read (the command creates nothing).
+    let out = list(&[("ZDMAP_NATS_TOKEN_FILE", token_path)]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no zdmap queue there"), "{said}");
+    let both = list(&[
+        ("ZDMAP_NATS_TOKEN_FILE", token_path),
+        ("ZDMAP_NATS_TOKEN", "nats-s3cret-token"),
+    ]);
+    assert_eq!(both.status.code(), Some(1), "{both:?}");
+
+    // A replica logs in with a user and password; its logs hold neither.
+    let user_server = NatsServer::start_with(&["--user", "zdmap", "--pass", "nats-pa55word"]);
+    let emu = emulator(0).await;
+    let replica = Replica::start_with_env(
+        &user_server.url(),
+        &emu.url(),
+        &["--set", "requests_per_minute=0"],
+        &[
+            ("ZDMAP_NATS_USER", "zdmap"),
+            ("ZDMAP_NATS_PASSWORD", "nats-pa55word"),
+        ],
+    );
+    assert_eq!(post_batch(&replica.url, &[ticket(1, 0)]).await, 200);
+    wait_for("the ticket", Duration::from_secs(30), || {
+        ticket_count(&emu) == 1
+    })
+    .await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zdmap"))
+        .args(["dead-letters", "--queue", &user_server.url(), "list"])
+        .env("ZDMAP_NATS_USER", "zdmap")
+        .env("ZDMAP_NATS_PASSWORD_FILE", {
+            let path = dir.path().join("password");
+            std::fs::write(&path, "nats-pa55word").expect("write");
+            path
+        })
+        .output()
+        .expect("zdmap runs");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 dead letter(s)"));
+    let log = replica.stop();
+    assert!(!log.contains("nats-pa55word"), "{log}");
+    assert!(
+        log.contains("handed this replica's partitions over"),
+        "{log}"
+    );
+}
+
+/// A ticket update dead-lettered by one replica, a newer update of the same ticket (another
+/// user's, so maybe another replica's): `dead-letters --queue replay` keeps the older one as
+/// stale (the last change times are shared in NATS), `--force` replays it anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_on_nats_applies_no_older_change_unless_forced() {
+    let server = NatsServer::start();
+    let emu = emulator(0).await;
+    let args = ["--set", "requests_per_minute=0", "--retry-for", "1s"];
+    let replicas: Vec<Replica> = (0..2)
+        .map(|_| Replica::start(&server.url(), &emu.url(), &args))
+        .collect();
+    let at = |second: u32| format!("2026-03-01T10:00:{second:02}Z");
+    let update = |user: &str, second: u32, status: &str, comment: &str| {
+        json!({"type": "track", "event": "Ticket Updated", "userId": user,
+               "messageId": format!("upd-{second}"), "timestamp": at(second),
+               "properties": {"external_id": "t1", "status": status, "comment": comment}})
+    };
+    let ticket_t1 = || {
+        emu.state()["tickets"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["external_id"] == "t1").cloned())
+            .unwrap_or(Value::Null)
+    };
+    let created = json!({"type": "track", "event": "Ticket Created", "userId": "u1",
+        "messageId": "new-t1", "timestamp": at(0),
+        "context": {"traits": {"email": "u1@example.com", "name": "u1"}},
+        "properties": {"subject": "S", "comment": "opened", "external_id": "t1"}});
+    assert_eq!(post_batch(&replicas[0].url, &[created]).await, 200);
+    wait_for("the ticket", Duration::from_secs(30), || {
+        ticket_count(&emu) == 1
+    })
+    .await;
+
+    emu.configure(|k| k.fail_rate = 1.0);
+    assert_eq!(
+        post_batch(&replicas[0].url, &[update("u1", 10, "pending", "older")]).await,
+        200
+    );
+    let queue = server.url();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while String::from_utf8_lossy(
+        &zdmap(&["dead-letters", "--queue", &queue, "list", "--json"]).stdout,
+    )
+    .lines()
+    .count()
+        < 1
+    {
+        assert!(Instant::now() < deadline, "the older update dead-lettered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    emu.configure(|k| k.fail_rate = 0.0);
+    assert_eq!(
+        post_batch(&replicas[1].url, &[update("u2", 20, "solved", "newer")]).await,
+        200
+    );
+    wait_for("the newer update", Duration::from_secs(30), || {
+        ticket_t1()["status"] == "solved"
+    })
+    .await;
+    // The newer change's time reaches the bucket right after it is applied.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let replay = |extra: &[&str]| {
+        let out = zdmap(&[&["dead-letters", "--queue", &queue, "replay"], extra].concat());
+        assert!(out.status.success(), "{out:?}");
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (stdout, stderr) = replay(&["--all"]);
+    assert!(stderr.contains("0 dead letter(s) moved back"), "{stderr}");
+    assert!(stderr.contains("1 stale dead letter(s) kept"), "{stderr}");
+    assert!(
+        stdout.contains("update_ticket\tstale: ticket:t1"),
+        "{stdout}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ticket_t1()["status"], "solved");
+
+    let (stdout, stderr) = replay(&["--force", "--all"]);
+    assert!(stderr.contains("1 dead letter(s) moved back"), "{stderr}");
+    assert!(stdout.contains("replayed anyway (--force)"), "{stdout}");
+    wait_for("the forced older update", Duration::from_secs(30), || {
+        ticket_t1()["status"] == "pending"
+    })
+    .await;
+    drop(replicas);
+}

@@ -1,0 +1,236 @@
+//! A real `nats-server` with JetStream for tests (a free loopback port, a temporary store
+//! directory; stopped and started again on the same port and store), and `zdmap serve` replicas
+//! on it as processes of the binary, so that `kill -9` is real.
+#![allow(dead_code)] // each test file uses part of it
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The write key the replicas take.
+pub const KEY: &str = "wk-nats-key";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The `nats-server` binary: on the PATH, else Debian's place for it. On a machine without it,
+/// the project's `.ci/install-nats-server` installs Debian's package first (once per process).
+fn nats_server_binary() -> PathBuf {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/install-nats-server");
+        let status = Command::new(&script).status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "{} failed ({status:?}): install Debian's nats-server package",
+            script.display()
+        );
+    });
+    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("nats-server"))
+            .collect::<Vec<_>>()
+    });
+    on_path
+        .chain([PathBuf::from("/usr/sbin/nats-server")])
+        .find(|p| p.is_file())
+        .expect("nats-server is installed (.ci/install-nats-server)")
+}
+
+/// A JetStream server of its own.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        Self::start_with(&[])
+    }
+
+    /// With more arguments (`--auth TOKEN`, `--user U --pass P`).
+    pub fn start_with(extra: &[&str]) -> NatsServer {
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            store: tempfile::tempdir().expect("store dir"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.run();
+        server
+    }
+
+    fn run(&mut self) {
+        let log = std::fs::File::create(self.store.path().join("nats-server.log")).expect("log");
+        let child = Command::new(nats_server_binary())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it gracefully (SIGTERM), as a restart for an upgrade does.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    pub fn start_again(&mut self) {
+        self.run();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A `zdmap serve` process on the NATS queue.
+pub struct Replica {
+    pub child: Child,
+    pub url: String,
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+    pub log: PathBuf,
+    _data: tempfile::TempDir,
+}
+
+impl Replica {
+    /// Starts a replica on `nats`, delivering to `emu_url`, with `extra` arguments; its log goes
+    /// to a file beside its (unused) data directory.
+    pub fn start(nats: &str, emu_url: &str, extra: &[&str]) -> Replica {
+        Self::start_with_env(nats, emu_url, extra, &[])
+    }
+
+    /// Like [`Replica::start`], with more environment variables.
+    pub fn start_with_env(
+        nats: &str,
+        emu_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Replica {
+        let data = tempfile::tempdir().expect("data dir");
+        let log = data.path().join("serve.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_zdmap"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-watch",
+                "--write-key",
+                KEY,
+                "--mappings",
+                "mappings",
+                "--zendesk-url",
+                emu_url,
+                "--queue",
+                nats,
+            ])
+            .arg("--data-dir")
+            .arg(data.path())
+            // A short lease, so a killed replica's partitions move within seconds.
+            .args(if extra.contains(&"--nats-lease") {
+                &[][..]
+            } else {
+                &["--nats-lease", "2s"][..]
+            })
+            .args(extra)
+            .env("ZENDESK_EMAIL", "agent@example.com")
+            .env("ZENDESK_API_TOKEN", "nats-test-token-secret")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(&log).expect("log")))
+            .spawn()
+            .expect("spawn zdmap serve");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut first = String::new();
+        stdout.read_line(&mut first).expect("first line");
+        let url = first
+            .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "{first}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Replica {
+            child,
+            url,
+            _stdout: stdout,
+            log,
+            _data: data,
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill -9");
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for a graceful exit; returns its log.
+    pub fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().expect("wait");
+        let log = self.log_text();
+        assert_eq!(status.code(), Some(0), "{log}");
+        log
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The path of the mappings shipped with the repository.
+pub fn mappings() -> &'static Path {
+    Path::new("mappings")
+}
