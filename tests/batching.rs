@@ -770,7 +770,7 @@ async fn an_event_behind_a_bulk_request_answered_during_its_turn_does_not_hold_i
     let emu = emulator(true).await;
     let dest = serving::destination(&emu, Path::new("mappings")).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let writer = Arc::new(DeadLetterWriter::open(&dir.path().join("dead.ndjson")).expect("dl"));
+    let writer = Arc::new(DeadLetterWriter::open(dir.path().join("dead.ndjson")).expect("dl"));
     // u1 exists and is cached, so the track's turn needs no lookup.
     let first = identify("u1", "u1@example.com", "free");
     run(
