@@ -343,6 +343,16 @@ struct ActionProgress {
     batch_answer: Option<BatchAnswer>,
 }
 
+impl ActionProgress {
+    /// The outputs of the action's steps so far, for templates (`steps.NAME.OUTPUT`).
+    fn step_outputs(&self) -> Arc<StepOutputs> {
+        Arc::new(StepOutputs {
+            outputs: self.outputs.clone(),
+            symbolic: false,
+        })
+    }
+}
+
 /// Why a write may have been applied although no answer said so.
 #[derive(Debug)]
 enum Uncertain {
@@ -642,10 +652,7 @@ async fn render(
     let action = &config.action(planned).name;
     for _ in 0..=LOOKUP_ROUNDS {
         let lookups = Arc::new(Lookups::new(progress.answers.clone()));
-        let outputs = Arc::new(StepOutputs {
-            outputs: progress.outputs.clone(),
-            symbolic: false,
-        });
+        let outputs = progress.step_outputs();
         let result = config.render_step(plan, planned, step, outputs, lookups.clone());
         let missing = lookups.missing();
         if missing.is_empty() {
@@ -781,10 +788,7 @@ async fn verify(
     let config = &executor.config;
     let action = &config.action(planned).name;
     let lookups = Arc::new(Lookups::new(progress.answers.clone()));
-    let outputs = Arc::new(StepOutputs {
-        outputs: progress.outputs.clone(),
-        symbolic: false,
-    });
+    let outputs = progress.step_outputs();
     let rendered =
         config.render_check(plan, planned, step, progress.sent, outputs, lookups.clone());
     let (request, marker) = match rendered {
@@ -873,15 +877,7 @@ fn batch_item(
     let scope = |answers: &HashMap<LookupNeed, Answer>| {
         let lookups = Arc::new(Lookups::new(answers.clone()));
         let scope = config
-            .step_scope(
-                plan,
-                planned,
-                Arc::new(StepOutputs {
-                    outputs: progress.outputs.clone(),
-                    symbolic: false,
-                }),
-                lookups.clone(),
-            )
+            .step_scope(plan, planned, progress.step_outputs(), lookups.clone())
             .build();
         (scope, lookups)
     };
@@ -1055,10 +1051,7 @@ fn learn(
         .step_scope(
             plan,
             planned,
-            Arc::new(StepOutputs {
-                outputs: progress.outputs.clone(),
-                symbolic: false,
-            }),
+            progress.step_outputs(),
             Arc::new(Lookups::new(progress.answers.clone())),
         )
         .build();

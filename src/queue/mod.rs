@@ -45,6 +45,22 @@ pub struct NewItem {
     pub message_id: Option<String>,
 }
 
+impl NewItem {
+    /// A dead letter sent again: its event, for its failed action only; with `force`, applied
+    /// even where a record it changes had a newer change applied since.
+    pub fn replay(letter: DeadLetter, force: bool) -> NewItem {
+        NewItem {
+            force,
+            partition: crate::event::Event::from_value(letter.event.clone())
+                .ok()
+                .and_then(|e| e.partition_key()),
+            only: Some(letter.action).filter(|a| !a.is_empty()),
+            event: letter.event,
+            message_id: None,
+        }
+    }
+}
+
 /// What a push stored.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pushed {

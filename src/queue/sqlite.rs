@@ -25,7 +25,6 @@
 use super::{DeadLetters, Item, NewItem, Pushed, Queue, QueueError};
 use crate::deliver::DeadLetter;
 use crate::deliver::order::{EntityChange, EntityClock, MemoryClock};
-use crate::event::Event;
 use crate::sync::lock;
 use crate::time::unix_millis_now;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -723,6 +722,22 @@ pub struct StaleLetter {
     pub last_ms: i64,
 }
 
+impl StaleLetter {
+    /// The first change of `letter` older than the last one applied to its entity, if any;
+    /// `lasts` holds those last times, one per change of `letter.changes`.
+    pub fn of(id: u64, letter: &DeadLetter, lasts: &[Option<i64>]) -> Option<StaleLetter> {
+        letter.changes.iter().zip(lasts).find_map(|(change, last)| {
+            last.filter(|&l| l > change.at_ms)
+                .map(|last_ms| StaleLetter {
+                    id,
+                    action: letter.action.clone(),
+                    change: change.clone(),
+                    last_ms,
+                })
+        })
+    }
+}
+
 /// Which dead letters a command applies to.
 #[derive(Clone, Debug)]
 pub enum Selection {
@@ -792,35 +807,16 @@ impl DeadLetterStore {
                 .optional()?;
             let Some(record) = record else { continue };
             let letter = stored(*id as i64, &record)?.letter;
-            let mut newer = None;
-            for change in &letter.changes {
-                if let Some(last) = entity_time(&tx, &change.entity)?
-                    && last > change.at_ms
-                {
-                    newer = Some((change.clone(), last));
-                    break;
-                }
-            }
-            if let Some((change, last_ms)) = newer {
-                replayed.stale.push(StaleLetter {
-                    id: *id,
-                    action: letter.action.clone(),
-                    change,
-                    last_ms,
-                });
+            let lasts = (letter.changes.iter())
+                .map(|c| entity_time(&tx, &c.entity))
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(stale) = StaleLetter::of(*id, &letter, &lasts) {
+                replayed.stale.push(stale);
                 if !force {
                     continue;
                 }
             }
-            let item = NewItem {
-                force,
-                partition: Event::from_value(letter.event.clone())
-                    .ok()
-                    .and_then(|e| e.partition_key()),
-                only: Some(letter.action).filter(|a| !a.is_empty()),
-                event: letter.event,
-                message_id: None,
-            };
+            let item = NewItem::replay(letter, force);
             insert_item(&tx, &item, accepted)?;
             delete_letter(&tx, *id)?;
             replayed.moved += 1;

@@ -5,7 +5,6 @@
 
 use super::{Layout, NatsOptions};
 use crate::deliver::DeadLetter;
-use crate::event::Event;
 use crate::queue::{
     DeadLetters, NewItem, QueueError, Replayed, Selection, StaleLetter, StoredDeadLetter,
 };
@@ -131,36 +130,19 @@ impl DeadLetters for NatsDeadLetters {
                 continue;
             };
             let letter = stored.letter;
-            let mut newer = None;
+            let mut lasts = Vec::with_capacity(letter.changes.len());
             for change in &letter.changes {
-                if let Some(last) =
-                    super::entities::last_applied_in(&self.layout.entities, &change.entity).await
-                    && last > change.at_ms
-                {
-                    newer = Some((change.clone(), last));
-                    break;
-                }
+                lasts.push(
+                    super::entities::last_applied_in(&self.layout.entities, &change.entity).await,
+                );
             }
-            if let Some((change, last_ms)) = newer {
-                replayed.stale.push(StaleLetter {
-                    id: *id,
-                    action: letter.action.clone(),
-                    change,
-                    last_ms,
-                });
+            if let Some(stale) = StaleLetter::of(*id, &letter, &lasts) {
+                replayed.stale.push(stale);
                 if !force {
                     continue;
                 }
             }
-            let item = NewItem {
-                force,
-                partition: Event::from_value(letter.event.clone())
-                    .ok()
-                    .and_then(|e| e.partition_key()),
-                only: Some(letter.action).filter(|a| !a.is_empty()),
-                event: letter.event,
-                message_id: None,
-            };
+            let item = NewItem::replay(letter, force);
             // Stored again first, then deleted: a failure in between replays it twice at worst.
             self.layout.publish_events(vec![item]).await?;
             self.delete(*id).await?;
