@@ -455,15 +455,29 @@ async fn a_job_that_fails_as_a_whole_is_tried_again() {
     assert_eq!(comparable(&state), comparable(&single.state()));
 }
 
+/// Identifies of twelve users, as input lines.
+fn twelve_users() -> String {
+    lines(
+        &(0..12)
+            .map(|u| identify(&format!("u{u}"), &format!("u{u}@example.com"), "pro"))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// `upsert_user.yaml` with bulk requests of two items, so that twelve users need six of them.
+fn two_users_per_request(text: &str) -> String {
+    text.replace(
+        "      items: users\n",
+        "      items: users\n      max_items: 2\n",
+    )
+}
+
 #[tokio::test]
 async fn a_429_on_job_creation_is_waited_out() {
     // Items go 2 per request, so 6 bulk requests go out at once, while Zendesk takes 2 jobs at
     // a time (zdmap allows 30): the others meet 429 TooManyJobs and are tried again.
     let mappings = mappings_with(|name, text| match name {
-        "upsert_user.yaml" => text.replace(
-            "      items: users\n",
-            "      items: users\n      max_items: 2\n",
-        ),
+        "upsert_user.yaml" => two_users_per_request(&text),
         _ => text,
     });
     let emu = emulator(true).await;
@@ -471,11 +485,7 @@ async fn a_429_on_job_creation_is_waited_out() {
         k.job_limit = 2;
         k.job_delay_ms = 300;
     });
-    let input = lines(
-        &(0..12)
-            .map(|u| identify(&format!("u{u}"), &format!("u{u}@example.com"), "pro"))
-            .collect::<Vec<_>>(),
-    );
+    let input = twelve_users();
     let (report, letters) = send(
         &emu,
         mappings.path(),
@@ -501,10 +511,7 @@ async fn no_more_jobs_than_the_limit_are_in_flight() {
     // the events), and items go 2 per request, so many jobs are needed.
     let mappings = mappings_with(|name, text| match name {
         "destination.yaml" => text.replace("  limit: 30", "  limit: 2"),
-        "upsert_user.yaml" => text.replace(
-            "      items: users\n",
-            "      items: users\n      max_items: 2\n",
-        ),
+        "upsert_user.yaml" => two_users_per_request(&text),
         _ => text,
     });
     let emu = emulator(true).await;
@@ -513,11 +520,7 @@ async fn no_more_jobs_than_the_limit_are_in_flight() {
         k.job_limit_status = 422;
         k.job_delay_ms = 100;
     });
-    let input = lines(
-        &(0..12)
-            .map(|u| identify(&format!("u{u}"), &format!("u{u}@example.com"), "pro"))
-            .collect::<Vec<_>>(),
-    );
+    let input = twelve_users();
     let (report, letters) = send(
         &emu,
         mappings.path(),
@@ -542,41 +545,18 @@ async fn no_more_jobs_than_the_limit_are_in_flight() {
     );
 }
 
-/// `zdmap serve` as a child process delivering to `emu`: the child and its URL.
+/// `zdmap serve` as a child process delivering to `emu` with a short batch window: the child
+/// and its URL.
 fn spawn_serve(emu: &Emulator, data: &Path) -> (std::process::Child, String) {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zdmap"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--no-watch"])
-        .args([
-            "--set",
-            "requests_per_minute=0",
-            "--write-key",
-            serving::KEY,
-        ])
-        .args(["--batch-window", "100ms", "--mappings", "mappings"])
-        .arg("--zendesk-url")
-        .arg(emu.url())
-        .arg("--data-dir")
-        .arg(data)
-        .env("ZENDESK_EMAIL", "agent@example.com")
-        .env("ZENDESK_API_TOKEN", "batching-test-token")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn zdmap serve");
-    let mut first = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut first)
-        .expect("first line");
-    let url = first
-        .trim()
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(url.starts_with("http://127.0.0.1:"), "{first}");
-    (child, url)
+    serving::spawn_serve_with(
+        &emu.url(),
+        data,
+        Path::new("mappings"),
+        &["--batch-window", "100ms"],
+        |c| {
+            c.stderr(std::process::Stdio::null());
+        },
+    )
 }
 
 async fn wait_until(what: &str, check: impl Fn() -> bool) {

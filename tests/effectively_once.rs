@@ -82,6 +82,14 @@ fn ticket_update(user: &str, ticket: &str, second: u32, status: &str, comment: &
            "properties": {"external_id": ticket, "status": status, "comment": comment}})
 }
 
+/// User u1 (named `name`) opens ticket t1 at `second`.
+fn t1_created(second: u32, name: &str) -> Value {
+    json!({"type": "track", "event": "Ticket Created", "userId": "u1", "messageId": "new-t1",
+           "timestamp": at(second),
+           "context": {"traits": {"email": "u1@example.com", "name": name}},
+           "properties": {"subject": "S", "comment": "opened", "external_id": "t1"}})
+}
+
 fn list<'a>(state: &'a Value, what: &str) -> &'a [Value] {
     state[what].as_array().map_or(&[], Vec::as_slice)
 }
@@ -237,10 +245,7 @@ async fn without_a_check_a_lost_answer_is_dead_lettered_not_repeated() {
 async fn send_skips_a_stale_change_unless_forced() {
     let emu = emulator().await;
     let dest = serving::destination(&emu, Path::new("mappings")).await;
-    let created = json!({"type": "track", "event": "Ticket Created", "userId": "u1",
-        "messageId": "new-t1", "timestamp": at(1),
-        "context": {"traits": {"email": "u1@example.com", "name": "One"}},
-        "properties": {"subject": "S", "comment": "opened", "external_id": "t1"}});
+    let created = t1_created(1, "One");
     let older = ticket_update("u1", "t1", 2, "pending", "older");
     let newer = ticket_update("u1", "t1", 3, "solved", "newer");
     let letter = DeadLetter::without_response(older, "update_ticket", "update", "HTTP 500");
@@ -296,9 +301,7 @@ async fn a_replay_applies_no_older_ticket_update_and_re_adds_no_removed_membersh
         identify("u1", 0, json!({})),
         json!({"type": "group", "groupId": "acme", "userId": "u1", "messageId": "g0",
                "timestamp": at(0), "traits": {"name": "Acme"}}),
-        json!({"type": "track", "event": "Ticket Created", "userId": "u1", "messageId": "new-t1",
-               "timestamp": at(0), "context": {"traits": {"email": "u1@example.com", "name": "u1"}},
-               "properties": {"subject": "S", "comment": "opened", "external_id": "t1"}}),
+        t1_created(0, "u1"),
     ])
     .await;
     wait_for(&emu, |s| {
@@ -399,10 +402,7 @@ async fn wait_until(mut done: impl FnMut() -> bool) {
 async fn a_late_retry_is_not_applied_over_a_newer_change() {
     let emu = emulator().await;
     let dest = serving::destination(&emu, Path::new("mappings")).await;
-    let created = json!({"type": "track", "event": "Ticket Created", "userId": "u1",
-        "messageId": "new-t1", "timestamp": at(1),
-        "context": {"traits": {"email": "u1@example.com", "name": "One"}},
-        "properties": {"subject": "S", "comment": "opened", "external_id": "t1"}});
+    let created = t1_created(1, "One");
     let (report, _) = send(&dest, dest.executor.clone(), &[created]).await;
     assert_eq!(report.dead_letters, 0);
 

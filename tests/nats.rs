@@ -80,6 +80,26 @@ async fn wait_for(what: &str, limit: Duration, check: impl Fn() -> bool) {
 }
 
 /// Every ticket once: as many tickets as external ids expected, each there once.
+/// Waits until `expected` tickets exist, then checks that each was created once and that each
+/// user's tickets came in order.
+async fn all_delivered_once_in_order(
+    emu: &Emulator,
+    expected: usize,
+    users: usize,
+    per_user: usize,
+) {
+    wait_for(
+        "every accepted event delivered",
+        Duration::from_secs(120),
+        || ticket_count(emu) >= expected,
+    )
+    .await;
+    // Late duplicates, if any, have time to show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    each_ticket_once(emu, expected);
+    each_users_tickets_in_order(emu, users, per_user);
+}
+
 fn each_ticket_once(emu: &Emulator, expected: usize) {
     let state = emu.state();
     let ids: Vec<&str> = state["tickets"]
@@ -177,15 +197,7 @@ async fn three_replicas_share_the_work_and_a_killed_one_loses_nothing() {
         ticket_count(&emu) < events.len(),
         "the kill came before the end"
     );
-    wait_for(
-        "every accepted event delivered",
-        Duration::from_secs(120),
-        || ticket_count(&emu) >= events.len(),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    each_ticket_once(&emu, events.len());
-    each_users_tickets_in_order(&emu, users, per_user);
+    all_delivered_once_in_order(&emu, events.len(), users, per_user).await;
 
     // The two left own every partition between them.
     let mut total = 0.0;
@@ -321,15 +333,7 @@ async fn a_nats_server_restart_loses_nothing_accepted() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    wait_for(
-        "every accepted event delivered",
-        Duration::from_secs(120),
-        || ticket_count(&emu) >= events.len(),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    each_ticket_once(&emu, events.len());
-    each_users_tickets_in_order(&emu, users, per_user);
+    all_delivered_once_in_order(&emu, events.len(), users, per_user).await;
     drop(replicas);
 }
 
@@ -378,13 +382,7 @@ async fn a_fourth_replica_joins_and_takes_its_share() {
         "zdmap_nats_lease_changes_total",
     );
     assert!(changes.is_some_and(|c| c >= 8.0), "{changes:?}");
-    wait_for("all delivered", Duration::from_secs(120), || {
-        ticket_count(&emu) >= events.len()
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    each_ticket_once(&emu, events.len());
-    each_users_tickets_in_order(&emu, users, per_user);
+    all_delivered_once_in_order(&emu, events.len(), users, per_user).await;
 
     // A graceful stop hands its partitions over at once (not after the lease time, a minute).
     let leaving = replicas.remove(0);
