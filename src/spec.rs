@@ -405,6 +405,28 @@ pub struct JobsSpec {
     pub poll_ms: u64,
     #[serde(default = "default_poll_max_ms")]
     pub poll_max_ms: u64,
+    /// How the account's recent jobs are listed. Needed to batch a step that is not
+    /// idempotent: before its `check` reads back a write that may have gone out in a bulk
+    /// request, the jobs still pending are waited out (one of them may carry the write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<JobListSpec>,
+}
+
+/// How the account's recent jobs are listed (`jobs.list`).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobListSpec {
+    /// The request listing the most recent jobs (`GET /api/v2/job_statuses`), one page holding
+    /// every job the destination lists.
+    pub request: RequestSpec,
+    /// JSONPath to the list of jobs in its answer (`$.job_statuses`).
+    pub jobs: String,
+    /// JSONPath to a job's id, within one listed job (`$.id`).
+    pub id: String,
+    /// JSONPath to a job's status, within one listed job (`$.status`).
+    pub status: String,
+    /// Statuses of a job that has not ended yet (`queued`, `working`).
+    pub pending: Vec<String>,
 }
 
 fn default_job_limit() -> usize {

@@ -3,7 +3,9 @@
 //! delivered batched and unbatched end in the same state; an item that fails fails only its
 //! event; failed jobs, a 429 on job creation and the job limit are waited out; with bulk user
 //! imports off, users go one by one; a `zdmap serve` killed during a job delivers again; an
-//! event that ran behind a bulk request answered during its turn holds nobody up.
+//! event that ran behind a bulk request answered during its turn holds nobody up. Ticket
+//! updates (a comment is not idempotent) go in bulk too: after a lost bulk answer or a kill,
+//! the pending jobs are waited out before the markers are read back, so no comment lands twice.
 
 #[path = "support/oas.rs"]
 mod oas;
@@ -23,7 +25,7 @@ use zdmap::emulator::{Emulator, EmulatorOptions};
 
 /// Users, organizations, memberships, tickets and user events of a small realistic mix: each
 /// user's session is identifies (one with a company), tracks, a group call, a ticket created
-/// then updated; the organizations are created first.
+/// then updated twice (two comments); the organizations are created first.
 fn mix(users: usize, sessions: usize) -> String {
     let mut events = Vec::new();
     for o in 0..4 {
@@ -64,6 +66,9 @@ fn mix(users: usize, sessions: usize) -> String {
         events.push(json!({"type": "track", "event": "Ticket Updated", "userId": user,
                            "messageId": format!("tu-{s}"), "context": context,
                            "properties": {"external_id": format!("T-{s}"), "status": "pending", "comment": format!("Reset {s}")}}));
+        events.push(json!({"type": "track", "event": "Ticket Updated", "userId": user,
+                           "messageId": format!("tu2-{s}"), "context": context,
+                           "properties": {"external_id": format!("T-{s}"), "status": "open", "comment": format!("Still locked {s}")}}));
         events.push(
             json!({"type": "track", "event": "Order Shipped", "userId": user,
                            "messageId": format!("ts-{s}"), "context": context,
@@ -262,6 +267,12 @@ async fn batched_and_unbatched_end_in_the_same_state() {
             .is_some_and(|t| t.values().all(|v| v.as_array().map(Vec::len) == Some(1))),
         "one ticket per Ticket Created"
     );
+    assert!(
+        a["tickets"].as_object().is_some_and(|t| t
+            .values()
+            .all(|v| v[0]["comments"].as_array().map(Vec::len) == Some(3))),
+        "each ticket has its first comment and both updates' comments"
+    );
     assert_eq!(a, b);
 
     // The batched run used the bulk endpoints and sent fewer requests.
@@ -287,10 +298,21 @@ async fn batched_and_unbatched_end_in_the_same_state() {
         }
     );
     assert!(batched.requests().len() < single.requests().len());
-    // Organizations are updated in bulk too; ticket updates (a comment is not idempotent) stay
-    // single, each with its marker.
+    // Organizations and tickets are updated in bulk too (each ticket update its own item,
+    // with its marker: two comments stay two, in order).
     assert!(!requests(&batched, "PUT", "/api/v2/organizations/update_many").is_empty());
-    assert!(requests(&batched, "PUT", "/api/v2/tickets/update_many").is_empty());
+    let ticket_updates = requests(&batched, "PUT", "/api/v2/tickets/update_many");
+    assert!(!ticket_updates.is_empty());
+    assert!(
+        ticket_updates
+            .iter()
+            .flat_map(|r| r["body"]["tickets"].as_array().cloned().unwrap_or_default())
+            .all(|t| t["id"].is_u64() && t["metadata"]["zdmap_marker"].is_string())
+    );
+    assert!(
+        ticket_updates.len() < 72,
+        "fewer bulk requests than ticket updates"
+    );
 
     // Every bulk request is what Zendesk's spec says it takes.
     let oracle = oas::Oas::load();
@@ -813,4 +835,162 @@ async fn an_event_behind_a_bulk_request_answered_during_its_turn_does_not_hold_i
         Some(1),
         "the track is recorded once"
     );
+}
+
+/// Tickets `T-0` … `T-{n-1}` of user `u`, created (single requests) before the updates.
+fn tickets_created(n: usize) -> String {
+    let events: Vec<Value> = (0..n)
+        .map(|t| {
+            json!({"type": "track", "event": "Ticket Created", "userId": "u", "messageId": format!("tc-{t}"),
+                   "context": {"traits": {"email": "u@example.com", "name": "U"}},
+                   "properties": {"subject": "S", "comment": "opened", "external_id": format!("T-{t}")}})
+        })
+        .collect();
+    lines(&events)
+}
+
+/// Two updates (two comments) of each of tickets `T-0` … `T-{n-1}`, tagged `tag`.
+fn ticket_updates(n: usize, tag: &str) -> Vec<Value> {
+    (0..2)
+        .flat_map(|k| {
+            (0..n).map(move |t| {
+                json!({"type": "track", "event": "Ticket Updated", "userId": "u",
+                       "messageId": format!("{tag}-{t}-{k}"),
+                       "properties": {"external_id": format!("T-{t}"), "comment": format!("{tag} {k}")}})
+            })
+        })
+        .collect()
+}
+
+/// Each ticket's comments after the first, by external id.
+fn comments_by_ticket(emu: &Emulator) -> BTreeMap<String, Vec<String>> {
+    emu.state()["tickets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let comments = t["comments"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .skip(1)
+                .filter_map(|c| c["body"].as_str().map(str::to_owned))
+                .collect();
+            (
+                t["external_id"].as_str().unwrap_or_default().to_owned(),
+                comments,
+            )
+        })
+        .collect()
+}
+
+fn each_comment_once(n: usize, tag: &str) -> BTreeMap<String, Vec<String>> {
+    (0..n)
+        .map(|t| {
+            (
+                format!("T-{t}"),
+                vec![format!("{tag} 0"), format!("{tag} 1")],
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_to_a_bulk_ticket_update_adds_every_comment_once() {
+    // Every bulk answer is lost (a 500 or a cut connection) while its job waits 1.5 s to run:
+    // a check made at once would find no marker, send the updates again, and then the first
+    // job would add the comments too. The check waits for the pending jobs to end.
+    let emu = emulator(true).await;
+    let (report, _) = send(
+        &emu,
+        Path::new("mappings"),
+        &tickets_created(4),
+        options(None),
+    )
+    .await;
+    assert_eq!(report.dead_letters, 0);
+    emu.configure(|k| {
+        k.job_delay_ms = 1_500;
+        k.lost_answer_rate = 1.0;
+        k.lost_answer = zdmap::emulator::LostAnswer::Either;
+    });
+    let (report, letters) = send(
+        &emu,
+        Path::new("mappings"),
+        &lines(&ticket_updates(4, "lost")),
+        options(Some(Duration::from_millis(200))),
+    )
+    .await;
+    assert!(letters.is_empty(), "{letters:?}");
+    assert_eq!(report.dead_letters, 0);
+    // Any job sent again would end within its delay: wait it out.
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    assert_eq!(comments_by_ticket(&emu), each_comment_once(4, "lost"));
+    let bulk = requests(&emu, "PUT", "/api/v2/tickets/update_many");
+    assert!(!bulk.is_empty());
+    let items: usize = bulk
+        .iter()
+        .map(|r| r["body"]["tickets"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(items, 8, "no update was sent twice");
+    assert!(
+        !requests(&emu, "GET", "/api/v2/job_statuses").is_empty(),
+        "the pending jobs were listed"
+    );
+    assert!(
+        emu.requests()
+            .iter()
+            .any(|r| r["method"] == "GET"
+                && r["path"].as_str().is_some_and(|p| p.ends_with("/audits"))),
+        "each update was read back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serve_killed_during_a_bulk_ticket_update_adds_no_comment_twice() {
+    let emu = emulator(true).await;
+    let (report, _) = send(
+        &emu,
+        Path::new("mappings"),
+        &tickets_created(3),
+        options(None),
+    )
+    .await;
+    assert_eq!(report.dead_letters, 0);
+    emu.configure(|k| k.job_delay_ms = 3_000);
+    let data = tempfile::tempdir().expect("temp dir");
+    let (mut child, url) = spawn_serve(&emu, data.path());
+    let accepted = reqwest::Client::new()
+        .post(format!("{url}/v1/batch"))
+        .basic_auth(serving::KEY, Some(""))
+        .json(&json!({"batch": ticket_updates(3, "kill")}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(accepted.status().as_u16(), 200);
+    let bulk = || requests(&emu, "PUT", "/api/v2/tickets/update_many");
+    wait_until("a bulk ticket update is sent", || !bulk().is_empty()).await;
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+
+    // The job still runs for a while; updates sent from now on apply at once.
+    emu.configure(|k| k.job_delay_ms = 0);
+    let (mut child, _) = spawn_serve(&emu, data.path());
+    wait_until("every comment added", || {
+        comments_by_ticket(&emu)
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+            >= 6
+    })
+    .await;
+    // The first job has ended by now; give anything sent again the time to apply.
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    assert_eq!(comments_by_ticket(&emu), each_comment_once(3, "kill"));
+    assert!(
+        !requests(&emu, "GET", "/api/v2/job_statuses").is_empty(),
+        "the restarted serve listed the pending jobs before checking"
+    );
+    child.kill().expect("kill");
+    let _ = child.wait();
 }

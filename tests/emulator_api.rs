@@ -1861,6 +1861,124 @@ async fn item12_organizations_memberships_and_tickets_in_bulk() {
     assert_eq!(r.status, 400);
 }
 
+/// `GET job_statuses`: pending jobs first, newest first, then ended ones, latest ended first; a
+/// cursor; only the last 100. A bulk ticket update writes each item's `metadata` into its audit
+/// and its comment, as a single update does.
+#[tokio::test]
+async fn item12_job_statuses_are_listed_and_bulk_ticket_updates_keep_their_metadata() {
+    use oas::{Oas, Validated};
+    let spec = Oas::load();
+    let z = Z::start().await;
+    let uid = z.user("req@example.com", "Req").await;
+    let t = z
+        .post(
+            "/api/v2/tickets",
+            json!({"ticket": {"requester_id": uid, "comment": {"body": "opened"}}}),
+        )
+        .await;
+    let tid = t.body["ticket"]["id"].as_u64().expect("ticket id");
+    let bulk = |comment: &str, marker: &str| {
+        json!({"tickets": [{"id": tid, "comment": {"body": comment, "public": true},
+                            "metadata": {"zdmap_marker": marker}}]})
+    };
+    // Two jobs end, then a third is submitted with a long delay.
+    let first = z
+        .put("/api/v2/tickets/update_many", bulk("one", "m-1"))
+        .await;
+    let second = z
+        .put("/api/v2/tickets/update_many", bulk("two", "m-2"))
+        .await;
+    assert_eq!((first.status, second.status), (200, 200));
+    z.emu.advance_clock(Duration::from_millis(10));
+    z.config(json!({"job_delay_ms": 60_000})).await;
+    let third = z
+        .put("/api/v2/tickets/update_many", bulk("three", "m-3"))
+        .await;
+    let ids: Vec<&str> = [&first, &second, &third]
+        .iter()
+        .map(|r| r.body["job_status"]["id"].as_str().expect("job id"))
+        .collect();
+
+    let list = z.get("/api/v2/job_statuses").await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    assert_eq!(
+        spec.validate_response("GET", "/api/v2/job_statuses", 200, &list.body)
+            .expect("valid"),
+        Validated::Valid
+    );
+    let listed: Vec<(&str, &str)> = list.body["job_statuses"]
+        .as_array()
+        .expect("job_statuses")
+        .iter()
+        .map(|j| {
+            (
+                j["id"].as_str().unwrap_or_default(),
+                j["status"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (ids[2], "queued"),
+            (ids[1], "completed"),
+            (ids[0], "completed")
+        ]
+    );
+    assert_eq!(list.body["meta"]["has_more"], false);
+
+    // A page at a time.
+    let page = z.get("/api/v2/job_statuses?page[size]=2").await;
+    assert_eq!(page.body["job_statuses"].as_array().map(Vec::len), Some(2));
+    assert_eq!(page.body["meta"]["has_more"], true);
+    let after = page.body["meta"]["after_cursor"].as_str().expect("cursor");
+    let rest = z
+        .get(&format!(
+            "/api/v2/job_statuses?page[size]=2&page[after]={after}"
+        ))
+        .await;
+    assert_eq!(rest.body["job_statuses"][0]["id"].as_str(), Some(ids[0]));
+    assert_eq!(rest.body["meta"]["has_more"], false);
+    let bad = z.get("/api/v2/job_statuses?page[size]=500").await;
+    assert_eq!(bad.status, 400);
+
+    // The bulk updates' markers are in the audits, their comments on the ticket, in order.
+    z.emu.advance_clock(Duration::from_secs(61));
+    let audits = z.get(&format!("/api/v2/tickets/{tid}/audits")).await;
+    let markers: Vec<&str> = audits.body["audits"]
+        .as_array()
+        .expect("audits")
+        .iter()
+        .filter_map(|a| a["metadata"]["custom"]["zdmap_marker"].as_str())
+        .collect();
+    assert_eq!(markers, ["m-1", "m-2", "m-3"]);
+    let comments = z.get(&format!("/api/v2/tickets/{tid}/comments")).await;
+    let bodies: Vec<&str> = comments.body["comments"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c["body"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(bodies, ["opened", "one", "two", "three"]);
+
+    // Only the last 100 jobs are listed.
+    z.config(json!({"job_delay_ms": 0, "job_limit": 1000}))
+        .await;
+    for _ in 0..101 {
+        z.put(
+            "/api/v2/tickets/update_many",
+            json!({"tickets": [{"id": tid, "status": "open"}]}),
+        )
+        .await;
+    }
+    let list = z.get("/api/v2/job_statuses").await;
+    let listed = list.body["job_statuses"].as_array().expect("list");
+    assert_eq!(listed.len(), 100);
+    assert!(
+        listed
+            .iter()
+            .all(|j| !ids.contains(&j["id"].as_str().unwrap_or_default()))
+    );
+}
+
 #[tokio::test]
 async fn item12_job_limit_failed_jobs_and_bulk_import_off() {
     let z = Z::start().await;

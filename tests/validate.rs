@@ -566,3 +566,67 @@ fn batch_forms_are_checked_with_their_place() {
     );
     let _ = destination;
 }
+
+#[test]
+fn a_write_that_is_not_idempotent_is_batched_only_with_a_check_and_a_job_list() {
+    // The shipped ticket update is not idempotent (a comment appends), has a check reading its
+    // marker back and a bulk form; destination.yaml lists recent jobs: accepted.
+    let (_tmp, dir) = mappings_copy();
+    let update = dir.join("update_ticket.yaml");
+    let shipped = std::fs::read_to_string(&update).expect("read");
+    assert!(
+        shipped.contains("idempotent: false")
+            && shipped.contains("check:")
+            && shipped.contains("path: /api/v2/tickets/update_many")
+    );
+    let (code, out) = validate(&dir, "text");
+    assert_eq!(code, 0, "{out}");
+
+    // Without its check, the bulk form is refused (after a lost bulk answer nothing could
+    // tell whether the comment was added).
+    let (_tmp, dir) = mappings_copy();
+    let update = dir.join("update_ticket.yaml");
+    let text = std::fs::read_to_string(&update).expect("read");
+    let start = text.find("    check:\n").expect("check");
+    let end = text.find("    batch:\n").expect("batch");
+    std::fs::write(&update, format!("{}{}", &text[..start], &text[end..])).expect("write");
+    let (code, out) = validate(&dir, "text");
+    assert_eq!(code, 1, "{out}");
+    let place = format!(
+        "{}:{}:",
+        update.display(),
+        line_of(&update, "path: /api/v2/tickets/update_many")
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with(&place)
+            && l.contains("a step that is not idempotent cannot be batched without a `check`")),
+        "{place}\n{out}"
+    );
+
+    // Without `jobs.list` in destination.yaml, refused too (a pending job could not be waited
+    // for before the check).
+    let (_tmp, dir) = mappings_copy();
+    let update = dir.join("update_ticket.yaml");
+    let destination = dir.join("destination.yaml");
+    let text = std::fs::read_to_string(&destination).expect("read");
+    let start = text.find("  list:\n").expect("list");
+    let end = text[start..]
+        .find("    pending: [queued, working]\n")
+        .expect("pending")
+        + start
+        + "    pending: [queued, working]\n".len();
+    std::fs::write(&destination, format!("{}{}", &text[..start], &text[end..])).expect("write");
+    let (code, out) = validate(&dir, "text");
+    assert_eq!(code, 1, "{out}");
+    let place = format!(
+        "{}:{}:",
+        update.display(),
+        line_of(&update, "path: /api/v2/tickets/update_many")
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&place)
+                && l.contains("says how recent jobs are listed (`list:`)")),
+        "{place}\n{out}"
+    );
+}

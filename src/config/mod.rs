@@ -243,7 +243,7 @@ impl Config {
                 &mut templates,
                 &setting_names,
                 &config.resolvers,
-                config.jobs.is_some(),
+                config.jobs.as_deref(),
                 &mut p,
             ) {
                 config.actions.push(action);
@@ -491,7 +491,7 @@ fn compile_action(
     templates: &mut Templates,
     settings: &[String],
     resolvers: &IndexMap<String, Resolver>,
-    has_jobs: bool,
+    jobs: Option<&JobsForm>,
     p: &mut Problems,
 ) -> Option<Action> {
     if spec.name.is_empty()
@@ -587,7 +587,7 @@ fn compile_action(
             }
         }
         if let Some(bs) = &s.batch {
-            check_batch(s, bs, has_jobs, &at, p);
+            check_batch(s, bs, step.idempotent, jobs, &at, p);
         }
         steps.push(step);
     }
@@ -632,14 +632,26 @@ fn compile_action(
 
 /// A step's bulk form must fit its step: one request per event, no headers (a bulk request
 /// carries none of an item's, so a step that needs them, such as an `Idempotency-Key`, stays
-/// single), a body whose `item` is there, and a way to read the results.
+/// single), a body whose `item` is there, and a way to read the results. A write that is not
+/// idempotent (it has a `check`, see [`Step::compile`]) also needs the destination to list its
+/// recent jobs, so that a job that may carry the write has ended before the check reads it back.
 fn check_batch(
     spec: &crate::spec::StepSpec,
     batch_spec: &crate::spec::BatchSpec,
-    has_jobs: bool,
+    idempotent: bool,
+    jobs: Option<&JobsForm>,
     at: &str,
     p: &mut Problems,
 ) {
+    let has_jobs = jobs.is_some();
+    if !idempotent && spec.check.is_some() && !jobs.is_some_and(JobsForm::can_list) {
+        p.at(
+            &format!("{at}/batch"),
+            "a step that is not idempotent can be batched only when destination.yaml's `jobs:` \
+             says how recent jobs are listed (`list:`): after a bulk request's answer is lost, \
+             its job may still be pending, and the check must wait for it before sending again",
+        );
+    }
     if spec.each.is_some() {
         p.at(
             &format!("{at}/batch"),

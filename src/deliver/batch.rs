@@ -26,7 +26,9 @@
 //! (found, or not found), and each event goes on from there.
 //!
 //! A job still running when the process stops is not remembered: its events were never
-//! settled, so they are delivered again at the next start (the batched steps are upserts).
+//! settled, so they are delivered again at the next start. Upserts are simply sent again; a
+//! step that is not idempotent checks first, once the jobs that may carry its write have
+//! ended ([`super::jobs`]).
 
 use crate::config::Config;
 use crate::deliver::LearnedKey;
@@ -458,7 +460,12 @@ async fn poll(open: &Open, started: &Response) -> Result<Vec<Value>, Disposition
         match transport.attempt(&request, |_| false).await {
             Disposition::Done { response } if response.is_success() => {
                 failures = 0;
-                match jobs.state(&response.body) {
+                let state = jobs.state(&response.body);
+                if state != JobState::Running {
+                    // Nobody checking a write waits for this job any more.
+                    transport.jobs().ended(&id);
+                }
+                match state {
                     JobState::Running => {}
                     JobState::Done(results) => return Ok(results.to_vec()),
                     JobState::Failed(status) => {

@@ -24,6 +24,7 @@
 
 use crate::config::Config;
 use crate::deliver::cache::{Cached, LookupCache};
+use crate::deliver::jobs::{Awaited, Unlisted};
 use crate::deliver::order::{EntityChange, EntityClock, MemoryClock, event_time};
 use crate::deliver::retry::PauseScope;
 use crate::deliver::{DeadLetter, Disposition, Response, RetryPolicy, Transport};
@@ -37,7 +38,7 @@ use indexmap::IndexMap;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What became of one event.
 #[derive(Debug)]
@@ -339,11 +340,22 @@ struct ActionProgress {
     client_retries: u32,
     /// The current request may have been applied already: check before sending it again.
     uncertain: Option<Uncertain>,
+    /// Since when, and the bulk jobs that may carry the write and must end before the check
+    /// decides (steps with a bulk form, see [`crate::deliver::jobs`]).
+    doubt_since: Option<Instant>,
+    awaited: Awaited,
     /// What became of the current request as a bulk item, once known.
     batch_answer: Option<BatchAnswer>,
 }
 
 impl ActionProgress {
+    /// The current request may have been applied: it is checked before it is sent again.
+    fn doubt(&mut self, why: Uncertain) {
+        self.uncertain = Some(why);
+        self.doubt_since = Some(Instant::now());
+        self.awaited = Awaited::default();
+    }
+
     /// The outputs of the action's steps so far, for templates (`steps.NAME.OUTPUT`).
     fn step_outputs(&self) -> Arc<StepOutputs> {
         Arc::new(StepOutputs {
@@ -558,7 +570,7 @@ impl Delivery {
             for request in requests.iter().skip(progress.sent) {
                 if !step.idempotent {
                     if self.check_first && progress.attempts == 0 && progress.uncertain.is_none() {
-                        progress.uncertain = Some(Uncertain::Resumed);
+                        progress.doubt(Uncertain::Resumed);
                     }
                     if let Some(uncertain) = progress.uncertain.take()
                         && verify(&executor, &self.plan, planned, step, progress, uncertain).await?
@@ -698,14 +710,15 @@ async fn send_step(
     request: &Request,
     progress: &mut ActionProgress,
 ) -> Result<StepResult, Stop> {
-    let disposition = match progress.batch_answer.take() {
-        Some(BatchAnswer::Answered(d)) => *d,
-        Some(BatchAnswer::Single) | None => {
+    let (disposition, in_bulk) = match progress.batch_answer.take() {
+        Some(BatchAnswer::Answered(d)) => (*d, true),
+        Some(BatchAnswer::Single) | None => (
             executor
                 .transport
                 .attempt(request, |r| executor.outcome(step, r) != OutcomeKind::Retry)
-                .await
-        }
+                .await,
+            false,
+        ),
     };
     progress.attempts += 1;
     let letter = |d: &Disposition| {
@@ -745,14 +758,18 @@ async fn send_step(
         },
         Disposition::Retry { wait, scope, last } => {
             executor.transport.stats().retry();
-            if !step.idempotent && ambiguous(last) {
-                progress.uncertain = Some(Uncertain::Ambiguous(letter(&disposition)));
+            // A bulk request whose job failed, or gave the item no result, answered 200: the
+            // job may have applied some of its items.
+            let job_unclear = in_bulk && last.as_ref().is_ok_and(Response::is_success);
+            let retry_letter = letter(&disposition);
+            if !step.idempotent && (ambiguous(last) || job_unclear) {
+                progress.doubt(Uncertain::Ambiguous(retry_letter.clone()));
             }
             Err(Stop::Wait(Wait::Retry {
                 wait: *wait,
                 scope: *scope,
                 transient: true,
-                letter: letter(&disposition),
+                letter: retry_letter,
             }))
         }
         Disposition::Fatal { status, message } => Err(Stop::Wait(Wait::Fatal {
@@ -818,7 +835,35 @@ async fn verify(
     let Some(check) = &step.check else {
         return Ok(false);
     };
-    let disposition = executor.transport.attempt(&request, |_| false).await;
+    // A write that may ride in a bulk job is read back only once the jobs pending since the
+    // doubt arose have ended: until then the check could find it missing and send it again.
+    let disposition = match jobs_settled(executor, plan, action, step, progress, &uncertain).await {
+        Ok(true) => executor.transport.attempt(&request, |_| false).await,
+        Ok(false) => {
+            let letter = waiting_letter(plan, action, step, progress, &uncertain);
+            progress.uncertain = Some(uncertain);
+            return Err(Stop::Wait(Wait::Retry {
+                wait: None,
+                scope: PauseScope::Key,
+                transient: true,
+                letter: Box::new(letter),
+            }));
+        }
+        Err(Unlisted::Render(e)) => {
+            let mut letter = DeadLetter::without_response(
+                (*plan.event).clone(),
+                action,
+                &step.name,
+                format!(
+                    "the write may have been applied, and is not sent again: the jobs it may \
+                     ride in cannot be listed ({e})"
+                ),
+            );
+            letter.attempts = progress.attempts;
+            return Err(Stop::Failed(Box::new(letter)));
+        }
+        Err(Unlisted::Failed(d)) => d,
+    };
     progress.attempts += 1;
     match disposition {
         Disposition::Done { response } if response.is_success() => {
@@ -856,6 +901,79 @@ async fn verify(
                 }
                 _ => Err(Stop::Failed(Box::new(letter))),
             }
+        }
+    }
+}
+
+/// Whether the bulk jobs that may carry the current write have ended (always, for a step
+/// without a bulk form); see [`crate::deliver::jobs`].
+async fn jobs_settled(
+    executor: &Executor,
+    plan: &Plan,
+    action: &str,
+    step: &Step,
+    progress: &mut ActionProgress,
+    uncertain: &Uncertain,
+) -> Result<bool, Unlisted> {
+    if step.batch.is_none() {
+        return Ok(true);
+    }
+    let since = *progress.doubt_since.get_or_insert_with(Instant::now);
+    let settled = executor
+        .transport
+        .jobs()
+        .settled(
+            &executor.config,
+            &executor.transport,
+            since,
+            &mut progress.awaited,
+        )
+        .await?;
+    if !settled {
+        let why = match uncertain {
+            Uncertain::Resumed => "it may have been under way before",
+            Uncertain::Ambiguous(_) => "its answer was lost",
+        };
+        tracing::debug!(
+            action,
+            step = %step.name,
+            message_id = plan.event.get("messageId").and_then(serde_json::Value::as_str),
+            jobs = progress.awaited.len(),
+            "a write that may ride in a bulk job waits for the pending jobs to end before it is checked ({why})"
+        );
+    }
+    Ok(settled)
+}
+
+/// The dead letter of a write still waiting for the jobs that may carry it, should its time
+/// run out: it may have been applied, and is not sent again.
+fn waiting_letter(
+    plan: &Plan,
+    action: &str,
+    step: &Step,
+    progress: &ActionProgress,
+    uncertain: &Uncertain,
+) -> DeadLetter {
+    let waiting = format!(
+        "{} bulk job(s) that may carry the write had not ended; the write may have been \
+         applied, and is not sent again (replay the dead letter to check it again)",
+        progress.awaited.len()
+    );
+    match uncertain {
+        Uncertain::Ambiguous(letter) => {
+            let mut letter = (**letter).clone();
+            letter.message = format!("{}; {waiting}", letter.message);
+            letter
+        }
+        Uncertain::Resumed => {
+            let mut letter = DeadLetter::without_response(
+                (*plan.event).clone(),
+                action,
+                &step.name,
+                format!("the event may have been under way before: {waiting}"),
+            );
+            letter.attempts = progress.attempts;
+            letter
         }
     }
 }

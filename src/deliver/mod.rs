@@ -10,6 +10,7 @@
 //! - [`retry`]: one attempt and what its outcome means ([`Disposition`]); backoff delays.
 //! - [`executor`]: one event's way through its actions and steps ([`Delivery`]), resumable.
 //! - [`batch`]: items of bulk requests collected, sent, their jobs polled, each answered.
+//! - [`jobs`]: the pending jobs a write that may ride in one waits for before it is checked.
 //! - [`schedule`]: which events may go now: order per entity key, keys set aside while they
 //!   wait (a missing record, a backoff, a per-key 429); [`dispatch`] runs it for `send` and
 //!   `serve`, with the events in flight bounded.
@@ -31,6 +32,7 @@ pub mod dispatch;
 pub mod error_body;
 pub mod executor;
 pub mod http;
+pub mod jobs;
 pub mod order;
 pub mod progress;
 pub mod retry;
@@ -70,13 +72,15 @@ pub struct TargetArgs {
 }
 
 /// Everything needed to send requests to one destination: the client, the shared budget, the
-/// retry policy and the run's stats. Cheap to clone; clones share the budget and the stats.
+/// retry policy, the run's stats and the jobs known to have ended. Cheap to clone; clones share
+/// the budget, the stats and the jobs.
 #[derive(Clone, Debug)]
 pub struct Transport {
     client: Client,
     budget: Arc<Budget>,
     policy: RetryPolicy,
     stats: Arc<Stats>,
+    jobs: Arc<jobs::JobWatch>,
 }
 
 impl Transport {
@@ -91,6 +95,7 @@ impl Transport {
             budget,
             policy,
             stats,
+            jobs: Arc::default(),
         }
     }
 
@@ -123,5 +128,10 @@ impl Transport {
 
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    /// The destination's bulk jobs known to have ended, and the listing of those pending.
+    pub fn jobs(&self) -> &Arc<jobs::JobWatch> {
+        &self.jobs
     }
 }

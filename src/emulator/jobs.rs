@@ -6,7 +6,9 @@
 //! queued or working; beyond that a bulk request answers `job_limit_status`. Ended jobs are
 //! forgotten an hour later (404 `RecordNotFound` then, as at Zendesk).
 //!
-//! Routes: `GET job_statuses/{id}` and `GET job_statuses/show_many?ids=a,b`.
+//! Routes: `GET job_statuses` (the last 100 jobs: those queued or working first, newest first,
+//! then the ended ones by when they ended, latest first; cursor pagination with `page[size]` and
+//! `page[after]`), `GET job_statuses/{id}` and `GET job_statuses/show_many?ids=a,b`.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -18,6 +20,9 @@ use super::bulk::{self, BulkItem, JobKind};
 use super::errors::{ApiError, ApiResult, Reply};
 use super::router::{ApiRequest, World};
 use super::state::Store;
+
+/// How many jobs the list shows (the most recent).
+const LISTED: usize = 100;
 
 /// How long an ended job can still be read.
 const ENDED_JOB_TTL: Duration = Duration::from_secs(60 * 60);
@@ -202,6 +207,49 @@ pub(crate) fn show(w: &mut World, id: &str) -> ApiResult {
     let s = &w.store;
     let job = s.jobs.all.get(id).ok_or_else(ApiError::not_found)?;
     Ok(Reply::ok(json!({"job_status": render(s, job)})))
+}
+
+/// `GET job_statuses`: the most recent jobs (see the module docs), a page at a time. The cursor
+/// is the position after the last job shown.
+pub(crate) fn list(w: &mut World, req: &ApiRequest) -> ApiResult {
+    let s = &w.store;
+    let size: usize = match req.query("page[size]") {
+        None => LISTED,
+        Some(n) => n
+            .parse()
+            .ok()
+            .filter(|n| (1..=LISTED).contains(n))
+            .ok_or_else(|| ApiError::bad_request("page[size] must be an integer from 1 to 100"))?,
+    };
+    let recent: Vec<&Job> = s
+        .jobs
+        .pending
+        .iter()
+        .rev()
+        .chain(s.jobs.ended.iter().rev().map(|(_, id)| id))
+        .filter_map(|id| s.jobs.all.get(id))
+        .take(LISTED)
+        .collect();
+    let start: usize = req
+        .query("page[after]")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+        .min(recent.len());
+    let end = (start + size).min(recent.len());
+    let has_more = end < recent.len();
+    let statuses: Vec<Value> = recent[start..end].iter().map(|j| render(s, j)).collect();
+    let after = has_more.then(|| end.to_string());
+    let next = after.as_ref().map(|c| {
+        format!(
+            "{}/api/v2/job_statuses?page[size]={size}&page[after]={c}",
+            s.base_url
+        )
+    });
+    Ok(Reply::ok(json!({
+        "job_statuses": statuses,
+        "meta": {"has_more": has_more, "after_cursor": after, "before_cursor": null},
+        "links": {"next": next, "prev": null},
+    })))
 }
 
 /// `GET job_statuses/show_many?ids=a,b`: the known ones, in the order asked.

@@ -317,6 +317,7 @@ fn dispatch(w: &mut World, req: &ApiRequest) -> ApiResult {
         ("POST", ["users", uid, "events"]) => events::track(w, req, Some(events::user_id(uid)?)),
         ("GET", ["users", uid, "events"]) => events::list_for_user(w, req, events::user_id(uid)?),
         // Jobs
+        ("GET", ["job_statuses"]) => jobs::list(w, req),
         ("GET", ["job_statuses", "show_many"]) => jobs::show_many(w, req),
         ("GET", ["job_statuses", jid]) => jobs::show(w, jid),
         _ => Err(ApiError::invalid_endpoint()),

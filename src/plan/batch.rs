@@ -12,7 +12,7 @@ use crate::diagnostic::Problems;
 use crate::path::JsonPath;
 use crate::plan::step::RequestTemplate;
 use crate::request::{Method, Request};
-use crate::spec::{BatchSpec, JobsSpec, LookupBatchSpec, ResultMatch};
+use crate::spec::{BatchSpec, JobListSpec, JobsSpec, LookupBatchSpec, ResultMatch};
 use crate::template::{RenderError, Scope, Templates, Text};
 use serde_json::{Map, Value, json};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -460,6 +460,55 @@ pub struct JobsForm {
     pub limit: usize,
     pub poll_ms: u64,
     pub poll_max_ms: u64,
+    /// How recent jobs are listed (`list`), if the destination says.
+    list: Option<JobList>,
+}
+
+/// A compiled `jobs.list`: the request listing recent jobs, and how to read it.
+#[derive(Debug)]
+struct JobList {
+    request: RequestTemplate,
+    jobs: JsonPath,
+    id: JsonPath,
+    status: JsonPath,
+    pending: Vec<String>,
+}
+
+impl JobList {
+    fn compile(
+        spec: &JobListSpec,
+        pointer: &str,
+        templates: &mut Templates,
+        problems: &mut Problems,
+    ) -> Option<JobList> {
+        let path = |src: &str, at: &str, problems: &mut Problems| {
+            JsonPath::parse(src)
+                .map_err(|e| e.report(src, &format!("{pointer}/{at}"), problems))
+                .ok()
+        };
+        let jobs = path(&spec.jobs, "jobs", problems);
+        let id = path(&spec.id, "id", problems);
+        let status = path(&spec.status, "status", problems);
+        let request = RequestTemplate::compile(
+            &spec.request,
+            &format!("{pointer}/request"),
+            templates,
+            problems,
+        );
+        if spec.pending.is_empty() {
+            problems.at(
+                &format!("{pointer}/pending"),
+                "name the statuses of a job that has not ended (`queued`, `working`)",
+            );
+        }
+        Some(JobList {
+            request: request?,
+            jobs: jobs?,
+            id: id?,
+            status: status?,
+            pending: spec.pending.clone(),
+        })
+    }
 }
 
 /// Where a job stands.
@@ -487,6 +536,15 @@ impl JobsForm {
         let results = path(&spec.results, "results", problems);
         let poll =
             RequestTemplate::compile(&spec.poll, &format!("{pointer}/poll"), templates, problems);
+        let list = match &spec.list {
+            Some(l) => Some(JobList::compile(
+                l,
+                &format!("{pointer}/list"),
+                templates,
+                problems,
+            )?),
+            None => None,
+        };
         if spec.done.is_empty() {
             problems.at(
                 &format!("{pointer}/done"),
@@ -509,16 +567,61 @@ impl JobsForm {
             limit: spec.limit.clamp(1, 1000),
             poll_ms: spec.poll_ms,
             poll_max_ms: spec.poll_max_ms.max(spec.poll_ms),
+            list,
         })
     }
 
-    /// The compiled strings of the poll request, with pointers relative to `jobs`.
+    /// The compiled strings of the poll and list requests, with pointers relative to `jobs`.
     pub fn texts(&self) -> Vec<(String, &Text)> {
+        let list = self.list.iter().flat_map(|l| {
+            l.request
+                .texts()
+                .into_iter()
+                .map(|(p, t)| (format!("/list/request{p}"), t))
+        });
         self.poll
             .texts()
             .into_iter()
             .map(|(p, t)| (format!("/poll{p}"), t))
+            .chain(list)
             .collect()
+    }
+
+    /// Whether recent jobs can be listed (`list`).
+    pub fn can_list(&self) -> bool {
+        self.list.is_some()
+    }
+
+    /// The request listing recent jobs; `None` without `list`.
+    pub fn list_request(
+        &self,
+        templates: &Templates,
+        settings: &std::sync::Arc<Value>,
+    ) -> Option<Result<Request, RenderError>> {
+        let list = self.list.as_ref()?;
+        let scope = Scope::builder().settings(settings.clone()).build();
+        Some(list.request.render(templates, &scope))
+    }
+
+    /// The ids of the listed jobs that have not ended; `None` when the answer has no list.
+    pub fn pending_in(&self, body: &Value) -> Option<Vec<String>> {
+        let list = self.list.as_ref()?;
+        let jobs = list.jobs.first(body)?.as_array()?;
+        Some(
+            jobs.iter()
+                .filter(|j| {
+                    list.status
+                        .first(j)
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| list.pending.iter().any(|p| p == s))
+                })
+                .filter_map(|j| match list.id.first(j)? {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                })
+                .collect(),
+        )
     }
 
     /// The job id in a bulk answer.

@@ -202,15 +202,20 @@ impl Step {
                 learn.push(l);
             }
         }
-        if spec.batch.is_some() && !idempotent {
+        // A write that is not idempotent is batched only when each item can be read back after
+        // a lost bulk answer (its `check`; the destination's `jobs.list` is checked with the
+        // action, see `config`).
+        let batchable = idempotent || spec.check.is_some();
+        if spec.batch.is_some() && !batchable {
             problems.at(
                 &format!("{pointer}/batch"),
-                "a step that is not idempotent cannot be batched: after a bulk request's answer \
-                 is lost, its items cannot be checked one by one (send it single, with a `check`)",
+                "a step that is not idempotent cannot be batched without a `check`: after a bulk \
+                 request's answer is lost, each item must be read back before it is sent again \
+                 (add a `check`, or send it single)",
             );
         }
         // A form with problems (reported) leaves the step single, so the step's own checks run.
-        let batch = spec.batch.as_ref().filter(|_| idempotent).and_then(|b| {
+        let batch = spec.batch.as_ref().filter(|_| batchable).and_then(|b| {
             crate::plan::batch::BatchForm::compile(
                 b,
                 &format!("{pointer}/batch"),
