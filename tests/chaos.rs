@@ -2,8 +2,8 @@
 //! concurrent clients while the emulator fails requests (500s and 503s), applies writes and
 //! loses their answers (a 500 or a dropped connection), answers slowly and rate-limits
 //! (account-wide and per-user 429s), and the server is killed with `kill -9` and restarted in
-//! the middle of it. Some ticket updates and membership adds are refused outright, so they
-//! land in the dead letters.
+//! the middle of it. A bulk ticket update and some membership adds are refused outright, so
+//! they land in the dead letters.
 //!
 //! Afterwards the emulator's state equals that of a clean run of the same events (`zdmap send`
 //! to an emulator without faults): every user, organization, membership, ticket status and
@@ -227,7 +227,8 @@ async fn serve_under_faults_and_a_kill_ends_as_a_clean_run_does() {
         k.rpm = Some(80);
         k.rate_window_secs = 1;
         k.upsert_user_per_window = 2;
-        // Refused outright (dead-lettered at once): the first ticket updates and membership adds.
+        // Refused outright (dead-lettered at once): the first bulk ticket update (each of its
+        // items) and the first membership adds.
         k.forced_faults = vec![
             // At least these 429s, however slowly a loaded machine sends.
             ForcedFault::new(429)
@@ -235,9 +236,8 @@ async fn serve_under_faults_and_a_kill_ends_as_a_clean_run_does() {
                 .retry_after(1)
                 .times(3),
             ForcedFault::new(422)
-                .on_path("/api/v2/tickets/")
-                .on_method("PUT")
-                .times(4),
+                .on_exact_path("/api/v2/tickets/update_many")
+                .on_method("PUT"),
             ForcedFault::new(400)
                 .on_exact_path("/api/v2/organization_memberships")
                 .on_method("POST")
@@ -304,15 +304,22 @@ async fn serve_under_faults_and_a_kill_ends_as_a_clean_run_does() {
         seen(&|r| r["lost_answer"] == "drop") > 0,
         "connections dropped"
     );
-    // Only the refused writes failed (one refused just before the kill may have been delivered
-    // again after the restart, and then taken).
+    // Only the refused writes failed: the items of the refused bulk ticket update and the three
+    // membership adds (one refused just before the kill may have been delivered again after the
+    // restart, and then taken).
+    let refused_items: u64 = log
+        .iter()
+        .filter(|r| r["status"] == 422 && r["path"] == "/api/v2/tickets/update_many")
+        .map(|r| r["body"]["tickets"].as_array().map_or(0, Vec::len) as u64)
+        .sum();
+    assert!(refused_items > 0, "a bulk ticket update was refused");
     let failed = store.count().expect("count");
     assert!(
-        (1..=7).contains(&failed),
+        (1..=refused_items + 3).contains(&failed),
         "{failed} dead letters: {}",
         server_logs(logs.path())
     );
-    for l in store.list(0, 100).expect("list") {
+    for l in store.list(0, 1000).expect("list") {
         assert!(
             ["update_ticket", "update_organization_membership"].contains(&l.letter.action.as_str())
                 && matches!(l.letter.status, Some(400 | 422)),
@@ -326,7 +333,7 @@ async fn serve_under_faults_and_a_kill_ends_as_a_clean_run_does() {
         k.lost_answer_rate = 0.0;
         k.rpm = None;
     });
-    let letters = store.list(0, 100).expect("list");
+    let letters = store.list(0, 1000).expect("list");
     let out = Command::new(env!("CARGO_BIN_EXE_zdmap"))
         .args(["dead-letters", "replay", "--all", "--data-dir"])
         .arg(data.path())
