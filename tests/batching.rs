@@ -994,3 +994,57 @@ async fn a_serve_killed_during_a_bulk_ticket_update_adds_no_comment_twice() {
     child.kill().expect("kill");
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_ticket_update_whose_job_outlasts_the_retries_is_dead_lettered_not_sent_again() {
+    let emu = emulator(true).await;
+    let (report, _) = send(
+        &emu,
+        Path::new("mappings"),
+        &tickets_created(2),
+        options(None),
+    )
+    .await;
+    assert_eq!(report.dead_letters, 0);
+    emu.configure(|k| {
+        k.job_delay_ms = 60_000;
+        k.lost_answer_rate = 1.0;
+        k.lost_answer = zdmap::emulator::LostAnswer::Error500;
+    });
+    let (report, letters) = send(
+        &emu,
+        Path::new("mappings"),
+        &lines(&ticket_updates(2, "late")),
+        DispatchOptions {
+            retry_for: Duration::from_secs(1),
+            ..options(Some(Duration::from_millis(100)))
+        },
+    )
+    .await;
+    // The first updates' jobs never ended within --retry-for: dead-lettered, saying the
+    // write may have been applied; the second updates of each ticket waited behind them.
+    assert!(report.dead_letters >= 2, "{letters:?}");
+    for l in &letters {
+        let message = l["dead_letter"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("may have been applied") && message.contains("not sent again"),
+            "{l}"
+        );
+    }
+    assert!(
+        letters.iter().any(|l| l["dead_letter"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("bulk job(s) that may carry the write had not ended"))),
+        "the letters say which jobs were waited for: {letters:?}"
+    );
+    // Nothing was sent twice: when the jobs run, each comment lands once.
+    emu.advance_clock(Duration::from_secs(61));
+    let comments = comments_by_ticket(&emu);
+    for (ticket, cs) in &comments {
+        let mut unique = cs.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), cs.len(), "{ticket}: {cs:?}");
+    }
+    assert!(comments.values().all(|cs| !cs.is_empty()));
+}

@@ -340,19 +340,22 @@ struct ActionProgress {
     client_retries: u32,
     /// The current request may have been applied already: check before sending it again.
     uncertain: Option<Uncertain>,
-    /// Since when, and the bulk jobs that may carry the write and must end before the check
-    /// decides (steps with a bulk form, see [`crate::deliver::jobs`]).
-    doubt_since: Option<Instant>,
+    /// Since when the write may ride in a bulk job (its bulk answer was lost, or the event may
+    /// have been under way before), and the jobs that must end before the check decides (see
+    /// [`crate::deliver::jobs`]).
+    job_doubt_since: Option<Instant>,
     awaited: Awaited,
     /// What became of the current request as a bulk item, once known.
     batch_answer: Option<BatchAnswer>,
 }
 
 impl ActionProgress {
-    /// The current request may have been applied: it is checked before it is sent again.
-    fn doubt(&mut self, why: Uncertain) {
+    /// The current request may have been applied: it is checked before it is sent again, once
+    /// the bulk jobs that may carry it have ended (`in_job`: it went as a bulk item, or nothing
+    /// says how it went).
+    fn doubt(&mut self, why: Uncertain, in_job: bool) {
         self.uncertain = Some(why);
-        self.doubt_since = Some(Instant::now());
+        self.job_doubt_since = in_job.then(Instant::now);
         self.awaited = Awaited::default();
     }
 
@@ -570,7 +573,7 @@ impl Delivery {
             for request in requests.iter().skip(progress.sent) {
                 if !step.idempotent {
                     if self.check_first && progress.attempts == 0 && progress.uncertain.is_none() {
-                        progress.doubt(Uncertain::Resumed);
+                        progress.doubt(Uncertain::Resumed, true);
                     }
                     if let Some(uncertain) = progress.uncertain.take()
                         && verify(&executor, &self.plan, planned, step, progress, uncertain).await?
@@ -761,9 +764,15 @@ async fn send_step(
             // A bulk request whose job failed, or gave the item no result, answered 200: the
             // job may have applied some of its items.
             let job_unclear = in_bulk && last.as_ref().is_ok_and(Response::is_success);
-            let retry_letter = letter(&disposition);
+            let mut retry_letter = letter(&disposition);
             if !step.idempotent && (ambiguous(last) || job_unclear) {
-                progress.doubt(Uncertain::Ambiguous(retry_letter.clone()));
+                progress.doubt(Uncertain::Ambiguous(retry_letter.clone()), in_bulk);
+                // Given up before it is checked: it is not sent again.
+                retry_letter.message = format!(
+                    "{}; the write may have been applied, and is not sent again unchecked \
+                     (replay the dead letter to check it and send it if it was not)",
+                    retry_letter.message
+                );
             }
             Err(Stop::Wait(Wait::Retry {
                 wait: *wait,
@@ -906,7 +915,7 @@ async fn verify(
 }
 
 /// Whether the bulk jobs that may carry the current write have ended (always, for a step
-/// without a bulk form); see [`crate::deliver::jobs`].
+/// without a bulk form or a write sent as a single request); see [`crate::deliver::jobs`].
 async fn jobs_settled(
     executor: &Executor,
     plan: &Plan,
@@ -915,10 +924,10 @@ async fn jobs_settled(
     progress: &mut ActionProgress,
     uncertain: &Uncertain,
 ) -> Result<bool, Unlisted> {
-    if step.batch.is_none() {
+    let Some(since) = progress.job_doubt_since.filter(|_| step.batch.is_some()) else {
+        // A single request's lost answer: no job carries it.
         return Ok(true);
-    }
-    let since = *progress.doubt_since.get_or_insert_with(Instant::now);
+    };
     let settled = executor
         .transport
         .jobs()
