@@ -4,7 +4,8 @@
 //! bulk request (the part of its body at `item`), how many items one bulk request takes, which
 //! items are one record (`coalesce`), and how each item's result is read back into the answer
 //! the step would have had for its single request. A [`JobsForm`] says how the job a bulk
-//! request starts is polled, when it is done or failed, and where its results are. Delivery
+//! request starts is polled, when it is done or failed, where its results are, and how the
+//! recent jobs are listed (to wait for those pending before a write is read back). Delivery
 //! ([`crate::deliver::batch`]) collects, sends and polls; this module only compiles, checks and
 //! reads.
 
