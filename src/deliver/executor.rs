@@ -871,7 +871,7 @@ async fn verify(
             letter.attempts = progress.attempts;
             return Err(Stop::Failed(Box::new(letter)));
         }
-        Err(Unlisted::Failed(d)) => d,
+        Err(Unlisted::Failed(d)) => *d,
     };
     progress.attempts += 1;
     match disposition {

@@ -48,7 +48,7 @@ pub enum Unlisted {
     /// The listing request could not be rendered.
     Render(String),
     /// The listing request failed (how), or its answer had no list of jobs.
-    Failed(Disposition),
+    Failed(Box<Disposition>),
 }
 
 /// An answer without a usable list: tried again later like a failed request.
@@ -128,12 +128,12 @@ impl JobWatch {
                     let response = match transport.attempt(&request, |_| false).await {
                         Disposition::Done { response } if response.is_success() => response,
                         Disposition::Done { response } => {
-                            return Err(Unlisted::Failed(retry(response)));
+                            return Err(Unlisted::Failed(Box::new(retry(response))));
                         }
-                        other => return Err(Unlisted::Failed(other)),
+                        other => return Err(Unlisted::Failed(Box::new(other))),
                     };
                     let Some(pending) = jobs.pending_in(&response.body) else {
-                        return Err(Unlisted::Failed(retry(response)));
+                        return Err(Unlisted::Failed(Box::new(retry(response))));
                     };
                     *listing = Some(Listing {
                         at,
