@@ -781,3 +781,208 @@ async fn a_replay_on_nats_applies_no_older_change_unless_forced() {
     .await;
     drop(replicas);
 }
+
+/// The organization writes of the request log that Zendesk took, in the order they reached the
+/// emulator: (organization external id, version), the version being the `details` trait.
+fn organization_writes(emu: &Emulator) -> Vec<(String, u64)> {
+    let mut writes = Vec::new();
+    for entry in emu.requests() {
+        if entry["status"].as_u64().is_none_or(|s| s >= 300) {
+            continue;
+        }
+        let organizations: Vec<Value> = match (entry["method"].as_str(), entry["path"].as_str()) {
+            (Some("POST"), Some("/api/v2/organizations/create_or_update")) => {
+                vec![entry["body"]["organization"].clone()]
+            }
+            (Some("PUT"), Some("/api/v2/organizations/update_many")) => {
+                entry["body"]["organizations"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            }
+            (_, Some(path)) if path.starts_with("/api/v2/organizations") => {
+                assert!(
+                    !entry["method"]
+                        .as_str()
+                        .is_some_and(|m| m == "PUT" || m == "POST"),
+                    "an organization write this test does not read: {entry}"
+                );
+                continue;
+            }
+            _ => continue,
+        };
+        for o in organizations {
+            let (Some(org), Some(version)) = (o["external_id"].as_str(), o["details"].as_str())
+            else {
+                continue;
+            };
+            writes.push((org.to_owned(), version.parse().expect("a version")));
+        }
+    }
+    writes
+}
+
+/// Many users' `group` calls for a few organizations, spread over the partitions of three
+/// replicas: each organization is delivered by one replica at a time (holds in NATS), so the
+/// organization writes that land come in the order of the events' times, an older change that
+/// comes after a newer one is skipped, each organization ends at its newest version and every
+/// membership is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_organizations_events_from_many_users_land_in_order_across_replicas() {
+    let server = NatsServer::start();
+    let emu = emulator(15).await;
+    let replicas: Vec<Replica> = (0..3)
+        .map(|_| {
+            Replica::start(
+                &server.url(),
+                &emu.url(),
+                &["--set", "requests_per_minute=0"],
+            )
+        })
+        .collect();
+    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    for url in &urls {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while owned(url).await.unwrap_or(0.0) < 1.0 {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (users, organizations, calls) = (24usize, 4usize, 240usize);
+    let identifies: Vec<Value> = (0..users)
+        .map(|u| {
+            json!({"type": "identify", "userId": format!("u-{u}"), "messageId": format!("id-{u}"),
+                   "timestamp": "2026-03-01T09:00:00Z",
+                   "traits": {"email": format!("user{u}@example.com"), "name": format!("User {u}")}})
+        })
+        .collect();
+    post_all(&urls, &identifies, 8).await;
+    wait_for("the users", Duration::from_secs(60), || {
+        emu.state()["users"].as_array().map_or(0, Vec::len) >= users
+    })
+    .await;
+
+    // Call n: organization n % 4, by user (n / 4) % 24 (so every user joins every
+    // organization), its version n, its time 10:00:00 + n seconds.
+    let call = |n: usize| {
+        json!({"type": "group", "userId": format!("u-{}", (n / organizations) % users),
+               "groupId": format!("org-{}", n % organizations), "messageId": format!("g-{n}"),
+               "timestamp": format!("2026-03-01T10:{:02}:{:02}Z", n / 60, n % 60),
+               "traits": {"name": format!("Organization {}", n % organizations),
+                          "details": n.to_string()}})
+    };
+    let events: Vec<Value> = (0..calls).map(call).collect();
+    post_all(&urls, &events, 6).await;
+
+    let newest = |o: usize| (0..calls).rev().find(|n| n % organizations == o);
+    let org_state = |emu: &Emulator| -> HashMap<String, String> {
+        emu.state()["organizations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| {
+                Some((
+                    o["external_id"].as_str()?.to_owned(),
+                    o["details"].as_str()?.to_owned(),
+                ))
+            })
+            .collect()
+    };
+    let memberships = |emu: &Emulator| emu.state()["memberships"].as_array().map_or(0, Vec::len);
+    let done = || {
+        let state = org_state(&emu);
+        (0..organizations).all(|o| {
+            state.get(&format!("org-{o}")).map(String::as_str)
+                == newest(o).map(|n| n.to_string()).as_deref()
+        }) && memberships(&emu) >= users * organizations
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !done() {
+        if Instant::now() > deadline {
+            let mut waiting = String::new();
+            for r in &replicas {
+                let m = metrics(&r.url).await;
+                waiting.push_str(
+                    &m.lines()
+                        .filter(|l| {
+                            l.starts_with("zdmap_delivery") || l.starts_with("zdmap_nats_holds")
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                );
+                let log = r.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                waiting.push_str(&format!("\n--- log tail:\n{}\n", tail.join("\n")));
+            }
+            panic!(
+                "not all delivered: organizations {:?}, {} memberships\n{waiting}",
+                org_state(&emu),
+                memberships(&emu)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Late writes, if any, have time to show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let writes = organization_writes(&emu);
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for (org, version) in &writes {
+        let before = last.insert(org.clone(), *version).unwrap_or(0);
+        assert!(
+            *version >= before,
+            "{org}: version {version} written after {before}: {writes:?}"
+        );
+    }
+    assert_eq!(last.len(), organizations, "{writes:?}");
+
+    // The final state again (nothing older landed after), and each membership once.
+    let state = emu.state();
+    let org_ids: HashMap<u64, String> = state["organizations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| Some((o["id"].as_u64()?, o["external_id"].as_str()?.to_owned())))
+        .collect();
+    let user_ids: HashMap<u64, String> = state["users"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| Some((u["id"].as_u64()?, u["external_id"].as_str()?.to_owned())))
+        .collect();
+    let pairs: Vec<(String, String)> = state["memberships"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            Some((
+                user_ids.get(&m["user_id"].as_u64()?)?.clone(),
+                org_ids.get(&m["organization_id"].as_u64()?)?.clone(),
+            ))
+        })
+        .collect();
+    let unique: HashSet<&(String, String)> = pairs.iter().collect();
+    assert_eq!(pairs.len(), users * organizations, "{pairs:?}");
+    assert_eq!(unique.len(), users * organizations, "{pairs:?}");
+    assert_eq!(org_ids.len(), organizations, "one organization each");
+    let state = org_state(&emu);
+    for o in 0..organizations {
+        assert_eq!(
+            state.get(&format!("org-{o}")).map(String::as_str),
+            newest(o).map(|n| n.to_string()).as_deref()
+        );
+    }
+    // Organizations were handed between replicas: some waited for another's hold.
+    let mut waits = 0.0;
+    for r in &replicas {
+        waits += metric(
+            &metrics(&r.url).await,
+            "zdmap_delivery_held_elsewhere_total",
+        )
+        .unwrap_or(0.0);
+    }
+    assert!(waits > 0.0, "no event waited for another replica's hold");
+    for r in replicas {
+        r.stop();
+    }
+}

@@ -50,15 +50,19 @@ pub enum WaitReason {
     MissingRecord,
     /// Its request is an item of a bulk request not answered yet.
     Batch,
+    /// A key it shares with events of other partitions is held by another process (another
+    /// replica delivers an event of that organization): tried again shortly.
+    HeldElsewhere,
 }
 
 impl WaitReason {
-    pub const ALL: [WaitReason; 5] = [
+    pub const ALL: [WaitReason; 6] = [
         WaitReason::Retry,
         WaitReason::RateLimited,
         WaitReason::Credentials,
         WaitReason::MissingRecord,
         WaitReason::Batch,
+        WaitReason::HeldElsewhere,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +72,7 @@ impl WaitReason {
             WaitReason::Credentials => "credentials",
             WaitReason::MissingRecord => "missing_record",
             WaitReason::Batch => "batch",
+            WaitReason::HeldElsewhere => "held_elsewhere",
         }
     }
 }
