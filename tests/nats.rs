@@ -5,7 +5,9 @@
 //! accepted; a fourth replica joining takes partitions while delivery goes on in order; dead
 //! letters, duplicate submissions, `/readyz` and `/metrics` on NATS; Zendesk down, refused
 //! credentials and `--retry-for` as on SQLite; NATS credentials from the environment or files;
-//! a replay that keeps a dead letter older than a change another replica applied.
+//! a replay that keeps a dead letter older than a change another replica applied; the `group`
+//! calls of many users for a few organizations, whose organization writes land in event order
+//! across replicas (holds), and the holds themselves in JetStream KV.
 
 #[path = "support/nats.rs"]
 mod nats;
@@ -985,4 +987,76 @@ async fn an_organizations_events_from_many_users_land_in_order_across_replicas()
     for r in replicas {
         r.stop();
     }
+}
+
+/// Holds in the entities bucket, between two replicas' holds: taken by one at a time (all of
+/// an event's keys or none), counted per event within a replica, renewed while held, let go
+/// once the change times written under them are in the bucket (the next holder knows them at
+/// once), and taken over once a replica that stopped without a word lets its time run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_in_nats_go_to_one_replica_at_a_time() {
+    use zdmap::deliver::holds::{Holding, KeyHolds};
+    use zdmap::deliver::order::EntityClock;
+    use zdmap::queue::nats::{Layout, NatsOptions, entities::NatsClock, holds::NatsHolds};
+
+    let server = NatsServer::start();
+    let layout = Layout::open(&NatsOptions::new(&server.url()))
+        .await
+        .expect("layout");
+    let lease = Duration::from_millis(900);
+    let replica = |name: &str| {
+        let clock = NatsClock::start(layout.entities.clone());
+        let holds = NatsHolds::start(
+            layout.entities.clone(),
+            clock.clone(),
+            name.to_owned(),
+            lease,
+        );
+        (clock, holds)
+    };
+    let (clock_a, a) = replica("a");
+    let (clock_b, b) = replica("b");
+    let acme = || vec!["group:acme".to_owned()];
+    let both = || vec!["group:acme".to_owned(), "group:other".to_owned()];
+    // Tries until `holds` gets `keys` (a hold being let go is gone in a moment).
+    async fn taken(holds: &NatsHolds, keys: Vec<String>, within: Duration) -> Duration {
+        let start = Instant::now();
+        while holds.take(keys.clone()).await != Holding::Held {
+            assert!(start.elapsed() < within, "{keys:?} not taken");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        start.elapsed()
+    }
+
+    assert_eq!(a.take(acme()).await, Holding::Held);
+    assert_eq!(b.take(acme()).await, Holding::Elsewhere);
+    // All or none: `group:other` is free, but not taken while `group:acme` is held elsewhere.
+    assert_eq!(b.take(both()).await, Holding::Elsewhere);
+    assert_eq!(b.held(), 0);
+    // A second event of `a` holds it too; one release leaves the other's hold.
+    assert_eq!(a.take(acme()).await, Holding::Held);
+    a.release(acme());
+    // Renewed: still a's after more than two lease times.
+    tokio::time::sleep(lease * 2 + Duration::from_millis(300)).await;
+    assert_eq!(b.take(acme()).await, Holding::Elsewhere);
+    assert_eq!(a.held(), 1);
+
+    a.release(acme());
+    taken(&b, both(), lease / 2).await;
+    // A change applied under b's hold is known to a as soon as a holds the key after b.
+    clock_b.applied("organization:acme", 42_000);
+    b.release(both());
+    taken(&a, acme(), lease / 2).await;
+    assert_eq!(clock_a.last_applied("organization:acme"), Some(42_000));
+
+    // a stops without a word (its holds are neither renewed nor deleted): b takes over once
+    // a's time is over, not before.
+    drop(a);
+    assert_eq!(b.take(acme()).await, Holding::Elsewhere);
+    let waited = taken(&b, acme(), lease * 3).await;
+    assert!(waited >= lease / 3, "taken over after {waited:?}");
+    // A graceful close lets go at once.
+    b.close().await;
+    let (_clock_c, c) = replica("c");
+    assert_eq!(c.take(both()).await, Holding::Held);
 }
