@@ -7,8 +7,9 @@
 //! different keys go in parallel.
 //!
 //! An event that cannot go on yet is set aside, and what happens to its keys depends on why:
-//! - **waiting** ([`Scheduler::wait`]: a retry's backoff, a per-key 429): it keeps its place at
-//!   the front of its lines, so its keys' later events wait behind it, and other keys flow;
+//! - **waiting** ([`Scheduler::wait`]: a retry's backoff, a per-key 429, an organization
+//!   another replica holds): it keeps its place at the front of its lines, so its keys' later
+//!   events wait behind it, and other keys flow;
 //! - **parked** ([`Scheduler::park`]: a record it needs does not exist yet): it keeps its place
 //!   too, but lets pass the later events that may create that record: those that have the
 //!   missing key's value among their own keys (`user:u1` may create the user whose external id
