@@ -398,7 +398,7 @@ async fn an_organization_held_elsewhere_waits_keeping_its_place_while_the_others
     let log = emu.requests();
     let at = |what: &dyn Fn(&Value) -> bool| {
         log.iter()
-            .position(|e| what(e))
+            .position(what)
             .unwrap_or_else(|| panic!("not in the log: {log:#?}"))
     };
     let organization = at(&|e| e["path"] == "/api/v2/organizations/create_or_update");
