@@ -1003,7 +1003,7 @@ async fn holds_in_nats_go_to_one_replica_at_a_time() {
     let layout = Layout::open(&NatsOptions::new(&server.url()))
         .await
         .expect("layout");
-    let lease = Duration::from_millis(900);
+    let lease = Duration::from_millis(1500);
     let replica = |name: &str| {
         let clock = NatsClock::start(layout.entities.clone());
         let holds = NatsHolds::start(
