@@ -10,7 +10,8 @@
 //!   bucket has seen that revision ([`NatsClock::seen_up_to`]): the previous holder wrote its
 //!   change times before letting go, so they are known here before the first turn.
 //! - **renew**: every third of the lease, by revision; a hold taken over meanwhile (this replica
-//!   was cut off longer than a lease) is let go and logged.
+//!   was cut off longer than a lease) is let go and logged; one NATS could not be asked about is
+//!   renewed next time.
 //! - **release**: once the change times this replica started writing are in the bucket
 //!   ([`NatsClock::written`]), a delete at the hold's revision. Graceful shutdown releases every
 //!   hold at once; a replica killed leaves its holds until their time is over (a lease,
@@ -384,6 +385,14 @@ async fn renew(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
                     }
                 }
                 Err(e) => {
+                    // NATS out of reach: tried again next time. Changed by another replica
+                    // (this one could not renew it in time): lost.
+                    let Ok(entry) = inner.bucket.entry(&key).await else {
+                        continue;
+                    };
+                    if entry.is_some_and(|e| e.revision == revision) {
+                        continue;
+                    }
                     let mut held = lock(&inner.held);
                     if held.get(&key).is_some_and(|h| h.revision == revision) {
                         tracing::warn!(error = %e, "an organization's hold was lost (this replica could not renew it in time); another replica may deliver its events meanwhile");
