@@ -15,8 +15,9 @@ macro_rules! mapping {
 }
 
 /// The files of the repository's `mappings/`, by their path inside it.
-pub const MAPPINGS: [(&str, &str); 15] = [
+pub const MAPPINGS: [(&str, &str); 16] = [
     mapping!("destination.yaml"),
+    mapping!("add_organization_member.yaml"),
     mapping!("create_ticket.yaml"),
     mapping!("track_event.yaml"),
     mapping!("update_organization_membership.yaml"),

@@ -156,6 +156,17 @@ impl Event {
         user.into_iter().chain(group).collect()
     }
 
+    /// The keys of [`Event::ordering_keys`] that events in different partitions of a queue
+    /// share (the organization of a `group` call: its calls come from many users), so that a
+    /// queue shared by several processes holds them across processes
+    /// ([`crate::deliver::holds`]).
+    pub fn shared_keys(&self) -> Vec<String> {
+        self.ordering_keys()
+            .into_iter()
+            .filter(|k| k.starts_with("group:"))
+            .collect()
+    }
+
     /// The first of [`Event::ordering_keys`] (the user, else the organization): the key a
     /// queue partitions by.
     pub fn partition_key(&self) -> Option<String> {
@@ -503,11 +514,18 @@ mod tests {
         let e = Event::from_value(json!({"type": "group", "groupId": "g", "userId": "u"})).unwrap();
         assert_eq!(e.partition_key().as_deref(), Some("user:u"));
         assert_eq!(e.ordering_keys(), ["user:u", "group:g"]);
+        assert_eq!(e.shared_keys(), ["group:g"]);
         let e =
             Event::from_value(json!({"type": "identify", "groupId": "g", "userId": 7})).unwrap();
         assert_eq!(e.ordering_keys(), ["user:7"]);
+        assert!(e.shared_keys().is_empty());
         let e = Event::from_value(json!({"type": "group", "groupId": "g"})).unwrap();
         assert_eq!(e.partition_key().as_deref(), Some("group:g"));
+        assert_eq!(
+            e.shared_keys(),
+            ["group:g"],
+            "held too: user group calls share it"
+        );
         let e = Event::from_value(json!({"type": "track", "anonymousId": "a"})).unwrap();
         assert_eq!(e.partition_key().as_deref(), Some("anon:a"));
     }

@@ -15,29 +15,12 @@ use zdmap::emulator::{Emulator, EmulatorOptions};
 use zdmap::queue::{NewItem, Queue, SqliteQueue};
 use zdmap::serve::{Server, WorkerOptions};
 
+#[path = "support/command.rs"]
+mod command;
 #[path = "support/mappings.rs"]
 mod mappings;
+use command::zdmap;
 use mappings::{edit, mappings_copy};
-
-fn zdmap(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_zdmap"))
-        .args(args)
-        .env_remove("ZENDESK_EMAIL")
-        .env_remove("ZENDESK_API_TOKEN")
-        .env_remove("ZENDESK_OAUTH_TOKEN")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn zdmap");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("wait")
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

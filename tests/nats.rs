@@ -5,7 +5,9 @@
 //! accepted; a fourth replica joining takes partitions while delivery goes on in order; dead
 //! letters, duplicate submissions, `/readyz` and `/metrics` on NATS; Zendesk down, refused
 //! credentials and `--retry-for` as on SQLite; NATS credentials from the environment or files;
-//! a replay that keeps a dead letter older than a change another replica applied.
+//! a replay that keeps a dead letter older than a change another replica applied; the `group`
+//! calls of many users for a few organizations, whose organization writes land in event order
+//! across replicas (holds), and the holds themselves in JetStream KV.
 
 #[path = "support/nats.rs"]
 mod nats;
@@ -780,4 +782,281 @@ async fn a_replay_on_nats_applies_no_older_change_unless_forced() {
     })
     .await;
     drop(replicas);
+}
+
+/// The organization writes of the request log that Zendesk took, in the order they reached the
+/// emulator: (organization external id, version), the version being the `details` trait.
+fn organization_writes(emu: &Emulator) -> Vec<(String, u64)> {
+    let mut writes = Vec::new();
+    for entry in emu.requests() {
+        if entry["status"].as_u64().is_none_or(|s| s >= 300) {
+            continue;
+        }
+        let organizations: Vec<Value> = match (entry["method"].as_str(), entry["path"].as_str()) {
+            (Some("POST"), Some("/api/v2/organizations/create_or_update")) => {
+                vec![entry["body"]["organization"].clone()]
+            }
+            (Some("PUT"), Some("/api/v2/organizations/update_many")) => {
+                entry["body"]["organizations"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            }
+            (_, Some(path)) if path.starts_with("/api/v2/organizations") => {
+                assert!(
+                    !entry["method"]
+                        .as_str()
+                        .is_some_and(|m| m == "PUT" || m == "POST"),
+                    "an organization write this test does not read: {entry}"
+                );
+                continue;
+            }
+            _ => continue,
+        };
+        for o in organizations {
+            let (Some(org), Some(version)) = (o["external_id"].as_str(), o["details"].as_str())
+            else {
+                continue;
+            };
+            writes.push((org.to_owned(), version.parse().expect("a version")));
+        }
+    }
+    writes
+}
+
+/// Many users' `group` calls for a few organizations, spread over the partitions of three
+/// replicas: each organization is delivered by one replica at a time (holds in NATS), so the
+/// organization writes that land come in the order of the events' times, an older change that
+/// comes after a newer one is skipped, each organization ends at its newest version and every
+/// membership is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_organizations_events_from_many_users_land_in_order_across_replicas() {
+    let server = NatsServer::start();
+    let emu = emulator(15).await;
+    let replicas: Vec<Replica> = (0..3)
+        .map(|_| {
+            Replica::start(
+                &server.url(),
+                &emu.url(),
+                &["--set", "requests_per_minute=0"],
+            )
+        })
+        .collect();
+    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    for url in &urls {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while owned(url).await.unwrap_or(0.0) < 1.0 {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (users, organizations, calls) = (24usize, 4usize, 240usize);
+    let identifies: Vec<Value> = (0..users)
+        .map(|u| {
+            json!({"type": "identify", "userId": format!("u-{u}"), "messageId": format!("id-{u}"),
+                   "timestamp": "2026-03-01T09:00:00Z",
+                   "traits": {"email": format!("user{u}@example.com"), "name": format!("User {u}")}})
+        })
+        .collect();
+    post_all(&urls, &identifies, 8).await;
+    wait_for("the users", Duration::from_secs(60), || {
+        emu.state()["users"].as_array().map_or(0, Vec::len) >= users
+    })
+    .await;
+
+    // Call n: organization n % 4, by user (n / 4) % 24 (so every user joins every
+    // organization), its version n, its time 10:00:00 + n seconds.
+    let call = |n: usize| {
+        json!({"type": "group", "userId": format!("u-{}", (n / organizations) % users),
+               "groupId": format!("org-{}", n % organizations), "messageId": format!("g-{n}"),
+               "timestamp": format!("2026-03-01T10:{:02}:{:02}Z", n / 60, n % 60),
+               "traits": {"name": format!("Organization {}", n % organizations),
+                          "details": n.to_string()}})
+    };
+    let events: Vec<Value> = (0..calls).map(call).collect();
+    post_all(&urls, &events, 6).await;
+
+    let newest = |o: usize| (0..calls).rev().find(|n| n % organizations == o);
+    let org_state = |emu: &Emulator| -> HashMap<String, String> {
+        emu.state()["organizations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| {
+                Some((
+                    o["external_id"].as_str()?.to_owned(),
+                    o["details"].as_str()?.to_owned(),
+                ))
+            })
+            .collect()
+    };
+    let memberships = |emu: &Emulator| emu.state()["memberships"].as_array().map_or(0, Vec::len);
+    let done = || {
+        let state = org_state(&emu);
+        (0..organizations).all(|o| {
+            state.get(&format!("org-{o}")).map(String::as_str)
+                == newest(o).map(|n| n.to_string()).as_deref()
+        }) && memberships(&emu) >= users * organizations
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !done() {
+        if Instant::now() > deadline {
+            let mut waiting = String::new();
+            for r in &replicas {
+                let m = metrics(&r.url).await;
+                waiting.push_str(
+                    &m.lines()
+                        .filter(|l| {
+                            l.starts_with("zdmap_delivery") || l.starts_with("zdmap_nats_holds")
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                );
+                let log = r.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                waiting.push_str(&format!("\n--- log tail:\n{}\n", tail.join("\n")));
+            }
+            panic!(
+                "not all delivered: organizations {:?}, {} memberships\n{waiting}",
+                org_state(&emu),
+                memberships(&emu)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Late writes, if any, have time to show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let writes = organization_writes(&emu);
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for (org, version) in &writes {
+        let before = last.insert(org.clone(), *version).unwrap_or(0);
+        assert!(
+            *version >= before,
+            "{org}: version {version} written after {before}: {writes:?}"
+        );
+    }
+    assert_eq!(last.len(), organizations, "{writes:?}");
+
+    // The final state again (nothing older landed after), and each membership once.
+    let state = emu.state();
+    let org_ids: HashMap<u64, String> = state["organizations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| Some((o["id"].as_u64()?, o["external_id"].as_str()?.to_owned())))
+        .collect();
+    let user_ids: HashMap<u64, String> = state["users"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| Some((u["id"].as_u64()?, u["external_id"].as_str()?.to_owned())))
+        .collect();
+    let pairs: Vec<(String, String)> = state["memberships"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            Some((
+                user_ids.get(&m["user_id"].as_u64()?)?.clone(),
+                org_ids.get(&m["organization_id"].as_u64()?)?.clone(),
+            ))
+        })
+        .collect();
+    let unique: HashSet<&(String, String)> = pairs.iter().collect();
+    assert_eq!(pairs.len(), users * organizations, "{pairs:?}");
+    assert_eq!(unique.len(), users * organizations, "{pairs:?}");
+    assert_eq!(org_ids.len(), organizations, "one organization each");
+    let state = org_state(&emu);
+    for o in 0..organizations {
+        assert_eq!(
+            state.get(&format!("org-{o}")).map(String::as_str),
+            newest(o).map(|n| n.to_string()).as_deref()
+        );
+    }
+    // Organizations were handed between replicas: some waited for another's hold.
+    let mut waits = 0.0;
+    for r in &replicas {
+        waits += metric(
+            &metrics(&r.url).await,
+            "zdmap_delivery_held_elsewhere_total",
+        )
+        .unwrap_or(0.0);
+    }
+    assert!(waits > 0.0, "no event waited for another replica's hold");
+    for r in replicas {
+        r.stop();
+    }
+}
+
+/// Holds in the entities bucket, between two replicas' holds: taken by one at a time (all of
+/// an event's keys or none), counted per event within a replica, renewed while held, let go
+/// once the change times written under them are in the bucket (the next holder knows them at
+/// once), and taken over once a replica that stopped without a word lets its time run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_in_nats_go_to_one_replica_at_a_time() {
+    use zdmap::deliver::holds::{Holding, KeyHolds};
+    use zdmap::deliver::order::EntityClock;
+    use zdmap::queue::nats::{Layout, NatsOptions, entities::NatsClock, holds::NatsHolds};
+
+    let server = NatsServer::start();
+    let layout = Layout::open(&NatsOptions::new(&server.url()))
+        .await
+        .expect("layout");
+    let lease = Duration::from_millis(1500);
+    let replica = |name: &str| {
+        let clock = NatsClock::start(layout.entities.clone());
+        let holds = NatsHolds::start(
+            layout.entities.clone(),
+            clock.clone(),
+            name.to_owned(),
+            lease,
+        );
+        (clock, holds)
+    };
+    let (clock_a, a) = replica("a");
+    let (clock_b, b) = replica("b");
+    let acme = || vec!["group:acme".to_owned()];
+    let both = || vec!["group:acme".to_owned(), "group:other".to_owned()];
+    // Tries until `holds` gets `keys` (a hold being let go is gone in a moment).
+    async fn taken(holds: &NatsHolds, keys: Vec<String>, within: Duration) -> Duration {
+        let start = Instant::now();
+        while holds.take(keys.clone()).await != Holding::Held {
+            assert!(start.elapsed() < within, "{keys:?} not taken");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        start.elapsed()
+    }
+
+    assert_eq!(a.take(acme()).await, Holding::Held);
+    assert_eq!(b.take(acme()).await, Holding::Elsewhere);
+    // All or none: `group:other` is free, but not taken while `group:acme` is held elsewhere.
+    assert_eq!(b.take(both()).await, Holding::Elsewhere);
+    assert_eq!(b.held(), 0);
+    // A second event of `a` holds it too; one release leaves the other's hold.
+    assert_eq!(a.take(acme()).await, Holding::Held);
+    a.release(acme());
+    // Renewed: still a's after more than two lease times.
+    tokio::time::sleep(lease * 2 + Duration::from_millis(300)).await;
+    assert_eq!(b.take(acme()).await, Holding::Elsewhere);
+    assert_eq!(a.held(), 1);
+
+    a.release(acme());
+    taken(&b, both(), lease / 2).await;
+    // A change applied under b's hold is known to a as soon as a holds the key after b.
+    clock_b.applied("organization:acme", 42_000);
+    b.release(both());
+    taken(&a, acme(), lease / 2).await;
+    assert_eq!(clock_a.last_applied("organization:acme"), Some(42_000));
+
+    // a stops without a word (its holds are neither renewed nor deleted): b takes over once
+    // a's time is over, not before.
+    drop(a);
+    assert_eq!(b.take(acme()).await, Holding::Elsewhere);
+    let waited = taken(&b, acme(), lease * 3).await;
+    assert!(waited >= lease / 3, "taken over after {waited:?}");
+    // A graceful close lets go at once.
+    b.close().await;
+    let (_clock_c, c) = replica("c");
+    assert_eq!(c.take(both()).await, Holding::Held);
 }

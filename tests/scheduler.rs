@@ -4,7 +4,8 @@
 //! by the response that creates the record; a key that waits (a per-user 429, a retry) does not
 //! hold up the others, which is measured as events delivered during the wait; an account-wide
 //! 429 pauses everyone; a poison event is dead-lettered after its bounded retries; server
-//! errors are retried until they pass.
+//! errors are retried until they pass; an organization held by another process waits at the
+//! front of its lines and is let go once settled.
 
 #[path = "support/serving.rs"]
 mod serving;
@@ -15,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use zdmap::deliver::dispatch::{DispatchOptions, RecordWait};
+use zdmap::deliver::holds::{Holding, KeyHolds, Taking};
 use zdmap::deliver::run::{RunReport, run};
 use zdmap::deliver::setup::Destination;
 use zdmap::deliver::{DeadLetter, DeadLetterWriter};
@@ -325,6 +327,91 @@ async fn a_per_user_rate_limit_holds_that_user_while_the_others_flow_in_send() {
         busy.expect("busy")["name"],
         "Busy B.",
         "its later change applied last"
+    );
+}
+
+/// Holds that another process has for a while: the first `refusals` takes are refused; every
+/// take and release is recorded.
+#[derive(Debug, Default)]
+struct Contended {
+    refusals: std::sync::Mutex<usize>,
+    taken: std::sync::Mutex<Vec<Vec<String>>>,
+    released: std::sync::Mutex<Vec<Vec<String>>>,
+}
+
+#[derive(Debug)]
+struct ContendedHolds(Arc<Contended>);
+
+impl KeyHolds for ContendedHolds {
+    fn take(&self, keys: Vec<String>) -> Taking {
+        let state = self.0.clone();
+        Box::pin(async move {
+            let mut refusals = state.refusals.lock().expect("lock");
+            if *refusals > 0 {
+                *refusals -= 1;
+                return Holding::Elsewhere;
+            }
+            state.taken.lock().expect("lock").push(keys);
+            Holding::Held
+        })
+    }
+
+    fn release(&self, keys: Vec<String>) {
+        self.0.released.lock().expect("lock").push(keys);
+    }
+}
+
+#[tokio::test]
+async fn an_organization_held_elsewhere_waits_keeping_its_place_while_the_others_flow() {
+    let emu = emulator(RuntimeKnobs::default()).await;
+    let dest = destination(&emu).await;
+    let mut events = new_users("u", 2);
+    events.push(json!({"type": "group", "groupId": "acme", "userId": "u0",
+                       "traits": {"name": "Acme"}}));
+    // u0's later change waits behind its group call; u1's goes on meanwhile.
+    events.push(identify(
+        "u0",
+        json!({"email": "u0@example.com", "name": "Later"}),
+    ));
+    events.push(identify(
+        "u1",
+        json!({"email": "u1@example.com", "name": "Other"}),
+    ));
+    let contended = Arc::new(Contended {
+        refusals: std::sync::Mutex::new(3),
+        ..Contended::default()
+    });
+    let options = DispatchOptions {
+        holds: Arc::new(ContendedHolds(contended.clone())),
+        ..DispatchOptions::default()
+    };
+    let (report, letters) = send_with(&dest, &events, Duration::from_secs(1), options).await;
+    assert_eq!(report.dead_letters, 0, "{letters:#?}");
+    assert_eq!(*contended.refusals.lock().expect("lock"), 0, "tried again");
+    assert_eq!(*contended.taken.lock().expect("lock"), [["group:acme"]]);
+    assert_eq!(
+        *contended.released.lock().expect("lock"),
+        [["group:acme"]],
+        "let go once settled"
+    );
+
+    let log = emu.requests();
+    let at = |what: &dyn Fn(&Value) -> bool| {
+        log.iter()
+            .position(what)
+            .unwrap_or_else(|| panic!("not in the log: {log:#?}"))
+    };
+    let organization = at(&|e| e["path"] == "/api/v2/organizations/create_or_update");
+    let membership = at(&|e| e["path"] == "/api/v2/organization_memberships");
+    let later = at(&|e| e["body"]["user"]["name"] == "Later");
+    let other = at(&|e| e["body"]["user"]["name"] == "Other");
+    assert!(
+        other < organization,
+        "u1 flowed while acme waited: {log:#?}"
+    );
+    assert!(
+        membership < later,
+        "u0's later change waited behind: {log:#?}"
     );
 }
 

@@ -49,9 +49,10 @@ pub struct ServeArgs {
     /// creates the queue.
     #[arg(long, value_name = "N", default_value_t = crate::queue::nats::DEFAULT_PARTITIONS)]
     pub nats_partitions: u32,
-    /// With --queue: how long a replica that stopped (killed, cut off) keeps its partitions
-    /// before the others take them; leases are renewed every fifth of it (at least every
-    /// second). Fixed by the first replica that creates the queue.
+    /// With --queue: how long a replica that stopped (killed, cut off) keeps its partitions,
+    /// and the organizations whose events it was delivering, before the others take them;
+    /// leases are renewed every fifth of it (at least every second), holds on organizations
+    /// every third. Fixed by the first replica that creates the queue.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub nats_lease: Duration,
     /// A write key senders must give as the HTTP Basic user (repeatable; also

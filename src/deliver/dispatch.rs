@@ -20,6 +20,13 @@
 //!   its lines; the next events of its keys may run meanwhile, but only to join its bulk request
 //!   (else they go back behind it); each answer wakes its event.
 //!
+//! An event with keys that other processes deliver events of too (its `shared` keys: the
+//! organization of a `group` call, when replicas share a queue) takes a hold on them
+//! ([`KeyHolds`]) before its first turn, all or none, and keeps them until it is settled, also
+//! while it waits or is parked; a key held elsewhere makes it wait at the front of its lines and
+//! try again shortly (50 ms, doubling up to a second). A process that delivers alone holds every
+//! key already ([`crate::deliver::holds::OneProcess`]): nothing is taken.
+//!
 //! No task sleeps while holding a slot: waiting is a timer in the scheduler. Events held are
 //! bounded, so memory stays flat whatever the input: no more input is taken while `max_active`
 //! events wait that are not parked, unless a slot is free and events wait for records (then
@@ -29,6 +36,7 @@
 
 use crate::deliver::batch::{Answers, Batcher};
 use crate::deliver::executor::{BatchAnswer, Delivery, EventOutcome, Turn, Wait};
+use crate::deliver::holds::{Holding, KeyHolds, OneProcess, Taking};
 use crate::deliver::schedule::{EventId, Key, Scheduler, Status, WaitReason};
 use crate::deliver::{DeadLetter, LearnedKey, PauseScope};
 use backon::ExponentialBackoff;
@@ -62,6 +70,9 @@ pub struct DispatchOptions {
     /// Also send the items collected as soon as nothing else runs and no input waits (`serve`:
     /// a quiet stream is not slowed by the window, a busy one fills its bulk requests).
     pub batch_when_idle: bool,
+    /// Where the holds on the keys events share across processes are taken (see the module
+    /// docs); [`OneProcess`] by default.
+    pub holds: Arc<dyn KeyHolds>,
 }
 
 /// How long a parked event waits for its record.
@@ -85,6 +96,7 @@ impl Default for DispatchOptions {
             drain: Duration::from_secs(30),
             batch_window: None,
             batch_when_idle: false,
+            holds: Arc::new(OneProcess),
         }
     }
 }
@@ -95,6 +107,9 @@ pub struct Incoming<T> {
     pub id: EventId,
     pub delivery: Delivery,
     pub keys: Vec<String>,
+    /// The keys among `keys` that events in other partitions of a shared queue have too
+    /// ([`crate::event::Event::shared_keys`]): held across processes while it is delivered.
+    pub shared: Vec<String>,
     /// When it was accepted.
     pub since: Instant,
     /// What the sink needs to settle it (a queue id).
@@ -117,6 +132,9 @@ pub trait Sink: Send {
 
     /// An event is set aside to be tried again (a retry, a record that does not exist yet).
     fn deferred(&mut self) {}
+
+    /// An event waits because another process holds one of its shared keys.
+    fn held_elsewhere(&mut self) {}
 
     /// What is held up, now and then (at most once a second).
     fn status(&mut self, _status: Status) {}
@@ -144,6 +162,18 @@ struct Meta<T> {
     deadline: Option<Instant>,
     /// The held events ahead of it when its turn started (it may only join their bulk requests).
     ahead: Vec<EventId>,
+    /// The keys to hold across processes before its first turn (empty when holds are free).
+    shared: Vec<String>,
+    /// How long it waits next when a shared key is held elsewhere.
+    hold_wait: Duration,
+}
+
+/// How a task of the dispatcher ended.
+enum Ran {
+    /// The holds of the event's shared keys were taken (`true`) or are held elsewhere.
+    Holds(bool),
+    /// A turn of its delivery.
+    Turn(Turn),
 }
 
 const FIRST_RECHECK: Duration = Duration::from_secs(1);
@@ -154,6 +184,9 @@ const LONGEST_RECHECK: Duration = Duration::from_secs(60);
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 const FIRST_HOLD: Duration = Duration::from_secs(1);
 const LONGEST_HOLD: Duration = Duration::from_secs(60);
+/// The first wait for a shared key held elsewhere, and the longest.
+const FIRST_HOLD_WAIT: Duration = Duration::from_millis(50);
+const LONGEST_HOLD_WAIT: Duration = Duration::from_secs(1);
 
 /// Delivers what `input` brings until it closes and everything is settled, or until `stop`
 /// turns true (then running turns get `options.drain` to finish; what is unsettled stays with
@@ -176,6 +209,7 @@ pub async fn dispatch<S: Sink>(
         fatal: None,
         last_status: None,
         batcher: options.batch_window.map(Batcher::new),
+        holding: HashMap::new(),
     };
     let mut draining: Option<Instant> = None;
     loop {
@@ -250,6 +284,11 @@ pub async fn dispatch<S: Sink>(
             }
         }
     }
+    // What is not settled stays with the input's source: its holds go now, so that whoever
+    // delivers it next (another replica) need not wait for them to expire.
+    for (_, keys) in d.holding.drain() {
+        options.holds.release(keys);
+    }
     DispatchReport { fatal: d.fatal }
 }
 
@@ -268,7 +307,7 @@ async fn sleep_until(at: Option<Instant>) {
 
 struct Dispatcher<'o, T> {
     scheduler: Scheduler<Job<T>>,
-    running: JoinSet<(Delivery, Turn)>,
+    running: JoinSet<(Delivery, Ran)>,
     /// Running tasks → their event, the rest of its job, and the event's data (to settle it if
     /// the task fails).
     tasks: HashMap<tokio::task::Id, (EventId, Meta<T>, Arc<serde_json::Value>)>,
@@ -283,6 +322,8 @@ struct Dispatcher<'o, T> {
     last_status: Option<Instant>,
     /// Items of bulk requests (when batching is on).
     batcher: Option<Batcher>,
+    /// Events holding their shared keys (see [`KeyHolds`]), until they are settled.
+    holding: HashMap<EventId, Vec<String>>,
 }
 
 impl<T: Send + 'static> Dispatcher<'_, T> {
@@ -303,12 +344,32 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
             };
             meta.ahead = self.scheduler.held_ahead(id);
             delivery.join_only(!meta.ahead.is_empty());
-            let event = delivery.event().clone();
-            let handle = self.running.spawn(async move {
-                let turn = delivery.advance().await;
-                (delivery, turn)
-            });
-            self.tasks.insert(handle.id(), (id, meta, event));
+            let taking = (!meta.shared.is_empty() && !self.holding.contains_key(&id))
+                .then(|| self.options.holds.take(meta.shared.clone()));
+            self.spawn(id, Job { delivery, meta }, taking);
+        }
+    }
+
+    /// Runs an event's turn, or takes its holds first.
+    fn spawn(&mut self, id: EventId, job: Job<T>, taking: Option<Taking>) {
+        let Job { mut delivery, meta } = job;
+        let event = delivery.event().clone();
+        let handle = self.running.spawn(async move {
+            if let Some(taking) = taking {
+                let held = taking.await == Holding::Held;
+                return (delivery, Ran::Holds(held));
+            }
+            let turn = delivery.advance().await;
+            (delivery, Ran::Turn(turn))
+        });
+        self.tasks.insert(handle.id(), (id, meta, event));
+    }
+
+    /// An event is settled: it leaves the scheduler and lets go of its holds.
+    fn finish(&mut self, id: EventId) {
+        self.scheduler.finish(id);
+        if let Some(keys) = self.holding.remove(&id) {
+            self.options.holds.release(keys);
         }
     }
 
@@ -333,6 +394,10 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
             .map(|k| Key::from(k.as_str()))
             .collect();
         let backoff = incoming.delivery.retry_policy().backoff();
+        let mut shared = incoming.shared;
+        if self.options.holds.every_key_held() {
+            shared.clear();
+        }
         let job = Job {
             delivery: incoming.delivery,
             meta: Meta {
@@ -341,6 +406,8 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                 recheck: FIRST_RECHECK,
                 deadline: None,
                 ahead: Vec::new(),
+                shared,
+                hold_wait: FIRST_HOLD_WAIT,
             },
         };
         self.scheduler
@@ -369,15 +436,15 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
     /// Applies how a turn ended. `false` when the sink cannot take more.
     fn turn_ended<S: Sink<Ticket = T>>(
         &mut self,
-        done: Result<(tokio::task::Id, (Delivery, Turn)), tokio::task::JoinError>,
+        done: Result<(tokio::task::Id, (Delivery, Ran)), tokio::task::JoinError>,
         sink: &mut S,
     ) -> bool {
-        let (id, mut job, turn) = match done {
-            Ok((task, (delivery, turn))) => {
+        let (id, mut job, ran) = match done {
+            Ok((task, (delivery, ran))) => {
                 let Some((id, meta, _)) = self.tasks.remove(&task) else {
                     return true;
                 };
-                (id, Job { delivery, meta }, turn)
+                (id, Job { delivery, meta }, ran)
             }
             Err(e) => {
                 // A turn that panicked (a bug): its event is settled as failed, not lost.
@@ -385,7 +452,7 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                     return true;
                 };
                 tracing::error!(event_id = id, error = %e, "a delivery turn failed");
-                self.scheduler.finish(id);
+                self.finish(id);
                 let letter = DeadLetter::without_response(
                     (*event).clone(),
                     "",
@@ -396,6 +463,31 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                     letters: vec![letter],
                 };
                 return sink.settled(meta.ticket, outcome);
+            }
+        };
+        let turn = match ran {
+            Ran::Turn(turn) => turn,
+            Ran::Holds(true) => {
+                self.holding.insert(id, job.meta.shared.clone());
+                job.meta.hold_wait = FIRST_HOLD_WAIT;
+                if self.fatal.is_some() {
+                    // No turn starts any more: it stays unsettled.
+                    self.scheduler
+                        .wait(id, job, Instant::now(), WaitReason::Credentials);
+                } else {
+                    // Its keys stay busy: the turn goes on at once.
+                    self.spawn(id, job, None);
+                }
+                return true;
+            }
+            Ran::Holds(false) => {
+                let pause = job.meta.hold_wait;
+                job.meta.hold_wait = (pause * 2).min(LONGEST_HOLD_WAIT);
+                tracing::debug!(event_id = id, keys = %job.meta.shared.join(","), "a key is held by another replica; waiting");
+                sink.held_elsewhere();
+                self.scheduler
+                    .wait(id, job, Instant::now() + pause, WaitReason::HeldElsewhere);
+                return true;
             }
         };
         let learned: Vec<LearnedKey> = job.delivery.take_learned();
@@ -410,7 +502,7 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
         }
         match turn {
             Turn::Finished(outcome) => {
-                self.scheduler.finish(id);
+                self.finish(id);
                 sink.settled(job.meta.ticket, outcome)
             }
             Turn::Wait(Wait::Missing { need }) => {
@@ -514,7 +606,7 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                     self.held_until = Some(self.held_until.map_or(until, |h| h.max(until)));
                     self.scheduler.wait(id, job, until, WaitReason::Credentials);
                 } else {
-                    self.scheduler.finish(id);
+                    self.finish(id);
                     self.fatal.get_or_insert(format!(
                         "Zendesk answered {status}: {message}. Check the credentials (ZENDESK_EMAIL and ZENDESK_API_TOKEN, or ZENDESK_OAUTH_TOKEN) and the agent's permissions; the events from this one on were not sent"
                     ));

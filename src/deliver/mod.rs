@@ -15,7 +15,8 @@
 //!   wait (a missing record, a backoff, a per-key 429); [`dispatch`] runs it for `send` and
 //!   `serve`, with the events in flight bounded.
 //! - [`order`]: the time of the last change applied per entity, so an older change is not
-//!   applied over a newer one.
+//!   applied over a newer one; [`holds`]: keys that several processes deliver, held by one at a
+//!   time.
 //! - [`error_body`]: Zendesk's four error envelopes → code and message.
 //! - [`dead_letter`]: undeliverable events as NDJSON records, and reading them back.
 //! - [`stats`]: the run's counters and summary; [`progress`]: the terminal progress line.
@@ -31,6 +32,7 @@ pub mod dead_letter;
 pub mod dispatch;
 pub mod error_body;
 pub mod executor;
+pub mod holds;
 pub mod http;
 pub mod jobs;
 pub mod order;

@@ -74,6 +74,7 @@ pub async fn run<R: Read + Send + 'static>(
                 let incoming = Incoming {
                     id: next_id,
                     keys: event.ordering_keys(),
+                    shared: event.shared_keys(),
                     delivery: executor.start(&event, only),
                     since: Instant::now(),
                     ticket: (),

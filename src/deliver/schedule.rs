@@ -7,8 +7,9 @@
 //! different keys go in parallel.
 //!
 //! An event that cannot go on yet is set aside, and what happens to its keys depends on why:
-//! - **waiting** ([`Scheduler::wait`]: a retry's backoff, a per-key 429): it keeps its place at
-//!   the front of its lines, so its keys' later events wait behind it, and other keys flow;
+//! - **waiting** ([`Scheduler::wait`]: a retry's backoff, a per-key 429, an organization
+//!   another replica holds): it keeps its place at the front of its lines, so its keys' later
+//!   events wait behind it, and other keys flow;
 //! - **parked** ([`Scheduler::park`]: a record it needs does not exist yet): it keeps its place
 //!   too, but lets pass the later events that may create that record: those that have the
 //!   missing key's value among their own keys (`user:u1` may create the user whose external id
@@ -50,15 +51,19 @@ pub enum WaitReason {
     MissingRecord,
     /// Its request is an item of a bulk request not answered yet.
     Batch,
+    /// A key it shares with events of other partitions is held by another process (another
+    /// replica delivers an event of that organization): tried again shortly.
+    HeldElsewhere,
 }
 
 impl WaitReason {
-    pub const ALL: [WaitReason; 5] = [
+    pub const ALL: [WaitReason; 6] = [
         WaitReason::Retry,
         WaitReason::RateLimited,
         WaitReason::Credentials,
         WaitReason::MissingRecord,
         WaitReason::Batch,
+        WaitReason::HeldElsewhere,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +73,7 @@ impl WaitReason {
             WaitReason::Credentials => "credentials",
             WaitReason::MissingRecord => "missing_record",
             WaitReason::Batch => "batch",
+            WaitReason::HeldElsewhere => "held_elsewhere",
         }
     }
 }

@@ -20,9 +20,11 @@ pub mod nats;
 pub mod sqlite;
 
 use crate::deliver::DeadLetter;
+use crate::deliver::holds::{KeyHolds, OneProcess};
 use crate::deliver::order::EntityClock;
 use serde_json::Value;
 use std::future::Future;
+use std::sync::Arc;
 
 pub use nats::{NatsOptions, NatsQueue};
 pub use sqlite::{
@@ -146,6 +148,13 @@ pub trait Queue: EntityClock + Send + Sync + 'static {
     /// What `/readyz` shows of the backend.
     fn describe(&self) -> serde_json::Value {
         serde_json::Value::Null
+    }
+
+    /// Where the holds on keys that events of different partitions share are taken: one
+    /// process delivers everything of a queue of its own, so it holds every key
+    /// ([`OneProcess`]); a queue shared by several processes holds them where they all see.
+    fn holds(&self) -> Arc<dyn KeyHolds> {
+        Arc::new(OneProcess)
     }
 }
 

@@ -16,7 +16,9 @@
 //!   shared request budget ([`budget`]).
 //! - the key-value bucket `zdmap_entities`: the time of the last change applied per entity
 //!   ([`entities`]), so a late retry or a replay never applies an older change over a newer one,
-//!   whichever replica made it.
+//!   whichever replica made it; and the holds on the keys that events of different partitions
+//!   share ([`holds`]: the organization of a `group` call, whose calls come from many users), so
+//!   that one replica at a time delivers an organization's events, in the order of their times.
 //!
 //! A replica that takes a partition starts its consumer again from the oldest event not yet
 //! acknowledged: a replica that died leaves nothing behind, and its events are delivered in the
@@ -25,6 +27,7 @@
 pub mod budget;
 pub mod dead_letters;
 pub mod entities;
+pub mod holds;
 pub mod partitions;
 
 use super::{Item, NewItem, Pushed, Queue, QueueError};
@@ -639,6 +642,7 @@ pub struct NatsMetrics {
 pub struct NatsQueue {
     layout: Layout,
     clock: Arc<entities::NatsClock>,
+    holds: Arc<holds::NatsHolds>,
     local: Arc<Mutex<Local>>,
     received: tokio::sync::Mutex<mpsc::Receiver<Received>>,
     added: Arc<Notify>,
@@ -681,6 +685,13 @@ impl NatsQueue {
         );
         let replica = manager.replica().to_owned();
         let handle = tokio::spawn(manager.run(stopped));
+        let clock = entities::NatsClock::start(layout.entities.clone());
+        let holds = Arc::new(holds::NatsHolds::start(
+            layout.entities.clone(),
+            clock.clone(),
+            replica.clone(),
+            layout.lease(),
+        ));
         tracing::info!(
             replica = %replica,
             partitions = layout.partitions,
@@ -688,7 +699,8 @@ impl NatsQueue {
             "queue on NATS JetStream"
         );
         Ok(NatsQueue {
-            clock: entities::NatsClock::start(layout.entities.clone()),
+            clock,
+            holds,
             layout,
             local,
             received: tokio::sync::Mutex::new(rx),
@@ -706,9 +718,10 @@ impl NatsQueue {
         &self.layout
     }
 
-    /// Hands this replica's partitions over at once (the leases are deleted, not left to
-    /// expire) and waits for the settlements being written.
+    /// Hands this replica's partitions and holds over at once (the leases and holds are
+    /// deleted, not left to expire) and waits for the settlements being written.
     pub async fn close(&self) {
+        self.holds.close().await;
         let _ = self.stop.send(true);
         let manager = lock(&self.manager).take();
         if let Some(manager) = manager {
@@ -749,6 +762,12 @@ impl NatsQueue {
             "Replicas with a live heartbeat, as last seen.",
             "gauge",
             m.replicas_alive.load(Ordering::Relaxed),
+        );
+        gauge(
+            "zdmap_nats_holds",
+            "Organizations this replica holds: events of theirs under way here.",
+            "gauge",
+            self.holds.held() as u64,
         );
         gauge(
             "zdmap_nats_lease_changes_total",
@@ -921,6 +940,10 @@ impl Queue for NatsQueue {
 
     fn metrics_text(&self, depth: Option<u64>) -> String {
         self.metrics_lines(depth)
+    }
+
+    fn holds(&self) -> Arc<dyn crate::deliver::holds::KeyHolds> {
+        self.holds.clone()
     }
 
     fn describe(&self) -> serde_json::Value {

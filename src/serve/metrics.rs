@@ -25,6 +25,8 @@ pub struct Metrics {
     pub dead_lettered: AtomicU64,
     /// Delivery attempts of an event that will be tried again later (Zendesk down, 429s).
     pub deferred: AtomicU64,
+    /// Times an event waited because another replica held its organization.
+    pub held_elsewhere: AtomicU64,
     pub rejected_bad_request: AtomicU64,
     pub rejected_unauthorized: AtomicU64,
     pub reloads_ok: AtomicU64,
@@ -145,6 +147,11 @@ pub fn render(metrics: &Metrics, stats: &Stats, queue_depth: Option<u64>, ready:
             "zdmap_events_deferred_total",
             "Delivery attempts put off to be tried again (Zendesk unavailable or refusing credentials).",
             get(&metrics.deferred),
+        ),
+        (
+            "zdmap_delivery_held_elsewhere_total",
+            "Times an event waited because another replica delivered an event of its organization.",
+            get(&metrics.held_elsewhere),
         ),
     ];
     for (name, help, value) in counters {

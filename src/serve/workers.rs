@@ -8,7 +8,8 @@
 //! cannot take yet (server errors, timeouts, 429s) waits with backoff for up to `retry_for`
 //! since it was accepted; one that needs a record that does not exist yet waits up to
 //! `wait_for_records` for an event that creates it. While Zendesk refuses the credentials every
-//! event waits and `/readyz` says why. On shutdown the events being sent get `drain` to finish;
+//! event waits and `/readyz` says why. An organization's events that other replicas deliver too
+//! (a shared queue) wait while another replica holds it ([`crate::deliver::holds`]). On shutdown the events being sent get `drain` to finish;
 //! whatever is not settled stays in the queue for the next start.
 
 use super::Shared;
@@ -84,6 +85,7 @@ pub async fn run<Q: Queue>(
         drain: options.drain,
         batch_window: options.batch_window,
         batch_when_idle: true,
+        holds: queue.holds(),
         ..DispatchOptions::default()
     };
     let mut sink = QueueSink {
@@ -169,6 +171,7 @@ fn incoming<Q: Queue>(item: &Item, queue: &Q, shared: &Shared) -> Option<Incomin
     Some(Incoming {
         id: item.id,
         keys: event.ordering_keys(),
+        shared: event.shared_keys(),
         delivery,
         since: now.checked_sub(age).unwrap_or(now),
         ticket: (item.id, item.accepted_at_ms),
@@ -234,6 +237,13 @@ impl<Q: Queue> Sink for QueueSink<Q> {
 
     fn deferred(&mut self) {
         self.shared.metrics.deferred.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn held_elsewhere(&mut self) {
+        self.shared
+            .metrics
+            .held_elsewhere
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn status(&mut self, status: Status) {

@@ -5,14 +5,22 @@
 //! Each replica keeps the times in memory ([`MemoryClock`]), fed by a watch on the bucket, so a
 //! check costs no round trip; a change applied is written to the bucket at once (by
 //! compare-and-set, so the later time wins) and reaches the other replicas within milliseconds.
+//!
+//! The holds on shared keys live in the same bucket ([`super::holds`]), so that one revision
+//! orders both: a replica that takes a hold waits until its watch has come that far
+//! ([`NatsClock::seen_up_to`]), and so knows every change the previous holder wrote before
+//! letting go ([`NatsClock::written`]).
 
 use crate::deliver::order::{DEFAULT_CAPACITY, EntityClock, MemoryClock};
 use crate::sync::lock;
 use async_nats::jetstream::kv;
 use base64::Engine as _;
 use futures_util::StreamExt as _;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+use tokio::sync::{Notify, watch};
 
 /// The bucket.
 pub const ENTITIES_BUCKET: &str = "zdmap_entities";
@@ -54,6 +62,30 @@ pub struct NatsClock {
     memory: MemoryClock,
     bucket: kv::Store,
     watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The bucket's last revision the watch has seen.
+    seen: watch::Sender<u64>,
+    writes: Arc<Writes>,
+}
+
+/// Writes of change times to the bucket: numbered as they start, each removed when it ends.
+#[derive(Default)]
+struct Writes {
+    next: AtomicU64,
+    pending: Mutex<BTreeSet<u64>>,
+    ended: Notify,
+}
+
+/// Ends a write when dropped (however its task ends).
+struct Writing {
+    number: u64,
+    writes: Arc<Writes>,
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        lock(&self.writes.pending).remove(&self.number);
+        self.writes.ended.notify_waiters();
+    }
 }
 
 impl std::fmt::Debug for NatsClock {
@@ -69,10 +101,40 @@ impl NatsClock {
             memory: MemoryClock::default(),
             bucket: bucket.clone(),
             watcher: Mutex::new(None),
+            seen: watch::Sender::new(0),
+            writes: Arc::default(),
         });
         let watcher = tokio::spawn(follow(bucket, Arc::downgrade(&clock)));
         *lock(&clock.watcher) = Some(watcher);
         clock
+    }
+
+    /// Waits (up to `limit`) until the watch has seen the bucket's revision `revision`, so that
+    /// every change time written before it is known here. `false` when it has not.
+    pub async fn seen_up_to(&self, revision: u64, limit: Duration) -> bool {
+        let mut seen = self.seen.subscribe();
+        tokio::time::timeout(limit, seen.wait_for(|at| *at >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits (up to `limit`) until the change times this replica started writing before now
+    /// are in the bucket (or given up). `false` when some are not yet.
+    pub async fn written(&self, limit: Duration) -> bool {
+        let writes = &self.writes;
+        let before = writes.next.load(Ordering::Acquire);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let ended = writes.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if lock(&writes.pending).first().is_none_or(|w| *w >= before) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return false;
+            }
+        }
     }
 }
 
@@ -93,7 +155,17 @@ impl EntityClock for NatsClock {
         self.memory.applied(entity, at_ms);
         let bucket = self.bucket.clone();
         let key = key(entity);
+        let writing = {
+            let mut pending = lock(&self.writes.pending);
+            let number = self.writes.next.fetch_add(1, Ordering::AcqRel);
+            pending.insert(number);
+            Writing {
+                number,
+                writes: self.writes.clone(),
+            }
+        };
         tokio::spawn(async move {
+            let _writing = writing;
             for _ in 0..10 {
                 let entry = match bucket.entry(&key).await {
                     Ok(e) => e.filter(|e| e.operation == kv::Operation::Put),
@@ -130,6 +202,11 @@ async fn follow(bucket: kv::Store, clock: Weak<NatsClock>) {
                 let Some(clock) = clock.upgrade() else {
                     return;
                 };
+                clock.seen.send_if_modified(|seen| {
+                    let later = entry.revision > *seen;
+                    *seen = (*seen).max(entry.revision);
+                    later
+                });
                 if entry.operation != kv::Operation::Put {
                     continue;
                 }

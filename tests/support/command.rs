@@ -1,0 +1,26 @@
+//! The `zdmap` binary run by a test: its arguments and standard input, without the Zendesk
+//! credentials of the environment the tests run in.
+
+use std::io::Write as _;
+use std::process::{Command, Output, Stdio};
+
+/// Runs `zdmap` with `args`, writes `stdin` to it and waits for it to end.
+pub fn zdmap(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zdmap"))
+        .args(args)
+        .env_remove("ZENDESK_EMAIL")
+        .env_remove("ZENDESK_API_TOKEN")
+        .env_remove("ZENDESK_OAUTH_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn zdmap");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
