@@ -193,11 +193,25 @@ impl Metrics {
     }
 
     fn requests(&self) -> f64 {
+        self.requests_to(|_| true)
+    }
+
+    /// Zendesk requests to the endpoints `which` picks (any status).
+    fn requests_to(&self, which: impl Fn(&str) -> bool) -> f64 {
         self.0
             .lines()
-            .filter(|l| l.starts_with("zdmap_zendesk_requests_total{"))
+            .filter_map(|l| l.strip_prefix("zdmap_zendesk_requests_total{endpoint=\""))
+            .filter(|l| which(l.split('"').next().unwrap_or_default()))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// Bulk requests and job polls.
+    fn bulk_and_polls(&self) -> (f64, f64) {
+        (
+            self.requests_to(|e| e.contains("_many")),
+            self.requests_to(|e| e.contains("job_statuses")),
+        )
     }
 
     /// Cumulative (bound, count) of the accept → delivered histogram.
@@ -368,7 +382,7 @@ fn load_run(batch_window: Option<Duration>, times: &DeliveredTimes) {
             })
             .collect();
         times.take();
-        let paced_requests = Metrics::read(&url).await.requests();
+        let before_paced = Metrics::read(&url).await;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         for body in paced {
             tick.tick().await;
@@ -408,13 +422,22 @@ fn load_run(batch_window: Option<Duration>, times: &DeliveredTimes) {
             exact.len(),
             delta("zdmap_events_skipped_total"),
             delta("zdmap_events_dead_lettered_total"),
-            (after_paced.requests() - paced_requests) / paced_events as f64,
+            (after_paced.requests() - before_paced.requests()) / paced_events as f64,
             rank(&exact, 0.50),
             rank(&exact, 0.90),
             rank(&exact, 0.99),
             exact.last().copied().unwrap_or(0),
             bucket_of(&after_load, &after_paced, 0.5),
             bucket_of(&after_load, &after_paced, 0.99),
+        );
+        let (bulk, polls) = after_paced.bulk_and_polls();
+        let (bulk_before, polls_before) = before_paced.bulk_and_polls();
+        println!(
+            "  of which bulk requests {:.0} and job polls {:.0} (backlog: {:.0} and {:.0})",
+            bulk - bulk_before,
+            polls - polls_before,
+            after_load.bulk_and_polls().0 - before_load.bulk_and_polls().0,
+            after_load.bulk_and_polls().1 - before_load.bulk_and_polls().1,
         );
         if let Some(w) = batch_window {
             let target = w.as_millis() as u64 + 1000;
