@@ -399,8 +399,9 @@ pub struct JobsSpec {
     #[serde(default = "default_job_limit")]
     #[schemars(range(min = 1, max = 1000))]
     pub limit: usize,
-    /// The first poll comes this long after the bulk request; later ones wait half as long
-    /// again each, up to `poll_max_ms`.
+    /// The first job's first poll comes this long after its bulk request; later jobs are first
+    /// polled when the jobs before them were seen done (learned as they go). A job still running
+    /// is polled again, each wait half as long again as the one before, up to `poll_max_ms`.
     #[serde(default = "default_poll_ms")]
     pub poll_ms: u64,
     #[serde(default = "default_poll_max_ms")]

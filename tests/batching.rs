@@ -2,10 +2,11 @@
 //! requests as items of bulk requests and read each item's result from the job. The same events
 //! delivered batched and unbatched end in the same state; an item that fails fails only its
 //! event; failed jobs, a 429 on job creation and the job limit are waited out; with bulk user
-//! imports off, users go one by one; a `zdmap serve` killed during a job delivers again; an
-//! event that ran behind a bulk request answered during its turn holds nobody up. Ticket
-//! updates (a comment is not idempotent) go in bulk too: after a lost bulk answer or a kill,
-//! the pending jobs are waited out before the markers are read back, so no comment lands twice.
+//! imports off, users go one by one; a lone item goes as its single request; a `zdmap serve`
+//! killed during a job delivers again; an event that ran behind a bulk request answered during
+//! its turn holds nobody up. Ticket updates (a comment is not idempotent) go in bulk too: after
+//! a lost bulk answer or a kill, the pending jobs are waited out before the markers are read
+//! back, so no comment lands twice.
 
 #[path = "support/oas.rs"]
 mod oas;
@@ -567,6 +568,56 @@ async fn no_more_jobs_than_the_limit_are_in_flight() {
     );
 }
 
+#[tokio::test]
+async fn later_jobs_are_first_polled_when_the_jobs_before_them_ended() {
+    // Items go 2 per request and destination.yaml allows one job at a time, so ten users make
+    // five jobs in turn; each takes 600 ms. Polled every time as the first is (after 250 ms:
+    // running, then 375 ms later: done), they would cost ten polls; polled first when the one
+    // before was seen done, most cost one.
+    let mappings = mappings_with(|name, text| match name {
+        "destination.yaml" => text.replace("  limit: 30", "  limit: 1"),
+        "upsert_user.yaml" => two_users_per_request(&text),
+        _ => text,
+    });
+    let emu = emulator(true).await;
+    emu.configure(|k| k.job_delay_ms = 600);
+    let users: Vec<Value> = (0..10)
+        .map(|u| identify(&format!("p{u}"), &format!("p{u}@example.com"), "pro"))
+        .collect();
+    let (report, letters) = send(
+        &emu,
+        mappings.path(),
+        &lines(&users),
+        options(Some(Duration::from_secs(1))),
+    )
+    .await;
+    assert!(letters.is_empty(), "{letters:?}");
+    assert_eq!(report.dead_letters, 0);
+    let bulk = requests(&emu, "POST", "/api/v2/users/create_or_update_many");
+    assert_eq!(statuses(&bulk), vec![200; 5]);
+    let polls: Vec<Value> = emu
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .is_some_and(|p| p.contains("job_statuses"))
+        })
+        .collect();
+    assert!(
+        polls.iter().all(|p| p["status"] == 200),
+        "{:?}",
+        statuses(&polls)
+    );
+    assert!(polls.len() <= 8, "{} polls for 5 jobs", polls.len());
+    assert_eq!(
+        comparable(&emu.state())["users"]
+            .as_object()
+            .map(|u| u.len()),
+        Some(10)
+    );
+}
+
 /// `zdmap serve` as a child process delivering to `emu` with a short batch window: the child
 /// and its URL.
 fn spawn_serve(emu: &Emulator, data: &Path) -> (std::process::Child, String) {
@@ -735,28 +786,105 @@ async fn lookups_in_one_window_go_out_as_one_request() {
     );
 }
 
-/// Input that gives its lines one at a time, pausing before each but the first (events that
-/// arrive while earlier ones are being delivered).
+#[tokio::test]
+async fn a_lone_item_goes_as_its_single_request_with_no_job_to_wait_for() {
+    // A bulk request of one item would cost itself and at least one poll of its job (here a job
+    // takes 500 ms); its single request costs one request and is answered at once.
+    let emu = emulator(true).await;
+    emu.configure(|k| k.job_delay_ms = 500);
+    let job_polls = |emu: &Emulator| {
+        emu.requests()
+            .iter()
+            .filter(|r| {
+                r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("job_statuses"))
+            })
+            .count()
+    };
+    let (report, letters) = send(
+        &emu,
+        Path::new("mappings"),
+        &lines(&[identify("solo", "solo@example.com", "pro")]),
+        options(Some(Duration::from_millis(100))),
+    )
+    .await;
+    assert!(letters.is_empty(), "{letters:?}");
+    assert_eq!(report.dead_letters, 0);
+    assert!(requests(&emu, "POST", "/api/v2/users/create_or_update_many").is_empty());
+    assert_eq!(
+        statuses(&requests(&emu, "POST", "/api/v2/users/create_or_update")),
+        vec![201],
+        "created by its single request"
+    );
+    assert_eq!(job_polls(&emu), 0);
+    let users = comparable(&emu.state())["users"].clone();
+    assert_eq!(users["\"solo\""]["name"], "User solo");
+
+    // Three upserts of one user coalesced into one lone item: one single request, later
+    // values winning.
+    let renames: Vec<Value> = (1..=3)
+        .map(|n| {
+            json!({"type": "identify", "userId": "solo", "messageId": format!("r-{n}"),
+                        "traits": {"email": "solo@example.com", "name": format!("Solo {n}")}})
+        })
+        .collect();
+    let (report, _) = send(
+        &emu,
+        Path::new("mappings"),
+        &lines(&renames),
+        options(Some(Duration::from_millis(300))),
+    )
+    .await;
+    assert_eq!(report.dead_letters, 0);
+    assert!(requests(&emu, "POST", "/api/v2/users/create_or_update_many").is_empty());
+    assert_eq!(
+        requests(&emu, "POST", "/api/v2/users/create_or_update").len(),
+        2,
+        "one more single request for the three"
+    );
+    assert_eq!(job_polls(&emu), 0);
+    assert_eq!(
+        comparable(&emu.state())["users"]["\"solo\""]["name"],
+        "Solo 3"
+    );
+
+    // Two users in one window still share a bulk request.
+    let (report, _) = send(
+        &emu,
+        Path::new("mappings"),
+        &lines(&[
+            identify("duo1", "duo1@example.com", "pro"),
+            identify("duo2", "duo2@example.com", "pro"),
+        ]),
+        options(Some(Duration::from_millis(300))),
+    )
+    .await;
+    assert_eq!(report.dead_letters, 0);
+    let bulk = requests(&emu, "POST", "/api/v2/users/create_or_update_many");
+    assert_eq!(bulk.len(), 1);
+    assert_eq!(bulk[0]["body"]["users"].as_array().map(Vec::len), Some(2));
+    assert!(job_polls(&emu) >= 1);
+}
+
+/// Input that gives its lines one at a time, each after its pause (events that arrive while
+/// earlier ones are being delivered).
 struct Paced {
-    lines: std::collections::VecDeque<String>,
-    pause: Duration,
-    first: bool,
+    lines: std::collections::VecDeque<(Duration, String)>,
 }
 
 impl std::io::Read for Paced {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let Some(line) = self.lines.pop_front() else {
+        let Some((pause, line)) = self.lines.pop_front() else {
             return Ok(0);
         };
-        if !std::mem::take(&mut self.first) {
-            std::thread::sleep(self.pause);
-        }
+        std::thread::sleep(pause);
         let bytes = format!("{line}\n").into_bytes();
         let n = bytes.len().min(buf.len());
         buf[..n].copy_from_slice(&bytes[..n]);
         if n < bytes.len() {
-            self.lines
-                .push_front(String::from_utf8_lossy(&bytes[n..bytes.len() - 1]).into_owned());
+            let rest = String::from_utf8_lossy(&bytes[n..bytes.len() - 1]).into_owned();
+            self.lines.push_front((Duration::ZERO, rest));
         }
         Ok(n)
     }
@@ -797,12 +925,18 @@ async fn an_event_behind_a_bulk_request_answered_during_its_turn_does_not_hold_i
         "messageId": "m-u1-track", "properties": {"plan": "pro"}});
     let replayed =
         zdmap::deliver::DeadLetter::without_response(track, "track_event", "record", "HTTP 500");
+    // Another user's identify comes with u1's, so that they make a bulk request (a lone item
+    // would go as its single request).
+    let other = identify("u2", "u2@example.com", "free");
     let input = Paced {
-        lines: [renamed.to_string(), replayed.to_line()].into(),
-        // The identify's bulk request goes out after 10 ms and is answered after 410 ms; the
+        lines: [
+            (Duration::ZERO, renamed.to_string()),
+            (Duration::ZERO, other.to_string()),
+            (Duration::from_millis(200), replayed.to_line()),
+        ]
+        .into(),
+        // The identifies' bulk request goes out after 10 ms and is answered after 410 ms; the
         // track starts at 200 ms and its check is answered at 600 ms.
-        pause: Duration::from_millis(200),
-        first: true,
     };
     let report = tokio::time::timeout(
         Duration::from_secs(30),
@@ -819,9 +953,12 @@ async fn an_event_behind_a_bulk_request_answered_during_its_turn_does_not_hold_i
     .expect("run");
     assert_eq!(report.dead_letters, 0);
     let bulk = requests(&emu, "POST", "/api/v2/users/create_or_update_many");
-    assert_eq!(statuses(&bulk), vec![503, 200], "tried again after the 503");
+    // Tried again after the 503: in bulk again, or each alone as its single request (the two
+    // wait their own backoffs).
+    assert_eq!(statuses(&bulk).first(), Some(&503), "{:?}", statuses(&bulk));
     let state = comparable(&emu.state());
     assert_eq!(state["users"]["\"u1\""]["name"], "User One");
+    assert_eq!(state["users"]["\"u2\""]["name"], "User u2");
     let checks = emu
         .requests()
         .into_iter()

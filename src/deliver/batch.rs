@@ -7,6 +7,8 @@
 //! are collected until `max_items` are there or the window ends (or nothing else can happen:
 //! `send`'s input has ended and no turn runs); items with the same `coalesce` identity become one
 //! item, later values winning field by field. Then the bulk request goes out as one attempt:
+//! - a lone item goes as its step's single request (one request, no job to wait for: the bulk
+//!   request would cost itself and its polls);
 //! - a status the form names as a refusal (`fallback.statuses`: 403 when bulk user imports are
 //!   off) turns the form off (logged once) and every item is sent as its single request, from
 //!   then on too (items are still collected, so the events coalesced into one share its request);
@@ -14,7 +16,10 @@
 //!   event retries its step like after a failed single request, and joins a new batch;
 //! - a job is polled (`jobs:` of `destination.yaml`) until it is done, each poll one request
 //!   under the budget; at most `jobs.limit` jobs are in flight, further bulk requests wait
-//!   for one to end. A job that fails as a whole is a retry for every item.
+//!   for one to end. A job that fails as a whole is a retry for every item. The first job's
+//!   first poll comes `poll_ms` after its bulk request; later jobs are first polled when the
+//!   jobs before them were seen done ([`JobTimes`]: an account's jobs take about as long as
+//!   each other), so a job costs about one poll and is read soon after it ends.
 //!
 //! Each item's result is read back into the answer its step would have had for its single
 //! request (`{body_key: result}` with the form's status), so the step's `outcomes`, `outputs`
@@ -41,6 +46,7 @@ use indexmap::IndexMap;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -48,6 +54,38 @@ use tokio::time::Instant;
 
 /// Polls of one job that may fail in a row before its items are tried again.
 const POLL_FAILURES: u32 = 8;
+
+/// The soonest a job is polled after its bulk request, or again after a poll that found it
+/// running while [`JobTimes`] expected it done.
+const SOONEST_POLL: Duration = Duration::from_millis(20);
+
+/// How long jobs took to be seen done lately, so that a job is first polled about when it
+/// ends: polled too soon it costs more polls, too late its events wait.
+#[derive(Debug, Default)]
+struct JobTimes {
+    /// Milliseconds from a bulk request's answer to its first poll; 0 until a job was seen done.
+    first_poll_ms: AtomicU64,
+}
+
+impl JobTimes {
+    /// When to poll a job first, as learned (`None` until a job was seen done), at most
+    /// `longest` after its bulk request.
+    fn first_poll(&self, longest: Duration) -> Option<Duration> {
+        match self.first_poll_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms).clamp(SOONEST_POLL, longest.max(SOONEST_POLL))),
+        }
+    }
+
+    /// A job was seen done by a poll `after` its bulk request's answer. Seen at its first poll,
+    /// it may have ended sooner: the next first poll comes a tenth sooner. Seen later, it ended
+    /// between the last two polls: the next first poll comes when this one was seen done.
+    fn seen_done(&self, after: Duration, first_poll: bool) {
+        let next = if first_poll { after * 9 / 10 } else { after };
+        let ms = u64::try_from(next.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.first_poll_ms.store(ms, Ordering::Relaxed);
+    }
+}
 
 /// Collects items into bulk requests and runs them; see the module docs.
 #[derive(Debug)]
@@ -61,6 +99,8 @@ pub struct Batcher {
     running: HashMap<tokio::task::Id, Vec<EventId>>,
     /// Jobs in flight at once (`jobs.limit`), made with the first job.
     jobs: Option<Arc<Semaphore>>,
+    /// How long jobs take to be seen done.
+    job_times: Arc<JobTimes>,
 }
 
 /// A bulk request being collected.
@@ -111,6 +151,7 @@ impl Batcher {
             tasks: JoinSet::new(),
             running: HashMap::new(),
             jobs: None,
+            job_times: Arc::default(),
         }
     }
 
@@ -296,8 +337,9 @@ impl Batcher {
             _ => None,
         };
         let events: Vec<EventId> = open.slots.iter().flat_map(|s| s.events.clone()).collect();
+        let times = self.job_times.clone();
         let handle = self.tasks.spawn(async move {
-            let answers = run(&open, limit).await;
+            let answers = run(&open, limit, &times).await;
             Answers {
                 answers: open
                     .slots
@@ -357,10 +399,20 @@ fn group_of(item: &BatchItem) -> String {
 }
 
 /// Sends one bulk request, polls its job, and gives each item its answer (in slot order).
-async fn run(open: &Open, limit: Option<Arc<Semaphore>>) -> Vec<BatchAnswer> {
+async fn run(open: &Open, limit: Option<Arc<Semaphore>>, times: &JobTimes) -> Vec<BatchAnswer> {
     let (form, config, transport) = (&open.form, &open.config, &open.transport);
     let n = open.slots.len();
     let all = |a: BatchAnswer| vec![a; n];
+    if let [slot] = open.slots.as_slice() {
+        // A lone item: its single request costs one request and no job to wait for, where the
+        // bulk request costs itself and its polls. One event sends its step's own request;
+        // events coalesced into the item share one.
+        return if slot.events.len() == 1 {
+            vec![BatchAnswer::Single]
+        } else {
+            singles(open).await
+        };
+    }
     if form.is_refused() {
         return singles(open).await;
     }
@@ -390,7 +442,7 @@ async fn run(open: &Open, limit: Option<Arc<Semaphore>>) -> Vec<BatchAnswer> {
         other => return all(BatchAnswer::Answered(Box::new(other))),
     };
     let results: Vec<Value> = if form.job {
-        match poll(open, &response).await {
+        match poll(open, &response, times).await {
             Ok(results) => results,
             Err(d) => return all(BatchAnswer::Answered(Box::new(d))),
         }
@@ -440,7 +492,11 @@ async fn singles(open: &Open) -> Vec<BatchAnswer> {
 }
 
 /// Polls the job a bulk answer started until it is done: its results, or how it failed.
-async fn poll(open: &Open, started: &Response) -> Result<Vec<Value>, Disposition> {
+async fn poll(
+    open: &Open,
+    started: &Response,
+    times: &JobTimes,
+) -> Result<Vec<Value>, Disposition> {
     let (config, transport) = (&open.config, &open.transport);
     let Some(jobs) = &config.jobs else {
         return Err(retry(started.clone()));
@@ -451,12 +507,20 @@ async fn poll(open: &Open, started: &Response) -> Result<Vec<Value>, Disposition
     let request = jobs
         .poll_request(&config.templates, &config.settings, &id)
         .map_err(|_| retry(started.clone()))?;
-    let mut wait = Duration::from_millis(jobs.poll_ms);
+    let answered = Instant::now();
     let longest = Duration::from_millis(jobs.poll_max_ms);
+    let learned = times.first_poll(longest);
+    let mut wait = learned.unwrap_or(Duration::from_millis(jobs.poll_ms));
+    let mut polls = 0u32;
     let mut failures = 0;
     loop {
         tokio::time::sleep(wait).await;
-        wait = (wait * 3 / 2).min(longest);
+        polls += 1;
+        wait = match learned {
+            // Expected done by now and still running: it ends soon.
+            Some(first) if polls == 1 => (first / 4).max(SOONEST_POLL),
+            _ => (wait * 3 / 2).min(longest),
+        };
         match transport.attempt(&request, |_| false).await {
             Disposition::Done { response } if response.is_success() => {
                 failures = 0;
@@ -467,7 +531,12 @@ async fn poll(open: &Open, started: &Response) -> Result<Vec<Value>, Disposition
                 }
                 match state {
                     JobState::Running => {}
-                    JobState::Done(results) => return Ok(results.to_vec()),
+                    JobState::Done(results) => {
+                        // When the poll went out (a wait for the request budget not counted).
+                        let sent = answered.elapsed().saturating_sub(response.elapsed);
+                        times.seen_done(sent, polls == 1);
+                        return Ok(results.to_vec());
+                    }
                     JobState::Failed(status) => {
                         tracing::info!(job = %id, status = %status, "a bulk job failed: its items are tried again");
                         return Err(retry(response));

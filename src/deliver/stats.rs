@@ -252,8 +252,10 @@ impl Default for Histogram {
 
 impl Histogram {
     /// Upper bounds of the buckets, in seconds.
-    pub const BOUNDS: [f64; 14] = [
-        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    /// Finer between 0.5 s and 2.5 s, where a batch window and its jobs put an event's delivery.
+    pub const BOUNDS: [f64; 18] = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5,
+        5.0, 10.0, 30.0,
     ];
 
     pub fn new() -> Self {

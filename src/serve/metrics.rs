@@ -381,6 +381,9 @@ mod tests {
         let metrics = Metrics::default();
         Metrics::add(&metrics.accepted, 3);
         metrics.delivery_latency.observe(Duration::from_millis(3));
+        metrics
+            .delivery_latency
+            .observe(Duration::from_millis(1_300));
         metrics.delivery_latency.observe(Duration::from_secs(60));
         metrics.set_delivery(Status {
             events: 4,
@@ -414,18 +417,53 @@ mod tests {
             text.contains("zdmap_delivery_latency_seconds_bucket{le=\"0.005\"} 1\n"),
             "{text}"
         );
+        // Finer buckets around a batch window and its jobs: 1.3 s lies between 1.25 and 1.5.
         assert!(
-            text.contains("zdmap_delivery_latency_seconds_bucket{le=\"30\"} 1\n"),
+            text.contains("zdmap_delivery_latency_seconds_bucket{le=\"1.25\"} 1\n"),
             "{text}"
         );
         assert!(
-            text.contains("zdmap_delivery_latency_seconds_bucket{le=\"+Inf\"} 2\n"),
+            text.contains("zdmap_delivery_latency_seconds_bucket{le=\"1.5\"} 2\n"),
             "{text}"
         );
         assert!(
-            text.contains("zdmap_delivery_latency_seconds_count 2\n"),
+            text.contains("zdmap_delivery_latency_seconds_bucket{le=\"30\"} 2\n"),
             "{text}"
         );
+        assert!(
+            text.contains("zdmap_delivery_latency_seconds_bucket{le=\"+Inf\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zdmap_delivery_latency_seconds_count 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zdmap_delivery_latency_seconds_sum 61.303\n"),
+            "{text}"
+        );
+        // Prometheus' rules for a histogram: bounds increasing, counts cumulative, `+Inf` last
+        // and equal to the count.
+        let buckets: Vec<(f64, u64)> = text
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("zdmap_delivery_latency_seconds_bucket{le=\"")?;
+                let (le, n) = rest.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, n.parse().ok()?))
+            })
+            .collect();
+        assert_eq!(buckets.len(), Histogram::BOUNDS.len() + 1);
+        assert!(
+            buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1)
+        );
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 3)));
         assert_eq!(escape("a\"b\\c"), "a\\\"b\\\\c");
     }
 }

@@ -191,9 +191,11 @@ impl<Q: Queue> Sink for QueueSink<Q> {
         let metrics = &self.shared.metrics;
         let letters = match outcome {
             EventOutcome::Delivered => {
-                metrics.delivery_latency.observe(Duration::from_millis(
-                    crate::time::unix_millis_now().saturating_sub(accepted_at_ms),
-                ));
+                let latency_ms = crate::time::unix_millis_now().saturating_sub(accepted_at_ms);
+                metrics
+                    .delivery_latency
+                    .observe(Duration::from_millis(latency_ms));
+                tracing::debug!(queue_id = id, latency_ms, "event delivered");
                 metrics.delivered.fetch_add(1, Ordering::Relaxed);
                 Vec::new()
             }
