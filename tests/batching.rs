@@ -1069,7 +1069,18 @@ async fn a_lost_answer_to_a_bulk_ticket_update_adds_every_comment_once() {
         .iter()
         .map(|r| r["body"]["tickets"].as_array().map_or(0, Vec::len))
         .sum();
-    assert_eq!(items, 8, "no update was sent twice");
+    // A lone item goes as its single request.
+    let singles = emu
+        .requests()
+        .iter()
+        .filter(|r| {
+            r["method"] == "PUT"
+                && r["path"].as_str().is_some_and(|p| {
+                    p.starts_with("/api/v2/tickets/") && !p.contains("update_many")
+                })
+        })
+        .count();
+    assert_eq!(items + singles, 8, "no update was sent twice");
     assert!(
         !requests(&emu, "GET", "/api/v2/job_statuses").is_empty(),
         "the pending jobs were listed"
