@@ -692,6 +692,64 @@ async fn a_serve_killed_during_a_job_delivers_its_events_again_at_the_next_start
     let _ = child.wait();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_serve_that_keeps_up_an_event_behind_a_job_sends_its_request_single() {
+    // Two users' identifies go in one bulk request whose job takes 800 ms; their next
+    // identifies come 200 ms later and wait behind it. In a bulk request of their own (a
+    // second job) they would wait as long again: they go single.
+    let emu = emulator(true).await;
+    emu.configure(|k| k.job_delay_ms = 800);
+    let data = tempfile::tempdir().expect("temp dir");
+    let (mut child, url) = spawn_serve(&emu, data.path());
+    let post = |events: Vec<Value>| {
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{url}/v1/batch"))
+                .basic_auth(serving::KEY, Some(""))
+                .json(&json!({ "batch": events }))
+                .send()
+                .await
+                .expect("post")
+                .status()
+                .as_u16()
+        }
+    };
+    let first = vec![
+        identify("late-a", "late-a@example.com", "gold"),
+        identify("late-b", "late-b@example.com", "gold"),
+    ];
+    assert_eq!(post(first).await, 200);
+    let bulk = || requests(&emu, "POST", "/api/v2/users/create_or_update_many");
+    wait_until("the first bulk request is sent", || !bulk().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let renamed = |user: &str| {
+        json!({"type": "identify", "userId": user, "messageId": format!("{user}-2"),
+               "traits": {"email": format!("{user}@example.com"), "name": format!("{user} renamed")}})
+    };
+    assert_eq!(post(vec![renamed("late-a"), renamed("late-b")]).await, 200);
+    let users = || comparable(&emu.state())["users"].clone();
+    wait_until("both renames delivered", || {
+        let users = users();
+        ["late-a", "late-b"]
+            .iter()
+            .all(|u| users[format!("\"{u}\"")]["name"] == format!("{u} renamed"))
+    })
+    .await;
+    assert_eq!(
+        bulk().len(),
+        1,
+        "the late identifies made no second bulk request"
+    );
+    assert_eq!(
+        statuses(&requests(&emu, "POST", "/api/v2/users/create_or_update")),
+        vec![200, 200],
+        "each late identify went as its single request"
+    );
+    child.kill().expect("kill");
+    let _ = child.wait();
+}
+
 /// Five identifies of one user and one of another, sent together.
 fn busy_user() -> String {
     let mut events: Vec<Value> = (1..=5)

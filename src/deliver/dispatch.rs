@@ -18,7 +18,11 @@
 //!   again after a pause that grows to a minute (`serve`);
 //! - a bulk item or lookup → handed to the [`Batcher`] while the event is held at the front of
 //!   its lines; the next events of its keys may run meanwhile, but only to join its bulk request
-//!   (else they go back behind it); each answer wakes its event.
+//!   (else they go back behind it); each answer wakes its event. While delivery keeps up with
+//!   the input (`serve`: no event waits to be read), an event that has waited for a bulk request
+//!   already (its own, or an earlier event's of its keys while it waited behind) sends its next
+//!   requests single, so that bulk requests in turn do not add up in one key's line; a backlog
+//!   keeps batching.
 //!
 //! An event with keys that other processes deliver events of too (its `shared` keys: the
 //! organization of a `group` call, when replicas share a queue) takes a hold on them
@@ -42,6 +46,7 @@ use crate::deliver::{DeadLetter, LearnedKey, PauseScope};
 use backon::ExponentialBackoff;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -73,6 +78,9 @@ pub struct DispatchOptions {
     /// Where the holds on the keys events share across processes are taken (see the module
     /// docs); [`OneProcess`] by default.
     pub holds: Arc<dyn KeyHolds>,
+    /// Set by the input's source while it has more events to hand over than the channel shows
+    /// (`serve`: its last read of the queue was full): delivery is behind, not keeping up.
+    pub input_behind: Arc<AtomicBool>,
 }
 
 /// How long a parked event waits for its record.
@@ -97,6 +105,7 @@ impl Default for DispatchOptions {
             batch_window: None,
             batch_when_idle: false,
             holds: Arc::new(OneProcess),
+            input_behind: Arc::default(),
         }
     }
 }
@@ -166,6 +175,9 @@ struct Meta<T> {
     shared: Vec<String>,
     /// How long it waits next when a shared key is held elsewhere.
     hold_wait: Duration,
+    /// It has waited for a bulk request already: its own item's, or one of an earlier event of
+    /// its keys while it waited behind (see [`Dispatcher::late`]).
+    after_bulk: bool,
 }
 
 /// How a task of the dispatcher ended.
@@ -184,6 +196,9 @@ const LONGEST_RECHECK: Duration = Duration::from_secs(60);
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 const FIRST_HOLD: Duration = Duration::from_secs(1);
 const LONGEST_HOLD: Duration = Duration::from_secs(60);
+/// Keys whose last bulk answer is remembered before the older ones (a minute) are let go.
+const BULK_ANSWERS_KEPT: usize = 10_000;
+const BULK_ANSWER_KEPT_FOR: Duration = Duration::from_secs(60);
 /// The first wait for a shared key held elsewhere, and the longest.
 const FIRST_HOLD_WAIT: Duration = Duration::from_millis(50);
 const LONGEST_HOLD_WAIT: Duration = Duration::from_secs(1);
@@ -210,10 +225,15 @@ pub async fn dispatch<S: Sink>(
         last_status: None,
         batcher: options.batch_window.map(Batcher::new),
         holding: HashMap::new(),
+        keeping_up: false,
+        bulk_answered: HashMap::new(),
     };
     let mut draining: Option<Instant> = None;
     loop {
         if draining.is_none() && d.fatal.is_none() {
+            d.keeping_up = options.batch_when_idle
+                && input.is_empty()
+                && !options.input_behind.load(Ordering::Relaxed);
             d.start_turns();
             // Nothing else can join the items being collected: send them now.
             if d.running.is_empty()
@@ -324,6 +344,11 @@ struct Dispatcher<'o, T> {
     batcher: Option<Batcher>,
     /// Events holding their shared keys (see [`KeyHolds`]), until they are settled.
     holding: HashMap<EventId, Vec<String>>,
+    /// Delivery keeps up with the input (`batch_when_idle`, no event waits to be read and the
+    /// source is not behind).
+    keeping_up: bool,
+    /// When an event of each key last had its bulk request answered (kept for a minute).
+    bulk_answered: HashMap<Key, Instant>,
 }
 
 impl<T: Send + 'static> Dispatcher<'_, T> {
@@ -344,6 +369,16 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
             };
             meta.ahead = self.scheduler.held_ahead(id);
             delivery.join_only(!meta.ahead.is_empty());
+            if !meta.after_bulk
+                && let Some(since) = self.scheduler.since(id)
+            {
+                // Accepted before a bulk request of its keys was answered: it waited behind it.
+                meta.after_bulk = self
+                    .scheduler
+                    .keys(id)
+                    .iter()
+                    .any(|k| self.bulk_answered.get(k).is_some_and(|at| *at >= since));
+            }
             let taking = (!meta.shared.is_empty() && !self.holding.contains_key(&id))
                 .then(|| self.options.holds.take(meta.shared.clone()));
             self.spawn(id, Job { delivery, meta }, taking);
@@ -378,9 +413,22 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
         if !answers.learned.is_empty() {
             self.scheduler.learned(&answers.learned);
         }
+        let now = Instant::now();
+        if self.bulk_answered.len() > BULK_ANSWERS_KEPT {
+            self.bulk_answered
+                .retain(|_, at| now.saturating_duration_since(*at) < BULK_ANSWER_KEPT_FOR);
+        }
         for (id, answer) in answers.answers {
+            // A lone item sent as its single request waited for no bulk request.
+            let waited = matches!(answer, BatchAnswer::Answered(_));
             if let Some(job) = self.scheduler.job_mut(id) {
                 job.delivery.answer(answer);
+                job.meta.after_bulk |= waited;
+            }
+            if waited {
+                for key in self.scheduler.keys(id) {
+                    self.bulk_answered.insert(key.clone(), now);
+                }
             }
             self.scheduler.wake(id);
         }
@@ -408,6 +456,7 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                 ahead: Vec::new(),
                 shared,
                 hold_wait: FIRST_HOLD_WAIT,
+                after_bulk: false,
             },
         };
         self.scheduler
@@ -431,6 +480,15 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                 job.delivery.last_chance();
             }
         }
+    }
+
+    /// Whether an event's bulk item or lookup goes single because another bulk request would
+    /// make it late: delivery keeps up with the input, and the event has waited for a bulk
+    /// request already (its own item's, or one of an earlier event of its keys). A backlog
+    /// keeps batching (there the requests per event are what bounds delivery); a stream that
+    /// keeps up is not slowed by one bulk request after another in a key's line.
+    fn late(&self, meta: &Meta<T>) -> bool {
+        self.keeping_up && meta.after_bulk
     }
 
     /// Applies how a turn ended. `false` when the sink cannot take more.
@@ -559,6 +617,15 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                     WaitReason::Retry
                 };
                 self.scheduler.wait(id, job, now + pause, reason);
+                true
+            }
+            // (A turn that may only join the bulk requests ahead of it joins them or goes back
+            // behind them, as below: it never goes single before them.)
+            Turn::Wait(Wait::Batch(_) | Wait::Lookup(_))
+                if job.meta.ahead.is_empty() && self.late(&job.meta) =>
+            {
+                job.delivery.answer(BatchAnswer::Single);
+                self.scheduler.wait(id, job, now, WaitReason::Retry);
                 true
             }
             Turn::Wait(Wait::Batch(item)) => match &mut self.batcher {

@@ -20,7 +20,7 @@ use crate::event::Event;
 use crate::queue::{Item, Queue};
 use serde_json::Value;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -71,11 +71,13 @@ pub async fn run<Q: Queue>(
     stop: watch::Receiver<bool>,
 ) {
     let (tx, rx) = mpsc::channel(FETCH);
+    let behind = Arc::new(AtomicBool::new(false));
     let fetcher = tokio::spawn(fetch(
         queue.clone(),
         shared.clone(),
         options.poll,
         tx,
+        behind.clone(),
         stop.clone(),
     ));
     let dispatch_options = DispatchOptions {
@@ -86,6 +88,7 @@ pub async fn run<Q: Queue>(
         batch_window: options.batch_window,
         batch_when_idle: true,
         holds: queue.holds(),
+        input_behind: behind,
         ..DispatchOptions::default()
     };
     let mut sink = QueueSink {
@@ -97,12 +100,14 @@ pub async fn run<Q: Queue>(
     let _ = fetcher.await;
 }
 
-/// Reads the queue from the oldest event on and hands each to the scheduler.
+/// Reads the queue from the oldest event on and hands each to the scheduler; `behind` is set
+/// while a read finds as many events as it asks for (more are waiting).
 async fn fetch<Q: Queue>(
     queue: Arc<Q>,
     shared: Arc<Shared>,
     poll: Duration,
     tx: mpsc::Sender<Incoming<Ticket>>,
+    behind: Arc<AtomicBool>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut cursor = 0u64;
@@ -122,6 +127,7 @@ async fn fetch<Q: Queue>(
                 continue;
             }
         };
+        behind.store(items.len() >= FETCH, Ordering::Relaxed);
         if items.is_empty() {
             tokio::select! {
                 () = queue.changed(poll) => {}
