@@ -163,31 +163,37 @@ async fn owned(url: &str) -> Option<f64> {
     metric(&metrics(url).await, "zdmap_nats_partitions_owned")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_replicas_share_the_work_and_a_killed_one_loses_nothing() {
-    let server = NatsServer::start();
-    let emu = emulator(10).await;
-    let mut replicas: Vec<Replica> = (0..3)
-        .map(|_| {
-            Replica::start(
-                &server.url(),
-                &emu.url(),
-                &["--set", "requests_per_minute=0"],
-            )
-        })
-        .collect();
-    // Each replica takes its share before the events come.
-    for r in &replicas {
-        let url = r.url.clone();
+/// `n` replicas on `server`, delivering to `emu`, started with `args`.
+fn start_replicas(server: &NatsServer, emu: &Emulator, n: usize, args: &[&str]) -> Vec<Replica> {
+    (0..n)
+        .map(|_| Replica::start(&server.url(), &emu.url(), args))
+        .collect()
+}
+
+fn urls(replicas: &[Replica]) -> Vec<String> {
+    replicas.iter().map(|r| r.url.clone()).collect()
+}
+
+/// Waits until each replica owns a partition (has taken its share before the events come).
+async fn each_owns_a_partition(replicas: &[Replica]) {
+    for r in replicas {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while owned(&url).await.unwrap_or(0.0) < 1.0 {
+        while owned(&r.url).await.unwrap_or(0.0) < 1.0 {
             assert!(Instant::now() < deadline, "{}", r.log_text());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_share_the_work_and_a_killed_one_loses_nothing() {
+    let server = NatsServer::start();
+    let emu = emulator(10).await;
+    let mut replicas = start_replicas(&server, &emu, 3, &["--set", "requests_per_minute=0"]);
+    each_owns_a_partition(&replicas).await;
     let (users, per_user) = (300, 10);
     let events = tickets(users, per_user);
-    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    let urls = urls(&replicas);
     post_all(&urls, &events, 100).await;
 
     wait_for("delivery under way", Duration::from_secs(60), || {
@@ -223,23 +229,9 @@ async fn replicas_share_one_request_budget_and_one_pause() {
     let server = NatsServer::start();
     let emu = emulator(0).await;
     // 1200 a minute: a burst of 200, then 20 a second, for all replicas together.
-    let replicas: Vec<Replica> = (0..3)
-        .map(|_| {
-            Replica::start(
-                &server.url(),
-                &emu.url(),
-                &["--set", "requests_per_minute=1200"],
-            )
-        })
-        .collect();
-    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
-    for url in &urls {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while owned(url).await.unwrap_or(0.0) < 1.0 {
-            assert!(Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let replicas = start_replicas(&server, &emu, 3, &["--set", "requests_per_minute=1200"]);
+    let urls = urls(&replicas);
+    each_owns_a_partition(&replicas).await;
     let events = tickets(100, 5);
     post_all(&urls, &events, 50).await;
     wait_for("the burst spent", Duration::from_secs(60), || {
@@ -302,16 +294,8 @@ async fn replicas_share_one_request_budget_and_one_pause() {
 async fn a_nats_server_restart_loses_nothing_accepted() {
     let mut server = NatsServer::start();
     let emu = emulator(5).await;
-    let replicas: Vec<Replica> = (0..2)
-        .map(|_| {
-            Replica::start(
-                &server.url(),
-                &emu.url(),
-                &["--set", "requests_per_minute=0"],
-            )
-        })
-        .collect();
-    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    let replicas = start_replicas(&server, &emu, 2, &["--set", "requests_per_minute=0"]);
+    let urls = urls(&replicas);
     let (users, per_user) = (100, 8);
     let events = tickets(users, per_user);
     let (before, after) = events.split_at(events.len() / 2);
@@ -347,17 +331,9 @@ const JOIN_ARGS: &[&str] = &["--set", "requests_per_minute=0", "--nats-lease", "
 async fn a_fourth_replica_joins_and_takes_its_share() {
     let server = NatsServer::start();
     let emu = emulator(20).await;
-    let mut replicas: Vec<Replica> = (0..3)
-        .map(|_| Replica::start(&server.url(), &emu.url(), JOIN_ARGS))
-        .collect();
-    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
-    for url in &urls {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while owned(url).await.unwrap_or(0.0) < 1.0 {
-            assert!(Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let mut replicas = start_replicas(&server, &emu, 3, JOIN_ARGS);
+    let urls = urls(&replicas);
+    each_owns_a_partition(&replicas).await;
     let (users, per_user) = (200, 8);
     let events = tickets(users, per_user);
     post_all(&urls, &events, 100).await;
@@ -702,9 +678,7 @@ async fn a_replay_on_nats_applies_no_older_change_unless_forced() {
     let server = NatsServer::start();
     let emu = emulator(0).await;
     let args = ["--set", "requests_per_minute=0", "--retry-for", "1s"];
-    let replicas: Vec<Replica> = (0..2)
-        .map(|_| Replica::start(&server.url(), &emu.url(), &args))
-        .collect();
+    let replicas = start_replicas(&server, &emu, 2, &args);
     let at = |second: u32| format!("2026-03-01T10:00:{second:02}Z");
     let update = |user: &str, second: u32, status: &str, comment: &str| {
         json!({"type": "track", "event": "Ticket Updated", "userId": user,
@@ -833,23 +807,9 @@ fn organization_writes(emu: &Emulator) -> Vec<(String, u64)> {
 async fn an_organizations_events_from_many_users_land_in_order_across_replicas() {
     let server = NatsServer::start();
     let emu = emulator(15).await;
-    let replicas: Vec<Replica> = (0..3)
-        .map(|_| {
-            Replica::start(
-                &server.url(),
-                &emu.url(),
-                &["--set", "requests_per_minute=0"],
-            )
-        })
-        .collect();
-    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
-    for url in &urls {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while owned(url).await.unwrap_or(0.0) < 1.0 {
-            assert!(Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let replicas = start_replicas(&server, &emu, 3, &["--set", "requests_per_minute=0"]);
+    let urls = urls(&replicas);
+    each_owns_a_partition(&replicas).await;
     let (users, organizations, calls) = (24usize, 4usize, 240usize);
     let identifies: Vec<Value> = (0..users)
         .map(|u| {
