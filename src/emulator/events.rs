@@ -9,7 +9,7 @@
 use serde_json::{Map, Value, json};
 
 use super::errors::{ApiError, ApiResult, Reply};
-use super::router::{ApiRequest, World};
+use super::router::{ApiRequest, World, cursor_page};
 use super::state::{Profile, Store, UserEvent, opt_str};
 use super::users;
 
@@ -279,28 +279,13 @@ pub(crate) fn list_for_user(w: &mut World, req: &ApiRequest, uid: u64) -> ApiRes
                 })
         })
         .collect();
-    // The cursor is the position after the last event shown.
-    let start: usize = req
-        .query("page[after]")
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-        .min(matching.len());
-    let end = (start + size).min(matching.len());
-    let has_more = end < matching.len();
-    let events: Vec<Value> = matching[start..end]
-        .iter()
-        .map(|e| s.render_event(e))
-        .collect();
-    let after = has_more.then(|| end.to_string());
-    let next = after.as_ref().map(|c| {
-        format!(
-            "{}/api/v2/users/{uid}/events?page[size]={size}&page[after]={c}",
-            s.base_url
-        )
-    });
-    Ok(Reply::ok(json!({
-        "events": events,
-        "meta": {"has_more": has_more, "after_cursor": after, "before_cursor": null},
-        "links": {"next": next, "prev": null},
-    })))
+    Ok(cursor_page(
+        req,
+        &s.base_url,
+        &format!("users/{uid}/events"),
+        "events",
+        &matching,
+        size,
+        |e| s.render_event(e),
+    ))
 }

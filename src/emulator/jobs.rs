@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::bulk::{self, BulkItem, JobKind};
 use super::errors::{ApiError, ApiResult, Reply};
-use super::router::{ApiRequest, World};
+use super::router::{ApiRequest, World, cursor_page};
 use super::state::Store;
 
 /// How many jobs the list shows (the most recent).
@@ -230,26 +230,15 @@ pub(crate) fn list(w: &mut World, req: &ApiRequest) -> ApiResult {
         .filter_map(|id| s.jobs.all.get(id))
         .take(LISTED)
         .collect();
-    let start: usize = req
-        .query("page[after]")
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-        .min(recent.len());
-    let end = (start + size).min(recent.len());
-    let has_more = end < recent.len();
-    let statuses: Vec<Value> = recent[start..end].iter().map(|j| render(s, j)).collect();
-    let after = has_more.then(|| end.to_string());
-    let next = after.as_ref().map(|c| {
-        format!(
-            "{}/api/v2/job_statuses?page[size]={size}&page[after]={c}",
-            s.base_url
-        )
-    });
-    Ok(Reply::ok(json!({
-        "job_statuses": statuses,
-        "meta": {"has_more": has_more, "after_cursor": after, "before_cursor": null},
-        "links": {"next": next, "prev": null},
-    })))
+    Ok(cursor_page(
+        req,
+        &s.base_url,
+        "job_statuses",
+        "job_statuses",
+        &recent,
+        size,
+        |j| render(s, j),
+    ))
 }
 
 /// `GET job_statuses/show_many?ids=a,b`: the known ones, in the order asked.

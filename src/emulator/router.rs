@@ -390,6 +390,37 @@ fn to_response(reply: Reply) -> Response {
     resp
 }
 
+/// Cursor pagination: the page of `items` after the cursor `page[after]` (the position after
+/// the last item shown), `size` long, rendered under `key` with Zendesk's `meta` and `links`;
+/// `path` is the list's path after `/api/v2/`.
+pub(crate) fn cursor_page<T>(
+    req: &ApiRequest,
+    base_url: &str,
+    path: &str,
+    key: &str,
+    items: &[T],
+    size: usize,
+    render: impl Fn(&T) -> Value,
+) -> Reply {
+    let start: usize = req
+        .query("page[after]")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+        .min(items.len());
+    let end = (start + size).min(items.len());
+    let has_more = end < items.len();
+    let page: Vec<Value> = items[start..end].iter().map(render).collect();
+    let after = has_more.then(|| end.to_string());
+    let next = after
+        .as_ref()
+        .map(|c| format!("{base_url}/api/v2/{path}?page[size]={size}&page[after]={c}"));
+    Reply::ok(json!({
+        key: page,
+        "meta": {"has_more": has_more, "after_cursor": after, "before_cursor": null},
+        "links": {"next": next, "prev": null},
+    }))
+}
+
 /// Offset pagination (`page`, `per_page` ≤ 100) with Zendesk's `next_page` / `previous_page` /
 /// `count` envelope around `items` under `key`.
 pub(crate) fn offset_page(
