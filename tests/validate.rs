@@ -22,6 +22,11 @@ fn line_of(file: &Path, needle: &str) -> usize {
         + 1
 }
 
+/// `file:line:` of the first line of `file` that contains `needle`, as a problem starts.
+fn place_of(file: &Path, needle: &str) -> String {
+    format!("{}:{}:", file.display(), line_of(file, needle))
+}
+
 #[test]
 fn shipped_mappings_are_valid() {
     let (code, out) = validate(Path::new("mappings"), "text");
@@ -112,24 +117,10 @@ fn every_problem_is_reported_at_once_with_its_place() {
 
     let l = find(&org, "bad JSONPath");
     assert!(l.contains("$.groupId["), "{l}");
-    assert!(
-        l.starts_with(&format!(
-            "{}:{}:",
-            org.display(),
-            line_of(&org, "$.groupId[")
-        )),
-        "{l}"
-    );
+    assert!(l.starts_with(&place_of(&org, "$.groupId[")), "{l}");
 
     let l = find(&ticket, "template error");
-    assert!(
-        l.starts_with(&format!(
-            "{}:{}:",
-            ticket.display(),
-            line_of(&ticket, "subject | }}")
-        )),
-        "{l}"
-    );
+    assert!(l.starts_with(&place_of(&ticket, "subject | }}")), "{l}");
 
     let l = find(&update, "unknown name `stauts`");
     assert!(l.contains("did you mean `status`?"), "{l}");
@@ -466,11 +457,7 @@ fn idempotency_checks_and_entities_are_validated() {
     );
     let (code, out) = validate(&dir, "text");
     assert_eq!(code, 1, "{out}");
-    let warning = format!(
-        "{}:{}:",
-        member.display(),
-        line_of(&member, "  - name: add")
-    );
+    let warning = place_of(&member, "  - name: add");
     assert!(
         out.lines().any(|l| l.starts_with(&warning)
             && l.contains(
@@ -487,11 +474,7 @@ fn idempotency_checks_and_entities_are_validated() {
         "{out}"
     );
     assert!(
-        out.contains(&format!(
-            "{}:{}:",
-            update.display(),
-            line_of(&update, "ticket_idd")
-        )) && out.contains("unknown name `ticket_idd`"),
+        out.contains(&place_of(&update, "ticket_idd")) && out.contains("unknown name `ticket_idd`"),
         "{out}"
     );
 }
@@ -517,15 +500,14 @@ fn batch_forms_are_checked_with_their_place() {
     );
     let (code, out) = validate(&dir, "text");
     assert_eq!(code, 1, "{out}");
-    let at = |file: &Path, needle: &str| format!("{}:{}:", file.display(), line_of(file, needle));
     for (place, message) in [
         (
-            at(&user, "item: $.person"),
+            place_of(&user, "item: $.person"),
             "is not in the step's request body",
         ),
-        (at(&user, "coalesce:"), "template"),
+        (place_of(&user, "coalesce:"), "template"),
         (
-            at(&ticket, "path: /api/v2/tickets/create_many"),
+            place_of(&ticket, "path: /api/v2/tickets/create_many"),
             "must stay single",
         ),
     ] {
@@ -547,7 +529,7 @@ fn batch_forms_are_checked_with_their_place() {
     let (code, out) = validate(&dir, "text");
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains(&at(&user, "max_items: 500")) && out.contains("maximum of 100"),
+        out.contains(&place_of(&user, "max_items: 500")) && out.contains("maximum of 100"),
         "{out}"
     );
 
@@ -592,11 +574,7 @@ fn a_write_that_is_not_idempotent_is_batched_only_with_a_check_and_a_job_list() 
     std::fs::write(&update, format!("{}{}", &text[..start], &text[end..])).expect("write");
     let (code, out) = validate(&dir, "text");
     assert_eq!(code, 1, "{out}");
-    let place = format!(
-        "{}:{}:",
-        update.display(),
-        line_of(&update, "path: /api/v2/tickets/update_many")
-    );
+    let place = place_of(&update, "path: /api/v2/tickets/update_many");
     assert!(
         out.lines().any(|l| l.starts_with(&place)
             && l.contains("a step that is not idempotent cannot be batched without a `check`")),
@@ -618,11 +596,7 @@ fn a_write_that_is_not_idempotent_is_batched_only_with_a_check_and_a_job_list() 
     std::fs::write(&destination, format!("{}{}", &text[..start], &text[end..])).expect("write");
     let (code, out) = validate(&dir, "text");
     assert_eq!(code, 1, "{out}");
-    let place = format!(
-        "{}:{}:",
-        update.display(),
-        line_of(&update, "path: /api/v2/tickets/update_many")
-    );
+    let place = place_of(&update, "path: /api/v2/tickets/update_many");
     assert!(
         out.lines()
             .any(|l| l.starts_with(&place)
