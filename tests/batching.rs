@@ -632,6 +632,19 @@ fn spawn_serve(emu: &Emulator, data: &Path) -> (std::process::Child, String) {
     )
 }
 
+/// Posts `events` to a serve's `/v1/batch`: the answer's status.
+async fn post_batch(url: &str, events: Vec<Value>) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{url}/v1/batch"))
+        .basic_auth(serving::KEY, Some(""))
+        .json(&json!({ "batch": events }))
+        .send()
+        .await
+        .expect("post")
+        .status()
+        .as_u16()
+}
+
 async fn wait_until(what: &str, check: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !check() {
@@ -652,14 +665,7 @@ async fn a_serve_killed_during_a_job_delivers_its_events_again_at_the_next_start
     let users: Vec<Value> = (0..10)
         .map(|u| identify(&format!("k{u}"), &format!("k{u}@example.com"), "gold"))
         .collect();
-    let accepted = reqwest::Client::new()
-        .post(format!("{url}/v1/batch"))
-        .basic_auth(serving::KEY, Some(""))
-        .json(&json!({"batch": users}))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(accepted.status().as_u16(), 200);
+    assert_eq!(post_batch(&url, users).await, 200);
     let bulk = || requests(&emu, "POST", "/api/v2/users/create_or_update_many");
     wait_until("the bulk request is sent", || !bulk().is_empty()).await;
     child.kill().expect("kill -9");
@@ -701,25 +707,11 @@ async fn in_a_serve_that_keeps_up_an_event_behind_a_job_sends_its_request_single
     emu.configure(|k| k.job_delay_ms = 800);
     let data = tempfile::tempdir().expect("temp dir");
     let (mut child, url) = spawn_serve(&emu, data.path());
-    let post = |events: Vec<Value>| {
-        let url = url.clone();
-        async move {
-            reqwest::Client::new()
-                .post(format!("{url}/v1/batch"))
-                .basic_auth(serving::KEY, Some(""))
-                .json(&json!({ "batch": events }))
-                .send()
-                .await
-                .expect("post")
-                .status()
-                .as_u16()
-        }
-    };
     let first = vec![
         identify("late-a", "late-a@example.com", "gold"),
         identify("late-b", "late-b@example.com", "gold"),
     ];
-    assert_eq!(post(first).await, 200);
+    assert_eq!(post_batch(&url, first).await, 200);
     let bulk = || requests(&emu, "POST", "/api/v2/users/create_or_update_many");
     wait_until("the first bulk request is sent", || !bulk().is_empty()).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -727,7 +719,10 @@ async fn in_a_serve_that_keeps_up_an_event_behind_a_job_sends_its_request_single
         json!({"type": "identify", "userId": user, "messageId": format!("{user}-2"),
                "traits": {"email": format!("{user}@example.com"), "name": format!("{user} renamed")}})
     };
-    assert_eq!(post(vec![renamed("late-a"), renamed("late-b")]).await, 200);
+    assert_eq!(
+        post_batch(&url, vec![renamed("late-a"), renamed("late-b")]).await,
+        200
+    );
     let users = || comparable(&emu.state())["users"].clone();
     wait_until("both renames delivered", || {
         let users = users();
@@ -1032,6 +1027,20 @@ async fn an_event_behind_a_bulk_request_answered_during_its_turn_does_not_hold_i
     );
 }
 
+/// An emulator (bulk user imports on) where tickets `T-0` … `T-{n-1}` of user `u` exist.
+async fn emulator_with_tickets(n: usize) -> Emulator {
+    let emu = emulator(true).await;
+    let (report, _) = send(
+        &emu,
+        Path::new("mappings"),
+        &tickets_created(n),
+        options(None),
+    )
+    .await;
+    assert_eq!(report.dead_letters, 0);
+    emu
+}
+
 /// Tickets `T-0` … `T-{n-1}` of user `u`, created (single requests) before the updates.
 fn tickets_created(n: usize) -> String {
     let events: Vec<Value> = (0..n)
@@ -1095,15 +1104,7 @@ async fn a_lost_answer_to_a_bulk_ticket_update_adds_every_comment_once() {
     // Every bulk answer is lost (a 500 or a cut connection) while its job waits 1.5 s to run:
     // a check made at once would find no marker, send the updates again, and then the first
     // job would add the comments too. The check waits for the pending jobs to end.
-    let emu = emulator(true).await;
-    let (report, _) = send(
-        &emu,
-        Path::new("mappings"),
-        &tickets_created(4),
-        options(None),
-    )
-    .await;
-    assert_eq!(report.dead_letters, 0);
+    let emu = emulator_with_tickets(4).await;
     emu.configure(|k| {
         k.job_delay_ms = 1_500;
         k.lost_answer_rate = 1.0;
@@ -1154,26 +1155,11 @@ async fn a_lost_answer_to_a_bulk_ticket_update_adds_every_comment_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serve_killed_during_a_bulk_ticket_update_adds_no_comment_twice() {
-    let emu = emulator(true).await;
-    let (report, _) = send(
-        &emu,
-        Path::new("mappings"),
-        &tickets_created(3),
-        options(None),
-    )
-    .await;
-    assert_eq!(report.dead_letters, 0);
+    let emu = emulator_with_tickets(3).await;
     emu.configure(|k| k.job_delay_ms = 3_000);
     let data = tempfile::tempdir().expect("temp dir");
     let (mut child, url) = spawn_serve(&emu, data.path());
-    let accepted = reqwest::Client::new()
-        .post(format!("{url}/v1/batch"))
-        .basic_auth(serving::KEY, Some(""))
-        .json(&json!({"batch": ticket_updates(3, "kill")}))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(accepted.status().as_u16(), 200);
+    assert_eq!(post_batch(&url, ticket_updates(3, "kill")).await, 200);
     let bulk = || requests(&emu, "PUT", "/api/v2/tickets/update_many");
     wait_until("a bulk ticket update is sent", || !bulk().is_empty()).await;
     child.kill().expect("kill -9");
@@ -1203,15 +1189,7 @@ async fn a_serve_killed_during_a_bulk_ticket_update_adds_no_comment_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_ticket_update_whose_job_outlasts_the_retries_is_dead_lettered_not_sent_again() {
-    let emu = emulator(true).await;
-    let (report, _) = send(
-        &emu,
-        Path::new("mappings"),
-        &tickets_created(2),
-        options(None),
-    )
-    .await;
-    assert_eq!(report.dead_letters, 0);
+    let emu = emulator_with_tickets(2).await;
     emu.configure(|k| {
         k.job_delay_ms = 60_000;
         k.lost_answer_rate = 1.0;
