@@ -169,25 +169,7 @@ impl KeyHolds for NatsHolds {
 
     fn release(&self, keys: Vec<String>) {
         let inner = self.inner.clone();
-        let let_go: Vec<String> = {
-            let mut held = lock(&inner.held);
-            let mut releasing = lock(&inner.releasing);
-            let mut let_go = Vec::new();
-            for key in dedup(keys) {
-                let key = hold_key(&key);
-                let Some(h) = held.get_mut(&key) else {
-                    continue;
-                };
-                h.count = h.count.saturating_sub(1);
-                if h.count == 0 {
-                    let revision = h.revision;
-                    held.remove(&key);
-                    releasing.insert(key.clone(), revision);
-                    let_go.push(key);
-                }
-            }
-            let_go
-        };
+        let let_go = inner.count_down(keys);
         if let_go.is_empty() {
             return;
         }
@@ -228,6 +210,27 @@ impl Inner {
         serde_json::to_vec(&value).unwrap_or_default()
     }
 
+    /// One taking of each of `keys` ends: the bucket keys no event holds any more, moved from
+    /// `held` to `releasing` (to be deleted at their revision).
+    fn count_down(&self, keys: Vec<String>) -> Vec<String> {
+        let mut held = lock(&self.held);
+        let mut releasing = lock(&self.releasing);
+        let mut let_go = Vec::new();
+        for key in dedup(keys) {
+            let key = hold_key(&key);
+            let Some(h) = held.get_mut(&key) else {
+                continue;
+            };
+            h.count = h.count.saturating_sub(1);
+            if h.count == 0 {
+                releasing.insert(key.clone(), h.revision);
+                held.remove(&key);
+                let_go.push(key);
+            }
+        }
+        let_go
+    }
+
     async fn take(self: Arc<Self>, keys: Vec<String>) -> Holding {
         let mut taken = Vec::new();
         let mut newest = 0;
@@ -266,22 +269,7 @@ impl Inner {
     /// Lets go of holds just taken (another key of the event is held elsewhere): nothing was
     /// written under them, so no change time is waited for.
     fn release_now(self: &Arc<Self>, keys: Vec<String>) {
-        let mut let_go = Vec::new();
-        {
-            let mut held = lock(&self.held);
-            let mut releasing = lock(&self.releasing);
-            for key in keys {
-                let key = hold_key(&key);
-                if let Some(h) = held.get_mut(&key) {
-                    h.count = h.count.saturating_sub(1);
-                    if h.count == 0 {
-                        releasing.insert(key.clone(), h.revision);
-                        held.remove(&key);
-                        let_go.push(key);
-                    }
-                }
-            }
-        }
+        let let_go = self.count_down(keys);
         if !let_go.is_empty() {
             let inner = self.clone();
             tokio::spawn(async move { inner.delete(let_go).await });
