@@ -39,7 +39,7 @@ use crate::config::Config;
 use crate::deliver::LearnedKey;
 use crate::deliver::executor::{BatchAnswer, BatchItem, LookupItem};
 use crate::deliver::schedule::EventId;
-use crate::deliver::{Disposition, PauseScope, Response, ResponseHeaders, Transport};
+use crate::deliver::{Disposition, Response, ResponseHeaders, Transport};
 use crate::plan::batch::{BatchForm, JobState, coalesce_into};
 use crate::request::Request;
 use indexmap::IndexMap;
@@ -449,7 +449,11 @@ async fn run(open: &Open, limit: Option<Arc<Semaphore>>, times: &JobTimes) -> Ve
     } else {
         match form.results_in(&response.body) {
             Some(r) => r.to_vec(),
-            None => return all(BatchAnswer::Answered(Box::new(retry(response)))),
+            None => {
+                return all(BatchAnswer::Answered(Box::new(
+                    Disposition::retry_after_answer(response),
+                )));
+            }
         }
     };
     open.slots
@@ -473,7 +477,9 @@ async fn run(open: &Open, limit: Option<Arc<Semaphore>>, times: &JobTimes) -> Ve
                     }))
                 }
                 // No result for it: the item is tried again (the batched steps are upserts).
-                None => BatchAnswer::Answered(Box::new(retry(response.clone()))),
+                None => BatchAnswer::Answered(Box::new(Disposition::retry_after_answer(
+                    response.clone(),
+                ))),
             },
         )
         .collect()
@@ -499,14 +505,14 @@ async fn poll(
 ) -> Result<Vec<Value>, Disposition> {
     let (config, transport) = (&open.config, &open.transport);
     let Some(jobs) = &config.jobs else {
-        return Err(retry(started.clone()));
+        return Err(Disposition::retry_after_answer(started.clone()));
     };
     let Some(id) = jobs.job_id(&started.body) else {
-        return Err(retry(started.clone()));
+        return Err(Disposition::retry_after_answer(started.clone()));
     };
     let request = jobs
         .poll_request(&config.templates, &config.settings, &id)
-        .map_err(|_| retry(started.clone()))?;
+        .map_err(|_| Disposition::retry_after_answer(started.clone()))?;
     let answered = Instant::now();
     let longest = Duration::from_millis(jobs.poll_max_ms);
     let learned = times.first_poll(longest);
@@ -539,7 +545,7 @@ async fn poll(
                     }
                     JobState::Failed(status) => {
                         tracing::info!(job = %id, status = %status, "a bulk job failed: its items are tried again");
-                        return Err(retry(response));
+                        return Err(Disposition::retry_after_answer(response));
                     }
                 }
             }
@@ -550,18 +556,11 @@ async fn poll(
                 }
             }
             // An unknown (expired) job: its items are tried again.
-            Disposition::Done { response } => return Err(retry(response)),
+            Disposition::Done { response } => {
+                return Err(Disposition::retry_after_answer(response));
+            }
             // Credentials refused, polls failing: the items' answer.
             other => return Err(other),
         }
-    }
-}
-
-/// A bulk answer that gives an item no result: tried again like a failed request.
-fn retry(response: Response) -> Disposition {
-    Disposition::Retry {
-        last: Ok(response),
-        wait: None,
-        scope: PauseScope::Key,
     }
 }

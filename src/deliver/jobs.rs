@@ -14,7 +14,7 @@
 //! bulk request all ask at once), so the wait costs a request per interval, not per item.
 
 use crate::config::Config;
-use crate::deliver::{Disposition, PauseScope, Transport};
+use crate::deliver::{Disposition, Transport};
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -49,15 +49,6 @@ pub enum Unlisted {
     Render(String),
     /// The listing request failed (how), or its answer had no list of jobs.
     Failed(Box<Disposition>),
-}
-
-/// An answer without a usable list: tried again later like a failed request.
-fn retry(response: crate::deliver::Response) -> Disposition {
-    Disposition::Retry {
-        last: Ok(response),
-        wait: None,
-        scope: PauseScope::Key,
-    }
 }
 
 /// The jobs a write waits for, from the first listing made after its doubt arose.
@@ -128,12 +119,16 @@ impl JobWatch {
                     let response = match transport.attempt(&request, |_| false).await {
                         Disposition::Done { response } if response.is_success() => response,
                         Disposition::Done { response } => {
-                            return Err(Unlisted::Failed(Box::new(retry(response))));
+                            return Err(Unlisted::Failed(Box::new(
+                                Disposition::retry_after_answer(response),
+                            )));
                         }
                         other => return Err(Unlisted::Failed(Box::new(other))),
                     };
                     let Some(pending) = jobs.pending_in(&response.body) else {
-                        return Err(Unlisted::Failed(Box::new(retry(response))));
+                        return Err(Unlisted::Failed(Box::new(Disposition::retry_after_answer(
+                            response,
+                        ))));
                     };
                     *listing = Some(Listing {
                         at,

@@ -127,6 +127,16 @@ impl Disposition {
     pub fn is_success(&self) -> bool {
         matches!(self, Disposition::Done { response } if response.is_success())
     }
+
+    /// An answer that came but cannot be used (a bulk answer that gives an item no result, a
+    /// job list without jobs): tried again later like a failed request, for its key only.
+    pub fn retry_after_answer(response: Response) -> Disposition {
+        Disposition::Retry {
+            last: Ok(response),
+            wait: None,
+            scope: PauseScope::Key,
+        }
+    }
 }
 
 /// One attempt at `req` through `client` under `budget`, counted into `stats`. `accept` marks
