@@ -440,3 +440,57 @@ async fn a_late_retry_is_not_applied_over_a_newer_change() {
     assert_eq!(t["status"], "solved");
     assert_eq!(comments(t), ["opened", "on time"]);
 }
+
+/// A resumed event (it may have been sent before a restart) checks its write before the first
+/// send even when a lookup it needed failed first and another event's answer filled the cache
+/// meanwhile: the failed lookup is no attempt at the write.
+#[tokio::test]
+async fn a_resumed_write_is_checked_first_even_after_a_failed_lookup() {
+    let emu = emulator().await;
+    let before = serving::destination(&emu, Path::new("mappings")).await;
+    let viewed = json!({"type": "track", "event": "Viewed", "userId": "u1",
+        "messageId": "view-u1", "timestamp": at(2), "properties": {"page": "/pricing"}});
+    let (report, _) = send(
+        &before,
+        before.executor.clone(),
+        &[identify("u1", 1, json!({})), viewed.clone()],
+    )
+    .await;
+    assert_eq!(report.dead_letters, 0);
+    assert_eq!(list(&emu.state(), "events").len(), 1);
+
+    // After a restart: nothing cached. The first lookup of the user fails.
+    let after = serving::destination(&emu, Path::new("mappings")).await;
+    emu.configure(|k| {
+        k.forced_faults = vec![
+            ForcedFault::new(503)
+                .on_exact_path("/api/v2/users/search")
+                .times(1),
+        ];
+    });
+    let event = |v: Value| Event::from_value(v).expect("an event");
+    let mut resumed = after.executor.start(&event(viewed), None);
+    resumed.resumed();
+    assert!(matches!(
+        resumed.advance().await,
+        Turn::Wait(Wait::Retry { .. })
+    ));
+    // Meanwhile another event of the user teaches its id.
+    let mut other = after
+        .executor
+        .start(&event(identify("u1", 3, json!({}))), None);
+    assert!(matches!(
+        other.advance().await,
+        Turn::Finished(EventOutcome::Delivered)
+    ));
+    assert!(matches!(
+        resumed.advance().await,
+        Turn::Finished(EventOutcome::Delivered)
+    ));
+    assert_eq!(
+        list(&emu.state(), "events").len(),
+        1,
+        "the resumed write was found applied, not recorded again"
+    );
+    assert_eq!(after.stats.snapshot().confirmed, 1);
+}

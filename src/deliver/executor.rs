@@ -340,6 +340,10 @@ struct ActionProgress {
     client_retries: u32,
     /// The current request may have been applied already: check before sending it again.
     uncertain: Option<Uncertain>,
+    /// The current request was checked or sent by this delivery: a resumed event's doubt (it
+    /// may have been sent before a restart) is over; its own lost answers say what is unsure.
+    /// Kept apart from `attempts`, which failed lookups count too.
+    tried_here: bool,
     /// Since when the write may ride in a bulk job (its bulk answer was lost, or the event may
     /// have been under way before), and the jobs that must end before the check decides (see
     /// [`crate::deliver::jobs`]).
@@ -350,6 +354,14 @@ struct ActionProgress {
 }
 
 impl ActionProgress {
+    /// The current request is done (applied, or found applied): on to the next one.
+    fn next_request(&mut self) {
+        self.sent += 1;
+        self.attempts = 0;
+        self.client_retries = 0;
+        self.tried_here = false;
+    }
+
     /// The current request may have been applied: it is checked before it is sent again, once
     /// the bulk jobs that may carry it have ended (`in_job`: it went as a bulk item, or nothing
     /// says how it went).
@@ -572,16 +584,15 @@ impl Delivery {
             };
             for request in requests.iter().skip(progress.sent) {
                 if !step.idempotent {
-                    if self.check_first && progress.attempts == 0 && progress.uncertain.is_none() {
+                    if self.check_first && !progress.tried_here && progress.uncertain.is_none() {
                         progress.doubt(Uncertain::Resumed, true);
                     }
+                    progress.tried_here = true;
                     if let Some(uncertain) = progress.uncertain.take()
                         && verify(&executor, &self.plan, planned, step, progress, uncertain).await?
                     {
                         executor.transport.stats().confirmed();
-                        progress.sent += 1;
-                        progress.attempts = 0;
-                        progress.client_retries = 0;
+                        progress.next_request();
                         continue;
                     }
                 }
@@ -611,9 +622,7 @@ impl Delivery {
                             &response.body,
                             &mut self.learned,
                         );
-                        progress.sent += 1;
-                        progress.attempts = 0;
-                        progress.client_retries = 0;
+                        progress.next_request();
                     }
                     StepResult::Skip => return Ok(()),
                 }
