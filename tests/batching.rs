@@ -1154,6 +1154,43 @@ async fn a_lost_answer_to_a_bulk_ticket_update_adds_every_comment_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_ticket_update_whose_job_is_gone_when_polled_adds_every_comment_once() {
+    // The jobs apply at once, but polling them answers 404 (a job Zendesk no longer knows):
+    // what they applied is unknown, so each update is read back before it is sent again.
+    let emu = emulator_with_tickets(4).await;
+    emu.configure(|k| {
+        k.forced_faults = vec![
+            zdmap::emulator::ForcedFault::new(404)
+                .on_path("/api/v2/job_statuses/")
+                .times(1000),
+        ];
+    });
+    let (report, letters) = send(
+        &emu,
+        Path::new("mappings"),
+        &lines(&ticket_updates(4, "gone")),
+        options(Some(Duration::from_millis(200))),
+    )
+    .await;
+    assert!(letters.is_empty(), "{letters:?}");
+    assert_eq!(report.dead_letters, 0);
+    assert!(
+        requests(&emu, "PUT", "/api/v2/tickets/update_many")
+            .iter()
+            .any(|r| r["status"] == 200),
+        "a bulk update was accepted as a job"
+    );
+    assert!(
+        emu.requests().iter().any(|r| r["status"] == 404
+            && r["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/api/v2/job_statuses/"))),
+        "its poll found no job"
+    );
+    assert_eq!(comments_by_ticket(&emu), each_comment_once(4, "gone"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serve_killed_during_a_bulk_ticket_update_adds_no_comment_twice() {
     let emu = emulator_with_tickets(3).await;
     emu.configure(|k| k.job_delay_ms = 3_000);

@@ -555,12 +555,20 @@ async fn poll(
                     wait = wait.max(after);
                 }
             }
-            // An unknown (expired) job: its items are tried again.
-            Disposition::Done { response } => {
-                return Err(Disposition::retry_after_answer(response));
+            // The job is unknown (expired), its polls keep failing, or the credentials were
+            // refused: what it applied is not known. Its items are answered as by a job that
+            // gave them no result, so a write that is not idempotent is checked (once the
+            // pending jobs ended) before it is sent again.
+            Disposition::Retry { wait, scope, .. } => {
+                return Err(Disposition::Retry {
+                    last: Ok(started.clone()),
+                    wait,
+                    scope,
+                });
             }
-            // Credentials refused, polls failing: the items' answer.
-            other => return Err(other),
+            Disposition::Done { .. } | Disposition::Fatal { .. } | Disposition::Invalid { .. } => {
+                return Err(Disposition::retry_after_answer(started.clone()));
+            }
         }
     }
 }
