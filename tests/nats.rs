@@ -189,7 +189,9 @@ async fn each_owns_a_partition(replicas: &[Replica]) {
 async fn three_replicas_share_the_work_and_a_killed_one_loses_nothing() {
     let server = NatsServer::start();
     let emu = emulator(10).await;
-    let mut replicas = start_replicas(&server, &emu, 3, &["--set", "requests_per_minute=0"]);
+    // 4800 a minute (a burst of 800, then 80 a second): the 3000 tickets take at least 27 s,
+    // so the kill comes during delivery however slowly this test runs.
+    let mut replicas = start_replicas(&server, &emu, 3, &["--set", "requests_per_minute=4800"]);
     each_owns_a_partition(&replicas).await;
     let (users, per_user) = (300, 10);
     let events = tickets(users, per_user);
