@@ -231,13 +231,14 @@ pub async fn dispatch<S: Sink>(
     let mut draining: Option<Instant> = None;
     loop {
         if draining.is_none() && d.fatal.is_none() {
-            d.keeping_up = options.batch_when_idle
-                && input.is_empty()
-                && !options.input_behind.load(Ordering::Relaxed);
+            // Nothing waits to be read (`serve`): the items collected go once no turn runs,
+            // and while the source is not behind either, late items go single.
+            let idle = options.batch_when_idle && input.is_empty();
+            d.keeping_up = idle && !options.input_behind.load(Ordering::Relaxed);
             d.start_turns();
             // Nothing else can join the items being collected: send them now.
             if d.running.is_empty()
-                && (d.input_done || options.batch_when_idle && input.is_empty())
+                && (d.input_done || idle)
                 && let Some(b) = &mut d.batcher
             {
                 b.send_all();

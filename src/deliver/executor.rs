@@ -778,8 +778,8 @@ async fn send_step(
                 progress.doubt(Uncertain::Ambiguous(retry_letter.clone()), in_bulk);
                 // Given up before it is checked: it is not sent again.
                 retry_letter.message = format!(
-                    "{}; the write may have been applied, and is not sent again unchecked \
-                     (replay the dead letter to check it and send it if it was not)",
+                    "{}; {NOT_SENT_AGAIN} unchecked (replay the dead letter to check it and \
+                     send it if it was not)",
                     retry_letter.message
                 );
             }
@@ -797,6 +797,9 @@ async fn send_step(
         Disposition::Invalid { .. } => Err(Stop::Failed(letter(&disposition))),
     }
 }
+
+/// What the dead letter of a write that may have been applied says (a replay checks it first).
+const NOT_SENT_AGAIN: &str = "the write may have been applied, and is not sent again";
 
 /// Whether a failed attempt may have been applied: a server error, a timeout or a connection
 /// lost after sending (not a 429 or 408, which say it was not, nor a connection never made).
@@ -841,8 +844,7 @@ async fn verify(
                         Ok(None) => "the step is not idempotent and declares no check".into(),
                     };
                     letter.message = format!(
-                        "{}; the write may have been applied, and is not sent again: {why} \
-                         (replay the dead letter to send it)",
+                        "{}; {NOT_SENT_AGAIN}: {why} (replay the dead letter to send it)",
                         letter.message
                     );
                     Err(Stop::Failed(letter))
@@ -872,10 +874,7 @@ async fn verify(
                 (*plan.event).clone(),
                 action,
                 &step.name,
-                format!(
-                    "the write may have been applied, and is not sent again: the jobs it may \
-                     ride in cannot be listed ({e})"
-                ),
+                format!("{NOT_SENT_AGAIN}: the jobs it may ride in cannot be listed ({e})"),
             );
             letter.attempts = progress.attempts;
             return Err(Stop::Failed(Box::new(letter)));
@@ -973,8 +972,8 @@ fn waiting_letter(
     uncertain: &Uncertain,
 ) -> DeadLetter {
     let waiting = format!(
-        "{} bulk job(s) that may carry the write had not ended; the write may have been \
-         applied, and is not sent again (replay the dead letter to check it again)",
+        "{} bulk job(s) that may carry the write had not ended; {NOT_SENT_AGAIN} (replay the \
+         dead letter to check it again)",
         progress.awaited.len()
     );
     match uncertain {
