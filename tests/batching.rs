@@ -1269,3 +1269,60 @@ async fn a_bulk_ticket_update_whose_job_outlasts_the_retries_is_dead_lettered_no
     }
     assert!(comments.values().all(|cs| !cs.is_empty()));
 }
+
+/// A job this process has polled to its end is not waited for, even while the last listing of
+/// pending jobs (reused for a poll interval) still shows it: only jobs not known to have ended
+/// hold a check back.
+#[tokio::test]
+async fn a_job_known_to_have_ended_is_not_waited_for() {
+    let emu = emulator_with_tickets(1).await;
+    emu.configure(|k| k.job_delay_ms = 60_000);
+    let started = reqwest::Client::new()
+        .put(format!("{}/api/v2/tickets/update_many", emu.url()))
+        .basic_auth("agent@example.com/token", Some("secret"))
+        .json(&json!({"tickets": [{"external_id": "T-0", "status": "open"}]}))
+        .send()
+        .await
+        .expect("answered")
+        .json::<Value>()
+        .await
+        .expect("json");
+    let job = started["job_status"]["id"]
+        .as_str()
+        .expect("a job")
+        .to_owned();
+
+    // A listing is reused for a poll interval: a minute here, however slowly this test runs.
+    let mappings = mappings_with(|name, text| {
+        if name == "destination.yaml" {
+            text.replace("  limit: 30\n", "  limit: 30\n  poll_ms: 60000\n")
+        } else {
+            text
+        }
+    });
+    let dest = serving::destination(&emu, mappings.path()).await;
+    let (config, transport) = (dest.executor.config(), dest.executor.transport());
+    assert_eq!(config.jobs.as_ref().map(|j| j.poll_ms), Some(60_000));
+    let doubt = std::time::Instant::now();
+    let mut awaited = zdmap::deliver::jobs::Awaited::default();
+    let settled = transport
+        .jobs()
+        .settled(config, transport, doubt, &mut awaited)
+        .await
+        .expect("listed");
+    assert!(!settled, "the job is pending");
+    assert_eq!(awaited.len(), 1);
+
+    transport.jobs().ended(&job);
+    let settled = transport
+        .jobs()
+        .settled(config, transport, doubt, &mut awaited)
+        .await
+        .expect("listed");
+    assert!(settled, "the job is known to have ended");
+    assert_eq!(
+        requests(&emu, "GET", "/api/v2/job_statuses").len(),
+        1,
+        "the listing was reused: the job still shows as pending there"
+    );
+}
