@@ -1022,3 +1022,57 @@ async fn holds_in_nats_go_to_one_replica_at_a_time() {
     let (_clock_c, c) = replica("c");
     assert_eq!(c.take(both()).await, Holding::Held);
 }
+
+/// An event a killed replica had under way comes back redelivered to the next owner of its
+/// partition, which reads a write that is not idempotent back before sending it: a user event
+/// applied just before the kill (its answer never came) is not recorded twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_under_way_at_a_kill_is_checked_before_it_is_sent_again() {
+    let server = NatsServer::start();
+    let emu = emulator(0).await;
+    let args = ["--set", "requests_per_minute=0", "--nats-lease", "2s"];
+    let mut first = Replica::start(&server.url(), &emu.url(), &args);
+    each_owns_a_partition(std::slice::from_ref(&first)).await;
+    let identify = json!({"type": "identify", "userId": "u-r", "messageId": "id-u-r",
+        "traits": {"email": "u-r@example.com", "name": "R"}});
+    assert_eq!(post_batch(&first.url, &[identify]).await, 200);
+    let count = |what: &str| emu.state()[what].as_array().map_or(0, Vec::len);
+    wait_for("the user", Duration::from_secs(30), || count("users") >= 1).await;
+
+    // The user event is applied at once, and its answer would come a minute later.
+    emu.configure(|k| k.latency_ms = 60_000);
+    let viewed = json!({"type": "track", "event": "Viewed", "userId": "u-r",
+        "messageId": "view-u-r", "timestamp": "2026-03-01T10:00:02Z",
+        "properties": {"page": "/pricing"}});
+    assert_eq!(post_batch(&first.url, &[viewed]).await, 200);
+    wait_for("the user event applied", Duration::from_secs(30), || {
+        count("events") >= 1
+    })
+    .await;
+    first.kill();
+    emu.configure(|k| k.latency_ms = 0);
+
+    let second = Replica::start(&server.url(), &emu.url(), &args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Until the second replica found the write applied, or recorded it again.
+    while metric(&metrics(&second.url).await, "zdmap_writes_confirmed_total").unwrap_or(0.0) < 1.0
+        && count("events") < 2
+    {
+        assert!(Instant::now() < deadline, "{}", second.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count("events"), 1, "recorded once");
+    let checks = emu
+        .requests()
+        .iter()
+        .filter(|r| {
+            r["method"] == "GET"
+                && r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/api/v2/users/") && p.ends_with("/events"))
+        })
+        .count();
+    assert_eq!(checks, 1, "the redelivered event was read back first");
+    let log = second.stop();
+    assert!(!log.contains("nats-test-token-secret"), "{log}");
+}
