@@ -73,10 +73,11 @@ fn lease_key(partition: u32) -> String {
 /// before `sent + lease` as long as clocks run at the same rate. A fifth of the lease is kept
 /// back from that: a turn that starts just before the moment still sends its requests (a
 /// lookup, a write) a little after it; the clocks of this machine and of the NATS server may
-/// drift apart a little; and the replica taking over acts on its own tick. A fifth is also the
-/// renewal tick, so a replica that NATS answers is never near it (its leases are renewed with
-/// three fifths left), while one cut off stops at four fifths of the lease, a fifth before
-/// anyone else may start.
+/// drift apart a little; and the replica taking over acts on its own tick. Leases are renewed
+/// every fifth of the lease at most, so a replica that NATS answers is never near the moment
+/// (three fifths of the lease ahead at least), while one cut off stops at four fifths of it, a
+/// fifth before anyone else may start. A larger share would stop a replica on a slow NATS for
+/// nothing; a smaller one would leave too little for a turn under way to end.
 fn sure_until(sent: Instant, lease: Duration) -> Instant {
     sent + lease - lease / 5
 }
