@@ -1150,9 +1150,10 @@ async fn a_replica_cut_off_from_nats_stops_delivering_before_its_partitions_move
     })
     .await;
 
-    // Slow answers, so that A still has many events to deliver when it is cut off.
+    // Slow answers, so that A still has many events to deliver when it is cut off: at 100 ms
+    // an answer and 8 at once, its 600 or so take at least 7 s.
     emu.configure(|k| k.latency_ms = 100);
-    let per_user = 25;
+    let per_user = 30;
     let events: Vec<Value> = (0..per_user)
         .flat_map(|n| (0..users).map(move |u| viewed(u, n)))
         .collect();
@@ -1166,9 +1167,12 @@ async fn a_replica_cut_off_from_nats_stops_delivering_before_its_partitions_move
     assert!(count("events") < events.len() / 2, "cut off mid-stream");
 
     // A's last renewal was sent before the freeze, so its fence is at most four fifths of the
-    // lease later; B may take A's partitions only once the lease has passed.
-    tokio::time::sleep_until((frozen_at + lease).into()).await;
+    // lease later (a turn started just before it may still send its requests a little after);
+    // without the fence A would go on for seconds more.
+    tokio::time::sleep_until((frozen_at + lease + Duration::from_secs(1)).into()).await;
     let fence_seq = last_seq(&emu);
+    // B delivers the rest (A's checked first, as redelivered) without waiting on slow answers.
+    emu.configure(|k| k.latency_ms = 0);
     wait_for("every event recorded", Duration::from_secs(60), || {
         count("events") >= events.len()
     })
