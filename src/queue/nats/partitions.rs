@@ -246,10 +246,12 @@ impl Manager {
                                 partition = p,
                                 "the lease of a partition had expired; took it again, its unsettled events are read again"
                             );
+                            let handing_back =
+                                self.held.get(&p).is_some_and(|h| h.consumer.is_none());
                             self.stop_consuming(p);
                             lock(&self.local).end(p);
                             self.held.remove(&p);
-                            self.begin(p, revision, sent);
+                            self.begin(p, revision, sent, !handing_back);
                         }
                         Err(_) => {
                             let expired = self
@@ -282,14 +284,15 @@ impl Manager {
         else {
             return false;
         };
-        self.begin(p, revision, sent);
+        self.begin(p, revision, sent, true);
         self.metrics.lease_changes.fetch_add(1, Ordering::Relaxed);
         tracing::info!(partition = p, "took a partition");
         true
     }
 
-    /// A tenure of `p` starts: its lease (written at `sent`) is held and its consumer runs.
-    fn begin(&mut self, p: u32, revision: u64, sent: Instant) {
+    /// A tenure of `p` starts: its lease (written at `sent`) is held, and its consumer runs
+    /// unless `consuming` is false (a partition being handed back: released at once).
+    fn begin(&mut self, p: u32, revision: u64, sent: Instant, consuming: bool) {
         let epoch = lock(&self.local).begin(p, sure_until(sent, self.lease));
         self.held.insert(
             p,
@@ -297,7 +300,7 @@ impl Manager {
                 revision,
                 renewed: sent,
                 epoch,
-                consumer: Some(self.start_consumer(p, epoch)),
+                consumer: consuming.then(|| self.start_consumer(p, epoch)),
             },
         );
     }
