@@ -494,3 +494,149 @@ async fn a_resumed_write_is_checked_first_even_after_a_failed_lookup() {
     );
     assert_eq!(after.stats.snapshot().confirmed, 1);
 }
+
+/// Ticket `external_id` with `audits` audits (created, then updated with a comment each
+/// time), made through the emulator's API; gives its id.
+async fn busy_ticket(emu: &Emulator, external_id: &str, audits: usize) -> u64 {
+    emu.configure(|k| k.ticket_updates_per_window = 10_000);
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: String, body: Value| {
+        http.request(method, format!("{}{path}", emu.url()))
+            .basic_auth("agent@example.com/token", Some("t"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let created = call(
+        reqwest::Method::POST,
+        "/api/v2/tickets".into(),
+        json!({"ticket": {"external_id": external_id, "subject": "S",
+                          "comment": {"body": "opened"},
+                          "requester": {"email": "busy@example.com", "name": "Busy"}}}),
+    )
+    .await
+    .expect("created");
+    let created: Value = serde_json::from_str(&created.text().await.expect("body")).expect("json");
+    let id = created["ticket"]["id"].as_u64().expect("the ticket's id");
+    for n in 1..audits {
+        let r = call(
+            reqwest::Method::PUT,
+            format!("/api/v2/tickets/{id}"),
+            json!({"ticket": {"comment": {"body": format!("note {n}")}}}),
+        )
+        .await
+        .expect("updated");
+        assert_eq!(r.status(), 200);
+    }
+    id
+}
+
+/// The check's reads of the ticket's audits, in order.
+fn audit_reads(emu: &Emulator, id: u64) -> Vec<Value> {
+    let path = format!("/api/v2/tickets/{id}/audits");
+    emu.requests()
+        .into_iter()
+        .filter(|r| r["method"] == "GET" && r["path"] == path.as_str())
+        .collect()
+}
+
+/// The writes that carried `comment` (single updates or bulk items).
+fn writes_of(emu: &Emulator, comment: &str) -> usize {
+    emu.requests()
+        .iter()
+        .filter(|r| r["method"] == "PUT" && r["body"].to_string().contains(comment))
+        .count()
+}
+
+/// A lost update of `t-busy` (120 audits before it) and the dead letters of its delivery.
+async fn lose_an_update_of_a_busy_ticket(
+    mappings: &Path,
+    knobs: impl FnOnce(&mut zdmap::emulator::RuntimeKnobs),
+) -> (Emulator, u64, RunReport, Vec<DeadLetter>) {
+    let emu = emulator().await;
+    let dest = serving::destination(&emu, mappings).await;
+    let id = busy_ticket(&emu, "t-busy", 120).await;
+    emu.configure(|k| {
+        k.lost_answer_rate = 1.0;
+        k.lost_answer = LostAnswer::Error500;
+        knobs(k);
+    });
+    let update = ticket_update("u1", "t-busy", 30, "open", "the lost update");
+    let (report, letters) = send(&dest, dest.executor.clone(), &[update]).await;
+    (emu, id, report, letters)
+}
+
+fn comment_count(emu: &Emulator, comment: &str) -> usize {
+    comments(ticket(&emu.state(), "t-busy"))
+        .iter()
+        .filter(|c| *c == comment)
+        .count()
+}
+
+/// A ticket with more audits than a page holds: the marker of a lost update is on the second
+/// page, which the check reads, so the comment is added once.
+#[tokio::test]
+async fn a_lost_update_of_a_busy_ticket_is_found_on_a_later_page() {
+    let (emu, id, report, letters) =
+        lose_an_update_of_a_busy_ticket(Path::new("mappings"), |_| {}).await;
+    assert_eq!(report.dead_letters, 0, "{letters:#?}");
+    assert_eq!(comment_count(&emu, "the lost update"), 1);
+    assert_eq!(writes_of(&emu, "the lost update"), 1, "not sent again");
+    let reads = audit_reads(&emu, id);
+    assert_eq!(reads.len(), 2, "{reads:#?}");
+    assert!(
+        reads[1]["query"]
+            .as_str()
+            .is_some_and(|q| q.contains("page%5Bafter%5D")),
+        "the second read follows the next link: {reads:#?}"
+    );
+}
+
+/// A check that reads its most pages without reaching the end cannot tell: the update is
+/// dead-lettered as one that may have been applied, and not sent again.
+#[tokio::test]
+async fn a_check_that_reads_its_most_pages_without_the_end_sends_nothing_again() {
+    let (_dir, mappings) = mappings::mappings_copy();
+    mappings::edit(
+        &mappings.join("update_ticket.yaml"),
+        "has_more, most: 20 }",
+        "has_more, most: 1 }",
+    );
+    let (emu, id, report, letters) = lose_an_update_of_a_busy_ticket(&mappings, |_| {}).await;
+    assert_eq!(report.dead_letters, 1, "{letters:#?}");
+    let message = &letters[0].message;
+    assert!(
+        message.contains("read 1 page(s)")
+            && message.contains("without reaching the end")
+            && message.contains("may have been applied, and is not sent again"),
+        "{message}"
+    );
+    assert_eq!(audit_reads(&emu, id).len(), 1);
+    assert_eq!(writes_of(&emu, "the lost update"), 1, "not sent again");
+    assert_eq!(comment_count(&emu, "the lost update"), 1);
+}
+
+/// A next link that is not on the destination's host (an account reached through a proxy
+/// names its own host) is not followed: the update is dead-lettered, not sent again.
+#[tokio::test]
+async fn a_next_page_off_the_destination_host_is_not_followed() {
+    let (emu, id, report, letters) = lose_an_update_of_a_busy_ticket(Path::new("mappings"), |k| {
+        k.links_base = Some("https://example.zendesk.com".into());
+    })
+    .await;
+    assert_eq!(report.dead_letters, 1, "{letters:#?}");
+    let message = &letters[0].message;
+    assert!(
+        message.contains("next page is not followed")
+            && message.contains("not on the destination host")
+            && message.contains("may have been applied, and is not sent again"),
+        "{message}"
+    );
+    assert_eq!(
+        audit_reads(&emu, id).len(),
+        1,
+        "only the first page was read"
+    );
+    assert_eq!(writes_of(&emu, "the lost update"), 1, "not sent again");
+    assert_eq!(comment_count(&emu, "the lost update"), 1);
+}

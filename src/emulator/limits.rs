@@ -60,6 +60,10 @@ pub struct RuntimeKnobs {
     pub lost_answer: LostAnswer,
     /// Requests kept in the request log (a ring: the oldest are dropped first); 0 keeps none.
     pub request_log_size: usize,
+    /// The base URL the links of paged answers name (`next_page`, `links.next`); none: the
+    /// host each request was sent to. `https://example.zendesk.com` plays an account reached
+    /// through a proxy, whose links name the account's own host.
+    pub links_base: Option<String>,
 }
 
 /// How the emulator loses the answer to a write it applied.
@@ -95,6 +99,7 @@ impl Default for RuntimeKnobs {
             lost_answer_rate: 0.0,
             lost_answer: LostAnswer::Either,
             request_log_size: 10_000,
+            links_base: None,
         }
     }
 }
