@@ -671,4 +671,42 @@ mod tests {
         );
         assert_eq!(split_path("/a"), vec![Ok("/a")]);
     }
+
+    #[test]
+    fn a_page_says_what_comes_after_it() {
+        let spec = |more: Option<&str>| PagesSpec {
+            next: "$.links.next".into(),
+            more: more.map(str::to_owned),
+            most: 5,
+        };
+        let mut problems = Problems::detached();
+        let cursor =
+            Pages::compile(&spec(Some("$.meta.has_more")), "/p", &mut problems).expect("compiles");
+        let offset = Pages::compile(&spec(None), "/p", &mut problems).expect("compiles");
+        let page = |more: Value, next: Value| serde_json::json!({"meta": {"has_more": more}, "links": {"next": next}});
+        let link = || Value::from("https://acme.zendesk.com/api/v2/x?page[after]=a");
+        let next = NextPage::Link("https://acme.zendesk.com/api/v2/x?page[after]=a".into());
+        assert_eq!(cursor.after(&page(true.into(), link())), next);
+        assert_eq!(cursor.after(&page(false.into(), link())), NextPage::End);
+        assert_eq!(
+            cursor.after(&page(true.into(), Value::Null)),
+            NextPage::Unreachable
+        );
+        assert_eq!(cursor.after(&page(Value::Null, Value::Null)), NextPage::End);
+        assert_eq!(offset.after(&page(Value::Null, link())), next);
+        assert_eq!(offset.after(&page(Value::Null, "".into())), NextPage::End);
+        assert_eq!(offset.after(&serde_json::json!({})), NextPage::End);
+
+        assert!(problems.is_empty());
+        let bad = PagesSpec {
+            most: 0,
+            ..spec(Some("meta"))
+        };
+        assert!(Pages::compile(&bad, "/p", &mut problems).is_none());
+        assert_eq!(
+            problems.len(),
+            2,
+            "the `more` path and `most` are both reported"
+        );
+    }
 }
