@@ -640,3 +640,27 @@ async fn a_next_page_off_the_destination_host_is_not_followed() {
     assert_eq!(writes_of(&emu, "the lost update"), 1, "not sent again");
     assert_eq!(comment_count(&emu, "the lost update"), 1);
 }
+
+/// A later page that answers 503 is a retry of the check, the write still in doubt: read again
+/// from the first page, the marker is found and the update is not sent again.
+#[tokio::test]
+async fn a_later_page_that_fails_is_checked_again_not_sent_again() {
+    let (emu, id, report, letters) = lose_an_update_of_a_busy_ticket(Path::new("mappings"), |k| {
+        k.forced_faults.push(
+            ForcedFault::new(503)
+                .on_method("GET")
+                .on_path("/api/v2/tickets/")
+                .on_query("page%5Bafter%5D")
+                .retry_after(0),
+        );
+    })
+    .await;
+    assert_eq!(report.dead_letters, 0, "{letters:#?}");
+    let statuses: Vec<u64> = audit_reads(&emu, id)
+        .iter()
+        .filter_map(|r| r["status"].as_u64())
+        .collect();
+    assert_eq!(statuses, [200, 503, 200, 200], "page 2 failed, then all read again");
+    assert_eq!(writes_of(&emu, "the lost update"), 1, "not sent again");
+    assert_eq!(comment_count(&emu, "the lost update"), 1);
+}

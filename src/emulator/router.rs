@@ -180,7 +180,10 @@ fn handle(
     bytes: &Bytes,
 ) -> Reply {
     let path = uri.path();
-    if let Some(err) = w.limits.take_forced_fault(method, path) {
+    if let Some(err) = w
+        .limits
+        .take_forced_fault(method, path, uri.query().unwrap_or(""))
+    {
         return err.0;
     }
     let segments = match api_segments(path) {
