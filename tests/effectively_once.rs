@@ -495,38 +495,44 @@ async fn a_resumed_write_is_checked_first_even_after_a_failed_lookup() {
     assert_eq!(after.stats.snapshot().confirmed, 1);
 }
 
+/// A request to the emulator's API as an agent; gives the answer's status and body.
+async fn api(emu: &Emulator, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+    let answer = reqwest::Client::new()
+        .request(method, format!("{}{path}", emu.url()))
+        .basic_auth("agent@example.com/token", Some("t"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("answered");
+    let status = answer.status().as_u16();
+    let text = answer.text().await.expect("a body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
 /// Ticket `external_id` with `audits` audits (created, then updated with a comment each
 /// time), made through the emulator's API; gives its id.
 async fn busy_ticket(emu: &Emulator, external_id: &str, audits: usize) -> u64 {
     emu.configure(|k| k.ticket_updates_per_window = 10_000);
-    let http = reqwest::Client::new();
-    let call = |method: reqwest::Method, path: String, body: Value| {
-        http.request(method, format!("{}{path}", emu.url()))
-            .basic_auth("agent@example.com/token", Some("t"))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-    };
-    let created = call(
+    let (_, created) = api(
+        emu,
         reqwest::Method::POST,
-        "/api/v2/tickets".into(),
+        "/api/v2/tickets",
         json!({"ticket": {"external_id": external_id, "subject": "S",
                           "comment": {"body": "opened"},
                           "requester": {"email": "busy@example.com", "name": "Busy"}}}),
     )
-    .await
-    .expect("created");
-    let created: Value = serde_json::from_str(&created.text().await.expect("body")).expect("json");
+    .await;
     let id = created["ticket"]["id"].as_u64().expect("the ticket's id");
     for n in 1..audits {
-        let r = call(
+        let (status, _) = api(
+            emu,
             reqwest::Method::PUT,
-            format!("/api/v2/tickets/{id}"),
+            &format!("/api/v2/tickets/{id}"),
             json!({"ticket": {"comment": {"body": format!("note {n}")}}}),
         )
-        .await
-        .expect("updated");
-        assert_eq!(r.status(), 200);
+        .await;
+        assert_eq!(status, 200);
     }
     id
 }
@@ -660,7 +666,68 @@ async fn a_later_page_that_fails_is_checked_again_not_sent_again() {
         .iter()
         .filter_map(|r| r["status"].as_u64())
         .collect();
-    assert_eq!(statuses, [200, 503, 200, 200], "page 2 failed, then all read again");
+    assert_eq!(
+        statuses,
+        [200, 503, 200, 200],
+        "page 2 failed, then all read again"
+    );
     assert_eq!(writes_of(&emu, "the lost update"), 1, "not sent again");
     assert_eq!(comment_count(&emu, "the lost update"), 1);
+}
+
+/// A user with more events of a kind since an event's time than a page holds: the marker of
+/// the event whose answer was lost is on the second page of the check, which reads it.
+#[tokio::test]
+async fn a_lost_user_event_is_found_on_a_later_page_of_the_users_events() {
+    let emu = emulator().await;
+    let dest = serving::destination(&emu, Path::new("mappings")).await;
+    let (report, _) = send(
+        &dest,
+        dest.executor.clone(),
+        &[identify("u1", 0, json!({}))],
+    )
+    .await;
+    assert_eq!(report.dead_letters, 0);
+    let uid = list(&emu.state(), "users")[0]["id"]
+        .as_u64()
+        .expect("the user's id");
+    for n in 0..120 {
+        let (status, _) = api(
+            &emu,
+            reqwest::Method::POST,
+            &format!("/api/v2/users/{uid}/events"),
+            json!({"profile": {"source": "zdmap", "type": "user",
+                               "identifiers": [{"type": "email", "value": "u1@example.com"}]},
+                   "event": {"source": "zdmap", "type": "Paid", "created_at": at(5),
+                             "properties": {"n": n}}}),
+        )
+        .await;
+        assert!(status < 300, "{status}");
+    }
+    emu.configure(|k| {
+        k.lost_answer_rate = 1.0;
+        k.lost_answer = LostAnswer::Error500;
+    });
+    let paid = json!({"type": "track", "event": "Paid", "userId": "u1", "messageId": "p-busy",
+                      "timestamp": at(5), "properties": {"amount": 3}});
+    let (report, letters) = send(&dest, dest.executor.clone(), &[paid]).await;
+    assert_eq!(report.dead_letters, 0, "{letters:#?}");
+    let recorded = list(&emu.state(), "events")
+        .iter()
+        .filter(|e| e["properties"]["zdmap_marker"] == "p-busy:track_event")
+        .count();
+    assert_eq!(recorded, 1, "recorded once");
+    let path = format!("/api/v2/users/{uid}/events");
+    let reads: Vec<Value> = emu
+        .requests()
+        .into_iter()
+        .filter(|r| r["method"] == "GET" && r["path"] == path.as_str())
+        .collect();
+    assert_eq!(reads.len(), 2, "{reads:#?}");
+    assert!(
+        reads[1]["query"]
+            .as_str()
+            .is_some_and(|q| q.contains("page%5Bafter%5D") && q.contains("filter%5Btype%5D=Paid")),
+        "the second page keeps the filters: {reads:#?}"
+    );
 }
