@@ -105,6 +105,16 @@ async fn owned(url: &str) -> f64 {
     metric(url, "zdmap_nats_partitions_owned").await
 }
 
+/// The time `iters` postings take to be accepted and delivered, one after another.
+async fn post_and_deliver(client: &reqwest::Client, urls: &[String], iters: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        post(client, urls).await;
+        delivered(urls, NEXT.load(Ordering::Relaxed)).await;
+    }
+    start.elapsed()
+}
+
 /// A NATS server, an emulator and `n` replicas, every partition owned.
 fn setup(
     rt: &tokio::runtime::Runtime,
@@ -166,16 +176,7 @@ fn replicas(c: &mut Criterion) {
             })
         });
         group.bench_function(BenchmarkId::new("deliver", n), |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        post(&client, &urls).await;
-                        delivered(&urls, NEXT.load(Ordering::Relaxed)).await;
-                    }
-                    start.elapsed()
-                })
-            })
+            b.iter_custom(|iters| rt.block_on(post_and_deliver(&client, &urls, iters)))
         });
         NEXT.store(0, Ordering::Relaxed);
     }
@@ -196,16 +197,7 @@ fn budget(c: &mut Criterion) {
     let mut group = c.benchmark_group("budget");
     group.throughput(Throughput::Elements(EVENTS as u64));
     group.bench_function("3_replicas", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    post(&client, &urls).await;
-                    delivered(&urls, NEXT.load(Ordering::Relaxed)).await;
-                }
-                start.elapsed()
-            })
-        })
+        b.iter_custom(|iters| rt.block_on(post_and_deliver(&client, &urls, iters)))
     });
     group.finish();
     NEXT.store(0, Ordering::Relaxed);

@@ -332,41 +332,27 @@ impl Layout {
             },
         )
         .await?;
+        let bucket = |name: &'static str| Bucket {
+            name,
+            max_age: Duration::ZERO,
+            max_keys: 0,
+            replicas,
+        };
         let leases = ensure_bucket(
             &js,
-            kv::Config {
-                bucket: LEASES_BUCKET.into(),
-                history: 1,
+            Bucket {
                 max_age: options.lease,
-                storage: stream::StorageType::File,
-                num_replicas: replicas,
-                ..Default::default()
+                ..bucket(LEASES_BUCKET)
             },
-            0,
         )
         .await?;
-        let settings = ensure_bucket(
-            &js,
-            kv::Config {
-                bucket: SETTINGS_BUCKET.into(),
-                history: 1,
-                storage: stream::StorageType::File,
-                num_replicas: replicas,
-                ..Default::default()
-            },
-            0,
-        )
-        .await?;
+        let settings = ensure_bucket(&js, bucket(SETTINGS_BUCKET)).await?;
         let entities = ensure_bucket(
             &js,
-            kv::Config {
-                bucket: entities::ENTITIES_BUCKET.into(),
-                history: 1,
-                storage: stream::StorageType::File,
-                num_replicas: replicas,
-                ..Default::default()
+            Bucket {
+                max_keys: entities::CAPACITY,
+                ..bucket(entities::ENTITIES_BUCKET)
             },
-            entities::CAPACITY,
         )
         .await?;
         let partitions = shared_partitions(&settings, options.partitions).await?;
@@ -538,30 +524,36 @@ async fn ensure_stream(
     }
 }
 
+/// A key-value bucket of single values (history 1) on file.
+struct Bucket {
+    name: &'static str,
+    /// How long a value lives (zero: until it is replaced or deleted).
+    max_age: Duration,
+    /// Above zero, the bucket's bound: past it, the keys written longest ago go.
+    max_keys: i64,
+    replicas: usize,
+}
+
 /// Gets a key-value bucket, creating its stream when missing. The stream is laid out as the
 /// client's own `create_key_value` would, without the account query it starts with (whose
 /// answer nats-server 2.9 words differently).
-/// `max_messages` above zero bounds the bucket: past it, the keys written longest ago go.
-async fn ensure_bucket(
-    js: &jetstream::Context,
-    config: kv::Config,
-    max_messages: i64,
-) -> Result<kv::Store, QueueError> {
-    if let Ok(store) = js.get_key_value(&config.bucket).await {
+async fn ensure_bucket(js: &jetstream::Context, bucket: Bucket) -> Result<kv::Store, QueueError> {
+    if let Ok(store) = js.get_key_value(bucket.name).await {
         return Ok(store);
     }
+    let bounded = bucket.max_keys > 0;
     let stream = stream::Config {
-        name: format!("KV_{}", config.bucket),
-        subjects: vec![format!("$KV.{}.>", config.bucket)],
-        max_messages_per_subject: config.history.max(1),
-        max_age: config.max_age,
-        storage: config.storage,
+        name: format!("KV_{}", bucket.name),
+        subjects: vec![format!("$KV.{}.>", bucket.name)],
+        max_messages_per_subject: 1,
+        max_age: bucket.max_age,
+        storage: stream::StorageType::File,
         allow_rollup: true,
         deny_delete: true,
         allow_direct: true,
-        num_replicas: config.num_replicas.max(1),
-        max_messages: if max_messages > 0 { max_messages } else { -1 },
-        discard: if max_messages > 0 {
+        num_replicas: bucket.replicas.max(1),
+        max_messages: if bounded { bucket.max_keys } else { -1 },
+        discard: if bounded {
             stream::DiscardPolicy::Old
         } else {
             stream::DiscardPolicy::New
@@ -569,7 +561,7 @@ async fn ensure_bucket(
         ..Default::default()
     };
     let created = js.get_or_create_stream(stream).await;
-    js.get_key_value(&config.bucket).await.map_err(|e| {
+    js.get_key_value(bucket.name).await.map_err(|e| {
         let why = created.err().map_or(e.to_string(), |c| c.to_string());
         nats_error("cannot create a key-value bucket")(&why)
     })
