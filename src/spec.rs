@@ -225,6 +225,34 @@ pub struct CheckSpec {
     pub request: RequestSpec,
     /// The write was applied when a value at `path` in the answer equals `equals`.
     pub applied: AppliedSpec,
+    /// How to read the answer's later pages, for a list that may not fit in one (audits,
+    /// events): without it only the first page is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages: Option<PagesSpec>,
+}
+
+/// How a [`CheckSpec`] follows the pages of its answer: the next page's link is followed while
+/// the answer says there is more, until the marker is found or `most` pages were read. A check
+/// that reads `most` pages without reaching the end cannot tell, and the step is dead-lettered
+/// (it may have been applied). Links are followed only on the destination's own host.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PagesSpec {
+    /// JSONPath to the next page's link (a full URL) in an answer: `$.links.next` (cursor
+    /// pagination) or `$.next_page` (offset pagination). No link (or `null`): the last page.
+    pub next: String,
+    /// JSONPath to whether there are more pages (`$.meta.has_more`). When it says `false` the
+    /// page is the last whatever its link; when it says `true` the answer must have a link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub more: Option<String>,
+    /// Most pages read, the first included.
+    #[serde(default = "default_most_pages")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub most: usize,
+}
+
+fn default_most_pages() -> usize {
+    10
 }
 
 /// The condition of a [`CheckSpec`] over its answer.

@@ -494,3 +494,240 @@ async fn a_resumed_write_is_checked_first_even_after_a_failed_lookup() {
     );
     assert_eq!(after.stats.snapshot().confirmed, 1);
 }
+
+/// A request to the emulator's API as an agent; gives the answer's status and body.
+async fn api(emu: &Emulator, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+    let answer = reqwest::Client::new()
+        .request(method, format!("{}{path}", emu.url()))
+        .basic_auth("agent@example.com/token", Some("t"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("answered");
+    let status = answer.status().as_u16();
+    let text = answer.text().await.expect("a body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Ticket `external_id` with `audits` audits (created, then updated with a comment each
+/// time), made through the emulator's API; gives its id.
+async fn busy_ticket(emu: &Emulator, external_id: &str, audits: usize) -> u64 {
+    emu.configure(|k| k.ticket_updates_per_window = 10_000);
+    let (_, created) = api(
+        emu,
+        reqwest::Method::POST,
+        "/api/v2/tickets",
+        json!({"ticket": {"external_id": external_id, "subject": "S",
+                          "comment": {"body": "opened"},
+                          "requester": {"email": "busy@example.com", "name": "Busy"}}}),
+    )
+    .await;
+    let id = created["ticket"]["id"].as_u64().expect("the ticket's id");
+    for n in 1..audits {
+        let (status, _) = api(
+            emu,
+            reqwest::Method::PUT,
+            &format!("/api/v2/tickets/{id}"),
+            json!({"ticket": {"comment": {"body": format!("note {n}")}}}),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    id
+}
+
+/// The check's reads of the ticket's audits, in order.
+fn audit_reads(emu: &Emulator, id: u64) -> Vec<Value> {
+    let path = format!("/api/v2/tickets/{id}/audits");
+    emu.requests()
+        .into_iter()
+        .filter(|r| r["method"] == "GET" && r["path"] == path.as_str())
+        .collect()
+}
+
+/// The writes that carried `comment` (single updates or bulk items).
+fn writes_of(emu: &Emulator, comment: &str) -> usize {
+    emu.requests()
+        .iter()
+        .filter(|r| r["method"] == "PUT" && r["body"].to_string().contains(comment))
+        .count()
+}
+
+/// A lost update of `t-busy` (120 audits before it) and the dead letters of its delivery.
+async fn lose_an_update_of_a_busy_ticket(
+    mappings: &Path,
+    knobs: impl FnOnce(&mut zdmap::emulator::RuntimeKnobs),
+) -> (Emulator, u64, RunReport, Vec<DeadLetter>) {
+    let emu = emulator().await;
+    let dest = serving::destination(&emu, mappings).await;
+    let id = busy_ticket(&emu, "t-busy", 120).await;
+    emu.configure(|k| {
+        k.lost_answer_rate = 1.0;
+        k.lost_answer = LostAnswer::Error500;
+        knobs(k);
+    });
+    let update = ticket_update("u1", "t-busy", 30, "open", "the lost update");
+    let (report, letters) = send(&dest, dest.executor.clone(), &[update]).await;
+    (emu, id, report, letters)
+}
+
+fn comment_count(emu: &Emulator, comment: &str) -> usize {
+    comments(ticket(&emu.state(), "t-busy"))
+        .iter()
+        .filter(|c| *c == comment)
+        .count()
+}
+
+/// A ticket with more audits than a page holds: the marker of a lost update is on the second
+/// page, which the check reads, so the comment is added once.
+#[tokio::test]
+async fn a_lost_update_of_a_busy_ticket_is_found_on_a_later_page() {
+    let (emu, id, report, letters) =
+        lose_an_update_of_a_busy_ticket(Path::new("mappings"), |_| {}).await;
+    assert_eq!(report.dead_letters, 0, "{letters:#?}");
+    assert_eq!(comment_count(&emu, "the lost update"), 1);
+    assert_eq!(writes_of(&emu, "the lost update"), 1, "not sent again");
+    let reads = audit_reads(&emu, id);
+    assert_eq!(reads.len(), 2, "{reads:#?}");
+    assert!(
+        reads[1]["query"]
+            .as_str()
+            .is_some_and(|q| q.contains("page%5Bafter%5D")),
+        "the second read follows the next link: {reads:#?}"
+    );
+}
+
+/// A check that reads its most pages without reaching the end cannot tell: the update is
+/// dead-lettered as one that may have been applied, and not sent again.
+#[tokio::test]
+async fn a_check_that_reads_its_most_pages_without_the_end_sends_nothing_again() {
+    let (_dir, mappings) = mappings::mappings_copy();
+    mappings::edit(
+        &mappings.join("update_ticket.yaml"),
+        "has_more, most: 20 }",
+        "has_more, most: 1 }",
+    );
+    let (emu, id, report, letters) = lose_an_update_of_a_busy_ticket(&mappings, |_| {}).await;
+    assert_eq!(report.dead_letters, 1, "{letters:#?}");
+    let message = &letters[0].message;
+    assert!(
+        message.contains("read 1 page(s)")
+            && message.contains("without reaching the end")
+            && message.contains("may have been applied, and is not sent again"),
+        "{message}"
+    );
+    assert_eq!(audit_reads(&emu, id).len(), 1);
+    assert_eq!(writes_of(&emu, "the lost update"), 1, "not sent again");
+    assert_eq!(comment_count(&emu, "the lost update"), 1);
+}
+
+/// A next link that is not on the destination's host (an account reached through a proxy
+/// names its own host) is not followed: the update is dead-lettered, not sent again.
+#[tokio::test]
+async fn a_next_page_off_the_destination_host_is_not_followed() {
+    let (emu, id, report, letters) = lose_an_update_of_a_busy_ticket(Path::new("mappings"), |k| {
+        k.links_base = Some("https://example.zendesk.com".into());
+    })
+    .await;
+    assert_eq!(report.dead_letters, 1, "{letters:#?}");
+    let message = &letters[0].message;
+    assert!(
+        message.contains("next page is not followed")
+            && message.contains("not on the destination host")
+            && message.contains("may have been applied, and is not sent again"),
+        "{message}"
+    );
+    assert_eq!(
+        audit_reads(&emu, id).len(),
+        1,
+        "only the first page was read"
+    );
+    assert_eq!(writes_of(&emu, "the lost update"), 1, "not sent again");
+    assert_eq!(comment_count(&emu, "the lost update"), 1);
+}
+
+/// A later page that answers 503 is a retry of the check, the write still in doubt: read again
+/// from the first page, the marker is found and the update is not sent again.
+#[tokio::test]
+async fn a_later_page_that_fails_is_checked_again_not_sent_again() {
+    let (emu, id, report, letters) = lose_an_update_of_a_busy_ticket(Path::new("mappings"), |k| {
+        k.forced_faults.push(
+            ForcedFault::new(503)
+                .on_method("GET")
+                .on_path("/api/v2/tickets/")
+                .on_query("page%5Bafter%5D")
+                .retry_after(0),
+        );
+    })
+    .await;
+    assert_eq!(report.dead_letters, 0, "{letters:#?}");
+    let statuses: Vec<u64> = audit_reads(&emu, id)
+        .iter()
+        .filter_map(|r| r["status"].as_u64())
+        .collect();
+    assert_eq!(
+        statuses,
+        [200, 503, 200, 200],
+        "page 2 failed, then all read again"
+    );
+    assert_eq!(writes_of(&emu, "the lost update"), 1, "not sent again");
+    assert_eq!(comment_count(&emu, "the lost update"), 1);
+}
+
+/// A user with more events of a kind since an event's time than a page holds: the marker of
+/// the event whose answer was lost is on the second page of the check, which reads it.
+#[tokio::test]
+async fn a_lost_user_event_is_found_on_a_later_page_of_the_users_events() {
+    let emu = emulator().await;
+    let dest = serving::destination(&emu, Path::new("mappings")).await;
+    let (report, _) = send(
+        &dest,
+        dest.executor.clone(),
+        &[identify("u1", 0, json!({}))],
+    )
+    .await;
+    assert_eq!(report.dead_letters, 0);
+    let uid = list(&emu.state(), "users")[0]["id"]
+        .as_u64()
+        .expect("the user's id");
+    for n in 0..120 {
+        let (status, _) = api(
+            &emu,
+            reqwest::Method::POST,
+            &format!("/api/v2/users/{uid}/events"),
+            json!({"profile": {"source": "zdmap", "type": "user",
+                               "identifiers": [{"type": "email", "value": "u1@example.com"}]},
+                   "event": {"source": "zdmap", "type": "Paid", "created_at": at(5),
+                             "properties": {"n": n}}}),
+        )
+        .await;
+        assert!(status < 300, "{status}");
+    }
+    emu.configure(|k| {
+        k.lost_answer_rate = 1.0;
+        k.lost_answer = LostAnswer::Error500;
+    });
+    let paid = json!({"type": "track", "event": "Paid", "userId": "u1", "messageId": "p-busy",
+                      "timestamp": at(5), "properties": {"amount": 3}});
+    let (report, letters) = send(&dest, dest.executor.clone(), &[paid]).await;
+    assert_eq!(report.dead_letters, 0, "{letters:#?}");
+    let recorded = list(&emu.state(), "events")
+        .iter()
+        .filter(|e| e["properties"]["zdmap_marker"] == "p-busy:track_event")
+        .count();
+    assert_eq!(recorded, 1, "recorded once");
+    let path = format!("/api/v2/users/{uid}/events");
+    let reads: Vec<Value> = emu
+        .requests()
+        .into_iter()
+        .filter(|r| r["method"] == "GET" && r["path"] == path.as_str())
+        .collect();
+    assert_eq!(reads.len(), 2, "{reads:#?}");
+    assert!(
+        reads[1]["query"]
+            .as_str()
+            .is_some_and(|q| q.contains("page%5Bafter%5D") && q.contains("filter%5Btype%5D=Paid")),
+        "the second page keeps the filters: {reads:#?}"
+    );
+}

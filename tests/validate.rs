@@ -604,3 +604,45 @@ fn a_write_that_is_not_idempotent_is_batched_only_with_a_check_and_a_job_list() 
         "{place}\n{out}"
     );
 }
+
+#[test]
+fn a_checks_pages_are_checked_with_their_place() {
+    let (_tmp, dir) = mappings_copy();
+    let update = dir.join("update_ticket.yaml");
+    let track = dir.join("track_event.yaml");
+    // A next-page path that is not a JSONPath, a `more` path that does not parse.
+    edit(
+        &update,
+        "pages: { next: $.links.next,",
+        "pages: { next: links.next,",
+    );
+    edit(
+        &track,
+        "more: $.meta.has_more, most: 10",
+        "more: \"$.meta[has_more\", most: 10",
+    );
+    let (code, out) = validate(&dir, "text");
+    assert_eq!(code, 1, "{out}");
+    // Each is located at its mistake: the path's start, the selector that does not parse.
+    for (file, needle) in [(&update, "links.next,"), (&track, "has_more\"")] {
+        let place = format!(
+            "{}:{}:{}:",
+            file.display(),
+            line_of(file, needle),
+            column_of(file, needle)
+        );
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&place) && l.contains("bad JSONPath")),
+            "{place}: {out}"
+        );
+    }
+
+    // At least one page is read.
+    let (_tmp, dir) = mappings_copy();
+    let update = dir.join("update_ticket.yaml");
+    edit(&update, "has_more, most: 20 }", "has_more, most: 0 }");
+    let (code, out) = validate(&dir, "text");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&place_of(&update, "most: 0")), "{out}");
+}

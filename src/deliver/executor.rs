@@ -30,6 +30,7 @@ use crate::deliver::retry::PauseScope;
 use crate::deliver::{DeadLetter, Disposition, Response, RetryPolicy, Transport};
 use crate::event::Event;
 use crate::plan::batch::{BatchForm, LookupBatch};
+use crate::plan::step::NextPage;
 use crate::plan::{Plan, PlannedAction, Rendered, Step};
 use crate::request::Request;
 use crate::spec::OutcomeKind;
@@ -857,41 +858,110 @@ async fn verify(
     };
     // A write that may ride in a bulk job is read back only once the jobs pending since the
     // doubt arose have ended: until then the check could find it missing and send it again.
-    let disposition = match jobs_settled(executor, plan, action, step, progress, &uncertain).await {
-        Ok(true) => executor.transport.attempt(&request, |_| false).await,
-        Ok(false) => {
-            let letter = waiting_letter(plan, action, step, progress, &uncertain);
-            progress.uncertain = Some(uncertain);
-            return Err(Stop::Wait(Wait::Retry {
-                wait: None,
-                scope: PauseScope::Key,
-                transient: true,
-                letter: Box::new(letter),
-            }));
+    let mut disposition =
+        match jobs_settled(executor, plan, action, step, progress, &uncertain).await {
+            Ok(true) => executor.transport.attempt(&request, |_| false).await,
+            Ok(false) => {
+                let letter = waiting_letter(plan, action, step, progress, &uncertain);
+                progress.uncertain = Some(uncertain);
+                return Err(Stop::Wait(Wait::Retry {
+                    wait: None,
+                    scope: PauseScope::Key,
+                    transient: true,
+                    letter: Box::new(letter),
+                }));
+            }
+            Err(Unlisted::Render(e)) => {
+                let mut letter = DeadLetter::without_response(
+                    (*plan.event).clone(),
+                    action,
+                    &step.name,
+                    format!("{NOT_SENT_AGAIN}: the jobs it may ride in cannot be listed ({e})"),
+                );
+                letter.attempts = progress.attempts;
+                return Err(Stop::Failed(Box::new(letter)));
+            }
+            Err(Unlisted::Failed(d)) => *d,
+        };
+    // Each page is one request, judged as the first: the check reads on until the marker is
+    // found or the answer ends; an end it cannot reach leaves the write in doubt.
+    let mut read = 0;
+    loop {
+        progress.attempts += 1;
+        let response = match disposition {
+            Disposition::Done { response } if response.is_success() => response,
+            other => {
+                return Err(check_failed(
+                    executor, plan, action, step, progress, uncertain, other,
+                ));
+            }
+        };
+        read += 1;
+        let applied = check.applied(&response.body, &marker);
+        let after = check
+            .pages
+            .as_ref()
+            .map_or(NextPage::End, |p| p.after(&response.body));
+        if applied || after == NextPage::End {
+            tracing::debug!(action, step = %step.name, applied, pages = read, "checked whether a write was applied");
+            return Ok(applied);
         }
-        Err(Unlisted::Render(e)) => {
-            let mut letter = DeadLetter::without_response(
-                (*plan.event).clone(),
-                action,
-                &step.name,
-                format!("{NOT_SENT_AGAIN}: the jobs it may ride in cannot be listed ({e})"),
-            );
-            letter.attempts = progress.attempts;
-            return Err(Stop::Failed(Box::new(letter)));
-        }
-        Err(Unlisted::Failed(d)) => *d,
-    };
-    progress.attempts += 1;
+        let most = check.pages.as_ref().map_or(1, |p| p.most);
+        let next = match after {
+            NextPage::Link(_) if read >= most => Err(format!(
+                "its check read {read} page(s) of the answer (its most) without reaching the end"
+            )),
+            NextPage::Link(link) => executor
+                .transport
+                .client()
+                .target()
+                .path_of_link(&link)
+                .map_err(|e| format!("its check's next page is not followed ({e})")),
+            _ => Err(format!(
+                "page {read} of its check's answer says there is more but gives no link to it"
+            )),
+        };
+        let path = match next {
+            Ok(path) => path,
+            Err(why) => {
+                let letter = doubt_letter(
+                    plan,
+                    action,
+                    step,
+                    progress,
+                    &uncertain,
+                    format!("{why}; {NOT_SENT_AGAIN} (replay the dead letter to check it again)"),
+                );
+                return Err(Stop::Failed(Box::new(letter)));
+            }
+        };
+        // Counted under the check's endpoint: a page's path and cursor are not a counter name.
+        let page = Request {
+            path,
+            query: IndexMap::new(),
+            ..request.clone()
+        };
+        disposition = executor.transport.attempt(&page, |_| false).await;
+    }
+}
+
+/// The check's request (a page of it, or the jobs listing before it) got no usable answer: the
+/// write is still in doubt. A retryable failure checks again later; a fatal one waits for the
+/// credentials; anything else dead-letters the step, not sent again.
+fn check_failed(
+    executor: &Executor,
+    plan: &Plan,
+    action: &str,
+    step: &Step,
+    progress: &mut ActionProgress,
+    uncertain: Uncertain,
+    disposition: Disposition,
+) -> Stop {
     match disposition {
-        Disposition::Done { response } if response.is_success() => {
-            let applied = check.applied(&response.body, &marker);
-            tracing::debug!(action, step = %step.name, applied, "checked whether a write was applied");
-            Ok(applied)
-        }
         Disposition::Fatal { status, message } => {
             // Still unknown: checked again once the credentials are fixed.
             progress.uncertain = Some(uncertain);
-            Err(Stop::Wait(Wait::Fatal { status, message }))
+            Stop::Wait(Wait::Fatal { status, message })
         }
         d => {
             let mut letter = DeadLetter::from_disposition(
@@ -909,14 +979,14 @@ async fn verify(
                 Disposition::Retry { wait, scope, .. } => {
                     executor.transport.stats().retry();
                     progress.uncertain = Some(uncertain);
-                    Err(Stop::Wait(Wait::Retry {
+                    Stop::Wait(Wait::Retry {
                         wait,
                         scope,
                         transient: true,
                         letter: Box::new(letter),
-                    }))
+                    })
                 }
-                _ => Err(Stop::Failed(Box::new(letter))),
+                _ => Stop::Failed(Box::new(letter)),
             }
         }
     }
@@ -976,10 +1046,23 @@ fn waiting_letter(
          dead letter to check it again)",
         progress.awaited.len()
     );
+    doubt_letter(plan, action, step, progress, uncertain, waiting)
+}
+
+/// The dead letter of a write in doubt (its answer lost, or its event under way before) that
+/// cannot be settled, saying `why`.
+fn doubt_letter(
+    plan: &Plan,
+    action: &str,
+    step: &Step,
+    progress: &ActionProgress,
+    uncertain: &Uncertain,
+    why: String,
+) -> DeadLetter {
     match uncertain {
         Uncertain::Ambiguous(letter) => {
             let mut letter = (**letter).clone();
-            letter.message = format!("{}; {waiting}", letter.message);
+            letter.message = format!("{}; {why}", letter.message);
             letter
         }
         Uncertain::Resumed => {
@@ -987,7 +1070,7 @@ fn waiting_letter(
                 (*plan.event).clone(),
                 action,
                 &step.name,
-                format!("the event may have been under way before: {waiting}"),
+                format!("the event may have been under way before: {why}"),
             );
             letter.attempts = progress.attempts;
             letter

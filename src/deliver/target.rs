@@ -179,15 +179,36 @@ impl Target {
         let origin = self.base.as_str().trim_end_matches('/');
         let url = Url::parse(&format!("{origin}{path_and_query}"))
             .map_err(|_| invalid("the path does not make a valid URL"))?;
-        if url.scheme() != self.base.scheme()
-            || url.host() != self.base.host()
-            || url.port_or_known_default() != self.base.port_or_known_default()
-            || !url.username().is_empty()
-            || url.password().is_some()
-        {
+        if !self.holds(&url) {
             return Err(invalid("the path would leave the destination host"));
         }
         Ok(url)
+    }
+}
+
+impl Target {
+    /// The path and query of `link`, a full URL an answer gave (a next page), when it is on
+    /// this destination: the base URL's scheme, host and port, and no user name or password.
+    /// The result goes through [`Target::url_for`] like any rendered path.
+    pub fn path_of_link(&self, link: &str) -> Result<String, TargetError> {
+        let invalid = |reason| TargetError::InvalidPath { reason };
+        let url = Url::parse(link).map_err(|_| invalid("the link is not a full URL"))?;
+        if !self.holds(&url) {
+            return Err(invalid("the link is not on the destination host"));
+        }
+        Ok(match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_string(),
+        })
+    }
+
+    /// Whether `url` has the base URL's scheme, host and port, and no user name or password.
+    fn holds(&self, url: &Url) -> bool {
+        url.scheme() == self.base.scheme()
+            && url.host() == self.base.host()
+            && url.port_or_known_default() == self.base.port_or_known_default()
+            && url.username().is_empty()
+            && url.password().is_none()
     }
 }
 
@@ -265,6 +286,36 @@ mod tests {
             let err = Target::from_url(bad).expect_err(bad);
             assert!(!err.to_string().contains("secrettoken"));
         }
+    }
+
+    #[test]
+    fn links_are_followed_only_on_the_host() {
+        let t = Target::from_url("http://127.0.0.1:8080").expect("target");
+        assert_eq!(
+            t.path_of_link("http://127.0.0.1:8080/api/v2/tickets/1/audits?page[after]=x")
+                .as_deref(),
+            Ok("/api/v2/tickets/1/audits?page[after]=x")
+        );
+        for off in [
+            "https://127.0.0.1:8080/api/v2/x",
+            "http://127.0.0.1:8081/api/v2/x",
+            "http://127.0.0.2:8080/api/v2/x",
+            "http://user:pw@127.0.0.1:8080/api/v2/x",
+            "http://evil.example/api/v2/x",
+            "/api/v2/x",
+        ] {
+            assert!(t.path_of_link(off).is_err(), "{off}");
+        }
+        let z = Target::zendesk("acme").expect("target");
+        assert_eq!(
+            z.path_of_link("https://acme.zendesk.com:443/api/v2/x")
+                .as_deref(),
+            Ok("/api/v2/x")
+        );
+        assert!(
+            z.path_of_link("https://acme.zendesk.com.evil.com/api/v2/x")
+                .is_err()
+        );
     }
 
     #[test]

@@ -281,7 +281,6 @@ pub(crate) fn list_for_user(w: &mut World, req: &ApiRequest, uid: u64) -> ApiRes
         .collect();
     Ok(cursor_page(
         req,
-        &s.base_url,
         &format!("users/{uid}/events"),
         "events",
         &matching,

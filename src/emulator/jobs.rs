@@ -213,14 +213,7 @@ pub(crate) fn show(w: &mut World, id: &str) -> ApiResult {
 /// is the position after the last job shown.
 pub(crate) fn list(w: &mut World, req: &ApiRequest) -> ApiResult {
     let s = &w.store;
-    let size: usize = match req.query("page[size]") {
-        None => LISTED,
-        Some(n) => n
-            .parse()
-            .ok()
-            .filter(|n| (1..=LISTED).contains(n))
-            .ok_or_else(|| ApiError::bad_request("page[size] must be an integer from 1 to 100"))?,
-    };
+    let size = req.page_size()?.unwrap_or(LISTED).min(LISTED);
     let recent: Vec<&Job> = s
         .jobs
         .pending
@@ -232,7 +225,6 @@ pub(crate) fn list(w: &mut World, req: &ApiRequest) -> ApiResult {
         .collect();
     Ok(cursor_page(
         req,
-        &s.base_url,
         "job_statuses",
         "job_statuses",
         &recent,

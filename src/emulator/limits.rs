@@ -60,6 +60,10 @@ pub struct RuntimeKnobs {
     pub lost_answer: LostAnswer,
     /// Requests kept in the request log (a ring: the oldest are dropped first); 0 keeps none.
     pub request_log_size: usize,
+    /// The base URL the links of paged answers name (`next_page`, `links.next`); none: the
+    /// host each request was sent to. `https://example.zendesk.com` plays an account reached
+    /// through a proxy, whose links name the account's own host.
+    pub links_base: Option<String>,
 }
 
 /// How the emulator loses the answer to a write it applied.
@@ -95,6 +99,7 @@ impl Default for RuntimeKnobs {
             lost_answer_rate: 0.0,
             lost_answer: LostAnswer::Either,
             request_log_size: 10_000,
+            links_base: None,
         }
     }
 }
@@ -121,8 +126,8 @@ impl RuntimeKnobs {
     }
 }
 
-/// "The next `count` requests (whose path starts with `path_prefix`, or is `path`, and whose
-/// method is `method`, when given) answer `status`."
+/// "The next `count` requests (whose path starts with `path_prefix`, or is `path`, whose query
+/// string contains `query`, and whose method is `method`, when given) answer `status`."
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ForcedFault {
@@ -136,6 +141,10 @@ pub struct ForcedFault {
     pub path: Option<String>,
     #[serde(default)]
     pub method: Option<String>,
+    /// Only requests whose query string, as sent, contains this (`page%5Bafter%5D`: the
+    /// later pages of a cursor-paged list).
+    #[serde(default)]
+    pub query: Option<String>,
     /// `Retry-After` seconds; 429 and 503 default to 1.
     #[serde(default)]
     pub retry_after: Option<u64>,
@@ -154,6 +163,7 @@ impl ForcedFault {
             path_prefix: None,
             path: None,
             method: None,
+            query: None,
             retry_after: None,
         }
     }
@@ -180,13 +190,20 @@ impl ForcedFault {
         self
     }
 
+    /// Only requests whose query string contains `part`.
+    pub fn on_query(mut self, part: impl Into<String>) -> ForcedFault {
+        self.query = Some(part.into());
+        self
+    }
+
     pub fn retry_after(mut self, secs: u64) -> ForcedFault {
         self.retry_after = Some(secs);
         self
     }
 
-    fn matches(&self, method: &str, path: &str) -> bool {
+    fn matches(&self, method: &str, path: &str, query: &str) -> bool {
         self.count > 0
+            && self.query.as_deref().is_none_or(|q| query.contains(q))
             && self
                 .path_prefix
                 .as_deref()
@@ -283,12 +300,17 @@ impl Limits {
     }
 
     /// Consumes the first forced fault matching this request, if any.
-    pub(crate) fn take_forced_fault(&mut self, method: &str, path: &str) -> Option<ApiError> {
+    pub(crate) fn take_forced_fault(
+        &mut self,
+        method: &str,
+        path: &str,
+        query: &str,
+    ) -> Option<ApiError> {
         let idx = self
             .knobs
             .forced_faults
             .iter()
-            .position(|f| f.matches(method, path))?;
+            .position(|f| f.matches(method, path, query))?;
         let fault = &mut self.knobs.forced_faults[idx];
         fault.count -= 1;
         let answer = fault.answer();
@@ -424,18 +446,18 @@ mod tests {
             ..RuntimeKnobs::default()
         };
         let mut l = Limits::new(knobs, 0);
-        assert!(l.take_forced_fault("GET", "/api/v2/users/1").is_none());
+        assert!(l.take_forced_fault("GET", "/api/v2/users/1", "").is_none());
         assert_eq!(
-            l.take_forced_fault("POST", "/api/v2/tickets")
+            l.take_forced_fault("POST", "/api/v2/tickets", "")
                 .map(|e| e.0.status),
             Some(503)
         );
         assert_eq!(
-            l.take_forced_fault("POST", "/api/v2/tickets.json")
+            l.take_forced_fault("POST", "/api/v2/tickets.json", "")
                 .map(|e| e.0.status),
             Some(503)
         );
-        assert!(l.take_forced_fault("POST", "/api/v2/tickets").is_none());
+        assert!(l.take_forced_fault("POST", "/api/v2/tickets", "").is_none());
         assert!(l.knobs.forced_faults.is_empty());
     }
 }

@@ -27,6 +27,8 @@
 //!   `job_fail_rate`: jobs that fail as a whole (0); `job_limit`: jobs queued or working at once
 //!   (30); `job_limit_status`: the answer beyond it, 429 (with `Retry-After`), 403 or 422.
 //! - `request_log_size`: requests kept by `/__emulator/requests` (10 000, the newest).
+//! - `links_base`: the base URL the links of paged answers name (none: the host each request
+//!   was sent to).
 //!
 //! Every random choice (faults, lost answers, failed jobs, ids) comes from `--seed`, so a run
 //! repeats exactly when the requests do.
@@ -144,6 +146,10 @@ pub struct EmulatorArgs {
     /// Requests kept in the request log (`/__emulator/requests`), the newest; 0 keeps none.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub request_log_size: usize,
+    /// The base URL the links of paged answers name (`next_page`, `links.next`), e.g.
+    /// `https://example.zendesk.com`; by default the host each request was sent to.
+    #[arg(long, value_name = "URL")]
+    pub links_base: Option<String>,
     /// Subdomain used in the `url` field of every record.
     #[arg(long, value_name = "NAME", default_value = "example")]
     pub subdomain: String,
@@ -215,6 +221,7 @@ impl From<EmulatorArgs> for EmulatorOptions {
                 lost_answer_rate: a.lost_answer_rate,
                 lost_answer: a.lost_answer,
                 request_log_size: a.request_log_size,
+                links_base: a.links_base,
                 ..RuntimeKnobs::default()
             },
             final_state: None,

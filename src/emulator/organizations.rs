@@ -83,7 +83,7 @@ pub(crate) fn search(w: &mut World, req: &ApiRequest) -> ApiResult {
         .map(|o| s.render_org(o))
         .into_iter()
         .collect();
-    offset_page(req, &s.base_url, "organizations", items)
+    offset_page(req, "organizations", items)
 }
 
 /// `GET organizations/show_many?ids=1,2` or `?external_ids=a,b`.

@@ -61,6 +61,8 @@ pub(crate) struct ApiRequest {
     /// The JSON body; `Null` when there is none.
     pub body: Value,
     pub principal: Option<Principal>,
+    /// The base URL the links of a paged answer name (see [`links_base`]).
+    pub links: String,
 }
 
 impl ApiRequest {
@@ -73,6 +75,20 @@ impl ApiRequest {
 
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// `page[size]` of a cursor-paged list: 1 to 100, `None` when not given.
+    pub(crate) fn page_size(&self) -> Result<Option<usize>, ApiError> {
+        self.query("page[size]")
+            .map(|n| {
+                n.parse()
+                    .ok()
+                    .filter(|n| (1..=100).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request("page[size] must be an integer from 1 to 100")
+                    })
+            })
+            .transpose()
     }
 
     /// The object under `key` in the body (`{"user": {...}}`), or a 400.
@@ -164,7 +180,10 @@ fn handle(
     bytes: &Bytes,
 ) -> Reply {
     let path = uri.path();
-    if let Some(err) = w.limits.take_forced_fault(method, path) {
+    if let Some(err) = w
+        .limits
+        .take_forced_fault(method, path, uri.query().unwrap_or(""))
+    {
         return err.0;
     }
     let segments = match api_segments(path) {
@@ -207,6 +226,7 @@ fn handle(
         headers: headers.clone(),
         body,
         principal,
+        links: links_base(w, headers),
     };
     let reply = dispatch(w, &req).unwrap_or_else(|e| e.0);
     with_budget(reply, &budget)
@@ -311,7 +331,7 @@ fn dispatch(w: &mut World, req: &ApiRequest) -> ApiResult {
         ("GET", ["tickets", tid]) => tickets::show(w, id(tid)?),
         ("PUT", ["tickets", tid]) => tickets::update(w, req, id(tid)?),
         ("GET", ["tickets", tid, "comments"]) => tickets::comments(w, id(tid)?),
-        ("GET", ["tickets", tid, "audits"]) => tickets::audits(w, id(tid)?),
+        ("GET", ["tickets", tid, "audits"]) => tickets::audits(w, req, id(tid)?),
         // Sunshine profile events
         ("POST", ["user_profiles", "events"]) => events::track(w, req, None),
         ("POST", ["users", uid, "events"]) => events::track(w, req, Some(events::user_id(uid)?)),
@@ -390,12 +410,32 @@ fn to_response(reply: Reply) -> Response {
     resp
 }
 
+/// Where the links of a paged answer point: the `links_base` knob when set, else the host the
+/// request was sent to (Zendesk's links name the account they were asked on), else the
+/// account's own base URL.
+fn links_base(w: &World, headers: &HeaderMap) -> String {
+    if let Some(base) = &w.limits.knobs.links_base {
+        return base.trim_end_matches('/').to_string();
+    }
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        });
+    match host {
+        Some(host) => format!("http://{host}"),
+        None => w.store.base_url.clone(),
+    }
+}
+
 /// Cursor pagination: the page of `items` after the cursor `page[after]` (the position after
 /// the last item shown), `size` long, rendered under `key` with Zendesk's `meta` and `links`;
 /// `path` is the list's path after `/api/v2/`.
 pub(crate) fn cursor_page<T>(
     req: &ApiRequest,
-    base_url: &str,
     path: &str,
     key: &str,
     items: &[T],
@@ -411,9 +451,19 @@ pub(crate) fn cursor_page<T>(
     let has_more = end < items.len();
     let page: Vec<Value> = items[start..end].iter().map(render).collect();
     let after = has_more.then(|| end.to_string());
-    let next = after
-        .as_ref()
-        .map(|c| format!("{base_url}/api/v2/{path}?page[size]={size}&page[after]={c}"));
+    let base_url = &req.links;
+    let next = after.as_ref().map(|c| {
+        // The next page keeps the request's filters.
+        let mut q: Vec<String> = req
+            .query
+            .iter()
+            .filter(|(k, _)| k != "page[size]" && k != "page[after]")
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect();
+        q.push(format!("page%5Bsize%5D={size}"));
+        q.push(format!("page%5Bafter%5D={c}"));
+        format!("{base_url}/api/v2/{path}?{}", q.join("&"))
+    });
     Reply::ok(json!({
         key: page,
         "meta": {"has_more": has_more, "after_cursor": after, "before_cursor": null},
@@ -423,12 +473,7 @@ pub(crate) fn cursor_page<T>(
 
 /// Offset pagination (`page`, `per_page` ≤ 100) with Zendesk's `next_page` / `previous_page` /
 /// `count` envelope around `items` under `key`.
-pub(crate) fn offset_page(
-    req: &ApiRequest,
-    base_url: &str,
-    key: &str,
-    items: Vec<Value>,
-) -> ApiResult {
+pub(crate) fn offset_page(req: &ApiRequest, key: &str, items: Vec<Value>) -> ApiResult {
     let per_page: usize = match req.query("per_page") {
         None => 100,
         Some(s) => s
@@ -454,6 +499,7 @@ pub(crate) fn offset_page(
             String::new(),
         ));
     }
+    let base_url = &req.links;
     let count = items.len();
     let start = (page - 1).saturating_mul(per_page).min(count);
     let end = (start + per_page).min(count);

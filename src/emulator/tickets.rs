@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::auth::Principal;
 use super::errors::{ApiError, ApiResult, Invalid, Reply, ReplyBody};
-use super::router::{ApiRequest, World, offset_page, whole_list};
+use super::router::{ApiRequest, World, cursor_page, offset_page, whole_list};
 use super::state::{
     Comment, IdempotentEntry, Kind, Store, Ticket, TicketKey, opt_id, opt_str, str_list,
 };
@@ -33,7 +33,7 @@ pub(crate) fn list(w: &mut World, req: &ApiRequest) -> ApiResult {
             .collect(),
         None => s.tickets.values().map(|t| s.render_ticket(t)).collect(),
     };
-    offset_page(req, &s.base_url, "tickets", items)
+    offset_page(req, "tickets", items)
 }
 
 pub(crate) fn show(w: &mut World, id: u64) -> ApiResult {
@@ -49,9 +49,23 @@ pub(crate) fn comments(w: &mut World, id: u64) -> ApiResult {
     Ok(whole_list("comments", list))
 }
 
-pub(crate) fn audits(w: &mut World, id: u64) -> ApiResult {
-    let t = w.store.tickets.get(&id).ok_or_else(ApiError::not_found)?;
-    Ok(whole_list("audits", t.audits.clone()))
+/// A ticket's audits, oldest first, at most 100 a page: cursor pagination when `page[size]` or
+/// `page[after]` is given, offset pagination otherwise.
+pub(crate) fn audits(w: &mut World, req: &ApiRequest, id: u64) -> ApiResult {
+    let s = &w.store;
+    let t = s.tickets.get(&id).ok_or_else(ApiError::not_found)?;
+    let size = req.page_size()?;
+    if size.is_none() && req.query("page[after]").is_none() {
+        return offset_page(req, "audits", t.audits.clone());
+    }
+    Ok(cursor_page(
+        req,
+        &format!("tickets/{id}/audits"),
+        "audits",
+        &t.audits,
+        size.unwrap_or(100),
+        Value::clone,
+    ))
 }
 
 /// `POST tickets`, honouring `Idempotency-Key`.

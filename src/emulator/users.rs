@@ -49,7 +49,7 @@ pub(crate) fn me(w: &mut World, req: &ApiRequest) -> ApiResult {
 pub(crate) fn list(w: &mut World, req: &ApiRequest) -> ApiResult {
     let s = &w.store;
     let items = s.users.values().map(|u| s.render_user(u)).collect();
-    offset_page(req, &s.base_url, "users", items)
+    offset_page(req, "users", items)
 }
 
 pub(crate) fn show(w: &mut World, id: u64) -> ApiResult {
@@ -234,7 +234,7 @@ pub(crate) fn search(w: &mut World, req: &ApiRequest) -> ApiResult {
     } else {
         return Err(ApiError::bad_request("query or external_id is required"));
     };
-    offset_page(req, &s.base_url, "users", matches)
+    offset_page(req, "users", matches)
 }
 
 /// The one user an exact `email:` or `external_id:` term allows, found through the index

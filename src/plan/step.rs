@@ -9,7 +9,7 @@ use crate::diagnostic::Problems;
 use crate::path::JsonPath;
 use crate::plan::outcome::Outcomes;
 use crate::request::{Method, Request, is_moving_segment, push_path_segment};
-use crate::spec::{CheckSpec, LearnSpec, RequestSpec, StepSpec};
+use crate::spec::{CheckSpec, LearnSpec, PagesSpec, RequestSpec, StepSpec};
 use crate::template::{RenderError, Scope, Templates, Text};
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
@@ -40,6 +40,75 @@ pub struct Check {
     pub request: RequestTemplate,
     pub path: JsonPath,
     pub equals: Text,
+    /// How to follow the answer's pages; `None` reads the first page only.
+    pub pages: Option<Pages>,
+}
+
+/// A compiled `check.pages`: where an answer says whether there is a next page, and its link.
+#[derive(Debug)]
+pub struct Pages {
+    pub next: JsonPath,
+    pub more: Option<JsonPath>,
+    /// Most pages read, the first included.
+    pub most: usize,
+}
+
+/// What a page of a check's answer says comes after it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NextPage {
+    /// It is the last page.
+    End,
+    /// The link of the next page.
+    Link(String),
+    /// It says there is more but gives no link to it.
+    Unreachable,
+}
+
+impl Pages {
+    fn compile(spec: &PagesSpec, pointer: &str, problems: &mut Problems) -> Option<Pages> {
+        let path = |src: &str, at: &str, problems: &mut Problems| {
+            JsonPath::parse(src)
+                .map_err(|e| e.report(src, &format!("{pointer}/{at}"), problems))
+                .ok()
+        };
+        let next = path(&spec.next, "next", problems);
+        let more = spec.more.as_ref().map(|src| path(src, "more", problems));
+        let most = (1..=1000).contains(&spec.most);
+        if !most {
+            problems.at(
+                &format!("{pointer}/most"),
+                format!("a check reads 1 to 1000 pages, not {}", spec.most),
+            );
+        }
+        Some(Pages {
+            next: next?,
+            more: match more {
+                Some(compiled) => Some(compiled?),
+                None => None,
+            },
+            most: most.then_some(spec.most)?,
+        })
+    }
+
+    /// What `body` (one page of the answer) says comes after it: the last page when `more`
+    /// says `false`, or when there is no link and `more` does not say `true`.
+    pub fn after(&self, body: &Value) -> NextPage {
+        use crate::path::Selected;
+        let more = self.more.as_ref().and_then(|p| match p.select(body) {
+            Selected::One(Value::Bool(b)) => Some(*b),
+            _ => None,
+        });
+        if more == Some(false) {
+            return NextPage::End;
+        }
+        match self.next.select(body) {
+            Selected::One(Value::String(link)) if !link.trim().is_empty() => {
+                NextPage::Link(link.trim().to_string())
+            }
+            _ if more == Some(true) => NextPage::Unreachable,
+            _ => NextPage::End,
+        }
+    }
 }
 
 impl Check {
@@ -74,10 +143,18 @@ impl Check {
                 )
             })
             .ok();
+        let pages = spec
+            .pages
+            .as_ref()
+            .map(|p| Pages::compile(p, &format!("{pointer}/pages"), problems));
         Some(Check {
             request: request?,
             path: path?,
             equals: equals?,
+            pages: match pages {
+                Some(compiled) => Some(compiled?),
+                None => None,
+            },
         })
     }
 
@@ -593,5 +670,43 @@ mod tests {
             vec![Ok("/api/v2/users/"), Err("{{ id }}"), Ok("/events")]
         );
         assert_eq!(split_path("/a"), vec![Ok("/a")]);
+    }
+
+    #[test]
+    fn a_page_says_what_comes_after_it() {
+        let spec = |more: Option<&str>| PagesSpec {
+            next: "$.links.next".into(),
+            more: more.map(str::to_owned),
+            most: 5,
+        };
+        let mut problems = Problems::detached();
+        let cursor =
+            Pages::compile(&spec(Some("$.meta.has_more")), "/p", &mut problems).expect("compiles");
+        let offset = Pages::compile(&spec(None), "/p", &mut problems).expect("compiles");
+        let page = |more: Value, next: Value| serde_json::json!({"meta": {"has_more": more}, "links": {"next": next}});
+        let link = || Value::from("https://acme.zendesk.com/api/v2/x?page[after]=a");
+        let next = NextPage::Link("https://acme.zendesk.com/api/v2/x?page[after]=a".into());
+        assert_eq!(cursor.after(&page(true.into(), link())), next);
+        assert_eq!(cursor.after(&page(false.into(), link())), NextPage::End);
+        assert_eq!(
+            cursor.after(&page(true.into(), Value::Null)),
+            NextPage::Unreachable
+        );
+        assert_eq!(cursor.after(&page(Value::Null, Value::Null)), NextPage::End);
+        assert_eq!(offset.after(&page(Value::Null, link())), next);
+        assert_eq!(offset.after(&page(Value::Null, "".into())), NextPage::End);
+        assert_eq!(offset.after(&serde_json::json!({})), NextPage::End);
+
+        assert!(problems.is_empty());
+        let bad = PagesSpec {
+            most: 0,
+            ..spec(Some("meta"))
+        };
+        assert!(Pages::compile(&bad, "/p", &mut problems).is_none());
+        assert_eq!(
+            problems.len(),
+            2,
+            "the `more` path and `most` are both reported"
+        );
     }
 }
