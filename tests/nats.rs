@@ -1077,3 +1077,162 @@ async fn an_event_under_way_at_a_kill_is_checked_before_it_is_sent_again() {
     let log = second.stop();
     assert!(!log.contains("nats-test-token-secret"), "{log}");
 }
+
+/// User `u`'s `n`th user event (a track call: recording one twice records it twice).
+fn viewed(u: usize, n: usize) -> Value {
+    json!({"type": "track", "event": "Viewed", "userId": format!("u-{u}"),
+        "messageId": format!("view-{u}-{n}"),
+        "properties": {"u": u, "n": n}})
+}
+
+/// The user events recorded, as the request log shows them: `(host, user, n, seq)` of each
+/// recording request, in the order they reached the emulator.
+fn event_posts(emu: &Emulator) -> Vec<(String, u64, u64, u64)> {
+    emu.requests()
+        .iter()
+        .filter(|r| {
+            r["method"] == "POST"
+                && r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/api/v2/users/") && p.ends_with("/events"))
+        })
+        .filter_map(|r| {
+            let properties = &r["body"]["event"]["properties"];
+            Some((
+                r["headers"]["host"].as_str()?.to_owned(),
+                properties["u"].as_u64()?,
+                properties["n"].as_u64()?,
+                r["seq"].as_u64()?,
+            ))
+        })
+        .collect()
+}
+
+/// The newest request's number in the emulator's log.
+fn last_seq(emu: &Emulator) -> u64 {
+    emu.requests()
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_cut_off_from_nats_stops_delivering_before_its_partitions_move() {
+    let lease = Duration::from_secs(3);
+    let server = NatsServer::start();
+    let emu = emulator(0).await;
+    let proxy = nats::FreezableProxy::start(&server).await;
+    let args = ["--set", "requests_per_minute=0", "--nats-lease", "3s"];
+    // Replica A reaches NATS through the proxy and the emulator as `localhost` (its requests
+    // show that `Host`); B reaches both directly.
+    let a_host = emu.url().replace("127.0.0.1", "localhost");
+    let a = Replica::start(&proxy.url(), &a_host, &args);
+    let b = Replica::start(&server.url(), &emu.url(), &args);
+    let a_host = a_host.trim_start_matches("http://").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while owned(&a.url).await != Some(16.0) || owned(&b.url).await != Some(16.0) {
+        assert!(Instant::now() < deadline, "{}", a.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let users = 40;
+    let identifies: Vec<Value> = (0..users)
+        .map(|u| {
+            json!({"type": "identify", "userId": format!("u-{u}"),
+            "traits": {"email": format!("u{u}@example.com"), "name": format!("U {u}")}})
+        })
+        .collect();
+    assert_eq!(post_batch(&b.url, &identifies).await, 200);
+    let count = |what: &str| emu.state()[what].as_array().map_or(0, Vec::len);
+    wait_for("the users", Duration::from_secs(30), || {
+        count("users") >= users
+    })
+    .await;
+
+    // Slow answers, so that A still has many events to deliver when it is cut off: at 100 ms
+    // an answer and 8 at once, its 600 or so take at least 7 s.
+    emu.configure(|k| k.latency_ms = 100);
+    let per_user = 30;
+    let events: Vec<Value> = (0..per_user)
+        .flat_map(|n| (0..users).map(move |u| viewed(u, n)))
+        .collect();
+    post_all(std::slice::from_ref(&b.url), &events, 100).await;
+    wait_for("A delivering", Duration::from_secs(60), || {
+        event_posts(&emu).iter().filter(|p| p.0 == a_host).count() >= 40
+    })
+    .await;
+    proxy.freeze(true);
+    let frozen_at = Instant::now();
+    assert!(count("events") < events.len() / 2, "cut off mid-stream");
+
+    // A's last renewal was sent before the freeze, so its fence is at most four fifths of the
+    // lease later (a turn started just before it may still send its requests a little after);
+    // without the fence A would go on for seconds more.
+    tokio::time::sleep_until((frozen_at + lease + Duration::from_secs(1)).into()).await;
+    let fence_seq = last_seq(&emu);
+    // B delivers the rest (A's checked first, as redelivered) without waiting on slow answers.
+    emu.configure(|k| k.latency_ms = 0);
+    wait_for("every event recorded", Duration::from_secs(60), || {
+        count("events") >= events.len()
+    })
+    .await;
+
+    // A comes back: its leases are gone, so it drops what it held back and delivers nothing.
+    proxy.freeze(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.log_text().contains("lost the lease of a partition") {
+        assert!(Instant::now() < deadline, "{}", a.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Each event recorded once.
+    let state = emu.state();
+    let mut recorded: HashMap<(u64, u64), usize> = HashMap::new();
+    for e in state["events"].as_array().expect("events") {
+        let key = (
+            e["properties"]["u"].as_u64().expect("u"),
+            e["properties"]["n"].as_u64().expect("n"),
+        );
+        *recorded.entry(key).or_default() += 1;
+    }
+    assert_eq!(recorded.len(), events.len(), "every event recorded");
+    let twice: Vec<_> = recorded.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "recorded twice: {twice:?}");
+
+    // Each user's events in order; nothing from A after its fence; some users' events were
+    // delivered by A up to the cut and by B after it.
+    let posts = event_posts(&emu);
+    let mut by_user: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut hosts: HashMap<u64, HashSet<&str>> = HashMap::new();
+    for (host, u, n, seq) in &posts {
+        assert!(
+            host != &a_host || *seq <= fence_seq,
+            "A recorded user {u}'s event {n} after its fence\n{}",
+            a.log_text()
+        );
+        by_user.entry(*u).or_default().push(*n);
+        hosts.entry(*u).or_default().insert(host);
+    }
+    for (u, ns) in &by_user {
+        assert_eq!(
+            ns,
+            &(0..per_user as u64).collect::<Vec<_>>(),
+            "user {u}'s events, in order, once each"
+        );
+    }
+    assert!(
+        hosts.values().any(|h| h.len() == 2),
+        "B delivered the rest of users A had begun"
+    );
+
+    let a_metrics = metrics(&a.url).await;
+    assert!(
+        metric(&a_metrics, "zdmap_nats_fenced_total").unwrap_or(0.0) > 0.0,
+        "{a_metrics}"
+    );
+    let log = a.log_text();
+    assert!(log.contains("was not renewed in time"), "{log}");
+    assert!(!log.contains("nats-test-token-secret"), "{log}");
+}

@@ -5,7 +5,8 @@
 //! hold up the others, which is measured as events delivered during the wait; an account-wide
 //! 429 pauses everyone; a poison event is dead-lettered after its bounded retries; server
 //! errors are retried until they pass; an organization held by another process waits at the
-//! front of its lines and is let go once settled.
+//! front of its lines and is let go once settled; an event its source may not own starts no
+//! turn until it does (keeping its place), and one its source lost is dropped unsettled.
 
 #[path = "support/serving.rs"]
 mod serving;
@@ -15,12 +16,14 @@ use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use zdmap::deliver::dispatch::{DispatchOptions, RecordWait};
+use zdmap::deliver::EventOutcome;
+use zdmap::deliver::dispatch::{DispatchOptions, Incoming, Ownership, RecordWait, Sink, dispatch};
 use zdmap::deliver::holds::{Holding, KeyHolds, Taking};
 use zdmap::deliver::run::{RunReport, run};
 use zdmap::deliver::setup::Destination;
 use zdmap::deliver::{DeadLetter, DeadLetterWriter};
 use zdmap::emulator::{Emulator, EmulatorOptions, ForcedFault, RuntimeKnobs};
+use zdmap::event::Event;
 use zdmap::serve::{Server, WorkerOptions};
 
 async fn emulator(knobs: RuntimeKnobs) -> Emulator {
@@ -698,4 +701,125 @@ async fn an_account_wide_429_pauses_every_key_in_serve() {
     .await;
     assert_nothing_sent_during_the_account_pause(&emu, 2);
     server.shutdown().await;
+}
+
+/// A source that owns user `u0`'s events only once `owned` is set (unsure before), has lost
+/// `u1`'s, and owns the others; it records what is settled and what is dropped.
+#[derive(Default)]
+struct Fenced {
+    owned: Arc<std::sync::atomic::AtomicBool>,
+    asked_unsure: usize,
+    settled: Vec<String>,
+    dropped: Vec<String>,
+}
+
+impl Sink for Fenced {
+    type Ticket = String;
+
+    fn settled(&mut self, ticket: String, outcome: EventOutcome) -> bool {
+        assert!(matches!(outcome, EventOutcome::Delivered), "{outcome:?}");
+        self.settled.push(ticket);
+        true
+    }
+
+    fn refused(&mut self, _status: u16, _message: &str) -> bool {
+        false
+    }
+
+    fn ownership(&mut self, ticket: &String) -> Ownership {
+        match ticket.split(':').next() {
+            Some("u0") if !self.owned.load(std::sync::atomic::Ordering::SeqCst) => {
+                self.asked_unsure += 1;
+                Ownership::Unsure
+            }
+            Some("u1") => Ownership::Lost,
+            _ => Ownership::Ours,
+        }
+    }
+
+    fn dropped(&mut self, ticket: String) {
+        self.dropped.push(ticket);
+    }
+}
+
+#[tokio::test]
+async fn no_turn_starts_for_an_event_its_source_may_not_own_and_a_lost_one_is_dropped() {
+    let emu = emulator(RuntimeKnobs::default()).await;
+    let dest = destination(&emu).await;
+    let names = ["first", "second", "third"];
+    let events: Vec<(String, Value)> = names
+        .iter()
+        .flat_map(|name| {
+            (0..3).map(move |u| {
+                let user = format!("u{u}");
+                let email = format!("{user}@example.com");
+                let event = identify(&user, json!({"email": email, "name": name}));
+                (format!("{user}:{name}"), event)
+            })
+        })
+        .collect();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    for (id, (ticket, value)) in events.into_iter().enumerate() {
+        let event = Event::from_value(value).expect("event");
+        let incoming = Incoming {
+            id: id as u64,
+            delivery: dest.executor.start(&event, None),
+            keys: event.ordering_keys(),
+            shared: event.shared_keys(),
+            since: tokio::time::Instant::now(),
+            ticket,
+        };
+        tx.send(incoming).await.expect("queued");
+    }
+    drop(tx);
+    let mut sink = Fenced::default();
+    let owned = sink.owned.clone();
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(async move {
+        dispatch(rx, &mut sink, &DispatchOptions::default(), stop).await;
+        sink
+    });
+
+    // u2's events go; u0's wait (asked again now and then) and u1's are dropped.
+    eventually("u2 delivered", || {
+        let done =
+            find(&emu.state(), "users", "external_id", "u2").is_some_and(|u| u["name"] == "third");
+        async move { done }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(find(&emu.state(), "users", "external_id", "u0").is_none());
+    owned.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sink = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("dispatch ends")
+        .expect("dispatch");
+
+    assert!(sink.asked_unsure >= 2, "asked again while unsure");
+    let mut dropped = sink.dropped.clone();
+    dropped.sort();
+    assert_eq!(dropped, ["u1:first", "u1:second", "u1:third"]);
+    assert!(find(&emu.state(), "users", "external_id", "u1").is_none());
+    let of = |user: &str| -> Vec<&str> {
+        sink.settled
+            .iter()
+            .filter_map(|t| t.strip_prefix(user)?.strip_prefix(':'))
+            .collect()
+    };
+    assert_eq!(of("u0"), names, "u0's events in order once owned");
+    assert_eq!(of("u2"), names);
+    let u0_names: Vec<String> = upserts_named(&emu, "u0");
+    assert_eq!(u0_names, names, "u0's changes reached Zendesk in order");
+}
+
+/// The names `user`'s upserts carried, in the order they reached the emulator.
+fn upserts_named(emu: &Emulator, user: &str) -> Vec<String> {
+    emu.requests()
+        .iter()
+        .filter(|r| {
+            r["path"] == "/api/v2/users/create_or_update"
+                && r["body"]["user"]["external_id"] == user
+        })
+        .filter_map(|r| r["body"]["user"]["name"].as_str().map(str::to_owned))
+        .collect()
 }

@@ -52,7 +52,9 @@ pub struct ServeArgs {
     /// With --queue: how long a replica that stopped (killed, cut off) keeps its partitions,
     /// and the organizations whose events it was delivering, before the others take them;
     /// leases are renewed every fifth of it (at least every second), holds on organizations
-    /// every third. Fixed by the first replica that creates the queue.
+    /// every third. A replica that cannot renew a lease (cut off from NATS) starts no delivery
+    /// of that partition's events four fifths of it after the last renewal, before another
+    /// replica may take it. Fixed by the first replica that creates the queue.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub nats_lease: Duration,
     /// A write key senders must give as the HTTP Basic user (repeatable; also

@@ -31,6 +31,11 @@
 //! try again shortly (50 ms, doubling up to a second). A process that delivers alone holds every
 //! key already ([`crate::deliver::holds::OneProcess`]): nothing is taken.
 //!
+//! Before a turn starts, the sink says whether the event is still its source's to deliver
+//! ([`Sink::ownership`]; a shared queue whose lease of the event's partition is not certainly
+//! its own says no): if unsure, the event waits, keeping its place in its lines, and is asked
+//! again shortly; once lost, it leaves unsettled ([`Sink::dropped`]).
+//!
 //! No task sleeps while holding a slot: waiting is a timer in the scheduler. Events held are
 //! bounded, so memory stays flat whatever the input: no more input is taken while `max_active`
 //! events wait that are not parked, unless a slot is free and events wait for records (then
@@ -147,6 +152,29 @@ pub trait Sink: Send {
 
     /// What is held up, now and then (at most once a second).
     fn status(&mut self, _status: Status) {}
+
+    /// Whether the event may still be delivered here, asked before each of its turns starts.
+    /// `zdmap send` and a queue of one process own everything they read.
+    fn ownership(&mut self, _ticket: &Self::Ticket) -> Ownership {
+        Ownership::Ours
+    }
+
+    /// An event whose ownership was [`Ownership::Lost`] left the dispatcher unsettled: the
+    /// source forgets it (whoever owns it now delivers it).
+    fn dropped(&mut self, _ticket: Self::Ticket) {}
+}
+
+/// Whether an event's source still owns it (see [`Sink::ownership`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// Deliver it.
+    Ours,
+    /// Not certainly ours any more (a shared queue's lease that was not renewed in time): no
+    /// turn starts, and it keeps its place in its lines; asked again shortly.
+    Unsure,
+    /// Another process delivers it now: it leaves here unsettled, and so do the events behind
+    /// it as their turns come (they have the same source).
+    Lost,
 }
 
 /// How a dispatch ended.
@@ -202,6 +230,8 @@ const BULK_ANSWER_KEPT_FOR: Duration = Duration::from_secs(60);
 /// The first wait for a shared key held elsewhere, and the longest.
 const FIRST_HOLD_WAIT: Duration = Duration::from_millis(50);
 const LONGEST_HOLD_WAIT: Duration = Duration::from_secs(1);
+/// How often an event whose ownership is unsure is asked about again.
+const FENCE_RECHECK: Duration = Duration::from_millis(200);
 
 /// Delivers what `input` brings until it closes and everything is settled, or until `stop`
 /// turns true (then running turns get `options.drain` to finish; what is unsettled stays with
@@ -235,7 +265,7 @@ pub async fn dispatch<S: Sink>(
             // and while the source is not behind either, late items go single.
             let idle = options.batch_when_idle && input.is_empty();
             d.keeping_up = idle && !options.input_behind.load(Ordering::Relaxed);
-            d.start_turns();
+            d.start_turns(sink);
             // Nothing else can join the items being collected: send them now.
             if d.running.is_empty()
                 && (d.input_done || idle)
@@ -353,20 +383,21 @@ struct Dispatcher<'o, T> {
 }
 
 impl<T: Send + 'static> Dispatcher<'_, T> {
-    fn start_turns(&mut self) {
+    fn start_turns<S: Sink<Ticket = T>>(&mut self, sink: &mut S) {
         if self.held_until.is_some() {
             return;
         }
         while self.running.len() < self.options.concurrency.max(1) {
-            let Some((
-                id,
-                Job {
-                    mut delivery,
-                    mut meta,
-                },
-            )) = self.scheduler.start_next()
-            else {
+            let Some((id, job)) = self.scheduler.start_next() else {
                 return;
+            };
+            // No turn starts for an event its source may no longer own.
+            let Some(Job {
+                mut delivery,
+                mut meta,
+            }) = self.owned(id, job, sink)
+            else {
+                continue;
             };
             meta.ahead = self.scheduler.held_ahead(id);
             delivery.join_only(!meta.ahead.is_empty());
@@ -383,6 +414,29 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
             let taking = (!meta.shared.is_empty() && !self.holding.contains_key(&id))
                 .then(|| self.options.holds.take(meta.shared.clone()));
             self.spawn(id, Job { delivery, meta }, taking);
+        }
+    }
+
+    /// The job back when its source still owns the event; else it waits (unsure) or leaves
+    /// unsettled (lost).
+    fn owned<S: Sink<Ticket = T>>(
+        &mut self,
+        id: EventId,
+        job: Job<T>,
+        sink: &mut S,
+    ) -> Option<Job<T>> {
+        match sink.ownership(&job.meta.ticket) {
+            Ownership::Ours => Some(job),
+            Ownership::Unsure => {
+                let until = Instant::now() + FENCE_RECHECK;
+                self.scheduler.wait(id, job, until, WaitReason::Fenced);
+                None
+            }
+            Ownership::Lost => {
+                self.finish(id);
+                sink.dropped(job.meta.ticket);
+                None
+            }
         }
     }
 
@@ -533,7 +587,7 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                     // No turn starts any more: it stays unsettled.
                     self.scheduler
                         .wait(id, job, Instant::now(), WaitReason::Credentials);
-                } else {
+                } else if let Some(job) = self.owned(id, job, sink) {
                     // Its keys stay busy: the turn goes on at once.
                     self.spawn(id, job, None);
                 }

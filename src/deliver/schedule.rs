@@ -54,16 +54,20 @@ pub enum WaitReason {
     /// A key it shares with events of other partitions is held by another process (another
     /// replica delivers an event of that organization): tried again shortly.
     HeldElsewhere,
+    /// Its source may no longer own it (a shared queue's lease is not certainly ours): no
+    /// turn starts until that is settled one way or the other.
+    Fenced,
 }
 
 impl WaitReason {
-    pub const ALL: [WaitReason; 6] = [
+    pub const ALL: [WaitReason; 7] = [
         WaitReason::Retry,
         WaitReason::RateLimited,
         WaitReason::Credentials,
         WaitReason::MissingRecord,
         WaitReason::Batch,
         WaitReason::HeldElsewhere,
+        WaitReason::Fenced,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -74,6 +78,7 @@ impl WaitReason {
             WaitReason::MissingRecord => "missing_record",
             WaitReason::Batch => "batch",
             WaitReason::HeldElsewhere => "held_elsewhere",
+            WaitReason::Fenced => "fenced",
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod nats;
 pub mod sqlite;
 
 use crate::deliver::DeadLetter;
+use crate::deliver::dispatch::Ownership;
 use crate::deliver::holds::{KeyHolds, OneProcess};
 use crate::deliver::order::EntityClock;
 use serde_json::Value;
@@ -126,6 +127,18 @@ pub trait Queue: EntityClock + Send + Sync + 'static {
     /// change is committed shortly after (with other writes), and a crash before that only means
     /// the event is delivered again. Fails only when the queue is closed.
     fn finish(&self, id: u64, letters: Vec<DeadLetter>) -> Result<(), QueueError>;
+
+    /// Whether a fetched item may still be delivered by this process, asked before each of
+    /// its delivery turns starts. A queue of one process owns every item; a shared queue owns
+    /// an item while it certainly holds the lease of its partition ([`NatsQueue`]: unsure once
+    /// a renewal is late, lost once another replica took the partition).
+    fn ownership(&self, _id: u64) -> Ownership {
+        Ownership::Ours
+    }
+
+    /// Forgets an item that is [`Ownership::Lost`] here without settling it: it stays in the
+    /// queue for its new owner.
+    fn forget(&self, _id: u64) {}
 
     /// How many items wait (delivered ones excluded).
     fn depth(&self) -> impl Future<Output = Result<u64, QueueError>> + Send;

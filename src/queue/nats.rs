@@ -33,6 +33,7 @@ pub mod partitions;
 use super::{Item, NewItem, Pushed, Queue, QueueError};
 use crate::deliver::DeadLetter;
 use crate::deliver::auth::env_or_file;
+use crate::deliver::dispatch::Ownership;
 use crate::sync::lock;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv, stream};
@@ -600,6 +601,8 @@ async fn shared_partitions(settings: &kv::Store, wanted: u32) -> Result<u32, Que
 pub(crate) struct Received {
     pub partition: u32,
     pub sequence: u64,
+    /// The tenure of the partition it was read under ([`Tenure::epoch`]).
+    pub epoch: u64,
     pub message: jetstream::Message,
     /// Handed out before, to a consumer that did not settle it (a replica that stopped).
     pub redelivered: bool,
@@ -609,6 +612,7 @@ pub(crate) struct Received {
 struct Taken {
     partition: u32,
     sequence: u64,
+    epoch: u64,
     acker: jetstream::message::Acker,
 }
 
@@ -620,6 +624,46 @@ pub(crate) struct Local {
     /// Stream sequences of each partition handed over and not settled (redeliveries of these
     /// are dropped).
     pub(crate) unsettled: HashMap<u32, HashSet<u64>>,
+    /// The leases held, by partition: what the workers ask before a turn starts.
+    pub(crate) tenures: HashMap<u32, Tenure>,
+    /// The last tenure's epoch.
+    pub(crate) epochs: u64,
+}
+
+/// A partition's lease as this replica holds it, from a take to a loss or a release.
+pub(crate) struct Tenure {
+    /// Which take of the partition this is: events handed over under an earlier one are not
+    /// this replica's any more (another replica may have delivered them since).
+    pub(crate) epoch: u64,
+    /// Until when the lease is certainly this replica's ([`partitions`] says how it is
+    /// reckoned): past it, no delivery turn of the partition's events starts.
+    pub(crate) sure_until: tokio::time::Instant,
+    /// Past `sure_until` and told in the log (once, until the next renewal).
+    pub(crate) fenced: bool,
+}
+
+impl Local {
+    /// A new tenure of `p`, certainly ours until `sure_until`; returns its epoch.
+    pub(crate) fn begin(&mut self, p: u32, sure_until: tokio::time::Instant) -> u64 {
+        self.epochs += 1;
+        let epoch = self.epochs;
+        self.tenures.insert(
+            p,
+            Tenure {
+                epoch,
+                sure_until,
+                fenced: false,
+            },
+        );
+        epoch
+    }
+
+    /// The tenure of `p` ended (lost, released): its events handed over are forgotten, and
+    /// are not ours to deliver any more.
+    pub(crate) fn end(&mut self, p: u32) {
+        self.tenures.remove(&p);
+        self.unsettled.remove(&p);
+    }
 }
 
 /// Counters for `/metrics`.
@@ -628,6 +672,8 @@ pub struct NatsMetrics {
     pub partitions_owned: AtomicU64,
     pub lease_changes: AtomicU64,
     pub replicas_alive: AtomicU64,
+    /// Turns held back because the lease of their partition was not certainly ours.
+    pub fenced: AtomicU64,
 }
 
 /// The JetStream queue of one replica.
@@ -762,6 +808,12 @@ impl NatsQueue {
             self.holds.held() as u64,
         );
         gauge(
+            "zdmap_nats_fenced_total",
+            "Delivery turns held back because the lease of their partition was not certainly this replica's (renewals late: cut off from NATS).",
+            "counter",
+            m.fenced.load(Ordering::Relaxed),
+        );
+        gauge(
             "zdmap_nats_lease_changes_total",
             "Partitions this replica took or handed over.",
             "counter",
@@ -853,6 +905,7 @@ impl Queue for NatsQueue {
                 Taken {
                     partition: received.partition,
                     sequence: received.sequence,
+                    epoch: received.epoch,
                     acker,
                 },
             );
@@ -903,13 +956,60 @@ impl Queue for NatsQueue {
                     *lock(&problem) = Some(e.to_string());
                 }
             }
-            // Only now may its partition be handed over: the next owner starts after it.
-            if let Some(set) = lock(&local).unsettled.get_mut(&taken.partition) {
+            // Only now may its partition be handed over: the next owner starts after it. (A
+            // later tenure of the partition has its own events unsettled.)
+            let mut local = lock(&local);
+            if local
+                .tenures
+                .get(&taken.partition)
+                .is_some_and(|t| t.epoch == taken.epoch)
+                && let Some(set) = local.unsettled.get_mut(&taken.partition)
+            {
                 set.remove(&taken.sequence);
             }
+            drop(local);
             settling.fetch_sub(1, Ordering::AcqRel);
         });
         Ok(())
+    }
+
+    /// Ours while the tenure the item was read under lasts and its lease is certainly ours;
+    /// unsure past that moment until a renewal succeeds; lost once the tenure ended.
+    fn ownership(&self, id: u64) -> Ownership {
+        let mut local = lock(&self.local);
+        let Some((p, epoch)) = local.taken.get(&id).map(|t| (t.partition, t.epoch)) else {
+            return Ownership::Lost;
+        };
+        let Some(tenure) = local.tenures.get_mut(&p).filter(|t| t.epoch == epoch) else {
+            return Ownership::Lost;
+        };
+        if tokio::time::Instant::now() < tenure.sure_until {
+            return Ownership::Ours;
+        }
+        if !tenure.fenced {
+            tenure.fenced = true;
+            tracing::warn!(
+                partition = p,
+                "the lease of a partition was not renewed in time (NATS unreachable?): its events wait until it is renewed, or are left to the replica that takes it"
+            );
+        }
+        self.metrics.fenced.fetch_add(1, Ordering::Relaxed);
+        Ownership::Unsure
+    }
+
+    fn forget(&self, id: u64) {
+        let mut local = lock(&self.local);
+        let Some(taken) = local.taken.remove(&id) else {
+            return;
+        };
+        if local
+            .tenures
+            .get(&taken.partition)
+            .is_some_and(|t| t.epoch == taken.epoch)
+            && let Some(set) = local.unsettled.get_mut(&taken.partition)
+        {
+            set.remove(&taken.sequence);
+        }
     }
 
     async fn depth(&self) -> Result<u64, QueueError> {

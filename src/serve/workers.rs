@@ -9,11 +9,14 @@
 //! since it was accepted; one that needs a record that does not exist yet waits up to
 //! `wait_for_records` for an event that creates it. While Zendesk refuses the credentials every
 //! event waits and `/readyz` says why. An organization's events that other replicas deliver too
-//! (a shared queue) wait while another replica holds it ([`crate::deliver::holds`]). On shutdown the events being sent get `drain` to finish;
-//! whatever is not settled stays in the queue for the next start.
+//! (a shared queue) wait while another replica holds it ([`crate::deliver::holds`]). No turn
+//! starts for an event the queue may no longer own ([`Queue::ownership`]: a shared queue's
+//! lease not renewed in time): it waits, or leaves unsettled once another replica owns it. On
+//! shutdown the events being sent get `drain` to finish; whatever is not settled stays in the
+//! queue for the next start.
 
 use super::Shared;
-use crate::deliver::dispatch::{DispatchOptions, Incoming, RecordWait, Sink, dispatch};
+use crate::deliver::dispatch::{DispatchOptions, Incoming, Ownership, RecordWait, Sink, dispatch};
 use crate::deliver::schedule::Status;
 use crate::deliver::{DeadLetter, EventOutcome};
 use crate::event::Event;
@@ -256,6 +259,14 @@ impl<Q: Queue> Sink for QueueSink<Q> {
 
     fn status(&mut self, status: Status) {
         self.shared.metrics.set_delivery(status);
+    }
+
+    fn ownership(&mut self, (id, _): &Ticket) -> Ownership {
+        self.queue.ownership(*id)
+    }
+
+    fn dropped(&mut self, (id, _): Ticket) {
+        self.queue.forget(id);
     }
 }
 

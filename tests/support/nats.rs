@@ -234,3 +234,84 @@ impl Drop for Replica {
 pub fn mappings() -> &'static Path {
     Path::new("mappings")
 }
+
+/// A TCP proxy in front of a NATS server that can be frozen: it then stops forwarding, both
+/// ways, while keeping the connections open, as a network partition between a replica and NATS
+/// does (nothing is refused or closed: requests just get no answer).
+pub struct FreezableProxy {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezableProxy {
+    /// A proxy on a free loopback port to `server`.
+    pub async fn start(server: &NatsServer) -> FreezableProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy listens");
+        let port = listener.local_addr().expect("proxy address").port();
+        let upstream = server.port;
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = frozen.clone();
+        let task = tokio::spawn(async move {
+            // Aborting the proxy drops this set, and so every connection's pipes.
+            let mut pipes = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                pipes.spawn(pipe(client_read, server_write, flag.clone()));
+                pipes.spawn(pipe(server_read, client_write, flag.clone()));
+            }
+        });
+        FreezableProxy { port, frozen, task }
+    }
+
+    /// `nats://127.0.0.1:PORT` of the proxy.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops forwarding (or forwards again).
+    pub fn freeze(&self, frozen: bool) {
+        self.frozen
+            .store(frozen, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for FreezableProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to`, reading nothing and writing nothing while `frozen`.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let thawed = || async {
+        while frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        thawed().await;
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Frozen while reading: what was read is held until the thaw.
+        thawed().await;
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

@@ -14,8 +14,17 @@
 //! A replica taking a partition deletes the previous owner's consumer and starts its own from
 //! the oldest unacknowledged event (a work-queue stream keeps only those): what a dead replica
 //! had taken is delivered again, in order, and a replica that lost its lease without noticing
-//! yet (cut off from NATS) can read no further events of it. A replica killed without a word loses its leases after the lease time; a replica that
-//! shuts down deletes them at once.
+//! yet (cut off from NATS) can read no further events of it. A replica killed without a word
+//! loses its leases after the lease time; a replica that shuts down deletes them at once.
+//!
+//! Fencing: a replica cut off from NATS cannot renew its leases, and after the lease time
+//! another replica takes its partitions and delivers their unsettled events again. So each
+//! lease is certainly ours only until a moment reckoned on our own clock ([`super::Tenure`]'s
+//! `sure_until`, see [`sure_until`]); past it the workers start no delivery turn of the
+//! partition's events ([`crate::queue::Queue::ownership`]). A renewal that succeeds later
+//! (the lease was still ours) lets them go on in order; a lease lost ends the tenure, and its
+//! events are dropped here unsettled (the new owner has them from JetStream). What the fence
+//! cannot stop is a request sent before that moment that reaches Zendesk late.
 
 use super::{Layout, Local, NatsMetrics, Received, events_subject};
 use crate::sync::lock;
@@ -31,8 +40,10 @@ use tokio::time::Instant;
 /// A lease held.
 struct Held {
     revision: u64,
-    /// When the lease was last renewed.
+    /// When the last renewal that succeeded (or the take) was sent.
     renewed: Instant,
+    /// The tenure's epoch ([`super::Tenure::epoch`]).
+    epoch: u64,
     /// The partition's consumer task; `None` once the partition is being handed back.
     consumer: Option<(tokio::task::JoinHandle<()>, watch::Sender<bool>)>,
 }
@@ -54,6 +65,21 @@ const MAX_TICK: Duration = Duration::from_secs(1);
 
 fn lease_key(partition: u32) -> String {
     format!("p.{partition}")
+}
+
+/// Until when a lease written (taken or renewed) at `sent` is certainly ours: `sent` is read
+/// on the local monotonic clock before the write is sent, and NATS expires the key `lease`
+/// after it stored the write, which is later; so no other replica can take the partition
+/// before `sent + lease` as long as clocks run at the same rate. A fifth of the lease is kept
+/// back from that: a turn that starts just before the moment still sends its requests (a
+/// lookup, a write) a little after it; the clocks of this machine and of the NATS server may
+/// drift apart a little; and the replica taking over acts on its own tick. Leases are renewed
+/// every fifth of the lease at most, so a replica that NATS answers is never near the moment
+/// (three fifths of the lease ahead at least), while one cut off stops at four fifths of it, a
+/// fifth before anyone else may start. A larger share would stop a replica on a slow NATS for
+/// nothing; a smaller one would leave too little for a turn under way to end.
+fn sure_until(sent: Instant, lease: Duration) -> Instant {
+    sent + lease - lease / 5
 }
 
 impl Manager {
@@ -189,6 +215,7 @@ impl Manager {
                 continue;
             };
             let revision = held.revision;
+            let sent = Instant::now();
             let result = self
                 .layout
                 .leases
@@ -198,11 +225,13 @@ impl Manager {
                 Ok(revision) => {
                     if let Some(h) = self.held.get_mut(&p) {
                         h.revision = revision;
-                        h.renewed = Instant::now();
+                        h.renewed = sent;
                     }
+                    self.renewed(p, sent);
                 }
                 Err(e) => {
                     // Expired (NATS was away longer than the lease): take it again if free.
+                    let sent = Instant::now();
                     let regained = self
                         .layout
                         .leases
@@ -210,10 +239,19 @@ impl Manager {
                         .await;
                     match regained {
                         Ok(revision) => {
-                            if let Some(h) = self.held.get_mut(&p) {
-                                h.revision = revision;
-                                h.renewed = Instant::now();
-                            }
+                            // Another replica may have held it meanwhile: what was read under
+                            // the old lease is not ours any more. A new tenure reads the
+                            // partition again from its oldest unsettled event.
+                            tracing::warn!(
+                                partition = p,
+                                "the lease of a partition had expired; took it again, its unsettled events are read again"
+                            );
+                            let handing_back =
+                                self.held.get(&p).is_some_and(|h| h.consumer.is_none());
+                            self.stop_consuming(p);
+                            lock(&self.local).end(p);
+                            self.held.remove(&p);
+                            self.begin(p, revision, sent, !handing_back);
                         }
                         Err(_) => {
                             let expired = self
@@ -237,6 +275,7 @@ impl Manager {
 
     /// Takes a free partition and starts its consumer from the oldest unsettled event.
     async fn take(&mut self, p: u32) -> bool {
+        let sent = Instant::now();
         let Ok(revision) = self
             .layout
             .leases
@@ -245,24 +284,53 @@ impl Manager {
         else {
             return false;
         };
-        self.held.insert(
-            p,
-            Held {
-                revision,
-                renewed: Instant::now(),
-                consumer: Some(self.start_consumer(p)),
-            },
-        );
+        self.begin(p, revision, sent, true);
         self.metrics.lease_changes.fetch_add(1, Ordering::Relaxed);
         tracing::info!(partition = p, "took a partition");
         true
     }
 
-    fn start_consumer(&self, p: u32) -> (tokio::task::JoinHandle<()>, watch::Sender<bool>) {
+    /// A tenure of `p` starts: its lease (written at `sent`) is held, and its consumer runs
+    /// unless `consuming` is false (a partition being handed back: released at once).
+    fn begin(&mut self, p: u32, revision: u64, sent: Instant, consuming: bool) {
+        let epoch = lock(&self.local).begin(p, sure_until(sent, self.lease));
+        self.held.insert(
+            p,
+            Held {
+                revision,
+                renewed: sent,
+                epoch,
+                consumer: consuming.then(|| self.start_consumer(p, epoch)),
+            },
+        );
+    }
+
+    /// A renewal of `p` sent at `sent` succeeded: the fence moves on.
+    fn renewed(&mut self, p: u32, sent: Instant) {
+        let mut local = lock(&self.local);
+        if let Some(tenure) = local.tenures.get_mut(&p) {
+            tenure.sure_until = sure_until(sent, self.lease);
+            if std::mem::take(&mut tenure.fenced) {
+                tracing::info!(
+                    partition = p,
+                    "renewed the lease of a partition in time; its events are delivered again"
+                );
+            }
+        }
+    }
+
+    fn start_consumer(
+        &self,
+        p: u32,
+        epoch: u64,
+    ) -> (tokio::task::JoinHandle<()>, watch::Sender<bool>) {
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(consume(
             self.layout.clone(),
-            p,
+            Reading {
+                partition: p,
+                epoch,
+            },
             self.replica.clone(),
             self.handover.clone(),
             self.local.clone(),
@@ -275,14 +343,14 @@ impl Manager {
     /// A consumer that stopped while its lease is held (another replica held the partition
     /// for a while, when NATS was away) starts again.
     fn restart_stopped_consumers(&mut self) {
-        let stopped: Vec<u32> = self
+        let stopped: Vec<(u32, u64)> = self
             .held
             .iter()
             .filter(|(_, h)| h.consumer.as_ref().is_some_and(|(t, _)| t.is_finished()))
-            .map(|(p, _)| *p)
+            .map(|(p, h)| (*p, h.epoch))
             .collect();
-        for p in stopped {
-            let consumer = self.start_consumer(p);
+        for (p, epoch) in stopped {
+            let consumer = self.start_consumer(p, epoch);
             if let Some(h) = self.held.get_mut(&p) {
                 h.consumer = Some(consumer);
             }
@@ -304,6 +372,7 @@ impl Manager {
     fn drop_partition(&mut self, p: u32) {
         self.stop_consuming(p);
         self.held.remove(&p);
+        lock(&self.local).end(p);
         self.metrics.lease_changes.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -326,6 +395,7 @@ impl Manager {
                 .delete_expect_revision(lease_key(p), Some(revision))
                 .await;
             self.held.remove(&p);
+            lock(&self.local).end(p);
             self.metrics.lease_changes.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -337,6 +407,7 @@ impl Manager {
             self.stop_consuming(*p);
         }
         for (p, held) in std::mem::take(&mut self.held) {
+            lock(&self.local).end(p);
             let _ = self
                 .layout
                 .leases
@@ -356,12 +427,23 @@ impl Manager {
     }
 }
 
+/// What a consumer reads: a partition, under a tenure of its lease.
+#[derive(Clone, Copy)]
+struct Reading {
+    partition: u32,
+    /// [`super::Tenure::epoch`], given to each event it hands over.
+    epoch: u64,
+}
+
 /// Reads a partition's events from the oldest unacknowledged one and hands them to the workers,
 /// until stopped, or until another replica took the partition over (it deletes this replica's
 /// consumer: a replica that lost its lease without noticing yet cannot read on).
 async fn consume(
     layout: Layout,
-    p: u32,
+    Reading {
+        partition: p,
+        epoch,
+    }: Reading,
     replica: String,
     handover: mpsc::Sender<Received>,
     local: Arc<Mutex<Local>>,
@@ -467,6 +549,7 @@ async fn consume(
             let received = Received {
                 partition: p,
                 sequence,
+                epoch,
                 message,
                 redelivered: sequence <= handed_out || deliveries > 1,
             };
