@@ -658,6 +658,19 @@ impl Local {
         epoch
     }
 
+    /// An event handed over left this replica (settled, or forgotten): it no longer keeps its
+    /// partition here. (A later tenure of the partition has its own events unsettled.)
+    fn left(&mut self, taken: &Taken) {
+        if self
+            .tenures
+            .get(&taken.partition)
+            .is_some_and(|t| t.epoch == taken.epoch)
+            && let Some(set) = self.unsettled.get_mut(&taken.partition)
+        {
+            set.remove(&taken.sequence);
+        }
+    }
+
     /// The tenure of `p` ended (lost, released): its events handed over are forgotten, and
     /// are not ours to deliver any more.
     pub(crate) fn end(&mut self, p: u32) {
@@ -956,18 +969,8 @@ impl Queue for NatsQueue {
                     *lock(&problem) = Some(e.to_string());
                 }
             }
-            // Only now may its partition be handed over: the next owner starts after it. (A
-            // later tenure of the partition has its own events unsettled.)
-            let mut local = lock(&local);
-            if local
-                .tenures
-                .get(&taken.partition)
-                .is_some_and(|t| t.epoch == taken.epoch)
-                && let Some(set) = local.unsettled.get_mut(&taken.partition)
-            {
-                set.remove(&taken.sequence);
-            }
-            drop(local);
+            // Only now may its partition be handed over: the next owner starts after it.
+            lock(&local).left(&taken);
             settling.fetch_sub(1, Ordering::AcqRel);
         });
         Ok(())
@@ -999,16 +1002,8 @@ impl Queue for NatsQueue {
 
     fn forget(&self, id: u64) {
         let mut local = lock(&self.local);
-        let Some(taken) = local.taken.remove(&id) else {
-            return;
-        };
-        if local
-            .tenures
-            .get(&taken.partition)
-            .is_some_and(|t| t.epoch == taken.epoch)
-            && let Some(set) = local.unsettled.get_mut(&taken.partition)
-        {
-            set.remove(&taken.sequence);
+        if let Some(taken) = local.taken.remove(&id) {
+            local.left(&taken);
         }
     }
 
