@@ -208,19 +208,22 @@ impl Manager {
     }
 
     /// Renews every lease held; lets go of those renewed too long ago or taken by another.
+    /// The writes of a round go out together, so it takes one round trip (or one JetStream
+    /// timeout, cut off from NATS), not one per partition.
     async fn renew(&mut self) {
-        let partitions: Vec<u32> = self.held.keys().copied().collect();
-        for p in partitions {
-            let Some(held) = self.held.get(&p) else {
-                continue;
-            };
+        let (leases, replica) = (&self.layout.leases, &self.replica);
+        let renewals = self.held.iter().map(|(&p, held)| {
             let revision = held.revision;
-            let sent = Instant::now();
-            let result = self
-                .layout
-                .leases
-                .update(lease_key(p), self.replica.clone().into(), revision)
-                .await;
+            async move {
+                let sent = Instant::now();
+                let result = leases
+                    .update(lease_key(p), replica.clone().into(), revision)
+                    .await;
+                (p, sent, result)
+            }
+        });
+        let mut failed = Vec::new();
+        for (p, sent, result) in futures_util::future::join_all(renewals).await {
             match result {
                 Ok(revision) => {
                     if let Some(h) = self.held.get_mut(&p) {
@@ -229,44 +232,44 @@ impl Manager {
                     }
                     self.renewed(p, sent);
                 }
-                Err(e) => {
-                    // Expired (NATS was away longer than the lease): take it again if free.
-                    let sent = Instant::now();
-                    let regained = self
-                        .layout
-                        .leases
-                        .create(lease_key(p), self.replica.clone().into())
-                        .await;
-                    match regained {
-                        Ok(revision) => {
-                            // Another replica may have held it meanwhile: what was read under
-                            // the old lease is not ours any more. A new tenure reads the
-                            // partition again from its oldest unsettled event.
-                            tracing::warn!(
-                                partition = p,
-                                "the lease of a partition had expired; took it again, its unsettled events are read again"
-                            );
-                            let handing_back =
-                                self.held.get(&p).is_some_and(|h| h.consumer.is_none());
-                            self.stop_consuming(p);
-                            lock(&self.local).end(p);
-                            self.held.remove(&p);
-                            self.begin(p, revision, sent, !handing_back);
-                        }
-                        Err(_) => {
-                            let expired = self
-                                .held
-                                .get(&p)
-                                .is_some_and(|h| h.renewed.elapsed() >= self.lease);
-                            let taken = matches!(
-                                e.kind(),
-                                async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision
-                            );
-                            if expired || taken {
-                                tracing::warn!(partition = p, error = %e, "lost the lease of a partition; another replica delivers it");
-                                self.drop_partition(p);
-                            }
-                        }
+                Err(e) => failed.push((p, e)),
+            }
+        }
+        // Expired (NATS was away longer than the lease): taken again where free.
+        let (leases, replica) = (&self.layout.leases, &self.replica);
+        let regains = failed.into_iter().map(|(p, e)| async move {
+            let sent = Instant::now();
+            let regained = leases.create(lease_key(p), replica.clone().into()).await;
+            (p, e, sent, regained)
+        });
+        for (p, e, sent, regained) in futures_util::future::join_all(regains).await {
+            match regained {
+                Ok(revision) => {
+                    // Another replica may have held it meanwhile: what was read under the old
+                    // lease is not ours any more. A new tenure reads the partition again from
+                    // its oldest unsettled event.
+                    tracing::warn!(
+                        partition = p,
+                        "the lease of a partition had expired; took it again, its unsettled events are read again"
+                    );
+                    let handing_back = self.held.get(&p).is_some_and(|h| h.consumer.is_none());
+                    self.stop_consuming(p);
+                    lock(&self.local).end(p);
+                    self.held.remove(&p);
+                    self.begin(p, revision, sent, !handing_back);
+                }
+                Err(_) => {
+                    let expired = self
+                        .held
+                        .get(&p)
+                        .is_some_and(|h| h.renewed.elapsed() >= self.lease);
+                    let taken = matches!(
+                        e.kind(),
+                        async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision
+                    );
+                    if expired || taken {
+                        tracing::warn!(partition = p, error = %e, "lost the lease of a partition; another replica delivers it");
+                        self.drop_partition(p);
                     }
                 }
             }
