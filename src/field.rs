@@ -158,7 +158,7 @@ fn compile_short(
 ) -> Option<Source> {
     match value {
         Value::String(s) if s.starts_with('$') => {
-            compile_path(s, pointer, problems).map(Source::Path)
+            JsonPath::compile(s, pointer, problems).map(Source::Path)
         }
         Value::String(s) if s.contains("{{") || s.contains("{%") => match templates.text(s) {
             Ok(t) => Some(Source::Template(t, s.clone())),
@@ -168,16 +168,6 @@ fn compile_short(
             }
         },
         other => Some(Source::Literal(other.clone())),
-    }
-}
-
-fn compile_path(source: &str, pointer: &str, problems: &mut Problems) -> Option<JsonPath> {
-    match JsonPath::parse(source) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            e.report(source, pointer, problems);
-            None
-        }
     }
 }
 
@@ -209,7 +199,7 @@ fn compile_spec(
         return None;
     }
     if let Some(p) = &spec.path {
-        return compile_path(p, &format!("{pointer}/path"), problems).map(Source::Path);
+        return JsonPath::compile(p, &format!("{pointer}/path"), problems).map(Source::Path);
     }
     if let Some(t) = &spec.template {
         return match templates.text(t) {
@@ -258,7 +248,7 @@ fn compile_spec(
     let e: &EntriesSpec = spec.entries.as_ref()?;
     let mut from = Vec::new();
     for (i, p) in e.from.iter().enumerate() {
-        from.push(compile_path(
+        from.push(JsonPath::compile(
             p,
             &format!("{pointer}/entries/from/{i}"),
             problems,

@@ -83,6 +83,14 @@ pub enum Selected<'a> {
 }
 
 impl JsonPath {
+    /// `source` compiled as a configuration's path: a mistake is reported at its column inside
+    /// the string at `pointer`, and gives `None`.
+    pub fn compile(source: &str, pointer: &str, problems: &mut Problems) -> Option<JsonPath> {
+        JsonPath::parse(source)
+            .map_err(|e| e.report(source, pointer, problems))
+            .ok()
+    }
+
     pub fn parse(source: &str) -> Result<JsonPath, PathError> {
         if !source.starts_with('$') {
             return Err(PathError {

@@ -168,9 +168,8 @@ impl Config {
                 ),
             ] {
                 for (i, s) in paths.iter().enumerate() {
-                    match JsonPath::parse(s) {
-                        Ok(jp) => out.push(jp),
-                        Err(e) => e.report(s, &format!("/errors/{what}/{i}"), &mut p),
+                    if let Some(jp) = JsonPath::compile(s, &format!("/errors/{what}/{i}"), &mut p) {
+                        out.push(jp);
                     }
                 }
             }

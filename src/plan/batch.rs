@@ -58,13 +58,6 @@ pub struct ItemAnswer {
     pub send_single: bool,
 }
 
-/// `src` compiled as a JSONPath; a mistake is reported at `pointer/at`.
-fn compile_path(src: &str, pointer: &str, at: &str, problems: &mut Problems) -> Option<JsonPath> {
-    JsonPath::parse(src)
-        .map_err(|e| e.report(src, &format!("{pointer}/{at}"), problems))
-        .ok()
-}
-
 impl BatchForm {
     pub fn compile(
         spec: &BatchSpec,
@@ -74,7 +67,7 @@ impl BatchForm {
     ) -> Option<BatchForm> {
         let mut ok = true;
         let mut path = |src: &str, at: &str, problems: &mut Problems| {
-            let compiled = compile_path(src, pointer, at, problems);
+            let compiled = JsonPath::compile(src, &format!("{pointer}/{at}"), problems);
             ok &= compiled.is_some();
             compiled
         };
@@ -380,8 +373,9 @@ impl LookupBatch {
         pointer: &str,
         problems: &mut Problems,
     ) -> Option<LookupBatch> {
-        let path =
-            |src: &str, at: &str, problems: &mut Problems| compile_path(src, pointer, at, problems);
+        let path = |src: &str, at: &str, problems: &mut Problems| {
+            JsonPath::compile(src, &format!("{pointer}/{at}"), problems)
+        };
         let records = path(&spec.records, "records", problems);
         let key = path(&spec.key, "key", problems);
         let value = path(&spec.value, "value", problems);
@@ -483,8 +477,9 @@ impl JobList {
         templates: &mut Templates,
         problems: &mut Problems,
     ) -> Option<JobList> {
-        let path =
-            |src: &str, at: &str, problems: &mut Problems| compile_path(src, pointer, at, problems);
+        let path = |src: &str, at: &str, problems: &mut Problems| {
+            JsonPath::compile(src, &format!("{pointer}/{at}"), problems)
+        };
         let jobs = path(&spec.jobs, "jobs", problems);
         let id = path(&spec.id, "id", problems);
         let status = path(&spec.status, "status", problems);
@@ -525,8 +520,9 @@ impl JobsForm {
         templates: &mut Templates,
         problems: &mut Problems,
     ) -> Option<JobsForm> {
-        let path =
-            |src: &str, at: &str, problems: &mut Problems| compile_path(src, pointer, at, problems);
+        let path = |src: &str, at: &str, problems: &mut Problems| {
+            JsonPath::compile(src, &format!("{pointer}/{at}"), problems)
+        };
         let id = path(&spec.id, "id", problems);
         let status = path(&spec.status, "status", problems);
         let results = path(&spec.results, "results", problems);

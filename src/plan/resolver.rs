@@ -57,13 +57,7 @@ impl Resolver {
                 None => None,
             };
             let result = match &l.result {
-                Some(p) => match JsonPath::parse(p) {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        e.report(p, &format!("{at}/result"), problems);
-                        return None;
-                    }
-                },
+                Some(p) => Some(JsonPath::compile(p, &format!("{at}/result"), problems)?),
                 None => None,
             };
             if request.is_some() && result.is_none() {

@@ -67,9 +67,7 @@ pub enum NextPage {
 impl Pages {
     fn compile(spec: &PagesSpec, pointer: &str, problems: &mut Problems) -> Option<Pages> {
         let path = |src: &str, at: &str, problems: &mut Problems| {
-            JsonPath::parse(src)
-                .map_err(|e| e.report(src, &format!("{pointer}/{at}"), problems))
-                .ok()
+            JsonPath::compile(src, &format!("{pointer}/{at}"), problems)
         };
         let next = path(&spec.next, "next", problems);
         let more = spec.more.as_ref().map(|src| path(src, "more", problems));
@@ -124,15 +122,11 @@ impl Check {
             templates,
             problems,
         );
-        let path = JsonPath::parse(&spec.applied.path)
-            .map_err(|e| {
-                e.report(
-                    &spec.applied.path,
-                    &format!("{pointer}/applied/path"),
-                    problems,
-                )
-            })
-            .ok();
+        let path = JsonPath::compile(
+            &spec.applied.path,
+            &format!("{pointer}/applied/path"),
+            problems,
+        );
         let equals = templates
             .text(&spec.applied.equals)
             .map_err(|e| {
@@ -236,9 +230,9 @@ impl Step {
         let outcomes = Outcomes::compile(&spec.outcomes, &format!("{pointer}/outcomes"), problems);
         let mut outputs = Vec::new();
         for (name, path) in &spec.outputs {
-            match JsonPath::parse(path) {
-                Ok(p) => outputs.push((name.clone(), p)),
-                Err(e) => e.report(path, &format!("{pointer}/outputs/{name}"), problems),
+            if let Some(p) = JsonPath::compile(path, &format!("{pointer}/outputs/{name}"), problems)
+            {
+                outputs.push((name.clone(), p));
             }
         }
         let idempotent = spec
@@ -367,9 +361,7 @@ impl Learn {
             .text(&spec.key)
             .map_err(|e| e.report("template error", &format!("{pointer}/key"), problems))
             .ok();
-        let value = JsonPath::parse(&spec.value)
-            .map_err(|e| e.report(&spec.value, &format!("{pointer}/value"), problems))
-            .ok();
+        let value = JsonPath::compile(&spec.value, &format!("{pointer}/value"), problems);
         Some(Learn {
             resolver: spec.resolver.clone(),
             by: spec.by.clone(),
