@@ -90,6 +90,11 @@ fn t1_created(second: u32, name: &str) -> Value {
            "properties": {"subject": "S", "comment": "opened", "external_id": "t1"}})
 }
 
+/// `v` as an event the executor starts.
+fn event(v: Value) -> Event {
+    Event::from_value(v).expect("an event")
+}
+
 fn list<'a>(state: &'a Value, what: &str) -> &'a [Value] {
     state[what].as_array().map_or(&[], Vec::as_slice)
 }
@@ -413,7 +418,6 @@ async fn a_late_retry_is_not_applied_over_a_newer_change() {
                 .on_method("PUT"),
         ];
     });
-    let event = |v: Value| Event::from_value(v).expect("an event");
     let mut late = dest.executor.start(
         &event(ticket_update("u1", "t1", 2, "pending", "late")),
         None,
@@ -468,7 +472,6 @@ async fn a_resumed_write_is_checked_first_even_after_a_failed_lookup() {
                 .times(1),
         ];
     });
-    let event = |v: Value| Event::from_value(v).expect("an event");
     let mut resumed = after.executor.start(&event(viewed), None);
     resumed.resumed();
     assert!(matches!(

@@ -125,6 +125,17 @@ impl Z {
         r.body["user"]["id"].as_u64().expect("user id")
     }
 
+    /// Creates a ticket of `requester` with the comment "opened" and returns its id.
+    async fn opened_ticket(&self, requester: u64) -> u64 {
+        let r = self
+            .post(
+                "/api/v2/tickets",
+                json!({"ticket": {"requester_id": requester, "comment": {"body": "opened"}}}),
+            )
+            .await;
+        r.body["ticket"]["id"].as_u64().expect("ticket id")
+    }
+
     async fn org(&self, external_id: &str, name: &str) -> u64 {
         let r = self
             .post(
@@ -1870,13 +1881,7 @@ async fn item12_job_statuses_are_listed_and_bulk_ticket_updates_keep_their_metad
     let spec = Oas::load();
     let z = Z::start().await;
     let uid = z.user("req@example.com", "Req").await;
-    let t = z
-        .post(
-            "/api/v2/tickets",
-            json!({"ticket": {"requester_id": uid, "comment": {"body": "opened"}}}),
-        )
-        .await;
-    let tid = t.body["ticket"]["id"].as_u64().expect("ticket id");
+    let tid = z.opened_ticket(uid).await;
     let bulk = |comment: &str, marker: &str| {
         json!({"tickets": [{"id": tid, "comment": {"body": comment, "public": true},
                             "metadata": {"zdmap_marker": marker}}]})
@@ -2386,13 +2391,7 @@ async fn ticket_audits_and_user_events_come_in_pages() {
     let z = Z::start().await;
     z.emu.configure(|k| k.ticket_updates_per_window = 1000);
     let uid = z.user("pages@example.com", "Pages").await;
-    let t = z
-        .post(
-            "/api/v2/tickets",
-            json!({"ticket": {"requester_id": uid, "comment": {"body": "opened"}}}),
-        )
-        .await;
-    let tid = t.body["ticket"]["id"].as_u64().expect("ticket id");
+    let tid = z.opened_ticket(uid).await;
     for n in 1..150 {
         let r = z
             .put(
