@@ -577,6 +577,35 @@ pub struct AuthSpec {
     /// `Authorization: Bearer {token}`; used when its variable is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth_token: Option<OAuthAuth>,
+    /// An OAuth client: its id and secret (the client-credentials grant, or the client of
+    /// `zdmap auth login`), the scopes asked for, and which scope covers which API path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<OAuthClientAuth>,
+}
+
+/// An OAuth client's variables and what its tokens are asked for with.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthClientAuth {
+    /// The variable holding the client's unique identifier.
+    pub client_id_env: String,
+    /// The variable holding the client's secret (also read from `{name}_FILE`).
+    pub client_secret_env: String,
+    /// The scopes asked for, space-separated (e.g. `read write`, or `users:write read`).
+    /// Default: what the mappings need, `read` for their lookups and checks and `write` for
+    /// their writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Seconds an access token should live (the token request's `expires_in`); default: the
+    /// OAuth client's own setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub access_token_lifetime: Option<u64>,
+    /// Which resource of granular scopes (`users:write`) an API path falls under, by the path's
+    /// first segment after `/api/v2/` (e.g. `organization_memberships: organizations`). A path
+    /// not listed is covered only by plain `read` or `write`.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub resources: IndexMap<String, String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

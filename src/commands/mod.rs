@@ -4,6 +4,7 @@
 //! Commands that only read mappings (validate, preview, match, test, schema) are in
 //! [`inspect`].
 
+pub mod auth;
 pub mod dead_letters;
 pub mod fields;
 pub mod init;
@@ -56,6 +57,10 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// List, show, replay or purge the dead letters of a `zdmap serve` data directory.
     DeadLetters(dead_letters::DeadLettersArgs),
+    /// Connect to Zendesk with OAuth: `login` (approve once in a browser; the tokens are kept
+    /// and refreshed), `status` (the credentials in use, the token's scopes and expiry),
+    /// `check` (exit 1 when the scopes miss a request of the mappings).
+    Auth(auth::AuthArgs),
 }
 
 /// Parses the arguments and runs the command.
@@ -73,6 +78,7 @@ pub fn main() -> ExitCode {
         Command::Emulator(a) => crate::emulator::run_cli(a),
         Command::Serve(a) => serve::serve(&a),
         Command::DeadLetters(a) => dead_letters::dead_letters(&a),
+        Command::Auth(a) => auth::auth(&a),
     }
 }
 
@@ -127,9 +133,14 @@ pub const EMULATOR_STATE_FILE: &str = "zdmap-emulator-state.json";
 pub async fn load_and_connect(
     config: &crate::config::ConfigArgs,
     target: &crate::deliver::TargetArgs,
+    token_store: Option<&std::path::Path>,
 ) -> Result<crate::deliver::setup::Destination, ExitCode> {
     let options = crate::deliver::setup::ConnectOptions {
         emulator_final_state: Some(EMULATOR_STATE_FILE.into()),
+        token_store: token_store.map(|p| {
+            std::sync::Arc::new(crate::deliver::auth::FileStore::new(p))
+                as std::sync::Arc<dyn crate::deliver::auth::ChainStore>
+        }),
         ..Default::default()
     };
     try_load_and_connect(config, target, options)

@@ -56,16 +56,27 @@ pub struct SendArgs {
     /// Never show the progress bar (it shows only on a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
+    /// A token store from `zdmap auth login`: its OAuth refresh-token chain is used (and kept
+    /// refreshed) instead of the credentials of the environment.
+    #[arg(long, value_name = "FILE", env = "ZDMAP_TOKEN_STORE")]
+    pub token_store: Option<PathBuf>,
 }
 
-/// Exit 0 when everything was delivered, 2 when some events were dead-lettered, 1 on a fatal error.
+/// Exit 0 when everything was delivered, 2 when some events were dead-lettered, 1 on a fatal
+/// error, 77 when a person must run `zdmap auth login` again (the OAuth chain is spent).
 pub fn send(args: &SendArgs) -> ExitCode {
     crate::serve::logs::init_at(crate::serve::logs::LogFormat::Text, "warn");
     super::block_on(send_async(args))
 }
 
 async fn send_async(args: &SendArgs) -> ExitCode {
-    let destination = match super::load_and_connect(&args.config, &args.target).await {
+    let destination = match super::load_and_connect(
+        &args.config,
+        &args.target,
+        args.token_store.as_deref(),
+    )
+    .await
+    {
         Ok(d) => d,
         Err(code) => return code,
     };
@@ -132,6 +143,17 @@ async fn send_async(args: &SendArgs) -> ExitCode {
     }
     if let Some(fatal) = report.fatal {
         eprintln!("error: {fatal}");
+        let login_needed = destination
+            .executor
+            .transport()
+            .client()
+            .authorizer()
+            .stats()
+            .login_needed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if login_needed == 1 {
+            return ExitCode::from(super::auth::EXIT_LOGIN_NEEDED);
+        }
         return ExitCode::from(1);
     }
     if report.dead_letters > 0 {

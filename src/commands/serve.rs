@@ -40,6 +40,11 @@ pub struct ServeArgs {
     /// variable with _FILE appended), or a creds file whose path is ZDMAP_NATS_CREDS.
     #[arg(long, value_name = "URLS", env = "ZDMAP_QUEUE")]
     pub queue: Option<String>,
+    /// The token store of an OAuth refresh-token chain from `zdmap auth login` (default:
+    /// oauth-tokens.json in --data-dir; with --queue, the NATS key-value bucket zdmap_oauth,
+    /// shared by every replica).
+    #[arg(long, value_name = "FILE", env = "ZDMAP_TOKEN_STORE")]
+    pub token_store: Option<PathBuf>,
     /// With --queue: copies JetStream keeps of the streams and buckets (1 on a single server,
     /// 3 on a three-node cluster). Applies when they are created.
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -156,11 +161,24 @@ fn cannot_start(problem: &str) -> ExitCode {
 }
 
 async fn serve_async(args: &ServeArgs) -> ExitCode {
-    let destination =
-        match super::try_load_and_connect(&args.config, &args.target, Default::default()).await {
-            Ok(d) => d,
-            Err(problem) => return cannot_start(&problem),
-        };
+    let token_store = match super::auth::open_store(
+        args.token_store.as_deref(),
+        &args.data_dir,
+        args.queue.as_deref(),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(problem) => return cannot_start(&problem),
+    };
+    let connect = crate::deliver::setup::ConnectOptions {
+        token_store: Some(token_store),
+        ..Default::default()
+    };
+    let destination = match super::try_load_and_connect(&args.config, &args.target, connect).await {
+        Ok(d) => d,
+        Err(problem) => return cannot_start(&problem),
+    };
     let options = ServeOptions {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
@@ -216,9 +234,36 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
             emulator.url()
         );
     }
+    tokio::spawn(check_scopes(server.shared().clone()));
     wait_for_signals(&server).await;
     server.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// Logs whether the OAuth token's scopes cover every request of the mappings (the check of
+/// `zdmap auth check`), once at start.
+async fn check_scopes(shared: std::sync::Arc<crate::serve::Shared>) {
+    use crate::deliver::auth::scopes;
+    let executor = shared.executor();
+    let client = executor.transport().client();
+    if matches!(
+        client.authorizer().credentials(),
+        crate::deliver::Credentials::ApiToken { .. }
+    ) {
+        return;
+    }
+    match scopes::current_token(client).await {
+        Ok(info) => {
+            match scopes::missing_message(&scopes::needs(executor.config()), &info.scopes) {
+                None => tracing::info!(
+                    scopes = %info.scopes.join(" "),
+                    "the OAuth token's scopes cover every request of the mappings"
+                ),
+                Some(problem) => tracing::error!("{problem}"),
+            }
+        }
+        Err(e) => tracing::warn!("the OAuth token's scopes could not be read: {e}"),
+    }
 }
 
 /// Reloads on SIGHUP; returns on SIGTERM or Ctrl-C.

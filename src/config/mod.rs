@@ -138,6 +138,7 @@ impl Config {
             auth: AuthSpec {
                 api_token: None,
                 oauth_token: None,
+                oauth: None,
             },
             error_codes: Vec::new(),
             error_messages: Vec::new(),

@@ -730,7 +730,7 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                 } else {
                     self.finish(id);
                     self.fatal.get_or_insert(format!(
-                        "Zendesk answered {status}: {message}. Check the credentials (ZENDESK_EMAIL and ZENDESK_API_TOKEN, or ZENDESK_OAUTH_TOKEN) and the agent's permissions; the events from this one on were not sent"
+                        "Zendesk answered {status}: {message}. Check the credentials (the OAuth client's ZENDESK_OAUTH_CLIENT_ID and ZENDESK_OAUTH_CLIENT_SECRET, the token store of `zdmap auth login`, ZENDESK_OAUTH_TOKEN, or ZENDESK_EMAIL and ZENDESK_API_TOKEN) and the agent's permissions; the events from this one on were not sent"
                     ));
                 }
                 true

@@ -1,17 +1,25 @@
 //! Sending one [`Request`] once: the pooled reqwest client, the standard headers, the
-//! `Authorization` header (built per request from [`Credentials`], marked sensitive), and the
-//! [`Response`] with the headers delivery cares about and the body as JSON.
+//! `Authorization` header (from the [`Authorizer`], marked sensitive), and the [`Response`] with
+//! the headers delivery cares about and the body as JSON.
+//!
+//! A 401 on an OAuth access token that should still work renews the token and sends the request
+//! once more: a token Zendesk dropped early is not the event's failure. When no token can be
+//! had because Zendesk refused the OAuth client or the refresh-token chain is spent, the answer
+//! is a 401 made here (`{"error": "oauth", "description": ...}`), so delivery waits as it
+//! does for refused credentials; a token endpoint that does not answer is a connection error,
+//! tried again later, and the request was not sent.
 //!
 //! Retries, budgets and what a status means live elsewhere ([`super::retry`], [`super::budget`]).
 //! Redirects are not followed (the API does not redirect; a `Location` is reported instead), so a
 //! request never leaves the [`Target`]'s host.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
-use super::auth::Credentials;
+use super::auth::endpoint::TokenEndpoint;
+use super::auth::{AuthFailure, Authorizer, Credentials};
 use super::target::Target;
 use crate::request::{Method, Request};
 
@@ -177,13 +185,13 @@ impl Default for ClientOptions {
     }
 }
 
-/// A pooled HTTP client bound to one [`Target`] and one set of [`Credentials`] (replaced on a
-/// reload; clones share them). Cheap to clone.
+/// A pooled HTTP client bound to one [`Target`] and one [`Authorizer`] (its credentials are
+/// replaced on a reload; clones share them). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Client {
     http: reqwest::Client,
     target: Target,
-    credentials: Arc<RwLock<Credentials>>,
+    auth: Arc<Authorizer>,
     timeout: Duration,
 }
 
@@ -206,10 +214,12 @@ impl Client {
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .map_err(|e| ClientBuildError(error_chain(&e)))?;
+        let endpoint =
+            TokenEndpoint::new(http.clone(), target.base_url()).map_err(ClientBuildError)?;
         Ok(Client {
             http,
             target,
-            credentials: Arc::new(RwLock::new(credentials)),
+            auth: Arc::new(Authorizer::new(endpoint, credentials)),
             timeout: options.timeout,
         })
     }
@@ -220,20 +230,54 @@ impl Client {
 
     /// Sends later requests with `credentials` (read again on a reload).
     pub fn set_credentials(&self, credentials: Credentials) {
-        *self
-            .credentials
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = credentials;
+        self.auth.set(credentials);
     }
 
-    /// Sends `req` once and reads the whole response.
+    /// The credentials and their tokens.
+    pub fn authorizer(&self) -> &Arc<Authorizer> {
+        &self.auth
+    }
+
+    /// Sends `req` and reads the whole response; once more with a new access token when Zendesk
+    /// answers 401 to an OAuth token that should still work.
     pub async fn send(&self, req: &Request) -> Result<Response, TransportError> {
+        let mut renewed = false;
+        loop {
+            let authorization = match self.auth.authorize().await {
+                Ok(a) => a,
+                Err(AuthFailure::Unavailable(message)) => {
+                    return Err(TransportError::Connect {
+                        method: req.method,
+                        url: self.auth.endpoint().url().to_string(),
+                        message: format!(
+                            "no OAuth access token, the request was not sent: {message}"
+                        ),
+                    });
+                }
+                Err(refused) => return Ok(refused_answer(&refused)),
+            };
+            let response = self.send_with(req, authorization.header.clone()).await?;
+            if response.status == 401 && !renewed && self.auth.rejected(&authorization) {
+                renewed = true;
+                continue;
+            }
+            return Ok(response);
+        }
+    }
+
+    /// Sends `req` once with `authorization` and reads the whole response.
+    async fn send_with(
+        &self,
+        req: &Request,
+        authorization: HeaderValue,
+    ) -> Result<Response, TransportError> {
         let invalid = |message: String| TransportError::InvalidRequest { message };
         let url = self
             .target
             .url_for(&req.path_and_query())
             .map_err(|e| invalid(e.to_string()))?;
-        let headers = self.headers_for(req)?;
+        let mut headers = self.headers_for(req)?;
+        headers.insert(AUTHORIZATION, authorization);
         let method = match req.method {
             Method::Get => reqwest::Method::GET,
             Method::Post => reqwest::Method::POST,
@@ -303,16 +347,17 @@ impl Client {
                 .map_err(|_| invalid(format!("invalid value for header {name}")))?;
             headers.insert(name, value);
         }
-        let authorization = self
-            .credentials
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .authorization_header()
-            .ok_or_else(|| {
-                invalid("the credentials cannot go in an Authorization header".to_string())
-            })?;
-        headers.insert(AUTHORIZATION, authorization);
         Ok(headers)
+    }
+}
+
+/// The 401 delivery sees when no access token can be had (see the module docs).
+fn refused_answer(failure: &AuthFailure) -> Response {
+    Response {
+        status: 401,
+        headers: ResponseHeaders::default(),
+        body: serde_json::json!({"error": "oauth", "description": failure.message()}),
+        elapsed: Duration::ZERO,
     }
 }
 

@@ -238,8 +238,9 @@ fn fatal_message(response: &Response) -> String {
     };
     match response.status {
         401 => format!(
-            "Zendesk refused the credentials: 401 Unauthorized{said}. Check the API token or OAuth \
-             token and the email, and that they belong to this subdomain."
+            "Zendesk refused the credentials: 401 Unauthorized{said}. Check the credentials (OAuth \
+             client, token store, OAuth token, or API token and email) and that they belong to \
+             this subdomain."
         ),
         status => format!(
             "Zendesk denied access: {status} Forbidden{said}. The credentials lack permission \

@@ -5,9 +5,10 @@
 //! (`--emulator`), which is kept alive as long as the returned [`Destination`].
 
 use crate::config::Config;
+use crate::deliver::auth::{ChainStore, OAuthRequest, StoreError, scopes};
 use crate::deliver::{
-    Budget, Client, ClientOptions, CredentialVars, Credentials, Executor, LookupCache, RetryPolicy,
-    Stats, Target, TargetArgs, TargetChoice, Transport,
+    Budget, Client, ClientOptions, CredentialVars, Credentials, CredentialsError, Executor,
+    LookupCache, RetryPolicy, Stats, Target, TargetArgs, TargetChoice, Transport,
 };
 use std::sync::Arc;
 
@@ -25,13 +26,16 @@ pub enum SetupError {
     Target(#[from] crate::deliver::TargetError),
     #[error("{0}")]
     Credentials(#[from] crate::deliver::CredentialsError),
+    #[error("{0}")]
+    TokenStore(#[from] StoreError),
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
     #[error("cannot start the emulator: {0}")]
     Emulator(std::io::Error),
 }
 
-/// The environment variables that hold credentials, as `destination.yaml` names them.
+/// The environment variables that hold credentials, as `destination.yaml` names them, and the
+/// scopes an OAuth grant asks for (`auth.oauth.scope`, else what the mappings need).
 pub fn credential_vars(config: &Config) -> CredentialVars {
     let mut vars = CredentialVars::default();
     if let Some(a) = &config.auth.api_token {
@@ -41,7 +45,61 @@ pub fn credential_vars(config: &Config) -> CredentialVars {
     if let Some(o) = &config.auth.oauth_token {
         vars.oauth_token = o.token_env.clone();
     }
+    let oauth = config.auth.oauth.as_ref();
+    if let Some(o) = oauth {
+        vars.client_id = o.client_id_env.clone();
+        vars.client_secret = o.client_secret_env.clone();
+    }
+    vars.oauth = OAuthRequest {
+        scope: oauth
+            .and_then(|o| o.scope.clone())
+            .unwrap_or_else(|| scopes::default_scope(&scopes::needs(config))),
+        lifetime: oauth.and_then(|o| o.access_token_lifetime),
+    };
     vars
+}
+
+/// The credentials to send with: the refresh-token chain in `token_store` when one is there,
+/// else what the environment holds (else, where allowed, the emulator's placeholder).
+pub async fn credentials(
+    vars: &CredentialVars,
+    token_store: Option<&Arc<dyn ChainStore>>,
+    allow_placeholder: bool,
+) -> Result<Credentials, SetupError> {
+    if let Some(store) = token_store
+        && store.read().await?.is_some()
+    {
+        return Ok(Credentials::chain(store.clone(), vars)?);
+    }
+    Ok(Credentials::from_env_or_placeholder(
+        vars,
+        allow_placeholder,
+    )?)
+}
+
+/// The credentials read again for a reload: a chain stays the chain (its client secret read
+/// again); the others come from the environment as at start.
+pub fn reread_credentials(
+    config: &Config,
+    current: &Credentials,
+    allow_placeholder: bool,
+) -> Result<Credentials, CredentialsError> {
+    let vars = credential_vars(config);
+    match current {
+        Credentials::OAuthChain(chain) => Credentials::chain(chain.store.clone(), &vars),
+        _ => Credentials::from_env_or_placeholder(&vars, allow_placeholder),
+    }
+}
+
+/// Says at start which credentials are in use, and warns about API tokens' end.
+fn announce(credentials: &Credentials) {
+    tracing::info!(credentials = %credentials.describe(), "Zendesk credentials");
+    if credentials.is_api_token() {
+        tracing::warn!(
+            "Zendesk deactivates every API token on {}: move to OAuth before then (README, \"Connecting to Zendesk\")",
+            crate::deliver::auth::API_TOKENS_END
+        );
+    }
 }
 
 /// How requests are sent: timeouts and retry backoff (defaults suit Zendesk).
@@ -51,6 +109,8 @@ pub struct ConnectOptions {
     pub retry: RetryPolicy,
     /// With the built-in emulator: where it writes its state when it goes away.
     pub emulator_final_state: Option<std::path::PathBuf>,
+    /// Where a refresh-token chain from `zdmap auth login` is looked for.
+    pub token_store: Option<Arc<dyn ChainStore>>,
 }
 
 /// The HTTP client for a config's target (with the credentials its `auth` names) and, with
@@ -73,8 +133,13 @@ pub async fn open_client(
         }
     };
     let allow_placeholder = emulator.is_some() || target.allows_placeholder_credentials();
-    let credentials =
-        Credentials::from_env_or_placeholder(&credential_vars(config), allow_placeholder)?;
+    let credentials = credentials(
+        &credential_vars(config),
+        options.token_store.as_ref(),
+        allow_placeholder,
+    )
+    .await?;
+    announce(&credentials);
     let client = Client::new(target, credentials, options.client.clone())
         .map_err(|e| SetupError::Client(e.to_string()))?;
     Ok((client, emulator))

@@ -514,6 +514,11 @@ pub enum JobState<'a> {
 }
 
 impl JobsForm {
+    /// The template of the request that polls a job.
+    pub fn poll_template(&self) -> &RequestTemplate {
+        &self.poll
+    }
+
     pub fn compile(
         spec: &JobsSpec,
         pointer: &str,

@@ -121,6 +121,11 @@ impl Resolver {
 }
 
 impl Lookup {
+    /// The request template, or `None` when the key is the value itself.
+    pub fn request(&self) -> Option<&RequestTemplate> {
+        self.request.as_ref()
+    }
+
     /// The request that looks `key` up, or `None` when the key is the value itself.
     pub fn render(
         &self,

@@ -372,6 +372,17 @@ impl Learn {
 }
 
 impl RequestTemplate {
+    /// The path up to its first template, e.g. `/api/v2/users/` of `/api/v2/users/{{ id }}`.
+    pub fn literal_prefix(&self) -> String {
+        self.path
+            .iter()
+            .map_while(|part| match part {
+                PathPart::Literal(text) => Some(text.as_str()),
+                PathPart::Value(..) => None,
+            })
+            .collect()
+    }
+
     pub fn compile(
         spec: &RequestSpec,
         pointer: &str,

@@ -20,6 +20,9 @@
 //!   share ([`holds`]: the organization of a `group` call, whose calls come from many users), so
 //!   that one replica at a time delivers an organization's events, in the order of their times.
 //!
+//! - the key-value bucket `zdmap_oauth`: the OAuth refresh-token chain every replica shares
+//!   ([`tokens`]).
+//!
 //! A replica that takes a partition starts its consumer again from the oldest event not yet
 //! acknowledged: a replica that died leaves nothing behind, and its events are delivered in the
 //! order they were accepted.
@@ -29,6 +32,7 @@ pub mod dead_letters;
 pub mod entities;
 pub mod holds;
 pub mod partitions;
+pub mod tokens;
 
 use super::{Item, NewItem, Pushed, Queue, QueueError};
 use crate::deliver::DeadLetter;

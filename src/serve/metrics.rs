@@ -314,6 +314,52 @@ pub fn render(metrics: &Metrics, stats: &Stats, queue_depth: Option<u64>, ready:
     out
 }
 
+/// The OAuth token requests and the state of the credentials.
+pub fn render_oauth(out: &mut String, stats: &crate::deliver::auth::AuthStats) {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    labeled_counter(
+        out,
+        "zdmap_oauth_token_requests_total",
+        "OAuth token requests (client credentials, refresh), by result.",
+        "result",
+        &[
+            ("issued", get(&stats.issued)),
+            ("refused", get(&stats.refused)),
+            ("failed", get(&stats.failed)),
+        ],
+    );
+    counter(
+        out,
+        "zdmap_oauth_invalid_grant_total",
+        "Refresh tokens Zendesk refused as spent, revoked or expired.",
+        get(&stats.invalid_grant),
+    );
+    counter(
+        out,
+        "zdmap_oauth_renewed_after_401_total",
+        "Requests answered 401 whose access token was renewed and which were sent again.",
+        get(&stats.renewed_after_401),
+    );
+    gauge(
+        out,
+        "zdmap_oauth_login_needed",
+        "1 while the OAuth refresh-token chain is gone and a person must run `zdmap auth login`.",
+        get(&stats.login_needed),
+    );
+    gauge(
+        out,
+        "zdmap_oauth_client_refused",
+        "1 while Zendesk refuses the OAuth client's id or secret.",
+        get(&stats.client_refused),
+    );
+    gauge(
+        out,
+        "zdmap_oauth_token_expires_at_seconds",
+        "When the access token in use expires, in Unix seconds (0: not expiring, or none yet).",
+        get(&stats.expires_at),
+    );
+}
+
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(
         out,

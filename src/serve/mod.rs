@@ -24,8 +24,8 @@ pub mod reload;
 pub mod workers;
 
 use crate::config::{ConfigArgs, Diagnostics};
-use crate::deliver::setup::{Destination, credential_vars};
-use crate::deliver::{Credentials, CredentialsError, Executor, Stats};
+use crate::deliver::setup::{Destination, reread_credentials};
+use crate::deliver::{CredentialsError, Executor, Stats};
 use crate::queue::nats::budget::NatsAllowance;
 use crate::queue::{NatsOptions, NatsQueue, Queue, SqliteQueue};
 use crate::time::rfc3339_utc;
@@ -161,8 +161,13 @@ impl Shared {
             .load()
             .map_err(ReloadError::Mappings)
             .and_then(|config| {
-                let vars = credential_vars(&config);
-                Credentials::from_env_or_placeholder(&vars, self.placeholder_credentials)
+                let current = self
+                    .executor()
+                    .transport()
+                    .client()
+                    .authorizer()
+                    .credentials();
+                reread_credentials(&config, &current, self.placeholder_credentials)
                     .map(|credentials| (config, credentials))
                     .map_err(ReloadError::from)
             });
@@ -642,6 +647,11 @@ async fn metrics_text<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
     let depth = app.queue.depth().await.ok();
     let ready = health(&app).ready();
     let mut text = metrics::render(&app.shared.metrics, &app.shared.stats, depth, ready);
+    let executor = app.shared.executor();
+    metrics::render_oauth(
+        &mut text,
+        executor.transport().client().authorizer().stats(),
+    );
     text.push_str(&app.queue.metrics_text(depth));
     (
         [(

@@ -97,6 +97,7 @@ pub async fn run<Q: Queue>(
     let mut sink = QueueSink {
         queue,
         shared: shared.clone(),
+        refusal: None,
     };
     dispatch(rx, &mut sink, &dispatch_options, stop).await;
     fetcher.abort();
@@ -191,6 +192,8 @@ fn incoming<Q: Queue>(item: &Item, queue: &Q, shared: &Shared) -> Option<Incomin
 struct QueueSink<Q> {
     queue: Arc<Q>,
     shared: Arc<Shared>,
+    /// The refusal last logged, so that a refusal that goes on is logged once.
+    refusal: Option<String>,
 }
 
 impl<Q: Queue> Sink for QueueSink<Q> {
@@ -236,13 +239,19 @@ impl<Q: Queue> Sink for QueueSink<Q> {
         let problem = format!(
             "Zendesk answered {status}: {message}; delivery waits until the credentials (or the agent's permissions) are fixed"
         );
-        tracing::error!(status, "{problem}");
+        if self.refusal.as_deref() != Some(problem.as_str()) {
+            tracing::error!(status, "{problem}");
+            self.refusal = Some(problem.clone());
+        }
         self.shared.health.set_zendesk_auth(Some(problem));
         self.shared.metrics.deferred.fetch_add(1, Ordering::Relaxed);
         true
     }
 
     fn accepted(&mut self) {
+        if self.refusal.take().is_some() {
+            tracing::info!("Zendesk takes the credentials again; the waiting events go on");
+        }
         self.shared.health.set_zendesk_auth(None);
     }
 
