@@ -31,15 +31,27 @@ impl Clock {
 
     /// Seconds since the Unix epoch, as the emulator sees it.
     pub(crate) fn unix_secs(&self) -> u64 {
-        let wall = self.started_wall + self.elapsed();
-        wall.duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
+        self.unix_secs_at(self.elapsed())
+    }
+
+    /// Seconds since the Unix epoch at `at` (a time from [`Clock::elapsed`]).
+    pub(crate) fn unix_secs_at(&self, at: Duration) -> u64 {
+        self.started_wall
+            .checked_add(at)
+            .and_then(|wall| wall.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs())
     }
 
     /// Now, as Zendesk writes it: `2011-05-05T10:38:52Z`.
     pub(crate) fn iso_now(&self) -> String {
-        crate::time::rfc3339_from_unix_secs(i64::try_from(self.unix_secs()).unwrap_or(i64::MAX))
+        self.iso_at(self.elapsed())
+    }
+
+    /// `at` (a time from [`Clock::elapsed`]) as Zendesk writes it.
+    pub(crate) fn iso_at(&self, at: Duration) -> String {
+        crate::time::rfc3339_from_unix_secs(
+            i64::try_from(self.unix_secs_at(at)).unwrap_or(i64::MAX),
+        )
     }
 }
 

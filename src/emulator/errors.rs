@@ -6,6 +6,9 @@
 //! - `{"error":"Couldn't authenticate you"}` (401)
 //! - `{"error":{"title":..,"message":..}}` (400 bad parameter, 403)
 //! - `{"errors":[{"code":..,"title":..}]}` (Sunshine events, newer endpoints)
+//! - `{"error":"Forbidden","description":..}` (403: an OAuth token whose scopes do not cover the
+//!   request)
+//! - `{"error":"invalid_grant","error_description":..}` (the OAuth endpoints, `/oauth/...`)
 
 use serde_json::{Value, json};
 
@@ -102,6 +105,22 @@ impl ApiError {
         ApiError(Reply::json(
             403,
             json!({"error": {"title": "Forbidden", "message": message.into()}}),
+        ))
+    }
+
+    /// 403 for a request an OAuth token's scopes do not cover.
+    pub(crate) fn out_of_scope() -> ApiError {
+        ApiError(Reply::json(
+            403,
+            json!({"error": "Forbidden", "description": "You do not have access to this page. Please contact the account owner of this help desk for further help."}),
+        ))
+    }
+
+    /// The OAuth envelope of `/oauth/tokens` and `/oauth/authorizations/new`.
+    pub(crate) fn oauth(status: u16, error: &str, description: impl Into<String>) -> ApiError {
+        ApiError(Reply::json(
+            status,
+            json!({"error": error, "error_description": description.into()}),
         ))
     }
 

@@ -5,11 +5,17 @@
 //!   (due jobs run first).
 //! - `GET /__emulator/requests`: the request log, the last `request_log_size` requests (see
 //!   `request_log`); `DELETE` empties it.
-//! - `POST /__emulator/reset`: empties the account, the request log and the rate counters, then
-//!   loads the start-up seed again. Knobs stay as they are.
+//! - `POST /__emulator/reset`: empties the account, the request log, the rate counters and the
+//!   OAuth codes, tokens and counts, then loads the start-up seed again. Knobs (the OAuth
+//!   clients among them) stay as they are.
 //! - `POST /__emulator/seed`: loads a JSON document (the shape of `state`) into the account.
 //! - `GET /__emulator/config`: the runtime knobs. `POST /__emulator/config`: changes the knobs
 //!   given (same names), plus `"add_forced_fault": {...}` and `"advance_clock_secs": N`.
+//!   Secrets of OAuth clients show as `"[redacted]"`; a change that leaves `oauth_clients` out
+//!   keeps them.
+//! - `GET /__emulator/oauth`: what the OAuth endpoints did (see `oauth`): token requests by
+//!   grant type, refusals by error, API requests refused for an expired, replaced or
+//!   out-of-scope token, live tokens.
 
 use std::time::Duration;
 
@@ -40,6 +46,12 @@ pub(crate) fn routes() -> axum::Router<Shared> {
         .route("/__emulator/reset", post(reset))
         .route("/__emulator/seed", post(seed))
         .route("/__emulator/config", get(get_config).post(set_config))
+        .route("/__emulator/oauth", get(get_oauth))
+}
+
+async fn get_oauth(State(shared): State<Shared>) -> Json<Value> {
+    let w = lock(&shared);
+    Json(w.oauth.stats(w.store.clock.elapsed()))
 }
 
 async fn get_state(State(shared): State<Shared>) -> Json<Value> {
@@ -62,6 +74,7 @@ async fn reset(State(shared): State<Shared>) -> Response {
     let clock = w.store.clock.clone();
     w.store = Store::new(&w.subdomain, w.seed, clock);
     w.log.clear();
+    w.oauth.reset();
     let now = w.store.clock.elapsed();
     w.limits.reset_counters(now);
     let seed = w.initial_seed.clone();
@@ -126,12 +139,17 @@ fn apply_config(
                 .map_err(|e| format!("add_forced_fault: {e}"))?,
         ),
     };
+    let clients_given = patch.contains_key("oauth_clients");
     let mut merged = serde_json::to_value(current).map_err(|e| e.to_string())?;
     if let Some(obj) = merged.as_object_mut() {
         obj.extend(patch);
     }
     let mut knobs: RuntimeKnobs =
         serde_json::from_value(merged).map_err(|e| format!("config: {e}"))?;
+    // The clients' secrets do not survive the JSON above (they serialize redacted).
+    if !clients_given {
+        knobs.oauth_clients = current.oauth_clients.clone();
+    }
     knobs.check()?;
     knobs.forced_faults.extend(add_fault);
     Ok((knobs, advance))

@@ -5,9 +5,11 @@
 //!   `ratelimit-reset`; beyond it, 429 with `Retry-After`.
 //! - Endpoint buckets: `users/create_or_update` per end user (5 a minute), ticket updates per ticket
 //!   (30 per 10 minutes), each a sliding window over the emulator's clock.
-//! - Faults: forced ones ("the next N requests under path P answer S"), random ones
-//!   (`fail_rate`, 500 or 503) and lost answers (`lost_answer_rate`: a write is applied, then
-//!   answered 500 or its connection dropped), drawn from an RNG seeded with `--seed`.
+//! - Faults: forced ones ("the next N requests under path P answer S", `/oauth/tokens`
+//!   included), random ones (`fail_rate`, 500 or 503) and lost answers (`lost_answer_rate`: a
+//!   write is applied, then answered 500 or its connection dropped; `oauth_lost_answers`: the
+//!   same for the next N token answers), drawn from an RNG seeded with `--seed`.
+//! - OAuth: the registered clients ([`OAuthClient`]) and token lifetimes `oauth` works by.
 //!
 //! The knobs are plain data ([`RuntimeKnobs`]); tests change them with `Emulator::configure` or
 //! `POST /__emulator/config`.
@@ -19,7 +21,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::auth::Secret;
 use super::errors::ApiError;
+use super::oauth::MAX_LIFETIME_SECS;
 
 /// Behaviour that can change while the emulator runs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -64,6 +68,78 @@ pub struct RuntimeKnobs {
     /// host each request was sent to. `https://example.zendesk.com` plays an account reached
     /// through a proxy, whose links name the account's own host.
     pub links_base: Option<String>,
+    /// The OAuth clients `/oauth/tokens` and `/oauth/authorizations/new` know. With any, the
+    /// API refuses credentials that are neither issued by the emulator nor the configured
+    /// static tokens. Left out of a `POST /__emulator/config`, the clients stay as they are
+    /// (their secrets are shown as `"[redacted]"`).
+    pub oauth_clients: Vec<OAuthClient>,
+    /// Lifetime of an access token when the token request names no `expires_in` (1800).
+    pub access_token_lifetime_secs: u64,
+    /// Lifetime of a refresh token when the token request names no `refresh_token_expires_in`
+    /// (2 592 000: 30 days).
+    pub refresh_token_lifetime_secs: u64,
+    /// Delay added to `/oauth/tokens` answers, beyond `latency_ms`.
+    pub oauth_latency_ms: u64,
+    /// The next this many successful `/oauth/tokens` answers are lost as `lost_answer` says,
+    /// after the tokens were issued (and a refresh rotated its chain).
+    pub oauth_lost_answers: u32,
+}
+
+/// An OAuth client registered with the account: its identifier and, for a confidential client,
+/// its secret (a public one has none and must use PKCE). `Debug` and the knobs' JSON never show
+/// the secret.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthClient {
+    pub id: String,
+    #[serde(default)]
+    pub secret: Option<Secret>,
+}
+
+impl OAuthClient {
+    /// A client with a secret.
+    pub fn confidential(id: impl Into<String>, secret: impl Into<String>) -> OAuthClient {
+        OAuthClient {
+            id: id.into(),
+            secret: Some(Secret::new(secret)),
+        }
+    }
+
+    /// A client without a secret, which must send a PKCE `code_challenge`.
+    pub fn public(id: impl Into<String>) -> OAuthClient {
+        OAuthClient {
+            id: id.into(),
+            secret: None,
+        }
+    }
+}
+
+/// `ID` or `ID:SECRET`, as `--oauth-client` takes it.
+impl std::str::FromStr for OAuthClient {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let client = match s.split_once(':') {
+            Some((id, secret)) => OAuthClient::confidential(id, secret),
+            None => OAuthClient::public(s),
+        };
+        client.check()?;
+        Ok(client)
+    }
+}
+
+impl OAuthClient {
+    fn check(&self) -> Result<(), String> {
+        if self.id.trim().is_empty() {
+            return Err("an OAuth client needs an id".into());
+        }
+        if self.secret.as_ref().is_some_and(|s| s.matches("")) {
+            return Err(format!(
+                "OAuth client {:?}: an empty secret (leave it out for a public client)",
+                self.id
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// How the emulator loses the answer to a write it applied.
@@ -100,12 +176,18 @@ impl Default for RuntimeKnobs {
             lost_answer: LostAnswer::Either,
             request_log_size: 10_000,
             links_base: None,
+            oauth_clients: Vec::new(),
+            access_token_lifetime_secs: 1800,
+            refresh_token_lifetime_secs: 2_592_000,
+            oauth_latency_ms: 0,
+            oauth_lost_answers: 0,
         }
     }
 }
 
 impl RuntimeKnobs {
-    /// Checks the knobs that have a range: the rates and the job-limit answer.
+    /// Checks the knobs that have a range (the rates, the job-limit answer, the token
+    /// lifetimes) and the OAuth clients (an id each, told apart by it; no empty secret).
     pub fn check(&self) -> Result<(), String> {
         for (name, rate) in [
             ("fail_rate", self.fail_rate),
@@ -121,6 +203,28 @@ impl RuntimeKnobs {
                 "job_limit_status must be 403, 422 or 429, not {}",
                 self.job_limit_status
             ));
+        }
+        for (name, secs) in [
+            (
+                "access_token_lifetime_secs",
+                self.access_token_lifetime_secs,
+            ),
+            (
+                "refresh_token_lifetime_secs",
+                self.refresh_token_lifetime_secs,
+            ),
+        ] {
+            if !(1..=MAX_LIFETIME_SECS).contains(&secs) {
+                return Err(format!(
+                    "{name} must be from 1 to {MAX_LIFETIME_SECS} seconds, not {secs}"
+                ));
+            }
+        }
+        for (i, client) in self.oauth_clients.iter().enumerate() {
+            client.check()?;
+            if self.oauth_clients[..i].iter().any(|c| c.id == client.id) {
+                return Err(format!("OAuth client {:?} is registered twice", client.id));
+            }
         }
         Ok(())
     }
@@ -377,11 +481,26 @@ impl Limits {
         if !self.chance(self.knobs.lost_answer_rate) {
             return None;
         }
-        Some(match self.knobs.lost_answer {
+        Some(self.how_lost())
+    }
+
+    /// For a token answer that succeeded: how it is lost while `oauth_lost_answers` lasts
+    /// (one is used up), else `None`.
+    pub(crate) fn oauth_lost_answer(&mut self) -> Option<LostAnswer> {
+        if self.knobs.oauth_lost_answers == 0 {
+            return None;
+        }
+        self.knobs.oauth_lost_answers -= 1;
+        Some(self.how_lost())
+    }
+
+    /// `lost_answer`, with `either` drawn.
+    fn how_lost(&mut self) -> LostAnswer {
+        match self.knobs.lost_answer {
             LostAnswer::Either if self.rng.random::<bool>() => LostAnswer::Error500,
             LostAnswer::Either => LostAnswer::Drop,
             chosen => chosen,
-        })
+        }
     }
 
     /// A sliding-window bucket: lets the request through (and counts it) when fewer than `limit`
@@ -459,5 +578,41 @@ mod tests {
         );
         assert!(l.take_forced_fault("POST", "/api/v2/tickets", "").is_none());
         assert!(l.knobs.forced_faults.is_empty());
+    }
+
+    #[test]
+    fn oauth_clients_parse_check_and_hide_their_secret() {
+        let c: OAuthClient = "zdmap:s3cret-value"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c, OAuthClient::confidential("zdmap", "s3cret-value"));
+        assert_eq!("app".parse(), Ok(OAuthClient::public("app")));
+        assert!("app:".parse::<OAuthClient>().is_err());
+        assert!(":x".parse::<OAuthClient>().is_err());
+        let knobs = RuntimeKnobs {
+            oauth_clients: vec![c.clone(), OAuthClient::public("zdmap")],
+            ..RuntimeKnobs::default()
+        };
+        assert!(knobs.check().is_err(), "the same id twice");
+        let shown = format!("{knobs:?} {}", serde_json::json!(knobs));
+        assert!(!shown.contains("s3cret-value"), "{shown}");
+        let zero = RuntimeKnobs {
+            access_token_lifetime_secs: 0,
+            ..RuntimeKnobs::default()
+        };
+        assert!(zero.check().is_err());
+    }
+
+    #[test]
+    fn oauth_lost_answers_are_used_up() {
+        let knobs = RuntimeKnobs {
+            oauth_lost_answers: 2,
+            lost_answer: LostAnswer::Drop,
+            ..RuntimeKnobs::default()
+        };
+        let mut l = Limits::new(knobs, 0);
+        assert_eq!(l.oauth_lost_answer(), Some(LostAnswer::Drop));
+        assert_eq!(l.oauth_lost_answer(), Some(LostAnswer::Drop));
+        assert_eq!(l.oauth_lost_answer(), None);
     }
 }

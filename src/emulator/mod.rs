@@ -29,23 +29,34 @@
 //! - `request_log_size`: requests kept by `/__emulator/requests` (10 000, the newest).
 //! - `links_base`: the base URL the links of paged answers name (none: the host each request
 //!   was sent to).
+//! - `oauth_clients` (flag `--oauth-client ID[:SECRET]`, repeated): the OAuth clients
+//!   (`{"id", "secret"}`, no secret for a public client). With any, the API takes only tokens
+//!   the emulator issued and the configured `--api-token` / `--oauth-token`.
+//! - `access_token_lifetime_secs` (1800) and `refresh_token_lifetime_secs` (30 days), flags
+//!   `--access-token-lifetime` and `--refresh-token-lifetime`: token lifetimes when the token
+//!   request names none.
+//! - `oauth_latency_ms`: delay added to `/oauth/tokens` answers; `oauth_lost_answers`: the next
+//!   N successful token answers are issued and then lost, as `lost_answer` says.
 //!
-//! Every random choice (faults, lost answers, failed jobs, ids) comes from `--seed`, so a run
-//! repeats exactly when the requests do.
+//! Every random choice (faults, lost answers, failed jobs, ids, tokens) comes from `--seed`, so
+//! a run repeats exactly when the requests do.
 //!
 //! Map of the module:
 //! - [`router`]: the request pipeline (jobs due → faults → auth → budget → body → route table →
 //!   request log → lost answer).
 //! - `connection`: the listener whose connections can be cut (lost answers).
 //! - `auth`: Basic `email/token:TOKEN` and Bearer, 401 otherwise.
+//! - `oauth`: `POST /oauth/tokens` (client_credentials, authorization_code with PKCE,
+//!   refresh_token with rotation), `GET /oauth/authorizations/new` (approved at once), the
+//!   issued tokens' lifetime and scopes on the API, `GET /api/v2/oauth/tokens/current`.
 //! - [`limits`]: runtime knobs, account budget, endpoint buckets, faults, latency.
 //! - `errors`: Zendesk's error envelopes.
 //! - `state`: the data model and how records render as Zendesk JSON; `table`: records with the
 //!   indexes behind every lookup.
 //! - `users`, `organizations`, `memberships`, `fields`, `tickets`, `events`: one per resource.
 //! - `bulk`: the `*_many` writes; `jobs`: job statuses, the job limit.
-//! - `inspect`: `/__emulator/*` (state, request log, reset, seed, config); `request_log`: the
-//!   bounded log.
+//! - `inspect`: `/__emulator/*` (state, request log, reset, seed, config, oauth);
+//!   `request_log`: the bounded log, OAuth credentials redacted.
 //! - `clock`: the clock tests can advance instead of sleeping.
 
 mod auth;
@@ -59,6 +70,7 @@ mod inspect;
 mod jobs;
 pub mod limits;
 mod memberships;
+mod oauth;
 mod organizations;
 mod request_log;
 pub(crate) mod router;
@@ -76,7 +88,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use auth::Secret;
-pub use limits::{ForcedFault, LostAnswer, RuntimeKnobs};
+pub use limits::{ForcedFault, LostAnswer, OAuthClient, RuntimeKnobs};
 
 use router::{Shared, World, lock};
 
@@ -153,6 +165,17 @@ pub struct EmulatorArgs {
     /// Subdomain used in the `url` field of every record.
     #[arg(long, value_name = "NAME", default_value = "example")]
     pub subdomain: String,
+    /// Register an OAuth client for `/oauth/tokens` and `/oauth/authorizations/new` (repeat for
+    /// more); without a secret it is a public client, which must use PKCE. With any, only
+    /// issued tokens and the configured tokens are accepted.
+    #[arg(long = "oauth-client", value_name = "ID[:SECRET]")]
+    pub oauth_clients: Vec<OAuthClient>,
+    /// Lifetime of an access token whose token request names no `expires_in`.
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    pub access_token_lifetime: u64,
+    /// Lifetime of a refresh token whose token request names no `refresh_token_expires_in`.
+    #[arg(long, value_name = "SECS", default_value_t = 2_592_000)]
+    pub refresh_token_lifetime: u64,
 }
 
 /// How to start an [`Emulator`].
@@ -222,6 +245,9 @@ impl From<EmulatorArgs> for EmulatorOptions {
                 lost_answer: a.lost_answer,
                 request_log_size: a.request_log_size,
                 links_base: a.links_base,
+                oauth_clients: a.oauth_clients,
+                access_token_lifetime_secs: a.access_token_lifetime,
+                refresh_token_lifetime_secs: a.refresh_token_lifetime,
                 ..RuntimeKnobs::default()
             },
             final_state: None,
@@ -296,6 +322,7 @@ impl Emulator {
                 api_token: opts.api_token.clone(),
                 oauth_token: opts.oauth_token.clone(),
             },
+            oauth: oauth::OAuth::new(opts.seed),
             initial_seed: seed.clone(),
             subdomain: opts.subdomain.clone(),
             seed: opts.seed,
@@ -346,7 +373,15 @@ impl Emulator {
         lock(&self.shared).log.entries()
     }
 
-    /// Changes the runtime knobs (budget, faults, latency, endpoint limits, bulk import).
+    /// The same JSON as `GET /__emulator/oauth`: `token_requests` (by grant type), `refused` (by
+    /// OAuth error), `expired_token_rejections`, `revoked_token_rejections`,
+    /// `scope_rejections`, `live_access_tokens`, `live_refresh_tokens`.
+    pub fn oauth_stats(&self) -> Value {
+        let w = lock(&self.shared);
+        w.oauth.stats(w.store.clock.elapsed())
+    }
+
+    /// Changes the runtime knobs (budget, faults, latency, endpoint limits, bulk import, OAuth).
     pub fn configure(&self, f: impl FnOnce(&mut RuntimeKnobs)) {
         f(&mut lock(&self.shared).limits.knobs);
     }
@@ -379,6 +414,7 @@ pub fn run_cli(args: EmulatorArgs) -> ExitCode {
     };
     runtime.block_on(async move {
         let restricted = args.api_token.is_some() || args.oauth_token.is_some();
+        let oauth_clients = args.oauth_clients.len();
         let emu = match Emulator::start(args.into()).await {
             Ok(emu) => emu,
             Err(e) => {
@@ -389,7 +425,7 @@ pub fn run_cli(args: EmulatorArgs) -> ExitCode {
         println!("zdmap emulator listening on {}", emu.url());
         println!(
             "  auth: {}; inspect: {}/__emulator/state, {}/__emulator/requests",
-            if restricted {
+            if restricted || oauth_clients > 0 {
                 "configured tokens only"
             } else {
                 "any well-formed credentials"
@@ -397,6 +433,14 @@ pub fn run_cli(args: EmulatorArgs) -> ExitCode {
             emu.url(),
             emu.url()
         );
+        if oauth_clients > 0 {
+            println!(
+                "  OAuth clients: {oauth_clients}; tokens at {}/oauth/tokens, issued tokens only \
+                 besides the configured ones; inspect: {}/__emulator/oauth",
+                emu.url(),
+                emu.url()
+            );
+        }
         wait_for_shutdown_signal().await;
         println!("zdmap emulator stopping");
         emu.shutdown().await;

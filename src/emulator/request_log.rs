@@ -1,7 +1,9 @@
 //! The request log behind `GET /__emulator/requests`: a ring of the last `request_log_size`
 //! API requests (method, path, query, headers with `Authorization` redacted, body, status, and
 //! `lost_answer` when the answer was lost after the write was applied), numbered by `seq` from
-//! the start, so its cost stays the same however long the emulator runs.
+//! the start, so its cost stays the same however long the emulator runs. Requests to
+//! `/oauth/...` carry credentials in their body and query: those values are shown as
+//! `"[redacted]"` (see `oauth::redacted_body`).
 
 use std::collections::VecDeque;
 
@@ -12,6 +14,7 @@ use serde_json::{Map, Value, json};
 use super::auth::redact;
 use super::errors::Reply;
 use super::limits::LostAnswer;
+use super::oauth;
 
 #[derive(Debug, Default)]
 pub(crate) struct RequestLog {
@@ -49,7 +52,17 @@ impl RequestLog {
             };
             hs.insert(name.as_str().to_string(), Value::String(shown));
         }
-        let body = if bytes.is_empty() {
+        let path = request.uri.path();
+        let oauth = path.starts_with("/oauth/");
+        let query = request.uri.query().unwrap_or("");
+        let query = if oauth {
+            oauth::redacted_query(query)
+        } else {
+            query.to_string()
+        };
+        let body = if oauth {
+            oauth::redacted_body(&request.headers, bytes)
+        } else if bytes.is_empty() {
             Value::Null
         } else {
             serde_json::from_slice(bytes)
@@ -58,8 +71,8 @@ impl RequestLog {
         let mut entry = json!({
             "seq": self.seen,
             "method": request.method.as_str(),
-            "path": request.uri.path(),
-            "query": request.uri.query().unwrap_or(""),
+            "path": path,
+            "query": query,
             "headers": hs,
             "body": body,
             "status": reply.status,

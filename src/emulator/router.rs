@@ -1,15 +1,19 @@
 //! The request pipeline and the route table. Every `/api/...` request goes through [`api`]:
 //!
 //! 1. a forced fault, if one matches;
-//! 2. authentication (`users/me` answers the anonymous user instead of 401);
-//! 3. the account budget (429 beyond it; budget headers on every answer);
-//! 4. a random fault (`fail_rate`);
-//! 5. the JSON body (400 when unreadable);
-//! 6. [`dispatch`]: the route table, `.json` suffix stripped, 404 `InvalidEndpoint` otherwise.
+//! 2. `/oauth/...` leaves here for `oauth` (no API credentials, no API budget);
+//! 3. authentication: a bearer token the emulator issued is judged by `oauth` (401 when expired
+//!    or replaced, 403 beyond its scopes), anything else by the static policy (`users/me`
+//!    answers the anonymous user instead of 401);
+//! 4. the account budget (429 beyond it; budget headers on every answer);
+//! 5. a random fault (`fail_rate`);
+//! 6. the JSON body (400 when unreadable);
+//! 7. [`dispatch`]: the route table, `.json` suffix stripped, 404 `InvalidEndpoint` otherwise.
 //!
 //! Due jobs run before all of that (see `jobs`). Then the answer is written to the request log,
-//! the configured latency is waited out, and a write that was applied may lose its answer
-//! (`lost_answer_rate`): a 500 goes out instead, or the connection is cut (see `connection`).
+//! the configured latency is waited out (plus `oauth_latency_ms` for a token request), and a
+//! write that was applied may lose its answer (`lost_answer_rate`; for `/oauth/tokens`,
+//! `oauth_lost_answers`): a 500 goes out instead, or the connection is cut (see `connection`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -23,6 +27,7 @@ use super::auth::{AuthPolicy, Principal};
 use super::connection::Cutter;
 use super::errors::{ApiError, ApiResult, Reply, ReplyBody};
 use super::limits::{Limits, LostAnswer};
+use super::oauth::{self, Judgement, OAuth};
 use super::request_log::RequestLog;
 use super::state::Store;
 use super::{bulk, events, fields, inspect, jobs, memberships, organizations, tickets, users};
@@ -36,6 +41,8 @@ pub(crate) struct World {
     pub limits: Limits,
     pub log: RequestLog,
     pub auth: AuthPolicy,
+    /// Codes and tokens issued by `/oauth/...`.
+    pub oauth: OAuth,
     /// The state loaded at start-up (`--seed-state`), restored by `POST /__emulator/reset`.
     pub initial_seed: Option<Value>,
     pub subdomain: String,
@@ -127,13 +134,18 @@ async fn api(State(shared): State<Shared>, req: Request) -> Response {
         }
     };
     let method = parts.method.as_str();
+    let path = parts.uri.path();
+    let token_request = method == "POST" && path == "/oauth/tokens";
     let (reply, lost, latency) = {
         let mut w = lock(&shared);
         w.catch_up();
         let reply = handle(&mut w, method, &parts.uri, &parts.headers, &bytes);
-        let applied_write = matches!(method, "POST" | "PUT" | "PATCH" | "DELETE")
-            && (200..300).contains(&reply.status);
-        let lost = if applied_write {
+        let succeeded = (200..300).contains(&reply.status);
+        let applied_write = matches!(method, "POST" | "PUT" | "PATCH" | "DELETE") && succeeded;
+        let lost = if token_request && succeeded {
+            // Issued (and the chain rotated) all the same.
+            w.limits.oauth_lost_answer()
+        } else if applied_write && !path.starts_with("/oauth/") {
             w.limits.lost_answer()
         } else {
             None
@@ -141,7 +153,13 @@ async fn api(State(shared): State<Shared>, req: Request) -> Response {
         let capacity = w.limits.knobs.request_log_size;
         let at = w.store.clock.elapsed();
         w.log.record(capacity, at, &parts, &bytes, &reply, lost);
-        (reply, lost, w.limits.knobs.latency_ms)
+        let knobs = &w.limits.knobs;
+        let latency = if token_request {
+            knobs.latency_ms.saturating_add(knobs.oauth_latency_ms)
+        } else {
+            knobs.latency_ms
+        };
+        (reply, lost, latency)
     };
     if latency > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
@@ -186,12 +204,23 @@ fn handle(
     {
         return err.0;
     }
+    // Zendesk's OAuth endpoints are not part of the API: its rate limits are on the API.
+    if path.starts_with("/oauth/") {
+        return oauth::endpoint(w, method, uri, headers, bytes);
+    }
     let segments = match api_segments(path) {
         Some(s) => s,
         None => return ApiError::invalid_endpoint().0,
     };
     let auth_header = headers.get("authorization").and_then(|v| v.to_str().ok());
-    let principal = w.auth.check(auth_header);
+    let now = w.store.clock.elapsed();
+    let clients = &w.limits.knobs.oauth_clients;
+    let judged = oauth::bearer(auth_header).map(|token| w.oauth.judge(token, clients, now));
+    let principal = match judged {
+        Some(Judgement::Live(id)) => Some(Principal::OAuth(Some(id))),
+        Some(Judgement::Refused) => None,
+        Some(Judgement::Unknown) | None => w.auth.check(auth_header, !clients.is_empty()),
+    };
     if principal.is_none() {
         let is_me = method == "GET" && segments == ["users", "me"];
         // Zendesk answers `users/me` with the anonymous user when no credentials are sent.
@@ -200,7 +229,11 @@ fn handle(
         }
         return ApiError::unauthorized().0;
     }
-    let now = w.store.clock.elapsed();
+    if let Some(Principal::OAuth(Some(token))) = principal
+        && !w.oauth.allows(token, method, &segments)
+    {
+        return ApiError::out_of_scope().0;
+    }
     let budget = match w.limits.spend(now) {
         Ok(b) => b,
         Err((b, err)) => return with_budget(err.0, &b),
@@ -340,6 +373,8 @@ fn dispatch(w: &mut World, req: &ApiRequest) -> ApiResult {
         ("GET", ["job_statuses"]) => jobs::list(w, req),
         ("GET", ["job_statuses", "show_many"]) => jobs::show_many(w, req),
         ("GET", ["job_statuses", jid]) => jobs::show(w, jid),
+        // OAuth
+        ("GET", ["oauth", "tokens", "current"]) => oauth::current(w, req),
         _ => Err(ApiError::invalid_endpoint()),
     }
 }
@@ -630,6 +665,7 @@ mod index_tests {
                 api_token: None,
                 oauth_token: None,
             },
+            oauth: OAuth::new(0),
             initial_seed: None,
             subdomain: "example".into(),
             seed: 0,
