@@ -262,6 +262,8 @@ async fn check_scopes(shared: std::sync::Arc<crate::serve::Shared>) {
                 Some(problem) => tracing::error!("{problem}"),
             }
         }
+        // A refused client or a spent chain is said by delivery, once.
+        Err(_) if client.authorizer().refused() => {}
         Err(e) => tracing::warn!("the OAuth token's scopes could not be read: {e}"),
     }
 }

@@ -9,8 +9,8 @@
 //!   it still works, and wait for the new one if it does not;
 //! - a 401 on a token that should still work ([`Authorizer::rejected`]) renews once; the caller
 //!   sends again once;
-//! - a refused client or a spent chain is remembered, so it is said once and Zendesk is not
-//!   asked again in a loop; a spent chain waits for a person to log in again (the store is read
+//! - a refused client or a spent chain is remembered, so Zendesk is not asked again in a loop
+//!   (whoever waits on it says it once: serve's delivery, send's summary, `zdmap auth`); a spent chain waits for a person to log in again (the store is read
 //!   again on each try, so a new login is picked up without a restart).
 //!
 //! A refresh-token chain lives in a [`ChainStore`] shared by every process that uses it. A
@@ -165,6 +165,12 @@ impl Authorizer {
 
     pub fn stats(&self) -> &Arc<AuthStats> {
         &self.stats
+    }
+
+    /// Whether Zendesk now refuses the OAuth client or the chain is spent.
+    pub fn refused(&self) -> bool {
+        self.stats.client_refused.load(Ordering::Relaxed) == 1
+            || self.stats.login_needed.load(Ordering::Relaxed) == 1
     }
 
     pub fn endpoint(&self) -> &TokenEndpoint {
@@ -365,8 +371,9 @@ impl Renewer {
                 self.stats.expires_at.store(expires, Ordering::Relaxed);
             }
             Err(failure @ (AuthFailure::Refused(m) | AuthFailure::LoginNeeded(m))) => {
+                // Said once by whoever waits on it (serve's delivery, send's summary, `auth`).
                 if before.as_ref() != Some(failure) {
-                    tracing::error!("{m}");
+                    tracing::debug!("{m}");
                 }
                 let gauge = match failure {
                     AuthFailure::LoginNeeded(_) => &self.stats.login_needed,
@@ -432,7 +439,7 @@ impl Renewer {
             }) => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 Err(AuthFailure::Refused(format!(
-                    "Zendesk refused the OAuth client {:?} ({status} {code}{}): check {}; delivery waits until they are fixed",
+                    "Zendesk refused the OAuth client {:?} ({status} {code}{}): check {}",
                     client.id,
                     description.map(|d| format!(": {d}")).unwrap_or_default(),
                     client.hint
@@ -459,7 +466,7 @@ impl Renewer {
             let now = SystemTime::now();
             let Some(read) = store.read().await.map_err(unusable)? else {
                 return Err(AuthFailure::LoginNeeded(format!(
-                    "no OAuth tokens in {}: a person must run `zdmap auth login` first; events wait in the queue",
+                    "no OAuth tokens in {}: a person must run `zdmap auth login` first",
                     store.place()
                 )));
             };
@@ -564,7 +571,7 @@ impl Renewer {
                     "Zendesk refused the OAuth refresh token (spent, revoked or expired)"
                 };
                 let message = format!(
-                    "{why}: a person must run `zdmap auth login` again (token store {}); events wait in the queue",
+                    "{why}: a person must run `zdmap auth login` again (token store {}); a new login is picked up without a restart",
                     store.place()
                 );
                 next.login_needed = Some(message.clone());
