@@ -349,7 +349,7 @@ pub fn render_oauth(out: &mut String, stats: &crate::deliver::auth::AuthStats) {
     gauge(
         out,
         "zdmap_oauth_client_refused",
-        "1 while Zendesk refuses the OAuth client's id or secret.",
+        "1 while Zendesk refuses the OAuth client.",
         get(&stats.client_refused),
     );
     gauge(
