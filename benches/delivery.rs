@@ -5,6 +5,7 @@
 //! mix under criterion, then 100k-event runs (unbatched; batched with bulk user imports on; and
 //! off) whose request counts also give the time the same mix takes at a 700 requests/minute
 //! budget. Run: `cargo bench --bench delivery`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 use criterion::{Criterion, Throughput};
 use std::time::Duration;

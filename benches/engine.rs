@@ -3,6 +3,7 @@
 //! `engine`: bytes in → event checks → all triggers → fields → every step's request rendered →
 //! requests serialized to JSON bytes. `baseline`: serde_json parse + serialize of the same bytes.
 //! Run: `cargo bench --bench engine`; BENCHMARKS.md records the ratio.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;

@@ -14,6 +14,7 @@
 //! `zdmap serve` does by default; the emulator has bulk user imports off (a new account) and
 //! its jobs take 500 ms.
 //! Run: `cargo bench --bench ingest`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 use criterion::{Criterion, Throughput};
 use std::sync::{Arc, Mutex};

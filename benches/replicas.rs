@@ -9,6 +9,7 @@
 //!   request rate against the budget.
 //!
 //! Needs `nats-server` (Debian's package). Run: `cargo bench --bench replicas`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use serde_json::{Value, json};

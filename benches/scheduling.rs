@@ -6,6 +6,7 @@
 //! Reports the time of each, the ratio (target: identifies last at most 1.5× ordered), Zendesk
 //! requests and dead letters (the reordered run may leave none the ordered run does not).
 //! Run: `cargo bench --bench scheduling`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 use criterion::{Criterion, Throughput};
 use serde_json::Value;

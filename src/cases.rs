@@ -268,13 +268,13 @@ pub fn check_case(config: &Config, case: &CaseSpec) -> Vec<String> {
 
 fn compare(expect: &ExpectSpec, got: &Preview) -> Vec<String> {
     let mut failures = Vec::new();
-    if let Some(actions) = &expect.actions {
-        if actions != &got.matched {
-            failures.push(format!(
-                "actions: expected {actions:?}, got {:?}",
-                got.matched
-            ));
-        }
+    if let Some(actions) = &expect.actions
+        && actions != &got.matched
+    {
+        failures.push(format!(
+            "actions: expected {actions:?}, got {:?}",
+            got.matched
+        ));
     }
     if let Some(requests) = &expect.requests {
         if requests.len() != got.requests.len() {

@@ -88,10 +88,10 @@ impl Event {
     pub fn from_object(
         mut map: Map<String, Value>,
     ) -> Result<Event, (EventError, Map<String, Value>)> {
-        if !map.contains_key("type") {
-            if let Some(action) = map.remove("action") {
-                map.insert("type".to_owned(), action);
-            }
+        if !map.contains_key("type")
+            && let Some(action) = map.remove("action")
+        {
+            map.insert("type".to_owned(), action);
         }
         match check_type(&map) {
             Ok(()) => Ok(Event {

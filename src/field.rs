@@ -289,10 +289,10 @@ impl Source {
             Source::Setting(s) => input.settings.get(s).filter(|v| !v.is_null()).cloned(),
             Source::FirstOf(sources) => {
                 for s in sources {
-                    if let Some(v) = s.eval(input)? {
-                        if !is_empty(&v) {
-                            return Ok(Some(v));
-                        }
+                    if let Some(v) = s.eval(input)?
+                        && !is_empty(&v)
+                    {
+                        return Ok(Some(v));
                     }
                 }
                 None

@@ -156,6 +156,10 @@ pub fn write_all(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+#[allow(
+    clippy::panic,
+    reason = "the schemas are generated from this crate's own types, not from input; the schemas tests compile each"
+)]
 fn validator(cell: &'static OnceLock<Validator>, schema: fn() -> Value) -> &'static Validator {
     cell.get_or_init(|| match jsonschema::validator_for(&schema()) {
         Ok(v) => v,
@@ -358,12 +362,11 @@ fn resolve<'a>(root: &'a Value, pointer: &str) -> Option<&'a Value> {
             Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
             _ => return None,
         };
-        if let Some(Value::String(r)) = node.get("$ref") {
-            if node.get("properties").is_none() {
-                if let Some(t) = r.strip_prefix('#').and_then(|t| root.pointer(t)) {
-                    node = t;
-                }
-            }
+        if let Some(Value::String(r)) = node.get("$ref")
+            && node.get("properties").is_none()
+            && let Some(t) = r.strip_prefix('#').and_then(|t| root.pointer(t))
+        {
+            node = t;
         }
     }
     Some(node)

@@ -647,15 +647,14 @@ impl Parser {
                 format!("expected a value (a field, string, number, true, false or null) after `{}`, found {found}", op_text(op)),
             )
         })?;
-        if let (Operand::Path(_), Operand::Path(name)) = (&left, &right) {
-            if let [name] = name.as_slice() {
-                if !EVENT_FIELDS.contains(&name.as_str()) {
-                    self.warnings.push(self.error_at(
+        if let (Operand::Path(_), Operand::Path(name)) = (&left, &right)
+            && let [name] = name.as_slice()
+            && !EVENT_FIELDS.contains(&name.as_str())
+        {
+            self.warnings.push(self.error_at(
                         right_at,
                         format!("`{name}` is read as a field of the event, not as text: write \"{name}\" to compare with the string"),
                     ));
-                }
-            }
         }
         Ok(Expr::Compare(left, op, right))
     }

@@ -84,12 +84,11 @@ pub fn parse(source: &str) -> Result<Node, SyntaxError> {
 fn first_line(s: &str) -> String {
     let mut line = s.lines().next().unwrap_or(s).trim();
     line = line.strip_prefix("error: ").unwrap_or(line);
-    if let Some(rest) = line.strip_prefix("line ") {
-        if let Some((place, message)) = rest.split_once(": ") {
-            if place.split(" column ").all(|n| n.parse::<u64>().is_ok()) {
-                line = message;
-            }
-        }
+    if let Some(rest) = line.strip_prefix("line ")
+        && let Some((place, message)) = rest.split_once(": ")
+        && place.split(" column ").all(|n| n.parse::<u64>().is_ok())
+    {
+        line = message;
     }
     match line.find(" at line ") {
         Some(i) => line[..i].to_owned(),

@@ -7,6 +7,7 @@
 //! its turn holds nobody up. Ticket updates (a comment is not idempotent) go in bulk too: after
 //! a lost bulk answer or a kill, the pending jobs are waited out before the markers are read
 //! back, so no comment lands twice.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 #[path = "support/oas.rs"]
 mod oas;

@@ -10,6 +10,7 @@
 //! field value the same, each user event, ticket and comment once, and a replay of the dead
 //! letters applies what is still current and keeps (and lists) what is stale: the only
 //! difference from the clean run is the comments of the stale ticket updates it kept.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 #[path = "support/serving.rs"]
 mod serving;

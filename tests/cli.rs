@@ -1,4 +1,5 @@
 //! `zdmap preview`, `zdmap match` and the README's first command through the binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 #[path = "support/command.rs"]
 mod command;

@@ -4,6 +4,7 @@
 //! case's lookups need (the user, organization or ticket they name), the event is delivered,
 //! and the emulator must have received each expected request (lookups replaced by real ids)
 //! with nothing dead-lettered.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 use serde_json::{Value, json};
 use std::io::Cursor;
@@ -62,14 +63,14 @@ fn seed_for(preview: &Value) -> Value {
     for r in preview["requests"].as_array().into_iter().flatten() {
         // A direct id in a path (`/api/v2/users/123/events`) names a record that must exist.
         let parts: Vec<&str> = r["path"].as_str().unwrap_or_default().split('/').collect();
-        if let [_, "api", "v2", kind, id, ..] = parts.as_slice() {
-            if let Ok(id) = id.parse::<u64>() {
-                match *kind {
+        if let [_, "api", "v2", kind, id, ..] = parts.as_slice()
+            && let Ok(id) = id.parse::<u64>()
+        {
+            match *kind {
                     "users" => users.push(json!({"id": id, "name": "Seeded User"})),
                     "tickets" => tickets.push(json!({"id": id, "subject": "Seeded", "comment": {"body": "Seeded"}, "requester": {"email": "seed@example.com", "name": "Seed"}})),
                     _ => {}
                 }
-            }
         }
         let user = &r["body"]["user"];
         if let Some(oid) = user["organization_id"].as_u64() {

@@ -1,6 +1,7 @@
 //! End-to-end delivery against the built-in emulator: every default action lands in its state,
 //! and delivery holds up under 429 storms, 500s, a slow Zendesk, bad credentials, unknown users
 //! and a dead-letter replay, with nothing lost and nothing duplicated.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 #[path = "support/oas.rs"]
 mod oas;

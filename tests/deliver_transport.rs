@@ -1,6 +1,7 @@
 //! The transport against a scripted HTTP server on 127.0.0.1: what each attempt's outcome means
 //! (done, retry and at which scope, fatal, invalid), headers, timeouts, non-JSON bodies, and
 //! dead letters written and read back.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,7 @@
 //! Effectively once and in order, through `zdmap send` and `zdmap serve` against the emulator:
 //! a write whose answer is lost (applied, then a 500 or a dropped connection) is not applied
 //! twice, and an older change (a replayed dead letter) is not applied over a newer one.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 #[path = "support/mappings.rs"]
 mod mappings;

@@ -1,5 +1,6 @@
 //! The emulator driven over HTTP, one section per numbered item of the emulator issue.
 //! Each test starts its own emulator in-process on port 0.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 #[path = "support/oas.rs"]
 mod oas;

@@ -1,4 +1,5 @@
 //! The OpenAPI oracle itself: loading, path matching, and known accept/reject cases.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 #[path = "support/oas.rs"]
 mod oas;

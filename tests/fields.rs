@@ -1,5 +1,6 @@
 //! `zdmap fields check [--create]` through the binary, against the emulator: the custom field
 //! keys the mappings would send that the account lacks, and creating them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 use serde_json::Value;
 use std::path::Path;

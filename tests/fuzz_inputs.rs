@@ -2,6 +2,7 @@
 //! input that the target's code takes, and each input of `fuzz/regressions/TARGET/` (one that
 //! once crashed or hung a target, see `fuzz/run`) now gives an answer, an error or a value,
 //! without a panic. Each function here does what the fuzz target of that name does.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 use std::path::{Path, PathBuf};
 

@@ -2,6 +2,7 @@
 //! whose work explodes, path parts that move a request to another endpoint, ids that are not
 //! ids, event data in metric labels, hyphenated subdomains, two servers on one data directory,
 //! a damaged database, and a queue whose disk fills up while events are delivered.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 #[path = "support/serving.rs"]
 mod serving;

@@ -1,4 +1,5 @@
 //! The mapping test cases of `mappings/tests/`, run through the library and through `zdmap test`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 use std::path::Path;
 

@@ -8,6 +8,7 @@
 //! a replay that keeps a dead letter older than a change another replica applied; the `group`
 //! calls of many users for a few organizations, whose organization writes land in event order
 //! across replicas (holds), and the holds themselves in JetStream KV.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 #[path = "support/nats.rs"]
 mod nats;

@@ -3,6 +3,7 @@
 //! lifetimes, a chain shared by two replicas on NATS, `kill -9` during refreshes, and the
 //! failures that must be said once (a wrong secret, a spent chain, a lost refresh answer, a
 //! missing scope). No secret may appear in anything a run writes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 #[path = "support/nats.rs"]
 mod nats;

@@ -7,6 +7,7 @@
 //! errors are retried until they pass; an organization held by another process waits at the
 //! front of its lines and is let go once settled; an event its source may not own starts no
 //! turn until it does (keeping its place), and one its source lost is dropped unsettled.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 #[path = "support/serving.rs"]
 mod serving;

@@ -1,5 +1,6 @@
 //! `schemas/`: generated from the config types and checked in; shipped files point at them;
 //! the event schema agrees with the event checks.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 use std::path::Path;
 
@@ -81,10 +82,10 @@ fn schemas_use_only_standard_formats_and_single_types() {
     fn walk(v: &serde_json::Value, at: &str, found: &mut Vec<String>) {
         match v {
             serde_json::Value::Object(m) => {
-                if let Some(f) = m.get("format").and_then(|f| f.as_str()) {
-                    if !zdmap::schema::STANDARD_FORMATS.contains(&f) {
-                        found.push(format!("{at}: format {f:?}"));
-                    }
+                if let Some(f) = m.get("format").and_then(|f| f.as_str())
+                    && !zdmap::schema::STANDARD_FORMATS.contains(&f)
+                {
+                    found.push(format!("{at}: format {f:?}"));
                 }
                 if let Some(serde_json::Value::Array(types)) = m.get("type") {
                     let non_null = types.iter().filter(|t| *t != "null").count();

@@ -2,6 +2,7 @@
 //! to the emulator, Zendesk down then back, refused credentials, reload with a good and a broken
 //! config, shutdown with work in flight, dead letters through `zdmap dead-letters`, and (through
 //! the binary) a `kill -9` and restart with nothing lost and nothing duplicated.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 #[path = "support/serving.rs"]
 mod serving;

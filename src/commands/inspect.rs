@@ -151,11 +151,11 @@ pub fn preview(args: &PreviewArgs) -> ExitCode {
         }
     });
     let _ = out.flush();
-    if let Some(e) = result.err().or(write_error) {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+    if let Some(e) = result.err().or(write_error)
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
     }
     if had_errors {
         ExitCode::from(2)

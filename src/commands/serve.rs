@@ -102,7 +102,7 @@ pub struct ServeArgs {
     /// data).
     #[arg(long)]
     pub log_events: bool,
-    /// An origin whose web pages may post events (CORS), e.g. https://www.example.com, or `*`
+    /// An origin whose web pages may post events (CORS), e.g. `https://www.example.com`, or `*`
     /// for any (repeatable; off by default).
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     pub cors_origins: Vec<String>,

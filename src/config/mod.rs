@@ -189,19 +189,19 @@ impl Config {
                     config.resolvers.insert(name.clone(), r);
                 }
             }
-            if let Some(jobs) = &spec.jobs {
-                if let Some(j) = JobsForm::compile(jobs, "/jobs", &mut templates, &mut p) {
-                    for (ptr, text) in j.texts() {
-                        check_names(
-                            &templates,
-                            text,
-                            &["key", "settings"],
-                            &format!("/jobs{ptr}"),
-                            &mut p,
-                        );
-                    }
-                    config.jobs = Some(Arc::new(j));
+            if let Some(jobs) = &spec.jobs
+                && let Some(j) = JobsForm::compile(jobs, "/jobs", &mut templates, &mut p)
+            {
+                for (ptr, text) in j.texts() {
+                    check_names(
+                        &templates,
+                        text,
+                        &["key", "settings"],
+                        &format!("/jobs{ptr}"),
+                        &mut p,
+                    );
                 }
+                config.jobs = Some(Arc::new(j));
             }
             diags.0.extend(p.into_found());
         }
@@ -284,10 +284,10 @@ impl Config {
                 crate::path::Selected::Many(vs) => vs,
             };
             for v in found {
-                if let Some(s) = v.as_str() {
-                    if !codes.iter().any(|c| c == s) {
-                        codes.push(s.to_owned());
-                    }
+                if let Some(s) = v.as_str()
+                    && !codes.iter().any(|c| c == s)
+                {
+                    codes.push(s.to_owned());
                 }
             }
         }
@@ -447,16 +447,16 @@ fn check_setting(s: &SettingSpec, v: &Value) -> Result<(), String> {
         )
         .to_lowercase());
     }
-    if let (Some(min), Some(x)) = (s.minimum, v.as_f64()) {
-        if x < min {
-            return Err(format!("must be at least {min}"));
-        }
+    if let (Some(min), Some(x)) = (s.minimum, v.as_f64())
+        && x < min
+    {
+        return Err(format!("must be at least {min}"));
     }
     if let Some(text) = v.as_str() {
-        if let Some(allowed) = &s.allowed_characters {
-            if let Some(bad) = text.chars().find(|c| !char_allowed(allowed, *c)) {
-                return Err(format!("{bad:?} is not allowed (only {allowed})"));
-            }
+        if let Some(allowed) = &s.allowed_characters
+            && let Some(bad) = text.chars().find(|c| !char_allowed(allowed, *c))
+        {
+            return Err(format!("{bad:?} is not allowed (only {allowed})"));
         }
         if s.forbidden.iter().any(|f| f == text) {
             return Err(format!("{text:?} is not allowed"));

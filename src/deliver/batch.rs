@@ -18,7 +18,7 @@
 //!   under the budget; at most `jobs.limit` jobs are in flight, further bulk requests wait
 //!   for one to end. A job that fails as a whole is a retry for every item. The first job's
 //!   first poll comes `poll_ms` after its bulk request; later jobs are first polled when the
-//!   jobs before them were seen done ([`JobTimes`]: an account's jobs take about as long as
+//!   jobs before them were seen done (`JobTimes`: an account's jobs take about as long as
 //!   each other), so a job costs about one poll and is read soon after it ends.
 //!
 //! Each item's result is read back into the answer its step would have had for its single

@@ -7,7 +7,7 @@
 //! write would be sent again, and then the first job would apply it too. So before such a
 //! check, the destination's recent jobs are listed (`jobs.list` of `destination.yaml`), and the
 //! check waits until every job that was pending at the first listing after the doubt arose has
-//! ended ([`JobWatch::awaited`]). Jobs this process polls itself and has seen end
+//! ended (`JobWatch::awaited`). Jobs this process polls itself and has seen end
 //! ([`JobWatch::ended`]) are not waited for.
 //!
 //! One listing serves every delivery that asks within a poll interval (the items of one lost

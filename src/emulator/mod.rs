@@ -42,7 +42,7 @@
 //! a run repeats exactly when the requests do.
 //!
 //! Map of the module:
-//! - [`router`]: the request pipeline (jobs due → faults → auth → budget → body → route table →
+//! - `router`: the request pipeline (jobs due → faults → auth → budget → body → route table →
 //!   request log → lost answer).
 //! - `connection`: the listener whose connections can be cut (lost answers).
 //! - `auth`: Basic `email/token:TOKEN` and Bearer, 401 otherwise.

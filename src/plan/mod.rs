@@ -154,10 +154,10 @@ impl Config {
     ) -> Result<Rendered, RenderError> {
         let base = || self.step_scope(plan, planned, outputs.clone(), lookups.clone());
         let render = |scope: Scope, requests: &mut Vec<Request>| -> Result<(), RenderError> {
-            if let Some(when) = &step.when {
-                if !self.templates.truthy(when, &scope)? {
-                    return Ok(());
-                }
+            if let Some(when) = &step.when
+                && !self.templates.truthy(when, &scope)?
+            {
+                return Ok(());
             }
             requests.push(step.request.render(&self.templates, &scope)?);
             Ok(())

@@ -670,7 +670,7 @@ impl EntityClock for SqliteQueue {
         let command = Command::Applied {
             entity: entity.to_owned(),
             at: at_ms,
-            trim: n % TRIM_EVERY == 0,
+            trim: n.is_multiple_of(TRIM_EVERY),
         };
         if let Err(e) = self.send(command) {
             tracing::error!(%entity, error = %e, "cannot record the time of an entity's last change");

@@ -286,10 +286,10 @@ impl Templates {
                 None => Ok(self.eval_expr(fallback, scope)?.map(Cow::Owned)),
             },
             Text::Expr { name, native } => {
-                if let Some(fast) = native {
-                    if let Ok(result) = fast.eval(scope) {
-                        return result.map_err(RenderError);
-                    }
+                if let Some(fast) = native
+                    && let Ok(result) = fast.eval(scope)
+                {
+                    return result.map_err(RenderError);
                 }
                 Ok(self.eval_expr(name, scope)?.map(Cow::Owned))
             }

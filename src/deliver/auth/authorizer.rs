@@ -13,7 +13,7 @@
 //!   (whoever waits on it says it once: serve's delivery, send's summary, `zdmap auth`); a spent chain waits for a person to log in again (the store is read
 //!   again on each try, so a new login is picked up without a restart).
 //!
-//! A refresh-token chain lives in a [`ChainStore`] shared by every process that uses it. A
+//! A refresh-token chain lives in a [`ChainStore`](super::ChainStore) shared by every process that uses it. A
 //! process claims the chain in the store (compare-and-set) before it refreshes; the others read
 //! the new pair from the store. The new pair is written to the store before it is used.
 

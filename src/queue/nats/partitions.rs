@@ -19,8 +19,8 @@
 //!
 //! Fencing: a replica cut off from NATS cannot renew its leases, and after the lease time
 //! another replica takes its partitions and delivers their unsettled events again. So each
-//! lease is certainly ours only until a moment reckoned on our own clock ([`super::Tenure`]'s
-//! `sure_until`, see [`sure_until`]); past it the workers start no delivery turn of the
+//! lease is certainly ours only until a moment reckoned on our own clock (`Tenure`'s
+//! `sure_until`, see `sure_until`); past it the workers start no delivery turn of the
 //! partition's events ([`crate::queue::Queue::ownership`]). A renewal that succeeds later
 //! (the lease was still ours) lets them go on in order; a lease lost ends the tenure, and its
 //! events are dropped here unsettled (the new owner has them from JetStream). What the fence
