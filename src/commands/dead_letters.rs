@@ -89,7 +89,7 @@ pub fn dead_letters(args: &DeadLettersArgs) -> ExitCode {
         }),
         None => exit(DeadLetterStore::open(&args.data_dir).and_then(|mut store| {
             futures_util::FutureExt::now_or_never(run(&mut store, &args.command))
-                .unwrap_or_else(|| Err(QueueError("the data directory did not answer".into())))
+                .unwrap_or_else(|| Err(QueueError::Stopped("did not answer")))
         })),
     }
 }

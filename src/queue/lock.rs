@@ -22,11 +22,10 @@ pub struct DataDirLock {
 impl DataDirLock {
     /// Locks `data_dir` (created if needed), or says which directory is in use.
     pub fn acquire(data_dir: &Path) -> Result<DataDirLock, QueueError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            QueueError(format!(
-                "cannot create the data directory {}: {e}",
-                data_dir.display()
-            ))
+        std::fs::create_dir_all(data_dir).map_err(|source| QueueError::Io {
+            what: "create the data directory",
+            path: data_dir.to_path_buf(),
+            source,
         })?;
         let path = data_dir.join(LOCK_FILE);
         let file = File::options()
@@ -34,18 +33,22 @@ impl DataDirLock {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| {
-                QueueError(format!("cannot open the lock file {}: {e}", path.display()))
+            .map_err(|source| QueueError::Io {
+                what: "open the lock file",
+                path: path.clone(),
+                source,
             })?;
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(DataDirLock { _file: file }),
-            Err(rustix::io::Errno::WOULDBLOCK) => Err(QueueError(format!(
-                "the data directory {} is in use by another zdmap process (it holds {}); \
-                 stop that one first, or give this one another --data-dir",
-                data_dir.display(),
-                path.display()
-            ))),
-            Err(e) => Err(QueueError(format!("cannot lock {}: {e}", path.display()))),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(QueueError::InUse {
+                dir: data_dir.to_path_buf(),
+                lock: path,
+            }),
+            Err(e) => Err(QueueError::Io {
+                what: "lock",
+                path,
+                source: e.into(),
+            }),
         }
     }
 }
@@ -59,8 +62,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = DataDirLock::acquire(dir.path()).expect("first");
         let e = DataDirLock::acquire(dir.path()).expect_err("second");
-        assert!(e.0.contains("is in use by another zdmap"), "{e}");
-        assert!(e.0.contains(&dir.path().display().to_string()), "{e}");
+        assert!(matches!(e, QueueError::InUse { .. }), "{e}");
+        assert!(e.to_string().contains("is in use by another zdmap"), "{e}");
+        assert!(
+            e.to_string().contains(&dir.path().display().to_string()),
+            "{e}"
+        );
         drop(first);
         DataDirLock::acquire(dir.path()).expect("free again");
     }

@@ -89,14 +89,73 @@ pub struct Item {
     pub accepted_at_ms: u64,
 }
 
-/// A queue failure: the database could not be read or written.
-#[derive(Debug, thiserror::Error)]
-#[error("queue: {0}")]
-pub struct QueueError(pub String);
+/// The cause of a failure that came from another library, kept for `source()`.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-impl From<rusqlite::Error> for QueueError {
-    fn from(e: rusqlite::Error) -> Self {
-        QueueError(e.to_string())
+/// Why a queue could not do what was asked. Each variant keeps its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// A file or directory of the data directory could not be created, opened or locked.
+    #[error("queue: cannot {what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process delivers from the data directory.
+    #[error(
+        "queue: the data directory {} is in use by another zdmap process (it holds {}); stop that one first, or give this one another --data-dir",
+        dir.display(),
+        lock.display()
+    )]
+    InUse {
+        dir: std::path::PathBuf,
+        lock: std::path::PathBuf,
+    },
+    /// The database file could not be opened.
+    #[error("queue: cannot open {}: {source}", path.display())]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// SQLite failed.
+    #[error("queue: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// The queue was closed, or its writer stopped.
+    #[error("queue: the queue {0}")]
+    Stopped(&'static str),
+    /// Something stored does not read back (a damaged database or record); says what to do.
+    #[error("queue: {0}")]
+    Damaged(String),
+    /// One failure answered to every write of a group.
+    #[error(transparent)]
+    Shared(std::sync::Arc<QueueError>),
+    /// NATS refused, failed or was not reached; `context` says what was being done.
+    #[error("queue: NATS: {context}{}", source.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]
+    Nats {
+        context: String,
+        #[source]
+        source: Option<Cause>,
+    },
+}
+
+impl QueueError {
+    /// A NATS failure while doing `context`, caused by `source`.
+    pub fn nats(context: impl Into<String>, source: impl Into<Cause>) -> QueueError {
+        QueueError::Nats {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A NATS problem that has no cause of its own (a setting, a missing answer).
+    pub fn nats_says(context: impl Into<String>) -> QueueError {
+        QueueError::Nats {
+            context: context.into(),
+            source: None,
+        }
     }
 }
 

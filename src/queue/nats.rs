@@ -176,7 +176,7 @@ impl Auth {
         let var = |name: &str| {
             env_or_file(name)
                 .map(|v| v.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()))
-                .map_err(|e| QueueError(format!("NATS: {e}")))
+                .map_err(|e| QueueError::nats("cannot read its credentials", e))
         };
         let creds = std::env::var(NATS_CREDS).ok().filter(|p| !p.is_empty());
         match (
@@ -189,8 +189,8 @@ impl Auth {
             (Some(user), Some(password), None, None) => Ok(Auth::UserPassword(user, password)),
             (None, None, Some(token), None) => Ok(Auth::Token(token)),
             (None, None, None, None) => Ok(Auth::None),
-            _ => Err(QueueError(format!(
-                "NATS: set {NATS_USER} and {NATS_PASSWORD}, or {NATS_TOKEN}, or {NATS_CREDS}: one way to log in"
+            _ => Err(QueueError::nats_says(format!(
+                "set {NATS_USER} and {NATS_PASSWORD}, or {NATS_TOKEN}, or {NATS_CREDS}: one way to log in"
             ))),
         }
     }
@@ -208,7 +208,7 @@ impl Auth {
             Auth::CredsFile(path) => options
                 .credentials_file(path)
                 .await
-                .map_err(|e| QueueError(format!("NATS: cannot read {NATS_CREDS} ({path}): {e}")))?,
+                .map_err(|e| QueueError::nats(format!("cannot read {NATS_CREDS} ({path})"), e))?,
         })
     }
 }
@@ -223,15 +223,14 @@ pub async fn connect(options: &NatsOptions) -> Result<async_nats::Client, QueueE
     use async_nats::ConnectErrorKind as Kind;
     let auth = Auth::from_env()?;
     if options.servers.is_empty() {
-        return Err(QueueError("NATS: no server address given".into()));
+        return Err(QueueError::nats_says("no server address given"));
     }
     let servers: Vec<async_nats::ServerAddr> = options
         .servers
         .iter()
         .map(|s| {
-            s.parse().map_err(|e| {
-                QueueError(format!("NATS: {:?} is not a server address: {e}", shown(s)))
-            })
+            s.parse()
+                .map_err(|e| QueueError::nats(format!("{:?} is not a server address", shown(s)), e))
         })
         .collect::<Result<_, _>>()?;
     let list = shown_list(&options.servers);
@@ -245,18 +244,19 @@ pub async fn connect(options: &NatsOptions) -> Result<async_nats::Client, QueueE
                     Kind::Authentication | Kind::AuthorizationViolation
                 ) =>
             {
-                return Err(QueueError(format!(
-                    "NATS ({list}) refused the login: {e}; check {NATS_USER}/{NATS_PASSWORD}, {NATS_TOKEN} or {NATS_CREDS}"
+                return Err(QueueError::nats_says(format!(
+                    "{list} refused the login ({e}); check {NATS_USER}/{NATS_PASSWORD}, {NATS_TOKEN} or {NATS_CREDS}"
                 )));
             }
             Err(e) if matches!(e.kind(), Kind::ServerParse | Kind::Tls) => {
-                return Err(QueueError(format!("NATS ({list}): {e}")));
+                return Err(QueueError::nats(list, e));
             }
             Err(e) => {
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(QueueError(format!(
-                        "NATS: no server of {list} answered within a minute: {e}"
-                    )));
+                    return Err(QueueError::nats(
+                        format!("no server of {list} answered within a minute"),
+                        e,
+                    ));
                 }
                 tracing::warn!(servers = %list, error = %e, "waiting for NATS");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -289,8 +289,8 @@ impl std::fmt::Debug for Layout {
     }
 }
 
-fn nats_error(what: &str) -> impl Fn(&dyn std::fmt::Display) -> QueueError + '_ {
-    move |e| QueueError(format!("NATS: {what}: {e}"))
+fn nats_error<E: Into<super::Cause>>(what: &str) -> impl Fn(E) -> QueueError + '_ {
+    move |e| QueueError::nats(what, e)
 }
 
 impl Layout {
@@ -379,8 +379,8 @@ impl Layout {
         js: jetstream::Context,
     ) -> Result<Layout, QueueError> {
         let missing = |what: &str| {
-            QueueError(format!(
-                "NATS: no zdmap queue there ({what} is missing): `zdmap serve --queue` creates it"
+            QueueError::nats_says(format!(
+                "no zdmap queue there ({what} is missing): `zdmap serve --queue` creates it"
             ))
         };
         let events = js
@@ -467,14 +467,14 @@ impl Layout {
                 self.js
                     .publish_with_headers(subject, headers, payload.into())
                     .await
-                    .map_err(|e| nats_error("cannot store an event")(&e))?,
+                    .map_err(nats_error("cannot store an event"))?,
             );
         }
         let mut duplicates = 0;
         for ack in acks {
             let ack = ack
                 .await
-                .map_err(|e| nats_error("an event was not acknowledged")(&e))?;
+                .map_err(nats_error("an event was not acknowledged"))?;
             if ack.duplicate {
                 duplicates += 1;
             }
@@ -490,12 +490,12 @@ impl Layout {
                 self.js
                     .publish(DEAD_LETTERS_SUBJECT, letter.to_line().into_bytes().into())
                     .await
-                    .map_err(|e| nats_error("cannot store a dead letter")(&e))?,
+                    .map_err(nats_error("cannot store a dead letter"))?,
             );
         }
         for ack in acks {
             ack.await
-                .map_err(|e| nats_error("a dead letter was not acknowledged")(&e))?;
+                .map_err(nats_error("a dead letter was not acknowledged"))?;
         }
         Ok(())
     }
@@ -511,7 +511,7 @@ async fn ensure_stream(
             let info = existing
                 .info()
                 .await
-                .map_err(|e| nats_error("cannot read a stream")(&e))?;
+                .map_err(nats_error("cannot read a stream"))?;
             if info.config.duplicate_window != config.duplicate_window
                 && info.config.retention == stream::RetentionPolicy::WorkQueue
             {
@@ -519,12 +519,12 @@ async fn ensure_stream(
                 updated.duplicate_window = config.duplicate_window;
                 js.update_stream(updated)
                     .await
-                    .map_err(|e| nats_error("cannot change the duplicate window")(&e))?;
+                    .map_err(nats_error("cannot change the duplicate window"))?;
             }
             Ok(existing)
         }
         Err(_) => js.get_or_create_stream(config).await.map_err(|e| {
-            nats_error("cannot create the streams (is JetStream enabled: nats-server -js?)")(&e)
+            nats_error("cannot create the streams (is JetStream enabled: nats-server -js?)")(e)
         }),
     }
 }
@@ -568,7 +568,7 @@ async fn ensure_bucket(js: &jetstream::Context, bucket: Bucket) -> Result<kv::St
     let created = js.get_or_create_stream(stream).await;
     js.get_key_value(bucket.name).await.map_err(|e| {
         let why = created.err().map_or(e.to_string(), |c| c.to_string());
-        nats_error("cannot create a key-value bucket")(&why)
+        nats_error("cannot create a key-value bucket")(why)
     })
 }
 
@@ -597,7 +597,7 @@ async fn shared_partitions(settings: &kv::Store, wanted: u32) -> Result<u32, Que
             .ok()
             .flatten()
             .and_then(|v| stored(&v))
-            .ok_or_else(|| QueueError("NATS: cannot read the partition count".into())),
+            .ok_or_else(|| QueueError::nats_says("cannot read the partition count")),
     }
 }
 
@@ -1017,7 +1017,7 @@ impl Queue for NatsQueue {
             .get_info()
             .await
             .map(|info| info.state.messages)
-            .map_err(|e| nats_error("cannot read the events stream")(&e))
+            .map_err(nats_error("cannot read the events stream"))
     }
 
     async fn changed(&self, max_wait: Duration) {

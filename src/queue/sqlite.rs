@@ -92,15 +92,16 @@ const TRIM_EVERY: u64 = 4096;
 
 /// Opens (creating) the database of `data_dir` with the settings every connection needs.
 fn open_connection(data_dir: &Path) -> Result<Connection, QueueError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| {
-        QueueError(format!(
-            "cannot create the data directory {}: {e}",
-            data_dir.display()
-        ))
+    std::fs::create_dir_all(data_dir).map_err(|source| QueueError::Io {
+        what: "create the data directory",
+        path: data_dir.to_path_buf(),
+        source,
     })?;
     let path = data_dir.join(DATABASE_FILE);
-    let conn = Connection::open(&path)
-        .map_err(|e| QueueError(format!("cannot open {}: {e}", path.display())))?;
+    let conn = Connection::open(&path).map_err(|source| QueueError::Open {
+        path: path.clone(),
+        source,
+    })?;
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: a commit is on disk before the ingest API answers, even across a power cut.
@@ -297,7 +298,11 @@ impl SqliteQueue {
         let thread = std::thread::Builder::new()
             .name("zdmap-queue-writer".into())
             .spawn(move || write_loop(&mut writer_conn, &rx, &notify, &problem))
-            .map_err(|e| QueueError(format!("cannot start the queue writer: {e}")))?;
+            .map_err(|source| QueueError::Io {
+                what: "start the writer thread of",
+                path: data_dir.join(DATABASE_FILE),
+                source,
+            })?;
         Ok(SqliteQueue {
             path: data_dir.join(DATABASE_FILE),
             writer: Mutex::new(Some(tx)),
@@ -338,11 +343,11 @@ impl SqliteQueue {
     fn send(&self, command: Command) -> Result<(), QueueError> {
         let writer = lock(&self.writer);
         let Some(writer) = writer.as_ref() else {
-            return Err(QueueError("the queue is closed".into()));
+            return Err(QueueError::Stopped("is closed"));
         };
         writer
             .send(command)
-            .map_err(|_| QueueError("the queue writer stopped".into()))
+            .map_err(|_| QueueError::Stopped("writer stopped"))
     }
 
     async fn read<T: Send + 'static>(
@@ -352,7 +357,7 @@ impl SqliteQueue {
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || f(&lock(&reader)))
             .await
-            .map_err(|e| QueueError(format!("queue read: {e}")))?
+            .map_err(|_| QueueError::Stopped("reader stopped"))?
     }
 }
 
@@ -405,7 +410,7 @@ fn check_integrity(path: &Path) -> Result<(), QueueError> {
         return Ok(());
     }
     let damaged = |detail: String| {
-        QueueError(format!(
+        QueueError::Damaged(format!(
             "the queue database {} is damaged ({detail}); zdmap will not start on it, since it \
              could take events and never deliver them: move the file aside (`sqlite3 FILE \
              .recover` saves what can still be read) and start again",
@@ -413,7 +418,10 @@ fn check_integrity(path: &Path) -> Result<(), QueueError> {
         ))
     };
     let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .map_err(|e| QueueError(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|source| QueueError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let problems = conn
         .prepare("PRAGMA quick_check(5)")
         .and_then(|mut stmt| {
@@ -498,9 +506,9 @@ fn write_loop(
     }
     // Closing: one last try for what is still unsettled.
     if !unsettled.is_empty() {
-        let result = apply_all(conn, &unsettled).map_err(|e| e.0);
+        let result = apply_all(conn, &unsettled).map_err(std::sync::Arc::new);
         for c in unsettled {
-            c.reply(result.clone().map_err(QueueError));
+            c.reply(result.clone().map_err(QueueError::Shared));
         }
     }
 }
@@ -578,7 +586,7 @@ impl Queue for SqliteQueue {
         })?;
         answer
             .await
-            .map_err(|_| QueueError("the queue writer stopped".into()))?
+            .map_err(|_| QueueError::Stopped("writer stopped"))?
     }
 
     async fn fetch(&self, after: u64, limit: usize) -> Result<Vec<Item>, QueueError> {
@@ -623,7 +631,7 @@ impl Queue for SqliteQueue {
             })?;
             answer
                 .await
-                .map_err(|_| QueueError("the queue writer stopped".into()))??;
+                .map_err(|_| QueueError::Stopped("writer stopped"))??;
         }
         Ok(items)
     }
@@ -890,9 +898,10 @@ fn selected_ids(conn: &Connection, which: &Selection) -> Result<Vec<u64>, QueueE
 
 fn stored(id: i64, record: &str) -> Result<StoredDeadLetter, QueueError> {
     let value: Value = serde_json::from_str(record)
-        .map_err(|e| QueueError(format!("dead letter {id} is damaged: {e}")))?;
-    let letter = DeadLetter::parse(&value)
-        .ok_or_else(|| QueueError(format!("dead letter {id} is not a dead-letter record")))?;
+        .map_err(|e| QueueError::Damaged(format!("dead letter {id} is damaged: {e}")))?;
+    let letter = DeadLetter::parse(&value).ok_or_else(|| {
+        QueueError::Damaged(format!("dead letter {id} is not a dead-letter record"))
+    })?;
     Ok(StoredDeadLetter {
         id: id as u64,
         letter,

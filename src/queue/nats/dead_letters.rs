@@ -34,7 +34,7 @@ impl NatsDeadLetters {
             .dead_letters
             .get_info()
             .await
-            .map_err(|e| QueueError(format!("NATS: cannot read the dead letters: {e}")))?;
+            .map_err(|e| QueueError::nats("cannot read the dead letters", e))?;
         Ok((info.state.messages > 0)
             .then_some((info.state.first_sequence, info.state.last_sequence)))
     }
@@ -42,10 +42,11 @@ impl NatsDeadLetters {
     async fn read(&self, id: u64) -> Result<Option<StoredDeadLetter>, QueueError> {
         match self.layout.dead_letters.get_raw_message(id).await {
             Ok(message) => {
-                let value: Value = serde_json::from_slice(&message.payload)
-                    .map_err(|e| QueueError(format!("dead letter {id} is damaged: {e}")))?;
+                let value: Value = serde_json::from_slice(&message.payload).map_err(|e| {
+                    QueueError::Damaged(format!("dead letter {id} is damaged: {e}"))
+                })?;
                 let letter = DeadLetter::parse(&value).ok_or_else(|| {
-                    QueueError(format!("dead letter {id} is not a dead-letter record"))
+                    QueueError::Damaged(format!("dead letter {id} is not a dead-letter record"))
                 })?;
                 Ok(Some(StoredDeadLetter { id, letter }))
             }
@@ -55,9 +56,7 @@ impl NatsDeadLetters {
             {
                 Ok(None)
             }
-            Err(e) => Err(QueueError(format!(
-                "NATS: cannot read dead letter {id}: {e}"
-            ))),
+            Err(e) => Err(QueueError::nats(format!("cannot read dead letter {id}"), e)),
         }
     }
 
@@ -88,7 +87,7 @@ impl NatsDeadLetters {
             .delete_message(id)
             .await
             .map(drop)
-            .map_err(|e| QueueError(format!("NATS: cannot delete dead letter {id}: {e}")))
+            .map_err(|e| QueueError::nats(format!("cannot delete dead letter {id}"), e))
     }
 }
 
@@ -103,7 +102,7 @@ impl DeadLetters for NatsDeadLetters {
             .dead_letters
             .get_info()
             .await
-            .map_err(|e| QueueError(format!("NATS: cannot read the dead letters: {e}")))?
+            .map_err(|e| QueueError::nats("cannot read the dead letters", e))?
             .state
             .messages)
     }
