@@ -1,9 +1,9 @@
 //! The destination's request budget, shared by every worker: one [`Budget`] per destination.
 //!
 //! Three brakes, checked by [`Budget::acquire`] before every request:
-//! 1. **Per-minute quota** (governor): the account's plan figure (zendesk-api.md §3). Up to a
-//!    sixth of a minute's requests may go in a burst; after that requests are spaced evenly.
-//!    `None` or `0` means unlimited.
+//! 1. **Per-minute quota** (governor): the account's plan figure
+//!    (docs/zendesk.md, "Rate limits"). Up to a sixth of a minute's requests may go in a burst;
+//!    after that requests are spaced evenly. `None` or `0` means unlimited.
 //! 2. **Pause** ([`Budget::pause_until`]): after a 429 with `Retry-After` every worker waits, not
 //!    only the one that got the 429. Pauses only ever extend.
 //! 3. **Pacing from response headers** ([`Budget::observe`]): when Zendesk reports few requests

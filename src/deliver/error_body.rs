@@ -1,5 +1,5 @@
-//! Reading Zendesk's error bodies: four incompatible envelopes (zendesk-api.md §0.1) into one
-//! [`ZendeskError`] with a machine code and a readable message.
+//! Reading Zendesk's error bodies. Four incompatible envelopes (docs/zendesk.md, "Error bodies")
+//! become one [`ZendeskError`] with a machine code and a readable message.
 //!
 //! | Envelope | `error` | `details` | `message` |
 //! |---|---|---|---|
@@ -8,7 +8,9 @@
 //! | `{"error":"Couldn't authenticate you"}` (text, not a code) | | | the text |
 //! | `{"error":{"title":"Forbidden","message":".."}}` | `Forbidden` | | message |
 //! | `{"errors":[{"code":"TooManyRequests","title":".."}]}` | first `code` | later codes | titles |
-//! | a job's failed item `{"index":0,"success":false,"error":"RecordInvalid","details":".."}` (§2.7) | `RecordInvalid` | | details |
+//! | a job's failed item `{"index":0,"success":false,"error":"RecordInvalid","details":".."}` | `RecordInvalid` | | details |
+//!
+//! The last row is a bulk job's failed item (docs/zendesk.md, "Bulk writes and job statuses").
 //!
 //! [`ZendeskError::code`] is the **most specific** code: the first detail code when there is one
 //! (`DuplicateValue` says more than `RecordInvalid`), else the top-level code. Both are kept, so

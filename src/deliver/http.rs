@@ -55,7 +55,8 @@ pub struct ResponseHeaders {
     pub ratelimit_remaining: Option<u32>,
     /// `ratelimit-reset`: time until the window resets.
     pub ratelimit_reset: Option<Duration>,
-    /// `x-idempotency-lookup`: `miss` or `hit` when an `Idempotency-Key` was sent (§2.4.1).
+    /// `x-idempotency-lookup`: `miss` or `hit` when an `Idempotency-Key` was sent
+    /// (docs/zendesk.md, "Tickets").
     pub idempotency_lookup: Option<String>,
     /// `Location`.
     pub location: Option<String>,

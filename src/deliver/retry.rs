@@ -20,9 +20,9 @@
 //! Nothing here sleeps between attempts: the delivery scheduler sets a key aside for the wait
 //! and lets other keys use the slot (see [`super::schedule`]).
 //!
-//! Retrying a `POST` after a timeout may repeat a write the server already did; ticket creation
-//! is made safe by the mapping's `Idempotency-Key` header (zendesk-api.md §2.4.1), which every
-//! attempt carries unchanged; the `*create_or_update` endpoints are idempotent by nature.
+//! Retrying a `POST` after a timeout may repeat a write the server already did. Ticket creation
+//! is made safe by the mapping's `Idempotency-Key` header, which every attempt carries unchanged
+//! (docs/zendesk.md, "Tickets"). The `*create_or_update` endpoints are idempotent by nature.
 
 use std::time::Duration;
 

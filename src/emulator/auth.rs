@@ -1,7 +1,8 @@
-//! Authentication as Zendesk does it (zendesk-api.md §1): `Authorization: Basic
-//! base64("{email}/token:{api_token}")` or `Authorization: Bearer {oauth_token}`. Anything else is
-//! 401 `{"error":"Couldn't authenticate you"}`. By default any well-formed credentials pass; when
-//! an API token or OAuth token is configured, or an OAuth client is registered, only those pass.
+//! Authentication as Zendesk does it (docs/zendesk.md, "Authentication"). Zendesk takes
+//! `Authorization: Basic base64("{email}/token:{api_token}")` or `Authorization: Bearer
+//! {oauth_token}`. Anything else is 401 `{"error":"Couldn't authenticate you"}`. By default any
+//! well-formed credentials pass. When an API token or OAuth token is configured, or an OAuth
+//! client is registered, only those pass.
 //! Bearer tokens the emulator issued itself are judged by `oauth` before this policy is asked.
 //! Tokens are held in [`Secret`], whose `Debug` and serialized form never show them, and
 //! compared in constant time.

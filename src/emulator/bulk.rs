@@ -1,8 +1,9 @@
-//! The bulk writes (zendesk-api.md §2.1–§2.4): `users/create_or_update_many` (403 unless bulk
-//! user imports are on), `organizations/create_many`, `organizations/update_many` (`?ids=` or
-//! `?external_ids=` with one `organization` change, or a batch of `organizations` each with its
-//! `id`), `organization_memberships/create_many`, `tickets/update_many` (`?ids=` with one
-//! `ticket` change, or a batch of `tickets` each with its `id`).
+//! The bulk writes (docs/zendesk.md, "Bulk writes and job statuses"):
+//! `users/create_or_update_many` (403 unless bulk user imports are on),
+//! `organizations/create_many`, `organizations/update_many` (`?ids=` or `?external_ids=` with one
+//! `organization` change, or a batch of `organizations` each with its `id`),
+//! `organization_memberships/create_many`, `tickets/update_many` (`?ids=` with one `ticket`
+//! change, or a batch of `tickets` each with its `id`).
 //!
 //! Each takes at most 100 items and answers with a job status (see `jobs`). When the job runs,
 //! its items apply in order through the same function as the single endpoint (so the same rules

@@ -1,5 +1,6 @@
-//! Replies and Zendesk's error envelopes (zendesk-api.md §0.1). Zendesk uses several incompatible
-//! shapes; each constructor here produces one of them, so handlers never write error JSON by hand:
+//! Replies and Zendesk's error envelopes (docs/zendesk.md, "Error bodies"). Zendesk uses several
+//! incompatible shapes. Each constructor here produces one of them, so handlers never write error
+//! JSON by hand:
 //!
 //! - `{"error":"RecordInvalid","description":"Record validation errors","details":{field:[{description,error}]}}` (422)
 //! - `{"error":"RecordNotFound","description":"Not found"}` / `InvalidEndpoint` (404)

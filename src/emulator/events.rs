@@ -1,4 +1,4 @@
-//! Sunshine profile events (zendesk-api.md §2.6): `POST users/{id}/events` and
+//! Sunshine profile events (docs/zendesk.md, "User events"). `POST users/{id}/events` and
 //! `POST user_profiles/events` answer 202 `{"profile_id","status":"received","user_id":"<string>"}`.
 //! Both require `profile.source`, `profile.type`, at least one identifier, `event.source`,
 //! `event.type` and an object `event.properties`; the source `zendesk` is reserved. The

@@ -1,7 +1,8 @@
-//! Custom user fields and organization fields (zendesk-api.md §2.5): list, show, create (key
-//! rule `^(?![0-9]+$)[A-Za-z0-9_]+$`, 422 `DuplicateValue` on a taken key), and the filtering and
-//! type checking of `user_fields` / `organization_fields` values on records: keys with no
-//! defined field are dropped, values of the wrong type give 422 `InvalidValue` under `base`.
+//! Custom user and organization fields (docs/zendesk.md, "Custom user and organization fields"):
+//! list, show, create (key rule `^(?![0-9]+$)[A-Za-z0-9_]+$`, 422 `DuplicateValue` on a taken
+//! key), and the filtering and type checking of `user_fields` / `organization_fields` values on
+//! records. Keys with no defined field are dropped. Values of the wrong type give 422
+//! `InvalidValue` under `base`.
 
 use serde_json::{Map, Value, json};
 

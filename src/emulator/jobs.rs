@@ -1,9 +1,9 @@
-//! Job statuses (zendesk-api.md §2.7, §3): every bulk write is a job that is `queued`, then
-//! `working`, then applies its items in order and ends `completed` with one result per item, or
-//! `failed` as a whole (applying nothing). Time is the emulator's clock: a job ends
-//! `job_delay_ms` after it was submitted, and due jobs run, in submission order, before the next
-//! request is handled (or the state is inspected). At most `job_limit` jobs (Zendesk: 30) may be
-//! queued or working; beyond that a bulk request answers `job_limit_status`. Ended jobs are
+//! Job statuses (docs/zendesk.md, "Bulk writes and job statuses"). Every bulk write is a job that
+//! is `queued`, then `working`, then applies its items in order. It ends `completed` with one
+//! result per item, or `failed` as a whole (applying nothing). Time is the emulator's clock. A job
+//! ends `job_delay_ms` after it was submitted, and due jobs run, in submission order, before the
+//! next request is handled (or the state is inspected). At most `job_limit` jobs (Zendesk: 30) may
+//! be queued or working; beyond that a bulk request answers `job_limit_status`. Ended jobs are
 //! forgotten an hour later (404 `RecordNotFound` then, as at Zendesk).
 //!
 //! Routes: `GET job_statuses` (the last 100 jobs: those queued or working first, newest first,
@@ -106,8 +106,8 @@ pub(crate) fn submit(w: &mut World, kind: JobKind, items: Vec<BulkItem>) -> ApiR
     Ok(Reply::ok(body))
 }
 
-/// The answer beyond the job limit (zendesk-api.md §3: 429 by most reports, 403 / 422
-/// `TooManyJobs` by others).
+/// The answer beyond the job limit. Most reports say 429, others 403 / 422 `TooManyJobs`
+/// (docs/zendesk.md, "Bulk writes and job statuses").
 fn too_many_jobs(status: u16, next_end: Duration, limit: u32) -> ApiError {
     let title = format!("Too many jobs: at most {limit} may be queued or running at once");
     if status == 429 {

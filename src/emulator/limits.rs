@@ -1,4 +1,4 @@
-//! Rate limits, injected faults and latency (zendesk-api.md §3).
+//! Rate limits, injected faults and latency (docs/zendesk.md, "Rate limits").
 //!
 //! - The account budget: `rpm` requests per window (a minute by default), reported on every API
 //!   answer as `X-Rate-Limit`, `X-Rate-Limit-Remaining`, `ratelimit-limit`, `ratelimit-remaining`,

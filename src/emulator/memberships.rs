@@ -1,7 +1,8 @@
-//! Organization memberships (zendesk-api.md §2.3): create (422 `DuplicateValue` when already a
-//! member; the user's first membership is the default), show, list (account, per user with the
-//! default first then by organization name, per organization), delete by id, by user and
-//! membership, and by user and organization (204; 404 when absent), make default.
+//! Organization memberships (docs/zendesk.md, "Organization memberships"): create (422
+//! `DuplicateValue` when already a member; the user's first membership is the default), show,
+//! list (account, per user with the default first then by organization name, per organization),
+//! delete by id, by user and membership, and by user and organization (204; 404 when absent),
+//! make default.
 //!
 //! Removing a membership clears `organization_id` on that user's tickets in that organization,
 //! and promotes another membership to default when the default goes.

@@ -1,9 +1,10 @@
 //! `zdmap emulator`: a stateful, in-memory Zendesk Support API for tests and local work.
 //!
-//! It behaves like Zendesk where zdmap can notice (zendesk-api.md §7): upserts with 201/200,
-//! Zendesk's error envelopes, per-minute budgets and endpoint limits with their headers, closed
-//! tickets, idempotency keys, the Sunshine events API, bulk writes answered with job statuses. Start it from the CLI
-//! (`zdmap emulator --listen 127.0.0.1:8089`) or in-process from a test:
+//! It behaves like Zendesk where zdmap can notice (docs/zendesk.md, "What the emulator models"):
+//! upserts with 201/200, Zendesk's error envelopes, per-minute budgets and endpoint limits with
+//! their headers, closed tickets, idempotency keys, the Sunshine events API, bulk writes answered
+//! with job statuses. Start it from the CLI (`zdmap emulator --listen 127.0.0.1:8089`) or
+//! in-process from a test:
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {

@@ -1,8 +1,8 @@
-//! Organizations (zendesk-api.md §2.2): `create_or_update` matched by id or external_id
-//! (case-insensitive; name is not a matching key), create, update, show, `show_many`, search by
-//! `external_id` or `name`. Names are unique after trimming, case-insensitively (422
-//! `DuplicateValue`); `domain_names` and `tags` are replaced, `organization_fields` merged per key
-//! and filtered to defined fields.
+//! Organizations (docs/zendesk.md, "Organizations"): `create_or_update` matched by id or
+//! external_id (case-insensitive; name is not a matching key), create, update, show, `show_many`,
+//! search by `external_id` or `name`. Names are unique after trimming, case-insensitively (422
+//! `DuplicateValue`). `domain_names` and `tags` are replaced; `organization_fields` are merged per
+//! key and filtered to defined fields.
 
 use serde_json::{Map, Value, json};
 

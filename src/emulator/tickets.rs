@@ -1,4 +1,4 @@
-//! Tickets (zendesk-api.md §2.4): create (comment required; a `requester` object finds or
+//! Tickets (docs/zendesk.md, "Tickets"): create (comment required; a `requester` object finds or
 //! creates the user; `external_id` is not unique; `Idempotency-Key` replays with
 //! `x-idempotency-lookup: hit`), update (appends comments, answers an audit, 422 on closed
 //! tickets, `safe_update` 409, 30 updates per ticket per 10 minutes then 429), show, list (with

@@ -1,10 +1,10 @@
-//! Users and their identities (zendesk-api.md §2.1): `create_or_update` matched by external_id or
-//! email (case-insensitive, 201 vs 200, `Location`, the per-user limit), create, update, show,
-//! `show_many`, `search`, `users/me`, identities, merge (end users only) and delete. [`upsert`] is also what each item of
-//! `create_or_update_many` goes through (see `bulk`).
+//! Users and their identities (docs/zendesk.md, "Users"): `create_or_update` matched by
+//! external_id or email (case-insensitive, 201 vs 200, `Location`, the per-user limit), create,
+//! update, show, `show_many`, `search`, `users/me`, identities, merge (end users only) and
+//! delete. [`upsert`] is also what each item of `create_or_update_many` goes through (see `bulk`).
 //!
-//! Email rule: the primary email is writable on create only; on update a new email becomes a
-//! secondary identity.
+//! The primary email is writable on create only. On update, a new email becomes a secondary
+//! identity.
 
 use std::time::Duration;
 
