@@ -159,7 +159,7 @@ impl Event {
     /// The keys of [`Event::ordering_keys`] that events in different partitions of a queue
     /// share (the organization of a `group` call: its calls come from many users), so that a
     /// queue shared by several processes holds them across processes
-    /// ([`crate::deliver::holds`]).
+    /// (see `deliver::holds`).
     pub fn shared_keys(&self) -> Vec<String> {
         self.ordering_keys()
             .into_iter()

@@ -12,7 +12,6 @@ use crate::spec::{EntriesSpec, EntryValues, FieldDef, FieldSpec, KeyCase, ValueT
 use crate::template::{Scope, Templates, Text, snake_case};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
-use std::sync::Arc;
 
 /// A compiled field.
 #[derive(Debug)]
@@ -40,46 +39,6 @@ struct Entries {
     except: HashSet<String>,
     key_case: KeyCase,
     values: EntryValues,
-}
-
-/// The values of one action's fields for one event, beside the fields' names (in the order the
-/// action declares them). A field without a value is there, as `None`.
-#[derive(Clone, Debug)]
-pub struct FieldValues {
-    names: Arc<[String]>,
-    values: Vec<Option<Value>>,
-}
-
-impl FieldValues {
-    /// The fields `names`, none with a value yet.
-    pub fn new(names: Arc<[String]>) -> FieldValues {
-        FieldValues {
-            values: vec![None; names.len()],
-            names,
-        }
-    }
-
-    /// Gives the field at `index` (in the order of the names) its value.
-    pub fn set(&mut self, index: usize, value: Value) {
-        if let Some(slot) = self.values.get_mut(index) {
-            *slot = Some(value);
-        }
-    }
-
-    /// Where the field `name` is; `None` when there is no such field.
-    pub fn position(&self, name: &str) -> Option<usize> {
-        self.names.iter().position(|n| n == name)
-    }
-
-    /// The value of the field at `index`, if it has one.
-    pub fn value_at(&self, index: usize) -> Option<&Value> {
-        self.values.get(index)?.as_ref()
-    }
-
-    /// `None`: no field of that name. `Some(None)`: the field has no value for this event.
-    pub fn get(&self, name: &str) -> Option<Option<&Value>> {
-        self.position(name).map(|i| self.value_at(i))
-    }
 }
 
 /// A field that could not be given a value for one event.

@@ -818,3 +818,23 @@ pub struct ExpectedError {
     pub action: Option<String>,
     pub contains: String,
 }
+
+/// Whether `c` is in a character class like `a-z0-9_`.
+pub fn char_allowed(class: &str, c: char) -> bool {
+    let chars: Vec<char> = class.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if i + 2 < chars.len() && chars[i + 1] == '-' {
+            if (chars[i]..=chars[i + 2]).contains(&c) {
+                return true;
+            }
+            i += 3;
+        } else {
+            if chars[i] == c {
+                return true;
+            }
+            i += 1;
+        }
+    }
+    false
+}

@@ -6,6 +6,8 @@
 //! `after` references and cycles, names used in templates, resolvers used by steps. Every problem
 //! is collected as a located [`Diagnostic`]; a directory with any problem does not load.
 
+mod planning;
+
 pub use crate::diagnostic::{Diagnostic, Diagnostics, Format, Problems};
 
 use crate::diagnostic::suggest;
@@ -15,6 +17,7 @@ use crate::plan::batch::JobsForm;
 use crate::plan::outcome::Outcomes;
 use crate::plan::resolver::Resolver;
 use crate::plan::{Action, Step};
+use crate::spec::char_allowed;
 use crate::spec::{ActionSpec, AuthSpec, DestinationSpec, RetriesSpec, SettingSpec, SettingType};
 use crate::template::{RESERVED, Templates, Text};
 use crate::trigger::Trigger;
@@ -463,26 +466,6 @@ fn check_setting(s: &SettingSpec, v: &Value) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Whether `c` is in a character class like `a-z0-9_`.
-pub(crate) fn char_allowed(class: &str, c: char) -> bool {
-    let chars: Vec<char> = class.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        if i + 2 < chars.len() && chars[i + 1] == '-' {
-            if (chars[i]..=chars[i + 2]).contains(&c) {
-                return true;
-            }
-            i += 3;
-        } else {
-            if chars[i] == c {
-                return true;
-            }
-            i += 1;
-        }
-    }
-    false
 }
 
 fn compile_action(

@@ -11,7 +11,7 @@
 //!
 //! [`OneProcess`] is the hold of a process that delivers alone (`zdmap send`, `zdmap serve` on
 //! SQLite): every key is held at once, without I/O. The NATS queue keeps holds in JetStream
-//! ([`crate::queue::nats::holds`]).
+//! (`queue::nats::holds`).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -8,7 +8,7 @@
 //! (set by `zdmap serve`), else `sentAt`; an event with none is never held back nor recorded.
 //!
 //! [`MemoryClock`] keeps the times in memory (`zdmap send`); a durable queue keeps them on disk
-//! for `zdmap serve` ([`crate::queue::SqliteQueue`] implements the trait). Both are bounded:
+//! for `zdmap serve` (the SQLite queue implements the trait). Both are bounded:
 //! past their capacity the least recently changed entity is forgotten.
 
 use crate::sync::lock;

@@ -6,7 +6,7 @@
 //! the step would have had for its single request. A [`JobsForm`] says how the job a bulk
 //! request starts is polled, when it is done or failed, where its results are, and how the
 //! recent jobs are listed (to wait for those pending before a write is read back). Delivery
-//! ([`crate::deliver::batch`]) collects, sends and polls; this module only compiles, checks and
+//! (`deliver::batch`) collects, sends and polls; this module only compiles, checks and
 //! reads.
 
 use crate::diagnostic::Problems;

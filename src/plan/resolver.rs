@@ -7,11 +7,11 @@
 //! is; a key that does not fit is an error for the event. Delivery tries the keys a template gave
 //! in the resolver's order and caches answers; this module only compiles, checks and renders.
 
-use crate::config::char_allowed;
 use crate::diagnostic::Problems;
 use crate::path::JsonPath;
 use crate::plan::step::RequestTemplate;
 use crate::request::Request;
+use crate::spec::char_allowed;
 use crate::spec::{CacheSpec, KeySpec, KeyType, ResolverSpec};
 use crate::template::{RenderError, Scope, Templates};
 use serde_json::Value;

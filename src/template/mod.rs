@@ -13,12 +13,13 @@
 //! lookup's answer, an earlier step's output) are [`Lookups`] and step outputs: when they are not
 //! known yet, a placeholder stands in for them and the renderer reports what is needed.
 
+mod fields;
 mod native;
 mod repeat;
 
 use crate::diagnostic::Problems;
 use crate::event::member;
-use crate::field::FieldValues;
+pub use fields::FieldValues;
 use indexmap::IndexMap;
 use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, Value as Mj};
 use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior};
