@@ -134,43 +134,113 @@ impl Event {
         self.value.get(key).and_then(Value::as_str)
     }
 
-    /// The entity keys that order delivery: events that share a key are delivered in order,
-    /// one at a time; events with no key in common go in parallel.
+    /// The keys that order delivery: events that share a key are delivered in order, one at
+    /// a time; events with no key in common go in parallel.
     ///
     /// A call is keyed by its user: `userId`, else `anonymousId`. A `group` call is keyed by its
     /// organization (`groupId`) too, so the group calls of one organization go in order whoever
     /// sends them, and one with a `userId` (which adds that user to the organization) is ordered
     /// with that user's events as well.
-    pub fn ordering_keys(&self) -> Vec<String> {
+    pub fn ordering_keys(&self) -> Vec<OrderingKey> {
         let non_empty = |k: &str| match self.value.get(k) {
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
             _ => None,
         };
         let user = non_empty("userId")
-            .map(|u| format!("user:{u}"))
-            .or_else(|| non_empty("anonymousId").map(|a| format!("anon:{a}")));
+            .map(|u| OrderingKey::new(KeyKind::User, &u))
+            .or_else(|| non_empty("anonymousId").map(|a| OrderingKey::new(KeyKind::Anonymous, &a)));
         let group = (self.kind() == "group")
-            .then(|| non_empty("groupId").map(|g| format!("group:{g}")))
+            .then(|| non_empty("groupId").map(|g| OrderingKey::new(KeyKind::Group, &g)))
             .flatten();
         user.into_iter().chain(group).collect()
     }
 
     /// The keys of [`Event::ordering_keys`] that events in different partitions of a queue
     /// share (the organization of a `group` call: its calls come from many users), so that a
-    /// queue shared by several processes holds them across processes
-    /// (see `deliver::holds`).
+    /// queue shared by several processes holds them across processes (see `deliver::holds`).
     pub fn shared_keys(&self) -> Vec<String> {
         self.ordering_keys()
             .into_iter()
-            .filter(|k| k.starts_with("group:"))
+            .filter(|k| k.kind() == KeyKind::Group)
+            .map(|k| k.to_string())
             .collect()
     }
 
-    /// The first of [`Event::ordering_keys`] (the user, else the organization): the key a
+    /// The first of [`Event::ordering_keys`] (the user, else the organization), as the text a
     /// queue partitions by.
     pub fn partition_key(&self) -> Option<String> {
-        self.ordering_keys().into_iter().next()
+        self.ordering_keys()
+            .into_iter()
+            .next()
+            .map(|k| k.to_string())
+    }
+}
+
+/// What an [`OrderingKey`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeyKind {
+    /// A `userId`.
+    User,
+    /// An `anonymousId` (a call without a `userId`).
+    Anonymous,
+    /// A `groupId` (an organization).
+    Group,
+}
+
+impl KeyKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            KeyKind::User => "user",
+            KeyKind::Anonymous => "anon",
+            KeyKind::Group => "group",
+        }
+    }
+}
+
+/// A key that orders delivery: a user, an anonymous visitor or an organization. Written
+/// `user:u1`, `anon:a1`, `group:acme` where it is stored or shown. Cheap to clone.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OrderingKey {
+    kind: KeyKind,
+    /// The whole text, `user:u1`.
+    text: std::sync::Arc<str>,
+}
+
+impl OrderingKey {
+    pub fn new(kind: KeyKind, value: &str) -> OrderingKey {
+        OrderingKey {
+            kind,
+            text: format!("{}:{value}", kind.prefix()).into(),
+        }
+    }
+
+    /// `user:u1` → the user `u1`; `None` for text that is not a key.
+    pub fn parse(text: &str) -> Option<OrderingKey> {
+        let (prefix, value) = text.split_once(':')?;
+        let kind = [KeyKind::User, KeyKind::Anonymous, KeyKind::Group]
+            .into_iter()
+            .find(|k| k.prefix() == prefix)?;
+        Some(OrderingKey::new(kind, value))
+    }
+
+    pub fn kind(&self) -> KeyKind {
+        self.kind
+    }
+
+    /// The id it names: `u1` of `user:u1`.
+    pub fn value(&self) -> &str {
+        &self.text[self.kind.prefix().len() + 1..]
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for OrderingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
     }
 }
 
@@ -513,11 +583,23 @@ mod tests {
     fn partition_keys() {
         let e = Event::from_value(json!({"type": "group", "groupId": "g", "userId": "u"})).unwrap();
         assert_eq!(e.partition_key().as_deref(), Some("user:u"));
-        assert_eq!(e.ordering_keys(), ["user:u", "group:g"]);
+        let keys: Vec<String> = e.ordering_keys().iter().map(|k| k.to_string()).collect();
+        assert_eq!(keys, ["user:u", "group:g"]);
+        assert_eq!(e.ordering_keys()[1].kind(), KeyKind::Group);
+        assert_eq!(e.ordering_keys()[1].value(), "g");
         assert_eq!(e.shared_keys(), ["group:g"]);
         let e =
             Event::from_value(json!({"type": "identify", "groupId": "g", "userId": 7})).unwrap();
-        assert_eq!(e.ordering_keys(), ["user:7"]);
+        assert_eq!(e.ordering_keys(), [OrderingKey::new(KeyKind::User, "7")]);
+        assert_eq!(
+            OrderingKey::parse("user:7"),
+            Some(OrderingKey::new(KeyKind::User, "7"))
+        );
+        assert_eq!(
+            OrderingKey::parse("anon:a:b").map(|k| k.value().to_string()),
+            Some("a:b".into())
+        );
+        assert_eq!(OrderingKey::parse("ticket:7"), None);
         assert!(e.shared_keys().is_empty());
         let e = Event::from_value(json!({"type": "group", "groupId": "g"})).unwrap();
         assert_eq!(e.partition_key().as_deref(), Some("group:g"));

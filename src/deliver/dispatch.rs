@@ -120,9 +120,9 @@ pub struct Incoming<T> {
     /// Increasing with arrival.
     pub id: EventId,
     pub delivery: Delivery,
-    pub keys: Vec<String>,
+    pub keys: Vec<Key>,
     /// The keys among `keys` that events in other partitions of a shared queue have too
-    /// ([`crate::event::Event::shared_keys`]): held across processes while it is delivered.
+    /// (`Event::shared_keys`): held across processes while it is delivered.
     pub shared: Vec<String>,
     /// When it was accepted.
     pub since: Instant,
@@ -491,11 +491,7 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
 
     fn admit(&mut self, mut incoming: Incoming<T>) {
         incoming.delivery.batching(self.batcher.is_some());
-        let keys: Vec<Key> = incoming
-            .keys
-            .iter()
-            .map(|k| Key::from(k.as_str()))
-            .collect();
+        let keys = incoming.keys;
         let backoff = incoming.delivery.retry_policy().backoff();
         let mut shared = incoming.shared;
         if self.options.holds.every_key_held() {
@@ -661,7 +657,7 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                     .unwrap_or(LONGEST_HOLD);
                 if rate_limited {
                     tracing::info!(
-                        keys = %self.scheduler.keys(id).join(","),
+                        keys = %self.scheduler.keys(id).iter().map(Key::as_str).collect::<Vec<_>>().join(","),
                         seconds = pause.as_secs_f64(),
                         "a per-key rate limit: these keys wait, the others go on"
                     );

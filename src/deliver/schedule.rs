@@ -28,14 +28,13 @@
 use crate::deliver::LearnedKey;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
 use tokio::time::Instant;
 
 /// An event's place in arrival order (a queue id, or the input's index).
 pub type EventId = u64;
 
 /// An entity key (`user:42`, `group:acme`).
-pub type Key = Arc<str>;
+pub type Key = crate::event::OrderingKey;
 
 /// Why an event waits, for metrics and `/readyz`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -481,7 +480,7 @@ impl<T> Scheduler<T> {
         match self.entries.get(&ahead).map(|e| &e.state) {
             Some(State::Parked { on, .. }) => on
                 .iter()
-                .any(|missing| keys.iter().any(|k| key_value(k) == missing.key)),
+                .any(|missing| keys.iter().any(|k| k.value() == missing.key)),
             Some(State::Held { .. }) => true,
             _ => false,
         }
@@ -515,18 +514,13 @@ impl<T> Scheduler<T> {
     }
 }
 
-/// `u1` of `user:u1`.
-fn key_value(key: &str) -> &str {
-    key.split_once(':').map_or(key, |(_, value)| value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
 
     fn key(k: &str) -> Key {
-        Arc::from(k)
+        Key::parse(k).expect("a key")
     }
 
     fn learned(resolver: &str, id: &str) -> LearnedKey {
