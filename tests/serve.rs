@@ -978,7 +978,7 @@ mod senders {
         let (_emu, _data, server) = serving(IngestOptions::default()).await;
         let head = |key: &str| {
             format!(
-                "POST /v1/batch HTTP/1.1\r\nhost: zdmap\r\ncontent-type: application/json\r\n\
+                "POST /v1/batch HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
                  content-length: 500000\r\nexpect: 100-continue\r\nauthorization: {}\r\n\r\n",
                 basic(key)
             )
@@ -1015,7 +1015,7 @@ mod senders {
             let mut s = tokio::net::TcpStream::connect(&addr)
                 .await
                 .expect("connect");
-            s.write_all(b"POST /v1/track HTTP/1.1\r\nhost: zdmap\r\n")
+            s.write_all(b"POST /v1/track HTTP/1.1\r\nhost: localhost\r\n")
                 .await
                 .expect("write");
             slow.push(s);
@@ -1024,7 +1024,7 @@ mod senders {
         eventually("a connection refused over the cap", || async {
             let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
             let _ = s
-                .write_all(b"GET /healthz HTTP/1.1\r\nhost: zdmap\r\n\r\n")
+                .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
                 .await;
             let mut buf = [0u8; 64];
             let closed = matches!(s.read(&mut buf).await, Ok(0) | Err(_));
@@ -1047,7 +1047,7 @@ mod senders {
         let mut idle = tokio::net::TcpStream::connect(&addr)
             .await
             .expect("connect");
-        idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: zdmap\r\n\r\n")
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
             .await
             .expect("write");
         let mut buf = vec![0u8; 4096];

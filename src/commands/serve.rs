@@ -103,9 +103,15 @@ pub struct ServeArgs {
     #[arg(long)]
     pub log_events: bool,
     /// An origin whose web pages may post events (CORS), e.g. `https://www.example.com`, or `*`
-    /// for any (repeatable; off by default).
+    /// for any (repeatable; off by default). A server on loopback refuses the requests of web
+    /// pages of any other origin, write key or not.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     pub cors_origins: Vec<String>,
+    /// A host name a loopback server answers besides localhost, 127.0.0.1 and [::1]
+    /// (repeatable). Requests naming another Host are refused, so that no web page can reach
+    /// a local server through a name of its own (DNS rebinding).
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
     /// How long a sender's messageId is remembered: the same call sent again within it is
     /// dropped (`0` turns that off).
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
@@ -214,6 +220,7 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
         shutdown_timeout: args.shutdown_timeout,
         ingest: IngestOptions {
             cors_origins: args.cors_origins.clone(),
+            allowed_hosts: args.allowed_hosts.clone(),
             dedupe_window: args.dedupe_window,
             body_timeout: args.body_timeout,
             connections: ConnectionLimits {

@@ -5,6 +5,7 @@
 //! - [`ingest`]: what a request may carry and how it becomes queued events (or refused calls).
 //! - [`body`]: reading a request body: time and size limits, gzip and deflate.
 //! - [`connections`]: the connection cap, header and idle timeouts, the graceful stop.
+//! - [`guard`]: on loopback, no web page of another origin and no foreign `Host`.
 //! - [`workers`]: delivery from the queue, in order per user, until each event is settled.
 //! - [`metrics`]: `/metrics` (Prometheus text) and the readiness behind `/readyz`.
 //! - [`reload`]: swapping in a changed config (SIGHUP, or a file of the mappings changing).
@@ -17,6 +18,7 @@
 
 pub mod body;
 pub mod connections;
+pub mod guard;
 pub mod ingest;
 pub mod logs;
 pub mod metrics;
@@ -78,6 +80,8 @@ pub struct IngestOptions {
     /// Origins whose web pages may post events (CORS), like `https://www.example.com`; `*` for
     /// any. Empty: no CORS.
     pub cors_origins: Vec<String>,
+    /// Host names a loopback server answers besides its loopback names (see [`guard`]).
+    pub allowed_hosts: Vec<String>,
     /// How long a sender's `messageId` is remembered, so the same call sent again is dropped
     /// (zero: never dropped).
     pub dedupe_window: Duration,
@@ -90,6 +94,7 @@ impl Default for IngestOptions {
     fn default() -> Self {
         IngestOptions {
             cors_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             dedupe_window: crate::queue::sqlite::DEFAULT_DEDUPE_WINDOW,
             body_timeout: Duration::from_secs(30),
             connections: ConnectionLimits::default(),
@@ -319,7 +324,15 @@ impl Server {
         });
         let http = tokio::spawn(connections::serve(
             listener,
-            router(app, cors),
+            router(
+                app,
+                cors,
+                guard::Guard::new(
+                    options.listen,
+                    &options.ingest.cors_origins,
+                    &options.ingest.allowed_hosts,
+                ),
+            ),
             options.ingest.connections,
             shared.clone(),
             stopped.clone(),
@@ -416,7 +429,11 @@ const SINGLE_CALLS: [(&str, &str); 6] = [
 /// The batch endpoints: Segment's, and analytics.js' short form.
 const BATCH_PATHS: [&str; 3] = ["/v1/batch", "/v1/import", "/v1/b"];
 
-fn router<Q: Queue>(app: Arc<App<Q>>, cors: Option<CorsLayer>) -> Router {
+fn router<Q: Queue>(
+    app: Arc<App<Q>>,
+    cors: Option<CorsLayer>,
+    guard: Option<guard::Guard>,
+) -> Router {
     let singles = SINGLE_CALLS.into_iter().flat_map(|(kind, short)| {
         [kind, short].map(|path| (format!("/v1/{path}"), Endpoint::Single(kind)))
     });
@@ -437,6 +454,23 @@ fn router<Q: Queue>(app: Arc<App<Q>>, cors: Option<CorsLayer>) -> Router {
         .route("/readyz", get(readyz::<Q>))
         .route("/metrics", get(metrics_text::<Q>))
         .with_state(app);
+    let router = match guard {
+        Some(guard) => {
+            let guard = Arc::new(guard);
+            router.layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let refusal = guard.refusal(request.headers());
+                    async move {
+                        match refusal {
+                            Some(why) => answer(StatusCode::FORBIDDEN, Some(why)),
+                            None => next.run(request).await,
+                        }
+                    }
+                },
+            ))
+        }
+        None => router,
+    };
     match cors {
         Some(cors) => router.layer(cors),
         None => router,
