@@ -24,7 +24,8 @@
 //!   (NATS JetStream).
 //! - [`serve`]: the ingest server (Segment's HTTP tracking API).
 //! - [`emulator`]: a stateful in-memory Zendesk for tests and local work.
-//! - [`time`]: timestamps as zdmap writes them; [`sync`]: locks that outlive a panic.
+//! - [`time`]: timestamps as zdmap writes them; [`sync`]: locks that outlive a panic;
+//!   [`text`]: outside text made safe for a terminal or a log line.
 //! - [`cases`]: mapping test cases (`zdmap test`).
 //! - [`account_fields`]: the account's custom fields against the keys the mappings send.
 //! - [`defaults`]: the default mappings and schemas embedded in the binary (`zdmap init`).
@@ -49,6 +50,7 @@ pub mod serve;
 pub mod spec;
 pub mod sync;
 pub mod template;
+pub mod text;
 pub mod time;
 pub mod trigger;
 pub mod yaml;

@@ -4,6 +4,7 @@
 
 use crate::queue::nats::dead_letters::NatsDeadLetters;
 use crate::queue::{DeadLetterStore, DeadLetters, QueueError, Selection};
+use crate::text::escape_controls;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -111,12 +112,14 @@ async fn run<S: DeadLetters>(
     match command {
         DeadLettersCommand::List { json, limit } => {
             let letters = store.list(0, *limit).await?;
+            let mut out = super::Out::new();
             for l in &letters {
-                if *json {
-                    println!("{}", serde_json::to_string(l).unwrap_or_default());
+                let line = if *json {
+                    serde_json::to_string(l).unwrap_or_default()
                 } else {
+                    // Zendesk's messages echo event data: shown escaped, one letter a line.
                     let status = l.letter.status.map_or("-".into(), |s| s.to_string());
-                    println!(
+                    escape_controls(&format!(
                         "{}\t{}\t{}/{}\t{}\t{}\t{}",
                         l.id,
                         l.letter.at,
@@ -125,7 +128,11 @@ async fn run<S: DeadLetters>(
                         status,
                         l.letter.code.as_deref().unwrap_or("-"),
                         l.letter.message
-                    );
+                    ))
+                    .into_owned()
+                };
+                if !out.line(line) {
+                    return Ok(ExitCode::SUCCESS);
                 }
             }
             let total = store.count().await?;
@@ -138,7 +145,9 @@ async fn run<S: DeadLetters>(
             }
         }
         DeadLettersCommand::Show { id } => match store.get(*id).await? {
-            Some(l) => println!("{}", serde_json::to_string_pretty(&l).unwrap_or_default()),
+            Some(l) => {
+                super::Out::new().line(serde_json::to_string_pretty(&l).unwrap_or_default());
+            }
             None => {
                 eprintln!("no dead letter {id} in {}", store.place());
                 return Ok(ExitCode::from(1));
@@ -146,9 +155,10 @@ async fn run<S: DeadLetters>(
         },
         DeadLettersCommand::Replay { which, force } => {
             let replayed = store.replay(&which.selection(), *force).await?;
+            let mut out = super::Out::new();
             for s in &replayed.stale {
                 let secs = |ms: i64| crate::time::rfc3339_from_unix_secs(ms.div_euclid(1000));
-                println!(
+                out.line(escape_controls(&format!(
                     "{}\t{}\tstale: {} changed at {}, a newer change (at {}) was applied{}",
                     s.id,
                     s.action,
@@ -160,7 +170,7 @@ async fn run<S: DeadLetters>(
                     } else {
                         "; kept"
                     }
-                );
+                )));
             }
             eprintln!(
                 "{} dead letter(s) moved back to the queue; `zdmap serve` on {} delivers them",

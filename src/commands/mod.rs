@@ -113,6 +113,36 @@ fn invalid_mappings(diags: &crate::config::Diagnostics) -> String {
     format!("{diags}\nthe mappings are not valid; run `zdmap validate` for details")
 }
 
+/// Standard output for listings. A reader that has gone (`| head`) ends the listing quietly.
+pub struct Out {
+    out: std::io::StdoutLock<'static>,
+    closed: bool,
+}
+
+impl Out {
+    pub fn new() -> Out {
+        Out {
+            out: std::io::stdout().lock(),
+            closed: false,
+        }
+    }
+
+    /// Writes one line; `false` once the reader has gone (nothing more is written).
+    pub fn line(&mut self, text: impl std::fmt::Display) -> bool {
+        use std::io::Write as _;
+        if !self.closed && writeln!(self.out, "{text}").is_err() {
+            self.closed = true;
+        }
+        !self.closed
+    }
+}
+
+impl Default for Out {
+    fn default() -> Self {
+        Out::new()
+    }
+}
+
 /// Runs a command's async body on a multi-threaded runtime; exit 1 when none can start.
 pub fn block_on(body: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     match tokio::runtime::Runtime::new() {

@@ -1,6 +1,10 @@
 //! How `zdmap serve` logs to standard error: text (coloured only when standard error is a
 //! terminal) or one JSON object per line, for log collectors.
 //!
+//! Field values often carry outside text (Zendesk's error messages echo event data). In text
+//! logs their control characters are escaped (`\n`, `\u{1b}`), so a value can neither start a
+//! line of its own nor drive the terminal; JSON lines escape them by being JSON.
+//!
 //! A JSON line is `{"timestamp", "level", "target", "fields"}`, where `fields.message` is the
 //! event's text. A field that an event names `message` beside its text is kept as `detail`, so
 //! no line has two `message` keys. With JSON logs a panic is logged as a JSON line too.
@@ -38,6 +42,7 @@ pub fn init_at(format: LogFormat, level: &str) {
     let installed = match format {
         LogFormat::Text => builder
             .with_ansi(std::io::stderr().is_terminal())
+            .fmt_fields(escaped_fields())
             .try_init(),
         LogFormat::Json => builder.event_format(JsonLines).try_init(),
     };
@@ -46,6 +51,21 @@ pub fn init_at(format: LogFormat, level: &str) {
             tracing::error!(panic = %panic, "zdmap panicked");
         }));
     }
+}
+
+/// Text fields as tracing writes them (`message`, then `name=value`), with control
+/// characters escaped.
+fn escaped_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
+    use tracing_subscriber::field::MakeExt as _;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        let text = crate::text::escape_controls(&text);
+        match field.name() {
+            "message" => write!(writer, "{text}"),
+            name => write!(writer, "{name}={text}"),
+        }
+    })
+    .delimited(" ")
 }
 
 /// One JSON object per event.
@@ -137,6 +157,25 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_text_line_cannot_be_split_or_steer_the_terminal_by_its_data() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .fmt_fields(escaped_fields())
+            .finish();
+        let forged = "x\n2026-12-06T00:00:00Z ERROR forged line \u{1b}[2J";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(zendesk_message = %forged, "event dead-lettered: {forged}");
+        });
+        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(text.contains("zendesk_message=x\\n2026"), "{text}");
     }
 
     #[test]
