@@ -73,6 +73,16 @@ pub fn validate(args: &ValidateArgs) -> ExitCode {
         Ok(config) => {
             let mut problems = config.warnings.clone();
             problems.0.extend(cases::check(mappings, Some(&config)).0);
+            // The subdomain as `send` and `serve` take it (they refuse what this refuses).
+            if let Some(subdomain) = config.setting_str("subdomain").filter(|s| !s.is_empty())
+                && let Err(e) = crate::deliver::Target::zendesk(subdomain)
+            {
+                problems.0.push(crate::diagnostic::Diagnostic::new(
+                    &mappings.join(crate::config::DESTINATION_FILE),
+                    crate::yaml::Loc::default(),
+                    format!("setting `subdomain`: {e}"),
+                ));
+            }
             let summary = format!(
                 "{}: {} action(s), {} resolver(s)",
                 mappings.display(),

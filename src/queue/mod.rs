@@ -105,14 +105,10 @@ pub enum QueueError {
     },
     /// Another process delivers from the data directory.
     #[error(
-        "queue: the data directory {} is in use by another zdmap process (it holds {}); stop that one first, or give this one another --data-dir",
-        dir.display(),
-        lock.display()
+        "queue: the data directory {} is in use by another zdmap process (it holds a lock on the directory); stop that one first, or give this one another --data-dir",
+        dir.display()
     )]
-    InUse {
-        dir: std::path::PathBuf,
-        lock: std::path::PathBuf,
-    },
+    InUse { dir: std::path::PathBuf },
     /// The database file could not be opened.
     #[error("queue: cannot open {}: {source}", path.display())]
     Open {

@@ -647,7 +647,8 @@ fn with_refusals(refused: &[Refused], any_accepted: bool) -> Response {
 /// The process is up; what is wrong without making it unready (a broken reload) is in the
 /// details.
 async fn healthz<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
-    let state = app.shared.health.state();
+    // The same state as /readyz, so the two never disagree on `ready`.
+    let state = health(&app);
     axum::Json(json!({ "status": "ok", "ready": state.ready(), "problems": state })).into_response()
 }
 
