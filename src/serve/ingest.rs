@@ -163,6 +163,19 @@ impl WriteKeys {
     }
 
     /// Whether `candidate` is one of the keys. Every key is compared, whatever matches.
+    /// Which sender `key` is, as dedupe sees it: a short digest of the key (never the key), or
+    /// `-` on a server without keys. The same `messageId` from two sources is two calls.
+    pub fn source_of(&self, key: Option<&str>) -> String {
+        use sha2::Digest as _;
+        match key.filter(|_| !self.0.is_empty()) {
+            None => "-".into(),
+            Some(key) => {
+                let digest = sha2::Sha256::digest(key.as_bytes());
+                digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+            }
+        }
+    }
+
     pub fn allows(&self, candidate: &str) -> bool {
         let mut found = subtle::Choice::from(0);
         for key in &self.0 {

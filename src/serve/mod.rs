@@ -582,16 +582,24 @@ async fn take<Q: Queue>(
             return bad_request(status, e.to_string());
         }
     };
-    if keyed
-        && header_key.is_none()
-        && !ingest::body_write_key(&bytes).is_some_and(|k| app.keys.allows(&k))
-    {
+    let key = match header_key {
+        Some(key) => Some(key),
+        None => ingest::body_write_key(&bytes),
+    };
+    if keyed && !key.as_deref().is_some_and(|k| app.keys.allows(k)) {
         return unauthorized();
     }
-    let calls = match ingest::events(endpoint, &bytes, &rfc3339_utc(SystemTime::now())) {
+    let mut calls = match ingest::events(endpoint, &bytes, &rfc3339_utc(SystemTime::now())) {
         Ok(calls) => calls,
         Err(e) => return bad_request(StatusCode::BAD_REQUEST, e.0),
     };
+    // A sender's messageId names a call among that sender's calls only.
+    let source = app.keys.source_of(key.as_deref());
+    for item in &mut calls.accepted {
+        if let Some(id) = item.message_id.take() {
+            item.message_id = Some(format!("{source}/{id}"));
+        }
+    }
     for r in &calls.refused {
         Metrics::add(&metrics.events_refused[r.reason as usize], 1);
         tracing::warn!(

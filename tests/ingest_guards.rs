@@ -1,5 +1,5 @@
-//! A server on loopback without a write key, reached by a web page: a cross-site post and a
-//! request through a rebound DNS name are refused before anything is stored.
+//! What a server refuses before it stores anything: web pages of other origins and foreign
+//! hosts on loopback; and whose messageId a dedupe window compares.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test says what it expected
 
 #[path = "support/serving.rs"]
@@ -62,6 +62,60 @@ async fn a_keyless_loopback_server_refuses_other_origins_and_foreign_hosts() {
     assert!(
         metrics.contains("zdmap_events_accepted_total 1\n"),
         "only the plain call was stored:\n{metrics}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_message_id_from_two_sources_is_two_calls() {
+    let emu = Emulator::start(EmulatorOptions::default())
+        .await
+        .expect("emulator");
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = serving::start(
+        &emu,
+        data.path(),
+        serving::Setup {
+            write_keys: vec!["source-a-key".into(), "source-b-key".into()],
+            ..serving::Setup::default()
+        },
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let post = |key: &'static str, user: &'static str| {
+        let client = client.clone();
+        let url = format!("{}/v1/identify", server.url());
+        async move {
+            client
+                .post(url)
+                .basic_auth(key, Some(""))
+                .json(&json!({"messageId": "m-1", "userId": user, "traits": {"email": format!("{user}@example.com")}}))
+                .send()
+                .await
+                .expect("post")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(post("source-a-key", "ua").await, 200);
+    assert_eq!(post("source-b-key", "ub").await, 200);
+    // The same call from the same source again is dropped.
+    assert_eq!(post("source-a-key", "ua").await, 200);
+    let metrics = client
+        .get(format!("{}/metrics", server.url()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("zdmap_events_accepted_total 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("zdmap_events_duplicate_total 1\n"),
+        "{metrics}"
     );
     server.shutdown().await;
 }
