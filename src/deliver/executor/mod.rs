@@ -43,6 +43,8 @@ mod bulk;
 mod lookups;
 mod send;
 mod step;
+#[cfg(test)]
+mod tests;
 mod turn;
 mod verify;
 
