@@ -14,7 +14,7 @@
 //! bulk request all ask at once), so the wait costs a request per interval, not per item.
 
 use crate::config::Config;
-use crate::deliver::{Disposition, Transport};
+use crate::deliver::{Disposition, ZendeskApi};
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -97,7 +97,7 @@ impl JobWatch {
     pub async fn settled(
         &self,
         config: &Config,
-        transport: &Transport,
+        api: &dyn ZendeskApi,
         since: Instant,
         awaited: &mut Awaited,
     ) -> Result<bool, Unlisted> {
@@ -116,7 +116,7 @@ impl JobWatch {
                     };
                     let request = request.map_err(|e| Unlisted::Render(e.to_string()))?;
                     let at = Instant::now();
-                    let response = match transport.attempt(&request, |_| false).await {
+                    let response = match api.attempt(&request, &|_| false).await {
                         Disposition::Done { response } if response.is_success() => response,
                         Disposition::Done { response } => {
                             return Err(Unlisted::Failed(Box::new(

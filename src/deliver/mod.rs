@@ -22,7 +22,8 @@
 //! - [`stats`]: the run's counters and summary; [`progress`]: the terminal progress line.
 //! - [`run`]: `zdmap send` over a stream of events.
 //!
-//! [`Transport`] bundles a client, a budget, a retry policy and the stats for the executor.
+//! [`Transport`] bundles a client, a budget, a retry policy and the stats for the executor,
+//! which sends through [`ZendeskApi`] (the transport, or a script in its unit tests).
 
 pub mod auth;
 pub mod batch;
@@ -45,6 +46,8 @@ pub mod stats;
 pub mod target;
 
 use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
 
 pub use auth::{CredentialVars, Credentials, CredentialsError, Secret};
 pub use budget::Budget;
@@ -135,5 +138,27 @@ impl Transport {
     /// The destination's bulk jobs known to have ended, and the listing of those pending.
     pub fn jobs(&self) -> &Arc<jobs::JobWatch> {
         &self.jobs
+    }
+}
+
+/// Zendesk as the delivery core ([`executor`]) sees it: one attempt at a request, and what
+/// its outcome means. The [`Transport`] sends it (budget, stats, what a status means); the
+/// executor's unit tests answer from a script.
+pub trait ZendeskApi: std::fmt::Debug + Send + Sync {
+    /// One attempt at `req`; a response `accept` takes is final (see [`Transport::attempt`]).
+    fn attempt<'a>(
+        &'a self,
+        req: &'a Request,
+        accept: &'a (dyn Fn(&Response) -> bool + Sync),
+    ) -> BoxFuture<'a, Disposition>;
+}
+
+impl ZendeskApi for Transport {
+    fn attempt<'a>(
+        &'a self,
+        req: &'a Request,
+        accept: &'a (dyn Fn(&Response) -> bool + Sync),
+    ) -> BoxFuture<'a, Disposition> {
+        Box::pin(Transport::attempt(self, req, accept))
     }
 }

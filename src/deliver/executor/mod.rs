@@ -1,0 +1,435 @@
+//! Executing plans: render each step, resolve what it needs, send it, judge the response.
+//!
+//! [`Executor::start`] plans one event and returns its [`Delivery`]: the event's progress
+//! through its actions, in order. [`Delivery::advance`] runs it as far as it can go and says why
+//! it stopped ([`Turn`]): the event is settled, or it must wait ([`Wait`]) for a record that does
+//! not exist yet, for a retry, or for the credentials to be fixed. Nothing here sleeps: the
+//! scheduler ([`super::schedule`]) sets the event aside and calls `advance` again later, and the
+//! delivery resumes at the step (and the request of an `each` step) where it stopped.
+//!
+//! A step is rendered; the lookups it asks for (`resolve('user', email=...)`) are answered from
+//! the [`LookupCache`] or by the resolver's requests, and the step is rendered again with the
+//! answers. The request goes out through the [`Transport`] (one attempt); the response status,
+//! read against the step's and the destination's outcome rules, says whether the action goes
+//! on, stops, is tried again, fails (a [`DeadLetter`]) or whether the destination itself is
+//! broken (fatal). Ids that responses already carry are learned into the cache, and the keys
+//! learned are reported so that events waiting for them wake up.
+//!
+//! With batching on ([`Delivery::batching`]), a step whose request has a bulk form is not sent:
+//! the delivery stops with [`Wait::Batch`] and its item, and resumes with the item's answer
+//! ([`Delivery::answer`]), judged like a response to the single request; a lookup with a bulk
+//! form stops with [`Wait::Lookup`] and resumes from the cache. A turn that may only join the
+//! bulk requests of the events ahead of it ([`Delivery::join_only`]) stops with [`Wait::Behind`]
+//! before anything else would be sent.
+//!
+//! One module per concern:
+//! - this one: the [`Executor`], the [`Delivery`] and its turn loop (actions, then steps), and
+//!   the mode its turns go in;
+//! - `turn`: what a turn says ([`Turn`], [`Wait`], [`EventOutcome`]) and what it hands over
+//!   ([`BatchItem`], [`LookupItem`], [`LearnedKey`]);
+//! - `step`: the context one step is worked in (`StepContext`), where its action stands and
+//!   why it stopped;
+//! - `lookups`: lookups answered from the cache or by the resolvers' requests, and ids learned
+//!   from responses;
+//! - `send`: a step rendered, its request sent and the answer judged (a lost answer leaves the
+//!   write in doubt);
+//! - `verify`: a write in doubt checked before it is sent again;
+//! - `bulk`: a step's request as an item of a bulk request.
+//!
+//! Requests go out through [`ZendeskApi`]: the [`Transport`] in delivery, a script in the unit
+//! tests.
+
+mod bulk;
+mod lookups;
+mod send;
+mod step;
+#[cfg(test)]
+mod tests;
+mod turn;
+mod verify;
+
+pub use turn::{BatchAnswer, BatchItem, EventOutcome, LearnedKey, LookupItem, Turn, Wait};
+
+use crate::config::Config;
+use crate::deliver::cache::LookupCache;
+use crate::deliver::order::{EntityChange, EntityClock, MemoryClock, event_time};
+use crate::deliver::{DeadLetter, RetryPolicy, Transport, ZendeskApi};
+use crate::event::Event;
+use crate::plan::{Plan, PlannedAction, Rendered};
+use crate::template::Answer;
+use send::StepResult;
+use serde_json::Value;
+use std::sync::Arc;
+use step::{ActionProgress, StepContext, Stop};
+
+/// Runs plans against one destination. Share it between deliveries (`Arc`).
+#[derive(Debug)]
+pub struct Executor {
+    config: Arc<Config>,
+    transport: Transport,
+    /// Where the requests of deliveries go: the transport (a script in the unit tests).
+    api: Arc<dyn ZendeskApi>,
+    cache: Arc<LookupCache>,
+    /// The time of the last change applied per entity.
+    clock: Arc<dyn EntityClock>,
+    /// Apply changes older than their entity's last applied one too (`--force`).
+    force: bool,
+}
+
+impl Executor {
+    pub fn new(config: Arc<Config>, transport: Transport, cache: Arc<LookupCache>) -> Executor {
+        Executor {
+            config,
+            api: Arc::new(transport.clone()),
+            transport,
+            cache,
+            clock: Arc::new(MemoryClock::default()),
+            force: false,
+        }
+    }
+
+    /// The same executor keeping the time of the last change per entity in `clock` (a durable
+    /// one in `serve`).
+    pub fn with_clock(&self, clock: Arc<dyn EntityClock>) -> Executor {
+        Executor {
+            clock,
+            ..self.share()
+        }
+    }
+
+    /// The same executor; with `force`, a change older than its entity's last applied one is
+    /// applied anyway (`--force`).
+    pub fn with_force(&self, force: bool) -> Executor {
+        Executor {
+            force,
+            ..self.share()
+        }
+    }
+
+    /// The same destination (client, budget, stats) running another config, with an empty
+    /// cache (the new config's resolvers may differ). Used when the mappings are reloaded.
+    pub fn with_config(&self, config: Arc<Config>) -> Executor {
+        Executor {
+            config,
+            cache: Arc::new(LookupCache::new()),
+            ..self.share()
+        }
+    }
+
+    /// Another executor sharing this one's config, destination, cache and clock.
+    fn share(&self) -> Executor {
+        Executor {
+            config: self.config.clone(),
+            transport: self.transport.clone(),
+            api: self.api.clone(),
+            cache: self.cache.clone(),
+            clock: self.clock.clone(),
+            force: self.force,
+        }
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    pub fn cache(&self) -> &Arc<LookupCache> {
+        &self.cache
+    }
+
+    pub fn clock(&self) -> &Arc<dyn EntityClock> {
+        &self.clock
+    }
+
+    /// Plans one event. With `only`, just those actions run (a dead letter being replayed:
+    /// its steps that are not idempotent check first whether their write was applied, see
+    /// [`Delivery::resumed`]). The delivery keeps this executor (and so its config) until it
+    /// is settled.
+    pub fn start(self: &Arc<Self>, event: &Event, only: Option<Vec<String>>) -> Delivery {
+        let mut delivery = Delivery {
+            executor: self.clone(),
+            plan: self.config.plan(event),
+            mode: Mode {
+                check_first: only.is_some(),
+                force: self.force,
+                ..Mode::default()
+            },
+            only,
+            next: 0,
+            current: None,
+            letters: Vec::new(),
+            ran: 0,
+            learned: Vec::new(),
+        };
+        // Actions whose fields did not resolve fail at once.
+        let errors = std::mem::take(&mut delivery.plan.errors);
+        let wanted: Vec<_> = errors
+            .into_iter()
+            .filter(|e| delivery.wants(&e.action))
+            .collect();
+        for e in wanted {
+            delivery.letters.push(DeadLetter::without_response(
+                event.value().clone(),
+                e.action,
+                e.step.unwrap_or_else(|| "fields".into()),
+                e.message,
+            ));
+            delivery.ran += 1;
+        }
+        delivery
+    }
+}
+
+/// One event's way through its actions; see the module docs.
+#[derive(Debug)]
+pub struct Delivery {
+    executor: Arc<Executor>,
+    plan: Plan,
+    only: Option<Vec<String>>,
+    /// The next planned action to run (index into `plan.actions`).
+    next: usize,
+    /// Where the action under way stands.
+    current: Option<ActionProgress>,
+    letters: Vec<DeadLetter>,
+    /// Actions run or failed so far (0 at the end: nothing matched).
+    ran: usize,
+    learned: Vec<LearnedKey>,
+    mode: Mode,
+}
+
+/// How a delivery's turns go: set when it starts, and by the scheduler between turns.
+#[derive(Clone, Copy, Debug, Default)]
+struct Mode {
+    /// Steps that are not idempotent check whether their write was applied before their first
+    /// attempt (the event may have been under way before: a replay, a restart).
+    check_first: bool,
+    /// Apply changes older than their entity's last applied one too.
+    force: bool,
+    /// A record missing fails the action (its wait is over).
+    last_chance: bool,
+    /// Steps and lookups with a bulk form hand their request over as an item ([`Wait::Batch`],
+    /// [`Wait::Lookup`]).
+    batching: bool,
+    /// This turn may send nothing but bulk items: no lookup request, no waiting for a record
+    /// ([`Wait::Behind`] otherwise).
+    join_only: bool,
+}
+
+impl Delivery {
+    /// The event being delivered.
+    pub fn event(&self) -> &Arc<Value> {
+        &self.plan.event
+    }
+
+    /// How long to wait between attempts: the transport's policy.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        self.executor.transport.policy()
+    }
+
+    /// Runs the event's actions, from where it stopped, until it is settled or must wait.
+    pub async fn advance(&mut self) -> Turn {
+        // A lookup that found nothing is asked again when the event comes back.
+        if let Some(progress) = &mut self.current {
+            progress
+                .answers
+                .retain(|_, a| matches!(a, Answer::Found(_)));
+        }
+        while self.next < self.plan.actions.len() {
+            let planned = self.plan.actions[self.next].clone();
+            let action = self.executor.config.action(&planned);
+            if self.wants(&action.name) {
+                // Asked again each time the action resumes: while it waited for a retry, an event
+                // of another key may have applied a newer change of the same record.
+                let changes = self.changes(&planned);
+                if !self.mode.force && self.stale(&action.name, &changes) {
+                    self.ran += 1;
+                    self.current = None;
+                    self.next += 1;
+                    continue;
+                }
+                match self.run_action(&planned).await {
+                    Ok(()) => {
+                        let clock = &self.executor.clock;
+                        changes
+                            .iter()
+                            .for_each(|c| clock.applied(&c.entity, c.at_ms));
+                    }
+                    Err(Stop::Failed(mut letter)) => {
+                        letter.changes = changes;
+                        self.letters.push(*letter);
+                    }
+                    Err(Stop::Wait(wait)) => return Turn::Wait(wait),
+                }
+                self.ran += 1;
+            }
+            self.current = None;
+            self.next += 1;
+        }
+        Turn::Finished(match (self.ran, self.letters.is_empty()) {
+            (0, _) => EventOutcome::Skipped,
+            (_, true) => EventOutcome::Delivered,
+            (_, false) => EventOutcome::Failed {
+                letters: std::mem::take(&mut self.letters),
+            },
+        })
+    }
+
+    /// The action under way fails with `letter` (its retries ran out); the next `advance`
+    /// goes on with the event's other actions.
+    pub fn give_up(&mut self, mut letter: DeadLetter) {
+        if let Some(planned) = self.plan.actions.get(self.next).cloned() {
+            letter.changes = self.changes(&planned);
+            self.letters.push(letter);
+            self.ran += 1;
+            self.current = None;
+            self.next += 1;
+        }
+    }
+
+    /// The event may have been under way before (the queue handed it out to a process that
+    /// stopped before settling it): steps that are not idempotent check whether their write was
+    /// applied before sending it.
+    pub fn resumed(&mut self) {
+        self.mode.check_first = true;
+    }
+
+    /// Apply this event's changes even where their entity had a newer change applied.
+    pub fn force(&mut self) {
+        self.mode.force = true;
+    }
+
+    /// The entities a planned action changes, stamped with the event's time (none when the
+    /// event has no time).
+    fn changes(&self, planned: &PlannedAction) -> Vec<EntityChange> {
+        let entities = self.executor.config.entities(&self.plan, planned);
+        let Some(at_ms) = event_time(&self.plan.event).filter(|_| !entities.is_empty()) else {
+            return Vec::new();
+        };
+        entities
+            .into_iter()
+            .map(|entity| EntityChange { entity, at_ms })
+            .collect()
+    }
+
+    /// Whether one of `changes` is older than its entity's last applied change: then the
+    /// action is skipped, logged and counted.
+    fn stale(&self, action: &str, changes: &[EntityChange]) -> bool {
+        let clock = &*self.executor.clock;
+        let Some(stale) = changes.iter().find(|c| c.is_stale(clock)) else {
+            return false;
+        };
+        let last = clock.last_applied(&stale.entity).unwrap_or_default();
+        let time = |ms: i64| crate::time::rfc3339_from_unix_secs(ms.div_euclid(1000));
+        // The entity's key may be event data (an email): the kind and the messageId say which
+        // change it was; the key itself is logged at debug level only.
+        let kind = stale.entity.split(':').next().unwrap_or_default();
+        tracing::warn!(
+            action,
+            entity_kind = kind,
+            message_id = self.plan.event.get("messageId").and_then(serde_json::Value::as_str),
+            event_time = %time(stale.at_ms),
+            last_applied = %time(last),
+            "stale change skipped: a newer change of the record was applied (--force applies it)"
+        );
+        tracing::debug!(action, entity = %stale.entity, "stale change skipped");
+        self.executor.transport.stats().stale();
+        true
+    }
+
+    /// From now on a record that is missing fails the action instead of waiting for it.
+    pub fn last_chance(&mut self) {
+        self.mode.last_chance = true;
+    }
+
+    /// Steps with a bulk form hand their request over as an item ([`Wait::Batch`]) instead of
+    /// sending it (off by default).
+    pub fn batching(&mut self, on: bool) {
+        self.mode.batching = on;
+    }
+
+    /// For the next turn: events ahead of this one wait for their bulk requests, so it may
+    /// only hand over bulk items (to join theirs: its changes go after theirs, and several
+    /// upserts of one record in one window become one item). Anything else stops the turn
+    /// before it is sent ([`Wait::Behind`]).
+    pub fn join_only(&mut self, on: bool) {
+        self.mode.join_only = on;
+    }
+
+    /// The answer to the item the delivery waits for ([`Wait::Batch`]).
+    pub fn answer(&mut self, answer: BatchAnswer) {
+        if let Some(progress) = &mut self.current {
+            progress.batch_answer = Some(answer);
+        }
+    }
+
+    /// Whether `action` runs: every action, or those `only` names.
+    fn wants(&self, action: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|a| a == action))
+    }
+
+    /// The resolver keys that responses taught since the last call.
+    pub fn take_learned(&mut self) -> Vec<LearnedKey> {
+        std::mem::take(&mut self.learned)
+    }
+
+    /// Runs the action's steps from where it stopped: each request of a step is checked first
+    /// when its write is in doubt, handed over as a bulk item, or sent.
+    async fn run_action(&mut self, planned: &PlannedAction) -> Result<(), Stop> {
+        let executor = self.executor.clone();
+        let action = executor.config.action(planned);
+        let progress = self.current.get_or_insert_with(ActionProgress::default);
+        while let Some(step) = action.steps.get(progress.step) {
+            let mut cx = StepContext {
+                executor: &executor,
+                plan: &self.plan,
+                planned,
+                action: &action.name,
+                step,
+                mode: self.mode,
+                progress: &mut *progress,
+                learned: &mut self.learned,
+            };
+            let requests = match cx.render().await? {
+                Rendered::Requests(requests) => requests,
+                Rendered::Skipped => Vec::new(),
+            };
+            for request in requests.iter().skip(cx.progress.sent) {
+                if !step.idempotent && cx.already_applied().await? {
+                    executor.transport.stats().confirmed();
+                    cx.progress.next_request();
+                    continue;
+                }
+                if cx.mode.batching
+                    && cx.progress.batch_answer.is_none()
+                    && let Some(item) = cx.batch_item(request)
+                {
+                    return Err(Stop::Wait(Wait::Batch(Box::new(item))));
+                }
+                if cx.mode.join_only && cx.progress.batch_answer.is_none() {
+                    return Err(Stop::Wait(Wait::Behind));
+                }
+                match cx.send(request).await? {
+                    StepResult::Ok(response) => {
+                        cx.progress
+                            .outputs
+                            .insert(step.name.clone(), step.read_outputs(&response.body));
+                        cx.learn(&response.body);
+                        cx.progress.next_request();
+                    }
+                    StepResult::Skip => return Ok(()),
+                }
+            }
+            if !requests.is_empty() {
+                step.forget.iter().for_each(|r| executor.cache.forget(r));
+            }
+            cx.progress.step += 1;
+            cx.progress.sent = 0;
+        }
+        Ok(())
+    }
+}
