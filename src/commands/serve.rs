@@ -107,7 +107,7 @@ pub struct ServeArgs {
     /// pages of any other origin, write key or not.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     pub cors_origins: Vec<String>,
-    /// A host name a loopback server answers besides localhost, 127.0.0.1 and [::1]
+    /// A host name a loopback server answers besides localhost, 127.0.0.1 and `[::1]`
     /// (repeatable). Requests naming another Host are refused, so that no web page can reach
     /// a local server through a name of its own (DNS rebinding).
     #[arg(long = "allowed-host", value_name = "NAME")]
