@@ -265,10 +265,18 @@ async fn not_implemented_and_client_errors_are_not_retried() {
         "upsert",
         &d.0,
         d.1,
+        &shipped_errors(),
     );
     assert_eq!(letter.code.as_deref(), Some("DuplicateValue"));
     assert_eq!(letter.status, Some(422));
     assert_eq!(server.seen().len(), 2);
+}
+
+/// How the shipped destination reads Zendesk's error bodies.
+fn shipped_errors() -> Arc<zdmap::config::ErrorFormats> {
+    zdmap::config::Config::load(std::path::Path::new("mappings"), &[])
+        .expect("mappings")
+        .errors
 }
 
 #[tokio::test]
@@ -287,7 +295,8 @@ async fn unauthorized_is_fatal() {
         .attempt(&post("/api/v2/tickets", json!({"ticket":{}})), |_| false)
         .await
     {
-        Disposition::Fatal { status, message } => {
+        fatal @ Disposition::Fatal { .. } => {
+            let (status, message) = fatal.refusal(&shipped_errors()).expect("a refusal");
             assert_eq!(status, 401);
             assert!(message.contains("Couldn't authenticate you"), "{message}");
             assert!(!message.contains("s3cr3t"));

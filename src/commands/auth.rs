@@ -297,7 +297,7 @@ async fn status(args: &StatusArgs, check: bool) -> ExitCode {
     if !oauth {
         return ExitCode::SUCCESS;
     }
-    let info = scopes::current_token(&client).await;
+    let info = scopes::current_token(&client, &config.errors).await;
     let stats = client.authorizer().stats();
     if stats
         .login_needed

@@ -117,19 +117,19 @@ async fn run<S: DeadLetters>(
                 let line = if *json {
                     serde_json::to_string(l).unwrap_or_default()
                 } else {
-                    // Zendesk's messages echo event data: shown escaped, one letter a line.
+                    // Zendesk's messages echo event data: each field shown escaped, so a
+                    // letter is one line and its columns stay columns.
                     let status = l.letter.status.map_or("-".into(), |s| s.to_string());
-                    escape_controls(&format!(
+                    format!(
                         "{}\t{}\t{}/{}\t{}\t{}\t{}",
                         l.id,
-                        l.letter.at,
-                        l.letter.action,
-                        l.letter.step,
+                        escape_controls(&l.letter.at),
+                        escape_controls(&l.letter.action),
+                        escape_controls(&l.letter.step),
                         status,
-                        l.letter.code.as_deref().unwrap_or("-"),
-                        l.letter.message
-                    ))
-                    .into_owned()
+                        escape_controls(l.letter.code.as_deref().unwrap_or("-")),
+                        escape_controls(&l.letter.message)
+                    )
                 };
                 if !out.line(line) {
                     return Ok(ExitCode::SUCCESS);
@@ -158,11 +158,11 @@ async fn run<S: DeadLetters>(
             let mut out = super::Out::new();
             for s in &replayed.stale {
                 let secs = |ms: i64| crate::time::rfc3339_from_unix_secs(ms.div_euclid(1000));
-                out.line(escape_controls(&format!(
+                out.line(format!(
                     "{}\t{}\tstale: {} changed at {}, a newer change (at {}) was applied{}",
                     s.id,
-                    s.action,
-                    s.change.entity,
+                    escape_controls(&s.action),
+                    escape_controls(&s.change.entity),
                     secs(s.change.at_ms),
                     secs(s.last_ms),
                     if *force {
@@ -170,7 +170,7 @@ async fn run<S: DeadLetters>(
                     } else {
                         "; kept"
                     }
-                )));
+                ));
             }
             eprintln!(
                 "{} dead letter(s) moved back to the queue; `zdmap serve` on {} delivers them",

@@ -259,7 +259,7 @@ async fn check_scopes(shared: std::sync::Arc<crate::serve::Shared>) {
     ) {
         return;
     }
-    match scopes::current_token(client).await {
+    match scopes::current_token(client, &executor.config().errors).await {
         Ok(info) => {
             match scopes::missing_message(&scopes::needs(executor.config()), &info.scopes) {
                 None => tracing::info!(

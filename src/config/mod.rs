@@ -6,7 +6,10 @@
 //! `after` references and cycles, names used in templates, resolvers used by steps. Every problem
 //! is collected as a located [`Diagnostic`]; a directory with any problem does not load.
 
+mod errors;
 mod planning;
+
+pub use errors::{ErrorFormats, ErrorInfo};
 
 pub use crate::diagnostic::{Diagnostic, Diagnostics, Format, Problems};
 
@@ -91,8 +94,8 @@ pub struct Config {
     /// Setting values (after `--set`), as a JSON object.
     pub settings: Arc<Value>,
     pub auth: AuthSpec,
-    error_codes: Vec<JsonPath>,
-    error_messages: Vec<JsonPath>,
+    /// How the destination's error bodies are read (`errors:`).
+    pub errors: Arc<ErrorFormats>,
     /// Default outcomes for every step.
     pub outcomes: Outcomes,
     /// How often a step is tried when an outcome says `retry`.
@@ -143,8 +146,7 @@ impl Config {
                 oauth_token: None,
                 oauth: None,
             },
-            error_codes: Vec::new(),
-            error_messages: Vec::new(),
+            errors: Arc::default(),
             outcomes: Outcomes::default(),
             retries: RetriesSpec::default(),
             resolvers: IndexMap::new(),
@@ -163,13 +165,10 @@ impl Config {
             config.settings = Arc::new(settings(spec, overrides, &mut p, &mut diags));
             config.outcomes = Outcomes::compile(&spec.outcomes, "/outcomes", &mut p);
             config.retries = spec.retries;
+            let mut errors = ErrorFormats::default();
             for (what, paths, out) in [
-                ("codes", &spec.errors.codes, &mut config.error_codes),
-                (
-                    "messages",
-                    &spec.errors.messages,
-                    &mut config.error_messages,
-                ),
+                ("codes", &spec.errors.codes, &mut errors.codes),
+                ("messages", &spec.errors.messages, &mut errors.messages),
             ] {
                 for (i, s) in paths.iter().enumerate() {
                     if let Some(jp) = JsonPath::compile(s, &format!("/errors/{what}/{i}"), &mut p) {
@@ -177,6 +176,7 @@ impl Config {
                     }
                 }
             }
+            config.errors = Arc::new(errors);
             for (name, r) in &spec.resolvers {
                 let at = format!("/resolvers/{name}");
                 if let Some(r) = Resolver::compile(name, r, &at, &mut templates, &mut p) {
@@ -279,26 +279,8 @@ impl Config {
     /// The error codes in a response body (most specific first) and its message, by the
     /// destination's `errors` paths.
     pub fn error_info(&self, body: &Value) -> (Vec<String>, Option<String>) {
-        let mut codes = Vec::new();
-        for p in &self.error_codes {
-            let found: Vec<&Value> = match p.select(body) {
-                crate::path::Selected::Nothing => Vec::new(),
-                crate::path::Selected::One(v) => vec![v],
-                crate::path::Selected::Many(vs) => vs,
-            };
-            for v in found {
-                if let Some(s) = v.as_str()
-                    && !codes.iter().any(|c| c == s)
-                {
-                    codes.push(s.to_owned());
-                }
-            }
-        }
-        let message = self
-            .error_messages
-            .iter()
-            .find_map(|p| p.first(body).and_then(Value::as_str).map(str::to_owned));
-        (codes, message)
+        let info = self.errors.read(body);
+        (info.codes, info.message)
     }
 
     pub fn action_named(&self, name: &str) -> Option<&Action> {

@@ -17,9 +17,9 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::error_body::zendesk_error;
 use super::order::EntityChange;
 use super::retry::Disposition;
+use crate::config::ErrorFormats;
 
 /// One event that could not be delivered.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,7 +33,7 @@ pub struct DeadLetter {
     pub step: String,
     /// The last HTTP status, if a response came back.
     pub status: Option<u16>,
-    /// Zendesk's error code (most specific, see [`zendesk_error`]), or the transport failure kind
+    /// Zendesk's error code (the most specific `errors.codes` finds), or the transport failure kind
     /// (`timeout`, `connect`, ...).
     pub code: Option<String>,
     pub message: String,
@@ -101,23 +101,31 @@ impl From<DeadLetter> for DeadLetterRecord {
 
 impl DeadLetter {
     /// A dead letter for `event`, whose `action`'s `step` ended in `disposition` after
-    /// `attempts` attempts, stamped now. Status, code and message come from the response, or
-    /// from the transport failure when there was none.
+    /// `attempts` attempts, stamped now. Status, code and message come from the response (read
+    /// by the destination's `errors`), or from the transport failure when there was none.
     pub fn from_disposition(
         event: Value,
         action: impl Into<String>,
         step: impl Into<String>,
         disposition: &Disposition,
         attempts: u32,
+        errors: &ErrorFormats,
     ) -> Self {
         let (status, code, message) = match disposition {
             Disposition::Done { response }
             | Disposition::Retry {
                 last: Ok(response), ..
             } => {
-                let (code, message) = zendesk_error(&response.body);
-                let message = message.unwrap_or_else(|| format!("HTTP {}", response.status));
-                (Some(response.status), code, message)
+                let info = errors.read(&response.body);
+                let message = info
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| format!("HTTP {}", response.status));
+                (
+                    Some(response.status),
+                    info.code().map(str::to_owned),
+                    message,
+                )
             }
             Disposition::Retry {
                 last: Err(error), ..
@@ -125,7 +133,11 @@ impl DeadLetter {
             | Disposition::Invalid { error } => {
                 (None, Some(error.kind().to_string()), error.to_string())
             }
-            Disposition::Fatal { status, message } => (Some(*status), None, message.clone()),
+            fatal @ Disposition::Fatal { response } => {
+                let code = errors.read(&response.body).code().map(str::to_owned);
+                let (status, message) = fatal.refusal(errors).unwrap_or_default();
+                (Some(status), code, message)
+            }
         };
         DeadLetter {
             event,
@@ -279,8 +291,16 @@ mod tests {
                 elapsed: Duration::ZERO,
             },
         };
-        let letter =
-            DeadLetter::from_disposition(event.clone(), "track_event", "send", &disposition, 1);
+        let mappings = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
+        let config = crate::config::Config::load(&mappings, &[]).expect("mappings");
+        let letter = DeadLetter::from_disposition(
+            event.clone(),
+            "track_event",
+            "send",
+            &disposition,
+            1,
+            &config.errors,
+        );
         assert_eq!(letter.status, Some(422));
         assert_eq!(letter.code.as_deref(), Some("DuplicateValue"));
         let line = letter.to_line();

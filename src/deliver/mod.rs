@@ -17,7 +17,6 @@
 //! - [`order`]: the time of the last change applied per entity, so an older change is not
 //!   applied over a newer one; [`holds`]: keys that several processes deliver, held by one at a
 //!   time.
-//! - [`error_body`]: Zendesk's four error envelopes → code and message.
 //! - [`dead_letter`]: undeliverable events as NDJSON records, and reading them back.
 //! - [`stats`]: the run's counters and summary; [`progress`]: the terminal progress line.
 //! - [`run`]: `zdmap send` over a stream of events.
@@ -31,7 +30,6 @@ pub mod budget;
 pub mod cache;
 pub mod dead_letter;
 pub mod dispatch;
-pub mod error_body;
 pub mod executor;
 pub mod holds;
 pub mod http;
@@ -53,7 +51,6 @@ pub use auth::{CredentialVars, Credentials, CredentialsError, Secret};
 pub use budget::Budget;
 pub use cache::LookupCache;
 pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterWriter, unwrap_dead_letter};
-pub use error_body::{ZendeskError, zendesk_error};
 pub use executor::{
     BatchAnswer, BatchItem, Delivery, EventOutcome, Executor, LearnedKey, Turn, Wait,
 };

@@ -29,9 +29,9 @@ use std::time::Duration;
 use backon::{BackoffBuilder as _, ExponentialBackoff, ExponentialBuilder};
 
 use super::budget::Budget;
-use super::error_body::zendesk_error;
 use super::http::{Client, Response, TransportError};
 use super::stats::Stats;
+use crate::config::ErrorFormats;
 use crate::request::Request;
 
 /// How long to wait before trying again.
@@ -107,8 +107,8 @@ pub enum Disposition {
     /// A final response: 2xx, one `accept` took, or a status not worth retrying (read
     /// `response.status`).
     Done { response: Response },
-    /// 401 or 403: the destination refuses us; `message` says what to fix (no secrets).
-    Fatal { status: u16, message: String },
+    /// 401 or 403: the destination refuses us (see [`Disposition::refusal`] for what to say).
+    Fatal { response: Response },
     /// Worth another attempt later: after `wait` when Zendesk said (`Retry-After`, already
     /// capped), else after a backoff. With [`PauseScope::Destination`] and a `wait`, the
     /// budget is already paused.
@@ -187,10 +187,7 @@ pub fn judge(
     }
     match classify_status(response.status) {
         StatusClass::Success | StatusClass::Final => Disposition::Done { response },
-        StatusClass::Fatal => Disposition::Fatal {
-            status: response.status,
-            message: fatal_message(&response),
-        },
+        StatusClass::Fatal => Disposition::Fatal { response },
         StatusClass::Retryable => {
             let wait = response
                 .headers
@@ -229,23 +226,26 @@ fn scope_of(response: &Response) -> PauseScope {
     }
 }
 
-fn fatal_message(response: &Response) -> String {
-    let (code, zendesk_message) = zendesk_error(&response.body);
-    let said = match (code, zendesk_message) {
-        (Some(c), Some(m)) => format!(" ({c}: {m})"),
-        (Some(t), None) | (None, Some(t)) => format!(" ({t})"),
-        (None, None) => String::new(),
-    };
-    match response.status {
-        401 => format!(
-            "Zendesk refused the credentials: 401 Unauthorized{said}. Check the credentials (OAuth \
-             client, token store, OAuth token, or API token and email) and that they belong to \
-             this subdomain."
-        ),
-        status => format!(
-            "Zendesk denied access: {status} Forbidden{said}. The credentials lack permission \
-             (OAuth scope, agent role) or the feature is not enabled on this account."
-        ),
+impl Disposition {
+    /// For a refusal (401, 403): its status, and what a person should fix, with the code and
+    /// message the destination's `errors` paths read from its body. No secret is in it.
+    pub fn refusal(&self, errors: &ErrorFormats) -> Option<(u16, String)> {
+        let Disposition::Fatal { response } = self else {
+            return None;
+        };
+        let said = errors.read(&response.body).said();
+        let message = match response.status {
+            401 => format!(
+                "Zendesk refused the credentials: 401 Unauthorized{said}. Check the credentials (OAuth \
+                 client, token store, OAuth token, or API token and email) and that they belong to \
+                 this subdomain."
+            ),
+            status => format!(
+                "Zendesk denied access: {status} Forbidden{said}. The credentials lack permission \
+                 (OAuth scope, agent role) or the feature is not enabled on this account."
+            ),
+        };
+        Some((response.status, message))
     }
 }
 
@@ -366,7 +366,8 @@ mod tests {
         );
         assert!(matches!(d, Disposition::Done { .. }), "{d:?}");
         match judged(&budget, 403, ResponseHeaders::default()) {
-            Disposition::Fatal { status, message } => {
+            fatal @ Disposition::Fatal { .. } => {
+                let (status, message) = fatal.refusal(&ErrorFormats::default()).expect("a refusal");
                 assert_eq!(status, 403);
                 assert!(message.contains("Forbidden"), "{message}");
             }

@@ -24,8 +24,12 @@ pub struct TokenInfo {
     pub client_id: Option<String>,
 }
 
-/// Asks Zendesk about the token `client` sends. `Err` says why not (no secret in it).
-pub async fn current_token(client: &Client) -> Result<TokenInfo, String> {
+/// Asks Zendesk about the token `client` sends; `errors` reads a refusal. `Err` says why not
+/// (no secret in it).
+pub async fn current_token(
+    client: &Client,
+    errors: &crate::config::ErrorFormats,
+) -> Result<TokenInfo, String> {
     let request = Request {
         method: Method::Get,
         path: CURRENT_TOKEN_PATH.into(),
@@ -36,15 +40,10 @@ pub async fn current_token(client: &Client) -> Result<TokenInfo, String> {
     };
     let response = client.send(&request).await.map_err(|e| e.to_string())?;
     if !response.is_success() {
-        let (code, message) = crate::deliver::zendesk_error(&response.body);
         return Err(format!(
             "GET {CURRENT_TOKEN_PATH} answered {}{}",
             response.status,
-            [code, message]
-                .into_iter()
-                .flatten()
-                .map(|t| format!(": {t}"))
-                .collect::<String>()
+            errors.read(&response.body).said()
         ));
     }
     let token = &response.body["token"];

@@ -141,10 +141,12 @@ impl StepContext<'_> {
                     letter,
                 }))
             }
-            Disposition::Fatal { status, message } => Err(Stop::Wait(Wait::Fatal {
-                status: *status,
-                message: message.clone(),
-            })),
+            Disposition::Fatal { .. } => {
+                let (status, message) = disposition
+                    .refusal(&self.executor.config.errors)
+                    .unwrap_or_default();
+                Err(Stop::Wait(Wait::Fatal { status, message }))
+            }
             Disposition::Invalid { .. } => Err(Stop::Failed(Box::new(self.letter(&disposition)))),
         }
     }

@@ -37,6 +37,7 @@ impl StepContext<'_> {
             &self.step.name,
             disposition,
             self.progress.attempts,
+            &self.executor.config.errors,
         )
     }
 
@@ -63,7 +64,7 @@ impl StepContext<'_> {
         disposition: Disposition,
         say: impl FnOnce(&str) -> String,
     ) -> Stop {
-        if let Disposition::Fatal { status, message } = disposition {
+        if let Some((status, message)) = disposition.refusal(&self.executor.config.errors) {
             return Stop::Wait(Wait::Fatal { status, message });
         }
         let mut letter = self.letter(&disposition);
