@@ -47,7 +47,10 @@ async fn a_message_with_newlines_and_escapes_stays_on_its_line_and_inert() {
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).expect("utf-8");
     assert_eq!(text.lines().count(), 2, "{text}");
-    assert!(text.lines().all(|l| l.split('\t').count() == 6), "columns stay columns: {text}");
+    assert!(
+        text.lines().all(|l| l.split('\t').count() == 6),
+        "columns stay columns: {text}"
+    );
     assert!(
         !text.contains('\u{1b}') && !text.contains('\u{202e}'),
         "{text}"

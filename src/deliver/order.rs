@@ -6,6 +6,9 @@
 //! letter, a retry that comes late) is skipped and reported instead of being applied over the
 //! newer one. The event's time is its `timestamp`, else `originalTimestamp`, else `receivedAt`
 //! (set by `zdmap serve`), else `sentAt`; an event with none is never held back nor recorded.
+//! A sender's time more than [`MAX_FUTURE_SKEW`] past the time the event was received (its
+//! `receivedAt`, else now) is not believed: the event is ordered by its receive time, so one
+//! event stamped `9999-12-31` cannot freeze a record for good.
 //!
 //! [`MemoryClock`] keeps the times in memory (`zdmap send`); a durable queue keeps them on disk
 //! for `zdmap serve` (the SQLite queue implements the trait). Both are bounded:
@@ -86,11 +89,44 @@ impl EntityClock for MemoryClock {
     }
 }
 
-/// The time of an event's change (ms since the Unix epoch): see the module docs.
-pub fn event_time(event: &Value) -> Option<i64> {
-    ["timestamp", "originalTimestamp", "receivedAt", "sentAt"]
-        .iter()
-        .find_map(|k| event.get(k).and_then(Value::as_str).and_then(parse_rfc3339))
+/// How far past its receive time a sender's clock is believed (Segment corrects clocks too).
+pub const MAX_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// [`MAX_FUTURE_SKEW_MS`] as the docs name it.
+pub const MAX_FUTURE_SKEW: std::time::Duration =
+    std::time::Duration::from_millis(MAX_FUTURE_SKEW_MS as u64);
+
+/// An event's time for ordering its changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventTime {
+    /// Ms since the Unix epoch.
+    pub at_ms: i64,
+    /// The sender's time was too far in the future and the receive time stands in for it.
+    pub clamped: bool,
+}
+
+/// The time of an event's change: see the module docs. `now_ms` stands in for the receive
+/// time of an event that has no `receivedAt` (`zdmap send`).
+pub fn event_time(event: &Value, now_ms: i64) -> Option<EventTime> {
+    let field = |k: &str| event.get(k).and_then(Value::as_str).and_then(parse_rfc3339);
+    let received = field("receivedAt");
+    let stated = ["timestamp", "originalTimestamp"]
+        .into_iter()
+        .find_map(field)
+        .or(received)
+        .or_else(|| field("sentAt"))?;
+    let receive = received.unwrap_or(now_ms);
+    Some(if stated > receive.saturating_add(MAX_FUTURE_SKEW_MS) {
+        EventTime {
+            at_ms: receive,
+            clamped: true,
+        }
+    } else {
+        EventTime {
+            at_ms: stated,
+            clamped: false,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -100,9 +136,41 @@ mod tests {
 
     #[test]
     fn the_event_time_falls_back_to_the_received_time() {
+        let at = |ms| {
+            Some(EventTime {
+                at_ms: ms,
+                clamped: false,
+            })
+        };
         let e = json!({"timestamp": "bad", "receivedAt": "1970-01-01T00:00:02Z"});
-        assert_eq!(event_time(&e), Some(2000));
-        assert_eq!(event_time(&json!({"type": "track"})), None);
+        assert_eq!(event_time(&e, 0), at(2000));
+        assert_eq!(event_time(&json!({"type": "track"}), 0), None);
+    }
+
+    #[test]
+    fn a_sender_time_far_in_the_future_gives_way_to_the_receive_time() {
+        let received = "2026-12-06T10:00:00Z";
+        let received_ms = parse_rfc3339(received).expect("time");
+        let far = json!({"timestamp": "9999-12-31T23:59:59Z", "receivedAt": received});
+        assert_eq!(
+            event_time(&far, 0),
+            Some(EventTime {
+                at_ms: received_ms,
+                clamped: true
+            })
+        );
+        // A few minutes ahead is a clock's skew, and believed.
+        let near = json!({"timestamp": "2026-12-06T10:04:00Z", "receivedAt": received});
+        assert_eq!(event_time(&near, 0).map(|t| t.clamped), Some(false));
+        // Without receivedAt (`zdmap send`), now stands in.
+        let sent = json!({"timestamp": "9999-12-31T23:59:59Z"});
+        assert_eq!(
+            event_time(&sent, received_ms),
+            Some(EventTime {
+                at_ms: received_ms,
+                clamped: true
+            })
+        );
     }
 
     #[test]

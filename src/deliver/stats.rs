@@ -29,6 +29,7 @@ pub struct Stats {
     retries: AtomicU64,
     rate_limited: AtomicU64,
     stale: AtomicU64,
+    future_times: AtomicU64,
     confirmed: AtomicU64,
     /// Keys (users, organizations) whose events wait now: a gauge, for the progress line.
     keys_waiting: AtomicU64,
@@ -55,6 +56,8 @@ pub struct StatsSnapshot {
     pub rate_limited: u64,
     /// Changes skipped because their entity had a newer change applied (see `entities:`).
     pub stale: u64,
+    /// Events whose sender's time was too far ahead, ordered by their receive time instead.
+    pub future_times: u64,
     /// Writes found applied by their step's `check` after an ambiguous failure (not sent again).
     pub confirmed: u64,
     pub elapsed_seconds: f64,
@@ -79,6 +82,7 @@ impl Stats {
             retries: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             stale: AtomicU64::new(0),
+            future_times: AtomicU64::new(0),
             confirmed: AtomicU64::new(0),
             keys_waiting: AtomicU64::new(0),
             requests: Mutex::new(BTreeMap::new()),
@@ -121,6 +125,11 @@ impl Stats {
     /// An action was skipped: an entity it changes had a newer change applied.
     pub fn stale(&self) {
         self.stale.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An event's time was too far in the future and its receive time ordered it.
+    pub fn future_time(&self) {
+        self.future_times.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A write whose answer was lost was found applied by its check.
@@ -180,6 +189,7 @@ impl Stats {
             retries: self.retries.load(Ordering::Relaxed),
             rate_limited: self.rate_limited.load(Ordering::Relaxed),
             stale: self.stale.load(Ordering::Relaxed),
+            future_times: self.future_times.load(Ordering::Relaxed),
             confirmed: self.confirmed.load(Ordering::Relaxed),
             elapsed_seconds: elapsed,
             events_per_second: if elapsed > 0.0 {

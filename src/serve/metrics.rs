@@ -289,6 +289,12 @@ pub fn render(metrics: &Metrics, stats: &Stats, queue_depth: Option<u64>, ready:
     );
     counter(
         &mut out,
+        "zdmap_future_timestamps_total",
+        "Events whose sender's time was over five minutes past their receive time, ordered by the receive time instead.",
+        snapshot.future_times,
+    );
+    counter(
+        &mut out,
         "zdmap_writes_confirmed_total",
         "Writes whose answer was lost, found applied by their check (not sent again).",
         snapshot.confirmed,

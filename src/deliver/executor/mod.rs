@@ -52,7 +52,7 @@ pub use turn::{BatchAnswer, BatchItem, EventOutcome, LearnedKey, LookupItem, Tur
 
 use crate::config::Config;
 use crate::deliver::cache::LookupCache;
-use crate::deliver::order::{EntityChange, EntityClock, MemoryClock, event_time};
+use crate::deliver::order::{EntityChange, EntityClock, EventTime, MemoryClock, event_time};
 use crate::deliver::{DeadLetter, RetryPolicy, Transport, ZendeskApi};
 use crate::event::Event;
 use crate::plan::{Plan, PlannedAction, Rendered};
@@ -149,7 +149,13 @@ impl Executor {
     /// [`Delivery::resumed`]). The delivery keeps this executor (and so its config) until it
     /// is settled.
     pub fn start(self: &Arc<Self>, event: &Event, only: Option<Vec<String>>) -> Delivery {
+        let now_ms = i64::try_from(crate::time::unix_millis_now()).unwrap_or(i64::MAX);
+        let time = event_time(event.value(), now_ms);
+        if time.is_some_and(|t| t.clamped) {
+            self.transport.stats().future_time();
+        }
         let mut delivery = Delivery {
+            time,
             executor: self.clone(),
             plan: self.config.plan(event),
             mode: Mode {
@@ -198,6 +204,8 @@ pub struct Delivery {
     ran: usize,
     learned: Vec<LearnedKey>,
     mode: Mode,
+    /// The event's time for ordering its changes, read once when it starts.
+    time: Option<EventTime>,
 }
 
 /// How a delivery's turns go: set when it starts, and by the scheduler between turns.
@@ -305,7 +313,7 @@ impl Delivery {
     /// event has no time).
     fn changes(&self, planned: &PlannedAction) -> Vec<EntityChange> {
         let entities = self.executor.config.entities(&self.plan, planned);
-        let Some(at_ms) = event_time(&self.plan.event).filter(|_| !entities.is_empty()) else {
+        let Some(at_ms) = self.time.map(|t| t.at_ms).filter(|_| !entities.is_empty()) else {
             return Vec::new();
         };
         entities
