@@ -119,3 +119,47 @@ async fn the_same_message_id_from_two_sources_is_two_calls() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_invalid_calls_is_refused_whole_in_a_few_lines() {
+    let emu = Emulator::start(EmulatorOptions::default())
+        .await
+        .expect("emulator");
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = serving::start(&emu, data.path(), serving::Setup::default()).await;
+    let client = reqwest::Client::new();
+    let post = |batch: Vec<serde_json::Value>| {
+        let client = client.clone();
+        let url = format!("{}/v1/batch", server.url());
+        async move {
+            let resp = client
+                .post(url)
+                .basic_auth(serving::KEY, Some(""))
+                .json(&json!({ "batch": batch }))
+                .send()
+                .await
+                .expect("post");
+            let status = resp.status().as_u16();
+            (status, resp.text().await.expect("body"))
+        }
+    };
+    // 20 000 calls that are no events: refused whole, with a short answer, nothing kept.
+    let flood: Vec<_> = (0..20_000).map(|_| json!({"x": 1})).collect();
+    let (status, body) = post(flood).await;
+    assert_eq!(status, 400);
+    assert!(body.len() < 4096, "an answer of {} bytes", body.len());
+    assert!(body.contains("20000 of 20000 calls are invalid"), "{body}");
+    // A few bad calls beside good ones: the good are taken, the bad kept as dead letters.
+    let mut mixed: Vec<_> = (0..5).map(|_| json!({"x": 1})).collect();
+    mixed.extend((0..5).map(|i| json!({"type": "identify", "userId": format!("u{i}")})));
+    let (status, body) = post(mixed).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"refused_count\":5"), "{body}");
+    let store = zdmap::queue::DeadLetterStore::open(data.path()).expect("dead letters");
+    assert_eq!(
+        store.count().expect("count"),
+        5,
+        "only the mixed request's refusals kept"
+    );
+    server.shutdown().await;
+}

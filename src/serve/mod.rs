@@ -426,6 +426,13 @@ const SINGLE_CALLS: [(&str, &str); 6] = [
     ("alias", "a"),
 ];
 
+/// Most refused calls of one request kept as dead letters; a request with more is refused
+/// whole, so that a flood of invalid calls costs a few lines, not one of each per call.
+const MAX_REFUSED_KEPT: usize = 100;
+
+/// Refused calls an answer lists; the rest are counted.
+const REFUSALS_SHOWN: usize = 10;
+
 /// The batch endpoints: Segment's, and analytics.js' short form.
 const BATCH_PATHS: [&str; 3] = ["/v1/batch", "/v1/import", "/v1/b"];
 
@@ -602,11 +609,39 @@ async fn take<Q: Queue>(
     }
     for r in &calls.refused {
         Metrics::add(&metrics.events_refused[r.reason as usize], 1);
+    }
+    if calls.refused.len() > MAX_REFUSED_KEPT {
+        // A flood of bad calls is answered in a few lines, and nothing of it is kept.
+        let total = calls.refused.len() + calls.accepted.len();
         tracing::warn!(
-            reason = r.reason.label(),
-            index = r.index,
-            detail = %r.message,
-            "a call was refused at ingest and kept in the dead letters"
+            refused = calls.refused.len(),
+            total,
+            first = %calls.refused[0].located(),
+            "a request with too many invalid calls was refused whole"
+        );
+        let first: Vec<String> = calls
+            .refused
+            .iter()
+            .take(REFUSALS_SHOWN)
+            .map(Refused::located)
+            .collect();
+        return bad_request(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{} of {total} calls are invalid (more than {MAX_REFUSED_KEPT}); nothing was stored. The first {}: {}",
+                calls.refused.len(),
+                first.len(),
+                first.join("; ")
+            ),
+        );
+    }
+    if let Some(first) = calls.refused.first() {
+        // One line a request, however many of its calls were refused.
+        tracing::warn!(
+            refused = calls.refused.len(),
+            reason = first.reason.label(),
+            first = %first.located(),
+            "calls were refused at ingest and kept in the dead letters"
         );
     }
     let letters = calls.refused.iter().map(Refused::dead_letter).collect();
@@ -640,13 +675,21 @@ fn with_refusals(refused: &[Refused], any_accepted: bool) -> Response {
     }
     let listed: Vec<_> = refused
         .iter()
+        .take(REFUSALS_SHOWN)
         .map(|r| json!({"index": r.index, "reason": r.reason.label(), "message": r.message}))
         .collect();
     let (status, body) = if any_accepted {
-        (StatusCode::OK, json!({"success": true, "refused": listed}))
+        (
+            StatusCode::OK,
+            json!({"success": true, "refused": listed, "refused_count": refused.len()}),
+        )
     } else {
-        let message: Vec<String> = refused.iter().map(Refused::located).collect();
-        let body = json!({"success": false, "message": message.join("; "), "refused": listed});
+        let message: Vec<String> = refused
+            .iter()
+            .take(REFUSALS_SHOWN)
+            .map(Refused::located)
+            .collect();
+        let body = json!({"success": false, "message": message.join("; "), "refused": listed, "refused_count": refused.len()});
         (StatusCode::BAD_REQUEST, body)
     };
     (status, axum::Json(body)).into_response()
