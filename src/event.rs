@@ -134,6 +134,24 @@ impl Event {
         self.value.get(key).and_then(Value::as_str)
     }
 
+    /// Whether Segment's `integrations` object lets the event reach the destination `name`:
+    /// `{"Zendesk": false}` turns it off, `{"All": false}` turns off every destination it does
+    /// not turn on by name (`true`, or an object of options). Names compare without case.
+    pub fn sent_to(&self, name: &str) -> bool {
+        let Some(integrations) = self.value.get("integrations").and_then(Value::as_object) else {
+            return true;
+        };
+        let named = integrations
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v);
+        let on = |v: &Value| !matches!(v, Value::Bool(false));
+        match named {
+            Some(v) => on(v),
+            None => integrations.get("All").is_none_or(on),
+        }
+    }
+
     /// The keys that order delivery: events that share a key are delivered in order, one at
     /// a time; events with no key in common go in parallel.
     ///
@@ -610,5 +628,23 @@ mod tests {
         );
         let e = Event::from_value(json!({"type": "track", "anonymousId": "a"})).unwrap();
         assert_eq!(e.partition_key().as_deref(), Some("anon:a"));
+    }
+
+    #[test]
+    fn segments_integrations_object_turns_a_destination_off_or_on() {
+        let with = |integrations: Value| {
+            Event::from_value(
+                json!({"type": "track", "event": "x", "userId": "u", "integrations": integrations}),
+            )
+            .expect("event")
+        };
+        assert!(with(json!({})).sent_to("Zendesk"));
+        assert!(!with(json!({"Zendesk": false})).sent_to("Zendesk"));
+        assert!(!with(json!({"zendesk": false})).sent_to("Zendesk"));
+        assert!(!with(json!({"All": false})).sent_to("Zendesk"));
+        assert!(with(json!({"All": false, "Zendesk": true})).sent_to("Zendesk"));
+        assert!(with(json!({"All": false, "Zendesk": {"some": "option"}})).sent_to("Zendesk"));
+        assert!(with(json!({"Intercom": false})).sent_to("Zendesk"));
+        assert!(!with(json!({"Zendesk EU": false})).sent_to("Zendesk EU"));
     }
 }

@@ -28,6 +28,10 @@ impl Config {
             actions: Vec::new(),
             errors: Vec::new(),
         };
+        // Segment's `integrations` may keep the event from this destination: nothing matches.
+        if !event.sent_to(self.setting_str("integration_name").unwrap_or("Zendesk")) {
+            return plan;
+        }
         let scope_cell = std::cell::OnceCell::new();
         let make_scope = || {
             scope_cell

@@ -214,7 +214,13 @@ impl Step {
             match src {
                 None => Ok(None),
                 Some(s) => templates.expression(s).map(Some).map_err(|e| {
-                    let what = format!("bad expression in `{key}`");
+                    // Triggers compare with `=`; expressions, as minijinja, with `==`.
+                    let hint = if lone_equals(s) {
+                        " (an expression compares with `==`; `=` is the trigger language's)"
+                    } else {
+                        ""
+                    };
+                    let what = format!("bad expression in `{key}`{hint}");
                     e.report(&what, &format!("{pointer}/{key}"), problems);
                 }),
             }
@@ -369,6 +375,29 @@ impl Learn {
             value: value?,
         })
     }
+}
+
+/// Whether `source` has an `=` that is no part of `==`, `!=`, `<=` or `>=` (outside quotes).
+fn lone_equals(source: &str) -> bool {
+    let chars: Vec<char> = source.chars().collect();
+    let mut quote = None;
+    for (i, c) in chars.iter().enumerate() {
+        match (quote, c) {
+            (Some(q), c) if *c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(*c),
+            (None, '=') => {
+                let before = i.checked_sub(1).and_then(|j| chars.get(j));
+                let after = chars.get(i + 1);
+                let paired = matches!(before, Some('=' | '!' | '<' | '>')) || after == Some(&'=');
+                if !paired {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 impl RequestTemplate {
@@ -665,6 +694,21 @@ fn render_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lone_equals_sign_is_told_from_comparisons() {
+        assert!(lone_equals("status = 'open'"));
+        assert!(lone_equals("a=1"));
+        for fine in [
+            "status == 'open'",
+            "a != b",
+            "a <= 1 and b >= 2",
+            "x == '='",
+            "y in ['=']",
+        ] {
+            assert!(!lone_equals(fine), "{fine}");
+        }
+    }
 
     #[test]
     fn paths_split_into_literals_and_expressions() {
