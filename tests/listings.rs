@@ -72,3 +72,14 @@ async fn a_listing_whose_reader_goes_away_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(output.status.code(), Some(0), "{stderr}");
 }
+
+#[test]
+fn a_data_directory_without_zdmap_data_is_refused_not_created() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let typo = dir.path().join("zdmap-dta");
+    let output = list(&typo).wait_with_output().expect("list");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("holds no zdmap data"), "{stderr}");
+    assert!(!typo.exists(), "nothing created at the typo");
+}

@@ -109,6 +109,13 @@ pub enum QueueError {
         dir.display()
     )]
     InUse { dir: std::path::PathBuf },
+    /// A data directory that holds no queue.
+    #[error(
+        "queue: {} holds no zdmap data (no {}): give the --data-dir of `zdmap serve`",
+        dir.display(),
+        sqlite::DATABASE_FILE
+    )]
+    NoData { dir: std::path::PathBuf },
     /// The database file could not be opened.
     #[error("queue: cannot open {}: {source}", path.display())]
     Open {

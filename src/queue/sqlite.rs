@@ -754,7 +754,14 @@ pub enum Selection {
 }
 
 impl DeadLetterStore {
+    /// The dead letters of the data directory of a `zdmap serve`; a directory that holds no
+    /// queue (a typo) is refused rather than answered "0 dead letters".
     pub fn open(data_dir: &Path) -> Result<DeadLetterStore, QueueError> {
+        if !data_dir.join(DATABASE_FILE).is_file() {
+            return Err(QueueError::NoData {
+                dir: data_dir.to_path_buf(),
+            });
+        }
         Ok(DeadLetterStore {
             conn: open_connection(data_dir)?,
             data_dir: data_dir.to_path_buf(),
