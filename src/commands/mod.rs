@@ -47,7 +47,7 @@ pub enum Command {
     Schema(inspect::SchemaArgs),
     /// Deliver events to Zendesk (or the built-in emulator) with retries, a request budget,
     /// lookups and dead letters. Exit 0 when all were delivered, 2 when some were dead-lettered,
-    /// 1 on a fatal error.
+    /// 1 on a fatal error, 64 on a usage error, 77 when a person must run `zdmap auth login`.
     Send(send::SendArgs),
     /// Run the built-in Zendesk emulator: a stateful local Zendesk Support API for tests and
     /// for developing mappings (inspect it at /__emulator/state).
@@ -63,9 +63,29 @@ pub enum Command {
     Auth(auth::AuthArgs),
 }
 
+/// Writes a line to standard error; a reader that has gone (`2>&1 | head`) is no error.
+pub fn say(text: impl std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+/// The exit code of a command line that does not parse.
+pub const EXIT_USAGE: u8 = 64;
+
 /// Parses the arguments and runs the command.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit 64 (sysexits' EX_USAGE), apart from `send`'s 2 (some dead-lettered).
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.command {
         Command::Init(a) => init::init(&a),
         Command::Validate(a) => inspect::validate(&a),

@@ -81,7 +81,7 @@ async fn send_async(args: &SendArgs) -> ExitCode {
         Err(code) => return code,
     };
     if let Some(emulator) = &destination.emulator {
-        eprintln!("emulator: listening on {}", emulator.url());
+        super::say(format!("emulator: listening on {}", emulator.url()));
     }
     let input = match super::open_input(&args.events) {
         Ok(i) => i,
@@ -91,7 +91,7 @@ async fn send_async(args: &SendArgs) -> ExitCode {
     let writer = match DeadLetterWriter::open(&args.dead_letter) {
         Ok(w) => Arc::new(w),
         Err(e) => {
-            eprintln!("error: {e}");
+            super::say(format!("error: {e}"));
             return ExitCode::from(1);
         }
     };
@@ -118,7 +118,7 @@ async fn send_async(args: &SendArgs) -> ExitCode {
     let report = match result {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
+            super::say(format!("error: {e}"));
             return ExitCode::from(1);
         }
     };
@@ -126,23 +126,26 @@ async fn send_async(args: &SendArgs) -> ExitCode {
         let _ = std::fs::remove_file(&args.dead_letter);
     }
     let snapshot = destination.stats.snapshot();
-    eprintln!("{}", snapshot.summary());
+    super::say(format!("{}", snapshot.summary()));
     if report.dead_letters > 0 {
-        eprintln!(
+        super::say(format!(
             "{} dead letter(s) written to {}; fix the cause, then run `zdmap send {}` to replay them",
             report.dead_letters,
             args.dead_letter.display(),
             args.dead_letter.display()
-        );
+        ));
     }
     if let Some(emulator) = &destination.emulator {
-        eprintln!("emulator state: {}", emulator_counts(&emulator.state()));
+        super::say(format!(
+            "emulator state: {}",
+            emulator_counts(&emulator.state())
+        ));
     }
     if args.json {
         println!("{}", serde_json::to_string(&snapshot).unwrap_or_default());
     }
     if let Some(fatal) = report.fatal {
-        eprintln!("error: {fatal}");
+        super::say(format!("error: {fatal}"));
         let login_needed = destination
             .executor
             .transport()
