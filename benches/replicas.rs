@@ -18,7 +18,7 @@ use zdmap::emulator::{Emulator, EmulatorOptions};
 
 #[path = "support/allocator.rs"]
 mod allocator;
-#[path = "../tests/support/nats.rs"]
+#[path = "../tests/it/support/nats.rs"]
 mod nats;
 
 use nats::{KEY, NatsServer, Replica};

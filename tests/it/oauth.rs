@@ -4,10 +4,8 @@
 //! failures that must be said once (a wrong secret, a spent chain, a lost refresh answer, a
 //! missing scope). No secret may appear in anything a run writes.
 
-#[path = "support/nats.rs"]
-mod nats;
-#[path = "support/serving.rs"]
-mod serving;
+use crate::support::nats;
+use crate::support::serving;
 
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};

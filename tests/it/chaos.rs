@@ -11,8 +11,7 @@
 //! letters applies what is still current and keeps (and lists) what is stale: the only
 //! difference from the clean run is the comments of the stale ticket updates it kept.
 
-#[path = "support/serving.rs"]
-mod serving;
+use crate::support::serving;
 
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};

@@ -9,8 +9,7 @@
 //! calls of many users for a few organizations, whose organization writes land in event order
 //! across replicas (holds), and the holds themselves in JetStream KV.
 
-#[path = "support/nats.rs"]
-mod nats;
+use crate::support::nats;
 
 use nats::{KEY, NatsServer, Replica};
 use serde_json::{Value, json};

@@ -1,8 +1,7 @@
 //! The emulator driven over HTTP, one section per numbered item of the emulator issue.
 //! Each test starts its own emulator in-process on port 0.
 
-#[path = "support/oas.rs"]
-mod oas;
+use crate::support::oas;
 
 use std::time::{Duration, Instant};
 

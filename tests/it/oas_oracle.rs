@@ -1,7 +1,6 @@
 //! The OpenAPI oracle itself: loading, path matching, and known accept/reject cases.
 
-#[path = "support/oas.rs"]
-mod oas;
+use crate::support::oas;
 
 use oas::{Oas, Validated};
 use serde_json::json;

@@ -10,7 +10,7 @@
 //! `#/components/...` stay as they are: the reachable component schemas are copied into the root
 //! of each compiled schema, so the pointers resolve.
 //!
-//! Use from a test file: `#[path = "support/oas.rs"] mod oas;`, then `oas::Oas::load()`.
+//! Use: `crate::support::oas::Oas::load()`.
 #![allow(dead_code)]
 
 use std::collections::{BTreeSet, HashMap};

@@ -8,10 +8,8 @@
 //! a lost bulk answer or a kill, the pending jobs are waited out before the markers are read
 //! back, so no comment lands twice.
 
-#[path = "support/oas.rs"]
-mod oas;
-#[path = "support/serving.rs"]
-mod serving;
+use crate::support::oas;
+use crate::support::serving;
 
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};

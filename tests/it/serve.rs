@@ -3,8 +3,7 @@
 //! config, shutdown with work in flight, dead letters through `zdmap dead-letters`, and (through
 //! the binary) a `kill -9` and restart with nothing lost and nothing duplicated.
 
-#[path = "support/serving.rs"]
-mod serving;
+use crate::support::serving;
 
 use base64::Engine as _;
 use serde_json::{Value, json};

@@ -2,10 +2,8 @@
 //! a write whose answer is lost (applied, then a 500 or a dropped connection) is not applied
 //! twice, and an older change (a replayed dead letter) is not applied over a newer one.
 
-#[path = "support/mappings.rs"]
-mod mappings;
-#[path = "support/serving.rs"]
-mod serving;
+use crate::support::mappings;
+use crate::support::serving;
 
 use serde_json::{Value, json};
 use std::io::Cursor;

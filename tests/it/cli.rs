@@ -1,7 +1,6 @@
 //! `zdmap preview`, `zdmap match` and the README's first command through the binary.
 
-#[path = "support/command.rs"]
-mod command;
+use crate::support::command;
 
 use command::zdmap;
 use std::process::{Command, Stdio};

@@ -3,8 +3,7 @@
 //! ids, event data in metric labels, hyphenated subdomains, two servers on one data directory,
 //! a damaged database, and a queue whose disk fills up while events are delivered.
 
-#[path = "support/serving.rs"]
-mod serving;
+use crate::support::serving;
 
 use serde_json::{Value, json};
 use std::io::Write as _;
@@ -15,10 +14,8 @@ use zdmap::emulator::{Emulator, EmulatorOptions};
 use zdmap::queue::{NewItem, Queue, SqliteQueue};
 use zdmap::serve::{Server, WorkerOptions};
 
-#[path = "support/command.rs"]
-mod command;
-#[path = "support/mappings.rs"]
-mod mappings;
+use crate::support::command;
+use crate::support::mappings;
 use command::zdmap;
 use mappings::{edit, mappings_copy};
 

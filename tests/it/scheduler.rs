@@ -8,8 +8,7 @@
 //! front of its lines and is let go once settled; an event its source may not own starts no
 //! turn until it does (keeping its place), and one its source lost is dropped unsettled.
 
-#[path = "support/serving.rs"]
-mod serving;
+use crate::support::serving;
 
 use serde_json::{Value, json};
 use std::io::Cursor;

@@ -4,8 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-#[path = "support/mappings.rs"]
-mod mappings;
+use crate::support::mappings;
 use mappings::{edit, mappings_copy};
 
 fn validate(dir: &Path, format: &str) -> (i32, String) {

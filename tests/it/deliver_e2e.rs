@@ -2,8 +2,7 @@
 //! and delivery holds up under 429 storms, 500s, a slow Zendesk, bad credentials, unknown users
 //! and a dead-letter replay, with nothing lost and nothing duplicated.
 
-#[path = "support/oas.rs"]
-mod oas;
+use crate::support::oas;
 
 use serde_json::{Value, json};
 use std::io::Cursor;
