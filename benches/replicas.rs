@@ -121,7 +121,7 @@ fn setup(
     n: usize,
     settings: &[&str],
 ) -> (NatsServer, Emulator, Vec<Replica>, Vec<String>) {
-    let server = NatsServer::start();
+    let server = NatsServer::start().expect(nats::MISSING);
     let emu = rt.block_on(async {
         let emu = Emulator::start(EmulatorOptions::default())
             .await

@@ -8,8 +8,10 @@
 //! a lost bulk answer or a kill, the pending jobs are waited out before the markers are read
 //! back, so no comment lands twice.
 
+use crate::support::http::post_batch;
 use crate::support::oas;
 use crate::support::serving;
+use crate::support::wait::eventually;
 
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -630,30 +632,6 @@ fn spawn_serve(emu: &Emulator, data: &Path) -> (std::process::Child, String) {
     )
 }
 
-/// Posts `events` to a serve's `/v1/batch`: the answer's status.
-async fn post_batch(url: &str, events: Vec<Value>) -> u16 {
-    reqwest::Client::new()
-        .post(format!("{url}/v1/batch"))
-        .basic_auth(serving::KEY, Some(""))
-        .json(&json!({ "batch": events }))
-        .send()
-        .await
-        .expect("post")
-        .status()
-        .as_u16()
-}
-
-async fn wait_until(what: &str, check: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !check() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serve_killed_during_a_job_delivers_its_events_again_at_the_next_start() {
     let emu = emulator(true).await;
@@ -663,9 +641,14 @@ async fn a_serve_killed_during_a_job_delivers_its_events_again_at_the_next_start
     let users: Vec<Value> = (0..10)
         .map(|u| identify(&format!("k{u}"), &format!("k{u}@example.com"), "gold"))
         .collect();
-    assert_eq!(post_batch(&url, users).await, 200);
+    assert_eq!(post_batch(&url, Some(serving::KEY), &users).await, 200);
     let bulk = || requests(&emu, "POST", "/api/v2/users/create_or_update_many");
-    wait_until("the bulk request is sent", || !bulk().is_empty()).await;
+    eventually(
+        "the bulk request is sent",
+        Duration::from_secs(30),
+        async || !bulk().is_empty(),
+    )
+    .await;
     child.kill().expect("kill -9");
     let _ = child.wait();
     assert_eq!(
@@ -677,9 +660,11 @@ async fn a_serve_killed_during_a_job_delivers_its_events_again_at_the_next_start
     emu.configure(|k| k.job_delay_ms = 0);
     let (mut child, _) = spawn_serve(&emu, data.path());
     let users = || comparable(&emu.state())["users"].clone();
-    wait_until("every user delivered again", || {
-        users().as_object().map(|u| u.len()) == Some(10)
-    })
+    eventually(
+        "every user delivered again",
+        Duration::from_secs(30),
+        async || users().as_object().map(|u| u.len()) == Some(10),
+    )
     .await;
     // The first job ends too (3 s after it began): the same upserts again, nothing doubled.
     tokio::time::sleep(Duration::from_millis(3_200)).await;
@@ -709,25 +694,39 @@ async fn in_a_serve_that_keeps_up_an_event_behind_a_job_sends_its_request_single
         identify("late-a", "late-a@example.com", "gold"),
         identify("late-b", "late-b@example.com", "gold"),
     ];
-    assert_eq!(post_batch(&url, first).await, 200);
+    assert_eq!(post_batch(&url, Some(serving::KEY), &first).await, 200);
     let bulk = || requests(&emu, "POST", "/api/v2/users/create_or_update_many");
-    wait_until("the first bulk request is sent", || !bulk().is_empty()).await;
+    eventually(
+        "the first bulk request is sent",
+        Duration::from_secs(30),
+        async || !bulk().is_empty(),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let renamed = |user: &str| {
         json!({"type": "identify", "userId": user, "messageId": format!("{user}-2"),
                "traits": {"email": format!("{user}@example.com"), "name": format!("{user} renamed")}})
     };
     assert_eq!(
-        post_batch(&url, vec![renamed("late-a"), renamed("late-b")]).await,
+        post_batch(
+            &url,
+            Some(serving::KEY),
+            &[renamed("late-a"), renamed("late-b")]
+        )
+        .await,
         200
     );
     let users = || comparable(&emu.state())["users"].clone();
-    wait_until("both renames delivered", || {
-        let users = users();
-        ["late-a", "late-b"]
-            .iter()
-            .all(|u| users[format!("\"{u}\"")]["name"] == format!("{u} renamed"))
-    })
+    eventually(
+        "both renames delivered",
+        Duration::from_secs(30),
+        async || {
+            let users = users();
+            ["late-a", "late-b"]
+                .iter()
+                .all(|u| users[format!("\"{u}\"")]["name"] == format!("{u} renamed"))
+        },
+    )
     .await;
     assert_eq!(
         bulk().len(),
@@ -1194,16 +1193,24 @@ async fn a_serve_killed_during_a_bulk_ticket_update_adds_no_comment_twice() {
     emu.configure(|k| k.job_delay_ms = 3_000);
     let data = tempfile::tempdir().expect("temp dir");
     let (mut child, url) = spawn_serve(&emu, data.path());
-    assert_eq!(post_batch(&url, ticket_updates(3, "kill")).await, 200);
+    assert_eq!(
+        post_batch(&url, Some(serving::KEY), &ticket_updates(3, "kill")).await,
+        200
+    );
     let bulk = || requests(&emu, "PUT", "/api/v2/tickets/update_many");
-    wait_until("a bulk ticket update is sent", || !bulk().is_empty()).await;
+    eventually(
+        "a bulk ticket update is sent",
+        Duration::from_secs(30),
+        async || !bulk().is_empty(),
+    )
+    .await;
     child.kill().expect("kill -9");
     let _ = child.wait();
 
     // The job still runs for a while; updates sent from now on apply at once.
     emu.configure(|k| k.job_delay_ms = 0);
     let (mut child, _) = spawn_serve(&emu, data.path());
-    wait_until("every comment added", || {
+    eventually("every comment added", Duration::from_secs(30), async || {
         comments_by_ticket(&emu)
             .values()
             .map(Vec::len)

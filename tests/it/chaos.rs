@@ -11,7 +11,9 @@
 //! letters applies what is still current and keeps (and lists) what is stale: the only
 //! difference from the clean run is the comments of the stale ticket updates it kept.
 
+use crate::support::http::Metrics;
 use crate::support::serving;
+use crate::support::wait::eventually;
 
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,7 +21,7 @@ use std::io::Cursor;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use zdmap::deliver::DeadLetterWriter;
 use zdmap::deliver::dispatch::{DispatchOptions, RecordWait};
 use zdmap::deliver::run::run;
@@ -146,31 +148,17 @@ async fn client(url: Arc<RwLock<String>>, events: Vec<Value>) {
     }
 }
 
-async fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Waits until the server's queue is empty: every event it took is settled.
 async fn queue_empty(url: &str) {
-    let start = Instant::now();
-    loop {
-        let text = match reqwest::get(format!("{url}/metrics")).await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        if text.lines().any(|l| l == "zdmap_queue_depth 0") {
-            return;
+    eventually("the queue emptied", Duration::from_secs(150), async || {
+        let metrics = Metrics::read(url).await;
+        if metrics.get("zdmap_queue_depth") == Some(0.0) {
+            Ok(())
+        } else {
+            Err(metrics)
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(150),
-            "the queue never emptied: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
 }
 
 fn server_logs(dir: &Path) -> String {
@@ -262,7 +250,7 @@ async fn serve_under_faults_and_a_kill_ends_as_a_clean_run_does() {
         .collect();
 
     // kill -9 once some of it is delivered, then start again on the same data directory.
-    eventually("delivery under way", Duration::from_secs(60), || {
+    eventually("delivery under way", Duration::from_secs(60), async || {
         emu.state()["tickets"]
             .as_array()
             .is_some_and(|t| t.len() >= 8)

@@ -2,8 +2,10 @@
 //! a write whose answer is lost (applied, then a 500 or a dropped connection) is not applied
 //! twice, and an older change (a replayed dead letter) is not applied over a newer one.
 
+use crate::support::http::post_batch;
 use crate::support::mappings;
 use crate::support::serving;
+use crate::support::wait::eventually;
 
 use serde_json::{Value, json};
 use std::io::Cursor;
@@ -286,50 +288,44 @@ async fn a_replay_applies_no_older_ticket_update_and_re_adds_no_removed_membersh
         ..setup.workers
     };
     let server = serving::start(&emu, data.path(), setup).await;
-    let post = |events: Vec<Value>| {
-        let url = format!("{}/v1/batch", server.url());
-        async move {
-            let response = reqwest::Client::new()
-                .post(url)
-                .basic_auth(serving::KEY, Some(""))
-                .json(&json!({"batch": events}))
-                .send()
-                .await
-                .expect("post");
-            assert_eq!(response.status(), 200);
-        }
+    let url = server.url();
+    let post = async |events: &[Value]| {
+        assert_eq!(post_batch(&url, Some(serving::KEY), events).await, 200);
     };
 
-    post(vec![
+    post(&[
         identify("u1", 0, json!({})),
         json!({"type": "group", "groupId": "acme", "userId": "u1", "messageId": "g0",
                "timestamp": at(0), "traits": {"name": "Acme"}}),
         t1_created(0, "u1"),
     ])
     .await;
-    wait_for(&emu, |s| {
+    wait_for(&emu, "the membership and the ticket", |s| {
         list(s, "memberships").len() == 1 && list(s, "tickets").len() == 1
     })
     .await;
 
     // Zendesk fails everything: the older changes are dead-lettered.
     emu.configure(|k| k.fail_rate = 1.0);
-    post(vec![
+    post(&[
         ticket_update("u1", "t1", 10, "pending", "older"),
         identify("u1", 10, json!({"company": {"id": "acme"}})),
     ])
     .await;
     let store = DeadLetterStore::open(data.path()).expect("dead letters");
-    wait_until(|| store.count().unwrap_or(0) >= 3).await;
+    eventually("three dead letters", Duration::from_secs(15), async || {
+        store.count().unwrap_or(0) >= 3
+    })
+    .await;
     emu.configure(|k| k.fail_rate = 0.0);
 
     // Newer changes: the ticket is solved, the user leaves the organization.
-    post(vec![
+    post(&[
         ticket_update("u1", "t1", 20, "solved", "newer"),
         identify("u1", 20, json!({"company": {"id": "acme", "remove": true}})),
     ])
     .await;
-    wait_for(&emu, |s| {
+    wait_for(&emu, "the newer changes", |s| {
         list(s, "memberships").is_empty() && ticket(s, "t1")["status"] == "solved"
     })
     .await;
@@ -376,7 +372,10 @@ async fn a_replay_applies_no_older_ticket_update_and_re_adds_no_removed_membersh
     let (stdout, stderr) = replay(&["--force", &id.to_string()]);
     assert!(stderr.contains("1 dead letter(s) moved back"), "{stderr}");
     assert!(stdout.contains("replayed anyway (--force)"), "{stdout}");
-    wait_for(&emu, |s| ticket(s, "t1")["status"] == "pending").await;
+    wait_for(&emu, "the forced older update", |s| {
+        ticket(s, "t1")["status"] == "pending"
+    })
+    .await;
     assert_eq!(
         comments(ticket(&emu.state(), "t1")),
         ["opened", "newer", "older"]
@@ -384,19 +383,17 @@ async fn a_replay_applies_no_older_ticket_update_and_re_adds_no_removed_membersh
     server.shutdown().await;
 }
 
-async fn wait_for(emu: &Emulator, done: impl Fn(&Value) -> bool) {
-    let state = || emu.state();
-    wait_until(|| done(&state())).await;
-    assert!(done(&state()), "{:#}", state());
-}
-
-async fn wait_until(mut done: impl FnMut() -> bool) {
-    for _ in 0..300 {
-        if done() {
-            return;
+/// Waits until the emulator's state satisfies `done`; panics with the state after 15 s.
+async fn wait_for(emu: &Emulator, what: &str, done: impl Fn(&Value) -> bool) {
+    eventually(what, Duration::from_secs(15), async || {
+        let state = emu.state();
+        if done(&state) {
+            Ok(())
+        } else {
+            Err(format!("{state:#}"))
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 /// A late retry: an update of a ticket waits to be tried again while another user's newer

@@ -3,13 +3,15 @@
 //! ids, event data in metric labels, hyphenated subdomains, two servers on one data directory,
 //! a damaged database, and a queue whose disk fills up while events are delivered.
 
+use crate::support::http::{Metrics, get, post_batch};
 use crate::support::serving;
+use crate::support::wait::eventually;
 
 use serde_json::{Value, json};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use zdmap::emulator::{Emulator, EmulatorOptions};
 use zdmap::queue::{NewItem, Queue, SqliteQueue};
 use zdmap::serve::{Server, WorkerOptions};
@@ -434,47 +436,6 @@ async fn start_server(emu: &Emulator, data: &Path, mappings: &Path) -> Server {
     serving::start(emu, data, setup).await
 }
 
-async fn get(url: &str) -> (u16, String) {
-    let resp = reqwest::get(url).await.expect("GET");
-    (
-        resp.status().as_u16(),
-        resp.text().await.unwrap_or_default(),
-    )
-}
-
-async fn post_batch(url: &str, events: Vec<Value>) -> u16 {
-    reqwest::Client::new()
-        .post(format!("{url}/v1/batch"))
-        .json(&json!({ "batch": events }))
-        .send()
-        .await
-        .expect("POST")
-        .status()
-        .as_u16()
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// Polls `check` until it holds; panics with `what` after 30 s (a deadline, not a measurement).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn metric_is(url: &str, name: &str, want: f64) -> bool {
-    metric(&get(&format!("{url}/metrics")).await.1, name) == Some(want)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn endpoint_labels_in_metrics_never_carry_event_data() {
     let (_dir, mappings) = mappings_copy();
@@ -489,16 +450,13 @@ async fn endpoint_labels_in_metrics_never_carry_event_data() {
     let data = tempfile::tempdir().expect("tempdir");
     let server = start_server(&emu, data.path(), &mappings).await;
     let url = server.url();
-    let events = (0..50)
+    let events: Vec<Value> = (0..50)
         .map(|i| json!({"type": "track", "event": "Viewed", "userId": format!("user-{i}-secret")}))
         .collect();
-    assert_eq!(post_batch(&url, events).await, 200);
-    eventually("all fifty settled", || async {
-        metric_is(&url, "zdmap_queue_depth", 0.0).await
-    })
-    .await;
-    let text = get(&format!("{url}/metrics")).await.1;
+    assert_eq!(post_batch(&url, None, &events).await, 200);
+    let text = Metrics::once(&url, "zdmap_queue_depth", |n| n == 0.0).await;
     let labels: Vec<&str> = text
+        .0
         .lines()
         .filter(|l| l.starts_with("zdmap_zendesk_requests_total{"))
         .collect();
@@ -509,7 +467,7 @@ async fn endpoint_labels_in_metrics_never_carry_event_data() {
             "{line}"
         );
     }
-    assert!(!text.contains("secret"), "{text}");
+    assert!(!text.0.contains("secret"), "{text}");
     server.shutdown().await;
 }
 
@@ -525,17 +483,11 @@ async fn a_full_disk_is_reported_until_writes_work_and_delivered_events_are_not_
 
     // Ten events wait while Zendesk is down; then the disk fills up.
     emu.configure(|k| k.fail_rate = 1.0);
-    assert_eq!(post_batch(&url, (0..10).map(ticket).collect()).await, 200);
-    eventually("events deferred", || async {
-        metric(
-            &get(&format!("{url}/metrics")).await.1,
-            "zdmap_events_deferred_total",
-        )
-        .is_some_and(|n| n >= 1.0)
-    })
-    .await;
+    let ten: Vec<Value> = (0..10).map(ticket).collect();
+    assert_eq!(post_batch(&url, None, &ten).await, 200);
+    Metrics::once(&url, "zdmap_events_deferred_total", |n| n >= 1.0).await;
     let filler = disk.fill();
-    assert_eq!(post_batch(&url, vec![ticket(10)]).await, 503);
+    assert_eq!(post_batch(&url, None, &[ticket(10)]).await, 503);
     let (status, body) = get(&format!("{url}/readyz")).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("queue_write"), "{body}");
@@ -543,10 +495,7 @@ async fn a_full_disk_is_reported_until_writes_work_and_delivered_events_are_not_
     // Zendesk is back: the ten are delivered while their removal from the queue cannot be
     // written. Reads keep working; readiness stays down until a write succeeds.
     emu.configure(|k| k.fail_rate = 0.0);
-    eventually("ten delivered", || async {
-        metric_is(&url, "zdmap_events_delivered_total", 10.0).await
-    })
-    .await;
+    Metrics::once(&url, "zdmap_events_delivered_total", |n| n == 10.0).await;
     tokio::time::sleep(Duration::from_millis(300)).await; // several polls of the queue
     let (status, body) = get(&format!("{url}/readyz")).await;
     assert_eq!(
@@ -557,22 +506,25 @@ async fn a_full_disk_is_reported_until_writes_work_and_delivered_events_are_not_
 
     // Room again: the removals are written, the queue is empty and the server ready.
     std::fs::remove_file(filler).expect("free the disk");
-    eventually("ready again", || async {
+    eventually("ready again", Duration::from_secs(30), async || {
         get(&format!("{url}/readyz")).await.0 == 200
     })
     .await;
-    assert!(metric_is(&url, "zdmap_queue_depth", 0.0).await);
+    assert_eq!(
+        Metrics::read(&url).await.get("zdmap_queue_depth"),
+        Some(0.0)
+    );
     server.shutdown().await;
 
     // A restart sends nothing again: only a new event is delivered.
     let server = start_server(&emu, &data, Path::new("mappings")).await;
     let url = server.url();
-    assert!(metric_is(&url, "zdmap_queue_depth", 0.0).await);
-    assert_eq!(post_batch(&url, vec![ticket(10)]).await, 200);
-    eventually("the new event delivered", || async {
-        metric_is(&url, "zdmap_events_delivered_total", 1.0).await
-    })
-    .await;
+    assert_eq!(
+        Metrics::read(&url).await.get("zdmap_queue_depth"),
+        Some(0.0)
+    );
+    assert_eq!(post_batch(&url, None, &[ticket(10)]).await, 200);
+    Metrics::once(&url, "zdmap_events_delivered_total", |n| n == 1.0).await;
     assert_eq!(
         emu.state()["tickets"].as_array().map(Vec::len),
         Some(11),

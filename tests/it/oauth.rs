@@ -4,8 +4,10 @@
 //! failures that must be said once (a wrong secret, a spent chain, a lost refresh answer, a
 //! missing scope). No secret may appear in anything a run writes.
 
+use crate::support::http::{Metrics, get, post_batch};
 use crate::support::nats;
 use crate::support::serving;
+use crate::support::wait::eventually;
 
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
@@ -85,10 +87,6 @@ impl Serve {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    async fn metrics(&self) -> String {
-        get(&format!("{}/metrics", self.url)).await.1
-    }
-
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -116,35 +114,6 @@ fn client_env() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-async fn get(url: &str) -> (u16, String) {
-    let resp = reqwest::get(url).await.expect("GET");
-    (
-        resp.status().as_u16(),
-        resp.text().await.unwrap_or_default(),
-    )
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// Polls `check` until it gives a value; panics with `what` after `limit` (a deadline, not a
-/// measurement).
-async fn eventually<T, Fut>(what: &str, limit: Duration, mut check: impl FnMut() -> Fut) -> T
-where
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn identify(n: usize) -> Value {
     json!({
         "type": "identify",
@@ -152,18 +121,6 @@ fn identify(n: usize) -> Value {
         "userId": format!("u-{n}"),
         "traits": {"email": format!("u{n}@example.com"), "name": format!("User {n}")},
     })
-}
-
-/// Posts `events` to `/v1/batch` of `url` with the write key.
-async fn post(url: &str, key: &str, events: &[Value]) {
-    let resp = reqwest::Client::new()
-        .post(format!("{url}/v1/batch"))
-        .basic_auth(key, Some(""))
-        .json(&json!({"batch": events}))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(resp.status().as_u16(), 200);
 }
 
 /// Identifies of new users from `first` on, `per_second` a second for `seconds`, spread over
@@ -182,7 +139,8 @@ async fn steady_stream(
     for tick in 0..ticks {
         let events: Vec<Value> = (n..n + per_tick).map(identify).collect();
         n += per_tick;
-        post(urls[tick as usize % urls.len()], key, &events).await;
+        let url = urls[tick as usize % urls.len()];
+        assert_eq!(post_batch(url, Some(key), &events).await, 200);
         let next = start + Duration::from_millis(200 * (tick + 1));
         tokio::time::sleep_until(next.into()).await;
     }
@@ -285,13 +243,10 @@ async fn client_credentials_deliver_a_steady_stream_for_ten_token_lifetimes() {
     let serve = Serve::start(&emu, &dir.path().join("data"), &client_env());
     let sent = steady_stream(&[&serve.url], serving::KEY, 0, 20, 10).await;
     all_delivered(&emu, sent).await;
-    let metrics = serve.metrics().await;
+    let metrics = Metrics::read(&serve.url).await;
+    assert_eq!(metrics.get("zdmap_events_dead_lettered_total"), Some(0.0));
     assert_eq!(
-        metric(&metrics, "zdmap_events_dead_lettered_total"),
-        Some(0.0)
-    );
-    assert_eq!(
-        metric(&metrics, "zdmap_events_deferred_total"),
+        metrics.get("zdmap_events_deferred_total"),
         Some(0.0),
         "no event waited because of a token"
     );
@@ -307,7 +262,7 @@ async fn client_credentials_deliver_a_steady_stream_for_ten_token_lifetimes() {
     assert!(log.contains("OAuth client credentials"), "{log}");
     assert!(log.contains("scopes cover every request"), "{log}");
     assert_no_secret(
-        &[("the log", &log), ("the metrics", &metrics)],
+        &[("the log", &log), ("the metrics", &metrics.0)],
         &[SECRET.to_string()],
     );
 }
@@ -356,12 +311,9 @@ async fn a_refresh_chain_rotates_on_every_refresh_and_keeps_delivering() {
     distinct.dedup();
     assert_eq!(distinct.len(), seen.len(), "a new refresh token every time");
     assert_eq!(stat(&emu, "/refused/invalid_grant"), 0);
-    let metrics = serve.metrics().await;
-    assert_eq!(
-        metric(&metrics, "zdmap_events_dead_lettered_total"),
-        Some(0.0)
-    );
-    assert_eq!(metric(&metrics, "zdmap_oauth_login_needed"), Some(0.0));
+    let metrics = Metrics::read(&serve.url).await;
+    assert_eq!(metrics.get("zdmap_events_dead_lettered_total"), Some(0.0));
+    assert_eq!(metrics.get("zdmap_oauth_login_needed"), Some(0.0));
     let status = Command::new(env!("CARGO_BIN_EXE_zdmap"))
         .args(["auth", "status", "--zendesk-url", &emu.url(), "--data-dir"])
         .arg(&data)
@@ -385,7 +337,7 @@ async fn a_refresh_chain_rotates_on_every_refresh_and_keeps_delivering() {
         .map(|(p, t)| (p.as_str(), t.as_str()))
         .collect();
     texts.extend([
-        ("the metrics", metrics.as_str()),
+        ("the metrics", metrics.0.as_str()),
         ("auth status", status_text.as_str()),
         ("auth login", printed.as_str()),
     ]);
@@ -438,16 +390,15 @@ async fn kill_9_during_refreshes_loses_no_event_and_leaves_a_whole_store() {
         login(&emu, &["--data-dir", data.to_str().expect("utf-8")]).await;
     }
     all_delivered(&emu, next).await;
-    let metrics = serve.metrics().await;
-    assert_eq!(
-        metric(&metrics, "zdmap_events_dead_lettered_total"),
-        Some(0.0)
-    );
+    let metrics = Metrics::read(&serve.url).await;
+    assert_eq!(metrics.get("zdmap_events_dead_lettered_total"), Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_nats_share_one_chain_for_ten_lifetimes() {
-    let server = nats::NatsServer::start();
+    let Some(server) = nats::NatsServer::start() else {
+        return;
+    };
     let emu = emulator(2).await;
     login(&emu, &["--queue", &server.url()]).await;
     let env: &[(&str, &str)] = &[];
@@ -476,15 +427,9 @@ async fn two_replicas_on_nats_share_one_chain_for_ten_lifetimes() {
         "{refreshes} refreshes for two replicas in 20 s"
     );
     for replica in [&a, &b] {
-        let metrics = get(&format!("{}/metrics", replica.url)).await.1;
-        assert_eq!(
-            metric(&metrics, "zdmap_events_dead_lettered_total"),
-            Some(0.0)
-        );
-        assert_eq!(
-            metric(&metrics, "zdmap_oauth_invalid_grant_total"),
-            Some(0.0)
-        );
+        let metrics = Metrics::read(&replica.url).await;
+        assert_eq!(metrics.get("zdmap_events_dead_lettered_total"), Some(0.0));
+        assert_eq!(metrics.get("zdmap_oauth_invalid_grant_total"), Some(0.0));
         assert!(
             replica
                 .log_text()
@@ -507,12 +452,15 @@ async fn a_wrong_client_secret_is_said_once_and_the_fixed_secret_is_read_on_relo
         ),
     ];
     let serve = Serve::start(&emu, &dir.path().join("data"), &env);
-    post(
-        &serve.url,
-        serving::KEY,
-        &(0..5).map(identify).collect::<Vec<_>>(),
-    )
-    .await;
+    assert_eq!(
+        post_batch(
+            &serve.url,
+            Some(serving::KEY),
+            &(0..5).map(identify).collect::<Vec<_>>()
+        )
+        .await,
+        200
+    );
     let readyz = eventually("/readyz refuses", Duration::from_secs(30), || async {
         let (status, body) = get(&format!("{}/readyz", serve.url)).await;
         (status == 503 && body.contains("refused the OAuth client")).then_some(body)
@@ -528,15 +476,17 @@ async fn a_wrong_client_secret_is_said_once_and_the_fixed_secret_is_read_on_relo
     assert_eq!(said, 1, "said {said} times:\n{log}");
     let asked = stat(&emu, "/refused/invalid_client");
     assert!(asked <= 4, "asked {asked} times in about 5 s: a loop");
-    let metrics = serve.metrics().await;
-    assert_eq!(metric(&metrics, "zdmap_oauth_client_refused"), Some(1.0));
+    let metrics = Metrics::read(&serve.url).await;
+    assert_eq!(metrics.get("zdmap_oauth_client_refused"), Some(1.0));
     assert_eq!(users(&emu), 0);
     // The secret fixed in its file, and a reload: the waiting events go.
     std::fs::write(&secret_file, format!("{SECRET}\n")).expect("secret");
     serve.hup();
     all_delivered(&emu, 5).await;
     assert_eq!(
-        metric(&serve.metrics().await, "zdmap_events_dead_lettered_total"),
+        Metrics::read(&serve.url)
+            .await
+            .get("zdmap_events_dead_lettered_total"),
         Some(0.0)
     );
     // One dead letter, so that the grep below reads one too.
@@ -545,12 +495,11 @@ async fn a_wrong_client_secret_is_said_once_and_the_fixed_secret_is_read_on_relo
         json!({"forced_faults": [{"status": 422, "path": "/api/v2/users/create_or_update"}]}),
     )
     .await;
-    post(&serve.url, serving::KEY, &[identify(5)]).await;
-    let metrics = eventually("a dead letter", Duration::from_secs(30), || async {
-        let text = serve.metrics().await;
-        (metric(&text, "zdmap_events_dead_lettered_total") == Some(1.0)).then_some(text)
-    })
-    .await;
+    assert_eq!(
+        post_batch(&serve.url, Some(serving::KEY), &[identify(5)]).await,
+        200
+    );
+    let metrics = Metrics::once(&serve.url, "zdmap_events_dead_lettered_total", |n| n == 1.0).await;
     drop(serve);
     let files = written(dir.path(), &emu);
     let mut texts: Vec<(&str, &str)> = files
@@ -559,7 +508,7 @@ async fn a_wrong_client_secret_is_said_once_and_the_fixed_secret_is_read_on_relo
         .map(|(p, t)| (p.as_str(), t.as_str()))
         .collect();
     texts.extend([
-        ("the metrics", metrics.as_str()),
+        ("the metrics", metrics.0.as_str()),
         ("/readyz", readyz.as_str()),
     ]);
     assert_no_secret(
@@ -585,12 +534,15 @@ async fn a_spent_refresh_token_asks_for_a_login_once_and_loses_nothing() {
         .expect("refresh");
     assert!(other.status().is_success());
     let serve = Serve::start(&emu, &data, &[]);
-    post(
-        &serve.url,
-        serving::KEY,
-        &(0..5).map(identify).collect::<Vec<_>>(),
-    )
-    .await;
+    assert_eq!(
+        post_batch(
+            &serve.url,
+            Some(serving::KEY),
+            &(0..5).map(identify).collect::<Vec<_>>()
+        )
+        .await,
+        200
+    );
     let readyz = eventually(
         "/readyz asks for a login",
         Duration::from_secs(30),
@@ -601,8 +553,8 @@ async fn a_spent_refresh_token_asks_for_a_login_once_and_loses_nothing() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let metrics = serve.metrics().await;
-    assert_eq!(metric(&metrics, "zdmap_oauth_login_needed"), Some(1.0));
+    let metrics = Metrics::read(&serve.url).await;
+    assert_eq!(metrics.get("zdmap_oauth_login_needed"), Some(1.0));
     let log = serve.log_text();
     let said = log
         .lines()
@@ -681,8 +633,8 @@ async fn a_refresh_whose_answer_was_lost_says_the_chain_is_gone_without_a_loop()
     tokio::time::sleep(Duration::from_secs(2)).await;
     let refreshes = stat(&emu, "/token_requests/refresh_token");
     assert!(refreshes <= 3, "{refreshes} refreshes: a loop");
-    let metrics = serve.metrics().await;
-    assert_eq!(metric(&metrics, "zdmap_oauth_login_needed"), Some(1.0));
+    let metrics = Metrics::read(&serve.url).await;
+    assert_eq!(metrics.get("zdmap_oauth_login_needed"), Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -698,24 +650,22 @@ async fn a_failing_or_slow_token_endpoint_delays_delivery_and_loses_nothing() {
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
     let serve = Serve::start(&emu, &dir.path().join("data"), &client_env());
-    post(
-        &serve.url,
-        serving::KEY,
-        &(0..20).map(identify).collect::<Vec<_>>(),
-    )
-    .await;
-    all_delivered(&emu, 20).await;
-    let metrics = serve.metrics().await;
     assert_eq!(
-        metric(&metrics, "zdmap_events_dead_lettered_total"),
-        Some(0.0)
-    );
-    assert!(
-        metric(
-            &metrics,
-            "zdmap_oauth_token_requests_total{result=\"failed\"}"
+        post_batch(
+            &serve.url,
+            Some(serving::KEY),
+            &(0..20).map(identify).collect::<Vec<_>>()
         )
-        .unwrap_or(0.0)
+        .await,
+        200
+    );
+    all_delivered(&emu, 20).await;
+    let metrics = Metrics::read(&serve.url).await;
+    assert_eq!(metrics.get("zdmap_events_dead_lettered_total"), Some(0.0));
+    assert!(
+        metrics
+            .get("zdmap_oauth_token_requests_total{result=\"failed\"}")
+            .unwrap_or(0.0)
             >= 1.0,
         "{metrics}"
     );

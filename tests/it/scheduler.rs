@@ -8,7 +8,9 @@
 //! front of its lines and is let go once settled; an event its source may not own starts no
 //! turn until it does (keeping its place), and one its source lost is dropped unsettled.
 
+use crate::support::http::{Metrics, get, post_batch};
 use crate::support::serving;
+use crate::support::wait::eventually;
 
 use serde_json::{Value, json};
 use std::io::Cursor;
@@ -523,39 +525,9 @@ async fn serve(emu: &Emulator, data: &Path, wait_for_records: Duration) -> Serve
     serving::start(emu, data, setup).await
 }
 
-async fn post_batch(server: &Server, events: &[Value]) {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/batch", server.url()))
-        .basic_auth(serving::KEY, None::<&str>)
-        .json(&json!({ "batch": events }))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(resp.status().as_u16(), 200);
-}
-
 async fn readyz(server: &Server) -> (u16, Value) {
-    let resp = reqwest::get(format!("{}/readyz", server.url()))
-        .await
-        .expect("readyz");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-/// Polls until `check` holds; panics after 60 s (a deadline, not a measurement).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (status, body) = get(&format!("{}/readyz", server.url())).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 fn delivered(server: &Server) -> u64 {
@@ -574,20 +546,32 @@ async fn events_before_their_records_wait_and_are_woken_by_them_in_serve() {
     let server = serve(&emu, data.path(), Duration::from_secs(3600)).await;
     let events = shuffled_dependencies();
     let (early, late) = events.split_at(4);
-    post_batch(&server, early).await;
-    eventually("the early events wait for their records", || async {
-        let (status, body) = readyz(&server).await;
-        status == 200 && body["delivery"]["keys_waiting"]["missing_record"].as_u64() >= Some(3)
-    })
+    assert_eq!(
+        post_batch(&server.url(), Some(serving::KEY), early).await,
+        200
+    );
+    eventually(
+        "the early events wait for their records",
+        Duration::from_secs(60),
+        async || {
+            let (status, body) = readyz(&server).await;
+            status == 200 && body["delivery"]["keys_waiting"]["missing_record"].as_u64() >= Some(3)
+        },
+    )
     .await;
     assert!(
         count(&emu.state(), "events") == 0,
         "the tracks wait for their user"
     );
-    post_batch(&server, late).await;
-    eventually("everything delivered", || async {
-        delivered(&server) == events.len() as u64
-    })
+    assert_eq!(
+        post_batch(&server.url(), Some(serving::KEY), late).await,
+        200
+    );
+    eventually(
+        "everything delivered",
+        Duration::from_secs(60),
+        async || delivered(&server) == events.len() as u64,
+    )
     .await;
     assert_shuffled_dependencies_delivered(&emu.state());
     server.shutdown().await;
@@ -603,28 +587,41 @@ async fn a_waiting_user_does_not_hold_up_the_others_in_serve() {
     .await;
     let data = tempfile::tempdir().expect("tempdir");
     let server = serve(&emu, data.path(), Duration::from_secs(60)).await;
-    post_batch(
-        &server,
-        &[
-            identify("busy", json!({"email": "busy@example.com", "name": "Busy"})),
-            identify(
-                "busy",
-                json!({"email": "busy@example.com", "name": "Busy B."}),
-            ),
-        ],
+    assert_eq!(
+        post_batch(
+            &server.url(),
+            Some(serving::KEY),
+            &[
+                identify("busy", json!({"email": "busy@example.com", "name": "Busy"})),
+                identify(
+                    "busy",
+                    json!({"email": "busy@example.com", "name": "Busy B."}),
+                ),
+            ]
+        )
+        .await,
+        200
+    );
+    eventually(
+        "the busy user waits out a per-user 429",
+        Duration::from_secs(60),
+        async || {
+            let (status, body) = readyz(&server).await;
+            status == 200 && body["delivery"]["keys_waiting"]["rate_limited"].as_u64() == Some(1)
+        },
     )
-    .await;
-    eventually("the busy user waits out a per-user 429", || async {
-        let (status, body) = readyz(&server).await;
-        status == 200 && body["delivery"]["keys_waiting"]["rate_limited"].as_u64() == Some(1)
-    })
     .await;
     let before = delivered(&server);
     let others: Vec<Value> = new_users("o", 40);
-    post_batch(&server, &others).await;
-    eventually("the others delivered", || async {
-        delivered(&server) == before + 40
-    })
+    assert_eq!(
+        post_batch(&server.url(), Some(serving::KEY), &others).await,
+        200
+    );
+    eventually(
+        "the others delivered",
+        Duration::from_secs(60),
+        async || delivered(&server) == before + 40,
+    )
     .await;
     let (status, body) = readyz(&server).await;
     assert_eq!(
@@ -636,14 +633,10 @@ async fn a_waiting_user_does_not_hold_up_the_others_in_serve() {
         Some(1),
         "40 events delivered during the busy user's wait: {body}"
     );
-    let metrics = reqwest::get(format!("{}/metrics", server.url()))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    assert!(
-        metrics.contains("zdmap_delivery_keys_waiting{reason=\"rate_limited\"} 1"),
+    let metrics = Metrics::read(&server.url()).await;
+    assert_eq!(
+        metrics.get("zdmap_delivery_keys_waiting{reason=\"rate_limited\"}"),
+        Some(1.0),
         "{metrics}"
     );
     let busy = find(&emu.state(), "users", "external_id", "busy").cloned();
@@ -666,12 +659,22 @@ async fn a_poison_event_is_dead_lettered_and_its_user_goes_on_in_serve() {
         identify("u-b", json!({"email": "taken@example.com", "name": "B"})),
         identify("u-b", json!({"email": "b@example.com", "name": "B again"})),
     ];
-    post_batch(&server, &events[..2]).await;
-    eventually("the users exist", || async { delivered(&server) == 2 }).await;
-    post_batch(&server, &events[2..]).await;
+    assert_eq!(
+        post_batch(&server.url(), Some(serving::KEY), &events[..2]).await,
+        200
+    );
+    eventually("the users exist", Duration::from_secs(60), async || {
+        delivered(&server) == 2
+    })
+    .await;
+    assert_eq!(
+        post_batch(&server.url(), Some(serving::KEY), &events[2..]).await,
+        200
+    );
     eventually(
         "the poison event dead-lettered, the next delivered",
-        || async {
+        Duration::from_secs(60),
+        async || {
             delivered(&server) == 3
                 && server
                     .shared()
@@ -693,10 +696,15 @@ async fn an_account_wide_429_pauses_every_key_in_serve() {
     let data = tempfile::tempdir().expect("tempdir");
     let server = serve(&emu, data.path(), Duration::from_secs(60)).await;
     let events: Vec<Value> = new_users("u", 12);
-    post_batch(&server, &events).await;
-    eventually("every user delivered after the pause", || async {
-        delivered(&server) == 12
-    })
+    assert_eq!(
+        post_batch(&server.url(), Some(serving::KEY), &events).await,
+        200
+    );
+    eventually(
+        "every user delivered after the pause",
+        Duration::from_secs(60),
+        async || delivered(&server) == 12,
+    )
     .await;
     assert_nothing_sent_during_the_account_pause(&emu, 2);
     server.shutdown().await;
@@ -780,10 +788,8 @@ async fn no_turn_starts_for_an_event_its_source_may_not_own_and_a_lost_one_is_dr
     });
 
     // u2's events go; u0's wait (asked again now and then) and u1's are dropped.
-    eventually("u2 delivered", || {
-        let done =
-            find(&emu.state(), "users", "external_id", "u2").is_some_and(|u| u["name"] == "third");
-        async move { done }
+    eventually("u2 delivered", Duration::from_secs(60), async || {
+        find(&emu.state(), "users", "external_id", "u2").is_some_and(|u| u["name"] == "third")
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;

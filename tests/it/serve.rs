@@ -3,13 +3,16 @@
 //! config, shutdown with work in flight, dead letters through `zdmap dead-letters`, and (through
 //! the binary) a `kill -9` and restart with nothing lost and nothing duplicated.
 
+use crate::support::command::zdmap;
+use crate::support::http::{Metrics, get};
 use crate::support::serving;
+use crate::support::wait::eventually;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use zdmap::emulator::{Emulator, EmulatorOptions, ForcedFault};
 use zdmap::serve::{IngestOptions, Server};
 
@@ -65,58 +68,19 @@ async fn post(url: &str, path: &str, body: &Value) -> (u16, Value) {
     .await
 }
 
-async fn get_text(url: &str) -> (u16, String) {
-    let resp = reqwest::get(url).await.expect("GET");
-    (
-        resp.status().as_u16(),
-        resp.text().await.unwrap_or_default(),
-    )
-}
-
-/// Polls `check` until it gives a value; panics with `what` after 30 s (a deadline, not a
-/// measurement).
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Polls a synchronous check (the emulator's state) until it holds.
-async fn wait_until(what: &str, check: impl Fn() -> bool) {
-    eventually(what, || async { check().then_some(()) }).await
-}
-
 /// The `/readyz` body once it answers `status`.
 async fn readyz_once(url: &str, status: u16, what: &str) -> String {
-    eventually(what, || async {
-        let (s, body) = get_text(&format!("{url}/readyz")).await;
+    eventually(what, Duration::from_secs(30), async || {
+        let (s, body) = get(&format!("{url}/readyz")).await;
         (s == status).then_some(body)
-    })
-    .await
-}
-
-/// The `/metrics` text once `name` satisfies `holds`.
-async fn metrics_once(url: &str, name: &str, holds: impl Fn(f64) -> bool) -> String {
-    eventually(name, || async {
-        let text = get_text(&format!("{url}/metrics")).await.1;
-        metric(&text, name).filter(|v| holds(*v)).map(|_| text)
     })
     .await
 }
 
 /// Waits until the emulator holds `n` tickets, then checks each external id is there once.
 async fn each_ticket_once(emu: &Emulator, n: usize) {
-    eventually("all the tickets", || async {
-        (count(&emu.state(), "tickets") >= n).then_some(())
+    eventually("all the tickets", Duration::from_secs(30), async || {
+        count(&emu.state(), "tickets") >= n
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -131,15 +95,6 @@ async fn each_ticket_once(emu: &Emulator, n: usize) {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), n, "nothing lost");
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-async fn metrics(server: &Server) -> String {
-    get_text(&format!("{}/metrics", server.url())).await.1
 }
 
 fn count(state: &Value, what: &str) -> usize {
@@ -189,13 +144,17 @@ async fn the_ingest_api_stores_and_delivers_good_input_and_refuses_bad_input() {
     .await;
     assert_eq!(status, 200, "the write key may come in the body");
 
-    wait_until("all six events delivered", || {
-        let s = emu.state();
-        count(&s, "users") >= 3
-            && count(&s, "organizations") == 1
-            && count(&s, "tickets") == 1
-            && count(&s, "events") == 2
-    })
+    eventually(
+        "all six events delivered",
+        Duration::from_secs(30),
+        async || {
+            let s = emu.state();
+            count(&s, "users") >= 3
+                && count(&s, "organizations") == 1
+                && count(&s, "tickets") == 1
+                && count(&s, "events") == 2
+        },
+    )
     .await;
     let state = emu.state();
     let users = state["users"].as_array().expect("users");
@@ -243,44 +202,37 @@ async fn the_ingest_api_stores_and_delivers_good_input_and_refuses_bad_input() {
         assert!(message.contains(want_message), "{message} / {want_message}");
     }
 
-    let (status, body) = get_text(&format!("{url}/healthz")).await;
+    let (status, body) = get(&format!("{url}/healthz")).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#""status":"ok""#), "{body}");
-    let (status, body) = get_text(&format!("{url}/readyz")).await;
+    let (status, body) = get(&format!("{url}/readyz")).await;
     assert_eq!(status, 200, "{body}");
-    let text = metrics(&server).await;
+    let text = Metrics::read(&server.url()).await;
+    assert_eq!(text.get("zdmap_events_accepted_total"), Some(6.0), "{text}");
     assert_eq!(
-        metric(&text, "zdmap_events_accepted_total"),
+        text.get("zdmap_events_delivered_total"),
+        Some(6.0),
+        "{text}"
+    );
+    assert_eq!(text.get("zdmap_queue_depth"), Some(0.0), "{text}");
+    assert_eq!(
+        text.get("zdmap_ingest_rejected_total{reason=\"bad_request\"}"),
         Some(6.0),
         "{text}"
     );
     assert_eq!(
-        metric(&text, "zdmap_events_delivered_total"),
-        Some(6.0),
-        "{text}"
-    );
-    assert_eq!(metric(&text, "zdmap_queue_depth"), Some(0.0), "{text}");
-    assert_eq!(
-        metric(&text, "zdmap_ingest_rejected_total{reason=\"bad_request\"}"),
-        Some(6.0),
-        "{text}"
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "zdmap_ingest_rejected_total{reason=\"unauthorized\"}"
-        ),
+        text.get("zdmap_ingest_rejected_total{reason=\"unauthorized\"}"),
         Some(2.0),
         "{text}"
     );
     assert!(
-        text.contains(
+        text.0.contains(
             "zdmap_zendesk_requests_total{endpoint=\"POST /api/v2/tickets\",status=\"201\"} 1"
         ),
         "{text}"
     );
     assert_eq!(
-        metric(&text, "zdmap_delivery_latency_seconds_count"),
+        text.get("zdmap_delivery_latency_seconds_count"),
         Some(6.0),
         "{text}"
     );
@@ -298,14 +250,14 @@ async fn events_wait_while_zendesk_is_down_then_go() {
     let batch = json!({"batch": (0..10).map(ticket).collect::<Vec<_>>()});
     assert_eq!(post(&server.url(), "/v1/batch", &batch).await.0, 200);
 
-    let text = metrics_once(&server.url(), "zdmap_events_deferred_total", |n| n >= 3.0).await;
+    let text = Metrics::once(&server.url(), "zdmap_events_deferred_total", |n| n >= 3.0).await;
     assert_eq!(
-        metric(&text, "zdmap_queue_depth"),
+        text.get("zdmap_queue_depth"),
         Some(10.0),
         "events wait in the queue: {text}"
     );
     assert_eq!(
-        metric(&text, "zdmap_events_dead_lettered_total"),
+        text.get("zdmap_events_dead_lettered_total"),
         Some(0.0),
         "{text}"
     );
@@ -313,7 +265,7 @@ async fn events_wait_while_zendesk_is_down_then_go() {
 
     emu.configure(|k| k.fail_rate = 0.0);
     each_ticket_once(&emu, 10).await;
-    metrics_once(&server.url(), "zdmap_queue_depth", |n| n == 0.0).await;
+    Metrics::once(&server.url(), "zdmap_queue_depth", |n| n == 0.0).await;
     server.shutdown().await;
 }
 
@@ -329,15 +281,17 @@ async fn refused_credentials_make_it_not_ready_and_keep_the_events() {
     assert_eq!(post(&url, "/v1/track", &json!({"userId": "u-9", "event": "Ticket Created", "context": {"traits": {"email": "n@example.com", "name": "N"}}, "properties": {"subject": "S", "comment": "C"}})).await.0, 200);
     let body = readyz_once(&url, 503, "not ready while Zendesk refuses the credentials").await;
     assert!(body.contains("401"), "{body}");
-    wait_until("the ticket once the credentials work again", || {
-        count(&emu.state(), "tickets") == 1
-    })
+    eventually(
+        "the ticket once the credentials work again",
+        Duration::from_secs(30),
+        async || count(&emu.state(), "tickets") == 1,
+    )
     .await;
-    let (status, body) = get_text(&format!("{url}/readyz")).await;
+    let (status, body) = get(&format!("{url}/readyz")).await;
     assert_eq!(status, 200, "ready again: {body}");
-    let text = metrics(&server).await;
+    let text = Metrics::read(&server.url()).await;
     assert_eq!(
-        metric(&text, "zdmap_events_dead_lettered_total"),
+        text.get("zdmap_events_dead_lettered_total"),
         Some(0.0),
         "{text}"
     );
@@ -378,9 +332,9 @@ async fn a_changed_config_is_swapped_in_and_a_broken_one_is_refused() {
     // Broken: refused with validate's messages, reported by /healthz and a metric; the running
     // config goes on and the server stays ready (one typo must not empty a load balancer).
     std::fs::write(&ticket_file, format!("{original}\nthis is: [not valid\n")).expect("write");
-    let text = metrics_once(&url, "zdmap_config_reload_failing", |n| n == 1.0).await;
-    assert_eq!(metric(&text, "zdmap_ready"), Some(1.0), "{text}");
-    let (status, body) = get_text(&format!("{url}/healthz")).await;
+    let text = Metrics::once(&url, "zdmap_config_reload_failing", |n| n == 1.0).await;
+    assert_eq!(text.get("zdmap_ready"), Some(1.0), "{text}");
+    let (status, body) = get(&format!("{url}/healthz")).await;
     assert_eq!(status, 200);
     assert!(
         body.contains("create_ticket.yaml:"),
@@ -394,9 +348,11 @@ async fn a_changed_config_is_swapped_in_and_a_broken_one_is_refused() {
             .0,
         200
     );
-    wait_until("a ticket from the last good config", || {
-        count(&emu.state(), "tickets") == 1
-    })
+    eventually(
+        "a ticket from the last good config",
+        Duration::from_secs(30),
+        async || count(&emu.state(), "tickets") == 1,
+    )
     .await;
 
     // Good: tickets switched off; swapped in, ready again.
@@ -406,13 +362,17 @@ async fn a_changed_config_is_swapped_in_and_a_broken_one_is_refused() {
         "create_ticket.yaml has a top-level trigger"
     );
     std::fs::write(&ticket_file, disabled).expect("write");
-    let text = metrics_once(&url, "zdmap_config_reload_failing", |n| n == 0.0).await;
+    let text = Metrics::once(&url, "zdmap_config_reload_failing", |n| n == 0.0).await;
     assert!(
-        metric(&text, "zdmap_config_reloads_total{result=\"ok\"}").unwrap_or(0.0) >= 1.0,
+        text.get("zdmap_config_reloads_total{result=\"ok\"}")
+            .unwrap_or(0.0)
+            >= 1.0,
         "{text}"
     );
     assert!(
-        metric(&text, "zdmap_config_reloads_total{result=\"failed\"}").unwrap_or(0.0) >= 1.0,
+        text.get("zdmap_config_reloads_total{result=\"failed\"}")
+            .unwrap_or(0.0)
+            >= 1.0,
         "{text}"
     );
     assert_eq!(
@@ -421,7 +381,7 @@ async fn a_changed_config_is_swapped_in_and_a_broken_one_is_refused() {
             .0,
         200
     );
-    metrics_once(&url, "zdmap_events_skipped_total", |n| n == 1.0).await;
+    Metrics::once(&url, "zdmap_events_skipped_total", |n| n == 1.0).await;
     assert_eq!(count(&emu.state(), "tickets"), 1);
     server.shutdown().await;
 }
@@ -450,7 +410,7 @@ async fn a_reload_of_deeply_nested_mappings_is_refused_and_the_server_stays_up()
             diags.to_string().contains("nests deeper than 64"),
             "{diags}"
         );
-        let (status, health) = get_text(&format!("{url}/healthz")).await;
+        let (status, health) = get(&format!("{url}/healthz")).await;
         assert_eq!(status, 200);
         assert!(health.contains("deeper than 64"), "reported: {health}");
         readyz_once(&url, 200, "the last good config keeps the server ready").await;
@@ -468,9 +428,11 @@ async fn shutdown_with_work_in_flight_keeps_the_rest_for_the_next_start() {
     let server = start_server(&emu, data.path(), Path::new("mappings"), false).await;
     let batch = json!({"batch": (0..30).map(ticket).collect::<Vec<_>>()});
     assert_eq!(post(&server.url(), "/v1/batch", &batch).await.0, 200);
-    wait_until("some tickets on their way", || {
-        count(&emu.state(), "tickets") >= 2
-    })
+    eventually(
+        "some tickets on their way",
+        Duration::from_secs(30),
+        async || count(&emu.state(), "tickets") >= 2,
+    )
     .await;
     server.shutdown().await;
     let after_shutdown = count(&emu.state(), "tickets");
@@ -483,13 +445,6 @@ async fn shutdown_with_work_in_flight_keeps_the_rest_for_the_next_start() {
     let server = start_server(&emu, data.path(), Path::new("mappings"), false).await;
     each_ticket_once(&emu, 30).await;
     server.shutdown().await;
-}
-
-fn zdmap(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_zdmap"))
-        .args(args)
-        .output()
-        .expect("zdmap runs")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -506,9 +461,9 @@ async fn dead_letters_are_listed_shown_replayed_and_purged() {
     assert_eq!(post(&url, "/v1/track", &unknown).await.0, 200);
     let unknown2 = json!({"userId": "nobody-2", "event": "Signed In"});
     assert_eq!(post(&url, "/v1/track", &unknown2).await.0, 200);
-    metrics_once(&url, "zdmap_events_dead_lettered_total", |n| n == 2.0).await;
+    Metrics::once(&url, "zdmap_events_dead_lettered_total", |n| n == 2.0).await;
 
-    let listed = zdmap(&["dead-letters", "--data-dir", dir, "list", "--json"]);
+    let listed = zdmap(&["dead-letters", "--data-dir", dir, "list", "--json"], "");
     assert!(listed.status.success());
     let lines: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
         .lines()
@@ -519,15 +474,15 @@ async fn dead_letters_are_listed_shown_replayed_and_purged() {
     assert_eq!(lines[0]["event"]["userId"], "nobody");
     let first = lines[0]["id"].as_u64().expect("id").to_string();
     let second = lines[1]["id"].as_u64().expect("id").to_string();
-    let shown = zdmap(&["dead-letters", "--data-dir", dir, "show", &first]);
+    let shown = zdmap(&["dead-letters", "--data-dir", dir, "show", &first], "");
     assert!(String::from_utf8_lossy(&shown.stdout).contains("\"nobody\""));
     assert_eq!(
-        zdmap(&["dead-letters", "--data-dir", dir, "show", "424242"])
+        zdmap(&["dead-letters", "--data-dir", dir, "show", "424242"], "")
             .status
             .code(),
         Some(1)
     );
-    let text = zdmap(&["dead-letters", "--data-dir", dir, "list"]);
+    let text = zdmap(&["dead-letters", "--data-dir", dir, "list"], "");
     assert!(
         String::from_utf8_lossy(&text.stdout).contains("track_event/"),
         "{text:?}"
@@ -537,29 +492,34 @@ async fn dead_letters_are_listed_shown_replayed_and_purged() {
     let identify =
         json!({"userId": "nobody", "traits": {"email": "nobody@example.com", "name": "No Body"}});
     assert_eq!(post(&url, "/v1/identify", &identify).await.0, 200);
-    wait_until("the user exists", || count(&emu.state(), "users") == 1).await;
+    eventually("the user exists", Duration::from_secs(30), async || {
+        count(&emu.state(), "users") == 1
+    })
+    .await;
     assert!(
-        zdmap(&["dead-letters", "--data-dir", dir, "replay", &first])
+        zdmap(&["dead-letters", "--data-dir", dir, "replay", &first], "")
             .status
             .success()
     );
-    wait_until("the replayed event recorded", || {
-        count(&emu.state(), "events") == 1
-    })
+    eventually(
+        "the replayed event recorded",
+        Duration::from_secs(30),
+        async || count(&emu.state(), "events") == 1,
+    )
     .await;
     assert_eq!(
-        zdmap(&["dead-letters", "--data-dir", dir, "replay"])
+        zdmap(&["dead-letters", "--data-dir", dir, "replay"], "")
             .status
             .code(),
         Some(2),
         "replay needs ids or --all"
     );
     assert!(
-        zdmap(&["dead-letters", "--data-dir", dir, "purge", &second])
+        zdmap(&["dead-letters", "--data-dir", dir, "purge", &second], "")
             .status
             .success()
     );
-    let listed = zdmap(&["dead-letters", "--data-dir", dir, "list", "--json"]);
+    let listed = zdmap(&["dead-letters", "--data-dir", dir, "list", "--json"], "");
     assert!(
         listed.stdout.is_empty(),
         "{}",
@@ -590,7 +550,10 @@ async fn a_crash_and_a_restart_lose_nothing_and_duplicate_nothing() {
         let batch = json!({"batch": (chunk * 10..chunk * 10 + 10).map(ticket).collect::<Vec<_>>()});
         assert_eq!(post(&url, "/v1/batch", &batch).await.0, 200);
     }
-    wait_until("delivery under way", || count(&emu.state(), "tickets") >= 1).await;
+    eventually("delivery under way", Duration::from_secs(30), async || {
+        count(&emu.state(), "tickets") >= 1
+    })
+    .await;
     child.kill().expect("kill -9");
     let _ = child.wait();
     assert!(
@@ -609,7 +572,7 @@ async fn a_crash_and_a_restart_lose_nothing_and_duplicate_nothing() {
 
     // SIGHUP reloads; SIGTERM stops gracefully with exit 0; JSON logs without secrets or events.
     signal(&child, "HUP");
-    metrics_once(&url, "zdmap_config_reloads_total{result=\"ok\"}", |n| {
+    Metrics::once(&url, "zdmap_config_reloads_total{result=\"ok\"}", |n| {
         n == 1.0
     })
     .await;
@@ -694,15 +657,15 @@ mod senders {
 
     /// Checks the server's counters: each name has the value given.
     async fn counters_are(server: &Server, expected: &[(&str, f64)]) {
-        let text = metrics(server).await;
+        let text = Metrics::read(&server.url()).await;
         for (name, value) in expected {
-            assert_eq!(metric(&text, name), Some(*value), "{name}: {text}");
+            assert_eq!(text.get(name), Some(*value), "{name}: {text}");
         }
     }
 
     fn dead_letters(data: &Path) -> Vec<Value> {
         let dir = data.to_str().expect("utf-8 path");
-        let listed = zdmap(&["dead-letters", "--data-dir", dir, "list", "--json"]);
+        let listed = zdmap(&["dead-letters", "--data-dir", dir, "list", "--json"], "");
         assert!(listed.status.success());
         String::from_utf8_lossy(&listed.stdout)
             .lines()
@@ -757,7 +720,10 @@ mod senders {
         ];
         let body = zlib(&serde_json::to_vec(&identify).expect("json"));
         assert_eq!(post_with(&url, "/v1/identify", &deflate, body).await.0, 200);
-        wait_until("five users", || count(&emu.state(), "users") == 5).await;
+        eventually("five users", Duration::from_secs(30), async || {
+            count(&emu.state(), "users") == 5
+        })
+        .await;
 
         // 50 MB of spaces inside a valid batch: about 50 KB on the wire, refused at the limit.
         let mut bomb = b"{\"batch\":[".to_vec();
@@ -857,7 +823,10 @@ mod senders {
         let server = start_server(&emu, data.path(), Path::new("mappings"), false).await;
         let url = server.url();
         assert_eq!(post(&url, "/v1/batch", &batch).await.0, 200);
-        wait_until("the user", || count(&emu.state(), "users") >= 1).await;
+        eventually("the user", Duration::from_secs(30), async || {
+            count(&emu.state(), "users") >= 1
+        })
+        .await;
         let events = json!({"batch": [signed_in]});
         assert_eq!(post(&url, "/v1/batch", &events).await.0, 200);
         // The SDK did not hear back in time and sends both again.
@@ -877,9 +846,12 @@ mod senders {
         // A call without a messageId gets a new one each time: it is never a duplicate.
         let anonymous = json!({"userId": "u-again", "event": "Signed In"});
         assert_eq!(post(&server.url(), "/v1/track", &anonymous).await.0, 200);
-        wait_until("two user events", || count(&emu.state(), "events") == 2).await;
+        eventually("two user events", Duration::from_secs(30), async || {
+            count(&emu.state(), "events") == 2
+        })
+        .await;
         each_ticket_once(&emu, 2).await;
-        metrics_once(&server.url(), "zdmap_queue_depth", |n| n == 0.0).await;
+        Metrics::once(&server.url(), "zdmap_queue_depth", |n| n == 0.0).await;
         assert_eq!(
             count(&emu.state(), "events"),
             2,
@@ -950,8 +922,11 @@ mod senders {
             call("/v1/t", wrong).await.expect("track").status().as_u16(),
             401
         );
-        wait_until("the web user", || count(&emu.state(), "users") == 1).await;
-        metrics_once(&url, "zdmap_events_dead_lettered_total", |n| n == 1.0).await;
+        eventually("the web user", Duration::from_secs(30), async || {
+            count(&emu.state(), "users") == 1
+        })
+        .await;
+        Metrics::once(&url, "zdmap_events_dead_lettered_total", |n| n == 1.0).await;
         server.shutdown().await;
         let letters = dead_letters(data.path());
         assert_eq!(letters[0]["event"]["userId"], "web-nobody");
@@ -1019,15 +994,19 @@ mod senders {
             slow.push(s);
         }
         // Once they hold the slots, another connection is closed on arrival.
-        eventually("a connection refused over the cap", || async {
-            let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
-            let _ = s
-                .write_all(b"GET /healthz HTTP/1.1\r\nhost: zdmap\r\n\r\n")
-                .await;
-            let mut buf = [0u8; 64];
-            let closed = matches!(s.read(&mut buf).await, Ok(0) | Err(_));
-            closed.then_some(())
-        })
+        eventually(
+            "a connection refused over the cap",
+            Duration::from_secs(30),
+            async || {
+                let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
+                let _ = s
+                    .write_all(b"GET /healthz HTTP/1.1\r\nhost: zdmap\r\n\r\n")
+                    .await;
+                let mut buf = [0u8; 64];
+                let closed = matches!(s.read(&mut buf).await, Ok(0) | Err(_));
+                closed.then_some(())
+            },
+        )
         .await;
         // The header timeout closes the unfinished ones; then the server answers again.
         for mut s in slow {
@@ -1036,11 +1015,11 @@ mod senders {
             let got = String::from_utf8_lossy(&buf[..n]);
             assert!(n == 0 || got.starts_with("HTTP/1.1 408"), "closed: {got}");
         }
-        let text = metrics_once(&server.url(), "zdmap_connections_refused_total", |n| {
+        let text = Metrics::once(&server.url(), "zdmap_connections_refused_total", |n| {
             n >= 1.0
         })
         .await;
-        assert!(metric(&text, "zdmap_connections_open").is_some(), "{text}");
+        assert!(text.get("zdmap_connections_open").is_some(), "{text}");
         // A kept-alive connection that goes quiet is closed too.
         let mut idle = tokio::net::TcpStream::connect(&addr)
             .await
@@ -1087,9 +1066,11 @@ mod senders {
         assert!(body.contains("401"), "{body}");
         std::fs::write(&token_file, "rotated-token-2\n").expect("write");
         signal(&child, "HUP");
-        wait_until("delivered with the rotated token", || {
-            count(&emu.state(), "users") == 1
-        })
+        eventually(
+            "delivered with the rotated token",
+            Duration::from_secs(30),
+            async || count(&emu.state(), "users") == 1,
+        )
         .await;
         readyz_once(&url, 200, "ready again").await;
         // A call for nobody is dead-lettered and, with --log-events, logged with its event.
@@ -1105,7 +1086,7 @@ mod senders {
             .0,
             200
         );
-        metrics_once(&url, "zdmap_events_dead_lettered_total", |n| n == 1.0).await;
+        Metrics::once(&url, "zdmap_events_dead_lettered_total", |n| n == 1.0).await;
         signal(&child, "TERM");
         let out = child.wait_with_output().expect("wait");
         assert_eq!(out.status.code(), Some(0));

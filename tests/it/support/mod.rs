@@ -2,7 +2,9 @@
 //! to a running `zdmap serve` and wait on it.
 
 pub mod command;
+pub mod http;
 pub mod mappings;
 pub mod nats;
 pub mod oas;
 pub mod serving;
+pub mod wait;

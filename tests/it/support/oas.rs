@@ -11,7 +11,6 @@
 //! of each compiled schema, so the pointers resolve.
 //!
 //! Use: `crate::support::oas::Oas::load()`.
-#![allow(dead_code)]
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};

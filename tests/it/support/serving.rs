@@ -1,6 +1,5 @@
 //! Delivery and `zdmap serve` in the test process, to an emulator: the shipped mappings with no
 //! request budget and quick retries, shared by the test files that deliver or start servers.
-#![allow(dead_code)] // each test file uses part of it
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
