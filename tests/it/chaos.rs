@@ -13,6 +13,7 @@
 
 use crate::support::http::Metrics;
 use crate::support::serving;
+use crate::support::state::count;
 use crate::support::wait::eventually;
 
 use serde_json::{Value, json};
@@ -258,7 +259,7 @@ async fn serve_under_faults_and_a_kill_ends_as_a_clean_run_does() {
     .await;
     first.0.kill().expect("kill -9");
     let _ = first.0.wait();
-    let tickets = emu.state()["tickets"].as_array().map_or(0, Vec::len);
+    let tickets = count(&emu.state(), "tickets");
     assert!(
         tickets < CLIENTS * USERS_PER_CLIENT,
         "the kill came before the end"

@@ -12,6 +12,7 @@
 use crate::support::command::zdmap;
 use crate::support::http::{Metrics, get, post_batch};
 use crate::support::nats::{self, KEY, NatsServer, Replica};
+use crate::support::state::{count, each_ticket_once};
 use crate::support::wait::eventually;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -59,11 +60,6 @@ async fn post_all(urls: &[String], events: &[Value], size: usize) {
     }
 }
 
-fn ticket_count(emu: &Emulator) -> usize {
-    emu.state()["tickets"].as_array().map_or(0, Vec::len)
-}
-
-/// Every ticket once: as many tickets as external ids expected, each there once.
 /// Waits until `expected` tickets exist, then checks that each was created once and that each
 /// user's tickets came in order.
 async fn all_delivered_once_in_order(
@@ -75,26 +71,13 @@ async fn all_delivered_once_in_order(
     eventually(
         "every accepted event delivered",
         Duration::from_secs(120),
-        async || ticket_count(emu) >= expected,
+        async || count(&emu.state(), "tickets") >= expected,
     )
     .await;
     // Late duplicates, if any, have time to show.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    each_ticket_once(emu, expected);
+    each_ticket_once(&emu.state(), expected);
     each_users_tickets_in_order(emu, users, per_user);
-}
-
-fn each_ticket_once(emu: &Emulator, expected: usize) {
-    let state = emu.state();
-    let ids: Vec<&str> = state["tickets"]
-        .as_array()
-        .expect("tickets")
-        .iter()
-        .filter_map(|t| t["external_id"].as_str())
-        .collect();
-    let unique: HashSet<&str> = ids.iter().copied().collect();
-    assert_eq!(ids.len(), expected, "tickets created");
-    assert_eq!(unique.len(), expected, "no duplicate ticket");
 }
 
 /// The ticket creations of the request log, user by user, in the order they reached the
@@ -174,12 +157,12 @@ async fn three_replicas_share_the_work_and_a_killed_one_loses_nothing() {
     post_all(&urls, &events, 100).await;
 
     eventually("delivery under way", Duration::from_secs(60), async || {
-        ticket_count(&emu) >= 300
+        count(&emu.state(), "tickets") >= 300
     })
     .await;
     replicas[0].kill();
     assert!(
-        ticket_count(&emu) < events.len(),
+        count(&emu.state(), "tickets") < events.len(),
         "the kill came before the end"
     );
     all_delivered_once_in_order(&emu, events.len(), users, per_user).await;
@@ -214,16 +197,16 @@ async fn replicas_share_one_request_budget_and_one_pause() {
     let events = tickets(100, 5);
     post_all(&urls, &events, 50).await;
     eventually("the burst spent", Duration::from_secs(60), async || {
-        ticket_count(&emu) >= 250
+        count(&emu.state(), "tickets") >= 250
     })
     .await;
     // One 429 with Retry-After: 3 s reaches one replica; all of them wait.
     emu.configure(|k| k.forced_faults = vec![ForcedFault::new(429).retry_after(3)]);
     eventually("all delivered", Duration::from_secs(90), async || {
-        ticket_count(&emu) >= events.len()
+        count(&emu.state(), "tickets") >= events.len()
     })
     .await;
-    each_ticket_once(&emu, events.len());
+    each_ticket_once(&emu.state(), events.len());
 
     let log = emu.requests();
     let times: Vec<u64> = log
@@ -319,7 +302,7 @@ async fn a_fourth_replica_joins_and_takes_its_share() {
     let events = tickets(users, per_user);
     post_all(&urls, &events, 100).await;
     eventually("delivery under way", Duration::from_secs(60), async || {
-        ticket_count(&emu) >= 200
+        count(&emu.state(), "tickets") >= 200
     })
     .await;
     replicas.push(Replica::start(&server.url(), &emu.url(), JOIN_ARGS));
@@ -406,7 +389,7 @@ async fn dead_letters_duplicates_and_health_on_nats() {
     assert_eq!(post_batch(&url, Some(KEY), &batch).await, 200);
     assert_eq!(post_batch(&url, Some(KEY), &batch).await, 200);
     eventually("the tickets", Duration::from_secs(30), async || {
-        ticket_count(&emu) >= 5
+        count(&emu.state(), "tickets") >= 5
     })
     .await;
     let text = Metrics::read(&url).await;
@@ -416,7 +399,7 @@ async fn dead_letters_duplicates_and_health_on_nats() {
         "{text}"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    each_ticket_once(&emu, 5);
+    each_ticket_once(&emu.state(), 5);
 
     // Dead letters: kept in JetStream, listed, shown, replayed and purged from another process.
     let unknown = |user: &str| json!({"type": "track", "userId": user, "event": "Signed In"});
@@ -504,10 +487,10 @@ async fn zendesk_down_and_refused_credentials_defer_events_and_retry_for_dead_le
     let text = Metrics::once(&url, "zdmap_events_deferred_total", |n| n >= 3.0).await;
     assert_eq!(text.get("zdmap_nats_stream_lag"), Some(10.0), "{text}");
     assert_eq!(text.get("zdmap_events_dead_lettered_total"), Some(0.0));
-    assert_eq!(ticket_count(&emu), 0);
+    assert_eq!(count(&emu.state(), "tickets"), 0);
     emu.configure(|k| k.fail_rate = 0.0);
     eventually("the tickets", Duration::from_secs(30), async || {
-        ticket_count(&emu) >= 10
+        count(&emu.state(), "tickets") >= 10
     })
     .await;
 
@@ -523,14 +506,14 @@ async fn zendesk_down_and_refused_credentials_defer_events_and_retry_for_dead_le
     eventually(
         "the ticket once the credentials work",
         Duration::from_secs(30),
-        async || ticket_count(&emu) >= 11,
+        async || count(&emu.state(), "tickets") >= 11,
     )
     .await;
     eventually("ready again", Duration::from_secs(10), async || {
         get(&format!("{url}/readyz")).await.0 == 200
     })
     .await;
-    each_ticket_once(&emu, 11);
+    each_ticket_once(&emu.state(), 11);
     replica.stop();
 
     // --retry-for: past it, an event Zendesk keeps failing is dead-lettered; replayed once
@@ -559,10 +542,10 @@ async fn zendesk_down_and_refused_credentials_defer_events_and_retry_for_dead_le
     eventually(
         "the replayed tickets",
         Duration::from_secs(30),
-        async || ticket_count(&emu) >= 14,
+        async || count(&emu.state(), "tickets") >= 14,
     )
     .await;
-    each_ticket_once(&emu, 14);
+    each_ticket_once(&emu.state(), 14);
     replica.stop();
 }
 
@@ -620,7 +603,7 @@ async fn nats_credentials_come_from_the_environment_or_files_and_stay_out_of_log
         200
     );
     eventually("the ticket", Duration::from_secs(30), async || {
-        ticket_count(&emu) == 1
+        count(&emu.state(), "tickets") == 1
     })
     .await;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_zdmap"))
@@ -675,7 +658,7 @@ async fn a_replay_on_nats_applies_no_older_change_unless_forced() {
         200
     );
     eventually("the ticket", Duration::from_secs(30), async || {
-        ticket_count(&emu) == 1
+        count(&emu.state(), "tickets") == 1
     })
     .await;
 
@@ -813,7 +796,7 @@ async fn an_organizations_events_from_many_users_land_in_order_across_replicas()
         .collect();
     post_all(&urls, &identifies, 8).await;
     eventually("the users", Duration::from_secs(60), async || {
-        emu.state()["users"].as_array().map_or(0, Vec::len) >= users
+        count(&emu.state(), "users") >= users
     })
     .await;
 
@@ -843,7 +826,7 @@ async fn an_organizations_events_from_many_users_land_in_order_across_replicas()
             })
             .collect()
     };
-    let memberships = |emu: &Emulator| emu.state()["memberships"].as_array().map_or(0, Vec::len);
+    let memberships = |emu: &Emulator| count(&emu.state(), "memberships");
     let done = || {
         let state = org_state(&emu);
         (0..organizations).all(|o| {
@@ -1038,9 +1021,8 @@ async fn an_event_under_way_at_a_kill_is_checked_before_it_is_sent_again() {
     let identify = json!({"type": "identify", "userId": "u-r", "messageId": "id-u-r",
         "traits": {"email": "u-r@example.com", "name": "R"}});
     assert_eq!(post_batch(&first.url, Some(KEY), &[identify]).await, 200);
-    let count = |what: &str| emu.state()[what].as_array().map_or(0, Vec::len);
     eventually("the user", Duration::from_secs(30), async || {
-        count("users") >= 1
+        count(&emu.state(), "users") >= 1
     })
     .await;
 
@@ -1053,7 +1035,7 @@ async fn an_event_under_way_at_a_kill_is_checked_before_it_is_sent_again() {
     eventually(
         "the user event applied",
         Duration::from_secs(30),
-        async || count("events") >= 1,
+        async || count(&emu.state(), "events") >= 1,
     )
     .await;
     first.kill();
@@ -1066,14 +1048,14 @@ async fn an_event_under_way_at_a_kill_is_checked_before_it_is_sent_again() {
             .await
             .get("zdmap_writes_confirmed_total")
             .unwrap_or(0.0);
-        if confirmed >= 1.0 || count("events") >= 2 {
+        if confirmed >= 1.0 || count(&emu.state(), "events") >= 2 {
             Ok(())
         } else {
             Err(second.log_text())
         }
     })
     .await;
-    assert_eq!(count("events"), 1, "recorded once");
+    assert_eq!(count(&emu.state(), "events"), 1, "recorded once");
     let checks = emu
         .requests()
         .iter()
@@ -1164,9 +1146,8 @@ async fn a_replica_cut_off_from_nats_stops_delivering_before_its_partitions_move
         })
         .collect();
     assert_eq!(post_batch(&b.url, Some(KEY), &identifies).await, 200);
-    let count = |what: &str| emu.state()[what].as_array().map_or(0, Vec::len);
     eventually("the users", Duration::from_secs(30), async || {
-        count("users") >= users
+        count(&emu.state(), "users") >= users
     })
     .await;
 
@@ -1184,7 +1165,10 @@ async fn a_replica_cut_off_from_nats_stops_delivering_before_its_partitions_move
     .await;
     proxy.freeze(true);
     let frozen_at = Instant::now();
-    assert!(count("events") < events.len() / 2, "cut off mid-stream");
+    assert!(
+        count(&emu.state(), "events") < events.len() / 2,
+        "cut off mid-stream"
+    );
 
     // A's last renewal was sent before the freeze, so its fence is at most four fifths of the
     // lease later (a turn started just before it may still send its requests a little after);
@@ -1196,7 +1180,7 @@ async fn a_replica_cut_off_from_nats_stops_delivering_before_its_partitions_move
     eventually(
         "every event recorded",
         Duration::from_secs(60),
-        async || count("events") >= events.len(),
+        async || count(&emu.state(), "events") >= events.len(),
     )
     .await;
 

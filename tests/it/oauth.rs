@@ -7,6 +7,7 @@
 use crate::support::http::{Metrics, get, post_batch};
 use crate::support::nats;
 use crate::support::serving;
+use crate::support::state::count;
 use crate::support::wait::eventually;
 
 use std::io::BufRead as _;
@@ -147,15 +148,11 @@ async fn steady_stream(
     n
 }
 
-fn users(emu: &Emulator) -> usize {
-    emu.state()["users"].as_array().map_or(0, Vec::len)
-}
-
 async fn all_delivered(emu: &Emulator, n: usize) {
     eventually(
         &format!("{n} users in the emulator"),
         Duration::from_secs(60),
-        || async { (users(emu) >= n).then_some(()) },
+        async || count(&emu.state(), "users") >= n,
     )
     .await;
 }
@@ -374,8 +371,8 @@ async fn kill_9_during_refreshes_loses_no_event_and_leaves_a_whole_store() {
     let login_needed = eventually(
         "delivered, or a login asked for",
         Duration::from_secs(60),
-        || async {
-            if users(&emu) >= next {
+        async || {
+            if count(&emu.state(), "users") >= next {
                 return Some(false);
             }
             serve
@@ -461,7 +458,7 @@ async fn a_wrong_client_secret_is_said_once_and_the_fixed_secret_is_read_on_relo
         .await,
         200
     );
-    let readyz = eventually("/readyz refuses", Duration::from_secs(30), || async {
+    let readyz = eventually("/readyz refuses", Duration::from_secs(30), async || {
         let (status, body) = get(&format!("{}/readyz", serve.url)).await;
         (status == 503 && body.contains("refused the OAuth client")).then_some(body)
     })
@@ -478,7 +475,7 @@ async fn a_wrong_client_secret_is_said_once_and_the_fixed_secret_is_read_on_relo
     assert!(asked <= 4, "asked {asked} times in about 5 s: a loop");
     let metrics = Metrics::read(&serve.url).await;
     assert_eq!(metrics.get("zdmap_oauth_client_refused"), Some(1.0));
-    assert_eq!(users(&emu), 0);
+    assert_eq!(count(&emu.state(), "users"), 0);
     // The secret fixed in its file, and a reload: the waiting events go.
     std::fs::write(&secret_file, format!("{SECRET}\n")).expect("secret");
     serve.hup();
@@ -546,7 +543,7 @@ async fn a_spent_refresh_token_asks_for_a_login_once_and_loses_nothing() {
     let readyz = eventually(
         "/readyz asks for a login",
         Duration::from_secs(30),
-        || async {
+        async || {
             let (status, body) = get(&format!("{}/readyz", serve.url)).await;
             (status == 503 && body.contains("zdmap auth login")).then_some(body)
         },
@@ -623,11 +620,10 @@ async fn a_refresh_whose_answer_was_lost_says_the_chain_is_gone_without_a_loop()
     configure(&emu, json!({"oauth_lost_answers": 1, "lost_answer": "500"})).await;
     let serve = Serve::start(&emu, &data, &[]);
     let _ = steady_stream(&[&serve.url], serving::KEY, 0, 3, 5).await;
-    eventually("the chain said gone", Duration::from_secs(30), || async {
+    eventually("the chain said gone", Duration::from_secs(30), async || {
         serve
             .log_text()
             .contains("was lost after Zendesk had rotated them")
-            .then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -708,7 +704,7 @@ async fn a_missing_scope_is_named_by_auth_check_and_at_serve_start() {
     let log = eventually(
         "the scope check at start",
         Duration::from_secs(30),
-        || async {
+        async || {
             let log = serve.log_text();
             log.contains("do not cover every request").then_some(log)
         },

@@ -10,6 +10,7 @@
 
 use crate::support::http::{Metrics, get, post_batch};
 use crate::support::serving;
+use crate::support::state::count;
 use crate::support::wait::eventually;
 
 use serde_json::{Value, json};
@@ -116,10 +117,6 @@ fn account_limited() -> RuntimeKnobs {
 
 fn find<'a>(state: &'a Value, what: &str, key: &str, value: &str) -> Option<&'a Value> {
     state[what].as_array()?.iter().find(|x| x[key] == value)
-}
-
-fn count(state: &Value, what: &str) -> usize {
-    state[what].as_array().map_or(0, Vec::len)
 }
 
 /// Tracks before their users' identifies, a group call before its user's identify, an

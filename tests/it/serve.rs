@@ -6,6 +6,7 @@
 use crate::support::command::zdmap;
 use crate::support::http::{Metrics, get};
 use crate::support::serving;
+use crate::support::state::{count, each_ticket_once};
 use crate::support::wait::eventually;
 
 use base64::Engine as _;
@@ -78,27 +79,13 @@ async fn readyz_once(url: &str, status: u16, what: &str) -> String {
 }
 
 /// Waits until the emulator holds `n` tickets, then checks each external id is there once.
-async fn each_ticket_once(emu: &Emulator, n: usize) {
+async fn all_tickets_once(emu: &Emulator, n: usize) {
     eventually("all the tickets", Duration::from_secs(30), async || {
         count(&emu.state(), "tickets") >= n
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let state = emu.state();
-    let mut ids: Vec<&str> = state["tickets"]
-        .as_array()
-        .expect("tickets")
-        .iter()
-        .filter_map(|t| t["external_id"].as_str())
-        .collect();
-    assert_eq!(ids.len(), n, "nothing duplicated");
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), n, "nothing lost");
-}
-
-fn count(state: &Value, what: &str) -> usize {
-    state[what].as_array().map_or(0, Vec::len)
+    each_ticket_once(&emu.state(), n);
 }
 
 fn ticket(n: usize) -> Value {
@@ -264,7 +251,7 @@ async fn events_wait_while_zendesk_is_down_then_go() {
     assert_eq!(count(&emu.state(), "tickets"), 0);
 
     emu.configure(|k| k.fail_rate = 0.0);
-    each_ticket_once(&emu, 10).await;
+    all_tickets_once(&emu, 10).await;
     Metrics::once(&server.url(), "zdmap_queue_depth", |n| n == 0.0).await;
     server.shutdown().await;
 }
@@ -443,7 +430,7 @@ async fn shutdown_with_work_in_flight_keeps_the_rest_for_the_next_start() {
 
     emu.configure(|k| k.latency_ms = 0);
     let server = start_server(&emu, data.path(), Path::new("mappings"), false).await;
-    each_ticket_once(&emu, 30).await;
+    all_tickets_once(&emu, 30).await;
     server.shutdown().await;
 }
 
@@ -568,7 +555,7 @@ async fn a_crash_and_a_restart_lose_nothing_and_duplicate_nothing() {
         &mappings,
         &["--log-format", "json"],
     );
-    each_ticket_once(&emu, 40).await;
+    all_tickets_once(&emu, 40).await;
 
     // SIGHUP reloads; SIGTERM stops gracefully with exit 0; JSON logs without secrets or events.
     signal(&child, "HUP");
@@ -780,7 +767,7 @@ mod senders {
             .collect();
         assert_eq!(reasons, ["no_type", "bad_type", "too_large"]);
         assert_eq!(answer["refused"][0]["index"], 1);
-        each_ticket_once(&emu, 3).await;
+        all_tickets_once(&emu, 3).await;
 
         let counters = [
             ("zdmap_events_accepted_total", 3.0),
@@ -850,7 +837,7 @@ mod senders {
             count(&emu.state(), "events") == 2
         })
         .await;
-        each_ticket_once(&emu, 2).await;
+        all_tickets_once(&emu, 2).await;
         Metrics::once(&server.url(), "zdmap_queue_depth", |n| n == 0.0).await;
         assert_eq!(
             count(&emu.state(), "events"),

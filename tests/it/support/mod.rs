@@ -7,4 +7,5 @@ pub mod mappings;
 pub mod nats;
 pub mod oas;
 pub mod serving;
+pub mod state;
 pub mod wait;
