@@ -508,7 +508,7 @@ async fn server_errors_are_retried_until_they_pass_in_send() {
 // zdmap serve
 
 async fn serve(emu: &Emulator, data: &Path, wait_for_records: Duration) -> Server {
-    // These tests watch single requests (tests/batching.rs covers bulk requests).
+    // These tests watch single requests (tests/it/batching.rs covers bulk requests).
     let setup = serving::Setup {
         workers: WorkerOptions {
             concurrency: 4,
