@@ -11,6 +11,7 @@
 //! letters applies what is still current and keeps (and lists) what is stale: the only
 //! difference from the clean run is the comments of the stale ticket updates it kept.
 
+use crate::support::command::signal;
 use crate::support::http::Metrics;
 use crate::support::serving;
 use crate::support::state::count;
@@ -252,9 +253,7 @@ async fn serve_under_faults_and_a_kill_ends_as_a_clean_run_does() {
 
     // kill -9 once some of it is delivered, then start again on the same data directory.
     eventually("delivery under way", Duration::from_secs(60), async || {
-        emu.state()["tickets"]
-            .as_array()
-            .is_some_and(|t| t.len() >= 8)
+        count(&emu.state(), "tickets") >= 8
     })
     .await;
     first.0.kill().expect("kill -9");
@@ -419,11 +418,7 @@ impl Drop for Killed {
 }
 
 fn serving_stop(child: &mut std::process::Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(ok.success());
+    signal(child, "TERM");
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(0));
 }

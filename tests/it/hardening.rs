@@ -3,9 +3,8 @@
 //! ids, event data in metric labels, hyphenated subdomains, two servers on one data directory,
 //! a damaged database, and a queue whose disk fills up while events are delivered.
 
-use crate::support::http::{Metrics, get, post_batch};
+use crate::support::http::{Metrics, get, post_batch, readyz_once};
 use crate::support::serving;
-use crate::support::wait::eventually;
 
 use serde_json::{Value, json};
 use std::io::Write as _;
@@ -506,10 +505,7 @@ async fn a_full_disk_is_reported_until_writes_work_and_delivered_events_are_not_
 
     // Room again: the removals are written, the queue is empty and the server ready.
     std::fs::remove_file(filler).expect("free the disk");
-    eventually("ready again", Duration::from_secs(30), async || {
-        get(&format!("{url}/readyz")).await.0 == 200
-    })
-    .await;
+    readyz_once(&url, 200, "ready again").await;
     assert_eq!(
         Metrics::read(&url).await.get("zdmap_queue_depth"),
         Some(0.0)

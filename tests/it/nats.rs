@@ -10,7 +10,7 @@
 //! across replicas (holds), and the holds themselves in JetStream KV.
 
 use crate::support::command::zdmap;
-use crate::support::http::{Metrics, get, post_batch};
+use crate::support::http::{Metrics, get, post_batch, readyz_once};
 use crate::support::nats::{self, KEY, NatsServer, Replica};
 use crate::support::state::{count, each_ticket_once};
 use crate::support::wait::eventually;
@@ -497,11 +497,7 @@ async fn zendesk_down_and_refused_credentials_defer_events_and_retry_for_dead_le
     // Refused credentials: not ready, the event kept until they work again.
     emu.configure(|k| k.forced_faults = vec![ForcedFault::new(401).times(4)]);
     assert_eq!(post_batch(&url, Some(KEY), &[ticket(10, 0)]).await, 200);
-    let body = eventually("not ready", Duration::from_secs(30), async || {
-        let (status, body) = get(&format!("{url}/readyz")).await;
-        if status == 503 { Ok(body) } else { Err(body) }
-    })
-    .await;
+    let body = readyz_once(&url, 503, "not ready").await;
     assert!(body.contains("401"), "{body}");
     eventually(
         "the ticket once the credentials work",
@@ -509,10 +505,7 @@ async fn zendesk_down_and_refused_credentials_defer_events_and_retry_for_dead_le
         async || count(&emu.state(), "tickets") >= 11,
     )
     .await;
-    eventually("ready again", Duration::from_secs(10), async || {
-        get(&format!("{url}/readyz")).await.0 == 200
-    })
-    .await;
+    readyz_once(&url, 200, "ready again").await;
     each_ticket_once(&emu.state(), 11);
     replica.stop();
 

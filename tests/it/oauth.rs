@@ -4,6 +4,7 @@
 //! failures that must be said once (a wrong secret, a spent chain, a lost refresh answer, a
 //! missing scope). No secret may appear in anything a run writes.
 
+use crate::support::command::signal;
 use crate::support::http::{Metrics, get, post_batch};
 use crate::support::nats;
 use crate::support::serving;
@@ -94,11 +95,7 @@ impl Serve {
     }
 
     fn hup(&self) {
-        let status = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .expect("kill -HUP");
-        assert!(status.success());
+        signal(&self.child, "HUP");
     }
 }
 

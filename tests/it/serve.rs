@@ -3,8 +3,8 @@
 //! config, shutdown with work in flight, dead letters through `zdmap dead-letters`, and (through
 //! the binary) a `kill -9` and restart with nothing lost and nothing duplicated.
 
-use crate::support::command::zdmap;
-use crate::support::http::{Metrics, get};
+use crate::support::command::{signal, zdmap};
+use crate::support::http::{Metrics, get, readyz_once};
 use crate::support::serving;
 use crate::support::state::{count, each_ticket_once};
 use crate::support::wait::eventually;
@@ -12,7 +12,6 @@ use crate::support::wait::eventually;
 use base64::Engine as _;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 use zdmap::emulator::{Emulator, EmulatorOptions, ForcedFault};
 use zdmap::serve::{IngestOptions, Server};
@@ -46,36 +45,36 @@ fn basic(key: &str) -> String {
     )
 }
 
-async fn post_raw(url: &str, path: &str, body: Vec<u8>, key: Option<&str>) -> (u16, Value) {
+/// The headers of a plain JSON body.
+const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
+
+/// Posts `body` to `path` with `headers`, and with the write key `key` (if any) as the Basic
+/// user: the status and the answer (null when it is not JSON).
+async fn post_raw(
+    url: &str,
+    path: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, Value) {
     let mut req = reqwest::Client::new()
         .post(format!("{url}{path}"))
-        .header("content-type", "application/json")
         .body(body);
     if let Some(k) = key {
         req = req.header("authorization", basic(k));
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     let resp = req.send().await.expect("request");
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// Posts `body` as JSON to `path` with the write key.
 async fn post(url: &str, path: &str, body: &Value) -> (u16, Value) {
-    post_raw(
-        url,
-        path,
-        serde_json::to_vec(body).expect("json"),
-        Some(KEY),
-    )
-    .await
-}
-
-/// The `/readyz` body once it answers `status`.
-async fn readyz_once(url: &str, status: u16, what: &str) -> String {
-    eventually(what, Duration::from_secs(30), async || {
-        let (s, body) = get(&format!("{url}/readyz")).await;
-        (s == status).then_some(body)
-    })
-    .await
+    let body = serde_json::to_vec(body).expect("json");
+    post_raw(url, path, Some(KEY), JSON, body).await
 }
 
 /// Waits until the emulator holds `n` tickets, then checks each external id is there once.
@@ -122,13 +121,8 @@ async fn the_ingest_api_stores_and_delivers_good_input_and_refuses_bad_input() {
     let import = json!({"batch": [ticket(1)]});
     assert_eq!(post(&url, "/v1/import", &import).await, (200, ok.clone()));
     let track = json!({"userId": "u-2", "event": "Signed In", "writeKey": KEY});
-    let (status, _) = post_raw(
-        &url,
-        "/v1/track",
-        serde_json::to_vec(&track).expect("json"),
-        None,
-    )
-    .await;
+    let body = serde_json::to_vec(&track).expect("json");
+    let (status, _) = post_raw(&url, "/v1/track", None, JSON, body).await;
     assert_eq!(status, 200, "the write key may come in the body");
 
     eventually(
@@ -182,7 +176,7 @@ async fn the_ingest_api_stores_and_delivers_good_input_and_refuses_bad_input() {
         ("/v1/track", br#"{"userId":"u","event":"E"}"#.to_vec(), None, 401, "write key"),
     ];
     for (path, body, key, want_status, want_message) in cases {
-        let (status, answer) = post_raw(&url, path, body, key).await;
+        let (status, answer) = post_raw(&url, path, key, JSON, body).await;
         assert_eq!(status, want_status, "{path} {want_message}: {answer}");
         assert_eq!(answer["success"], false);
         let message = answer["message"].as_str().unwrap_or_default();
@@ -515,14 +509,6 @@ async fn dead_letters_are_listed_shown_replayed_and_purged() {
     server.shutdown().await;
 }
 
-fn signal(child: &std::process::Child, name: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(ok.success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crash_and_a_restart_lose_nothing_and_duplicate_nothing() {
     let emu = Emulator::start(EmulatorOptions::default())
@@ -612,25 +598,6 @@ mod senders {
         e.finish().expect("zlib")
     }
 
-    /// Posts `body` with `headers`, the write key as the Basic user.
-    async fn post_with(
-        url: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Vec<u8>,
-    ) -> (u16, Value) {
-        let mut req = reqwest::Client::new()
-            .post(format!("{url}{path}"))
-            .header("authorization", basic(KEY))
-            .body(body);
-        for (name, value) in headers {
-            req = req.header(*name, *value);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
     /// An emulator, a data directory and a server delivering to the emulator.
     async fn serving(ingest: IngestOptions) -> (Emulator, tempfile::TempDir, Server) {
         let emu = Emulator::start(EmulatorOptions::default())
@@ -691,14 +658,17 @@ mod senders {
             ("user-agent", "RudderStack/3.0.0"),
         ];
         assert_eq!(
-            post_with(&url, "/v1/batch", &gz, rudderstack_batch(0..3)).await,
+            post_raw(&url, "/v1/batch", Some(KEY), &gz, rudderstack_batch(0..3)).await,
             (200, json!({"success": true}))
         );
         // Segment's Python SDK with gzip=True, and a deflate sender, on single-call endpoints.
         let identify =
             json!({"userId": "py-1", "traits": {"email": "py@example.com", "name": "Py"}});
         let body = gzip(&serde_json::to_vec(&identify).expect("json"));
-        assert_eq!(post_with(&url, "/v1/identify", &gz, body).await.0, 200);
+        assert_eq!(
+            post_raw(&url, "/v1/identify", Some(KEY), &gz, body).await.0,
+            200
+        );
         let identify =
             json!({"userId": "zl-1", "traits": {"email": "zl@example.com", "name": "Zl"}});
         let deflate = [
@@ -706,7 +676,12 @@ mod senders {
             ("content-encoding", "deflate"),
         ];
         let body = zlib(&serde_json::to_vec(&identify).expect("json"));
-        assert_eq!(post_with(&url, "/v1/identify", &deflate, body).await.0, 200);
+        assert_eq!(
+            post_raw(&url, "/v1/identify", Some(KEY), &deflate, body)
+                .await
+                .0,
+            200
+        );
         eventually("five users", Duration::from_secs(30), async || {
             count(&emu.state(), "users") == 5
         })
@@ -730,7 +705,7 @@ mod senders {
             (&br, b"...".to_vec(), 415, "\"br\""),
         ];
         for (headers, body, want_status, want_message) in cases {
-            let (status, answer) = post_with(&url, "/v1/batch", headers, body).await;
+            let (status, answer) = post_raw(&url, "/v1/batch", Some(KEY), headers, body).await;
             assert_eq!(status, want_status, "{want_message}: {answer}");
             let message = answer["message"].as_str().unwrap_or_default();
             assert!(message.contains(want_message), "{message} / {want_message}");
@@ -1066,8 +1041,9 @@ mod senders {
             post_raw(
                 &url,
                 "/v1/track",
-                serde_json::to_vec(&unknown).expect("json"),
-                None
+                None,
+                JSON,
+                serde_json::to_vec(&unknown).expect("json")
             )
             .await
             .0,

@@ -1,8 +1,8 @@
 //! The `zdmap` binary run by a test: its arguments and standard input, without the Zendesk
-//! credentials of the environment the tests run in.
+//! credentials of the environment the tests run in; and signals to the processes a test started.
 
 use std::io::Write as _;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 /// Runs `zdmap` with `args`, writes `stdin` to it and waits for it to end.
 pub fn zdmap(args: &[&str], stdin: &str) -> Output {
@@ -26,4 +26,13 @@ pub fn zdmap(args: &[&str], stdin: &str) -> Output {
         .write_all(stdin.as_bytes())
         .expect("write stdin");
     child.wait_with_output().expect("wait")
+}
+
+/// Sends the signal `name` (`TERM`, `HUP`) to `child`.
+pub fn signal(child: &Child, name: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(ok.success(), "kill -{name}");
 }

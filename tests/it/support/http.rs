@@ -1,5 +1,5 @@
-//! A running `zdmap serve` as the tests talk to it over HTTP: a page read, a batch of events
-//! posted, its `/metrics` read.
+//! A running `zdmap serve` as the tests talk to it over HTTP: a page read, `/readyz` waited on,
+//! a batch of events posted, its `/metrics` read.
 
 use serde_json::{Value, json};
 use std::fmt;
@@ -14,6 +14,20 @@ pub async fn get(url: &str) -> (u16, String) {
         Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
         Err(_) => (0, String::new()),
     }
+}
+
+/// The `/readyz` body of the server at `url` once it answers `status`; panics naming `what`
+/// after 30 s.
+pub async fn readyz_once(url: &str, status: u16, what: &str) -> String {
+    eventually(what, Duration::from_secs(30), async || {
+        let (answered, body) = get(&format!("{url}/readyz")).await;
+        if answered == status {
+            Ok(body)
+        } else {
+            Err(format!("{answered}: {body}"))
+        }
+    })
+    .await
 }
 
 /// Posts `events` to the `/v1/batch` of the server at `url`, with the write key `key` (none for
