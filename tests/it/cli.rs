@@ -1,8 +1,7 @@
 //! `zdmap preview`, `zdmap match` and the README's first command through the binary.
 
-use crate::support::command;
+use crate::support::command::zdmap;
 
-use command::zdmap;
 use std::process::{Command, Stdio};
 
 fn run(args: &[&str], stdin: &str) -> (i32, String, String) {

@@ -3,7 +3,9 @@
 //! ids, event data in metric labels, hyphenated subdomains, two servers on one data directory,
 //! a damaged database, and a queue whose disk fills up while events are delivered.
 
+use crate::support::command::zdmap;
 use crate::support::http::{Metrics, get, post_batch, readyz_once};
+use crate::support::mappings::{edit, mappings_copy};
 use crate::support::serving;
 
 use serde_json::{Value, json};
@@ -14,11 +16,6 @@ use std::time::Duration;
 use zdmap::emulator::{Emulator, EmulatorOptions};
 use zdmap::queue::{NewItem, Queue, SqliteQueue};
 use zdmap::serve::{Server, WorkerOptions};
-
-use crate::support::command;
-use crate::support::mappings;
-use command::zdmap;
-use mappings::{edit, mappings_copy};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

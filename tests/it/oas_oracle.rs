@@ -1,8 +1,6 @@
 //! The OpenAPI oracle itself: loading, path matching, and known accept/reject cases.
 
-use crate::support::oas;
-
-use oas::{Oas, Validated};
+use crate::support::oas::{Oas, Validated};
 use serde_json::json;
 
 #[test]

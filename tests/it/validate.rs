@@ -4,8 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::mappings;
-use mappings::{edit, mappings_copy};
+use crate::support::mappings::{edit, mappings_copy};
 
 fn validate(dir: &Path, format: &str) -> (i32, String) {
     let (code, out, _) = validate_with_stderr(dir, format);

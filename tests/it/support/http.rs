@@ -55,11 +55,15 @@ impl Metrics {
     }
 
     /// The `/metrics` of the server at `url` once the sample `name` satisfies `holds`; panics
-    /// after 30 s.
+    /// with the last text after 30 s.
     pub async fn once(url: &str, name: &str, holds: impl Fn(f64) -> bool) -> Metrics {
         eventually(name, Duration::from_secs(30), async || {
             let metrics = Metrics::read(url).await;
-            metrics.get(name).is_some_and(&holds).then_some(metrics)
+            if metrics.get(name).is_some_and(&holds) {
+                Ok(metrics)
+            } else {
+                Err(metrics)
+            }
         })
         .await
     }
