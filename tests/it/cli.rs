@@ -1,17 +1,8 @@
 //! `zdmap preview`, `zdmap match` and the README's first command through the binary.
 
-use crate::support::command::zdmap;
+use crate::support::command::run;
 
 use std::process::{Command, Stdio};
-
-fn run(args: &[&str], stdin: &str) -> (i32, String, String) {
-    let out = zdmap(args, stdin);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn lines(out: &str) -> Vec<serde_json::Value> {
     out.lines()

@@ -3,7 +3,7 @@
 //! ids, event data in metric labels, hyphenated subdomains, two servers on one data directory,
 //! a damaged database, and a queue whose disk fills up while events are delivered.
 
-use crate::support::command::zdmap;
+use crate::support::command::{self, zdmap};
 use crate::support::http::{Metrics, get, post_batch, readyz_once};
 use crate::support::mappings::{edit, mappings_copy};
 use crate::support::serving;
@@ -144,15 +144,8 @@ fn a_direct_id_lookup_takes_only_positive_integers() {
 }
 
 fn validate(mappings: &Path) -> (i32, String) {
-    let out = zdmap(
-        &[
-            "validate",
-            "--mappings",
-            mappings.to_str().expect("utf-8 path"),
-        ],
-        "",
-    );
-    (out.status.code().unwrap_or(-1), text(&out.stdout))
+    let (code, out, _) = command::validate(mappings, "text");
+    (code, out)
 }
 
 #[test]

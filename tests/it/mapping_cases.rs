@@ -1,5 +1,7 @@
 //! The mapping test cases of `mappings/tests/`, run through the library and through `zdmap test`.
 
+use crate::support::command::{self, run};
+
 use std::path::Path;
 
 #[test]
@@ -68,12 +70,8 @@ fn a_wrong_expectation_fails_with_the_difference() {
 
 #[test]
 fn zdmap_test_reports_like_a_test_runner() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zdmap"))
-        .arg("test")
-        .output()
-        .expect("run zdmap test");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let (code, text, _) = run(&["test"], "");
+    assert_eq!(code, 0, "{text}");
     let last = text.lines().last().unwrap_or_default();
     let passed: usize = last
         .split(' ')
@@ -90,16 +88,9 @@ fn zdmap_test_reports_like_a_test_runner() {
 
 /// `zdmap test` over a case file of its own, with more arguments.
 fn zdmap_test(cases: &Path, more: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zdmap"))
-        .arg("test")
-        .arg(cases)
-        .args(more)
-        .output()
-        .expect("run zdmap test");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let cases = cases.to_str().expect("a UTF-8 path");
+    let (code, out, _) = run(&[&["test", cases], more].concat(), "");
+    (code, out)
 }
 
 const FAILING: &str = r#"cases:
@@ -150,13 +141,8 @@ fn a_failing_case_names_the_keys_that_differ_and_annotates_for_github() {
 
 /// `zdmap validate` on a mappings directory that must be invalid: what it printed.
 fn validate_fails(mappings: &Path) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zdmap"))
-        .args(["validate", "--mappings"])
-        .arg(mappings)
-        .output()
-        .expect("run");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text, _) = command::validate(mappings, "text");
+    assert_eq!(code, 1, "{text}");
     text
 }
 

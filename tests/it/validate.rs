@@ -4,10 +4,11 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::support::command;
 use crate::support::mappings::{edit, mappings_copy};
 
 fn validate(dir: &Path, format: &str) -> (i32, String) {
-    let (code, out, _) = validate_with_stderr(dir, format);
+    let (code, out, _) = command::validate(dir, format);
     (code, out)
 }
 
@@ -210,19 +211,6 @@ fn settings_overrides_are_checked() {
     );
 }
 
-fn validate_with_stderr(dir: &Path, format: &str) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_zdmap"))
-        .args(["validate", "--format", format, "--mappings"])
-        .arg(dir)
-        .output()
-        .expect("run zdmap");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The column of `needle` in the line of `file` where it first occurs (1-based).
 fn column_of(file: &Path, needle: &str) -> usize {
     let text = std::fs::read_to_string(file).expect("read");
@@ -239,7 +227,7 @@ fn a_bare_name_compared_is_a_warning_that_leaves_the_mappings_valid() {
         "trigger: type = \"identify\"",
         "trigger: type = identify",
     );
-    let (code, out, err) = validate_with_stderr(&dir, "text");
+    let (code, out, err) = command::validate(&dir, "text");
     assert_eq!(code, 0, "{out}{err}");
     let at = format!(
         "{}:{}:{}: warning: `identify` is read as a field of the event",
@@ -250,10 +238,10 @@ fn a_bare_name_compared_is_a_warning_that_leaves_the_mappings_valid() {
     assert!(out.contains(&at), "{at}\nin:\n{out}");
     assert!(out.contains("write \"identify\""), "{out}");
     assert!(err.contains("valid, 1 warning(s)"), "{err}");
-    let (code, out, _) = validate_with_stderr(&dir, "github");
+    let (code, out, _) = command::validate(&dir, "github");
     assert_eq!(code, 0);
     assert!(out.starts_with("::warning file="), "{out}");
-    let (_, out, _) = validate_with_stderr(&dir, "json");
+    let (_, out, _) = command::validate(&dir, "json");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v[0]["severity"], "warning");
 }
@@ -293,7 +281,7 @@ fn mistakes_are_explained_as_an_editor_would() {
         "status: \"{{ status | lower if status else none }}\"",
         "status: \"{{ status | lower if stauts else none }}\"",
     );
-    let (code, out, _) = validate_with_stderr(&dir, "text");
+    let (code, out, _) = command::validate(&dir, "text");
     assert_eq!(code, 1, "{out}");
     let line = |file: &Path, needle: &str| -> String {
         out.lines()
@@ -349,7 +337,7 @@ fn mistakes_are_explained_as_an_editor_would() {
     );
 
     // Pretty prints each problem once.
-    let (_, pretty, _) = validate_with_stderr(&dir, "pretty");
+    let (_, pretty, _) = command::validate(&dir, "pretty");
     assert_eq!(
         pretty.matches("unknown name `stauts`").count(),
         1,
@@ -363,7 +351,7 @@ fn yaml_syntax_errors_say_their_place_once() {
     let (_tmp, dir) = mappings_copy();
     let file = dir.join("create_ticket.yaml");
     edit(&file, "steps:\n", "steps: [\n");
-    let (_, out, _) = validate_with_stderr(&dir, "text");
+    let (_, out, _) = command::validate(&dir, "text");
     let l = out
         .lines()
         .find(|l| l.contains("YAML syntax error"))
@@ -372,7 +360,7 @@ fn yaml_syntax_errors_say_their_place_once() {
     // Files that did not load are no reason for more errors elsewhere.
     let (_tmp, dir) = mappings_copy();
     edit(&dir.join("upsert_user.yaml"), "steps:\n", "steps: [\n");
-    let (_, out, _) = validate_with_stderr(&dir, "text");
+    let (_, out, _) = command::validate(&dir, "text");
     assert!(!out.contains("`after` names an unknown action"), "{out}");
     assert_eq!(out.lines().count(), 1, "{out}");
 }
@@ -380,7 +368,7 @@ fn yaml_syntax_errors_say_their_place_once() {
 #[test]
 fn no_mappings_directory_says_what_to_do() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let (code, out, _) = validate_with_stderr(&tmp.path().join("mappings"), "text");
+    let (code, out, _) = command::validate(&tmp.path().join("mappings"), "text");
     assert_eq!(code, 1);
     assert!(out.contains("no mappings directory"), "{out}");
     assert!(
@@ -414,7 +402,7 @@ fn deep_nesting_is_a_located_error_not_a_crash() {
         "subject: \"{{ subject }}\"",
         &filters,
     );
-    let (code, out, err) = validate_with_stderr(&dir, "text");
+    let (code, out, err) = command::validate(&dir, "text");
     assert_eq!(code, 1, "exit 1, not a signal: {err}");
     let at = format!(
         "{}:{}:{}: bad trigger: the trigger nests deeper than 64",

@@ -2,6 +2,7 @@
 //! credentials of the environment the tests run in; and signals to the processes a test started.
 
 use std::io::Write as _;
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
 /// Runs `zdmap` with `args`, writes `stdin` to it and waits for it to end.
@@ -26,6 +27,22 @@ pub fn zdmap(args: &[&str], stdin: &str) -> Output {
         .write_all(stdin.as_bytes())
         .expect("write stdin");
     child.wait_with_output().expect("wait")
+}
+
+/// Runs `zdmap` as [`zdmap`] does: its exit code (-1 for a signal), its stdout and its stderr.
+pub fn run(args: &[&str], stdin: &str) -> (i32, String, String) {
+    let out = zdmap(args, stdin);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `zdmap validate --format FORMAT` on the mappings directory `mappings`: as [`run`] gives it.
+pub fn validate(mappings: &Path, format: &str) -> (i32, String, String) {
+    let dir = mappings.to_str().expect("a UTF-8 path");
+    run(&["validate", "--format", format, "--mappings", dir], "")
 }
 
 /// Sends the signal `name` (`TERM`, `HUP`) to `child`.
