@@ -1,5 +1,5 @@
-//! The integration tests, in one binary (one link instead of one a file): a module per area,
-//! the helpers they share in `support`.
+//! The integration tests, in one binary, linked once rather than once per file: a module per
+//! area, the helpers they share in `support`.
 
 mod support;
 
