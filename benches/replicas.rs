@@ -19,7 +19,7 @@ use zdmap::emulator::{Emulator, EmulatorOptions};
 
 #[path = "support/allocator.rs"]
 mod allocator;
-#[path = "../tests/support/nats.rs"]
+#[path = "../tests/it/support/nats.rs"]
 mod nats;
 
 use nats::{KEY, NatsServer, Replica};
@@ -122,7 +122,7 @@ fn setup(
     n: usize,
     settings: &[&str],
 ) -> (NatsServer, Emulator, Vec<Replica>, Vec<String>) {
-    let server = NatsServer::start();
+    let server = NatsServer::start().expect(nats::MISSING);
     let emu = rt.block_on(async {
         let emu = Emulator::start(EmulatorOptions::default())
             .await

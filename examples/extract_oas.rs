@@ -1,5 +1,5 @@
 //! Regenerates `tests/support/zendesk-oas.json`, the part of Zendesk's OpenAPI spec that the tests'
-//! oracle (`tests/support/oas.rs`) validates requests and responses against.
+//! oracle (`tests/it/support/oas.rs`) validates requests and responses against.
 //!
 //! ```sh
 //! cargo run --example extract_oas                    # reads ../shared/zendesk-oas.yaml

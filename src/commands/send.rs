@@ -126,7 +126,7 @@ async fn send_async(args: &SendArgs) -> ExitCode {
         let _ = std::fs::remove_file(&args.dead_letter);
     }
     let snapshot = destination.stats.snapshot();
-    super::say(format!("{}", snapshot.summary()));
+    super::say(snapshot.summary());
     if report.dead_letters > 0 {
         super::say(format!(
             "{} dead letter(s) written to {}; fix the cause, then run `zdmap send {}` to replay them",

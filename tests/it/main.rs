@@ -1,0 +1,28 @@
+//! The integration tests, in one binary, linked once rather than once per file: a module per
+//! area, the helpers they share in `support`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test says what it expected
+
+mod support;
+
+mod batching;
+mod chaos;
+mod cli;
+mod clock_skew;
+mod deliver_cases;
+mod deliver_e2e;
+mod deliver_transport;
+mod effectively_once;
+mod emulator;
+mod fields;
+mod fuzz_inputs;
+mod hardening;
+mod ingest_guards;
+mod listings;
+mod mapping_cases;
+mod nats;
+mod oas_oracle;
+mod oauth;
+mod scheduler;
+mod schemas;
+mod serve;
+mod validate;

@@ -1,0 +1,1241 @@
+//! `zdmap serve` on NATS JetStream, with a real `nats-server` and replicas as processes of the
+//! binary: three replicas share the work and one is killed with `kill -9` (nothing lost, each
+//! user's events in order, no duplicate ticket); their combined request rate stays within one
+//! budget and a 429 seen by one pauses all; `nats-server` restarted during a run loses nothing
+//! accepted; a fourth replica joining takes partitions while delivery goes on in order; dead
+//! letters, duplicate submissions, `/readyz` and `/metrics` on NATS; Zendesk down, refused
+//! credentials and `--retry-for` as on SQLite; NATS credentials from the environment or files;
+//! a replay that keeps a dead letter older than a change another replica applied; the `group`
+//! calls of many users for a few organizations, whose organization writes land in event order
+//! across replicas (holds), and the holds themselves in JetStream KV.
+
+use crate::support::command::zdmap;
+use crate::support::http::{Metrics, get, post_batch, readyz_once};
+use crate::support::nats::{self, KEY, NatsServer, Replica};
+use crate::support::state::{count, each_ticket_once};
+use crate::support::wait::eventually;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+use zdmap::emulator::{Emulator, EmulatorOptions, ForcedFault};
+
+async fn emulator(latency_ms: u64) -> Emulator {
+    let emu = Emulator::start(EmulatorOptions::default())
+        .await
+        .expect("emulator");
+    emu.configure(|k| {
+        k.latency_ms = latency_ms;
+        k.request_log_size = 200_000;
+    });
+    emu
+}
+
+/// A ticket event: user `u`'s `n`th.
+fn ticket(u: usize, n: usize) -> Value {
+    json!({
+        "type": "track", "event": "Ticket Created", "userId": format!("u-{u}"),
+        "messageId": format!("msg-{u}-{n}"),
+        "context": {"traits": {"email": format!("user{u}@example.com"), "name": format!("User {u}")}},
+        "properties": {"subject": format!("Problem {u}/{n}"), "comment": "It broke.", "external_id": format!("T-{u}-{n}")}
+    })
+}
+
+/// `users` users with `per_user` tickets each, the users interleaved (each user's in order).
+fn tickets(users: usize, per_user: usize) -> Vec<Value> {
+    (0..per_user)
+        .flat_map(|n| (0..users).map(move |u| ticket(u, n)))
+        .collect()
+}
+
+/// Posts `events` in batches of `size`, each to the next replica in turn; every batch must be
+/// accepted.
+async fn post_all(urls: &[String], events: &[Value], size: usize) {
+    for (i, chunk) in events.chunks(size).enumerate() {
+        let url = &urls[i % urls.len()];
+        assert_eq!(
+            post_batch(url, Some(KEY), chunk).await,
+            200,
+            "batch {i} to {url}"
+        );
+    }
+}
+
+/// Waits until `expected` tickets exist, then checks that each was created once and that each
+/// user's tickets came in order.
+async fn all_delivered_once_in_order(
+    emu: &Emulator,
+    expected: usize,
+    users: usize,
+    per_user: usize,
+) {
+    eventually(
+        "every accepted event delivered",
+        Duration::from_secs(120),
+        async || count(&emu.state(), "tickets") >= expected,
+    )
+    .await;
+    // Late duplicates, if any, have time to show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    each_ticket_once(&emu.state(), expected);
+    each_users_tickets_in_order(emu, users, per_user);
+}
+
+/// The ticket creations of the request log, user by user, in the order they reached the
+/// emulator: each user's first creation of ticket `n` comes after that of `n - 1` (a creation
+/// sent again after a crash repeats one already made, which the idempotency key answers).
+fn each_users_tickets_in_order(emu: &Emulator, users: usize, per_user: usize) {
+    let mut seen: HashMap<String, Vec<usize>> = HashMap::new();
+    for entry in emu.requests() {
+        if entry["method"] != "POST" || entry["path"] != "/api/v2/tickets" {
+            continue;
+        }
+        let Some(id) = entry["body"]["ticket"]["external_id"].as_str() else {
+            continue;
+        };
+        let mut parts = id.trim_start_matches("T-").split('-');
+        let (Some(u), Some(n)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let n: usize = n.parse().expect("n");
+        let firsts = seen.entry(u.to_owned()).or_default();
+        if !firsts.contains(&n) {
+            firsts.push(n);
+        }
+    }
+    assert_eq!(seen.len(), users, "every user's tickets were sent");
+    for (u, firsts) in &seen {
+        assert_eq!(
+            firsts,
+            &(0..per_user).collect::<Vec<_>>(),
+            "user {u}'s tickets in order"
+        );
+    }
+}
+
+async fn owned(url: &str) -> Option<f64> {
+    Metrics::read(url).await.get("zdmap_nats_partitions_owned")
+}
+
+/// `n` replicas on `server`, delivering to `emu`, started with `args`.
+fn start_replicas(server: &NatsServer, emu: &Emulator, n: usize, args: &[&str]) -> Vec<Replica> {
+    (0..n)
+        .map(|_| Replica::start(&server.url(), &emu.url(), args))
+        .collect()
+}
+
+fn urls(replicas: &[Replica]) -> Vec<String> {
+    replicas.iter().map(|r| r.url.clone()).collect()
+}
+
+/// Waits until each replica owns a partition (has taken its share before the events come).
+async fn each_owns_a_partition(replicas: &[Replica]) {
+    for r in replicas {
+        eventually("a partition owned", Duration::from_secs(30), async || {
+            if owned(&r.url).await.unwrap_or(0.0) >= 1.0 {
+                Ok(())
+            } else {
+                Err(r.log_text())
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_share_the_work_and_a_killed_one_loses_nothing() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let emu = emulator(10).await;
+    // 4800 a minute (a burst of 800, then 80 a second): the 3000 tickets take at least 27 s,
+    // so the kill comes during delivery however slowly this test runs.
+    let mut replicas = start_replicas(&server, &emu, 3, &["--set", "requests_per_minute=4800"]);
+    each_owns_a_partition(&replicas).await;
+    let (users, per_user) = (300, 10);
+    let events = tickets(users, per_user);
+    let urls = urls(&replicas);
+    post_all(&urls, &events, 100).await;
+
+    eventually("delivery under way", Duration::from_secs(60), async || {
+        count(&emu.state(), "tickets") >= 300
+    })
+    .await;
+    replicas[0].kill();
+    assert!(
+        count(&emu.state(), "tickets") < events.len(),
+        "the kill came before the end"
+    );
+    all_delivered_once_in_order(&emu, events.len(), users, per_user).await;
+
+    // The two left own every partition between them.
+    let mut total = 0.0;
+    for r in &replicas[1..] {
+        total += owned(&r.url).await.unwrap_or(0.0);
+    }
+    assert_eq!(
+        total,
+        32.0,
+        "{}\n----\n{}",
+        replicas[1].log_text(),
+        replicas[2].log_text()
+    );
+    let survivor = replicas.pop().expect("replica");
+    let log = survivor.stop();
+    assert!(!log.contains("nats-test-token-secret"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_one_request_budget_and_one_pause() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let emu = emulator(0).await;
+    // 1200 a minute: a burst of 200, then 20 a second, for all replicas together.
+    let replicas = start_replicas(&server, &emu, 3, &["--set", "requests_per_minute=1200"]);
+    let urls = urls(&replicas);
+    each_owns_a_partition(&replicas).await;
+    let events = tickets(100, 5);
+    post_all(&urls, &events, 50).await;
+    eventually("the burst spent", Duration::from_secs(60), async || {
+        count(&emu.state(), "tickets") >= 250
+    })
+    .await;
+    // One 429 with Retry-After: 3 s reaches one replica; all of them wait.
+    emu.configure(|k| k.forced_faults = vec![ForcedFault::new(429).retry_after(3)]);
+    eventually("all delivered", Duration::from_secs(90), async || {
+        count(&emu.state(), "tickets") >= events.len()
+    })
+    .await;
+    each_ticket_once(&emu.state(), events.len());
+
+    let log = emu.requests();
+    let times: Vec<u64> = log
+        .iter()
+        .filter(|e| e["path"].as_str().is_some_and(|p| p.starts_with("/api/")))
+        .filter_map(|e| e["at_ms"].as_u64())
+        .collect();
+    // Any window of W seconds holds at most the burst, W seconds' worth and the tokens the
+    // replicas may hold (a tenth of a second's worth each).
+    for w in [1u64, 3, 5] {
+        let allowed = 200 + 20 * w as usize + 3 * 2;
+        let most = times
+            .iter()
+            .map(|start| {
+                times
+                    .iter()
+                    .filter(|t| **t >= *start && **t < start + w * 1000)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        assert!(
+            most <= allowed,
+            "{most} requests within {w} s (budget allows {allowed})"
+        );
+    }
+    // After the 429, no replica sent anything until the pause was over (what was already on
+    // its way aside).
+    let at_429 = log
+        .iter()
+        .find(|e| e["status"] == 429)
+        .and_then(|e| e["at_ms"].as_u64())
+        .expect("a 429 was answered");
+    let during: Vec<u64> = times
+        .iter()
+        .copied()
+        .filter(|t| *t > at_429 + 500 && *t < at_429 + 2500)
+        .collect();
+    assert!(
+        during.is_empty(),
+        "requests during the pause at {at_429}: {during:?}"
+    );
+    drop(replicas);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nats_server_restart_loses_nothing_accepted() {
+    let Some(mut server) = NatsServer::start() else {
+        return;
+    };
+    let emu = emulator(5).await;
+    let replicas = start_replicas(&server, &emu, 2, &["--set", "requests_per_minute=0"]);
+    let urls = urls(&replicas);
+    let (users, per_user) = (100, 8);
+    let events = tickets(users, per_user);
+    let (before, after) = events.split_at(events.len() / 2);
+    post_all(&urls, before, 50).await;
+
+    server.stop();
+    // While it is down nothing is accepted (and the sender is told to send again).
+    assert_eq!(post_batch(&urls[0], Some(KEY), &after[..10]).await, 503);
+    assert_eq!(get(&format!("{}/readyz", urls[0])).await.0, 503);
+    server.start_again();
+
+    // Senders retry until their batches are accepted.
+    for (i, chunk) in after.chunks(50).enumerate() {
+        let url = &urls[i % urls.len()];
+        eventually(
+            &format!("batch {i} accepted"),
+            Duration::from_secs(30),
+            async || post_batch(url, Some(KEY), chunk).await == 200,
+        )
+        .await;
+    }
+    all_delivered_once_in_order(&emu, events.len(), users, per_user).await;
+    drop(replicas);
+}
+
+/// A lease far longer than the test's waits: partitions change hands only because replicas
+/// hand them over (to one that joins, or when stopping), never because a lease ran out.
+const JOIN_ARGS: &[&str] = &["--set", "requests_per_minute=0", "--nats-lease", "60s"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fourth_replica_joins_and_takes_its_share() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let emu = emulator(20).await;
+    let mut replicas = start_replicas(&server, &emu, 3, JOIN_ARGS);
+    let urls = urls(&replicas);
+    each_owns_a_partition(&replicas).await;
+    let (users, per_user) = (200, 8);
+    let events = tickets(users, per_user);
+    post_all(&urls, &events, 100).await;
+    eventually("delivery under way", Duration::from_secs(60), async || {
+        count(&emu.state(), "tickets") >= 200
+    })
+    .await;
+    replicas.push(Replica::start(&server.url(), &emu.url(), JOIN_ARGS));
+    // 32 partitions over four replicas: eight each, once the others handed theirs over.
+    eventually(
+        "eight partitions each",
+        Duration::from_secs(60),
+        async || {
+            let mut counts = BTreeMap::new();
+            for (i, r) in replicas.iter().enumerate() {
+                counts.insert(i, owned(&r.url).await.unwrap_or(0.0));
+            }
+            if counts.values().all(|c| *c == 8.0) {
+                Ok(())
+            } else {
+                Err(format!("partitions: {counts:?}"))
+            }
+        },
+    )
+    .await;
+    let changes = Metrics::read(&replicas[3].url)
+        .await
+        .get("zdmap_nats_lease_changes_total");
+    assert!(changes.is_some_and(|c| c >= 8.0), "{changes:?}");
+    all_delivered_once_in_order(&emu, events.len(), users, per_user).await;
+
+    // A graceful stop hands its partitions over at once (not after the lease time, a minute).
+    let leaving = replicas.remove(0);
+    leaving.stop();
+    eventually(
+        "every partition owned",
+        Duration::from_secs(20),
+        async || {
+            let mut total = 0.0;
+            for r in &replicas {
+                total += owned(&r.url).await.unwrap_or(0.0);
+            }
+            if total == 32.0 {
+                Ok(())
+            } else {
+                Err(format!("{total} partitions owned"))
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_duplicates_and_health_on_nats() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let emu = emulator(0).await;
+    let replica = Replica::start(
+        &server.url(),
+        &emu.url(),
+        &["--set", "requests_per_minute=0", "--wait-for-records", "1s"],
+    );
+    let url = replica.url.clone();
+
+    // /readyz and /metrics speak of NATS.
+    eventually(
+        "every partition owned",
+        Duration::from_secs(30),
+        async || owned(&url).await == Some(32.0),
+    )
+    .await;
+    let ready: Value = serde_json::from_str(&get(&format!("{url}/readyz")).await.1).expect("json");
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["queue"]["backend"], "nats", "{ready}");
+    assert_eq!(ready["queue"]["connected"], true, "{ready}");
+    let text = Metrics::read(&url).await;
+    for name in [
+        "zdmap_nats_partitions",
+        "zdmap_nats_lease_changes_total",
+        "zdmap_nats_stream_lag",
+        "zdmap_nats_replicas_alive",
+    ] {
+        assert!(text.get(name).is_some(), "{name}: {text}");
+    }
+
+    // The same batch sent twice: its messageIds are dropped the second time.
+    let batch: Vec<Value> = (0..5).map(|n| ticket(1, n)).collect();
+    assert_eq!(post_batch(&url, Some(KEY), &batch).await, 200);
+    assert_eq!(post_batch(&url, Some(KEY), &batch).await, 200);
+    eventually("the tickets", Duration::from_secs(30), async || {
+        count(&emu.state(), "tickets") >= 5
+    })
+    .await;
+    let text = Metrics::read(&url).await;
+    assert_eq!(
+        text.get("zdmap_events_duplicate_total"),
+        Some(5.0),
+        "{text}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    each_ticket_once(&emu.state(), 5);
+
+    // Dead letters: kept in JetStream, listed, shown, replayed and purged from another process.
+    let unknown = |user: &str| json!({"type": "track", "userId": user, "event": "Signed In"});
+    assert_eq!(
+        post_batch(&url, Some(KEY), &[unknown("nobody"), unknown("nobody-2")]).await,
+        200
+    );
+    let queue = server.url();
+    let list = || {
+        let out = zdmap(&["dead-letters", "--queue", &queue, "list", "--json"], "");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect::<Vec<_>>()
+    };
+    let mut letters = eventually("two dead letters", Duration::from_secs(30), async || {
+        let letters = list();
+        if letters.len() >= 2 {
+            Ok(letters)
+        } else {
+            Err(format!("{letters:?}"))
+        }
+    })
+    .await;
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    // Different users, different partitions: in the order they failed.
+    letters.sort_by_key(|l| l["event"]["userId"].as_str().map(str::to_owned));
+    assert_eq!(letters[0]["dead_letter"]["action"], "track_event");
+    assert_eq!(letters[0]["event"]["userId"], "nobody");
+    let first = letters[0]["id"].as_u64().expect("id").to_string();
+    let second = letters[1]["id"].as_u64().expect("id").to_string();
+    let shown = zdmap(&["dead-letters", "--queue", &queue, "show", &first], "");
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("\"nobody\""));
+    assert_eq!(
+        zdmap(&["dead-letters", "--queue", &queue, "show", "424242"], "")
+            .status
+            .code(),
+        Some(1)
+    );
+
+    let identify = json!({"type": "identify", "userId": "nobody", "traits": {"email": "nobody@example.com", "name": "No Body"}});
+    assert_eq!(post_batch(&url, Some(KEY), &[identify]).await, 200);
+    eventually("the user exists", Duration::from_secs(30), async || {
+        emu.state()["users"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|u| u["email"] == "nobody@example.com"))
+    })
+    .await;
+    let replayed = zdmap(&["dead-letters", "--queue", &queue, "replay", &first], "");
+    assert!(replayed.status.success(), "{replayed:?}");
+    eventually(
+        "the replayed event recorded",
+        Duration::from_secs(30),
+        async || {
+            emu.state()["events"]
+                .as_array()
+                .is_some_and(|e| e.len() == 1)
+        },
+    )
+    .await;
+    let purged = zdmap(&["dead-letters", "--queue", &queue, "purge", &second], "");
+    assert!(purged.status.success(), "{purged:?}");
+    assert!(list().is_empty());
+    replica.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zendesk_down_and_refused_credentials_defer_events_and_retry_for_dead_letters_them() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let emu = emulator(0).await;
+    emu.configure(|k| k.fail_rate = 1.0);
+    let replica = Replica::start(
+        &server.url(),
+        &emu.url(),
+        &["--set", "requests_per_minute=0"],
+    );
+    let url = replica.url.clone();
+    let batch: Vec<Value> = (0..10).map(|u| ticket(u, 0)).collect();
+    assert_eq!(post_batch(&url, Some(KEY), &batch).await, 200);
+
+    // Zendesk down: the events wait in the stream, none is dead-lettered.
+    let text = Metrics::once(&url, "zdmap_events_deferred_total", |n| n >= 3.0).await;
+    assert_eq!(text.get("zdmap_nats_stream_lag"), Some(10.0), "{text}");
+    assert_eq!(text.get("zdmap_events_dead_lettered_total"), Some(0.0));
+    assert_eq!(count(&emu.state(), "tickets"), 0);
+    emu.configure(|k| k.fail_rate = 0.0);
+    eventually("the tickets", Duration::from_secs(30), async || {
+        count(&emu.state(), "tickets") >= 10
+    })
+    .await;
+
+    // Refused credentials: not ready, the event kept until they work again.
+    emu.configure(|k| k.forced_faults = vec![ForcedFault::new(401).times(4)]);
+    assert_eq!(post_batch(&url, Some(KEY), &[ticket(10, 0)]).await, 200);
+    let body = readyz_once(&url, 503, "not ready").await;
+    assert!(body.contains("401"), "{body}");
+    eventually(
+        "the ticket once the credentials work",
+        Duration::from_secs(30),
+        async || count(&emu.state(), "tickets") >= 11,
+    )
+    .await;
+    readyz_once(&url, 200, "ready again").await;
+    each_ticket_once(&emu.state(), 11);
+    replica.stop();
+
+    // --retry-for: past it, an event Zendesk keeps failing is dead-lettered; replayed once
+    // Zendesk is back.
+    emu.configure(|k| k.fail_rate = 1.0);
+    let replica = Replica::start(
+        &server.url(),
+        &emu.url(),
+        &["--set", "requests_per_minute=0", "--retry-for", "1s"],
+    );
+    let three: Vec<Value> = (20..23).map(|u| ticket(u, 0)).collect();
+    assert_eq!(post_batch(&replica.url, Some(KEY), &three).await, 200);
+    let queue = server.url();
+    eventually("three dead letters", Duration::from_secs(30), async || {
+        let out = zdmap(&["dead-letters", "--queue", &queue, "list", "--json"], "");
+        if String::from_utf8_lossy(&out.stdout).lines().count() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{out:?}"))
+        }
+    })
+    .await;
+    emu.configure(|k| k.fail_rate = 0.0);
+    let replayed = zdmap(&["dead-letters", "--queue", &queue, "replay", "--all"], "");
+    assert!(replayed.status.success(), "{replayed:?}");
+    eventually(
+        "the replayed tickets",
+        Duration::from_secs(30),
+        async || count(&emu.state(), "tickets") >= 14,
+    )
+    .await;
+    each_ticket_once(&emu.state(), 14);
+    replica.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_credentials_come_from_the_environment_or_files_and_stay_out_of_logs() {
+    let Some(token_server) = NatsServer::start_with(&["--auth", "nats-s3cret-token"]) else {
+        return;
+    };
+    let queue = token_server.url();
+    let list = |env: &[(&str, &str)]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_zdmap"))
+            .args(["dead-letters", "--queue", &queue, "list"])
+            .envs(env.iter().copied())
+            .output()
+            .expect("zdmap runs")
+    };
+    let refused = list(&[("ZDMAP_NATS_TOKEN", "wrong-token")]);
+    assert_eq!(refused.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("refused the login"), "{said}");
+    assert!(!said.contains("wrong-token"), "{said}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "nats-s3cret-token\n").expect("write");
+    let token_path = token_file.to_str().expect("utf-8");
+    // Logged in: there is no queue yet to read (the command creates nothing).
+    let out = list(&[("ZDMAP_NATS_TOKEN_FILE", token_path)]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no zdmap queue there"), "{said}");
+    let both = list(&[
+        ("ZDMAP_NATS_TOKEN_FILE", token_path),
+        ("ZDMAP_NATS_TOKEN", "nats-s3cret-token"),
+    ]);
+    assert_eq!(both.status.code(), Some(1), "{both:?}");
+
+    // A replica logs in with a user and password; its logs hold neither.
+    let Some(user_server) = NatsServer::start_with(&["--user", "zdmap", "--pass", "nats-pa55word"])
+    else {
+        return;
+    };
+    let emu = emulator(0).await;
+    let replica = Replica::start_with_env(
+        &user_server.url(),
+        &emu.url(),
+        &["--set", "requests_per_minute=0"],
+        &[
+            ("ZDMAP_NATS_USER", "zdmap"),
+            ("ZDMAP_NATS_PASSWORD", "nats-pa55word"),
+        ],
+    );
+    assert_eq!(
+        post_batch(&replica.url, Some(KEY), &[ticket(1, 0)]).await,
+        200
+    );
+    eventually("the ticket", Duration::from_secs(30), async || {
+        count(&emu.state(), "tickets") == 1
+    })
+    .await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zdmap"))
+        .args(["dead-letters", "--queue", &user_server.url(), "list"])
+        .env("ZDMAP_NATS_USER", "zdmap")
+        .env("ZDMAP_NATS_PASSWORD_FILE", {
+            let path = dir.path().join("password");
+            std::fs::write(&path, "nats-pa55word").expect("write");
+            path
+        })
+        .output()
+        .expect("zdmap runs");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 dead letter(s)"));
+    let log = replica.stop();
+    assert!(!log.contains("nats-pa55word"), "{log}");
+    assert!(
+        log.contains("handed this replica's partitions over"),
+        "{log}"
+    );
+}
+
+/// A ticket update dead-lettered by one replica, a newer update of the same ticket (another
+/// user's, so maybe another replica's): `dead-letters --queue replay` keeps the older one as
+/// stale (the last change times are shared in NATS), `--force` replays it anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_on_nats_applies_no_older_change_unless_forced() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let emu = emulator(0).await;
+    let args = ["--set", "requests_per_minute=0", "--retry-for", "1s"];
+    let replicas = start_replicas(&server, &emu, 2, &args);
+    let at = |second: u32| format!("2026-03-01T10:00:{second:02}Z");
+    let update = |user: &str, second: u32, status: &str, comment: &str| {
+        json!({"type": "track", "event": "Ticket Updated", "userId": user,
+               "messageId": format!("upd-{second}"), "timestamp": at(second),
+               "properties": {"external_id": "t1", "status": status, "comment": comment}})
+    };
+    let ticket_t1 = || {
+        emu.state()["tickets"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["external_id"] == "t1").cloned())
+            .unwrap_or(Value::Null)
+    };
+    let created = json!({"type": "track", "event": "Ticket Created", "userId": "u1",
+        "messageId": "new-t1", "timestamp": at(0),
+        "context": {"traits": {"email": "u1@example.com", "name": "u1"}},
+        "properties": {"subject": "S", "comment": "opened", "external_id": "t1"}});
+    assert_eq!(
+        post_batch(&replicas[0].url, Some(KEY), &[created]).await,
+        200
+    );
+    eventually("the ticket", Duration::from_secs(30), async || {
+        count(&emu.state(), "tickets") == 1
+    })
+    .await;
+
+    emu.configure(|k| k.fail_rate = 1.0);
+    assert_eq!(
+        post_batch(
+            &replicas[0].url,
+            Some(KEY),
+            &[update("u1", 10, "pending", "older")]
+        )
+        .await,
+        200
+    );
+    let queue = server.url();
+    eventually(
+        "the older update dead-lettered",
+        Duration::from_secs(30),
+        async || {
+            let out = zdmap(&["dead-letters", "--queue", &queue, "list", "--json"], "");
+            String::from_utf8_lossy(&out.stdout).lines().count() >= 1
+        },
+    )
+    .await;
+    emu.configure(|k| k.fail_rate = 0.0);
+    assert_eq!(
+        post_batch(
+            &replicas[1].url,
+            Some(KEY),
+            &[update("u2", 20, "solved", "newer")]
+        )
+        .await,
+        200
+    );
+    eventually("the newer update", Duration::from_secs(30), async || {
+        ticket_t1()["status"] == "solved"
+    })
+    .await;
+    // The newer change's time reaches the bucket right after it is applied.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let replay = |extra: &[&str]| {
+        let out = zdmap(
+            &[&["dead-letters", "--queue", &queue, "replay"], extra].concat(),
+            "",
+        );
+        assert!(out.status.success(), "{out:?}");
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (stdout, stderr) = replay(&["--all"]);
+    assert!(stderr.contains("0 dead letter(s) moved back"), "{stderr}");
+    assert!(stderr.contains("1 stale dead letter(s) kept"), "{stderr}");
+    assert!(
+        stdout.contains("update_ticket\tstale: ticket:t1"),
+        "{stdout}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ticket_t1()["status"], "solved");
+
+    let (stdout, stderr) = replay(&["--force", "--all"]);
+    assert!(stderr.contains("1 dead letter(s) moved back"), "{stderr}");
+    assert!(stdout.contains("replayed anyway (--force)"), "{stdout}");
+    eventually(
+        "the forced older update",
+        Duration::from_secs(30),
+        async || ticket_t1()["status"] == "pending",
+    )
+    .await;
+    drop(replicas);
+}
+
+/// The organization writes of the request log that Zendesk took, in the order they reached the
+/// emulator: (organization external id, version), the version being the `details` trait.
+fn organization_writes(emu: &Emulator) -> Vec<(String, u64)> {
+    let mut writes = Vec::new();
+    for entry in emu.requests() {
+        if entry["status"].as_u64().is_none_or(|s| s >= 300) {
+            continue;
+        }
+        let organizations: Vec<Value> = match (entry["method"].as_str(), entry["path"].as_str()) {
+            (Some("POST"), Some("/api/v2/organizations/create_or_update")) => {
+                vec![entry["body"]["organization"].clone()]
+            }
+            (Some("PUT"), Some("/api/v2/organizations/update_many")) => {
+                entry["body"]["organizations"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            }
+            (_, Some(path)) if path.starts_with("/api/v2/organizations") => {
+                assert!(
+                    !entry["method"]
+                        .as_str()
+                        .is_some_and(|m| m == "PUT" || m == "POST"),
+                    "an organization write this test does not read: {entry}"
+                );
+                continue;
+            }
+            _ => continue,
+        };
+        for o in organizations {
+            let (Some(org), Some(version)) = (o["external_id"].as_str(), o["details"].as_str())
+            else {
+                continue;
+            };
+            writes.push((org.to_owned(), version.parse().expect("a version")));
+        }
+    }
+    writes
+}
+
+/// Many users' `group` calls for a few organizations, spread over the partitions of three
+/// replicas: each organization is delivered by one replica at a time (holds in NATS), so the
+/// organization writes that land come in the order of the events' times, an older change that
+/// comes after a newer one is skipped, each organization ends at its newest version and every
+/// membership is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_organizations_events_from_many_users_land_in_order_across_replicas() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let emu = emulator(15).await;
+    let replicas = start_replicas(&server, &emu, 3, &["--set", "requests_per_minute=0"]);
+    let urls = urls(&replicas);
+    each_owns_a_partition(&replicas).await;
+    let (users, organizations, calls) = (24usize, 4usize, 240usize);
+    let identifies: Vec<Value> = (0..users)
+        .map(|u| {
+            json!({"type": "identify", "userId": format!("u-{u}"), "messageId": format!("id-{u}"),
+                   "timestamp": "2026-03-01T09:00:00Z",
+                   "traits": {"email": format!("user{u}@example.com"), "name": format!("User {u}")}})
+        })
+        .collect();
+    post_all(&urls, &identifies, 8).await;
+    eventually("the users", Duration::from_secs(60), async || {
+        count(&emu.state(), "users") >= users
+    })
+    .await;
+
+    // Call n: organization n % 4, by user (n / 4) % 24 (so every user joins every
+    // organization), its version n, its time 10:00:00 + n seconds.
+    let call = |n: usize| {
+        json!({"type": "group", "userId": format!("u-{}", (n / organizations) % users),
+               "groupId": format!("org-{}", n % organizations), "messageId": format!("g-{n}"),
+               "timestamp": format!("2026-03-01T10:{:02}:{:02}Z", n / 60, n % 60),
+               "traits": {"name": format!("Organization {}", n % organizations),
+                          "details": n.to_string()}})
+    };
+    let events: Vec<Value> = (0..calls).map(call).collect();
+    post_all(&urls, &events, 6).await;
+
+    let newest = |o: usize| (0..calls).rev().find(|n| n % organizations == o);
+    let org_state = |emu: &Emulator| -> HashMap<String, String> {
+        emu.state()["organizations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| {
+                Some((
+                    o["external_id"].as_str()?.to_owned(),
+                    o["details"].as_str()?.to_owned(),
+                ))
+            })
+            .collect()
+    };
+    let memberships = |emu: &Emulator| count(&emu.state(), "memberships");
+    let done = || {
+        let state = org_state(&emu);
+        (0..organizations).all(|o| {
+            state.get(&format!("org-{o}")).map(String::as_str)
+                == newest(o).map(|n| n.to_string()).as_deref()
+        }) && memberships(&emu) >= users * organizations
+    };
+    eventually(
+        "every organization's newest version",
+        Duration::from_secs(90),
+        async || {
+            if done() {
+                return Ok(());
+            }
+            let mut waiting = format!(
+                "organizations {:?}, {} memberships\n",
+                org_state(&emu),
+                memberships(&emu)
+            );
+            for r in &replicas {
+                let metrics = Metrics::read(&r.url).await;
+                waiting.push_str(
+                    &metrics
+                        .0
+                        .lines()
+                        .filter(|l| {
+                            l.starts_with("zdmap_delivery") || l.starts_with("zdmap_nats_holds")
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                );
+                let log = r.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                waiting.push_str(&format!("\n--- log tail:\n{}\n", tail.join("\n")));
+            }
+            Err(waiting)
+        },
+    )
+    .await;
+    // Late writes, if any, have time to show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let writes = organization_writes(&emu);
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for (org, version) in &writes {
+        let before = last.insert(org.clone(), *version).unwrap_or(0);
+        assert!(
+            *version >= before,
+            "{org}: version {version} written after {before}: {writes:?}"
+        );
+    }
+    assert_eq!(last.len(), organizations, "{writes:?}");
+
+    // The final state again (nothing older landed after), and each membership once.
+    let state = emu.state();
+    let org_ids: HashMap<u64, String> = state["organizations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| Some((o["id"].as_u64()?, o["external_id"].as_str()?.to_owned())))
+        .collect();
+    let user_ids: HashMap<u64, String> = state["users"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| Some((u["id"].as_u64()?, u["external_id"].as_str()?.to_owned())))
+        .collect();
+    let pairs: Vec<(String, String)> = state["memberships"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            Some((
+                user_ids.get(&m["user_id"].as_u64()?)?.clone(),
+                org_ids.get(&m["organization_id"].as_u64()?)?.clone(),
+            ))
+        })
+        .collect();
+    let unique: HashSet<&(String, String)> = pairs.iter().collect();
+    assert_eq!(pairs.len(), users * organizations, "{pairs:?}");
+    assert_eq!(unique.len(), users * organizations, "{pairs:?}");
+    assert_eq!(org_ids.len(), organizations, "one organization each");
+    let state = org_state(&emu);
+    for o in 0..organizations {
+        assert_eq!(
+            state.get(&format!("org-{o}")).map(String::as_str),
+            newest(o).map(|n| n.to_string()).as_deref()
+        );
+    }
+    // Organizations were handed between replicas: some waited for another's hold.
+    let mut waits = 0.0;
+    for r in &replicas {
+        waits += Metrics::read(&r.url)
+            .await
+            .get("zdmap_delivery_held_elsewhere_total")
+            .unwrap_or(0.0);
+    }
+    assert!(waits > 0.0, "no event waited for another replica's hold");
+    for r in replicas {
+        r.stop();
+    }
+}
+
+/// Holds in the entities bucket, between two replicas' holds: taken by one at a time (all of
+/// an event's keys or none), counted per event within a replica, renewed while held, let go
+/// once the change times written under them are in the bucket (the next holder knows them at
+/// once), and taken over once a replica that stopped without a word lets its time run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_in_nats_go_to_one_replica_at_a_time() {
+    use zdmap::deliver::holds::{Holding, KeyHolds};
+    use zdmap::deliver::order::EntityClock;
+    use zdmap::queue::nats::{Layout, NatsOptions, entities::NatsClock, holds::NatsHolds};
+
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let layout = Layout::open(&NatsOptions::new(&server.url()))
+        .await
+        .expect("layout");
+    // Long enough that a renewal (every third of it) is never late on a loaded machine.
+    let lease = Duration::from_secs(3);
+    let replica = |name: &str| {
+        let clock = NatsClock::start(layout.entities.clone());
+        let holds = NatsHolds::start(
+            layout.entities.clone(),
+            clock.clone(),
+            name.to_owned(),
+            lease,
+        );
+        (clock, holds)
+    };
+    let (clock_a, a) = replica("a");
+    let (clock_b, b) = replica("b");
+    let acme = || vec!["group:acme".to_owned()];
+    let both = || vec!["group:acme".to_owned(), "group:other".to_owned()];
+    // Tries until `holds` gets `keys` (a hold being let go is gone in a moment): how long that
+    // took.
+    async fn taken(holds: &NatsHolds, keys: Vec<String>, within: Duration) -> Duration {
+        let start = Instant::now();
+        eventually(&format!("{keys:?} taken"), within, async || {
+            holds.take(keys.clone()).await == Holding::Held
+        })
+        .await;
+        start.elapsed()
+    }
+
+    assert_eq!(a.take(acme()).await, Holding::Held);
+    assert_eq!(b.take(acme()).await, Holding::Elsewhere);
+    // All or none: `group:other` is free, but not taken while `group:acme` is held elsewhere.
+    assert_eq!(b.take(both()).await, Holding::Elsewhere);
+    assert_eq!(b.held(), 0);
+    // A second event of `a` holds it too; one release leaves the other's hold.
+    assert_eq!(a.take(acme()).await, Holding::Held);
+    a.release(acme());
+    // Renewed: still a's after more than two lease times.
+    tokio::time::sleep(lease * 2 + Duration::from_millis(300)).await;
+    assert_eq!(b.take(acme()).await, Holding::Elsewhere);
+    assert_eq!(a.held(), 1);
+
+    a.release(acme());
+    taken(&b, both(), lease / 2).await;
+    // A change applied under b's hold is known to a as soon as a holds the key after b.
+    clock_b.applied("organization:acme", 42_000);
+    b.release(both());
+    taken(&a, acme(), lease / 2).await;
+    assert_eq!(clock_a.last_applied("organization:acme"), Some(42_000));
+
+    // a stops without a word (its holds are neither renewed nor deleted): b takes over once
+    // a's time is over, not before.
+    drop(a);
+    assert_eq!(b.take(acme()).await, Holding::Elsewhere);
+    let waited = taken(&b, acme(), lease * 3).await;
+    assert!(waited >= lease / 3, "taken over after {waited:?}");
+    // A graceful close lets go at once.
+    b.close().await;
+    let (_clock_c, c) = replica("c");
+    assert_eq!(c.take(both()).await, Holding::Held);
+}
+
+/// An event a killed replica had under way comes back redelivered to the next owner of its
+/// partition, which reads a write that is not idempotent back before sending it: a user event
+/// applied just before the kill (its answer never came) is not recorded twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_under_way_at_a_kill_is_checked_before_it_is_sent_again() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let emu = emulator(0).await;
+    let args = ["--set", "requests_per_minute=0", "--nats-lease", "2s"];
+    let mut first = Replica::start(&server.url(), &emu.url(), &args);
+    each_owns_a_partition(std::slice::from_ref(&first)).await;
+    let identify = json!({"type": "identify", "userId": "u-r", "messageId": "id-u-r",
+        "traits": {"email": "u-r@example.com", "name": "R"}});
+    assert_eq!(post_batch(&first.url, Some(KEY), &[identify]).await, 200);
+    eventually("the user", Duration::from_secs(30), async || {
+        count(&emu.state(), "users") >= 1
+    })
+    .await;
+
+    // The user event is applied at once, and its answer would come a minute later.
+    emu.configure(|k| k.latency_ms = 60_000);
+    let viewed = json!({"type": "track", "event": "Viewed", "userId": "u-r",
+        "messageId": "view-u-r", "timestamp": "2026-03-01T10:00:02Z",
+        "properties": {"page": "/pricing"}});
+    assert_eq!(post_batch(&first.url, Some(KEY), &[viewed]).await, 200);
+    eventually(
+        "the user event applied",
+        Duration::from_secs(30),
+        async || count(&emu.state(), "events") >= 1,
+    )
+    .await;
+    first.kill();
+    emu.configure(|k| k.latency_ms = 0);
+
+    let second = Replica::start(&server.url(), &emu.url(), &args);
+    // Until the second replica found the write applied, or recorded it again.
+    eventually("the write checked", Duration::from_secs(60), async || {
+        let confirmed = Metrics::read(&second.url)
+            .await
+            .get("zdmap_writes_confirmed_total")
+            .unwrap_or(0.0);
+        if confirmed >= 1.0 || count(&emu.state(), "events") >= 2 {
+            Ok(())
+        } else {
+            Err(second.log_text())
+        }
+    })
+    .await;
+    assert_eq!(count(&emu.state(), "events"), 1, "recorded once");
+    let checks = emu
+        .requests()
+        .iter()
+        .filter(|r| {
+            r["method"] == "GET"
+                && r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/api/v2/users/") && p.ends_with("/events"))
+        })
+        .count();
+    assert_eq!(checks, 1, "the redelivered event was read back first");
+    let log = second.stop();
+    assert!(!log.contains("nats-test-token-secret"), "{log}");
+}
+
+/// User `u`'s `n`th user event (a track call: recording one twice records it twice).
+fn viewed(u: usize, n: usize) -> Value {
+    json!({"type": "track", "event": "Viewed", "userId": format!("u-{u}"),
+        "messageId": format!("view-{u}-{n}"),
+        "properties": {"u": u, "n": n}})
+}
+
+/// The user events recorded, as the request log shows them: `(host, user, n, seq)` of each
+/// recording request, in the order they reached the emulator.
+fn event_posts(emu: &Emulator) -> Vec<(String, u64, u64, u64)> {
+    emu.requests()
+        .iter()
+        .filter(|r| {
+            r["method"] == "POST"
+                && r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/api/v2/users/") && p.ends_with("/events"))
+        })
+        .filter_map(|r| {
+            let properties = &r["body"]["event"]["properties"];
+            Some((
+                r["headers"]["host"].as_str()?.to_owned(),
+                properties["u"].as_u64()?,
+                properties["n"].as_u64()?,
+                r["seq"].as_u64()?,
+            ))
+        })
+        .collect()
+}
+
+/// The newest request's number in the emulator's log.
+fn last_seq(emu: &Emulator) -> u64 {
+    emu.requests()
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_cut_off_from_nats_stops_delivering_before_its_partitions_move() {
+    let lease = Duration::from_secs(3);
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let emu = emulator(0).await;
+    let proxy = nats::FreezableProxy::start(&server).await;
+    let args = ["--set", "requests_per_minute=0", "--nats-lease", "3s"];
+    // Replica A reaches NATS through the proxy and the emulator as `localhost` (its requests
+    // show that `Host`); B reaches both directly.
+    let a_host = emu.url().replace("127.0.0.1", "localhost");
+    let a = Replica::start(&proxy.url(), &a_host, &args);
+    let b = Replica::start(&server.url(), &emu.url(), &args);
+    let a_host = a_host.trim_start_matches("http://").to_owned();
+    eventually(
+        "half the partitions each",
+        Duration::from_secs(30),
+        async || {
+            if owned(&a.url).await == Some(16.0) && owned(&b.url).await == Some(16.0) {
+                Ok(())
+            } else {
+                Err(a.log_text())
+            }
+        },
+    )
+    .await;
+
+    let users = 40;
+    let identifies: Vec<Value> = (0..users)
+        .map(|u| {
+            json!({"type": "identify", "userId": format!("u-{u}"),
+            "traits": {"email": format!("u{u}@example.com"), "name": format!("U {u}")}})
+        })
+        .collect();
+    assert_eq!(post_batch(&b.url, Some(KEY), &identifies).await, 200);
+    eventually("the users", Duration::from_secs(30), async || {
+        count(&emu.state(), "users") >= users
+    })
+    .await;
+
+    // Slow answers, so that A still has many events to deliver when it is cut off: at 100 ms
+    // an answer and 8 at once, its 600 or so take at least 7 s.
+    emu.configure(|k| k.latency_ms = 100);
+    let per_user = 30;
+    let events: Vec<Value> = (0..per_user)
+        .flat_map(|n| (0..users).map(move |u| viewed(u, n)))
+        .collect();
+    post_all(std::slice::from_ref(&b.url), &events, 100).await;
+    eventually("A delivering", Duration::from_secs(60), async || {
+        event_posts(&emu).iter().filter(|p| p.0 == a_host).count() >= 40
+    })
+    .await;
+    proxy.freeze(true);
+    let frozen_at = Instant::now();
+    assert!(
+        count(&emu.state(), "events") < events.len() / 2,
+        "cut off mid-stream"
+    );
+
+    // A's last renewal was sent before the freeze, so its fence is at most four fifths of the
+    // lease later (a turn started just before it may still send its requests a little after);
+    // without the fence A would go on for seconds more.
+    tokio::time::sleep_until((frozen_at + lease + Duration::from_secs(1)).into()).await;
+    let fence_seq = last_seq(&emu);
+    // B delivers the rest (A's checked first, as redelivered) without waiting on slow answers.
+    emu.configure(|k| k.latency_ms = 0);
+    eventually(
+        "every event recorded",
+        Duration::from_secs(60),
+        async || count(&emu.state(), "events") >= events.len(),
+    )
+    .await;
+
+    // A comes back: its leases are gone, so it drops what it held back and delivers nothing.
+    proxy.freeze(false);
+    eventually("A's leases lost", Duration::from_secs(30), async || {
+        let log = a.log_text();
+        if log.contains("lost the lease of a partition") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Each event recorded once.
+    let state = emu.state();
+    let mut recorded: HashMap<(u64, u64), usize> = HashMap::new();
+    for e in state["events"].as_array().expect("events") {
+        let key = (
+            e["properties"]["u"].as_u64().expect("u"),
+            e["properties"]["n"].as_u64().expect("n"),
+        );
+        *recorded.entry(key).or_default() += 1;
+    }
+    assert_eq!(recorded.len(), events.len(), "every event recorded");
+    let twice: Vec<_> = recorded.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "recorded twice: {twice:?}");
+
+    // Each user's events in order; nothing from A after its fence; some users' events were
+    // delivered by A up to the cut and by B after it.
+    let posts = event_posts(&emu);
+    let mut by_user: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut hosts: HashMap<u64, HashSet<&str>> = HashMap::new();
+    for (host, u, n, seq) in &posts {
+        assert!(
+            host != &a_host || *seq <= fence_seq,
+            "A recorded user {u}'s event {n} after its fence\n{}",
+            a.log_text()
+        );
+        by_user.entry(*u).or_default().push(*n);
+        hosts.entry(*u).or_default().insert(host);
+    }
+    for (u, ns) in &by_user {
+        assert_eq!(
+            ns,
+            &(0..per_user as u64).collect::<Vec<_>>(),
+            "user {u}'s events, in order, once each"
+        );
+    }
+    assert!(
+        hosts.values().any(|h| h.len() == 2),
+        "B delivered the rest of users A had begun"
+    );
+
+    let a_metrics = Metrics::read(&a.url).await;
+    assert!(
+        a_metrics.get("zdmap_nats_fenced_total").unwrap_or(0.0) > 0.0,
+        "{a_metrics}"
+    );
+    let log = a.log_text();
+    assert!(log.contains("was not renewed in time"), "{log}");
+    assert!(!log.contains("nats-test-token-secret"), "{log}");
+}

@@ -1,0 +1,149 @@
+//! Delivery and `zdmap serve` in the test process, to an emulator: the shipped mappings with no
+//! request budget and quick retries, shared by the test files that deliver or start servers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use zdmap::config::{Config, ConfigArgs};
+use zdmap::deliver::setup::{ConnectOptions, Destination, connect};
+use zdmap::deliver::{RetryPolicy, TargetArgs};
+use zdmap::emulator::Emulator;
+use zdmap::serve::ingest::WriteKeys;
+use zdmap::serve::{IngestOptions, ServeOptions, Server, WorkerOptions};
+
+/// The write key test servers take.
+pub const KEY: &str = "wk-test-key";
+
+/// The setting that lifts zdmap's own request budget.
+pub const UNLIMITED: &str = "requests_per_minute=0";
+
+/// Retries after 10 ms, backing off to 200 ms.
+pub fn quick_retries() -> ConnectOptions {
+    ConnectOptions {
+        retry: RetryPolicy {
+            min_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(200),
+            ..RetryPolicy::default()
+        },
+        ..ConnectOptions::default()
+    }
+}
+
+/// Delivery to `emu` with the mappings of `mappings` and no request budget.
+pub async fn destination(emu: &Emulator, mappings: &Path) -> Destination {
+    let config = Config::load(mappings, &[UNLIMITED.to_owned()]).expect("mappings load");
+    let target = TargetArgs {
+        zendesk_url: Some(emu.url()),
+        emulator: false,
+    };
+    connect(Arc::new(config), &target, quick_retries())
+        .await
+        .expect("connect")
+}
+
+/// How a test server runs; the default suits most tests.
+pub struct Setup {
+    pub mappings: PathBuf,
+    pub write_keys: Vec<String>,
+    pub watch: bool,
+    pub workers: WorkerOptions,
+    pub ingest: IngestOptions,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            mappings: "mappings".into(),
+            write_keys: vec![KEY.to_owned()],
+            watch: false,
+            workers: WorkerOptions {
+                concurrency: 4,
+                poll: Duration::from_millis(100),
+                wait_for_records: Duration::from_millis(500),
+                ..WorkerOptions::default()
+            },
+            ingest: IngestOptions::default(),
+        }
+    }
+}
+
+/// A server on a free loopback port, storing in `data`, delivering to `emu`.
+pub async fn start(emu: &Emulator, data: &Path, setup: Setup) -> Server {
+    let dest = destination(emu, &setup.mappings).await;
+    let options = ServeOptions {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: data.to_path_buf(),
+        nats: None,
+        write_keys: WriteKeys::from_args_and_env(&setup.write_keys, None),
+        workers: setup.workers,
+        config: ConfigArgs {
+            mappings: setup.mappings,
+            set: vec![UNLIMITED.to_owned()],
+        },
+        watch: setup.watch,
+        log_events: false,
+        shutdown_timeout: Duration::from_secs(10),
+        ingest: setup.ingest,
+    };
+    Server::start(options, dest).await.expect("server starts")
+}
+
+/// Starts `zdmap serve` as a process and reads its URL from the first line it prints.
+pub fn spawn_serve(
+    emu_url: &str,
+    data: &Path,
+    mappings: &Path,
+    extra: &[&str],
+) -> (std::process::Child, String) {
+    spawn_serve_with(emu_url, data, mappings, extra, |_| {})
+}
+
+/// Like [`spawn_serve`], with the command changed by `adjust` (its environment) before it runs.
+pub fn spawn_serve_with(
+    emu_url: &str,
+    data: &Path,
+    mappings: &Path,
+    extra: &[&str],
+    adjust: impl FnOnce(&mut std::process::Command),
+) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zdmap"));
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-watch",
+            "--set",
+            "requests_per_minute=0",
+            "--write-key",
+            KEY,
+        ])
+        .arg("--zendesk-url")
+        .arg(emu_url)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--mappings")
+        .arg(mappings)
+        .args(extra)
+        .env("ZENDESK_EMAIL", "agent@example.com")
+        .env("ZENDESK_API_TOKEN", "serve-test-token-secret")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    adjust(&mut command);
+    let mut child = command.spawn().expect("spawn zdmap serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut first = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("first line");
+    let url = first
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{first}");
+    (child, url)
+}

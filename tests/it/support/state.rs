@@ -1,0 +1,23 @@
+//! The emulator's state as the tests read it (`Emulator::state()`).
+
+use serde_json::Value;
+use std::collections::HashSet;
+
+/// How many `what` (`users`, `tickets`, `events`...) `state` holds.
+pub fn count(state: &Value, what: &str) -> usize {
+    state[what].as_array().map_or(0, Vec::len)
+}
+
+/// Checks that `state` holds `n` tickets, each external id once: nothing duplicated, nothing
+/// lost.
+pub fn each_ticket_once(state: &Value, n: usize) {
+    let ids: Vec<&str> = state["tickets"]
+        .as_array()
+        .expect("tickets")
+        .iter()
+        .filter_map(|t| t["external_id"].as_str())
+        .collect();
+    let unique: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), n, "tickets created: nothing duplicated");
+    assert_eq!(unique.len(), n, "each external id once: nothing lost");
+}
