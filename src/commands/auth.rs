@@ -14,7 +14,7 @@ use crate::config::ConfigArgs;
 use crate::deliver::auth::chain::STORE_FILE;
 use crate::deliver::auth::login::Login;
 use crate::deliver::auth::{ChainStore, Credentials, FileStore, scopes};
-use crate::deliver::setup::{SetupError, credential_vars, credentials};
+use crate::deliver::setup::{credential_vars, credentials};
 use crate::deliver::{Client, ClientOptions, Target, TargetArgs, TargetChoice};
 
 /// Exit code when a person must log in again (sysexits' EX_NOPERM).
@@ -148,14 +148,28 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// What every `auth` subcommand works on: the mappings, the account and the token store.
+async fn open(
+    config: &ConfigArgs,
+    target_args: &TargetArgs,
+    store: &StoreArgs,
+) -> Result<(crate::config::Config, Target, Arc<dyn ChainStore>), ExitCode> {
+    let config = super::load_config(config)?;
+    let target = target(&config, target_args).map_err(fail)?;
+    let store = open_store(
+        store.token_store.as_deref(),
+        &store.data_dir,
+        store.queue.as_deref(),
+    )
+    .await
+    .map_err(fail)?;
+    Ok((config, target, store))
+}
+
 async fn login(args: &LoginArgs) -> ExitCode {
-    let config = match super::load_config(&args.config) {
-        Ok(c) => c,
+    let (config, target, store) = match open(&args.config, &args.target, &args.store).await {
+        Ok(opened) => opened,
         Err(code) => return code,
-    };
-    let target = match target(&config, &args.target) {
-        Ok(t) => t,
-        Err(e) => return fail(e),
     };
     let vars = credential_vars(&config);
     let client_id = match args.client_id.clone().or_else(|| {
@@ -177,16 +191,6 @@ async fn login(args: &LoginArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     let scope = args.scope.clone().unwrap_or(vars.oauth.scope.clone());
-    let store = match open_store(
-        args.store.token_store.as_deref(),
-        &args.store.data_dir,
-        args.store.queue.as_deref(),
-    )
-    .await
-    {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
     let client = match Client::new(
         target.clone(),
         Credentials::oauth("none"),
@@ -256,29 +260,14 @@ fn open_browser(url: &str) {
 }
 
 async fn status(args: &StatusArgs, check: bool) -> ExitCode {
-    let config = match super::load_config(&args.config) {
-        Ok(c) => c,
+    let (config, target, store) = match open(&args.config, &args.target, &args.store).await {
+        Ok(opened) => opened,
         Err(code) => return code,
-    };
-    let target = match target(&config, &args.target) {
-        Ok(t) => t,
-        Err(e) => return fail(e),
-    };
-    let store = match open_store(
-        args.store.token_store.as_deref(),
-        &args.store.data_dir,
-        args.store.queue.as_deref(),
-    )
-    .await
-    {
-        Ok(s) => s,
-        Err(e) => return fail(e),
     };
     let vars = credential_vars(&config);
     let credentials =
         match credentials(&vars, Some(&store), target.allows_placeholder_credentials()).await {
             Ok(c) => c,
-            Err(SetupError::Credentials(e)) => return fail(e),
             Err(e) => return fail(e),
         };
     println!("zendesk:     {}", target.base_url());

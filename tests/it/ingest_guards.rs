@@ -1,26 +1,29 @@
 //! What a server refuses before it stores anything: web pages of other origins and foreign
 //! hosts on loopback; and whose messageId a dedupe window compares.
 
+use crate::support::http::Metrics;
 use crate::support::serving;
 
 use serde_json::json;
 use zdmap::emulator::{Emulator, EmulatorOptions};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_keyless_loopback_server_refuses_other_origins_and_foreign_hosts() {
+/// A server on loopback taking `write_keys` (none: keyless), delivering to an emulator.
+async fn server_with(write_keys: &[&str]) -> (Emulator, tempfile::TempDir, zdmap::serve::Server) {
     let emu = Emulator::start(EmulatorOptions::default())
         .await
         .expect("emulator");
     let data = tempfile::tempdir().expect("tempdir");
-    let server = serving::start(
-        &emu,
-        data.path(),
-        serving::Setup {
-            write_keys: Vec::new(),
-            ..serving::Setup::default()
-        },
-    )
-    .await;
+    let setup = serving::Setup {
+        write_keys: write_keys.iter().map(|k| k.to_string()).collect(),
+        ..serving::Setup::default()
+    };
+    let server = serving::start(&emu, data.path(), setup).await;
+    (emu, data, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyless_loopback_server_refuses_other_origins_and_foreign_hosts() {
+    let (_emu, _data, server) = server_with(&[]).await;
     let url = format!("{}/v1/identify", server.url());
     let port = server.url().rsplit(':').next().expect("port").to_string();
     let body = json!({"userId": "u-evil", "traits": {"email": "evil@example.com"}}).to_string();
@@ -49,16 +52,10 @@ async fn a_keyless_loopback_server_refuses_other_origins_and_foreign_hosts() {
     // The same call from a client that is no web page is taken.
     let plain = client.post(&url).body(body).send().await.expect("post");
     assert_eq!(plain.status().as_u16(), 200);
-    let metrics = client
-        .get(format!("{}/metrics", server.url()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    assert!(
-        metrics.contains("zdmap_events_accepted_total 1\n"),
+    let metrics = Metrics::read(&server.url()).await;
+    assert_eq!(
+        metrics.get("zdmap_events_accepted_total"),
+        Some(1.0),
         "only the plain call was stored:\n{metrics}"
     );
     server.shutdown().await;
@@ -66,19 +63,7 @@ async fn a_keyless_loopback_server_refuses_other_origins_and_foreign_hosts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_message_id_from_two_sources_is_two_calls() {
-    let emu = Emulator::start(EmulatorOptions::default())
-        .await
-        .expect("emulator");
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = serving::start(
-        &emu,
-        data.path(),
-        serving::Setup {
-            write_keys: vec!["source-a-key".into(), "source-b-key".into()],
-            ..serving::Setup::default()
-        },
-    )
-    .await;
+    let (_emu, _data, server) = server_with(&["source-a-key", "source-b-key"]).await;
     let client = reqwest::Client::new();
     let post = |key: &'static str, user: &'static str| {
         let client = client.clone();
@@ -99,20 +84,15 @@ async fn the_same_message_id_from_two_sources_is_two_calls() {
     assert_eq!(post("source-b-key", "ub").await, 200);
     // The same call from the same source again is dropped.
     assert_eq!(post("source-a-key", "ua").await, 200);
-    let metrics = client
-        .get(format!("{}/metrics", server.url()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    assert!(
-        metrics.contains("zdmap_events_accepted_total 2\n"),
+    let metrics = Metrics::read(&server.url()).await;
+    assert_eq!(
+        metrics.get("zdmap_events_accepted_total"),
+        Some(2.0),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("zdmap_events_duplicate_total 1\n"),
+    assert_eq!(
+        metrics.get("zdmap_events_duplicate_total"),
+        Some(1.0),
         "{metrics}"
     );
     server.shutdown().await;
@@ -120,11 +100,7 @@ async fn the_same_message_id_from_two_sources_is_two_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_invalid_calls_is_refused_whole_in_a_few_lines() {
-    let emu = Emulator::start(EmulatorOptions::default())
-        .await
-        .expect("emulator");
-    let data = tempfile::tempdir().expect("tempdir");
-    let server = serving::start(&emu, data.path(), serving::Setup::default()).await;
+    let (_emu, data, server) = server_with(&[serving::KEY]).await;
     let client = reqwest::Client::new();
     let post = |batch: Vec<serde_json::Value>| {
         let client = client.clone();

@@ -6,6 +6,7 @@
 
 use crate::support::command::signal;
 use crate::support::http::{Metrics, get, post_batch};
+use crate::support::mappings::{edit, mappings_copy};
 use crate::support::nats;
 use crate::support::serving;
 use crate::support::state::count;
@@ -457,7 +458,7 @@ async fn a_wrong_client_secret_is_said_once_and_the_fixed_secret_is_read_on_relo
     );
     let readyz = eventually("/readyz refuses", Duration::from_secs(30), async || {
         let (status, body) = get(&format!("{}/readyz", serve.url)).await;
-        (status == 503 && body.contains("refused the OAuth client")).then_some(body)
+        (status == 503 && body.contains("refused the client_credentials grant")).then_some(body)
     })
     .await;
     assert!(readyz.contains("invalid_client"), "{readyz}");
@@ -465,7 +466,7 @@ async fn a_wrong_client_secret_is_said_once_and_the_fixed_secret_is_read_on_relo
     let log = serve.log_text();
     let said = log
         .lines()
-        .filter(|l| l.contains("refused the OAuth client") && l.contains("ERROR"))
+        .filter(|l| l.contains("refused the client_credentials grant") && l.contains("ERROR"))
         .count();
     assert_eq!(said, 1, "said {said} times:\n{log}");
     let asked = stat(&emu, "/refused/invalid_client");
@@ -561,30 +562,12 @@ async fn a_spent_refresh_token_asks_for_a_login_once_and_loses_nothing() {
         "not asked again in a loop"
     );
     // `send` with the same store says so with its own exit code.
-    let send = Command::new(env!("CARGO_BIN_EXE_zdmap"))
-        .args([
-            "send",
-            "--no-progress",
-            "--zendesk-url",
-            &emu.url(),
-            "--token-store",
-        ])
-        .arg(&store)
-        .arg("--dead-letter")
-        .arg(dir.path().join("dead.ndjson"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write as _;
-            c.stdin
-                .take()
-                .expect("stdin")
-                .write_all(identify(99).to_string().as_bytes())?;
-            c.wait_with_output()
-        })
-        .expect("send");
+    let send = send_one(
+        &emu,
+        &["--token-store", store.to_str().expect("utf-8")],
+        &[],
+        dir.path(),
+    );
     let send_err = String::from_utf8_lossy(&send.stderr).to_string();
     assert_eq!(send.status.code(), Some(77), "{send_err}");
     assert!(send_err.contains("zdmap auth login"), "{send_err}");
@@ -712,21 +695,42 @@ async fn a_missing_scope_is_named_by_auth_check_and_at_serve_start() {
 
 /// A copy of the shipped mappings whose OAuth grant asks for `scope`.
 fn mappings_with_scope(scope: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let target = dir.path().join("mappings");
-    std::fs::create_dir_all(&target).expect("dir");
-    for entry in std::fs::read_dir("mappings").expect("mappings") {
-        let path = entry.expect("entry").path();
-        if path.is_file() {
-            std::fs::copy(&path, target.join(path.file_name().expect("name"))).expect("copy");
-        }
-    }
-    let destination = target.join("destination.yaml");
-    let text = std::fs::read_to_string(&destination).expect("read");
-    let edited = text.replace("    # scope: read write", &format!("    scope: {scope}"));
-    assert_ne!(text, edited, "the scope line of destination.yaml");
-    std::fs::write(&destination, edited).expect("write");
-    (dir, target)
+    let (dir, mappings) = mappings_copy();
+    edit(
+        &mappings.join("destination.yaml"),
+        "    # scope: read write",
+        &format!("    scope: {scope}"),
+    );
+    (dir, mappings)
+}
+
+/// `zdmap send` of one identify to `emu`, with `args` and `env`, its dead letters in `dir`.
+fn send_one(
+    emu: &Emulator,
+    args: &[&str],
+    env: &[(&str, &str)],
+    dir: &Path,
+) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zdmap"))
+        .args(["send", "--no-progress", "--zendesk-url", &emu.url()])
+        .args(args)
+        .arg("--dead-letter")
+        .arg(dir.join("dead.ndjson"))
+        .env_remove("ZENDESK_OAUTH_CLIENT_ID")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn send");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(identify(99).to_string().as_bytes())
+        .expect("write");
+    child.wait_with_output().expect("send")
 }
 
 #[test]
@@ -736,31 +740,15 @@ fn an_api_token_warns_of_the_day_api_tokens_end() {
         .block_on(Emulator::start(EmulatorOptions::default()))
         .expect("emulator");
     let dir = tempfile::tempdir().expect("tempdir");
-    let output = Command::new(env!("CARGO_BIN_EXE_zdmap"))
-        .args([
-            "send",
-            "--no-progress",
-            "--zendesk-url",
-            &emu.url(),
-            "--dead-letter",
-        ])
-        .arg(dir.path().join("dead.ndjson"))
-        .env("ZENDESK_EMAIL", "agent@example.com")
-        .env("ZENDESK_API_TOKEN", "api-t0ken-s3cr3t")
-        .env_remove("ZENDESK_OAUTH_CLIENT_ID")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write as _;
-            c.stdin
-                .take()
-                .expect("stdin")
-                .write_all(identify(1).to_string().as_bytes())?;
-            c.wait_with_output()
-        })
-        .expect("send");
+    let output = send_one(
+        &emu,
+        &[],
+        &[
+            ("ZENDESK_EMAIL", "agent@example.com"),
+            ("ZENDESK_API_TOKEN", "api-t0ken-s3cr3t"),
+        ],
+        dir.path(),
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert_eq!(stderr.matches("2027-04-30").count(), 1, "{stderr}");

@@ -492,8 +492,8 @@ async fn dead_letters_are_listed_shown_replayed_and_purged() {
         zdmap(&["dead-letters", "--data-dir", dir, "replay"], "")
             .status
             .code(),
-        Some(2),
-        "replay needs ids or --all"
+        Some(64),
+        "replay needs ids or --all (a usage error)"
     );
     assert!(
         zdmap(&["dead-letters", "--data-dir", dir, "purge", &second], "")

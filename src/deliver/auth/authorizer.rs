@@ -431,19 +431,9 @@ impl Renewer {
                 self.stats.issued.fetch_add(1, Ordering::Relaxed);
                 Ok(self.hold(&issued.access_token, issued.issued_at, issued.expires_at))
             }
-            Err(TokenError::Refused {
-                status,
-                code,
-                description,
-                ..
-            }) => {
+            Err(e @ TokenError::Refused { .. }) => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                Err(AuthFailure::Refused(format!(
-                    "Zendesk refused the OAuth client {:?} ({status} {code}{}): check {}",
-                    client.id,
-                    description.map(|d| format!(": {d}")).unwrap_or_default(),
-                    client.hint
-                )))
+                Err(client_refused(&e, &client.id, &client.hint))
             }
             Err(e @ TokenError::Unavailable { .. }) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -577,19 +567,9 @@ impl Renewer {
                 next.login_needed = Some(message.clone());
                 AuthFailure::LoginNeeded(message)
             }
-            Err(TokenError::Refused {
-                status,
-                code,
-                description,
-                ..
-            }) => {
+            Err(e @ TokenError::Refused { .. }) => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                AuthFailure::Refused(format!(
-                    "Zendesk refused the OAuth client {:?} on refresh ({status} {code}{}): check {}",
-                    chain.client_id,
-                    description.map(|d| format!(": {d}")).unwrap_or_default(),
-                    source.hint
-                ))
+                client_refused(&e, &chain.client_id, &source.hint)
             }
             Err(e @ TokenError::Unavailable { maybe_applied, .. }) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -602,6 +582,13 @@ impl Renewer {
         }
         Err(failure)
     }
+}
+
+/// Zendesk refused the OAuth client `id` as `refusal` says; `hint` names what to check.
+fn client_refused(refusal: &TokenError, id: &str, hint: &str) -> AuthFailure {
+    AuthFailure::Refused(format!(
+        "{refusal}; the OAuth client is {id:?}: check {hint}"
+    ))
 }
 
 /// Whether a chain's access token is good for more than its renewal margin at `now`.
