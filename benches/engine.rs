@@ -7,8 +7,8 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use zdmap::config::Config;
-use zdmap::event::Event;
+use zdmap::mapping::config::Config;
+use zdmap::mapping::event::Event;
 
 #[path = "support/allocator.rs"]
 mod allocator;

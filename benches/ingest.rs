@@ -19,7 +19,7 @@
 use criterion::{Criterion, Throughput};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use zdmap::config::ConfigArgs;
+use zdmap::mapping::config::ConfigArgs;
 use zdmap::queue::{Queue, SqliteQueue};
 use zdmap::serve::ingest::{Endpoint, WriteKeys, events};
 use zdmap::serve::{IngestOptions, ServeOptions, Server, WorkerOptions};

@@ -1,56 +1,52 @@
 //! zdmap: a Zendesk destination for customer-data pipelines.
 //!
-//! The modules follow the data flow:
+//! `src/` is grouped by stage; a stage imports only the stages below it (ARCHITECTURE.md draws
+//! them, and `stages.rs` checks it):
 //!
 //! ```text
-//! events ─▶ event ─▶ trigger ─▶ field (path, template) ─▶ plan ─▶ deliver ─▶ Zendesk / emulator
-//!             ▲                                                     ▲
-//!             └──── serve (ingest + queue) ─────────────────────────┘
+//! commands ─▶ serve ─▶ queue ─▶ deliver ─▶ mapping ─▶ base
+//!                                   └────▶ emulator ─┘
 //! ```
 //!
-//! - [`event`]: reading and checking Segment-spec events.
-//! - [`yaml`], [`spec`], [`diagnostic`]: what every stage below `config` shares: located YAML
-//!   trees, the shapes of the config files, and located problems.
-//! - [`config`]: loading `mappings/` (action files, `destination.yaml`) with located errors.
-//! - [`trigger`]: the trigger language (Segment's subscription syntax).
-//! - [`path`]: compiled JSONPath with a fast path for plain paths.
-//! - [`template`]: minijinja templates and expressions over event data.
-//! - [`field`]: field mappings: paths, templates, literals and combinators.
-//! - [`plan`]: which actions an event triggers and the requests their steps render.
-//! - [`request`]: the rendered HTTP request.
-//! - [`deliver`]: sending plans to Zendesk: the scheduler by entity key, retries, request budget,
-//!   lookups, dead letters.
-//! - [`queue`]: the durable queue behind `zdmap serve`: embedded (SQLite), or shared by replicas
-//!   (NATS JetStream).
-//! - [`serve`]: the ingest server (Segment's HTTP tracking API).
+//! - [`base`]: UTC timestamps, locks that outlive a panic, outside text made safe to show.
+//! - [`mapping`]: the mapping engine: events, triggers, JSONPaths, templates, fields, the
+//!   compiled actions, loading `mappings/`, and planning what an event does.
 //! - [`emulator`]: a stateful in-memory Zendesk for tests and local work.
-//! - [`time`]: timestamps as zdmap writes them; [`sync`]: locks that outlive a panic;
-//!   [`text`]: outside text made safe for a terminal or a log line.
-//! - [`cases`]: mapping test cases (`zdmap test`).
-//! - [`account_fields`]: the account's custom fields against the keys the mappings send.
-//! - [`defaults`]: the default mappings and schemas embedded in the binary (`zdmap init`).
-//! - [`commands`]: the CLI commands, as library functions.
+//! - [`deliver`]: sending plans to Zendesk: the scheduler by key, the executor, retries,
+//!   request budget, lookups, bulk requests, credentials and OAuth, dead letters.
+//! - [`queue`]: the durable queue behind `zdmap serve`: SQLite in a data directory, or NATS
+//!   JetStream shared by replicas.
+//! - [`serve`]: the ingest server (Segment's HTTP tracking API), its workers and health.
+//! - [`commands`]: the command line, one function per command; `main.rs` calls [`commands::main`].
+//!
+//! Compile a mappings directory and see what an event would do:
+//!
+//! ```
+//! use zdmap::mapping::config::Config;
+//! use zdmap::mapping::event::Event;
+//!
+//! let mappings = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
+//! let config = Config::load(&mappings, &["subdomain=acme".to_string()])
+//!     .expect("the shipped mappings load");
+//! let event = Event::from_value(serde_json::json!({
+//!     "type": "identify",
+//!     "userId": "u1",
+//!     "traits": {"email": "ada@example.com", "name": "Ada"}
+//! }))
+//! .expect("a Segment event");
+//! let preview = config.preview(&event);
+//! let json = preview.to_json(0);
+//! assert_eq!(json["matched"][0], "upsert_user");
+//! assert_eq!(json["requests"][0]["path"], "/api/v2/users/create_or_update");
+//! ```
 
-pub mod account_fields;
-pub mod cases;
+pub mod base;
 pub mod commands;
-pub mod config;
-pub mod defaults;
 pub mod deliver;
-pub mod diagnostic;
 pub mod emulator;
-pub mod event;
-pub mod field;
-pub mod path;
-pub mod plan;
+pub mod mapping;
 pub mod queue;
-pub mod request;
-pub mod schema;
 pub mod serve;
-pub mod spec;
-pub mod sync;
-pub mod template;
-pub mod text;
-pub mod time;
-pub mod trigger;
-pub mod yaml;
+
+#[cfg(test)]
+mod stages;

@@ -3,10 +3,10 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use zdmap::config::Config;
 use zdmap::deliver::TargetArgs;
 use zdmap::deliver::setup::{ConnectOptions, Destination, connect};
 use zdmap::emulator::{Emulator, EmulatorOptions};
+use zdmap::mapping::config::Config;
 
 /// The setting that lifts zdmap's own request budget.
 pub const UNLIMITED: &str = "requests_per_minute=0";

@@ -26,5 +26,5 @@ fuzz_target!(init: zdmap_fuzz::catch_stack_overflows(), |data: &[u8]| {
         };
         std::fs::write(dir.join(name), part).expect("write a file");
     }
-    let _ = zdmap::config::Config::load(dir, &[]);
+    let _ = zdmap::mapping::config::Config::load(dir, &[]);
 });

@@ -7,7 +7,7 @@ fuzz_target!(init: zdmap_fuzz::catch_stack_overflows(), |data: &[u8]| {
     let Ok(source) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(trigger) = zdmap::trigger::Trigger::parse(source) {
+    if let Ok(trigger) = zdmap::mapping::trigger::Trigger::parse(source) {
         let event = serde_json::json!({
             "type": "track", "event": "Ticket Created", "userId": "u1",
             "properties": {"n": 1, "tags": ["a", "b"], "x": null}, "traits": {"email": "a@b.co"}

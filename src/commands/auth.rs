@@ -10,12 +10,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::ConfigArgs;
 use crate::deliver::auth::chain::STORE_FILE;
 use crate::deliver::auth::login::Login;
 use crate::deliver::auth::{ChainStore, Credentials, FileStore, scopes};
 use crate::deliver::setup::{credential_vars, credentials};
 use crate::deliver::{Client, ClientOptions, Target, TargetArgs, TargetChoice};
+use crate::mapping::config::ConfigArgs;
 
 /// Exit code when a person must log in again (sysexits' EX_NOPERM).
 pub const EXIT_LOGIN_NEEDED: u8 = 77;
@@ -133,7 +133,7 @@ pub async fn open_store(
 }
 
 /// The target of `args`; the in-process emulator is refused (it would be gone with the command).
-fn target(config: &crate::config::Config, args: &TargetArgs) -> Result<Target, String> {
+fn target(config: &crate::mapping::config::Config, args: &TargetArgs) -> Result<Target, String> {
     match Target::resolve(args, config.setting_str("subdomain")).map_err(|e| e.to_string())? {
         TargetChoice::Remote(t) => Ok(t),
         TargetChoice::Emulator => Err(
@@ -153,7 +153,7 @@ async fn open(
     config: &ConfigArgs,
     target_args: &TargetArgs,
     store: &StoreArgs,
-) -> Result<(crate::config::Config, Target, Arc<dyn ChainStore>), ExitCode> {
+) -> Result<(crate::mapping::config::Config, Target, Arc<dyn ChainStore>), ExitCode> {
     let config = super::load_config(config)?;
     let target = target(&config, target_args).map_err(fail)?;
     let store = open_store(

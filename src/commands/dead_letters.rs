@@ -2,9 +2,9 @@
 //! queue (`--queue nats://...`). Safe while the server runs: a replay moves letters back into
 //! its queue, and it delivers them within a second.
 
+use crate::base::text::escape_controls;
 use crate::queue::nats::dead_letters::NatsDeadLetters;
 use crate::queue::{DeadLetterStore, DeadLetters, QueueError, Selection};
-use crate::text::escape_controls;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -157,7 +157,7 @@ async fn run<S: DeadLetters>(
             let replayed = store.replay(&which.selection(), *force).await?;
             let mut out = super::Out::new();
             for s in &replayed.stale {
-                let secs = |ms: i64| crate::time::rfc3339_from_unix_secs(ms.div_euclid(1000));
+                let secs = |ms: i64| crate::base::time::rfc3339_from_unix_secs(ms.div_euclid(1000));
                 out.line(format!(
                     "{}\t{}\tstale: {} changed at {}, a newer change (at {}) was applied{}",
                     s.id,

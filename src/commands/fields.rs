@@ -1,10 +1,10 @@
 //! `zdmap fields check [--create]`: the custom user and organization field keys the mappings
 //! would send over sample events that the account does not define, and creating them.
 
-use crate::account_fields::{self, Account, Family, SentKey};
-use crate::config::ConfigArgs;
 use crate::deliver::TargetArgs;
-use crate::event::{Event, read_events};
+use crate::deliver::account_fields::{self, Account, Family, SentKey};
+use crate::mapping::config::ConfigArgs;
+use crate::mapping::event::{Event, read_events};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -131,7 +131,7 @@ fn check(args: &CheckArgs) -> ExitCode {
 /// by case.
 fn sample_events(args: &CheckArgs) -> Result<Vec<(String, Event)>, ExitCode> {
     let Some(path) = &args.events else {
-        return crate::cases::events(&args.config.mappings).map_err(|diags| {
+        return crate::mapping::cases::events(&args.config.mappings).map_err(|diags| {
             eprintln!("{diags}");
             ExitCode::from(1)
         });

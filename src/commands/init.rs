@@ -15,7 +15,7 @@ pub struct InitArgs {
 }
 
 pub fn init(args: &InitArgs) -> ExitCode {
-    let files = crate::defaults::files();
+    let files = crate::mapping::defaults::files();
     let existing: Vec<String> = files
         .iter()
         .map(|(path, _)| args.dir.join(path))

@@ -1,9 +1,9 @@
 //! Commands that read the mappings without sending anything: validate, preview, match, test, schema.
 
-use crate::cases;
-use crate::config::{ConfigArgs, Format};
-use crate::event::read_events;
-use crate::trigger::Trigger;
+use crate::mapping::cases;
+use crate::mapping::config::{ConfigArgs, Format};
+use crate::mapping::event::read_events;
+use crate::mapping::trigger::Trigger;
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
@@ -77,9 +77,9 @@ pub fn validate(args: &ValidateArgs) -> ExitCode {
             if let Some(subdomain) = config.setting_str("subdomain").filter(|s| !s.is_empty())
                 && let Err(e) = crate::deliver::Target::zendesk(subdomain)
             {
-                problems.0.push(crate::diagnostic::Diagnostic::new(
-                    &mappings.join(crate::config::DESTINATION_FILE),
-                    crate::yaml::Loc::default(),
+                problems.0.push(crate::mapping::diagnostic::Diagnostic::new(
+                    &mappings.join(crate::mapping::config::DESTINATION_FILE),
+                    crate::mapping::yaml::Loc::default(),
                     format!("setting `subdomain`: {e}"),
                 ));
             }
@@ -260,14 +260,14 @@ pub fn test(args: &TestArgs) -> ExitCode {
     }
     if args.format == TestFormat::Github && !failed.is_empty() {
         let at_each_case = failed.iter().map(|r| {
-            let place = crate::yaml::Loc {
+            let place = crate::mapping::yaml::Loc {
                 line: r.line,
                 column: 1,
             };
             let message = format!("case `{}` failed:\n{}", r.name, r.failures.join("\n"));
-            crate::diagnostic::Diagnostic::new(&r.file, place, message)
+            crate::mapping::diagnostic::Diagnostic::new(&r.file, place, message)
         });
-        let annotations = crate::diagnostic::Diagnostics(at_each_case.collect());
+        let annotations = crate::mapping::diagnostic::Diagnostics(at_each_case.collect());
         println!("{}", annotations.render(Format::Github));
     }
     println!("\n{} passed, {} failed", report.passed(), report.failed());
@@ -281,11 +281,11 @@ pub fn test(args: &TestArgs) -> ExitCode {
 /// `zdmap schema`: prints the action schema, or writes all schemas into a directory.
 pub fn schema(args: &SchemaArgs) -> ExitCode {
     match &args.write {
-        Some(dir) => match crate::schema::write_all(dir) {
+        Some(dir) => match crate::mapping::schema::write_all(dir) {
             Ok(()) => {
                 eprintln!(
                     "wrote {} schema(s) to {}",
-                    crate::schema::all().len(),
+                    crate::mapping::schema::all().len(),
                     dir.display()
                 );
                 ExitCode::SUCCESS
@@ -296,7 +296,10 @@ pub fn schema(args: &SchemaArgs) -> ExitCode {
             }
         },
         None => {
-            print!("{}", crate::schema::render(&crate::schema::action_schema()));
+            print!(
+                "{}",
+                crate::mapping::schema::render(&crate::mapping::schema::action_schema())
+            );
             ExitCode::SUCCESS
         }
     }

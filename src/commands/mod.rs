@@ -118,7 +118,9 @@ pub fn open_input(path: &Option<PathBuf>) -> Result<Box<dyn std::io::Read + Send
 }
 
 /// Loads the mappings, saying on standard error why they do not load.
-pub fn load_config(args: &crate::config::ConfigArgs) -> Result<crate::config::Config, ExitCode> {
+pub fn load_config(
+    args: &crate::mapping::config::ConfigArgs,
+) -> Result<crate::mapping::config::Config, ExitCode> {
     args.load().map_err(|diags| {
         if args.mappings.is_dir() {
             eprintln!("{}", invalid_mappings(&diags));
@@ -129,7 +131,7 @@ pub fn load_config(args: &crate::config::ConfigArgs) -> Result<crate::config::Co
     })
 }
 
-fn invalid_mappings(diags: &crate::config::Diagnostics) -> String {
+fn invalid_mappings(diags: &crate::mapping::config::Diagnostics) -> String {
     format!("{diags}\nthe mappings are not valid; run `zdmap validate` for details")
 }
 
@@ -181,7 +183,7 @@ pub const EMULATOR_STATE_FILE: &str = "zdmap-emulator-state.json";
 /// standard error when it cannot. The built-in emulator leaves its final state in
 /// [`EMULATOR_STATE_FILE`], so the result of a run can be seen after it.
 pub async fn load_and_connect(
-    config: &crate::config::ConfigArgs,
+    config: &crate::mapping::config::ConfigArgs,
     target: &crate::deliver::TargetArgs,
     token_store: Option<&std::path::Path>,
 ) -> Result<crate::deliver::setup::Destination, ExitCode> {
@@ -203,7 +205,7 @@ pub async fn load_and_connect(
 
 /// Loads the mappings and sets up delivery to the chosen target, or says why it cannot.
 pub async fn try_load_and_connect(
-    config: &crate::config::ConfigArgs,
+    config: &crate::mapping::config::ConfigArgs,
     target: &crate::deliver::TargetArgs,
     options: crate::deliver::setup::ConnectOptions,
 ) -> Result<crate::deliver::setup::Destination, String> {

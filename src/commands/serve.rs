@@ -3,8 +3,8 @@
 //! SIGHUP reloads the mappings and reads the credentials again; SIGTERM and Ctrl-C shut down
 //! gracefully.
 
-use crate::config::ConfigArgs;
 use crate::deliver::TargetArgs;
+use crate::mapping::config::ConfigArgs;
 use crate::serve::connections::ConnectionLimits;
 use crate::serve::ingest::WriteKeys;
 use crate::serve::logs::{self, LogFormat};

@@ -1,6 +1,6 @@
 //! Batching: the items of bulk requests, collected, sent, polled and answered one by one.
 //!
-//! A step with a bulk form (`batch:` in its YAML, [`crate::plan::batch::BatchForm`]) does not
+//! A step with a bulk form (`batch:` in its YAML, [`crate::mapping::plan::batch::BatchForm`]) does not
 //! send its request: its delivery stops with [`Wait::Batch`](super::Wait::Batch) and the
 //! dispatcher hands the item to the [`Batcher`], while the event keeps its place at the front
 //! of its keys' lines (so the events of one key still go in order). Items of one bulk request
@@ -35,13 +35,13 @@
 //! step that is not idempotent checks first, once the jobs that may carry its write have
 //! ended ([`super::jobs`]).
 
-use crate::config::Config;
 use crate::deliver::LearnedKey;
 use crate::deliver::executor::{BatchAnswer, BatchItem, LookupItem};
 use crate::deliver::schedule::EventId;
 use crate::deliver::{Disposition, Response, ResponseHeaders, Transport};
-use crate::plan::batch::{BatchForm, JobState, coalesce_into};
-use crate::request::Request;
+use crate::mapping::config::Config;
+use crate::mapping::plan::batch::{BatchForm, JobState, coalesce_into};
+use crate::mapping::request::Request;
 use indexmap::IndexMap;
 use serde_json::Value;
 use std::collections::HashMap;

@@ -31,7 +31,7 @@ use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
 use super::http::ResponseHeaders;
-use crate::sync::lock;
+use crate::base::sync::lock;
 
 /// Below this many requests left in the window, pacing starts (or a tenth of the limit, when
 /// the limit is known and larger).

@@ -9,7 +9,7 @@
 //! asking Zendesk again. The mark lasts 1 s, then twice as long each time the record is still
 //! missing, up to a minute; an answer (a lookup or `learn`) clears it at once.
 
-use crate::sync::lock;
+use crate::base::sync::lock;
 use indexmap::IndexMap;
 use serde_json::Value;
 use std::collections::HashMap;

@@ -7,7 +7,7 @@
 //! as is. Records hold the event (the customer's data) but never credentials: messages come from
 //! Zendesk's error body or a [`super::http::TransportError`], neither of which carries a header.
 
-use crate::time::rfc3339_utc;
+use crate::base::time::rfc3339_utc;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::order::EntityChange;
 use super::retry::Disposition;
-use crate::config::ErrorFormats;
+use crate::mapping::config::ErrorFormats;
 
 /// One event that could not be delivered.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -292,7 +292,7 @@ mod tests {
             },
         };
         let mappings = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
-        let config = crate::config::Config::load(&mappings, &[]).expect("mappings");
+        let config = crate::mapping::config::Config::load(&mappings, &[]).expect("mappings");
         let letter = DeadLetter::from_disposition(
             event.clone(),
             "track_event",

@@ -2,7 +2,7 @@
 //! key that several replicas may deliver (an organization whose `group` calls come from users in
 //! partitions owned by different replicas) from being delivered by two of them at once.
 //!
-//! An event's keys beyond the one its queue partitions by ([`crate::event::Event::shared_keys`])
+//! An event's keys beyond the one its queue partitions by ([`crate::mapping::event::Event::shared_keys`])
 //! are held from before its first turn until it is settled ([`super::dispatch`]); while a key is
 //! held elsewhere the event waits, at the front of its lines, and tries again shortly. With the
 //! entity clock ([`super::order`]) this makes the writes of one organization land in event

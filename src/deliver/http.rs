@@ -21,7 +21,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName
 use super::auth::endpoint::TokenEndpoint;
 use super::auth::{AuthFailure, Authorizer, Credentials};
 use super::target::Target;
-use crate::request::{Method, Request};
+use crate::mapping::request::{Method, Request};
 
 /// The default per-request timeout (connect, send and read the whole body).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);

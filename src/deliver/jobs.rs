@@ -13,8 +13,8 @@
 //! One listing serves every delivery that asks within a poll interval (the items of one lost
 //! bulk request all ask at once), so the wait costs a request per interval, not per item.
 
-use crate::config::Config;
 use crate::deliver::{Disposition, ZendeskApi};
+use crate::mapping::config::Config;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

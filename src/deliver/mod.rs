@@ -24,6 +24,7 @@
 //! [`Transport`] bundles a client, a budget, a retry policy and the stats for the executor,
 //! which sends through [`ZendeskApi`] (the transport, or a script in its unit tests).
 
+pub mod account_fields;
 pub mod auth;
 pub mod batch;
 pub mod budget;
@@ -60,7 +61,7 @@ pub use retry::{Disposition, PauseScope, RetryPolicy};
 pub use stats::{Stats, StatsSnapshot, normalize_endpoint};
 pub use target::{Target, TargetChoice, TargetError, TargetKind};
 
-use crate::request::Request;
+use crate::mapping::request::Request;
 
 /// Where requests go: Zendesk itself (the default), an explicit URL, or the built-in emulator.
 #[derive(clap::Args, Debug, Clone, Default)]

@@ -14,8 +14,8 @@
 //! for `zdmap serve` (the SQLite queue implements the trait). Both are bounded:
 //! past their capacity the least recently changed entity is forgotten.
 
-use crate::sync::lock;
-use crate::time::parse_rfc3339;
+use crate::base::sync::lock;
+use crate::base::time::parse_rfc3339;
 use indexmap::IndexMap;
 use serde_json::Value;
 use std::sync::Mutex;

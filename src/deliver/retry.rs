@@ -31,8 +31,8 @@ use backon::{BackoffBuilder as _, ExponentialBackoff, ExponentialBuilder};
 use super::budget::Budget;
 use super::http::{Client, Response, TransportError};
 use super::stats::Stats;
-use crate::config::ErrorFormats;
-use crate::request::Request;
+use crate::mapping::config::ErrorFormats;
+use crate::mapping::request::Request;
 
 /// How long to wait before trying again.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -380,7 +380,7 @@ mod tests {
         let budget = Budget::unlimited();
         let policy = RetryPolicy::default();
         let timeout = TransportError::Timeout {
-            method: crate::request::Method::Get,
+            method: crate::mapping::request::Method::Get,
             url: "http://x/".into(),
             after: Duration::from_secs(1),
         };

@@ -9,11 +9,11 @@
 //! gets one derived from its content and place in the input, the same when the input is sent
 //! again. Credentials refused (401/403) stop the run.
 
+use crate::base::sync::lock;
 use crate::deliver::dispatch::{DispatchOptions, DispatchReport, Incoming, Sink, dispatch};
 use crate::deliver::schedule::Status;
 use crate::deliver::{DeadLetter, DeadLetterWriter, EventOutcome, Executor, Stats};
-use crate::event::{Event, RawItem, read_values};
-use crate::sync::lock;
+use crate::mapping::event::{Event, RawItem, read_values};
 use serde_json::{Value, json};
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -163,7 +163,7 @@ fn read_event(item: RawItem, record: &Recorder) -> Option<(Event, Option<Vec<Str
             ),
             None => {
                 let mut v = v;
-                crate::event::ensure_message_id(&mut v, item.index);
+                crate::mapping::event::ensure_message_id(&mut v, item.index);
                 (v, None)
             }
         },

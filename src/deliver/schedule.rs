@@ -1,7 +1,7 @@
 //! Which events may be delivered now: the delivery scheduler's state, without any I/O.
 //!
 //! Every event has its entity keys (the user; the organization too for a group call, see
-//! [`crate::event::Event::ordering_keys`]), and each key has a **line**: its events in arrival
+//! [`crate::mapping::event::Event::ordering_keys`]), and each key has a **line**: its events in arrival
 //! order. An event may start when it is first in the line of every key it has and none of
 //! those keys has an event running. So the events of one key go in order, one at a time, and
 //! different keys go in parallel.
@@ -34,7 +34,7 @@ use tokio::time::Instant;
 pub type EventId = u64;
 
 /// An entity key (`user:42`, `group:acme`).
-pub type Key = crate::event::OrderingKey;
+pub type Key = crate::mapping::event::OrderingKey;
 
 /// Why an event waits, for metrics and `/readyz`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -4,12 +4,12 @@
 //! subdomain, an explicit `--zendesk-url`, or the built-in emulator started in-process
 //! (`--emulator`), which is kept alive as long as the returned [`Destination`].
 
-use crate::config::Config;
 use crate::deliver::auth::{ChainStore, OAuthRequest, StoreError, scopes};
 use crate::deliver::{
     Budget, Client, ClientOptions, CredentialVars, Credentials, CredentialsError, Executor,
     LookupCache, RetryPolicy, Stats, Target, TargetArgs, TargetChoice, Transport,
 };
+use crate::mapping::config::Config;
 use std::sync::Arc;
 
 /// A ready destination: the executor and, with `--emulator`, the emulator it sends to.

@@ -3,7 +3,7 @@
 //! printed by [`Stats::summary`] and serialized (through [`StatsSnapshot`]) for `--json`.
 //!
 //! Endpoints are counted as `METHOD endpoint`: the request's path with every template part as
-//! `{id}` (`POST /api/v2/users/{id}/events`, see [`crate::request::Request::endpoint`]), so the
+//! `{id}` (`POST /api/v2/users/{id}/events`, see [`crate::mapping::request::Request::endpoint`]), so the
 //! table stays small and holds no event data; in a path not rendered from a template, id-like
 //! segments are replaced by `{id}` too.
 
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::http::{Response, TransportError};
-use crate::request::Method;
+use crate::mapping::request::Method;
 
 /// Counters shared by every worker of a run.
 #[derive(Debug)]

@@ -49,7 +49,7 @@ impl Clock {
 
     /// `at` (a time from [`Clock::elapsed`]) as Zendesk writes it.
     pub(crate) fn iso_at(&self, at: Duration) -> String {
-        crate::time::rfc3339_from_unix_secs(
+        crate::base::time::rfc3339_from_unix_secs(
             i64::try_from(self.unix_secs_at(at)).unwrap_or(i64::MAX),
         )
     }
@@ -67,7 +67,7 @@ mod tests {
         let after = clock.unix_secs();
         assert!(after >= before + 86_400);
         let now = clock.iso_now();
-        let written = |s: u64| crate::time::rfc3339_from_unix_secs(s as i64);
+        let written = |s: u64| crate::base::time::rfc3339_from_unix_secs(s as i64);
         assert!(now == written(after) || now == written(after + 1), "{now}");
     }
 }

@@ -249,7 +249,7 @@ pub(crate) fn list_for_user(w: &mut World, req: &ApiRequest, uid: u64) -> ApiRes
     }
     let source = req.query("filter[source]");
     let kind = req.query("filter[type]");
-    let time = |name: &str| req.query(name).map(crate::time::parse_rfc3339);
+    let time = |name: &str| req.query(name).map(crate::base::time::parse_rfc3339);
     let (start, end) = (time("filter[start_time]"), time("filter[end_time]"));
     if matches!(start, Some(None)) || matches!(end, Some(None)) {
         return Err(ApiError::errors(
@@ -273,7 +273,7 @@ pub(crate) fn list_for_user(w: &mut World, req: &ApiRequest, uid: u64) -> ApiRes
                 && source.is_none_or(|x| e.source == x)
                 && kind.is_none_or(|x| e.kind == x)
                 && (start.is_none() && end.is_none() || {
-                    let at = crate::time::parse_rfc3339(&e.created_at);
+                    let at = crate::base::time::parse_rfc3339(&e.created_at);
                     start.is_none_or(|s| at.is_some_and(|at| at >= s))
                         && end.is_none_or(|t| at.is_some_and(|at| at <= t))
                 })

@@ -54,7 +54,7 @@ impl NewItem {
     pub fn replay(letter: DeadLetter, force: bool) -> NewItem {
         NewItem {
             force,
-            partition: crate::event::Event::from_value(letter.event.clone())
+            partition: crate::mapping::event::Event::from_value(letter.event.clone())
                 .ok()
                 .and_then(|e| e.partition_key()),
             only: Some(letter.action).filter(|a| !a.is_empty()),

@@ -35,10 +35,10 @@ pub mod partitions;
 pub mod tokens;
 
 use super::{Item, NewItem, Pushed, Queue, QueueError};
+use crate::base::sync::lock;
 use crate::deliver::DeadLetter;
 use crate::deliver::auth::env_or_file;
 use crate::deliver::dispatch::Ownership;
-use crate::sync::lock;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv, stream};
 use std::collections::{HashMap, HashSet};
@@ -444,7 +444,10 @@ impl Layout {
             let key = item.partition.clone().unwrap_or_else(|| {
                 // Ordered with nothing: any partition, spread by its id.
                 item.message_id.clone().unwrap_or_else(|| {
-                    format!("{}", crate::time::unix_millis_now() ^ acks.len() as u64)
+                    format!(
+                        "{}",
+                        crate::base::time::unix_millis_now() ^ acks.len() as u64
+                    )
                 })
             });
             if let Some(k) = &item.partition {
@@ -902,7 +905,7 @@ impl Queue for NatsQueue {
                 .message
                 .info()
                 .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as u64)
-                .unwrap_or_else(|_| crate::time::unix_millis_now());
+                .unwrap_or_else(|_| crate::base::time::unix_millis_now());
             let (message, acker) = received.message.split();
             let header = |name: &str| {
                 message

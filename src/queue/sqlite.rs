@@ -23,10 +23,10 @@
 //! second time after a restart. Only if zdmap stops before that are they delivered again.
 
 use super::{DeadLetters, Item, NewItem, Pushed, Queue, QueueError};
+use crate::base::sync::lock;
+use crate::base::time::unix_millis_now;
 use crate::deliver::DeadLetter;
 use crate::deliver::order::{EntityChange, EntityClock, MemoryClock};
-use crate::sync::lock;
-use crate::time::unix_millis_now;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use std::path::{Path, PathBuf};

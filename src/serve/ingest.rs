@@ -14,7 +14,7 @@
 //! that is not JSON (or not the endpoint's shape) is refused whole.
 
 use crate::deliver::{DeadLetter, Secret};
-use crate::event::{EVENT_TYPES, Event, EventError, json_kind};
+use crate::mapping::event::{EVENT_TYPES, Event, EventError, json_kind};
 use crate::queue::NewItem;
 use base64::Engine as _;
 use serde_json::value::RawValue;

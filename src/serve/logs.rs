@@ -9,7 +9,7 @@
 //! event's text. A field that an event names `message` beside its text is kept as `detail`, so
 //! no line has two `message` keys. With JSON logs a panic is logged as a JSON line too.
 
-use crate::time::rfc3339_utc;
+use crate::base::time::rfc3339_utc;
 use serde_json::{Map, Value, json};
 use std::fmt;
 use std::io::IsTerminal as _;
@@ -59,7 +59,7 @@ fn escaped_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
     use tracing_subscriber::field::MakeExt as _;
     tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
         let text = format!("{value:?}");
-        let text = crate::text::escape_controls(&text);
+        let text = crate::base::text::escape_controls(&text);
         match field.name() {
             "message" => write!(writer, "{text}"),
             name => write!(writer, "{name}={text}"),

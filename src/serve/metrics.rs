@@ -54,12 +54,12 @@ impl Metrics {
     }
 
     pub fn set_delivery(&self, status: Status) {
-        *crate::sync::lock(&self.delivery) = status;
+        *crate::base::sync::lock(&self.delivery) = status;
     }
 
     /// What the delivery scheduler held up when it last said.
     pub fn delivery(&self) -> Status {
-        crate::sync::lock(&self.delivery).clone()
+        crate::base::sync::lock(&self.delivery).clone()
     }
 }
 
@@ -114,7 +114,7 @@ impl Health {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
-        crate::sync::lock(&self.inner)
+        crate::base::sync::lock(&self.inner)
     }
 }
 

@@ -25,12 +25,12 @@ pub mod metrics;
 pub mod reload;
 pub mod workers;
 
-use crate::config::{ConfigArgs, Diagnostics};
+use crate::base::time::rfc3339_utc;
 use crate::deliver::setup::{Destination, reread_credentials};
 use crate::deliver::{CredentialsError, Executor, Stats};
+use crate::mapping::config::{ConfigArgs, Diagnostics};
 use crate::queue::nats::budget::NatsAllowance;
 use crate::queue::{NatsOptions, NatsQueue, Queue, SqliteQueue};
-use crate::time::rfc3339_utc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;

@@ -19,7 +19,7 @@ use super::Shared;
 use crate::deliver::dispatch::{DispatchOptions, Incoming, Ownership, RecordWait, Sink, dispatch};
 use crate::deliver::schedule::Status;
 use crate::deliver::{DeadLetter, EventOutcome};
-use crate::event::Event;
+use crate::mapping::event::Event;
 use crate::queue::{Item, Queue};
 use serde_json::Value;
 use std::sync::Arc;
@@ -166,8 +166,9 @@ fn incoming<Q: Queue>(item: &Item, queue: &Q, shared: &Shared) -> Option<Incomin
             return None;
         }
     };
-    let age =
-        Duration::from_millis(crate::time::unix_millis_now().saturating_sub(item.accepted_at_ms));
+    let age = Duration::from_millis(
+        crate::base::time::unix_millis_now().saturating_sub(item.accepted_at_ms),
+    );
     let now = Instant::now();
     let mut delivery = shared
         .executor()
@@ -203,7 +204,8 @@ impl<Q: Queue> Sink for QueueSink<Q> {
         let metrics = &self.shared.metrics;
         let letters = match outcome {
             EventOutcome::Delivered => {
-                let latency_ms = crate::time::unix_millis_now().saturating_sub(accepted_at_ms);
+                let latency_ms =
+                    crate::base::time::unix_millis_now().saturating_sub(accepted_at_ms);
                 metrics
                     .delivery_latency
                     .observe(Duration::from_millis(latency_ms));

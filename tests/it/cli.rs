@@ -264,7 +264,7 @@ fn init_writes_mappings_that_validate_and_test_and_refuses_to_overwrite() {
     assert_eq!(code, 0, "{out}");
     assert!(out.trim_end().ends_with("passed, 0 failed"), "{out}");
     // Every file's $schema line resolves inside the new directory.
-    for (path, _) in zdmap::defaults::files() {
+    for (path, _) in zdmap::mapping::defaults::files() {
         let file = dir.join(&path);
         let text = std::fs::read_to_string(&file).expect("written");
         if let Some(target) = text
@@ -305,7 +305,7 @@ fn the_embedded_mappings_are_the_repositorys() {
         }
     }
     on_disk.sort();
-    let mut embedded: Vec<std::path::PathBuf> = zdmap::defaults::MAPPINGS
+    let mut embedded: Vec<std::path::PathBuf> = zdmap::mapping::defaults::MAPPINGS
         .iter()
         .map(|(p, _)| p.into())
         .collect();

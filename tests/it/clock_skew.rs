@@ -20,7 +20,7 @@ async fn an_event_stamped_far_in_the_future_freezes_no_record() {
         json!({"type": "identify", "userId": "u1", "timestamp": timestamp,
                "traits": {"email": "u1@example.com", "name": name}})
     };
-    let now = zdmap::time::rfc3339_utc(std::time::SystemTime::now());
+    let now = zdmap::base::time::rfc3339_utc(std::time::SystemTime::now());
     for event in [
         identify("Frozen", "9999-12-31T23:59:59Z"),
         identify("Ada", &now),

@@ -10,14 +10,14 @@ use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use zdmap::config::Config;
 use zdmap::deliver::dispatch::{DispatchOptions, RecordWait};
 use zdmap::deliver::run::run;
 use zdmap::deliver::setup::{ConnectOptions, connect};
 use zdmap::deliver::{DeadLetterWriter, RetryPolicy, TargetArgs};
 use zdmap::emulator::{Emulator, EmulatorOptions};
-use zdmap::event::Event;
-use zdmap::spec::CaseFile;
+use zdmap::mapping::config::Config;
+use zdmap::mapping::event::Event;
+use zdmap::mapping::spec::CaseFile;
 
 /// Seed data for the lookups a preview lists.
 fn seed_for(preview: &Value) -> Value {
@@ -111,7 +111,7 @@ fn path_matches(expected: &str, actual: &str) -> bool {
 
 #[tokio::test]
 async fn every_case_that_expects_requests_is_delivered_by_the_emulator() {
-    let files = zdmap::cases::find(Path::new("mappings"), &[]).expect("case files");
+    let files = zdmap::mapping::cases::find(Path::new("mappings"), &[]).expect("case files");
     let mut checked = 0;
     let mut problems = Vec::new();
     for file in files {

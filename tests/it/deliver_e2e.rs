@@ -9,12 +9,12 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use zdmap::config::Config;
 use zdmap::deliver::dispatch::{DispatchOptions, RecordWait};
 use zdmap::deliver::run::{RunReport, run};
 use zdmap::deliver::setup::{ConnectOptions, Destination, connect};
 use zdmap::deliver::{ClientOptions, DeadLetter, DeadLetterWriter, RetryPolicy, TargetArgs};
 use zdmap::emulator::{Emulator, EmulatorOptions, ForcedFault};
+use zdmap::mapping::config::Config;
 
 struct Harness {
     emu: Emulator,

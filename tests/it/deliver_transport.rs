@@ -16,7 +16,7 @@ use zdmap::deliver::{
     Budget, Client, ClientOptions, Credentials, DeadLetter, DeadLetterWriter, Disposition,
     PauseScope, RetryPolicy, Stats, Target, Transport, TransportError, unwrap_dead_letter,
 };
-use zdmap::request::{Method, Request};
+use zdmap::mapping::request::{Method, Request};
 
 /// One scripted answer.
 #[derive(Clone)]
@@ -272,8 +272,8 @@ async fn not_implemented_and_client_errors_are_not_retried() {
 }
 
 /// How the shipped destination reads Zendesk's error bodies.
-fn shipped_errors() -> Arc<zdmap::config::ErrorFormats> {
-    zdmap::config::Config::load(std::path::Path::new("mappings"), &[])
+fn shipped_errors() -> Arc<zdmap::mapping::config::ErrorFormats> {
+    zdmap::mapping::config::Config::load(std::path::Path::new("mappings"), &[])
         .expect("mappings")
         .errors
 }

@@ -18,7 +18,7 @@ use zdmap::deliver::run::{RunReport, run};
 use zdmap::deliver::setup::Destination;
 use zdmap::deliver::{DeadLetter, DeadLetterWriter, EventOutcome, Executor, Turn, Wait};
 use zdmap::emulator::{Emulator, EmulatorOptions, ForcedFault, LostAnswer};
-use zdmap::event::Event;
+use zdmap::mapping::event::Event;
 use zdmap::queue::DeadLetterStore;
 use zdmap::serve::WorkerOptions;
 

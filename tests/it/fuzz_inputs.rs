@@ -25,7 +25,7 @@ fn trigger(data: &[u8]) -> bool {
     let Ok(source) = std::str::from_utf8(data) else {
         return false;
     };
-    let Ok(trigger) = zdmap::trigger::Trigger::parse(source) else {
+    let Ok(trigger) = zdmap::mapping::trigger::Trigger::parse(source) else {
         return false;
     };
     let event = serde_json::json!({
@@ -40,7 +40,7 @@ fn template(data: &[u8]) -> bool {
     let Ok(source) = std::str::from_utf8(data) else {
         return false;
     };
-    let mut templates = zdmap::template::Templates::new();
+    let mut templates = zdmap::mapping::template::Templates::new();
     let text = templates.text(source).ok();
     if let Some(text) = &text {
         let _ = templates.variables(text);
@@ -67,7 +67,7 @@ fn config(data: &[u8]) -> bool {
         };
         std::fs::write(dir.path().join(name), part).expect("write a file");
     }
-    zdmap::config::Config::load(dir.path(), &[]).is_ok()
+    zdmap::mapping::config::Config::load(dir.path(), &[]).is_ok()
 }
 
 /// Seeds are valid inputs; regressions run to an answer.

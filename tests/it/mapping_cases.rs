@@ -6,9 +6,9 @@ use std::path::Path;
 
 #[test]
 fn every_shipped_case_passes() {
-    let files = zdmap::cases::find(Path::new("mappings"), &[]).expect("case files");
+    let files = zdmap::mapping::cases::find(Path::new("mappings"), &[]).expect("case files");
     assert!(files.len() >= 7, "{files:?}");
-    let report = zdmap::cases::run(Path::new("mappings"), &[], &files, None)
+    let report = zdmap::mapping::cases::run(Path::new("mappings"), &[], &files, None)
         .unwrap_or_else(|d| panic!("{d}"));
     let failures: Vec<String> = report
         .results
@@ -50,7 +50,7 @@ fn a_wrong_expectation_fails_with_the_difference() {
 "#,
     )
     .expect("write");
-    let report = zdmap::cases::run(
+    let report = zdmap::mapping::cases::run(
         Path::new("mappings"),
         &[],
         std::slice::from_ref(&file),

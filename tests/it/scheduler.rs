@@ -25,7 +25,7 @@ use zdmap::deliver::run::{RunReport, run};
 use zdmap::deliver::setup::Destination;
 use zdmap::deliver::{DeadLetter, DeadLetterWriter};
 use zdmap::emulator::{Emulator, EmulatorOptions, ForcedFault, RuntimeKnobs};
-use zdmap::event::Event;
+use zdmap::mapping::event::Event;
 use zdmap::serve::{Server, WorkerOptions};
 
 async fn emulator(knobs: RuntimeKnobs) -> Emulator {

@@ -5,13 +5,13 @@ use std::path::Path;
 
 #[test]
 fn checked_in_schemas_match_the_types() {
-    for (name, schema) in zdmap::schema::all() {
+    for (name, schema) in zdmap::mapping::schema::all() {
         let path = Path::new("schemas").join(name);
         let on_disk =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(
             on_disk,
-            zdmap::schema::render(&schema),
+            zdmap::mapping::schema::render(&schema),
             "{} is out of date: run `cargo run -- schema --write schemas`",
             path.display()
         );
@@ -55,13 +55,13 @@ fn every_shipped_yaml_file_names_its_schema() {
 
 #[test]
 fn event_schema_agrees_with_event_checks() {
-    let validator =
-        jsonschema::validator_for(&zdmap::schema::event_schema()).expect("schema compiles");
+    let validator = jsonschema::validator_for(&zdmap::mapping::schema::event_schema())
+        .expect("schema compiles");
     let text = std::fs::read_to_string("examples/events.ndjson").expect("examples");
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect("json");
         assert!(validator.is_valid(&v), "{line}");
-        assert!(zdmap::event::Event::from_value(v).is_ok());
+        assert!(zdmap::mapping::event::Event::from_value(v).is_ok());
     }
     for bad in [
         serde_json::json!({"userId": "x"}),
@@ -70,7 +70,7 @@ fn event_schema_agrees_with_event_checks() {
         serde_json::json!([1]),
     ] {
         assert!(!validator.is_valid(&bad), "{bad}");
-        assert!(zdmap::event::Event::from_value(bad).is_err());
+        assert!(zdmap::mapping::event::Event::from_value(bad).is_err());
     }
 }
 
@@ -82,7 +82,7 @@ fn schemas_use_only_standard_formats_and_single_types() {
         match v {
             serde_json::Value::Object(m) => {
                 if let Some(f) = m.get("format").and_then(|f| f.as_str())
-                    && !zdmap::schema::STANDARD_FORMATS.contains(&f)
+                    && !zdmap::mapping::schema::STANDARD_FORMATS.contains(&f)
                 {
                     found.push(format!("{at}: format {f:?}"));
                 }
@@ -105,7 +105,7 @@ fn schemas_use_only_standard_formats_and_single_types() {
         }
     }
     let mut found = Vec::new();
-    for (name, schema) in zdmap::schema::all() {
+    for (name, schema) in zdmap::mapping::schema::all() {
         walk(&schema, name, &mut found);
     }
     assert!(found.is_empty(), "{found:#?}");

@@ -5,10 +5,10 @@
 //! to is data, not code: `destination.yaml`'s `auth.oauth.resources` maps the first segment
 //! after `/api/v2/` to it. A request the token does not cover is answered 403.
 
-use crate::config::Config;
 use crate::deliver::http::Client;
-use crate::plan::step::RequestTemplate;
-use crate::request::{Method, Request};
+use crate::mapping::config::Config;
+use crate::mapping::plan::step::RequestTemplate;
+use crate::mapping::request::{Method, Request};
 
 /// Where Zendesk describes the access token a request carries (its scopes and expiry; never
 /// the token itself in full).
@@ -28,7 +28,7 @@ pub struct TokenInfo {
 /// (no secret in it).
 pub async fn current_token(
     client: &Client,
-    errors: &crate::config::ErrorFormats,
+    errors: &crate::mapping::config::ErrorFormats,
 ) -> Result<TokenInfo, String> {
     let request = Request {
         method: Method::Get,

@@ -4,8 +4,8 @@
 
 use super::BatchItem;
 use super::step::StepContext;
-use crate::request::Request;
-use crate::template::{Answer, LookupNeed, Lookups};
+use crate::mapping::request::Request;
+use crate::mapping::template::{Answer, LookupNeed, Lookups};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -7,7 +7,7 @@ use super::step::{StepContext, Stop};
 use super::{BatchAnswer, Executor, LearnedKey, LookupItem, Wait};
 use crate::deliver::Disposition;
 use crate::deliver::cache::Cached;
-use crate::template::{Answer, LookupNeed};
+use crate::mapping::template::{Answer, LookupNeed};
 use serde_json::Value;
 use std::time::Duration;
 

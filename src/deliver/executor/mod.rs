@@ -50,13 +50,13 @@ mod verify;
 
 pub use turn::{BatchAnswer, BatchItem, EventOutcome, LearnedKey, LookupItem, Turn, Wait};
 
-use crate::config::Config;
 use crate::deliver::cache::LookupCache;
 use crate::deliver::order::{EntityChange, EntityClock, EventTime, MemoryClock, event_time};
 use crate::deliver::{DeadLetter, RetryPolicy, Transport, ZendeskApi};
-use crate::event::Event;
-use crate::plan::{Plan, PlannedAction, Rendered};
-use crate::template::Answer;
+use crate::mapping::config::Config;
+use crate::mapping::event::Event;
+use crate::mapping::plan::{Plan, PlannedAction, Rendered};
+use crate::mapping::template::Answer;
 use send::StepResult;
 use serde_json::Value;
 use std::sync::Arc;
@@ -149,7 +149,7 @@ impl Executor {
     /// [`Delivery::resumed`]). The delivery keeps this executor (and so its config) until it
     /// is settled.
     pub fn start(self: &Arc<Self>, event: &Event, only: Option<Vec<String>>) -> Delivery {
-        let now_ms = i64::try_from(crate::time::unix_millis_now()).unwrap_or(i64::MAX);
+        let now_ms = i64::try_from(crate::base::time::unix_millis_now()).unwrap_or(i64::MAX);
         let time = event_time(event.value(), now_ms);
         if time.is_some_and(|t| t.clamped) {
             self.transport.stats().future_time();
@@ -330,7 +330,7 @@ impl Delivery {
             return false;
         };
         let last = clock.last_applied(&stale.entity).unwrap_or_default();
-        let time = |ms: i64| crate::time::rfc3339_from_unix_secs(ms.div_euclid(1000));
+        let time = |ms: i64| crate::base::time::rfc3339_from_unix_secs(ms.div_euclid(1000));
         // The entity's key may be event data (an email): the kind and the messageId say which
         // change it was; the key itself is logged at debug level only.
         let kind = stale.entity.split(':').next().unwrap_or_default();

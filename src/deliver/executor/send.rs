@@ -9,9 +9,9 @@ use super::verify::NOT_SENT_AGAIN;
 use super::{BatchAnswer, Executor, Wait};
 use crate::deliver::retry::PauseScope;
 use crate::deliver::{Disposition, Response, TransportError};
-use crate::plan::{Rendered, Step};
-use crate::request::Request;
-use crate::spec::OutcomeKind;
+use crate::mapping::plan::{Rendered, Step};
+use crate::mapping::request::Request;
+use crate::mapping::spec::OutcomeKind;
 
 /// How many render → resolve rounds one step may take.
 const LOOKUP_ROUNDS: usize = 8;

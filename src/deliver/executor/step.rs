@@ -5,8 +5,8 @@
 use super::{BatchAnswer, Executor, LearnedKey, Mode, Wait};
 use crate::deliver::jobs::Awaited;
 use crate::deliver::{DeadLetter, Disposition};
-use crate::plan::{Plan, PlannedAction, Step};
-use crate::template::{Answer, LookupNeed, Lookups, StepOutputs};
+use crate::mapping::plan::{Plan, PlannedAction, Step};
+use crate::mapping::template::{Answer, LookupNeed, Lookups, StepOutputs};
 use indexmap::IndexMap;
 use serde_json::Value;
 use std::collections::HashMap;

@@ -3,14 +3,14 @@
 //! mappings.
 
 use super::{BatchAnswer, Delivery, EventOutcome, Executor, LearnedKey, Turn, Wait};
-use crate::config::Config;
 use crate::deliver::retry::{self, PauseScope};
 use crate::deliver::{
     Budget, Client, ClientOptions, Credentials, DeadLetter, Disposition, LookupCache, Response,
     ResponseHeaders, RetryPolicy, Stats, Target, Transport, TransportError, ZendeskApi,
 };
-use crate::event::Event;
-use crate::request::{Method, Request};
+use crate::mapping::config::Config;
+use crate::mapping::event::Event;
+use crate::mapping::request::{Method, Request};
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use std::collections::{HashMap, VecDeque};

@@ -2,13 +2,13 @@
 //! ([`Wait`]), with what it hands over to wait for it (a bulk item, a lookup key) and the keys
 //! responses taught ([`LearnedKey`]).
 
-use crate::config::Config;
 use crate::deliver::cache::LookupCache;
 use crate::deliver::retry::PauseScope;
 use crate::deliver::{DeadLetter, Disposition, Transport};
-use crate::plan::batch::{BatchForm, LookupBatch};
-use crate::request::Request;
-use crate::template::LookupNeed;
+use crate::mapping::config::Config;
+use crate::mapping::plan::batch::{BatchForm, LookupBatch};
+use crate::mapping::request::Request;
+use crate::mapping::template::LookupNeed;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,8 +8,8 @@ use super::step::{StepContext, Stop, Uncertain};
 use crate::deliver::jobs::Unlisted;
 use crate::deliver::retry::PauseScope;
 use crate::deliver::{DeadLetter, Disposition};
-use crate::plan::step::NextPage;
-use crate::request::Request;
+use crate::mapping::plan::step::NextPage;
+use crate::mapping::request::Request;
 use indexmap::IndexMap;
 
 /// What the dead letter of a write that may have been applied says (a replay checks it first).

@@ -11,9 +11,9 @@
 //!
 //! When NATS cannot be reached for a few seconds, a replica goes on within its own budget.
 
+use crate::base::sync::lock;
 use crate::deliver::Budget;
 use crate::deliver::budget::SharedAllowance;
-use crate::sync::lock;
 use async_nats::jetstream::kv;
 use futures_util::StreamExt as _;
 use std::future::Future;
@@ -51,7 +51,7 @@ impl std::fmt::Debug for NatsAllowance {
 }
 
 fn now_ms() -> u64 {
-    crate::time::unix_millis_now()
+    crate::base::time::unix_millis_now()
 }
 
 impl NatsAllowance {

@@ -11,8 +11,8 @@
 //! ([`NatsClock::seen_up_to`]), and so knows every change the previous holder wrote before
 //! letting go ([`NatsClock::written`]).
 
+use crate::base::sync::lock;
 use crate::deliver::order::{DEFAULT_CAPACITY, EntityClock, MemoryClock};
-use crate::sync::lock;
 use async_nats::jetstream::kv;
 use base64::Engine as _;
 use futures_util::StreamExt as _;

@@ -18,8 +18,8 @@
 //!   `--nats-lease`, 10 s by default).
 
 use super::entities::NatsClock;
+use crate::base::sync::lock;
 use crate::deliver::holds::{Holding, KeyHolds, Taking};
-use crate::sync::lock;
 use async_nats::jetstream::kv;
 use base64::Engine as _;
 use std::collections::HashMap;
@@ -205,7 +205,8 @@ impl Inner {
     fn value(&self) -> Vec<u8> {
         let value = HoldValue {
             replica: self.replica.clone(),
-            until_ms: crate::time::unix_millis_now().saturating_add(self.lease.as_millis() as u64),
+            until_ms: crate::base::time::unix_millis_now()
+                .saturating_add(self.lease.as_millis() as u64),
         };
         serde_json::to_vec(&value).unwrap_or_default()
     }
@@ -297,7 +298,7 @@ impl Inner {
                 .ok(),
             Some(e) => {
                 let holder = serde_json::from_slice::<HoldValue>(&e.value).ok();
-                let now = crate::time::unix_millis_now();
+                let now = crate::base::time::unix_millis_now();
                 if holder.as_ref().is_some_and(|h| h.until_ms > now) {
                     return Took::Elsewhere;
                 }

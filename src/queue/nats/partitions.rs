@@ -27,7 +27,7 @@
 //! cannot stop is a request sent before that moment that reaches Zendesk late.
 
 use super::{Layout, Local, NatsMetrics, Received, events_subject};
-use crate::sync::lock;
+use crate::base::sync::lock;
 use async_nats::jetstream::consumer::{self, pull};
 use futures_util::StreamExt as _;
 use std::collections::{HashMap, HashSet};

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use zdmap::config::{Config, ConfigArgs};
 use zdmap::deliver::setup::{ConnectOptions, Destination, connect};
 use zdmap::deliver::{RetryPolicy, TargetArgs};
 use zdmap::emulator::Emulator;
+use zdmap::mapping::config::{Config, ConfigArgs};
 use zdmap::serve::ingest::WriteKeys;
 use zdmap::serve::{IngestOptions, ServeOptions, Server, WorkerOptions};
 

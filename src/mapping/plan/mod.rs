@@ -14,10 +14,10 @@ pub mod outcome;
 pub mod resolver;
 pub mod step;
 
-use crate::field::Field;
-use crate::request::Request;
-use crate::template::FieldValues;
-use crate::trigger::Trigger;
+use crate::mapping::field::Field;
+use crate::mapping::request::Request;
+use crate::mapping::template::FieldValues;
+use crate::mapping::trigger::Trigger;
 use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -46,7 +46,7 @@ pub struct Action {
 #[derive(Debug)]
 pub struct Entity {
     pub kind: String,
-    pub key: crate::template::Text,
+    pub key: crate::mapping::template::Text,
 }
 
 /// What one event will do.
@@ -92,7 +92,7 @@ pub struct Offline {
     pub plan: Plan,
     pub requests: Vec<OfflineRequest>,
     /// Per planned action (index into the config's actions): the lookups its steps need.
-    pub lookups: Vec<(usize, Vec<crate::template::LookupNeed>)>,
+    pub lookups: Vec<(usize, Vec<crate::mapping::template::LookupNeed>)>,
     pub errors: Vec<PlanError>,
 }
 
@@ -137,7 +137,7 @@ pub struct PreviewRequest {
 /// The bulk request a step's request joins as an item.
 #[derive(Debug, Serialize)]
 pub struct PreviewBatch {
-    pub method: crate::request::Method,
+    pub method: crate::mapping::request::Method,
     pub path: String,
     /// The key of the list of items in the bulk body.
     pub items: String,

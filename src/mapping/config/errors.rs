@@ -6,7 +6,7 @@
 //! (`{"error": "Couldn't authenticate you"}`), and serves as the message when no path gives
 //! one. A body that is text (an HTML page) is its own message.
 
-use crate::path::{JsonPath, Selected};
+use crate::mapping::path::{JsonPath, Selected};
 use serde_json::Value;
 
 /// Text bodies are quoted up to this many characters.
@@ -88,7 +88,7 @@ mod tests {
 
     fn formats() -> std::sync::Arc<ErrorFormats> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
-        crate::config::Config::load(&dir, &[])
+        crate::mapping::config::Config::load(&dir, &[])
             .expect("the shipped mappings")
             .errors
     }

@@ -12,7 +12,7 @@
 //! values (names and indices). Within these, a query selects at most `MAX_FAN_OUT` times as many
 //! values as the document has, in time of the same order.
 
-use crate::diagnostic::{Problems, byte_offset};
+use crate::mapping::diagnostic::{Problems, byte_offset};
 use jsonpath_rust::parser::model::{
     Comparable, Filter, FilterAtom, FnArg, JpQuery, Segment as QuerySegment, Selector, Test,
     TestFunction,
@@ -168,7 +168,7 @@ fn walk<'a>(root: &'a Value, segments: &[Segment]) -> Option<&'a Value> {
     let mut node = root;
     for seg in segments {
         node = match (seg, node) {
-            (Segment::Name(n), Value::Object(m)) => crate::event::member(m, n)?,
+            (Segment::Name(n), Value::Object(m)) => crate::mapping::event::member(m, n)?,
             (Segment::Index(i), Value::Array(a)) => {
                 let i = if *i < 0 { a.len() as i64 + i } else { *i };
                 a.get(usize::try_from(i).ok()?)?

@@ -17,8 +17,8 @@ mod fields;
 mod native;
 mod repeat;
 
-use crate::diagnostic::Problems;
-use crate::event::member;
+use crate::mapping::diagnostic::Problems;
+use crate::mapping::event::member;
 pub use fields::FieldValues;
 use indexmap::IndexMap;
 use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, Value as Mj};

@@ -6,7 +6,7 @@
 //! them all at once, as text, JSON, GitHub annotations or miette's rendered snippets. This
 //! module sits below all of them, so stages import it and never each other upward.
 
-use crate::yaml::{Loc, Node};
+use crate::mapping::yaml::{Loc, Node};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -142,7 +142,8 @@ impl Problems {
     }
 
     fn column_in_string(&self, pointer: &str, loc: Loc, offset: usize) -> Option<usize> {
-        let crate::yaml::NodeValue::Str(text) = &self.root.as_ref()?.find(pointer)?.value else {
+        let crate::mapping::yaml::NodeValue::Str(text) = &self.root.as_ref()?.find(pointer)?.value
+        else {
             return None;
         };
         let before = text.get(..offset)?;

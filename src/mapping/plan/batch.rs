@@ -9,12 +9,12 @@
 //! (`deliver::batch`) collects, sends and polls; this module only compiles, checks and
 //! reads.
 
-use crate::diagnostic::Problems;
-use crate::path::JsonPath;
-use crate::plan::step::RequestTemplate;
-use crate::request::{Method, Request};
-use crate::spec::{BatchSpec, JobListSpec, JobsSpec, LookupBatchSpec, ResultMatch};
-use crate::template::{RenderError, Scope, Templates, Text};
+use crate::mapping::diagnostic::Problems;
+use crate::mapping::path::JsonPath;
+use crate::mapping::plan::step::RequestTemplate;
+use crate::mapping::request::{Method, Request};
+use crate::mapping::spec::{BatchSpec, JobListSpec, JobsSpec, LookupBatchSpec, ResultMatch};
+use crate::mapping::template::{RenderError, Scope, Templates, Text};
 use serde_json::{Map, Value, json};
 use std::sync::atomic::{AtomicBool, Ordering};
 

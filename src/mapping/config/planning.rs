@@ -1,5 +1,5 @@
 //! How a loaded [`Config`] plans an event: which actions its triggers match, their field values,
-//! and the requests their steps render (the types of the result are in [`crate::plan`]).
+//! and the requests their steps render (the types of the result are in [`crate::mapping::plan`]).
 //!
 //! [`Config::plan`] evaluates every trigger and, for the actions that match, every field.
 //! Steps render lazily with [`Config::render_step`], because a step may need what only delivery
@@ -7,14 +7,14 @@
 //! placeholders for those; the sender renders, resolves what is missing, and renders again.
 
 use super::Config;
-use crate::event::Event;
-use crate::field::Input;
-use crate::plan::{
+use crate::mapping::event::Event;
+use crate::mapping::field::Input;
+use crate::mapping::plan::{
     Action, Offline, OfflineRequest, Plan, PlanError, PlannedAction, Preview, PreviewBatch,
     PreviewLookup, PreviewRequest, Rendered, Step,
 };
-use crate::request::Request;
-use crate::template::{FieldValues, Lookups, RenderError, Scope, StepOutputs};
+use crate::mapping::request::Request;
+use crate::mapping::template::{FieldValues, Lookups, RenderError, Scope, StepOutputs};
 use indexmap::IndexMap;
 use serde_json::Value;
 use std::sync::Arc;
@@ -112,7 +112,7 @@ impl Config {
                     Some(other) => {
                         return Err(RenderError(format!(
                             "`each` must give a list, gave {}",
-                            crate::event::json_kind(&other)
+                            crate::mapping::event::json_kind(&other)
                         )));
                     }
                 };
@@ -201,7 +201,7 @@ impl Config {
         planned: &PlannedAction,
         outputs: Arc<StepOutputs>,
         lookups: Arc<Lookups>,
-    ) -> crate::template::ScopeBuilder {
+    ) -> crate::mapping::template::ScopeBuilder {
         Scope::builder()
             .fields(planned.fields.clone())
             .settings(self.settings.clone())
@@ -354,7 +354,7 @@ impl Config {
     }
 }
 
-fn placeholder_text(need: &crate::template::LookupNeed) -> String {
+fn placeholder_text(need: &crate::mapping::template::LookupNeed) -> String {
     let keys: Vec<String> = need
         .keys
         .iter()

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 /// One embedded file: its path inside the mappings directory and its text.
 macro_rules! mapping {
     ($path:literal) => {
-        ($path, include_str!(concat!("../mappings/", $path)))
+        ($path, include_str!(concat!("../../mappings/", $path)))
     };
 }
 
@@ -44,12 +44,14 @@ pub fn files() -> Vec<(PathBuf, String)> {
     let mappings = MAPPINGS
         .iter()
         .map(|(path, text)| (PathBuf::from(path), schema_in_dir(text)));
-    let schemas = crate::schema::all().into_iter().map(|(name, schema)| {
-        (
-            PathBuf::from(SCHEMA_DIR).join(name),
-            crate::schema::render(&schema),
-        )
-    });
+    let schemas = crate::mapping::schema::all()
+        .into_iter()
+        .map(|(name, schema)| {
+            (
+                PathBuf::from(SCHEMA_DIR).join(name),
+                crate::mapping::schema::render(&schema),
+            )
+        });
     mappings.chain(schemas).collect()
 }
 

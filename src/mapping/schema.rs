@@ -1,14 +1,14 @@
 //! The JSON Schemas of `schemas/`: generated from the config types, and used to check files.
 //!
 //! `schemas/action.schema.json`, `destination.schema.json` and `cases.schema.json` are generated
-//! from [`crate::spec`] with schemars, so editors (through the `yaml-language-server`
+//! from [`crate::mapping::spec`] with schemars, so editors (through the `yaml-language-server`
 //! line at the top of every shipped file) and the loader check the same thing. The event schema
 //! describes what an incoming event must be. `zdmap schema --write` regenerates the files; a test
 //! fails when the checked-in files drift from the types.
 
-use crate::diagnostic::Problems;
-use crate::diagnostic::suggest;
-use crate::spec::{ActionSpec, CaseFile, DestinationSpec};
+use crate::mapping::diagnostic::Problems;
+use crate::mapping::diagnostic::suggest;
+use crate::mapping::spec::{ActionSpec, CaseFile, DestinationSpec};
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::{JsonType, ValidationError, Validator};
 use schemars::generate::SchemaSettings;
@@ -97,8 +97,8 @@ pub fn event_schema() -> Value {
         "description": "A Segment-spec event. `action` is accepted as an alias of `type` (the product documentation's spelling).",
         "type": "object",
         "properties": {
-            "type": { "enum": crate::event::EVENT_TYPES },
-            "action": { "enum": crate::event::EVENT_TYPES },
+            "type": { "enum": crate::mapping::event::EVENT_TYPES },
+            "action": { "enum": crate::mapping::event::EVENT_TYPES },
             "event": { "type": "string", "description": "The event name of a track call." },
             "userId": id_or_null(),
             "anonymousId": id_or_null(),

@@ -5,12 +5,12 @@
 //! no value are dropped, and body leaves that have no value drop their key. The body is built as
 //! JSON values, never as JSON text, so event data can never add structure.
 
-use crate::diagnostic::Problems;
-use crate::path::JsonPath;
-use crate::plan::outcome::Outcomes;
-use crate::request::{Method, Request, is_moving_segment, push_path_segment};
-use crate::spec::{CheckSpec, LearnSpec, PagesSpec, RequestSpec, StepSpec};
-use crate::template::{RenderError, Scope, Templates, Text};
+use crate::mapping::diagnostic::Problems;
+use crate::mapping::path::JsonPath;
+use crate::mapping::plan::outcome::Outcomes;
+use crate::mapping::request::{Method, Request, is_moving_segment, push_path_segment};
+use crate::mapping::spec::{CheckSpec, LearnSpec, PagesSpec, RequestSpec, StepSpec};
+use crate::mapping::template::{RenderError, Scope, Templates, Text};
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
 
@@ -30,7 +30,7 @@ pub struct Step {
     /// How to tell whether the write of a step that is not idempotent was applied.
     pub check: Option<Check>,
     /// The step's bulk form, if it has one.
-    pub batch: Option<std::sync::Arc<crate::plan::batch::BatchForm>>,
+    pub batch: Option<std::sync::Arc<crate::mapping::plan::batch::BatchForm>>,
 }
 
 /// A compiled `check`: a request, and the JSONPath of markers in its answer, one of which equals
@@ -91,7 +91,7 @@ impl Pages {
     /// What `body` (one page of the answer) says comes after it: the last page when `more`
     /// says `false`, or when there is no link and `more` does not say `true`.
     pub fn after(&self, body: &Value) -> NextPage {
-        use crate::path::Selected;
+        use crate::mapping::path::Selected;
         let more = self.more.as_ref().and_then(|p| match p.select(body) {
             Selected::One(Value::Bool(b)) => Some(*b),
             _ => None,
@@ -154,7 +154,7 @@ impl Check {
 
     /// Whether a value at the check's path in `body` equals `marker`.
     pub fn applied(&self, body: &Value, marker: &Value) -> bool {
-        use crate::path::Selected;
+        use crate::mapping::path::Selected;
         match self.path.select(body) {
             Selected::Nothing => false,
             Selected::One(v) => v == marker,
@@ -293,7 +293,7 @@ impl Step {
         }
         // A form with problems (reported) leaves the step single, so the step's own checks run.
         let batch = spec.batch.as_ref().filter(|_| batchable).and_then(|b| {
-            crate::plan::batch::BatchForm::compile(
+            crate::mapping::plan::batch::BatchForm::compile(
                 b,
                 &format!("{pointer}/batch"),
                 templates,
@@ -441,20 +441,21 @@ impl RequestTemplate {
                 }
             }
         }
-        let mut pairs =
-            |map: &IndexMap<String, crate::spec::Scalar>, what: &str, problems: &mut Problems| {
-                let mut out = Vec::new();
-                for (k, v) in map {
-                    let src = match v.to_json() {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    if let Some(t) = text(&src, format!("{pointer}/{what}/{k}"), problems) {
-                        out.push((k.clone(), t));
-                    }
+        let mut pairs = |map: &IndexMap<String, crate::mapping::spec::Scalar>,
+                         what: &str,
+                         problems: &mut Problems| {
+            let mut out = Vec::new();
+            for (k, v) in map {
+                let src = match v.to_json() {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                if let Some(t) = text(&src, format!("{pointer}/{what}/{k}"), problems) {
+                    out.push((k.clone(), t));
                 }
-                out
-            };
+            }
+            out
+        };
         let query = pairs(&spec.query, "query", problems);
         let headers = pairs(&spec.headers, "headers", problems);
         let body = spec

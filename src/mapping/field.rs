@@ -6,10 +6,10 @@
 //! nothing is simply absent: the keys that use it drop out of the request. A required field that
 //! resolves to nothing is an error for that event, naming the field and the sources tried.
 
-use crate::diagnostic::Problems;
-use crate::path::{JsonPath, Selected};
-use crate::spec::{EntriesSpec, EntryValues, FieldDef, FieldSpec, KeyCase, ValueType};
-use crate::template::{Scope, Templates, Text, snake_case};
+use crate::mapping::diagnostic::Problems;
+use crate::mapping::path::{JsonPath, Selected};
+use crate::mapping::spec::{EntriesSpec, EntryValues, FieldDef, FieldSpec, KeyCase, ValueType};
+use crate::mapping::template::{Scope, Templates, Text, snake_case};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 
@@ -174,7 +174,7 @@ fn compile_spec(
     }
     if let Some(s) = &spec.setting {
         if !settings.iter().any(|k| k == s) {
-            let hint = crate::diagnostic::suggest(s, settings.iter().map(String::as_str))
+            let hint = crate::mapping::diagnostic::suggest(s, settings.iter().map(String::as_str))
                 .map(|h| format!("; did you mean `{h}`?"))
                 .unwrap_or_default();
             problems.at(
@@ -315,7 +315,11 @@ impl Entries {
 /// Converts a value to a type; a value that cannot be converted is an error.
 pub fn coerce(v: Value, kind: ValueType) -> Result<Value, String> {
     let fail = |v: &Value| {
-        Err(format!("cannot convert {} to {kind:?}", crate::event::json_kind(v)).to_lowercase())
+        Err(format!(
+            "cannot convert {} to {kind:?}",
+            crate::mapping::event::json_kind(v)
+        )
+        .to_lowercase())
     };
     match (kind, v) {
         (ValueType::Any, v) => Ok(v),

@@ -4,7 +4,7 @@
 //! generated from (schemars), so the editor schema and the loader never disagree. They hold
 //! source text only; `config` compiles them into the compiled runtime types.
 
-use crate::request::Method;
+use crate::mapping::request::Method;
 use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

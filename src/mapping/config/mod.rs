@@ -1,7 +1,7 @@
 //! Loading `mappings/`: action files and `destination.yaml`, checked and compiled.
 //!
 //! Loading reads every file, checks it against the schema the files advertise
-//! (`schemas/*.schema.json`, generated from [`crate::spec`]), deserializes it, and compiles its
+//! (`schemas/*.schema.json`, generated from [`crate::mapping::spec`]), deserializes it, and compiles its
 //! triggers, JSONPaths and templates. Then come the checks across files: unique action names,
 //! `after` references and cycles, names used in templates, resolvers used by steps. Every problem
 //! is collected as a located [`Diagnostic`]; a directory with any problem does not load.
@@ -11,20 +11,22 @@ mod planning;
 
 pub use errors::{ErrorFormats, ErrorInfo};
 
-pub use crate::diagnostic::{Diagnostic, Diagnostics, Format, Problems};
+pub use crate::mapping::diagnostic::{Diagnostic, Diagnostics, Format, Problems};
 
-use crate::diagnostic::suggest;
-use crate::field::Field;
-use crate::path::JsonPath;
-use crate::plan::batch::JobsForm;
-use crate::plan::outcome::Outcomes;
-use crate::plan::resolver::Resolver;
-use crate::plan::{Action, Step};
-use crate::spec::char_allowed;
-use crate::spec::{ActionSpec, AuthSpec, DestinationSpec, RetriesSpec, SettingSpec, SettingType};
-use crate::template::{RESERVED, Templates, Text};
-use crate::trigger::Trigger;
-use crate::yaml::{Loc, Node};
+use crate::mapping::diagnostic::suggest;
+use crate::mapping::field::Field;
+use crate::mapping::path::JsonPath;
+use crate::mapping::plan::batch::JobsForm;
+use crate::mapping::plan::outcome::Outcomes;
+use crate::mapping::plan::resolver::Resolver;
+use crate::mapping::plan::{Action, Step};
+use crate::mapping::spec::char_allowed;
+use crate::mapping::spec::{
+    ActionSpec, AuthSpec, DestinationSpec, RetriesSpec, SettingSpec, SettingType,
+};
+use crate::mapping::template::{RESERVED, Templates, Text};
+use crate::mapping::trigger::Trigger;
+use crate::mapping::yaml::{Loc, Node};
 use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -104,7 +106,7 @@ pub struct Config {
     /// How bulk jobs are polled and limited (`jobs:`), for steps with a `batch` form.
     pub jobs: Option<Arc<JobsForm>>,
     /// Which resolver lookups are direct ids, for previews to show them as they are.
-    pub direct_ids: Arc<crate::template::DirectIds>,
+    pub direct_ids: Arc<crate::mapping::template::DirectIds>,
     /// Actions in run order: `after` first, then by file name.
     pub actions: Vec<Action>,
     pub templates: Templates,
@@ -134,7 +136,7 @@ impl Config {
         let mut templates = Templates::new();
         let destination = read_spec::<DestinationSpec>(
             &dest_path,
-            crate::schema::destination_validator(),
+            crate::mapping::schema::destination_validator(),
             &mut diags,
         );
         let mut config = Config {
@@ -223,9 +225,11 @@ impl Config {
             .iter()
             .filter(|f| f.file_name().is_some_and(|n| n != DESTINATION_FILE))
         {
-            let Some((spec, node)) =
-                read_spec::<ActionSpec>(file, crate::schema::action_validator(), &mut diags)
-            else {
+            let Some((spec, node)) = read_spec::<ActionSpec>(
+                file,
+                crate::mapping::schema::action_validator(),
+                &mut diags,
+            ) else {
                 continue;
             };
             let mut p = Problems::new(file, Some(node));
@@ -315,7 +319,7 @@ pub(crate) fn read_spec<T: DeserializeOwned>(
             return None;
         }
     };
-    let node = match crate::yaml::parse(&source) {
+    let node = match crate::mapping::yaml::parse(&source) {
         Ok(n) => Arc::new(n),
         Err(e) => {
             diags.push(Diagnostic::new(
@@ -328,7 +332,7 @@ pub(crate) fn read_spec<T: DeserializeOwned>(
     };
     let json = node.to_json();
     let mut p = Problems::new(path, Some(node.clone()));
-    crate::schema::check(validator, &json, &mut p);
+    crate::mapping::schema::check(validator, &json, &mut p);
     if !p.is_empty() {
         diags.0.extend(p.into_found());
         return None;
@@ -428,7 +432,7 @@ fn check_setting(s: &SettingSpec, v: &Value) -> Result<(), String> {
         return Err(format!(
             "expected a {:?}, got {}",
             s.kind,
-            crate::event::json_kind(v)
+            crate::mapping::event::json_kind(v)
         )
         .to_lowercase());
     }
@@ -470,7 +474,7 @@ fn compile_action(
             "an action name is lowercase letters, digits and `_`",
         );
     }
-    let byte_at = |column| crate::diagnostic::byte_offset(&spec.trigger, column);
+    let byte_at = |column| crate::mapping::diagnostic::byte_offset(&spec.trigger, column);
     let trigger = match Trigger::parse(&spec.trigger) {
         Ok(t) => {
             for w in t.warnings() {
@@ -573,7 +577,7 @@ fn compile_action(
                 let mut names: Vec<&str> = field_names.clone();
                 names.extend(["settings", "message"]);
                 check_names(templates, &key, &names, &at, p);
-                entities.push(crate::plan::Entity {
+                entities.push(crate::mapping::plan::Entity {
                     kind: e.kind.clone(),
                     key,
                 });
@@ -601,8 +605,8 @@ fn compile_action(
 /// idempotent (it has a `check`, see [`Step::compile`]) also needs the destination to list its
 /// recent jobs, so that a job that may carry the write has ended before the check reads it back.
 fn check_batch(
-    spec: &crate::spec::StepSpec,
-    batch_spec: &crate::spec::BatchSpec,
+    spec: &crate::mapping::spec::StepSpec,
+    batch_spec: &crate::mapping::spec::BatchSpec,
     idempotent: bool,
     jobs: Option<&JobsForm>,
     at: &str,
@@ -673,7 +677,7 @@ fn check_names(templates: &Templates, text: &Text, allowed: &[&str], at: &str, p
                 .root()
                 .and_then(|r| r.find(at))
                 .and_then(|n| match &n.value {
-                    crate::yaml::NodeValue::Str(s) => name_offset(s, &v),
+                    crate::mapping::yaml::NodeValue::Str(s) => name_offset(s, &v),
                     _ => None,
                 });
             match source {
@@ -806,7 +810,7 @@ fn order_actions(actions: &mut Vec<Action>, all_loaded: bool, diags: &mut Diagno
 fn located(file: &Path, pointer: &str, message: String) -> Diagnostic {
     let loc = std::fs::read_to_string(file)
         .ok()
-        .and_then(|s| crate::yaml::parse(&s).ok())
+        .and_then(|s| crate::mapping::yaml::parse(&s).ok())
         .map(|n| n.locate(pointer, false))
         .unwrap_or_default();
     Diagnostic::new(file, loc, message)

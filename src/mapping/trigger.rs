@@ -149,7 +149,7 @@ impl fmt::Display for Trigger {
 fn lookup<'a>(event: &'a Value, path: &[String]) -> Option<&'a Value> {
     let mut node = event;
     for seg in path {
-        node = crate::event::member(node.as_object()?, seg)?;
+        node = crate::mapping::event::member(node.as_object()?, seg)?;
     }
     Some(node)
 }

@@ -5,8 +5,8 @@
 //! (`4xx`), optionally with an error code read from the response body through the destination's
 //! `errors.codes` paths. The step's rules are tried before the defaults, most specific first.
 
-use crate::diagnostic::Problems;
-use crate::spec::OutcomeKind;
+use crate::mapping::diagnostic::Problems;
+use crate::mapping::spec::OutcomeKind;
 use indexmap::IndexMap;
 
 #[derive(Clone, Debug, PartialEq, Eq)]

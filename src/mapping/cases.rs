@@ -7,12 +7,12 @@
 //! failure names each path that differs (`body.user.name`) with both values; lookups appear as in
 //! a preview (`<user external_id=abc>`).
 
-use crate::config::{Config, Diagnostics};
-use crate::diagnostic::{Diagnostic, Problems, suggest};
-use crate::event::Event;
-use crate::plan::Preview;
-use crate::spec::{CaseFile, CaseSpec, ExpectSpec};
-use crate::yaml::Node;
+use crate::mapping::config::{Config, Diagnostics};
+use crate::mapping::diagnostic::{Diagnostic, Problems, suggest};
+use crate::mapping::event::Event;
+use crate::mapping::plan::Preview;
+use crate::mapping::spec::{CaseFile, CaseSpec, ExpectSpec};
+use crate::mapping::yaml::Node;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -88,9 +88,9 @@ pub fn run(
     let mut configs: HashMap<Vec<String>, Config> = HashMap::new();
     let mut diags = Diagnostics::default();
     for file in files {
-        let Some((spec, node)) = crate::config::read_spec::<CaseFile>(
+        let Some((spec, node)) = crate::mapping::config::read_spec::<CaseFile>(
             file,
-            crate::schema::cases_validator(),
+            crate::mapping::schema::cases_validator(),
             &mut diags,
         ) else {
             continue;
@@ -149,9 +149,9 @@ fn read_case_files(
     files
         .into_iter()
         .filter_map(|file| {
-            let (spec, node) = crate::config::read_spec::<CaseFile>(
+            let (spec, node) = crate::mapping::config::read_spec::<CaseFile>(
                 &file,
-                crate::schema::cases_validator(),
+                crate::mapping::schema::cases_validator(),
                 diags,
             )?;
             Some((file, spec, node))
@@ -256,7 +256,7 @@ pub fn check_case(config: &Config, case: &CaseSpec) -> Vec<String> {
             matched: Vec::new(),
             requests: Vec::new(),
             lookups: Vec::new(),
-            errors: vec![crate::plan::PlanError {
+            errors: vec![crate::mapping::plan::PlanError {
                 action: String::new(),
                 step: None,
                 message: e.to_string(),

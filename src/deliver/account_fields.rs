@@ -7,10 +7,10 @@
 //! inferred from the values ([`infer_type`]) and a title from the key ([`title`]).
 //! `zdmap fields check` is built from these.
 
-use crate::config::Config;
 use crate::deliver::{Client, Response};
-use crate::event::Event;
-use crate::request::{Method, Request};
+use crate::mapping::config::Config;
+use crate::mapping::event::Event;
+use crate::mapping::request::{Method, Request};
 use indexmap::IndexMap;
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -114,7 +114,7 @@ fn gather(v: &Value, label: &str, found: &mut IndexMap<(Family, String), SentKey
     }
 }
 
-pub use crate::template::field_type as infer_type;
+pub use crate::mapping::template::field_type as infer_type;
 
 /// A field title from its key: `plan_name` gives `Plan Name`.
 pub fn title(key: &str) -> String {

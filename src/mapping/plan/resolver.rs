@@ -7,13 +7,13 @@
 //! is; a key that does not fit is an error for the event. Delivery tries the keys a template gave
 //! in the resolver's order and caches answers; this module only compiles, checks and renders.
 
-use crate::diagnostic::Problems;
-use crate::path::JsonPath;
-use crate::plan::step::RequestTemplate;
-use crate::request::Request;
-use crate::spec::char_allowed;
-use crate::spec::{CacheSpec, KeySpec, KeyType, ResolverSpec};
-use crate::template::{RenderError, Scope, Templates};
+use crate::mapping::diagnostic::Problems;
+use crate::mapping::path::JsonPath;
+use crate::mapping::plan::step::RequestTemplate;
+use crate::mapping::request::Request;
+use crate::mapping::spec::char_allowed;
+use crate::mapping::spec::{CacheSpec, KeySpec, KeyType, ResolverSpec};
+use crate::mapping::template::{RenderError, Scope, Templates};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -33,7 +33,7 @@ pub struct Lookup {
     result: Option<JsonPath>,
     key: Option<KeySpec>,
     /// Its bulk form, if it has one.
-    pub batch: Option<Arc<crate::plan::batch::LookupBatch>>,
+    pub batch: Option<Arc<crate::mapping::plan::batch::LookupBatch>>,
 }
 
 impl Resolver {
@@ -79,8 +79,12 @@ impl Resolver {
                 );
             }
             let batch = l.batch.as_ref().and_then(|b| {
-                crate::plan::batch::LookupBatch::compile(b, &format!("{at}/batch"), problems)
-                    .map(Arc::new)
+                crate::mapping::plan::batch::LookupBatch::compile(
+                    b,
+                    &format!("{at}/batch"),
+                    problems,
+                )
+                .map(Arc::new)
             });
             if l.batch.is_some() && request.is_none() {
                 problems.at(
@@ -153,7 +157,7 @@ impl Lookup {
     }
 
     /// The compiled strings of the lookup's request, with pointers relative to the lookup.
-    pub fn texts(&self) -> Option<crate::plan::step::Texts<'_>> {
+    pub fn texts(&self) -> Option<crate::mapping::plan::step::Texts<'_>> {
         let req = self.request.as_ref()?;
         Some(
             req.texts()
@@ -171,9 +175,11 @@ impl Lookup {
             return path.first(body).filter(|v| !v.is_null()).cloned();
         }
         Some(match path.select(body) {
-            crate::path::Selected::Nothing => Value::Array(Vec::new()),
-            crate::path::Selected::One(v) => Value::Array(vec![v.clone()]),
-            crate::path::Selected::Many(vs) => Value::Array(vs.into_iter().cloned().collect()),
+            crate::mapping::path::Selected::Nothing => Value::Array(Vec::new()),
+            crate::mapping::path::Selected::One(v) => Value::Array(vec![v.clone()]),
+            crate::mapping::path::Selected::Many(vs) => {
+                Value::Array(vs.into_iter().cloned().collect())
+            }
         })
     }
 }
