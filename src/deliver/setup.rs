@@ -123,8 +123,11 @@ pub async fn open_client(
     let (target, emulator) = match Target::resolve(target, config.setting_str("subdomain"))? {
         TargetChoice::Remote(t) => (t, None),
         TargetChoice::Emulator => {
+            // An account with bulk user imports on (Zendesk enables them on request), so the
+            // first run ends without a refusal; `zdmap emulator` keeps Zendesk's default.
             let emulator = crate::emulator::Emulator::start(crate::emulator::EmulatorOptions {
                 final_state: options.emulator_final_state.clone(),
+                bulk_import: true,
                 ..crate::emulator::EmulatorOptions::default()
             })
             .await
@@ -152,10 +155,12 @@ pub async fn connect(
     options: ConnectOptions,
 ) -> Result<Destination, SetupError> {
     let (client, emulator) = open_client(&config, target, &options).await?;
+    // The built-in emulator is not paced unless asked: it has no account limit to respect.
+    let paced = emulator.is_none() || config.overridden.iter().any(|n| n == "requests_per_minute");
     let rpm = config
         .setting_u64("requests_per_minute")
         .and_then(|r| u32::try_from(r).ok())
-        .filter(|r| *r > 0);
+        .filter(|r| *r > 0 && paced);
     let stats = Arc::new(Stats::new());
     let transport = Transport::new(
         client,
@@ -173,4 +178,33 @@ pub async fn connect(
         stats,
         emulator,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn budget_with(set: &[&str]) -> Option<u32> {
+        let mappings = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
+        let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        let config = Config::load(&mappings, &set).expect("mappings");
+        let target = TargetArgs {
+            zendesk_url: None,
+            emulator: true,
+        };
+        let destination = connect(Arc::new(config), &target, ConnectOptions::default())
+            .await
+            .expect("connect");
+        destination
+            .executor
+            .transport()
+            .budget()
+            .requests_per_minute()
+    }
+
+    #[tokio::test]
+    async fn the_built_in_emulator_is_paced_only_when_asked() {
+        assert_eq!(budget_with(&[]).await, None);
+        assert_eq!(budget_with(&["requests_per_minute=120"]).await, Some(120));
+    }
 }

@@ -240,6 +240,8 @@ fn send_to_the_emulator_delivers_every_example_and_says_where_the_result_is() {
         .expect("zdmap send");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // It ends quietly: no warning (the built-in emulator's account has bulk imports on).
+    assert!(!stderr.contains("WARN"), "{stderr}");
     let last = stderr.lines().last().unwrap_or_default();
     assert!(last.contains("zdmap-emulator-state.json"), "{stderr}");
     let state: serde_json::Value = serde_json::from_str(

@@ -110,6 +110,8 @@ pub struct Config {
     /// Actions in run order: `after` first, then by file name.
     pub actions: Vec<Action>,
     pub templates: Templates,
+    /// The settings `--set` gave (their names), so a caller can tell a choice from a default.
+    pub overridden: Vec<String>,
     /// What loads but is probably a mistake (`type = identify`), for `zdmap validate` to show.
     pub warnings: Diagnostics,
 }
@@ -157,6 +159,10 @@ impl Config {
             actions: Vec::new(),
             templates: Templates::new(),
             warnings: Diagnostics::default(),
+            overridden: overrides
+                .iter()
+                .filter_map(|o| o.split_once('=').map(|(name, _)| name.trim().to_string()))
+                .collect(),
         };
         let mut setting_names: Vec<String> = Vec::new();
         if let Some((spec, node)) = &destination {
