@@ -253,6 +253,7 @@ pub async fn dispatch<S: Sink>(
         refused: false,
         fatal: None,
         last_status: None,
+        reported_busy: false,
         batcher: options.batch_window.map(Batcher::new),
         holding: HashMap::new(),
         keeping_up: false,
@@ -371,6 +372,9 @@ struct Dispatcher<'o, T> {
     refused: bool,
     fatal: Option<String>,
     last_status: Option<Instant>,
+    /// The last status reported held events: once none are held, that is said at once, so no
+    /// gauge stays up after the work is done.
+    reported_busy: bool,
     /// Items of bulk requests (when batching is on).
     batcher: Option<Batcher>,
     /// Events holding their shared keys (see [`KeyHolds`]), until they are settled.
@@ -762,13 +766,17 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
 
     fn report_status<S: Sink>(&mut self, sink: &mut S) {
         let now = Instant::now();
-        if self
-            .last_status
-            .is_some_and(|at| now.duration_since(at) < STATUS_EVERY)
+        let done = self.scheduler.is_empty() && self.reported_busy;
+        if !done
+            && self
+                .last_status
+                .is_some_and(|at| now.duration_since(at) < STATUS_EVERY)
         {
             return;
         }
         self.last_status = Some(now);
-        sink.status(self.scheduler.status(now));
+        let status = self.scheduler.status(now);
+        self.reported_busy = status.events > 0;
+        sink.status(status);
     }
 }

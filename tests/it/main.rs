@@ -15,6 +15,7 @@ mod effectively_once;
 mod emulator;
 mod fields;
 mod fuzz_inputs;
+mod gauges;
 mod hardening;
 mod ingest_guards;
 mod listings;
