@@ -398,6 +398,56 @@ async fn with_bulk_user_imports_off_users_go_one_by_one_after_one_refusal() {
 }
 
 #[tokio::test]
+async fn a_bulk_endpoint_that_is_not_there_turns_its_items_to_single_requests() {
+    for status in [404u16, 405, 501] {
+        let emu = emulator(true).await;
+        // A proxy or gateway without the bulk endpoints.
+        emu.configure(|k| {
+            k.forced_faults = [
+                "/api/v2/users/create_or_update_many",
+                "/api/v2/organization_memberships/create_many",
+            ]
+            .into_iter()
+            .map(|path| zdmap::emulator::ForcedFault {
+                path: Some(path.into()),
+                ..zdmap::emulator::ForcedFault::new(status).times(100)
+            })
+            .collect();
+        });
+        let input = mix(6, 12);
+        let (report, letters) = send(
+            &emu,
+            Path::new("mappings"),
+            &input,
+            options(Some(Duration::from_millis(100))),
+        )
+        .await;
+        assert!(letters.is_empty(), "{status}: {letters:?}");
+        assert_eq!(report.dead_letters, 0);
+        // Refused once per bulk form, then never asked again: one form sends users, and the
+        // two membership actions have one each.
+        for (path, forms) in [
+            ("/api/v2/users/create_or_update_many", 1),
+            ("/api/v2/organization_memberships/create_many", 2),
+        ] {
+            let seen = statuses(&requests(&emu, "POST", path));
+            let refused_only = seen.iter().all(|s| *s == u64::from(status));
+            assert!(
+                !seen.is_empty() && seen.len() <= forms && refused_only,
+                "{path}: {seen:?}"
+            );
+        }
+        let single = emulator(true).await;
+        send(&single, Path::new("mappings"), &input, options(None)).await;
+        assert_eq!(
+            comparable(&emu.state()),
+            comparable(&single.state()),
+            "{status}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_item_that_fails_fails_only_its_own_event_with_zendesks_error() {
     // Without `item_errors`, a failed item is the event's answer (no single request).
     let mappings = mappings_with(|name, text| {
