@@ -7,7 +7,8 @@
 //! A JSON `null` found at a path is returned as a value; callers decide what it means.
 //!
 //! The work of a query is bounded when it is parsed, so an event can never make one explode:
-//! at most one `..` (each multiplies the work by the size of the document), unions that repeat
+//! at most one `..` (each multiplies the work by the size of the document) and never `..*`
+//! (every node, each with all it holds), unions that repeat
 //! a node at most [`MAX_FAN_OUT`] times over the whole path, and filters that read only single
 //! values (names and indices). Within these, a query selects at most `MAX_FAN_OUT` times as many
 //! values as the document has, in time of the same order.
@@ -257,7 +258,17 @@ fn unbounded(source: &str, query: &JpQuery) -> Option<PathError> {
                             .into(),
                     });
                 }
-                selectors(inner)
+                let inner = selectors(inner);
+                if inner.iter().any(|s| matches!(s, Selector::Wildcard)) {
+                    return Some(PathError {
+                        column: column_of("..", 0),
+                        message: "`..*` selects every node of the event, each with all it holds, \
+                                  so its work grows with the event's size times its depth: name \
+                                  what to find (`$..email`)"
+                            .into(),
+                    });
+                }
+                inner
             }
             other => selectors(other),
         };
@@ -394,18 +405,19 @@ mod tests {
     #[test]
     fn work_is_bounded_when_parsing() {
         for (path, column) in [
-            ("$..*..*..*..*..*..*..*..*", 5),
+            ("$..*..*..*..*..*..*..*..*", 2),
             ("$..a..b", 5),
             ("$.a[?@..b]", 5),
             ("$.a[?@.b[*]]", 5),
             ("$.a[?count(@.*) > 1]", 5),
             ("$[0,0,0,0][0,0,0,0][0,0]", 4),
+            ("$..*", 2),
+            ("$.a..[*]", 4),
         ] {
             let e = JsonPath::parse(path).expect_err(path);
             assert_eq!(e.column, column, "{path}: {e}");
         }
         for path in [
-            "$..*",
             "$..email",
             "$.details.*[*].error",
             "$.fields[?@.key == 'b'].key",
@@ -421,11 +433,11 @@ mod tests {
         for _ in 0..30 {
             doc = json!({"a": doc, "b": [1, 2, 3]});
         }
-        let Selected::Many(all) = JsonPath::parse("$..*").unwrap().select(&doc) else {
+        let Selected::Many(all) = JsonPath::parse("$..b").unwrap().select(&doc) else {
             panic!("selects values")
         };
-        // Each level holds `a`, `b` and b's three numbers.
-        assert_eq!(all.len(), 30 * 5 + 4);
+        // One `b` at each of the 31 levels.
+        assert_eq!(all.len(), 31);
     }
 
     #[test]
