@@ -32,6 +32,8 @@ use super::{ChainSource, Credentials, OAuthClient, Secret};
 const CLAIM_FOR: Duration = Duration::from_secs(30);
 /// After a refusal, how long the same answer is given without asking Zendesk again.
 const REFUSAL_REMEMBERED: Duration = Duration::from_secs(5);
+/// How long a token that still works is used before a failed renewal is tried again.
+const RENEW_RETRY: Duration = Duration::from_secs(2);
 /// How often a process waiting for another's refresh reads the store again.
 const CLAIM_POLL: Duration = Duration::from_millis(100);
 
@@ -300,7 +302,12 @@ impl Renewer {
                 };
                 return match self.renew(Some(&h.token)).await {
                     Ok(new) => Ok(self.authorization(&new)),
-                    Err(AuthFailure::Unavailable(_)) => Ok(self.authorization(h)),
+                    Err(AuthFailure::Unavailable(_)) => {
+                        // The token endpoint is down: the token in hand serves meanwhile, and
+                        // the next try waits a little, not for every request.
+                        self.renew_later(h.generation);
+                        Ok(self.authorization(h))
+                    }
                     Err(e) => Err(e),
                 };
             }
@@ -315,6 +322,19 @@ impl Renewer {
         self.renew(stale.as_ref())
             .await
             .map(|new| self.authorization(&new))
+    }
+
+    /// Puts off renewing the token of `generation` by [`RENEW_RETRY`].
+    fn renew_later(&self, generation: u64) {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(h) = held.as_mut()
+            && h.generation == generation
+        {
+            h.renew_at = SystemTime::now() + RENEW_RETRY;
+        }
     }
 
     fn rejected(&self, generation: u64) {
@@ -725,6 +745,42 @@ mod tests {
         let fixed = authorizer(&endpoint, Credentials::oauth("fixed"));
         let a = fixed.authorize().await.expect("fixed");
         assert!(!fixed.rejected(&a));
+    }
+
+    #[tokio::test]
+    async fn a_token_endpoint_that_is_down_is_not_asked_by_every_request() {
+        // Tokens of 10 s are due for renewal at once (their margin is most of their life)
+        // while they still work; the endpoint then fails.
+        let endpoint = fake(3, 201, Duration::ZERO).await;
+        let auth = authorizer(&endpoint, client());
+        auth.authorize().await.expect("first token");
+        let down = fake(3, 503, Duration::ZERO).await;
+        let auth_down = {
+            let endpoint = TokenEndpoint::new(reqwest::Client::new(), &down.url).expect("url");
+            let source = auth.current();
+            let Source::Renewed { renewer, .. } = source else {
+                panic!("renewed")
+            };
+            // The same token in hand, the endpoint down.
+            let moved = Renewer::new(renewer.kind.clone(), endpoint, auth.stats.clone());
+            *moved.held.lock().expect("lock") = renewer.held();
+            Arc::new(moved)
+        };
+        for _ in 0..5 {
+            if let Some(h) = auth_down.held.lock().expect("lock").as_mut() {
+                h.renew_at = UNIX_EPOCH;
+            }
+            auth_down.authorize().await.expect("the old token serves");
+            // Without the retry delay every request would ask again.
+            for _ in 0..10 {
+                auth_down.authorize().await.expect("the old token serves");
+            }
+        }
+        assert_eq!(
+            down.requests.load(Ordering::SeqCst),
+            5,
+            "one try per due time, not per request"
+        );
     }
 
     #[tokio::test]
