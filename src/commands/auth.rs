@@ -109,17 +109,23 @@ pub fn auth(args: &AuthArgs) -> ExitCode {
 }
 
 /// The token store `args` name: a file, or NATS key-value.
+/// `nats_wait`: how long NATS is waited for (`serve` waits for a server starting beside it; a
+/// command a person runs says at once that it is not there).
 pub async fn open_store(
     token_store: Option<&Path>,
     data_dir: &Path,
     queue: Option<&str>,
+    nats_wait: std::time::Duration,
 ) -> Result<Arc<dyn ChainStore>, String> {
     if let Some(path) = token_store {
         return Ok(Arc::new(FileStore::new(path)));
     }
     match queue.map(str::trim).filter(|q| !q.is_empty()) {
         Some(q) if crate::queue::nats::is_nats(q) => {
-            let options = crate::queue::NatsOptions::new(q);
+            let options = crate::queue::NatsOptions {
+                first_connection: nats_wait,
+                ..crate::queue::NatsOptions::new(q)
+            };
             let store = crate::queue::nats::tokens::KvChainStore::open(&options)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -160,6 +166,7 @@ async fn open(
         store.token_store.as_deref(),
         &store.data_dir,
         store.queue.as_deref(),
+        crate::queue::nats::COMMAND_WAIT,
     )
     .await
     .map_err(fail)?;

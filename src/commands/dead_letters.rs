@@ -81,7 +81,7 @@ impl Which {
 pub fn dead_letters(args: &DeadLettersArgs) -> ExitCode {
     match args.queue.as_deref().filter(|q| !q.trim().is_empty()) {
         Some(queue) => super::block_on(async {
-            let options = crate::queue::NatsOptions::new(queue);
+            let options = crate::queue::NatsOptions::for_a_command(queue);
             let outcome = match NatsDeadLetters::open(&options).await {
                 Ok(mut store) => run(&mut store, &args.command).await,
                 Err(e) => Err(e),

@@ -171,6 +171,7 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
         args.token_store.as_deref(),
         &args.data_dir,
         args.queue.as_deref(),
+        crate::queue::nats::SERVE_WAIT,
     )
     .await
     {

@@ -99,7 +99,13 @@ pub struct NatsOptions {
     pub lease: Duration,
     /// The duplicate window of `messageId`s (zero: not deduplicated).
     pub dedupe_window: Duration,
+    /// How long the first connection is waited for: a server starting beside `zdmap serve` may
+    /// take a while; a command a person runs says at once that NATS is not there.
+    pub first_connection: Duration,
 }
+
+/// How long a command a person runs waits for NATS before it says it is not there.
+pub const COMMAND_WAIT: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for NatsOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -109,6 +115,7 @@ impl std::fmt::Debug for NatsOptions {
             .field("partitions", &self.partitions)
             .field("lease", &self.lease)
             .field("dedupe_window", &self.dedupe_window)
+            .field("first_connection", &self.first_connection)
             .finish()
     }
 }
@@ -127,6 +134,15 @@ impl NatsOptions {
             partitions: DEFAULT_PARTITIONS,
             lease: DEFAULT_LEASE,
             dedupe_window: super::sqlite::DEFAULT_DEDUPE_WINDOW,
+            first_connection: SERVE_WAIT,
+        }
+    }
+
+    /// The same servers, waited for [`COMMAND_WAIT`] only (`dead-letters`, `auth`).
+    pub fn for_a_command(servers: &str) -> NatsOptions {
+        NatsOptions {
+            first_connection: COMMAND_WAIT,
+            ..NatsOptions::new(servers)
         }
     }
 }
@@ -213,8 +229,8 @@ impl Auth {
     }
 }
 
-/// How long the first connection is waited for (a server starting beside zdmap).
-const FIRST_CONNECTION: Duration = Duration::from_secs(60);
+/// How long `zdmap serve` waits for its first connection (a server starting beside it).
+pub const SERVE_WAIT: Duration = Duration::from_secs(60);
 
 /// Opens a connection with the credentials of the environment. A server down at start is
 /// waited for up to a minute, a refused login is not; once connected, the client reconnects by
@@ -234,7 +250,7 @@ pub async fn connect(options: &NatsOptions) -> Result<async_nats::Client, QueueE
         })
         .collect::<Result<_, _>>()?;
     let list = shown_list(&options.servers);
-    let deadline = tokio::time::Instant::now() + FIRST_CONNECTION;
+    let deadline = tokio::time::Instant::now() + options.first_connection;
     loop {
         match auth.options().await?.connect(servers.clone()).await {
             Ok(client) => return Ok(client),
@@ -254,7 +270,10 @@ pub async fn connect(options: &NatsOptions) -> Result<async_nats::Client, QueueE
             Err(e) => {
                 if tokio::time::Instant::now() >= deadline {
                     return Err(QueueError::nats(
-                        format!("no server of {list} answered within a minute"),
+                        format!(
+                            "no server of {list} answered within {:?}",
+                            options.first_connection
+                        ),
                         e,
                     ));
                 }

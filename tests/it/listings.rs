@@ -82,3 +82,23 @@ fn a_data_directory_without_zdmap_data_is_refused_not_created() {
     assert!(stderr.contains("holds no zdmap data"), "{stderr}");
     assert!(!typo.exists(), "nothing created at the typo");
 }
+
+#[test]
+fn an_unreachable_nats_queue_is_said_in_seconds_not_waited_for() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let output = Command::new(env!("CARGO_BIN_EXE_zdmap"))
+        .args([
+            "dead-letters",
+            "list",
+            "--queue",
+            &format!("nats://127.0.0.1:{port}"),
+        ])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("answered within 5s"), "{stderr}");
+}
