@@ -142,7 +142,7 @@ async fn send_async(args: &SendArgs) -> ExitCode {
         ));
     }
     if args.json {
-        println!("{}", serde_json::to_string(&snapshot).unwrap_or_default());
+        super::Out::new().line(serde_json::to_string(&snapshot).unwrap_or_default());
     }
     if let Some(fatal) = report.fatal {
         super::say(format!("error: {fatal}"));
