@@ -266,7 +266,7 @@ pub struct AppliedSpec {
     pub equals: String,
 }
 
-/// A step's bulk form (see `README.md`, Batching). The step's own request is what a single event
+/// A step's bulk form (see docs/delivery.md, "Batching"). The step's own request is what a single event
 /// sends when batching is off or the bulk form is not allowed.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
