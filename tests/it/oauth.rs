@@ -5,7 +5,7 @@
 //! missing scope). No secret may appear in anything a run writes.
 
 use crate::support::command::signal;
-use crate::support::http::{Metrics, get, post_batch};
+use crate::support::http::{Metrics, post_batch, readyz_once};
 use crate::support::mappings::{edit, mappings_copy};
 use crate::support::nats;
 use crate::support::serving;
@@ -456,12 +456,12 @@ async fn a_wrong_client_secret_is_said_once_and_the_fixed_secret_is_read_on_relo
         .await,
         200
     );
-    let readyz = eventually("/readyz refuses", Duration::from_secs(30), async || {
-        let (status, body) = get(&format!("{}/readyz", serve.url)).await;
-        (status == 503 && body.contains("refused the client_credentials grant")).then_some(body)
-    })
-    .await;
-    assert!(readyz.contains("invalid_client"), "{readyz}");
+    let readyz = readyz_once(&serve.url, 503, "/readyz refuses").await;
+    assert!(
+        readyz.contains("refused the client_credentials grant")
+            && readyz.contains("invalid_client"),
+        "{readyz}"
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     let log = serve.log_text();
     let said = log
@@ -538,15 +538,8 @@ async fn a_spent_refresh_token_asks_for_a_login_once_and_loses_nothing() {
         .await,
         200
     );
-    let readyz = eventually(
-        "/readyz asks for a login",
-        Duration::from_secs(30),
-        async || {
-            let (status, body) = get(&format!("{}/readyz", serve.url)).await;
-            (status == 503 && body.contains("zdmap auth login")).then_some(body)
-        },
-    )
-    .await;
+    let readyz = readyz_once(&serve.url, 503, "/readyz asks for a login").await;
+    assert!(readyz.contains("zdmap auth login"), "{readyz}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let metrics = Metrics::read(&serve.url).await;
     assert_eq!(metrics.get("zdmap_oauth_login_needed"), Some(1.0));
