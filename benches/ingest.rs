@@ -19,7 +19,7 @@
 use criterion::{Criterion, Throughput};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use zdmap::mapping::config::ConfigArgs;
+use zdmap::mapping::config::Source;
 use zdmap::queue::{Queue, SqliteQueue};
 use zdmap::serve::ingest::{Endpoint, WriteKeys, events};
 use zdmap::serve::{IngestOptions, ServeOptions, Server, WorkerOptions};
@@ -407,7 +407,7 @@ fn load_run(batch_window: Option<Duration>, times: &DeliveredTimes) {
                 batch_window,
                 ..WorkerOptions::default()
             },
-            config: ConfigArgs {
+            config: Source {
                 mappings: "mappings".into(),
                 set: vec![emulated::UNLIMITED.to_owned()],
             },

@@ -33,7 +33,7 @@ fn letters(d: &emulated::Delivered) -> BTreeSet<(String, String)> {
         .iter()
         .map(|l| {
             let id = l.event["messageId"].as_str().unwrap_or_default();
-            (id.to_owned(), l.action.clone())
+            (id.to_owned(), l.action.clone().unwrap_or_default())
         })
         .collect()
 }

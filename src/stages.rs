@@ -1,6 +1,6 @@
-//! The stages of `src/` and the rule between them, checked: a stage imports only the stages on
-//! the floors below it (ARCHITECTURE.md draws them), and the modules of the mapping engine do not
-//! import each other in a circle.
+//! The stages of `src/` and the rules between them, checked: a stage imports only the stages on
+//! the floors below it (ARCHITECTURE.md draws them), the modules of the mapping engine do not
+//! import each other in a circle, and only the command line knows clap.
 //!
 //! The check reads the source: every `crate::STAGE` a file names, in code or in a doc link,
 //! counts as an import of that stage.
@@ -99,6 +99,26 @@ fn every_stage_imports_only_the_stages_below_it() {
     );
     let expected: BTreeSet<String> = FLOORS.iter().map(|(s, _)| s.to_string()).collect();
     assert_eq!(stages_seen, expected, "every stage is a folder of src/");
+}
+
+#[test]
+fn only_the_command_line_knows_clap() {
+    let src = src();
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let knowing: Vec<String> = files
+        .iter()
+        .filter(|f| stage_of(&src, f).is_some_and(|s| s != "commands"))
+        .filter(|f| {
+            let text = std::fs::read_to_string(f).expect("source");
+            text.contains("clap::") || text.contains("use clap")
+        })
+        .map(|f| f.strip_prefix(&src).unwrap_or(f).display().to_string())
+        .collect();
+    assert!(
+        knowing.is_empty(),
+        "clap named outside commands/: {knowing:?}"
+    );
 }
 
 #[test]

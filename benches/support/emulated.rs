@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use zdmap::deliver::TargetArgs;
+use zdmap::deliver::TargetOverride;
 use zdmap::deliver::setup::{ConnectOptions, Destination, connect};
 use zdmap::emulator::{Emulator, EmulatorOptions};
 use zdmap::mapping::config::Config;
@@ -38,7 +38,7 @@ pub async fn emulated_destination_with(batching: &Batching) -> (Emulator, Destin
     .expect("emulator");
     emu.configure(|k| k.job_delay_ms = batching.job_delay_ms);
     let config = Config::load(Path::new("mappings"), &[UNLIMITED.to_owned()]).expect("mappings");
-    let target = TargetArgs {
+    let target = TargetOverride {
         zendesk_url: Some(emu.url()),
         emulator: false,
     };

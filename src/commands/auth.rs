@@ -10,12 +10,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::args::{ConfigArgs, TargetArgs};
 use crate::deliver::auth::chain::STORE_FILE;
 use crate::deliver::auth::login::Login;
 use crate::deliver::auth::{ChainStore, Credentials, FileStore, scopes};
 use crate::deliver::setup::{credential_vars, credentials};
-use crate::deliver::{Client, ClientOptions, Target, TargetArgs, TargetChoice};
-use crate::mapping::config::ConfigArgs;
+use crate::deliver::{Client, ClientOptions, Target, TargetChoice};
 
 /// Exit code when a person must log in again (sysexits' EX_NOPERM).
 pub const EXIT_LOGIN_NEEDED: u8 = 77;
@@ -140,7 +140,7 @@ pub async fn open_store(
 
 /// The target of `args`; the in-process emulator is refused (it would be gone with the command).
 fn target(config: &crate::mapping::config::Config, args: &TargetArgs) -> Result<Target, String> {
-    match Target::resolve(args, config.setting_str("subdomain")).map_err(|e| e.to_string())? {
+    match Target::resolve(&args.wanted(), config.setting_str("subdomain")).map_err(|e| e.to_string())? {
         TargetChoice::Remote(t) => Ok(t),
         TargetChoice::Emulator => Err(
             "--emulator starts an emulator that ends with this command: start `zdmap emulator` and pass its --zendesk-url"

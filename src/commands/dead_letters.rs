@@ -124,7 +124,7 @@ async fn run<S: DeadLetters>(
                         "{}\t{}\t{}/{}\t{}\t{}\t{}",
                         l.id,
                         escape_controls(&l.letter.at),
-                        escape_controls(&l.letter.action),
+                        escape_controls(l.letter.action.as_deref().unwrap_or("-")),
                         escape_controls(&l.letter.step),
                         status,
                         escape_controls(l.letter.code.as_deref().unwrap_or("-")),
@@ -161,7 +161,7 @@ async fn run<S: DeadLetters>(
                 out.line(format!(
                     "{}\t{}\tstale: {} changed at {}, a newer change (at {}) was applied{}",
                     s.id,
-                    escape_controls(&s.action),
+                    escape_controls(s.action.as_deref().unwrap_or("-")),
                     escape_controls(&s.change.entity),
                     secs(s.change.at_ms),
                     secs(s.last_ms),

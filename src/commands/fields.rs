@@ -1,9 +1,8 @@
 //! `zdmap fields check [--create]`: the custom user and organization field keys the mappings
 //! would send over sample events that the account does not define, and creating them.
 
-use crate::deliver::TargetArgs;
+use super::args::{ConfigArgs, TargetArgs};
 use crate::deliver::account_fields::{self, Account, Family, SentKey};
-use crate::mapping::config::ConfigArgs;
 use crate::mapping::event::{Event, read_events};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,16 +54,19 @@ fn check(args: &CheckArgs) -> ExitCode {
     };
     let sent = account_fields::sent(&config, events.iter().map(|(l, e)| (l.clone(), e)));
     super::block_on(async move {
-        let (client, _emulator) =
-            match crate::deliver::setup::open_client(&config, &args.target, &Default::default())
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(1);
-                }
-            };
+        let (client, _emulator) = match crate::deliver::setup::open_client(
+            &config,
+            &args.target.wanted(),
+            &Default::default(),
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
         let account = Account::new(&client);
         let mut missing: Vec<&SentKey> = Vec::new();
         for family in Family::ALL {

@@ -1,7 +1,8 @@
 //! Commands that read the mappings without sending anything: validate, preview, match, test, schema.
 
+use super::args::ConfigArgs;
 use crate::mapping::cases;
-use crate::mapping::config::{ConfigArgs, Format};
+use crate::mapping::config::Format;
 use crate::mapping::event::read_events;
 use crate::mapping::trigger::Trigger;
 use serde_json::json;

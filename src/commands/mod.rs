@@ -4,8 +4,10 @@
 //! Commands that only read mappings (validate, preview, match, test, schema) are in
 //! [`inspect`].
 
+mod args;
 pub mod auth;
 pub mod dead_letters;
+pub mod emulator;
 pub mod fields;
 pub mod init;
 pub mod inspect;
@@ -51,7 +53,7 @@ pub enum Command {
     Send(send::SendArgs),
     /// Run the built-in Zendesk emulator: a stateful local Zendesk Support API for tests and
     /// for developing mappings (inspect it at /__emulator/state).
-    Emulator(crate::emulator::EmulatorArgs),
+    Emulator(emulator::EmulatorArgs),
     /// Run the ingest server: a Segment-compatible HTTP API whose events are stored durably
     /// (SQLite) and delivered to Zendesk; /healthz, /readyz, /metrics; SIGHUP reloads.
     Serve(serve::ServeArgs),
@@ -95,7 +97,7 @@ pub fn main() -> ExitCode {
         Command::Schema(a) => inspect::schema(&a),
         Command::Fields(a) => fields::fields(&a),
         Command::Send(a) => send::send(&a),
-        Command::Emulator(a) => crate::emulator::run_cli(a),
+        Command::Emulator(a) => emulator::run(a),
         Command::Serve(a) => serve::serve(&a),
         Command::DeadLetters(a) => dead_letters::dead_letters(&a),
         Command::Auth(a) => auth::auth(&a),
@@ -118,9 +120,7 @@ pub fn open_input(path: &Option<PathBuf>) -> Result<Box<dyn std::io::Read + Send
 }
 
 /// Loads the mappings, saying on standard error why they do not load.
-pub fn load_config(
-    args: &crate::mapping::config::ConfigArgs,
-) -> Result<crate::mapping::config::Config, ExitCode> {
+pub fn load_config(args: &args::ConfigArgs) -> Result<crate::mapping::config::Config, ExitCode> {
     args.load().map_err(|diags| {
         if args.mappings.is_dir() {
             eprintln!("{}", invalid_mappings(&diags));
@@ -183,8 +183,8 @@ pub const EMULATOR_STATE_FILE: &str = "zdmap-emulator-state.json";
 /// standard error when it cannot. The built-in emulator leaves its final state in
 /// [`EMULATOR_STATE_FILE`], so the result of a run can be seen after it.
 pub async fn load_and_connect(
-    config: &crate::mapping::config::ConfigArgs,
-    target: &crate::deliver::TargetArgs,
+    config: &args::ConfigArgs,
+    target: &args::TargetArgs,
     token_store: Option<&std::path::Path>,
 ) -> Result<crate::deliver::setup::Destination, ExitCode> {
     let options = crate::deliver::setup::ConnectOptions {
@@ -205,12 +205,12 @@ pub async fn load_and_connect(
 
 /// Loads the mappings and sets up delivery to the chosen target, or says why it cannot.
 pub async fn try_load_and_connect(
-    config: &crate::mapping::config::ConfigArgs,
-    target: &crate::deliver::TargetArgs,
+    config: &args::ConfigArgs,
+    target: &args::TargetArgs,
     options: crate::deliver::setup::ConnectOptions,
 ) -> Result<crate::deliver::setup::Destination, String> {
     let config = config.load().map_err(|diags| invalid_mappings(&diags))?;
-    crate::deliver::setup::connect(std::sync::Arc::new(config), target, options)
+    crate::deliver::setup::connect(std::sync::Arc::new(config), &target.wanted(), options)
         .await
         .map_err(|e| format!("error: {e}"))
 }

@@ -1,9 +1,9 @@
 //! `zdmap send`: deliver events to Zendesk (or the emulator), with a summary at the end.
 
+use super::args::{ConfigArgs, TargetArgs};
 use crate::deliver::dispatch::{DispatchOptions, RecordWait};
 use crate::deliver::run::run;
-use crate::deliver::{DeadLetterWriter, Progress, TargetArgs};
-use crate::mapping::config::ConfigArgs;
+use crate::deliver::{DeadLetterWriter, Progress};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;

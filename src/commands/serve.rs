@@ -3,8 +3,7 @@
 //! SIGHUP reloads the mappings and reads the credentials again; SIGTERM and Ctrl-C shut down
 //! gracefully.
 
-use crate::deliver::TargetArgs;
-use crate::mapping::config::ConfigArgs;
+use super::args::{ConfigArgs, TargetArgs};
 use crate::serve::connections::ConnectionLimits;
 use crate::serve::ingest::WriteKeys;
 use crate::serve::logs::{self, LogFormat};
@@ -215,7 +214,7 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
             batch_window: (!args.no_batch).then_some(args.batch_window),
             ..WorkerOptions::default()
         },
-        config: args.config.clone(),
+        config: args.config.source(),
         watch: !args.no_watch,
         log_events: args.log_events,
         shutdown_timeout: args.shutdown_timeout,

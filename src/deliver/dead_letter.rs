@@ -27,9 +27,11 @@ use crate::mapping::config::ErrorFormats;
 pub struct DeadLetter {
     /// The event as received.
     pub event: Value,
-    /// The action whose step failed (`identify_user`).
-    pub action: String,
-    /// The step that failed (`create_or_update`).
+    /// The action whose step failed (`identify_user`); `None` when the event failed before any
+    /// action (refused at ingest, unreadable input, a delivery turn that broke).
+    pub action: Option<String>,
+    /// The step that failed (`create_or_update`), or the stage that refused the event
+    /// (`ingest`, `input`, `deliver`).
     pub step: String,
     /// The last HTTP status, if a response came back.
     pub status: Option<u16>,
@@ -53,7 +55,9 @@ struct DeadLetterRecord {
 
 #[derive(Serialize, Deserialize)]
 struct DeadLetterInfo {
-    action: String,
+    /// `null` before any action (older records have `""`).
+    #[serde(default)]
+    action: Option<String>,
     step: String,
     status: Option<u16>,
     code: Option<String>,
@@ -69,7 +73,7 @@ impl From<DeadLetterRecord> for DeadLetter {
         let i = r.dead_letter;
         DeadLetter {
             event: r.event,
-            action: i.action,
+            action: i.action.filter(|a| !a.is_empty()),
             step: i.step,
             status: i.status,
             code: i.code,
@@ -141,7 +145,7 @@ impl DeadLetter {
         };
         DeadLetter {
             event,
-            action: action.into(),
+            action: Some(action.into()),
             step: step.into(),
             status,
             code,
@@ -152,7 +156,8 @@ impl DeadLetter {
         }
     }
 
-    /// A dead letter for a failure before any request (e.g. a step that could not be rendered).
+    /// A dead letter for a failure of an action before any request (e.g. a step that could not
+    /// be rendered).
     pub fn without_response(
         event: Value,
         action: impl Into<String>,
@@ -160,9 +165,22 @@ impl DeadLetter {
         message: impl Into<String>,
     ) -> Self {
         DeadLetter {
+            action: Some(action.into()),
+            ..DeadLetter::before_any_action(event, step, message)
+        }
+    }
+
+    /// A dead letter for an event that failed before any action: refused by `stage` (`ingest`,
+    /// `input`, `deliver`).
+    pub fn before_any_action(
+        event: Value,
+        stage: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        DeadLetter {
             event,
-            action: action.into(),
-            step: step.into(),
+            action: None,
+            step: stage.into(),
             status: None,
             code: None,
             message: message.into(),

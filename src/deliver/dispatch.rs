@@ -566,9 +566,8 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                 };
                 tracing::error!(event_id = id, error = %e, "a delivery turn failed");
                 self.finish(id);
-                let letter = DeadLetter::without_response(
+                let letter = DeadLetter::before_any_action(
                     (*event).clone(),
-                    "",
                     "deliver",
                     format!("delivery failed: {e}"),
                 );

@@ -63,14 +63,13 @@ pub use target::{Target, TargetChoice, TargetError, TargetKind};
 
 use crate::mapping::request::Request;
 
-/// Where requests go: Zendesk itself (the default), an explicit URL, or the built-in emulator.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct TargetArgs {
-    /// Send to this base URL instead of https://{subdomain}.zendesk.com (e.g. a local emulator).
-    #[arg(long, value_name = "URL", env = "ZDMAP_ZENDESK_URL")]
+/// Where requests go instead of the subdomain of destination.yaml: an explicit URL, or the
+/// built-in emulator.
+#[derive(Debug, Clone, Default)]
+pub struct TargetOverride {
+    /// This base URL instead of https://{subdomain}.zendesk.com (e.g. a local emulator).
     pub zendesk_url: Option<String>,
-    /// Start the built-in Zendesk emulator in-process and send to it.
-    #[arg(long, conflicts_with = "zendesk_url")]
+    /// The built-in Zendesk emulator, started in-process.
     pub emulator: bool,
 }
 

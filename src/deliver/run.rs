@@ -157,10 +157,7 @@ impl Sink for RunSink {
 fn read_event(item: RawItem, record: &Recorder) -> Option<(Event, Option<Vec<String>>)> {
     let (value, only) = match item.value {
         Ok(v) => match DeadLetter::parse(&v) {
-            Some(letter) => (
-                letter.event,
-                Some(vec![letter.action]).filter(|a| !a[0].is_empty()),
-            ),
+            Some(letter) => (letter.event, letter.action.map(|a| vec![a])),
             None => {
                 let mut v = v;
                 crate::mapping::event::ensure_message_id(&mut v, item.index);
@@ -169,21 +166,15 @@ fn read_event(item: RawItem, record: &Recorder) -> Option<(Event, Option<Vec<Str
         },
         Err(e) => {
             let at = json!({"index": item.index, "line": item.line});
-            record.record(&DeadLetter::without_response(
-                at,
-                "",
-                "input",
-                e.to_string(),
-            ));
+            record.record(&DeadLetter::before_any_action(at, "input", e.to_string()));
             return None;
         }
     };
     match Event::from_value(value.clone()) {
         Ok(event) => Some((event, only)),
         Err(e) => {
-            record.record(&DeadLetter::without_response(
+            record.record(&DeadLetter::before_any_action(
                 as_object(value),
-                "",
                 "input",
                 e.to_string(),
             ));

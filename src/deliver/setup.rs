@@ -7,7 +7,7 @@
 use crate::deliver::auth::{ChainStore, OAuthRequest, StoreError, scopes};
 use crate::deliver::{
     Budget, Client, ClientOptions, CredentialVars, Credentials, CredentialsError, Executor,
-    LookupCache, RetryPolicy, Stats, Target, TargetArgs, TargetChoice, Transport,
+    LookupCache, RetryPolicy, Stats, Target, TargetChoice, TargetOverride, Transport,
 };
 use crate::mapping::config::Config;
 use std::sync::Arc;
@@ -117,7 +117,7 @@ pub struct ConnectOptions {
 /// `--emulator`, the emulator it sends to, kept alive by the caller.
 pub async fn open_client(
     config: &Config,
-    target: &TargetArgs,
+    target: &TargetOverride,
     options: &ConnectOptions,
 ) -> Result<(Client, Option<crate::emulator::Emulator>), SetupError> {
     let (target, emulator) = match Target::resolve(target, config.setting_str("subdomain"))? {
@@ -151,7 +151,7 @@ pub async fn open_client(
 /// Sets up delivery for a config and a target choice.
 pub async fn connect(
     config: Arc<Config>,
-    target: &TargetArgs,
+    target: &TargetOverride,
     options: ConnectOptions,
 ) -> Result<Destination, SetupError> {
     let (client, emulator) = open_client(&config, target, &options).await?;
@@ -188,7 +188,7 @@ mod tests {
         let mappings = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
         let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
         let config = Config::load(&mappings, &set).expect("mappings");
-        let target = TargetArgs {
+        let target = TargetOverride {
             zendesk_url: None,
             emulator: true,
         };

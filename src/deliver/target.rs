@@ -9,7 +9,7 @@
 
 use reqwest::Url;
 
-use super::TargetArgs;
+use super::TargetOverride;
 
 /// A checked destination base URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub enum TargetKind {
     Override,
 }
 
-/// What `TargetArgs` ask for.
+/// What `TargetOverride` ask for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TargetChoice {
     /// Send to this base URL.
@@ -131,7 +131,7 @@ impl Target {
     /// Resolves the command-line choice: `--emulator`, else `--zendesk-url`, else the subdomain
     /// from destination.yaml.
     pub fn resolve(
-        args: &TargetArgs,
+        args: &TargetOverride,
         subdomain: Option<&str>,
     ) -> Result<TargetChoice, TargetError> {
         if args.emulator {
@@ -345,7 +345,7 @@ mod tests {
 
     #[test]
     fn resolve_prefers_emulator_then_url_then_subdomain() {
-        let mut args = TargetArgs::default();
+        let mut args = TargetOverride::default();
         assert_eq!(Target::resolve(&args, None), Err(TargetError::NoSubdomain));
         assert_eq!(
             Target::resolve(&args, Some("acme")),

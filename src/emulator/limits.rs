@@ -143,12 +143,11 @@ impl OAuthClient {
 }
 
 /// How the emulator loses the answer to a write it applied.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LostAnswer {
     /// Answer 500 as if the write had failed.
     #[serde(rename = "500")]
-    #[value(name = "500")]
     Error500,
     /// Close the connection without answering.
     Drop,

@@ -198,7 +198,7 @@ impl fmt::Display for Diagnostics {
 }
 
 /// How `zdmap validate` prints problems.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Format {
     /// `file:line:col: message`, one per line.
     #[default]

@@ -15,6 +15,7 @@
 //! machines ([`nats`]); its dead letters are [`nats::dead_letters::NatsDeadLetters`]. Both
 //! kinds of dead letters are read through [`DeadLetters`].
 
+mod letters;
 pub mod lock;
 pub mod nats;
 pub mod sqlite;
@@ -27,10 +28,13 @@ use serde_json::Value;
 use std::future::Future;
 use std::sync::Arc;
 
+pub use letters::{Replayed, Selection, StaleLetter, StoredDeadLetter};
 pub use nats::{NatsOptions, NatsQueue};
-pub use sqlite::{
-    DeadLetterStore, Replayed, Selection, SqliteQueue, StaleLetter, StoredDeadLetter,
-};
+pub use sqlite::{DeadLetterStore, SqliteQueue};
+
+/// How long a sender's `messageId` is remembered by default, to drop the same call sent again
+/// (Segment's window: 24 hours).
+pub const DEFAULT_DEDUPE_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// An event to store.
 #[derive(Clone, Debug)]
@@ -57,7 +61,7 @@ impl NewItem {
             partition: crate::mapping::event::Event::from_value(letter.event.clone())
                 .ok()
                 .and_then(|e| e.partition_key()),
-            only: Some(letter.action).filter(|a| !a.is_empty()),
+            only: letter.action,
             event: letter.event,
             message_id: None,
         }
@@ -71,11 +75,21 @@ pub struct Pushed {
     pub duplicates: u64,
 }
 
+/// The id of an item of a queue: increasing in the order the queue hands items out, never
+/// reused. (For NATS it is this replica's own count, not a stream sequence.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ItemId(pub u64);
+
+impl std::fmt::Display for ItemId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A stored event waiting for delivery.
 #[derive(Clone, Debug)]
 pub struct Item {
-    /// Increasing in acceptance order, never reused.
-    pub id: u64,
+    pub id: ItemId,
     pub event: Value,
     pub partition: Option<String>,
     pub only: Option<String>,
@@ -180,7 +194,7 @@ pub trait Queue: EntityClock + Send + Sync + 'static {
     /// there come back marked `redelivered`.
     fn fetch(
         &self,
-        after: u64,
+        after: ItemId,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Item>, QueueError>> + Send;
 
@@ -188,19 +202,19 @@ pub trait Queue: EntityClock + Send + Sync + 'static {
     /// step, so a failed event is never both gone and not dead-lettered. Returns at once: the
     /// change is committed shortly after (with other writes), and a crash before that only means
     /// the event is delivered again. Fails only when the queue is closed.
-    fn finish(&self, id: u64, letters: Vec<DeadLetter>) -> Result<(), QueueError>;
+    fn finish(&self, id: ItemId, letters: Vec<DeadLetter>) -> Result<(), QueueError>;
 
     /// Whether a fetched item may still be delivered by this process, asked before each of
     /// its delivery turns starts. A queue of one process owns every item; a shared queue owns
     /// an item while it certainly holds the lease of its partition ([`NatsQueue`]: unsure once
     /// a renewal is late, lost once another replica took the partition).
-    fn ownership(&self, _id: u64) -> Ownership {
+    fn ownership(&self, _id: ItemId) -> Ownership {
         Ownership::Ours
     }
 
     /// Forgets an item that is [`Ownership::Lost`] here without settling it: it stays in the
     /// queue for its new owner.
-    fn forget(&self, _id: u64) {}
+    fn forget(&self, _id: ItemId) {}
 
     /// How many items wait (delivered ones excluded).
     fn depth(&self) -> impl Future<Output = Result<u64, QueueError>> + Send;

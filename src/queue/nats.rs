@@ -34,14 +34,14 @@ pub mod holds;
 pub mod partitions;
 pub mod tokens;
 
-use super::{Item, NewItem, Pushed, Queue, QueueError};
+use super::{Item, ItemId, NewItem, Pushed, Queue, QueueError};
 use crate::base::sync::lock;
 use crate::deliver::DeadLetter;
 use crate::deliver::auth::env_or_file;
 use crate::deliver::dispatch::Ownership;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv, stream};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -133,7 +133,7 @@ impl NatsOptions {
             replicas: 1,
             partitions: DEFAULT_PARTITIONS,
             lease: DEFAULT_LEASE,
-            dedupe_window: super::sqlite::DEFAULT_DEDUPE_WINDOW,
+            dedupe_window: super::DEFAULT_DEDUPE_WINDOW,
             first_connection: SERVE_WAIT,
         }
     }
@@ -313,6 +313,11 @@ fn nats_error<E: Into<super::Cause>>(what: &str) -> impl Fn(E) -> QueueError + '
 }
 
 impl Layout {
+    /// How many times the client has connected: a change means it connected again.
+    pub(crate) fn connects(&self) -> u64 {
+        self.client.statistics().connects.load(Ordering::Relaxed)
+    }
+
     /// Connects and creates what does not exist yet (or reads it).
     pub async fn open(options: &NatsOptions) -> Result<Layout, QueueError> {
         Self::connect(options, true).await
@@ -646,10 +651,12 @@ struct Taken {
 #[derive(Default)]
 pub(crate) struct Local {
     next_id: u64,
-    taken: HashMap<u64, Taken>,
-    /// Stream sequences of each partition handed over and not settled (redeliveries of these
-    /// are dropped).
-    pub(crate) unsettled: HashMap<u32, HashSet<u64>>,
+    taken: HashMap<ItemId, Taken>,
+    /// Stream sequences of each partition handed over and not settled. A redelivery of one of
+    /// these is not handed over again; when it comes from a newer consumer of the partition
+    /// (made after a reconnection) its acknowledgement is kept here, since only the consumer
+    /// that delivered an event last can remove it.
+    pub(crate) unsettled: HashMap<u32, HashMap<u64, Option<jetstream::message::Acker>>>,
     /// The leases held, by partition: what the workers ask before a turn starts.
     pub(crate) tenures: HashMap<u32, Tenure>,
     /// The last tenure's epoch.
@@ -687,13 +694,29 @@ impl Local {
     /// An event handed over left this replica (settled, or forgotten): it no longer keeps its
     /// partition here. (A later tenure of the partition has its own events unsettled.)
     fn left(&mut self, taken: &Taken) {
+        if let Some(set) = self.unsettled_of(taken) {
+            set.remove(&taken.sequence);
+        }
+    }
+
+    /// The acknowledgement of a newer consumer that delivered the event again, if any.
+    fn newer_acker(&mut self, taken: &Taken) -> Option<jetstream::message::Acker> {
+        self.unsettled_of(taken)?.get_mut(&taken.sequence)?.take()
+    }
+
+    /// The unsettled events of the partition `taken` came from, while its tenure lasts.
+    fn unsettled_of(
+        &mut self,
+        taken: &Taken,
+    ) -> Option<&mut HashMap<u64, Option<jetstream::message::Acker>>> {
         if self
             .tenures
             .get(&taken.partition)
             .is_some_and(|t| t.epoch == taken.epoch)
-            && let Some(set) = self.unsettled.get_mut(&taken.partition)
         {
-            set.remove(&taken.sequence);
+            self.unsettled.get_mut(&taken.partition)
+        } else {
+            None
         }
     }
 
@@ -915,7 +938,7 @@ impl Queue for NatsQueue {
 
     /// The events handed over by the partitions this replica owns (`after` is not needed: an
     /// event is handed over once).
-    async fn fetch(&self, _after: u64, limit: usize) -> Result<Vec<Item>, QueueError> {
+    async fn fetch(&self, _after: ItemId, limit: usize) -> Result<Vec<Item>, QueueError> {
         let mut rx = self.received.lock().await;
         let mut items = Vec::new();
         while items.len() < limit {
@@ -938,7 +961,7 @@ impl Queue for NatsQueue {
             });
             let mut local = lock(&self.local);
             local.next_id += 1;
-            let id = local.next_id;
+            let id = ItemId(local.next_id);
             local.taken.insert(
                 id,
                 Taken {
@@ -964,7 +987,7 @@ impl Queue for NatsQueue {
     /// Dead letters first (once JetStream has them), then the acknowledgement that removes the
     /// event. A failure leaves the event unacknowledged: delivered again when its partition
     /// changes hands or a replica starts.
-    fn finish(&self, id: u64, letters: Vec<DeadLetter>) -> Result<(), QueueError> {
+    fn finish(&self, id: ItemId, letters: Vec<DeadLetter>) -> Result<(), QueueError> {
         let Some(taken) = lock(&self.local).taken.remove(&id) else {
             return Ok(());
         };
@@ -986,7 +1009,9 @@ impl Queue for NatsQueue {
             }
             match result {
                 Ok(()) => {
-                    if let Err(e) = taken.acker.ack().await {
+                    let newest = lock(&local).newer_acker(&taken);
+                    let acker = newest.as_ref().unwrap_or(&taken.acker);
+                    if let Err(e) = acker.ack().await {
                         tracing::warn!(error = %e, sequence = taken.sequence, "cannot acknowledge a settled event; it is delivered again later");
                     }
                 }
@@ -1004,7 +1029,7 @@ impl Queue for NatsQueue {
 
     /// Ours while the tenure the item was read under lasts and its lease is certainly ours;
     /// unsure past that moment until a renewal succeeds; lost once the tenure ended.
-    fn ownership(&self, id: u64) -> Ownership {
+    fn ownership(&self, id: ItemId) -> Ownership {
         let mut local = lock(&self.local);
         let Some((p, epoch)) = local.taken.get(&id).map(|t| (t.partition, t.epoch)) else {
             return Ownership::Lost;
@@ -1026,7 +1051,7 @@ impl Queue for NatsQueue {
         Ownership::Unsure
     }
 
-    fn forget(&self, id: u64) {
+    fn forget(&self, id: ItemId) {
         let mut local = lock(&self.local);
         if let Some(taken) = local.taken.remove(&id) {
             local.left(&taken);
@@ -1078,7 +1103,7 @@ mod tests {
     #[test]
     fn a_key_always_goes_to_the_same_partition_and_keys_spread() {
         assert_eq!(partition_of("user:a", 32), partition_of("user:a", 32));
-        let used: HashSet<u32> = (0..1000)
+        let used: std::collections::HashSet<u32> = (0..1000)
             .map(|n| partition_of(&format!("user:{n}"), 32))
             .collect();
         assert_eq!(used.len(), 32);

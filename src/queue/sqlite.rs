@@ -22,11 +22,14 @@
 //! probe write when nothing waits) so that, once there is room again, they are not delivered a
 //! second time after a restart. Only if zdmap stops before that are they delivered again.
 
-use super::{DeadLetters, Item, NewItem, Pushed, Queue, QueueError};
+use super::{
+    DeadLetters, Item, ItemId, NewItem, Pushed, Queue, QueueError, Replayed, Selection,
+    StaleLetter, StoredDeadLetter,
+};
 use crate::base::sync::lock;
 use crate::base::time::unix_millis_now;
 use crate::deliver::DeadLetter;
-use crate::deliver::order::{EntityChange, EntityClock, MemoryClock};
+use crate::deliver::order::{EntityClock, MemoryClock};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -37,9 +40,6 @@ use tokio::sync::{Notify, oneshot};
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "zdmap.sqlite3";
-
-/// How long a sender's `messageId` is remembered by default (Segment's window: 24 hours).
-pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Commands handled together in one transaction, at most.
 const GROUP_LIMIT: usize = 1024;
@@ -309,7 +309,7 @@ impl SqliteQueue {
             writer_thread: Mutex::new(Some(thread)),
             reader: Arc::new(Mutex::new(reader)),
             added,
-            dedupe_window: DEFAULT_DEDUPE_WINDOW,
+            dedupe_window: super::DEFAULT_DEDUPE_WINDOW,
             write_problem,
             dir_lock: Mutex::new(Some(dir_lock)),
             entity_memory: MemoryClock::new(ENTITY_MEMORY),
@@ -589,13 +589,13 @@ impl Queue for SqliteQueue {
             .map_err(|_| QueueError::Stopped("writer stopped"))?
     }
 
-    async fn fetch(&self, after: u64, limit: usize) -> Result<Vec<Item>, QueueError> {
+    async fn fetch(&self, after: ItemId, limit: usize) -> Result<Vec<Item>, QueueError> {
         let before = self.handed_out_before;
         let items = self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, partition, only_action, accepted_at, body, force FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![after as i64, limit as i64], |row| {
+            let rows = stmt.query_map(params![after.0 as i64, limit as i64], |row| {
                 Ok((
                     row.get::<_, i64>(0)?,
                     row.get::<_, Option<String>>(1)?,
@@ -611,7 +611,7 @@ impl Queue for SqliteQueue {
                 // A body that does not parse (edited by hand) is kept visible as a string.
                 let event = serde_json::from_str(&body).unwrap_or(Value::String(body));
                 items.push(Item {
-                    id: id as u64,
+                    id: ItemId(id as u64),
                     event,
                     partition,
                     only,
@@ -626,7 +626,7 @@ impl Queue for SqliteQueue {
         if let Some(last) = items.last() {
             let (done, answer) = oneshot::channel();
             self.send(Command::HandedOut {
-                up_to: last.id,
+                up_to: last.id.0,
                 done,
             })?;
             answer
@@ -636,8 +636,8 @@ impl Queue for SqliteQueue {
         Ok(items)
     }
 
-    fn finish(&self, id: u64, letters: Vec<DeadLetter>) -> Result<(), QueueError> {
-        self.send(Command::Finish { id, letters })
+    fn finish(&self, id: ItemId, letters: Vec<DeadLetter>) -> Result<(), QueueError> {
+        self.send(Command::Finish { id: id.0, letters })
     }
 
     async fn depth(&self) -> Result<u64, QueueError> {
@@ -694,63 +694,11 @@ fn entity_time(conn: &Connection, entity: &str) -> Result<Option<i64>, QueueErro
         .optional()?)
 }
 
-/// A dead letter of the data directory, with its id there.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct StoredDeadLetter {
-    pub id: u64,
-    #[serde(flatten)]
-    pub letter: DeadLetter,
-}
-
 /// The dead letters of a data directory: list, show, replay (back into the queue), purge.
 /// Safe to use while `zdmap serve` runs on the same directory.
 pub struct DeadLetterStore {
     conn: Connection,
     data_dir: PathBuf,
-}
-
-/// What a replay did.
-#[derive(Clone, Debug, Default)]
-pub struct Replayed {
-    /// Letters moved back into the queue.
-    pub moved: u64,
-    /// Letters whose change is older than the last one applied to an entity it changes (kept,
-    /// unless forced).
-    pub stale: Vec<StaleLetter>,
-}
-
-/// A dead letter whose change is stale.
-#[derive(Clone, Debug)]
-pub struct StaleLetter {
-    pub id: u64,
-    pub action: String,
-    /// The change (entity and event time) that is older...
-    pub change: EntityChange,
-    /// ...than the last one applied to the entity (ms).
-    pub last_ms: i64,
-}
-
-impl StaleLetter {
-    /// The first change of `letter` older than the last one applied to its entity, if any;
-    /// `lasts` holds those last times, one per change of `letter.changes`.
-    pub fn of(id: u64, letter: &DeadLetter, lasts: &[Option<i64>]) -> Option<StaleLetter> {
-        letter.changes.iter().zip(lasts).find_map(|(change, last)| {
-            last.filter(|&l| l > change.at_ms)
-                .map(|last_ms| StaleLetter {
-                    id,
-                    action: letter.action.clone(),
-                    change: change.clone(),
-                    last_ms,
-                })
-        })
-    }
-}
-
-/// Which dead letters a command applies to.
-#[derive(Clone, Debug)]
-pub enum Selection {
-    All,
-    Ids(Vec<u64>),
 }
 
 impl DeadLetterStore {
@@ -952,7 +900,7 @@ mod tests {
         drop(queue);
 
         let queue = SqliteQueue::open(dir.path()).expect("reopen");
-        let items = queue.fetch(0, 1000).await.expect("fetch");
+        let items = queue.fetch(ItemId(0), 1000).await.expect("fetch");
         assert_eq!(items.len(), 400);
         assert!(items.windows(2).all(|w| w[0].id < w[1].id));
         // Each user's events come back in the order they were pushed.
@@ -1012,7 +960,7 @@ mod tests {
             .push(vec![item("a", 1), item("b", 2)], vec![])
             .await
             .expect("push");
-        let items = queue.fetch(0, 10).await.expect("fetch");
+        let items = queue.fetch(ItemId(0), 10).await.expect("fetch");
         queue.finish(items[0].id, vec![]).expect("delivered");
         let letter = DeadLetter::without_response(
             items[1].event.clone(),
@@ -1035,7 +983,7 @@ mod tests {
         let mut store = DeadLetterStore::open(dir.path()).expect("store");
         let letters = store.list(0, 10).expect("list");
         assert_eq!(letters.len(), 1);
-        assert_eq!(letters[0].letter.action, "track_event");
+        assert_eq!(letters[0].letter.action.as_deref(), Some("track_event"));
         assert_eq!(
             store.get(letters[0].id).expect("get").map(|l| l.id),
             Some(letters[0].id)
@@ -1060,13 +1008,13 @@ mod tests {
             let queue = SqliteQueue::open(dir.path()).expect("open");
             let items = (0..3).map(|n| item("a", n)).collect();
             queue.push(items, vec![]).await.expect("push");
-            let first = queue.fetch(0, 2).await.expect("fetch");
+            let first = queue.fetch(ItemId(0), 2).await.expect("fetch");
             assert!(first.iter().all(|i| !i.redelivered), "new in this run");
             queue.close();
         }
         let queue = SqliteQueue::open(dir.path()).expect("reopen");
         queue.push(vec![item("a", 3)], vec![]).await.expect("push");
-        let items = queue.fetch(0, 10).await.expect("fetch");
+        let items = queue.fetch(ItemId(0), 10).await.expect("fetch");
         assert_eq!(
             items.iter().map(|i| i.redelivered).collect::<Vec<_>>(),
             [true, true, false, false],
@@ -1106,7 +1054,7 @@ mod tests {
             ..item("a", 2)
         };
         queue.push(vec![forced], vec![]).await.expect("push");
-        let items = queue.fetch(0, 10).await.expect("fetch");
+        let items = queue.fetch(ItemId(0), 10).await.expect("fetch");
         assert_eq!(
             items.iter().map(|i| i.force).collect::<Vec<_>>(),
             [false, true]

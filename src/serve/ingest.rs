@@ -113,9 +113,8 @@ impl Refused {
     }
 
     pub fn dead_letter(&self) -> DeadLetter {
-        let mut letter = DeadLetter::without_response(
+        let mut letter = DeadLetter::before_any_action(
             Value::Object(self.call.clone()),
-            "",
             "ingest",
             format!("refused at ingest: {}", self.located()),
         );

@@ -28,7 +28,7 @@ pub mod workers;
 use crate::base::time::rfc3339_utc;
 use crate::deliver::setup::{Destination, reread_credentials};
 use crate::deliver::{CredentialsError, Executor, Stats};
-use crate::mapping::config::{ConfigArgs, Diagnostics};
+use crate::mapping::config::{Diagnostics, Source};
 use crate::queue::nats::budget::NatsAllowance;
 use crate::queue::{NatsOptions, NatsQueue, Queue, SqliteQueue};
 use axum::Router;
@@ -64,7 +64,7 @@ pub struct ServeOptions {
     pub write_keys: WriteKeys,
     pub workers: WorkerOptions,
     /// Where the config was loaded from, to load it again on reload.
-    pub config: ConfigArgs,
+    pub config: Source,
     /// Reload when a file of the mappings directory changes (SIGHUP reloads in any case).
     pub watch: bool,
     /// Put whole events in the logs of dead letters (off: they may hold personal data).
@@ -95,7 +95,7 @@ impl Default for IngestOptions {
         IngestOptions {
             cors_origins: Vec::new(),
             allowed_hosts: Vec::new(),
-            dedupe_window: crate::queue::sqlite::DEFAULT_DEDUPE_WINDOW,
+            dedupe_window: crate::queue::DEFAULT_DEDUPE_WINDOW,
             body_timeout: Duration::from_secs(30),
             connections: ConnectionLimits::default(),
         }
@@ -137,7 +137,7 @@ pub struct Shared {
     pub metrics: Metrics,
     pub stats: Arc<Stats>,
     pub log_events: bool,
-    config: ConfigArgs,
+    config: Source,
     /// Whether the emulator's placeholder credential may stand in when none are set.
     placeholder_credentials: bool,
     reloading: std::sync::Mutex<()>,

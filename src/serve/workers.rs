@@ -20,7 +20,7 @@ use crate::deliver::dispatch::{DispatchOptions, Incoming, Ownership, RecordWait,
 use crate::deliver::schedule::Status;
 use crate::deliver::{DeadLetter, EventOutcome};
 use crate::mapping::event::Event;
-use crate::queue::{Item, Queue};
+use crate::queue::{Item, ItemId, Queue};
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,7 +63,7 @@ impl Default for WorkerOptions {
 const FETCH: usize = 256;
 
 /// A queued event's ticket: its queue id and when it was accepted (ms since the epoch).
-type Ticket = (u64, u64);
+type Ticket = (ItemId, u64);
 
 /// Runs the fetcher and the scheduler until `stop` turns true and the events being sent are
 /// put down.
@@ -114,7 +114,7 @@ async fn fetch<Q: Queue>(
     behind: Arc<AtomicBool>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut cursor = 0u64;
+    let mut cursor = ItemId::default();
     while !*stop.borrow() {
         let items = match queue.fetch(cursor, FETCH).await {
             Ok(items) => {
@@ -160,7 +160,7 @@ fn incoming<Q: Queue>(item: &Item, queue: &Q, shared: &Shared) -> Option<Incomin
         Ok(e) => e,
         Err(e) => {
             let letter =
-                DeadLetter::without_response(as_object(&item.event), "", "input", e.to_string());
+                DeadLetter::before_any_action(as_object(&item.event), "input", e.to_string());
             shared.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
             settle_in_queue(queue, shared, item.id, vec![letter]);
             return None;
@@ -180,7 +180,7 @@ fn incoming<Q: Queue>(item: &Item, queue: &Q, shared: &Shared) -> Option<Incomin
         delivery.force();
     }
     Some(Incoming {
-        id: item.id,
+        id: item.id.0,
         keys: event.ordering_keys(),
         shared: event.shared_keys(),
         delivery,
@@ -209,7 +209,7 @@ impl<Q: Queue> Sink for QueueSink<Q> {
                 metrics
                     .delivery_latency
                     .observe(Duration::from_millis(latency_ms));
-                tracing::debug!(queue_id = id, latency_ms, "event delivered");
+                tracing::debug!(queue_id = id.0, latency_ms, "event delivered");
                 metrics.delivered.fetch_add(1, Ordering::Relaxed);
                 Vec::new()
             }
@@ -220,8 +220,8 @@ impl<Q: Queue> Sink for QueueSink<Q> {
             EventOutcome::Failed { letters } => {
                 for l in &letters {
                     tracing::warn!(
-                        queue_id = id,
-                        action = %l.action,
+                        queue_id = id.0,
+                        action = l.action.as_deref().unwrap_or(""),
                         step = %l.step,
                         status = l.status,
                         code = l.code.as_deref(),
@@ -286,13 +286,13 @@ impl<Q: Queue> Sink for QueueSink<Q> {
 fn settle_in_queue<Q: Queue>(
     queue: &Q,
     shared: &Shared,
-    id: u64,
+    id: ItemId,
     letters: Vec<DeadLetter>,
 ) -> bool {
     match queue.finish(id, letters) {
         Ok(()) => true,
         Err(e) => {
-            tracing::error!(queue_id = id, error = %e, "cannot settle an event in the queue");
+            tracing::error!(queue_id = id.0, error = %e, "cannot settle an event in the queue");
             shared.health.set_queue(Some(e.to_string()));
             false
         }

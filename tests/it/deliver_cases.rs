@@ -13,7 +13,7 @@ use std::time::Duration;
 use zdmap::deliver::dispatch::{DispatchOptions, RecordWait};
 use zdmap::deliver::run::run;
 use zdmap::deliver::setup::{ConnectOptions, connect};
-use zdmap::deliver::{DeadLetterWriter, RetryPolicy, TargetArgs};
+use zdmap::deliver::{DeadLetterWriter, RetryPolicy, TargetOverride};
 use zdmap::emulator::{Emulator, EmulatorOptions};
 use zdmap::mapping::config::Config;
 use zdmap::mapping::event::Event;
@@ -161,7 +161,7 @@ async fn every_case_that_expects_requests_is_delivered_by_the_emulator() {
                 },
                 ..ConnectOptions::default()
             };
-            let target = TargetArgs {
+            let target = TargetOverride {
                 zendesk_url: Some(emu.url()),
                 emulator: false,
             };

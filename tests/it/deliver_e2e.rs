@@ -12,7 +12,7 @@ use std::time::Duration;
 use zdmap::deliver::dispatch::{DispatchOptions, RecordWait};
 use zdmap::deliver::run::{RunReport, run};
 use zdmap::deliver::setup::{ConnectOptions, Destination, connect};
-use zdmap::deliver::{ClientOptions, DeadLetter, DeadLetterWriter, RetryPolicy, TargetArgs};
+use zdmap::deliver::{ClientOptions, DeadLetter, DeadLetterWriter, RetryPolicy, TargetOverride};
 use zdmap::emulator::{Emulator, EmulatorOptions, ForcedFault};
 use zdmap::mapping::config::Config;
 
@@ -43,7 +43,7 @@ async fn harness(opts: EmulatorOptions, connect_opts: ConnectOptions) -> Harness
     let emu = Emulator::start(opts).await.expect("emulator starts");
     let config = Config::load(Path::new("mappings"), &["requests_per_minute=0".to_owned()])
         .expect("mappings load");
-    let target = TargetArgs {
+    let target = TargetOverride {
         zendesk_url: Some(emu.url()),
         emulator: false,
     };
@@ -257,7 +257,7 @@ async fn a_track_call_for_an_unknown_user_is_a_clear_dead_letter() {
         .await;
     assert_eq!(report.dead_letters, 1);
     let letters = h.dead_letters();
-    assert_eq!(letters[0].action, "track_event");
+    assert_eq!(letters[0].action.as_deref(), Some("track_event"));
     assert!(
         letters[0].message.contains("lookup found nothing") && letters[0].message.contains("ghost"),
         "{}",
@@ -398,7 +398,10 @@ async fn a_replay_runs_only_the_action_that_failed() {
     let first = h.send(ev).await;
     assert_eq!(first.dead_letters, 1);
     let letters = h.dead_letters();
-    assert_eq!(letters[0].action, "update_organization_membership");
+    assert_eq!(
+        letters[0].action.as_deref(),
+        Some("update_organization_membership")
+    );
     assert!(
         letters[0].message.contains("org-9"),
         "{}",

@@ -230,7 +230,7 @@ async fn without_a_check_a_lost_answer_is_dead_lettered_not_repeated() {
                        "properties": {"amount": 3}});
     let (report, letters) = send(&dest, dest.executor.clone(), &[track]).await;
     assert_eq!(report.dead_letters, 1, "{letters:#?}");
-    assert_eq!(letters[0].action, "track_event");
+    assert_eq!(letters[0].action.as_deref(), Some("track_event"));
     assert_eq!(letters[0].status, Some(500));
     assert!(
         letters[0].message.contains("may have been applied"),
@@ -366,7 +366,7 @@ async fn a_replay_applies_no_older_ticket_update_and_re_adds_no_removed_membersh
         .list(0, 10)
         .expect("list")
         .into_iter()
-        .find(|l| l.letter.action == "update_ticket")
+        .find(|l| l.letter.action.as_deref() == Some("update_ticket"))
         .expect("the ticket's letter")
         .id;
     let (stdout, stderr) = replay(&["--force", &id.to_string()]);

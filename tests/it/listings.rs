@@ -9,7 +9,7 @@ use zdmap::queue::{Queue, SqliteQueue};
 fn letter(i: usize, message: &str) -> DeadLetter {
     DeadLetter {
         event: serde_json::json!({"type": "identify", "userId": format!("u{i}")}),
-        action: "upsert_user".into(),
+        action: Some("upsert_user".into()),
         step: "upsert".into(),
         status: Some(422),
         code: Some("RecordInvalid".into()),

@@ -361,7 +361,10 @@ async fn a_record_still_missing_at_its_last_chance_is_dead_lettered() {
     update.last_chance();
     let letter = dead_letter(&mut update).await;
     assert_eq!(
-        (letter.action.as_str(), letter.step.as_str()),
+        (
+            letter.action.as_deref().unwrap_or_default(),
+            letter.step.as_str()
+        ),
         ("update_ticket", "update")
     );
     assert_eq!(letter.status, None);
@@ -438,7 +441,10 @@ async fn a_rejected_request_is_dead_lettered_with_zendesks_code_and_message() {
     let mut delivery = executor.start(&identify("u1"), None);
     let letter = dead_letter(&mut delivery).await;
     assert_eq!(
-        (letter.action.as_str(), letter.step.as_str()),
+        (
+            letter.action.as_deref().unwrap_or_default(),
+            letter.step.as_str()
+        ),
         ("upsert_user", "upsert")
     );
     assert_eq!(letter.status, Some(422));

@@ -37,19 +37,13 @@ use std::sync::Arc;
 /// The name of the destination file in a mappings directory.
 pub const DESTINATION_FILE: &str = "destination.yaml";
 
-/// Options every command that loads the mappings takes.
-#[derive(clap::Args, Debug, Clone)]
-pub struct ConfigArgs {
+/// Where a configuration comes from: a mappings directory and `KEY=VALUE` setting overrides.
+/// Kept by a server to load the same configuration again on reload.
+#[derive(Debug, Clone)]
+pub struct Source {
     /// The mappings directory: action files and destination.yaml.
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "mappings",
-        env = "ZDMAP_MAPPINGS"
-    )]
     pub mappings: PathBuf,
-    /// Override a setting of destination.yaml, e.g. `--set subdomain=acme` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    /// Overrides of destination.yaml's settings, `KEY=VALUE`.
     pub set: Vec<String>,
 }
 
@@ -57,7 +51,7 @@ pub struct ConfigArgs {
 /// asks (a `serve` reload runs on a runtime thread, whose stack is smaller).
 const LOAD_STACK: usize = 8 << 20;
 
-impl ConfigArgs {
+impl Source {
     /// Loads the mappings on a thread of its own, so that no mappings directory can take the
     /// calling process down: a panic while loading is reported as a problem like any other.
     pub fn load(&self) -> Result<Config, Diagnostics> {

@@ -30,6 +30,7 @@ use super::{Layout, Local, NatsMetrics, Received, events_subject};
 use crate::base::sync::lock;
 use async_nats::jetstream::consumer::{self, pull};
 use futures_util::StreamExt as _;
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -386,7 +387,7 @@ impl Manager {
             self.held
                 .iter()
                 .filter(|(p, h)| {
-                    h.consumer.is_none() && local.unsettled.get(p).is_none_or(HashSet::is_empty)
+                    h.consumer.is_none() && local.unsettled.get(p).is_none_or(HashMap::is_empty)
                 })
                 .map(|(p, h)| (*p, h.revision))
                 .collect()
@@ -470,102 +471,153 @@ async fn consume(
     };
     // Events up to this sequence were handed out by an earlier consumer of the partition.
     let mut handed_out = 0u64;
-    let consumer = loop {
-        let created = async {
-            let names: Vec<String> = layout
-                .events
-                .consumer_names()
-                .filter_map(|n| async { n.ok() })
-                .collect()
-                .await;
-            for old in names.iter().filter(|n| n.starts_with(&prefix)) {
-                if let Ok(info) = layout.events.consumer_info(old).await {
-                    handed_out = handed_out.max(info.delivered.stream_sequence);
+    // A consumer per connection: events the server sent while the connection broke wait for
+    // their acknowledgement until `ack_wait`, so after a reconnection a new consumer reads them
+    // again (those still here are not handed over twice).
+    'connection: loop {
+        let connects = layout.connects();
+        let consumer = loop {
+            let created = async {
+                let names: Vec<String> = layout
+                    .events
+                    .consumer_names()
+                    .filter_map(|n| async { n.ok() })
+                    .collect()
+                    .await;
+                for old in names.iter().filter(|n| n.starts_with(&prefix)) {
+                    if let Ok(info) = layout.events.consumer_info(old).await {
+                        handed_out = handed_out.max(info.delivered.stream_sequence);
+                    }
+                    layout
+                        .events
+                        .delete_consumer(old)
+                        .await
+                        .map_err(|e| e.to_string())?;
                 }
+                // A new consumer starts at the oldest event left (acknowledged ones are removed).
                 layout
                     .events
-                    .delete_consumer(old)
+                    .create_consumer(config.clone())
                     .await
-                    .map_err(|e| e.to_string())?;
-            }
-            // A new consumer starts at the oldest event left (acknowledged ones are removed).
-            layout
-                .events
-                .create_consumer(config.clone())
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match created.await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!(partition = p, error = %e, "cannot start a partition's consumer; trying again");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.changed() => return,
-                }
-            }
-        }
-    };
-    loop {
-        let mut messages = match consumer.messages().await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(partition = p, error = %e, "a partition's consumer stopped; trying again");
-                if taken_over(&layout, &name).await {
-                    return;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    _ = stop.changed() => return,
-                }
-            }
-        };
-        loop {
-            let next = tokio::select! {
-                next = messages.next() => next,
-                _ = stop.changed() => return,
+                    .map_err(|e| e.to_string())
             };
-            let message = match next {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    tracing::debug!(partition = p, error = %e, "reading a partition");
+            match created.await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "cannot start a partition's consumer; trying again");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+        };
+        let mut reconnection = tokio::time::interval(RECONNECTION_CHECK);
+        loop {
+            let mut messages = match consumer.messages().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::debug!(partition = p, error = %e, "a partition's consumer stopped; trying again");
                     if taken_over(&layout, &name).await {
                         return;
                     }
-                    continue;
-                }
-                None => break,
-            };
-            let Ok((sequence, deliveries)) =
-                message.info().map(|i| (i.stream_sequence, i.delivered))
-            else {
-                continue;
-            };
-            let fresh = lock(&local)
-                .unsettled
-                .entry(p)
-                .or_default()
-                .insert(sequence);
-            if !fresh {
-                continue;
-            }
-            let received = Received {
-                partition: p,
-                sequence,
-                epoch,
-                message,
-                redelivered: sequence <= handed_out || deliveries > 1,
-            };
-            tokio::select! {
-                sent = handover.send(received) => if sent.is_err() { return },
-                _ = stop.changed() => {
-                    if let Some(set) = lock(&local).unsettled.get_mut(&p) {
-                        set.remove(&sequence);
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = stop.changed() => return,
                     }
-                    return;
                 }
+            };
+            loop {
+                let next = tokio::select! {
+                    next = messages.next() => next,
+                    _ = stop.changed() => return,
+                    _ = reconnection.tick() => {
+                        if layout.connects() != connects {
+                            continue 'connection;
+                        }
+                        continue;
+                    }
+                };
+                let message = match next {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        tracing::debug!(partition = p, error = %e, "reading a partition");
+                        if taken_over(&layout, &name).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    None => break,
+                };
+                let Ok((sequence, deliveries)) =
+                    message.info().map(|i| (i.stream_sequence, i.delivered))
+                else {
+                    continue;
+                };
+                let message = match hand_over_once(&local, p, epoch, sequence, message) {
+                    HandOver::Fresh(message) => *message,
+                    HandOver::InHand => continue,
+                    HandOver::TenureEnded => return,
+                };
+                let received = Received {
+                    partition: p,
+                    sequence,
+                    epoch,
+                    message,
+                    redelivered: sequence <= handed_out || deliveries > 1,
+                };
+                tokio::select! {
+                    sent = handover.send(received) => if sent.is_err() { return },
+                    _ = stop.changed() => {
+                        let mut local = lock(&local);
+                        if local.tenures.get(&p).is_some_and(|t| t.epoch == epoch)
+                            && let Some(set) = local.unsettled.get_mut(&p)
+                        {
+                            set.remove(&sequence);
+                        }
+                        return;
+                    }
+                }
+                added.notify_one();
             }
-            added.notify_one();
+        }
+    }
+}
+
+/// How often a consumer checks whether the connection was made again.
+const RECONNECTION_CHECK: Duration = Duration::from_millis(500);
+
+/// What becomes of a message a consumer read.
+enum HandOver {
+    /// Handed to the workers.
+    Fresh(Box<async_nats::jetstream::Message>),
+    /// Its event is in this replica's hands already; the message's acknowledgement is kept for
+    /// when it is settled (this consumer may be the only one left that can remove it).
+    InHand,
+    /// The tenure the consumer reads under has ended: the consumer stops, and its events are
+    /// not counted under the tenure that follows (they would never leave it).
+    TenureEnded,
+}
+
+fn hand_over_once(
+    local: &Mutex<Local>,
+    p: u32,
+    epoch: u64,
+    sequence: u64,
+    message: async_nats::jetstream::Message,
+) -> HandOver {
+    let mut local = lock(local);
+    if local.tenures.get(&p).is_none_or(|t| t.epoch != epoch) {
+        return HandOver::TenureEnded;
+    }
+    match local.unsettled.entry(p).or_default().entry(sequence) {
+        Entry::Vacant(slot) => {
+            slot.insert(None);
+            HandOver::Fresh(Box::new(message))
+        }
+        Entry::Occupied(mut slot) => {
+            slot.insert(Some(message.split().1));
+            HandOver::InHand
         }
     }
 }

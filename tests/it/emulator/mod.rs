@@ -22,7 +22,8 @@ use base64::Engine;
 use clap::Parser;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use zdmap::emulator::{Emulator, EmulatorArgs, EmulatorOptions};
+use zdmap::commands::emulator::EmulatorArgs;
+use zdmap::emulator::{Emulator, EmulatorOptions};
 
 const AGENT: &str = "agent@example.com/token:s3cr3t-token";
 

@@ -238,9 +238,20 @@ impl Replica {
 }
 
 impl Drop for Replica {
+    /// Kills it; when the test failed, its log's last lines go to the test's output, so a
+    /// failure seen only on CI says what the replica was doing.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            println!(
+                "--- the last lines of the replica at {} ---\n{tail}",
+                self.url
+            );
+        }
     }
 }
 

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use zdmap::deliver::setup::{ConnectOptions, Destination, connect};
-use zdmap::deliver::{RetryPolicy, TargetArgs};
+use zdmap::deliver::{RetryPolicy, TargetOverride};
 use zdmap::emulator::Emulator;
-use zdmap::mapping::config::{Config, ConfigArgs};
+use zdmap::mapping::config::{Config, Source};
 use zdmap::serve::ingest::WriteKeys;
 use zdmap::serve::{IngestOptions, ServeOptions, Server, WorkerOptions};
 
@@ -32,7 +32,7 @@ pub fn quick_retries() -> ConnectOptions {
 /// Delivery to `emu` with the mappings of `mappings` and no request budget.
 pub async fn destination(emu: &Emulator, mappings: &Path) -> Destination {
     let config = Config::load(mappings, &[UNLIMITED.to_owned()]).expect("mappings load");
-    let target = TargetArgs {
+    let target = TargetOverride {
         zendesk_url: Some(emu.url()),
         emulator: false,
     };
@@ -76,7 +76,7 @@ pub async fn start(emu: &Emulator, data: &Path, setup: Setup) -> Server {
         nats: None,
         write_keys: WriteKeys::from_args_and_env(&setup.write_keys, None),
         workers: setup.workers,
-        config: ConfigArgs {
+        config: Source {
             mappings: setup.mappings,
             set: vec![UNLIMITED.to_owned()],
         },
