@@ -89,7 +89,7 @@ impl JobTimes {
 
 /// Collects items into bulk requests and runs them; see the module docs.
 #[derive(Debug)]
-pub struct Batcher {
+pub(crate) struct Batcher {
     window: Duration,
     open: IndexMap<String, Open>,
     /// Lookups being collected, by resolver and key kind.
@@ -205,7 +205,7 @@ impl Batcher {
     }
 
     /// Adds an event's lookup; sends the bulk lookup when it is full.
-    pub fn add_lookup(&mut self, id: EventId, item: LookupItem, now: Instant) {
+    pub(crate) fn add_lookup(&mut self, id: EventId, item: LookupItem, now: Instant) {
         let group = format!(
             "{:p} {} {}",
             Arc::as_ptr(&item.config),
@@ -228,7 +228,7 @@ impl Batcher {
     }
 
     /// When the next window ends.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.open
             .values()
             .map(|o| o.deadline)
@@ -237,7 +237,7 @@ impl Batcher {
     }
 
     /// Sends the bulk requests whose window has ended.
-    pub fn send_due(&mut self, now: Instant) {
+    pub(crate) fn send_due(&mut self, now: Instant) {
         let due: Vec<String> = self
             .open
             .iter()
@@ -259,7 +259,7 @@ impl Batcher {
     }
 
     /// Sends every bulk request being collected (nothing else can join them).
-    pub fn send_all(&mut self) {
+    pub(crate) fn send_all(&mut self) {
         let groups: Vec<String> = self.open.keys().cloned().collect();
         for group in groups {
             self.send(&group);
@@ -271,7 +271,7 @@ impl Batcher {
     }
 
     /// Whether bulk requests are out.
-    pub fn has_running(&self) -> bool {
+    pub(crate) fn has_running(&self) -> bool {
         !self.tasks.is_empty()
     }
 

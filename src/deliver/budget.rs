@@ -217,7 +217,8 @@ impl Budget {
     }
 
     /// The spacing currently imposed by response headers, if any.
-    pub fn pacing_interval(&self) -> Option<Duration> {
+    #[cfg(test)]
+    fn pacing_interval(&self) -> Option<Duration> {
         let pacing = lock(&self.pacing);
         pacing
             .filter(|p| p.until > Instant::now())

@@ -86,7 +86,7 @@ impl LookupCache {
     }
 
     /// Remembers that a lookup found nothing (see the module docs).
-    pub fn mark_missing(&self, resolver: &str, by: &str, key: &str) {
+    pub(crate) fn mark_missing(&self, resolver: &str, by: &str, key: &str) {
         let mut missing = lock(&self.missing);
         let k = triple(resolver, by, key);
         let ttl = missing

@@ -24,7 +24,7 @@ use super::target::Target;
 use crate::mapping::request::{Method, Request};
 
 /// The default per-request timeout (connect, send and read the whole body).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Non-JSON bodies (e.g. a 429's HTML page) are kept up to this many bytes.
 const MAX_TEXT_BODY: usize = 4096;
@@ -66,7 +66,7 @@ pub struct ResponseHeaders {
 }
 
 impl ResponseHeaders {
-    pub fn from_header_map(headers: &HeaderMap) -> Self {
+    pub(crate) fn from_header_map(headers: &HeaderMap) -> Self {
         let text = |name: &str| {
             headers
                 .get(name)
@@ -153,7 +153,7 @@ pub enum TransportError {
 impl TransportError {
     /// Timeouts and connection errors are worth retrying; an invalid request is not. Other
     /// failures (a reset connection, a broken body) are retried too.
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         !matches!(self, TransportError::InvalidRequest { .. })
     }
 
@@ -363,7 +363,7 @@ fn refused_answer(failure: &AuthFailure) -> Response {
 }
 
 /// `Null` for an empty body, the JSON value when it parses, else the text as a JSON string.
-pub fn parse_body(bytes: &[u8]) -> serde_json::Value {
+pub(crate) fn parse_body(bytes: &[u8]) -> serde_json::Value {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return serde_json::Value::Null;
     }

@@ -6,7 +6,7 @@
 //! letter, a retry that comes late) is skipped and reported instead of being applied over the
 //! newer one. The event's time is its `timestamp`, else `originalTimestamp`, else `receivedAt`
 //! (set by `zdmap serve`), else `sentAt`; an event with none is never held back nor recorded.
-//! A sender's time more than [`MAX_FUTURE_SKEW`] past the time the event was received (its
+//! A sender's time more than [`MAX_FUTURE_SKEW_MS`] past the time the event was received (its
 //! `receivedAt`, else now) is not believed: the event is ordered by its receive time, so one
 //! event stamped `9999-12-31` cannot freeze a record for good.
 //!
@@ -35,7 +35,7 @@ pub struct EntityChange {
 
 impl EntityChange {
     /// Whether a newer change of the entity was applied, by `clock`.
-    pub fn is_stale(&self, clock: &dyn EntityClock) -> bool {
+    pub(crate) fn is_stale(&self, clock: &dyn EntityClock) -> bool {
         clock
             .last_applied(&self.entity)
             .is_some_and(|last| last > self.at_ms)
@@ -90,15 +90,11 @@ impl EntityClock for MemoryClock {
 }
 
 /// How far past its receive time a sender's clock is believed (Segment corrects clocks too).
-pub const MAX_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
-
-/// [`MAX_FUTURE_SKEW_MS`] as the docs name it.
-pub const MAX_FUTURE_SKEW: std::time::Duration =
-    std::time::Duration::from_millis(MAX_FUTURE_SKEW_MS as u64);
+pub(crate) const MAX_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
 
 /// An event's time for ordering its changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EventTime {
+pub(crate) struct EventTime {
     /// Ms since the Unix epoch.
     pub at_ms: i64,
     /// The sender's time was too far in the future and the receive time stands in for it.
@@ -107,7 +103,7 @@ pub struct EventTime {
 
 /// The time of an event's change: see the module docs. `now_ms` stands in for the receive
 /// time of an event that has no `receivedAt` (`zdmap send`).
-pub fn event_time(event: &Value, now_ms: i64) -> Option<EventTime> {
+pub(crate) fn event_time(event: &Value, now_ms: i64) -> Option<EventTime> {
     let field = |k: &str| event.get(k).and_then(Value::as_str).and_then(parse_rfc3339);
     let received = field("receivedAt");
     let stated = ["timestamp", "originalTimestamp"]

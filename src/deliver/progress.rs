@@ -60,7 +60,8 @@ impl Progress {
         }
     }
 
-    pub fn is_hidden(&self) -> bool {
+    #[cfg(test)]
+    fn is_hidden(&self) -> bool {
         self.bar.is_hidden()
     }
 

@@ -70,7 +70,7 @@ impl RetryPolicy {
 
 /// What a status means to the transport (before the caller's `accept`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StatusClass {
+pub(crate) enum StatusClass {
     /// 2xx.
     Success,
     /// 408, 429, 5xx except 501.
@@ -81,7 +81,7 @@ pub enum StatusClass {
     Final,
 }
 
-pub fn classify_status(status: u16) -> StatusClass {
+pub(crate) fn classify_status(status: u16) -> StatusClass {
     match status {
         200..=299 => StatusClass::Success,
         401 | 403 => StatusClass::Fatal,
@@ -130,7 +130,7 @@ impl Disposition {
 
     /// An answer that came but cannot be used (a bulk answer that gives an item no result, a
     /// job list without jobs): tried again later like a failed request, for its key only.
-    pub fn retry_after_answer(response: Response) -> Disposition {
+    pub(crate) fn retry_after_answer(response: Response) -> Disposition {
         Disposition::Retry {
             last: Ok(response),
             wait: None,

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use tokio::time::Instant;
 
 /// An event's place in arrival order (a queue id, or the input's index).
-pub type EventId = u64;
+pub(crate) type EventId = u64;
 
 /// An entity key (`user:42`, `group:acme`).
 pub type Key = crate::mapping::event::OrderingKey;
@@ -127,7 +127,7 @@ pub struct Status {
 
 /// The scheduler's state over jobs of type `T` (see the module docs).
 #[derive(Debug)]
-pub struct Scheduler<T> {
+pub(crate) struct Scheduler<T> {
     entries: HashMap<EventId, Entry<T>>,
     lines: HashMap<Key, BTreeSet<EventId>>,
     /// Keys with an event running.
@@ -178,7 +178,7 @@ impl<T> Scheduler<T> {
     }
 
     /// The oldest event that may start now, marked running; its job is handed over.
-    pub fn start_next(&mut self) -> Option<(EventId, T)> {
+    pub(crate) fn start_next(&mut self) -> Option<(EventId, T)> {
         while let Some(id) = self.ready.pop_first() {
             if !self.may_start(id) {
                 continue;
@@ -280,7 +280,7 @@ impl<T> Scheduler<T> {
 
     /// The held events ahead of an event in its lines: while they wait for their bulk requests,
     /// it may run only to join those (its items then go after theirs, in order).
-    pub fn held_ahead(&self, id: EventId) -> Vec<EventId> {
+    pub(crate) fn held_ahead(&self, id: EventId) -> Vec<EventId> {
         let Some(entry) = self.entries.get(&id) else {
             return Vec::new();
         };
@@ -303,7 +303,7 @@ impl<T> Scheduler<T> {
 
     /// A running event waits until one of `on` is learned, or until `until`, letting pass the
     /// later events of its keys that may create the record (see the module docs).
-    pub fn park(&mut self, id: EventId, job: T, on: Vec<LearnedKey>, until: Instant) {
+    pub(crate) fn park(&mut self, id: EventId, job: T, on: Vec<LearnedKey>, until: Instant) {
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
@@ -335,7 +335,7 @@ impl<T> Scheduler<T> {
     /// Fires the timers due at `now`: waiting events may go again, parked events come back to
     /// their lines. Returns the parked events that came back this way (for the dispatcher to
     /// decide whether it is their last chance).
-    pub fn fire(&mut self, now: Instant) -> Vec<EventId> {
+    pub(crate) fn fire(&mut self, now: Instant) -> Vec<EventId> {
         let mut woken = Vec::new();
         while let Some(&(at, id)) = self.timers.first() {
             if at > now {
@@ -361,7 +361,7 @@ impl<T> Scheduler<T> {
     }
 
     /// When the next timer is due.
-    pub fn next_timer(&self) -> Option<Instant> {
+    pub(crate) fn next_timer(&self) -> Option<Instant> {
         self.timers.first().map(|(at, _)| *at)
     }
 
@@ -376,7 +376,7 @@ impl<T> Scheduler<T> {
     }
 
     /// A job still in the scheduler (not running).
-    pub fn job_mut(&mut self, id: EventId) -> Option<&mut T> {
+    pub(crate) fn job_mut(&mut self, id: EventId) -> Option<&mut T> {
         self.entries.get_mut(&id).and_then(|e| e.job.as_mut())
     }
 
@@ -390,22 +390,22 @@ impl<T> Scheduler<T> {
     }
 
     /// Events parked for a missing record.
-    pub fn parked(&self) -> usize {
+    pub(crate) fn parked(&self) -> usize {
         self.parked_ids.len()
     }
 
     /// The parked events, oldest first.
-    pub fn parked_ids(&self) -> Vec<EventId> {
+    pub(crate) fn parked_ids(&self) -> Vec<EventId> {
         self.parked_ids.iter().copied().collect()
     }
 
     /// The oldest parked event.
-    pub fn oldest_parked(&self) -> Option<EventId> {
+    pub(crate) fn oldest_parked(&self) -> Option<EventId> {
         self.parked_ids.first().copied()
     }
 
     /// Brings a parked event back at once (its wait is over), as its timer would.
-    pub fn unpark_now(&mut self, id: EventId) {
+    pub(crate) fn unpark_now(&mut self, id: EventId) {
         if matches!(
             self.entries.get(&id).map(|e| &e.state),
             Some(State::Parked { .. })

@@ -90,27 +90,27 @@ impl Stats {
         }
     }
 
-    pub fn event_read(&self) {
+    pub(crate) fn event_read(&self) {
         self.events_read.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn event_delivered(&self) {
+    pub(crate) fn event_delivered(&self) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
     }
 
     /// No trigger matched the event.
-    pub fn event_skipped(&self) {
+    pub(crate) fn event_skipped(&self) {
         self.skipped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The event went to the dead letters.
-    pub fn event_failed(&self) {
+    pub(crate) fn event_failed(&self) {
         self.failed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A request is about to be sent again.
     /// How many keys wait now (set by the scheduler's dispatcher).
-    pub fn set_keys_waiting(&self, n: u64) {
+    pub(crate) fn set_keys_waiting(&self, n: u64) {
         self.keys_waiting.store(n, Ordering::Relaxed);
     }
 
@@ -128,7 +128,7 @@ impl Stats {
     }
 
     /// An event's time was too far in the future and its receive time ordered it.
-    pub fn future_time(&self) {
+    pub(crate) fn future_time(&self) {
         self.future_times.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -138,7 +138,7 @@ impl Stats {
     }
 
     /// Counts one attempt of `method path` and how it ended.
-    pub fn record_request(
+    pub(crate) fn record_request(
         &self,
         method: Method,
         path: &str,

@@ -90,7 +90,7 @@ impl Target {
 
     /// An explicit base URL: `http` or `https`, a host, an optional port, and nothing else (no
     /// user name or password, no path but `/`, no query, no fragment).
-    pub fn from_url(url: &str) -> Result<Target, TargetError> {
+    pub(crate) fn from_url(url: &str) -> Result<Target, TargetError> {
         let invalid = |reason| TargetError::InvalidUrl { reason };
         let parsed = Url::parse(url.trim()).map_err(|_| invalid("not a URL"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
@@ -162,7 +162,7 @@ impl Target {
 
     /// The full URL of a request: the base URL followed by `path_and_query`, which must start
     /// with a single `/`. The result is checked to have the base URL's scheme, host and port.
-    pub fn url_for(&self, path_and_query: &str) -> Result<Url, TargetError> {
+    pub(crate) fn url_for(&self, path_and_query: &str) -> Result<Url, TargetError> {
         let invalid = |reason| TargetError::InvalidPath { reason };
         if !path_and_query.starts_with('/') {
             return Err(invalid("the path must start with /"));
@@ -190,7 +190,7 @@ impl Target {
     /// The path and query of `link`, a full URL an answer gave (a next page), when it is on
     /// this destination: the base URL's scheme, host and port, and no user name or password.
     /// The result goes through [`Target::url_for`] like any rendered path.
-    pub fn path_of_link(&self, link: &str) -> Result<String, TargetError> {
+    pub(crate) fn path_of_link(&self, link: &str) -> Result<String, TargetError> {
         let invalid = |reason| TargetError::InvalidPath { reason };
         let url = Url::parse(link).map_err(|_| invalid("the link is not a full URL"))?;
         if !self.holds(&url) {

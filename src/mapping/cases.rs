@@ -248,7 +248,7 @@ fn setting_text(v: &Value) -> String {
 }
 
 /// Runs one case; the failures (empty when it passed).
-pub fn check_case(config: &Config, case: &CaseSpec) -> Vec<String> {
+pub(crate) fn check_case(config: &Config, case: &CaseSpec) -> Vec<String> {
     let preview = match Event::from_value(case.event.clone()) {
         Ok(event) => config.preview(&event),
         Err(e) => Preview {

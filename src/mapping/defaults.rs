@@ -35,7 +35,7 @@ pub const MAPPINGS: [(&str, &str); 16] = [
 ];
 
 /// Where the schemas go inside a mappings directory written by `zdmap init`.
-pub const SCHEMA_DIR: &str = "schemas";
+pub(crate) const SCHEMA_DIR: &str = "schemas";
 
 const SCHEMA_LINE: &str = "# yaml-language-server: $schema=";
 

@@ -48,7 +48,7 @@ impl Diagnostic {
         }
     }
 
-    pub fn is_error(&self) -> bool {
+    pub(crate) fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }
 }
@@ -89,7 +89,8 @@ impl Problems {
     }
 
     /// Problems not tied to a file (unit tests).
-    pub fn detached() -> Problems {
+    #[cfg(test)]
+    pub(crate) fn detached() -> Problems {
         Problems::new(Path::new("-"), None)
     }
 
@@ -107,7 +108,7 @@ impl Problems {
     }
 
     /// A problem with the key at a JSON pointer.
-    pub fn at_key(&mut self, pointer: &str, message: impl Into<String>) {
+    pub(crate) fn at_key(&mut self, pointer: &str, message: impl Into<String>) {
         let loc = self.loc(pointer, true);
         self.found.push(Diagnostic::new(&self.file, loc, message));
     }
@@ -115,20 +116,25 @@ impl Problems {
     /// A problem at a place inside the string at a JSON pointer, `offset` bytes into it: the
     /// column is exact for strings written on one line, plain or quoted; a block scalar
     /// (`>-`, `|`) is located at its start.
-    pub fn at_offset(&mut self, pointer: &str, offset: usize, message: impl Into<String>) {
+    pub(crate) fn at_offset(&mut self, pointer: &str, offset: usize, message: impl Into<String>) {
         let d = Diagnostic::new(&self.file, self.place(pointer, offset), message);
         self.found.push(d);
     }
 
     /// A warning about the value at a JSON pointer.
-    pub fn warn_at(&mut self, pointer: &str, message: impl Into<String>) {
+    pub(crate) fn warn_at(&mut self, pointer: &str, message: impl Into<String>) {
         let loc = self.loc(pointer, false);
         self.found
             .push(Diagnostic::new(&self.file, loc, message).warning());
     }
 
     /// A warning at a place inside the string at a JSON pointer, as [`Problems::at_offset`].
-    pub fn warn_at_offset(&mut self, pointer: &str, offset: usize, message: impl Into<String>) {
+    pub(crate) fn warn_at_offset(
+        &mut self,
+        pointer: &str,
+        offset: usize,
+        message: impl Into<String>,
+    ) {
         let d = Diagnostic::new(&self.file, self.place(pointer, offset), message);
         self.found.push(d.warning());
     }
@@ -174,7 +180,7 @@ impl Problems {
     }
 
     /// The problems found, in order.
-    pub fn into_found(self) -> Vec<Diagnostic> {
+    pub(crate) fn into_found(self) -> Vec<Diagnostic> {
         self.found
     }
 }
@@ -316,14 +322,17 @@ fn offset_of(source: &str, line: usize, column: usize) -> Option<usize> {
 
 /// The byte offset of a 1-based column (in characters) of `text`, as parsers report places; the
 /// end of `text` past its last character.
-pub fn byte_offset(text: &str, column: usize) -> usize {
+pub(crate) fn byte_offset(text: &str, column: usize) -> usize {
     text.char_indices()
         .nth(column.saturating_sub(1))
         .map_or(text.len(), |(b, _)| b)
 }
 
 /// The closest of `candidates` to `word`, if it is close enough to be a likely typo.
-pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn suggest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (edit_distance(word, c), c))

@@ -125,19 +125,14 @@ impl Event {
     }
 
     /// The event as a shared value, for stages that keep it (templates, plans).
-    pub fn shared_value(&self) -> Arc<Value> {
+    pub(crate) fn shared_value(&self) -> Arc<Value> {
         self.value.clone()
-    }
-
-    /// A top-level string field, if present and a string.
-    pub fn str_field(&self, key: &str) -> Option<&str> {
-        self.value.get(key).and_then(Value::as_str)
     }
 
     /// Whether Segment's `integrations` object lets the event reach the destination `name`:
     /// `{"Zendesk": false}` turns it off, `{"All": false}` turns off every destination it does
     /// not turn on by name (`true`, or an object of options). Names compare without case.
-    pub fn sent_to(&self, name: &str) -> bool {
+    pub(crate) fn sent_to(&self, name: &str) -> bool {
         let Some(integrations) = self.value.get("integrations").and_then(Value::as_object) else {
             return true;
         };
@@ -523,8 +518,9 @@ fn read_array<R: Read>(reader: R, sink: &mut impl FnMut(RawItem) -> bool) -> std
     }
 }
 
-/// Reads all events of a byte slice into memory (for tests and small inputs).
-pub fn read_all(input: &[u8]) -> Vec<Incoming> {
+/// Reads all events of a byte slice into memory.
+#[cfg(test)]
+fn read_all(input: &[u8]) -> Vec<Incoming> {
     let mut out = Vec::new();
     // Reading from a slice cannot fail with an I/O error.
     let _ = read_events(input, |i| {

@@ -130,7 +130,7 @@ impl JsonPath {
     }
 
     /// Only names and indices: the path selects at most one value.
-    pub fn is_definite(&self) -> bool {
+    pub(crate) fn is_definite(&self) -> bool {
         matches!(self.compiled, Compiled::Plain(_))
     }
 
@@ -234,7 +234,7 @@ fn parse_plain(source: &str) -> Option<Vec<Segment>> {
 }
 
 /// How many times over a query may select one node through its unions (`[0,0]`, `['a','a']`).
-pub const MAX_FAN_OUT: u64 = 16;
+pub(crate) const MAX_FAN_OUT: u64 = 16;
 
 /// Why a query could take work out of proportion to the document it reads, if it could.
 fn unbounded(source: &str, query: &JpQuery) -> Option<PathError> {

@@ -81,20 +81,20 @@ const QUERY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'~');
 
 /// Percent-encodes one query key or value (RFC 3986 unreserved characters are kept).
-pub fn encode_query_component(s: &str) -> String {
+pub(crate) fn encode_query_component(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, QUERY).to_string()
 }
 
 /// Appends `s` to `path` as one percent-encoded path segment: a value spliced into a path can
 /// never add a `/`, `?` or `#`.
-pub fn push_path_segment(path: &mut String, s: &str) {
+pub(crate) fn push_path_segment(path: &mut String, s: &str) {
     path.extend(percent_encoding::utf8_percent_encode(s, QUERY));
 }
 
 /// A segment that would move the request to another endpoint rather than name something in
 /// it: empty, `.` or `..`, also in their percent-encoded forms (`%2e`, `%2E%2e`, `%252e`...),
 /// which URL parsers and servers resolve as dot segments.
-pub fn is_moving_segment(segment: &str) -> bool {
+pub(crate) fn is_moving_segment(segment: &str) -> bool {
     let mut text = std::borrow::Cow::Borrowed(segment);
     // Each decoding undoes one layer of encoding; three covers a proxy decoding twice.
     for _ in 0..3 {

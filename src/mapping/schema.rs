@@ -79,12 +79,12 @@ pub fn action_schema() -> Value {
 }
 
 /// The schema of `destination.yaml`.
-pub fn destination_schema() -> Value {
+pub(crate) fn destination_schema() -> Value {
     generate::<DestinationSpec>("destination.schema.json")
 }
 
 /// The schema of mapping test case files.
-pub fn cases_schema() -> Value {
+pub(crate) fn cases_schema() -> Value {
     generate::<CaseFile>("cases.schema.json")
 }
 
@@ -168,17 +168,17 @@ fn validator(cell: &'static OnceLock<Validator>, schema: fn() -> Value) -> &'sta
     })
 }
 
-pub fn action_validator() -> &'static Validator {
+pub(crate) fn action_validator() -> &'static Validator {
     static CELL: OnceLock<Validator> = OnceLock::new();
     validator(&CELL, action_schema)
 }
 
-pub fn destination_validator() -> &'static Validator {
+pub(crate) fn destination_validator() -> &'static Validator {
     static CELL: OnceLock<Validator> = OnceLock::new();
     validator(&CELL, destination_schema)
 }
 
-pub fn cases_validator() -> &'static Validator {
+pub(crate) fn cases_validator() -> &'static Validator {
     static CELL: OnceLock<Validator> = OnceLock::new();
     validator(&CELL, cases_schema)
 }

@@ -18,7 +18,7 @@ fn yes() -> bool {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "zdmap action")]
-pub struct ActionSpec {
+pub(crate) struct ActionSpec {
     /// Unique name of the action (lowercase letters, digits and `_`), used by `after` and in reports.
     pub name: String,
     /// Human title, e.g. "Upsert User".
@@ -50,7 +50,7 @@ pub struct ActionSpec {
 /// A record an action changes, for ordering changes by the event's time.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct EntitySpec {
+pub(crate) struct EntitySpec {
     /// What kind of record it is: `user`, `organization`, `ticket`, `membership`, ...
     pub kind: String,
     /// Template giving the record's key among its kind, e.g. `"{{ external_id or email }}"`.
@@ -516,7 +516,7 @@ pub struct LearnSpec {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "zdmap destination")]
-pub struct DestinationSpec {
+pub(crate) struct DestinationSpec {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
@@ -542,7 +542,7 @@ pub struct DestinationSpec {
 /// One setting: its value and how to check an override.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SettingSpec {
+pub(crate) struct SettingSpec {
     pub value: Value,
     #[serde(rename = "type")]
     pub kind: SettingType,
@@ -560,7 +560,7 @@ pub struct SettingSpec {
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum SettingType {
+pub(crate) enum SettingType {
     String,
     Boolean,
     Integer,
@@ -649,7 +649,7 @@ fn default_client_error_tries() -> u32 {
 /// Where error codes and messages are found in the destination's error bodies (JSONPaths).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ErrorsSpec {
+pub(crate) struct ErrorsSpec {
     /// Paths to error codes, most specific first, e.g. `$.details.*[*].error`, `$.error`.
     #[serde(default)]
     pub codes: Vec<String>,
@@ -820,7 +820,7 @@ pub struct ExpectedError {
 }
 
 /// Whether `c` is in a character class like `a-z0-9_`.
-pub fn char_allowed(class: &str, c: char) -> bool {
+pub(crate) fn char_allowed(class: &str, c: char) -> bool {
     let chars: Vec<char> = class.chars().collect();
     let mut i = 0;
     while i < chars.len() {

@@ -39,7 +39,7 @@ use serde_json::Value;
 use std::fmt;
 
 /// How deeply parentheses and negations may nest.
-pub const MAX_NESTING: usize = 64;
+pub(crate) const MAX_NESTING: usize = 64;
 
 /// A compiled trigger.
 #[derive(Clone)]

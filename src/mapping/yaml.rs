@@ -126,7 +126,7 @@ impl Node {
 
     /// The location of the node at a JSON pointer (`/steps/0/name`), or of the deepest node on the
     /// way there. With `key = true`, a final mapping key's own location is given instead of its value's.
-    pub fn locate(&self, pointer: &str, key: bool) -> Loc {
+    pub(crate) fn locate(&self, pointer: &str, key: bool) -> Loc {
         match self.walk(pointer) {
             Walk::Found(_, Some(key_loc)) if key => key_loc,
             Walk::Found(node, _) | Walk::Deepest(node) => node.loc,

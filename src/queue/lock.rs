@@ -14,7 +14,7 @@ use std::path::Path;
 
 /// The held lock; released on drop.
 #[derive(Debug)]
-pub struct DataDirLock {
+pub(crate) struct DataDirLock {
     _file: File,
 }
 

@@ -104,7 +104,7 @@ pub struct Item {
 }
 
 /// The cause of a failure that came from another library, kept for `source()`.
-pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why a queue could not do what was asked. Each variant keeps its cause.
 #[derive(Debug, thiserror::Error)]
@@ -168,7 +168,7 @@ impl QueueError {
     }
 
     /// A NATS problem that has no cause of its own (a setting, a missing answer).
-    pub fn nats_says(context: impl Into<String>) -> QueueError {
+    pub(crate) fn nats_says(context: impl Into<String>) -> QueueError {
         QueueError::Nats {
             context: context.into(),
             source: None,

@@ -48,14 +48,14 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 
 /// The events stream.
-pub const EVENTS_STREAM: &str = "ZDMAP_EVENTS";
+pub(crate) const EVENTS_STREAM: &str = "ZDMAP_EVENTS";
 /// The dead-letters stream.
-pub const DEAD_LETTERS_STREAM: &str = "ZDMAP_DEAD_LETTERS";
+pub(crate) const DEAD_LETTERS_STREAM: &str = "ZDMAP_DEAD_LETTERS";
 const DEAD_LETTERS_SUBJECT: &str = "zdmap.dead_letters";
 /// The bucket of leases and replicas' heartbeats.
-pub const LEASES_BUCKET: &str = "zdmap_leases";
+pub(crate) const LEASES_BUCKET: &str = "zdmap_leases";
 /// The bucket of the settings every replica shares and the request budget.
-pub const SETTINGS_BUCKET: &str = "zdmap";
+pub(crate) const SETTINGS_BUCKET: &str = "zdmap";
 const PARTITIONS_KEY: &str = "partitions";
 
 /// The header carrying the event's ordering key.
@@ -68,7 +68,7 @@ const FORCE_HEADER: &str = "Zdmap-Force";
 /// Partitions when the first replica does not say.
 pub const DEFAULT_PARTITIONS: u32 = 32;
 /// How long a lease lasts without being renewed, by default.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 /// The subject of a partition's events.
 fn events_subject(partition: u32) -> String {
@@ -76,7 +76,7 @@ fn events_subject(partition: u32) -> String {
 }
 
 /// Where a key's events go: FNV-1a of the key, so every replica agrees.
-pub fn partition_of(key: &str, partitions: u32) -> u32 {
+pub(crate) fn partition_of(key: &str, partitions: u32) -> u32 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.as_bytes() {
         hash ^= u64::from(*b);
@@ -173,11 +173,11 @@ pub fn is_nats(queue: &str) -> bool {
 }
 
 /// The environment variables of the NATS credentials (each also as `NAME_FILE`).
-pub const NATS_USER: &str = "ZDMAP_NATS_USER";
-pub const NATS_PASSWORD: &str = "ZDMAP_NATS_PASSWORD";
-pub const NATS_TOKEN: &str = "ZDMAP_NATS_TOKEN";
+pub(crate) const NATS_USER: &str = "ZDMAP_NATS_USER";
+pub(crate) const NATS_PASSWORD: &str = "ZDMAP_NATS_PASSWORD";
+pub(crate) const NATS_TOKEN: &str = "ZDMAP_NATS_TOKEN";
 /// A creds file (a user JWT and its NKey seed), by path.
-pub const NATS_CREDS: &str = "ZDMAP_NATS_CREDS";
+pub(crate) const NATS_CREDS: &str = "ZDMAP_NATS_CREDS";
 
 /// How a connection authenticates, read from the environment.
 enum Auth {
@@ -324,7 +324,7 @@ impl Layout {
     }
 
     /// Opens what a server created, changing nothing (`zdmap dead-letters`).
-    pub async fn open_existing(options: &NatsOptions) -> Result<Layout, QueueError> {
+    pub(crate) async fn open_existing(options: &NatsOptions) -> Result<Layout, QueueError> {
         Self::connect(options, false).await
     }
 
@@ -510,7 +510,10 @@ impl Layout {
     }
 
     /// Stores dead letters; resolves once JetStream has them all.
-    pub async fn publish_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), QueueError> {
+    pub(crate) async fn publish_dead_letters(
+        &self,
+        letters: &[DeadLetter],
+    ) -> Result<(), QueueError> {
         let mut acks = Vec::with_capacity(letters.len());
         for letter in letters {
             acks.push(
@@ -730,7 +733,7 @@ impl Local {
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
-pub struct NatsMetrics {
+pub(crate) struct NatsMetrics {
     pub partitions_owned: AtomicU64,
     pub lease_changes: AtomicU64,
     pub replicas_alive: AtomicU64,
@@ -893,7 +896,7 @@ impl NatsQueue {
     }
 
     /// Whether the connection is up, for `/readyz`.
-    pub fn connection_problem(&self) -> Option<String> {
+    pub(crate) fn connection_problem(&self) -> Option<String> {
         match self.layout.client.connection_state() {
             async_nats::connection::State::Connected => None,
             state => Some(format!(

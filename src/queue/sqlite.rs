@@ -45,7 +45,7 @@ pub const DATABASE_FILE: &str = "zdmap.sqlite3";
 const GROUP_LIMIT: usize = 1024;
 
 /// How often the writer tries again after a failed write.
-pub const RETRY_WRITES: Duration = Duration::from_secs(1);
+pub(crate) const RETRY_WRITES: Duration = Duration::from_secs(1);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -82,7 +82,7 @@ CREATE TABLE IF NOT EXISTS marks (
 const HANDED_OUT: &str = "handed_out";
 
 /// Entities whose last change time is kept on disk at most (the least recently changed go).
-pub const ENTITY_CAPACITY: usize = 1_000_000;
+pub(crate) const ENTITY_CAPACITY: usize = 1_000_000;
 
 /// Entities whose last change time is also kept in memory.
 const ENTITY_MEMORY: usize = 100_000;

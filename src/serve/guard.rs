@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 
 /// The checks of a loopback server; `None` for a server that listens beyond loopback.
 #[derive(Clone, Debug)]
-pub struct Guard {
+pub(crate) struct Guard {
     /// Origins allowed by `--cors-origin`, without a trailing `/`; `any` for `*`.
     origins: Vec<String>,
     any_origin: bool,

@@ -22,11 +22,11 @@ use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 
 /// Largest single call, in bytes (Segment: 32 KB).
-pub const MAX_EVENT_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_EVENT_BYTES: usize = 32 * 1024;
 /// Largest request body, in bytes (Segment: 500 KB per batch).
-pub const MAX_BATCH_BYTES: usize = 500 * 1024;
+pub(crate) const MAX_BATCH_BYTES: usize = 500 * 1024;
 /// Deepest nesting of objects and arrays in a call.
-pub const MAX_DEPTH: usize = 32;
+pub(crate) const MAX_DEPTH: usize = 32;
 
 /// What a request path takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +39,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// The largest body this endpoint takes.
-    pub fn body_limit(self) -> usize {
+    pub(crate) fn body_limit(self) -> usize {
         match self {
             Endpoint::Single(_) => MAX_EVENT_BYTES,
             Endpoint::Batch => MAX_BATCH_BYTES,
@@ -47,7 +47,7 @@ impl Endpoint {
     }
 
     /// The limit as messages say it.
-    pub fn limit_text(self) -> &'static str {
+    pub(crate) fn limit_text(self) -> &'static str {
         match self {
             Endpoint::Single(_) => "32 KB per event",
             Endpoint::Batch => "500 KB per batch",
@@ -164,7 +164,7 @@ impl WriteKeys {
     /// Whether `candidate` is one of the keys. Every key is compared, whatever matches.
     /// Which sender `key` is, as dedupe sees it: a short digest of the key (never the key), or
     /// `-` on a server without keys. The same `messageId` from two sources is two calls.
-    pub fn source_of(&self, key: Option<&str>) -> String {
+    pub(crate) fn source_of(&self, key: Option<&str>) -> String {
         use sha2::Digest as _;
         match key.filter(|_| !self.0.is_empty()) {
             None => "-".into(),
@@ -186,7 +186,7 @@ impl WriteKeys {
 
 /// The write key of an `Authorization` header: the HTTP Basic user (`None` for another scheme
 /// or a malformed value).
-pub fn basic_user(authorization: &str) -> Option<String> {
+pub(crate) fn basic_user(authorization: &str) -> Option<String> {
     let encoded = authorization.strip_prefix("Basic ")?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
@@ -409,7 +409,7 @@ fn new_message_id() -> String {
 }
 
 /// Whether objects and arrays nest deeper than `max` (strings are skipped, escapes honoured).
-pub fn nesting_exceeds(body: &[u8], max: usize) -> bool {
+pub(crate) fn nesting_exceeds(body: &[u8], max: usize) -> bool {
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;

@@ -53,7 +53,7 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn set_delivery(&self, status: Status) {
+    pub(crate) fn set_delivery(&self, status: Status) {
         *crate::base::sync::lock(&self.delivery) = status;
     }
 
@@ -96,7 +96,7 @@ impl Health {
     }
 
     /// Zendesk refuses the credentials (`None`: no longer). The problem is told with what to do.
-    pub fn set_zendesk_auth(&self, problem: Option<String>) {
+    pub(crate) fn set_zendesk_auth(&self, problem: Option<String>) {
         self.lock().zendesk_auth = problem.map(|p| {
             format!(
                 "{p}. Fix the credentials (their environment variables, or the files their _FILE \
@@ -109,7 +109,7 @@ impl Health {
         self.lock().config = problem;
     }
 
-    pub fn set_queue(&self, problem: Option<String>) {
+    pub(crate) fn set_queue(&self, problem: Option<String>) {
         self.lock().queue = problem;
     }
 
@@ -321,7 +321,7 @@ pub fn render(metrics: &Metrics, stats: &Stats, queue_depth: Option<u64>, ready:
 }
 
 /// The OAuth token requests and the state of the credentials.
-pub fn render_oauth(out: &mut String, stats: &crate::deliver::auth::AuthStats) {
+pub(crate) fn render_oauth(out: &mut String, stats: &crate::deliver::auth::AuthStats) {
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
     labeled_counter(
         out,

@@ -206,7 +206,7 @@ impl Authorizer {
     /// Zendesk answered 401 to a request sent with `authorization`: true when its token was
     /// renewable, so the next [`Authorizer::authorize`] gets a new one and the request may be
     /// sent once more.
-    pub fn rejected(&self, authorization: &Authorization) -> bool {
+    pub(crate) fn rejected(&self, authorization: &Authorization) -> bool {
         let Some((renewer, generation)) = &authorization.lease else {
             return false;
         };
@@ -235,7 +235,7 @@ struct Held {
 
 /// One OAuth grant's access tokens, renewed before they expire.
 #[derive(Debug)]
-pub struct Renewer {
+pub(crate) struct Renewer {
     kind: Kind,
     endpoint: TokenEndpoint,
     held: Mutex<Option<Held>>,

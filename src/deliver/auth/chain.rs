@@ -59,7 +59,7 @@ pub struct Claim {
 
 impl Chain {
     /// Whether another process holds a claim on the chain that has not run out at `now`.
-    pub fn claimed_by_other(&self, holder: &str, now: SystemTime) -> bool {
+    pub(crate) fn claimed_by_other(&self, holder: &str, now: SystemTime) -> bool {
         self.refreshing
             .as_ref()
             .is_some_and(|c| c.holder != holder && c.until > now)
@@ -159,7 +159,7 @@ impl StoredChain {
         }
     }
 
-    pub fn into_chain(self) -> Result<Chain, String> {
+    pub(crate) fn into_chain(self) -> Result<Chain, String> {
         if self.format != FORMAT {
             return Err(format!("written in form {:?}, not {FORMAT:?}", self.format));
         }

@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 use super::Secret;
 
 /// How long a token request may take.
-pub const TOKEN_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const TOKEN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The grants zdmap asks tokens with.
 #[derive(Clone, Debug)]

@@ -22,7 +22,7 @@ use super::chain::Chain;
 use super::endpoint::{Grant, TokenEndpoint, TokenError};
 
 /// The path of the loopback redirect.
-pub const REDIRECT_PATH: &str = "/callback";
+pub(crate) const REDIRECT_PATH: &str = "/callback";
 
 /// Why a login did not end with tokens. Never carries a code, verifier or token.
 #[derive(Debug, thiserror::Error)]

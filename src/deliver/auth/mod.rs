@@ -110,7 +110,7 @@ impl Default for CredentialVars {
 
 impl CredentialVars {
     /// The variables of an OAuth client, for messages.
-    pub fn client_hint(&self) -> String {
+    pub(crate) fn client_hint(&self) -> String {
         format!(
             "{} and {} (or their _FILE forms)",
             self.client_id, self.client_secret
@@ -203,7 +203,7 @@ impl PartialEq for ChainSource {
 impl Eq for ChainSource {}
 
 /// The email of the fixed credential used for the emulator when none are set.
-pub const EMULATOR_EMAIL: &str = "emulator@zdmap.invalid";
+pub(crate) const EMULATOR_EMAIL: &str = "emulator@zdmap.invalid";
 
 impl Credentials {
     pub fn api_token(email: impl Into<String>, token: impl Into<String>) -> Self {
@@ -246,7 +246,7 @@ impl Credentials {
 
     /// Reads credentials through `lookup` (a variable name to its value). Empty values count as
     /// unset. An OAuth client wins over an OAuth token, which wins over an email + API token.
-    pub fn from_lookup(
+    pub(crate) fn from_lookup(
         vars: &CredentialVars,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, CredentialsError> {
@@ -327,7 +327,7 @@ impl Credentials {
 
     /// Like [`Credentials::from_env`], but when no variable is set at all and `allow_placeholder`
     /// is true (the destination is the emulator), returns [`Credentials::emulator_placeholder`].
-    pub fn from_env_or_placeholder(
+    pub(crate) fn from_env_or_placeholder(
         vars: &CredentialVars,
         allow_placeholder: bool,
     ) -> Result<Self, CredentialsError> {
@@ -379,7 +379,7 @@ impl Credentials {
     /// The `Authorization` header value of a fixed credential, marked sensitive. `None` for
     /// the OAuth grants (their header comes from an [`Authorizer`]) and when a value cannot go
     /// in a header (checked up front by [`Credentials::from_lookup`]).
-    pub fn fixed_header(&self) -> Option<HeaderValue> {
+    pub(crate) fn fixed_header(&self) -> Option<HeaderValue> {
         let text = match self {
             Credentials::ApiToken { email, token } => {
                 let user_pass = format!("{email}/token:{}", token.expose());

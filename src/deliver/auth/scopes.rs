@@ -12,7 +12,7 @@ use crate::mapping::request::{Method, Request};
 
 /// Where Zendesk describes the access token a request carries (its scopes and expiry; never
 /// the token itself in full).
-pub const CURRENT_TOKEN_PATH: &str = "/api/v2/oauth/tokens/current";
+pub(crate) const CURRENT_TOKEN_PATH: &str = "/api/v2/oauth/tokens/current";
 
 /// What Zendesk says of the token in use.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,7 +103,7 @@ pub struct Need {
 
 impl Need {
     /// The scopes any one of which covers it.
-    pub fn covered_by(&self) -> Vec<String> {
+    pub(crate) fn covered_by(&self) -> Vec<String> {
         let mut scopes = vec![self.access.word().to_string()];
         if let Some(r) = &self.resource {
             scopes.push(format!("{r}:{}", self.access.word()));
@@ -169,7 +169,7 @@ pub fn needs(config: &Config) -> Vec<Need> {
 
 /// The scope to ask for when `destination.yaml` names none: `read` and `write` as the
 /// mappings need them (`read write` when they need nothing, as for an empty directory).
-pub fn default_scope(needs: &[Need]) -> String {
+pub(crate) fn default_scope(needs: &[Need]) -> String {
     let read = needs.iter().any(|n| n.access == Access::Read);
     let write = needs.iter().any(|n| n.access == Access::Write);
     match (read, write) {
@@ -180,7 +180,7 @@ pub fn default_scope(needs: &[Need]) -> String {
 }
 
 /// The needs `granted` does not cover, one per path and access.
-pub fn uncovered<'a>(needs: &'a [Need], granted: &[String]) -> Vec<&'a Need> {
+pub(crate) fn uncovered<'a>(needs: &'a [Need], granted: &[String]) -> Vec<&'a Need> {
     let mut out: Vec<&Need> = Vec::new();
     for n in needs.iter().filter(|n| !n.covered(granted)) {
         if !out.iter().any(|o| o.path == n.path && o.access == n.access) {

@@ -233,7 +233,7 @@ impl Delivery {
     }
 
     /// How long to wait between attempts: the transport's policy.
-    pub fn retry_policy(&self) -> &RetryPolicy {
+    pub(crate) fn retry_policy(&self) -> &RetryPolicy {
         self.executor.transport.policy()
     }
 
@@ -287,7 +287,7 @@ impl Delivery {
 
     /// The action under way fails with `letter` (its retries ran out); the next `advance`
     /// goes on with the event's other actions.
-    pub fn give_up(&mut self, mut letter: DeadLetter) {
+    pub(crate) fn give_up(&mut self, mut letter: DeadLetter) {
         if let Some(planned) = self.plan.actions.get(self.next).cloned() {
             letter.changes = self.changes(&planned);
             self.letters.push(letter);
@@ -348,7 +348,7 @@ impl Delivery {
     }
 
     /// From now on a record that is missing fails the action instead of waiting for it.
-    pub fn last_chance(&mut self) {
+    pub(crate) fn last_chance(&mut self) {
         self.mode.last_chance = true;
     }
 
@@ -362,7 +362,7 @@ impl Delivery {
     /// only hand over bulk items (to join theirs: its changes go after theirs, and several
     /// upserts of one record in one window become one item). Anything else stops the turn
     /// before it is sent ([`Wait::Behind`]).
-    pub fn join_only(&mut self, on: bool) {
+    pub(crate) fn join_only(&mut self, on: bool) {
         self.mode.join_only = on;
     }
 
@@ -381,7 +381,7 @@ impl Delivery {
     }
 
     /// The resolver keys that responses taught since the last call.
-    pub fn take_learned(&mut self) -> Vec<LearnedKey> {
+    pub(crate) fn take_learned(&mut self) -> Vec<LearnedKey> {
         std::mem::take(&mut self.learned)
     }
 

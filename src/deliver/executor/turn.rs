@@ -117,7 +117,7 @@ pub struct LearnedKey {
 
 impl LearnedKey {
     /// The keys of a lookup need, as the cache stores them.
-    pub fn of_need(need: &LookupNeed) -> Vec<LearnedKey> {
+    pub(crate) fn of_need(need: &LookupNeed) -> Vec<LearnedKey> {
         need.keys
             .iter()
             .map(|(by, key)| LearnedKey {

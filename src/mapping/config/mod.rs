@@ -286,10 +286,6 @@ impl Config {
         let info = self.errors.read(body);
         (info.codes, info.message)
     }
-
-    pub fn action_named(&self, name: &str) -> Option<&Action> {
-        self.actions.iter().find(|a| a.name == name)
-    }
 }
 
 fn list_yaml(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -399,7 +395,7 @@ fn settings(
 }
 
 /// Parses a `--set` value as the setting's type.
-pub fn parse_setting(kind: SettingType, raw: &str) -> Result<Value, String> {
+pub(crate) fn parse_setting(kind: SettingType, raw: &str) -> Result<Value, String> {
     let raw = raw.trim();
     match kind {
         SettingType::String => Ok(Value::String(raw.to_owned())),

@@ -585,7 +585,7 @@ impl JobsForm {
     }
 
     /// Whether recent jobs can be listed (`list`).
-    pub fn can_list(&self) -> bool {
+    pub(crate) fn can_list(&self) -> bool {
         self.list.is_some()
     }
 

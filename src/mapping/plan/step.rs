@@ -198,7 +198,7 @@ enum Body {
 }
 
 /// Every compiled string of a step, with the JSON pointer it came from (for load-time checks).
-pub type Texts<'a> = Vec<(String, &'a Text)>;
+pub(crate) type Texts<'a> = Vec<(String, &'a Text)>;
 
 impl Step {
     pub fn compile(

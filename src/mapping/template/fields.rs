@@ -36,7 +36,7 @@ impl FieldValues {
     }
 
     /// The value of the field at `index`, if it has one.
-    pub fn value_at(&self, index: usize) -> Option<&Value> {
+    pub(crate) fn value_at(&self, index: usize) -> Option<&Value> {
         self.values.get(index)?.as_ref()
     }
 

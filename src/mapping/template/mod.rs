@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 
 /// How many operators and filters one template may chain. minijinja builds a tree as deep as a
 /// chain is long and walks it recursively, so a longer one could exhaust the stack.
-pub const MAX_OPERATORS: usize = 500;
+pub(crate) const MAX_OPERATORS: usize = 500;
 
 /// Names a template may not use for fields: the scope's own.
 pub const RESERVED: [&str; 6] = ["settings", "message", "steps", "item", "key", "__zdmap"];
@@ -241,7 +241,7 @@ impl Templates {
     }
 
     /// The dotted names a text reads (`steps.upsert.user_id`), for load-time checks.
-    pub fn nested_variables(&self, text: &Text) -> Vec<String> {
+    pub(crate) fn nested_variables(&self, text: &Text) -> Vec<String> {
         match text {
             Text::Literal(_) => Vec::new(),
             Text::Ref { path, .. } => vec![path.join(".")],
@@ -253,7 +253,7 @@ impl Templates {
     }
 
     /// The `resolve('NAME', by=...)` calls of a text with literal names: the name and the keys given.
-    pub fn resolve_calls(&self, text: &Text) -> Vec<(String, Vec<String>)> {
+    pub(crate) fn resolve_calls(&self, text: &Text) -> Vec<(String, Vec<String>)> {
         let source = match text {
             Text::Expr { name, .. } | Text::Render { name } => match self.env.get_template(name) {
                 Ok(t) => t.source().to_owned(),
@@ -868,7 +868,7 @@ pub enum Answer {
 
 /// Per resolver, its lookups in order (`by`), each with whether its key is the value itself (a
 /// direct id, `by: id` without a request).
-pub type DirectIds = HashMap<String, Vec<(String, bool)>>;
+pub(crate) type DirectIds = HashMap<String, Vec<(String, bool)>>;
 
 /// The lookups of one render: answers known so far, and what was asked without an answer.
 #[derive(Debug, Default)]
@@ -927,7 +927,7 @@ impl Lookups {
     }
 
     /// Like [`Lookups::missing`], for a last look: what was asked is handed over, not copied.
-    pub fn into_missing(self) -> Vec<LookupNeed> {
+    pub(crate) fn into_missing(self) -> Vec<LookupNeed> {
         self.asked.into_inner().unwrap_or_default()
     }
 

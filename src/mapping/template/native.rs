@@ -66,7 +66,7 @@ pub struct Fallback;
 
 /// An evaluation result: a value, or an error message for the event. Values read from the
 /// scope or the expression are borrowed; only what an expression computes is owned.
-pub type Evaluated<'s> = Result<Result<Option<Cow<'s, Value>>, String>, Fallback>;
+pub(crate) type Evaluated<'s> = Result<Result<Option<Cow<'s, Value>>, String>, Fallback>;
 
 /// Jinja's truth of a value: none, false, 0, and empty strings, lists and maps are false.
 pub fn truthy(v: Option<&Value>) -> bool {

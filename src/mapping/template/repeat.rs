@@ -7,7 +7,7 @@
 
 /// The byte offset of a `*` that repeats a list literal (`[..] * n`, `n * [..]`, also
 /// parenthesized: `([..]) * n`), if there is one. String literals are skipped.
-pub fn repeated_list_literal(source: &str) -> Option<usize> {
+pub(crate) fn repeated_list_literal(source: &str) -> Option<usize> {
     let bytes = source.as_bytes();
     let (partner, stars) = scan(bytes);
     stars.into_iter().find(|&i| {

@@ -23,10 +23,10 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 /// The bucket.
-pub const ENTITIES_BUCKET: &str = "zdmap_entities";
+pub(crate) const ENTITIES_BUCKET: &str = "zdmap_entities";
 
 /// Entities kept in the bucket at most.
-pub const CAPACITY: i64 = DEFAULT_CAPACITY as i64;
+pub(crate) const CAPACITY: i64 = DEFAULT_CAPACITY as i64;
 
 fn key(entity: &str) -> String {
     format!(
@@ -48,7 +48,7 @@ fn time_of(value: &[u8]) -> Option<i64> {
 }
 
 /// The last change time of `entity` in the bucket (for `zdmap dead-letters replay`).
-pub async fn last_applied_in(bucket: &kv::Store, entity: &str) -> Option<i64> {
+pub(crate) async fn last_applied_in(bucket: &kv::Store, entity: &str) -> Option<i64> {
     bucket
         .get(key(entity))
         .await
@@ -111,7 +111,7 @@ impl NatsClock {
 
     /// Waits (up to `limit`) until the watch has seen the bucket's revision `revision`, so that
     /// every change time written before it is known here. `false` when it has not.
-    pub async fn seen_up_to(&self, revision: u64, limit: Duration) -> bool {
+    pub(crate) async fn seen_up_to(&self, revision: u64, limit: Duration) -> bool {
         let mut seen = self.seen.subscribe();
         tokio::time::timeout(limit, seen.wait_for(|at| *at >= revision))
             .await

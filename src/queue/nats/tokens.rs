@@ -15,7 +15,7 @@ use crate::queue::QueueError;
 use async_nats::jetstream::{self, kv};
 
 /// The bucket of the chain.
-pub const TOKENS_BUCKET: &str = "zdmap_oauth";
+pub(crate) const TOKENS_BUCKET: &str = "zdmap_oauth";
 /// The chain's key.
 const CHAIN_KEY: &str = "chain";
 
