@@ -17,6 +17,9 @@ pub struct ValidateArgs {
     /// How problems are printed: `text` (file:line:col: message), `json`, `github` (annotations) or `pretty`.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Treat warnings as errors: exit 1 when there is any.
+    #[arg(long)]
+    pub deny_warnings: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -47,7 +50,8 @@ pub struct TestArgs {
     /// Run only the cases whose name contains NAME.
     #[arg(short = 'k', long = "name", value_name = "NAME")]
     pub only: Option<String>,
-    /// `text`, or `github`: the same, plus an annotation at each failing case for GitHub Actions.
+    /// `text`; `github`: the same, plus an annotation at each failing case for GitHub Actions;
+    /// `junit`: JUnit XML alone on standard output.
     #[arg(long, value_enum, default_value_t = TestFormat::Text)]
     pub format: TestFormat,
 }
@@ -57,6 +61,7 @@ pub struct TestArgs {
 pub enum TestFormat {
     Text,
     Github,
+    Junit,
 }
 
 #[derive(clap::Args, Debug)]
@@ -67,7 +72,7 @@ pub struct SchemaArgs {
 }
 
 /// `zdmap validate`: the mappings and their test cases; exit 0 when valid (warnings alone
-/// leave them valid), 1 when not.
+/// leave them valid, unless `--deny-warnings`), 1 when not.
 pub fn validate(args: &ValidateArgs) -> ExitCode {
     let mappings = &args.config.mappings;
     let (problems, summary) = match args.config.load() {
@@ -100,15 +105,19 @@ pub fn validate(args: &ValidateArgs) -> ExitCode {
             (problems, None)
         }
     };
-    let valid = !problems.has_errors();
+    let (errors, warnings) = problems.counts();
+    let denied = args.deny_warnings && warnings > 0;
+    let valid = errors == 0 && !denied;
     if args.format == Format::Json || !problems.is_empty() {
         println!("{}", problems.render(args.format));
     }
     if args.format != Format::Json {
-        let (errors, warnings) = problems.counts();
         match summary {
             Some(summary) if valid && warnings == 0 => eprintln!("{summary}: valid"),
             Some(summary) if valid => eprintln!("{summary}: valid, {warnings} warning(s)"),
+            _ if errors == 0 => {
+                eprintln!("0 error(s), {warnings} warning(s), denied by --deny-warnings")
+            }
             _ => eprintln!("{errors} error(s), {warnings} warning(s)"),
         }
     }
@@ -226,6 +235,15 @@ pub fn test(args: &TestArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let exit = if report.failed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    };
+    if args.format == TestFormat::Junit {
+        print!("{}", super::junit::render("zdmap", &report));
+        return exit;
+    }
     println!("running {} mapping test case(s)", report.results.len());
     for r in &report.results {
         let name = format!(
@@ -272,11 +290,7 @@ pub fn test(args: &TestArgs) -> ExitCode {
         println!("{}", annotations.render(Format::Github));
     }
     println!("\n{} passed, {} failed", report.passed(), report.failed());
-    if report.failed() == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    exit
 }
 
 /// `zdmap schema`: prints the action schema, or writes all schemas into a directory.

@@ -11,6 +11,7 @@ pub mod emulator;
 pub mod fields;
 pub mod init;
 pub mod inspect;
+pub mod junit;
 pub mod send;
 pub mod serve;
 
@@ -34,7 +35,8 @@ pub enum Command {
     /// Write the default mappings, their test cases and the JSON Schemas into a new mappings
     /// directory (default `mappings`); refuses to overwrite without --force.
     Init(init::InitArgs),
-    /// Check the mappings: schema, triggers, JSONPaths, templates, references. Exit 1 when invalid.
+    /// Check the mappings: schema, triggers, JSONPaths, templates, references. Exit 1 when invalid
+    /// (or, with --deny-warnings, when there are warnings).
     Validate(inspect::ValidateArgs),
     /// Show what events would do (actions matched, requests in order, errors), without any network.
     Preview(inspect::PreviewArgs),

@@ -140,30 +140,50 @@ impl Problems {
     }
 
     fn place(&self, pointer: &str, offset: usize) -> Loc {
-        let mut loc = self.loc(pointer, false);
-        if let Some(column) = self.column_in_string(pointer, loc, offset) {
-            loc.column = column;
-        }
-        loc
+        let loc = self.loc(pointer, false);
+        self.place_in_string(pointer, loc, offset).unwrap_or(loc)
     }
 
-    fn column_in_string(&self, pointer: &str, loc: Loc, offset: usize) -> Option<usize> {
+    /// The line and column of `offset` bytes into the string at `pointer`, which starts at
+    /// `loc`. A quoted string is taken as written on one line; a plain or block string is
+    /// followed over the lines it is folded from, as long as its text matches them (otherwise
+    /// `None`: the string's start is the place).
+    fn place_in_string(&self, pointer: &str, loc: Loc, offset: usize) -> Option<Loc> {
         let crate::mapping::yaml::NodeValue::Str(text) = &self.root.as_ref()?.find(pointer)?.value
         else {
             return None;
         };
-        let before = text.get(..offset)?;
-        if before.contains('\n') {
-            return None;
-        }
+        let mut rest = text.get(..offset)?;
         let source = std::fs::read_to_string(&self.file).ok()?;
-        let line = source.lines().nth(loc.line.checked_sub(1)?)?;
-        let quoted = match line.chars().nth(loc.column.checked_sub(1)?)? {
-            '"' | '\'' => 1,
-            '|' | '>' => return None,
-            _ => 0,
-        };
-        Some(loc.column + quoted + before.chars().count())
+        let mut lines = source.lines().skip(loc.line.checked_sub(1)?);
+        let first = lines.next()?;
+        let start = first.char_indices().nth(loc.column.checked_sub(1)?)?.0;
+        let mut content = &first[start..];
+        match content.chars().next()? {
+            '"' | '\'' if !rest.contains('\n') => {
+                return Some(Loc {
+                    column: loc.column + 1 + rest.chars().count(),
+                    ..loc
+                });
+            }
+            '"' | '\'' | '|' | '>' => return None,
+            _ => {}
+        }
+        let (mut line, mut column) = (loc.line, loc.column);
+        loop {
+            content = content.trim_end();
+            if rest.len() <= content.len() {
+                return content.starts_with(rest).then(|| Loc {
+                    line,
+                    column: column + rest.chars().count(),
+                });
+            }
+            rest = rest.strip_prefix(content)?.strip_prefix([' ', '\n'])?;
+            let next = lines.next()?;
+            content = next.trim_start();
+            line += 1;
+            column = next[..next.len() - content.len()].chars().count() + 1;
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -339,6 +359,14 @@ pub(crate) fn suggest<'a>(
         .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1) + 1)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
+}
+
+/// `; did you mean `x`?` when one of `candidates` is close to `word`, else nothing: the end of a
+/// message about an unknown name.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    suggest(word, candidates)
+        .map(|h| format!("; did you mean `{h}`?"))
+        .unwrap_or_default()
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

@@ -202,3 +202,74 @@ fn validate_checks_the_test_cases_too() {
         "unknown action `upsert_usr`; did you mean `upsert_user`?",
     );
 }
+
+/// `zdmap test --format junit`: the document alone on standard output, parsed.
+fn junit(cases: &Path) -> (i32, String) {
+    let (code, out) = zdmap_test(cases, &["--format", "junit"]);
+    roxmltree::Document::parse(&out).unwrap_or_else(|e| panic!("not XML ({e}):\n{out}"));
+    (code, out)
+}
+
+#[test]
+fn junit_has_one_testsuite_and_one_testcase_per_case() {
+    let (code, out, _) = run(&["test", "--format", "junit"], "");
+    assert_eq!(code, 0, "{out}");
+    let doc = roxmltree::Document::parse(&out).expect("XML");
+    let suite = doc.root_element();
+    assert_eq!(suite.tag_name().name(), "testsuite");
+    let cases: Vec<_> = suite.children().filter(|n| n.is_element()).collect();
+    assert!(cases.len() >= 35, "{out}");
+    assert!(cases.iter().all(|c| c.tag_name().name() == "testcase"));
+    assert_eq!(
+        suite.attribute("tests"),
+        Some(cases.len().to_string().as_str())
+    );
+    assert_eq!(suite.attribute("failures"), Some("0"));
+    assert!(cases.iter().any(|c| {
+        c.attribute("classname") == Some("upsert_user.yaml")
+            && c.attribute("name") == Some("identify with first_name and last_name joined")
+    }));
+    assert!(cases.iter().all(|c| c.children().all(|n| !n.is_element())));
+}
+
+#[test]
+fn junit_says_each_failure_with_its_message_escaped() {
+    let dir = tempfile::tempdir().expect("temp");
+    let file = dir.path().join("cases.yaml");
+    let cases = FAILING.replace(
+        "name: wrong name",
+        "name: \"wrong <name> & 'quotes' \\\"\\u001b\\\"\"",
+    );
+    std::fs::write(&file, cases).expect("write");
+    let (code, out) = junit(&file);
+    assert_eq!(code, 1, "{out}");
+    let doc = roxmltree::Document::parse(&out).expect("XML");
+    let suite = doc.root_element();
+    assert_eq!(
+        (suite.attribute("tests"), suite.attribute("failures")),
+        (Some("2"), Some("1"))
+    );
+    let cases: Vec<_> = suite.children().filter(|n| n.is_element()).collect();
+    assert_eq!(cases.len(), 2);
+    assert_eq!(cases[0].attribute("name"), Some("right name"));
+    assert!(!cases[0].children().any(|n| n.is_element()));
+    assert_eq!(
+        cases[1].attribute("name"),
+        Some("wrong <name> & 'quotes' \"\\u{1b}\"")
+    );
+    assert_eq!(cases[1].attribute("line"), Some("8"));
+    let failures: Vec<_> = cases[1].children().filter(|n| n.is_element()).collect();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].tag_name().name(), "failure");
+    let message = failures[0].attribute("message").expect("a message");
+    assert_eq!(
+        message,
+        r#"request 1: body.user.name: expected "Wrong", got "Right""#
+    );
+    let text = failures[0].text().expect("the failures");
+    assert!(text.contains(message), "{text}");
+    assert!(
+        text.contains(r#"request 1: body.user.phone: not expected, got "1""#),
+        "{text}"
+    );
+}

@@ -657,3 +657,147 @@ fn a_when_that_compares_with_a_lone_equals_says_to_use_two() {
         "{stdout}"
     );
 }
+
+#[test]
+fn misspelt_filters_functions_tests_settings_outputs_and_fields_are_refused_where_they_are() {
+    let (_tmp, dir) = mappings_copy();
+    let user = dir.join("upsert_user.yaml");
+    let track = dir.join("track_event.yaml");
+    let update = dir.join("update_ticket.yaml");
+    let ticket = dir.join("create_ticket.yaml");
+    edit(&user, "| title }}", "| titel }}");
+    // In a folded block scalar (`each: >-`), on its second line.
+    edit(
+        &user,
+        "settings.create_missing_user_fields and",
+        "settings.create_missing_user_fild and",
+    );
+    edit(&user, "steps.upsert.id is none", "steps.upsert.idd is none");
+    // A field's template, over the event.
+    edit(&track, "messageId is defined", "messageId is defnied");
+    edit(&update, "resolve('ticket'", "resolv('ticket'");
+    edit(&ticket, "priority | lower if", "prioirty | lower if");
+
+    let (code, out, err) = command::validate(&dir, "text");
+    assert_eq!(code, 1, "{out}");
+    let expected = [
+        (
+            &user,
+            "titel",
+            "unknown filter `titel`; did you mean `title`?",
+        ),
+        (
+            &user,
+            "create_missing_user_fild",
+            "unknown setting `create_missing_user_fild`; did you mean `create_missing_user_fields`?",
+        ),
+        (
+            &user,
+            "idd",
+            "step `upsert` has no output `idd`; did you mean `id`?",
+        ),
+        (
+            &track,
+            "defnied",
+            "unknown test `defnied`; did you mean `defined`?",
+        ),
+        (
+            &update,
+            "resolv(",
+            "unknown function `resolv`; did you mean `resolve`?",
+        ),
+        (
+            &ticket,
+            "prioirty",
+            "unknown name `prioirty` in a template: it is not a field of this action; did you mean `priority`?",
+        ),
+    ];
+    for (file, needle, message) in expected {
+        let at = format!(
+            "{}:{}:{}:",
+            file.display(),
+            line_of(file, needle),
+            column_of(file, needle)
+        );
+        let line = out
+            .lines()
+            .find(|l| l.contains(message))
+            .unwrap_or_else(|| panic!("no {message:?} in:\n{out}"));
+        assert!(line.starts_with(&at), "{line} (expected {at})");
+    }
+    assert_eq!(
+        out.lines().count(),
+        expected.len(),
+        "each said once:\n{out}"
+    );
+    assert!(err.contains("6 error(s)"), "{err}");
+
+    // Every command that loads the mappings refuses them too.
+    let (code, _, err) = command::run(
+        &["preview", "--mappings", dir.to_str().expect("utf-8"), "-"],
+        "{}",
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown filter `titel`"), "{err}");
+}
+
+#[test]
+fn a_misspelt_setting_is_refused_in_a_fields_template() {
+    let (_tmp, dir) = mappings_copy();
+    let user = dir.join("upsert_user.yaml");
+    edit(
+        &user,
+        "    required: true",
+        "    required: true\n  sourced: { template: \"{{ settings.sorce }}\" }",
+    );
+    let (code, out, _) = command::validate(&dir, "text");
+    assert_eq!(code, 1, "{out}");
+    let at = format!(
+        "{}:{}:{}: template error: unknown setting `sorce`; did you mean `source`?",
+        user.display(),
+        line_of(&user, "settings.sorce"),
+        column_of(&user, "sorce")
+    );
+    assert!(out.contains(&at), "{at}\nin:\n{out}");
+}
+
+#[test]
+fn deny_warnings_makes_a_warning_fail_validation() {
+    let shipped = ["validate", "--deny-warnings", "--mappings", "mappings"];
+    let (code, out, err) = command::run(&shipped, "");
+    assert_eq!(code, 0, "{out}{err}");
+
+    let (_tmp, dir) = mappings_copy();
+    let file = dir.join("upsert_user.yaml");
+    edit(
+        &file,
+        "trigger: type = \"identify\"",
+        "trigger: type = identify",
+    );
+    let dir_arg = dir.to_str().expect("utf-8");
+    let (code, _, err) = command::run(&["validate", "--mappings", dir_arg], "");
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) =
+        command::run(&["validate", "--deny-warnings", "--mappings", dir_arg], "");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("warning: `identify` is read as a field"),
+        "{out}"
+    );
+    assert!(err.contains("denied by --deny-warnings"), "{err}");
+    let json = [
+        "validate",
+        "--deny-warnings",
+        "--format",
+        "json",
+        "--mappings",
+        dir_arg,
+    ];
+    let (code, out, _) = command::run(&json, "");
+    assert_eq!(code, 1, "{out}");
+
+    edit(&file, "| title }}", "| titel }}");
+    let (code, _, err) = command::run(&["validate", "--deny-warnings", "--mappings", dir_arg], "");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("1 error(s), 1 warning(s)"), "{err}");
+}

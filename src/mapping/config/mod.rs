@@ -7,6 +7,7 @@
 //! is collected as a located [`Diagnostic`]; a directory with any problem does not load.
 
 mod errors;
+mod names;
 mod planning;
 
 pub use errors::{ErrorFormats, ErrorInfo};
@@ -28,6 +29,7 @@ use crate::mapping::template::{RESERVED, Templates, Text};
 use crate::mapping::trigger::Trigger;
 use crate::mapping::yaml::{Loc, Node};
 use indexmap::IndexMap;
+use names::{check_names, check_steps};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -162,6 +164,7 @@ impl Config {
         if let Some((spec, node)) = &destination {
             let mut p = Problems::new(&dest_path, Some(node.clone()));
             setting_names = spec.settings.keys().cloned().collect();
+            templates.declare_settings(setting_names.clone());
             config.name = spec.name.clone();
             config.auth = spec.auth.clone();
             config.settings = Arc::new(settings(spec, overrides, &mut p, &mut diags));
@@ -655,68 +658,6 @@ fn check_batch(
             &format!("{at}/batch/job"),
             "this bulk request answers with a job: declare how jobs are polled in destination.yaml (`jobs:`)",
         );
-    }
-}
-
-/// Names a template reads must be fields or the scope's own names.
-fn check_names(templates: &Templates, text: &Text, allowed: &[&str], at: &str, p: &mut Problems) {
-    let mut vars: Vec<String> = templates.variables(text).into_iter().collect();
-    vars.sort();
-    for v in vars {
-        if !allowed.contains(&v.as_str()) {
-            let hint = suggest(&v, allowed.iter().copied())
-                .map(|h| format!("; did you mean `{h}`?"))
-                .unwrap_or_default();
-            let message =
-                format!("unknown name `{v}` in a template: it is not a field of this action{hint}");
-            let source = p
-                .root()
-                .and_then(|r| r.find(at))
-                .and_then(|n| match &n.value {
-                    crate::mapping::yaml::NodeValue::Str(s) => name_offset(s, &v),
-                    _ => None,
-                });
-            match source {
-                Some(offset) => p.at_offset(at, offset, message),
-                None => p.at(at, message),
-            }
-        }
-    }
-}
-
-/// Where `name` first stands as a name of its own in template source (not as `x.name`, nor
-/// inside a longer name).
-fn name_offset(source: &str, name: &str) -> Option<usize> {
-    let ident = |c: char| c.is_alphanumeric() || c == '_';
-    source.match_indices(name).map(|(i, _)| i).find(|&i| {
-        let before = source[..i].chars().next_back();
-        let after = source[i + name.len()..].chars().next();
-        !before.is_some_and(|c| ident(c) || c == '.') && !after.is_some_and(ident)
-    })
-}
-
-/// `steps.NAME` must name an earlier step.
-fn check_steps(templates: &Templates, text: &Text, earlier: &[Step], at: &str, p: &mut Problems) {
-    for v in templates.nested_variables(text) {
-        let mut parts = v.split('.');
-        if parts.next() != Some("steps") {
-            continue;
-        }
-        let Some(step) = parts.next() else { continue };
-        if !earlier.iter().any(|s| s.name == step) {
-            p.at(
-                at,
-                format!("`steps.{step}` is not an earlier step of this action"),
-            );
-        } else if let Some(output) = parts.next() {
-            let known = earlier
-                .iter()
-                .find(|s| s.name == step)
-                .is_some_and(|s| s.outputs.iter().any(|(n, _)| n == output));
-            if !known {
-                p.at(at, format!("step `{step}` has no output `{output}`"));
-            }
-        }
     }
 }
 

@@ -215,7 +215,7 @@ impl Step {
                 None => Ok(None),
                 Some(s) => templates.expression(s).map(Some).map_err(|e| {
                     // Triggers compare with `=`; expressions, as minijinja, with `==`.
-                    let hint = if lone_equals(s) {
+                    let hint = if e.message.starts_with("syntax error") && lone_equals(s) {
                         " (an expression compares with `==`; `=` is the trigger language's)"
                     } else {
                         ""
@@ -419,14 +419,6 @@ impl RequestTemplate {
         problems: &mut Problems,
     ) -> Option<RequestTemplate> {
         let mut ok = true;
-        let mut text = |s: &str, at: String, problems: &mut Problems| match templates.text(s) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                e.report("template error", &at, problems);
-                ok = false;
-                None
-            }
-        };
         let mut path = Vec::new();
         if !spec.path.starts_with('/') {
             problems.at(&format!("{pointer}/path"), "a path starts with `/`");
@@ -435,12 +427,30 @@ impl RequestTemplate {
             match part {
                 Ok(lit) => path.push(PathPart::Literal(lit.to_owned())),
                 Err(expr) => {
-                    if let Some(t) = text(expr, format!("{pointer}/path"), problems) {
-                        path.push(PathPart::Value(t, expr.to_owned()));
+                    // A part is compiled alone: its problems are placed in the whole path.
+                    let start = expr.as_ptr() as usize - spec.path.as_ptr() as usize;
+                    match templates.text(expr) {
+                        Ok(t) => path.push(PathPart::Value(t, expr.to_owned())),
+                        Err(e) => {
+                            e.within(start).report(
+                                "template error",
+                                &format!("{pointer}/path"),
+                                problems,
+                            );
+                            ok = false;
+                        }
                     }
                 }
             }
         }
+        let mut text = |s: &str, at: String, problems: &mut Problems| match templates.text(s) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                e.report("template error", &at, problems);
+                ok = false;
+                None
+            }
+        };
         let mut pairs = |map: &IndexMap<String, crate::mapping::spec::Scalar>,
                          what: &str,
                          problems: &mut Problems| {

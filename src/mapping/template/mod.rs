@@ -15,7 +15,10 @@
 
 mod fields;
 mod native;
+mod registry;
 mod repeat;
+mod strict;
+mod uses;
 
 use crate::mapping::diagnostic::Problems;
 use crate::mapping::event::member;
@@ -27,6 +30,7 @@ use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+pub use strict::reference_offset;
 
 /// How many operators and filters one template may chain. minijinja builds a tree as deep as a
 /// chain is long and walks it recursively, so a longer one could exhaust the stack.
@@ -53,23 +57,59 @@ pub enum Text {
     Render { name: String },
 }
 
-/// A template that did not compile, with the offending line of the template when known.
+/// A template that did not compile, with the offending place of the template when known, and
+/// the other problems found in the same template.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct TemplateError {
     pub message: String,
     /// 0-based byte offset in the template source, when known.
     pub offset: Option<usize>,
+    /// Further problems of the same template (unknown names after the first), in order.
+    pub also: Vec<TemplateError>,
 }
 
 impl TemplateError {
-    /// Reports the error at its place inside the mapping's string at `pointer`, as `what`
+    fn new(message: impl Into<String>, offset: Option<usize>) -> TemplateError {
+        TemplateError {
+            message: message.into(),
+            offset,
+            also: Vec::new(),
+        }
+    }
+
+    fn at(message: impl Into<String>, offset: usize) -> TemplateError {
+        TemplateError::new(message, Some(offset))
+    }
+
+    /// This problem and those of [`TemplateError::also`], in order.
+    pub fn all(&self) -> impl Iterator<Item = &TemplateError> {
+        std::iter::once(self).chain(self.also.iter())
+    }
+
+    /// The same problems with their offsets mapped by `f`.
+    fn shifted(self, f: &dyn Fn(usize) -> usize) -> TemplateError {
+        TemplateError {
+            offset: self.offset.map(f),
+            also: self.also.into_iter().map(|e| e.shifted(f)).collect(),
+            ..self
+        }
+    }
+
+    /// The same problems, in a string that holds the template `start` bytes into it.
+    pub fn within(self, start: usize) -> TemplateError {
+        self.shifted(&|o| o + start)
+    }
+
+    /// Reports each problem at its place inside the mapping's string at `pointer`, as `what`
     /// (`template error`).
     pub fn report(&self, what: &str, pointer: &str, problems: &mut Problems) {
-        let message = format!("{what}: {}", self.message);
-        match self.offset {
-            Some(offset) => problems.at_offset(pointer, offset, message),
-            None => problems.at(pointer, message),
+        for e in self.all() {
+            let message = format!("{what}: {}", e.message);
+            match e.offset {
+                Some(offset) => problems.at_offset(pointer, offset, message),
+                None => problems.at(pointer, message),
+            }
         }
     }
 }
@@ -97,6 +137,10 @@ fn describe(e: &Error) -> String {
 pub struct Templates {
     env: Environment<'static>,
     count: usize,
+    /// The filters, tests and functions `env` registers, for the checks of each template.
+    registry: registry::Registry,
+    /// The settings a template may read (`settings.NAME`), once the destination declares them.
+    settings: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -142,7 +186,19 @@ impl Templates {
                 .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
             Ok(field_type(std::slice::from_ref(&v)))
         });
-        Templates { env, count: 0 }
+        let registry = registry::Registry::of(&env);
+        Templates {
+            env,
+            count: 0,
+            registry,
+            settings: None,
+        }
+    }
+
+    /// Declares the settings templates compiled from now on may read: `settings.NAME` of another
+    /// name is refused when the template compiles.
+    pub fn declare_settings(&mut self, names: Vec<String>) {
+        self.settings = Some(names);
     }
 
     /// Compiles a string of a mapping (`"{{ a }}"`, `"x {{ a }}"` or plain text).
@@ -187,16 +243,13 @@ impl Templates {
     /// Compiles a bare expression (`remove != true`), as used by `when` and `each`.
     pub fn expression(&mut self, source: &str) -> Result<Text, TemplateError> {
         if source.contains("{{") {
-            return Err(TemplateError {
-                message: "write the expression without `{{ }}`".into(),
-                offset: source.find("{{"),
-            });
+            return Err(TemplateError::new(
+                "write the expression without `{{ }}`",
+                source.find("{{"),
+            ));
         }
         self.text(&format!("{{{{ {source} }}}}"))
-            .map_err(|e| TemplateError {
-                offset: e.offset.map(|o| o.saturating_sub(3).min(source.len())),
-                ..e
-            })
+            .map_err(|e| e.shifted(&|o| o.saturating_sub(3).min(source.len())))
     }
 
     /// Compiles `template`; `back` maps an offset in it to one in the mapping's string.
@@ -206,18 +259,27 @@ impl Templates {
         back: impl Fn(usize) -> usize,
     ) -> Result<String, TemplateError> {
         if let Some(at) = repeat::repeated_list_literal(template) {
-            return Err(TemplateError {
-                message: "a list literal cannot be repeated with `*` in a mapping".into(),
-                offset: Some(back(at)),
-            });
+            return Err(TemplateError::at(
+                "a list literal cannot be repeated with `*` in a mapping",
+                back(at),
+            ));
         }
         let name = format!("t{}", self.count);
         self.env
             .add_template_owned(name.clone(), template.to_owned())
-            .map_err(|e| TemplateError {
-                message: describe(&e),
-                offset: e.range().map(|r| back(r.start)),
-            })?;
+            .map_err(|e| TemplateError::new(describe(&e), e.range().map(|r| back(r.start))))?;
+        let mut problems = match self.env.get_template(&name) {
+            Ok(t) => strict::check(&t, &self.registry, self.settings.as_deref(), &back),
+            Err(e) => vec![TemplateError::new(describe(&e), None)],
+        };
+        if !problems.is_empty() {
+            self.env.remove_template(&name);
+            let first = problems.remove(0);
+            return Err(TemplateError {
+                also: problems,
+                ..first
+            });
+        }
         self.count += 1;
         Ok(name)
     }
@@ -361,12 +423,10 @@ fn check_operators(source: &str) -> Result<(), TemplateError> {
             _ => {}
         }
         if count > MAX_OPERATORS {
-            return Err(TemplateError {
-                message: format!(
-                    "the template chains more than {MAX_OPERATORS} operators and filters"
-                ),
-                offset: Some(i),
-            });
+            return Err(TemplateError::at(
+                format!("the template chains more than {MAX_OPERATORS} operators and filters"),
+                i,
+            ));
         }
     }
     Ok(())
