@@ -243,7 +243,7 @@ impl Diagnostics {
     }
 
     /// Whether any problem is an error (warnings alone do not keep mappings from loading).
-    pub fn has_errors(&self) -> bool {
+    pub(crate) fn has_errors(&self) -> bool {
         self.0.iter().any(Diagnostic::is_error)
     }
 
@@ -363,7 +363,10 @@ pub(crate) fn suggest<'a>(
 
 /// `; did you mean `x`?` when one of `candidates` is close to `word`, else nothing: the end of a
 /// message about an unknown name.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+pub(crate) fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> String {
     suggest(word, candidates)
         .map(|h| format!("; did you mean `{h}`?"))
         .unwrap_or_default()

@@ -197,7 +197,7 @@ impl Templates {
 
     /// Declares the settings templates compiled from now on may read: `settings.NAME` of another
     /// name is refused when the template compiles.
-    pub fn declare_settings(&mut self, names: Vec<String>) {
+    pub(crate) fn declare_settings(&mut self, names: Vec<String>) {
         self.settings = Some(names);
     }
 

@@ -10,9 +10,9 @@
 use super::uses::Kind;
 use minijinja::Environment;
 
-/// The names an environment registers, for suggestions; [`Registry::knows`] is the check.
+/// The names an environment registers, for suggestions; [`knows`] is the check.
 #[derive(Debug, Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     filters: Vec<String>,
     tests: Vec<String>,
     functions: Vec<String>,
