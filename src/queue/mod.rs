@@ -95,9 +95,9 @@ pub struct Item {
     pub only: Option<String>,
     /// Apply it even where an entity it changes had a newer change applied.
     pub force: bool,
-    /// The queue may have handed it out before (to a process that stopped before settling
-    /// it): its delivery may have been under way, so writes that are not idempotent check
-    /// first whether they were applied.
+    /// A process that stopped before settling it may have sent a write of it that is not
+    /// idempotent (SQLite: [`Queue::started`] was recorded; NATS: the queue handed it out
+    /// before), so such writes check first whether they were applied.
     pub redelivered: bool,
     /// When it was accepted (milliseconds since the Unix epoch).
     pub accepted_at_ms: u64,
@@ -189,14 +189,22 @@ pub trait Queue: EntityClock + Send + Sync + 'static {
         refused: Vec<DeadLetter>,
     ) -> impl Future<Output = Result<Pushed, QueueError>> + Send;
 
-    /// Up to `limit` items with an id above `after`, oldest first. The queue remembers (durably,
-    /// before answering) that it handed them out, so that after a restart the ones still
-    /// there come back marked `redelivered`.
+    /// Up to `limit` items with an id above `after`, oldest first. Those a stopped process may
+    /// have begun writing ([`Queue::started`]) come back marked `redelivered`.
     fn fetch(
         &self,
         after: ItemId,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Item>, QueueError>> + Send;
+
+    /// A write of the item that is not idempotent is about to leave: the queue records it
+    /// (durably, before answering), so that after a restart the item comes back `redelivered`
+    /// and checks whether that write was applied before sending it again. An item never
+    /// started is sent as if new. (A queue whose redelivery says as much by itself need not
+    /// record anything.)
+    fn started(&self, _id: ItemId) -> impl Future<Output = Result<(), QueueError>> + Send {
+        std::future::ready(Ok(()))
+    }
 
     /// The item is settled: removes it and stores its dead letters (none when delivered), in one
     /// step, so a failed event is never both gone and not dead-lettered. Returns at once: the

@@ -12,8 +12,11 @@
 //! sent again is not queued twice, across restarts too; older ones are forgotten as pushes come)
 //! and `entity_times` (the event time of the last change applied per entity, bounded to
 //! [`ENTITY_CAPACITY`] by forgetting the least recently changed; see
-//! [`crate::deliver::order`]), and `marks` (the highest item id handed out for delivery, so
-//! that the items a stopped process may have begun are known as redelivered at the next start).
+//! [`crate::deliver::order`]). An event's `started` column says a write of it that is not
+//! idempotent may have left (set, and committed, before the first such request goes out): at
+//! the next start only those come back `redelivered` and check before they write. An event
+//! that waited in memory and never reached Zendesk is sent as if new. (`marks` held, in older
+//! databases, the highest item id handed out; it is read once to mark those items started.)
 //!
 //! Storage faults: a database whose pages are damaged is refused at open (SQLite's quick check),
 //! since it would take events and never give them back. When a write fails (disk full, read-only
@@ -78,7 +81,7 @@ CREATE TABLE IF NOT EXISTS marks (
 ) WITHOUT ROWID;
 ";
 
-/// The mark of the highest item id handed out for delivery.
+/// The mark of the highest item id handed out for delivery, in older databases.
 const HANDED_OUT: &str = "handed_out";
 
 /// Entities whose last change time is kept on disk at most (the least recently changed go).
@@ -107,18 +110,35 @@ fn open_connection(data_dir: &Path) -> Result<Connection, QueueError> {
     // FULL: a commit is on disk before the ingest API answers, even across a power cut.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.execute_batch(SCHEMA)?;
-    // `force` came after the first release: add it to an older database.
-    let has_force = conn
-        .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'force'")?
-        .exists([])?;
-    if !has_force
-        && let Err(e) =
-            conn.execute_batch("ALTER TABLE events ADD COLUMN force INTEGER NOT NULL DEFAULT 0")
-        && !e.to_string().contains("duplicate column")
-    {
-        return Err(e.into());
+    // `force` and `started` came after the first release: add them to an older database.
+    add_column(&conn, "force")?;
+    if add_column(&conn, "started")? {
+        // What an older version handed out may have been under way: it checks before writing.
+        conn.execute(
+            "UPDATE events SET started = 1 WHERE id <= \
+             (SELECT coalesce(max(value), 0) FROM marks WHERE name = ?1)",
+            params![HANDED_OUT],
+        )?;
     }
     Ok(conn)
+}
+
+/// Adds the flag column `name` to `events` when it lacks it; `true` when it was added here.
+fn add_column(conn: &Connection, name: &str) -> Result<bool, QueueError> {
+    let has = conn
+        .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = ?1")?
+        .exists(params![name])?;
+    if has {
+        return Ok(false);
+    }
+    match conn.execute_batch(&format!(
+        "ALTER TABLE events ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0"
+    )) {
+        Ok(()) => Ok(true),
+        // Another process added it meanwhile.
+        Err(e) if e.to_string().contains("duplicate column") => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 enum Command {
@@ -135,9 +155,9 @@ enum Command {
         id: u64,
         letters: Vec<DeadLetter>,
     },
-    /// Items up to `up_to` were handed out for delivery.
-    HandedOut {
-        up_to: u64,
+    /// A write of item `id` that is not idempotent is about to leave.
+    Started {
+        id: u64,
         done: oneshot::Sender<Result<(), QueueError>>,
     },
     /// A change of `entity` at `at` (ms) was applied; with `trim`, the table is cut to
@@ -184,12 +204,9 @@ impl Command {
                 tx.prepare_cached("DELETE FROM events WHERE id = ?1")?
                     .execute(params![*id as i64])?;
             }
-            Command::HandedOut { up_to, .. } => {
-                tx.prepare_cached(
-                    "INSERT INTO marks (name, value) VALUES (?1, ?2) \
-                     ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
-                )?
-                .execute(params![HANDED_OUT, *up_to as i64])?;
+            Command::Started { id, .. } => {
+                tx.prepare_cached("UPDATE events SET started = 1 WHERE id = ?1")?
+                    .execute(params![*id as i64])?;
             }
             Command::Applied { entity, at, trim } => {
                 if *trim {
@@ -227,7 +244,7 @@ impl Command {
                     duplicates: duplicates.into_inner(),
                 }));
             }
-            Command::HandedOut { done, .. } => {
+            Command::Started { done, .. } => {
                 let _ = done.send(result);
             }
             Command::Applied { entity, .. } => {
@@ -262,8 +279,6 @@ pub struct SqliteQueue {
     entity_memory: MemoryClock,
     /// Entity times recorded, to trim the table now and then.
     entity_writes: AtomicU64,
-    /// Items up to this id were handed out before this queue was opened.
-    handed_out_before: u64,
 }
 
 impl std::fmt::Debug for SqliteQueue {
@@ -282,14 +297,6 @@ impl SqliteQueue {
         check_integrity(&data_dir.join(DATABASE_FILE))?;
         let mut writer_conn = open_connection(data_dir)?;
         let reader = open_connection(data_dir)?;
-        let handed_out_before = reader
-            .query_row(
-                "SELECT value FROM marks WHERE name = ?1",
-                params![HANDED_OUT],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()?
-            .map_or(0, |v| v as u64);
         let added = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel::<Command>();
         let notify = added.clone();
@@ -314,7 +321,6 @@ impl SqliteQueue {
             dir_lock: Mutex::new(Some(dir_lock)),
             entity_memory: MemoryClock::new(ENTITY_MEMORY),
             entity_writes: AtomicU64::new(0),
-            handed_out_before,
         })
     }
 
@@ -590,50 +596,50 @@ impl Queue for SqliteQueue {
     }
 
     async fn fetch(&self, after: ItemId, limit: usize) -> Result<Vec<Item>, QueueError> {
-        let before = self.handed_out_before;
-        let items = self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, partition, only_action, accepted_at, body, force FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+        let items = self
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                "SELECT id, partition, only_action, accepted_at, body, force, started FROM events \
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![after.0 as i64, limit as i64], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, Option<String>>(1)?,
-                    row.get::<_, Option<String>>(2)?,
-                    row.get::<_, i64>(3)?,
-                    row.get::<_, String>(4)?,
-                    row.get::<_, bool>(5)?,
-                ))
-            })?;
-            let mut items = Vec::new();
-            for row in rows {
-                let (id, partition, only, accepted, body, force) = row?;
-                // A body that does not parse (edited by hand) is kept visible as a string.
-                let event = serde_json::from_str(&body).unwrap_or(Value::String(body));
-                items.push(Item {
-                    id: ItemId(id as u64),
-                    event,
-                    partition,
-                    only,
-                    force,
-                    redelivered: id as u64 <= before,
-                    accepted_at_ms: accepted as u64,
-                });
-            }
-            Ok(items)
-        })
-        .await?;
-        if let Some(last) = items.last() {
-            let (done, answer) = oneshot::channel();
-            self.send(Command::HandedOut {
-                up_to: last.id.0,
-                done,
-            })?;
-            answer
-                .await
-                .map_err(|_| QueueError::Stopped("writer stopped"))??;
-        }
+                let rows = stmt.query_map(params![after.0 as i64, limit as i64], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, Option<String>>(1)?,
+                        row.get::<_, Option<String>>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, bool>(5)?,
+                        row.get::<_, bool>(6)?,
+                    ))
+                })?;
+                let mut items = Vec::new();
+                for row in rows {
+                    let (id, partition, only, accepted, body, force, started) = row?;
+                    // A body that does not parse (edited by hand) is kept visible as a string.
+                    let event = serde_json::from_str(&body).unwrap_or(Value::String(body));
+                    items.push(Item {
+                        id: ItemId(id as u64),
+                        event,
+                        partition,
+                        only,
+                        force,
+                        redelivered: started,
+                        accepted_at_ms: accepted as u64,
+                    });
+                }
+                Ok(items)
+            })
+            .await?;
         Ok(items)
+    }
+
+    async fn started(&self, id: ItemId) -> Result<(), QueueError> {
+        let (done, answer) = oneshot::channel();
+        self.send(Command::Started { id: id.0, done })?;
+        answer
+            .await
+            .map_err(|_| QueueError::Stopped("writer stopped"))?
     }
 
     fn finish(&self, id: ItemId, letters: Vec<DeadLetter>) -> Result<(), QueueError> {
@@ -1002,14 +1008,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn items_handed_out_before_a_restart_come_back_redelivered() {
+    async fn only_items_started_before_a_restart_come_back_redelivered() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let queue = SqliteQueue::open(dir.path()).expect("open");
             let items = (0..3).map(|n| item("a", n)).collect();
             queue.push(items, vec![]).await.expect("push");
-            let first = queue.fetch(ItemId(0), 2).await.expect("fetch");
+            let first = queue.fetch(ItemId(0), 3).await.expect("fetch");
             assert!(first.iter().all(|i| !i.redelivered), "new in this run");
+            // The second began a write; the others were only handed out.
+            queue.started(first[1].id).await.expect("started");
             queue.close();
         }
         let queue = SqliteQueue::open(dir.path()).expect("reopen");
@@ -1017,8 +1025,8 @@ mod tests {
         let items = queue.fetch(ItemId(0), 10).await.expect("fetch");
         assert_eq!(
             items.iter().map(|i| i.redelivered).collect::<Vec<_>>(),
-            [true, true, false, false],
-            "the two handed out before the restart"
+            [false, true, false, false],
+            "the one that began a write before the restart"
         );
     }
 
@@ -1038,13 +1046,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_database_from_before_the_force_column_gets_it() {
+    async fn a_database_from_before_the_force_and_started_columns_gets_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let conn = Connection::open(dir.path().join(DATABASE_FILE)).expect("create");
         conn.execute_batch(
             "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, partition TEXT, \
              only_action TEXT, accepted_at INTEGER NOT NULL, body TEXT NOT NULL);
-             INSERT INTO events (partition, only_action, accepted_at, body) VALUES ('a', NULL, 1, '{}');",
+             CREATE TABLE marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+             INSERT INTO events (partition, only_action, accepted_at, body) VALUES ('a', NULL, 1, '{}');
+             INSERT INTO events (partition, only_action, accepted_at, body) VALUES ('a', NULL, 1, '{}');
+             INSERT INTO marks (name, value) VALUES ('handed_out', 1);",
         )
         .expect("an old schema");
         drop(conn);
@@ -1057,7 +1068,12 @@ mod tests {
         let items = queue.fetch(ItemId(0), 10).await.expect("fetch");
         assert_eq!(
             items.iter().map(|i| i.force).collect::<Vec<_>>(),
-            [false, true]
+            [false, false, true]
+        );
+        // What the older version handed out may have been under way.
+        assert_eq!(
+            items.iter().map(|i| i.redelivered).collect::<Vec<_>>(),
+            [true, false, false]
         );
     }
 }

@@ -18,7 +18,7 @@
 use super::Shared;
 use crate::deliver::dispatch::{DispatchOptions, Incoming, Ownership, RecordWait, Sink, dispatch};
 use crate::deliver::schedule::Status;
-use crate::deliver::{DeadLetter, EventOutcome};
+use crate::deliver::{DeadLetter, EventOutcome, FirstWrite};
 use crate::mapping::event::Event;
 use crate::queue::{Item, ItemId, Queue};
 use serde_json::Value;
@@ -141,7 +141,7 @@ async fn fetch<Q: Queue>(
         }
         for item in items {
             cursor = item.id;
-            let Some(incoming) = incoming(&item, &*queue, &shared) else {
+            let Some(incoming) = incoming(&item, &queue, &shared) else {
                 continue;
             };
             tokio::select! {
@@ -155,14 +155,18 @@ async fn fetch<Q: Queue>(
 /// A stored item as the scheduler takes it; `None` when it is not an event (then it is
 /// dead-lettered at once). A redelivered item may have been under way before a restart: its
 /// steps that are not idempotent check whether their write was applied before sending it.
-fn incoming<Q: Queue>(item: &Item, queue: &Q, shared: &Shared) -> Option<Incoming<Ticket>> {
+fn incoming<Q: Queue + 'static>(
+    item: &Item,
+    queue: &Arc<Q>,
+    shared: &Shared,
+) -> Option<Incoming<Ticket>> {
     let event = match Event::from_value(item.event.clone()) {
         Ok(e) => e,
         Err(e) => {
             let letter =
                 DeadLetter::before_any_action(as_object(&item.event), "input", e.to_string());
             shared.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            settle_in_queue(queue, shared, item.id, vec![letter]);
+            settle_in_queue(&**queue, shared, item.id, vec![letter]);
             return None;
         }
     };
@@ -175,6 +179,12 @@ fn incoming<Q: Queue>(item: &Item, queue: &Q, shared: &Shared) -> Option<Incomin
         .start(&event, item.only.clone().map(|a| vec![a]));
     if item.redelivered {
         delivery.resumed();
+    } else {
+        let (queue, id) = (queue.clone(), item.id);
+        delivery.before_first_write(FirstWrite::new(move || {
+            let queue = queue.clone();
+            Box::pin(async move { queue.started(id).await.map_err(|e| e.to_string()) })
+        }));
     }
     if item.force {
         delivery.force();

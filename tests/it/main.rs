@@ -8,6 +8,7 @@ mod batching;
 mod chaos;
 mod cli;
 mod clock_skew;
+mod crash_backlog;
 mod deliver_cases;
 mod deliver_e2e;
 mod deliver_transport;

@@ -160,6 +160,7 @@ impl Executor {
             plan: self.config.plan(event),
             mode: Mode {
                 check_first: only.is_some(),
+                replayed: only.is_some(),
                 force: self.force,
                 ..Mode::default()
             },
@@ -169,6 +170,7 @@ impl Executor {
             letters: Vec::new(),
             ran: 0,
             learned: Vec::new(),
+            first_write: None,
         };
         // Actions whose fields did not resolve fail at once.
         let errors = std::mem::take(&mut delivery.plan.errors);
@@ -206,6 +208,37 @@ pub struct Delivery {
     mode: Mode,
     /// The event's time for ordering its changes, read once when it starts.
     time: Option<EventTime>,
+    /// Told before the first write that is not idempotent leaves; `None` once told (or when
+    /// nobody asked).
+    first_write: Option<FirstWrite>,
+}
+
+/// Records, durably, that a write of an event that is not idempotent is about to leave (the
+/// server gives one per queued event); an error holds the write back, to be tried again.
+#[derive(Clone)]
+pub struct FirstWrite(
+    Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync>,
+);
+
+impl FirstWrite {
+    pub fn new(
+        mark: impl Fn() -> futures_util::future::BoxFuture<'static, Result<(), String>>
+        + Send
+        + Sync
+        + 'static,
+    ) -> FirstWrite {
+        FirstWrite(Arc::new(mark))
+    }
+
+    async fn call(&self) -> Result<(), String> {
+        (self.0)().await
+    }
+}
+
+impl std::fmt::Debug for FirstWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FirstWrite")
+    }
 }
 
 /// How a delivery's turns go: set when it starts, and by the scheduler between turns.
@@ -214,6 +247,8 @@ struct Mode {
     /// Steps that are not idempotent check whether their write was applied before their first
     /// attempt (the event may have been under way before: a replay, a restart).
     check_first: bool,
+    /// The event is a dead letter replayed (with `check_first`).
+    replayed: bool,
     /// Apply changes older than their entity's last applied one too.
     force: bool,
     /// A record missing fails the action (its wait is over).
@@ -302,6 +337,13 @@ impl Delivery {
     /// applied before sending it.
     pub fn resumed(&mut self) {
         self.mode.check_first = true;
+    }
+
+    /// Calls `mark` once, before the first request of a step that is not idempotent (a bulk
+    /// item too), and waits for it: what a restart needs to tell such an event from one that
+    /// never wrote anything.
+    pub fn before_first_write(&mut self, mark: FirstWrite) {
+        self.first_write = Some(mark);
     }
 
     /// Apply this event's changes even where their entity had a newer change applied.
@@ -401,6 +443,7 @@ impl Delivery {
                 mode: self.mode,
                 progress: &mut *progress,
                 learned: &mut self.learned,
+                first_write: &mut self.first_write,
             };
             let requests = match cx.render().await? {
                 Rendered::Requests(requests) => requests,

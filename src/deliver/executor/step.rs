@@ -26,6 +26,8 @@ pub(super) struct StepContext<'a> {
     pub(super) mode: Mode,
     pub(super) progress: &'a mut ActionProgress,
     pub(super) learned: &'a mut Vec<LearnedKey>,
+    /// Told before the first write that is not idempotent ([`super::FirstWrite`]).
+    pub(super) first_write: &'a mut Option<super::FirstWrite>,
 }
 
 impl StepContext<'_> {
@@ -146,8 +148,11 @@ impl ActionProgress {
 /// Why a write may have been applied although no answer said so.
 #[derive(Debug)]
 pub(super) enum Uncertain {
-    /// The event may have been under way before (a replay, a restart): no sign either way.
+    /// The event may have been under way before a restart: no sign either way.
     Resumed,
+    /// A dead letter replayed: its write may have been applied. A check that cannot conclude
+    /// lets the write go, since replaying is the decision to send it.
+    Replayed,
     /// An attempt failed ambiguously (5xx, timeout, dropped connection); `letter` says how.
     Ambiguous(Box<DeadLetter>),
 }

@@ -694,3 +694,113 @@ async fn a_turn_that_may_only_join_bulk_requests_sends_nothing_else() {
         EventOutcome::Delivered
     ));
 }
+
+/// A mark that counts its calls, failing the first `failures` of them.
+fn counting_mark(failures: usize) -> (super::FirstWrite, Arc<Mutex<usize>>) {
+    let calls = Arc::new(Mutex::new(0));
+    let counted = calls.clone();
+    let mark = super::FirstWrite::new(move || {
+        let mut calls = counted.lock().expect("calls");
+        *calls += 1;
+        let result = if *calls <= failures {
+            Err("disk full".to_string())
+        } else {
+            Ok(())
+        };
+        Box::pin(std::future::ready(result))
+    });
+    (mark, calls)
+}
+
+#[tokio::test]
+async fn the_queue_is_told_once_before_the_first_write_that_is_not_idempotent() {
+    let script = Arc::new(Script::default());
+    let executor = executor(&script);
+    script.on(Method::Post, EVENTS, [reply(201, json!({}))]);
+    let mut delivery = executor.start(&viewed("u1", Some(5)), None);
+    let (mark, calls) = counting_mark(0);
+    delivery.before_first_write(mark);
+    assert!(matches!(
+        settles(&mut delivery).await,
+        EventOutcome::Delivered
+    ));
+    assert_eq!(*calls.lock().expect("calls"), 1);
+    assert_eq!(script.sent(Method::Get, EVENTS), 0, "nothing checked");
+
+    // An upsert is idempotent: nothing to tell.
+    script.on(
+        Method::Post,
+        UPSERT,
+        [reply(
+            200,
+            json!({"user": {"id": 9, "email": "u1@example.com"}}),
+        )],
+    );
+    let mut delivery = executor.start(&identify("u1"), None);
+    let (mark, calls) = counting_mark(0);
+    delivery.before_first_write(mark);
+    assert!(matches!(
+        settles(&mut delivery).await,
+        EventOutcome::Delivered
+    ));
+    assert_eq!(*calls.lock().expect("calls"), 0);
+}
+
+#[tokio::test]
+async fn a_write_the_queue_cannot_record_as_leaving_waits_unsent() {
+    let script = Arc::new(Script::default());
+    let executor = executor(&script);
+    let mut delivery = executor.start(&viewed("u1", Some(5)), None);
+    let (mark, calls) = counting_mark(1);
+    delivery.before_first_write(mark);
+    assert!(matches!(
+        waits(&mut delivery).await,
+        Wait::Retry {
+            transient: true,
+            ..
+        }
+    ));
+    assert_eq!(script.sent(Method::Post, EVENTS), 0);
+    script.on(Method::Post, EVENTS, [reply(201, json!({}))]);
+    assert!(matches!(
+        settles(&mut delivery).await,
+        EventOutcome::Delivered
+    ));
+    assert_eq!(*calls.lock().expect("calls"), 2);
+}
+
+#[tokio::test]
+async fn a_replayed_write_whose_check_cannot_conclude_is_sent() {
+    let script = Arc::new(Script::default());
+    let executor = executor(&script);
+    // Every page of the user's events says there is more, up to the check's most (10).
+    let page = || {
+        reply(
+            200,
+            json!({"events": [], "meta": {"has_more": true},
+                "links": {"next": format!("http://127.0.0.1:9{EVENTS}")}}),
+        )
+    };
+    script.on(Method::Get, EVENTS, (0..10).map(|_| page()));
+    script.on(Method::Post, EVENTS, [reply(201, json!({}))]);
+    let replayed = Some(vec!["track_event".to_string()]);
+    let mut delivery = executor.start(&viewed("u1", Some(5)), replayed);
+    assert!(matches!(
+        settles(&mut delivery).await,
+        EventOutcome::Delivered
+    ));
+    assert_eq!(script.sent(Method::Get, EVENTS), 10);
+    assert_eq!(script.sent(Method::Post, EVENTS), 1, "sent once");
+
+    // Resumed after a restart instead, the same doubt is a dead letter, not sent.
+    script.on(Method::Get, EVENTS, (0..10).map(|_| page()));
+    let mut delivery = executor.start(&viewed("u1", Some(5)), None);
+    delivery.resumed();
+    let letter = dead_letter(&mut delivery).await;
+    assert!(
+        letter.message.contains("may have been under way"),
+        "{}",
+        letter.message
+    );
+    assert_eq!(script.sent(Method::Post, EVENTS), 1, "not sent again");
+}

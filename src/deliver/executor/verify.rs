@@ -19,15 +19,43 @@ impl StepContext<'_> {
     /// Before a request of a step that is not idempotent goes out: whether its write was
     /// applied already (then it is not sent again). A resumed event doubts its first attempt.
     pub(super) async fn already_applied(&mut self) -> Result<bool, Stop> {
-        let progress = &mut *self.progress;
-        if self.mode.check_first && !progress.tried_here && progress.uncertain.is_none() {
-            progress.doubt(Uncertain::Resumed, true);
+        if !self.mode.check_first {
+            self.mark_first_write().await?;
+        } else if !self.progress.tried_here && self.progress.uncertain.is_none() {
+            let why = if self.mode.replayed {
+                Uncertain::Replayed
+            } else {
+                Uncertain::Resumed
+            };
+            self.progress.doubt(why, true);
         }
+        let progress = &mut *self.progress;
         progress.tried_here = true;
         match progress.uncertain.take() {
             Some(uncertain) => self.verify(uncertain).await,
             None => Ok(false),
         }
+    }
+
+    /// Before anything that could apply a write twice leaves, the queue records that it may
+    /// ([`super::FirstWrite`]): a restart then checks this event, and only this kind, first.
+    async fn mark_first_write(&mut self) -> Result<(), Stop> {
+        let Some(mark) = self.first_write.clone() else {
+            return Ok(());
+        };
+        if let Err(e) = mark.call().await {
+            let letter = self.unanswered(format!(
+                "the queue cannot record that the event's write is leaving: {e}"
+            ));
+            return Err(Stop::Wait(Wait::Retry {
+                wait: None,
+                scope: PauseScope::Key,
+                transient: true,
+                letter: Box::new(letter),
+            }));
+        }
+        *self.first_write = None;
+        Ok(())
     }
 
     /// Asks the step's `check` whether the write of the current request was applied: `true`
@@ -50,7 +78,7 @@ impl StepContext<'_> {
             Ok(Some(r)) if lookups.missing().is_empty() => r,
             other => {
                 return match uncertain {
-                    Uncertain::Resumed => Ok(false),
+                    Uncertain::Resumed | Uncertain::Replayed => Ok(false),
                     Uncertain::Ambiguous(mut letter) => {
                         let why = match other {
                             Err(e) => format!("its check could not be rendered: {e}"),
@@ -132,6 +160,10 @@ impl StepContext<'_> {
             };
             let path = match next {
                 Ok(path) => path,
+                Err(why) if matches!(uncertain, Uncertain::Replayed) => {
+                    tracing::warn!(action, step = %step.name, "a replayed write is sent although its check could not conclude: {why}");
+                    return Ok(false);
+                }
                 Err(why) => {
                     let letter = self.doubt_letter(
                         &uncertain,
@@ -191,6 +223,7 @@ impl StepContext<'_> {
         if !settled {
             let why = match uncertain {
                 Uncertain::Resumed => "it may have been under way before",
+                Uncertain::Replayed => "it is a dead letter replayed",
                 Uncertain::Ambiguous(_) => "its answer was lost",
             };
             tracing::debug!(
@@ -224,7 +257,7 @@ impl StepContext<'_> {
                 letter.message = format!("{}; {why}", letter.message);
                 letter
             }
-            Uncertain::Resumed => {
+            Uncertain::Resumed | Uncertain::Replayed => {
                 let mut letter =
                     self.unanswered(format!("the event may have been under way before: {why}"));
                 letter.attempts = self.progress.attempts;
