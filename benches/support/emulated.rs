@@ -37,15 +37,20 @@ pub async fn emulated_destination_with(batching: &Batching) -> (Emulator, Destin
     .await
     .expect("emulator");
     emu.configure(|k| k.job_delay_ms = batching.job_delay_ms);
+    let dest = destination_to(&emu).await;
+    (emu, dest)
+}
+
+/// Delivery with the shipped mappings, unbudgeted, to `emu`.
+pub async fn destination_to(emu: &Emulator) -> Destination {
     let config = Config::load(Path::new("mappings"), &[UNLIMITED.to_owned()]).expect("mappings");
     let target = TargetOverride {
         zendesk_url: Some(emu.url()),
         emulator: false,
     };
-    let dest = connect(Arc::new(config), &target, ConnectOptions::default())
+    connect(Arc::new(config), &target, ConnectOptions::default())
         .await
-        .expect("connect");
-    (emu, dest)
+        .expect("connect")
 }
 
 /// What a measured `zdmap send` run did.

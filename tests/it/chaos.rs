@@ -13,7 +13,7 @@
 
 use crate::support::command::signal;
 use crate::support::http::Metrics;
-use crate::support::serving;
+use crate::support::serving::{self, Killed};
 use crate::support::state::count;
 use crate::support::wait::eventually;
 
@@ -405,16 +405,6 @@ fn store_time(data: &Path, entity: &str) -> Option<i64> {
         |r| r.get(0),
     )
     .ok()
-}
-
-/// A server process that is killed when dropped (it may already have exited).
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn serving_stop(child: &mut std::process::Child) {

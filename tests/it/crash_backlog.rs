@@ -6,7 +6,7 @@
 //! dead-lettered.
 
 use crate::support::http::{Metrics, post_batch};
-use crate::support::serving::{self, KEY};
+use crate::support::serving::{self, KEY, Killed};
 use crate::support::wait::eventually;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -36,16 +36,6 @@ fn requests_to_events(emu: &Emulator, method: &str) -> usize {
         .iter()
         .filter(|r| r["method"] == method && r["path"] == path.as_str())
         .count()
-}
-
-/// A server process killed when dropped (it may already have exited).
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -147,3 +147,13 @@ pub fn spawn_serve_with(
     assert!(url.starts_with("http://127.0.0.1:"), "{first}");
     (child, url)
 }
+
+/// A server process killed (`kill -9`) when dropped; it may already have exited.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
