@@ -23,6 +23,7 @@ mod mapping_cases;
 mod nats;
 mod oas_oracle;
 mod oauth;
+mod refused;
 mod scheduler;
 mod schemas;
 mod serve;
