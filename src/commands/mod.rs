@@ -51,7 +51,11 @@ pub enum Command {
     Schema(inspect::SchemaArgs),
     /// Deliver events to Zendesk (or the built-in emulator) with retries, a request budget,
     /// lookups and dead letters. Exit 0 when all were delivered, 2 when some were dead-lettered,
-    /// 1 on a fatal error, 64 on a usage error, 77 when a person must run `zdmap auth login`.
+    /// 1 on a fatal error, 64 on a usage error, 77 when a person must run `zdmap auth login`,
+    /// 130 (SIGINT) or 143 (SIGTERM) when a signal stopped it with events left: the requests
+    /// under way finish (`--stop-grace`), the summary is printed, and the events left are in
+    /// the dead-letter file as not attempted (send it again to finish); a second signal ends
+    /// it at once.
     Send(send::SendArgs),
     /// Run the built-in Zendesk emulator: a stateful local Zendesk Support API for tests and
     /// for developing mappings (inspect it at /__emulator/state).

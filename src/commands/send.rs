@@ -2,12 +2,13 @@
 
 use super::args::{ConfigArgs, TargetArgs};
 use crate::deliver::dispatch::{DispatchOptions, RecordWait};
-use crate::deliver::run::run;
+use crate::deliver::run::{RunStop, run_until};
 use crate::deliver::{DeadLetterWriter, Progress};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
@@ -50,6 +51,10 @@ pub struct SendArgs {
     /// Send every request on its own: no bulk requests, no jobs.
     #[arg(long)]
     pub no_batch: bool,
+    /// After SIGINT or SIGTERM, how long the requests under way may take to finish before
+    /// what is left is written to the dead-letter file as not attempted.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = super::serve::parse_duration)]
+    pub stop_grace: Duration,
     /// Also print the summary as JSON on standard output.
     #[arg(long)]
     pub json: bool,
@@ -63,7 +68,10 @@ pub struct SendArgs {
 }
 
 /// Exit 0 when everything was delivered, 2 when some events were dead-lettered, 1 on a fatal
-/// error, 77 when a person must run `zdmap auth login` again (the OAuth chain is spent).
+/// error, 77 when a person must run `zdmap auth login` again (the OAuth chain is spent), 130
+/// (SIGINT) or 143 (SIGTERM) when a signal stopped the run with events left: they are in the
+/// dead-letter file as not attempted. A second signal ends the process at once, with the
+/// same code.
 pub fn send(args: &SendArgs) -> ExitCode {
     crate::serve::logs::init_at(crate::serve::logs::LogFormat::Text, "warn");
     super::block_on(send_async(args))
@@ -104,14 +112,19 @@ async fn send_async(args: &SendArgs) -> ExitCode {
         retry_for: args.retry_for,
         wait_for_records: RecordWait::AfterInput(args.wait_for_records),
         batch_window: (!args.no_batch).then_some(args.batch_window),
+        drain: args.stop_grace,
         ..DispatchOptions::default()
     };
-    let result = run(
+    let stop = RunStop::new();
+    let caught = Arc::new(AtomicU8::new(0));
+    stop_on_signals(&stop, &caught, args);
+    let result = run_until(
         Arc::new(destination.executor.with_force(args.force)),
         input,
         writer,
         destination.stats.clone(),
         options,
+        &stop,
     )
     .await;
     progress.finish();
@@ -159,11 +172,76 @@ async fn send_async(args: &SendArgs) -> ExitCode {
         }
         return ExitCode::from(1);
     }
+    let signal = caught.load(Ordering::Relaxed);
+    if signal != 0 && snapshot.not_attempted > 0 {
+        return ExitCode::from(EXIT_SIGNALLED + signal);
+    }
     if report.dead_letters > 0 {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// A run stopped by a signal exits with this plus the signal's number, as a shell reports a
+/// command that a signal ended (130 for SIGINT, 143 for SIGTERM).
+const EXIT_SIGNALLED: u8 = 128;
+
+/// The first SIGINT or SIGTERM stops the run (see [`crate::deliver::run`]), its number kept in
+/// `caught`; a second ends the process at once. The handlers are in place when this returns.
+fn stop_on_signals(stop: &RunStop, caught: &Arc<AtomicU8>, args: &SendArgs) {
+    let stop = stop.clone();
+    let caught = caught.clone();
+    let grace = humantime_secs(args.stop_grace);
+    let file = args.dead_letter.display().to_string();
+    let on_signal = move |name: &str, number: u8| {
+        if caught.load(Ordering::Relaxed) != 0 {
+            super::say(format!(
+                "{name} again: stopping at once; what was not written is not in {file}"
+            ));
+            std::process::exit(i32::from(EXIT_SIGNALLED + number));
+        }
+        caught.store(number, Ordering::Relaxed);
+        super::say(format!(
+            "{name}: no more events are taken; the requests under way get {grace} to finish, \
+             then what is left goes to {file} as not attempted (send it again to finish); \
+             a second signal stops at once"
+        ));
+        stop.stop(format!("zdmap send was stopped by {name}"));
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            super::say(
+                "warning: the signal handlers could not be set: a signal ends the run at once",
+            );
+            return;
+        };
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(()) = int.recv() => on_signal("SIGINT", 2),
+                    Some(()) = term.recv() => on_signal("SIGTERM", 15),
+                    else => return,
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            on_signal("Ctrl-C", 2);
+        }
+    });
+}
+
+/// `5 s`, `1.5 s`.
+fn humantime_secs(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
 }
 
 /// "3 users, 1 organizations, ..." from the emulator's state.

@@ -44,7 +44,7 @@
 //! gets its last chance early.
 
 use crate::deliver::batch::{Answers, Batcher};
-use crate::deliver::executor::{BatchAnswer, Delivery, EventOutcome, Turn, Wait};
+use crate::deliver::executor::{BatchAnswer, Delivery, EventOutcome, Turn, Unsettled, Wait};
 use crate::deliver::holds::{Holding, KeyHolds, OneProcess, Taking};
 use crate::deliver::schedule::{EventId, Key, Scheduler, Status, WaitReason};
 use crate::deliver::{DeadLetter, LearnedKey, PauseScope};
@@ -162,6 +162,12 @@ pub trait Sink: Send {
     /// An event whose ownership was [`Ownership::Lost`] left the dispatcher unsettled: the
     /// source forgets it (whoever owns it now delivers it).
     fn dropped(&mut self, _ticket: Self::Ticket) {}
+
+    /// The dispatcher stopped (told to, or the credentials were refused) before this event
+    /// was settled: `left` says what it still had to do. Called once per such event, oldest
+    /// first, the events still in the input channel last. By default nothing is done (a queue
+    /// keeps what it did not settle).
+    fn left(&mut self, _ticket: Self::Ticket, _left: Unsettled) {}
 }
 
 /// Whether an event's source still owns it (see [`Sink::ownership`]).
@@ -260,6 +266,8 @@ pub async fn dispatch<S: Sink>(
         bulk_answered: HashMap::new(),
     };
     let mut draining: Option<Instant> = None;
+    // Told to stop (not a sink that could take no more, nor refused credentials).
+    let mut stopped = false;
     loop {
         if draining.is_none() && d.fatal.is_none() {
             // Nothing waits to be read (`serve`): the items collected go once no turn runs,
@@ -304,6 +312,7 @@ pub async fn dispatch<S: Sink>(
         tokio::select! {
             changed = stop.changed(), if draining.is_none() => {
                 if changed.is_err() || *stop.borrow() {
+                    stopped = changed.is_ok();
                     draining = Some(Instant::now() + options.drain);
                 }
             }
@@ -341,6 +350,29 @@ pub async fn dispatch<S: Sink>(
     for (_, keys) in d.holding.drain() {
         options.holds.release(keys);
     }
+    // The sink hears what each unsettled event had left, oldest first: the events the
+    // scheduler held, those whose turn was cut short, then (after a stop) the input not taken.
+    let mut left: Vec<(EventId, S::Ticket, Unsettled)> = d
+        .scheduler
+        .drain()
+        .into_iter()
+        .map(|(id, job)| (id, job.meta.ticket, job.delivery.unsettled()))
+        .chain(
+            d.tasks
+                .drain()
+                .map(|(_, (id, meta, left))| (id, meta.ticket, left)),
+        )
+        .collect();
+    left.sort_by_key(|(id, _, _)| *id);
+    for (_, ticket, unsettled) in left {
+        sink.left(ticket, unsettled);
+    }
+    if stopped {
+        input.close();
+        while let Some(incoming) = input.recv().await {
+            sink.left(incoming.ticket, incoming.delivery.unsettled());
+        }
+    }
     DispatchReport { fatal: d.fatal }
 }
 
@@ -360,9 +392,10 @@ async fn sleep_until(at: Option<Instant>) {
 struct Dispatcher<'o, T> {
     scheduler: Scheduler<Job<T>>,
     running: JoinSet<(Delivery, Ran)>,
-    /// Running tasks → their event, the rest of its job, and the event's data (to settle it if
-    /// the task fails).
-    tasks: HashMap<tokio::task::Id, (EventId, Meta<T>, Arc<serde_json::Value>)>,
+    /// Running tasks → their event, the rest of its job, and what it had left to do when its
+    /// turn started (its data settles it if the task fails; the rest is told to the sink if
+    /// the turn is cut short by a stop).
+    tasks: HashMap<tokio::task::Id, (EventId, Meta<T>, Unsettled)>,
     options: &'o DispatchOptions,
     input_done: bool,
     /// No turn starts before this (credentials refused).
@@ -447,7 +480,7 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
     /// Runs an event's turn, or takes its holds first.
     fn spawn(&mut self, id: EventId, job: Job<T>, taking: Option<Taking>) {
         let Job { mut delivery, meta } = job;
-        let event = delivery.event().clone();
+        let left = delivery.unsettled();
         let handle = self.running.spawn(async move {
             if let Some(taking) = taking {
                 let held = taking.await == Holding::Held;
@@ -456,7 +489,7 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
             let turn = delivery.advance().await;
             (delivery, Ran::Turn(turn))
         });
-        self.tasks.insert(handle.id(), (id, meta, event));
+        self.tasks.insert(handle.id(), (id, meta, left));
     }
 
     /// An event is settled: it leaves the scheduler and lets go of its holds.
@@ -561,13 +594,13 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
             }
             Err(e) => {
                 // A turn that panicked (a bug): its event is settled as failed, not lost.
-                let Some((id, meta, event)) = self.tasks.remove(&e.id()) else {
+                let Some((id, meta, left)) = self.tasks.remove(&e.id()) else {
                     return true;
                 };
                 tracing::error!(event_id = id, error = %e, "a delivery turn failed");
                 self.finish(id);
                 let letter = DeadLetter::before_any_action(
-                    (*event).clone(),
+                    left.event().clone(),
                     "deliver",
                     format!("delivery failed: {e}"),
                 );

@@ -53,7 +53,8 @@ pub use budget::Budget;
 pub use cache::LookupCache;
 pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterWriter, unwrap_dead_letter};
 pub use executor::{
-    BatchAnswer, BatchItem, Delivery, EventOutcome, Executor, FirstWrite, LearnedKey, Turn, Wait,
+    BatchAnswer, BatchItem, Delivery, EventOutcome, Executor, FirstWrite, LearnedKey, Turn,
+    Unsettled, Wait,
 };
 pub use http::{Client, ClientOptions, Response, ResponseHeaders, TransportError};
 pub use progress::Progress;

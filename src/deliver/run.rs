@@ -8,11 +8,17 @@
 //! record in the input is replayed for its failed action only. An event without a `messageId`
 //! gets one derived from its content and place in the input, the same when the input is sent
 //! again. Credentials refused (401/403) stop the run.
+//!
+//! A run told to stop ([`RunStop::stop`]: `zdmap send` on SIGINT or SIGTERM) takes no more
+//! events, lets the turns under way finish for `DispatchOptions::drain`, and then writes what
+//! is left as "not attempted" dead letters ([`Unsettled::letters`]), oldest first: the events
+//! it held, those whose turn was cut short, then the rest of the input, read to its end; so
+//! that sending the dead-letter file finishes the work, in order.
 
 use crate::base::sync::lock;
 use crate::deliver::dispatch::{DispatchOptions, DispatchReport, Incoming, Sink, dispatch};
 use crate::deliver::schedule::Status;
-use crate::deliver::{DeadLetter, DeadLetterWriter, EventOutcome, Executor, Stats};
+use crate::deliver::{DeadLetter, DeadLetterWriter, EventOutcome, Executor, Stats, Unsettled};
 use crate::mapping::event::{Event, RawItem, read_values};
 use serde_json::{Value, json};
 use std::io::Read;
@@ -30,6 +36,40 @@ pub struct RunReport {
     pub fatal: Option<String>,
 }
 
+/// Stops a run from outside (a signal): see the module docs. Clones stop the same run.
+#[derive(Clone, Debug)]
+pub struct RunStop {
+    tx: Arc<watch::Sender<bool>>,
+    why: Arc<Mutex<Option<String>>>,
+}
+
+impl Default for RunStop {
+    fn default() -> Self {
+        RunStop {
+            tx: Arc::new(watch::channel(false).0),
+            why: Arc::default(),
+        }
+    }
+}
+
+impl RunStop {
+    pub fn new() -> RunStop {
+        RunStop::default()
+    }
+
+    /// Stops the run; `why` (`interrupted by SIGINT`) goes into the "not attempted" dead
+    /// letters. Only the first call counts.
+    pub fn stop(&self, why: impl Into<String>) {
+        lock(&self.why).get_or_insert_with(|| why.into());
+        self.tx.send_replace(true);
+    }
+
+    /// Why the run was stopped, if it was.
+    pub fn reason(&self) -> Option<String> {
+        lock(&self.why).clone()
+    }
+}
+
 /// Delivers every event of `input`, writing failures to `dead_letters`.
 pub async fn run<R: Read + Send + 'static>(
     executor: Arc<Executor>,
@@ -37,6 +77,26 @@ pub async fn run<R: Read + Send + 'static>(
     dead_letters: Arc<DeadLetterWriter>,
     stats: Arc<Stats>,
     options: DispatchOptions,
+) -> std::io::Result<RunReport> {
+    run_until(
+        executor,
+        input,
+        dead_letters,
+        stats,
+        options,
+        &RunStop::new(),
+    )
+    .await
+}
+
+/// [`run`], until `stop` is told to stop (see the module docs).
+pub async fn run_until<R: Read + Send + 'static>(
+    executor: Arc<Executor>,
+    input: R,
+    dead_letters: Arc<DeadLetterWriter>,
+    stats: Arc<Stats>,
+    options: DispatchOptions,
+    stop: &RunStop,
 ) -> std::io::Result<RunReport> {
     let mut sink = RunSink {
         record: Recorder {
@@ -46,6 +106,7 @@ pub async fn run<R: Read + Send + 'static>(
         },
         stats: stats.clone(),
         stopped: Arc::new(AtomicBool::new(false)),
+        stop: stop.clone(),
     };
 
     // Reader: a blocking thread, one parsed value at a time, until the run stops.
@@ -59,9 +120,13 @@ pub async fn run<R: Read + Send + 'static>(
 
     // Each value becomes a delivery; what cannot be read as an event is a dead letter at once.
     let (events_tx, events_rx) = mpsc::channel::<Incoming<()>>(256);
+    // Set once the dispatcher has handed over what it held (after a stop): the intake writes
+    // the rest of the input behind it.
+    let (handed_over, mut after_dispatch) = watch::channel(false);
     let intake = {
         let record = sink.record.clone();
         let stats = stats.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             let mut next_id = 0;
             while let Some(item) = raw_rx.recv().await {
@@ -79,18 +144,43 @@ pub async fn run<R: Read + Send + 'static>(
                     since: Instant::now(),
                     ticket: (),
                 };
-                if events_tx.send(incoming).await.is_err() {
+                let Err(mpsc::error::SendError(incoming)) = events_tx.send(incoming).await else {
+                    continue;
+                };
+                // The dispatcher has stopped: after a stop, this event and the rest of the
+                // input are written as not attempted, behind what the dispatcher held.
+                let Some(why) = stop.reason() else {
                     break;
+                };
+                let _ = after_dispatch.wait_for(|done| *done).await;
+                let left = incoming.delivery.unsettled();
+                record.not_attempted(left, &why, &stats);
+                while let Some(item) = raw_rx.recv().await {
+                    stats.event_read();
+                    match read_event(item, &record) {
+                        Some((event, only)) => {
+                            let left = Unsettled::unstarted(Arc::new(event.into_value()), only);
+                            record.not_attempted(left, &why, &stats);
+                        }
+                        None => stats.event_failed(),
+                    }
                 }
+                break;
             }
         })
     };
 
-    let (_never, stop) = watch::channel(false);
-    let DispatchReport { fatal } = dispatch(events_rx, &mut sink, &options, stop).await;
-    sink.stopped.store(true, Ordering::Relaxed);
-    intake.abort();
-    let _ = intake.await;
+    let DispatchReport { fatal } =
+        dispatch(events_rx, &mut sink, &options, stop.tx.subscribe()).await;
+    handed_over.send_replace(true);
+    if stop.reason().is_some() {
+        // The intake writes the rest of the input and ends with it.
+        let _ = intake.await;
+    } else {
+        sink.stopped.store(true, Ordering::Relaxed);
+        intake.abort();
+        let _ = intake.await;
+    }
     let read_result = reader.await.map_err(std::io::Error::other)?;
     read_result?;
     if let Some(e) = lock(&sink.record.write_error).take() {
@@ -106,7 +196,9 @@ pub async fn run<R: Read + Send + 'static>(
 struct RunSink {
     record: Recorder,
     stats: Arc<Stats>,
+    /// Set when the reader is to stop (credentials refused, or the run is over).
     stopped: Arc<AtomicBool>,
+    stop: RunStop,
 }
 
 /// Writes dead letters, counting them and keeping the first write error.
@@ -118,6 +210,18 @@ struct Recorder {
 }
 
 impl Recorder {
+    /// Writes what an event had left as "not attempted" dead letters, and counts it.
+    fn not_attempted(&self, left: Unsettled, why: &str, stats: &Stats) {
+        let letters = left.letters(why);
+        if letters.is_empty() {
+            // Nothing was left to do (a replayed action that no longer matches).
+            stats.event_skipped();
+            return;
+        }
+        stats.event_not_attempted();
+        letters.iter().for_each(|l| self.record(l));
+    }
+
     fn record(&self, letter: &DeadLetter) {
         self.letters.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.writer.write(letter) {
@@ -149,6 +253,14 @@ impl Sink for RunSink {
     fn refused(&mut self, _status: u16, _message: &str) -> bool {
         self.stopped.store(true, Ordering::Relaxed);
         false
+    }
+
+    fn left(&mut self, (): (), left: Unsettled) {
+        // After refused credentials the events from the first refused one on are not sent
+        // and not written (the run says so); after a stop they are written to be replayed.
+        if let Some(why) = self.stop.reason() {
+            self.record.not_attempted(left, &why, &self.stats);
+        }
     }
 }
 

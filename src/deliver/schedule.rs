@@ -197,6 +197,19 @@ impl<T> Scheduler<T> {
         None
     }
 
+    /// Every event's job that is not running, oldest first; the scheduler is left empty (a
+    /// run that stops hands what it held back to its source).
+    pub(crate) fn drain(&mut self) -> Vec<(EventId, T)> {
+        let mut jobs: Vec<(EventId, T)> = self
+            .entries
+            .drain()
+            .filter_map(|(id, entry)| entry.job.map(|job| (id, job)))
+            .collect();
+        jobs.sort_by_key(|(id, _)| *id);
+        *self = Scheduler::default();
+        jobs
+    }
+
     /// A running event is settled: it leaves its lines, and the next events of its keys may go.
     pub fn finish(&mut self, id: EventId) {
         let Some(entry) = self.entries.remove(&id) else {

@@ -26,6 +26,7 @@ pub struct Stats {
     delivered: AtomicU64,
     skipped: AtomicU64,
     failed: AtomicU64,
+    not_attempted: AtomicU64,
     retries: AtomicU64,
     rate_limited: AtomicU64,
     stale: AtomicU64,
@@ -48,6 +49,9 @@ pub struct StatsSnapshot {
     pub skipped: u64,
     /// Dead-lettered.
     pub failed: u64,
+    /// Left when the run was stopped (a signal): written to the dead-letter file as "not
+    /// attempted", for a replay to deliver.
+    pub not_attempted: u64,
     pub requests_total: u64,
     /// `METHOD endpoint` → status → count. Statuses are HTTP codes, or `timeout`, `connect`,
     /// `error`, `invalid` for requests that got no response.
@@ -79,6 +83,7 @@ impl Stats {
             delivered: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            not_attempted: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             stale: AtomicU64::new(0),
@@ -108,7 +113,12 @@ impl Stats {
         self.failed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A request is about to be sent again.
+    /// The run stopped before the event was delivered: it went to the dead letters as "not
+    /// attempted".
+    pub(crate) fn event_not_attempted(&self) {
+        self.not_attempted.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// How many keys wait now (set by the scheduler's dispatcher).
     pub(crate) fn set_keys_waiting(&self, n: u64) {
         self.keys_waiting.store(n, Ordering::Relaxed);
@@ -118,6 +128,7 @@ impl Stats {
         self.keys_waiting.load(Ordering::Relaxed)
     }
 
+    /// A request is about to be sent again.
     pub fn retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
     }
@@ -184,6 +195,7 @@ impl Stats {
             delivered: self.delivered.load(Ordering::Relaxed),
             skipped: self.skipped.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            not_attempted: self.not_attempted.load(Ordering::Relaxed),
             requests_total: requests.values().flat_map(BTreeMap::values).sum(),
             requests,
             retries: self.retries.load(Ordering::Relaxed),
@@ -215,6 +227,13 @@ impl StatsSnapshot {
             "events: {} read, {} delivered, {} skipped (no trigger matched), {} failed (dead-lettered)",
             self.events_read, self.delivered, self.skipped, self.failed
         );
+        if self.not_attempted > 0 {
+            let _ = writeln!(
+                out,
+                "stopped: {} events not attempted (written to the dead-letter file; replay it to deliver them)",
+                self.not_attempted
+            );
+        }
         let _ = writeln!(
             out,
             "requests: {} attempted, {} retries, {} rate-limited (429)",

@@ -191,6 +191,68 @@ impl Executor {
     }
 }
 
+/// An event a run stopped before it was settled: what its delivery still had to do, to be
+/// written as dead letters that a replay finishes (see [`Unsettled::letters`]).
+#[derive(Clone, Debug)]
+pub struct Unsettled {
+    event: Arc<Value>,
+    /// Its actions that failed already.
+    letters: Vec<DeadLetter>,
+    /// Its actions still to run, in order; the first may be under way.
+    actions: Vec<String>,
+    /// Some action ran or is under way, or only some actions were asked for (a replay).
+    begun: bool,
+}
+
+/// The step (stage) of a dead letter that was never tried, or not to its end, because the run
+/// stopped.
+const NOT_ATTEMPTED: &str = "not_attempted";
+
+impl Unsettled {
+    /// The event.
+    pub(crate) fn event(&self) -> &Value {
+        &self.event
+    }
+
+    /// The event as it was read, before any action.
+    pub(crate) fn unstarted(event: Arc<Value>, only: Option<Vec<String>>) -> Unsettled {
+        Unsettled {
+            event,
+            letters: Vec::new(),
+            begun: only.is_some(),
+            actions: only.unwrap_or_default(),
+        }
+    }
+
+    /// The dead letters that replay what is left: the actions that failed already, then one
+    /// "not attempted" letter per action still to run (named, so that a replay runs just those
+    /// and first checks whether a write under way was applied), or a single letter without an
+    /// action for an event that had not begun (a replay runs it all). `why` says what stopped
+    /// the run.
+    pub(crate) fn letters(self, why: &str) -> Vec<DeadLetter> {
+        let Unsettled {
+            event,
+            mut letters,
+            actions,
+            begun,
+        } = self;
+        let message =
+            format!("not attempted: {why}; give this file to `zdmap send` to deliver what is left");
+        if begun {
+            letters.extend(actions.into_iter().map(|action| {
+                DeadLetter::without_response((*event).clone(), action, NOT_ATTEMPTED, &message)
+            }));
+        } else {
+            letters.push(DeadLetter::before_any_action(
+                (*event).clone(),
+                NOT_ATTEMPTED,
+                message,
+            ));
+        }
+        letters
+    }
+}
+
 /// One event's way through its actions; see the module docs.
 #[derive(Debug)]
 pub struct Delivery {
@@ -329,6 +391,22 @@ impl Delivery {
             self.ran += 1;
             self.current = None;
             self.next += 1;
+        }
+    }
+
+    /// What the delivery still has to do, for a run stopped before it was settled (see
+    /// [`Unsettled`]).
+    pub(crate) fn unsettled(&self) -> Unsettled {
+        let actions = self.plan.actions[self.next.min(self.plan.actions.len())..]
+            .iter()
+            .map(|planned| self.executor.config.action(planned).name.clone())
+            .filter(|name| self.wants(name))
+            .collect();
+        Unsettled {
+            event: self.plan.event.clone(),
+            letters: self.letters.clone(),
+            actions,
+            begun: self.only.is_some() || self.ran > 0 || self.next > 0 || self.current.is_some(),
         }
     }
 

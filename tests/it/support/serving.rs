@@ -31,12 +31,21 @@ pub fn quick_retries() -> ConnectOptions {
 
 /// Delivery to `emu` with the mappings of `mappings` and no request budget.
 pub async fn destination(emu: &Emulator, mappings: &Path) -> Destination {
+    destination_with(emu, mappings, quick_retries()).await
+}
+
+/// [`destination`], connected with `options` (its retries, say).
+pub async fn destination_with(
+    emu: &Emulator,
+    mappings: &Path,
+    options: ConnectOptions,
+) -> Destination {
     let config = Config::load(mappings, &[UNLIMITED.to_owned()]).expect("mappings load");
     let target = TargetOverride {
         zendesk_url: Some(emu.url()),
         emulator: false,
     };
-    connect(Arc::new(config), &target, quick_retries())
+    connect(Arc::new(config), &target, options)
         .await
         .expect("connect")
 }
@@ -48,6 +57,8 @@ pub struct Setup {
     pub watch: bool,
     pub workers: WorkerOptions,
     pub ingest: IngestOptions,
+    /// How delivery connects: [`quick_retries`] by default.
+    pub connect: ConnectOptions,
 }
 
 impl Default for Setup {
@@ -63,13 +74,14 @@ impl Default for Setup {
                 ..WorkerOptions::default()
             },
             ingest: IngestOptions::default(),
+            connect: quick_retries(),
         }
     }
 }
 
 /// A server on a free loopback port, storing in `data`, delivering to `emu`.
 pub async fn start(emu: &Emulator, data: &Path, setup: Setup) -> Server {
-    let dest = destination(emu, &setup.mappings).await;
+    let dest = destination_with(emu, &setup.mappings, setup.connect).await;
     let options = ServeOptions {
         listen: "127.0.0.1:0".parse().expect("addr"),
         data_dir: data.to_path_buf(),
