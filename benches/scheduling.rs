@@ -33,7 +33,10 @@ fn letters(d: &emulated::Delivered) -> BTreeSet<(String, String)> {
         .iter()
         .map(|l| {
             let id = l.event["messageId"].as_str().unwrap_or_default();
-            (id.to_owned(), l.action.clone().unwrap_or_default())
+            (
+                id.to_owned(),
+                l.action.clone().map(String::from).unwrap_or_default(),
+            )
         })
         .collect()
 }

@@ -20,6 +20,7 @@ use serde_json::Value;
 use super::order::EntityChange;
 use super::retry::Disposition;
 use crate::mapping::config::ErrorFormats;
+use crate::mapping::plan::ActionName;
 
 /// One event that could not be delivered.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -29,7 +30,7 @@ pub struct DeadLetter {
     pub event: Value,
     /// The action whose step failed (`identify_user`); `None` when the event failed before any
     /// action (refused at ingest, unreadable input, a delivery turn that broke).
-    pub action: Option<String>,
+    pub action: Option<ActionName>,
     /// The step that failed (`create_or_update`), or the stage that refused the event
     /// (`ingest`, `input`, `deliver`).
     pub step: String,
@@ -73,7 +74,7 @@ impl From<DeadLetterRecord> for DeadLetter {
         let i = r.dead_letter;
         DeadLetter {
             event: r.event,
-            action: i.action.filter(|a| !a.is_empty()),
+            action: i.action.filter(|a| !a.is_empty()).map(ActionName::new),
             step: i.step,
             status: i.status,
             code: i.code,
@@ -89,7 +90,7 @@ impl From<DeadLetter> for DeadLetterRecord {
     fn from(d: DeadLetter) -> Self {
         DeadLetterRecord {
             dead_letter: DeadLetterInfo {
-                action: d.action,
+                action: d.action.map(String::from),
                 step: d.step,
                 status: d.status,
                 code: d.code,
@@ -145,7 +146,7 @@ impl DeadLetter {
         };
         DeadLetter {
             event,
-            action: Some(action.into()),
+            action: Some(ActionName::new(action)),
             step: step.into(),
             status,
             code,
@@ -165,7 +166,7 @@ impl DeadLetter {
         message: impl Into<String>,
     ) -> Self {
         DeadLetter {
-            action: Some(action.into()),
+            action: Some(ActionName::new(action)),
             ..DeadLetter::before_any_action(event, step, message)
         }
     }

@@ -266,7 +266,10 @@ impl Sink for RunSink {
 
 /// The event of an input item (a dead-letter record stands for its event and failed action),
 /// or `None` after recording why it is not one.
-fn read_event(item: RawItem, record: &Recorder) -> Option<(Event, Option<Vec<String>>)> {
+fn read_event(
+    item: RawItem,
+    record: &Recorder,
+) -> Option<(Event, Option<Vec<crate::mapping::plan::ActionName>>)> {
     let (value, only) = match item.value {
         Ok(v) => match DeadLetter::parse(&v) {
             Some(letter) => (letter.event, letter.action.map(|a| vec![a])),

@@ -3,6 +3,7 @@
 
 use crate::deliver::DeadLetter;
 use crate::deliver::order::EntityChange;
+use crate::mapping::plan::ActionName;
 
 /// A dead letter as a queue keeps it, with its id there.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -26,7 +27,7 @@ pub struct Replayed {
 #[derive(Clone, Debug)]
 pub struct StaleLetter {
     pub id: u64,
-    pub action: Option<String>,
+    pub action: Option<ActionName>,
     /// The change (entity and event time) that is older...
     pub change: EntityChange,
     /// ...than the last one applied to the entity (ms).

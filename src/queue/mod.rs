@@ -24,6 +24,7 @@ use crate::deliver::DeadLetter;
 use crate::deliver::dispatch::Ownership;
 use crate::deliver::holds::{KeyHolds, OneProcess};
 use crate::deliver::order::EntityClock;
+use crate::mapping::plan::ActionName;
 use serde_json::Value;
 use std::future::Future;
 use std::sync::Arc;
@@ -44,7 +45,7 @@ pub struct NewItem {
     /// Its ordering key (the user); `None` when it has none (ordered with nothing).
     pub partition: Option<String>,
     /// Deliver only this action (a replayed dead letter).
-    pub only: Option<String>,
+    pub only: Option<ActionName>,
     /// Apply it even where an entity it changes had a newer change applied (`replay --force`).
     pub force: bool,
     /// The sender's `messageId`, by which the same call sent again is recognised and dropped
@@ -92,7 +93,7 @@ pub struct Item {
     pub id: ItemId,
     pub event: Value,
     pub partition: Option<String>,
-    pub only: Option<String>,
+    pub only: Option<ActionName>,
     /// Apply it even where an entity it changes had a newer change applied.
     pub force: bool,
     /// A process that stopped before settling it may have sent a write of it that is not

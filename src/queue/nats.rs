@@ -39,6 +39,7 @@ use crate::base::sync::lock;
 use crate::deliver::DeadLetter;
 use crate::deliver::auth::env_or_file;
 use crate::deliver::dispatch::Ownership;
+use crate::mapping::plan::ActionName;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv, stream};
 use std::collections::HashMap;
@@ -978,7 +979,7 @@ impl Queue for NatsQueue {
                 id,
                 event,
                 partition: header(KEY_HEADER),
-                only: header(ONLY_HEADER),
+                only: header(ONLY_HEADER).map(ActionName::new),
                 force: header(FORCE_HEADER).is_some(),
                 redelivered: received.redelivered,
                 accepted_at_ms,

@@ -33,6 +33,7 @@ use crate::base::sync::lock;
 use crate::base::time::unix_millis_now;
 use crate::deliver::DeadLetter;
 use crate::deliver::order::{EntityClock, MemoryClock};
+use crate::mapping::plan::ActionName;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -381,7 +382,7 @@ fn insert_item(conn: &Connection, item: &NewItem, accepted_ms: u64) -> rusqlite:
     )?
     .execute(params![
         item.partition,
-        item.only,
+        item.only.as_deref(),
         accepted_ms as i64,
         body,
         item.force
@@ -622,7 +623,7 @@ impl Queue for SqliteQueue {
                         id: ItemId(id as u64),
                         event,
                         partition,
-                        only,
+                        only: only.map(ActionName::new),
                         force,
                         redelivered: started,
                         accepted_at_ms: accepted as u64,

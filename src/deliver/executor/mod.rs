@@ -55,7 +55,7 @@ use crate::deliver::order::{EntityChange, EntityClock, EventTime, MemoryClock, e
 use crate::deliver::{DeadLetter, RetryPolicy, Transport, ZendeskApi};
 use crate::mapping::config::Config;
 use crate::mapping::event::Event;
-use crate::mapping::plan::{Plan, PlannedAction, Rendered};
+use crate::mapping::plan::{ActionName, Plan, PlannedAction, Rendered};
 use crate::mapping::template::Answer;
 use send::StepResult;
 use serde_json::Value;
@@ -148,7 +148,7 @@ impl Executor {
     /// its steps that are not idempotent check first whether their write was applied, see
     /// [`Delivery::resumed`]). The delivery keeps this executor (and so its config) until it
     /// is settled.
-    pub fn start(self: &Arc<Self>, event: &Event, only: Option<Vec<String>>) -> Delivery {
+    pub fn start(self: &Arc<Self>, event: &Event, only: Option<Vec<ActionName>>) -> Delivery {
         let now_ms = i64::try_from(crate::base::time::unix_millis_now()).unwrap_or(i64::MAX);
         let time = event_time(event.value(), now_ms);
         if time.is_some_and(|t| t.clamped) {
@@ -199,7 +199,7 @@ pub struct Unsettled {
     /// Its actions that failed already.
     letters: Vec<DeadLetter>,
     /// Its actions still to run, in order; the first may be under way.
-    actions: Vec<String>,
+    actions: Vec<ActionName>,
     /// Some action ran or is under way, or only some actions were asked for (a replay).
     begun: bool,
 }
@@ -215,7 +215,7 @@ impl Unsettled {
     }
 
     /// The event as it was read, before any action.
-    pub(crate) fn unstarted(event: Arc<Value>, only: Option<Vec<String>>) -> Unsettled {
+    pub(crate) fn unstarted(event: Arc<Value>, only: Option<Vec<ActionName>>) -> Unsettled {
         Unsettled {
             event,
             letters: Vec::new(),
@@ -258,7 +258,7 @@ impl Unsettled {
 pub struct Delivery {
     executor: Arc<Executor>,
     plan: Plan,
-    only: Option<Vec<String>>,
+    only: Option<Vec<ActionName>>,
     /// The next planned action to run (index into `plan.actions`).
     next: usize,
     /// Where the action under way stands.

@@ -10,6 +10,7 @@ use crate::deliver::{
 };
 use crate::mapping::config::Config;
 use crate::mapping::event::Event;
+use crate::mapping::plan::ActionName;
 use crate::mapping::request::{Method, Request};
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
@@ -783,7 +784,7 @@ async fn a_replayed_write_whose_check_cannot_conclude_is_sent() {
     };
     script.on(Method::Get, EVENTS, (0..10).map(|_| page()));
     script.on(Method::Post, EVENTS, [reply(201, json!({}))]);
-    let replayed = Some(vec!["track_event".to_string()]);
+    let replayed = Some(vec![ActionName::new("track_event")]);
     let mut delivery = executor.start(&viewed("u1", Some(5)), replayed);
     assert!(matches!(
         settles(&mut delivery).await,

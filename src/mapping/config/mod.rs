@@ -20,7 +20,7 @@ use crate::mapping::path::JsonPath;
 use crate::mapping::plan::batch::JobsForm;
 use crate::mapping::plan::outcome::Outcomes;
 use crate::mapping::plan::resolver::Resolver;
-use crate::mapping::plan::{Action, Step};
+use crate::mapping::plan::{Action, ActionName, Step};
 use crate::mapping::spec::char_allowed;
 use crate::mapping::spec::{
     ActionSpec, AuthSpec, DestinationSpec, RetriesSpec, SettingSpec, SettingType,
@@ -585,7 +585,7 @@ fn compile_action(
         }
     }
     Some(Action {
-        name: spec.name.clone(),
+        name: ActionName::new(spec.name.clone()),
         title: spec.title.clone().unwrap_or_else(|| spec.name.clone()),
         file: file.to_path_buf(),
         enabled: spec.enabled,
@@ -692,7 +692,7 @@ fn check_resolvers(
 /// cycles. With an action file that did not load (`all_loaded` false) the config is refused anyway,
 /// and names it may hold are not reported as unknown.
 fn order_actions(actions: &mut Vec<Action>, all_loaded: bool, diags: &mut Diagnostics) {
-    let names: HashSet<String> = actions.iter().map(|a| a.name.clone()).collect();
+    let names: HashSet<String> = actions.iter().map(|a| a.name.to_string()).collect();
     for a in actions.iter() {
         for dep in &a.after {
             if !names.contains(dep) && all_loaded {
@@ -720,7 +720,7 @@ fn order_actions(actions: &mut Vec<Action>, all_loaded: bool, diags: &mut Diagno
         let ready = pending.iter().position(|a| {
             a.after
                 .iter()
-                .all(|d| actions.iter().any(|done| &done.name == d))
+                .all(|d| actions.iter().any(|done| done.name == d.as_str()))
         });
         match ready {
             Some(i) => actions.push(pending.remove(i)),

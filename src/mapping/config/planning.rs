@@ -61,7 +61,7 @@ impl Config {
                     Ok(None) => {}
                     Err(e) => {
                         plan.errors.push(PlanError {
-                            action: action.name.clone(),
+                            action: action.name.to_string(),
                             step: None,
                             message: e.to_string(),
                         });
@@ -231,7 +231,7 @@ impl Config {
             if offline.plan.actions.iter().any(|p| p.action == i)
                 || erred.contains(&action.name.as_str())
             {
-                out.matched.push(action.name.clone());
+                out.matched.push(action.name.to_string());
             }
         }
         for (action, lookups) in offline.lookups {
@@ -248,7 +248,7 @@ impl Config {
                     .find(|p| p.action == action)
                     .and_then(|planned| self.preview_batch(&offline.plan, planned, step, &request));
                 out.requests.push(PreviewRequest {
-                    action: name.clone(),
+                    action: name.to_string(),
                     step: step.name.clone(),
                     request,
                     batch,
@@ -256,7 +256,7 @@ impl Config {
             }
             out.lookups
                 .extend(lookups.into_iter().map(|n| PreviewLookup {
-                    action: name.clone(),
+                    action: name.to_string(),
                     resolver: n.resolver,
                     keys: n.keys.into_iter().collect(),
                 }));
@@ -332,7 +332,7 @@ impl Config {
                     }
                     Err(e) => {
                         errors.push(PlanError {
-                            action: action.name.clone(),
+                            action: action.name.to_string(),
                             step: Some(step.name.clone()),
                             message: e.to_string(),
                         });

@@ -25,10 +25,64 @@ use std::path::PathBuf;
 use std::sync::Arc;
 pub use step::Step;
 
+/// The name of an action (`upsert_user`): what a dead letter names as failed, and what a
+/// replay delivers alone.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct ActionName(String);
+
+impl ActionName {
+    pub fn new(name: impl Into<String>) -> ActionName {
+        ActionName(name.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for ActionName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ActionName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for ActionName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for ActionName {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl From<&str> for ActionName {
+    fn from(name: &str) -> ActionName {
+        ActionName(name.to_owned())
+    }
+}
+
+impl From<ActionName> for String {
+    fn from(name: ActionName) -> String {
+        name.0
+    }
+}
+
 /// A compiled action.
 #[derive(Debug)]
 pub struct Action {
-    pub name: String,
+    pub name: ActionName,
     pub title: String,
     pub file: PathBuf,
     pub enabled: bool,
