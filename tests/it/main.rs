@@ -26,4 +26,5 @@ mod oauth;
 mod scheduler;
 mod schemas;
 mod serve;
+mod serve_config;
 mod validate;
