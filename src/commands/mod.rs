@@ -62,7 +62,7 @@ pub enum Command {
     Emulator(emulator::EmulatorArgs),
     /// Run the ingest server: a Segment-compatible HTTP API whose events are stored durably
     /// (SQLite) and delivered to Zendesk; /healthz, /readyz, /metrics; SIGHUP reloads.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// List, show, replay or purge the dead letters of a `zdmap serve` data directory.
     DeadLetters(dead_letters::DeadLettersArgs),
     /// Connect to Zendesk with OAuth: `login` (approve once in a browser; the tokens are kept

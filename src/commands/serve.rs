@@ -217,7 +217,7 @@ fn write_keys(args: &ServeArgs) -> Result<WriteKeys, String> {
             )
         })?;
         keys.extend(
-            text.split(|c| c == '\n' || c == ',')
+            text.split(['\n', ','])
                 .map(str::trim)
                 .filter(|k| !k.is_empty())
                 .map(str::to_owned),

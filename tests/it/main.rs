@@ -11,6 +11,7 @@ mod clock_skew;
 mod deliver_cases;
 mod deliver_e2e;
 mod deliver_transport;
+mod deploy;
 mod effectively_once;
 mod emulator;
 mod fields;
