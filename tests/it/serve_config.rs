@@ -111,8 +111,9 @@ async fn the_command_line_comes_before_the_environment_before_zdmap_yaml() {
     );
     assert_eq!(start["budget"], "100 requests a minute");
 
+    let from_env = shown("from-env");
     let env = [
-        ("ZDMAP_DATA_DIR", shown("from-env").leak() as &str),
+        ("ZDMAP_DATA_DIR", from_env.as_str()),
         ("ZDMAP_SET", "requests_per_minute=200"),
     ];
     let start = start_line(d, &[], &env);
