@@ -21,16 +21,37 @@ pub struct ConfigArgs {
         env = "ZDMAP_MAPPINGS"
     )]
     pub mappings: PathBuf,
-    /// Override a setting of destination.yaml, e.g. `--set subdomain=acme` (repeatable).
+    /// Override a setting of destination.yaml, e.g. `--set subdomain=acme` (repeatable; also
+    /// ZDMAP_SET, comma-separated, whose settings --set overrides one by one).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// The settings of `serve`'s config file, below ZDMAP_SET and --set.
+    #[arg(skip)]
+    pub file_set: Vec<String>,
 }
 
+/// The variable whose comma-separated `NAME=VALUE`s apply before `--set`.
+pub(crate) const SET_VAR: &str = "ZDMAP_SET";
+
 impl ConfigArgs {
+    /// The mappings and the settings, merged setting by setting: a config file's, then
+    /// ZDMAP_SET's, then --set's (a later one of a name wins).
     pub fn source(&self) -> Source {
+        let from_env = std::env::var(SET_VAR).unwrap_or_default();
+        let from_env = from_env
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
         Source {
             mappings: self.mappings.clone(),
-            set: self.set.clone(),
+            set: self
+                .file_set
+                .iter()
+                .cloned()
+                .chain(from_env)
+                .chain(self.set.iter().cloned())
+                .collect(),
         }
     }
 
@@ -47,7 +68,7 @@ pub struct TargetArgs {
     #[arg(long, value_name = "URL", env = "ZDMAP_ZENDESK_URL")]
     pub zendesk_url: Option<String>,
     /// Start the built-in Zendesk emulator in-process and send to it.
-    #[arg(long, conflicts_with = "zendesk_url")]
+    #[arg(long, conflicts_with = "zendesk_url", env = "ZDMAP_EMULATOR")]
     pub emulator: bool,
 }
 

@@ -6,16 +6,20 @@
 
 mod args;
 pub mod auth;
+mod config_file;
 pub mod dead_letters;
 pub mod emulator;
 pub mod fields;
+mod generate;
+mod healthcheck;
 pub mod init;
 pub mod inspect;
 pub mod junit;
 pub mod send;
 pub mod serve;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -62,13 +66,20 @@ pub enum Command {
     Emulator(emulator::EmulatorArgs),
     /// Run the ingest server: a Segment-compatible HTTP API whose events are stored durably
     /// (SQLite) and delivered to Zendesk; /healthz, /readyz, /metrics; SIGHUP reloads.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// List, show, replay or purge the dead letters of a `zdmap serve` data directory.
     DeadLetters(dead_letters::DeadLettersArgs),
     /// Connect to Zendesk with OAuth: `login` (approve once in a browser; the tokens are kept
     /// and refreshed), `status` (the credentials in use, the token's scopes and expiry),
     /// `check` (exit 1 when the scopes miss a request of the mappings).
     Auth(auth::AuthArgs),
+    /// Ask a running server's /healthz: exit 0 when it answers 200, 1 otherwise (a container's
+    /// HEALTHCHECK, where there is no curl).
+    Healthcheck(healthcheck::HealthcheckArgs),
+    /// Print the completion script of a shell (bash, zsh, fish, elvish, powershell).
+    Completions(generate::CompletionsArgs),
+    /// Print the man page (roff), or write a page per command into a directory.
+    Man(generate::ManArgs),
 }
 
 /// Writes a line to standard error; a reader that has gone (`2>&1 | head`) is no error.
@@ -83,15 +94,19 @@ pub const EXIT_USAGE: u8 = 64;
 /// Parses the arguments and runs the command.
 pub fn main() -> ExitCode {
     // Usage errors exit 64 (sysexits' EX_USAGE), apart from `send`'s 2 (some dead-lettered).
-    let cli = match Cli::try_parse() {
+    let cli = match parse(std::env::args_os().collect()) {
         Ok(cli) => cli,
-        Err(e) => {
+        Err(Unparsed::Clap(e)) => {
             let _ = e.print();
             return if e.use_stderr() {
                 ExitCode::from(EXIT_USAGE)
             } else {
                 ExitCode::SUCCESS
             };
+        }
+        Err(Unparsed::File(e)) => {
+            say(format!("error: {e}"));
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     match cli.command {
@@ -107,7 +122,57 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => serve::serve(&a),
         Command::DeadLetters(a) => dead_letters::dead_letters(&a),
         Command::Auth(a) => auth::auth(&a),
+        Command::Healthcheck(a) => healthcheck::healthcheck(&a),
+        Command::Completions(a) => generate::completions(&a),
+        Command::Man(a) => generate::man(&a),
     }
+}
+
+/// Why the command line gave no command.
+enum Unparsed {
+    Clap(clap::Error),
+    File(config_file::FileError),
+}
+
+/// Parses `args`; for `serve`, with the values of its config file as the defaults of its flags
+/// (see [`config_file`]).
+fn parse(args: Vec<OsString>) -> Result<Cli, Unparsed> {
+    let mut command = Cli::command();
+    let matches = command
+        .try_get_matches_from_mut(args.iter())
+        .map_err(Unparsed::Clap)?;
+    let Some(("serve", serve)) = matches.subcommand() else {
+        return Cli::from_arg_matches(&matches).map_err(Unparsed::Clap);
+    };
+    let explicit = serve.get_one::<PathBuf>(config_file::CONFIG_ARG);
+    let Some(path) = config_file::chosen(explicit.map(PathBuf::as_path)) else {
+        return Cli::from_arg_matches(&matches).map_err(Unparsed::Clap);
+    };
+    let Some(serve_command) = command.find_subcommand("serve") else {
+        return Cli::from_arg_matches(&matches).map_err(Unparsed::Clap);
+    };
+    let file = config_file::load(&path, serve_command, &|name| std::env::var(name).ok())
+        .map_err(Unparsed::File)?;
+    let matches = config_file::apply(Cli::command(), &file)
+        .try_get_matches_from(args.iter())
+        .map_err(Unparsed::Clap)?;
+    let mut cli = Cli::from_arg_matches(&matches).map_err(Unparsed::Clap)?;
+    if let (Command::Serve(serve_args), Some(("serve", serve))) =
+        (&mut cli.command, matches.subcommand())
+    {
+        serve_args.config.file_set = file.set;
+        // The file's choice of target gives way to the other one given above it.
+        use clap::parser::ValueSource::DefaultValue;
+        let from_file = |id: &str| serve.value_source(id) == Some(DefaultValue);
+        let above_file = |id: &str| serve.value_source(id).is_some_and(|s| s != DefaultValue);
+        if from_file("emulator") && above_file("zendesk_url") {
+            serve_args.target.emulator = false;
+        }
+        if from_file("zendesk_url") && above_file("emulator") && serve_args.target.emulator {
+            serve_args.target.zendesk_url = None;
+        }
+    }
+    Ok(cli)
 }
 
 /// An input argument: a file, or `-` (or nothing) for standard input; says why on standard

@@ -15,13 +15,29 @@ use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
+    /// A YAML file of these flags by their long names (`listen: 0.0.0.0:8088`, `data_dir`,
+    /// `write_key_file`, `set: {subdomain: acme}`), `${VAR}` taken from the environment.
+    /// Default: zdmap.yaml in the working directory, when there is one. A flag on the command
+    /// line comes first, then its ZDMAP_* variable, then the file.
+    #[arg(
+        id = "config_file",
+        long = "config",
+        value_name = "FILE",
+        env = "ZDMAP_CONFIG"
+    )]
+    pub config_file: Option<PathBuf>,
     #[command(flatten)]
     pub config: ConfigArgs,
     #[command(flatten)]
     pub target: TargetArgs,
     /// Address of the ingest API (Segment's HTTP tracking API: /v1/identify, /v1/track,
     /// /v1/group, /v1/batch, /v1/import), plus /healthz, /readyz and /metrics.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8088")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8088",
+        env = "ZDMAP_LISTEN"
+    )]
     pub listen: SocketAddr,
     /// Where the durable queue and the dead letters are kept (created if needed; not used with
     /// --queue).
@@ -37,7 +53,7 @@ pub struct ServeArgs {
     /// `nats://HOST:PORT[,HOST:PORT...]`. Credentials come from ZDMAP_NATS_USER and
     /// ZDMAP_NATS_PASSWORD, or ZDMAP_NATS_TOKEN (each also from the file named by the same
     /// variable with _FILE appended), or a creds file whose path is ZDMAP_NATS_CREDS.
-    #[arg(long, value_name = "URLS", env = "ZDMAP_QUEUE")]
+    #[arg(long, value_name = "URLS", env = "ZDMAP_QUEUE", hide_env_values = true)]
     pub queue: Option<String>,
     /// The token store of an OAuth refresh-token chain from `zdmap auth login` (default:
     /// oauth-tokens.json in --data-dir; with --queue, the NATS key-value bucket zdmap_oauth,
@@ -46,12 +62,17 @@ pub struct ServeArgs {
     pub token_store: Option<PathBuf>,
     /// With --queue: copies JetStream keeps of the streams and buckets (1 on a single server,
     /// 3 on a three-node cluster). Applies when they are created.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        env = "ZDMAP_NATS_REPLICAS"
+    )]
     pub nats_replicas: usize,
     /// With --queue: partitions of the events stream; each is delivered by one replica at a
     /// time, so more partitions spread the work more evenly. Fixed by the first replica that
     /// creates the queue.
-    #[arg(long, value_name = "N", default_value_t = crate::queue::nats::DEFAULT_PARTITIONS)]
+    #[arg(long, value_name = "N", default_value_t = crate::queue::nats::DEFAULT_PARTITIONS, env = "ZDMAP_NATS_PARTITIONS")]
     pub nats_partitions: u32,
     /// With --queue: how long a replica that stopped (killed, cut off) keeps its partitions,
     /// and the organizations whose events it was delivering, before the others take them;
@@ -59,74 +80,94 @@ pub struct ServeArgs {
     /// every third. A replica that cannot renew a lease (cut off from NATS) starts no delivery
     /// of that partition's events four fifths of it after the last renewal, before another
     /// replica may take it. Fixed by the first replica that creates the queue.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "ZDMAP_NATS_LEASE")]
     pub nats_lease: Duration,
-    /// A write key senders must give as the HTTP Basic user (repeatable; also
-    /// ZDMAP_WRITE_KEYS, comma-separated). Required unless listening on loopback only.
-    #[arg(long = "write-key", value_name = "KEY")]
+    /// A write key senders must give as the HTTP Basic user (repeatable, or comma-separated).
+    /// Required unless listening on loopback only.
+    #[arg(
+        long = "write-key",
+        value_name = "KEY",
+        env = "ZDMAP_WRITE_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub write_keys: Vec<String>,
+    /// A file of write keys, one a line (or comma-separated), read at start: a mounted secret.
+    /// Its keys are taken besides those of --write-key.
+    #[arg(long, value_name = "FILE", env = "ZDMAP_WRITE_KEYS_FILE")]
+    pub write_key_file: Option<PathBuf>,
     /// How many events are delivered at once. The events of one user (or one organization)
     /// always go in order; a user that must wait (a retry, a rate limit, a record that does
     /// not exist yet) is set aside while the others go on.
-    #[arg(long, value_name = "N", default_value_t = 8)]
+    #[arg(long, value_name = "N", default_value_t = 8, env = "ZDMAP_CONCURRENCY")]
     pub concurrency: usize,
     /// How long an event Zendesk cannot take yet (server errors, timeouts, 429s) keeps being
     /// tried before it is dead-lettered, e.g. `90s`, `30m`, `24h`. While Zendesk refuses the
     /// credentials, events wait however long it takes.
-    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration, env = "ZDMAP_RETRY_FOR")]
     pub retry_for: Duration,
     /// How long an event that needs a record that does not exist yet (a track before its
     /// user's identify) waits for another event to create it before it is dead-lettered with
     /// the lookup that failed.
-    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration, env = "ZDMAP_WAIT_FOR_RECORDS")]
     pub wait_for_records: Duration,
     /// How long an item of a bulk request waits for others to join it (steps with a `batch`
     /// form). Bulk requests also go out when full, and as soon as nothing else runs and no event
     /// waits to be read, so a quiet stream is not slowed.
-    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration, env = "ZDMAP_BATCH_WINDOW")]
     pub batch_window: Duration,
     /// Send every request on its own: no bulk requests, no jobs.
-    #[arg(long)]
+    #[arg(long, env = "ZDMAP_NO_BATCH")]
     pub no_batch: bool,
     /// How long shutdown waits for events being sent; the rest stay queued for the next start.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, env = "ZDMAP_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Duration,
     /// Do not reload when a file of the mappings directory changes (SIGHUP still reloads).
-    #[arg(long)]
+    #[arg(long, env = "ZDMAP_NO_WATCH")]
     pub no_watch: bool,
     /// Log format on standard error. The level comes from ZDMAP_LOG (default `info`).
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(long, value_enum, default_value = "text", env = "ZDMAP_LOG_FORMAT")]
     pub log_format: LogFormat,
     /// Include whole events in the logs of dead letters (off by default: events hold personal
     /// data).
-    #[arg(long)]
+    #[arg(long, env = "ZDMAP_LOG_EVENTS")]
     pub log_events: bool,
     /// An origin whose web pages may post events (CORS), e.g. `https://www.example.com`, or `*`
     /// for any (repeatable; off by default). A server on loopback refuses the requests of web
     /// pages of any other origin, write key or not.
-    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    #[arg(
+        long = "cors-origin",
+        value_name = "ORIGIN",
+        env = "ZDMAP_CORS_ORIGIN",
+        value_delimiter = ','
+    )]
     pub cors_origins: Vec<String>,
     /// A host name a loopback server answers besides localhost, 127.0.0.1 and `[::1]`
     /// (repeatable). Requests naming another Host are refused, so that no web page can reach
     /// a local server through a name of its own (DNS rebinding).
-    #[arg(long = "allowed-host", value_name = "NAME")]
+    #[arg(
+        long = "allowed-host",
+        value_name = "NAME",
+        env = "ZDMAP_ALLOWED_HOST",
+        value_delimiter = ','
+    )]
     pub allowed_hosts: Vec<String>,
     /// How long a sender's messageId is remembered: the same call sent again within it is
     /// dropped (`0` turns that off).
-    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration, env = "ZDMAP_DEDUPE_WINDOW")]
     pub dedupe_window: Duration,
     /// Connections open at once; more are closed as they arrive.
-    #[arg(long, value_name = "N", default_value_t = ConnectionLimits::default().max_connections)]
+    #[arg(long, value_name = "N", default_value_t = ConnectionLimits::default().max_connections, env = "ZDMAP_MAX_CONNECTIONS")]
     pub max_connections: usize,
     /// How long a client may take to send a request's headers (and, on a kept-alive
     /// connection, to start its next request).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "ZDMAP_HEADER_TIMEOUT")]
     pub header_timeout: Duration,
     /// How long a connection may pass no bytes before it is closed.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration, env = "ZDMAP_IDLE_TIMEOUT")]
     pub idle_timeout: Duration,
     /// How long a request body may take to arrive.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, env = "ZDMAP_BODY_TIMEOUT")]
     pub body_timeout: Duration,
 }
 
@@ -165,7 +206,31 @@ fn cannot_start(problem: &str) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// The write keys of --write-key and of --write-key-file.
+fn write_keys(args: &ServeArgs) -> Result<WriteKeys, String> {
+    let mut keys = args.write_keys.clone();
+    if let Some(path) = &args.write_key_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "cannot read the write keys of --write-key-file {}: {e}",
+                path.display()
+            )
+        })?;
+        keys.extend(
+            text.split(['\n', ','])
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    Ok(WriteKeys::from_args_and_env(&keys, None))
+}
+
 async fn serve_async(args: &ServeArgs) -> ExitCode {
+    let write_keys = match write_keys(args) {
+        Ok(keys) => keys,
+        Err(problem) => return cannot_start(&problem),
+    };
     let token_store = match super::auth::open_store(
         args.token_store.as_deref(),
         &args.data_dir,
@@ -202,10 +267,7 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
                 ));
             }
         },
-        write_keys: WriteKeys::from_args_and_env(
-            &args.write_keys,
-            std::env::var("ZDMAP_WRITE_KEYS").ok().as_deref(),
-        ),
+        write_keys,
         workers: WorkerOptions {
             concurrency: args.concurrency,
             retry_for: args.retry_for,
@@ -234,15 +296,21 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return cannot_start(&e.to_string()),
     };
-    println!("zdmap serve listening on {}", server.url());
+    // Listening for signals before saying so: a SIGTERM sent as soon as the line is read
+    // shuts down gracefully.
+    let signals = Signals::new();
+    // Standard output may be closed once its first line was read: no panic for that.
+    let mut out = super::Out::new();
+    out.line(format_args!("zdmap serve listening on {}", server.url()));
     if let Some(emulator) = server.emulator() {
-        println!(
+        out.line(format_args!(
             "  delivering to the built-in emulator at {}",
             emulator.url()
-        );
+        ));
     }
+    drop(out);
     tokio::spawn(check_scopes(server.shared().clone()));
-    wait_for_signals(&server).await;
+    signals.wait(&server).await;
     server.shutdown().await;
     ExitCode::SUCCESS
 }
@@ -275,33 +343,52 @@ async fn check_scopes(shared: std::sync::Arc<crate::serve::Shared>) {
     }
 }
 
-/// Reloads on SIGHUP; returns on SIGTERM or Ctrl-C.
-async fn wait_for_signals(server: &Server) {
+/// SIGHUP, SIGTERM and Ctrl-C, listened for from their creation on.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut hup), Ok(mut term)) = (
-            signal(SignalKind::hangup()),
-            signal(SignalKind::terminate()),
-        ) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading the mappings and the credentials");
-                    let shared = server.shared().clone();
-                    let _ = tokio::task::spawn_blocking(move || shared.reload()).await;
-                }
-                _ = term.recv() => return,
-                _ = tokio::signal::ctrl_c() => return,
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                unix: signal(SignalKind::hangup())
+                    .and_then(|hup| Ok((hup, signal(SignalKind::terminate())?)))
+                    .ok(),
             }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Reloads on SIGHUP; returns on SIGTERM or Ctrl-C.
+    async fn wait(self, server: &Server) {
+        #[cfg(unix)]
+        {
+            let Some((mut hup, mut term)) = self.unix else {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reloading the mappings and the credentials");
+                        let shared = server.shared().clone();
+                        let _ = tokio::task::spawn_blocking(move || shared.reload()).await;
+                    }
+                    _ = term.recv() => return,
+                    _ = tokio::signal::ctrl_c() => return,
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = server;
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

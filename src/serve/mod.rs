@@ -355,9 +355,20 @@ impl Server {
             None
         };
         let depth = queue.depth().await.unwrap_or(0);
+        let transport = destination.executor.transport();
+        let shared_budget = if options.nats.is_some() {
+            ", shared by the replicas"
+        } else {
+            ""
+        };
         tracing::info!(
             listen = %addr,
+            zendesk = %shown_target(transport.client().target(), destination.emulator.is_some()),
             queue = %place,
+            budget = %match transport.budget().requests_per_minute() {
+                Some(rpm) => format!("{rpm} requests a minute{shared_budget}"),
+                None => "none".to_owned(),
+            },
             queued = depth,
             "zdmap serve started"
         );
@@ -413,6 +424,19 @@ impl Server {
             emulator.shutdown().await;
         }
         tracing::info!("stopped");
+    }
+}
+
+/// Where events go, as the start line says it: the Zendesk URL (without any `user:password@`),
+/// or the built-in emulator.
+fn shown_target(target: &crate::deliver::Target, emulator: bool) -> String {
+    let mut url = target.base_url().clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    if emulator {
+        format!("the built-in emulator at {url}")
+    } else {
+        url.to_string()
     }
 }
 

@@ -169,3 +169,80 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// The variables of the environment the tests run in that would choose for a `zdmap serve`
+/// started by a test: they are removed, so a test sets only those it means.
+const CHOOSING_VARS: [&str; 12] = [
+    "ZDMAP_CONFIG",
+    "ZDMAP_LISTEN",
+    "ZDMAP_DATA_DIR",
+    "ZDMAP_MAPPINGS",
+    "ZDMAP_QUEUE",
+    "ZDMAP_SET",
+    "ZDMAP_WRITE_KEYS",
+    "ZDMAP_ZENDESK_URL",
+    "ZDMAP_LOG_FORMAT",
+    "ZDMAP_TOKEN_STORE",
+    "ZENDESK_EMAIL",
+    "ZENDESK_API_TOKEN",
+];
+
+/// `zdmap ARGS` started in `dir` with only the variables `env` of those that choose (see
+/// [`CHOOSING_VARS`]); its URL once it says it listens, or its exit code and standard error
+/// when it stops first.
+pub fn spawn_in(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<(std::process::Child, String), (i32, String)> {
+    use std::io::{BufRead, Read};
+    use std::process::{Command, Stdio};
+    let mut command = Command::new(env!("CARGO_BIN_EXE_zdmap"));
+    command.current_dir(dir).args(args);
+    for var in CHOOSING_VARS {
+        command.env_remove(var);
+    }
+    command
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn zdmap");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut first = String::new();
+    let _ = std::io::BufReader::new(stdout).read_line(&mut first);
+    match first.trim().strip_prefix("zdmap serve listening on ") {
+        Some(url) => Ok((child, url.to_owned())),
+        None => {
+            let mut stderr = String::new();
+            let _ = child
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut stderr);
+            let code = child.wait().expect("wait").code().unwrap_or(-1);
+            Err((code, stderr))
+        }
+    }
+}
+
+/// Stops a server started with `--log-format json` (SIGTERM) and gives the fields of its
+/// `zdmap serve started` line.
+pub fn stop_and_read_start(child: std::process::Child) -> serde_json::Value {
+    super::command::signal(&child, "TERM");
+    let out = child.wait_with_output().expect("wait");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{logs}");
+    logs.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|l| l["fields"].clone())
+        .find(|f| f["message"] == "zdmap serve started")
+        .unwrap_or_else(|| panic!("no start line in {logs}"))
+}
+
+/// A loopback port free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
