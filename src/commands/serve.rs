@@ -156,11 +156,15 @@ pub struct ServeArgs {
     /// dropped (`0` turns that off).
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration, env = "ZDMAP_DEDUPE_WINDOW")]
     pub dedupe_window: Duration,
-    /// Connections open at once; more are closed as they arrive.
-    #[arg(long, value_name = "N", default_value_t = ConnectionLimits::default().max_connections, env = "ZDMAP_MAX_CONNECTIONS")]
-    pub max_connections: usize,
-    /// How long a client may take to send a request's headers (and, on a kept-alive
-    /// connection, to start its next request).
+    /// Connections open at once [default: half the limit of open files (`ulimit -n`), at most
+    /// 15000]. When they are all open, a new connection takes the place of the oldest one with
+    /// no request in flight (one that has not sent a whole request head yet, else the one idle
+    /// the longest); it is closed only when every connection has a request in flight.
+    #[arg(long, value_name = "N", env = "ZDMAP_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// How long a connection may take to send a request's headers, counted from its accept
+    /// (and, on a kept-alive connection, from the end of its last answer): one that sends
+    /// nothing, or too little, is closed.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, env = "ZDMAP_HEADER_TIMEOUT")]
     pub header_timeout: Duration,
     /// How long a connection may pass no bytes before it is closed.
@@ -286,7 +290,10 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
             dedupe_window: args.dedupe_window,
             body_timeout: args.body_timeout,
             connections: ConnectionLimits {
-                max_connections: args.max_connections.max(1),
+                max_connections: args
+                    .max_connections
+                    .unwrap_or_else(crate::serve::connections::default_max_connections)
+                    .max(1),
                 header_timeout: args.header_timeout,
                 idle_timeout: args.idle_timeout,
             },

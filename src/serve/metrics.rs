@@ -38,8 +38,13 @@ pub struct Metrics {
     /// Calls dropped because their `messageId` was accepted within the deduplication window.
     pub duplicates: AtomicU64,
     pub connections_open: AtomicU64,
-    /// Connections closed at once because the connection cap was reached.
+    /// Connections closed at once because the connection cap was reached and every connection
+    /// had a request in flight.
     pub connections_refused: AtomicU64,
+    /// Connections with no request in flight closed to give their slot to a new one.
+    pub connections_evicted: AtomicU64,
+    /// Connections closed because a request's head did not come within the header timeout.
+    pub connections_timed_out: AtomicU64,
     /// Time to answer an ingest request (including the durable write).
     pub ingest_latency: Histogram,
     /// Time from accepting an event to Zendesk having it.
@@ -193,8 +198,20 @@ pub fn render(metrics: &Metrics, stats: &Stats, queue_depth: Option<u64>, ready:
     counter(
         &mut out,
         "zdmap_connections_refused_total",
-        "Connections closed on arrival because the connection cap was reached.",
+        "Connections closed on arrival: the connection cap was reached and every connection had a request in flight.",
         get(&metrics.connections_refused),
+    );
+    counter(
+        &mut out,
+        "zdmap_connections_evicted_total",
+        "Connections with no request in flight closed to make room for a new one at the connection cap.",
+        get(&metrics.connections_evicted),
+    );
+    counter(
+        &mut out,
+        "zdmap_connections_timed_out_total",
+        "Connections closed because a request's head did not come within the header timeout.",
+        get(&metrics.connections_timed_out),
     );
     gauge(
         &mut out,

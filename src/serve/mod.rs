@@ -5,6 +5,7 @@
 //! - [`ingest`]: what a request may carry and how it becomes queued events (or refused calls).
 //! - [`body`]: reading a request body: time and size limits, gzip and deflate.
 //! - [`connections`]: the connection cap, header and idle timeouts, the graceful stop.
+//! - [`slots`]: who holds a connection slot, and who gives it up when the cap is reached.
 //! - [`guard`]: on loopback, no web page of another origin and no foreign `Host`.
 //! - [`workers`]: delivery from the queue, in order per user, until each event is settled.
 //! - [`metrics`]: `/metrics` (Prometheus text) and the readiness behind `/readyz`.
@@ -23,6 +24,7 @@ pub mod ingest;
 pub mod logs;
 pub mod metrics;
 pub mod reload;
+pub(crate) mod slots;
 pub mod workers;
 
 use crate::base::time::rfc3339_utc;
@@ -370,6 +372,7 @@ impl Server {
                 None => "none".to_owned(),
             },
             queued = depth,
+            max_connections = options.ingest.connections.max_connections,
             "zdmap serve started"
         );
         Ok(Server {

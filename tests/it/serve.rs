@@ -908,6 +908,20 @@ mod senders {
         String::from_utf8_lossy(&answer[..n]).into_owned()
     }
 
+    /// Reads an answer's head (up to its blank line) from `stream`; what came if it closed
+    /// before.
+    pub(super) async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&head).into_owned()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_wrong_key_gets_401_before_its_body_is_uploaded() {
         let (_emu, _data, server) = serving(IngestOptions::default()).await;
@@ -933,29 +947,38 @@ mod senders {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn unfinished_headers_time_out_and_connections_over_the_cap_are_closed() {
+    async fn unfinished_headers_time_out_and_when_every_slot_is_busy_newcomers_are_closed() {
         let ingest = IngestOptions {
             connections: ConnectionLimits {
                 max_connections: 3,
                 header_timeout: Duration::from_millis(500),
-                idle_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(30),
             },
             ..IngestOptions::default()
         };
         let (_emu, _data, server) = serving(ingest).await;
         let addr = server.url().trim_start_matches("http://").to_owned();
-        // Three clients that never finish their headers take every slot.
-        let mut slow = Vec::new();
+        // Three uploads in flight (their heads sent, their bodies not yet) take every slot.
+        let call = br#"{"userId": "u-busy", "event": "Signed In"}"#;
+        let mut busy = Vec::new();
         for _ in 0..3 {
             let mut s = tokio::net::TcpStream::connect(&addr)
                 .await
                 .expect("connect");
-            s.write_all(b"POST /v1/track HTTP/1.1\r\nhost: localhost\r\n")
-                .await
-                .expect("write");
-            slow.push(s);
+            let head = format!(
+                "POST /v1/track HTTP/1.1\r\nhost: localhost\r\nauthorization: {}\r\n\
+                 content-type: application/json\r\ncontent-length: {}\r\n\
+                 expect: 100-continue\r\n\r\n",
+                basic(KEY),
+                call.len()
+            );
+            s.write_all(head.as_bytes()).await.expect("write");
+            // Asked for its body: the request is in flight.
+            let answer = read_head(&mut s).await;
+            assert!(answer.starts_with("HTTP/1.1 100 Continue"), "{answer}");
+            busy.push(s);
         }
-        // Once they hold the slots, another connection is closed on arrival.
+        // Once they hold the slots, a newcomer is closed on arrival: nobody is evicted for it.
         eventually(
             "a connection refused over the cap",
             Duration::from_secs(30),
@@ -970,18 +993,46 @@ mod senders {
             },
         )
         .await;
-        // The header timeout closes the unfinished ones; then the server answers again.
-        for mut s in slow {
+        // Past the header timeout, the uploads are answered: a request in flight has no head
+        // deadline.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        for mut s in busy {
+            s.write_all(call).await.expect("body");
             let mut buf = [0u8; 256];
-            let n = s.read(&mut buf).await.unwrap_or(0);
+            let n = s.read(&mut buf).await.expect("answer");
             let got = String::from_utf8_lossy(&buf[..n]);
-            assert!(n == 0 || got.starts_with("HTTP/1.1 408"), "closed: {got}");
+            assert!(got.starts_with("HTTP/1.1 200"), "{got}");
         }
         let text = Metrics::once(&server.url(), "zdmap_connections_refused_total", |n| {
             n >= 1.0
         })
         .await;
         assert!(text.get("zdmap_connections_open").is_some(), "{text}");
+        assert_eq!(
+            text.get("zdmap_connections_evicted_total"),
+            Some(0.0),
+            "{text}"
+        );
+        // A head left unfinished, and no head at all, are closed at the header timeout.
+        let mut unfinished = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        unfinished
+            .write_all(b"POST /v1/track HTTP/1.1\r\nhost: localhost\r\n")
+            .await
+            .expect("write");
+        let silent = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        for mut s in [unfinished, silent] {
+            let mut buf = [0u8; 256];
+            let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf))
+                .await
+                .expect("closed")
+                .unwrap_or(0);
+            let got = String::from_utf8_lossy(&buf[..n]);
+            assert!(n == 0 || got.starts_with("HTTP/1.1 408"), "closed: {got}");
+        }
         // A kept-alive connection that goes quiet is closed too.
         let mut idle = tokio::net::TcpStream::connect(&addr)
             .await
@@ -996,6 +1047,10 @@ mod senders {
         let closed =
             tokio::time::timeout(Duration::from_secs(30), idle.read_to_end(&mut rest)).await;
         assert!(closed.is_ok(), "the idle connection was closed");
+        Metrics::once(&server.url(), "zdmap_connections_timed_out_total", |n| {
+            n >= 3.0
+        })
+        .await;
         server.shutdown().await;
     }
 
@@ -1062,5 +1117,264 @@ mod senders {
             !logs.contains('\u{1b}'),
             "no colour codes when standard error is not a terminal"
         );
+    }
+}
+
+/// Hostile and unlucky connections: hundreds of clients that connect and send nothing, or a
+/// byte a second, against a small connection cap. Real senders are still answered, the
+/// hostile sockets are closed, and a request in flight is never cut off to make room.
+mod crowded {
+    use super::senders::read_head;
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+    use zdmap::serve::connections::ConnectionLimits;
+
+    /// The cap of these tests' servers.
+    const CAP: usize = 20;
+
+    async fn serving(header_timeout: Duration) -> (Emulator, tempfile::TempDir, Server) {
+        let emu = Emulator::start(EmulatorOptions::default())
+            .await
+            .expect("emulator");
+        let data = tempfile::tempdir().expect("tempdir");
+        let ingest = IngestOptions {
+            connections: ConnectionLimits {
+                max_connections: CAP,
+                header_timeout,
+                idle_timeout: Duration::from_secs(60),
+            },
+            ..IngestOptions::default()
+        };
+        let server =
+            start_server_with(&emu, data.path(), Path::new("mappings"), false, ingest).await;
+        (emu, data, server)
+    }
+
+    /// How the clients of a flood behave once connected.
+    #[derive(Clone, Copy)]
+    enum Client {
+        /// Sends nothing.
+        Silent,
+        /// Sends a request head one byte a second, never finishing it (slowloris).
+        Trickle,
+    }
+
+    /// Clients connecting one after another (one every 20 ms, up to 500), each kept open
+    /// until the server closes it.
+    struct Flood {
+        opened: Arc<AtomicUsize>,
+        closed: Arc<AtomicUsize>,
+        stop: Arc<AtomicBool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Flood {
+        fn start(addr: &str, client: Client) -> Flood {
+            let opened = Arc::new(AtomicUsize::new(0));
+            let closed = Arc::new(AtomicUsize::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let task = tokio::spawn({
+                let (addr, opened, closed, stop) = (
+                    addr.to_owned(),
+                    opened.clone(),
+                    closed.clone(),
+                    stop.clone(),
+                );
+                async move {
+                    for _ in 0..500 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        if let Ok(stream) = TcpStream::connect(&addr).await {
+                            opened.fetch_add(1, Ordering::Relaxed);
+                            tokio::spawn(hold(stream, client, closed.clone()));
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            });
+            Flood {
+                opened,
+                closed,
+                stop,
+                task,
+            }
+        }
+
+        /// Waits until `n` clients have connected: more than the cap.
+        async fn opened(&self, n: usize) {
+            eventually("the flood's clients", Duration::from_secs(30), async || {
+                self.opened.load(Ordering::Relaxed) >= n
+            })
+            .await;
+        }
+
+        /// Stops connecting, then waits until the server has closed every client.
+        async fn all_closed(self) {
+            self.stop.store(true, Ordering::Relaxed);
+            self.task.await.expect("flood");
+            let opened = self.opened.load(Ordering::Relaxed);
+            eventually(
+                "every client of the flood closed by the server",
+                Duration::from_secs(30),
+                async || {
+                    let closed = self.closed.load(Ordering::Relaxed);
+                    (closed == opened)
+                        .then_some(())
+                        .ok_or(format!("{closed} of {opened}"))
+                },
+            )
+            .await;
+        }
+    }
+
+    /// One client of a flood, until the server closes its connection.
+    async fn hold(mut stream: TcpStream, client: Client, closed: Arc<AtomicUsize>) {
+        let head = b"POST /v1/track HTTP/1.1\r\nhost: localhost\r\nx-slow: ";
+        let mut sent = 0;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut buf = [0u8; 256];
+        loop {
+            tokio::select! {
+                read = stream.read(&mut buf) => {
+                    if matches!(read, Ok(0) | Err(_)) {
+                        break;
+                    }
+                }
+                _ = tick.tick(), if matches!(client, Client::Trickle) => {
+                    let byte = head.get(sent).copied().unwrap_or(b'a');
+                    if stream.write_all(&[byte]).await.is_err() {
+                        break;
+                    }
+                    sent += 1;
+                }
+            }
+        }
+        closed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A sender's track call over a connection of its own, as raw HTTP/1.1: the answer's
+    /// head, empty when the connection was closed instead.
+    async fn track(addr: &str, n: usize) -> String {
+        let call = format!(r#"{{"userId": "u-real-{n}", "event": "Signed In"}}"#);
+        let request = format!(
+            "POST /v1/track HTTP/1.1\r\nhost: localhost\r\nauthorization: {}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{call}",
+            basic(KEY),
+            call.len()
+        );
+        let Ok(mut stream) = TcpStream::connect(addr).await else {
+            return String::new();
+        };
+        if stream.write_all(request.as_bytes()).await.is_err() {
+            return String::new();
+        }
+        read_head(&mut stream).await
+    }
+
+    /// Ten senders, one after another, each on a new connection: every one is answered 200.
+    async fn ten_senders_answered(server: &Server) {
+        let addr = server.url().trim_start_matches("http://").to_owned();
+        let mut answers = Vec::new();
+        for n in 0..10 {
+            answers.push(track(&addr, n).await);
+        }
+        let answered = answers
+            .iter()
+            .filter(|a| a.starts_with("HTTP/1.1 200"))
+            .count();
+        assert_eq!(answered, 10, "senders answered: {answers:?}");
+        let text = Metrics::read(&server.url()).await;
+        assert_eq!(
+            text.get("zdmap_events_accepted_total"),
+            Some(10.0),
+            "{text}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn silent_sockets_over_the_cap_do_not_keep_senders_out_and_are_closed() {
+        let (_emu, _data, server) = serving(Duration::from_secs(2)).await;
+        let addr = server.url().trim_start_matches("http://").to_owned();
+        let flood = Flood::start(&addr, Client::Silent);
+        flood.opened(2 * CAP).await;
+        ten_senders_answered(&server).await;
+        flood.all_closed().await;
+        let text = Metrics::read(&server.url()).await;
+        // The oldest silent sockets made room for newcomers; the last ones hit the deadline.
+        assert!(
+            text.get("zdmap_connections_evicted_total")
+                .is_some_and(|n| n >= CAP as f64),
+            "{text}"
+        );
+        assert!(
+            text.get("zdmap_connections_timed_out_total")
+                .is_some_and(|n| n >= 1.0),
+            "{text}"
+        );
+        assert_eq!(
+            text.get("zdmap_connections_refused_total"),
+            Some(0.0),
+            "{text}"
+        );
+        server.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn slowloris_clients_over_the_cap_do_not_keep_senders_out_and_are_closed() {
+        // A byte a second keeps bytes flowing: only the deadline from the accept ends them.
+        let (_emu, _data, server) = serving(Duration::from_secs(3)).await;
+        let addr = server.url().trim_start_matches("http://").to_owned();
+        let flood = Flood::start(&addr, Client::Trickle);
+        flood.opened(3 * CAP).await;
+        ten_senders_answered(&server).await;
+        flood.all_closed().await;
+        let text = Metrics::read(&server.url()).await;
+        assert!(
+            text.get("zdmap_connections_timed_out_total")
+                .is_some_and(|n| n >= 1.0),
+            "{text}"
+        );
+        server.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_slow_upload_in_flight_is_not_evicted_by_a_flood() {
+        let (_emu, _data, server) = serving(Duration::from_secs(2)).await;
+        let addr = server.url().trim_start_matches("http://").to_owned();
+        let call = br#"{"userId": "u-slow", "event": "Signed In", "properties": {"plan": "pro"}}"#;
+        let mut upload = TcpStream::connect(&addr).await.expect("connect");
+        let head = format!(
+            "POST /v1/track HTTP/1.1\r\nhost: localhost\r\nauthorization: {}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
+            basic(KEY),
+            call.len()
+        );
+        upload.write_all(head.as_bytes()).await.expect("head");
+        let answer = read_head(&mut upload).await;
+        assert!(answer.starts_with("HTTP/1.1 100 Continue"), "{answer}");
+        let (first, rest) = call.split_at(call.len() / 2);
+        upload.write_all(first).await.expect("first half");
+        // While its body is half sent, every other slot changes hands, more than twice over.
+        let flood = Flood::start(&addr, Client::Silent);
+        flood.opened(3 * CAP).await;
+        Metrics::once(&server.url(), "zdmap_connections_evicted_total", |n| {
+            n >= (2 * CAP) as f64
+        })
+        .await;
+        // Senders get in meanwhile.
+        ten_senders_answered(&server).await;
+        upload.write_all(rest).await.expect("the rest");
+        let answer = read_head(&mut upload).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "the upload is answered: {answer}"
+        );
+        Metrics::once(&server.url(), "zdmap_events_accepted_total", |n| n == 11.0).await;
+        flood.all_closed().await;
+        server.shutdown().await;
     }
 }
