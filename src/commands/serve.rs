@@ -111,6 +111,16 @@ pub struct ServeArgs {
     /// the lookup that failed.
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration, env = "ZDMAP_WAIT_FOR_RECORDS")]
     pub wait_for_records: Duration,
+    /// Memory for the events that wait for a record, in MiB. Past it, such an event keeps only
+    /// a small stub in memory: its body waits in the queue (SQLite) and is read again when its
+    /// record appears or its wait ends. (On NATS the bodies stay in memory.)
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = 64,
+        env = "ZDMAP_MAX_PARKED_MB"
+    )]
+    pub max_parked_mb: usize,
     /// How long an item of a bulk request waits for others to join it (steps with a `batch`
     /// form). Bulk requests also go out when full, and as soon as nothing else runs and no event
     /// waits to be read, so a quiet stream is not slowed.
@@ -276,6 +286,7 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
             concurrency: args.concurrency,
             retry_for: args.retry_for,
             wait_for_records: args.wait_for_records,
+            max_parked_bytes: args.max_parked_mb.saturating_mul(1 << 20),
             drain: args.shutdown_timeout,
             batch_window: (!args.no_batch).then_some(args.batch_window),
             ..WorkerOptions::default()

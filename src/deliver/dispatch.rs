@@ -71,6 +71,11 @@ pub struct DispatchOptions {
     pub max_active: usize,
     /// Events held at most; past it, the oldest parked event gets its last chance.
     pub max_held: usize,
+    /// Bytes of the events parked (waiting for a record) kept in memory at most; past it, a
+    /// parked event its queue can give back lets its body go and is read back when it comes
+    /// out ([`Delivery::shed`]). Unbounded by default (`send` reads a file it cannot go back
+    /// in).
+    pub max_parked_bytes: usize,
     /// After a stop, how long running turns may take to finish (then they are dropped, and
     /// their events are delivered again by whoever reads the input next).
     pub drain: Duration,
@@ -106,6 +111,7 @@ impl Default for DispatchOptions {
             wait_for_records: RecordWait::For(Duration::from_secs(15 * 60)),
             max_active: 4096,
             max_held: 100_000,
+            max_parked_bytes: usize::MAX,
             drain: Duration::from_secs(30),
             batch_window: None,
             batch_when_idle: false,
@@ -128,6 +134,8 @@ pub struct Incoming<T> {
     pub since: Instant,
     /// What the sink needs to settle it (a queue id).
     pub ticket: T,
+    /// Its size in the queue (bytes of its body), for [`DispatchOptions::max_parked_bytes`].
+    pub size: usize,
 }
 
 /// Where settled events go.
@@ -212,6 +220,10 @@ struct Meta<T> {
     /// It has waited for a bulk request already: its own item's, or one of an earlier event of
     /// its keys while it waited behind (see [`Dispatcher::late`]).
     after_bulk: bool,
+    /// Its size in the queue ([`Incoming::size`]).
+    size: usize,
+    /// Parked with its body in memory: counted in [`Dispatcher::parked_bytes`].
+    parked_in_memory: bool,
 }
 
 /// How a task of the dispatcher ended.
@@ -264,6 +276,8 @@ pub async fn dispatch<S: Sink>(
         holding: HashMap::new(),
         keeping_up: false,
         bulk_answered: HashMap::new(),
+        parked_bytes: 0,
+        shed: 0,
     };
     let mut draining: Option<Instant> = None;
     // Told to stop (not a sink that could take no more, nor refused credentials).
@@ -417,6 +431,10 @@ struct Dispatcher<'o, T> {
     keeping_up: bool,
     /// When an event of each key last had its bulk request answered (kept for a minute).
     bulk_answered: HashMap<Key, Instant>,
+    /// Bytes of the parked events whose body is in memory.
+    parked_bytes: usize,
+    /// Parked events whose body waits in the queue (shed).
+    shed: usize,
 }
 
 impl<T: Send + 'static> Dispatcher<'_, T> {
@@ -425,9 +443,10 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
             return;
         }
         while self.running.len() < self.options.concurrency.max(1) {
-            let Some((id, job)) = self.scheduler.start_next() else {
+            let Some((id, mut job)) = self.scheduler.start_next() else {
                 return;
             };
+            self.unparked(&mut job);
             // No turn starts for an event its source may no longer own.
             let Some(Job {
                 mut delivery,
@@ -545,6 +564,8 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                 shared,
                 hold_wait: FIRST_HOLD_WAIT,
                 after_bulk: false,
+                size: incoming.size,
+                parked_in_memory: false,
             },
         };
         self.scheduler
@@ -599,6 +620,12 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                 };
                 tracing::error!(event_id = id, error = %e, "a delivery turn failed");
                 self.finish(id);
+                if left.event().is_null() {
+                    // Shed, and not read back: it stays in its queue rather than be settled
+                    // without its body.
+                    sink.dropped(meta.ticket);
+                    return true;
+                }
                 let letter = DeadLetter::before_any_action(
                     left.event().clone(),
                     "deliver",
@@ -668,6 +695,7 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                 job.meta.recheck = (job.meta.recheck * 2).min(LONGEST_RECHECK);
                 tracing::debug!(event_id = id, lookup = %need, "waiting for a record that does not exist yet");
                 sink.deferred();
+                self.parking(&mut job);
                 self.scheduler
                     .park(id, job, LearnedKey::of_need(&need), until);
                 self.give_up_oldest_if_full();
@@ -770,6 +798,32 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
         }
     }
 
+    /// A job is parked: its body stays in memory within [`DispatchOptions::max_parked_bytes`],
+    /// else it is let go when its queue can give it back.
+    fn parking(&mut self, job: &mut Job<T>) {
+        let size = job.meta.size;
+        if self.parked_bytes.saturating_add(size) > self.options.max_parked_bytes
+            && job.delivery.can_shed()
+        {
+            job.delivery.shed();
+            self.shed += 1;
+        } else if !job.delivery.is_shed() {
+            self.parked_bytes += size;
+            job.meta.parked_in_memory = true;
+        }
+    }
+
+    /// A job leaves the scheduler's waiting for a turn (a shed one reads its body back then).
+    fn unparked(&mut self, job: &mut Job<T>) {
+        if job.meta.parked_in_memory {
+            job.meta.parked_in_memory = false;
+            self.parked_bytes = self.parked_bytes.saturating_sub(job.meta.size);
+        }
+        if job.delivery.is_shed() {
+            self.shed = self.shed.saturating_sub(1);
+        }
+    }
+
     /// Whether to take more input (see the module docs).
     fn wants_input(&self) -> bool {
         let held = self.scheduler.len();
@@ -807,7 +861,9 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
             return;
         }
         self.last_status = Some(now);
-        let status = self.scheduler.status(now);
+        let mut status = self.scheduler.status(now);
+        status.parked_bytes = self.parked_bytes as u64;
+        status.parked_in_queue = self.shed;
         self.reported_busy = status.events > 0;
         sink.status(status);
     }

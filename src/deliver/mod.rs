@@ -53,7 +53,7 @@ pub use budget::Budget;
 pub use cache::LookupCache;
 pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterWriter, unwrap_dead_letter};
 pub use executor::{
-    BatchAnswer, BatchItem, Delivery, EventOutcome, Executor, FirstWrite, LearnedKey, Turn,
+    BatchAnswer, BatchItem, Delivery, EventOutcome, Executor, FirstWrite, LearnedKey, Reload, Turn,
     Unsettled, Wait,
 };
 pub use http::{Client, ClientOptions, Response, ResponseHeaders, TransportError};

@@ -143,6 +143,8 @@ pub async fn run_until<R: Read + Send + 'static>(
                     delivery: executor.start(&event, only),
                     since: Instant::now(),
                     ticket: (),
+                    // Nothing is shed here (no queue to read it back from): not counted.
+                    size: 0,
                 };
                 let Err(mpsc::error::SendError(incoming)) = events_tx.send(incoming).await else {
                     continue;

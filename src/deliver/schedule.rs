@@ -123,6 +123,10 @@ pub struct Status {
     pub keys_waiting: BTreeMap<WaitReason, usize>,
     /// Age of the oldest event that waits (set aside), in seconds.
     pub oldest_waiting_seconds: f64,
+    /// Bytes of the events parked (waiting for a record) whose body is in memory.
+    pub parked_bytes: u64,
+    /// Events parked whose body waits in the queue, not in memory.
+    pub parked_in_queue: usize,
 }
 
 /// The scheduler's state over jobs of type `T` (see the module docs).

@@ -102,6 +102,8 @@ pub struct Item {
     pub redelivered: bool,
     /// When it was accepted (milliseconds since the Unix epoch).
     pub accepted_at_ms: u64,
+    /// Bytes of its body as stored.
+    pub size: usize,
 }
 
 /// The cause of a failure that came from another library, kept for `source()`.
@@ -144,6 +146,10 @@ pub enum QueueError {
     /// The queue was closed, or its writer stopped.
     #[error("queue: the queue {0}")]
     Stopped(&'static str),
+    /// An item asked for again is not there (settled meanwhile), or the queue cannot read items
+    /// again.
+    #[error("queue: item {id}: {why}")]
+    NotThere { id: ItemId, why: &'static str },
     /// Something stored does not read back (a damaged database or record); says what to do.
     #[error("queue: {0}")]
     Damaged(String),
@@ -205,6 +211,20 @@ pub trait Queue: EntityClock + Send + Sync + 'static {
     /// record anything.)
     fn started(&self, _id: ItemId) -> impl Future<Output = Result<(), QueueError>> + Send {
         std::future::ready(Ok(()))
+    }
+
+    /// Whether [`Queue::reread`] gives items back, so that delivery may let a waiting item's
+    /// body go from memory.
+    fn rereads(&self) -> bool {
+        false
+    }
+
+    /// The event of an item not settled yet, read again from the queue.
+    fn reread(&self, id: ItemId) -> impl Future<Output = Result<Value, QueueError>> + Send {
+        std::future::ready(Err(QueueError::NotThere {
+            id,
+            why: "this queue does not read items again",
+        }))
     }
 
     /// The item is settled: removes it and stores its dead letters (none when delivered), in one

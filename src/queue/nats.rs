@@ -960,6 +960,7 @@ impl Queue for NatsQueue {
                     .and_then(|h| h.get(name))
                     .map(|v| v.as_str().to_owned())
             };
+            let size = message.payload.len();
             let event = serde_json::from_slice(&message.payload).unwrap_or_else(|_| {
                 serde_json::Value::String(String::from_utf8_lossy(&message.payload).into_owned())
             });
@@ -983,6 +984,7 @@ impl Queue for NatsQueue {
                 force: header(FORCE_HEADER).is_some(),
                 redelivered: received.redelivered,
                 accepted_at_ms,
+                size,
             });
         }
         Ok(items)

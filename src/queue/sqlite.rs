@@ -618,8 +618,10 @@ impl Queue for SqliteQueue {
                 for row in rows {
                     let (id, partition, only, accepted, body, force, started) = row?;
                     // A body that does not parse (edited by hand) is kept visible as a string.
+                    let body_len = body.len();
                     let event = serde_json::from_str(&body).unwrap_or(Value::String(body));
                     items.push(Item {
+                        size: body_len,
                         id: ItemId(id as u64),
                         event,
                         partition,
@@ -633,6 +635,28 @@ impl Queue for SqliteQueue {
             })
             .await?;
         Ok(items)
+    }
+
+    fn rereads(&self) -> bool {
+        true
+    }
+
+    async fn reread(&self, id: ItemId) -> Result<Value, QueueError> {
+        let body = self
+            .read(move |conn| {
+                Ok(conn
+                    .prepare_cached("SELECT body FROM events WHERE id = ?1")?
+                    .query_row(params![id.0 as i64], |r| r.get::<_, String>(0))
+                    .optional()?)
+            })
+            .await?;
+        match body {
+            Some(body) => Ok(serde_json::from_str(&body).unwrap_or(Value::String(body))),
+            None => Err(QueueError::NotThere {
+                id,
+                why: "no longer in the queue",
+            }),
+        }
     }
 
     async fn started(&self, id: ItemId) -> Result<(), QueueError> {

@@ -265,6 +265,18 @@ pub fn render(metrics: &Metrics, stats: &Stats, queue_depth: Option<u64>, ready:
         "reason",
         &waiting,
     );
+    gauge(
+        &mut out,
+        "zdmap_delivery_parked_bytes",
+        "Bytes of the events waiting for a record whose body is in memory.",
+        delivery.parked_bytes,
+    );
+    gauge(
+        &mut out,
+        "zdmap_delivery_parked_in_queue",
+        "Events waiting for a record whose body waits in the queue, not in memory.",
+        delivery.parked_in_queue as u64,
+    );
     let _ = writeln!(
         out,
         "# HELP zdmap_delivery_oldest_waiting_seconds Age of the oldest event that waits.\n# TYPE zdmap_delivery_oldest_waiting_seconds gauge\nzdmap_delivery_oldest_waiting_seconds {}",
@@ -459,6 +471,8 @@ mod tests {
             running: 1,
             keys_waiting: [(WaitReason::MissingRecord, 2)].into_iter().collect(),
             oldest_waiting_seconds: 1.5,
+            parked_bytes: 2048,
+            parked_in_queue: 3,
         });
         let stats = Stats::new();
         stats.stale();
@@ -477,7 +491,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("zdmap_delivery_oldest_waiting_seconds 1.5\n"),
+            text.contains("zdmap_delivery_oldest_waiting_seconds 1.5\n")
+                && text.contains("zdmap_delivery_parked_bytes 2048\n")
+                && text.contains("zdmap_delivery_parked_in_queue 3\n"),
             "{text}"
         );
         assert!(text.contains("zdmap_queue_depth 2\n"), "{text}");

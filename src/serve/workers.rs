@@ -18,7 +18,7 @@
 use super::Shared;
 use crate::deliver::dispatch::{DispatchOptions, Incoming, Ownership, RecordWait, Sink, dispatch};
 use crate::deliver::schedule::Status;
-use crate::deliver::{DeadLetter, EventOutcome, FirstWrite};
+use crate::deliver::{DeadLetter, EventOutcome, FirstWrite, Reload};
 use crate::mapping::event::Event;
 use crate::queue::{Item, ItemId, Queue};
 use serde_json::Value;
@@ -38,6 +38,9 @@ pub struct WorkerOptions {
     pub retry_for: Duration,
     /// How long an event waits for a record it needs that does not exist yet.
     pub wait_for_records: Duration,
+    /// Bytes of the events waiting for a record kept in memory at most; past it their bodies
+    /// wait in the queue and are read again when they come out.
+    pub max_parked_bytes: usize,
     /// How often the queue is read when nothing signals new events (other processes add some).
     pub poll: Duration,
     /// On shutdown, how long the events being sent may take to finish.
@@ -52,6 +55,7 @@ impl Default for WorkerOptions {
             concurrency: 8,
             retry_for: Duration::from_secs(24 * 3600),
             wait_for_records: Duration::from_secs(15 * 60),
+            max_parked_bytes: 64 << 20,
             poll: Duration::from_secs(1),
             batch_window: Some(Duration::from_millis(500)),
             drain: Duration::from_secs(30),
@@ -87,6 +91,7 @@ pub async fn run<Q: Queue>(
         concurrency: options.concurrency,
         retry_for: options.retry_for,
         wait_for_records: RecordWait::For(options.wait_for_records),
+        max_parked_bytes: options.max_parked_bytes,
         drain: options.drain,
         batch_window: options.batch_window,
         batch_when_idle: true,
@@ -189,6 +194,13 @@ fn incoming<Q: Queue + 'static>(
     if item.force {
         delivery.force();
     }
+    if queue.rereads() {
+        let (queue, id) = (queue.clone(), item.id);
+        delivery.reloadable(Reload::new(move || {
+            let queue = queue.clone();
+            Box::pin(async move { queue.reread(id).await.map_err(|e| e.to_string()) })
+        }));
+    }
     Some(Incoming {
         id: item.id.0,
         keys: event.ordering_keys(),
@@ -196,6 +208,7 @@ fn incoming<Q: Queue + 'static>(
         delivery,
         since: now.checked_sub(age).unwrap_or(now),
         ticket: (item.id, item.accepted_at_ms),
+        size: item.size,
     })
 }
 

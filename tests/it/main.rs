@@ -25,6 +25,7 @@ mod mapping_cases;
 mod nats;
 mod oas_oracle;
 mod oauth;
+mod parked;
 mod refused;
 mod scheduler;
 mod schemas;

@@ -772,6 +772,7 @@ async fn no_turn_starts_for_an_event_its_source_may_not_own_and_a_lost_one_is_dr
             shared: event.shared_keys(),
             since: tokio::time::Instant::now(),
             ticket,
+            size: 0,
         };
         tx.send(incoming).await.expect("queued");
     }

@@ -52,7 +52,7 @@ pub use turn::{BatchAnswer, BatchItem, EventOutcome, LearnedKey, LookupItem, Tur
 
 use crate::deliver::cache::LookupCache;
 use crate::deliver::order::{EntityChange, EntityClock, EventTime, MemoryClock, event_time};
-use crate::deliver::{DeadLetter, RetryPolicy, Transport, ZendeskApi};
+use crate::deliver::{DeadLetter, PauseScope, RetryPolicy, Transport, ZendeskApi};
 use crate::mapping::config::Config;
 use crate::mapping::event::Event;
 use crate::mapping::plan::{ActionName, Plan, PlannedAction, Rendered};
@@ -171,22 +171,10 @@ impl Executor {
             ran: 0,
             learned: Vec::new(),
             first_write: None,
+            reload: None,
+            shed: false,
         };
-        // Actions whose fields did not resolve fail at once.
-        let errors = std::mem::take(&mut delivery.plan.errors);
-        let wanted: Vec<_> = errors
-            .into_iter()
-            .filter(|e| delivery.wants(&e.action))
-            .collect();
-        for e in wanted {
-            delivery.letters.push(DeadLetter::without_response(
-                event.value().clone(),
-                e.action,
-                e.step.unwrap_or_else(|| "fields".into()),
-                e.message,
-            ));
-            delivery.ran += 1;
-        }
+        delivery.fail_unresolved(event);
         delivery
     }
 }
@@ -273,35 +261,53 @@ pub struct Delivery {
     /// Told before the first write that is not idempotent leaves; `None` once told (or when
     /// nobody asked).
     first_write: Option<FirstWrite>,
+    /// Where the event can be read back from (its queue), if anywhere.
+    reload: Option<Reload>,
+    /// The event and its plan were let go while it waited ([`Delivery::shed`]): the next turn
+    /// reads it back first.
+    shed: bool,
 }
 
-/// Records, durably, that a write of an event that is not idempotent is about to leave (the
-/// server gives one per queued event); an error holds the write back, to be tried again.
-#[derive(Clone)]
-pub struct FirstWrite(
-    Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync>,
+/// A call into the event's queue that a delivery makes itself: see [`FirstWrite`] and
+/// [`Reload`]. An error holds the delivery back, to be tried again.
+pub struct QueueCall<T>(
+    Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Result<T, String>> + Send + Sync>,
 );
 
-impl FirstWrite {
+impl<T> QueueCall<T> {
     pub fn new(
-        mark: impl Fn() -> futures_util::future::BoxFuture<'static, Result<(), String>>
+        call: impl Fn() -> futures_util::future::BoxFuture<'static, Result<T, String>>
         + Send
         + Sync
         + 'static,
-    ) -> FirstWrite {
-        FirstWrite(Arc::new(mark))
+    ) -> QueueCall<T> {
+        QueueCall(Arc::new(call))
     }
 
-    async fn call(&self) -> Result<(), String> {
+    async fn call(&self) -> Result<T, String> {
         (self.0)().await
     }
 }
 
-impl std::fmt::Debug for FirstWrite {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FirstWrite")
+impl<T> Clone for QueueCall<T> {
+    fn clone(&self) -> Self {
+        QueueCall(self.0.clone())
     }
 }
+
+impl<T> std::fmt::Debug for QueueCall<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueueCall")
+    }
+}
+
+/// Records, durably, that a write of an event that is not idempotent is about to leave (the
+/// server gives one per queued event).
+pub type FirstWrite = QueueCall<()>;
+
+/// Reads the event back from the queue, for a delivery that let go of it while it waited
+/// ([`Delivery::shed`]).
+pub type Reload = QueueCall<Value>;
 
 /// How a delivery's turns go: set when it starts, and by the scheduler between turns.
 #[derive(Clone, Copy, Debug, Default)]
@@ -324,9 +330,101 @@ struct Mode {
 }
 
 impl Delivery {
-    /// The event being delivered.
+    /// The event being delivered (`null` while it is shed).
     pub fn event(&self) -> &Arc<Value> {
         &self.plan.event
+    }
+
+    /// Actions whose fields did not resolve fail at once.
+    fn fail_unresolved(&mut self, event: &Event) {
+        let errors = std::mem::take(&mut self.plan.errors);
+        let wanted: Vec<_> = errors
+            .into_iter()
+            .filter(|e| self.wants(&e.action))
+            .collect();
+        for e in wanted {
+            self.letters.push(DeadLetter::without_response(
+                event.value().clone(),
+                e.action,
+                e.step.unwrap_or_else(|| "fields".into()),
+                e.message,
+            ));
+            self.ran += 1;
+        }
+    }
+
+    /// The event can be read back from `reload` (its queue): while it waits for a record, the
+    /// dispatcher may let it go from memory ([`Delivery::shed`]).
+    pub fn reloadable(&mut self, reload: Reload) {
+        self.reload = Some(reload);
+    }
+
+    /// Whether [`Delivery::shed`] may let the event go: it can be read back, and nothing of it
+    /// has happened yet that reading it back would lose (no action ran, no request of its
+    /// first step was sent or tried).
+    pub(crate) fn can_shed(&self) -> bool {
+        self.reload.is_some()
+            && !self.shed
+            && self.ran == 0
+            && self.next == 0
+            && self.letters.is_empty()
+            && self.learned.is_empty()
+            && self.current.as_ref().is_none_or(|p| {
+                p.step == 0 && p.sent == 0 && !p.tried_here && p.uncertain.is_none()
+            })
+    }
+
+    /// Lets the event and its plan go from memory (see [`Delivery::can_shed`]); its next turn
+    /// reads the event back and plans it again.
+    pub(crate) fn shed(&mut self) {
+        if !self.can_shed() {
+            return;
+        }
+        self.plan = Plan {
+            event: Arc::new(Value::Null),
+            actions: Vec::new(),
+            errors: Vec::new(),
+        };
+        self.current = None;
+        self.shed = true;
+    }
+
+    /// Whether the event was let go from memory and not read back yet.
+    pub(crate) fn is_shed(&self) -> bool {
+        self.shed
+    }
+
+    /// Reads a shed event back and plans it again; a turn that must wait when it cannot.
+    async fn read_back(&mut self) -> Result<(), Turn> {
+        let Some(reload) = self.reload.clone() else {
+            return Ok(());
+        };
+        let read = reload
+            .call()
+            .await
+            .and_then(|v| Event::from_value(v).map_err(|e| e.to_string()));
+        match read {
+            Ok(event) => {
+                self.plan = self.executor.config.plan(&event);
+                self.shed = false;
+                self.fail_unresolved(&event);
+                Ok(())
+            }
+            Err(e) => {
+                let letter = DeadLetter::before_any_action(
+                    Value::Null,
+                    "deliver",
+                    format!("cannot read the event back from the queue: {e}"),
+                );
+                // Not transient: the event is in the queue, and waits there as long as it takes.
+                Err(Turn::Wait(Wait::Retry {
+                    wait: None,
+                    scope: PauseScope::Key,
+                    transient: false,
+                    letter: Box::new(letter),
+                }))
+            }
+        }
     }
 
     /// How long to wait between attempts: the transport's policy.
@@ -336,6 +434,11 @@ impl Delivery {
 
     /// Runs the event's actions, from where it stopped, until it is settled or must wait.
     pub async fn advance(&mut self) -> Turn {
+        if self.shed
+            && let Err(wait) = self.read_back().await
+        {
+            return wait;
+        }
         // A lookup that found nothing is asked again when the event comes back.
         if let Some(progress) = &mut self.current {
             progress

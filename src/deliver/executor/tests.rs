@@ -805,3 +805,48 @@ async fn a_replayed_write_whose_check_cannot_conclude_is_sent() {
     );
     assert_eq!(script.sent(Method::Post, EVENTS), 1, "not sent again");
 }
+
+#[tokio::test]
+async fn a_shed_event_is_read_back_and_planned_again_on_its_next_turn() {
+    let script = Arc::new(Script::default());
+    let executor = executor(&script);
+    let event = viewed("u1", Some(5));
+    let mut delivery = executor.start(&event, None);
+    assert!(!delivery.can_shed(), "nowhere to read it back from");
+    let body = event.value().clone();
+    let reads = Arc::new(Mutex::new(0));
+    let counted = reads.clone();
+    delivery.reloadable(super::Reload::new(move || {
+        *counted.lock().expect("reads") += 1;
+        Box::pin(std::future::ready(Ok(body.clone())))
+    }));
+    assert!(delivery.can_shed());
+    delivery.shed();
+    assert!(delivery.is_shed());
+    assert!(delivery.event().is_null(), "its body is let go");
+    script.on(Method::Post, EVENTS, [reply(201, json!({}))]);
+    assert!(matches!(
+        settles(&mut delivery).await,
+        EventOutcome::Delivered
+    ));
+    assert_eq!(*reads.lock().expect("reads"), 1);
+    assert_eq!(script.sent(Method::Post, EVENTS), 1);
+}
+
+#[tokio::test]
+async fn an_event_whose_write_was_tried_is_not_shed() {
+    let script = Arc::new(Script::default());
+    let executor = executor(&script);
+    let mut delivery = executor.start(&viewed("u1", Some(5)), None);
+    delivery.reloadable(super::Reload::new(|| {
+        Box::pin(std::future::ready(Err("not read".to_string())))
+    }));
+    script.on(Method::Post, EVENTS, [timeout(Method::Post, EVENTS)]);
+    assert!(matches!(waits(&mut delivery).await, Wait::Retry { .. }));
+    assert!(
+        !delivery.can_shed(),
+        "its answer was lost: the doubt must stay"
+    );
+    delivery.shed();
+    assert!(!delivery.is_shed());
+}
