@@ -112,8 +112,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration, env = "ZDMAP_WAIT_FOR_RECORDS")]
     pub wait_for_records: Duration,
     /// Memory for the events that wait for a record, in MiB. Past it, such an event keeps only
-    /// a small stub in memory: its body waits in the queue (SQLite) and is read again when its
-    /// record appears or its wait ends. (On NATS the bodies stay in memory.)
+    /// a small stub in memory: its body waits in the queue (SQLite or JetStream) and is read
+    /// again when its record appears or its wait ends.
     #[arg(
         long,
         value_name = "MIB",

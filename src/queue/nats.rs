@@ -632,6 +632,13 @@ async fn shared_partitions(settings: &kv::Store, wanted: u32) -> Result<u32, Que
     }
 }
 
+/// An event as stored in the stream; a body that does not parse is kept visible as a string.
+fn event_of(payload: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(payload).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(payload).into_owned())
+    })
+}
+
 /// An event handed over by a partition's consumer, not yet taken by the workers.
 pub(crate) struct Received {
     pub partition: u32,
@@ -961,9 +968,7 @@ impl Queue for NatsQueue {
                     .map(|v| v.as_str().to_owned())
             };
             let size = message.payload.len();
-            let event = serde_json::from_slice(&message.payload).unwrap_or_else(|_| {
-                serde_json::Value::String(String::from_utf8_lossy(&message.payload).into_owned())
-            });
+            let event = event_of(&message.payload);
             let mut local = lock(&self.local);
             local.next_id += 1;
             let id = ItemId(local.next_id);
@@ -988,6 +993,30 @@ impl Queue for NatsQueue {
             });
         }
         Ok(items)
+    }
+
+    fn rereads(&self) -> bool {
+        true
+    }
+
+    /// The event read again from the stream, by the sequence it was handed over with.
+    async fn reread(&self, id: ItemId) -> Result<serde_json::Value, QueueError> {
+        let sequence =
+            lock(&self.local)
+                .taken
+                .get(&id)
+                .map(|t| t.sequence)
+                .ok_or(QueueError::NotThere {
+                    id,
+                    why: "not held by this replica",
+                })?;
+        let message = self
+            .layout
+            .events
+            .get_raw_message(sequence)
+            .await
+            .map_err(nats_error("cannot read an event again"))?;
+        Ok(event_of(&message.payload))
     }
 
     /// Dead letters first (once JetStream has them), then the acknowledgement that removes the
