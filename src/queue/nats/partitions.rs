@@ -475,6 +475,15 @@ async fn consume(
     // their acknowledgement until `ack_wait`, so after a reconnection a new consumer reads them
     // again (those still here are not handed over twice).
     'connection: loop {
+        // A tenure that ended while the connection was away is another replica's now: its
+        // consumer is not deleted from here.
+        if lock(&local)
+            .tenures
+            .get(&p)
+            .is_none_or(|t| t.epoch != epoch)
+        {
+            return;
+        }
         let connects = layout.connects();
         let consumer = loop {
             let created = async {
