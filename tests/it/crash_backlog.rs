@@ -7,6 +7,7 @@
 
 use crate::support::http::{Metrics, post_batch};
 use crate::support::serving::{self, KEY, Killed};
+use crate::support::state::{count, event_numbers};
 use crate::support::wait::eventually;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -20,13 +21,6 @@ const EVENTS: usize = 400;
 fn viewed(n: usize) -> Value {
     json!({"type": "track", "event": "Viewed", "userId": "busy", "messageId": format!("view-{n}"),
         "context": {"zendesk_user_id": USER}, "properties": {"n": n}})
-}
-
-fn user_events(emu: &Emulator) -> Vec<Value> {
-    emu.state()["events"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
 }
 
 /// Requests of the log to the user's events, by method.
@@ -69,12 +63,12 @@ async fn a_crash_with_a_backlog_of_one_users_events_sends_each_once_and_checks_o
         assert_eq!(post_batch(&url, Some(KEY), chunk).await, 200);
     }
     eventually("delivery under way", Duration::from_secs(60), async || {
-        user_events(&emu).len() >= 40
+        count(&emu.state(), "events") >= 40
     })
     .await;
     first.0.kill().expect("kill -9");
     let _ = first.0.wait();
-    let before = user_events(&emu).len();
+    let before = count(&emu.state(), "events");
     assert!(
         before < EVENTS / 2,
         "the kill came with a backlog: {before}"
@@ -89,14 +83,8 @@ async fn a_crash_with_a_backlog_of_one_users_events_sends_each_once_and_checks_o
         async || Metrics::read(&url).await.get("zdmap_queue_depth") == Some(0.0),
     )
     .await;
-    let arrived = user_events(&emu);
-    let mut ns: Vec<u64> = arrived
-        .iter()
-        .filter_map(|e| e["properties"]["n"].as_u64())
-        .collect();
-    ns.sort_unstable();
     assert_eq!(
-        ns,
+        event_numbers(&emu.state()),
         (0..EVENTS as u64).collect::<Vec<_>>(),
         "each event once"
     );

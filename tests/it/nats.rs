@@ -1248,40 +1248,12 @@ async fn events_waiting_for_a_record_keep_their_bodies_in_jetstream_past_the_bou
     let emu = emulator(0).await;
     let args = ["--set", "requests_per_minute=0", "--max-parked-mb", "1"];
     let replica = Replica::start(&server.url(), &emu.url(), &args);
-    let tracks: Vec<Value> = (0..100)
-        .map(|n| {
-            json!({"type": "track", "event": "Report Exported", "userId": "late",
-                "messageId": format!("export-{n}"),
-                "properties": {"n": n, "report": "x".repeat(20_000)}})
-        })
-        .collect();
-    for chunk in tracks.chunks(10) {
-        assert_eq!(post_batch(&replica.url, Some(KEY), chunk).await, 200);
-    }
-    let metrics = Metrics::once(&replica.url, "zdmap_delivery_parked_in_queue", |n| {
-        n >= 40.0
-    })
-    .await;
-    let in_memory = metrics
-        .get("zdmap_delivery_parked_bytes")
-        .expect("parked bytes");
-    assert!(in_memory <= (1 << 20) as f64, "{in_memory} bytes in memory");
-    let identify = json!({"type": "identify", "userId": "late",
-        "traits": {"email": "late@example.com", "name": "Late"}});
-    assert_eq!(post_batch(&replica.url, Some(KEY), &[identify]).await, 200);
-    eventually(
-        "every track delivered",
-        Duration::from_secs(120),
-        async || emu.state()["events"].as_array().map_or(0, Vec::len) >= 100,
+    crate::parked::parked_bodies_wait_in_the_queue_until_the_record_appears(
+        &replica.url,
+        KEY,
+        &emu,
+        100,
+        40,
     )
     .await;
-    let mut ns: Vec<u64> = emu.state()["events"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|e| e["properties"]["n"].as_u64())
-        .collect();
-    ns.sort_unstable();
-    assert_eq!(ns, (0..100).collect::<Vec<u64>>(), "each track once");
 }

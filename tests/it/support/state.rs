@@ -21,3 +21,16 @@ pub fn each_ticket_once(state: &Value, n: usize) {
     assert_eq!(ids.len(), n, "tickets created: nothing duplicated");
     assert_eq!(unique.len(), n, "each external id once: nothing lost");
 }
+
+/// The `properties.n` of every user event `state` holds, sorted: the tests number their tracks
+/// so that a lost or doubled one shows.
+pub fn event_numbers(state: &Value) -> Vec<u64> {
+    let mut ns: Vec<u64> = state["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["properties"]["n"].as_u64())
+        .collect();
+    ns.sort_unstable();
+    ns
+}
