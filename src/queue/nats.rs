@@ -720,15 +720,25 @@ impl Local {
         &mut self,
         taken: &Taken,
     ) -> Option<&mut HashMap<u64, Option<jetstream::message::Acker>>> {
-        if self
-            .tenures
-            .get(&taken.partition)
-            .is_some_and(|t| t.epoch == taken.epoch)
-        {
-            self.unsettled.get_mut(&taken.partition)
+        self.unsettled_under(taken.partition, taken.epoch)
+    }
+
+    /// The unsettled events of `p` while its tenure `epoch` lasts.
+    pub(crate) fn unsettled_under(
+        &mut self,
+        p: u32,
+        epoch: u64,
+    ) -> Option<&mut HashMap<u64, Option<jetstream::message::Acker>>> {
+        if self.lasts(p, epoch) {
+            self.unsettled.get_mut(&p)
         } else {
             None
         }
+    }
+
+    /// Whether the tenure `epoch` of `p` is the one this replica holds.
+    pub(crate) fn lasts(&self, p: u32, epoch: u64) -> bool {
+        self.tenures.get(&p).is_some_and(|t| t.epoch == epoch)
     }
 
     /// The tenure of `p` ended (lost, released): its events handed over are forgotten, and

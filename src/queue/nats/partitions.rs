@@ -477,11 +477,7 @@ async fn consume(
     'connection: loop {
         // A tenure that ended while the connection was away is another replica's now: its
         // consumer is not deleted from here.
-        if lock(&local)
-            .tenures
-            .get(&p)
-            .is_none_or(|t| t.epoch != epoch)
-        {
+        if !lock(&local).lasts(p, epoch) {
             return;
         }
         let connects = layout.connects();
@@ -578,10 +574,7 @@ async fn consume(
                 tokio::select! {
                     sent = handover.send(received) => if sent.is_err() { return },
                     _ = stop.changed() => {
-                        let mut local = lock(&local);
-                        if local.tenures.get(&p).is_some_and(|t| t.epoch == epoch)
-                            && let Some(set) = local.unsettled.get_mut(&p)
-                        {
+                        if let Some(set) = lock(&local).unsettled_under(p, epoch) {
                             set.remove(&sequence);
                         }
                         return;
@@ -616,7 +609,7 @@ fn hand_over_once(
     message: async_nats::jetstream::Message,
 ) -> HandOver {
     let mut local = lock(local);
-    if local.tenures.get(&p).is_none_or(|t| t.epoch != epoch) {
+    if !local.lasts(p, epoch) {
         return HandOver::TenureEnded;
     }
     match local.unsettled.entry(p).or_default().entry(sequence) {
