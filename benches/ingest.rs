@@ -415,6 +415,7 @@ fn load_run(batch_window: Option<Duration>, times: &DeliveredTimes) {
             log_events: false,
             shutdown_timeout: Duration::from_secs(30),
             ingest: IngestOptions::default(),
+            admin: None,
         };
         let server = Server::start(options, dest).await.expect("server");
         let url = server.url();

@@ -4,12 +4,13 @@
 //! gracefully.
 
 use super::args::{ConfigArgs, TargetArgs};
+use crate::serve::admin::{self, AdminOptions, AdminToken};
 use crate::serve::connections::ConnectionLimits;
 use crate::serve::ingest::WriteKeys;
 use crate::serve::logs::{self, LogFormat};
 use crate::serve::{IngestOptions, ServeOptions, Server, WorkerOptions};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -183,6 +184,98 @@ pub struct ServeArgs {
     /// How long a request body may take to arrive.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, env = "ZDMAP_BODY_TIMEOUT")]
     pub body_timeout: Duration,
+    /// Address of the admin listener: the admin API under /api/ (for `zdmap events` and
+    /// tooling). It takes the admin token only (ZDMAP_ADMIN_TOKEN, or the file of
+    /// --admin-token-file; without either, one is made and kept in admin-token of --data-dir),
+    /// never a write key. [default: 127.0.0.1:8089, skipped with a warning when taken]
+    #[arg(long, value_name = "ADDR", env = "ZDMAP_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// A file holding the admin token (a mounted secret), read at start.
+    #[arg(long, value_name = "FILE", env = "ZDMAP_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Start no admin listener.
+    #[arg(long, env = "ZDMAP_NO_ADMIN", conflicts_with = "admin_listen")]
+    pub no_admin: bool,
+}
+
+/// The variable that holds the admin token.
+pub(crate) const ADMIN_TOKEN_VAR: &str = "ZDMAP_ADMIN_TOKEN";
+
+/// The admin token of ZDMAP_ADMIN_TOKEN, else of `file`, else of admin-token in `data_dir`;
+/// `None` when none is set anywhere.
+pub(crate) fn read_admin_token(
+    file: Option<&Path>,
+    data_dir: &Path,
+) -> Result<Option<AdminToken>, String> {
+    let short = |place: &str| {
+        format!("the admin token of {place} is too short: use at least 16 characters")
+    };
+    if let Some(token) = std::env::var(ADMIN_TOKEN_VAR)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return AdminToken::new(&token)
+            .map(Some)
+            .ok_or_else(|| short(ADMIN_TOKEN_VAR));
+    }
+    let (path, named) = match file {
+        Some(path) => (path.to_path_buf(), true),
+        None => (data_dir.join(admin::TOKEN_FILE), false),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => AdminToken::new(&text)
+            .map(Some)
+            .ok_or_else(|| short(&path.display().to_string())),
+        Err(e) if !named && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!(
+            "cannot read the admin token of {}: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// The admin listener of `args`: its token read, or made and kept in the data directory (only
+/// its owner may read that file).
+fn admin_options(args: &ServeArgs) -> Result<Option<AdminOptions>, String> {
+    if args.no_admin {
+        return Ok(None);
+    }
+    let token = match read_admin_token(args.admin_token_file.as_deref(), &args.data_dir)? {
+        Some(token) => token,
+        None => {
+            let token = AdminToken::generate();
+            let path = args.data_dir.join(admin::TOKEN_FILE);
+            write_private(&path, token.reveal())
+                .map_err(|e| format!("cannot keep the admin token in {}: {e}", path.display()))?;
+            tracing::info!(file = %path.display(), "made an admin token");
+            token
+        }
+    };
+    let listen = match args.admin_listen {
+        Some(addr) => addr,
+        None => admin::DEFAULT_LISTEN
+            .parse()
+            .map_err(|e| format!("the default admin address: {e}"))?,
+    };
+    Ok(Some(AdminOptions {
+        listen,
+        token,
+        required: args.admin_listen.is_some(),
+        allowed_hosts: args.allowed_hosts.clone(),
+    }))
+}
+
+/// Writes `text` to a new file at `path` that only its owner may read.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
 }
 
 /// `90s`, `30m`, `24h`, `2d`, or plain seconds.
@@ -256,6 +349,10 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
         Ok(s) => s,
         Err(problem) => return cannot_start(&problem),
     };
+    let admin = match admin_options(args) {
+        Ok(admin) => admin,
+        Err(problem) => return cannot_start(&problem),
+    };
     let connect = crate::deliver::setup::ConnectOptions {
         token_store: Some(token_store),
         ..Default::default()
@@ -309,6 +406,7 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
                 idle_timeout: args.idle_timeout,
             },
         },
+        admin,
     };
     let server = match Server::start(options, destination).await {
         Ok(s) => s,
@@ -324,6 +422,11 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
         out.line(format_args!(
             "  delivering to the built-in emulator at {}",
             emulator.url()
+        ));
+    }
+    if let Some(url) = server.admin_url() {
+        out.line(format_args!(
+            "  admin API at {url}/api/ (the admin token opens it)"
         ));
     }
     drop(out);

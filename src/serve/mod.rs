@@ -11,12 +11,14 @@
 //! - [`metrics`]: `/metrics` (Prometheus text) and the readiness behind `/readyz`.
 //! - [`reload`]: swapping in a changed config (SIGHUP, or a file of the mappings changing).
 //! - [`logs`]: how the server logs (text or one JSON object per line).
+//! - [`admin`]: the admin listener: its token and the JSON API under `/api/`.
 //!
 //! [`Server::start`] wires them over a [`SqliteQueue`] in the data directory, or over a
 //! [`NatsQueue`] shared with other replicas (`--queue nats://...`); [`Server::shutdown`] stops
 //! taking requests, lets workers put down their current event and flushes the queue (on NATS,
 //! hands the replica's partitions over at once).
 
+pub mod admin;
 pub mod body;
 pub mod connections;
 pub mod guard;
@@ -74,6 +76,8 @@ pub struct ServeOptions {
     /// How long shutdown waits for workers to put down their current event.
     pub shutdown_timeout: Duration,
     pub ingest: IngestOptions,
+    /// The admin listener (none: not started).
+    pub admin: Option<admin::AdminOptions>,
 }
 
 /// How the ingest API takes requests.
@@ -231,6 +235,7 @@ pub struct Server {
     close: Closer,
     stop: watch::Sender<bool>,
     http: tokio::task::JoinHandle<()>,
+    admin: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     workers: tokio::task::JoinHandle<()>,
     _watcher: Option<reload::Watcher>,
     destination: Destination,
@@ -339,6 +344,12 @@ impl Server {
             shared.clone(),
             stopped.clone(),
         ));
+        let admin = match &options.admin {
+            Some(admin) => {
+                start_admin(admin, queue.clone(), shared.clone(), stopped.clone()).await?
+            }
+            None => None,
+        };
         let workers = tokio::spawn(workers::run(
             queue.clone(),
             shared.clone(),
@@ -381,6 +392,7 @@ impl Server {
             close,
             stop,
             http,
+            admin,
             workers,
             _watcher: watcher,
             destination,
@@ -391,6 +403,13 @@ impl Server {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT` of the admin listener, when it runs.
+    pub fn admin_url(&self) -> Option<String> {
+        self.admin
+            .as_ref()
+            .map(|(addr, _)| format!("http://{addr}"))
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -410,6 +429,11 @@ impl Server {
         let _ = self.stop.send(true);
         if let Err(e) = self.http.await {
             tracing::error!(error = %e, "the HTTP server stopped with an error");
+        }
+        if let Some((_, admin)) = self.admin
+            && let Err(e) = admin.await
+        {
+            tracing::error!(error = %e, "the admin listener stopped with an error");
         }
         let mut workers = self.workers;
         if tokio::time::timeout(self.shutdown_timeout, &mut workers)
@@ -462,6 +486,52 @@ const REFUSALS_SHOWN: usize = 10;
 
 /// The batch endpoints: Segment's, and analytics.js' short form.
 const BATCH_PATHS: [&str; 3] = ["/v1/batch", "/v1/import", "/v1/b"];
+
+/// Binds and serves the admin listener until `stopped`; `None` when its default address is
+/// taken (the server runs without it, and says so).
+async fn start_admin<Q: Queue>(
+    options: &admin::AdminOptions,
+    queue: Arc<Q>,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<Option<(SocketAddr, tokio::task::JoinHandle<()>)>, ServeError> {
+    let listen = options.listen;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(source) if !options.required => {
+            tracing::warn!(
+                admin_listen = %listen,
+                error = %source,
+                "the admin listener's default address is taken; running without it (choose one with --admin-listen)"
+            );
+            return Ok(None);
+        }
+        Err(source) => {
+            return Err(ServeError::Listen {
+                addr: listen,
+                source,
+            });
+        }
+    };
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: listen,
+        source,
+    })?;
+    let state = Arc::new(admin::AdminState::new(queue, shared, options.token.clone()));
+    let router = admin::router(state, admin::guard(listen, &options.allowed_hosts));
+    let task = tokio::spawn(async move {
+        let stop = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %e, "the admin listener failed");
+        }
+    });
+    Ok(Some((addr, task)))
+}
 
 fn router<Q: Queue>(
     app: Arc<App<Q>>,

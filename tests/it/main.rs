@@ -4,6 +4,7 @@
 
 mod support;
 
+mod admin;
 mod batching;
 mod chaos;
 mod cli;

@@ -59,6 +59,8 @@ pub struct Setup {
     pub ingest: IngestOptions,
     /// How delivery connects: [`quick_retries`] by default.
     pub connect: ConnectOptions,
+    /// The admin listener: none by default.
+    pub admin: Option<zdmap::serve::admin::AdminOptions>,
 }
 
 impl Default for Setup {
@@ -75,6 +77,7 @@ impl Default for Setup {
             },
             ingest: IngestOptions::default(),
             connect: quick_retries(),
+            admin: None,
         }
     }
 }
@@ -96,6 +99,7 @@ pub async fn start(emu: &Emulator, data: &Path, setup: Setup) -> Server {
         log_events: false,
         shutdown_timeout: Duration::from_secs(10),
         ingest: setup.ingest,
+        admin: setup.admin,
     };
     Server::start(options, dest).await.expect("server starts")
 }
@@ -172,7 +176,7 @@ impl Drop for Killed {
 
 /// The variables of the environment the tests run in that would choose for a `zdmap serve`
 /// started by a test: they are removed, so a test sets only those it means.
-const CHOOSING_VARS: [&str; 12] = [
+const CHOOSING_VARS: [&str; 15] = [
     "ZDMAP_CONFIG",
     "ZDMAP_LISTEN",
     "ZDMAP_DATA_DIR",
@@ -183,6 +187,9 @@ const CHOOSING_VARS: [&str; 12] = [
     "ZDMAP_ZENDESK_URL",
     "ZDMAP_LOG_FORMAT",
     "ZDMAP_TOKEN_STORE",
+    "ZDMAP_ADMIN_LISTEN",
+    "ZDMAP_ADMIN_TOKEN",
+    "ZDMAP_ADMIN_TOKEN_FILE",
     "ZENDESK_EMAIL",
     "ZENDESK_API_TOKEN",
 ];
