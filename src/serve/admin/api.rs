@@ -102,10 +102,17 @@ pub(crate) fn queue_error(e: &QueueError) -> Response {
 pub(crate) struct ListQuery {
     #[serde(flatten)]
     pub(crate) filter: Filter,
-    #[serde(default)]
-    pub(crate) limit: Option<usize>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "letters::optional_number")]
+    pub(crate) limit: Option<u64>,
+    #[serde(default, deserialize_with = "letters::optional_number")]
     pub(crate) cursor: Option<u64>,
+}
+
+impl ListQuery {
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+            .map_or(DEFAULT_PAGE, |l| usize::try_from(l).unwrap_or(usize::MAX))
+    }
 }
 
 /// Letters a page holds when the request says nothing.
@@ -121,7 +128,7 @@ async fn list_letters<Q: Queue>(
             &mut store,
             &query.filter,
             query.cursor.unwrap_or(0),
-            query.limit.unwrap_or(DEFAULT_PAGE),
+            query.limit(),
         )
         .await?;
         Ok::<_, QueueError>((page, store.count().await?))
@@ -327,7 +334,7 @@ pub(crate) fn preview_json(config: &Config, event: Value) -> Result<Value, Strin
     let event = Event::from_value(event).map_err(|e| format!("not a Segment event: {e}"))?;
     let preview = config.preview(&event);
     let mut out = preview.to_json(0);
-    let actions: Vec<Value> = config
+    let mut actions: Vec<Value> = config
         .actions
         .iter()
         .map(|action| {
@@ -361,6 +368,8 @@ pub(crate) fn preview_json(config: &Config, event: Value) -> Result<Value, Strin
             })
         })
         .collect();
+    // The matched first, each part in the order of the config.
+    actions.sort_by_key(|a| a["matched"] != true);
     if let Value::Object(map) = &mut out {
         map.remove("index");
         map.insert("actions".into(), Value::Array(actions));

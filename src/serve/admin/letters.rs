@@ -53,6 +53,29 @@ impl Filter {
     }
 }
 
+/// A number in a query string or a form, given as text (an empty one is none); also as a
+/// JSON number. (Query strings are all text, and `#[serde(flatten)]` hands them on as such.)
+pub(crate) fn optional_number<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<u64>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Number(u64),
+        Text(String),
+    }
+    match <Option<Given> as serde::Deserialize>::deserialize(d)? {
+        None => Ok(None),
+        Some(Given::Number(n)) => Ok(Some(n)),
+        Some(Given::Text(t)) if t.trim().is_empty() => Ok(None),
+        Some(Given::Text(t)) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{t:?} is not a number"))),
+    }
+}
+
 /// One page of letters.
 #[derive(Debug, Default)]
 pub(crate) struct Page {

@@ -162,10 +162,11 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 /// The admin listener's routes: the API and the console pages behind the token or a session,
 /// the login page and the console's assets open (and on loopback the host guard).
 pub(crate) fn router<Q: Queue>(state: Arc<AdminState<Q>>, guard: Option<Guard>) -> Router {
-    let gate = axum::middleware::from_fn_with_state(state.clone(), require_admin::<Q>);
+    let api_gate = axum::middleware::from_fn_with_state(state.clone(), require_admin::<Q, true>);
+    let page_gate = axum::middleware::from_fn_with_state(state.clone(), require_admin::<Q, false>);
     let router = Router::new()
-        .nest("/api", api::routes::<Q>().layer(gate.clone()))
-        .merge(console::pages::<Q>().layer(gate))
+        .nest("/api", api::routes::<Q>().layer(api_gate))
+        .merge(console::pages::<Q>().layer(page_gate))
         .merge(console::open::<Q>())
         .with_state(state)
         .layer(axum::middleware::map_response(security_headers));
@@ -212,15 +213,14 @@ const MAX_FORM_BYTES: usize = 256 * 1024;
 
 /// Lets in a request with the admin token, or with a session cookie (then a state-changing
 /// one must carry the session's CSRF token); the [`Access`] goes to the handlers as an
-/// extension. Without either: 401 for the API and for posts, the login page for a page.
-async fn require_admin<Q: Queue>(
+/// extension. Without either: 401 for the API (`API`) and for posts, the login page for a page.
+async fn require_admin<Q: Queue, const API: bool>(
     State(state): State<Arc<AdminState<Q>>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let api = request.uri().path().starts_with("/api/");
     let Some(access) = state.access(request.headers()) else {
-        if !api && request.method() == Method::GET {
+        if !API && request.method() == Method::GET {
             return Redirect::to("/login").into_response();
         }
         let mut answer = error(

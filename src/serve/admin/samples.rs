@@ -44,20 +44,23 @@ impl Samples {
     }
 
     /// For each of the last 60 minutes up to `minute`, oldest first: how much each series
-    /// grew in it (0 where no sample tells).
+    /// grew in it, from the last sample before it (the counters start at zero with the
+    /// process); 0 where no sample tells.
     pub(crate) fn per_minute(&self, minute: u64) -> Vec<Counters> {
         let minutes = crate::base::sync::lock(&self.minutes);
-        let at = |m: u64| minutes.iter().find(|(s, _)| *s == m).map(|(_, c)| *c);
         (0..MINUTES as u64 - 1)
             .rev()
             .map(|back| {
                 let m = minute.saturating_sub(back);
-                match (at(m.saturating_sub(1)), at(m)) {
-                    (Some(before), Some(now)) => {
-                        std::array::from_fn(|i| now[i].saturating_sub(before[i]))
-                    }
-                    _ => [0; SERIES.len()],
-                }
+                let Some(now) = minutes.iter().find(|(s, _)| *s == m).map(|(_, c)| c) else {
+                    return [0; SERIES.len()];
+                };
+                let before = minutes
+                    .iter()
+                    .rev()
+                    .find(|(s, _)| *s < m)
+                    .map_or([0; SERIES.len()], |(_, c)| *c);
+                std::array::from_fn(|i| now[i].saturating_sub(before[i]))
             })
             .collect()
     }
@@ -97,9 +100,14 @@ mod tests {
         samples.record(103, [9, 2, 1, 6, 1]);
         let minutes = samples.per_minute(103);
         assert_eq!(minutes.len(), 60);
+        assert_eq!(minutes[56], [1, 0, 0, 0, 0], "minute 100: from zero");
         assert_eq!(minutes[57], [4, 2, 0, 4, 1], "minute 101");
         assert_eq!(minutes[58], [0; 5], "minute 102: no sample");
-        assert_eq!(minutes[59], [0; 5], "minute 103: none the minute before");
+        assert_eq!(
+            minutes[59],
+            [4, 0, 1, 2, 0],
+            "minute 103: from minute 101's last"
+        );
         samples.record(200, [9, 2, 1, 6, 1]);
         assert_eq!(crate::base::sync::lock(&samples.minutes).len(), 1);
         let line = sparkline(&[0, 5, 10]);

@@ -11,7 +11,7 @@
 
 mod login;
 
-use super::api::{self, DEFAULT_PAGE, ListQuery, SelectionBody};
+use super::api::{self, ListQuery, SelectionBody};
 use super::letters::{self, Filter};
 use super::samples::{self, SERIES};
 use super::{Access, AdminState};
@@ -272,9 +272,9 @@ async fn overview<Q: Queue>(
 struct Notice {
     #[serde(default)]
     done: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "letters::optional_number")]
     n: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "letters::optional_number")]
     stale: Option<u64>,
 }
 
@@ -309,7 +309,7 @@ async fn dead_letters<Q: Queue>(
             &mut store,
             &query.filter,
             query.cursor.unwrap_or(0),
-            query.limit.unwrap_or(DEFAULT_PAGE),
+            query.limit(),
         )
         .await?;
         Ok::<_, QueueError>((page, store.count().await?))
