@@ -11,7 +11,7 @@
 //! - [`metrics`]: `/metrics` (Prometheus text) and the readiness behind `/readyz`.
 //! - [`reload`]: swapping in a changed config (SIGHUP, or a file of the mappings changing).
 //! - [`logs`]: how the server logs (text or one JSON object per line).
-//! - [`admin`]: the admin listener: its token and the JSON API under `/api/`.
+//! - [`admin`]: the admin listener: its token, the JSON API under `/api/` and the web console.
 //!
 //! [`Server::start`] wires them over a [`SqliteQueue`] in the data directory, or over a
 //! [`NatsQueue`] shared with other replicas (`--queue nats://...`); [`Server::shutdown`] stops

@@ -223,7 +223,7 @@ async fn the_console_shows_a_run_replays_its_dead_letter_and_tests_events() {
     assert_eq!(browser.text("#count-dead-letters").await, "1");
     assert_eq!(browser.text("#count-queued").await, "0");
     assert!(browser.has("#chart-accepted svg").await);
-    browser.screenshot("overview").await;
+    browser.screenshot_for_docs("overview").await;
 
     // The dead letter: listed with Zendesk's answer, its event shown as text.
     browser.open(&format!("{admin}/dead-letters")).await;
@@ -232,7 +232,7 @@ async fn the_console_shows_a_run_replays_its_dead_letter_and_tests_events() {
         row.contains("console-ticket") && row.contains("create_ticket") && row.contains("422"),
         "{row}"
     );
-    browser.screenshot("dead_letters").await;
+    browser.screenshot_for_docs("dead_letters").await;
     browser.click("#letters tbody tr a").await;
     let letter: Value = reqwest::Client::new()
         .get(format!("{admin}/api/dead-letters/1"))
@@ -259,7 +259,7 @@ async fn the_console_shows_a_run_replays_its_dead_letter_and_tests_events() {
         "{event}"
     );
     inert(&browser).await;
-    browser.screenshot("dead_letter").await;
+    browser.screenshot_for_docs("dead_letter").await;
 
     // Replayed from the page (the fault was Zendesk's once): the ticket is created.
     browser.click("#replay").await;
@@ -313,7 +313,7 @@ async fn the_console_shows_a_run_replays_its_dead_letter_and_tests_events() {
             .contains("/api/v2/users/create_or_update")
     );
     inert(&browser).await;
-    browser.screenshot("tester").await;
+    browser.screenshot_for_docs("tester").await;
     browser.click("#send").await;
     assert!(browser.text("#sent").await.contains("console-tester"));
     eventually(
@@ -334,7 +334,7 @@ async fn the_console_shows_a_run_replays_its_dead_letter_and_tests_events() {
         table.contains("upsert_user") && table.contains("type = \"identify\""),
         "{table}"
     );
-    browser.screenshot("mappings").await;
+    browser.screenshot_for_docs("mappings").await;
 
     // Logged out, the pages lead to the login again.
     browser.click("header .logout button").await;

@@ -179,14 +179,23 @@ impl Browser {
             .expect("script runs")
     }
 
-    /// Saves what the window shows as `NAME.png` among the build's artifacts (and in
-    /// `docs/console/` with `ZDMAP_UPDATE_SCREENSHOTS=1`).
+    /// Saves what the window shows as `NAME.png` among the build's artifacts.
     pub async fn screenshot(&self, name: &str) {
+        self.save(name, false).await;
+    }
+
+    /// The same for a page the README shows: with `ZDMAP_UPDATE_SCREENSHOTS=1` it is also
+    /// written to `docs/console/`.
+    pub async fn screenshot_for_docs(&self, name: &str) {
+        self.save(name, true).await;
+    }
+
+    async fn save(&self, name: &str, docs: bool) {
         let png = self.client().screenshot().await.expect("a screenshot");
         let dir = target_dir().join("screenshots");
         std::fs::create_dir_all(&dir).expect("the screenshots directory");
         std::fs::write(dir.join(format!("{name}.png")), &png).expect("the screenshot is saved");
-        if std::env::var_os("ZDMAP_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
+        if docs && std::env::var_os("ZDMAP_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
             let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/console");
             std::fs::create_dir_all(&docs).expect("docs/console");
             std::fs::write(docs.join(format!("{name}.png")), &png).expect("saved in docs");
