@@ -118,23 +118,27 @@ impl ListQuery {
 /// Letters a page holds when the request says nothing.
 pub(crate) const DEFAULT_PAGE: usize = 50;
 
+/// The page of letters `query` asks for, and how many letters there are in all.
+pub(crate) async fn letters_page<Q: Queue>(
+    state: &AdminState<Q>,
+    query: &ListQuery,
+) -> Result<(letters::Page, u64), QueueError> {
+    let mut store = state.queue.dead_letters().await?;
+    let page = letters::page(
+        &mut store,
+        &query.filter,
+        query.cursor.unwrap_or(0),
+        query.limit(),
+    )
+    .await?;
+    Ok((page, store.count().await?))
+}
+
 async fn list_letters<Q: Queue>(
     State(state): State<Arc<AdminState<Q>>>,
     Query(query): Query<ListQuery>,
 ) -> Response {
-    let result = async {
-        let mut store = state.queue.dead_letters().await?;
-        let page = letters::page(
-            &mut store,
-            &query.filter,
-            query.cursor.unwrap_or(0),
-            query.limit(),
-        )
-        .await?;
-        Ok::<_, QueueError>((page, store.count().await?))
-    }
-    .await;
-    match result {
+    match letters_page(&state, &query).await {
         Ok((page, total)) => Json(json!({
             "dead_letters": page.letters.iter().map(letters::json).collect::<Vec<_>>(),
             "next_cursor": page.next,
@@ -169,9 +173,12 @@ pub(crate) struct SelectionBody {
 }
 
 impl SelectionBody {
-    /// The ids the body selects; refused when it selects nothing in particular (an empty
-    /// filter must say `all`, so no empty form discards everything).
-    pub(crate) async fn ids<L: DeadLetters>(&self, store: &mut L) -> Result<Selection, Response> {
+    /// The letters the body selects; refused when it selects nothing in particular (an empty
+    /// filter must say `all`, so that no empty form discards everything).
+    pub(crate) async fn selection<Q: Queue>(
+        &self,
+        state: &AdminState<Q>,
+    ) -> Result<Selection, Response> {
         if self.all {
             return Ok(Selection::All);
         }
@@ -181,10 +188,12 @@ impl SelectionBody {
                 "give a filter (action, status, code) or \"all\": true",
             ));
         }
-        letters::selected(store, &self.filter)
-            .await
-            .map(Selection::Ids)
-            .map_err(|e| queue_error(&e))
+        let ids = async {
+            let mut store = state.queue.dead_letters().await?;
+            letters::selected(&mut store, &self.filter).await
+        }
+        .await;
+        ids.map(Selection::Ids).map_err(|e| queue_error(&e))
     }
 }
 
@@ -303,10 +312,7 @@ async fn replay_selection<Q: Queue>(
     body: Option<Json<SelectionBody>>,
 ) -> Response {
     let body = or_default(body);
-    let which = match state.queue.dead_letters().await {
-        Ok(mut store) => body.ids(&mut store).await,
-        Err(e) => Err(queue_error(&e)),
-    };
+    let which = body.selection(&state).await;
     match replay(&state, which, body.force).await {
         Ok(replayed) => Json(replayed_json(&replayed)).into_response(),
         Err(answer) => answer,
@@ -318,10 +324,7 @@ async fn discard_selection<Q: Queue>(
     body: Option<Json<SelectionBody>>,
 ) -> Response {
     let body = or_default(body);
-    let which = match state.queue.dead_letters().await {
-        Ok(mut store) => body.ids(&mut store).await,
-        Err(e) => Err(queue_error(&e)),
-    };
+    let which = body.selection(&state).await;
     match discard(&state, which).await {
         Ok(n) => Json(json!({ "discarded": n })).into_response(),
         Err(answer) => answer,

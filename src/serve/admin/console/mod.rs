@@ -15,7 +15,7 @@ use super::api::{self, ListQuery, SelectionBody};
 use super::letters::{self, Filter};
 use super::samples::{self, SERIES};
 use super::{Access, AdminState};
-use crate::queue::{DeadLetters, Queue, QueueError, Selection};
+use crate::queue::{DeadLetters, Queue};
 use axum::Form;
 use axum::Router;
 use axum::extract::{Extension, Path, Query, State};
@@ -303,19 +303,7 @@ async fn dead_letters<Q: Queue>(
     Query(params): Query<ListParams>,
 ) -> Response {
     let query = params.list;
-    let result = async {
-        let mut store = state.queue.dead_letters().await?;
-        let page = letters::page(
-            &mut store,
-            &query.filter,
-            query.cursor.unwrap_or(0),
-            query.limit(),
-        )
-        .await?;
-        Ok::<_, QueueError>((page, store.count().await?))
-    }
-    .await;
-    let (page, total) = match result {
+    let (page, total) = match api::letters_page(&state, &query).await {
         Ok(found) => found,
         Err(e) => return api::queue_error(&e),
     };
@@ -394,17 +382,6 @@ async fn discard_one<Q: Queue>(
     }
 }
 
-/// The selection a form names.
-async fn form_selection<Q: Queue>(
-    state: &AdminState<Q>,
-    body: &SelectionBody,
-) -> Result<Selection, axum::response::Response> {
-    match state.queue.dead_letters().await {
-        Ok(mut store) => body.ids(&mut store).await,
-        Err(e) => Err(api::queue_error(&e)),
-    }
-}
-
 #[derive(Debug, serde::Deserialize)]
 struct SelectionForm {
     #[serde(flatten)]
@@ -427,8 +404,7 @@ async fn replay_selection<Q: Queue>(
     State(state): State<Arc<AdminState<Q>>>,
     Form(form): Form<SelectionForm>,
 ) -> Response {
-    let body = form.body();
-    let which = form_selection(&state, &body).await;
+    let which = form.body().selection(&state).await;
     match api::replay(&state, which, false).await {
         Ok(replayed) => after("replayed", replayed.moved, replayed.stale.len()),
         Err(answer) => answer,
@@ -439,8 +415,7 @@ async fn discard_selection<Q: Queue>(
     State(state): State<Arc<AdminState<Q>>>,
     Form(form): Form<SelectionForm>,
 ) -> Response {
-    let body = form.body();
-    let which = form_selection(&state, &body).await;
+    let which = form.body().selection(&state).await;
     match api::discard(&state, which).await {
         Ok(n) => after("discarded", n, 0),
         Err(answer) => answer,
