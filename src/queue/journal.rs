@@ -202,7 +202,8 @@ pub struct Record {
 
 /// What the writer is handed.
 enum Note {
-    Accepted(Box<Facts>, u64),
+    /// An event's facts, at a time, with its first entry: `accepted` (`None`) or `refused`.
+    Accepted(Box<Facts>, u64, Option<Entry>),
     Entry {
         message_id: String,
         at: u64,
@@ -293,7 +294,7 @@ impl Journal {
 
     /// An event was accepted and stored.
     pub fn accepted(&self, facts: Facts) {
-        self.send(Note::Accepted(Box::new(facts), unix_millis_now()));
+        self.send(Note::Accepted(Box::new(facts), unix_millis_now(), None));
     }
 
     /// Records `entry` for the event `message_id`, now.
@@ -319,17 +320,15 @@ impl Journal {
             let n: u64 = rand::random();
             facts.message_id = format!("refused-{n:016x}");
         }
-        let message_id = facts.message_id.clone();
-        let at = unix_millis_now();
-        self.send(Note::Accepted(Box::new(facts), at));
-        self.note_at(
-            &message_id,
-            at,
-            Entry::Refused {
-                reason: reason.to_owned(),
-                message: message.to_owned(),
-            },
-        );
+        let refused = Entry::Refused {
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+        };
+        self.send(Note::Accepted(
+            Box::new(facts),
+            unix_millis_now(),
+            Some(refused),
+        ));
     }
 
     /// Waits until every note recorded before is committed.
@@ -583,10 +582,10 @@ fn commit(
     {
         let mut accept = tx.prepare_cached(
             "INSERT INTO events (message_id, type, user_id, anonymous_id, email, event, source, size, state, accepted_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'accepted', ?9, ?9) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?9, ?9) \
              ON CONFLICT (message_id) DO UPDATE SET type = excluded.type, user_id = excluded.user_id, \
              anonymous_id = excluded.anonymous_id, email = excluded.email, event = excluded.event, \
-             source = excluded.source, size = excluded.size, state = 'accepted', updated_at = excluded.updated_at",
+             source = excluded.source, size = excluded.size, state = excluded.state, updated_at = excluded.updated_at",
         )?;
         let mut find = tx.prepare_cached("SELECT id FROM events WHERE message_id = ?1")?;
         let mut bare = tx.prepare_cached(
@@ -599,8 +598,14 @@ fn commit(
         )?;
         for note in group {
             match note {
-                Note::Accepted(facts, at) => {
+                Note::Accepted(facts, at, first) => {
                     let at = i64::try_from(at).unwrap_or(i64::MAX);
+                    let entry = first.unwrap_or_else(|| Entry::Accepted {
+                        kind: facts.kind.clone().unwrap_or_default(),
+                        event: facts.event.clone(),
+                        size: facts.size.unwrap_or_default(),
+                        source: facts.source.clone().unwrap_or_default(),
+                    });
                     accept.execute(rusqlite::params![
                         facts.message_id,
                         facts.kind,
@@ -610,15 +615,10 @@ fn commit(
                         facts.event,
                         facts.source,
                         facts.size.and_then(|s| i64::try_from(s).ok()),
-                        at
+                        at,
+                        entry.state(),
                     ])?;
                     let id: i64 = find.query_row([&facts.message_id], |r| r.get(0))?;
-                    let entry = Entry::Accepted {
-                        kind: facts.kind.unwrap_or_default(),
-                        event: facts.event,
-                        size: facts.size.unwrap_or_default(),
-                        source: facts.source.unwrap_or_default(),
-                    };
                     if let Ok(text) = serde_json::to_string(&entry) {
                         add.execute(rusqlite::params![id, at, text])?;
                     }

@@ -79,57 +79,75 @@ async fn status<Q: Queue>(State(state): State<Arc<AdminState<Q>>>) -> Json<Value
     }))
 }
 
-/// The delivery log, or the answer that it is off.
-fn journal_of<Q>(state: &AdminState<Q>) -> Result<Arc<Journal>, Response> {
+/// Why a request of the log's routes was not answered: the status and what to say.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+/// The delivery log, or the refusal that it is off.
+fn journal_of<Q>(state: &AdminState<Q>) -> Result<Arc<Journal>, Refusal> {
     state.journal.clone().ok_or_else(|| {
-        error(
+        Refusal(
             StatusCode::NOT_FOUND,
-            "the delivery log is off (--no-journal, or a NATS queue)",
+            "the delivery log is off (--no-journal, or a NATS queue)".to_owned(),
         )
     })
 }
 
-/// A search's parameters; a 400 answer says which one is wrong.
-fn query_of(params: &HashMap<String, String>) -> Result<Query, Response> {
-    let text = |name: &str| params.get(name).filter(|v| !v.is_empty()).cloned();
-    let bad = |name: &str, what: &str| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "{name}: {:?} is not {what}",
-                params.get(name).map(String::as_str).unwrap_or_default()
-            ),
-        )
-    };
-    let number = |name: &str| -> Result<Option<u64>, Response> {
-        text(name)
-            .map(|v| v.parse::<u64>().map_err(|_| bad(name, "a number")))
-            .transpose()
-    };
-    let time = |name: &str| -> Result<Option<u64>, Response> {
-        text(name)
-            .map(|v| {
-                v.parse::<u64>()
-                    .ok()
-                    .or_else(|| {
-                        crate::base::time::parse_rfc3339(&v).and_then(|ms| u64::try_from(ms).ok())
-                    })
-                    .ok_or_else(|| bad(name, "an RFC 3339 time or milliseconds since the epoch"))
+/// The parameter `name` read by `parse`; a 400 saying it is not `what` when it does not read.
+fn param<T>(
+    params: &HashMap<String, String>,
+    name: &str,
+    what: &str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<Option<T>, Refusal> {
+    match params.get(name).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => parse(v).map(Some).ok_or_else(|| {
+            Refusal(
+                StatusCode::BAD_REQUEST,
+                format!("{name}: {v:?} is not {what}"),
+            )
+        }),
+    }
+}
+
+fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Refusal> {
+    param(params, name, "a number", |v| v.parse().ok())
+}
+
+fn time(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Refusal> {
+    param(
+        params,
+        name,
+        "an RFC 3339 time or milliseconds since the epoch",
+        |v| {
+            v.parse().ok().or_else(|| {
+                crate::base::time::parse_rfc3339(v).and_then(|ms| u64::try_from(ms).ok())
             })
-            .transpose()
-    };
-    let limit =
-        number("limit")?.map_or(DEFAULT_LIMIT, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        },
+    )
+}
+
+/// A search's parameters.
+fn query_of(params: &HashMap<String, String>) -> Result<Query, Refusal> {
+    let text = |name: &str| params.get(name).filter(|v| !v.is_empty()).cloned();
+    let limit = number(params, "limit")?
+        .map_or(DEFAULT_LIMIT, |n| usize::try_from(n).unwrap_or(usize::MAX));
     Ok(Query {
         message_id: text("message_id"),
         user_id: text("user_id"),
         email: text("email"),
         event: text("event"),
         state: text("state"),
-        since_ms: time("since")?,
-        until_ms: time("until")?,
+        since_ms: time(params, "since")?,
+        until_ms: time(params, "until")?,
         limit,
-        cursor: number("cursor")?,
+        cursor: number(params, "cursor")?,
     })
 }
 
@@ -137,11 +155,19 @@ fn query_of(params: &HashMap<String, String>) -> Result<Query, Response> {
 async fn read<T: Send + 'static>(
     journal: Arc<Journal>,
     read: impl FnOnce(&Journal) -> Result<T, crate::queue::QueueError> + Send + 'static,
-) -> Result<T, Response> {
+) -> Result<T, Refusal> {
     match tokio::task::spawn_blocking(move || read(&journal)).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Ok(Err(e)) => Err(Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err(Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+/// The answer of a log's route: its JSON, or its refusal.
+fn answered<T: serde::Serialize>(answer: Result<T, Refusal>) -> Response {
+    match answer {
+        Ok(value) => Json(value).into_response(),
+        Err(refusal) => refusal.into_response(),
     }
 }
 
@@ -149,61 +175,51 @@ async fn events<Q: Queue>(
     State(state): State<Arc<AdminState<Q>>>,
     axum::extract::Query(params): axum::extract::Query<HashMap<String, String>>,
 ) -> Response {
-    let answer = async {
-        let journal = journal_of(&state)?;
-        let query = query_of(&params)?;
-        read(journal, move |j| j.search(&query)).await
-    };
-    match answer.await {
-        Ok(page) => Json(page).into_response(),
-        Err(response) => response,
-    }
+    answered(
+        async {
+            let journal = journal_of(&state)?;
+            let query = query_of(&params)?;
+            read(journal, move |j| j.search(&query)).await
+        }
+        .await,
+    )
 }
 
 async fn event<Q: Queue>(
     State(state): State<Arc<AdminState<Q>>>,
     Path(message_id): Path<String>,
 ) -> Response {
-    let answer = async {
-        let journal = journal_of(&state)?;
-        let id = message_id.clone();
-        read(journal, move |j| j.record(&id)).await
-    };
-    match answer.await {
-        Ok(Some(record)) => Json(record).into_response(),
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            format!("the delivery log has no event {message_id:?} (never accepted, or pruned)"),
-        ),
-        Err(response) => response,
-    }
+    answered(
+        async {
+            let journal = journal_of(&state)?;
+            let id = message_id.clone();
+            read(journal, move |j| j.record(&id)).await?.ok_or_else(|| {
+                Refusal(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "the delivery log has no event {message_id:?} (never accepted, or pruned)"
+                    ),
+                )
+            })
+        }
+        .await,
+    )
 }
 
 async fn entries<Q: Queue>(
     State(state): State<Arc<AdminState<Q>>>,
     axum::extract::Query(params): axum::extract::Query<HashMap<String, String>>,
 ) -> Response {
-    let answer = async {
-        let journal = journal_of(&state)?;
-        let query = query_of(&params)?;
-        let after = match params.get("after").filter(|v| !v.is_empty()) {
-            Some(v) => Some(v.parse::<u64>().map_err(|_| {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    format!("after: {v:?} is not a number"),
-                )
-            })?),
-            None => None,
-        };
-        let limit = query.limit;
-        let found = read(journal, move |j| j.entries(after, &query, limit)).await?;
-        Ok::<_, Response>((after, found))
-    };
-    match answer.await {
-        Ok((after, entries)) => {
+    answered(
+        async {
+            let journal = journal_of(&state)?;
+            let query = query_of(&params)?;
+            let after = number(&params, "after")?;
+            let limit = query.limit;
+            let entries = read(journal, move |j| j.entries(after, &query, limit)).await?;
             let next = entries.last().map(|n| n.seq).or(after).unwrap_or(0);
-            Json(json!({"entries": entries, "next_cursor": next.to_string()})).into_response()
+            Ok(json!({"entries": entries, "next_cursor": next.to_string()}))
         }
-        Err(response) => response,
-    }
+        .await,
+    )
 }
