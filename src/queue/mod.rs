@@ -14,7 +14,11 @@
 //! [`NatsQueue`] is the shared backend: NATS JetStream, for several replicas on several
 //! machines ([`nats`]); its dead letters are [`nats::dead_letters::NatsDeadLetters`]. Both
 //! kinds of dead letters are read through [`DeadLetters`].
+//!
+//! [`journal`] is the delivery log of `serve`: what became of each event, kept apart from the
+//! queue.
 
+pub mod journal;
 mod letters;
 pub mod lock;
 pub mod nats;
