@@ -416,6 +416,7 @@ fn load_run(batch_window: Option<Duration>, times: &DeliveredTimes) {
             shutdown_timeout: Duration::from_secs(30),
             ingest: IngestOptions::default(),
             admin: None,
+            journal: None,
         };
         let server = Server::start(options, dest).await.expect("server");
         let url = server.url();

@@ -3,8 +3,12 @@
 //! its queue, and it delivers them within a second.
 
 use crate::base::text::escape_controls;
+use crate::deliver::trail::Entry;
+use crate::queue::journal::{JOURNAL_FILE, Journal, JournalOptions};
 use crate::queue::nats::dead_letters::NatsDeadLetters;
-use crate::queue::{DeadLetterStore, DeadLetters, QueueError, Selection};
+use crate::queue::{
+    DeadLetterStore, DeadLetters, QueueError, Selection, record_in_log, selected_for_log,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -83,14 +87,29 @@ pub fn dead_letters(args: &DeadLettersArgs) -> ExitCode {
         Some(queue) => super::block_on(async {
             let options = crate::queue::NatsOptions::for_a_command(queue);
             let outcome = match NatsDeadLetters::open(&options).await {
-                Ok(mut store) => run(&mut store, &args.command).await,
+                Ok(mut store) => run(&mut store, &args.command, None).await,
                 Err(e) => Err(e),
             };
             exit(outcome)
         }),
         None => exit(DeadLetterStore::open(&args.data_dir).and_then(|mut store| {
-            futures_util::FutureExt::now_or_never(run(&mut store, &args.command))
-                .unwrap_or_else(|| Err(QueueError::Stopped("did not answer")))
+            // Replays and purges are recorded in the server's delivery log, when it keeps one.
+            let journal = args
+                .data_dir
+                .join(JOURNAL_FILE)
+                .exists()
+                .then(|| Journal::open(&args.data_dir, JournalOptions::default()).ok())
+                .flatten();
+            let outcome = futures_util::FutureExt::now_or_never(run(
+                &mut store,
+                &args.command,
+                journal.as_deref(),
+            ))
+            .unwrap_or_else(|| Err(QueueError::Stopped("did not answer")));
+            if let Some(journal) = journal {
+                journal.close();
+            }
+            outcome
         })),
     }
 }
@@ -108,6 +127,7 @@ fn exit(outcome: Result<ExitCode, QueueError>) -> ExitCode {
 async fn run<S: DeadLetters>(
     store: &mut S,
     command: &DeadLettersCommand,
+    journal: Option<&Journal>,
 ) -> Result<ExitCode, QueueError> {
     match command {
         DeadLettersCommand::List { json, limit } => {
@@ -154,7 +174,16 @@ async fn run<S: DeadLetters>(
             }
         },
         DeadLettersCommand::Replay { which, force } => {
+            let mut letters = selected_for_log(store, &which.selection(), journal).await?;
+            let began = crate::base::time::unix_millis_now();
             let replayed = store.replay(&which.selection(), *force).await?;
+            if !*force {
+                letters.retain(|l| replayed.stale.iter().all(|s| s.id != l.id));
+            }
+            record_in_log(journal, &letters, began, |action| Entry::Replayed {
+                action,
+                by: "cli".into(),
+            });
             let mut out = super::Out::new();
             for s in &replayed.stale {
                 let secs = |ms: i64| crate::base::time::rfc3339_from_unix_secs(ms.div_euclid(1000));
@@ -186,7 +215,13 @@ async fn run<S: DeadLetters>(
             }
         }
         DeadLettersCommand::Purge(which) => {
+            let letters = selected_for_log(store, &which.selection(), journal).await?;
+            let began = crate::base::time::unix_millis_now();
             let n = store.purge(&which.selection()).await?;
+            record_in_log(journal, &letters, began, |action| Entry::Discarded {
+                action,
+                by: "cli".into(),
+            });
             eprintln!("{n} dead letter(s) deleted");
         }
     }

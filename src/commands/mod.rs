@@ -9,6 +9,7 @@ pub mod auth;
 mod config_file;
 pub mod dead_letters;
 pub mod emulator;
+pub mod events;
 pub mod fields;
 mod generate;
 mod healthcheck;
@@ -69,6 +70,10 @@ pub enum Command {
     Serve(Box<serve::ServeArgs>),
     /// List, show, replay or purge the dead letters of a `zdmap serve` data directory.
     DeadLetters(dead_letters::DeadLettersArgs),
+    /// Read the delivery log of a running `zdmap serve` through its admin API: `show
+    /// MESSAGE_ID` (one event's record: accepted, actions, requests, waits, end), `tail`
+    /// (follow new entries).
+    Events(events::EventsArgs),
     /// Connect to Zendesk with OAuth: `login` (approve once in a browser; the tokens are kept
     /// and refreshed), `status` (the credentials in use, the token's scopes and expiry),
     /// `check` (exit 1 when the scopes miss a request of the mappings).
@@ -121,6 +126,7 @@ pub fn main() -> ExitCode {
         Command::Emulator(a) => emulator::run(a),
         Command::Serve(a) => serve::serve(&a),
         Command::DeadLetters(a) => dead_letters::dead_letters(&a),
+        Command::Events(a) => events::events(&a),
         Command::Auth(a) => auth::auth(&a),
         Command::Healthcheck(a) => healthcheck::healthcheck(&a),
         Command::Completions(a) => generate::completions(&a),

@@ -4,6 +4,7 @@
 //! gracefully.
 
 use super::args::{ConfigArgs, TargetArgs};
+use crate::queue::journal::JournalOptions;
 use crate::serve::admin::{self, AdminOptions, AdminToken};
 use crate::serve::connections::ConnectionLimits;
 use crate::serve::ingest::WriteKeys;
@@ -196,6 +197,21 @@ pub struct ServeArgs {
     /// Start no admin listener.
     #[arg(long, env = "ZDMAP_NO_ADMIN", conflicts_with = "admin_listen")]
     pub no_admin: bool,
+    /// How long the delivery log keeps an event after its last change (journal.sqlite3 in
+    /// --data-dir; read with `zdmap events` and the admin API).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration, env = "ZDMAP_JOURNAL_MAX_AGE")]
+    pub journal_max_age: Duration,
+    /// Disk the delivery log may take, in MiB; the oldest events go first.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = 1024,
+        env = "ZDMAP_JOURNAL_MAX_MB"
+    )]
+    pub journal_max_mb: u64,
+    /// Keep no delivery log.
+    #[arg(long, env = "ZDMAP_NO_JOURNAL")]
+    pub no_journal: bool,
 }
 
 /// The variable that holds the admin token.
@@ -391,6 +407,10 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
         config: args.config.source(),
         watch: !args.no_watch,
         log_events: args.log_events,
+        journal: (!args.no_journal).then(|| JournalOptions {
+            max_age: args.journal_max_age,
+            max_bytes: args.journal_max_mb.saturating_mul(1 << 20),
+        }),
         shutdown_timeout: args.shutdown_timeout,
         ingest: IngestOptions {
             cors_origins: args.cors_origins.clone(),

@@ -441,6 +441,15 @@ async fn run(open: &Open, limit: Option<Arc<Semaphore>>, times: &JobTimes) -> Ve
         Disposition::Done { response } if response.is_success() => response,
         other => return all(BatchAnswer::Answered(Box::new(other))),
     };
+    let job = form
+        .job
+        .then(|| {
+            config
+                .jobs
+                .as_ref()
+                .and_then(|jobs| jobs.job_id(&response.body))
+        })
+        .flatten();
     let results: Vec<Value> = if form.job {
         match poll(open, &response, times).await {
             Ok(results) => results,
@@ -473,6 +482,7 @@ async fn run(open: &Open, limit: Option<Arc<Semaphore>>, times: &JobTimes) -> Ve
                             headers: ResponseHeaders::default(),
                             body: answer.body,
                             elapsed: Duration::ZERO,
+                            job: job.clone(),
                         },
                     }))
                 }

@@ -308,6 +308,7 @@ mod tests {
                 headers: ResponseHeaders::default(),
                 body: json!({"error":"RecordInvalid","details":{"email":[{"error":"DuplicateValue","description":"taken"}]}}),
                 elapsed: Duration::ZERO,
+                job: None,
             },
         };
         let mappings = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");

@@ -657,6 +657,11 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                 job.meta.hold_wait = (pause * 2).min(LONGEST_HOLD_WAIT);
                 tracing::debug!(event_id = id, keys = %job.meta.shared.join(","), "a key is held by another replica; waiting");
                 sink.held_elsewhere();
+                job.delivery.note(|| crate::deliver::trail::Entry::Waiting {
+                    reason: "fenced".to_owned(),
+                    detail: Some("another replica holds one of its keys".to_owned()),
+                    seconds: Some(pause.as_secs_f64()),
+                });
                 self.scheduler
                     .wait(id, job, Instant::now() + pause, WaitReason::HeldElsewhere);
                 return true;

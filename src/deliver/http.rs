@@ -114,6 +114,8 @@ pub struct Response {
     pub body: serde_json::Value,
     /// From sending the request to having read the body.
     pub elapsed: Duration,
+    /// The bulk job whose results this answer was read from (a bulk item's answer).
+    pub job: Option<String>,
 }
 
 impl Response {
@@ -325,6 +327,7 @@ impl Client {
             headers,
             body: parse_body(&bytes),
             elapsed: started.elapsed(),
+            job: None,
         })
     }
 
@@ -359,6 +362,7 @@ fn refused_answer(failure: &AuthFailure) -> Response {
         headers: ResponseHeaders::default(),
         body: serde_json::json!({"error": "oauth", "description": failure.message()}),
         elapsed: Duration::ZERO,
+        job: None,
     }
 }
 

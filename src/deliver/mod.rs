@@ -20,6 +20,7 @@
 //! - [`dead_letter`]: undeliverable events as NDJSON records, and reading them back.
 //! - [`stats`]: the run's counters and summary; [`progress`]: the terminal progress line.
 //! - [`run`]: `zdmap send` over a stream of events.
+//! - [`trail`]: what a delivery tells the delivery log of `serve` (requests, waits, ends).
 //!
 //! [`Transport`] bundles a client, a budget, a retry policy and the stats for the executor,
 //! which sends through [`ZendeskApi`] (the transport, or a script in its unit tests).
@@ -43,6 +44,7 @@ pub mod schedule;
 pub mod setup;
 pub mod stats;
 pub mod target;
+pub mod trail;
 
 use std::sync::Arc;
 

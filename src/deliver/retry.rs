@@ -261,6 +261,7 @@ mod tests {
             headers,
             body: serde_json::Value::Null,
             elapsed: Duration::ZERO,
+            job: None,
         }
     }
 

@@ -409,6 +409,7 @@ mod tests {
                 headers: ResponseHeaders::default(),
                 body: serde_json::Value::Null,
                 elapsed: Duration::ZERO,
+                job: None,
             })
         };
         stats.record_request(Method::Post, "/api/v2/users/1/events", &ok(429));

@@ -14,7 +14,11 @@
 //! [`NatsQueue`] is the shared backend: NATS JetStream, for several replicas on several
 //! machines ([`nats`]); its dead letters are [`nats::dead_letters::NatsDeadLetters`]. Both
 //! kinds of dead letters are read through [`DeadLetters`].
+//!
+//! [`journal`] is the delivery log of `serve`: what became of each event, kept apart from the
+//! queue.
 
+pub mod journal;
 mod letters;
 pub mod lock;
 pub mod nats;
@@ -29,7 +33,9 @@ use serde_json::Value;
 use std::future::Future;
 use std::sync::Arc;
 
-pub use letters::{Replayed, Selection, StaleLetter, StoredDeadLetter};
+pub use letters::{
+    Replayed, Selection, StaleLetter, StoredDeadLetter, record_in_log, selected_for_log,
+};
 pub use nats::{NatsOptions, NatsQueue};
 pub use sqlite::{DeadLetterStore, SqliteQueue};
 

@@ -375,6 +375,16 @@ pub fn render(metrics: &Metrics, stats: &Stats, queue_depth: Option<u64>, ready:
     out
 }
 
+/// What the delivery log dropped because its writer fell behind.
+pub(crate) fn render_journal(out: &mut String, journal: &crate::queue::journal::Journal) {
+    counter(
+        out,
+        "zdmap_journal_dropped_total",
+        "Entries of the delivery log dropped because its writer fell behind (delivery never waits for it).",
+        journal.dropped(),
+    );
+}
+
 /// The OAuth token requests and the state of the credentials.
 pub(crate) fn render_oauth(out: &mut String, stats: &crate::deliver::auth::AuthStats) {
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);

@@ -11,7 +11,8 @@
 //! - [`metrics`]: `/metrics` (Prometheus text) and the readiness behind `/readyz`.
 //! - [`reload`]: swapping in a changed config (SIGHUP, or a file of the mappings changing).
 //! - [`logs`]: how the server logs (text or one JSON object per line).
-//! - [`admin`]: the admin listener: its token, the JSON API under `/api/` and the web console.
+//! - [`admin`]: the admin listener: its token, the JSON API under `/api/` and the web console
+//!   (the delivery log, [`crate::queue::journal`], is read there).
 //!
 //! [`Server::start`] wires them over a [`SqliteQueue`] in the data directory, or over a
 //! [`NatsQueue`] shared with other replicas (`--queue nats://...`); [`Server::shutdown`] stops
@@ -33,6 +34,7 @@ use crate::base::time::rfc3339_utc;
 use crate::deliver::setup::{Destination, reread_credentials};
 use crate::deliver::{CredentialsError, Executor, Stats};
 use crate::mapping::config::{Diagnostics, Source};
+use crate::queue::journal::{Facts, Journal, JournalOptions};
 use crate::queue::nats::budget::NatsAllowance;
 use crate::queue::{NatsOptions, NatsQueue, Queue, SqliteQueue};
 use axum::Router;
@@ -45,7 +47,7 @@ use body::{BodyError, BodyLimits};
 use connections::ConnectionLimits;
 use ingest::{Endpoint, Refused, WriteKeys};
 use metrics::{Health, Metrics};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -77,6 +79,8 @@ pub struct ServeOptions {
     pub ingest: IngestOptions,
     /// The admin listener (none: not started).
     pub admin: Option<admin::AdminOptions>,
+    /// The delivery log, kept in the data directory (none: off).
+    pub journal: Option<JournalOptions>,
 }
 
 /// How the ingest API takes requests.
@@ -142,6 +146,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub stats: Arc<Stats>,
     pub log_events: bool,
+    /// The delivery log, when it is on.
+    pub journal: Option<Arc<Journal>>,
     config: Source,
     /// Whether the emulator's placeholder credential may stand in when none are set.
     placeholder_credentials: bool,
@@ -265,7 +271,12 @@ impl Server {
                 let close: Closer =
                     Box::new(move || Box::pin(async move { closing.close().await }));
                 let place = format!("NATS {}", crate::queue::nats::shown_list(&nats.servers));
-                Self::start_on(queue, close, place, options, destination).await
+                if options.journal.is_some() {
+                    tracing::warn!(
+                        "the delivery log is kept with a data directory queue only: off with --queue nats://"
+                    );
+                }
+                Self::start_on(queue, None, close, place, options, destination).await
             }
             None => {
                 let queue = Arc::new(
@@ -279,13 +290,18 @@ impl Server {
                     })
                 });
                 let place = options.data_dir.display().to_string();
-                Self::start_on(queue, close, place, options, destination).await
+                let journal = match &options.journal {
+                    Some(journal) => Some(Journal::open(&options.data_dir, journal.clone())?),
+                    None => None,
+                };
+                Self::start_on(queue, journal, close, place, options, destination).await
             }
         }
     }
 
     async fn start_on<Q: Queue>(
         queue: Arc<Q>,
+        journal: Option<Arc<Journal>>,
         close: Closer,
         place: String,
         options: ServeOptions,
@@ -305,6 +321,7 @@ impl Server {
             metrics: Metrics::default(),
             stats: destination.stats.clone(),
             log_events: options.log_events,
+            journal,
             config: options.config.clone(),
             placeholder_credentials,
             reloading: std::sync::Mutex::new(()),
@@ -444,6 +461,10 @@ impl Server {
             let _ = workers.await;
         }
         (self.close)().await;
+        if let Some(journal) = &self.shared.journal {
+            let journal = journal.clone();
+            let _ = tokio::task::spawn_blocking(move || journal.close()).await;
+        }
         if let Some(emulator) = self.destination.emulator {
             emulator.shutdown().await;
         }
@@ -751,9 +772,35 @@ async fn take<Q: Queue>(
     }
     let letters = calls.refused.iter().map(Refused::dead_letter).collect();
     let offered = calls.accepted.len() as u64;
+    let journal = app.shared.journal.as_deref();
+    let facts: Vec<(Facts, bool)> = match journal {
+        Some(_) => calls
+            .accepted
+            .iter()
+            .map(|item| {
+                let facts = Facts::of(&item.event, json_size(&item.event), &source);
+                (facts, item.message_id.is_some())
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     match app.queue.push(calls.accepted, letters).await {
         Ok(pushed) => {
             app.shared.health.set_queue(None);
+            if let Some(journal) = journal {
+                for (facts, sender_id) in facts {
+                    // Which of the sender's ids were duplicates is not known: none is recorded
+                    // again then (the record of the first stays as it is).
+                    if pushed.duplicates == 0 || !sender_id {
+                        journal.accepted(facts);
+                    }
+                }
+                for r in &calls.refused {
+                    let call = Value::Object(r.call.clone());
+                    let facts = Facts::of(&call, json_size(&call), &source);
+                    journal.refused(facts, r.reason.label(), &r.located());
+                }
+            }
             Metrics::add(&metrics.accepted, offered - pushed.duplicates);
             Metrics::add(&metrics.duplicates, pushed.duplicates);
             if offered == 0 && !calls.refused.is_empty() {
@@ -770,6 +817,23 @@ async fn take<Q: Queue>(
             )
         }
     }
+}
+
+/// Bytes of `value` as JSON, counted without writing it out.
+pub(crate) fn json_size(value: &Value) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// The answer to a request whose calls were stored: 200, listing the refused calls if any; 400
@@ -844,6 +908,9 @@ async fn metrics_text<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
         executor.transport().client().authorizer().stats(),
     );
     text.push_str(&app.queue.metrics_text(depth));
+    if let Some(journal) = &app.shared.journal {
+        metrics::render_journal(&mut text, journal);
+    }
     (
         [(
             header::CONTENT_TYPE,

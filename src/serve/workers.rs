@@ -18,6 +18,7 @@
 use super::Shared;
 use crate::deliver::dispatch::{DispatchOptions, Incoming, Ownership, RecordWait, Sink, dispatch};
 use crate::deliver::schedule::Status;
+use crate::deliver::trail::{Trail, Witness};
 use crate::deliver::{DeadLetter, EventOutcome, FirstWrite, Reload};
 use crate::mapping::event::Event;
 use crate::queue::{Item, ItemId, Queue};
@@ -193,6 +194,12 @@ fn incoming<Q: Queue + 'static>(
     }
     if item.force {
         delivery.force();
+    }
+    if let Some(journal) = &shared.journal
+        && let Some(message_id) = event.value().get("messageId").and_then(Value::as_str)
+    {
+        let witness: Arc<dyn Witness> = journal.clone();
+        delivery.witnessed_by(Trail::new(witness, message_id));
     }
     if queue.rereads() {
         let (queue, id) = (queue.clone(), item.id);

@@ -22,6 +22,7 @@ mod fuzz_inputs;
 mod gauges;
 mod hardening;
 mod ingest_guards;
+mod journal;
 mod listings;
 mod mapping_cases;
 mod nats;

@@ -81,7 +81,7 @@ impl StepContext<'_> {
             let found = match request {
                 None => Some(id_value(key)),
                 Some(request) => {
-                    let d = executor.api.attempt(&request, &|_| false).await;
+                    let d = self.attempt(&request, &|_| false, "lookup").await;
                     self.progress.attempts += 1;
                     match d {
                         Disposition::Done { response } if response.is_success() => {

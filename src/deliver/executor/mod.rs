@@ -52,6 +52,7 @@ pub use turn::{BatchAnswer, BatchItem, EventOutcome, LearnedKey, LookupItem, Tur
 
 use crate::deliver::cache::LookupCache;
 use crate::deliver::order::{EntityChange, EntityClock, EventTime, MemoryClock, event_time};
+use crate::deliver::trail::{Entry, Trail};
 use crate::deliver::{DeadLetter, PauseScope, RetryPolicy, Transport, ZendeskApi};
 use crate::mapping::config::Config;
 use crate::mapping::event::Event;
@@ -173,6 +174,7 @@ impl Executor {
             first_write: None,
             reload: None,
             shed: false,
+            trail: None,
         };
         delivery.fail_unresolved(event);
         delivery
@@ -266,6 +268,8 @@ pub struct Delivery {
     /// The event and its plan were let go while it waited ([`Delivery::shed`]): the next turn
     /// reads it back first.
     shed: bool,
+    /// Where what happens to the event is recorded (the delivery log), if anywhere.
+    trail: Option<Trail>,
 }
 
 /// A call into the event's queue that a delivery makes itself: see [`FirstWrite`] and
@@ -432,8 +436,43 @@ impl Delivery {
         self.executor.transport.policy()
     }
 
-    /// Runs the event's actions, from where it stopped, until it is settled or must wait.
+    /// From now on, what happens to the event is told to `trail`, starting with the actions
+    /// it matched (none: no trigger matched).
+    pub fn witnessed_by(&mut self, trail: Trail) {
+        let config = &self.executor.config;
+        let actions = self
+            .plan
+            .actions
+            .iter()
+            .map(|planned| config.action(planned).name.clone())
+            .chain(self.letters.iter().filter_map(|l| l.action.clone()))
+            .filter(|name| self.wants(name))
+            .map(|name| name.to_string())
+            .collect();
+        trail.note(Entry::Matched { actions });
+        self.trail = Some(trail);
+    }
+
+    /// Records `entry` in the event's trail, if it has one.
+    pub(crate) fn note(&self, entry: impl FnOnce() -> Entry) {
+        if let Some(trail) = &self.trail {
+            trail.note(entry());
+        }
+    }
+
+    /// Runs the event's actions, from where it stopped, until it is settled or must wait; the
+    /// end or the wait is recorded in its trail.
     pub async fn advance(&mut self) -> Turn {
+        let turn = self.turn().await;
+        if let Some(trail) = &self.trail {
+            for entry in turn_entries(&turn) {
+                trail.note(entry);
+            }
+        }
+        turn
+    }
+
+    async fn turn(&mut self) -> Turn {
         if self.shed
             && let Err(wait) = self.read_back().await
         {
@@ -625,6 +664,7 @@ impl Delivery {
                 progress: &mut *progress,
                 learned: &mut self.learned,
                 first_write: &mut self.first_write,
+                trail: self.trail.as_ref(),
             };
             let requests = match cx.render().await? {
                 Rendered::Requests(requests) => requests,
@@ -663,5 +703,52 @@ impl Delivery {
             cx.progress.sent = 0;
         }
         Ok(())
+    }
+}
+
+/// What the delivery log keeps of how a turn ended: the end (one entry per dead letter), or the
+/// wait (none for a request handed over to a bulk request: its answer is recorded).
+fn turn_entries(turn: &Turn) -> Vec<Entry> {
+    let waiting =
+        |reason: &str, detail: Option<String>, wait: Option<std::time::Duration>| Entry::Waiting {
+            reason: reason.to_owned(),
+            detail,
+            seconds: wait.map(|w| w.as_secs_f64()),
+        };
+    match turn {
+        Turn::Finished(EventOutcome::Delivered) => vec![Entry::Delivered],
+        Turn::Finished(EventOutcome::Skipped) => vec![Entry::Skipped {
+            reason: "no trigger matched".to_owned(),
+        }],
+        Turn::Finished(EventOutcome::Failed { letters }) => letters
+            .iter()
+            .map(|l| Entry::DeadLettered {
+                action: l.action.as_ref().map(ToString::to_string),
+                step: l.step.clone(),
+                status: l.status,
+                code: l.code.clone(),
+                reason: crate::deliver::trail::trimmed(
+                    &l.message,
+                    crate::deliver::trail::ERROR_BODY_BYTES,
+                ),
+            })
+            .collect(),
+        Turn::Wait(Wait::Missing { need }) => {
+            vec![waiting("record", Some(need.to_string()), None)]
+        }
+        Turn::Wait(Wait::Retry { wait, letter, .. }) => {
+            let reason = if letter.status == Some(429) {
+                "rate_limited"
+            } else {
+                "retry"
+            };
+            vec![waiting(reason, Some(letter.message.clone()), *wait)]
+        }
+        Turn::Wait(Wait::Fatal { status, message }) => vec![waiting(
+            "credentials",
+            Some(format!("Zendesk answered {status}: {message}")),
+            None,
+        )],
+        Turn::Wait(Wait::Batch(_) | Wait::Lookup(_) | Wait::Behind) => Vec::new(),
     }
 }

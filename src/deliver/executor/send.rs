@@ -79,14 +79,18 @@ impl StepContext<'_> {
     pub(super) async fn send(&mut self, request: &Request) -> Result<StepResult, Stop> {
         let (executor, step) = (self.executor, self.step);
         let (disposition, in_bulk) = match self.progress.batch_answer.take() {
-            Some(BatchAnswer::Answered(d)) => (*d, true),
+            Some(BatchAnswer::Answered(d)) => {
+                let bulk = step.batch.as_ref().map(|form| form.path.as_str());
+                self.witness(request, &d, &step.name, bulk);
+                (*d, true)
+            }
             Some(BatchAnswer::Single) | None => (
-                executor
-                    .api
-                    .attempt(request, &|r| {
-                        executor.outcome(step, r) != OutcomeKind::Retry
-                    })
-                    .await,
+                self.attempt(
+                    request,
+                    &|r| executor.outcome(step, r) != OutcomeKind::Retry,
+                    &step.name,
+                )
+                .await,
                 false,
             ),
         };

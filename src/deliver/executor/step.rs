@@ -4,8 +4,10 @@
 
 use super::{BatchAnswer, Executor, LearnedKey, Mode, Wait};
 use crate::deliver::jobs::Awaited;
-use crate::deliver::{DeadLetter, Disposition};
+use crate::deliver::trail::{Sent, Trail};
+use crate::deliver::{DeadLetter, Disposition, Response};
 use crate::mapping::plan::{Plan, PlannedAction, Step};
+use crate::mapping::request::Request;
 use crate::mapping::template::{Answer, LookupNeed, Lookups, StepOutputs};
 use indexmap::IndexMap;
 use serde_json::Value;
@@ -28,9 +30,75 @@ pub(super) struct StepContext<'a> {
     pub(super) learned: &'a mut Vec<LearnedKey>,
     /// Told before the first write that is not idempotent ([`super::FirstWrite`]).
     pub(super) first_write: &'a mut Option<super::FirstWrite>,
+    /// Where the event's requests are recorded, if anywhere.
+    pub(super) trail: Option<&'a Trail>,
 }
 
 impl StepContext<'_> {
+    /// One attempt at `request` (for `what`: the step's name, `lookup` or `check`), recorded in
+    /// the event's trail.
+    pub(super) async fn attempt(
+        &self,
+        request: &Request,
+        accept: &(dyn Fn(&Response) -> bool + Sync),
+        what: &str,
+    ) -> Disposition {
+        let started = Instant::now();
+        let disposition = self.executor.api.attempt(request, accept).await;
+        self.witness_took(request, &disposition, what, started.elapsed(), None);
+        disposition
+    }
+
+    /// Records the answer to the step's request as an item of the bulk request at `bulk` (its
+    /// job, when the answer was read from one).
+    pub(super) fn witness(
+        &self,
+        request: &Request,
+        disposition: &Disposition,
+        what: &str,
+        bulk: Option<&str>,
+    ) {
+        let job = match disposition {
+            Disposition::Done { response } => response.job.as_deref(),
+            _ => None,
+        };
+        self.witness_took(
+            request,
+            disposition,
+            what,
+            std::time::Duration::ZERO,
+            bulk.map(|b| (b, job)),
+        );
+    }
+
+    /// Records a request of the step and its answer in the event's trail (`bulk`: the path of
+    /// the bulk request it went in, and its job).
+    fn witness_took(
+        &self,
+        request: &Request,
+        disposition: &Disposition,
+        what: &str,
+        took: std::time::Duration,
+        bulk: Option<(&str, Option<&str>)>,
+    ) {
+        let Some(trail) = self.trail else {
+            return;
+        };
+        let config = &self.executor.config;
+        trail.request(
+            Sent {
+                action: self.action,
+                step: what,
+                request,
+                took,
+                attempt: self.progress.attempts + 1,
+                bulk: bulk.map(|(path, _)| path),
+                job: bulk.and_then(|(_, job)| job),
+            },
+            disposition,
+            |body| config.error_info(body).0.into_iter().next(),
+        );
+    }
     /// The step's dead letter for how its request (or a lookup, or a check) ended.
     pub(super) fn letter(&self, disposition: &Disposition) -> DeadLetter {
         DeadLetter::from_disposition(

@@ -28,6 +28,7 @@ fn reply(status: u16, body: Value) -> Reply {
         headers: ResponseHeaders::default(),
         body,
         elapsed: Duration::ZERO,
+        job: None,
     })
 }
 

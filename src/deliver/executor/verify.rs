@@ -104,7 +104,7 @@ impl StepContext<'_> {
         // A write that may ride in a bulk job is read back only once the jobs pending since the
         // doubt arose have ended: until then the check could find it missing and send it again.
         let mut disposition = match self.jobs_settled(&uncertain).await {
-            Ok(true) => executor.api.attempt(&request, &|_| false).await,
+            Ok(true) => self.attempt(&request, &|_| false, "check").await,
             Ok(false) => {
                 let letter = self.waiting_letter(&uncertain);
                 self.progress.uncertain = Some(uncertain);
@@ -180,7 +180,7 @@ impl StepContext<'_> {
                 query: IndexMap::new(),
                 ..request.clone()
             };
-            disposition = executor.api.attempt(&page, &|_| false).await;
+            disposition = self.attempt(&page, &|_| false, "check").await;
         }
     }
 

@@ -19,13 +19,29 @@
 //! - `POST /api/send` with `{"event": ..., "confirm": true}`: the event queued as if posted to
 //!   the ingest API, answering its `messageId`; `confirm` is needed when the server delivers to
 //!   Zendesk itself rather than to an emulator.
+//! - `GET /api/events`: the delivery log searched ([`Journal::search`]): `message_id`,
+//!   `user_id` (or anonymousId), `email`, `event`, `state`, `since`/`until` (RFC 3339 or ms
+//!   since the epoch, on the acceptance time), `limit` (50 by default, at most 500), `cursor`;
+//!   answers `{"events": [summary...], "next_cursor": "..." | null}`, newest first.
+//! - `GET /api/events/{message_id}`: one event's whole record ([`Journal::record`]): its
+//!   summary, `actions` and `timeline`; 404 when the log does not have it.
+//! - `GET /api/entries`: the entries recorded after `after` (a `seq`; without it the last
+//!   `limit`), oldest first, of the events the same filters find ([`Journal::entries`]):
+//!   `{"entries": [...], "next_cursor": "SEQ"}`, the `after` of the next call.
+//!
+//! The log's routes answer 404 `{"error": ...}` when the log is off (`--no-journal`, NATS).
 
 use super::letters::{self, Filter};
 use super::{AdminState, error};
 use crate::base::time::rfc3339_utc;
+use crate::base::time::unix_millis_now;
+use crate::deliver::trail::Entry;
 use crate::mapping::config::Config;
 use crate::mapping::event::Event;
-use crate::queue::{DeadLetters, Queue, QueueError, Replayed, Selection};
+use crate::queue::journal::{self, Facts, Journal};
+use crate::queue::{
+    DeadLetters, Queue, QueueError, Replayed, Selection, record_in_log, selected_for_log,
+};
 use crate::serve::ingest::{self, Endpoint};
 use crate::serve::metrics::Metrics;
 use axum::Json;
@@ -35,7 +51,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::sync::Arc;
+
+/// Events (or dead letters) of a page when the request names no `limit`.
+const DEFAULT_LIMIT: usize = 50;
 
 /// The routes of `/api/` (the token is checked around them).
 pub(crate) fn routes<Q: Queue>() -> Router<Arc<AdminState<Q>>> {
@@ -50,6 +70,9 @@ pub(crate) fn routes<Q: Queue>() -> Router<Arc<AdminState<Q>>> {
         .route("/dead-letters/{id}/discard", post(discard_one::<Q>))
         .route("/preview", post(preview::<Q>))
         .route("/send", post(send::<Q>))
+        .route("/events", get(events::<Q>))
+        .route("/events/{message_id}", get(event::<Q>))
+        .route("/entries", get(entries::<Q>))
 }
 
 /// The action table of `config` as JSON.
@@ -111,12 +134,9 @@ pub(crate) struct ListQuery {
 impl ListQuery {
     pub(crate) fn limit(&self) -> usize {
         self.limit
-            .map_or(DEFAULT_PAGE, |l| usize::try_from(l).unwrap_or(usize::MAX))
+            .map_or(DEFAULT_LIMIT, |l| usize::try_from(l).unwrap_or(usize::MAX))
     }
 }
-
-/// Letters a page holds when the request says nothing.
-pub(crate) const DEFAULT_PAGE: usize = 50;
 
 /// The page of letters `query` asks for, and how many letters there are in all.
 pub(crate) async fn letters_page<Q: Queue>(
@@ -211,44 +231,79 @@ pub(crate) fn replayed_json(replayed: &Replayed) -> Value {
     })
 }
 
-/// Replays `which` and says so in the log.
+/// Who did something to dead letters, as the delivery log says it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum By {
+    Api,
+    Console,
+}
+
+impl By {
+    fn label(self) -> &'static str {
+        match self {
+            By::Api => "api",
+            By::Console => "console",
+        }
+    }
+}
+
+/// Replays `which`, records it in the delivery log and says so in the server's log.
 pub(crate) async fn replay<Q: Queue>(
     state: &AdminState<Q>,
     which: Result<Selection, Response>,
     force: bool,
+    by: By,
 ) -> Result<Replayed, Response> {
     let which = which?;
-    let mut store = state
-        .queue
-        .dead_letters()
-        .await
-        .map_err(|e| queue_error(&e))?;
-    let replayed = store
-        .replay(&which, force)
-        .await
-        .map_err(|e| queue_error(&e))?;
+    let journal = state.journal.as_deref();
+    let result = async {
+        let mut store = state.queue.dead_letters().await?;
+        let mut letters = selected_for_log(&mut store, &which, journal).await?;
+        let began = unix_millis_now();
+        let replayed = store.replay(&which, force).await?;
+        if !force {
+            letters.retain(|l| replayed.stale.iter().all(|s| s.id != l.id));
+        }
+        record_in_log(journal, &letters, began, |action| Entry::Replayed {
+            action,
+            by: by.label().into(),
+        });
+        Ok::<_, QueueError>(replayed)
+    }
+    .await;
+    let replayed = result.map_err(|e| queue_error(&e))?;
     tracing::info!(
         replayed = replayed.moved,
         stale = replayed.stale.len(),
         selection = %shown(&which),
-        "dead letters replayed from the admin API"
+        by = by.label(),
+        "dead letters replayed from the admin listener"
     );
     Ok(replayed)
 }
 
-/// Discards `which` and says so in the log.
+/// Discards `which`, records it in the delivery log and says so in the server's log.
 pub(crate) async fn discard<Q: Queue>(
     state: &AdminState<Q>,
     which: Result<Selection, Response>,
+    by: By,
 ) -> Result<u64, Response> {
     let which = which?;
-    let mut store = state
-        .queue
-        .dead_letters()
-        .await
-        .map_err(|e| queue_error(&e))?;
-    let n = store.purge(&which).await.map_err(|e| queue_error(&e))?;
-    tracing::info!(discarded = n, selection = %shown(&which), "dead letters discarded from the admin API");
+    let journal = state.journal.as_deref();
+    let result = async {
+        let mut store = state.queue.dead_letters().await?;
+        let letters = selected_for_log(&mut store, &which, journal).await?;
+        let began = unix_millis_now();
+        let n = store.purge(&which).await?;
+        record_in_log(journal, &letters, began, |action| Entry::Discarded {
+            action,
+            by: by.label().into(),
+        });
+        Ok::<_, QueueError>(n)
+    }
+    .await;
+    let n = result.map_err(|e| queue_error(&e))?;
+    tracing::info!(discarded = n, selection = %shown(&which), by = by.label(), "dead letters discarded from the admin listener");
     Ok(n)
 }
 
@@ -278,7 +333,7 @@ async fn replay_one<Q: Queue>(
     body: Option<Json<Force>>,
 ) -> Response {
     let force = or_default(body).force;
-    match replay(&state, exists(&state, id).await, force).await {
+    match replay(&state, exists(&state, id).await, force, By::Api).await {
         Ok(replayed) => Json(replayed_json(&replayed)).into_response(),
         Err(answer) => answer,
     }
@@ -288,7 +343,7 @@ async fn discard_one<Q: Queue>(
     State(state): State<Arc<AdminState<Q>>>,
     Path(id): Path<u64>,
 ) -> Response {
-    match discard(&state, exists(&state, id).await).await {
+    match discard(&state, exists(&state, id).await, By::Api).await {
         Ok(n) => Json(json!({ "discarded": n })).into_response(),
         Err(answer) => answer,
     }
@@ -313,7 +368,7 @@ async fn replay_selection<Q: Queue>(
 ) -> Response {
     let body = or_default(body);
     let which = body.selection(&state).await;
-    match replay(&state, which, body.force).await {
+    match replay(&state, which, body.force, By::Api).await {
         Ok(replayed) => Json(replayed_json(&replayed)).into_response(),
         Err(answer) => answer,
     }
@@ -325,7 +380,7 @@ async fn discard_selection<Q: Queue>(
 ) -> Response {
     let body = or_default(body);
     let which = body.selection(&state).await;
-    match discard(&state, which).await {
+    match discard(&state, which, By::Api).await {
         Ok(n) => Json(json!({ "discarded": n })).into_response(),
         Err(answer) => answer,
     }
@@ -420,6 +475,10 @@ impl NotSent {
     }
 }
 
+/// The source the delivery log gives an event sent from the admin listener (a write key's
+/// would be its fingerprint).
+const SOURCE: &str = "admin";
+
 /// Queues `event` as the ingest API would (checked, stamped with a `messageId` when it has
 /// none and with `receivedAt`), and answers its `messageId`. It is not deduplicated: the tester
 /// may send one event twice on purpose.
@@ -448,11 +507,18 @@ pub(crate) async fn send_event<Q: Queue>(
         .unwrap_or_default()
         .to_owned();
     let offered = items.len() as u64;
+    let facts: Vec<Facts> = items
+        .iter()
+        .map(|item| Facts::of(&item.event, crate::serve::json_size(&item.event), SOURCE))
+        .collect();
     state
         .queue
         .push(items, Vec::new())
         .await
         .map_err(NotSent::Queue)?;
+    if let Some(journal) = &state.journal {
+        facts.into_iter().for_each(|f| journal.accepted(f));
+    }
     Metrics::add(&state.shared.metrics.accepted, offered);
     tracing::info!(message_id = %message_id, "an event was sent from the admin listener");
     Ok(message_id)
@@ -479,4 +545,149 @@ async fn send<Q: Queue>(
         Ok(message_id) => Json(json!({ "message_id": message_id })).into_response(),
         Err(e) => e.answer(),
     }
+}
+
+/// Why a request of the log's routes was not answered: the status and what to say.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+/// The delivery log, or the refusal that it is off.
+fn journal_of<Q>(state: &AdminState<Q>) -> Result<Arc<Journal>, Refusal> {
+    state.journal.clone().ok_or_else(|| {
+        Refusal(
+            StatusCode::NOT_FOUND,
+            "the delivery log is off (--no-journal, or a NATS queue)".to_owned(),
+        )
+    })
+}
+
+/// The parameter `name` read by `parse`; a 400 saying it is not `what` when it does not read.
+fn param<T>(
+    params: &HashMap<String, String>,
+    name: &str,
+    what: &str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<Option<T>, Refusal> {
+    match params.get(name).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => parse(v).map(Some).ok_or_else(|| {
+            Refusal(
+                StatusCode::BAD_REQUEST,
+                format!("{name}: {v:?} is not {what}"),
+            )
+        }),
+    }
+}
+
+fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Refusal> {
+    param(params, name, "a number", |v| v.parse().ok())
+}
+
+fn time(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Refusal> {
+    param(
+        params,
+        name,
+        "an RFC 3339 time or milliseconds since the epoch",
+        |v| {
+            v.parse().ok().or_else(|| {
+                crate::base::time::parse_rfc3339(v).and_then(|ms| u64::try_from(ms).ok())
+            })
+        },
+    )
+}
+
+/// A search's parameters.
+fn query_of(params: &HashMap<String, String>) -> Result<journal::Query, Refusal> {
+    let text = |name: &str| params.get(name).filter(|v| !v.is_empty()).cloned();
+    let limit = number(params, "limit")?
+        .map_or(DEFAULT_LIMIT, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    Ok(journal::Query {
+        message_id: text("message_id"),
+        user_id: text("user_id"),
+        email: text("email"),
+        event: text("event"),
+        state: text("state"),
+        since_ms: time(params, "since")?,
+        until_ms: time(params, "until")?,
+        limit,
+        cursor: number(params, "cursor")?,
+    })
+}
+
+/// Runs a read of the log off the async threads; a failure is a 500 saying why.
+async fn read<T: Send + 'static>(
+    journal: Arc<Journal>,
+    read: impl FnOnce(&Journal) -> Result<T, crate::queue::QueueError> + Send + 'static,
+) -> Result<T, Refusal> {
+    match tokio::task::spawn_blocking(move || read(&journal)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err(Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+/// The answer of a log's route: its JSON, or its refusal.
+fn answered<T: serde::Serialize>(answer: Result<T, Refusal>) -> Response {
+    match answer {
+        Ok(value) => Json(value).into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+async fn events<Q: Queue>(
+    State(state): State<Arc<AdminState<Q>>>,
+    axum::extract::Query(params): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    answered(
+        async {
+            let journal = journal_of(&state)?;
+            let query = query_of(&params)?;
+            read(journal, move |j| j.search(&query)).await
+        }
+        .await,
+    )
+}
+
+async fn event<Q: Queue>(
+    State(state): State<Arc<AdminState<Q>>>,
+    Path(message_id): Path<String>,
+) -> Response {
+    answered(
+        async {
+            let journal = journal_of(&state)?;
+            let id = message_id.clone();
+            read(journal, move |j| j.record(&id)).await?.ok_or_else(|| {
+                Refusal(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "the delivery log has no event {message_id:?} (never accepted, or pruned)"
+                    ),
+                )
+            })
+        }
+        .await,
+    )
+}
+
+async fn entries<Q: Queue>(
+    State(state): State<Arc<AdminState<Q>>>,
+    axum::extract::Query(params): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    answered(
+        async {
+            let journal = journal_of(&state)?;
+            let query = query_of(&params)?;
+            let after = number(&params, "after")?;
+            let limit = query.limit;
+            let entries = read(journal, move |j| j.entries(after, &query, limit)).await?;
+            let next = entries.last().map(|n| n.seq).or(after).unwrap_or(0);
+            Ok(json!({"entries": entries, "next_cursor": next.to_string()}))
+        }
+        .await,
+    )
 }

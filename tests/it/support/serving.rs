@@ -61,6 +61,8 @@ pub struct Setup {
     pub connect: ConnectOptions,
     /// The admin listener: none by default.
     pub admin: Option<zdmap::serve::admin::AdminOptions>,
+    /// The delivery log: on by default, as in `zdmap serve`.
+    pub journal: Option<zdmap::queue::journal::JournalOptions>,
 }
 
 impl Default for Setup {
@@ -78,6 +80,7 @@ impl Default for Setup {
             ingest: IngestOptions::default(),
             connect: quick_retries(),
             admin: None,
+            journal: Some(zdmap::queue::journal::JournalOptions::default()),
         }
     }
 }
@@ -100,6 +103,7 @@ pub async fn start(emu: &Emulator, data: &Path, setup: Setup) -> Server {
         shutdown_timeout: Duration::from_secs(10),
         ingest: setup.ingest,
         admin: setup.admin,
+        journal: setup.journal,
     };
     Server::start(options, dest).await.expect("server starts")
 }

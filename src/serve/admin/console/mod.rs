@@ -11,7 +11,7 @@
 
 mod login;
 
-use super::api::{self, ListQuery, SelectionBody};
+use super::api::{self, By, ListQuery, SelectionBody};
 use super::letters::{self, Filter};
 use super::samples::{self, SERIES};
 use super::{Access, AdminState};
@@ -366,7 +366,7 @@ async fn replay_one<Q: Queue>(
     State(state): State<Arc<AdminState<Q>>>,
     Path(id): Path<u64>,
 ) -> Response {
-    match api::replay(&state, api::exists(&state, id).await, false).await {
+    match api::replay(&state, api::exists(&state, id).await, false, By::Console).await {
         Ok(replayed) => after("replayed", replayed.moved, replayed.stale.len()),
         Err(answer) => answer,
     }
@@ -376,7 +376,7 @@ async fn discard_one<Q: Queue>(
     State(state): State<Arc<AdminState<Q>>>,
     Path(id): Path<u64>,
 ) -> Response {
-    match api::discard(&state, api::exists(&state, id).await).await {
+    match api::discard(&state, api::exists(&state, id).await, By::Console).await {
         Ok(n) => after("discarded", n, 0),
         Err(answer) => answer,
     }
@@ -405,7 +405,7 @@ async fn replay_selection<Q: Queue>(
     Form(form): Form<SelectionForm>,
 ) -> Response {
     let which = form.body().selection(&state).await;
-    match api::replay(&state, which, false).await {
+    match api::replay(&state, which, false, By::Console).await {
         Ok(replayed) => after("replayed", replayed.moved, replayed.stale.len()),
         Err(answer) => answer,
     }
@@ -416,7 +416,7 @@ async fn discard_selection<Q: Queue>(
     Form(form): Form<SelectionForm>,
 ) -> Response {
     let which = form.body().selection(&state).await;
-    match api::discard(&state, which).await {
+    match api::discard(&state, which, By::Console).await {
         Ok(n) => after("discarded", n, 0),
         Err(answer) => answer,
     }

@@ -1,0 +1,820 @@
+//! The delivery log of `zdmap serve`: for every event it accepts (or refuses at ingest), the
+//! record of its way: the accepted facts, the actions matched, every request it caused with its
+//! answer, its waits and its end. Kept in `journal.sqlite3` in the data directory (WAL), a file
+//! of its own so that its writes never contend with the queue's transactions.
+//!
+//! Recording never waits: [`Journal::accepted`], [`Journal::refused`] and the [`Witness`] that
+//! deliveries tell ([`crate::deliver::trail`]) put a note on a bounded channel, and a writer
+//! thread commits what is waiting in one transaction. When the writer falls behind (the channel
+//! is full), notes are dropped and counted ([`Journal::dropped`],
+//! `zdmap_journal_dropped_total`) rather than slowing ingest or delivery. The writer prunes
+//! the log by age (events not changed for `max_age`) and by size (the oldest events go while the
+//! pages in use exceed `max_bytes`).
+//!
+//! Reading, for the admin API and the console (each call reads the database; run it off the
+//! async threads):
+//! - [`Journal::search`]`(&Query) -> Page`: events by `messageId`, user, email, event name,
+//!   state and time, newest first, with a cursor for the next page;
+//! - [`Journal::record`]`(message_id) -> Option<Record>`: one event's whole record;
+//! - [`Journal::entries`]`(after, &Query, limit) -> Vec<Noted>`: the entries recorded after a
+//!   sequence number (or the last ones), oldest first, for following the log (`zdmap events
+//!   tail`);
+//! - [`Journal::note`]: records an entry for an event (a dead letter replayed or discarded).
+//!
+//! Tables: `events` (one row per `messageId`: the accepted facts, the state, indexed by message
+//! id, user, anonymous id, email, event name, state and acceptance time) and `entries` (one row
+//! per entry: its event, its time and the entry as compact JSON). The write key is never
+//! stored: an event's `source` is the key's fingerprint. The event's body is not stored.
+
+use super::QueueError;
+use crate::base::time::{rfc3339_from_unix_secs, unix_millis_now};
+use crate::deliver::trail::{Entry, Witness};
+use rusqlite::{Connection, OptionalExtension, params_from_iter};
+use serde::Serialize;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+/// The delivery log's file in the data directory.
+pub const JOURNAL_FILE: &str = "journal.sqlite3";
+
+/// Notes waiting for the writer at most; more are dropped (and counted).
+const BACKLOG: usize = 65_536;
+
+/// Notes committed in one transaction at most.
+const GROUP_LIMIT: usize = 4096;
+
+/// How often the writer prunes, at least.
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
+
+/// Events read per page at most.
+pub const MAX_PAGE: usize = 500;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL UNIQUE,
+    type TEXT,
+    user_id TEXT,
+    anonymous_id TEXT,
+    email TEXT,
+    event TEXT,
+    source TEXT,
+    size INTEGER,
+    state TEXT NOT NULL,
+    accepted_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id) WHERE user_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_by_anonymous_id ON events (anonymous_id) WHERE anonymous_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_by_email ON events (email) WHERE email IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_by_name ON events (event) WHERE event IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_by_state ON events (state);
+CREATE INDEX IF NOT EXISTS events_by_update ON events (updated_at);
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    entry TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_by_event ON entries (event);
+";
+
+/// How long and how much the delivery log keeps.
+#[derive(Clone, Debug)]
+pub struct JournalOptions {
+    /// Events not changed for this long are forgotten.
+    pub max_age: Duration,
+    /// The oldest events are forgotten while the log takes more than this.
+    pub max_bytes: u64,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+/// What the log knows of an event when it is accepted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Facts {
+    pub message_id: String,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub user_id: Option<String>,
+    pub anonymous_id: Option<String>,
+    /// `traits.email`, or `context.traits.email`.
+    pub email: Option<String>,
+    /// A `track` call's event name.
+    pub event: Option<String>,
+    /// Which write key sent it (a fingerprint, `-` without keys).
+    pub source: Option<String>,
+    /// Bytes of the event.
+    pub size: Option<u64>,
+}
+
+impl Facts {
+    /// The facts of an event (a Segment call as stored), `size` bytes, sent with the key
+    /// whose fingerprint is `source`.
+    pub fn of(event: &Value, size: u64, source: &str) -> Facts {
+        let text = |v: Option<&Value>| match v {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let email = text(event.pointer("/traits/email"))
+            .or_else(|| text(event.pointer("/context/traits/email")));
+        Facts {
+            message_id: text(event.get("messageId")).unwrap_or_default(),
+            kind: text(event.get("type")),
+            user_id: text(event.get("userId")),
+            anonymous_id: text(event.get("anonymousId")),
+            email,
+            event: text(event.get("event")),
+            source: Some(source.to_owned()),
+            size: Some(size),
+        }
+    }
+}
+
+/// What to look for: every field set must match (a user matches `userId` or `anonymousId`).
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    pub message_id: Option<String>,
+    pub user_id: Option<String>,
+    pub email: Option<String>,
+    pub event: Option<String>,
+    pub state: Option<String>,
+    /// Accepted at or after (ms since the Unix epoch).
+    pub since_ms: Option<u64>,
+    /// Accepted before (ms since the Unix epoch).
+    pub until_ms: Option<u64>,
+    /// Events of a page (at most [`MAX_PAGE`]).
+    pub limit: usize,
+    /// From [`Page::next_cursor`]: the page after the one that gave it.
+    pub cursor: Option<u64>,
+}
+
+/// An event as a search lists it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    #[serde(flatten)]
+    pub facts: Facts,
+    pub state: String,
+    pub accepted_at: String,
+    pub updated_at: String,
+}
+
+/// A page of a search, newest first; `next_cursor` reads the next one (`None`: no more).
+#[derive(Clone, Debug, Serialize)]
+pub struct Page {
+    pub events: Vec<Summary>,
+    pub next_cursor: Option<String>,
+}
+
+/// An entry as the log kept it: when, and its sequence number in the log.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Noted {
+    pub seq: u64,
+    pub at: String,
+    /// The event's `messageId` (in [`Journal::entries`]; inside a record it is the record's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(flatten)]
+    pub entry: Entry,
+}
+
+/// One event's whole record: its facts and state, the actions it matched, and every entry.
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    #[serde(flatten)]
+    pub summary: Summary,
+    /// The actions the last planning matched (empty: no trigger matched; `None`: not planned
+    /// yet).
+    pub actions: Option<Vec<String>>,
+    pub timeline: Vec<Noted>,
+}
+
+/// What the writer is handed.
+enum Note {
+    /// An event's facts, at a time, with its first entry: `accepted` (`None`) or `refused`.
+    Accepted(Box<Facts>, u64, Option<Entry>),
+    Entry {
+        message_id: String,
+        at: u64,
+        entry: Entry,
+    },
+    /// Answered once everything before it is committed.
+    Flush(mpsc::Sender<()>),
+}
+
+/// The delivery log: see the module docs.
+pub struct Journal {
+    path: PathBuf,
+    notes: Mutex<Option<mpsc::SyncSender<Note>>>,
+    reader: Mutex<Connection>,
+    dropped: AtomicU64,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, QueueError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| QueueError::Io {
+            what: "create the data directory",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    let conn = Connection::open(path).map_err(|source| QueueError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // A log: a crash may lose its last moments, never the queue's.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+impl Journal {
+    /// Opens (creating) the delivery log of `data_dir` and starts its writer.
+    pub fn open(data_dir: &Path, options: JournalOptions) -> Result<Arc<Journal>, QueueError> {
+        let path = data_dir.join(JOURNAL_FILE);
+        let writer = open_connection(&path)?;
+        let reader = open_connection(&path)?;
+        let (tx, rx) = mpsc::sync_channel(BACKLOG);
+        let thread = std::thread::Builder::new()
+            .name("zdmap-journal".into())
+            .spawn(move || write(writer, rx, options))
+            .map_err(|source| QueueError::Io {
+                what: "start the writer of",
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Arc::new(Journal {
+            path,
+            notes: Mutex::new(Some(tx)),
+            reader: Mutex::new(reader),
+            dropped: AtomicU64::new(0),
+            writer: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// The log's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Notes dropped because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, note: Note) {
+        let notes = crate::base::sync::lock(&self.notes);
+        let sent = notes.as_ref().is_some_and(|tx| tx.try_send(note).is_ok());
+        if !sent {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// An event was accepted and stored.
+    pub fn accepted(&self, facts: Facts) {
+        self.send(Note::Accepted(Box::new(facts), unix_millis_now(), None));
+    }
+
+    /// Records `entry` for the event `message_id`, now.
+    pub fn note(&self, message_id: &str, entry: Entry) {
+        self.note_at(message_id, unix_millis_now(), entry);
+    }
+
+    /// Records `entry` for the event `message_id` as of `at` (ms since the Unix epoch): an
+    /// event's state is that of its latest entry by time, so a replay noted after the fact
+    /// with the time it began does not hide what the replayed event did since.
+    pub fn note_at(&self, message_id: &str, at: u64, entry: Entry) {
+        self.send(Note::Entry {
+            message_id: message_id.to_owned(),
+            at,
+            entry,
+        });
+    }
+
+    /// A call was refused at ingest: recorded under its `messageId` (a generated one when it
+    /// has none), with the facts it has.
+    pub fn refused(&self, mut facts: Facts, reason: &str, message: &str) {
+        if facts.message_id.is_empty() {
+            let n: u64 = rand::random();
+            facts.message_id = format!("refused-{n:016x}");
+        }
+        let refused = Entry::Refused {
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+        };
+        self.send(Note::Accepted(
+            Box::new(facts),
+            unix_millis_now(),
+            Some(refused),
+        ));
+    }
+
+    /// Waits until every note recorded before is committed.
+    pub fn flush(&self) {
+        let (tx, rx) = mpsc::channel();
+        let sender = crate::base::sync::lock(&self.notes).clone();
+        if let Some(notes) = sender
+            && notes.send(Note::Flush(tx)).is_ok()
+        {
+            let _ = rx.recv();
+        }
+    }
+
+    /// Commits what is waiting and stops the writer; later notes are dropped.
+    pub fn close(&self) {
+        crate::base::sync::lock(&self.notes).take();
+        if let Some(thread) = crate::base::sync::lock(&self.writer).take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// A page of the events `query` finds, newest first.
+    pub fn search(&self, query: &Query) -> Result<Page, QueueError> {
+        let limit = query.limit.clamp(1, MAX_PAGE);
+        let (mut sql, mut args) = conditions(query);
+        if let Some(cursor) = query.cursor {
+            sql.push_str(" AND id < ?");
+            args.push(SqlValue::Integer(i64::try_from(cursor).unwrap_or(i64::MAX)));
+        }
+        let sql = format!(
+            "SELECT id, {SUMMARY_COLUMNS} FROM events WHERE {sql} ORDER BY id DESC LIMIT {}",
+            limit + 1
+        );
+        let conn = crate::base::sync::lock(&self.reader);
+        let mut statement = conn.prepare_cached(&sql)?;
+        let mut rows = statement.query(params_from_iter(args))?;
+        let mut events = Vec::new();
+        let mut last = None;
+        while let Some(row) = rows.next()? {
+            if events.len() == limit {
+                return Ok(Page {
+                    events,
+                    next_cursor: last.map(|id: i64| id.to_string()),
+                });
+            }
+            last = Some(row.get(0)?);
+            events.push(summary(row, 1)?);
+        }
+        Ok(Page {
+            events,
+            next_cursor: None,
+        })
+    }
+
+    /// The whole record of the event `message_id`, if the log has it.
+    pub fn record(&self, message_id: &str) -> Result<Option<Record>, QueueError> {
+        let conn = crate::base::sync::lock(&self.reader);
+        let found = conn
+            .query_row(
+                &format!("SELECT id, {SUMMARY_COLUMNS} FROM events WHERE message_id = ?1"),
+                [message_id],
+                |row| Ok((row.get::<_, i64>(0)?, summary(row, 1)?)),
+            )
+            .optional()?;
+        let Some((id, summary)) = found else {
+            return Ok(None);
+        };
+        let mut statement = conn
+            .prepare_cached("SELECT id, at, entry FROM entries WHERE event = ?1 ORDER BY at, id")?;
+        let mut rows = statement.query([id])?;
+        let mut timeline = Vec::new();
+        while let Some(row) = rows.next()? {
+            if let Some(noted) = noted(row, None)? {
+                timeline.push(noted);
+            }
+        }
+        let actions = timeline.iter().rev().find_map(|n| match &n.entry {
+            Entry::Matched { actions } => Some(actions.clone()),
+            _ => None,
+        });
+        Ok(Some(Record {
+            summary,
+            actions,
+            timeline,
+        }))
+    }
+
+    /// Up to `limit` entries recorded after `after` (a [`Noted::seq`]), oldest first, of the
+    /// events `query` finds (its cursor and limit are not used); without `after`, the last
+    /// `limit` entries.
+    pub fn entries(
+        &self,
+        after: Option<u64>,
+        query: &Query,
+        limit: usize,
+    ) -> Result<Vec<Noted>, QueueError> {
+        let (conditions, mut args) = conditions(query);
+        let from = after.map_or(0, |a| i64::try_from(a).unwrap_or(i64::MAX));
+        args.insert(0, SqlValue::Integer(from));
+        let order = if after.is_some() { "" } else { "DESC" };
+        let sql = format!(
+            "SELECT n.id, n.at, n.entry, e.message_id FROM entries n JOIN events e ON e.id = n.event \
+             WHERE n.id > ? AND e.id IN (SELECT id FROM events WHERE {conditions}) \
+             ORDER BY n.id {order} LIMIT {}",
+            limit.clamp(1, MAX_PAGE)
+        );
+        let conn = crate::base::sync::lock(&self.reader);
+        let mut statement = conn.prepare_cached(&sql)?;
+        let mut rows = statement.query(params_from_iter(args))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            if let Some(n) = noted(row, Some(row.get(3)?))? {
+                out.push(n);
+            }
+        }
+        if after.is_none() {
+            out.reverse();
+        }
+        Ok(out)
+    }
+}
+
+impl Witness for Journal {
+    fn note(&self, message_id: &str, at_ms: u64, entry: Entry) {
+        self.note_at(message_id, at_ms, entry);
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+type SqlValue = rusqlite::types::Value;
+
+const SUMMARY_COLUMNS: &str = "message_id, type, user_id, anonymous_id, email, event, source, size, state, accepted_at, updated_at";
+
+/// The `WHERE` conditions of a query, with their arguments.
+fn conditions(query: &Query) -> (String, Vec<SqlValue>) {
+    let mut sql = String::from("1");
+    let mut args = Vec::new();
+    let mut text = |column: &str, value: &Option<String>| {
+        if let Some(v) = value {
+            sql.push_str(&format!(" AND {column}"));
+            args.push(SqlValue::Text(v.clone()));
+        }
+    };
+    text("message_id = ?", &query.message_id);
+    text("email = ?", &query.email);
+    text("event = ?", &query.event);
+    text("state = ?", &query.state);
+    if let Some(user) = &query.user_id {
+        sql.push_str(" AND (user_id = ? OR anonymous_id = ?)");
+        args.push(SqlValue::Text(user.clone()));
+        args.push(SqlValue::Text(user.clone()));
+    }
+    let ms = |v: u64| SqlValue::Integer(i64::try_from(v).unwrap_or(i64::MAX));
+    if let Some(since) = query.since_ms {
+        sql.push_str(" AND accepted_at >= ?");
+        args.push(ms(since));
+    }
+    if let Some(until) = query.until_ms {
+        sql.push_str(" AND accepted_at < ?");
+        args.push(ms(until));
+    }
+    (sql, args)
+}
+
+/// A summary from the row's columns from `at` on (in [`SUMMARY_COLUMNS`] order).
+fn summary(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Summary> {
+    let size: Option<i64> = row.get(at + 7)?;
+    Ok(Summary {
+        facts: Facts {
+            message_id: row.get(at)?,
+            kind: row.get(at + 1)?,
+            user_id: row.get(at + 2)?,
+            anonymous_id: row.get(at + 3)?,
+            email: row.get(at + 4)?,
+            event: row.get(at + 5)?,
+            source: row.get(at + 6)?,
+            size: size.and_then(|s| u64::try_from(s).ok()),
+        },
+        state: row.get(at + 8)?,
+        accepted_at: time_of(row.get(at + 9)?),
+        updated_at: time_of(row.get(at + 10)?),
+    })
+}
+
+/// An entry row (`id, at, entry`); `None` for an entry this version does not read.
+fn noted(row: &rusqlite::Row<'_>, message_id: Option<String>) -> rusqlite::Result<Option<Noted>> {
+    let text: String = row.get(2)?;
+    let Ok(entry) = serde_json::from_str(&text) else {
+        return Ok(None);
+    };
+    Ok(Some(Noted {
+        seq: u64::try_from(row.get::<_, i64>(0)?).unwrap_or_default(),
+        at: time_of(row.get(1)?),
+        message_id,
+        entry,
+    }))
+}
+
+/// ms since the Unix epoch as RFC 3339 with milliseconds (`2026-05-01T12:00:00.123Z`).
+pub fn time_of(ms: i64) -> String {
+    let seconds = rfc3339_from_unix_secs(ms.div_euclid(1000));
+    format!(
+        "{}.{:03}Z",
+        seconds.trim_end_matches('Z'),
+        ms.rem_euclid(1000)
+    )
+}
+
+/// The writer: commits what waits in one transaction, prunes now and then, until every sender
+/// is gone.
+fn write(mut conn: Connection, notes: mpsc::Receiver<Note>, options: JournalOptions) {
+    let mut last_prune = std::time::Instant::now();
+    let mut since_prune = 0usize;
+    while let Ok(first) = notes.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_LIMIT {
+            match notes.try_recv() {
+                Ok(note) => group.push(note),
+                Err(_) => break,
+            }
+        }
+        since_prune += group.len();
+        let mut flushed = Vec::new();
+        if let Err(e) = commit(&mut conn, group, &mut flushed) {
+            tracing::warn!(error = %e, "cannot write the delivery log; these entries are lost");
+        }
+        if since_prune >= GROUP_LIMIT || last_prune.elapsed() >= PRUNE_EVERY {
+            if let Err(e) = prune(&conn, &options, unix_millis_now()) {
+                tracing::warn!(error = %e, "cannot prune the delivery log");
+            }
+            last_prune = std::time::Instant::now();
+            since_prune = 0;
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
+fn commit(
+    conn: &mut Connection,
+    group: Vec<Note>,
+    flushed: &mut Vec<mpsc::Sender<()>>,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut accept = tx.prepare_cached(
+            "INSERT INTO events (message_id, type, user_id, anonymous_id, email, event, source, size, state, accepted_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?9, ?9) \
+             ON CONFLICT (message_id) DO UPDATE SET type = excluded.type, user_id = excluded.user_id, \
+             anonymous_id = excluded.anonymous_id, email = excluded.email, event = excluded.event, \
+             source = excluded.source, size = excluded.size, state = excluded.state, updated_at = excluded.updated_at",
+        )?;
+        let mut find = tx.prepare_cached("SELECT id FROM events WHERE message_id = ?1")?;
+        let mut bare = tx.prepare_cached(
+            "INSERT INTO events (message_id, state, accepted_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+        )?;
+        let mut add =
+            tx.prepare_cached("INSERT INTO entries (event, at, entry) VALUES (?1, ?2, ?3)")?;
+        let mut set_state = tx.prepare_cached(
+            "UPDATE events SET state = ?2, updated_at = ?3 WHERE id = ?1 AND updated_at <= ?3",
+        )?;
+        for note in group {
+            match note {
+                Note::Accepted(facts, at, first) => {
+                    let at = i64::try_from(at).unwrap_or(i64::MAX);
+                    let entry = first.unwrap_or_else(|| Entry::Accepted {
+                        kind: facts.kind.clone().unwrap_or_default(),
+                        event: facts.event.clone(),
+                        size: facts.size.unwrap_or_default(),
+                        source: facts.source.clone().unwrap_or_default(),
+                    });
+                    accept.execute(rusqlite::params![
+                        facts.message_id,
+                        facts.kind,
+                        facts.user_id,
+                        facts.anonymous_id,
+                        facts.email,
+                        facts.event,
+                        facts.source,
+                        facts.size.and_then(|s| i64::try_from(s).ok()),
+                        at,
+                        entry.state(),
+                    ])?;
+                    let id: i64 = find.query_row([&facts.message_id], |r| r.get(0))?;
+                    if let Ok(text) = serde_json::to_string(&entry) {
+                        add.execute(rusqlite::params![id, at, text])?;
+                    }
+                }
+                Note::Entry {
+                    message_id,
+                    at,
+                    entry,
+                } => {
+                    let at = i64::try_from(at).unwrap_or(i64::MAX);
+                    let state = entry.state();
+                    let id: i64 = match find.query_row([&message_id], |r| r.get(0)).optional()? {
+                        Some(id) => id,
+                        None => {
+                            // Accepted before the log was on, or its acceptance was pruned.
+                            bare.execute(rusqlite::params![message_id, state, at])?;
+                            tx.last_insert_rowid()
+                        }
+                    };
+                    let Ok(text) = serde_json::to_string(&entry) else {
+                        continue;
+                    };
+                    add.execute(rusqlite::params![id, at, text])?;
+                    set_state.execute(rusqlite::params![id, state, at])?;
+                }
+                Note::Flush(done) => flushed.push(done),
+            }
+        }
+    }
+    tx.commit()
+}
+
+/// Forgets the events not changed for `max_age`, then the oldest while the pages in use exceed
+/// `max_bytes`.
+fn prune(conn: &Connection, options: &JournalOptions, now_ms: u64) -> rusqlite::Result<()> {
+    let age_ms = u64::try_from(options.max_age.as_millis()).unwrap_or(u64::MAX);
+    let cutoff = i64::try_from(now_ms.saturating_sub(age_ms)).unwrap_or(i64::MAX);
+    conn.execute(
+        "DELETE FROM entries WHERE event IN (SELECT id FROM events WHERE updated_at < ?1)",
+        [cutoff],
+    )?;
+    conn.execute("DELETE FROM events WHERE updated_at < ?1", [cutoff])?;
+    let max = i64::try_from(options.max_bytes).unwrap_or(i64::MAX);
+    while used_bytes(conn)? > max {
+        let events: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+        if events == 0 {
+            break;
+        }
+        // A tenth of the events at a time, the oldest first.
+        let batch = (events / 10).max(1);
+        conn.execute(
+            "DELETE FROM entries WHERE event IN (SELECT id FROM events ORDER BY id LIMIT ?1)",
+            [batch],
+        )?;
+        conn.execute(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?1)",
+            [batch],
+        )?;
+    }
+    Ok(())
+}
+
+/// Bytes of the database's pages in use (freed pages are reused before the file grows).
+fn used_bytes(conn: &Connection) -> rusqlite::Result<i64> {
+    let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let free: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    let size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    Ok((pages - free) * size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn facts(id: &str, user: &str) -> Facts {
+        Facts::of(
+            &json!({"type": "identify", "messageId": id, "userId": user, "traits": {"email": format!("{user}@example.com")}}),
+            100,
+            "abc123",
+        )
+    }
+
+    fn query(limit: usize) -> Query {
+        Query {
+            limit,
+            ..Query::default()
+        }
+    }
+
+    #[test]
+    fn a_record_keeps_its_facts_and_entries_in_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let journal = Journal::open(dir.path(), JournalOptions::default()).expect("opens");
+        journal.accepted(facts("m1", "u1"));
+        journal.note(
+            "m1",
+            Entry::Matched {
+                actions: vec!["upsert_user".into()],
+            },
+        );
+        journal.note("m1", Entry::Delivered);
+        journal.flush();
+        let record = journal.record("m1").expect("reads").expect("found");
+        assert_eq!(record.summary.state, "delivered");
+        assert_eq!(
+            record.summary.facts.email.as_deref(),
+            Some("u1@example.com")
+        );
+        assert_eq!(record.actions, Some(vec!["upsert_user".to_string()]));
+        let kinds: Vec<_> = record.timeline.iter().map(|n| n.entry.state()).collect();
+        assert_eq!(kinds, ["accepted", "delivering", "delivered"]);
+        assert!(journal.record("m2").expect("reads").is_none());
+    }
+
+    #[test]
+    fn a_search_pages_with_its_cursor_newest_first() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let journal = Journal::open(dir.path(), JournalOptions::default()).expect("opens");
+        for i in 0..5 {
+            journal.accepted(facts(
+                &format!("m{i}"),
+                if i % 2 == 0 { "even" } else { "odd" },
+            ));
+        }
+        journal.flush();
+        let mut q = Query {
+            user_id: Some("even".into()),
+            ..query(2)
+        };
+        let first = journal.search(&q).expect("searches");
+        let ids: Vec<_> = first
+            .events
+            .iter()
+            .map(|e| e.facts.message_id.as_str())
+            .collect();
+        assert_eq!(ids, ["m4", "m2"]);
+        q.cursor = first.next_cursor.as_deref().and_then(|c| c.parse().ok());
+        let second = journal.search(&q).expect("searches");
+        let ids: Vec<_> = second
+            .events
+            .iter()
+            .map(|e| e.facts.message_id.as_str())
+            .collect();
+        assert_eq!(ids, ["m0"]);
+        assert_eq!(second.next_cursor, None);
+    }
+
+    #[test]
+    fn pruning_forgets_old_events_and_keeps_the_log_under_its_size() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let journal = Journal::open(dir.path(), JournalOptions::default()).expect("opens");
+        for i in 0..2000 {
+            journal.accepted(facts(&format!("m{i}"), &format!("user-{i}")));
+            journal.note(&format!("m{i}"), Entry::Delivered);
+        }
+        journal.flush();
+        journal.close();
+        let conn = open_connection(&dir.path().join(JOURNAL_FILE)).expect("opens");
+        let count = |conn: &Connection| -> i64 {
+            conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+                .expect("counts")
+        };
+        assert_eq!(count(&conn), 2000);
+        // By size: a quarter of what the log takes now.
+        let used = used_bytes(&conn).expect("size");
+        let by_size = JournalOptions {
+            max_bytes: u64::try_from(used / 4).expect("positive"),
+            ..JournalOptions::default()
+        };
+        prune(&conn, &by_size, unix_millis_now()).expect("prunes");
+        assert!(used_bytes(&conn).expect("size") <= used / 4);
+        let left = count(&conn);
+        assert!(left > 0 && left < 2000, "{left}");
+        let oldest: String = conn
+            .query_row(
+                "SELECT message_id FROM events ORDER BY id LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .expect("reads");
+        assert_ne!(oldest, "m0", "the oldest go first");
+        let orphans: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM entries WHERE event NOT IN (SELECT id FROM events)",
+                [],
+                |r| r.get(0),
+            )
+            .expect("counts");
+        assert_eq!(orphans, 0);
+        // By age: a day later, with a day's age, nothing is left.
+        let by_age = JournalOptions {
+            max_age: Duration::from_secs(3600),
+            ..JournalOptions::default()
+        };
+        prune(&conn, &by_age, unix_millis_now() + 24 * 3600 * 1000).expect("prunes");
+        assert_eq!(count(&conn), 0);
+    }
+}
