@@ -1,6 +1,7 @@
 //! The web console in a real browser (headless Chromium over WebDriver): logging in, the
-//! overview's counts of a known run, a dead letter found, shown inert and replayed, the event
-//! tester, the mappings; and, without a browser, what a request without the token or the CSRF
+//! overview's counts of a known run, a dead letter found, shown inert and replayed, an event's
+//! timeline in the delivery log with its failing request and Zendesk's error, replayed from
+//! there, the event tester, the mappings; and, without a browser, what a request without the token or the CSRF
 //! token gets. Each page is saved as a screenshot among the build's artifacts.
 
 use crate::support::browser::Browser;
@@ -169,11 +170,12 @@ async fn the_console_shows_a_run_replays_its_dead_letter_and_tests_events() {
     let admin = server.admin_url().expect("the admin listener runs");
     refusals(&admin).await;
 
-    // A known run: two users delivered, one ticket that Zendesk refuses (its subject carries
-    // HTML, as a trait could).
+    // A known run: two users delivered, two tickets that Zendesk refuses (the first one's
+    // subject carries HTML, as a trait could).
     emu.configure(|k| {
         k.forced_faults.push(
             ForcedFault::new(422)
+                .times(2)
                 .on_exact_path("/api/v2/tickets")
                 .on_method("POST"),
         )
@@ -185,6 +187,8 @@ async fn the_console_shows_a_run_replays_its_dead_letter_and_tests_events() {
          "traits": {"email": "grace@example.com", "name": "Grace"}},
         {"type": "track", "event": "Ticket Created", "userId": "u-1", "messageId": "console-ticket",
          "properties": {"subject": HOSTILE, "comment": "It broke", "requester_email": "ada@example.com"}},
+        {"type": "track", "event": "Ticket Created", "userId": "u-2", "messageId": "console-ticket-2",
+         "properties": {"subject": "Second", "comment": "Also broke", "requester_email": "grace@example.com"}},
     ]});
     let answer = reqwest::Client::new()
         .post(format!("{}/v1/batch", server.url()))
@@ -197,7 +201,7 @@ async fn the_console_shows_a_run_replays_its_dead_letter_and_tests_events() {
     let metrics = &server.shared().metrics;
     eventually("the run is settled", Duration::from_secs(60), async || {
         metrics.delivered.load(Ordering::Relaxed) + metrics.dead_lettered.load(Ordering::Relaxed)
-            == 3
+            == 4
     })
     .await;
 
@@ -217,10 +221,10 @@ async fn the_console_shows_a_run_replays_its_dead_letter_and_tests_events() {
     browser.fill("#token", TOKEN).await;
     browser.click("#login").await;
     browser.find("#counts").await;
-    assert_eq!(browser.text("#count-accepted").await, "3");
+    assert_eq!(browser.text("#count-accepted").await, "4");
     assert_eq!(browser.text("#count-delivered").await, "2");
-    assert_eq!(browser.text("#count-dead-lettered").await, "1");
-    assert_eq!(browser.text("#count-dead-letters").await, "1");
+    assert_eq!(browser.text("#count-dead-lettered").await, "2");
+    assert_eq!(browser.text("#count-dead-letters").await, "2");
     assert_eq!(browser.text("#count-queued").await, "0");
     assert!(browser.has("#chart-accepted svg").await);
     browser.screenshot_for_docs("overview").await;
@@ -279,6 +283,83 @@ async fn the_console_shows_a_run_replays_its_dead_letter_and_tests_events() {
         },
     )
     .await;
+    browser.open(&format!("{admin}/dead-letters")).await;
+    let left = browser.text("#letters tbody").await;
+    assert!(
+        left.contains("console-ticket-2") && left.lines().count() == 1,
+        "{left}"
+    );
+
+    // The delivery log: the other dead-lettered event found by its messageId, its timeline
+    // with the failing request and Zendesk's error, then replayed from there.
+    browser.open(&format!("{admin}/events")).await;
+    browser.fill("#search-message-id", "console-ticket-2").await;
+    browser.click("#search-button").await;
+    let row = browser.text("#events tbody tr").await;
+    assert!(
+        row.contains("console-ticket-2") && row.contains("dead lettered"),
+        "{row}"
+    );
+    assert!(browser.has("#events tbody tr:only-child").await);
+    browser.screenshot_for_docs("events").await;
+    browser.click("#events tbody tr a").await;
+    let timeline = browser.text("#timeline").await;
+    let record: Value = reqwest::Client::new()
+        .get(format!("{admin}/api/events/console-ticket-2"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("api")
+        .json()
+        .await
+        .expect("json");
+    let failed = record["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .find(|e| e["kind"] == "request" && e["status"] == 422)
+        .expect("the failing request is recorded");
+    assert!(timeline.contains("POST /api/v2/tickets"), "{timeline}");
+    for said in [&failed["code"], &failed["error"]] {
+        let said = said.as_str().expect("Zendesk's code and error");
+        assert!(timeline.contains(said), "{said} in {timeline}");
+    }
+    assert_eq!(browser.text("#state").await, "dead lettered");
+    inert(&browser).await;
+    browser.screenshot_for_docs("event").await;
+    browser.click("#replay").await;
+    assert!(
+        browser
+            .text("#notice")
+            .await
+            .contains("1 dead letter(s) replayed")
+    );
+    eventually(
+        "the second ticket is created",
+        Duration::from_secs(60),
+        async || {
+            emu.state()["tickets"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["subject"] == "Second"))
+        },
+    )
+    .await;
+    let url = format!("{admin}/events/console-ticket-2");
+    let shown = &browser;
+    eventually(
+        "the timeline ends delivered",
+        Duration::from_secs(60),
+        async || {
+            shown.open(&url).await;
+            shown.text("#state").await == "delivered"
+        },
+    )
+    .await;
+    let timeline = browser.text("#timeline").await;
+    assert!(
+        timeline.contains("Replayed for create_ticket by console"),
+        "{timeline}"
+    );
     browser.open(&format!("{admin}/dead-letters")).await;
     browser.find("#none").await;
 

@@ -6,7 +6,7 @@
 //!   trigger, enabled, steps, file), and whether the last reload was refused and why.
 //! - `GET /api/status`: readiness and its reasons, the events queued, and the delivery
 //!   counters since start.
-//! - `GET /api/dead-letters?action=&status=&code=&limit=&cursor=`: the dead letters the filter
+//! - `GET /api/dead-letters?action=&status=&code=&message_id=&limit=&cursor=`: the dead letters the filter
 //!   admits, oldest first, a page at a time (`next_cursor` continues); `GET
 //!   /api/dead-letters/{id}` one of them with its event.
 //! - `POST /api/dead-letters/{id}/replay` and `/discard`: one letter back into the queue (for
@@ -548,7 +548,7 @@ async fn send<Q: Queue>(
 }
 
 /// Why a request of the log's routes was not answered: the status and what to say.
-struct Refusal(StatusCode, String);
+pub(crate) struct Refusal(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
@@ -557,7 +557,7 @@ impl IntoResponse for Refusal {
 }
 
 /// The delivery log, or the refusal that it is off.
-fn journal_of<Q>(state: &AdminState<Q>) -> Result<Arc<Journal>, Refusal> {
+pub(crate) fn journal_of<Q>(state: &AdminState<Q>) -> Result<Arc<Journal>, Refusal> {
     state.journal.clone().ok_or_else(|| {
         Refusal(
             StatusCode::NOT_FOUND,
@@ -602,7 +602,7 @@ fn time(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Ref
 }
 
 /// A search's parameters.
-fn query_of(params: &HashMap<String, String>) -> Result<journal::Query, Refusal> {
+pub(crate) fn query_of(params: &HashMap<String, String>) -> Result<journal::Query, Refusal> {
     let text = |name: &str| params.get(name).filter(|v| !v.is_empty()).cloned();
     let limit = number(params, "limit")?
         .map_or(DEFAULT_LIMIT, |n| usize::try_from(n).unwrap_or(usize::MAX));
@@ -620,7 +620,7 @@ fn query_of(params: &HashMap<String, String>) -> Result<journal::Query, Refusal>
 }
 
 /// Runs a read of the log off the async threads; a failure is a 500 saying why.
-async fn read<T: Send + 'static>(
+pub(crate) async fn read<T: Send + 'static>(
     journal: Arc<Journal>,
     read: impl FnOnce(&Journal) -> Result<T, crate::queue::QueueError> + Send + 'static,
 ) -> Result<T, Refusal> {

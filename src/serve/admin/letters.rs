@@ -27,6 +27,9 @@ pub(crate) struct Filter {
     /// Zendesk's error code (`RecordInvalid`) or the transport failure (`timeout`).
     #[serde(default)]
     pub(crate) code: Option<String>,
+    /// The event's `messageId`.
+    #[serde(default)]
+    pub(crate) message_id: Option<String>,
 }
 
 fn given(part: &Option<String>) -> Option<&str> {
@@ -43,13 +46,15 @@ impl Filter {
             None => s == "none",
         });
         let code = given(&self.code).is_none_or(|c| letter.code.as_deref() == Some(c));
-        action && status && code
+        let message_id =
+            given(&self.message_id).is_none_or(|m| letter.event["messageId"].as_str() == Some(m));
+        action && status && code && message_id
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        given(&self.action).is_none()
-            && given(&self.status).is_none()
-            && given(&self.code).is_none()
+        [&self.action, &self.status, &self.code, &self.message_id]
+            .into_iter()
+            .all(|part| given(part).is_none())
     }
 }
 
@@ -189,6 +194,7 @@ mod tests {
             action: Some(a.into()),
             status: Some(s.into()),
             code: Some(c.into()),
+            message_id: None,
         };
         assert!(Filter::default().admits(&l) && Filter::default().is_empty());
         assert!(filter("", " ", "").admits(&l) && filter("", "", "").is_empty());
@@ -198,6 +204,11 @@ mod tests {
         assert!(!filter("", "none", "").admits(&l));
         assert!(filter("", "none", "").admits(&letter(2, "a", None, "timeout")));
         assert!(!filter("", "", "DuplicateValue").admits(&l));
+        let by_id = |m: &str| Filter {
+            message_id: Some(m.into()),
+            ..Filter::default()
+        };
+        assert!(by_id("m1").admits(&l) && !by_id("m2").admits(&l));
         assert_eq!(json(&l)["message_id"], "m1");
         assert_eq!(json(&l)["action"], "create_ticket");
     }

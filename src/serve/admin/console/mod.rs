@@ -1,6 +1,6 @@
 //! The web console at `/` of the admin listener, for a person: the overview (counts, rates,
-//! the request budget, keys waiting, charts of the last hour), the dead letters with replay and
-//! discard, the event tester (which actions an event matches and why the others do not, the
+//! the request budget, keys waiting, charts of the last hour), the delivery log's events and
+//! their timelines ([`events`]), the dead letters with replay and discard, the event tester (which actions an event matches and why the others do not, the
 //! requests it would send, and sending it), and the mappings as the server runs them.
 //!
 //! Pages are rendered on the server from the templates of `templates/` with HTML
@@ -9,6 +9,7 @@
 //! console works offline. Forms carry the session's CSRF token (checked in
 //! [`super::require_admin`]). Logging in is [`login`]: the admin token, then a session cookie.
 
+mod events;
 mod login;
 
 use super::api::{self, By, ListQuery, SelectionBody};
@@ -29,7 +30,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The templates, by name.
-const TEMPLATES: [(&str, &str); 7] = [
+const TEMPLATES: [(&str, &str); 9] = [
     ("base.html", include_str!("templates/base.html")),
     ("login.html", include_str!("templates/login.html")),
     ("overview.html", include_str!("templates/overview.html")),
@@ -43,6 +44,8 @@ const TEMPLATES: [(&str, &str); 7] = [
     ),
     ("tester.html", include_str!("templates/tester.html")),
     ("mappings.html", include_str!("templates/mappings.html")),
+    ("events.html", include_str!("templates/events.html")),
+    ("event.html", include_str!("templates/event.html")),
 ];
 
 const STYLE: &str = include_str!("assets/console.css");
@@ -62,6 +65,11 @@ impl Pages {
         env.set_auto_escape_callback(|_| AutoEscape::Html);
         env.add_filter("json", |value: minijinja::Value| -> String {
             serde_json::to_string_pretty(&value).unwrap_or_default()
+        });
+        // A value as one segment of a URL's path (a messageId may hold `/` or `?`).
+        env.add_filter("urlpath", |text: String| -> String {
+            percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC)
+                .to_string()
         });
         env.add_filter("clip", |text: String, chars: usize| -> String {
             match text.char_indices().nth(chars) {
@@ -113,6 +121,9 @@ pub(crate) fn pages<Q: Queue>() -> Router<Arc<AdminState<Q>>> {
         .route("/tester", get(tester::<Q>).post(try_event::<Q>))
         .route("/tester/send", post(send::<Q>))
         .route("/mappings", get(mappings::<Q>))
+        .route("/events", get(events::search::<Q>))
+        .route("/events/{message_id}", get(events::timeline::<Q>))
+        .route("/events/{message_id}/replay", post(events::replay::<Q>))
         .route("/logout", post(login::logout::<Q>))
 }
 
@@ -350,10 +361,11 @@ fn next_url(filter: &Filter, cursor: u64) -> String {
         .to_string()
     };
     format!(
-        "/dead-letters?cursor={cursor}&action={}&status={}&code={}",
+        "/dead-letters?cursor={cursor}&action={}&status={}&code={}&message_id={}",
         encode(&filter.action),
         encode(&filter.status),
-        encode(&filter.code)
+        encode(&filter.code),
+        encode(&filter.message_id)
     )
 }
 
