@@ -237,6 +237,29 @@ async fn the_console_shows_a_run_replays_its_dead_letter_and_tests_events() {
         "{row}"
     );
     browser.screenshot_for_docs("dead_letters").await;
+
+    // The tester offers the dead letters' events to start from.
+    browser.open(&format!("{admin}/tester")).await;
+    let picks = browser.text("#pick").await;
+    assert!(picks.contains("console-ticket-2"), "{picks}");
+    browser.click("#pick li:last-child a").await;
+    let loaded = eventually(
+        "the picked event is loaded",
+        Duration::from_secs(20),
+        async || {
+            let text = browser
+                .eval("return document.getElementById('event').value;")
+                .await;
+            text.as_str()
+                .filter(|t| t.contains("\"console-ticket\""))
+                .map(str::to_owned)
+        },
+    )
+    .await;
+    let picked: Value = serde_json::from_str(&loaded).expect("the event as JSON");
+    assert_eq!(picked["properties"]["subject"], HOSTILE);
+
+    browser.open(&format!("{admin}/dead-letters")).await;
     browser.click("#letters tbody tr a").await;
     let letter: Value = reqwest::Client::new()
         .get(format!("{admin}/api/dead-letters/1"))

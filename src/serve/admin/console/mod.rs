@@ -444,23 +444,75 @@ const SAMPLE_EVENT: &str = r#"{
   }
 }"#;
 
+/// Dead letters the tester offers to pick from, the newest.
+const PICKS: usize = 10;
+
+/// The newest dead letters (their events can be picked in the tester; the delivery log keeps
+/// no bodies).
+async fn recent_letters<Q: Queue>(state: &AdminState<Q>) -> Vec<Value> {
+    let found = async {
+        let mut store = state.queue.dead_letters().await?;
+        letters::page(&mut store, &Filter::default(), 0, letters::MAX_PAGE).await
+    }
+    .await;
+    let letters = found.map(|page| page.letters).unwrap_or_default();
+    letters
+        .iter()
+        .rev()
+        .take(PICKS)
+        .map(|l| {
+            json!({
+                "id": l.id,
+                "at": l.letter.at,
+                "action": l.letter.action.as_deref(),
+                "message_id": l.letter.event["messageId"],
+                "type": l.letter.event["type"],
+                "event": l.letter.event["event"],
+            })
+        })
+        .collect()
+}
+
 /// The tester's page: the pasted text, and what became of it.
-fn tester_page<Q>(state: &AdminState<Q>, access: &Access, text: &str, outcome: Value) -> Response {
+async fn tester_page<Q: Queue>(
+    state: &AdminState<Q>,
+    access: &Access,
+    text: &str,
+    outcome: Value,
+) -> Response {
     let content = json!({
         "event_text": text,
         "real_zendesk": api::real_zendesk(state),
         "outcome": outcome,
+        "recent": recent_letters(state).await,
     });
     state
         .pages
         .render("tester.html", frame(state, access, "tester", content))
 }
 
+#[derive(Debug, Default, serde::Deserialize)]
+struct Pick {
+    /// A dead letter whose event the tester starts from.
+    #[serde(default, deserialize_with = "letters::optional_number")]
+    letter: Option<u64>,
+}
+
 async fn tester<Q: Queue>(
     State(state): State<Arc<AdminState<Q>>>,
     Extension(access): Extension<Access>,
+    Query(pick): Query<Pick>,
 ) -> Response {
-    tester_page(&state, &access, SAMPLE_EVENT, Value::Null)
+    let picked = match pick.letter {
+        Some(id) => async { state.queue.dead_letters().await?.get(id).await }
+            .await
+            .ok()
+            .flatten()
+            .map(|l| serde_json::to_string_pretty(&l.letter.event).unwrap_or_default()),
+        None => None,
+    };
+    let text = picked.as_deref().unwrap_or(SAMPLE_EVENT);
+    tester_page(&state, &access, text, Value::Null).await
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -487,7 +539,7 @@ async fn try_event<Q: Queue>(
             Ok(preview) => json!({ "preview": preview }),
             Err(why) => json!({ "problem": why }),
         };
-    tester_page(&state, &access, &form.event, outcome)
+    tester_page(&state, &access, &form.event, outcome).await
 }
 
 async fn send<Q: Queue>(
@@ -508,7 +560,7 @@ async fn send<Q: Queue>(
             },
         }
     };
-    tester_page(&state, &access, &form.event, outcome)
+    tester_page(&state, &access, &form.event, outcome).await
 }
 
 async fn mappings<Q: Queue>(
