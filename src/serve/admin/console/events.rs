@@ -8,7 +8,7 @@
 use super::super::api::{self, By, Refusal};
 use super::super::letters::{self, Filter};
 use super::super::{Access, AdminState};
-use super::{Notice, frame};
+use super::{Notice, encode, frame};
 use crate::queue::{Queue, Selection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
@@ -87,10 +87,6 @@ pub(super) async fn search<Q: Queue>(
     state
         .pages
         .render("events.html", frame(&state, &access, "events", content))
-}
-
-fn encode(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// The dead letters of the event `message_id`.

@@ -1,7 +1,8 @@
 //! The web console at `/` of the admin listener, for a person: the overview (counts, rates,
 //! the request budget, keys waiting, charts of the last hour), the delivery log's events and
-//! their timelines ([`events`]), the dead letters with replay and discard, the event tester (which actions an event matches and why the others do not, the
-//! requests it would send, and sending it), and the mappings as the server runs them.
+//! their timelines ([`events`]), the dead letters with replay and discard, the event tester
+//! (which actions an event matches and why the others do not, the requests it would send, and
+//! sending it), and the mappings as the server runs them.
 //!
 //! Pages are rendered on the server from the templates of `templates/` with HTML
 //! auto-escaping on (events are untrusted input: a `<script>` in a trait shows as text); the
@@ -67,10 +68,7 @@ impl Pages {
             serde_json::to_string_pretty(&value).unwrap_or_default()
         });
         // A value as one segment of a URL's path (a messageId may hold `/` or `?`).
-        env.add_filter("urlpath", |text: String| -> String {
-            percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC)
-                .to_string()
-        });
+        env.add_filter("urlpath", |text: String| -> String { encode(&text) });
         env.add_filter("clip", |text: String, chars: usize| -> String {
             match text.char_indices().nth(chars) {
                 Some((at, _)) => format!("{}…", &text[..at]),
@@ -172,10 +170,13 @@ pub(crate) fn form_fields(body: &[u8]) -> Vec<(String, String)> {
 
 /// What every page shows around its content.
 fn frame<Q>(state: &AdminState<Q>, access: &Access, page: &str, mut content: Value) -> Value {
-    let target = super::super::shown_target(
-        state.shared.executor().transport().client().target(),
-        !api::real_zendesk(state),
-    );
+    let url =
+        super::super::shown_target(state.shared.executor().transport().client().target(), false);
+    let target = if api::real_zendesk(state) {
+        url
+    } else {
+        format!("{url} (an emulator or a test server)")
+    };
     if let Value::Object(map) = &mut content {
         map.insert("page".into(), page.into());
         map.insert("csrf".into(), access.csrf().into());
@@ -351,21 +352,20 @@ async fn dead_letter<Q: Queue>(
     }
 }
 
+/// `text` percent-encoded, to stand in a URL's path segment or query.
+fn encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
 /// The link to the page of letters after `cursor` under `filter`.
 fn next_url(filter: &Filter, cursor: u64) -> String {
-    let encode = |part: &Option<String>| {
-        percent_encoding::utf8_percent_encode(
-            part.as_deref().unwrap_or_default(),
-            percent_encoding::NON_ALPHANUMERIC,
-        )
-        .to_string()
-    };
+    let part = |part: &Option<String>| encode(part.as_deref().unwrap_or_default());
     format!(
         "/dead-letters?cursor={cursor}&action={}&status={}&code={}&message_id={}",
-        encode(&filter.action),
-        encode(&filter.status),
-        encode(&filter.code),
-        encode(&filter.message_id)
+        part(&filter.action),
+        part(&filter.status),
+        part(&filter.code),
+        part(&filter.message_id)
     )
 }
 
