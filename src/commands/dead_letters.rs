@@ -6,7 +6,9 @@ use crate::base::text::escape_controls;
 use crate::deliver::trail::Entry;
 use crate::queue::journal::{JOURNAL_FILE, Journal, JournalOptions};
 use crate::queue::nats::dead_letters::NatsDeadLetters;
-use crate::queue::{DeadLetterStore, DeadLetters, QueueError, Selection, StoredDeadLetter};
+use crate::queue::{
+    DeadLetterStore, DeadLetters, QueueError, Selection, record_in_log, selected_for_log,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -122,44 +124,6 @@ fn exit(outcome: Result<ExitCode, QueueError>) -> ExitCode {
     }
 }
 
-/// The letters `which` selects, for the delivery log (none without a log).
-async fn selected<S: DeadLetters>(
-    store: &mut S,
-    which: &Selection,
-    journal: Option<&Journal>,
-) -> Result<Vec<StoredDeadLetter>, QueueError> {
-    if journal.is_none() {
-        return Ok(Vec::new());
-    }
-    match which {
-        Selection::All => store.list(0, usize::MAX).await,
-        Selection::Ids(ids) => {
-            let mut letters = Vec::with_capacity(ids.len());
-            for id in ids {
-                letters.extend(store.get(*id).await?);
-            }
-            Ok(letters)
-        }
-    }
-}
-
-/// Records `entry` (made for the letter's action) for each letter's event in the log, as of
-/// `at_ms` (when the replay or purge began).
-fn record(
-    journal: Option<&Journal>,
-    letters: &[StoredDeadLetter],
-    at_ms: u64,
-    entry: impl Fn(Option<String>) -> Entry,
-) {
-    let Some(journal) = journal else { return };
-    for l in letters {
-        if let Some(message_id) = l.letter.event.get("messageId").and_then(|v| v.as_str()) {
-            let action = l.letter.action.as_ref().map(ToString::to_string);
-            journal.note_at(message_id, at_ms, entry(action));
-        }
-    }
-}
-
 async fn run<S: DeadLetters>(
     store: &mut S,
     command: &DeadLettersCommand,
@@ -210,13 +174,13 @@ async fn run<S: DeadLetters>(
             }
         },
         DeadLettersCommand::Replay { which, force } => {
-            let mut letters = selected(store, &which.selection(), journal).await?;
+            let mut letters = selected_for_log(store, &which.selection(), journal).await?;
             let began = crate::base::time::unix_millis_now();
             let replayed = store.replay(&which.selection(), *force).await?;
             if !*force {
                 letters.retain(|l| replayed.stale.iter().all(|s| s.id != l.id));
             }
-            record(journal, &letters, began, |action| Entry::Replayed {
+            record_in_log(journal, &letters, began, |action| Entry::Replayed {
                 action,
                 by: "cli".into(),
             });
@@ -251,10 +215,10 @@ async fn run<S: DeadLetters>(
             }
         }
         DeadLettersCommand::Purge(which) => {
-            let letters = selected(store, &which.selection(), journal).await?;
+            let letters = selected_for_log(store, &which.selection(), journal).await?;
             let began = crate::base::time::unix_millis_now();
             let n = store.purge(&which.selection()).await?;
-            record(journal, &letters, began, |action| Entry::Discarded {
+            record_in_log(journal, &letters, began, |action| Entry::Discarded {
                 action,
                 by: "cli".into(),
             });

@@ -1,9 +1,13 @@
 //! What both queues keep of dead letters and answer about them: a letter with its id, which
-//! letters a command means, and what a replay did.
+//! letters a command means, and what a replay did; and how a replay or a discard (by `zdmap
+//! dead-letters` or the admin listener) is recorded in the delivery log.
 
 use crate::deliver::DeadLetter;
 use crate::deliver::order::EntityChange;
+use crate::deliver::trail::Entry;
 use crate::mapping::plan::ActionName;
+use crate::queue::journal::Journal;
+use crate::queue::{DeadLetters, QueueError};
 
 /// A dead letter as a queue keeps it, with its id there.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -55,4 +59,43 @@ impl StaleLetter {
 pub enum Selection {
     All,
     Ids(Vec<u64>),
+}
+
+/// The letters `which` selects, read before a replay or a discard so the delivery log can name
+/// their events (none without a log).
+pub async fn selected_for_log<S: DeadLetters>(
+    store: &mut S,
+    which: &Selection,
+    journal: Option<&Journal>,
+) -> Result<Vec<StoredDeadLetter>, QueueError> {
+    if journal.is_none() {
+        return Ok(Vec::new());
+    }
+    match which {
+        Selection::All => store.list(0, usize::MAX).await,
+        Selection::Ids(ids) => {
+            let mut letters = Vec::with_capacity(ids.len());
+            for id in ids {
+                letters.extend(store.get(*id).await?);
+            }
+            Ok(letters)
+        }
+    }
+}
+
+/// Records `entry` (made for the letter's action) for each letter's event in the log, as of
+/// `at_ms` (when the replay or discard began).
+pub fn record_in_log(
+    journal: Option<&Journal>,
+    letters: &[StoredDeadLetter],
+    at_ms: u64,
+    entry: impl Fn(Option<String>) -> Entry,
+) {
+    let Some(journal) = journal else { return };
+    for l in letters {
+        if let Some(message_id) = l.letter.event.get("messageId").and_then(|v| v.as_str()) {
+            let action = l.letter.action.as_ref().map(ToString::to_string);
+            journal.note_at(message_id, at_ms, entry(action));
+        }
+    }
 }

@@ -33,7 +33,9 @@ use serde_json::Value;
 use std::future::Future;
 use std::sync::Arc;
 
-pub use letters::{Replayed, Selection, StaleLetter, StoredDeadLetter};
+pub use letters::{
+    Replayed, Selection, StaleLetter, StoredDeadLetter, record_in_log, selected_for_log,
+};
 pub use nats::{NatsOptions, NatsQueue};
 pub use sqlite::{DeadLetterStore, SqliteQueue};
 
@@ -191,6 +193,13 @@ impl QueueError {
 /// instances) implements the same operations, and keeps the entities' last change times
 /// ([`EntityClock`]) where its instances share them.
 pub trait Queue: EntityClock + Send + Sync + 'static {
+    /// Where this queue keeps its dead letters.
+    type Letters: DeadLetters + Send + 'static;
+
+    /// Its dead letters, opened for the admin API (beside delivery, as `zdmap dead-letters`
+    /// opens them).
+    fn dead_letters(&self) -> impl Future<Output = Result<Self::Letters, QueueError>> + Send;
+
     /// Stores `items` durably, in order, and the dead letters of calls refused at ingest, in one
     /// step; resolves once they would survive a crash. An item whose `message_id` was accepted
     /// within the deduplication window is not stored again.
@@ -280,24 +289,24 @@ pub trait Queue: EntityClock + Send + Sync + 'static {
     }
 }
 
-/// What `zdmap dead-letters` needs from where dead letters are kept.
+/// What `zdmap dead-letters` and the admin API need from where dead letters are kept.
 pub trait DeadLetters {
     /// Where they are, for messages (a data directory, a NATS address).
     fn place(&self) -> String;
 
-    fn count(&mut self) -> impl Future<Output = Result<u64, QueueError>>;
+    fn count(&mut self) -> impl Future<Output = Result<u64, QueueError>> + Send;
 
     /// Up to `limit` dead letters with an id above `after`, oldest first.
     fn list(
         &mut self,
         after: u64,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<StoredDeadLetter>, QueueError>>;
+    ) -> impl Future<Output = Result<Vec<StoredDeadLetter>, QueueError>> + Send;
 
     fn get(
         &mut self,
         id: u64,
-    ) -> impl Future<Output = Result<Option<StoredDeadLetter>, QueueError>>;
+    ) -> impl Future<Output = Result<Option<StoredDeadLetter>, QueueError>> + Send;
 
     /// Moves the selected dead letters back into the queue, each for the action that failed;
     /// a letter whose change is older than one applied since is kept unless `force`.
@@ -305,8 +314,8 @@ pub trait DeadLetters {
         &mut self,
         which: &Selection,
         force: bool,
-    ) -> impl Future<Output = Result<Replayed, QueueError>>;
+    ) -> impl Future<Output = Result<Replayed, QueueError>> + Send;
 
     /// Deletes the selected dead letters. Returns how many were deleted.
-    fn purge(&mut self, which: &Selection) -> impl Future<Output = Result<u64, QueueError>>;
+    fn purge(&mut self, which: &Selection) -> impl Future<Output = Result<u64, QueueError>> + Send;
 }

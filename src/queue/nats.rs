@@ -942,6 +942,15 @@ impl Drop for NatsQueue {
 }
 
 impl Queue for NatsQueue {
+    type Letters = dead_letters::NatsDeadLetters;
+
+    async fn dead_letters(&self) -> Result<dead_letters::NatsDeadLetters, QueueError> {
+        Ok(dead_letters::NatsDeadLetters::of(
+            self.layout.clone(),
+            self.servers.join(","),
+        ))
+    }
+
     async fn push(
         &self,
         items: Vec<NewItem>,

@@ -573,6 +573,15 @@ fn apply_all(conn: &mut Connection, group: &[Command]) -> Result<(), QueueError>
 }
 
 impl Queue for SqliteQueue {
+    type Letters = DeadLetterStore;
+
+    async fn dead_letters(&self) -> Result<DeadLetterStore, QueueError> {
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        tokio::task::spawn_blocking(move || DeadLetterStore::open(&dir))
+            .await
+            .map_err(|_| QueueError::Stopped("could not open its dead letters"))?
+    }
+
     async fn push(
         &self,
         items: Vec<NewItem>,

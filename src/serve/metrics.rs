@@ -51,6 +51,8 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     /// What the delivery scheduler holds up (keys waiting by reason, the oldest wait).
     delivery: Mutex<Status>,
+    /// When the config was last reloaded, and whether it loaded.
+    last_reload: Mutex<Option<(String, bool)>>,
 }
 
 impl Metrics {
@@ -60,6 +62,30 @@ impl Metrics {
 
     pub(crate) fn set_delivery(&self, status: Status) {
         *crate::base::sync::lock(&self.delivery) = status;
+    }
+
+    /// Counts a reload of the config, and when it was.
+    pub(crate) fn note_reload(&self, loaded: bool) {
+        let counter = if loaded {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.reload_failing
+            .store(u64::from(!loaded), Ordering::Relaxed);
+        let at = crate::base::time::rfc3339_utc(std::time::SystemTime::now());
+        *crate::base::sync::lock(&self.last_reload) = Some((at, loaded));
+    }
+
+    /// The reloads since start, and the last one (`null` before any).
+    pub fn reloads(&self) -> serde_json::Value {
+        let last = crate::base::sync::lock(&self.last_reload).clone();
+        serde_json::json!({
+            "loaded": self.reloads_ok.load(Ordering::Relaxed),
+            "refused": self.reloads_failed.load(Ordering::Relaxed),
+            "last": last.map(|(at, loaded)| serde_json::json!({"at": at, "loaded": loaded})),
+        })
     }
 
     /// What the delivery scheduler held up when it last said.

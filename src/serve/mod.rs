@@ -11,8 +11,8 @@
 //! - [`metrics`]: `/metrics` (Prometheus text) and the readiness behind `/readyz`.
 //! - [`reload`]: swapping in a changed config (SIGHUP, or a file of the mappings changing).
 //! - [`logs`]: how the server logs (text or one JSON object per line).
-//! - [`admin`]: the admin listener: its token and the JSON API under `/api/` (the delivery
-//!   log, [`crate::queue::journal`], is read there).
+//! - [`admin`]: the admin listener: its token, the JSON API under `/api/` and the web console
+//!   (the delivery log, [`crate::queue::journal`], is read there).
 //!
 //! [`Server::start`] wires them over a [`SqliteQueue`] in the data directory, or over a
 //! [`NatsQueue`] shared with other replicas (`--queue nats://...`); [`Server::shutdown`] stops
@@ -51,7 +51,6 @@ use serde_json::{Value, json};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
@@ -198,14 +197,12 @@ impl Shared {
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
                 self.health.set_config(None);
-                self.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
-                self.metrics.reload_failing.store(0, Ordering::Relaxed);
+                self.metrics.note_reload(true);
                 tracing::info!(actions, "mappings reloaded; credentials read again");
                 Ok(())
             }
             Err(e) => {
-                self.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                self.metrics.reload_failing.store(1, Ordering::Relaxed);
+                self.metrics.note_reload(false);
                 let what = match e {
                     ReloadError::Mappings(_) => "the mappings do not load",
                     ReloadError::Credentials(_) => "the credentials do not load",
@@ -539,7 +536,18 @@ async fn start_admin<Q: Queue>(
         source,
     })?;
     let state = Arc::new(admin::AdminState::new(queue, shared, options.token.clone()));
-    let router = admin::router(state, admin::guard(listen, &options.allowed_hosts));
+    let router = admin::router(state.clone(), admin::guard(listen, &options.allowed_hosts));
+    let mut sampling = stopped.clone();
+    tokio::spawn(async move {
+        // The console's charts: the counters a minute at a time.
+        loop {
+            state.sample();
+            tokio::select! {
+                _ = tokio::time::sleep(admin::console::SAMPLE_EVERY) => {}
+                _ = sampling.wait_for(|stop| *stop) => return,
+            }
+        }
+    });
     let task = tokio::spawn(async move {
         let stop = async move {
             let _ = stopped.wait_for(|stop| *stop).await;
@@ -812,7 +820,7 @@ async fn take<Q: Queue>(
 }
 
 /// Bytes of `value` as JSON, counted without writing it out.
-fn json_size(value: &Value) -> u64 {
+pub(crate) fn json_size(value: &Value) -> u64 {
     struct Count(u64);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -189,3 +189,201 @@ async fn an_admin_token_from_the_environment_and_a_chosen_address_that_is_taken(
         "the token is never shown: {stderr}"
     );
 }
+
+/// `method url` with the admin token and a JSON body: the status and the JSON answer.
+async fn call(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(ADMIN_TOKEN);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let answer = request.send().await.expect("the admin listener answers");
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap_or(Value::Null))
+}
+
+const ADMIN_TOKEN: &str = "an-admin-token-for-the-api";
+
+#[tokio::test]
+async fn the_admin_api_pages_replays_and_discards_dead_letters_and_tries_events() {
+    use crate::support::serving::{Setup, start};
+    use reqwest::Method;
+    use serde_json::json;
+    use zdmap::emulator::{Emulator, ForcedFault};
+
+    let emu = Emulator::start(Default::default()).await.expect("emulator");
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = start(
+        &emu,
+        data.path(),
+        Setup {
+            admin: Some(zdmap::serve::admin::AdminOptions {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                token: zdmap::serve::admin::AdminToken::new(ADMIN_TOKEN).expect("token"),
+                required: true,
+                allowed_hosts: Vec::new(),
+            }),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let admin = server.admin_url().expect("the admin listener runs");
+    emu.configure(|k| {
+        k.forced_faults.push(
+            ForcedFault::new(422)
+                .times(2)
+                .on_exact_path("/api/v2/tickets")
+                .on_method("POST"),
+        )
+    });
+    let ticket = |n: u32| {
+        json!({"type": "track", "event": "Ticket Created", "userId": "u-1",
+               "messageId": format!("ticket-{n}"),
+               "properties": {"subject": format!("Ticket {n}"), "comment": "Broken",
+                              "requester_email": "ada@example.com"}})
+    };
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/batch", server.url()))
+        .basic_auth(KEY, Some(""))
+        .json(&json!({"batch": [ticket(1), ticket(2)]}))
+        .send()
+        .await
+        .expect("ingest");
+    assert_eq!(answer.status(), 200);
+    let letters = format!("{admin}/api/dead-letters");
+    let all = eventually(
+        "both tickets are dead letters",
+        Duration::from_secs(60),
+        async || {
+            let (_, body) = call(Method::GET, &letters, None).await;
+            (body["dead_letters"].as_array().map(Vec::len) == Some(2)).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(all["total"], 2);
+    assert_eq!(all["next_cursor"], Value::Null);
+    let first = &all["dead_letters"][0];
+    assert_eq!(first["message_id"], "ticket-1");
+    assert_eq!(first["action"], "create_ticket");
+    assert_eq!(first["status"], 422);
+    let (first_id, code) = (
+        first["id"].as_u64().expect("id"),
+        first["code"].as_str().expect("code").to_owned(),
+    );
+
+    // A page at a time, by a filter.
+    let (_, page) = call(
+        Method::GET,
+        &format!("{letters}?code={code}&status=422&limit=1"),
+        None,
+    )
+    .await;
+    assert_eq!(page["dead_letters"][0]["message_id"], "ticket-1");
+    let cursor = page["next_cursor"].as_u64().expect("more");
+    let (_, page) = call(
+        Method::GET,
+        &format!("{letters}?code={code}&limit=1&cursor={cursor}"),
+        None,
+    )
+    .await;
+    assert_eq!(page["dead_letters"][0]["message_id"], "ticket-2");
+    let (_, none) = call(Method::GET, &format!("{letters}?action=upsert_user"), None).await;
+    assert_eq!(none["dead_letters"], json!([]));
+    let (status, shown) = call(Method::GET, &format!("{letters}/{first_id}"), None).await;
+    assert_eq!(
+        (status, &shown["event"]["messageId"]),
+        (200, &json!("ticket-1"))
+    );
+    let (status, _) = call(Method::GET, &format!("{letters}/999999"), None).await;
+    assert_eq!(status, 404);
+    let (status, _) = call(Method::GET, &format!("{letters}?limit=many"), None).await;
+    assert_eq!(status, 400);
+
+    // A selection must be named: an empty filter replays nothing.
+    let (status, _) = call(Method::POST, &format!("{letters}/replay"), Some(json!({}))).await;
+    assert_eq!(status, 400);
+    let (status, replayed) =
+        call(Method::POST, &format!("{letters}/{first_id}/replay"), None).await;
+    assert_eq!(
+        (status, &replayed["replayed"]),
+        (200, &json!(1)),
+        "{replayed}"
+    );
+    eventually(
+        "the replayed ticket is created",
+        Duration::from_secs(60),
+        async || {
+            emu.state()["tickets"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["subject"] == "Ticket 1"))
+        },
+    )
+    .await;
+    let (status, discarded) = call(
+        Method::POST,
+        &format!("{letters}/discard"),
+        Some(json!({"action": "create_ticket"})),
+    )
+    .await;
+    assert_eq!(
+        (status, &discarded["discarded"]),
+        (200, &json!(1)),
+        "{discarded}"
+    );
+    let (_, left) = call(Method::GET, &letters, None).await;
+    assert_eq!(left["total"], 0, "{left}");
+
+    // The tester's routes: a preview, then the event sent through the queue.
+    let (status, preview) = call(
+        Method::POST,
+        &format!("{admin}/api/preview"),
+        Some(ticket(3)),
+    )
+    .await;
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(preview["matched"], json!(["create_ticket"]));
+    assert_eq!(preview["requests"][0]["path"], "/api/v2/tickets");
+    let upsert = preview["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .find(|a| a["name"] == "upsert_user")
+        .expect("listed");
+    assert_eq!(upsert["matched"], false);
+    assert!(
+        upsert["why"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("trigger not matched")),
+        "{upsert}"
+    );
+    let (status, _) = call(
+        Method::POST,
+        &format!("{admin}/api/preview"),
+        Some(json!([1])),
+    )
+    .await;
+    assert_eq!(status, 422);
+    let (status, sent) = call(
+        Method::POST,
+        &format!("{admin}/api/send"),
+        Some(json!({"event": ticket(3)})),
+    )
+    .await;
+    assert_eq!(
+        (status, &sent["message_id"]),
+        (200, &json!("ticket-3")),
+        "{sent}"
+    );
+    eventually(
+        "the sent ticket is created",
+        Duration::from_secs(60),
+        async || {
+            emu.state()["tickets"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["subject"] == "Ticket 3"))
+        },
+    )
+    .await;
+    server.shutdown().await;
+}

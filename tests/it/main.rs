@@ -9,6 +9,7 @@ mod batching;
 mod chaos;
 mod cli;
 mod clock_skew;
+mod console;
 mod crash_backlog;
 mod deliver_cases;
 mod deliver_e2e;

@@ -356,10 +356,21 @@ async fn dead_letters_duplicates_and_health_on_nats() {
         return;
     };
     let emu = emulator(0).await;
-    let replica = Replica::start(
+    let admin_port = crate::support::serving::free_port();
+    let admin_listen = format!("127.0.0.1:{admin_port}");
+    let admin_token = "nats-admin-token-of-the-test";
+    let replica = Replica::start_with_env(
         &server.url(),
         &emu.url(),
-        &["--set", "requests_per_minute=0", "--wait-for-records", "1s"],
+        &[
+            "--set",
+            "requests_per_minute=0",
+            "--wait-for-records",
+            "1s",
+            "--admin-listen",
+            &admin_listen,
+        ],
+        &[("ZDMAP_ADMIN_TOKEN", admin_token)],
     );
     let url = replica.url.clone();
 
@@ -432,6 +443,35 @@ async fn dead_letters_duplicates_and_health_on_nats() {
     assert_eq!(letters[0]["event"]["userId"], "nobody");
     let first = letters[0]["id"].as_u64().expect("id").to_string();
     let second = letters[1]["id"].as_u64().expect("id").to_string();
+    // The admin API reads the same dead letters from JetStream.
+    let letters_url = format!("http://{admin_listen}/api/dead-letters");
+    let api = |path: String| {
+        let url = format!("{letters_url}{path}");
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(admin_token)
+                .send()
+                .await
+                .expect("the admin API answers")
+                .json::<Value>()
+                .await
+                .expect("json")
+        }
+    };
+    let listed = api(String::new()).await;
+    let mut ids: Vec<String> = listed["dead_letters"]
+        .as_array()
+        .expect("dead letters")
+        .iter()
+        .map(|l| l["id"].to_string())
+        .collect();
+    ids.sort();
+    let mut expected = vec![first.clone(), second.clone()];
+    expected.sort();
+    assert_eq!(ids, expected, "{listed}");
+    let one = api(format!("/{first}")).await;
+    assert_eq!(one["event"]["userId"], "nobody", "{one}");
     let shown = zdmap(&["dead-letters", "--queue", &queue, "show", &first], "");
     assert!(String::from_utf8_lossy(&shown.stdout).contains("\"nobody\""));
     assert_eq!(

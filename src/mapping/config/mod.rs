@@ -587,6 +587,7 @@ fn compile_action(
     Some(Action {
         name: ActionName::new(spec.name.clone()),
         title: spec.title.clone().unwrap_or_else(|| spec.name.clone()),
+        description: spec.description.clone(),
         file: file.to_path_buf(),
         enabled: spec.enabled,
         trigger: trigger?,

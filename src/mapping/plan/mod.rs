@@ -84,6 +84,8 @@ impl From<ActionName> for String {
 pub struct Action {
     pub name: ActionName,
     pub title: String,
+    /// What the action does, as its file says (`description:`), for people reading the console.
+    pub description: Option<String>,
     pub file: PathBuf,
     pub enabled: bool,
     pub trigger: Trigger,

@@ -27,6 +27,11 @@ impl NatsDeadLetters {
         })
     }
 
+    /// The dead letters of a queue this process has open.
+    pub(crate) fn of(layout: Layout, servers: String) -> NatsDeadLetters {
+        NatsDeadLetters { layout, servers }
+    }
+
     /// The first and last sequence of the stream (`None` when empty).
     async fn bounds(&self) -> Result<Option<(u64, u64)>, QueueError> {
         let info = self

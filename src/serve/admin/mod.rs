@@ -1,23 +1,32 @@
 //! The admin listener of `zdmap serve`: its own address (loopback by default), its own token,
 //! never opened by a write key. It serves the JSON API under `/api/` ([`api`]) for the CLI and
-//! for tooling.
+//! for tooling, and the web console at `/` ([`console`]) for people.
 //!
-//! Who may come in is decided in one place, [`AdminState::authorized`]: a request carrying
-//! `Authorization: Bearer TOKEN` with the admin token. On a loopback address the listener also
-//! answers only to loopback host names (see [`super::guard`]), so no web page can reach it
-//! through a name of its own.
+//! Who may come in is decided in one place, [`AdminState::access`]: a request carrying
+//! `Authorization: Bearer TOKEN` with the admin token, or the cookie of a console session
+//! ([`session`]: logged in with that token). A state-changing request that a cookie authorizes
+//! must also carry the session's CSRF token (a form's `csrf` field or the `X-CSRF-Token`
+//! header), checked in [`require_admin`]. On a loopback address the listener also answers only
+//! to loopback host names (see [`super::guard`]), so no web page can reach it through a name of
+//! its own. Every answer carries a strict `Content-Security-Policy`: the pages run only the
+//! console's own script.
 
 pub(crate) mod api;
+pub(crate) mod console;
+pub(crate) mod letters;
+pub(crate) mod samples;
+pub(crate) mod session;
 
 use super::Shared;
 use super::guard::Guard;
 use crate::queue::Queue;
 use crate::queue::journal::Journal;
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,6 +97,29 @@ pub(crate) struct AdminState<Q> {
     /// [`Journal::entries`] read it, [`Journal::note`] records a replay or a discard.
     pub(crate) journal: Option<Arc<Journal>>,
     token: AdminToken,
+    pub(crate) sessions: session::Sessions,
+    pub(crate) pages: console::Pages,
+    pub(crate) samples: samples::Samples,
+}
+
+/// How a request came in.
+#[derive(Clone, Debug)]
+pub(crate) enum Access {
+    /// With the admin token as a bearer token: no CSRF token needed (no browser sends it by
+    /// itself).
+    Bearer,
+    /// With a console session's cookie.
+    Session(session::Session),
+}
+
+impl Access {
+    /// The CSRF token the pages put in their forms (none for a bearer token).
+    pub(crate) fn csrf(&self) -> &str {
+        match self {
+            Access::Bearer => "",
+            Access::Session(s) => &s.csrf,
+        }
+    }
 }
 
 impl<Q> AdminState<Q> {
@@ -97,16 +129,33 @@ impl<Q> AdminState<Q> {
             journal: shared.journal.clone(),
             shared,
             token,
+            sessions: session::Sessions::default(),
+            pages: console::Pages::new(),
+            samples: samples::Samples::default(),
         }
     }
 
-    /// Whether the request's headers open the admin listener.
-    pub(crate) fn authorized(&self, headers: &HeaderMap) -> bool {
-        headers
+    /// Whether `given` is the admin token.
+    pub(crate) fn is_token(&self, given: &str) -> bool {
+        self.token.matches(given.trim())
+    }
+
+    /// How the request's headers open the admin listener, if they do.
+    pub(crate) fn access(&self, headers: &HeaderMap) -> Option<Access> {
+        let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| self.token.matches(given.trim()))
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if bearer.is_some_and(|given| self.is_token(given)) {
+            return Some(Access::Bearer);
+        }
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(session::cookie_value)
+            .find_map(|id| self.sessions.get(id))
+            .map(Access::Session)
     }
 }
 
@@ -115,13 +164,17 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
-/// The admin listener's routes, behind the token (and on loopback the host guard).
+/// The admin listener's routes: the API and the console pages behind the token or a session,
+/// the login page and the console's assets open (and on loopback the host guard).
 pub(crate) fn router<Q: Queue>(state: Arc<AdminState<Q>>, guard: Option<Guard>) -> Router {
-    let api = api::routes::<Q>().layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        require_token::<Q>,
-    ));
-    let router = Router::new().nest("/api", api).with_state(state);
+    let api_gate = axum::middleware::from_fn_with_state(state.clone(), require_admin::<Q, true>);
+    let page_gate = axum::middleware::from_fn_with_state(state.clone(), require_admin::<Q, false>);
+    let router = Router::new()
+        .nest("/api", api::routes::<Q>().layer(api_gate))
+        .merge(console::pages::<Q>().layer(page_gate))
+        .merge(console::open::<Q>())
+        .with_state(state)
+        .layer(axum::middleware::map_response(security_headers));
     match guard {
         Some(guard) => {
             let guard = Arc::new(guard);
@@ -141,22 +194,101 @@ pub(crate) fn router<Q: Queue>(state: Arc<AdminState<Q>>, guard: Option<Guard>) 
     }
 }
 
-async fn require_token<Q: Queue>(
+/// The policy of every answer: only the console's own script, styles and images, in no frame.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
+
+async fn security_headers(mut answer: Response) -> Response {
+    let headers = answer.headers_mut();
+    for (name, value) in [
+        ("content-security-policy", CONTENT_SECURITY_POLICY),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("x-frame-options", "DENY"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    answer
+}
+
+/// The most a form posted with a session cookie may hold (an event pasted into the tester).
+const MAX_FORM_BYTES: usize = 256 * 1024;
+
+/// Lets in a request with the admin token, or with a session cookie (then a state-changing
+/// one must carry the session's CSRF token); the [`Access`] goes to the handlers as an
+/// extension. Without either: 401 for the API (`API`) and for posts, the login page for a page.
+async fn require_admin<Q: Queue, const API: bool>(
     State(state): State<Arc<AdminState<Q>>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if state.authorized(request.headers()) {
-        return next.run(request).await;
+    let Some(access) = state.access(request.headers()) else {
+        if !API && request.method() == Method::GET {
+            return Redirect::to("/login").into_response();
+        }
+        let mut answer = error(
+            StatusCode::UNAUTHORIZED,
+            "the admin API needs Authorization: Bearer with the admin token (ZDMAP_ADMIN_TOKEN), or a console session; write keys do not open it",
+        );
+        answer
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return answer;
+    };
+    let mut request = request;
+    if let Access::Session(session) = &access
+        && !request.method().is_safe()
+    {
+        request = match csrf_checked(request, &session.csrf).await {
+            Ok(request) => request,
+            Err(answer) => return answer,
+        };
     }
-    let mut answer = error(
-        StatusCode::UNAUTHORIZED,
-        "the admin API needs Authorization: Bearer with the admin token (ZDMAP_ADMIN_TOKEN); write keys do not open it",
-    );
-    answer
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    answer
+    request.extensions_mut().insert(access);
+    next.run(request).await
+}
+
+/// The request if it carries `csrf` (in the `X-CSRF-Token` header, or as the `csrf` field of a
+/// form, whose body is read and put back); 403 if not.
+async fn csrf_checked(request: Request, csrf: &str) -> Result<Request, Response> {
+    let refused = || {
+        error(
+            StatusCode::FORBIDDEN,
+            "this request needs the CSRF token of its console session (reload the page)",
+        )
+    };
+    let given = request
+        .headers()
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok());
+    if let Some(given) = given {
+        return if session::same(given, csrf) {
+            Ok(request)
+        } else {
+            Err(refused())
+        };
+    }
+    let form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !form {
+        return Err(refused());
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES)
+        .await
+        .map_err(|_| error(StatusCode::PAYLOAD_TOO_LARGE, "the form is too large"))?;
+    let fields = console::form_fields(&bytes);
+    match fields.iter().find(|(name, _)| name == "csrf") {
+        Some((_, given)) if session::same(given, csrf) => {
+            Ok(Request::from_parts(parts, Body::from(bytes)))
+        }
+        _ => Err(refused()),
+    }
 }
 
 /// The guard of an admin listener on `listen`: on loopback, only loopback host names and

@@ -1,6 +1,7 @@
 //! What the tests share: servers and processes to run, the OpenAPI oracle, and the ways to talk
 //! to a running `zdmap serve` and wait on it.
 
+pub mod browser;
 pub mod chart;
 pub mod command;
 pub mod http;
