@@ -43,6 +43,7 @@ pub mod schedule;
 pub mod setup;
 pub mod stats;
 pub mod target;
+pub mod unchanged;
 
 use std::sync::Arc;
 

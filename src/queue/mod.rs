@@ -24,6 +24,7 @@ use crate::deliver::DeadLetter;
 use crate::deliver::dispatch::Ownership;
 use crate::deliver::holds::{KeyHolds, OneProcess};
 use crate::deliver::order::EntityClock;
+use crate::deliver::unchanged::AppliedWrites;
 use crate::mapping::plan::ActionName;
 use serde_json::Value;
 use std::future::Future;
@@ -186,7 +187,7 @@ impl QueueError {
 /// What the server needs from a durable queue. Another backend (a broker shared by several
 /// instances) implements the same operations, and keeps the entities' last change times
 /// ([`EntityClock`]) where its instances share them.
-pub trait Queue: EntityClock + Send + Sync + 'static {
+pub trait Queue: EntityClock + AppliedWrites + Send + Sync + 'static {
     /// Stores `items` durably, in order, and the dead letters of calls refused at ingest, in one
     /// step; resolves once they would survive a crash. An item whose `message_id` was accepted
     /// within the deduplication window is not stored again.

@@ -763,6 +763,8 @@ pub(crate) struct NatsMetrics {
 pub struct NatsQueue {
     layout: Layout,
     clock: Arc<entities::NatsClock>,
+    /// The last write applied per entity (`skip_unchanged`), kept by this replica.
+    writes: crate::deliver::unchanged::MemoryWrites,
     holds: Arc<holds::NatsHolds>,
     local: Arc<Mutex<Local>>,
     received: tokio::sync::Mutex<mpsc::Receiver<Received>>,
@@ -821,6 +823,7 @@ impl NatsQueue {
         );
         Ok(NatsQueue {
             clock,
+            writes: crate::deliver::unchanged::MemoryWrites::default(),
             holds,
             layout,
             local,
@@ -932,6 +935,20 @@ impl crate::deliver::order::EntityClock for NatsQueue {
 
     fn applied(&self, entity: &str, at_ms: i64) {
         self.clock.applied(entity, at_ms);
+    }
+}
+
+impl crate::deliver::unchanged::AppliedWrites for NatsQueue {
+    fn last_write(&self, entity: &str) -> Option<crate::deliver::unchanged::AppliedWrite> {
+        self.writes.last_write(entity)
+    }
+
+    fn write_applied(&self, entity: &str, write: &crate::deliver::unchanged::AppliedWrite) {
+        self.writes.write_applied(entity, write);
+    }
+
+    fn forget_write(&self, entity: &str) {
+        self.writes.forget_write(entity);
     }
 }
 

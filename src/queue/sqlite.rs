@@ -33,6 +33,7 @@ use crate::base::sync::lock;
 use crate::base::time::unix_millis_now;
 use crate::deliver::DeadLetter;
 use crate::deliver::order::{EntityClock, MemoryClock};
+use crate::deliver::unchanged::{AppliedWrite, AppliedWrites, MemoryWrites};
 use crate::mapping::plan::ActionName;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
@@ -76,6 +77,12 @@ CREATE TABLE IF NOT EXISTS entity_times (
     touched INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entity_times_by_touch ON entity_times (touched);
+CREATE TABLE IF NOT EXISTS applied_writes (
+    entity TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    touched INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS applied_writes_by_touch ON applied_writes (touched);
 CREATE TABLE IF NOT EXISTS marks (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -90,6 +97,12 @@ pub(crate) const ENTITY_CAPACITY: usize = 1_000_000;
 
 /// Entities whose last change time is also kept in memory.
 const ENTITY_MEMORY: usize = 100_000;
+
+/// Entities whose last write applied is kept on disk at most (the least recently written go).
+pub(crate) const WRITES_CAPACITY: usize = 1_000_000;
+
+/// Entities whose last write applied (or that they have none) is also kept in memory.
+const WRITES_MEMORY: usize = 100_000;
 
 /// Entity times recorded between two trims of the table to [`ENTITY_CAPACITY`].
 const TRIM_EVERY: u64 = 4096;
@@ -168,6 +181,13 @@ enum Command {
         at: i64,
         trim: bool,
     },
+    /// The last write applied to `entity` is `record` (`None`: forgotten); with `trim`, the
+    /// table is cut to [`WRITES_CAPACITY`] first.
+    Wrote {
+        entity: String,
+        record: Option<String>,
+        trim: bool,
+    },
 }
 
 impl Command {
@@ -223,6 +243,30 @@ impl Command {
                 )?
                 .execute(params![entity, at, unix_millis_now() as i64])?;
             }
+            Command::Wrote {
+                entity,
+                record,
+                trim,
+            } => {
+                if *trim {
+                    tx.prepare_cached(
+                        "DELETE FROM applied_writes WHERE entity IN (SELECT entity FROM applied_writes \
+                         ORDER BY touched LIMIT max(0, (SELECT count(*) FROM applied_writes) - ?1))",
+                    )?
+                    .execute(params![WRITES_CAPACITY as i64])?;
+                }
+                match record {
+                    Some(record) => tx
+                        .prepare_cached(
+                            "INSERT INTO applied_writes (entity, record, touched) VALUES (?1, ?2, ?3) \
+                             ON CONFLICT (entity) DO UPDATE SET record = excluded.record, touched = excluded.touched",
+                        )?
+                        .execute(params![entity, record, unix_millis_now() as i64])?,
+                    None => tx
+                        .prepare_cached("DELETE FROM applied_writes WHERE entity = ?1")?
+                        .execute(params![entity])?,
+                };
+            }
         }
         Ok(())
     }
@@ -253,6 +297,11 @@ impl Command {
                     tracing::error!(%entity, error = %e, "cannot record the time of an entity's last change");
                 }
             }
+            Command::Wrote { entity, .. } => {
+                if let Err(e) = result {
+                    tracing::error!(%entity, error = %e, "cannot record the last write applied to an entity");
+                }
+            }
             Command::Finish { id, .. } => {
                 if let Err(e) = result {
                     // The event stays queued and is delivered again at the next start.
@@ -280,6 +329,11 @@ pub struct SqliteQueue {
     entity_memory: MemoryClock,
     /// Entity times recorded, to trim the table now and then.
     entity_writes: AtomicU64,
+    /// The last writes applied lately, and the entities known to have none (the table is the
+    /// whole of them).
+    writes_memory: MemoryWrites,
+    /// Writes remembered, to trim their table now and then.
+    writes_recorded: AtomicU64,
 }
 
 impl std::fmt::Debug for SqliteQueue {
@@ -322,6 +376,8 @@ impl SqliteQueue {
             dir_lock: Mutex::new(Some(dir_lock)),
             entity_memory: MemoryClock::new(ENTITY_MEMORY),
             entity_writes: AtomicU64::new(0),
+            writes_memory: MemoryWrites::new(WRITES_MEMORY),
+            writes_recorded: AtomicU64::new(0),
         })
     }
 
@@ -714,6 +770,59 @@ impl EntityClock for SqliteQueue {
         if let Err(e) = self.send(command) {
             tracing::error!(%entity, error = %e, "cannot record the time of an entity's last change");
         }
+    }
+}
+
+impl SqliteQueue {
+    /// Writes what is now the last write applied to `entity` (`None`: none is known).
+    fn wrote(&self, entity: &str, record: Option<String>) {
+        let n = self.writes_recorded.fetch_add(1, Ordering::Relaxed) + 1;
+        let command = Command::Wrote {
+            entity: entity.to_owned(),
+            record,
+            trim: n.is_multiple_of(TRIM_EVERY),
+        };
+        if let Err(e) = self.send(command) {
+            tracing::error!(%entity, error = %e, "cannot record the last write applied to an entity");
+        }
+    }
+}
+
+impl AppliedWrites for SqliteQueue {
+    fn last_write(&self, entity: &str) -> Option<AppliedWrite> {
+        if let Some(known) = self.writes_memory.known(entity) {
+            return known;
+        }
+        let record = lock(&self.reader)
+            .prepare_cached("SELECT record FROM applied_writes WHERE entity = ?1")
+            .and_then(|mut q| {
+                q.query_row(params![entity], |r| r.get::<_, String>(0))
+                    .optional()
+            })
+            .inspect_err(
+                |e| tracing::warn!(%entity, error = %e, "cannot read the last write applied to an entity"),
+            )
+            .ok()
+            .flatten()
+            .and_then(|text| AppliedWrite::decode(&text));
+        match &record {
+            Some(write) => self.writes_memory.write_applied(entity, write),
+            None => self.writes_memory.forget_write(entity),
+        }
+        record
+    }
+
+    fn write_applied(&self, entity: &str, write: &AppliedWrite) {
+        self.writes_memory.write_applied(entity, write);
+        self.wrote(entity, write.encode());
+    }
+
+    fn forget_write(&self, entity: &str) {
+        if self.writes_memory.known(entity) == Some(None) {
+            return;
+        }
+        self.writes_memory.forget_write(entity);
+        self.wrote(entity, None);
     }
 }
 

@@ -34,7 +34,9 @@
 //! - `send`: a step rendered, its request sent and the answer judged (a lost answer leaves the
 //!   write in doubt);
 //! - `verify`: a write in doubt checked before it is sent again;
-//! - `bulk`: a step's request as an item of a bulk request.
+//! - `bulk`: a step's request as an item of a bulk request;
+//! - `unchanged`: a write equal to the last one applied to its entity skipped, and what a
+//!   write applied is remembered (see [`crate::deliver::unchanged`]).
 //!
 //! Requests go out through [`ZendeskApi`]: the [`Transport`] in delivery, a script in the unit
 //! tests.
@@ -46,12 +48,14 @@ mod step;
 #[cfg(test)]
 mod tests;
 mod turn;
+mod unchanged;
 mod verify;
 
 pub use turn::{BatchAnswer, BatchItem, EventOutcome, LearnedKey, LookupItem, Turn, Wait};
 
 use crate::deliver::cache::LookupCache;
 use crate::deliver::order::{EntityChange, EntityClock, EventTime, MemoryClock, event_time};
+use crate::deliver::unchanged::{AppliedWrites, MemoryWrites};
 use crate::deliver::{DeadLetter, PauseScope, RetryPolicy, Transport, ZendeskApi};
 use crate::mapping::config::Config;
 use crate::mapping::event::Event;
@@ -72,6 +76,8 @@ pub struct Executor {
     cache: Arc<LookupCache>,
     /// The time of the last change applied per entity.
     clock: Arc<dyn EntityClock>,
+    /// The last write applied per entity, for steps that skip a write that changes nothing.
+    writes: Arc<dyn AppliedWrites>,
     /// Apply changes older than their entity's last applied one too (`--force`).
     force: bool,
 }
@@ -84,7 +90,17 @@ impl Executor {
             transport,
             cache,
             clock: Arc::new(MemoryClock::default()),
+            writes: Arc::new(MemoryWrites::default()),
             force: false,
+        }
+    }
+
+    /// The same executor remembering the last write applied per entity in `writes` (a durable
+    /// store in `serve`).
+    pub fn with_writes(&self, writes: Arc<dyn AppliedWrites>) -> Executor {
+        Executor {
+            writes,
+            ..self.share()
         }
     }
 
@@ -124,6 +140,7 @@ impl Executor {
             api: self.api.clone(),
             cache: self.cache.clone(),
             clock: self.clock.clone(),
+            writes: self.writes.clone(),
             force: self.force,
         }
     }
@@ -142,6 +159,10 @@ impl Executor {
 
     pub fn clock(&self) -> &Arc<dyn EntityClock> {
         &self.clock
+    }
+
+    pub fn writes(&self) -> &Arc<dyn AppliedWrites> {
+        &self.writes
     }
 
     /// Plans one event. With `only`, just those actions run (a dead letter being replayed:
@@ -636,6 +657,10 @@ impl Delivery {
                     cx.progress.next_request();
                     continue;
                 }
+                if cx.unchanged(request) {
+                    cx.progress.next_request();
+                    continue;
+                }
                 if cx.mode.batching
                     && cx.progress.batch_answer.is_none()
                     && let Some(item) = cx.batch_item(request)
@@ -647,10 +672,12 @@ impl Delivery {
                 }
                 match cx.send(request).await? {
                     StepResult::Ok(response) => {
-                        cx.progress
-                            .outputs
-                            .insert(step.name.clone(), step.read_outputs(&response.body));
-                        cx.learn(&response.body);
+                        let outputs = step.read_outputs(&response.body);
+                        let learned = cx.learn(&response.body);
+                        if response.is_success() {
+                            cx.remember(request, &outputs, learned);
+                        }
+                        cx.progress.outputs.insert(step.name.clone(), outputs);
                         cx.progress.next_request();
                     }
                     StepResult::Skip => return Ok(()),
