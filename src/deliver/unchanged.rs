@@ -78,7 +78,12 @@ impl AppliedWrite {
 /// body (16 bytes of SHA-256, in hex).
 pub(crate) fn digest(action: &str, step: &str, request: &Request) -> String {
     let mut hash = sha2::Sha256::new();
-    for part in [action, step, request.method.as_str(), &request.path_and_query()] {
+    for part in [
+        action,
+        step,
+        request.method.as_str(),
+        &request.path_and_query(),
+    ] {
         hash.update(part.as_bytes());
         hash.update([0]);
     }
@@ -176,7 +181,10 @@ mod tests {
         let w = write("d", 1_000);
         assert!(w.holds("d", Duration::from_secs(10), 10_999));
         assert!(!w.holds("d", Duration::from_secs(10), 11_000), "expired");
-        assert!(!w.holds("e", Duration::from_secs(10), 2_000), "another write");
+        assert!(
+            !w.holds("e", Duration::from_secs(10), 2_000),
+            "another write"
+        );
     }
 
     #[test]
@@ -204,7 +212,11 @@ mod tests {
         m.write_applied("user:2", &write("b", 1));
         m.write_applied("user:1", &write("c", 2));
         m.write_applied("user:3", &write("d", 3));
-        assert_eq!(m.last_write("user:2"), None, "the least recently written goes");
+        assert_eq!(
+            m.last_write("user:2"),
+            None,
+            "the least recently written goes"
+        );
         assert_eq!(m.last_write("user:1").map(|w| w.digest), Some("c".into()));
         m.forget_write("user:1");
         assert_eq!(m.last_write("user:1"), None);
@@ -214,6 +226,10 @@ mod tests {
         big.outputs
             .insert("blob".into(), Value::from("x".repeat(MAX_RECORD_BYTES)));
         m.write_applied("user:3", &big);
-        assert_eq!(m.last_write("user:3"), None, "a record too large is not kept");
+        assert_eq!(
+            m.last_write("user:3"),
+            None,
+            "a record too large is not kept"
+        );
     }
 }

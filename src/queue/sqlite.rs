@@ -1180,6 +1180,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_last_writes_survive_reopening_and_a_forgotten_one_stays_forgotten() {
+        use crate::deliver::unchanged::{AppliedWrite, AppliedWrites};
+        let write = |digest: &str| AppliedWrite {
+            digest: digest.into(),
+            at_ms: 1,
+            outputs: indexmap::IndexMap::from([("id".to_owned(), Value::from(7))]),
+            learned: Vec::new(),
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let queue = SqliteQueue::open(dir.path()).expect("open");
+            queue.write_applied("user:1", &write("a"));
+            queue.write_applied("user:2", &write("b"));
+            queue.forget_write("user:2");
+            assert_eq!(queue.last_write("user:2"), None);
+            queue.close();
+        }
+        let queue = SqliteQueue::open(dir.path()).expect("reopen");
+        assert_eq!(queue.last_write("user:1"), Some(write("a")));
+        assert_eq!(queue.last_write("user:2"), None);
+        assert_eq!(queue.last_write("user:3"), None);
+    }
+
+    #[tokio::test]
     async fn a_database_from_before_the_force_and_started_columns_gets_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let conn = Connection::open(dir.path().join(DATABASE_FILE)).expect("create");

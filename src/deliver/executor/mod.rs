@@ -55,6 +55,7 @@ pub use turn::{BatchAnswer, BatchItem, EventOutcome, LearnedKey, LookupItem, Tur
 
 use crate::deliver::cache::LookupCache;
 use crate::deliver::order::{EntityChange, EntityClock, EventTime, MemoryClock, event_time};
+use crate::deliver::schedule::Key;
 use crate::deliver::unchanged::{AppliedWrites, MemoryWrites};
 use crate::deliver::{DeadLetter, PauseScope, RetryPolicy, Transport, ZendeskApi};
 use crate::mapping::config::Config;
@@ -615,6 +616,40 @@ impl Delivery {
         if let Some(progress) = &mut self.current {
             progress.batch_answer = Some(answer);
         }
+    }
+
+    /// Which of the event's ordering `keys` its actions still to run need: the first (the
+    /// user's, which orders all of the user's changes) always; another (the organization of a
+    /// group call) while an action still to run names that record among its `entities`, or
+    /// names none (then nothing says it does not need it). So once a group call's organization
+    /// upsert is done, the organization's next events need not wait for its membership.
+    pub(crate) fn keys_needed(&self, keys: &[Key]) -> Vec<Key> {
+        let Some((first, others)) = keys.split_first() else {
+            return Vec::new();
+        };
+        let mut needed = vec![first.clone()];
+        if self.shed {
+            needed.extend(others.iter().cloned());
+            return needed;
+        }
+        let remaining: Vec<Vec<String>> = self.plan.actions
+            [self.next.min(self.plan.actions.len())..]
+            .iter()
+            .filter(|planned| self.wants(&self.executor.config.action(planned).name))
+            .map(|planned| self.executor.config.entities(&self.plan, planned))
+            .collect();
+        for key in others {
+            let named = |entities: &Vec<String>| {
+                entities.is_empty()
+                    || entities
+                        .iter()
+                        .any(|e| e.split_once(':').is_some_and(|(_, v)| v == key.value()))
+            };
+            if remaining.iter().any(named) {
+                needed.push(key.clone());
+            }
+        }
+        needed
     }
 
     /// Whether `action` runs: every action, or those `only` names.

@@ -733,7 +733,6 @@ fn render_body(
     })
 }
 
-
 /// A span written as a number and a unit (`500ms`, `90s`, `30m`, `24h`, `7d`); `None` when it
 /// is not one, or is zero.
 fn parse_span(text: &str) -> Option<std::time::Duration> {
@@ -764,7 +763,17 @@ mod tests {
         assert_eq!(parse_span("90s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_span("30m"), Some(Duration::from_secs(1800)));
         assert_eq!(parse_span("500ms"), Some(Duration::from_millis(500)));
-        for bad in ["", "h", "24", "0h", "1w", "-1h", "1.5h", " 1h", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "h",
+            "24",
+            "0h",
+            "1w",
+            "-1h",
+            "1.5h",
+            " 1h",
+            "99999999999999999999d",
+        ] {
             assert_eq!(parse_span(bad), None, "{bad}");
         }
     }
