@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 pub use letters::{Replayed, Selection, StaleLetter, StoredDeadLetter};
 pub use nats::{NatsOptions, NatsQueue};
-pub use sqlite::{DeadLetterStore, SqliteQueue};
+pub use sqlite::{AppliedWritesFile, DeadLetterStore, SqliteQueue};
 
 /// How long a sender's `messageId` is remembered by default, to drop the same call sent again
 /// (Segment's window: 24 hours).

@@ -793,18 +793,12 @@ impl AppliedWrites for SqliteQueue {
         if let Some(known) = self.writes_memory.known(entity) {
             return known;
         }
-        let record = lock(&self.reader)
-            .prepare_cached("SELECT record FROM applied_writes WHERE entity = ?1")
-            .and_then(|mut q| {
-                q.query_row(params![entity], |r| r.get::<_, String>(0))
-                    .optional()
-            })
+        let record = applied_write(&lock(&self.reader), entity)
             .inspect_err(
                 |e| tracing::warn!(%entity, error = %e, "cannot read the last write applied to an entity"),
             )
             .ok()
-            .flatten()
-            .and_then(|text| AppliedWrite::decode(&text));
+            .flatten();
         match &record {
             Some(write) => self.writes_memory.write_applied(entity, write),
             None => self.writes_memory.forget_write(entity),
@@ -832,6 +826,41 @@ fn entity_time(conn: &Connection, entity: &str) -> Result<Option<i64>, QueueErro
         .prepare_cached("SELECT at FROM entity_times WHERE entity = ?1")?
         .query_row(params![entity], |r| r.get::<_, i64>(0))
         .optional()?)
+}
+
+/// The last writes a `zdmap serve` applied, read from its data directory (for `zdmap preview`).
+/// Safe to use while the server runs.
+pub struct AppliedWritesFile {
+    conn: Connection,
+}
+
+impl AppliedWritesFile {
+    /// The applied writes of the data directory of a `zdmap serve`; a directory that holds no
+    /// queue is refused.
+    pub fn open(data_dir: &Path) -> Result<AppliedWritesFile, QueueError> {
+        if !data_dir.join(DATABASE_FILE).is_file() {
+            return Err(QueueError::NoData {
+                dir: data_dir.to_path_buf(),
+            });
+        }
+        Ok(AppliedWritesFile {
+            conn: open_connection(data_dir)?,
+        })
+    }
+
+    /// The last write applied to `entity`, if the directory remembers it.
+    pub fn last_write(&self, entity: &str) -> Result<Option<AppliedWrite>, QueueError> {
+        applied_write(&self.conn, entity)
+    }
+}
+
+/// The last write applied to `entity` in the table.
+fn applied_write(conn: &Connection, entity: &str) -> Result<Option<AppliedWrite>, QueueError> {
+    let record = conn
+        .prepare_cached("SELECT record FROM applied_writes WHERE entity = ?1")?
+        .query_row(params![entity], |r| r.get::<_, String>(0))
+        .optional()?;
+    Ok(record.and_then(|text| AppliedWrite::decode(&text)))
 }
 
 /// The dead letters of a data directory: list, show, replay (back into the queue), purge.

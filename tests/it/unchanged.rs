@@ -1,11 +1,13 @@
-//! Writes that change nothing (`skip_unchanged` on the user and organization upserts), through
+//! Writes that change nothing (`skip_unchanged` on the user and organization upserts and on
+//! adding a member), through
 //! `zdmap send` and `zdmap serve` to the emulator: a repeated identical identify or group call
 //! costs no upsert, a changed one is sent; a skipped upsert still gives the later steps and the
 //! lookups the id its first write got, after a restart too (the records are in the data
-//! directory); a write that failed is never taken for one that was applied; and a duration
+//! directory, where a preview reads them); a write that failed is never taken for one that was applied; and a duration
 //! that is not one is refused at its place.
 
 use crate::scheduler::send;
+use crate::support::command;
 use crate::support::http::{Metrics, post_batch};
 use crate::support::mappings::{edit, mappings_copy};
 use crate::support::serving::{self, KEY};
@@ -45,8 +47,16 @@ fn user_lookups(emu: &Emulator) -> usize {
 }
 
 fn identify(n: usize, plan: &str) -> Value {
-    json!({"type": "identify", "userId": "u1", "messageId": format!("i-{n}"),
-           "traits": {"email": "u1@example.com", "name": "Ada", "plan": plan}})
+    identify_with(n, json!({"plan": plan}))
+}
+
+/// An identify of `u1` with its email, its name and `traits`.
+fn identify_with(n: usize, traits: Value) -> Value {
+    let mut all = json!({"email": "u1@example.com", "name": "Ada"});
+    if let (Some(all), Some(traits)) = (all.as_object_mut(), traits.as_object()) {
+        all.extend(traits.clone());
+    }
+    json!({"type": "identify", "userId": "u1", "messageId": format!("i-{n}"), "traits": all})
 }
 
 fn group(n: usize) -> Value {
@@ -56,11 +66,14 @@ fn group(n: usize) -> Value {
 
 const USERS: &str = "/api/v2/users/create_or_update";
 const ORGANIZATIONS: &str = "/api/v2/organizations/create_or_update";
+const MEMBERSHIPS: &str = "/api/v2/organization_memberships";
 
 #[tokio::test]
-async fn repeated_identical_identifies_and_group_calls_cost_no_upsert() {
+async fn repeated_identical_identifies_and_group_calls_cost_no_write() {
     let emu = emulator().await;
     let dest = serving::destination(&emu, Path::new("mappings")).await;
+    let company =
+        |remove: bool| json!({"plan": "enterprise", "company": {"id": "acme", "remove": remove}});
     let events = vec![
         identify(0, "pro"),
         identify(1, "pro"),
@@ -70,6 +83,11 @@ async fn repeated_identical_identifies_and_group_calls_cost_no_upsert() {
         // A change is sent; the same change again is not.
         identify(3, "enterprise"),
         identify(4, "enterprise"),
+        // The membership the group call added, named by an identify: the same write.
+        identify_with(5, company(false)),
+        // A removal is always sent, and the membership is then added again.
+        identify_with(6, company(true)),
+        group(2),
     ];
     let (report, letters) = send(&dest, &events, Duration::from_secs(5)).await;
     assert_eq!(report.dead_letters, 0, "{letters:?}");
@@ -81,14 +99,21 @@ async fn repeated_identical_identifies_and_group_calls_cost_no_upsert() {
         "the first identify and the changed one"
     );
     assert_eq!(requests_to(&emu, "POST", ORGANIZATIONS), 1);
-    assert_eq!(dest.stats.snapshot().unchanged, 4);
+    assert_eq!(
+        requests_to(&emu, "POST", MEMBERSHIPS),
+        2,
+        "the first group call's, and the one after the removal"
+    );
+    let removals = emu
+        .requests()
+        .iter()
+        .filter(|r| r["method"] == "DELETE")
+        .count();
+    assert_eq!(removals, 1);
+    // Users: 1, 2, 4, 5, 6; organizations: group 1 and 2; memberships: group 1, identify 5.
+    assert_eq!(dest.stats.snapshot().unchanged, 9);
     let state = emu.state();
     assert_eq!(count(&state, "users"), 1);
-    // A membership is added by each group call (the second is answered "already a member").
-    assert_eq!(
-        requests_to(&emu, "POST", "/api/v2/organization_memberships"),
-        2
-    );
     assert_eq!(count(&state, "memberships"), 1);
 }
 
@@ -125,6 +150,20 @@ async fn serve_remembers_the_last_writes_and_their_ids_across_a_restart() {
     .await;
     server.shutdown().await;
     let lookups_before = user_lookups(&emu);
+
+    // A preview given the data directory says which write would be skipped.
+    let upsert = |event: Value| {
+        let dir = data.path().to_str().expect("a UTF-8 path");
+        let (code, out, err) = command::run(&["preview", "--data-dir", dir], &event.to_string());
+        assert_eq!(code, 0, "{err}");
+        let preview: Value = serde_json::from_str(out.trim()).expect("a preview");
+        preview["requests"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["step"] == "upsert").cloned())
+            .expect("the upsert")
+    };
+    assert_eq!(upsert(identify(1, "pro"))["skipped"], "unchanged, skipped");
+    assert_eq!(upsert(identify(1, "enterprise")).get("skipped"), None);
 
     // A new process: an empty lookup cache, the records in the data directory.
     let server = serving::start(&emu, data.path(), serving::Setup::default()).await;
@@ -166,7 +205,7 @@ fn a_span_that_is_not_a_duration_is_refused_at_its_place() {
     edit(&user, "skip_unchanged: 24h", "skip_unchanged: 24 hours");
     let org = dir.join("upsert_organization.yaml");
     edit(&org, "skip_unchanged: 24h", "skip_unchanged: 0h");
-    let (code, out, _) = crate::support::command::validate(&dir, "text");
+    let (code, out, _) = command::validate(&dir, "text");
     assert_eq!(code, 1, "{out}");
     let place = |file: &Path| {
         let line = std::fs::read_to_string(file)

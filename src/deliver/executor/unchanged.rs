@@ -1,6 +1,7 @@
 //! A write that would change nothing, skipped: a step with `skip_unchanged` whose request has
 //! the digest of the last write applied to the action's entity (within the step's span) is not
-//! sent, and the outputs and ids of that write stand for its answer. Before any write to an
+//! sent, and the outputs and ids of that write stand for its answer (only when it has every
+//! output the step reads). Before any write to an
 //! entity goes out, what was remembered of the entity is forgotten; a write answered with
 //! success is remembered if its step skips unchanged writes (see [`crate::deliver::unchanged`]).
 
@@ -30,11 +31,12 @@ impl StepContext<'_> {
         let writes = self.executor.writes.clone();
         if let Some(span) = self.step.skip_unchanged
             && let Some(last) = writes.last_write(&entity)
-            && last.holds(
-                &digest(self.action, &self.step.name, request),
-                span,
-                now_ms(),
-            )
+            && last.holds(&digest(request), span, now_ms())
+            && self
+                .step
+                .outputs
+                .iter()
+                .all(|(name, _)| last.outputs.contains_key(name))
         {
             for id in &last.learned {
                 self.put_learned(id);
@@ -69,7 +71,7 @@ impl StepContext<'_> {
             return;
         };
         let write = AppliedWrite {
-            digest: digest(self.action, &self.step.name, request),
+            digest: digest(request),
             at_ms: now_ms(),
             outputs: outputs.clone(),
             learned,
