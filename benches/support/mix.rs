@@ -137,7 +137,7 @@ pub fn members_backfill(organizations: usize, members: usize) -> Traffic {
         }
         events.push(json_bytes(serde_json::json!({
             "type": "track", "event": "Ticket Created", "userId": format!("m-{u}"),
-            "messageId": format!("a-k-{u}"),
+            "messageId": format!("a-k-{u}"), "context": {"traits": user_traits(u)},
             "properties": {"subject": "Cannot log in", "comment": "The login page fails.",
                            "external_id": format!("AT-{u}")}})));
     }

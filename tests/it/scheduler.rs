@@ -50,7 +50,7 @@ pub(crate) async fn send(
     send_with(dest, events, grace, DispatchOptions::default()).await
 }
 
-async fn send_with(
+pub(crate) async fn send_with(
     dest: &Destination,
     events: &[Value],
     grace: Duration,

@@ -49,7 +49,17 @@ impl StepContext<'_> {
         let cache = &executor.cache;
         for (lookup, key) in resolver.order(&need.keys) {
             match cache.lookup(&resolver.name, &lookup.by, key) {
-                Cached::Found(v) => return Ok(Answer::Found(v)),
+                Cached::Found(v) => {
+                    // A bulk lookup that found nothing left its answer ("ask on your own"); the
+                    // record is known now (an event waiting for it was woken), so that answer
+                    // is spent: the step's own request may still join a bulk request.
+                    if lookup.batch.is_some()
+                        && matches!(self.progress.batch_answer, Some(BatchAnswer::Single))
+                    {
+                        self.progress.batch_answer = None;
+                    }
+                    return Ok(Answer::Found(v));
+                }
                 Cached::Missing => continue,
                 Cached::Unknown => {}
             }
