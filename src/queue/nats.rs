@@ -763,8 +763,6 @@ pub(crate) struct NatsMetrics {
 pub struct NatsQueue {
     layout: Layout,
     clock: Arc<entities::NatsClock>,
-    /// The last write applied per entity (`skip_unchanged`), kept by this replica.
-    writes: crate::deliver::unchanged::MemoryWrites,
     holds: Arc<holds::NatsHolds>,
     local: Arc<Mutex<Local>>,
     received: tokio::sync::Mutex<mpsc::Receiver<Received>>,
@@ -823,7 +821,6 @@ impl NatsQueue {
         );
         Ok(NatsQueue {
             clock,
-            writes: crate::deliver::unchanged::MemoryWrites::default(),
             holds,
             layout,
             local,
@@ -938,18 +935,18 @@ impl crate::deliver::order::EntityClock for NatsQueue {
     }
 }
 
+/// Nothing is remembered of the writes applied (`skip_unchanged` skips nothing on NATS): the
+/// events of one record are delivered by whichever replica holds them at the time, so one
+/// replica's memory of a record's last write may be older than what another applied since,
+/// and a skip by it could leave Zendesk with the other's write.
 impl crate::deliver::unchanged::AppliedWrites for NatsQueue {
-    fn last_write(&self, entity: &str) -> Option<crate::deliver::unchanged::AppliedWrite> {
-        self.writes.last_write(entity)
+    fn last_write(&self, _entity: &str) -> Option<crate::deliver::unchanged::AppliedWrite> {
+        None
     }
 
-    fn write_applied(&self, entity: &str, write: &crate::deliver::unchanged::AppliedWrite) {
-        self.writes.write_applied(entity, write);
-    }
+    fn write_applied(&self, _entity: &str, _write: &crate::deliver::unchanged::AppliedWrite) {}
 
-    fn forget_write(&self, entity: &str) {
-        self.writes.forget_write(entity);
-    }
+    fn forget_write(&self, _entity: &str) {}
 }
 
 impl Drop for NatsQueue {

@@ -98,7 +98,7 @@ impl Executor {
 
     /// The same executor remembering the last write applied per entity in `writes` (a durable
     /// store in `serve`).
-    pub fn with_writes(&self, writes: Arc<dyn AppliedWrites>) -> Executor {
+    pub(crate) fn with_writes(&self, writes: Arc<dyn AppliedWrites>) -> Executor {
         Executor {
             writes,
             ..self.share()
@@ -160,10 +160,6 @@ impl Executor {
 
     pub fn clock(&self) -> &Arc<dyn EntityClock> {
         &self.clock
-    }
-
-    pub fn writes(&self) -> &Arc<dyn AppliedWrites> {
-        &self.writes
     }
 
     /// Plans one event. With `only`, just those actions run (a dead letter being replayed:
