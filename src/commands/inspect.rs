@@ -1,7 +1,7 @@
 //! Commands that read the mappings without sending anything: validate, preview, match, test, schema.
 
 use super::args::ConfigArgs;
-use crate::deliver::unchanged::digest;
+use crate::deliver::unchanged::{digest, now_ms};
 use crate::mapping::cases;
 use crate::mapping::config::Format;
 use crate::mapping::event::read_events;
@@ -154,11 +154,10 @@ pub fn preview(args: &PreviewArgs) -> ExitCode {
         }
     };
     let unchanged = |entity: &str, request: &Request, span: std::time::Duration| {
-        let now_ms = i64::try_from(crate::base::time::unix_millis_now()).unwrap_or(i64::MAX);
         applied
             .as_ref()
             .and_then(|file| file.last_write(entity).ok().flatten())
-            .is_some_and(|last| last.holds(&digest(request), span, now_ms))
+            .is_some_and(|last| last.holds(&digest(request), span, now_ms()))
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

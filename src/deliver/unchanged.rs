@@ -93,6 +93,11 @@ pub(crate) fn digest(request: &Request) -> String {
         .collect()
 }
 
+/// Now, as [`AppliedWrite::at_ms`] counts.
+pub(crate) fn now_ms() -> i64 {
+    i64::try_from(crate::base::time::unix_millis_now()).unwrap_or(i64::MAX)
+}
+
 /// Where the last write applied per entity is remembered.
 pub trait AppliedWrites: Send + Sync + std::fmt::Debug {
     /// The last write applied to `entity`, if it is remembered.

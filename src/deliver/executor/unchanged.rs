@@ -1,23 +1,17 @@
 //! A write that would change nothing, skipped: a step with `skip_unchanged` whose request has
 //! the digest of the last write applied to the action's entity (within the step's span) is not
 //! sent, and the outputs and ids of that write stand for its answer (only when it has every
-//! output the step reads). Before any write to an
-//! entity goes out, what was remembered of the entity is forgotten; a write answered with
-//! success is remembered if its step skips unchanged writes (see [`crate::deliver::unchanged`]).
+//! output the step reads). Before any write to an entity goes out, what was remembered of the
+//! entity is forgotten; a write answered with success is remembered if its step skips unchanged
+//! writes (see [`crate::deliver::unchanged`]).
 
 use super::step::StepContext;
-use crate::deliver::unchanged::{AppliedWrite, LearnedId, digest};
+use crate::deliver::unchanged::{AppliedWrite, LearnedId, digest, now_ms};
 use crate::mapping::request::{Method, Request};
 use indexmap::IndexMap;
 use serde_json::Value;
 
 impl StepContext<'_> {
-    /// The action's entities as one key of the store (`None` when it names none).
-    fn entity(&self) -> Option<String> {
-        let entities = self.executor.config.entities(self.plan, self.planned);
-        (!entities.is_empty()).then(|| entities.join(","))
-    }
-
     /// Whether `request` is skipped as unchanged (its outputs and ids restored, counted). A
     /// write that is not skipped and is about to go out first makes the entity's record
     /// forgotten.
@@ -25,7 +19,7 @@ impl StepContext<'_> {
         if request.method == Method::Get || self.progress.batch_answer.is_some() {
             return false;
         }
-        let Some(entity) = self.entity() else {
+        let Some(entity) = self.executor.config.entity_key(self.plan, self.planned) else {
             return false;
         };
         let writes = self.executor.writes.clone();
@@ -67,7 +61,7 @@ impl StepContext<'_> {
         if self.step.skip_unchanged.is_none() {
             return;
         }
-        let Some(entity) = self.entity() else {
+        let Some(entity) = self.executor.config.entity_key(self.plan, self.planned) else {
             return;
         };
         let write = AppliedWrite {
@@ -78,8 +72,4 @@ impl StepContext<'_> {
         };
         self.executor.writes.write_applied(&entity, &write);
     }
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(crate::base::time::unix_millis_now()).unwrap_or(i64::MAX)
 }

@@ -193,6 +193,14 @@ impl Config {
             .collect()
     }
 
+    /// The entities a planned action changes as one key (`user:u1`; several joined by `,`):
+    /// what the last write applied to them is remembered by (`skip_unchanged`). `None` when
+    /// the action names none.
+    pub(crate) fn entity_key(&self, plan: &Plan, planned: &PlannedAction) -> Option<String> {
+        let entities = self.entities(plan, planned);
+        (!entities.is_empty()).then(|| entities.join(","))
+    }
+
     /// The scope a step's templates see: the action's fields, settings, the event, earlier
     /// steps' outputs and the lookups known so far.
     pub fn step_scope(
@@ -260,8 +268,8 @@ impl Config {
                     .skip_unchanged
                     .zip(planned)
                     .filter(|(span, planned)| {
-                        let entities = self.entities(&offline.plan, planned);
-                        !entities.is_empty() && unchanged(&entities.join(","), &r.request, *span)
+                        self.entity_key(&offline.plan, planned)
+                            .is_some_and(|entity| unchanged(&entity, &r.request, *span))
                     })
                     .map(|_| crate::mapping::plan::UNCHANGED_SKIPPED);
                 out.requests.push(PreviewRequest {
