@@ -46,6 +46,7 @@ fn main() {
                 window: Some(Duration::from_secs(2)),
                 bulk_import: true,
                 job_delay_ms: 500,
+                ..emulated::Batching::default()
             },
         ),
         (
@@ -54,6 +55,7 @@ fn main() {
                 window: Some(Duration::from_secs(2)),
                 bulk_import: false,
                 job_delay_ms: 500,
+                ..emulated::Batching::default()
             },
         ),
     ];

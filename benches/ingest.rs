@@ -395,6 +395,7 @@ fn load_run(batch_window: Option<Duration>, times: &DeliveredTimes) {
             window: batch_window,
             bulk_import: false,
             job_delay_ms: JOB_DELAY_MS,
+            ..emulated::Batching::default()
         })
         .await;
         let data = tempfile::tempdir().expect("temp");

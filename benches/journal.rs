@@ -80,6 +80,7 @@ async fn round(log: bool, bodies: Arc<Vec<Vec<u8>>>, orgs: Vec<u8>) -> Round {
         window: WorkerOptions::default().batch_window,
         bulk_import: false,
         job_delay_ms: 0,
+        mappings: None,
     })
     .await;
     let data = tempfile::tempdir().expect("temp");

@@ -25,6 +25,8 @@ pub struct Batching {
     pub bulk_import: bool,
     /// How long the emulator's jobs take.
     pub job_delay_ms: u64,
+    /// The mappings delivered with (`None`: the shipped `mappings/`).
+    pub mappings: Option<std::path::PathBuf>,
 }
 
 /// A fresh emulator (with bulk user imports and job delay as `batching` says) and a destination
@@ -37,13 +39,22 @@ pub async fn emulated_destination_with(batching: &Batching) -> (Emulator, Destin
     .await
     .expect("emulator");
     emu.configure(|k| k.job_delay_ms = batching.job_delay_ms);
-    let dest = destination_to(&emu).await;
+    let mappings = batching
+        .mappings
+        .as_deref()
+        .unwrap_or(Path::new("mappings"));
+    let dest = destination_with_mappings(&emu, mappings).await;
     (emu, dest)
 }
 
 /// Delivery with the shipped mappings, unbudgeted, to `emu`.
 pub async fn destination_to(emu: &Emulator) -> Destination {
-    let config = Config::load(Path::new("mappings"), &[UNLIMITED.to_owned()]).expect("mappings");
+    destination_with_mappings(emu, Path::new("mappings")).await
+}
+
+/// Delivery with the mappings of `mappings`, unbudgeted, to `emu`.
+pub async fn destination_with_mappings(emu: &Emulator, mappings: &Path) -> Destination {
+    let config = Config::load(mappings, &[UNLIMITED.to_owned()]).expect("mappings");
     let target = TargetOverride {
         zendesk_url: Some(emu.url()),
         emulator: false,

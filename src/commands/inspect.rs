@@ -1,10 +1,13 @@
 //! Commands that read the mappings without sending anything: validate, preview, match, test, schema.
 
 use super::args::ConfigArgs;
+use crate::deliver::unchanged::{digest, now_ms};
 use crate::mapping::cases;
 use crate::mapping::config::Format;
 use crate::mapping::event::read_events;
+use crate::mapping::request::Request;
 use crate::mapping::trigger::Trigger;
+use crate::queue::AppliedWritesFile;
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
@@ -31,6 +34,10 @@ pub struct PreviewArgs {
     /// Pretty-print each event's preview instead of one JSON line per event.
     #[arg(long)]
     pub pretty: bool,
+    /// The data directory of a `zdmap serve`: a write equal to the last one it applied to the
+    /// same record (`skip_unchanged`) is shown as "unchanged, skipped".
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -138,6 +145,20 @@ pub fn preview(args: &PreviewArgs) -> ExitCode {
         Ok(i) => i,
         Err(code) => return code,
     };
+    let applied = match args.data_dir.as_deref().map(AppliedWritesFile::open) {
+        None => None,
+        Some(Ok(file)) => Some(file),
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let unchanged = |entity: &str, request: &Request, span: std::time::Duration| {
+        applied
+            .as_ref()
+            .and_then(|file| file.last_write(entity).ok().flatten())
+            .is_some_and(|last| last.holds(&digest(request), span, now_ms()))
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut had_errors = false;
@@ -145,7 +166,7 @@ pub fn preview(args: &PreviewArgs) -> ExitCode {
     let result = read_events(input, |item| {
         let value = match &item.event {
             Ok(event) => {
-                let p = config.preview(event);
+                let p = config.preview_knowing(event, &unchanged);
                 had_errors |= !p.errors.is_empty();
                 p.to_json(item.index)
             }

@@ -519,6 +519,37 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
         }
     }
 
+    /// The keys an event's actions still to run no longer need ([`Delivery::keys_needed`]: a
+    /// group call whose organization upsert is done) leave its lines, so that the next events of
+    /// the organization go on while it waits (for its membership's bulk request, say); a hold
+    /// taken across processes on such a key is released too.
+    fn let_go(&mut self, id: EventId, job: &mut Job<T>) {
+        let keys = self.scheduler.keys(id);
+        if keys.len() < 2 {
+            return;
+        }
+        let needed = job.delivery.keys_needed(keys);
+        let done: Vec<Key> = keys
+            .iter()
+            .filter(|k| !needed.contains(k))
+            .cloned()
+            .collect();
+        if done.is_empty() {
+            return;
+        }
+        self.scheduler.let_go(id, &done);
+        let names: Vec<String> = done.iter().map(Key::to_string).collect();
+        job.meta.shared.retain(|k| !names.contains(k));
+        if let Some(held) = self.holding.get_mut(&id) {
+            let (released, kept): (Vec<String>, Vec<String>) =
+                held.drain(..).partition(|k| names.contains(k));
+            *held = kept;
+            if !released.is_empty() {
+                self.options.holds.release(released);
+            }
+        }
+    }
+
     /// Bulk requests answered: each event gets its item's answer and may go on.
     fn answered(&mut self, answers: Answers) {
         if !answers.learned.is_empty() {
@@ -667,6 +698,9 @@ impl<T: Send + 'static> Dispatcher<'_, T> {
                 return true;
             }
         };
+        if !matches!(turn, Turn::Finished(_)) {
+            self.let_go(id, &mut job);
+        }
         let learned: Vec<LearnedKey> = job.delivery.take_learned();
         if !learned.is_empty() {
             self.scheduler.learned(&learned);

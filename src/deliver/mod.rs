@@ -45,6 +45,7 @@ pub mod setup;
 pub mod stats;
 pub mod target;
 pub mod trail;
+pub mod unchanged;
 
 use std::sync::Arc;
 

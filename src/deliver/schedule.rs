@@ -231,6 +231,26 @@ impl<T> Scheduler<T> {
         self.consider_lines(&entry.keys);
     }
 
+    /// A running event no longer needs `keys` (its actions that change those records are
+    /// done): it leaves their lines, and the next events of those keys may go, while it keeps
+    /// its place in its other lines.
+    pub(crate) fn let_go(&mut self, id: EventId, keys: &[Key]) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        entry.keys.retain(|k| !keys.contains(k));
+        for key in keys {
+            self.busy.remove(key);
+            if let Some(line) = self.lines.get_mut(key) {
+                line.remove(&id);
+                if line.is_empty() {
+                    self.lines.remove(key);
+                }
+            }
+        }
+        self.consider_lines(keys);
+    }
+
     /// A running event waits until `until`, at the front of its lines (its keys wait too).
     pub fn wait(&mut self, id: EventId, job: T, until: Instant, reason: WaitReason) {
         let Some(entry) = self.entries.get_mut(&id) else {
@@ -591,6 +611,33 @@ mod tests {
         assert!(started(&mut s).is_empty(), "group g is still running");
         s.finish(2);
         assert_eq!(started(&mut s), ["group g with a"]);
+    }
+
+    #[test]
+    fn a_key_let_go_lets_its_line_go_on_while_the_other_keys_wait() {
+        let mut s = Scheduler::new();
+        let now = Instant::now();
+        let (user_a, group_g) = (key("user:a"), key("group:g"));
+        s.insert(1, vec![user_a.clone(), group_g.clone()], now, "g with a");
+        s.insert(2, vec![key("user:b"), group_g.clone()], now, "g with b");
+        s.insert(3, vec![user_a.clone()], now, "identify a");
+        assert_eq!(started(&mut s), ["g with a"]);
+        // Its organization upsert is done; it waits for its membership.
+        s.let_go(1, std::slice::from_ref(&group_g));
+        s.wait(
+            1,
+            "g with a",
+            now + Duration::from_secs(5),
+            WaitReason::Retry,
+        );
+        assert_eq!(s.keys(1), std::slice::from_ref(&user_a));
+        assert_eq!(started(&mut s), ["g with b"], "the organization goes on");
+        s.finish(2);
+        assert!(started(&mut s).is_empty(), "its user still waits behind it");
+        s.fire(now + Duration::from_secs(5));
+        assert_eq!(started(&mut s), ["g with a"]);
+        s.finish(1);
+        assert_eq!(started(&mut s), ["identify a"]);
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub struct Stats {
     retries: AtomicU64,
     rate_limited: AtomicU64,
     stale: AtomicU64,
+    unchanged: AtomicU64,
     future_times: AtomicU64,
     confirmed: AtomicU64,
     /// Keys (users, organizations) whose events wait now: a gauge, for the progress line.
@@ -60,6 +61,9 @@ pub struct StatsSnapshot {
     pub rate_limited: u64,
     /// Changes skipped because their entity had a newer change applied (see `entities:`).
     pub stale: u64,
+    /// Writes skipped because they equal the last write applied to their entity
+    /// (`skip_unchanged`).
+    pub unchanged: u64,
     /// Events whose sender's time was too far ahead, ordered by their receive time instead.
     pub future_times: u64,
     /// Writes found applied by their step's `check` after an ambiguous failure (not sent again).
@@ -87,6 +91,7 @@ impl Stats {
             retries: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             stale: AtomicU64::new(0),
+            unchanged: AtomicU64::new(0),
             future_times: AtomicU64::new(0),
             confirmed: AtomicU64::new(0),
             keys_waiting: AtomicU64::new(0),
@@ -136,6 +141,11 @@ impl Stats {
     /// An action was skipped: an entity it changes had a newer change applied.
     pub fn stale(&self) {
         self.stale.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A write was skipped: the last write applied to its entity was the same.
+    pub(crate) fn unchanged(&self) {
+        self.unchanged.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An event's time was too far in the future and its receive time ordered it.
@@ -201,6 +211,7 @@ impl Stats {
             retries: self.retries.load(Ordering::Relaxed),
             rate_limited: self.rate_limited.load(Ordering::Relaxed),
             stale: self.stale.load(Ordering::Relaxed),
+            unchanged: self.unchanged.load(Ordering::Relaxed),
             future_times: self.future_times.load(Ordering::Relaxed),
             confirmed: self.confirmed.load(Ordering::Relaxed),
             elapsed_seconds: elapsed,
@@ -239,12 +250,13 @@ impl StatsSnapshot {
             "requests: {} attempted, {} retries, {} rate-limited (429)",
             self.requests_total, self.retries, self.rate_limited
         );
-        if self.stale > 0 || self.confirmed > 0 {
+        if self.stale > 0 || self.confirmed > 0 || self.unchanged > 0 {
             let _ = writeln!(
                 out,
                 "changes: {} stale skipped (an entity had a newer change applied; --force applies them), \
-                 {} writes found applied by their check after a lost answer",
-                self.stale, self.confirmed
+                 {} writes found applied by their check after a lost answer, \
+                 {} unchanged skipped (the same as the last write applied)",
+                self.stale, self.confirmed, self.unchanged
             );
         }
         let width = self.requests.keys().map(String::len).max().unwrap_or(0);

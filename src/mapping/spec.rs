@@ -214,6 +214,14 @@ pub struct StepSpec {
     /// event's part of it an item, and each event is answered by its item's result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchSpec>,
+    /// For how long a write that would change nothing is skipped (`24h`, `30m`, `90s`, `7d`):
+    /// when the rendered request equals the last one applied to the action's entity within
+    /// this span, it is not sent, and its outputs and learned ids are those of that last write.
+    /// Only for an idempotent write of an action with `entities`, one request per step (no
+    /// `each`), and never for a removal (`DELETE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h|d)$"))]
+    pub skip_unchanged: Option<String>,
 }
 
 /// How to tell whether a write was applied: a request (usually a GET of what the write adds),

@@ -28,6 +28,7 @@ use crate::deliver::DeadLetter;
 use crate::deliver::dispatch::Ownership;
 use crate::deliver::holds::{KeyHolds, OneProcess};
 use crate::deliver::order::EntityClock;
+use crate::deliver::unchanged::AppliedWrites;
 use crate::mapping::plan::ActionName;
 use serde_json::Value;
 use std::future::Future;
@@ -37,7 +38,7 @@ pub use letters::{
     Replayed, Selection, StaleLetter, StoredDeadLetter, record_in_log, selected_for_log,
 };
 pub use nats::{NatsOptions, NatsQueue};
-pub use sqlite::{DeadLetterStore, SqliteQueue};
+pub use sqlite::{AppliedWritesFile, DeadLetterStore, SqliteQueue};
 
 /// How long a sender's `messageId` is remembered by default, to drop the same call sent again
 /// (Segment's window: 24 hours).
@@ -192,7 +193,7 @@ impl QueueError {
 /// What the server needs from a durable queue. Another backend (a broker shared by several
 /// instances) implements the same operations, and keeps the entities' last change times
 /// ([`EntityClock`]) where its instances share them.
-pub trait Queue: EntityClock + Send + Sync + 'static {
+pub trait Queue: EntityClock + AppliedWrites + Send + Sync + 'static {
     /// Where this queue keeps its dead letters.
     type Letters: DeadLetters + Send + 'static;
 

@@ -935,6 +935,20 @@ impl crate::deliver::order::EntityClock for NatsQueue {
     }
 }
 
+/// Nothing is remembered of the writes applied (`skip_unchanged` skips nothing on NATS): the
+/// events of one record are delivered by whichever replica holds them at the time, so one
+/// replica's memory of a record's last write may be older than what another applied since,
+/// and a skip by it could leave Zendesk with the other's write.
+impl crate::deliver::unchanged::AppliedWrites for NatsQueue {
+    fn last_write(&self, _entity: &str) -> Option<crate::deliver::unchanged::AppliedWrite> {
+        None
+    }
+
+    fn write_applied(&self, _entity: &str, _write: &crate::deliver::unchanged::AppliedWrite) {}
+
+    fn forget_write(&self, _entity: &str) {}
+}
+
 impl Drop for NatsQueue {
     fn drop(&mut self) {
         let _ = self.stop.send(true);

@@ -33,6 +33,7 @@ use crate::base::sync::lock;
 use crate::base::time::unix_millis_now;
 use crate::deliver::DeadLetter;
 use crate::deliver::order::{EntityClock, MemoryClock};
+use crate::deliver::unchanged::{AppliedWrite, AppliedWrites, MemoryWrites};
 use crate::mapping::plan::ActionName;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
@@ -76,6 +77,12 @@ CREATE TABLE IF NOT EXISTS entity_times (
     touched INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entity_times_by_touch ON entity_times (touched);
+CREATE TABLE IF NOT EXISTS applied_writes (
+    entity TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    touched INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS applied_writes_by_touch ON applied_writes (touched);
 CREATE TABLE IF NOT EXISTS marks (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -90,6 +97,12 @@ pub(crate) const ENTITY_CAPACITY: usize = 1_000_000;
 
 /// Entities whose last change time is also kept in memory.
 const ENTITY_MEMORY: usize = 100_000;
+
+/// Entities whose last write applied is kept on disk at most (the least recently written go).
+pub(crate) const WRITES_CAPACITY: usize = 1_000_000;
+
+/// Entities whose last write applied (or that they have none) is also kept in memory.
+const WRITES_MEMORY: usize = 100_000;
 
 /// Entity times recorded between two trims of the table to [`ENTITY_CAPACITY`].
 const TRIM_EVERY: u64 = 4096;
@@ -168,6 +181,13 @@ enum Command {
         at: i64,
         trim: bool,
     },
+    /// The last write applied to `entity` is `record` (`None`: forgotten); with `trim`, the
+    /// table is cut to [`WRITES_CAPACITY`] first.
+    Wrote {
+        entity: String,
+        record: Option<String>,
+        trim: bool,
+    },
 }
 
 impl Command {
@@ -223,6 +243,30 @@ impl Command {
                 )?
                 .execute(params![entity, at, unix_millis_now() as i64])?;
             }
+            Command::Wrote {
+                entity,
+                record,
+                trim,
+            } => {
+                if *trim {
+                    tx.prepare_cached(
+                        "DELETE FROM applied_writes WHERE entity IN (SELECT entity FROM applied_writes \
+                         ORDER BY touched LIMIT max(0, (SELECT count(*) FROM applied_writes) - ?1))",
+                    )?
+                    .execute(params![WRITES_CAPACITY as i64])?;
+                }
+                match record {
+                    Some(record) => tx
+                        .prepare_cached(
+                            "INSERT INTO applied_writes (entity, record, touched) VALUES (?1, ?2, ?3) \
+                             ON CONFLICT (entity) DO UPDATE SET record = excluded.record, touched = excluded.touched",
+                        )?
+                        .execute(params![entity, record, unix_millis_now() as i64])?,
+                    None => tx
+                        .prepare_cached("DELETE FROM applied_writes WHERE entity = ?1")?
+                        .execute(params![entity])?,
+                };
+            }
         }
         Ok(())
     }
@@ -253,6 +297,11 @@ impl Command {
                     tracing::error!(%entity, error = %e, "cannot record the time of an entity's last change");
                 }
             }
+            Command::Wrote { entity, .. } => {
+                if let Err(e) = result {
+                    tracing::error!(%entity, error = %e, "cannot record the last write applied to an entity");
+                }
+            }
             Command::Finish { id, .. } => {
                 if let Err(e) = result {
                     // The event stays queued and is delivered again at the next start.
@@ -280,6 +329,11 @@ pub struct SqliteQueue {
     entity_memory: MemoryClock,
     /// Entity times recorded, to trim the table now and then.
     entity_writes: AtomicU64,
+    /// The last writes applied lately, and the entities known to have none (the table is the
+    /// whole of them).
+    writes_memory: MemoryWrites,
+    /// Writes remembered, to trim their table now and then.
+    writes_recorded: AtomicU64,
 }
 
 impl std::fmt::Debug for SqliteQueue {
@@ -322,6 +376,8 @@ impl SqliteQueue {
             dir_lock: Mutex::new(Some(dir_lock)),
             entity_memory: MemoryClock::new(ENTITY_MEMORY),
             entity_writes: AtomicU64::new(0),
+            writes_memory: MemoryWrites::new(WRITES_MEMORY),
+            writes_recorded: AtomicU64::new(0),
         })
     }
 
@@ -726,12 +782,94 @@ impl EntityClock for SqliteQueue {
     }
 }
 
+impl SqliteQueue {
+    /// Writes what is now the last write applied to `entity` (`None`: none is known).
+    fn wrote(&self, entity: &str, record: Option<String>) {
+        let n = self.writes_recorded.fetch_add(1, Ordering::Relaxed) + 1;
+        let command = Command::Wrote {
+            entity: entity.to_owned(),
+            record,
+            trim: n.is_multiple_of(TRIM_EVERY),
+        };
+        if let Err(e) = self.send(command) {
+            tracing::error!(%entity, error = %e, "cannot record the last write applied to an entity");
+        }
+    }
+}
+
+impl AppliedWrites for SqliteQueue {
+    fn last_write(&self, entity: &str) -> Option<AppliedWrite> {
+        if let Some(known) = self.writes_memory.known(entity) {
+            return known;
+        }
+        let record = applied_write(&lock(&self.reader), entity)
+            .inspect_err(
+                |e| tracing::warn!(%entity, error = %e, "cannot read the last write applied to an entity"),
+            )
+            .ok()
+            .flatten();
+        match &record {
+            Some(write) => self.writes_memory.write_applied(entity, write),
+            None => self.writes_memory.forget_write(entity),
+        }
+        record
+    }
+
+    fn write_applied(&self, entity: &str, write: &AppliedWrite) {
+        self.writes_memory.write_applied(entity, write);
+        self.wrote(entity, write.encode());
+    }
+
+    fn forget_write(&self, entity: &str) {
+        if self.writes_memory.known(entity) == Some(None) {
+            return;
+        }
+        self.writes_memory.forget_write(entity);
+        self.wrote(entity, None);
+    }
+}
+
 /// The time of the last change applied to `entity` in the table.
 fn entity_time(conn: &Connection, entity: &str) -> Result<Option<i64>, QueueError> {
     Ok(conn
         .prepare_cached("SELECT at FROM entity_times WHERE entity = ?1")?
         .query_row(params![entity], |r| r.get::<_, i64>(0))
         .optional()?)
+}
+
+/// The last writes a `zdmap serve` applied, read from its data directory (for `zdmap preview`).
+/// Safe to use while the server runs.
+pub struct AppliedWritesFile {
+    conn: Connection,
+}
+
+impl AppliedWritesFile {
+    /// The applied writes of the data directory of a `zdmap serve`; a directory that holds no
+    /// queue is refused.
+    pub fn open(data_dir: &Path) -> Result<AppliedWritesFile, QueueError> {
+        if !data_dir.join(DATABASE_FILE).is_file() {
+            return Err(QueueError::NoData {
+                dir: data_dir.to_path_buf(),
+            });
+        }
+        Ok(AppliedWritesFile {
+            conn: open_connection(data_dir)?,
+        })
+    }
+
+    /// The last write applied to `entity`, if the directory remembers it.
+    pub fn last_write(&self, entity: &str) -> Result<Option<AppliedWrite>, QueueError> {
+        applied_write(&self.conn, entity)
+    }
+}
+
+/// The last write applied to `entity` in the table.
+fn applied_write(conn: &Connection, entity: &str) -> Result<Option<AppliedWrite>, QueueError> {
+    let record = conn
+        .prepare_cached("SELECT record FROM applied_writes WHERE entity = ?1")?
+        .query_row(params![entity], |r| r.get::<_, String>(0))
+        .optional()?;
+    Ok(record.and_then(|text| AppliedWrite::decode(&text)))
 }
 
 /// The dead letters of a data directory: list, show, replay (back into the queue), purge.
@@ -1077,6 +1215,30 @@ mod tests {
         let queue = SqliteQueue::open(dir.path()).expect("reopen");
         assert_eq!(queue.last_applied("ticket:1"), Some(20));
         assert_eq!(queue.last_applied("ticket:2"), None);
+    }
+
+    #[tokio::test]
+    async fn the_last_writes_survive_reopening_and_a_forgotten_one_stays_forgotten() {
+        use crate::deliver::unchanged::{AppliedWrite, AppliedWrites};
+        let write = |digest: &str| AppliedWrite {
+            digest: digest.into(),
+            at_ms: 1,
+            outputs: indexmap::IndexMap::from([("id".to_owned(), Value::from(7))]),
+            learned: Vec::new(),
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let queue = SqliteQueue::open(dir.path()).expect("open");
+            queue.write_applied("user:1", &write("a"));
+            queue.write_applied("user:2", &write("b"));
+            queue.forget_write("user:2");
+            assert_eq!(queue.last_write("user:2"), None);
+            queue.close();
+        }
+        let queue = SqliteQueue::open(dir.path()).expect("reopen");
+        assert_eq!(queue.last_write("user:1"), Some(write("a")));
+        assert_eq!(queue.last_write("user:2"), None);
+        assert_eq!(queue.last_write("user:3"), None);
     }
 
     #[tokio::test]

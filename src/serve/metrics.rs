@@ -344,6 +344,12 @@ pub fn render(metrics: &Metrics, stats: &Stats, queue_depth: Option<u64>, ready:
     );
     counter(
         &mut out,
+        "zdmap_unchanged_writes_skipped_total",
+        "Writes not sent because they equal the last write applied to their entity (skip_unchanged).",
+        snapshot.unchanged,
+    );
+    counter(
+        &mut out,
         "zdmap_future_timestamps_total",
         "Events whose sender's time was over five minutes past their receive time, ordered by the receive time instead.",
         snapshot.future_times,

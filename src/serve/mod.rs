@@ -316,7 +316,12 @@ impl Server {
                 .target()
                 .allows_placeholder_credentials();
         let shared = Arc::new(Shared {
-            executor: RwLock::new(Arc::new(destination.executor.with_clock(queue.clone()))),
+            executor: RwLock::new(Arc::new(
+                destination
+                    .executor
+                    .with_clock(queue.clone())
+                    .with_writes(queue.clone()),
+            )),
             health: Health::default(),
             metrics: Metrics::default(),
             stats: destination.stats.clone(),

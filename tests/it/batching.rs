@@ -11,6 +11,7 @@
 use crate::support::http::post_batch;
 use crate::support::oas;
 use crate::support::serving;
+use crate::support::state::count;
 use crate::support::wait::eventually;
 
 use serde_json::{Value, json};
@@ -1380,4 +1381,34 @@ async fn a_job_known_to_have_ended_is_not_waited_for() {
         1,
         "the listing was reused: the job still shows as pending there"
     );
+}
+
+#[tokio::test]
+async fn memberships_that_waited_for_their_users_go_in_bulk_once_the_users_exist() {
+    // A backfill exported by type: every group call before any identify. Each membership
+    // looks its user up (in bulk), finds nothing and waits; once the identifies create the
+    // users, the memberships share a bulk request rather than going one by one.
+    let emu = emulator(true).await;
+    let mut events: Vec<Value> = (0..12)
+        .map(|u| {
+            json!({"type": "group", "groupId": format!("org-{}", u / 6), "userId": format!("m-{u}"),
+                   "messageId": format!("g-{u}"), "traits": {"name": format!("Org {}", u / 6)}})
+        })
+        .collect();
+    events
+        .extend((0..12).map(|u| identify(&format!("m-{u}"), &format!("m{u}@example.com"), "pro")));
+    let (report, letters) = send(
+        &emu,
+        Path::new("mappings"),
+        &lines(&events),
+        options(Some(Duration::from_millis(300))),
+    )
+    .await;
+    assert_eq!(report.dead_letters, 0, "{letters:?}");
+    assert_eq!(count(&emu.state(), "memberships"), 12);
+    assert!(
+        requests(&emu, "POST", "/api/v2/organization_memberships").is_empty(),
+        "no membership went single"
+    );
+    assert!(!requests(&emu, "POST", "/api/v2/organization_memberships/create_many").is_empty());
 }

@@ -295,21 +295,26 @@ async fn a_replay_applies_no_older_ticket_update_and_re_adds_no_removed_membersh
 
     post(&[
         identify("u1", 0, json!({})),
-        json!({"type": "group", "groupId": "acme", "userId": "u1", "messageId": "g0",
+        json!({"type": "group", "groupId": "acme", "messageId": "g0",
                "timestamp": at(0), "traits": {"name": "Acme"}}),
         t1_created(0, "u1"),
     ])
     .await;
-    wait_for(&emu, "the membership and the ticket", |s| {
-        list(s, "memberships").len() == 1 && list(s, "tickets").len() == 1
+    wait_for(&emu, "the organization and the ticket", |s| {
+        list(s, "organizations").len() == 1 && list(s, "tickets").len() == 1
     })
     .await;
 
-    // Zendesk fails everything: the older changes are dead-lettered.
+    // Zendesk fails everything: the older changes are dead-lettered (changes, so that none is
+    // skipped as the same as the last write applied).
     emu.configure(|k| k.fail_rate = 1.0);
     post(&[
         ticket_update("u1", "t1", 10, "pending", "older"),
-        identify("u1", 10, json!({"company": {"id": "acme"}})),
+        identify(
+            "u1",
+            10,
+            json!({"company": {"id": "acme"}, "plan": "older"}),
+        ),
     ])
     .await;
     let store = DeadLetterStore::open(data.path()).expect("dead letters");

@@ -35,4 +35,5 @@ mod schemas;
 mod serve;
 mod serve_config;
 mod stopping;
+mod unchanged;
 mod validate;

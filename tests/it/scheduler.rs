@@ -42,7 +42,7 @@ async fn destination(emu: &Emulator) -> Destination {
 }
 
 /// `zdmap send` of `events`; a missing record may wait `grace` after the input ends.
-async fn send(
+pub(crate) async fn send(
     dest: &Destination,
     events: &[Value],
     grace: Duration,
@@ -50,7 +50,7 @@ async fn send(
     send_with(dest, events, grace, DispatchOptions::default()).await
 }
 
-async fn send_with(
+pub(crate) async fn send_with(
     dest: &Destination,
     events: &[Value],
     grace: Duration,
@@ -825,4 +825,106 @@ fn upserts_named(emu: &Emulator, user: &str) -> Vec<String> {
         })
         .filter_map(|r| r["body"]["user"]["name"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// A source that records the events settled, and how.
+#[derive(Default)]
+struct Recorded {
+    settled: Arc<std::sync::Mutex<Vec<(String, bool)>>>,
+}
+
+impl Sink for Recorded {
+    type Ticket = String;
+
+    fn settled(&mut self, ticket: String, outcome: EventOutcome) -> bool {
+        let delivered = matches!(outcome, EventOutcome::Delivered);
+        self.settled.lock().expect("lock").push((ticket, delivered));
+        true
+    }
+
+    fn refused(&mut self, _status: u16, _message: &str) -> bool {
+        false
+    }
+}
+
+#[tokio::test]
+async fn a_group_call_waiting_for_its_membership_does_not_hold_up_its_organization() {
+    // Once a group call's organization upsert is done, what it has left (its user's
+    // membership) is ordered on the user, not on the organization: the organization's next
+    // group calls go on while it waits. Here the first waits for a user that never comes.
+    let emu = emulator(RuntimeKnobs::default()).await;
+    let dest = destination(&emu).await;
+    let mut setup = new_users("u", 6);
+    setup.push(json!({"type": "group", "groupId": "acme", "traits": {"name": "Acme"}}));
+    let (report, _) = send(&dest, &setup, Duration::from_secs(5)).await;
+    assert_eq!(report.dead_letters, 0);
+
+    let group = |user: &str| {
+        json!({"type": "group", "groupId": "acme", "userId": user,
+               "traits": {"name": "Acme", "plan": user}})
+    };
+    let events: Vec<Value> = std::iter::once(group("nobody"))
+        .chain((0..6).map(|i| group(&format!("u{i}"))))
+        .collect();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    for (id, value) in events.into_iter().enumerate() {
+        let event = Event::from_value(value).expect("event");
+        let ticket = event.value()["userId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let incoming = Incoming {
+            id: id as u64,
+            delivery: dest.executor.start(&event, None),
+            keys: event.ordering_keys(),
+            shared: event.shared_keys(),
+            since: tokio::time::Instant::now(),
+            ticket,
+            size: 0,
+        };
+        tx.send(incoming).await.expect("queued");
+    }
+    let sink = Recorded::default();
+    let settled = sink.settled.clone();
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let options = DispatchOptions {
+        concurrency: 4,
+        wait_for_records: RecordWait::AfterInput(Duration::from_millis(100)),
+        ..DispatchOptions::default()
+    };
+    let run = tokio::spawn(async move {
+        let mut sink = sink;
+        dispatch(rx, &mut sink, &options, stop).await;
+    });
+
+    // The input is still open, so the first waits for its user; the others are delivered.
+    eventually(
+        "the other members delivered",
+        Duration::from_secs(30),
+        async || settled.lock().expect("lock").len() == 6,
+    )
+    .await;
+    let done = settled.lock().expect("lock").clone();
+    assert!(
+        done.iter()
+            .all(|(user, delivered)| user != "nobody" && *delivered),
+        "{done:?}"
+    );
+    let state = emu.state();
+    assert_eq!(count(&state, "memberships"), 6, "{state}");
+    assert_eq!(
+        find(&state, "organizations", "external_id", "acme")
+            .map(|o| o["organization_fields"]["plan"].clone()),
+        Some(json!("u5")),
+        "the organization's upserts applied in order: {state}"
+    );
+
+    // The input ends: the first one's wait is over, and it is dead-lettered.
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("dispatch ends")
+        .expect("dispatch");
+    let done = settled.lock().expect("lock").clone();
+    assert_eq!(done.last(), Some(&("nobody".to_owned(), false)), "{done:?}");
 }

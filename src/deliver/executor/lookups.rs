@@ -7,6 +7,7 @@ use super::step::{StepContext, Stop};
 use super::{BatchAnswer, Executor, LearnedKey, LookupItem, Wait};
 use crate::deliver::Disposition;
 use crate::deliver::cache::Cached;
+use crate::deliver::unchanged::LearnedId;
 use crate::mapping::template::{Answer, LookupNeed};
 use serde_json::Value;
 use std::time::Duration;
@@ -48,7 +49,17 @@ impl StepContext<'_> {
         let cache = &executor.cache;
         for (lookup, key) in resolver.order(&need.keys) {
             match cache.lookup(&resolver.name, &lookup.by, key) {
-                Cached::Found(v) => return Ok(Answer::Found(v)),
+                Cached::Found(v) => {
+                    // A bulk lookup that found nothing left its answer ("ask on your own"); the
+                    // record is known now (an event waiting for it was woken), so that answer
+                    // is spent: the step's own request may still join a bulk request.
+                    if lookup.batch.is_some()
+                        && matches!(self.progress.batch_answer, Some(BatchAnswer::Single))
+                    {
+                        self.progress.batch_answer = None;
+                    }
+                    return Ok(Answer::Found(v));
+                }
                 Cached::Missing => continue,
                 Cached::Unknown => {}
             }
@@ -116,13 +127,14 @@ impl StepContext<'_> {
         Ok(Answer::NotFound)
     }
 
-    /// Fills the cache from a response to the step, as the step's `learn` entries say.
-    pub(super) fn learn(&mut self, body: &Value) {
+    /// Fills the cache from a response to the step, as the step's `learn` entries say; the
+    /// ids learned are handed back (to be remembered with the write, see `unchanged`).
+    pub(super) fn learn(&mut self, body: &Value) -> Vec<LearnedId> {
         let (executor, step) = (self.executor, self.step);
         if step.learn.is_empty() {
-            return;
+            return Vec::new();
         }
-        let (config, cache) = (&executor.config, &executor.cache);
+        let config = &executor.config;
         let scope = config
             .step_scope(
                 self.plan,
@@ -131,10 +143,11 @@ impl StepContext<'_> {
                 self.progress.lookups(),
             )
             .build();
+        let mut learned = Vec::new();
         for l in &step.learn {
-            let Some(resolver) = config.resolvers.get(&l.resolver) else {
+            if !config.resolvers.contains_key(&l.resolver) {
                 continue;
-            };
+            }
             let Ok(Some(key)) = config.templates.eval(&l.key, &scope) else {
                 continue;
             };
@@ -143,22 +156,39 @@ impl StepContext<'_> {
                 other => other.to_string(),
             };
             if let Some(value) = l.value.first(body).filter(|v| !v.is_null()) {
-                let ttl = Duration::from_secs(resolver.cache.ttl_seconds);
-                cache.put(
-                    &resolver.name,
-                    ttl,
-                    resolver.cache.capacity,
-                    &l.by,
-                    &key,
-                    value.clone(),
-                );
-                self.learned.push(LearnedKey {
-                    resolver: resolver.name.clone(),
+                let id = LearnedId {
+                    resolver: l.resolver.clone(),
                     by: l.by.clone(),
                     key,
-                });
+                    value: value.clone(),
+                };
+                self.put_learned(&id);
+                learned.push(id);
             }
         }
+        learned
+    }
+
+    /// Puts a learned id into the cache, and says which key was learned (events waiting for
+    /// it wake up).
+    pub(super) fn put_learned(&mut self, id: &LearnedId) {
+        let Some(resolver) = self.executor.config.resolvers.get(&id.resolver) else {
+            return;
+        };
+        let ttl = Duration::from_secs(resolver.cache.ttl_seconds);
+        self.executor.cache.put(
+            &resolver.name,
+            ttl,
+            resolver.cache.capacity,
+            &id.by,
+            &id.key,
+            id.value.clone(),
+        );
+        self.learned.push(LearnedKey {
+            resolver: resolver.name.clone(),
+            by: id.by.clone(),
+            key: id.key.clone(),
+        });
     }
 }
 

@@ -34,7 +34,9 @@
 //! - `send`: a step rendered, its request sent and the answer judged (a lost answer leaves the
 //!   write in doubt);
 //! - `verify`: a write in doubt checked before it is sent again;
-//! - `bulk`: a step's request as an item of a bulk request.
+//! - `bulk`: a step's request as an item of a bulk request;
+//! - `unchanged`: a write equal to the last one applied to its entity skipped, and what a
+//!   write applied is remembered (see [`crate::deliver::unchanged`]).
 //!
 //! Requests go out through [`ZendeskApi`]: the [`Transport`] in delivery, a script in the unit
 //! tests.
@@ -46,13 +48,16 @@ mod step;
 #[cfg(test)]
 mod tests;
 mod turn;
+mod unchanged;
 mod verify;
 
 pub use turn::{BatchAnswer, BatchItem, EventOutcome, LearnedKey, LookupItem, Turn, Wait};
 
 use crate::deliver::cache::LookupCache;
 use crate::deliver::order::{EntityChange, EntityClock, EventTime, MemoryClock, event_time};
+use crate::deliver::schedule::Key;
 use crate::deliver::trail::{Entry, Trail};
+use crate::deliver::unchanged::{AppliedWrites, MemoryWrites};
 use crate::deliver::{DeadLetter, PauseScope, RetryPolicy, Transport, ZendeskApi};
 use crate::mapping::config::Config;
 use crate::mapping::event::Event;
@@ -73,6 +78,8 @@ pub struct Executor {
     cache: Arc<LookupCache>,
     /// The time of the last change applied per entity.
     clock: Arc<dyn EntityClock>,
+    /// The last write applied per entity, for steps that skip a write that changes nothing.
+    writes: Arc<dyn AppliedWrites>,
     /// Apply changes older than their entity's last applied one too (`--force`).
     force: bool,
 }
@@ -85,7 +92,17 @@ impl Executor {
             transport,
             cache,
             clock: Arc::new(MemoryClock::default()),
+            writes: Arc::new(MemoryWrites::default()),
             force: false,
+        }
+    }
+
+    /// The same executor remembering the last write applied per entity in `writes` (a durable
+    /// store in `serve`).
+    pub(crate) fn with_writes(&self, writes: Arc<dyn AppliedWrites>) -> Executor {
+        Executor {
+            writes,
+            ..self.share()
         }
     }
 
@@ -125,6 +142,7 @@ impl Executor {
             api: self.api.clone(),
             cache: self.cache.clone(),
             clock: self.clock.clone(),
+            writes: self.writes.clone(),
             force: self.force,
         }
     }
@@ -635,6 +653,40 @@ impl Delivery {
         }
     }
 
+    /// Which of the event's ordering `keys` its actions still to run need: the first (the
+    /// user's, which orders all of the user's changes) always; another (the organization of a
+    /// group call) while an action still to run names that record among its `entities`, or
+    /// names none (then nothing says it does not need it). So once a group call's organization
+    /// upsert is done, the organization's next events need not wait for its membership.
+    pub(crate) fn keys_needed(&self, keys: &[Key]) -> Vec<Key> {
+        let Some((first, others)) = keys.split_first() else {
+            return Vec::new();
+        };
+        let mut needed = vec![first.clone()];
+        if self.shed {
+            needed.extend(others.iter().cloned());
+            return needed;
+        }
+        let remaining: Vec<Vec<String>> = self.plan.actions
+            [self.next.min(self.plan.actions.len())..]
+            .iter()
+            .filter(|planned| self.wants(&self.executor.config.action(planned).name))
+            .map(|planned| self.executor.config.entities(&self.plan, planned))
+            .collect();
+        for key in others {
+            let named = |entities: &Vec<String>| {
+                entities.is_empty()
+                    || entities
+                        .iter()
+                        .any(|e| e.split_once(':').is_some_and(|(_, v)| v == key.value()))
+            };
+            if remaining.iter().any(named) {
+                needed.push(key.clone());
+            }
+        }
+        needed
+    }
+
     /// Whether `action` runs: every action, or those `only` names.
     fn wants(&self, action: &str) -> bool {
         self.only
@@ -676,6 +728,10 @@ impl Delivery {
                     cx.progress.next_request();
                     continue;
                 }
+                if cx.unchanged(request) {
+                    cx.progress.next_request();
+                    continue;
+                }
                 if cx.mode.batching
                     && cx.progress.batch_answer.is_none()
                     && let Some(item) = cx.batch_item(request)
@@ -687,10 +743,12 @@ impl Delivery {
                 }
                 match cx.send(request).await? {
                     StepResult::Ok(response) => {
-                        cx.progress
-                            .outputs
-                            .insert(step.name.clone(), step.read_outputs(&response.body));
-                        cx.learn(&response.body);
+                        let outputs = step.read_outputs(&response.body);
+                        let learned = cx.learn(&response.body);
+                        if response.is_success() {
+                            cx.remember(request, &outputs, learned);
+                        }
+                        cx.progress.outputs.insert(step.name.clone(), outputs);
                         cx.progress.next_request();
                     }
                     StepResult::Skip => return Ok(()),

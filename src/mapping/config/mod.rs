@@ -557,6 +557,13 @@ fn compile_action(
         if let Some(bs) = &s.batch {
             check_batch(s, bs, step.idempotent, jobs, &at, p);
         }
+        if step.skip_unchanged.is_some() && spec.entities.is_empty() {
+            p.at(
+                &format!("{at}/skip_unchanged"),
+                "`skip_unchanged` remembers the last write per entity: the action needs \
+                 `entities`",
+            );
+        }
         steps.push(step);
     }
     if spec.steps.is_empty() {

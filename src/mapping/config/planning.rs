@@ -193,6 +193,14 @@ impl Config {
             .collect()
     }
 
+    /// The entities a planned action changes as one key (`user:u1`; several joined by `,`):
+    /// what the last write applied to them is remembered by (`skip_unchanged`). `None` when
+    /// the action names none.
+    pub(crate) fn entity_key(&self, plan: &Plan, planned: &PlannedAction) -> Option<String> {
+        let entities = self.entities(plan, planned);
+        (!entities.is_empty()).then(|| entities.join(","))
+    }
+
     /// The scope a step's templates see: the action's fields, settings, the event, earlier
     /// steps' outputs and the lookups known so far.
     pub fn step_scope(
@@ -218,6 +226,18 @@ impl Config {
     /// What an event would do, without any network: matched actions, their requests in order
     /// (lookups and earlier steps' outputs as `<...>` placeholders) and the errors.
     pub fn preview(&self, event: &Event) -> Preview {
+        self.preview_knowing(event, &|_, _, _| false)
+    }
+
+    /// [`Config::preview`], told by `unchanged(entity, request, span)` whether a request of a
+    /// step with `skip_unchanged` equals the last write applied to its action's entity (as a
+    /// store of applied writes knows it): such a request is marked `unchanged, skipped`. A
+    /// request that needs a lookup (a placeholder in it) is never found unchanged.
+    pub fn preview_knowing(
+        &self,
+        event: &Event,
+        unchanged: &dyn Fn(&str, &Request, std::time::Duration) -> bool,
+    ) -> Preview {
         let offline = self.render_offline(event);
         let mut out = Preview {
             kind: event.kind().to_owned(),
@@ -241,17 +261,23 @@ impl Config {
                 let mut request = r.request.clone();
                 describe_placeholders(&mut request, &texts);
                 let step = &self.actions[action].steps[r.step];
-                let batch = offline
-                    .plan
-                    .actions
-                    .iter()
-                    .find(|p| p.action == action)
+                let planned = offline.plan.actions.iter().find(|p| p.action == action);
+                let batch = planned
                     .and_then(|planned| self.preview_batch(&offline.plan, planned, step, &request));
+                let skipped = step
+                    .skip_unchanged
+                    .zip(planned)
+                    .filter(|(span, planned)| {
+                        self.entity_key(&offline.plan, planned)
+                            .is_some_and(|entity| unchanged(&entity, &r.request, *span))
+                    })
+                    .map(|_| crate::mapping::plan::UNCHANGED_SKIPPED);
                 out.requests.push(PreviewRequest {
                     action: name.to_string(),
                     step: step.name.clone(),
                     request,
                     batch,
+                    skipped,
                 });
             }
             out.lookups

@@ -188,7 +188,14 @@ pub struct PreviewRequest {
     /// The bulk request the event joins instead, when the step is batched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch: Option<PreviewBatch>,
+    /// Why it would not be sent: `unchanged, skipped` when it equals the last write applied to
+    /// its entity (`skip_unchanged`, as the store a preview is given knows it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<&'static str>,
 }
+
+/// What a preview says of a write skipped as unchanged.
+pub const UNCHANGED_SKIPPED: &str = "unchanged, skipped";
 
 /// The bulk request a step's request joins as an item.
 #[derive(Debug, Serialize)]

@@ -31,6 +31,9 @@ pub struct Step {
     pub check: Option<Check>,
     /// The step's bulk form, if it has one.
     pub batch: Option<std::sync::Arc<crate::mapping::plan::batch::BatchForm>>,
+    /// For how long a write equal to the last one applied to the action's entity is skipped
+    /// (see [`StepSpec::skip_unchanged`]).
+    pub skip_unchanged: Option<std::time::Duration>,
 }
 
 /// A compiled `check`: a request, and the JSONPath of markers in its answer, one of which equals
@@ -301,9 +304,37 @@ impl Step {
             )
             .map(std::sync::Arc::new)
         });
+        let skip_unchanged = spec.skip_unchanged.as_deref().and_then(|text| {
+            let at = format!("{pointer}/skip_unchanged");
+            let refusal = if !idempotent {
+                Some("a write that is not idempotent is never skipped as unchanged")
+            } else if spec.request.method == Method::Delete {
+                Some("a removal is never skipped as unchanged: the record may have come back since")
+            } else if spec.each.is_some() {
+                Some("`skip_unchanged` is for a step with one request (no `each`)")
+            } else {
+                None
+            };
+            if let Some(refusal) = refusal {
+                problems.at(&at, refusal);
+                return None;
+            }
+            let span = parse_span(text);
+            if span.is_none() {
+                problems.at(
+                    &at,
+                    format!(
+                        "`{text}` is not a duration: a number and a unit, ms, s, m, h or d \
+                         (`24h`), more than zero"
+                    ),
+                );
+            }
+            span
+        });
         Some(Step {
             name: spec.name.clone(),
             batch,
+            skip_unchanged,
             when: when.ok()?,
             each: each.ok()?,
             request: request?,
@@ -702,9 +733,50 @@ fn render_body(
     })
 }
 
+/// A span written as a number and a unit (`500ms`, `90s`, `30m`, `24h`, `7d`); `None` when it
+/// is not one, or is zero.
+fn parse_span(text: &str) -> Option<std::time::Duration> {
+    let digits = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(digits);
+    let n: u64 = number.parse().ok()?;
+    let seconds = |per: u64| n.checked_mul(per).map(std::time::Duration::from_secs);
+    let span = match unit {
+        "ms" => Some(std::time::Duration::from_millis(n)),
+        "s" => seconds(1),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        "d" => seconds(86_400),
+        _ => None,
+    }?;
+    (!span.is_zero()).then_some(span)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_are_a_number_and_a_unit() {
+        use std::time::Duration;
+        assert_eq!(parse_span("24h"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_span("7d"), Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_span("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_span("30m"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_span("500ms"), Some(Duration::from_millis(500)));
+        for bad in [
+            "",
+            "h",
+            "24",
+            "0h",
+            "1w",
+            "-1h",
+            "1.5h",
+            " 1h",
+            "99999999999999999999d",
+        ] {
+            assert_eq!(parse_span(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn a_lone_equals_sign_is_told_from_comparisons() {
