@@ -375,6 +375,13 @@ fn shown_entry(entry: &Value) -> String {
             }
             line
         }
+        "unchanged" => format!(
+            "unchanged, skipped {} {} ({}/{})",
+            field("method"),
+            field("path"),
+            field("action"),
+            field("step")
+        ),
         "delivered" => "delivered".to_owned(),
         "skipped" => format!("skipped: {}", field("reason")),
         "dead_lettered" => {

@@ -39,6 +39,14 @@ pub enum Entry {
     Matched { actions: Vec<String> },
     /// One request the event caused, with its answer.
     Request(Box<RequestEntry>),
+    /// A write not sent: its step skips unchanged writes, and it equals the last write applied
+    /// to its record (`skip_unchanged`).
+    Unchanged {
+        action: String,
+        step: String,
+        method: String,
+        path: String,
+    },
     /// The event waits: for a record (`record`), a retry (`retry`), a 429 (`rate_limited`), the
     /// credentials (`credentials`), or another replica holding one of its keys (`fenced`).
     Waiting {
@@ -114,7 +122,7 @@ impl Entry {
         match self {
             Entry::Accepted { .. } => "accepted",
             Entry::Refused { .. } => "refused",
-            Entry::Matched { .. } | Entry::Request(_) => "delivering",
+            Entry::Matched { .. } | Entry::Request(_) | Entry::Unchanged { .. } => "delivering",
             Entry::Waiting { .. } => "waiting",
             Entry::Delivered => "delivered",
             Entry::Skipped { .. } => "skipped",

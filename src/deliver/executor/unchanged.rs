@@ -6,6 +6,7 @@
 //! writes (see [`crate::deliver::unchanged`]).
 
 use super::step::StepContext;
+use crate::deliver::trail::Entry;
 use crate::deliver::unchanged::{AppliedWrite, LearnedId, digest, now_ms};
 use crate::mapping::request::{Method, Request};
 use indexmap::IndexMap;
@@ -39,6 +40,14 @@ impl StepContext<'_> {
                 .outputs
                 .insert(self.step.name.clone(), last.outputs);
             self.executor.transport.stats().unchanged();
+            if let Some(trail) = self.trail {
+                trail.note(Entry::Unchanged {
+                    action: self.action.to_string(),
+                    step: self.step.name.clone(),
+                    method: request.method.to_string(),
+                    path: request.path.clone(),
+                });
+            }
             tracing::debug!(
                 action = self.action,
                 step = %self.step.name,
