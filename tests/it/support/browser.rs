@@ -139,7 +139,14 @@ impl Browser {
 
     /// The text of the element `css` selects.
     pub async fn text(&self, css: &str) -> String {
-        self.find(css).await.text().await.expect("text")
+        // Found and read in one try: a page that changes between the two is tried again.
+        let client = self.client();
+        super::wait::eventually(
+            &format!("the text of {css}"),
+            Duration::from_secs(20),
+            async || client.find(Locator::Css(css)).await?.text().await,
+        )
+        .await
     }
 
     /// Whether `css` selects anything on the page now.
@@ -168,7 +175,13 @@ impl Browser {
 
     /// Clicks `css` (the test then waits for what the next page shows).
     pub async fn click(&self, css: &str) {
-        self.find(css).await.click().await.expect("click");
+        let client = self.client();
+        super::wait::eventually(
+            &format!("{css} is clicked"),
+            Duration::from_secs(20),
+            async || client.find(Locator::Css(css)).await?.click().await,
+        )
+        .await
     }
 
     /// Runs `script` in the page and gives what it returns.
