@@ -292,7 +292,9 @@ impl Journal {
         }
     }
 
-    /// An event was accepted and stored.
+    /// An event is accepted (recorded before it is stored, so that its acceptance comes before
+    /// what its delivery records). An event whose `messageId` the log has already (the same call
+    /// sent again, dropped as a duplicate) keeps its record as it is.
     pub fn accepted(&self, facts: Facts) {
         self.send(Note::Accepted(Box::new(facts), unix_millis_now(), None));
     }
@@ -583,9 +585,7 @@ fn commit(
         let mut accept = tx.prepare_cached(
             "INSERT INTO events (message_id, type, user_id, anonymous_id, email, event, source, size, state, accepted_at, updated_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?9, ?9) \
-             ON CONFLICT (message_id) DO UPDATE SET type = excluded.type, user_id = excluded.user_id, \
-             anonymous_id = excluded.anonymous_id, email = excluded.email, event = excluded.event, \
-             source = excluded.source, size = excluded.size, state = excluded.state, updated_at = excluded.updated_at",
+             ON CONFLICT (message_id) DO NOTHING",
         )?;
         let mut find = tx.prepare_cached("SELECT id FROM events WHERE message_id = ?1")?;
         let mut bare = tx.prepare_cached(
@@ -606,7 +606,7 @@ fn commit(
                         size: facts.size.unwrap_or_default(),
                         source: facts.source.clone().unwrap_or_default(),
                     });
-                    accept.execute(rusqlite::params![
+                    let inserted = accept.execute(rusqlite::params![
                         facts.message_id,
                         facts.kind,
                         facts.user_id,
@@ -617,8 +617,11 @@ fn commit(
                         facts.size.and_then(|s| i64::try_from(s).ok()),
                         at,
                         entry.state(),
-                    ])?;
-                    let id: i64 = find.query_row([&facts.message_id], |r| r.get(0))?;
+                    ])? == 1;
+                    if !inserted {
+                        continue;
+                    }
+                    let id = tx.last_insert_rowid();
                     if let Ok(text) = serde_json::to_string(&entry) {
                         add.execute(rusqlite::params![id, at, text])?;
                     }
@@ -735,14 +738,26 @@ mod tests {
     }
 
     #[test]
+    fn an_event_sent_again_keeps_its_record() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let journal = Journal::open(dir.path(), JournalOptions::default()).expect("opens");
+        journal.accepted(facts("m1", "u1"));
+        journal.note("m1", Entry::Delivered);
+        journal.accepted(facts("m1", "u1"));
+        journal.flush();
+        let record = journal.record("m1").expect("reads").expect("found");
+        let kinds: Vec<_> = record.timeline.iter().map(|n| n.entry.state()).collect();
+        assert_eq!(kinds, ["accepted", "delivered"]);
+        assert_eq!(record.summary.state, "delivered");
+    }
+
+    #[test]
     fn a_search_pages_with_its_cursor_newest_first() {
         let dir = tempfile::tempdir().expect("temp dir");
         let journal = Journal::open(dir.path(), JournalOptions::default()).expect("opens");
         for i in 0..5 {
-            journal.accepted(facts(
-                &format!("m{i}"),
-                if i % 2 == 0 { "even" } else { "odd" },
-            ));
+            let user = if i % 2 == 0 { "even" } else { "odd" };
+            journal.accepted(facts(&format!("m{i}"), user));
         }
         journal.flush();
         let mut q = Query {

@@ -32,6 +32,7 @@ pub mod workers;
 
 use crate::base::time::rfc3339_utc;
 use crate::deliver::setup::{Destination, reread_credentials};
+use crate::deliver::trail::Entry;
 use crate::deliver::{CredentialsError, Executor, Stats};
 use crate::mapping::config::{Diagnostics, Source};
 use crate::queue::journal::{Facts, Journal, JournalOptions};
@@ -764,35 +765,32 @@ async fn take<Q: Queue>(
     }
     let letters = calls.refused.iter().map(Refused::dead_letter).collect();
     let offered = calls.accepted.len() as u64;
+    // Recorded before they are stored, so that their acceptance comes before anything their
+    // delivery records, however soon it starts.
     let journal = app.shared.journal.as_deref();
-    let facts: Vec<(Facts, bool)> = match journal {
-        Some(_) => calls
-            .accepted
-            .iter()
-            .map(|item| {
-                let facts = Facts::of(&item.event, json_size(&item.event), &source);
-                (facts, item.message_id.is_some())
-            })
-            .collect(),
+    let recorded: Vec<String> = match journal {
+        Some(journal) => {
+            for r in &calls.refused {
+                let call = Value::Object(r.call.clone());
+                let facts = Facts::of(&call, json_size(&call), &source);
+                journal.refused(facts, r.reason.label(), &r.located());
+            }
+            calls
+                .accepted
+                .iter()
+                .map(|item| {
+                    let facts = Facts::of(&item.event, json_size(&item.event), &source);
+                    let id = facts.message_id.clone();
+                    journal.accepted(facts);
+                    id
+                })
+                .collect()
+        }
         None => Vec::new(),
     };
     match app.queue.push(calls.accepted, letters).await {
         Ok(pushed) => {
             app.shared.health.set_queue(None);
-            if let Some(journal) = journal {
-                for (facts, sender_id) in facts {
-                    // Which of the sender's ids were duplicates is not known: none is recorded
-                    // again then (the record of the first stays as it is).
-                    if pushed.duplicates == 0 || !sender_id {
-                        journal.accepted(facts);
-                    }
-                }
-                for r in &calls.refused {
-                    let call = Value::Object(r.call.clone());
-                    let facts = Facts::of(&call, json_size(&call), &source);
-                    journal.refused(facts, r.reason.label(), &r.located());
-                }
-            }
             Metrics::add(&metrics.accepted, offered - pushed.duplicates);
             Metrics::add(&metrics.duplicates, pushed.duplicates);
             if offered == 0 && !calls.refused.is_empty() {
@@ -802,6 +800,17 @@ async fn take<Q: Queue>(
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot store events; the sender is asked to send them again");
+            if let Some(journal) = journal {
+                for id in &recorded {
+                    journal.note(
+                        id,
+                        Entry::Refused {
+                            reason: "not_stored".to_owned(),
+                            message: format!("the queue could not store it ({e}); the sender was asked to send it again"),
+                        },
+                    );
+                }
+            }
             app.shared.health.set_queue(Some(e.to_string()));
             answer(
                 StatusCode::SERVICE_UNAVAILABLE,
