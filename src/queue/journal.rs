@@ -32,6 +32,7 @@ use crate::deliver::trail::{Entry, Witness};
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -202,8 +203,8 @@ pub struct Record {
 
 /// What the writer is handed.
 enum Note {
-    /// An event's facts, at a time, with its first entry: `accepted` (`None`) or `refused`.
-    Accepted(Box<Facts>, u64, Option<Entry>),
+    /// Events' facts, at a time, each with its first entry: `accepted` (`None`) or `refused`.
+    Accepted(Vec<Facts>, u64, Option<Entry>),
     Entry {
         message_id: String,
         at: u64,
@@ -211,12 +212,16 @@ enum Note {
     },
     /// Answered once everything before it is committed.
     Flush(mpsc::Sender<()>),
+    /// Commit what came before, then stop.
+    Stop,
 }
 
 /// The delivery log: see the module docs.
 pub struct Journal {
     path: PathBuf,
-    notes: Mutex<Option<mpsc::SyncSender<Note>>>,
+    notes: mpsc::SyncSender<Note>,
+    /// Set by [`Journal::close`]: later notes are dropped.
+    closed: std::sync::atomic::AtomicBool,
     reader: Mutex<Connection>,
     dropped: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -267,7 +272,8 @@ impl Journal {
             })?;
         Ok(Arc::new(Journal {
             path,
-            notes: Mutex::new(Some(tx)),
+            notes: tx,
+            closed: std::sync::atomic::AtomicBool::new(false),
             reader: Mutex::new(reader),
             dropped: AtomicU64::new(0),
             writer: Mutex::new(Some(thread)),
@@ -284,19 +290,22 @@ impl Journal {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    fn send(&self, note: Note) {
-        let notes = crate::base::sync::lock(&self.notes);
-        let sent = notes.as_ref().is_some_and(|tx| tx.try_send(note).is_ok());
+    /// Hands `note` (counting `entries`) to the writer, or drops it when the writer is behind.
+    fn send(&self, note: Note, entries: usize) {
+        let sent = !self.closed.load(Ordering::Relaxed) && self.notes.try_send(note).is_ok();
         if !sent {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.fetch_add(entries as u64, Ordering::Relaxed);
         }
     }
 
-    /// An event is accepted (recorded before it is stored, so that its acceptance comes before
-    /// what its delivery records). An event whose `messageId` the log has already (the same call
-    /// sent again, dropped as a duplicate) keeps its record as it is.
-    pub fn accepted(&self, facts: Facts) {
-        self.send(Note::Accepted(Box::new(facts), unix_millis_now(), None));
+    /// Events are accepted (recorded before they are stored, so that their acceptance comes
+    /// before what their delivery records). An event whose `messageId` the log has already (the
+    /// same call sent again, dropped as a duplicate) keeps its record as it is.
+    pub fn accepted(&self, facts: Vec<Facts>) {
+        if !facts.is_empty() {
+            let n = facts.len();
+            self.send(Note::Accepted(facts, unix_millis_now(), None), n);
+        }
     }
 
     /// Records `entry` for the event `message_id`, now.
@@ -308,11 +317,14 @@ impl Journal {
     /// event's state is that of its latest entry by time, so a replay noted after the fact
     /// with the time it began does not hide what the replayed event did since.
     pub fn note_at(&self, message_id: &str, at: u64, entry: Entry) {
-        self.send(Note::Entry {
-            message_id: message_id.to_owned(),
-            at,
-            entry,
-        });
+        self.send(
+            Note::Entry {
+                message_id: message_id.to_owned(),
+                at,
+                entry,
+            },
+            1,
+        );
     }
 
     /// A call was refused at ingest: recorded under its `messageId` (a generated one when it
@@ -326,27 +338,26 @@ impl Journal {
             reason: reason.to_owned(),
             message: message.to_owned(),
         };
-        self.send(Note::Accepted(
-            Box::new(facts),
-            unix_millis_now(),
-            Some(refused),
-        ));
+        self.send(
+            Note::Accepted(vec![facts], unix_millis_now(), Some(refused)),
+            1,
+        );
     }
 
     /// Waits until every note recorded before is committed.
     pub fn flush(&self) {
         let (tx, rx) = mpsc::channel();
-        let sender = crate::base::sync::lock(&self.notes).clone();
-        if let Some(notes) = sender
-            && notes.send(Note::Flush(tx)).is_ok()
-        {
+        if !self.closed.load(Ordering::Relaxed) && self.notes.send(Note::Flush(tx)).is_ok() {
             let _ = rx.recv();
         }
     }
 
     /// Commits what is waiting and stops the writer; later notes are dropped.
     pub fn close(&self) {
-        crate::base::sync::lock(&self.notes).take();
+        if self.closed.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let _ = self.notes.send(Note::Stop);
         if let Some(thread) = crate::base::sync::lock(&self.writer).take() {
             let _ = thread.join();
         }
@@ -549,7 +560,8 @@ pub fn time_of(ms: i64) -> String {
 fn write(mut conn: Connection, notes: mpsc::Receiver<Note>, options: JournalOptions) {
     let mut last_prune = std::time::Instant::now();
     let mut since_prune = 0usize;
-    while let Ok(first) = notes.recv() {
+    let mut stop = false;
+    while !stop && let Ok(first) = notes.recv() {
         let mut group = vec![first];
         while group.len() < GROUP_LIMIT {
             match notes.try_recv() {
@@ -557,6 +569,7 @@ fn write(mut conn: Connection, notes: mpsc::Receiver<Note>, options: JournalOpti
                 Err(_) => break,
             }
         }
+        stop = group.iter().any(|n| matches!(n, Note::Stop));
         since_prune += group.len();
         let mut flushed = Vec::new();
         if let Err(e) = commit(&mut conn, group, &mut flushed) {
@@ -575,6 +588,8 @@ fn write(mut conn: Connection, notes: mpsc::Receiver<Note>, options: JournalOpti
     }
 }
 
+/// Commits a group of notes in one transaction. An event's row is looked up once per group, and
+/// its state written once, after its entries.
 fn commit(
     conn: &mut Connection,
     group: Vec<Note>,
@@ -596,34 +611,43 @@ fn commit(
         let mut set_state = tx.prepare_cached(
             "UPDATE events SET state = ?2, updated_at = ?3 WHERE id = ?1 AND updated_at <= ?3",
         )?;
+        // The rows of this group's events, and the latest state of each (by time).
+        let mut ids: HashMap<String, i64> = HashMap::new();
+        let mut states: HashMap<i64, (&'static str, i64)> = HashMap::new();
+        let mut add_entry = |id: i64, at: i64, entry: &Entry| -> rusqlite::Result<()> {
+            if let Ok(text) = serde_json::to_string(entry) {
+                add.execute(rusqlite::params![id, at, text])?;
+            }
+            Ok(())
+        };
         for note in group {
             match note {
-                Note::Accepted(facts, at, first) => {
+                Note::Accepted(all, at, first) => {
                     let at = i64::try_from(at).unwrap_or(i64::MAX);
-                    let entry = first.unwrap_or_else(|| Entry::Accepted {
-                        kind: facts.kind.clone().unwrap_or_default(),
-                        event: facts.event.clone(),
-                        size: facts.size.unwrap_or_default(),
-                        source: facts.source.clone().unwrap_or_default(),
-                    });
-                    let inserted = accept.execute(rusqlite::params![
-                        facts.message_id,
-                        facts.kind,
-                        facts.user_id,
-                        facts.anonymous_id,
-                        facts.email,
-                        facts.event,
-                        facts.source,
-                        facts.size.and_then(|s| i64::try_from(s).ok()),
-                        at,
-                        entry.state(),
-                    ])? == 1;
-                    if !inserted {
-                        continue;
-                    }
-                    let id = tx.last_insert_rowid();
-                    if let Ok(text) = serde_json::to_string(&entry) {
-                        add.execute(rusqlite::params![id, at, text])?;
+                    for facts in all {
+                        let entry = first.clone().unwrap_or_else(|| Entry::Accepted {
+                            kind: facts.kind.clone().unwrap_or_default(),
+                            event: facts.event.clone(),
+                            size: facts.size.unwrap_or_default(),
+                            source: facts.source.clone().unwrap_or_default(),
+                        });
+                        let inserted = accept.execute(rusqlite::params![
+                            facts.message_id,
+                            facts.kind,
+                            facts.user_id,
+                            facts.anonymous_id,
+                            facts.email,
+                            facts.event,
+                            facts.source,
+                            facts.size.and_then(|s| i64::try_from(s).ok()),
+                            at,
+                            entry.state(),
+                        ])? == 1;
+                        if inserted {
+                            let id = tx.last_insert_rowid();
+                            add_entry(id, at, &entry)?;
+                            ids.insert(facts.message_id, id);
+                        }
                     }
                 }
                 Note::Entry {
@@ -633,22 +657,33 @@ fn commit(
                 } => {
                     let at = i64::try_from(at).unwrap_or(i64::MAX);
                     let state = entry.state();
-                    let id: i64 = match find.query_row([&message_id], |r| r.get(0)).optional()? {
-                        Some(id) => id,
+                    let id = match ids.get(&message_id) {
+                        Some(id) => *id,
                         None => {
-                            // Accepted before the log was on, or its acceptance was pruned.
-                            bare.execute(rusqlite::params![message_id, state, at])?;
-                            tx.last_insert_rowid()
+                            let id = match find.query_row([&message_id], |r| r.get(0)).optional()? {
+                                Some(id) => id,
+                                None => {
+                                    // Accepted before the log was on, or its record was pruned.
+                                    bare.execute(rusqlite::params![message_id, state, at])?;
+                                    tx.last_insert_rowid()
+                                }
+                            };
+                            ids.insert(message_id, id);
+                            id
                         }
                     };
-                    let Ok(text) = serde_json::to_string(&entry) else {
-                        continue;
-                    };
-                    add.execute(rusqlite::params![id, at, text])?;
-                    set_state.execute(rusqlite::params![id, state, at])?;
+                    add_entry(id, at, &entry)?;
+                    let latest = states.entry(id).or_insert((state, at));
+                    if at >= latest.1 {
+                        *latest = (state, at);
+                    }
                 }
                 Note::Flush(done) => flushed.push(done),
+                Note::Stop => {}
             }
+        }
+        for (id, (state, at)) in states {
+            set_state.execute(rusqlite::params![id, state, at])?;
         }
     }
     tx.commit()
@@ -716,7 +751,7 @@ mod tests {
     fn a_record_keeps_its_facts_and_entries_in_order() {
         let dir = tempfile::tempdir().expect("temp dir");
         let journal = Journal::open(dir.path(), JournalOptions::default()).expect("opens");
-        journal.accepted(facts("m1", "u1"));
+        journal.accepted(vec![facts("m1", "u1")]);
         journal.note(
             "m1",
             Entry::Matched {
@@ -741,9 +776,9 @@ mod tests {
     fn an_event_sent_again_keeps_its_record() {
         let dir = tempfile::tempdir().expect("temp dir");
         let journal = Journal::open(dir.path(), JournalOptions::default()).expect("opens");
-        journal.accepted(facts("m1", "u1"));
+        journal.accepted(vec![facts("m1", "u1")]);
         journal.note("m1", Entry::Delivered);
-        journal.accepted(facts("m1", "u1"));
+        journal.accepted(vec![facts("m1", "u1")]);
         journal.flush();
         let record = journal.record("m1").expect("reads").expect("found");
         let kinds: Vec<_> = record.timeline.iter().map(|n| n.entry.state()).collect();
@@ -757,7 +792,7 @@ mod tests {
         let journal = Journal::open(dir.path(), JournalOptions::default()).expect("opens");
         for i in 0..5 {
             let user = if i % 2 == 0 { "even" } else { "odd" };
-            journal.accepted(facts(&format!("m{i}"), user));
+            journal.accepted(vec![facts(&format!("m{i}"), user)]);
         }
         journal.flush();
         let mut q = Query {
@@ -787,7 +822,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let journal = Journal::open(dir.path(), JournalOptions::default()).expect("opens");
         for i in 0..2000 {
-            journal.accepted(facts(&format!("m{i}"), &format!("user-{i}")));
+            journal.accepted(vec![facts(&format!("m{i}"), &format!("user-{i}"))]);
             journal.note(&format!("m{i}"), Entry::Delivered);
         }
         journal.flush();

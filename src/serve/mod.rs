@@ -775,16 +775,14 @@ async fn take<Q: Queue>(
                 let facts = Facts::of(&call, json_size(&call), &source);
                 journal.refused(facts, r.reason.label(), &r.located());
             }
-            calls
+            let facts: Vec<Facts> = calls
                 .accepted
                 .iter()
-                .map(|item| {
-                    let facts = Facts::of(&item.event, json_size(&item.event), &source);
-                    let id = facts.message_id.clone();
-                    journal.accepted(facts);
-                    id
-                })
-                .collect()
+                .map(|item| Facts::of(&item.event, json_size(&item.event), &source))
+                .collect();
+            let ids = facts.iter().map(|f| f.message_id.clone()).collect();
+            journal.accepted(facts);
+            ids
         }
         None => Vec::new(),
     };
