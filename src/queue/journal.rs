@@ -8,8 +8,8 @@
 //! thread commits what is waiting in one transaction. When the writer falls behind (the channel
 //! is full), notes are dropped and counted ([`Journal::dropped`],
 //! `zdmap_journal_dropped_total`) rather than slowing ingest or delivery. The writer prunes
-//! the log by age (events not changed for `max_age`) and by size (the oldest events go while the
-//! pages in use exceed `max_bytes`).
+//! the log by age (events accepted more than `max_age` ago) and by size (the oldest events go
+//! while the pages in use exceed `max_bytes`).
 //!
 //! Reading, for the admin API and the console (each call reads the database; run it off the
 //! async threads):
@@ -21,8 +21,8 @@
 //!   tail`);
 //! - [`Journal::note`]: records an entry for an event (a dead letter replayed or discarded).
 //!
-//! Tables: `events` (one row per `messageId`: the accepted facts, the state, indexed by message
-//! id, user, anonymous id, email, event name, state and acceptance time) and `entries` (one row
+//! Tables: `events` (one row per `messageId`, in the order they were accepted: the accepted
+//! facts, the state, indexed by message id, user, anonymous id, email, event name and state) and `entries` (one row
 //! per entry: its event, its time and the entry as compact JSON). The write key is never
 //! stored: an event's `source` is the key's fingerprint. The event's body is not stored.
 
@@ -73,7 +73,6 @@ CREATE INDEX IF NOT EXISTS events_by_anonymous_id ON events (anonymous_id) WHERE
 CREATE INDEX IF NOT EXISTS events_by_email ON events (email) WHERE email IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_by_name ON events (event) WHERE event IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_by_state ON events (state);
-CREATE INDEX IF NOT EXISTS events_by_update ON events (updated_at);
 CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     event INTEGER NOT NULL,
@@ -86,7 +85,7 @@ CREATE INDEX IF NOT EXISTS entries_by_event ON entries (event);
 /// How long and how much the delivery log keeps.
 #[derive(Clone, Debug)]
 pub struct JournalOptions {
-    /// Events not changed for this long are forgotten.
+    /// Events accepted longer ago are forgotten.
     pub max_age: Duration,
     /// The oldest events are forgotten while the log takes more than this.
     pub max_bytes: u64,
@@ -689,16 +688,23 @@ fn commit(
     tx.commit()
 }
 
-/// Forgets the events not changed for `max_age`, then the oldest while the pages in use exceed
-/// `max_bytes`.
+/// Forgets the events accepted more than `max_age` ago, then the oldest while the pages in use
+/// exceed `max_bytes`.
 fn prune(conn: &Connection, options: &JournalOptions, now_ms: u64) -> rusqlite::Result<()> {
     let age_ms = u64::try_from(options.max_age.as_millis()).unwrap_or(u64::MAX);
     let cutoff = i64::try_from(now_ms.saturating_sub(age_ms)).unwrap_or(i64::MAX);
-    conn.execute(
-        "DELETE FROM entries WHERE event IN (SELECT id FROM events WHERE updated_at < ?1)",
-        [cutoff],
-    )?;
-    conn.execute("DELETE FROM events WHERE updated_at < ?1", [cutoff])?;
+    // Rows come in the order events were accepted: the old ones are those before the first
+    // young one (read from the oldest on, so only what goes is read).
+    let first_young: Option<i64> = conn
+        .query_row(
+            "SELECT id FROM events WHERE accepted_at >= ?1 ORDER BY id LIMIT 1",
+            [cutoff],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let first_young = first_young.unwrap_or(i64::MAX);
+    conn.execute("DELETE FROM entries WHERE event < ?1", [first_young])?;
+    conn.execute("DELETE FROM events WHERE id < ?1", [first_young])?;
     let max = i64::try_from(options.max_bytes).unwrap_or(i64::MAX);
     while used_bytes(conn)? > max {
         let events: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
