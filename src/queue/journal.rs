@@ -793,6 +793,23 @@ mod tests {
     }
 
     #[test]
+    fn notes_the_writer_cannot_take_are_dropped_and_counted() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let journal = Journal::open(dir.path(), JournalOptions::default()).expect("opens");
+        journal.accepted(vec![facts("m1", "u1"), facts("m2", "u2")]);
+        journal.close();
+        assert_eq!(journal.dropped(), 0);
+        journal.note("m1", Entry::Delivered);
+        journal.accepted(vec![facts("m3", "u3"), facts("m4", "u4")]);
+        assert_eq!(journal.dropped(), 3, "one entry and two acceptances");
+        let record = journal.record("m1").expect("reads").expect("found");
+        assert_eq!(
+            record.summary.state, "accepted",
+            "what came before the close is kept"
+        );
+    }
+
+    #[test]
     fn a_search_pages_with_its_cursor_newest_first() {
         let dir = tempfile::tempdir().expect("temp dir");
         let journal = Journal::open(dir.path(), JournalOptions::default()).expect("opens");
