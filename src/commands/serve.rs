@@ -197,7 +197,7 @@ pub struct ServeArgs {
     /// Start no admin listener.
     #[arg(long, env = "ZDMAP_NO_ADMIN", conflicts_with = "admin_listen")]
     pub no_admin: bool,
-    /// How long the delivery log keeps an event after its last change (journal.sqlite3 in
+    /// How long the delivery log keeps an event after it was accepted (journal.sqlite3 in
     /// --data-dir; read with `zdmap events` and the admin API).
     #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration, env = "ZDMAP_JOURNAL_MAX_AGE")]
     pub journal_max_age: Duration,

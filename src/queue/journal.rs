@@ -8,8 +8,8 @@
 //! thread commits what is waiting in one transaction. When the writer falls behind (the channel
 //! is full), notes are dropped and counted ([`Journal::dropped`],
 //! `zdmap_journal_dropped_total`) rather than slowing ingest or delivery. The writer prunes
-//! the log by age (events not changed for `max_age`) and by size (the oldest events go while the
-//! pages in use exceed `max_bytes`).
+//! the log by age (events accepted more than `max_age` ago) and by size (the oldest events go
+//! while the pages in use exceed `max_bytes`).
 //!
 //! Reading, for the admin API and the console (each call reads the database; run it off the
 //! async threads):
@@ -21,8 +21,8 @@
 //!   tail`);
 //! - [`Journal::note`]: records an entry for an event (a dead letter replayed or discarded).
 //!
-//! Tables: `events` (one row per `messageId`: the accepted facts, the state, indexed by message
-//! id, user, anonymous id, email, event name, state and acceptance time) and `entries` (one row
+//! Tables: `events` (one row per `messageId`, in the order they were accepted: the accepted
+//! facts, the state, indexed by message id, user, anonymous id, email, event name and state) and `entries` (one row
 //! per entry: its event, its time and the entry as compact JSON). The write key is never
 //! stored: an event's `source` is the key's fingerprint. The event's body is not stored.
 
@@ -32,6 +32,7 @@ use crate::deliver::trail::{Entry, Witness};
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -72,7 +73,6 @@ CREATE INDEX IF NOT EXISTS events_by_anonymous_id ON events (anonymous_id) WHERE
 CREATE INDEX IF NOT EXISTS events_by_email ON events (email) WHERE email IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_by_name ON events (event) WHERE event IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_by_state ON events (state);
-CREATE INDEX IF NOT EXISTS events_by_update ON events (updated_at);
 CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     event INTEGER NOT NULL,
@@ -85,7 +85,7 @@ CREATE INDEX IF NOT EXISTS entries_by_event ON entries (event);
 /// How long and how much the delivery log keeps.
 #[derive(Clone, Debug)]
 pub struct JournalOptions {
-    /// Events not changed for this long are forgotten.
+    /// Events accepted longer ago are forgotten.
     pub max_age: Duration,
     /// The oldest events are forgotten while the log takes more than this.
     pub max_bytes: u64,
@@ -202,8 +202,8 @@ pub struct Record {
 
 /// What the writer is handed.
 enum Note {
-    /// An event's facts, at a time, with its first entry: `accepted` (`None`) or `refused`.
-    Accepted(Box<Facts>, u64, Option<Entry>),
+    /// Events' facts, at a time, each with its first entry: `accepted` (`None`) or `refused`.
+    Accepted(Vec<Facts>, u64, Option<Entry>),
     Entry {
         message_id: String,
         at: u64,
@@ -211,12 +211,16 @@ enum Note {
     },
     /// Answered once everything before it is committed.
     Flush(mpsc::Sender<()>),
+    /// Commit what came before, then stop.
+    Stop,
 }
 
 /// The delivery log: see the module docs.
 pub struct Journal {
     path: PathBuf,
-    notes: Mutex<Option<mpsc::SyncSender<Note>>>,
+    notes: mpsc::SyncSender<Note>,
+    /// Set by [`Journal::close`]: later notes are dropped.
+    closed: std::sync::atomic::AtomicBool,
     reader: Mutex<Connection>,
     dropped: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -267,7 +271,8 @@ impl Journal {
             })?;
         Ok(Arc::new(Journal {
             path,
-            notes: Mutex::new(Some(tx)),
+            notes: tx,
+            closed: std::sync::atomic::AtomicBool::new(false),
             reader: Mutex::new(reader),
             dropped: AtomicU64::new(0),
             writer: Mutex::new(Some(thread)),
@@ -284,17 +289,22 @@ impl Journal {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    fn send(&self, note: Note) {
-        let notes = crate::base::sync::lock(&self.notes);
-        let sent = notes.as_ref().is_some_and(|tx| tx.try_send(note).is_ok());
+    /// Hands `note` (counting `entries`) to the writer, or drops it when the writer is behind.
+    fn send(&self, note: Note, entries: usize) {
+        let sent = !self.closed.load(Ordering::Relaxed) && self.notes.try_send(note).is_ok();
         if !sent {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.fetch_add(entries as u64, Ordering::Relaxed);
         }
     }
 
-    /// An event was accepted and stored.
-    pub fn accepted(&self, facts: Facts) {
-        self.send(Note::Accepted(Box::new(facts), unix_millis_now(), None));
+    /// Events are accepted (recorded before they are stored, so that their acceptance comes
+    /// before what their delivery records). An event whose `messageId` the log has already (the
+    /// same call sent again, dropped as a duplicate) keeps its record as it is.
+    pub fn accepted(&self, facts: Vec<Facts>) {
+        if !facts.is_empty() {
+            let n = facts.len();
+            self.send(Note::Accepted(facts, unix_millis_now(), None), n);
+        }
     }
 
     /// Records `entry` for the event `message_id`, now.
@@ -306,11 +316,14 @@ impl Journal {
     /// event's state is that of its latest entry by time, so a replay noted after the fact
     /// with the time it began does not hide what the replayed event did since.
     pub fn note_at(&self, message_id: &str, at: u64, entry: Entry) {
-        self.send(Note::Entry {
-            message_id: message_id.to_owned(),
-            at,
-            entry,
-        });
+        self.send(
+            Note::Entry {
+                message_id: message_id.to_owned(),
+                at,
+                entry,
+            },
+            1,
+        );
     }
 
     /// A call was refused at ingest: recorded under its `messageId` (a generated one when it
@@ -324,27 +337,26 @@ impl Journal {
             reason: reason.to_owned(),
             message: message.to_owned(),
         };
-        self.send(Note::Accepted(
-            Box::new(facts),
-            unix_millis_now(),
-            Some(refused),
-        ));
+        self.send(
+            Note::Accepted(vec![facts], unix_millis_now(), Some(refused)),
+            1,
+        );
     }
 
     /// Waits until every note recorded before is committed.
     pub fn flush(&self) {
         let (tx, rx) = mpsc::channel();
-        let sender = crate::base::sync::lock(&self.notes).clone();
-        if let Some(notes) = sender
-            && notes.send(Note::Flush(tx)).is_ok()
-        {
+        if !self.closed.load(Ordering::Relaxed) && self.notes.send(Note::Flush(tx)).is_ok() {
             let _ = rx.recv();
         }
     }
 
     /// Commits what is waiting and stops the writer; later notes are dropped.
     pub fn close(&self) {
-        crate::base::sync::lock(&self.notes).take();
+        if self.closed.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let _ = self.notes.send(Note::Stop);
         if let Some(thread) = crate::base::sync::lock(&self.writer).take() {
             let _ = thread.join();
         }
@@ -547,7 +559,8 @@ pub fn time_of(ms: i64) -> String {
 fn write(mut conn: Connection, notes: mpsc::Receiver<Note>, options: JournalOptions) {
     let mut last_prune = std::time::Instant::now();
     let mut since_prune = 0usize;
-    while let Ok(first) = notes.recv() {
+    let mut stop = false;
+    while !stop && let Ok(first) = notes.recv() {
         let mut group = vec![first];
         while group.len() < GROUP_LIMIT {
             match notes.try_recv() {
@@ -555,6 +568,7 @@ fn write(mut conn: Connection, notes: mpsc::Receiver<Note>, options: JournalOpti
                 Err(_) => break,
             }
         }
+        stop = group.iter().any(|n| matches!(n, Note::Stop));
         since_prune += group.len();
         let mut flushed = Vec::new();
         if let Err(e) = commit(&mut conn, group, &mut flushed) {
@@ -573,6 +587,8 @@ fn write(mut conn: Connection, notes: mpsc::Receiver<Note>, options: JournalOpti
     }
 }
 
+/// Commits a group of notes in one transaction. An event's row is looked up once per group, and
+/// its state written once, after its entries.
 fn commit(
     conn: &mut Connection,
     group: Vec<Note>,
@@ -583,9 +599,7 @@ fn commit(
         let mut accept = tx.prepare_cached(
             "INSERT INTO events (message_id, type, user_id, anonymous_id, email, event, source, size, state, accepted_at, updated_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?9, ?9) \
-             ON CONFLICT (message_id) DO UPDATE SET type = excluded.type, user_id = excluded.user_id, \
-             anonymous_id = excluded.anonymous_id, email = excluded.email, event = excluded.event, \
-             source = excluded.source, size = excluded.size, state = excluded.state, updated_at = excluded.updated_at",
+             ON CONFLICT (message_id) DO NOTHING",
         )?;
         let mut find = tx.prepare_cached("SELECT id FROM events WHERE message_id = ?1")?;
         let mut bare = tx.prepare_cached(
@@ -596,31 +610,43 @@ fn commit(
         let mut set_state = tx.prepare_cached(
             "UPDATE events SET state = ?2, updated_at = ?3 WHERE id = ?1 AND updated_at <= ?3",
         )?;
+        // The rows of this group's events, and the latest state of each (by time).
+        let mut ids: HashMap<String, i64> = HashMap::new();
+        let mut states: HashMap<i64, (&'static str, i64)> = HashMap::new();
+        let mut add_entry = |id: i64, at: i64, entry: &Entry| -> rusqlite::Result<()> {
+            if let Ok(text) = serde_json::to_string(entry) {
+                add.execute(rusqlite::params![id, at, text])?;
+            }
+            Ok(())
+        };
         for note in group {
             match note {
-                Note::Accepted(facts, at, first) => {
+                Note::Accepted(all, at, first) => {
                     let at = i64::try_from(at).unwrap_or(i64::MAX);
-                    let entry = first.unwrap_or_else(|| Entry::Accepted {
-                        kind: facts.kind.clone().unwrap_or_default(),
-                        event: facts.event.clone(),
-                        size: facts.size.unwrap_or_default(),
-                        source: facts.source.clone().unwrap_or_default(),
-                    });
-                    accept.execute(rusqlite::params![
-                        facts.message_id,
-                        facts.kind,
-                        facts.user_id,
-                        facts.anonymous_id,
-                        facts.email,
-                        facts.event,
-                        facts.source,
-                        facts.size.and_then(|s| i64::try_from(s).ok()),
-                        at,
-                        entry.state(),
-                    ])?;
-                    let id: i64 = find.query_row([&facts.message_id], |r| r.get(0))?;
-                    if let Ok(text) = serde_json::to_string(&entry) {
-                        add.execute(rusqlite::params![id, at, text])?;
+                    for facts in all {
+                        let entry = first.clone().unwrap_or_else(|| Entry::Accepted {
+                            kind: facts.kind.clone().unwrap_or_default(),
+                            event: facts.event.clone(),
+                            size: facts.size.unwrap_or_default(),
+                            source: facts.source.clone().unwrap_or_default(),
+                        });
+                        let inserted = accept.execute(rusqlite::params![
+                            facts.message_id,
+                            facts.kind,
+                            facts.user_id,
+                            facts.anonymous_id,
+                            facts.email,
+                            facts.event,
+                            facts.source,
+                            facts.size.and_then(|s| i64::try_from(s).ok()),
+                            at,
+                            entry.state(),
+                        ])? == 1;
+                        if inserted {
+                            let id = tx.last_insert_rowid();
+                            add_entry(id, at, &entry)?;
+                            ids.insert(facts.message_id, id);
+                        }
                     }
                 }
                 Note::Entry {
@@ -630,37 +656,55 @@ fn commit(
                 } => {
                     let at = i64::try_from(at).unwrap_or(i64::MAX);
                     let state = entry.state();
-                    let id: i64 = match find.query_row([&message_id], |r| r.get(0)).optional()? {
-                        Some(id) => id,
+                    let id = match ids.get(&message_id) {
+                        Some(id) => *id,
                         None => {
-                            // Accepted before the log was on, or its acceptance was pruned.
-                            bare.execute(rusqlite::params![message_id, state, at])?;
-                            tx.last_insert_rowid()
+                            let id = match find.query_row([&message_id], |r| r.get(0)).optional()? {
+                                Some(id) => id,
+                                None => {
+                                    // Accepted before the log was on, or its record was pruned.
+                                    bare.execute(rusqlite::params![message_id, state, at])?;
+                                    tx.last_insert_rowid()
+                                }
+                            };
+                            ids.insert(message_id, id);
+                            id
                         }
                     };
-                    let Ok(text) = serde_json::to_string(&entry) else {
-                        continue;
-                    };
-                    add.execute(rusqlite::params![id, at, text])?;
-                    set_state.execute(rusqlite::params![id, state, at])?;
+                    add_entry(id, at, &entry)?;
+                    let latest = states.entry(id).or_insert((state, at));
+                    if at >= latest.1 {
+                        *latest = (state, at);
+                    }
                 }
                 Note::Flush(done) => flushed.push(done),
+                Note::Stop => {}
             }
+        }
+        for (id, (state, at)) in states {
+            set_state.execute(rusqlite::params![id, state, at])?;
         }
     }
     tx.commit()
 }
 
-/// Forgets the events not changed for `max_age`, then the oldest while the pages in use exceed
-/// `max_bytes`.
+/// Forgets the events accepted more than `max_age` ago, then the oldest while the pages in use
+/// exceed `max_bytes`.
 fn prune(conn: &Connection, options: &JournalOptions, now_ms: u64) -> rusqlite::Result<()> {
     let age_ms = u64::try_from(options.max_age.as_millis()).unwrap_or(u64::MAX);
     let cutoff = i64::try_from(now_ms.saturating_sub(age_ms)).unwrap_or(i64::MAX);
-    conn.execute(
-        "DELETE FROM entries WHERE event IN (SELECT id FROM events WHERE updated_at < ?1)",
-        [cutoff],
-    )?;
-    conn.execute("DELETE FROM events WHERE updated_at < ?1", [cutoff])?;
+    // Rows come in the order events were accepted: the old ones are those before the first
+    // young one (read from the oldest on, so only what goes is read).
+    let first_young: Option<i64> = conn
+        .query_row(
+            "SELECT id FROM events WHERE accepted_at >= ?1 ORDER BY id LIMIT 1",
+            [cutoff],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let first_young = first_young.unwrap_or(i64::MAX);
+    conn.execute("DELETE FROM entries WHERE event < ?1", [first_young])?;
+    conn.execute("DELETE FROM events WHERE id < ?1", [first_young])?;
     let max = i64::try_from(options.max_bytes).unwrap_or(i64::MAX);
     while used_bytes(conn)? > max {
         let events: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
@@ -713,7 +757,7 @@ mod tests {
     fn a_record_keeps_its_facts_and_entries_in_order() {
         let dir = tempfile::tempdir().expect("temp dir");
         let journal = Journal::open(dir.path(), JournalOptions::default()).expect("opens");
-        journal.accepted(facts("m1", "u1"));
+        journal.accepted(vec![facts("m1", "u1")]);
         journal.note(
             "m1",
             Entry::Matched {
@@ -735,14 +779,43 @@ mod tests {
     }
 
     #[test]
+    fn an_event_sent_again_keeps_its_record() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let journal = Journal::open(dir.path(), JournalOptions::default()).expect("opens");
+        journal.accepted(vec![facts("m1", "u1")]);
+        journal.note("m1", Entry::Delivered);
+        journal.accepted(vec![facts("m1", "u1")]);
+        journal.flush();
+        let record = journal.record("m1").expect("reads").expect("found");
+        let kinds: Vec<_> = record.timeline.iter().map(|n| n.entry.state()).collect();
+        assert_eq!(kinds, ["accepted", "delivered"]);
+        assert_eq!(record.summary.state, "delivered");
+    }
+
+    #[test]
+    fn notes_the_writer_cannot_take_are_dropped_and_counted() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let journal = Journal::open(dir.path(), JournalOptions::default()).expect("opens");
+        journal.accepted(vec![facts("m1", "u1"), facts("m2", "u2")]);
+        journal.close();
+        assert_eq!(journal.dropped(), 0);
+        journal.note("m1", Entry::Delivered);
+        journal.accepted(vec![facts("m3", "u3"), facts("m4", "u4")]);
+        assert_eq!(journal.dropped(), 3, "one entry and two acceptances");
+        let record = journal.record("m1").expect("reads").expect("found");
+        assert_eq!(
+            record.summary.state, "accepted",
+            "what came before the close is kept"
+        );
+    }
+
+    #[test]
     fn a_search_pages_with_its_cursor_newest_first() {
         let dir = tempfile::tempdir().expect("temp dir");
         let journal = Journal::open(dir.path(), JournalOptions::default()).expect("opens");
         for i in 0..5 {
-            journal.accepted(facts(
-                &format!("m{i}"),
-                if i % 2 == 0 { "even" } else { "odd" },
-            ));
+            let user = if i % 2 == 0 { "even" } else { "odd" };
+            journal.accepted(vec![facts(&format!("m{i}"), user)]);
         }
         journal.flush();
         let mut q = Query {
@@ -772,7 +845,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let journal = Journal::open(dir.path(), JournalOptions::default()).expect("opens");
         for i in 0..2000 {
-            journal.accepted(facts(&format!("m{i}"), &format!("user-{i}")));
+            journal.accepted(vec![facts(&format!("m{i}"), &format!("user-{i}"))]);
             journal.note(&format!("m{i}"), Entry::Delivered);
         }
         journal.flush();

@@ -32,6 +32,7 @@ pub mod workers;
 
 use crate::base::time::rfc3339_utc;
 use crate::deliver::setup::{Destination, reread_credentials};
+use crate::deliver::trail::Entry;
 use crate::deliver::{CredentialsError, Executor, Stats};
 use crate::mapping::config::{Diagnostics, Source};
 use crate::queue::journal::{Facts, Journal, JournalOptions};
@@ -510,6 +511,53 @@ const REFUSALS_SHOWN: usize = 10;
 /// The batch endpoints: Segment's, and analytics.js' short form.
 const BATCH_PATHS: [&str; 3] = ["/v1/batch", "/v1/import", "/v1/b"];
 
+/// Stores accepted events, and the dead letters of calls refused at ingest, in the queue. The
+/// delivery log records them first, so that an event's acceptance comes before anything its
+/// delivery records, however soon it starts; events the queue could not store end there
+/// `refused` (`not_stored`).
+pub(crate) async fn store<Q: Queue>(
+    queue: &Q,
+    shared: &Shared,
+    accepted: Vec<crate::queue::NewItem>,
+    refused: &[Refused],
+    source: &str,
+) -> Result<crate::queue::Pushed, crate::queue::QueueError> {
+    let journal = shared.journal.as_deref();
+    let recorded: Vec<String> = match journal {
+        Some(journal) => {
+            for r in refused {
+                let call = Value::Object(r.call.clone());
+                let facts = Facts::of(&call, json_size(&call), source);
+                journal.refused(facts, r.reason.label(), &r.located());
+            }
+            let facts: Vec<Facts> = accepted
+                .iter()
+                .map(|item| Facts::of(&item.event, json_size(&item.event), source))
+                .collect();
+            let ids = facts.iter().map(|f| f.message_id.clone()).collect();
+            journal.accepted(facts);
+            ids
+        }
+        None => Vec::new(),
+    };
+    let letters = refused.iter().map(Refused::dead_letter).collect();
+    let pushed = queue.push(accepted, letters).await;
+    if let (Err(e), Some(journal)) = (&pushed, journal) {
+        for id in &recorded {
+            journal.note(
+                id,
+                Entry::Refused {
+                    reason: "not_stored".to_owned(),
+                    message: format!(
+                        "the queue could not store it ({e}); the sender was asked to send it again"
+                    ),
+                },
+            );
+        }
+    }
+    pushed
+}
+
 /// Binds and serves the admin listener until `stopped`; `None` when its default address is
 /// taken (the server runs without it, and says so).
 async fn start_admin<Q: Queue>(
@@ -775,37 +823,18 @@ async fn take<Q: Queue>(
             "calls were refused at ingest and kept in the dead letters"
         );
     }
-    let letters = calls.refused.iter().map(Refused::dead_letter).collect();
     let offered = calls.accepted.len() as u64;
-    let journal = app.shared.journal.as_deref();
-    let facts: Vec<(Facts, bool)> = match journal {
-        Some(_) => calls
-            .accepted
-            .iter()
-            .map(|item| {
-                let facts = Facts::of(&item.event, json_size(&item.event), &source);
-                (facts, item.message_id.is_some())
-            })
-            .collect(),
-        None => Vec::new(),
-    };
-    match app.queue.push(calls.accepted, letters).await {
+    match store(
+        &*app.queue,
+        &app.shared,
+        calls.accepted,
+        &calls.refused,
+        &source,
+    )
+    .await
+    {
         Ok(pushed) => {
             app.shared.health.set_queue(None);
-            if let Some(journal) = journal {
-                for (facts, sender_id) in facts {
-                    // Which of the sender's ids were duplicates is not known: none is recorded
-                    // again then (the record of the first stays as it is).
-                    if pushed.duplicates == 0 || !sender_id {
-                        journal.accepted(facts);
-                    }
-                }
-                for r in &calls.refused {
-                    let call = Value::Object(r.call.clone());
-                    let facts = Facts::of(&call, json_size(&call), &source);
-                    journal.refused(facts, r.reason.label(), &r.located());
-                }
-            }
             Metrics::add(&metrics.accepted, offered - pushed.duplicates);
             Metrics::add(&metrics.duplicates, pushed.duplicates);
             if offered == 0 && !calls.refused.is_empty() {

@@ -18,7 +18,7 @@
 use super::Shared;
 use crate::deliver::dispatch::{DispatchOptions, Incoming, Ownership, RecordWait, Sink, dispatch};
 use crate::deliver::schedule::Status;
-use crate::deliver::trail::{Trail, Witness};
+use crate::deliver::trail::{Entry, Trail, Witness};
 use crate::deliver::{DeadLetter, EventOutcome, FirstWrite, Reload};
 use crate::mapping::event::Event;
 use crate::queue::{Item, ItemId, Queue};
@@ -172,6 +172,20 @@ fn incoming<Q: Queue + 'static>(
             let letter =
                 DeadLetter::before_any_action(as_object(&item.event), "input", e.to_string());
             shared.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            if let Some(journal) = &shared.journal
+                && let Some(message_id) = item.event.get("messageId").and_then(Value::as_str)
+            {
+                journal.note(
+                    message_id,
+                    Entry::DeadLettered {
+                        action: None,
+                        step: letter.step.clone(),
+                        status: None,
+                        code: None,
+                        reason: letter.message.clone(),
+                    },
+                );
+            }
             settle_in_queue(&**queue, shared, item.id, vec![letter]);
             return None;
         }

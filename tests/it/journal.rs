@@ -407,3 +407,62 @@ async fn zdmap_events_shows_a_record_and_tails_the_log() {
         "{seen:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_names_the_bulk_request_and_job_an_event_joined_and_its_wait_for_a_record() {
+    let emu = Emulator::start(zdmap::emulator::EmulatorOptions {
+        bulk_import: true,
+        ..Default::default()
+    })
+    .await
+    .expect("emulator");
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = start(
+        &emu,
+        data.path(),
+        Setup {
+            workers: WorkerOptions {
+                batch_window: Some(Duration::from_millis(300)),
+                ..Setup::default().workers
+            },
+            ..setup()
+        },
+    )
+    .await;
+    let admin = server.admin_url().expect("the admin listener runs");
+    // Three users in one window: one bulk request, a job. And a track of a user that never
+    // comes: it waits for the record, then is dead-lettered.
+    let mut events: Vec<Value> = (0..3)
+        .map(|i| {
+            json!({"type": "identify", "messageId": format!("bulk-{i}"), "userId": format!("b{i}"),
+                   "traits": {"email": format!("b{i}@example.com"), "name": format!("B {i}")}})
+        })
+        .collect();
+    events.push(
+        json!({"type": "track", "messageId": "orphan", "event": "Clicked",
+                       "properties": {"email": "nobody@example.com"}, "userId": "nobody"}),
+    );
+    assert_eq!(post_batch(&server.url(), Some(KEY), &events).await, 200);
+
+    let joined = record_in(&admin, "bulk-1", "delivered").await;
+    let item = entries_of(&joined, "request")
+        .into_iter()
+        .find(|r| !r["bulk"].is_null())
+        .unwrap_or_else(|| panic!("the request went in a bulk request: {joined}"));
+    assert_eq!(
+        item["bulk"], "/api/v2/users/create_or_update_many",
+        "{item}"
+    );
+    assert!(
+        item["job"].as_str().is_some_and(|j| !j.is_empty()),
+        "the job it joined: {item}"
+    );
+
+    let orphan = record_in(&admin, "orphan", "dead_lettered").await;
+    let waits = entries_of(&orphan, "waiting");
+    assert!(
+        waits.iter().any(|w| w["reason"] == "record"),
+        "it waited for its record: {orphan}"
+    );
+    server.shutdown().await;
+}

@@ -99,6 +99,7 @@ impl StepContext<'_> {
             |body| config.error_info(body).0.into_iter().next(),
         );
     }
+
     /// The step's dead letter for how its request (or a lookup, or a check) ended.
     pub(super) fn letter(&self, disposition: &Disposition) -> DeadLetter {
         DeadLetter::from_disposition(

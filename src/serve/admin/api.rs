@@ -38,7 +38,7 @@ use crate::base::time::unix_millis_now;
 use crate::deliver::trail::Entry;
 use crate::mapping::config::Config;
 use crate::mapping::event::Event;
-use crate::queue::journal::{self, Facts, Journal};
+use crate::queue::journal::{self, Journal};
 use crate::queue::{
     DeadLetters, Queue, QueueError, Replayed, Selection, record_in_log, selected_for_log,
 };
@@ -507,18 +507,9 @@ pub(crate) async fn send_event<Q: Queue>(
         .unwrap_or_default()
         .to_owned();
     let offered = items.len() as u64;
-    let facts: Vec<Facts> = items
-        .iter()
-        .map(|item| Facts::of(&item.event, crate::serve::json_size(&item.event), SOURCE))
-        .collect();
-    state
-        .queue
-        .push(items, Vec::new())
+    crate::serve::store(&*state.queue, &state.shared, items, &[], SOURCE)
         .await
         .map_err(NotSent::Queue)?;
-    if let Some(journal) = &state.journal {
-        facts.into_iter().for_each(|f| journal.accepted(f));
-    }
     Metrics::add(&state.shared.metrics.accepted, offered);
     tracing::info!(message_id = %message_id, "an event was sent from the admin listener");
     Ok(message_id)
