@@ -2,6 +2,7 @@
 //! data directory when none is given), and no way in with a write key.
 
 use crate::support::serving::{KEY, Killed, free_port, spawn_serve, spawn_serve_with};
+use crate::support::state::ticket_created;
 use crate::support::wait::eventually;
 use serde_json::Value;
 use std::time::Duration;
@@ -310,16 +311,7 @@ async fn the_admin_api_pages_replays_and_discards_dead_letters_and_tries_events(
         (200, &json!(1)),
         "{replayed}"
     );
-    eventually(
-        "the replayed ticket is created",
-        Duration::from_secs(60),
-        async || {
-            emu.state()["tickets"]
-                .as_array()
-                .is_some_and(|t| t.iter().any(|t| t["subject"] == "Ticket 1"))
-        },
-    )
-    .await;
+    ticket_created(&emu, "Ticket 1").await;
     let (status, discarded) = call(
         Method::POST,
         &format!("{letters}/discard"),
@@ -375,15 +367,6 @@ async fn the_admin_api_pages_replays_and_discards_dead_letters_and_tries_events(
         (200, &json!("ticket-3")),
         "{sent}"
     );
-    eventually(
-        "the sent ticket is created",
-        Duration::from_secs(60),
-        async || {
-            emu.state()["tickets"]
-                .as_array()
-                .is_some_and(|t| t.iter().any(|t| t["subject"] == "Ticket 3"))
-        },
-    )
-    .await;
+    ticket_created(&emu, "Ticket 3").await;
     server.shutdown().await;
 }

@@ -6,6 +6,7 @@
 
 use crate::support::browser::Browser;
 use crate::support::serving::{KEY, Setup, start};
+use crate::support::state::ticket_created;
 use crate::support::wait::eventually;
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
@@ -314,16 +315,7 @@ async fn the_console_shows_a_run_replays_its_dead_letter_and_tests_events() {
             .await
             .contains("1 dead letter(s) replayed")
     );
-    eventually(
-        "the replayed ticket is created",
-        Duration::from_secs(60),
-        async || {
-            emu.state()["tickets"]
-                .as_array()
-                .is_some_and(|t| t.iter().any(|t| t["subject"] == HOSTILE))
-        },
-    )
-    .await;
+    ticket_created(&emu, HOSTILE).await;
     browser.open(&format!("{admin}/dead-letters")).await;
     let left = browser.text("#letters tbody").await;
     assert!(
@@ -375,16 +367,7 @@ async fn the_console_shows_a_run_replays_its_dead_letter_and_tests_events() {
             .await
             .contains("1 dead letter(s) replayed")
     );
-    eventually(
-        "the second ticket is created",
-        Duration::from_secs(60),
-        async || {
-            emu.state()["tickets"]
-                .as_array()
-                .is_some_and(|t| t.iter().any(|t| t["subject"] == "Second"))
-        },
-    )
-    .await;
+    ticket_created(&emu, "Second").await;
     let url = format!("{admin}/events/console-ticket-2");
     let shown = &browser;
     eventually(

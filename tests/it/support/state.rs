@@ -34,3 +34,17 @@ pub fn event_numbers(state: &Value) -> Vec<u64> {
     ns.sort_unstable();
     ns
 }
+
+/// Waits (up to a minute) until `emu` holds a ticket whose subject is `subject`.
+pub async fn ticket_created(emu: &zdmap::emulator::Emulator, subject: &str) {
+    super::wait::eventually(
+        &format!("the ticket {subject:?} is created"),
+        std::time::Duration::from_secs(60),
+        async || {
+            emu.state()["tickets"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["subject"] == subject))
+        },
+    )
+    .await;
+}
