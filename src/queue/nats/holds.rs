@@ -30,7 +30,7 @@ use tokio::sync::{Notify, watch};
 
 /// How long a replica waits for its watch to see a hold it took, and for its change times to be
 /// written before it lets a hold go.
-const CATCH_UP: Duration = Duration::from_secs(5);
+pub(super) const CATCH_UP: Duration = Duration::from_secs(5);
 
 /// The bucket key of a hold on `key`.
 fn hold_key(key: &str) -> String {
