@@ -18,13 +18,15 @@
 //! once its events were settled and its writes written, or died).
 //!
 //! Why a record read is never older than the last write applied to its entity: the writes to
-//! one entity are made by one replica at a time (a user's by the holder of its partition, an
-//! organization's and a membership's by the holder of the organization's hold), each new holder
+//! one entity are made by one replica at a time (a user's and its memberships' by the events of
+//! the user's partition, an organization's by the `group` calls holding it), each new holder
 //! reads only once its watch has seen what the previous one wrote, and a record is forgotten
 //! in the bucket, and that seen by the watch, before any write to its entity goes out
 //! ([`NatsClock::forgetting`]): a replica that dies with a write in doubt leaves no record to
 //! skip the next one by. A record is written after the write was answered, in the background;
-//! lost (a replica killed first), the next identical write is sent again.
+//! lost (a replica killed first), the next identical write is sent again. An entity that
+//! events of several partitions write without a hold (a mapping of one's own upserting an
+//! organization from an identify's traits) has no such order, for its change times either.
 
 use super::applied;
 use crate::base::sync::lock;
