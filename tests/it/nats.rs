@@ -8,7 +8,8 @@
 //! a replay that keeps a dead letter older than a change another replica applied; the `group`
 //! calls of many users for a few organizations, whose organization writes land in event order
 //! across replicas (holds), and the holds themselves in JetStream KV; a repeated identical
-//! identify skipped, and the last write applied read by whichever replica delivers next.
+//! identify skipped, the last write applied read by whichever replica delivers next, and no
+//! record left by a replica whose later write to the entity was refused.
 
 use crate::support::command::zdmap;
 use crate::support::http::{Metrics, get, post_batch, readyz_once};
@@ -1399,4 +1400,31 @@ async fn the_last_write_one_replica_applied_is_the_one_the_next_replica_reads() 
     third.stop();
     let state = emu.state();
     assert_eq!(count(&state, "users"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_refused_on_one_replica_leaves_no_record_for_the_next() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let emu = emulator(0).await;
+    let first = Replica::start(&server.url(), &emu.url(), &[]);
+    each_owns_a_partition(std::slice::from_ref(&first)).await;
+    identify_then_track(&emu, &first.url, identify(0, "pro"), 0).await;
+    // Another write to the user, refused by Zendesk: the record is forgotten before it goes out.
+    let refused = json!({"type": "identify", "userId": "u1", "messageId": "i-bad",
+                         "traits": {"email": "not an email", "name": "Ada"}});
+    identify_then_track(&emu, &first.url, refused, 1).await;
+    assert_eq!(user_upserts(&emu), 2);
+    first.stop();
+
+    let second = Replica::start(&server.url(), &emu.url(), &[]);
+    each_owns_a_partition(std::slice::from_ref(&second)).await;
+    identify_then_track(&emu, &second.url, identify(1, "pro"), 2).await;
+    assert_eq!(
+        user_upserts(&emu),
+        3,
+        "no record is left to skip by once another write to the entity went out"
+    );
+    second.stop();
 }
