@@ -109,6 +109,13 @@ impl Writes {
         }
     }
 
+    /// Whether a record of `entity` is being written.
+    fn recording(&self, entity: &str) -> bool {
+        lock(&self.pending)
+            .values()
+            .any(|e| e.as_deref() == Some(entity))
+    }
+
     /// Waits (up to `deadline`) until no write `until` says is pending is. `false` when one is.
     async fn ended(&self, deadline: tokio::time::Instant, until: impl Fn(&Self) -> bool) -> bool {
         loop {
@@ -211,25 +218,28 @@ impl NatsClock {
         let writing = self.writes.start(Some(entity));
         let bucket = self.bucket.clone();
         let key = applied::key(entity);
+        let mut seen = self.seen.subscribe();
         tokio::spawn(async move {
+            // Ends once the watch has seen it too: a record not being written is in memory.
             let _writing = writing;
-            if let Err(e) = bucket.put(&key, value.into()).await {
-                tracing::warn!(error = %e, "cannot record the last write applied to an entity in NATS; the next identical write is sent");
+            match bucket.put(&key, value.into()).await {
+                Ok(revision) => {
+                    let seen = seen.wait_for(|at| *at >= revision);
+                    let _ = tokio::time::timeout(super::holds::CATCH_UP, seen).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record the last write applied to an entity in NATS; the next identical write is sent");
+                }
             }
         });
     }
 
     /// Forgets `entity`'s record: once this replica's own record of it being written has
-    /// landed, an empty value is written and seen by the watch. Nothing is written when the
-    /// entity has no record (as far as the watch has come) and none is being written. `true`
-    /// once it is forgotten everywhere.
+    /// landed (and been seen by the watch), an empty value is written and seen by the watch.
+    /// Nothing is written when the entity has no record (as far as the watch has come) and none
+    /// is being written. `true` once it is forgotten everywhere.
     pub(crate) fn forgetting(self: &Arc<Self>, entity: &str) -> Forgetting {
-        let recording = |w: &Writes| {
-            lock(&w.pending)
-                .values()
-                .any(|e| e.as_deref() == Some(entity))
-        };
-        if self.records.last_write(entity).is_none() && !recording(&self.writes) {
+        if self.records.last_write(entity).is_none() && !self.writes.recording(entity) {
             return Box::pin(std::future::ready(true));
         }
         let clock = self.clone();
@@ -238,11 +248,7 @@ impl NatsClock {
             let deadline = tokio::time::Instant::now() + super::holds::CATCH_UP;
             let recorded = clock
                 .writes
-                .ended(deadline, |w| {
-                    !lock(&w.pending)
-                        .values()
-                        .any(|e| e.as_deref() == Some(entity.as_str()))
-                })
+                .ended(deadline, |w| !w.recording(&entity))
                 .await;
             if !recorded {
                 tracing::warn!(%entity, "an entity's record is still being written to NATS");
