@@ -98,6 +98,9 @@ pub(crate) fn now_ms() -> i64 {
     i64::try_from(crate::base::time::unix_millis_now()).unwrap_or(i64::MAX)
 }
 
+/// A forgetting under way ([`AppliedWrites::forgetting`]): `true` once it is done.
+pub type Forgetting = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+
 /// Where the last write applied per entity is remembered.
 pub trait AppliedWrites: Send + Sync + std::fmt::Debug {
     /// The last write applied to `entity`, if it is remembered.
@@ -106,6 +109,13 @@ pub trait AppliedWrites: Send + Sync + std::fmt::Debug {
     fn write_applied(&self, entity: &str, write: &AppliedWrite);
     /// A write to `entity` is going out: what was remembered no longer says what Zendesk holds.
     fn forget_write(&self, entity: &str);
+    /// [`AppliedWrites::forget_write`], done once every instance that may read the record
+    /// next (the replicas of a shared queue) reads none: a write to `entity` goes out after it.
+    /// `false` when that could not be made sure of.
+    fn forgetting(&self, entity: &str) -> Forgetting {
+        self.forget_write(entity);
+        Box::pin(std::future::ready(true))
+    }
 }
 
 /// [`AppliedWrites`] in memory, bounded: the least recently written entity goes first. An

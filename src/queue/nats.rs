@@ -16,7 +16,9 @@
 //!   shared request budget ([`budget`]).
 //! - the key-value bucket `zdmap_entities`: the time of the last change applied per entity
 //!   ([`entities`]), so a late retry or a replay never applies an older change over a newer one,
-//!   whichever replica made it; and the holds on the keys that events of different partitions
+//!   whichever replica made it; the last write applied per entity, so a write that would change
+//!   nothing (`skip_unchanged`) is skipped whichever replica applied the last one ([`applied`]);
+//!   and the holds on the keys that events of different partitions
 //!   share ([`holds`]: the organization of a `group` call, whose calls come from many users), so
 //!   that one replica at a time delivers an organization's events, in the order of their times.
 //!
@@ -27,6 +29,7 @@
 //! acknowledged: a replica that died leaves nothing behind, and its events are delivered in the
 //! order they were accepted.
 
+mod applied;
 pub mod budget;
 pub mod dead_letters;
 pub mod entities;
@@ -797,8 +800,10 @@ impl NatsQueue {
         let added = Arc::new(Notify::new());
         let metrics = Arc::new(NatsMetrics::default());
         let (stop, stopped) = watch::channel(false);
+        let clock = entities::NatsClock::start(layout.entities.clone());
         let manager = partitions::Manager::new(
             layout.clone(),
+            clock.clone(),
             tx,
             local.clone(),
             added.clone(),
@@ -806,7 +811,6 @@ impl NatsQueue {
         );
         let replica = manager.replica().to_owned();
         let handle = tokio::spawn(manager.run(stopped));
-        let clock = entities::NatsClock::start(layout.entities.clone());
         let holds = Arc::new(holds::NatsHolds::start(
             layout.entities.clone(),
             clock.clone(),
@@ -935,18 +939,23 @@ impl crate::deliver::order::EntityClock for NatsQueue {
     }
 }
 
-/// Nothing is remembered of the writes applied (`skip_unchanged` skips nothing on NATS): the
-/// events of one record are delivered by whichever replica holds them at the time, so one
-/// replica's memory of a record's last write may be older than what another applied since,
-/// and a skip by it could leave Zendesk with the other's write.
+/// The records of applied writes every replica shares ([`entities`], [`applied`]).
 impl crate::deliver::unchanged::AppliedWrites for NatsQueue {
-    fn last_write(&self, _entity: &str) -> Option<crate::deliver::unchanged::AppliedWrite> {
-        None
+    fn last_write(&self, entity: &str) -> Option<crate::deliver::unchanged::AppliedWrite> {
+        self.clock.last_write(entity)
     }
 
-    fn write_applied(&self, _entity: &str, _write: &crate::deliver::unchanged::AppliedWrite) {}
+    fn write_applied(&self, entity: &str, write: &crate::deliver::unchanged::AppliedWrite) {
+        self.clock.write_applied(entity, write);
+    }
 
-    fn forget_write(&self, _entity: &str) {}
+    fn forget_write(&self, entity: &str) {
+        tokio::spawn(self.clock.forgetting(entity));
+    }
+
+    fn forgetting(&self, entity: &str) -> crate::deliver::unchanged::Forgetting {
+        self.clock.forgetting(entity)
+    }
 }
 
 impl Drop for NatsQueue {

@@ -7,7 +7,9 @@
 //! credentials and `--retry-for` as on SQLite; NATS credentials from the environment or files;
 //! a replay that keeps a dead letter older than a change another replica applied; the `group`
 //! calls of many users for a few organizations, whose organization writes land in event order
-//! across replicas (holds), and the holds themselves in JetStream KV.
+//! across replicas (holds), and the holds themselves in JetStream KV; a repeated identical
+//! identify skipped, the last write applied read by whichever replica delivers next, and no
+//! record left by a replica whose later write to the entity was refused.
 
 use crate::support::command::zdmap;
 use crate::support::http::{Metrics, get, post_batch, readyz_once};
@@ -1296,4 +1298,133 @@ async fn events_waiting_for_a_record_keep_their_bodies_in_jetstream_past_the_bou
         40,
     )
     .await;
+}
+
+const SKIPPED: &str = "zdmap_unchanged_writes_skipped_total";
+
+/// An identify of `u1` with `plan`.
+fn identify(n: usize, plan: &str) -> Value {
+    json!({"type": "identify", "userId": "u1", "messageId": format!("i-{n}"),
+           "traits": {"email": "u1@example.com", "name": "Ada", "plan": plan}})
+}
+
+/// A track of `u1`: once Zendesk has it, the identifies posted before it were delivered.
+fn track(n: usize) -> Value {
+    json!({"type": "track", "event": "Signed In", "userId": "u1", "messageId": format!("t-{n}"),
+           "properties": {"n": n}})
+}
+
+/// User upserts Zendesk was sent, single or in bulk.
+fn user_upserts(emu: &Emulator) -> usize {
+    emu.requests()
+        .iter()
+        .filter(|r| {
+            r["method"] == "POST"
+                && r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/api/v2/users/create_or_update"))
+        })
+        .count()
+}
+
+/// Posts `identify` then a track of `u1` to `url`, and waits until Zendesk has the track (the
+/// `n`th user event).
+async fn identify_then_track(emu: &Emulator, url: &str, identify: Value, n: usize) {
+    assert_eq!(post_batch(url, Some(KEY), &[identify, track(n)]).await, 200);
+    eventually("the track recorded", Duration::from_secs(30), async || {
+        count(&emu.state(), "events") == n + 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repeated_identical_identify_on_nats_costs_no_second_upsert() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let emu = emulator(0).await;
+    let replica = Replica::start(&server.url(), &emu.url(), &[]);
+    each_owns_a_partition(std::slice::from_ref(&replica)).await;
+    identify_then_track(&emu, &replica.url, identify(0, "pro"), 0).await;
+    identify_then_track(&emu, &replica.url, identify(1, "pro"), 1).await;
+    assert_eq!(user_upserts(&emu), 1, "the repeated identify was skipped");
+    let metrics = Metrics::once(&replica.url, SKIPPED, |n| n >= 1.0).await;
+    assert_eq!(metrics.get(SKIPPED), Some(1.0));
+    identify_then_track(&emu, &replica.url, identify(2, "enterprise"), 2).await;
+    assert_eq!(user_upserts(&emu), 2, "a changed identify is sent");
+    replica.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_last_write_one_replica_applied_is_the_one_the_next_replica_reads() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let emu = emulator(0).await;
+    let first = Replica::start(&server.url(), &emu.url(), &[]);
+    each_owns_a_partition(std::slice::from_ref(&first)).await;
+    identify_then_track(&emu, &first.url, identify(0, "pro"), 0).await;
+    assert_eq!(user_upserts(&emu), 1);
+    // Its partitions hand over to the next replica.
+    first.stop();
+
+    let second = Replica::start(&server.url(), &emu.url(), &[]);
+    each_owns_a_partition(std::slice::from_ref(&second)).await;
+    identify_then_track(&emu, &second.url, identify(1, "pro"), 1).await;
+    assert_eq!(
+        user_upserts(&emu),
+        1,
+        "the identify the first replica applied is not sent again by the second"
+    );
+    assert_eq!(
+        Metrics::once(&second.url, SKIPPED, |n| n >= 1.0)
+            .await
+            .get(SKIPPED),
+        Some(1.0)
+    );
+    identify_then_track(&emu, &second.url, identify(2, "enterprise"), 2).await;
+    assert_eq!(user_upserts(&emu), 2, "a changed identify is sent");
+    second.stop();
+
+    // The first identify again: the last write applied is the second replica's changed one.
+    let third = Replica::start(&server.url(), &emu.url(), &[]);
+    each_owns_a_partition(std::slice::from_ref(&third)).await;
+    identify_then_track(&emu, &third.url, identify(3, "pro"), 3).await;
+    assert_eq!(
+        user_upserts(&emu),
+        3,
+        "an identify equal to an older write is sent"
+    );
+    identify_then_track(&emu, &third.url, identify(4, "pro"), 4).await;
+    assert_eq!(user_upserts(&emu), 3, "and then skipped when repeated");
+    third.stop();
+    let state = emu.state();
+    assert_eq!(count(&state, "users"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_refused_on_one_replica_leaves_no_record_for_the_next() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let emu = emulator(0).await;
+    let first = Replica::start(&server.url(), &emu.url(), &[]);
+    each_owns_a_partition(std::slice::from_ref(&first)).await;
+    identify_then_track(&emu, &first.url, identify(0, "pro"), 0).await;
+    // Another write to the user, refused by Zendesk: the record is forgotten before it goes out.
+    let refused = json!({"type": "identify", "userId": "u1", "messageId": "i-bad",
+                         "traits": {"email": "not an email", "name": "Ada"}});
+    identify_then_track(&emu, &first.url, refused, 1).await;
+    assert_eq!(user_upserts(&emu), 2);
+    first.stop();
+
+    let second = Replica::start(&server.url(), &emu.url(), &[]);
+    each_owns_a_partition(std::slice::from_ref(&second)).await;
+    identify_then_track(&emu, &second.url, identify(1, "pro"), 2).await;
+    assert_eq!(
+        user_upserts(&emu),
+        3,
+        "no record is left to skip by once another write to the entity went out"
+    );
+    second.stop();
 }

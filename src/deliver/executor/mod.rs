@@ -728,7 +728,7 @@ impl Delivery {
                     cx.progress.next_request();
                     continue;
                 }
-                if cx.unchanged(request) {
+                if cx.unchanged(request).await {
                     cx.progress.next_request();
                     continue;
                 }

@@ -16,7 +16,7 @@ impl StepContext<'_> {
     /// Whether `request` is skipped as unchanged (its outputs and ids restored, counted). A
     /// write that is not skipped and is about to go out first makes the entity's record
     /// forgotten.
-    pub(super) fn unchanged(&mut self, request: &Request) -> bool {
+    pub(super) async fn unchanged(&mut self, request: &Request) -> bool {
         if request.method == Method::Get || self.progress.batch_answer.is_some() {
             return false;
         }
@@ -55,7 +55,13 @@ impl StepContext<'_> {
             );
             return true;
         }
-        writes.forget_write(&entity);
+        if !writes.forgetting(&entity).await {
+            tracing::warn!(
+                action = self.action,
+                %entity,
+                "the last write applied to the entity may not be forgotten everywhere; sent anyway"
+            );
+        }
         false
     }
 

@@ -12,7 +12,8 @@
 //! - **renew**: every third of the lease, by revision; a hold taken over meanwhile (this replica
 //!   was cut off longer than a lease) is let go and logged; one NATS could not be asked about is
 //!   renewed next time.
-//! - **release**: once the change times this replica started writing are in the bucket
+//! - **release**: once the change times and the records of applied writes
+//!   ([`super::applied`]) this replica started writing are in the bucket
 //!   ([`NatsClock::written`]), a delete at the hold's revision. Graceful shutdown releases every
 //!   hold at once; a replica killed leaves its holds until their time is over (a lease,
 //!   `--nats-lease`, 10 s by default).
@@ -30,7 +31,7 @@ use tokio::sync::{Notify, watch};
 
 /// How long a replica waits for its watch to see a hold it took, and for its change times to be
 /// written before it lets a hold go.
-const CATCH_UP: Duration = Duration::from_secs(5);
+pub(super) const CATCH_UP: Duration = Duration::from_secs(5);
 
 /// The bucket key of a hold on `key`.
 fn hold_key(key: &str) -> String {
@@ -138,6 +139,11 @@ impl NatsHolds {
             if tokio::time::timeout_at(deadline, ended).await.is_err() {
                 break;
             }
+        }
+        if !inner.clock.written(CATCH_UP).await {
+            tracing::warn!(
+                "what was applied is still being written to NATS; letting the holds go anyway"
+            );
         }
         let all: Vec<String> = {
             let mut held = lock(&inner.held);

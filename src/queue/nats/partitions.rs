@@ -11,6 +11,12 @@
 //!    released once its events taken so far are settled, so no two replicas ever hold the same
 //!    key's events.
 //!
+//! A partition is handed back once the entities bucket has what this replica applied (its
+//! change times and records of applied writes, [`NatsClock::written`]), and a replica taking
+//! it reads its first event once its watch of that bucket has come as far as the bucket
+//! ([`NatsClock::caught_up`]): the last write applied to a user is known to whichever replica
+//! delivers the user's next event.
+//!
 //! A replica taking a partition deletes the previous owner's consumer and starts its own from
 //! the oldest unacknowledged event (a work-queue stream keeps only those): what a dead replica
 //! had taken is delivered again, in order, and a replica that lost its lease without noticing
@@ -26,6 +32,7 @@
 //! events are dropped here unsettled (the new owner has them from JetStream). What the fence
 //! cannot stop is a request sent before that moment that reaches Zendesk late.
 
+use super::entities::NatsClock;
 use super::{Layout, Local, NatsMetrics, Received, events_subject};
 use crate::base::sync::lock;
 use async_nats::jetstream::consumer::{self, pull};
@@ -52,6 +59,7 @@ struct Held {
 /// The lease keeper of one replica.
 pub(crate) struct Manager {
     layout: Layout,
+    clock: Arc<NatsClock>,
     replica: String,
     lease: Duration,
     handover: mpsc::Sender<Received>,
@@ -86,6 +94,7 @@ fn sure_until(sent: Instant, lease: Duration) -> Instant {
 impl Manager {
     pub(crate) fn new(
         layout: Layout,
+        clock: Arc<NatsClock>,
         handover: mpsc::Sender<Received>,
         local: Arc<Mutex<Local>>,
         added: Arc<Notify>,
@@ -100,6 +109,7 @@ impl Manager {
         let lease = layout.lease();
         Manager {
             layout,
+            clock,
             replica,
             lease,
             handover,
@@ -328,19 +338,22 @@ impl Manager {
         p: u32,
         epoch: u64,
     ) -> (tokio::task::JoinHandle<()>, watch::Sender<bool>) {
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(consume(
-            self.layout.clone(),
-            Reading {
-                partition: p,
-                epoch,
-            },
+        let (stop, mut stopped) = watch::channel(false);
+        let reading = Reading {
+            partition: p,
+            epoch,
+        };
+        let (layout, clock, local) = (self.layout.clone(), self.clock.clone(), self.local.clone());
+        let (replica, handover, added) = (
             self.replica.clone(),
             self.handover.clone(),
-            self.local.clone(),
             self.added.clone(),
-            stopped,
-        ));
+        );
+        let task = tokio::spawn(async move {
+            if caught_up(&clock, &layout, reading, &local, &mut stopped).await {
+                consume(layout, reading, replica, handover, local, added, stopped).await;
+            }
+        });
         (task, stop)
     }
 
@@ -392,6 +405,11 @@ impl Manager {
                 .map(|(p, h)| (*p, h.revision))
                 .collect()
         };
+        if !done.is_empty() && !self.clock.written(self.lease / 5).await {
+            tracing::warn!(
+                "what was applied is still being written to NATS; handing a partition back anyway"
+            );
+        }
         for (p, revision) in done {
             let _ = self
                 .layout
@@ -409,6 +427,11 @@ impl Manager {
         let partitions: Vec<u32> = self.held.keys().copied().collect();
         for p in &partitions {
             self.stop_consuming(*p);
+        }
+        if !self.clock.written(super::holds::CATCH_UP).await {
+            tracing::warn!(
+                "what was applied is still being written to NATS; handing the partitions over anyway"
+            );
         }
         for (p, held) in std::mem::take(&mut self.held) {
             lock(&self.local).end(p);
@@ -437,6 +460,36 @@ struct Reading {
     partition: u32,
     /// [`super::Tenure::epoch`], given to each event it hands over.
     epoch: u64,
+}
+
+/// Waits until the watch of the entities bucket has come as far as the bucket, so that what the
+/// partition's previous owner wrote there (the last writes applied to its users) is known here
+/// before its first event is read. `false` when the tenure ended or the consumer was stopped
+/// meanwhile.
+async fn caught_up(
+    clock: &NatsClock,
+    layout: &Layout,
+    Reading {
+        partition: p,
+        epoch,
+    }: Reading,
+    local: &Mutex<Local>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    while !clock.caught_up(&layout.js, super::holds::CATCH_UP).await {
+        tracing::warn!(
+            partition = p,
+            "the watch of the entities bucket lags behind; a partition's events wait"
+        );
+        if !lock(local).lasts(p, epoch) {
+            return false;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return false,
+        }
+    }
+    true
 }
 
 /// Reads a partition's events from the oldest unacknowledged one and hands them to the workers,
