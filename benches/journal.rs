@@ -26,8 +26,16 @@ const KEY: &str = "bench-key";
 const BATCH: usize = 100;
 const CONNECTIONS: usize = 8;
 const EVENTS: usize = 20_000;
-/// Rounds of each (off, on, off, on, ...).
-const ROUNDS: usize = 3;
+/// Rounds of each (off, on, off, on, ...), unless `ZDMAP_BENCH_ROUNDS` says how many.
+const ROUNDS: usize = 5;
+
+fn rounds() -> usize {
+    std::env::var("ZDMAP_BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(ROUNDS)
+}
 
 fn body<'a>(events: impl Iterator<Item = &'a Vec<u8>>) -> Vec<u8> {
     let mut body = b"{\"batch\":[".to_vec();
@@ -175,7 +183,8 @@ fn main() {
     );
     let orgs = body(mix::organizations().iter());
     let (mut off, mut on) = (Vec::new(), Vec::new());
-    for r in 0..ROUNDS * 2 {
+    let rounds = rounds();
+    for r in 0..rounds * 2 {
         let log = r % 2 == 1;
         let result = runtime.block_on(round(log, bodies.clone(), orgs.clone()));
         println!(
@@ -198,7 +207,7 @@ fn main() {
     let (ingest_off, ingest_on) = (med(&off, |r| r.ingest), med(&on, |r| r.ingest));
     let (deliver_off, deliver_on) = (med(&off, |r| r.delivery), med(&on, |r| r.delivery));
     println!(
-        "\nmedians of {ROUNDS} rounds, {EVENTS} events each:\n  ingest: off {ingest_off:.0}, on {ingest_on:.0} events/s (on/off {:.3})\n  delivery: off {deliver_off:.0}, on {deliver_on:.0} events/s (on/off {:.3})\n  log on disk: {:.0} bytes/event",
+        "\nmedians of {rounds} rounds, {EVENTS} events each:\n  ingest: off {ingest_off:.0}, on {ingest_on:.0} events/s (on/off {:.3})\n  delivery: off {deliver_off:.0}, on {deliver_on:.0} events/s (on/off {:.3})\n  log on disk: {:.0} bytes/event",
         ingest_on / ingest_off,
         deliver_on / deliver_off,
         med(&on, |r| r.bytes_per_event.unwrap_or_default()),
