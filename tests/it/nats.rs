@@ -7,7 +7,8 @@
 //! credentials and `--retry-for` as on SQLite; NATS credentials from the environment or files;
 //! a replay that keeps a dead letter older than a change another replica applied; the `group`
 //! calls of many users for a few organizations, whose organization writes land in event order
-//! across replicas (holds), and the holds themselves in JetStream KV.
+//! across replicas (holds), and the holds themselves in JetStream KV; the delivery log kept in
+//! JetStream, so a replica answers for an event another replica accepted and delivered.
 
 use crate::support::command::zdmap;
 use crate::support::http::{Metrics, get, post_batch, readyz_once};
@@ -1296,4 +1297,64 @@ async fn events_waiting_for_a_record_keep_their_bodies_in_jetstream_past_the_bou
         40,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_answers_for_an_event_another_accepted_and_delivered() {
+    use crate::journal::{TOKEN, api, entries_of, kinds, record_in};
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let emu = emulator(0).await;
+    let start = || {
+        let listen = format!("127.0.0.1:{}", crate::support::serving::free_port());
+        let replica = Replica::start_with_env(
+            &server.url(),
+            &emu.url(),
+            &["--admin-listen", &listen],
+            &[("ZDMAP_ADMIN_TOKEN", TOKEN)],
+        );
+        (replica, format!("http://{listen}"))
+    };
+    let (a, _) = start();
+    let (_b, b_admin) = start();
+
+    let events: Vec<Value> = (0..3).map(|n| ticket(7, n)).collect();
+    assert_eq!(post_batch(&a.url, Some(KEY), &events).await, 200);
+
+    // B neither accepted the events nor (necessarily) delivered them: it reads the shared log.
+    for n in 0..3 {
+        let record = record_in(&b_admin, &format!("msg-7-{n}"), "delivered").await;
+        let seen = kinds(&record);
+        assert_eq!(
+            seen.first().map(String::as_str),
+            Some("accepted"),
+            "{record}"
+        );
+        assert!(seen.iter().any(|k| k == "matched"), "{record}");
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some("delivered"),
+            "{record}"
+        );
+        assert_eq!(record["user_id"], "u-7", "{record}");
+        assert_eq!(record["email"], "user7@example.com", "{record}");
+        let requests = entries_of(&record, "request");
+        assert!(
+            requests.iter().any(|r| r["status"]
+                .as_u64()
+                .is_some_and(|s| (200..300).contains(&s))),
+            "a request Zendesk took: {record}"
+        );
+    }
+    let (status, found) = api(&b_admin, "events?user_id=u-7").await;
+    assert_eq!(status, 200, "{found}");
+    let mut ids: Vec<&str> = found["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["message_id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["msg-7-0", "msg-7-1", "msg-7-2"], "{found}");
 }
