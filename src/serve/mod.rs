@@ -273,14 +273,14 @@ impl Server {
                     Box::new(move || Box::pin(async move { closing.close().await }));
                 let place = format!("NATS {}", crate::queue::nats::shown_list(&nats.servers));
                 let journal = match &options.journal {
-                    Some(journal) => Some(
+                    Some(journal) => {
                         crate::queue::nats::journal::open(
                             queue.layout(),
                             &options.data_dir,
                             journal.clone(),
                         )
-                        .await?,
-                    ),
+                        .await?
+                    }
                     None => None,
                 };
                 Self::start_on(queue, journal, close, place, options, destination).await

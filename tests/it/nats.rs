@@ -8,7 +8,8 @@
 //! a replay that keeps a dead letter older than a change another replica applied; the `group`
 //! calls of many users for a few organizations, whose organization writes land in event order
 //! across replicas (holds), and the holds themselves in JetStream KV; the delivery log kept in
-//! JetStream, so a replica answers for an event another replica accepted and delivered.
+//! JetStream, so a replica (one started later too) answers for an event another replica
+//! accepted and delivered.
 
 use crate::support::command::zdmap;
 use crate::support::http::{Metrics, get, post_batch, readyz_once};
@@ -1357,4 +1358,13 @@ async fn any_replica_answers_for_an_event_another_accepted_and_delivered() {
         .collect();
     ids.sort_unstable();
     assert_eq!(ids, ["msg-7-0", "msg-7-1", "msg-7-2"], "{found}");
+
+    // A replica started afterwards builds its copy from the stream.
+    let (_c, c_admin) = start();
+    let record = record_in(&c_admin, "msg-7-2", "delivered").await;
+    assert_eq!(
+        kinds(&record).first().map(String::as_str),
+        Some("accepted"),
+        "{record}"
+    );
 }

@@ -7,6 +7,7 @@
 use super::Layout;
 use crate::queue::QueueError;
 use crate::queue::journal::{self, Journal, JournalOptions, Pruning, Publish, StopFollowing};
+use crate::queue::lock::DataDirLock;
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use rusqlite::Connection;
@@ -23,12 +24,24 @@ const JOURNAL_SUBJECT: &str = "zdmap.journal";
 const PUBLISH_WAIT: Duration = Duration::from_secs(5);
 
 /// Opens the delivery log of the queue `layout` in `data_dir`: the stream is created (or its
-/// bounds brought to `options`), and this replica's copy is rebuilt from it.
+/// bounds brought to `options`), and this replica's copy is rebuilt from it. `None` (with a
+/// warning) when another process holds `data_dir`: its copy is not this replica's to rebuild.
 pub async fn open(
     layout: &Layout,
     data_dir: &Path,
     options: JournalOptions,
-) -> Result<Arc<Journal>, QueueError> {
+) -> Result<Option<Arc<Journal>>, QueueError> {
+    let held = match DataDirLock::acquire(data_dir) {
+        Ok(held) => held,
+        Err(QueueError::InUse { dir }) => {
+            tracing::warn!(
+                data_dir = %dir.display(),
+                "another process uses this data directory: the delivery log is off on this replica (give each replica its own --data-dir)"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
     let stream = ensure_stream(layout, &options).await?;
     let handle = tokio::runtime::Handle::current();
     let publisher = Publisher {
@@ -56,9 +69,10 @@ pub async fn open(
         Ok(Box::new(move || {
             let _ = stop.send(true);
             let _ = thread.join();
+            drop(held);
         }))
     };
-    Journal::open_shared(data_dir, Box::new(publisher), start_following)
+    Journal::open_shared(data_dir, Box::new(publisher), start_following).map(Some)
 }
 
 /// The stream, created with `options`' bounds, or changed to them.
