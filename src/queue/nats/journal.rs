@@ -163,20 +163,27 @@ fn follow(
         None => return,
     };
     loop {
+        // `None`: stopped.
         let next = handle.block_on(async {
             tokio::select! {
-                next = messages.next() => next,
+                next = messages.next() => Some(next),
                 _ = stopped.changed() => None,
             }
         });
         match next {
-            Some(Ok(message)) => match journal::decode(&message.payload) {
+            Some(Some(Ok(message))) => match journal::decode(&message.payload) {
                 Ok(notes) => pruning.apply(&mut conn, notes),
                 Err(e) => {
                     tracing::debug!(error = %e, "a delivery log message this version does not read")
                 }
             },
-            Some(Err(e)) => tracing::debug!(error = %e, "following the delivery log"),
+            Some(Some(Err(e))) => tracing::debug!(error = %e, "following the delivery log"),
+            Some(None) => {
+                tracing::warn!(
+                    "the delivery log's stream ended: this replica's copy no longer follows it"
+                );
+                return;
+            }
             None => return,
         }
     }
