@@ -41,8 +41,8 @@ pub struct ServeArgs {
         env = "ZDMAP_LISTEN"
     )]
     pub listen: SocketAddr,
-    /// Where the durable queue and the dead letters are kept (created if needed; not used with
-    /// --queue).
+    /// Where the durable queue and the dead letters are kept (created if needed; with --queue,
+    /// only this replica's copy of the delivery log).
     #[arg(
         long,
         value_name = "DIR",
@@ -198,7 +198,8 @@ pub struct ServeArgs {
     #[arg(long, env = "ZDMAP_NO_ADMIN", conflicts_with = "admin_listen")]
     pub no_admin: bool,
     /// How long the delivery log keeps an event after it was accepted (journal.sqlite3 in
-    /// --data-dir; read with `zdmap events` and the admin API).
+    /// --data-dir, or with --queue the stream ZDMAP_JOURNAL; read with `zdmap events` and the
+    /// admin API).
     #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration, env = "ZDMAP_JOURNAL_MAX_AGE")]
     pub journal_max_age: Duration,
     /// Disk the delivery log may take, in MiB; the oldest events go first.

@@ -1,15 +1,21 @@
 //! The delivery log of `zdmap serve`: for every event it accepts (or refuses at ingest), the
 //! record of its way: the accepted facts, the actions matched, every request it caused with its
-//! answer, its waits and its end. Kept in `journal.sqlite3` in the data directory (WAL), a file
-//! of its own so that its writes never contend with the queue's transactions.
+//! answer, its waits and its end. Read from `journal.sqlite3` in the data directory (WAL), a
+//! file of its own so that its writes never contend with the queue's transactions. Two modes:
+//! - with a data directory queue ([`Journal::open`]) that file is the log;
+//! - with a NATS queue ([`crate::queue::nats::journal`]) the log is a JetStream stream shared
+//!   by the replicas, and the file is this replica's copy, rebuilt from the stream at start and
+//!   following it, so any replica answers for any event.
 //!
 //! Recording never waits: [`Journal::accepted`], [`Journal::refused`] and the [`Witness`] that
 //! deliveries tell ([`crate::deliver::trail`]) put a note on a bounded channel, and a writer
-//! thread commits what is waiting in one transaction. When the writer falls behind (the channel
-//! is full), notes are dropped and counted ([`Journal::dropped`],
-//! `zdmap_journal_dropped_total`) rather than slowing ingest or delivery. The writer prunes
-//! the log by age (events accepted more than `max_age` ago) and by size (the oldest events go
-//! while the pages in use exceed `max_bytes`).
+//! thread writes what is waiting at once: one transaction ([`Pruning::apply`], which a NATS
+//! replica's copy applies the stream's messages with too), or a few messages of the stream.
+//! When the writer falls behind (the channel is full) or NATS does not take the notes, they are
+//! dropped and counted ([`Journal::dropped`], `zdmap_journal_dropped_total`) rather than slowing
+//! ingest or delivery. The database is pruned by age (events accepted more than `max_age` ago)
+//! and by size (the oldest events go while the pages in use exceed `max_bytes`); the stream
+//! has the same bounds.
 //!
 //! Reading, for the admin API and the console (each call reads the database; run it off the
 //! async threads):
@@ -30,7 +36,7 @@ use super::QueueError;
 use crate::base::time::{rfc3339_from_unix_secs, unix_millis_now};
 use crate::deliver::trail::{Entry, Witness};
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -101,7 +107,7 @@ impl Default for JournalOptions {
 }
 
 /// What the log knows of an event when it is accepted.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Facts {
     pub message_id: String,
     #[serde(rename = "type")]
@@ -200,8 +206,11 @@ pub struct Record {
     pub timeline: Vec<Noted>,
 }
 
-/// What the writer is handed.
-enum Note {
+/// What is written to the log: the part of a note that goes to the database (and, with a
+/// NATS queue, through the shared stream).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Written {
     /// Events' facts, at a time, each with its first entry: `accepted` (`None`) or `refused`.
     Accepted(Vec<Facts>, u64, Option<Entry>),
     Entry {
@@ -209,11 +218,34 @@ enum Note {
         at: u64,
         entry: Entry,
     },
-    /// Answered once everything before it is committed.
+}
+
+/// What the writer is handed.
+enum Note {
+    Written(Written),
+    /// Answered once everything before it is written.
     Flush(mpsc::Sender<()>),
-    /// Commit what came before, then stop.
+    /// Write what came before, then stop.
     Stop,
 }
+
+/// Where a replica's writer puts the notes of a NATS queue's log: one message of the shared
+/// stream per call, `Err` when it cannot (those notes are then dropped and counted).
+pub(crate) trait Publish: Send {
+    fn publish(&mut self, message: Vec<u8>) -> Result<(), String>;
+}
+
+/// Where the writer puts what it is handed.
+enum Sink {
+    /// The database itself (a data directory queue).
+    Database(Connection, Pruning),
+    /// The shared stream, which every replica's database follows (a NATS queue).
+    Shared(Box<dyn Publish>),
+}
+
+/// Bytes of notes in one message of the shared stream, about at most (NATS takes 1 MiB by
+/// default).
+const MESSAGE_BYTES: usize = 256 * 1024;
 
 /// The delivery log: see the module docs.
 pub struct Journal {
@@ -222,9 +254,14 @@ pub struct Journal {
     /// Set by [`Journal::close`]: later notes are dropped.
     closed: std::sync::atomic::AtomicBool,
     reader: Mutex<Connection>,
-    dropped: AtomicU64,
+    dropped: Arc<AtomicU64>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// With a NATS queue: stops what applies the shared stream to this replica's database.
+    follower: Mutex<Option<StopFollowing>>,
 }
+
+/// Stops applying the shared stream to a replica's copy, and waits until it has.
+pub(crate) type StopFollowing = Box<dyn FnOnce() + Send>;
 
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -260,10 +297,50 @@ impl Journal {
         let path = data_dir.join(JOURNAL_FILE);
         let writer = open_connection(&path)?;
         let reader = open_connection(&path)?;
+        Self::start(path, reader, Sink::Database(writer, Pruning::new(options)))
+    }
+
+    /// Opens the delivery log of a NATS queue: notes go to the shared stream through
+    /// `publish`, and `follow` is handed this replica's database, emptied (it is rebuilt from
+    /// the stream), to apply the stream to with [`Pruning::apply`]; it answers how to stop doing so.
+    pub(crate) fn open_shared(
+        data_dir: &Path,
+        publish: Box<dyn Publish>,
+        follow: impl FnOnce(Connection) -> Result<StopFollowing, QueueError>,
+    ) -> Result<Arc<Journal>, QueueError> {
+        let path = data_dir.join(JOURNAL_FILE);
+        for file in [
+            path.clone(),
+            data_dir.join(format!("{JOURNAL_FILE}-wal")),
+            data_dir.join(format!("{JOURNAL_FILE}-shm")),
+        ] {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(QueueError::Io {
+                        what: "empty the delivery log's copy",
+                        path: file,
+                        source,
+                    });
+                }
+            }
+        }
+        let applier = open_connection(&path)?;
+        let reader = open_connection(&path)?;
+        let stop = follow(applier)?;
+        let journal = Self::start(path, reader, Sink::Shared(publish))?;
+        *crate::base::sync::lock(&journal.follower) = Some(stop);
+        Ok(journal)
+    }
+
+    fn start(path: PathBuf, reader: Connection, sink: Sink) -> Result<Arc<Journal>, QueueError> {
         let (tx, rx) = mpsc::sync_channel(BACKLOG);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counted = dropped.clone();
         let thread = std::thread::Builder::new()
             .name("zdmap-journal".into())
-            .spawn(move || write(writer, rx, options))
+            .spawn(move || write(sink, rx, &counted))
             .map_err(|source| QueueError::Io {
                 what: "start the writer of",
                 path: path.clone(),
@@ -274,8 +351,9 @@ impl Journal {
             notes: tx,
             closed: std::sync::atomic::AtomicBool::new(false),
             reader: Mutex::new(reader),
-            dropped: AtomicU64::new(0),
+            dropped,
             writer: Mutex::new(Some(thread)),
+            follower: Mutex::new(None),
         }))
     }
 
@@ -303,7 +381,10 @@ impl Journal {
     pub fn accepted(&self, facts: Vec<Facts>) {
         if !facts.is_empty() {
             let n = facts.len();
-            self.send(Note::Accepted(facts, unix_millis_now(), None), n);
+            self.send(
+                Note::Written(Written::Accepted(facts, unix_millis_now(), None)),
+                n,
+            );
         }
     }
 
@@ -317,11 +398,11 @@ impl Journal {
     /// with the time it began does not hide what the replayed event did since.
     pub fn note_at(&self, message_id: &str, at: u64, entry: Entry) {
         self.send(
-            Note::Entry {
+            Note::Written(Written::Entry {
                 message_id: message_id.to_owned(),
                 at,
                 entry,
-            },
+            }),
             1,
         );
     }
@@ -338,12 +419,16 @@ impl Journal {
             message: message.to_owned(),
         };
         self.send(
-            Note::Accepted(vec![facts], unix_millis_now(), Some(refused)),
+            Note::Written(Written::Accepted(
+                vec![facts],
+                unix_millis_now(),
+                Some(refused),
+            )),
             1,
         );
     }
 
-    /// Waits until every note recorded before is committed.
+    /// Waits until every note recorded before is committed (with a NATS queue: published).
     pub fn flush(&self) {
         let (tx, rx) = mpsc::channel();
         if !self.closed.load(Ordering::Relaxed) && self.notes.send(Note::Flush(tx)).is_ok() {
@@ -359,6 +444,10 @@ impl Journal {
         let _ = self.notes.send(Note::Stop);
         if let Some(thread) = crate::base::sync::lock(&self.writer).take() {
             let _ = thread.join();
+        }
+        let follower = crate::base::sync::lock(&self.follower).take();
+        if let Some(stop) = follower {
+            stop();
         }
     }
 
@@ -554,11 +643,41 @@ pub fn time_of(ms: i64) -> String {
     )
 }
 
-/// The writer: commits what waits in one transaction, prunes now and then, until every sender
-/// is gone.
-fn write(mut conn: Connection, notes: mpsc::Receiver<Note>, options: JournalOptions) {
-    let mut last_prune = std::time::Instant::now();
-    let mut since_prune = 0usize;
+/// When the database is pruned: every [`GROUP_LIMIT`] notes or [`PRUNE_EVERY`], at least.
+pub(crate) struct Pruning {
+    options: JournalOptions,
+    last: std::time::Instant,
+    since: usize,
+}
+
+impl Pruning {
+    pub(crate) fn new(options: JournalOptions) -> Pruning {
+        Pruning {
+            options,
+            last: std::time::Instant::now(),
+            since: 0,
+        }
+    }
+
+    /// Writes `notes` to the database in one transaction, and prunes it when it is time.
+    pub(crate) fn apply(&mut self, conn: &mut Connection, notes: Vec<Written>) {
+        self.since += notes.len();
+        if let Err(e) = commit(conn, notes) {
+            tracing::warn!(error = %e, "cannot write the delivery log; these entries are lost");
+        }
+        if self.since >= GROUP_LIMIT || self.last.elapsed() >= PRUNE_EVERY {
+            if let Err(e) = prune(conn, &self.options, unix_millis_now()) {
+                tracing::warn!(error = %e, "cannot prune the delivery log");
+            }
+            self.last = std::time::Instant::now();
+            self.since = 0;
+        }
+    }
+}
+
+/// The writer: writes what waits at once (one transaction, or messages of the shared stream),
+/// until it is stopped or every sender is gone.
+fn write(mut sink: Sink, notes: mpsc::Receiver<Note>, dropped: &AtomicU64) {
     let mut stop = false;
     while !stop && let Ok(first) = notes.recv() {
         let mut group = vec![first];
@@ -568,18 +687,25 @@ fn write(mut conn: Connection, notes: mpsc::Receiver<Note>, options: JournalOpti
                 Err(_) => break,
             }
         }
-        stop = group.iter().any(|n| matches!(n, Note::Stop));
-        since_prune += group.len();
+        let mut written = Vec::with_capacity(group.len());
         let mut flushed = Vec::new();
-        if let Err(e) = commit(&mut conn, group, &mut flushed) {
-            tracing::warn!(error = %e, "cannot write the delivery log; these entries are lost");
-        }
-        if since_prune >= GROUP_LIMIT || last_prune.elapsed() >= PRUNE_EVERY {
-            if let Err(e) = prune(&conn, &options, unix_millis_now()) {
-                tracing::warn!(error = %e, "cannot prune the delivery log");
+        for note in group {
+            match note {
+                Note::Written(w) => written.push(w),
+                Note::Flush(done) => flushed.push(done),
+                Note::Stop => stop = true,
             }
-            last_prune = std::time::Instant::now();
-            since_prune = 0;
+        }
+        match &mut sink {
+            Sink::Database(conn, pruning) => pruning.apply(conn, written),
+            Sink::Shared(publish) => {
+                for (message, count) in messages(&written) {
+                    if let Err(e) = publish.publish(message) {
+                        dropped.fetch_add(count, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "cannot publish to the delivery log; these entries are lost");
+                    }
+                }
+            }
         }
         for done in flushed {
             let _ = done.send(());
@@ -587,19 +713,52 @@ fn write(mut conn: Connection, notes: mpsc::Receiver<Note>, options: JournalOpti
     }
 }
 
+/// Notes as messages of the shared stream (a JSON array each, about [`MESSAGE_BYTES`] at
+/// most), each with the entries it carries.
+fn messages(written: &[Written]) -> Vec<(Vec<u8>, u64)> {
+    let mut out = Vec::new();
+    let mut message = Vec::new();
+    let mut count = 0u64;
+    for w in written {
+        let Ok(text) = serde_json::to_vec(w) else {
+            continue;
+        };
+        if !message.is_empty() && message.len() + text.len() > MESSAGE_BYTES {
+            message.push(b']');
+            out.push((std::mem::take(&mut message), std::mem::take(&mut count)));
+        }
+        message.push(if message.is_empty() { b'[' } else { b',' });
+        message.extend_from_slice(&text);
+        count += match w {
+            Written::Accepted(facts, ..) => facts.len() as u64,
+            Written::Entry { .. } => 1,
+        };
+    }
+    if !message.is_empty() {
+        message.push(b']');
+        out.push((message, count));
+    }
+    out
+}
+
+/// The notes of a message of the shared stream.
+pub(crate) fn decode(message: &[u8]) -> Result<Vec<Written>, serde_json::Error> {
+    serde_json::from_slice(message)
+}
+
 /// Commits a group of notes in one transaction. An event's row is looked up once per group, and
 /// its state written once, after its entries.
-fn commit(
-    conn: &mut Connection,
-    group: Vec<Note>,
-    flushed: &mut Vec<mpsc::Sender<()>>,
-) -> rusqlite::Result<()> {
+fn commit(conn: &mut Connection, group: Vec<Written>) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut accept = tx.prepare_cached(
             "INSERT INTO events (message_id, type, user_id, anonymous_id, email, event, source, size, state, accepted_at, updated_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?9, ?9) \
-             ON CONFLICT (message_id) DO NOTHING",
+             ON CONFLICT (message_id) DO UPDATE SET type = excluded.type, user_id = excluded.user_id, \
+             anonymous_id = excluded.anonymous_id, email = excluded.email, event = excluded.event, \
+             source = excluded.source, size = excluded.size, accepted_at = excluded.accepted_at \
+             WHERE events.source IS NULL \
+             RETURNING id",
         )?;
         let mut find = tx.prepare_cached("SELECT id FROM events WHERE message_id = ?1")?;
         let mut bare = tx.prepare_cached(
@@ -621,7 +780,7 @@ fn commit(
         };
         for note in group {
             match note {
-                Note::Accepted(all, at, first) => {
+                Written::Accepted(all, at, first) => {
                     let at = i64::try_from(at).unwrap_or(i64::MAX);
                     for facts in all {
                         let entry = first.clone().unwrap_or_else(|| Entry::Accepted {
@@ -630,26 +789,33 @@ fn commit(
                             size: facts.size.unwrap_or_default(),
                             source: facts.source.clone().unwrap_or_default(),
                         });
-                        let inserted = accept.execute(rusqlite::params![
-                            facts.message_id,
-                            facts.kind,
-                            facts.user_id,
-                            facts.anonymous_id,
-                            facts.email,
-                            facts.event,
-                            facts.source,
-                            facts.size.and_then(|s| i64::try_from(s).ok()),
-                            at,
-                            entry.state(),
-                        ])? == 1;
-                        if inserted {
-                            let id = tx.last_insert_rowid();
+                        // A new row, or one an entry made before its acceptance arrived (with
+                        // a NATS queue, another replica may publish an event's delivery before
+                        // the accepting one publishes its acceptance): it takes the facts.
+                        let row: Option<i64> = accept
+                            .query_row(
+                                rusqlite::params![
+                                    facts.message_id,
+                                    facts.kind,
+                                    facts.user_id,
+                                    facts.anonymous_id,
+                                    facts.email,
+                                    facts.event,
+                                    facts.source,
+                                    facts.size.and_then(|s| i64::try_from(s).ok()),
+                                    at,
+                                    entry.state(),
+                                ],
+                                |r| r.get(0),
+                            )
+                            .optional()?;
+                        if let Some(id) = row {
                             add_entry(id, at, &entry)?;
                             ids.insert(facts.message_id, id);
                         }
                     }
                 }
-                Note::Entry {
+                Written::Entry {
                     message_id,
                     at,
                     entry,
@@ -662,7 +828,8 @@ fn commit(
                             let id = match find.query_row([&message_id], |r| r.get(0)).optional()? {
                                 Some(id) => id,
                                 None => {
-                                    // Accepted before the log was on, or its record was pruned.
+                                    // Accepted before the log was on, its record was pruned, or its
+                                    // acceptance is still on its way.
                                     bare.execute(rusqlite::params![message_id, state, at])?;
                                     tx.last_insert_rowid()
                                 }
@@ -677,8 +844,6 @@ fn commit(
                         *latest = (state, at);
                     }
                 }
-                Note::Flush(done) => flushed.push(done),
-                Note::Stop => {}
             }
         }
         for (id, (state, at)) in states {
@@ -790,6 +955,74 @@ mod tests {
         let kinds: Vec<_> = record.timeline.iter().map(|n| n.entry.state()).collect();
         assert_eq!(kinds, ["accepted", "delivered"]);
         assert_eq!(record.summary.state, "delivered");
+    }
+
+    #[test]
+    fn an_acceptance_written_after_its_delivery_fills_in_the_record() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let journal = Journal::open(dir.path(), JournalOptions::default()).expect("opens");
+        let accepted_at = unix_millis_now();
+        journal.note_at("m1", accepted_at + 10, Entry::Delivered);
+        journal.flush();
+        journal.send(
+            Note::Written(Written::Accepted(
+                vec![facts("m1", "u1")],
+                accepted_at,
+                None,
+            )),
+            1,
+        );
+        journal.flush();
+        let record = journal.record("m1").expect("reads").expect("found");
+        assert_eq!(record.summary.state, "delivered");
+        assert_eq!(record.summary.facts.user_id.as_deref(), Some("u1"));
+        let kinds: Vec<_> = record.timeline.iter().map(|n| n.entry.state()).collect();
+        assert_eq!(kinds, ["accepted", "delivered"]);
+        let found = journal
+            .search(&Query {
+                user_id: Some("u1".into()),
+                ..query(10)
+            })
+            .expect("searches");
+        assert_eq!(found.events.len(), 1);
+    }
+
+    #[test]
+    fn notes_go_through_the_shared_stream_as_they_would_to_the_database() {
+        let written = vec![
+            Written::Accepted(vec![facts("m1", "u1"), facts("m2", "u2")], 5, None),
+            Written::Entry {
+                message_id: "m1".into(),
+                at: 6,
+                entry: Entry::Delivered,
+            },
+        ];
+        let messages = messages(&written);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].1, 3, "two acceptances and an entry");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut conn = open_connection(&dir.path().join(JOURNAL_FILE)).expect("opens");
+        let notes = decode(&messages[0].0).expect("decodes");
+        Pruning::new(JournalOptions::default()).apply(&mut conn, notes);
+        let state: String = conn
+            .query_row(
+                "SELECT state FROM events WHERE message_id = 'm1'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("reads");
+        assert_eq!(state, "delivered");
+        let many: Vec<Written> = (0..5000)
+            .map(|i| Written::Entry {
+                message_id: format!("message-{i}"),
+                at: i,
+                entry: Entry::Delivered,
+            })
+            .collect();
+        let split = self::messages(&many);
+        assert!(split.len() > 1, "bounded messages");
+        assert!(split.iter().all(|(m, _)| m.len() <= MESSAGE_BYTES));
+        assert_eq!(split.iter().map(|(_, n)| n).sum::<u64>(), 5000);
     }
 
     #[test]

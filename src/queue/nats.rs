@@ -34,6 +34,7 @@ pub mod budget;
 pub mod dead_letters;
 pub mod entities;
 pub mod holds;
+pub mod journal;
 pub mod partitions;
 pub mod tokens;
 

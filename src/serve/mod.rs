@@ -64,8 +64,8 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// Where the queue and the dead letters are kept.
     pub data_dir: PathBuf,
-    /// Keep them in NATS JetStream instead, shared with other replicas (the data directory is
-    /// then not used).
+    /// Keep them in NATS JetStream instead, shared with other replicas (the data directory then
+    /// keeps this replica's copy of the delivery log only).
     pub nats: Option<NatsOptions>,
     pub write_keys: WriteKeys,
     pub workers: WorkerOptions,
@@ -80,7 +80,7 @@ pub struct ServeOptions {
     pub ingest: IngestOptions,
     /// The admin listener (none: not started).
     pub admin: Option<admin::AdminOptions>,
-    /// The delivery log, kept in the data directory (none: off).
+    /// The delivery log, kept in the data directory, or in JetStream with `nats` (none: off).
     pub journal: Option<JournalOptions>,
 }
 
@@ -272,12 +272,18 @@ impl Server {
                 let close: Closer =
                     Box::new(move || Box::pin(async move { closing.close().await }));
                 let place = format!("NATS {}", crate::queue::nats::shown_list(&nats.servers));
-                if options.journal.is_some() {
-                    tracing::warn!(
-                        "the delivery log is kept with a data directory queue only: off with --queue nats://"
-                    );
-                }
-                Self::start_on(queue, None, close, place, options, destination).await
+                let journal = match &options.journal {
+                    Some(journal) => {
+                        crate::queue::nats::journal::open(
+                            queue.layout(),
+                            &options.data_dir,
+                            journal.clone(),
+                        )
+                        .await?
+                    }
+                    None => None,
+                };
+                Self::start_on(queue, journal, close, place, options, destination).await
             }
             None => {
                 let queue = Arc::new(

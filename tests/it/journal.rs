@@ -11,10 +11,10 @@ use zdmap::emulator::Emulator;
 use zdmap::serve::WorkerOptions;
 use zdmap::serve::admin::{AdminOptions, AdminToken};
 
-const TOKEN: &str = "journal-test-admin-token";
+pub(crate) const TOKEN: &str = "journal-test-admin-token";
 
 /// `GET {admin}/api/{path}` with the admin token: the status and the JSON body.
-async fn api(admin: &str, path: &str) -> (u16, Value) {
+pub(crate) async fn api(admin: &str, path: &str) -> (u16, Value) {
     let answer = reqwest::Client::new()
         .get(format!("{admin}/api/{path}"))
         .bearer_auth(TOKEN)
@@ -26,7 +26,7 @@ async fn api(admin: &str, path: &str) -> (u16, Value) {
 }
 
 /// The record of `message_id` once its state is `state`.
-async fn record_in(admin: &str, message_id: &str, state: &str) -> Value {
+pub(crate) async fn record_in(admin: &str, message_id: &str, state: &str) -> Value {
     eventually(
         &format!("{message_id} is {state} in the delivery log"),
         Duration::from_secs(30),
@@ -42,7 +42,7 @@ async fn record_in(admin: &str, message_id: &str, state: &str) -> Value {
     .await
 }
 
-fn kinds(record: &Value) -> Vec<String> {
+pub(crate) fn kinds(record: &Value) -> Vec<String> {
     record["timeline"]
         .as_array()
         .expect("a timeline")
@@ -51,7 +51,7 @@ fn kinds(record: &Value) -> Vec<String> {
         .collect()
 }
 
-fn entries_of<'a>(record: &'a Value, kind: &str) -> Vec<&'a Value> {
+pub(crate) fn entries_of<'a>(record: &'a Value, kind: &str) -> Vec<&'a Value> {
     record["timeline"]
         .as_array()
         .expect("a timeline")

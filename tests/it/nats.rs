@@ -9,7 +9,9 @@
 //! calls of many users for a few organizations, whose organization writes land in event order
 //! across replicas (holds), and the holds themselves in JetStream KV; a repeated identical
 //! identify skipped, the last write applied read by whichever replica delivers next, and no
-//! record left by a replica whose later write to the entity was refused.
+//! record left by a replica whose later write to the entity was refused; the delivery log kept
+//! in JetStream, so a replica (one started later too) answers for an event another replica
+//! accepted and delivered.
 
 use crate::support::command::zdmap;
 use crate::support::http::{Metrics, get, post_batch, readyz_once};
@@ -1427,4 +1429,73 @@ async fn a_write_refused_on_one_replica_leaves_no_record_for_the_next() {
         "no record is left to skip by once another write to the entity went out"
     );
     second.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_answers_for_an_event_another_accepted_and_delivered() {
+    use crate::journal::{TOKEN, api, entries_of, kinds, record_in};
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let emu = emulator(0).await;
+    let start = || {
+        let listen = format!("127.0.0.1:{}", crate::support::serving::free_port());
+        let replica = Replica::start_with_env(
+            &server.url(),
+            &emu.url(),
+            &["--admin-listen", &listen],
+            &[("ZDMAP_ADMIN_TOKEN", TOKEN)],
+        );
+        (replica, format!("http://{listen}"))
+    };
+    let (a, _) = start();
+    let (_b, b_admin) = start();
+
+    let events: Vec<Value> = (0..3).map(|n| ticket(7, n)).collect();
+    assert_eq!(post_batch(&a.url, Some(KEY), &events).await, 200);
+
+    // B neither accepted the events nor (necessarily) delivered them: it reads the shared log.
+    for n in 0..3 {
+        let record = record_in(&b_admin, &format!("msg-7-{n}"), "delivered").await;
+        let seen = kinds(&record);
+        assert_eq!(
+            seen.first().map(String::as_str),
+            Some("accepted"),
+            "{record}"
+        );
+        assert!(seen.iter().any(|k| k == "matched"), "{record}");
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some("delivered"),
+            "{record}"
+        );
+        assert_eq!(record["user_id"], "u-7", "{record}");
+        assert_eq!(record["email"], "user7@example.com", "{record}");
+        let requests = entries_of(&record, "request");
+        assert!(
+            requests.iter().any(|r| r["status"]
+                .as_u64()
+                .is_some_and(|s| (200..300).contains(&s))),
+            "a request Zendesk took: {record}"
+        );
+    }
+    let (status, found) = api(&b_admin, "events?user_id=u-7").await;
+    assert_eq!(status, 200, "{found}");
+    let mut ids: Vec<&str> = found["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["message_id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["msg-7-0", "msg-7-1", "msg-7-2"], "{found}");
+
+    // A replica started afterwards builds its copy from the stream.
+    let (_c, c_admin) = start();
+    let record = record_in(&c_admin, "msg-7-2", "delivered").await;
+    assert_eq!(
+        kinds(&record).first().map(String::as_str),
+        Some("accepted"),
+        "{record}"
+    );
 }

@@ -29,7 +29,7 @@
 //!   `limit`), oldest first, of the events the same filters find ([`Journal::entries`]):
 //!   `{"entries": [...], "next_cursor": "SEQ"}`, the `after` of the next call.
 //!
-//! The log's routes answer 404 `{"error": ...}` when the log is off (`--no-journal`, NATS).
+//! The log's routes answer 404 `{"error": ...}` when the log is off (`--no-journal`).
 
 use super::letters::{self, Filter};
 use super::{AdminState, error};
@@ -552,7 +552,7 @@ pub(crate) fn journal_of<Q>(state: &AdminState<Q>) -> Result<Arc<Journal>, Refus
     state.journal.clone().ok_or_else(|| {
         Refusal(
             StatusCode::NOT_FOUND,
-            "the delivery log is off (--no-journal, or a NATS queue)".to_owned(),
+            "the delivery log is off (--no-journal)".to_owned(),
         )
     })
 }
