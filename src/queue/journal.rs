@@ -56,6 +56,19 @@ const GROUP_LIMIT: usize = 4096;
 /// How often the writer prunes, at least.
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
 
+/// The writer thread's niceness: when the CPU is short it gives way to ingest and delivery,
+/// whose notes wait on the channel meanwhile (up to [`BACKLOG`]).
+const WRITER_NICENESS: i32 = 10;
+
+/// Lowers the calling thread's priority to [`WRITER_NICENESS`] (on Linux a thread's niceness is
+/// its own; elsewhere the writer keeps the process's).
+fn yield_to_delivery() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(None, WRITER_NICENESS) {
+        tracing::debug!(error = %e, "the delivery log's writer keeps its priority");
+    }
+}
+
 /// Events read per page at most.
 pub const MAX_PAGE: usize = 500;
 
@@ -340,7 +353,10 @@ impl Journal {
         let counted = dropped.clone();
         let thread = std::thread::Builder::new()
             .name("zdmap-journal".into())
-            .spawn(move || write(sink, rx, &counted))
+            .spawn(move || {
+                yield_to_delivery();
+                write(sink, rx, &counted)
+            })
             .map_err(|source| QueueError::Io {
                 what: "start the writer of",
                 path: path.clone(),
