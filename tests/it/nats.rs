@@ -145,6 +145,14 @@ async fn each_owns_a_partition(replicas: &[Replica]) {
     }
 }
 
+/// A replica started with `args` on the NATS server at `nats`, delivering to `emu`, once it owns
+/// a partition (the only replica running: it takes them all).
+async fn sole_replica(nats: &str, emu: &str, args: &[&str]) -> Replica {
+    let replica = Replica::start(nats, emu, args);
+    each_owns_a_partition(std::slice::from_ref(&replica)).await;
+    replica
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_share_the_work_and_a_killed_one_loses_nothing() {
     let Some(server) = NatsServer::start() else {
@@ -1053,8 +1061,7 @@ async fn an_event_under_way_at_a_kill_is_checked_before_it_is_sent_again() {
     };
     let emu = emulator(0).await;
     let args = ["--set", "requests_per_minute=0", "--nats-lease", "2s"];
-    let mut first = Replica::start(&server.url(), &emu.url(), &args);
-    each_owns_a_partition(std::slice::from_ref(&first)).await;
+    let mut first = sole_replica(&server.url(), &emu.url(), &args).await;
     let identify = json!({"type": "identify", "userId": "u-r", "messageId": "id-u-r",
         "traits": {"email": "u-r@example.com", "name": "R"}});
     assert_eq!(post_batch(&first.url, Some(KEY), &[identify]).await, 200);
@@ -1345,8 +1352,7 @@ async fn a_repeated_identical_identify_on_nats_costs_no_second_upsert() {
         return;
     };
     let emu = emulator(0).await;
-    let replica = Replica::start(&server.url(), &emu.url(), &[]);
-    each_owns_a_partition(std::slice::from_ref(&replica)).await;
+    let replica = sole_replica(&server.url(), &emu.url(), &[]).await;
     identify_then_track(&emu, &replica.url, identify(0, "pro"), 0).await;
     identify_then_track(&emu, &replica.url, identify(1, "pro"), 1).await;
     assert_eq!(user_upserts(&emu), 1, "the repeated identify was skipped");
@@ -1363,15 +1369,13 @@ async fn the_last_write_one_replica_applied_is_the_one_the_next_replica_reads() 
         return;
     };
     let emu = emulator(0).await;
-    let first = Replica::start(&server.url(), &emu.url(), &[]);
-    each_owns_a_partition(std::slice::from_ref(&first)).await;
+    let first = sole_replica(&server.url(), &emu.url(), &[]).await;
     identify_then_track(&emu, &first.url, identify(0, "pro"), 0).await;
     assert_eq!(user_upserts(&emu), 1);
     // Its partitions hand over to the next replica.
     first.stop();
 
-    let second = Replica::start(&server.url(), &emu.url(), &[]);
-    each_owns_a_partition(std::slice::from_ref(&second)).await;
+    let second = sole_replica(&server.url(), &emu.url(), &[]).await;
     identify_then_track(&emu, &second.url, identify(1, "pro"), 1).await;
     assert_eq!(
         user_upserts(&emu),
@@ -1389,8 +1393,7 @@ async fn the_last_write_one_replica_applied_is_the_one_the_next_replica_reads() 
     second.stop();
 
     // The first identify again: the last write applied is the second replica's changed one.
-    let third = Replica::start(&server.url(), &emu.url(), &[]);
-    each_owns_a_partition(std::slice::from_ref(&third)).await;
+    let third = sole_replica(&server.url(), &emu.url(), &[]).await;
     identify_then_track(&emu, &third.url, identify(3, "pro"), 3).await;
     assert_eq!(
         user_upserts(&emu),
@@ -1410,8 +1413,7 @@ async fn a_write_refused_on_one_replica_leaves_no_record_for_the_next() {
         return;
     };
     let emu = emulator(0).await;
-    let first = Replica::start(&server.url(), &emu.url(), &[]);
-    each_owns_a_partition(std::slice::from_ref(&first)).await;
+    let first = sole_replica(&server.url(), &emu.url(), &[]).await;
     identify_then_track(&emu, &first.url, identify(0, "pro"), 0).await;
     // Another write to the user, refused by Zendesk: the record is forgotten before it goes out.
     let refused = json!({"type": "identify", "userId": "u1", "messageId": "i-bad",
@@ -1420,8 +1422,7 @@ async fn a_write_refused_on_one_replica_leaves_no_record_for_the_next() {
     assert_eq!(user_upserts(&emu), 2);
     first.stop();
 
-    let second = Replica::start(&server.url(), &emu.url(), &[]);
-    each_owns_a_partition(std::slice::from_ref(&second)).await;
+    let second = sole_replica(&server.url(), &emu.url(), &[]).await;
     identify_then_track(&emu, &second.url, identify(1, "pro"), 2).await;
     assert_eq!(
         user_upserts(&emu),
