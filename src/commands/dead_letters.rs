@@ -3,14 +3,16 @@
 //! its queue, and it delivers them within a second.
 
 use crate::base::text::escape_controls;
-use crate::deliver::trail::Entry;
 use crate::queue::journal::{JOURNAL_FILE, Journal, JournalOptions};
 use crate::queue::nats::dead_letters::NatsDeadLetters;
 use crate::queue::{
-    DeadLetterStore, DeadLetters, QueueError, Selection, record_in_log, selected_for_log,
+    DeadLetterStore, DeadLetters, QueueError, Selection, purge_recorded, replay_recorded,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// Who the delivery log says replayed or discarded a letter.
+const BY: &str = "cli";
 
 #[derive(clap::Args, Debug)]
 pub struct DeadLettersArgs {
@@ -174,16 +176,7 @@ async fn run<S: DeadLetters>(
             }
         },
         DeadLettersCommand::Replay { which, force } => {
-            let mut letters = selected_for_log(store, &which.selection(), journal).await?;
-            let began = crate::base::time::unix_millis_now();
-            let replayed = store.replay(&which.selection(), *force).await?;
-            if !*force {
-                letters.retain(|l| replayed.stale.iter().all(|s| s.id != l.id));
-            }
-            record_in_log(journal, &letters, began, |action| Entry::Replayed {
-                action,
-                by: "cli".into(),
-            });
+            let replayed = replay_recorded(store, &which.selection(), *force, journal, BY).await?;
             let mut out = super::Out::new();
             for s in &replayed.stale {
                 let secs = |ms: i64| crate::base::time::rfc3339_from_unix_secs(ms.div_euclid(1000));
@@ -215,13 +208,7 @@ async fn run<S: DeadLetters>(
             }
         }
         DeadLettersCommand::Purge(which) => {
-            let letters = selected_for_log(store, &which.selection(), journal).await?;
-            let began = crate::base::time::unix_millis_now();
-            let n = store.purge(&which.selection()).await?;
-            record_in_log(journal, &letters, began, |action| Entry::Discarded {
-                action,
-                by: "cli".into(),
-            });
+            let n = purge_recorded(store, &which.selection(), journal, BY).await?;
             eprintln!("{n} dead letter(s) deleted");
         }
     }

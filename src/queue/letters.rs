@@ -61,9 +61,49 @@ pub enum Selection {
     Ids(Vec<u64>),
 }
 
+/// Replays `which` (see [`DeadLetters::replay`]) and records `replayed` by `by` in the delivery
+/// log for each letter moved back (a stale letter kept is not), as of when the replay began.
+pub async fn replay_recorded<S: DeadLetters>(
+    store: &mut S,
+    which: &Selection,
+    force: bool,
+    journal: Option<&Journal>,
+    by: &str,
+) -> Result<Replayed, QueueError> {
+    let mut letters = selected_for_log(store, which, journal).await?;
+    let began = crate::base::time::unix_millis_now();
+    let replayed = store.replay(which, force).await?;
+    if !force {
+        letters.retain(|l| replayed.stale.iter().all(|s| s.id != l.id));
+    }
+    record_in_log(journal, &letters, began, |action| Entry::Replayed {
+        action,
+        by: by.to_owned(),
+    });
+    Ok(replayed)
+}
+
+/// Deletes `which` (see [`DeadLetters::purge`]) and records `discarded` by `by` in the delivery
+/// log for each letter, as of when the discard began. Returns how many were deleted.
+pub async fn purge_recorded<S: DeadLetters>(
+    store: &mut S,
+    which: &Selection,
+    journal: Option<&Journal>,
+    by: &str,
+) -> Result<u64, QueueError> {
+    let letters = selected_for_log(store, which, journal).await?;
+    let began = crate::base::time::unix_millis_now();
+    let n = store.purge(which).await?;
+    record_in_log(journal, &letters, began, |action| Entry::Discarded {
+        action,
+        by: by.to_owned(),
+    });
+    Ok(n)
+}
+
 /// The letters `which` selects, read before a replay or a discard so the delivery log can name
 /// their events (none without a log).
-pub async fn selected_for_log<S: DeadLetters>(
+async fn selected_for_log<S: DeadLetters>(
     store: &mut S,
     which: &Selection,
     journal: Option<&Journal>,
@@ -85,7 +125,7 @@ pub async fn selected_for_log<S: DeadLetters>(
 
 /// Records `entry` (made for the letter's action) for each letter's event in the log, as of
 /// `at_ms` (when the replay or discard began).
-pub fn record_in_log(
+fn record_in_log(
     journal: Option<&Journal>,
     letters: &[StoredDeadLetter],
     at_ms: u64,

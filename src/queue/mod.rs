@@ -35,7 +35,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use letters::{
-    Replayed, Selection, StaleLetter, StoredDeadLetter, record_in_log, selected_for_log,
+    Replayed, Selection, StaleLetter, StoredDeadLetter, purge_recorded, replay_recorded,
 };
 pub use nats::{NatsOptions, NatsQueue};
 pub use sqlite::{AppliedWritesFile, DeadLetterStore, SqliteQueue};

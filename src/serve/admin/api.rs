@@ -34,13 +34,11 @@
 use super::letters::{self, Filter};
 use super::{AdminState, error};
 use crate::base::time::rfc3339_utc;
-use crate::base::time::unix_millis_now;
-use crate::deliver::trail::Entry;
 use crate::mapping::config::Config;
 use crate::mapping::event::Event;
 use crate::queue::journal::{self, Journal};
 use crate::queue::{
-    DeadLetters, Queue, QueueError, Replayed, Selection, record_in_log, selected_for_log,
+    DeadLetters, Queue, QueueError, Replayed, Selection, purge_recorded, replay_recorded,
 };
 use crate::serve::ingest::{self, Endpoint};
 use crate::serve::metrics::Metrics;
@@ -255,20 +253,10 @@ pub(crate) async fn replay<Q: Queue>(
     by: By,
 ) -> Result<Replayed, Response> {
     let which = which?;
-    let journal = state.journal.as_deref();
+    let journal = state.shared.journal.as_deref();
     let result = async {
         let mut store = state.queue.dead_letters().await?;
-        let mut letters = selected_for_log(&mut store, &which, journal).await?;
-        let began = unix_millis_now();
-        let replayed = store.replay(&which, force).await?;
-        if !force {
-            letters.retain(|l| replayed.stale.iter().all(|s| s.id != l.id));
-        }
-        record_in_log(journal, &letters, began, |action| Entry::Replayed {
-            action,
-            by: by.label().into(),
-        });
-        Ok::<_, QueueError>(replayed)
+        replay_recorded(&mut store, &which, force, journal, by.label()).await
     }
     .await;
     let replayed = result.map_err(|e| queue_error(&e))?;
@@ -289,17 +277,10 @@ pub(crate) async fn discard<Q: Queue>(
     by: By,
 ) -> Result<u64, Response> {
     let which = which?;
-    let journal = state.journal.as_deref();
+    let journal = state.shared.journal.as_deref();
     let result = async {
         let mut store = state.queue.dead_letters().await?;
-        let letters = selected_for_log(&mut store, &which, journal).await?;
-        let began = unix_millis_now();
-        let n = store.purge(&which).await?;
-        record_in_log(journal, &letters, began, |action| Entry::Discarded {
-            action,
-            by: by.label().into(),
-        });
-        Ok::<_, QueueError>(n)
+        purge_recorded(&mut store, &which, journal, by.label()).await
     }
     .await;
     let n = result.map_err(|e| queue_error(&e))?;
@@ -549,7 +530,7 @@ impl IntoResponse for Refusal {
 
 /// The delivery log, or the refusal that it is off.
 pub(crate) fn journal_of<Q>(state: &AdminState<Q>) -> Result<Arc<Journal>, Refusal> {
-    state.journal.clone().ok_or_else(|| {
+    state.shared.journal.clone().ok_or_else(|| {
         Refusal(
             StatusCode::NOT_FOUND,
             "the delivery log is off (--no-journal)".to_owned(),

@@ -20,7 +20,6 @@ pub(crate) mod session;
 use super::Shared;
 use super::guard::Guard;
 use crate::queue::Queue;
-use crate::queue::journal::Journal;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -93,9 +92,6 @@ impl std::fmt::Debug for AdminToken {
 pub(crate) struct AdminState<Q> {
     pub(crate) queue: Arc<Q>,
     pub(crate) shared: Arc<Shared>,
-    /// The delivery log (none: off): [`Journal::search`], [`Journal::record`],
-    /// [`Journal::entries`] read it, [`Journal::note`] records a replay or a discard.
-    pub(crate) journal: Option<Arc<Journal>>,
     token: AdminToken,
     pub(crate) sessions: session::Sessions,
     pub(crate) pages: console::Pages,
@@ -126,7 +122,6 @@ impl<Q> AdminState<Q> {
     pub(crate) fn new(queue: Arc<Q>, shared: Arc<Shared>, token: AdminToken) -> Self {
         AdminState {
             queue,
-            journal: shared.journal.clone(),
             shared,
             token,
             sessions: session::Sessions::default(),
