@@ -146,6 +146,7 @@ fn main() {
             only: None,
             force: false,
             message_id: None,
+            destinations: Vec::new(),
         }],
         Vec::new(),
     ))

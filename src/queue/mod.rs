@@ -40,6 +40,20 @@ pub use letters::{
 pub use nats::{NatsOptions, NatsQueue};
 pub use sqlite::{AppliedWritesFile, DeadLetterStore, SqliteQueue};
 
+/// The name of the one destination of a server whose config names none (`destinations:`).
+/// Its records keep the names they had before destinations existed (no prefix).
+pub const DEFAULT_DESTINATION: &str = "default";
+
+/// Whether `name` may name a destination: 1 to 32 of `a-z`, `0-9`, `_` and `-`, starting with a
+/// letter (it becomes part of NATS subjects, keys and metric labels).
+pub fn valid_destination_name(name: &str) -> bool {
+    name.len() <= 32
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
 /// How long a sender's `messageId` is remembered by default, to drop the same call sent again
 /// (Segment's window: 24 hours).
 pub const DEFAULT_DEDUPE_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -58,6 +72,9 @@ pub struct NewItem {
     /// The sender's `messageId`, by which the same call sent again is recognised and dropped
     /// (`None`: the id was generated at ingest, or the item is a replay).
     pub message_id: Option<String>,
+    /// The destinations it goes to, by name, each delivering it on its own; empty: the
+    /// destination of the queue it is pushed to.
+    pub destinations: Vec<String>,
 }
 
 impl NewItem {
@@ -72,6 +89,7 @@ impl NewItem {
             only: letter.action,
             event: letter.event,
             message_id: None,
+            destinations: Vec::new(),
         }
     }
 }

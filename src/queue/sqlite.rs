@@ -1053,6 +1053,7 @@ mod tests {
             only: None,
             force: false,
             message_id: None,
+            destinations: Vec::new(),
         }
     }
 

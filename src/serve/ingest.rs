@@ -361,6 +361,7 @@ fn accept(mut map: Map<String, Value>, received_at: &str) -> Result<NewItem, Ref
             event: event.into_value(),
             only: None,
             message_id,
+            destinations: Vec::new(),
         }),
         Err((e, map)) => {
             let reason = match e {

@@ -333,6 +333,7 @@ fn item(n: usize) -> NewItem {
         partition: Some(format!("user{n}")),
         only: None,
         message_id: None,
+        destinations: Vec::new(),
     }
 }
 
