@@ -6,13 +6,17 @@
 //! lets run beside the writer. Other processes (`zdmap dead-letters`) open the same file; SQLite
 //! serializes them with the server.
 //!
-//! Tables: `events` (waiting items; `AUTOINCREMENT` so an id is never reused and a reader's
-//! cursor never skips a new item), `dead_letters` (one dead-letter record per row) and
+//! Tables: `events` (waiting items, each stored once; `AUTOINCREMENT` so an id is never reused
+//! and a reader's cursor never skips a new item), `lanes` (which destination still has to
+//! deliver which event: one row per destination an event goes to, removed when that
+//! destination settles it; the event goes with its last lane), `dead_letters` (one dead-letter
+//! record per row, with its destination) and
 //! `message_ids` (the senders' `messageId`s accepted within the deduplication window, so a batch
 //! sent again is not queued twice, across restarts too; older ones are forgotten as pushes come)
 //! and `entity_times` (the event time of the last change applied per entity, bounded to
 //! [`ENTITY_CAPACITY`] by forgetting the least recently changed; see
-//! [`crate::deliver::order`]). An event's `started` column says a write of it that is not
+//! [`crate::deliver::order`]); the per-entity records of a destination other than the default
+//! are keyed `NAME/ENTITY`, since each destination is another Zendesk account. A lane's `started` column says a write of it that is not
 //! idempotent may have left (set, and committed, before the first such request goes out): at
 //! the next start only those come back `redelivered` and check before they write. An event
 //! that waited in memory and never reached Zendesk is sent as if new. (`marks` held, in older
@@ -26,8 +30,8 @@
 //! second time after a restart. Only if zdmap stops before that are they delivered again.
 
 use super::{
-    DeadLetters, Item, ItemId, NewItem, Pushed, Queue, QueueError, Replayed, Selection,
-    StaleLetter, StoredDeadLetter,
+    DEFAULT_DESTINATION, DeadLetters, Item, ItemId, NewItem, Pushed, Queue, QueueError, Replayed,
+    Selection, StaleLetter, StoredDeadLetter,
 };
 use crate::base::sync::lock;
 use crate::base::time::unix_millis_now;
@@ -41,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{oneshot, watch};
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "zdmap.sqlite3";
@@ -62,6 +66,15 @@ CREATE TABLE IF NOT EXISTS events (
 );
 -- Small, so that counting the queue (`depth`) reads this index rather than every body.
 CREATE INDEX IF NOT EXISTS events_by_acceptance ON events (accepted_at);
+-- Which destination still has to deliver which event: an event is stored once, and removed
+-- with its last lane.
+CREATE TABLE IF NOT EXISTS lanes (
+    destination TEXT NOT NULL,
+    event INTEGER NOT NULL,
+    started INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (destination, event)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS lanes_by_event ON lanes (event);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     record TEXT NOT NULL
@@ -123,10 +136,13 @@ fn open_connection(data_dir: &Path) -> Result<Connection, QueueError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: a commit is on disk before the ingest API answers, even across a power cut.
     conn.pragma_update(None, "synchronous", "FULL")?;
+    let had_lanes = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'lanes'")?
+        .exists([])?;
     conn.execute_batch(SCHEMA)?;
     // `force` and `started` came after the first release: add them to an older database.
-    add_column(&conn, "force")?;
-    if add_column(&conn, "started")? {
+    add_column(&conn, "events", "force")?;
+    if add_column(&conn, "events", "started")? {
         // What an older version handed out may have been under way: it checks before writing.
         conn.execute(
             "UPDATE events SET started = 1 WHERE id <= \
@@ -134,20 +150,44 @@ fn open_connection(data_dir: &Path) -> Result<Connection, QueueError> {
             params![HANDED_OUT],
         )?;
     }
+    add_text_column(&conn, "dead_letters", "destination")?;
+    if !had_lanes {
+        // A database from before destinations: its waiting events are the default
+        // destination's.
+        conn.execute(
+            "INSERT OR IGNORE INTO lanes (destination, event, started) \
+             SELECT ?1, id, started FROM events",
+            params![DEFAULT_DESTINATION],
+        )?;
+    }
     Ok(conn)
 }
 
-/// Adds the flag column `name` to `events` when it lacks it; `true` when it was added here.
-fn add_column(conn: &Connection, name: &str) -> Result<bool, QueueError> {
+/// Adds the flag column `name` to `table` when it lacks it; `true` when it was added here.
+fn add_column(conn: &Connection, table: &str, name: &str) -> Result<bool, QueueError> {
+    add_column_as(conn, table, name, "INTEGER NOT NULL DEFAULT 0")
+}
+
+/// Adds the text column `name` (null where unset) to `table` when it lacks it.
+fn add_text_column(conn: &Connection, table: &str, name: &str) -> Result<bool, QueueError> {
+    add_column_as(conn, table, name, "TEXT")
+}
+
+fn add_column_as(
+    conn: &Connection,
+    table: &str,
+    name: &str,
+    kind: &str,
+) -> Result<bool, QueueError> {
     let has = conn
-        .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = ?1")?
+        .prepare(&format!(
+            "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+        ))?
         .exists(params![name])?;
     if has {
         return Ok(false);
     }
-    match conn.execute_batch(&format!(
-        "ALTER TABLE events ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0"
-    )) {
+    match conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {kind}")) {
         Ok(()) => Ok(true),
         // Another process added it meanwhile.
         Err(e) if e.to_string().contains("duplicate column") => Ok(false),
@@ -157,8 +197,11 @@ fn add_column(conn: &Connection, name: &str) -> Result<bool, QueueError> {
 
 enum Command {
     Push {
+        /// Each with the destinations it goes to (never empty here).
         items: Vec<NewItem>,
         refused: Vec<DeadLetter>,
+        /// The destination of the refused calls' dead letters.
+        destination: Arc<str>,
         /// Remember `messageId`s accepted since this time (ms); `None`: no deduplication.
         dedupe_since: Option<u64>,
         /// Set by `apply`: items dropped as already accepted.
@@ -166,21 +209,19 @@ enum Command {
         done: oneshot::Sender<Result<Pushed, QueueError>>,
     },
     Finish {
+        destination: Arc<str>,
         id: u64,
         letters: Vec<DeadLetter>,
     },
-    /// A write of item `id` that is not idempotent is about to leave.
+    /// A write of item `id` that is not idempotent is about to leave, for `destination`.
     Started {
+        destination: Arc<str>,
         id: u64,
         done: oneshot::Sender<Result<(), QueueError>>,
     },
     /// A change of `entity` at `at` (ms) was applied; with `trim`, the table is cut to
     /// [`ENTITY_CAPACITY`] first.
-    Applied {
-        entity: String,
-        at: i64,
-        trim: bool,
-    },
+    Applied { entity: String, at: i64, trim: bool },
     /// The last write applied to `entity` is `record` (`None`: forgotten); with `trim`, the
     /// table is cut to [`WRITES_CAPACITY`] first.
     Wrote {
@@ -196,6 +237,7 @@ impl Command {
             Command::Push {
                 items,
                 refused,
+                destination,
                 dedupe_since,
                 duplicates,
                 ..
@@ -214,20 +256,33 @@ impl Command {
                     insert_item(tx, item, accepted)?;
                 }
                 for letter in refused {
-                    insert_letter(tx, letter)?;
+                    insert_letter(tx, letter, destination)?;
                 }
                 duplicates.store(dropped, Ordering::Relaxed);
             }
-            Command::Finish { id, letters, .. } => {
+            Command::Finish {
+                destination,
+                id,
+                letters,
+            } => {
                 for letter in letters {
-                    insert_letter(tx, letter)?;
+                    insert_letter(tx, letter, destination)?;
                 }
-                tx.prepare_cached("DELETE FROM events WHERE id = ?1")?
-                    .execute(params![*id as i64])?;
+                tx.prepare_cached("DELETE FROM lanes WHERE destination = ?1 AND event = ?2")?
+                    .execute(params![&**destination, *id as i64])?;
+                tx.prepare_cached(
+                    "DELETE FROM events WHERE id = ?1 \
+                     AND NOT EXISTS (SELECT 1 FROM lanes WHERE event = ?1)",
+                )?
+                .execute(params![*id as i64])?;
             }
-            Command::Started { id, .. } => {
-                tx.prepare_cached("UPDATE events SET started = 1 WHERE id = ?1")?
-                    .execute(params![*id as i64])?;
+            Command::Started {
+                destination, id, ..
+            } => {
+                tx.prepare_cached(
+                    "UPDATE lanes SET started = 1 WHERE destination = ?1 AND event = ?2",
+                )?
+                .execute(params![&**destination, *id as i64])?;
             }
             Command::Applied { entity, at, trim } => {
                 if *trim {
@@ -312,15 +367,27 @@ impl Command {
     }
 }
 
-/// The SQLite queue. Cheap to share (`Arc`); dropping the last handle lets the writer finish
-/// what it was given and stop.
+/// The SQLite queue, as one destination sees it: the events of its lane, its dead letters, its
+/// records of entities. [`SqliteQueue::lane`] gives another destination's view of the same
+/// database. Cheap to share (`Arc`); dropping the last handle of the database lets the writer
+/// finish what it was given and stop.
 pub struct SqliteQueue {
+    store: Arc<Store>,
+    /// The destination whose lane this handle reads and settles.
+    destination: Arc<str>,
+    dedupe_window: Duration,
+    /// The last count of pushes this handle has seen ([`Queue::changed`]).
+    seen: tokio::sync::Mutex<watch::Receiver<u64>>,
+}
+
+/// The database behind every lane: its writer, its reader and the memory of entity records.
+struct Store {
     path: PathBuf,
     writer: Mutex<Option<mpsc::Sender<Command>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     reader: Arc<Mutex<Connection>>,
-    added: Arc<Notify>,
-    dedupe_window: Duration,
+    /// Counts the pushes committed, so that every lane's reader wakes.
+    added: watch::Sender<u64>,
     /// Why the last write failed, until one succeeds again.
     write_problem: Arc<Mutex<Option<String>>>,
     /// Held until the queue is closed: only this process delivers from the data directory.
@@ -339,20 +406,22 @@ pub struct SqliteQueue {
 impl std::fmt::Debug for SqliteQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteQueue")
-            .field("path", &self.path)
+            .field("path", &self.store.path)
+            .field("destination", &self.destination)
             .finish()
     }
 }
 
 impl SqliteQueue {
-    /// Opens the queue in `data_dir` (created if needed) and starts its writer.
+    /// Opens the queue in `data_dir` (created if needed) and starts its writer; the handle is
+    /// the default destination's ([`SqliteQueue::lane`] gives the others').
     /// Fails when another process has the directory open (see [`super::lock`]).
     pub fn open(data_dir: &Path) -> Result<SqliteQueue, QueueError> {
         let dir_lock = super::lock::DataDirLock::acquire(data_dir)?;
         check_integrity(&data_dir.join(DATABASE_FILE))?;
         let mut writer_conn = open_connection(data_dir)?;
         let reader = open_connection(data_dir)?;
-        let added = Arc::new(Notify::new());
+        let (added, seen) = watch::channel(0u64);
         let (tx, rx) = mpsc::channel::<Command>();
         let notify = added.clone();
         let write_problem = Arc::new(Mutex::new(None));
@@ -365,20 +434,57 @@ impl SqliteQueue {
                 path: data_dir.join(DATABASE_FILE),
                 source,
             })?;
-        Ok(SqliteQueue {
+        let store = Store {
             path: data_dir.join(DATABASE_FILE),
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
             reader: Arc::new(Mutex::new(reader)),
             added,
-            dedupe_window: super::DEFAULT_DEDUPE_WINDOW,
             write_problem,
             dir_lock: Mutex::new(Some(dir_lock)),
             entity_memory: MemoryClock::new(ENTITY_MEMORY),
             entity_writes: AtomicU64::new(0),
             writes_memory: MemoryWrites::new(WRITES_MEMORY),
             writes_recorded: AtomicU64::new(0),
+        };
+        Ok(SqliteQueue {
+            store: Arc::new(store),
+            destination: DEFAULT_DESTINATION.into(),
+            dedupe_window: super::DEFAULT_DEDUPE_WINDOW,
+            seen: tokio::sync::Mutex::new(seen),
         })
+    }
+
+    /// The same database as `destination` sees it.
+    pub fn lane(&self, destination: &str) -> SqliteQueue {
+        SqliteQueue {
+            store: self.store.clone(),
+            destination: destination.into(),
+            dedupe_window: self.dedupe_window,
+            seen: tokio::sync::Mutex::new(self.store.added.subscribe()),
+        }
+    }
+
+    /// The destination whose lane this is.
+    pub fn destination(&self) -> &str {
+        &self.destination
+    }
+
+    /// The destinations that have events waiting, with how many, by name.
+    pub async fn lanes(&self) -> Result<Vec<(String, u64)>, QueueError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT destination, count(*) FROM lanes GROUP BY destination ORDER BY destination",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut lanes = Vec::new();
+            for row in rows {
+                let (name, n) = row?;
+                lanes.push((name, n as u64));
+            }
+            Ok(lanes)
+        })
+        .await
     }
 
     /// How long a sender's `messageId` is remembered (zero: calls are never deduplicated).
@@ -389,22 +495,18 @@ impl SqliteQueue {
 
     /// The database file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.store.path
     }
 
-    /// Stops taking writes, waits until everything given to the writer is committed, and lets
-    /// another process have the data directory.
+    /// Stops taking writes (of every lane), waits until everything given to the writer is
+    /// committed, and lets another process have the data directory.
     pub fn close(&self) {
-        drop(lock(&self.writer).take());
-        if let Some(thread) = lock(&self.writer_thread).take() {
-            let _ = thread.join();
-        }
-        drop(lock(&self.dir_lock).take());
+        self.store.close();
     }
 
     /// Hands a command to the writer.
     fn send(&self, command: Command) -> Result<(), QueueError> {
-        let writer = lock(&self.writer);
+        let writer = lock(&self.store.writer);
         let Some(writer) = writer.as_ref() else {
             return Err(QueueError::Stopped("is closed"));
         };
@@ -417,20 +519,36 @@ impl SqliteQueue {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, QueueError> + Send + 'static,
     ) -> Result<T, QueueError> {
-        let reader = self.reader.clone();
+        let reader = self.store.reader.clone();
         tokio::task::spawn_blocking(move || f(&lock(&reader)))
             .await
             .map_err(|_| QueueError::Stopped("reader stopped"))?
     }
+
+    /// This destination's key of `entity`.
+    fn key<'a>(&self, entity: &'a str) -> std::borrow::Cow<'a, str> {
+        entity_key(&self.destination, entity)
+    }
 }
 
-impl Drop for SqliteQueue {
+impl Store {
+    fn close(&self) {
+        drop(lock(&self.writer).take());
+        if let Some(thread) = lock(&self.writer_thread).take() {
+            let _ = thread.join();
+        }
+        drop(lock(&self.dir_lock).take());
+    }
+}
+
+impl Drop for Store {
     fn drop(&mut self) {
         self.close();
     }
 }
 
-/// Stores one waiting event (a push, or a replayed dead letter).
+/// Stores one waiting event (a push, or a replayed dead letter) once, with a lane for each of
+/// the destinations it names.
 fn insert_item(conn: &Connection, item: &NewItem, accepted_ms: u64) -> rusqlite::Result<()> {
     let body = serde_json::to_string(&item.event).unwrap_or_default();
     conn.prepare_cached(
@@ -443,6 +561,12 @@ fn insert_item(conn: &Connection, item: &NewItem, accepted_ms: u64) -> rusqlite:
         body,
         item.force
     ])?;
+    let event = conn.last_insert_rowid();
+    let mut lane =
+        conn.prepare_cached("INSERT OR IGNORE INTO lanes (destination, event) VALUES (?1, ?2)")?;
+    for destination in &item.destinations {
+        lane.execute(params![destination, event])?;
+    }
     Ok(())
 }
 
@@ -460,10 +584,24 @@ fn first_time(conn: &Connection, item: &NewItem, accepted_ms: u64) -> rusqlite::
     Ok(inserted == 1)
 }
 
-fn insert_letter(conn: &Connection, letter: &DeadLetter) -> rusqlite::Result<()> {
-    conn.prepare_cached("INSERT INTO dead_letters (record) VALUES (?1)")?
-        .execute(params![letter.to_line()])
+fn insert_letter(
+    conn: &Connection,
+    letter: &DeadLetter,
+    destination: &str,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT INTO dead_letters (record, destination) VALUES (?1, ?2)")?
+        .execute(params![letter.to_line(), destination])
         .map(drop)
+}
+
+/// The key of `entity` in the tables of per-entity records for `destination`: the entity
+/// itself for the default destination (as before destinations), else prefixed by the name.
+fn entity_key<'a>(destination: &str, entity: &'a str) -> std::borrow::Cow<'a, str> {
+    if destination == DEFAULT_DESTINATION {
+        std::borrow::Cow::Borrowed(entity)
+    } else {
+        std::borrow::Cow::Owned(format!("{destination}/{entity}"))
+    }
 }
 
 /// Refuses a database with damaged pages (a missing one is fine: it is created). Runs before
@@ -513,7 +651,7 @@ fn check_integrity(path: &Path) -> Result<(), QueueError> {
 fn write_loop(
     conn: &mut Connection,
     rx: &mpsc::Receiver<Command>,
-    added: &Notify,
+    added: &watch::Sender<u64>,
     problem: &Mutex<Option<String>>,
 ) {
     let mut synced = true;
@@ -552,7 +690,7 @@ fn write_loop(
             }
             let failed = write_group(conn, group, &mut unsettled);
             if pushed {
-                added.notify_one();
+                added.send_modify(|n| *n = n.wrapping_add(1));
             }
             failed
         };
@@ -632,19 +770,25 @@ impl Queue for SqliteQueue {
     type Letters = DeadLetterStore;
 
     async fn dead_letters(&self) -> Result<DeadLetterStore, QueueError> {
-        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        tokio::task::spawn_blocking(move || DeadLetterStore::open(&dir))
+        let dir = self.path().parent().unwrap_or(Path::new(".")).to_path_buf();
+        let destination = self.destination.to_string();
+        tokio::task::spawn_blocking(move || DeadLetterStore::open_for(&dir, &destination))
             .await
             .map_err(|_| QueueError::Stopped("could not open its dead letters"))?
     }
 
     async fn push(
         &self,
-        items: Vec<NewItem>,
+        mut items: Vec<NewItem>,
         refused: Vec<DeadLetter>,
     ) -> Result<Pushed, QueueError> {
         if items.is_empty() && refused.is_empty() {
             return Ok(Pushed::default());
+        }
+        for item in &mut items {
+            if item.destinations.is_empty() {
+                item.destinations.push(self.destination.to_string());
+            }
         }
         let window = u64::try_from(self.dedupe_window.as_millis()).unwrap_or(u64::MAX);
         let dedupe_since = (window > 0).then(|| unix_millis_now().saturating_sub(window));
@@ -652,6 +796,7 @@ impl Queue for SqliteQueue {
         self.send(Command::Push {
             items,
             refused,
+            destination: self.destination.clone(),
             dedupe_since,
             duplicates: AtomicU64::new(0),
             done,
@@ -662,23 +807,28 @@ impl Queue for SqliteQueue {
     }
 
     async fn fetch(&self, after: ItemId, limit: usize) -> Result<Vec<Item>, QueueError> {
+        let destination = self.destination.clone();
         let items = self
             .read(move |conn| {
                 let mut stmt = conn.prepare_cached(
-                "SELECT id, partition, only_action, accepted_at, body, force, started FROM events \
-                 WHERE id > ?1 ORDER BY id LIMIT ?2",
-            )?;
-                let rows = stmt.query_map(params![after.0 as i64, limit as i64], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, Option<String>>(1)?,
-                        row.get::<_, Option<String>>(2)?,
-                        row.get::<_, i64>(3)?,
-                        row.get::<_, String>(4)?,
-                        row.get::<_, bool>(5)?,
-                        row.get::<_, bool>(6)?,
-                    ))
-                })?;
+                    "SELECT e.id, e.partition, e.only_action, e.accepted_at, e.body, e.force, \
+                     l.started FROM lanes l JOIN events e ON e.id = l.event \
+                     WHERE l.destination = ?1 AND l.event > ?2 ORDER BY l.event LIMIT ?3",
+                )?;
+                let rows = stmt.query_map(
+                    params![&*destination, after.0 as i64, limit as i64],
+                    |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, Option<String>>(1)?,
+                            row.get::<_, Option<String>>(2)?,
+                            row.get::<_, i64>(3)?,
+                            row.get::<_, String>(4)?,
+                            row.get::<_, bool>(5)?,
+                            row.get::<_, bool>(6)?,
+                        ))
+                    },
+                )?;
                 let mut items = Vec::new();
                 for row in rows {
                     let (id, partition, only, accepted, body, force, started) = row?;
@@ -726,53 +876,68 @@ impl Queue for SqliteQueue {
 
     async fn started(&self, id: ItemId) -> Result<(), QueueError> {
         let (done, answer) = oneshot::channel();
-        self.send(Command::Started { id: id.0, done })?;
+        self.send(Command::Started {
+            destination: self.destination.clone(),
+            id: id.0,
+            done,
+        })?;
         answer
             .await
             .map_err(|_| QueueError::Stopped("writer stopped"))?
     }
 
     fn finish(&self, id: ItemId, letters: Vec<DeadLetter>) -> Result<(), QueueError> {
-        self.send(Command::Finish { id: id.0, letters })
+        self.send(Command::Finish {
+            destination: self.destination.clone(),
+            id: id.0,
+            letters,
+        })
     }
 
     async fn depth(&self) -> Result<u64, QueueError> {
-        self.read(|conn| {
-            let n: i64 = conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+        let destination = self.destination.clone();
+        self.read(move |conn| {
+            let n: i64 = conn
+                .prepare_cached("SELECT count(*) FROM lanes WHERE destination = ?1")?
+                .query_row(params![&*destination], |r| r.get(0))?;
             Ok(n as u64)
         })
         .await
     }
 
     async fn changed(&self, max_wait: Duration) {
-        let _ = tokio::time::timeout(max_wait, self.added.notified()).await;
+        let mut seen = self.seen.lock().await;
+        let _ = tokio::time::timeout(max_wait, seen.changed()).await;
     }
 
     fn write_problem(&self) -> Option<String> {
-        lock(&self.write_problem).clone()
+        lock(&self.store.write_problem).clone()
     }
 }
 
 impl EntityClock for SqliteQueue {
     fn last_applied(&self, entity: &str) -> Option<i64> {
-        if let Some(at) = self.entity_memory.last_applied(entity) {
+        let key = self.key(entity);
+        let store = &self.store;
+        if let Some(at) = store.entity_memory.last_applied(&key) {
             return Some(at);
         }
-        let at = entity_time(&lock(&self.reader), entity)
+        let at = entity_time(&lock(&store.reader), &key)
             .inspect_err(
                 |e| tracing::warn!(%entity, error = %e, "cannot read an entity's last change time"),
             )
             .ok()
             .flatten()?;
-        self.entity_memory.applied(entity, at);
+        store.entity_memory.applied(&key, at);
         Some(at)
     }
 
     fn applied(&self, entity: &str, at_ms: i64) {
-        self.entity_memory.applied(entity, at_ms);
-        let n = self.entity_writes.fetch_add(1, Ordering::Relaxed) + 1;
+        let key = self.key(entity);
+        self.store.entity_memory.applied(&key, at_ms);
+        let n = self.store.entity_writes.fetch_add(1, Ordering::Relaxed) + 1;
         let command = Command::Applied {
-            entity: entity.to_owned(),
+            entity: key.into_owned(),
             at: at_ms,
             trim: n.is_multiple_of(TRIM_EVERY),
         };
@@ -783,49 +948,55 @@ impl EntityClock for SqliteQueue {
 }
 
 impl SqliteQueue {
-    /// Writes what is now the last write applied to `entity` (`None`: none is known).
-    fn wrote(&self, entity: &str, record: Option<String>) {
-        let n = self.writes_recorded.fetch_add(1, Ordering::Relaxed) + 1;
+    /// Writes what is now the last write applied to the entity of `key` (`None`: none is
+    /// known).
+    fn wrote(&self, key: String, record: Option<String>) {
+        let n = self.store.writes_recorded.fetch_add(1, Ordering::Relaxed) + 1;
         let command = Command::Wrote {
-            entity: entity.to_owned(),
+            entity: key,
             record,
             trim: n.is_multiple_of(TRIM_EVERY),
         };
         if let Err(e) = self.send(command) {
-            tracing::error!(%entity, error = %e, "cannot record the last write applied to an entity");
+            tracing::error!(error = %e, "cannot record the last write applied to an entity");
         }
     }
 }
 
 impl AppliedWrites for SqliteQueue {
     fn last_write(&self, entity: &str) -> Option<AppliedWrite> {
-        if let Some(known) = self.writes_memory.known(entity) {
+        let key = self.key(entity);
+        let memory = &self.store.writes_memory;
+        if let Some(known) = memory.known(&key) {
             return known;
         }
-        let record = applied_write(&lock(&self.reader), entity)
+        let record = applied_write(&lock(&self.store.reader), &key)
             .inspect_err(
                 |e| tracing::warn!(%entity, error = %e, "cannot read the last write applied to an entity"),
             )
             .ok()
             .flatten();
         match &record {
-            Some(write) => self.writes_memory.write_applied(entity, write),
-            None => self.writes_memory.forget_write(entity),
+            Some(write) => memory.write_applied(&key, write),
+            None => memory.forget_write(&key),
         }
         record
     }
 
     fn write_applied(&self, entity: &str, write: &AppliedWrite) {
-        self.writes_memory.write_applied(entity, write);
-        self.wrote(entity, write.encode());
+        let key = self.key(entity);
+        self.store.writes_memory.write_applied(&key, write);
+        self.wrote(key.into_owned(), write.encode());
     }
 
     fn forget_write(&self, entity: &str) {
-        if self.writes_memory.known(entity) == Some(None) {
+        let key = self.key(entity);
+        let memory = &self.store.writes_memory;
+        if memory.known(&key) == Some(None) {
             return;
         }
-        self.writes_memory.forget_write(entity);
-        self.wrote(entity, None);
+        memory.forget_write(&key);
+        self.wrote(key.into_owned(), None);
     }
 }
 
@@ -872,17 +1043,28 @@ fn applied_write(conn: &Connection, entity: &str) -> Result<Option<AppliedWrite>
     Ok(record.and_then(|text| AppliedWrite::decode(&text)))
 }
 
-/// The dead letters of a data directory: list, show, replay (back into the queue), purge.
-/// Safe to use while `zdmap serve` runs on the same directory.
+/// The dead letters of one destination of a data directory: list, show, replay (back into the
+/// queue, for that destination only), purge. Safe to use while `zdmap serve` runs on the same
+/// directory.
 pub struct DeadLetterStore {
     conn: Connection,
     data_dir: PathBuf,
+    destination: String,
 }
 
+/// Selects the dead letters of destination `?1` (those from before destinations are the
+/// default destination's).
+const OF_DESTINATION: &str = "coalesce(destination, 'default') = ?1";
+
 impl DeadLetterStore {
-    /// The dead letters of the data directory of a `zdmap serve`; a directory that holds no
-    /// queue (a typo) is refused rather than answered "0 dead letters".
+    /// The default destination's dead letters of the data directory of a `zdmap serve`; a
+    /// directory that holds no queue (a typo) is refused rather than answered "0 dead letters".
     pub fn open(data_dir: &Path) -> Result<DeadLetterStore, QueueError> {
+        DeadLetterStore::open_for(data_dir, DEFAULT_DESTINATION)
+    }
+
+    /// The dead letters of `destination` in the data directory of a `zdmap serve`.
+    pub fn open_for(data_dir: &Path, destination: &str) -> Result<DeadLetterStore, QueueError> {
         if !data_dir.join(DATABASE_FILE).is_file() {
             return Err(QueueError::NoData {
                 dir: data_dir.to_path_buf(),
@@ -891,24 +1073,29 @@ impl DeadLetterStore {
         Ok(DeadLetterStore {
             conn: open_connection(data_dir)?,
             data_dir: data_dir.to_path_buf(),
+            destination: destination.to_owned(),
         })
     }
 
     pub fn count(&self) -> Result<u64, QueueError> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT count(*) FROM dead_letters", [], |r| r.get(0))?;
+        let n: i64 = self.conn.query_row(
+            &format!("SELECT count(*) FROM dead_letters WHERE {OF_DESTINATION}"),
+            params![self.destination],
+            |r| r.get(0),
+        )?;
         Ok(n as u64)
     }
 
     /// Up to `limit` dead letters with an id above `after`, oldest first.
     pub fn list(&self, after: u64, limit: usize) -> Result<Vec<StoredDeadLetter>, QueueError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, record FROM dead_letters WHERE id > ?1 ORDER BY id LIMIT ?2")?;
-        let rows = stmt.query_map(params![after as i64, limit as i64], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
-        })?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT id, record FROM dead_letters WHERE {OF_DESTINATION} AND id > ?2 \
+             ORDER BY id LIMIT ?3"
+        ))?;
+        let rows = stmt.query_map(
+            params![self.destination, after as i64, limit as i64],
+            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
+        )?;
         let mut out = Vec::new();
         for row in rows {
             let (id, record) = row?;
@@ -921,8 +1108,8 @@ impl DeadLetterStore {
         let record: Option<String> = self
             .conn
             .query_row(
-                "SELECT record FROM dead_letters WHERE id = ?1",
-                params![id as i64],
+                &format!("SELECT record FROM dead_letters WHERE {OF_DESTINATION} AND id = ?2"),
+                params![self.destination, id as i64],
                 |r| r.get(0),
             )
             .optional()?;
@@ -935,7 +1122,7 @@ impl DeadLetterStore {
     /// applied anyway.
     pub fn replay(&mut self, which: &Selection, force: bool) -> Result<Replayed, QueueError> {
         let tx = self.conn.transaction()?;
-        let ids = selected_ids(&tx, which)?;
+        let ids = selected_ids(&tx, which, &self.destination)?;
         let accepted = unix_millis_now();
         let mut replayed = Replayed::default();
         for id in &ids {
@@ -949,7 +1136,7 @@ impl DeadLetterStore {
             let Some(record) = record else { continue };
             let letter = stored(*id as i64, &record)?.letter;
             let lasts = (letter.changes.iter())
-                .map(|c| entity_time(&tx, &c.entity))
+                .map(|c| entity_time(&tx, &entity_key(&self.destination, &c.entity)))
                 .collect::<Result<Vec<_>, _>>()?;
             if let Some(stale) = StaleLetter::of(*id, &letter, &lasts) {
                 replayed.stale.push(stale);
@@ -957,7 +1144,10 @@ impl DeadLetterStore {
                     continue;
                 }
             }
-            let item = NewItem::replay(letter, force);
+            let item = NewItem {
+                destinations: vec![self.destination.clone()],
+                ..NewItem::replay(letter, force)
+            };
             insert_item(&tx, &item, accepted)?;
             delete_letter(&tx, *id)?;
             replayed.moved += 1;
@@ -969,7 +1159,7 @@ impl DeadLetterStore {
     /// Deletes the selected dead letters. Returns how many were deleted.
     pub fn purge(&mut self, which: &Selection) -> Result<u64, QueueError> {
         let tx = self.conn.transaction()?;
-        let ids = selected_ids(&tx, which)?;
+        let ids = selected_ids(&tx, which, &self.destination)?;
         for id in &ids {
             delete_letter(&tx, *id)?;
         }
@@ -980,7 +1170,15 @@ impl DeadLetterStore {
 
 impl DeadLetters for DeadLetterStore {
     fn place(&self) -> String {
-        self.data_dir.display().to_string()
+        if self.destination == DEFAULT_DESTINATION {
+            self.data_dir.display().to_string()
+        } else {
+            format!(
+                "{} (destination {})",
+                self.data_dir.display(),
+                self.destination
+            )
+        }
     }
 
     async fn count(&mut self) -> Result<u64, QueueError> {
@@ -1013,11 +1211,17 @@ fn delete_letter(conn: &Connection, id: u64) -> rusqlite::Result<()> {
         .map(drop)
 }
 
-/// The ids of `which` that exist.
-fn selected_ids(conn: &Connection, which: &Selection) -> Result<Vec<u64>, QueueError> {
-    let mut stmt = conn.prepare("SELECT id FROM dead_letters ORDER BY id")?;
+/// The ids of `which` that exist among `destination`'s dead letters.
+fn selected_ids(
+    conn: &Connection,
+    which: &Selection,
+    destination: &str,
+) -> Result<Vec<u64>, QueueError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT id FROM dead_letters WHERE {OF_DESTINATION} ORDER BY id"
+    ))?;
     let existing = stmt
-        .query_map([], |r| r.get::<_, i64>(0))?
+        .query_map(params![destination], |r| r.get::<_, i64>(0))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(existing
         .into_iter()
@@ -1178,6 +1382,124 @@ mod tests {
         assert_eq!(again[0].partition.as_deref(), Some("user:b"));
         assert_eq!(again[0].event, items[1].event);
         assert_eq!(store.purge(&Selection::Ids(vec![999])).expect("purge"), 0);
+    }
+
+    /// Waits until the writer has committed what `finish` handed it.
+    async fn settled(queue: &SqliteQueue, depth: u64) {
+        for _ in 0..500 {
+            if queue.depth().await.expect("depth") == depth {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(queue.depth().await.expect("depth"), depth);
+    }
+
+    #[tokio::test]
+    async fn an_event_for_two_destinations_is_stored_once_and_settled_by_each() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let eu = SqliteQueue::open(dir.path()).expect("open").lane("eu");
+        let us = eu.lane("us");
+        let both = NewItem {
+            destinations: vec!["eu".into(), "us".into()],
+            ..item("a", 1)
+        };
+        let eu_only = NewItem {
+            destinations: vec!["eu".into()],
+            ..item("a", 2)
+        };
+        eu.push(vec![both, eu_only], vec![]).await.expect("push");
+        let stored: i64 = lock(&eu.store.reader)
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(stored, 2, "each event once, however many destinations");
+        let at_eu = eu.fetch(ItemId(0), 10).await.expect("fetch eu");
+        let at_us = us.fetch(ItemId(0), 10).await.expect("fetch us");
+        assert_eq!(at_eu.len(), 2);
+        assert_eq!(at_us.len(), 1);
+        assert_eq!(at_us[0].id, at_eu[0].id);
+
+        // `eu` dead-letters the first event and delivers the second; `us` still has the first.
+        let letter =
+            DeadLetter::without_response(at_eu[0].event.clone(), "track_event", "send", "no");
+        us.started(at_us[0].id).await.expect("started");
+        eu.finish(at_eu[0].id, vec![letter]).expect("finish");
+        eu.finish(at_eu[1].id, vec![]).expect("finish");
+        settled(&eu, 0).await;
+        let again = us.fetch(ItemId(0), 10).await.expect("fetch us");
+        assert_eq!(again.len(), 1);
+        assert!(again[0].redelivered, "`us` had started it");
+        assert_eq!(again[0].event, at_eu[0].event);
+        us.finish(again[0].id, vec![]).expect("finish");
+        settled(&us, 0).await;
+        let left: i64 = lock(&eu.store.reader)
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(left, 0, "removed with its last lane");
+
+        // The letter is `eu`'s: `us` does not see it, and replaying it reaches `eu` only.
+        let mut us_letters = DeadLetterStore::open_for(dir.path(), "us").expect("us letters");
+        assert_eq!(us_letters.count().expect("count"), 0);
+        assert_eq!(
+            us_letters
+                .replay(&Selection::All, false)
+                .expect("replay")
+                .moved,
+            0
+        );
+        let mut eu_letters = eu.dead_letters().await.expect("eu letters");
+        assert_eq!(eu_letters.count().expect("count"), 1);
+        assert_eq!(
+            eu_letters
+                .replay(&Selection::All, false)
+                .expect("replay")
+                .moved,
+            1
+        );
+        assert_eq!(eu.fetch(ItemId(0), 10).await.expect("fetch").len(), 1);
+        assert!(us.fetch(ItemId(0), 10).await.expect("fetch").is_empty());
+        assert_eq!(eu.lanes().await.expect("lanes"), [("eu".to_owned(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn each_destination_keeps_its_own_records_of_entities() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let default = SqliteQueue::open(dir.path()).expect("open");
+        let eu = default.lane("eu");
+        default.applied("user:a", 10);
+        eu.applied("user:a", 20);
+        assert_eq!(default.last_applied("user:a"), Some(10));
+        assert_eq!(eu.last_applied("user:a"), Some(20));
+        assert_eq!(default.lane("us").last_applied("user:a"), None);
+    }
+
+    #[tokio::test]
+    async fn the_waiting_events_of_a_database_from_before_destinations_are_the_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let conn = Connection::open(dir.path().join(DATABASE_FILE)).expect("create");
+            conn.execute_batch(
+                "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, partition TEXT, \
+                 only_action TEXT, accepted_at INTEGER NOT NULL, body TEXT NOT NULL, \
+                 force INTEGER NOT NULL DEFAULT 0, started INTEGER NOT NULL DEFAULT 0); \
+                 INSERT INTO events (partition, accepted_at, body, started) \
+                 VALUES ('user:a', 1, '{\"type\":\"track\"}', 1); \
+                 CREATE TABLE dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL);",
+            )
+            .expect("old schema");
+        }
+        let queue = SqliteQueue::open(dir.path()).expect("open");
+        let items = queue.fetch(ItemId(0), 10).await.expect("fetch");
+        assert_eq!(items.len(), 1);
+        assert!(items[0].redelivered);
+        assert!(
+            queue
+                .lane("eu")
+                .fetch(ItemId(0), 10)
+                .await
+                .expect("fetch")
+                .is_empty()
+        );
     }
 
     #[tokio::test]
