@@ -411,6 +411,7 @@ fn load_run(batch_window: Option<Duration>, times: &DeliveredTimes) {
             config: Source {
                 mappings: "mappings".into(),
                 set: vec![emulated::UNLIMITED.to_owned()],
+                routing: Default::default(),
             },
             watch: false,
             log_events: false,

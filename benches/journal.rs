@@ -101,6 +101,7 @@ async fn round(log: bool, bodies: Arc<Vec<Vec<u8>>>, orgs: Vec<u8>) -> Round {
         config: Source {
             mappings: "mappings".into(),
             set: vec![emulated::UNLIMITED.to_owned()],
+            routing: Default::default(),
         },
         watch: false,
         log_events: false,

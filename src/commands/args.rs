@@ -52,6 +52,7 @@ impl ConfigArgs {
                 .chain(from_env)
                 .chain(self.set.iter().cloned())
                 .collect(),
+            routing: Default::default(),
         }
     }
 

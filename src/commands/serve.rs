@@ -451,7 +451,9 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
         ));
     }
     drop(out);
-    tokio::spawn(check_scopes(server.shared().clone()));
+    for shared in server.destinations() {
+        tokio::spawn(check_scopes(shared.clone()));
+    }
     signals.wait(&server).await;
     server.shutdown().await;
     ExitCode::SUCCESS
@@ -518,8 +520,10 @@ impl Signals {
                 tokio::select! {
                     _ = hup.recv() => {
                         tracing::info!("SIGHUP: reloading the mappings and the credentials");
-                        let shared = server.shared().clone();
-                        let _ = tokio::task::spawn_blocking(move || shared.reload()).await;
+                        for shared in server.destinations() {
+                            let shared = shared.clone();
+                            let _ = tokio::task::spawn_blocking(move || shared.reload()).await;
+                        }
                     }
                     _ = term.recv() => return,
                     _ = tokio::signal::ctrl_c() => return,

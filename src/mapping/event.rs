@@ -147,6 +147,17 @@ impl Event {
         }
     }
 
+    /// Whether `integrations` lets the event reach the destination a server calls `name`
+    /// (delivering with the integration name `integration`): named, its own value decides
+    /// (`{"All": false, "eu": true}`, `{"us": false}`); not named, as [`Event::sent_to`] says of
+    /// `integration`.
+    pub(crate) fn sent_to_destination(&self, name: &str, integration: &str) -> bool {
+        let named = (self.value.get("integrations").and_then(Value::as_object))
+            .and_then(|i| i.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)))
+            .map(|(_, v)| !matches!(v, Value::Bool(false)));
+        named.unwrap_or_else(|| self.sent_to(integration))
+    }
+
     /// The keys that order delivery: events that share a key are delivered in order, one at
     /// a time; events with no key in common go in parallel.
     ///

@@ -134,19 +134,21 @@ pub struct Calls {
     pub refused: Vec<Refused>,
 }
 
-/// The write keys that may post events. Compared in constant time; never printed.
+/// The write keys that may post events, each with the destinations its events go to (a
+/// source). Compared in constant time; never printed.
 #[derive(Clone, Debug, Default)]
-pub struct WriteKeys(Vec<Secret>);
+pub struct WriteKeys(Vec<(Secret, Vec<String>)>);
 
 impl WriteKeys {
+    /// Keys whose events go to every destination.
     pub fn new(keys: Vec<Secret>) -> WriteKeys {
-        WriteKeys(keys)
+        WriteKeys(keys.into_iter().map(|k| (k, Vec::new())).collect())
     }
 
     /// Keys from `--write-key` values and the comma-separated `ZDMAP_WRITE_KEYS`.
     pub fn from_args_and_env(args: &[String], env: Option<&str>) -> WriteKeys {
         let from_env = env.into_iter().flat_map(|v| v.split(','));
-        WriteKeys(
+        WriteKeys::new(
             args.iter()
                 .map(String::as_str)
                 .chain(from_env)
@@ -157,11 +159,22 @@ impl WriteKeys {
         )
     }
 
+    /// Adds a key whose events go to `destinations` only (every destination when empty).
+    pub fn add_source(&mut self, key: Secret, destinations: Vec<String>) {
+        self.0.push((key, destinations));
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    /// Whether `candidate` is one of the keys. Every key is compared, whatever matches.
+    /// Every destination a key names.
+    pub fn destinations(&self) -> impl Iterator<Item = &str> {
+        self.0
+            .iter()
+            .flat_map(|(_, d)| d.iter().map(String::as_str))
+    }
+
     /// Which sender `key` is, as dedupe sees it: a short digest of the key (never the key), or
     /// `-` on a server without keys. The same `messageId` from two sources is two calls.
     pub(crate) fn source_of(&self, key: Option<&str>) -> String {
@@ -175,12 +188,22 @@ impl WriteKeys {
         }
     }
 
+    /// Whether `candidate` is one of the keys.
     pub fn allows(&self, candidate: &str) -> bool {
-        let mut found = subtle::Choice::from(0);
-        for key in &self.0 {
-            found |= key.expose().as_bytes().ct_eq(candidate.as_bytes());
+        self.route(candidate).is_some()
+    }
+
+    /// The destinations the events of `candidate` go to (empty: every one); `None` when it is
+    /// no key. Every key is compared, whatever matches.
+    pub(crate) fn route(&self, candidate: &str) -> Option<&[String]> {
+        let mut found = None;
+        for (key, destinations) in &self.0 {
+            let same: bool = key.expose().as_bytes().ct_eq(candidate.as_bytes()).into();
+            if same && found.is_none() {
+                found = Some(destinations.as_slice());
+            }
         }
-        found.into()
+        found
     }
 }
 

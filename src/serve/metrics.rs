@@ -149,6 +149,90 @@ impl Health {
     }
 }
 
+/// The families a server with several destinations shows once, without a destination: what
+/// the ingest API and the process count. Every other family is a destination's.
+const SERVER_WIDE: [&str; 12] = [
+    "zdmap_events_accepted_total",
+    "zdmap_ingest_rejected_total",
+    "zdmap_events_refused_total",
+    "zdmap_events_duplicate_total",
+    "zdmap_connections_open",
+    "zdmap_connections_refused_total",
+    "zdmap_connections_evicted_total",
+    "zdmap_connections_timed_out_total",
+    "zdmap_ingest_request_duration_seconds",
+    "zdmap_ready",
+    "zdmap_journal_dropped_total",
+    "zdmap_future_timestamps_total",
+];
+
+/// The texts of several destinations' metrics (each as [`render`] gives it, with what its
+/// queue and credentials add) as one exposition: each family once, its samples labeled
+/// `destination="NAME"`; the server-wide families taken from the first text only, as they are.
+pub fn by_destination(texts: &[(&str, String)]) -> String {
+    // Families in the order they first appear: (name, HELP and TYPE lines, samples).
+    let mut families: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    for (i, (destination, text)) in texts.iter().enumerate() {
+        let mut current: Option<usize> = None;
+        for line in text.lines() {
+            if let Some(rest) = line
+                .strip_prefix("# HELP ")
+                .or_else(|| line.strip_prefix("# TYPE "))
+            {
+                let name = rest.split(' ').next().unwrap_or_default();
+                let at = match families.iter().position(|(n, _, _)| n == name) {
+                    Some(at) => at,
+                    None => {
+                        families.push((name.to_owned(), Vec::new(), Vec::new()));
+                        families.len() - 1
+                    }
+                };
+                if !families[at].1.iter().any(|l| l == line) {
+                    families[at].1.push(line.to_owned());
+                }
+                current = Some(at);
+                continue;
+            }
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some(at) = current else { continue };
+            if SERVER_WIDE.contains(&families[at].0.as_str()) {
+                if i == 0 {
+                    families[at].2.push(line.to_owned());
+                }
+                continue;
+            }
+            families[at]
+                .2
+                .push(with_label(line, "destination", destination));
+        }
+    }
+    let mut out = String::with_capacity(texts.iter().map(|(_, t)| t.len()).sum());
+    for (_, heads, samples) in families {
+        for line in heads.iter().chain(&samples) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `sample` (`name{a="b"} 1` or `name 1`) with the label `name="value"` added first.
+fn with_label(sample: &str, name: &str, value: &str) -> String {
+    let label = format!("{name}=\"{}\"", escape(value));
+    match sample.find(['{', ' ']) {
+        Some(at) if sample[at..].starts_with("{}") => {
+            format!("{}{{{label}}}{}", &sample[..at], &sample[at + 2..])
+        }
+        Some(at) if sample[at..].starts_with('{') => {
+            format!("{}{{{label},{}", &sample[..at], &sample[at + 1..])
+        }
+        Some(at) => format!("{}{{{label}}}{}", &sample[..at], &sample[at..]),
+        None => sample.to_owned(),
+    }
+}
+
 /// Renders everything in Prometheus' text exposition format (version 0.0.4).
 pub fn render(metrics: &Metrics, stats: &Stats, queue_depth: Option<u64>, ready: bool) -> String {
     let mut out = String::with_capacity(4096);
@@ -497,6 +581,34 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_destinations_metrics_are_labeled_and_each_family_said_once() {
+        let eu = "# HELP zdmap_events_delivered_total D.\n# TYPE zdmap_events_delivered_total counter\nzdmap_events_delivered_total 3\n# HELP zdmap_events_accepted_total A.\n# TYPE zdmap_events_accepted_total counter\nzdmap_events_accepted_total 5\n# HELP zdmap_zendesk_requests_total R.\n# TYPE zdmap_zendesk_requests_total counter\nzdmap_zendesk_requests_total{endpoint=\"x\",status=\"200\"} 2\n";
+        let us = eu.replace(" 3\n", " 1\n").replace(" 5\n", " 0\n");
+        let text = by_destination(&[("eu", eu.to_owned()), ("us", us)]);
+        assert_eq!(
+            text.matches("# TYPE zdmap_events_delivered_total").count(),
+            1
+        );
+        assert!(
+            text.contains("zdmap_events_delivered_total{destination=\"eu\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("zdmap_events_delivered_total{destination=\"us\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("zdmap_events_accepted_total 5\n"), "{text}");
+        assert!(!text.contains("zdmap_events_accepted_total 0"), "{text}");
+        assert!(
+            text.contains(
+                "zdmap_zendesk_requests_total{destination=\"us\",endpoint=\"x\",status=\"200\"} 2\n"
+            ),
+            "{text}"
+        );
+    }
+
     use std::time::Duration;
 
     #[test]

@@ -128,6 +128,10 @@ pub enum ServeError {
     },
     #[error("--cors-origin {0:?} is not an origin like https://www.example.com (or *)")]
     CorsOrigin(String),
+    #[error("no destination to deliver to")]
+    NoDestination,
+    #[error("a write key names the destination `{0}`, which the config does not have")]
+    UnknownDestination(String),
 }
 
 /// Why a reload was refused (the running config and credentials stay).
@@ -139,9 +143,13 @@ pub enum ReloadError {
     Credentials(#[from] CredentialsError),
 }
 
-/// What every part of the server shares: the current executor (swapped on reload), health,
-/// counters.
+/// What the delivery to one destination shares: the current executor (swapped on reload),
+/// health, counters. The first destination's also counts the ingest's requests.
 pub struct Shared {
+    /// The destination's name.
+    pub destination: String,
+    /// Whether the server has other destinations (its metrics and logs then name this one).
+    pub several: bool,
     executor: RwLock<Arc<Executor>>,
     pub health: Health,
     pub metrics: Metrics,
@@ -156,6 +164,42 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The delivery to `outlet`, its executor keeping its records of entities in `lane`.
+    fn new<Q: Queue>(
+        outlet: &Outlet,
+        lane: Arc<Q>,
+        journal: Option<Arc<Journal>>,
+        log_events: bool,
+        several: bool,
+    ) -> Shared {
+        let destination = &outlet.destination;
+        let placeholder_credentials = destination.emulator.is_some()
+            || destination
+                .executor
+                .transport()
+                .client()
+                .target()
+                .allows_placeholder_credentials();
+        Shared {
+            destination: outlet.name.clone(),
+            several,
+            executor: RwLock::new(Arc::new(
+                destination
+                    .executor
+                    .with_clock(lane.clone())
+                    .with_writes(lane),
+            )),
+            health: Health::default(),
+            metrics: Metrics::default(),
+            stats: destination.stats.clone(),
+            log_events,
+            journal,
+            config: outlet.config.clone(),
+            placeholder_credentials,
+            reloading: std::sync::Mutex::new(()),
+        }
+    }
+
     /// The executor of the current config.
     pub fn executor(&self) -> Arc<Executor> {
         self.executor
@@ -223,59 +267,134 @@ impl Shared {
 
 /// The ingest side's state.
 struct App<Q> {
+    /// Where events are stored (the first destination's handle of the queue).
     queue: Arc<Q>,
+    /// The first destination's, which counts the ingest's requests.
     shared: Arc<Shared>,
+    /// Every destination, in order, with its handle of the queue.
+    destinations: Vec<(Arc<Shared>, Arc<Q>)>,
     keys: WriteKeys,
     body_timeout: Duration,
+}
+
+impl<Q> App<Q> {
+    /// The destinations of the events of write key `key`: those its source names, else every
+    /// one (the queue's own when there is only one).
+    fn route(&self, key: Option<&str>) -> Vec<String> {
+        if self.destinations.len() < 2 {
+            return Vec::new();
+        }
+        match key.and_then(|k| self.keys.route(k)) {
+            Some(named) if !named.is_empty() => named.to_vec(),
+            _ => (self.destinations.iter())
+                .map(|(shared, _)| shared.destination.clone())
+                .collect(),
+        }
+    }
 }
 
 /// Closes the queue on shutdown.
 type Closer = Box<dyn FnOnce() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
+/// One destination of a server: a Zendesk account, with the config it delivers with and how
+/// its workers run. Each delivers every event routed to it on its own: its own progress in the
+/// queue, request budget, retries, dead letters and order per user.
+pub struct Outlet {
+    /// Its name ([`crate::queue::DEFAULT_DESTINATION`] for a server with one).
+    pub name: String,
+    /// Where its config loads from, to load it again on reload.
+    pub config: Source,
+    pub workers: WorkerOptions,
+    /// Its delivery, set up for that config (see [`crate::deliver::setup::connect`]).
+    pub destination: Destination,
+}
+
+/// A destination being delivered to.
+struct Running {
+    shared: Arc<Shared>,
+    workers: tokio::task::JoinHandle<()>,
+    _watcher: Option<reload::Watcher>,
+    destination: Destination,
+}
+
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
-    shared: Arc<Shared>,
     close: Closer,
     stop: watch::Sender<bool>,
     http: tokio::task::JoinHandle<()>,
     admin: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
-    workers: tokio::task::JoinHandle<()>,
-    _watcher: Option<reload::Watcher>,
-    destination: Destination,
+    /// The destinations, the first taking the ingest's counters and the admin listener.
+    running: Vec<Running>,
     shutdown_timeout: Duration,
 }
 
 impl Server {
-    /// Opens the queue, starts listening and delivering. `destination` is the delivery set up
-    /// for the config that `options.config` says where to load from (see
+    /// Opens the queue, starts listening and delivering to one destination. `destination` is
+    /// the delivery set up for the config that `options.config` says where to load from (see
     /// [`crate::deliver::setup::connect`]).
     pub async fn start(
         options: ServeOptions,
         destination: Destination,
     ) -> Result<Server, ServeError> {
+        let outlet = Outlet {
+            name: crate::queue::DEFAULT_DESTINATION.to_owned(),
+            config: options.config.clone(),
+            workers: options.workers.clone(),
+            destination,
+        };
+        Self::start_outlets(options, vec![outlet]).await
+    }
+
+    /// Opens the queue, starts listening and delivering to each of `outlets` (at least one;
+    /// `options.config` and `options.workers` are theirs to say). An event goes to the
+    /// destinations its write key names ([`WriteKeys`]), else to every one.
+    pub async fn start_outlets(
+        options: ServeOptions,
+        outlets: Vec<Outlet>,
+    ) -> Result<Server, ServeError> {
         if options.write_keys.is_empty() && !options.listen.ip().is_loopback() {
             return Err(ServeError::NoWriteKey(options.listen));
         }
+        if outlets.is_empty() {
+            return Err(ServeError::NoDestination);
+        }
+        for name in options.write_keys.destinations() {
+            if !outlets.iter().any(|o| o.name == name) {
+                return Err(ServeError::UnknownDestination(name.to_owned()));
+            }
+        }
         match &options.nats {
             Some(nats) => {
-                let nats = NatsOptions {
-                    dedupe_window: options.ingest.dedupe_window,
-                    ..nats.clone()
-                };
-                let queue = Arc::new(NatsQueue::open(&nats).await?);
-                NatsAllowance::share(
-                    queue.layout().settings.clone(),
-                    destination.executor.transport().budget(),
-                );
-                let closing = queue.clone();
-                let close: Closer =
-                    Box::new(move || Box::pin(async move { closing.close().await }));
+                let mut lanes = Vec::with_capacity(outlets.len());
+                for outlet in &outlets {
+                    if outlets.len() > 1 {
+                        return Err(ServeError::NoDestination);
+                    }
+                    let nats = NatsOptions {
+                        dedupe_window: options.ingest.dedupe_window,
+                        ..nats.clone()
+                    };
+                    let queue = Arc::new(NatsQueue::open(&nats).await?);
+                    NatsAllowance::share(
+                        queue.layout().settings.clone(),
+                        outlet.destination.executor.transport().budget(),
+                    );
+                    lanes.push(queue);
+                }
+                let closing = lanes.clone();
+                let close: Closer = Box::new(move || {
+                    Box::pin(async move {
+                        for queue in closing {
+                            queue.close().await;
+                        }
+                    })
+                });
                 let place = format!("NATS {}", crate::queue::nats::shown_list(&nats.servers));
                 let journal = match &options.journal {
                     Some(journal) => {
                         crate::queue::nats::journal::open(
-                            queue.layout(),
+                            lanes[0].layout(),
                             &options.data_dir,
                             journal.clone(),
                         )
@@ -283,13 +402,18 @@ impl Server {
                     }
                     None => None,
                 };
-                Self::start_on(queue, journal, close, place, options, destination).await
+                Self::start_on(lanes, journal, close, place, options, outlets).await
             }
             None => {
                 let queue = Arc::new(
                     SqliteQueue::open(&options.data_dir)?
                         .with_dedupe_window(options.ingest.dedupe_window),
                 );
+                let lanes: Vec<Arc<SqliteQueue>> = outlets
+                    .iter()
+                    .map(|o| Arc::new(queue.lane(&o.name)))
+                    .collect();
+                warn_of_orphan_lanes(&queue, &outlets).await;
                 let closing = queue.clone();
                 let close: Closer = Box::new(move || {
                     Box::pin(async move {
@@ -301,43 +425,34 @@ impl Server {
                     Some(journal) => Some(Journal::open(&options.data_dir, journal.clone())?),
                     None => None,
                 };
-                Self::start_on(queue, journal, close, place, options, destination).await
+                Self::start_on(lanes, journal, close, place, options, outlets).await
             }
         }
     }
 
     async fn start_on<Q: Queue>(
-        queue: Arc<Q>,
+        lanes: Vec<Arc<Q>>,
         journal: Option<Arc<Journal>>,
         close: Closer,
         place: String,
         options: ServeOptions,
-        destination: Destination,
+        outlets: Vec<Outlet>,
     ) -> Result<Server, ServeError> {
         let cors = cors(&options.ingest.cors_origins)?;
-        let placeholder_credentials = destination.emulator.is_some()
-            || destination
-                .executor
-                .transport()
-                .client()
-                .target()
-                .allows_placeholder_credentials();
-        let shared = Arc::new(Shared {
-            executor: RwLock::new(Arc::new(
-                destination
-                    .executor
-                    .with_clock(queue.clone())
-                    .with_writes(queue.clone()),
-            )),
-            health: Health::default(),
-            metrics: Metrics::default(),
-            stats: destination.stats.clone(),
-            log_events: options.log_events,
-            journal,
-            config: options.config.clone(),
-            placeholder_credentials,
-            reloading: std::sync::Mutex::new(()),
-        });
+        let several = outlets.len() > 1;
+        let shared: Vec<Arc<Shared>> = outlets
+            .iter()
+            .zip(&lanes)
+            .map(|(outlet, lane)| {
+                Arc::new(Shared::new(
+                    outlet,
+                    lane.clone(),
+                    journal.clone(),
+                    options.log_events,
+                    several,
+                ))
+            })
+            .collect();
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .map_err(|source| ServeError::Listen {
@@ -350,8 +465,13 @@ impl Server {
         })?;
         let (stop, stopped) = watch::channel(false);
         let app = Arc::new(App {
-            queue: queue.clone(),
-            shared: shared.clone(),
+            queue: lanes[0].clone(),
+            shared: shared[0].clone(),
+            destinations: shared
+                .iter()
+                .zip(&lanes)
+                .map(|(s, l)| (s.clone(), l.clone()))
+                .collect(),
             keys: options.write_keys.clone(),
             body_timeout: options.ingest.body_timeout,
         });
@@ -367,61 +487,82 @@ impl Server {
                 ),
             ),
             options.ingest.connections,
-            shared.clone(),
+            shared[0].clone(),
             stopped.clone(),
         ));
         let admin = match &options.admin {
             Some(admin) => {
-                start_admin(admin, queue.clone(), shared.clone(), stopped.clone()).await?
+                start_admin(admin, lanes[0].clone(), shared[0].clone(), stopped.clone()).await?
             }
             None => None,
         };
-        let workers = tokio::spawn(workers::run(
-            queue.clone(),
-            shared.clone(),
-            options.workers.clone(),
-            stopped,
-        ));
-        let watcher = if options.watch {
-            match reload::watch(&options.config.mappings, shared.clone()) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch the mappings directory; reload with SIGHUP");
-                    None
+        let mut running = Vec::with_capacity(outlets.len());
+        let mut described = Vec::with_capacity(outlets.len());
+        for ((outlet, lane), shared) in outlets.into_iter().zip(lanes).zip(shared) {
+            described.push(Described::of(&outlet, &*lane, options.nats.is_some()).await);
+            let span = tracing::info_span!("destination", name = %outlet.name);
+            let workers = tokio::spawn(tracing::Instrument::instrument(
+                workers::run(
+                    lane,
+                    shared.clone(),
+                    outlet.workers.clone(),
+                    stopped.clone(),
+                ),
+                if several { span } else { tracing::Span::none() },
+            ));
+            let watcher = if options.watch {
+                match reload::watch(&outlet.config.mappings, shared.clone()) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot watch the mappings directory; reload with SIGHUP");
+                        None
+                    }
                 }
+            } else {
+                None
+            };
+            running.push(Running {
+                shared,
+                workers,
+                _watcher: watcher,
+                destination: outlet.destination,
+            });
+        }
+        if let [one] = described.as_slice() {
+            tracing::info!(
+                listen = %addr,
+                zendesk = %one.zendesk,
+                queue = %place,
+                budget = %one.budget,
+                queued = one.queued,
+                max_connections = options.ingest.connections.max_connections,
+                "zdmap serve started"
+            );
+        } else {
+            for d in &described {
+                tracing::info!(
+                    destination = %d.name,
+                    zendesk = %d.zendesk,
+                    budget = %d.budget,
+                    queued = d.queued,
+                    "delivering"
+                );
             }
-        } else {
-            None
-        };
-        let depth = queue.depth().await.unwrap_or(0);
-        let transport = destination.executor.transport();
-        let shared_budget = if options.nats.is_some() {
-            ", shared by the replicas"
-        } else {
-            ""
-        };
-        tracing::info!(
-            listen = %addr,
-            zendesk = %shown_target(transport.client().target(), destination.emulator.is_some()),
-            queue = %place,
-            budget = %match transport.budget().requests_per_minute() {
-                Some(rpm) => format!("{rpm} requests a minute{shared_budget}"),
-                None => "none".to_owned(),
-            },
-            queued = depth,
-            max_connections = options.ingest.connections.max_connections,
-            "zdmap serve started"
-        );
+            tracing::info!(
+                listen = %addr,
+                queue = %place,
+                destinations = described.len(),
+                max_connections = options.ingest.connections.max_connections,
+                "zdmap serve started"
+            );
+        }
         Ok(Server {
             addr,
-            shared,
             close,
             stop,
             http,
             admin,
-            workers,
-            _watcher: watcher,
-            destination,
+            running,
             shutdown_timeout: options.shutdown_timeout,
         })
     }
@@ -438,13 +579,26 @@ impl Server {
             .map(|(addr, _)| format!("http://{addr}"))
     }
 
+    /// What the first destination's delivery shares (the ingest's counters are there too).
     pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+        &self.running[0].shared
     }
 
-    /// The built-in emulator, when delivering to it.
+    /// What each destination's delivery shares, in the order they were given.
+    pub fn destinations(&self) -> impl Iterator<Item = &Arc<Shared>> {
+        self.running.iter().map(|r| &r.shared)
+    }
+
+    /// The built-in emulator of the first destination, when it delivers to one.
     pub fn emulator(&self) -> Option<&crate::emulator::Emulator> {
-        self.destination.emulator.as_ref()
+        self.running[0].destination.emulator.as_ref()
+    }
+
+    /// The built-in emulators the destinations deliver to, by destination name.
+    pub fn emulators(&self) -> impl Iterator<Item = (&str, &crate::emulator::Emulator)> {
+        self.running.iter().filter_map(|r| {
+            (r.destination.emulator.as_ref()).map(|e| (r.shared.destination.as_str(), e))
+        })
     }
 
     /// Stops taking requests (those in progress are answered), lets the workers put down their
@@ -461,26 +615,82 @@ impl Server {
         {
             tracing::error!(error = %e, "the admin listener stopped with an error");
         }
-        let mut workers = self.workers;
-        if tokio::time::timeout(self.shutdown_timeout, &mut workers)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "workers did not stop in time; their events stay queued for the next start"
-            );
-            workers.abort();
-            let _ = workers.await;
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        let journal = self.running[0].shared.journal.clone();
+        let mut emulators = Vec::new();
+        for running in self.running {
+            let mut workers = running.workers;
+            if tokio::time::timeout_at(deadline, &mut workers)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    destination = %running.shared.destination,
+                    "workers did not stop in time; their events stay queued for the next start"
+                );
+                workers.abort();
+                let _ = workers.await;
+            }
+            emulators.extend(running.destination.emulator);
         }
         (self.close)().await;
-        if let Some(journal) = &self.shared.journal {
-            let journal = journal.clone();
+        if let Some(journal) = journal {
             let _ = tokio::task::spawn_blocking(move || journal.close()).await;
         }
-        if let Some(emulator) = self.destination.emulator {
+        for emulator in emulators {
             emulator.shutdown().await;
         }
         tracing::info!("stopped");
+    }
+}
+
+/// A destination as the start lines say it.
+struct Described {
+    name: String,
+    zendesk: String,
+    budget: String,
+    queued: u64,
+}
+
+impl Described {
+    async fn of<Q: Queue>(outlet: &Outlet, lane: &Q, shared_budget: bool) -> Described {
+        let transport = outlet.destination.executor.transport();
+        let shared = if shared_budget {
+            ", shared by the replicas"
+        } else {
+            ""
+        };
+        Described {
+            name: outlet.name.clone(),
+            zendesk: shown_target(
+                transport.client().target(),
+                outlet.destination.emulator.is_some(),
+            ),
+            budget: match transport.budget().requests_per_minute() {
+                Some(rpm) => format!("{rpm} requests a minute{shared}"),
+                None => "none".to_owned(),
+            },
+            queued: lane.depth().await.unwrap_or(0),
+        }
+    }
+}
+
+/// Says at start which destinations that the config no longer names have events waiting
+/// (kept, and delivered if the destination comes back).
+async fn warn_of_orphan_lanes(queue: &SqliteQueue, outlets: &[Outlet]) {
+    match queue.lanes().await {
+        Ok(lanes) => {
+            for (name, waiting) in lanes {
+                if !outlets.iter().any(|o| o.name == name) {
+                    tracing::warn!(
+                        destination = %name,
+                        waiting,
+                        "events wait for a destination the config does not name; they are kept, and delivered if it is named again"
+                    );
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read which destinations have events waiting"),
     }
 }
 
@@ -787,10 +997,12 @@ async fn take<Q: Queue>(
     };
     // A sender's messageId names a call among that sender's calls only.
     let source = app.keys.source_of(key.as_deref());
+    let destinations = app.route(key.as_deref());
     for item in &mut calls.accepted {
         if let Some(id) = item.message_id.take() {
             item.message_id = Some(format!("{source}/{id}"));
         }
+        item.destinations.clone_from(&destinations);
     }
     for r in &calls.refused {
         Metrics::add(&metrics.events_refused[r.reason as usize], 1);
@@ -908,46 +1120,87 @@ fn with_refusals(refused: &[Refused], any_accepted: bool) -> Response {
 /// details.
 async fn healthz<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
     // The same state as /readyz, so the two never disagree on `ready`.
-    let state = health(&app);
-    axum::Json(json!({ "status": "ok", "ready": state.ready(), "problems": state })).into_response()
+    let state = health(&app.shared, &*app.queue);
+    let ready = ready(&app);
+    axum::Json(json!({ "status": "ok", "ready": ready, "problems": state })).into_response()
 }
 
-/// The server's health with the queue's own word on writes.
-fn health<Q: Queue>(app: &App<Q>) -> metrics::HealthState {
-    let mut state = app.shared.health.state();
-    state.queue_write = app.queue.write_problem();
+/// A destination's health with its queue's own word on writes.
+fn health<Q: Queue>(shared: &Shared, queue: &Q) -> metrics::HealthState {
+    let mut state = shared.health.state();
+    state.queue_write = queue.write_problem();
     state
 }
 
+/// Whether the server is ready. With one destination, as its health says. With several, while
+/// the queue takes and gives events: one destination refusing its credentials must not take
+/// the others' events out of a load balancer (each destination says its own readiness).
+fn ready<Q: Queue>(app: &App<Q>) -> bool {
+    if app.destinations.len() < 2 {
+        return health(&app.shared, &*app.queue).ready();
+    }
+    app.destinations.iter().all(|(shared, queue)| {
+        let state = health(shared, &**queue);
+        state.queue.is_none() && state.queue_write.is_none()
+    })
+}
+
 async fn readyz<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
-    let state = health(&app);
-    let status = if state.ready() {
+    let ready = ready(&app);
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        axum::Json(json!({
-            "ready": state.ready(),
-            "problems": state,
-            "delivery": app.shared.metrics.delivery(),
-            "queue": app.queue.describe(),
-        })),
-    )
-        .into_response()
+    let mut body = json!({
+        "ready": ready,
+        "problems": health(&app.shared, &*app.queue),
+        "delivery": app.shared.metrics.delivery(),
+        "queue": app.queue.describe(),
+    });
+    if app.destinations.len() > 1 {
+        let destinations: serde_json::Map<String, Value> = (app.destinations.iter())
+            .map(|(shared, queue)| {
+                let state = health(shared, &**queue);
+                let entry = json!({
+                    "ready": state.ready(),
+                    "problems": state,
+                    "delivery": shared.metrics.delivery(),
+                    "queue": queue.describe(),
+                });
+                (shared.destination.clone(), entry)
+            })
+            .collect();
+        body["destinations"] = Value::Object(destinations);
+    }
+    (status, axum::Json(body)).into_response()
 }
 
-async fn metrics_text<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
-    let depth = app.queue.depth().await.ok();
-    let ready = health(&app).ready();
-    let mut text = metrics::render(&app.shared.metrics, &app.shared.stats, depth, ready);
-    let executor = app.shared.executor();
+/// One destination's metrics: its delivery, its credentials, its queue.
+async fn destination_metrics<Q: Queue>(shared: &Shared, queue: &Q, ready: bool) -> String {
+    let depth = queue.depth().await.ok();
+    let mut text = metrics::render(&shared.metrics, &shared.stats, depth, ready);
+    let executor = shared.executor();
     metrics::render_oauth(
         &mut text,
         executor.transport().client().authorizer().stats(),
     );
-    text.push_str(&app.queue.metrics_text(depth));
+    text.push_str(&queue.metrics_text(depth));
+    text
+}
+
+async fn metrics_text<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
+    let ready = ready(&app);
+    let mut text = if app.destinations.len() < 2 {
+        destination_metrics(&app.shared, &*app.queue, ready).await
+    } else {
+        let mut texts = Vec::with_capacity(app.destinations.len());
+        for (shared, queue) in &app.destinations {
+            let text = destination_metrics(shared, &**queue, ready).await;
+            texts.push((shared.destination.as_str(), text));
+        }
+        metrics::by_destination(&texts)
+    };
     if let Some(journal) = &app.shared.journal {
         metrics::render_journal(&mut text, journal);
     }

@@ -47,6 +47,19 @@ pub struct Source {
     pub mappings: PathBuf,
     /// Overrides of destination.yaml's settings, `KEY=VALUE`.
     pub set: Vec<String>,
+    /// The server's name of the destination these mappings deliver to, when it names several
+    /// (Segment's `integrations` may name it), and its filter: a trigger expression an event
+    /// must match to be delivered there.
+    pub routing: Routing,
+}
+
+/// What a server with several destinations says of one of them, beside its mappings.
+#[derive(Clone, Debug, Default)]
+pub struct Routing {
+    /// The destination's name (`None`: the one destination of a server that names none).
+    pub destination: Option<String>,
+    /// A trigger expression (`type = "track"`); events that do not match are not delivered.
+    pub filter: Option<String>,
 }
 
 /// The stack of the thread that loads mappings: the size of a main thread's, whatever thread
@@ -70,7 +83,7 @@ impl Source {
             .stack_size(LOAD_STACK)
             .spawn(move || Config::load(&dir, &set));
         match loading.map(std::thread::JoinHandle::join) {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => result.and_then(|config| self.routed(config)),
             Ok(Err(panic)) => {
                 let why = panic
                     .downcast_ref::<String>()
@@ -81,6 +94,25 @@ impl Source {
             }
             Err(e) => failed(format!("cannot start loading the mappings: {e}")),
         }
+    }
+}
+
+impl Source {
+    /// `config` with the routing of this source: its destination's name and compiled filter.
+    fn routed(&self, mut config: Config) -> Result<Config, Diagnostics> {
+        config.destination = self.routing.destination.clone();
+        if let Some(filter) = &self.routing.filter {
+            let trigger = crate::mapping::trigger::Trigger::parse(filter).map_err(|e| {
+                let name = self.routing.destination.as_deref().unwrap_or("default");
+                Diagnostics(vec![Diagnostic::new(
+                    &self.mappings,
+                    Loc::default(),
+                    format!("the filter of the destination `{name}` does not parse: {e}"),
+                )])
+            })?;
+            config.filter = Some(trigger);
+        }
+        Ok(config)
     }
 }
 
@@ -110,6 +142,10 @@ pub struct Config {
     pub overridden: Vec<String>,
     /// What loads but is probably a mistake (`type = identify`), for `zdmap validate` to show.
     pub warnings: Diagnostics,
+    /// The server's name of the destination (see [`Routing`]); `None` outside such a server.
+    pub destination: Option<String>,
+    /// The destination's filter: events that do not match plan nothing.
+    pub filter: Option<crate::mapping::trigger::Trigger>,
 }
 
 impl Config {
@@ -155,6 +191,8 @@ impl Config {
             actions: Vec::new(),
             templates: Templates::new(),
             warnings: Diagnostics::default(),
+            destination: None,
+            filter: None,
             overridden: overrides
                 .iter()
                 .filter_map(|o| o.split_once('=').map(|(name, _)| name.trim().to_string()))

@@ -28,8 +28,14 @@ impl Config {
             actions: Vec::new(),
             errors: Vec::new(),
         };
-        // Segment's `integrations` may keep the event from this destination: nothing matches.
-        if !event.sent_to(self.setting_str("integration_name").unwrap_or("Zendesk")) {
+        // Segment's `integrations` may keep the event from this destination, and the server's
+        // filter of the destination may: then nothing matches.
+        let integration = self.setting_str("integration_name").unwrap_or("Zendesk");
+        let sent = match &self.destination {
+            Some(name) => event.sent_to_destination(name, integration),
+            None => event.sent_to(integration),
+        };
+        if !sent || self.filter.as_ref().is_some_and(|f| !f.matches(&value)) {
             return plan;
         }
         let scope_cell = std::cell::OnceCell::new();

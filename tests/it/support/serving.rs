@@ -97,6 +97,7 @@ pub async fn start(emu: &Emulator, data: &Path, setup: Setup) -> Server {
         config: Source {
             mappings: setup.mappings,
             set: vec![UNLIMITED.to_owned()],
+            routing: Default::default(),
         },
         watch: setup.watch,
         log_events: false,
