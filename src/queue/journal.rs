@@ -204,6 +204,9 @@ pub struct Noted {
     /// The event's `messageId` (in [`Journal::entries`]; inside a record it is the record's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
+    /// The destination it happened at, on a server with several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
     #[serde(flatten)]
     pub entry: Entry,
 }
@@ -230,7 +233,20 @@ pub(crate) enum Written {
         message_id: String,
         at: u64,
         entry: Entry,
+        /// The destination it happened at, on a server with several.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        destination: Option<String>,
     },
+}
+
+/// An entry as its row keeps it: the entry, and the destination it happened at (on a server
+/// with several).
+#[derive(Serialize, Deserialize)]
+struct Kept {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    destination: Option<String>,
+    #[serde(flatten)]
+    entry: Entry,
 }
 
 /// What the writer is handed.
@@ -413,14 +429,33 @@ impl Journal {
     /// event's state is that of its latest entry by time, so a replay noted after the fact
     /// with the time it began does not hide what the replayed event did since.
     pub fn note_at(&self, message_id: &str, at: u64, entry: Entry) {
+        self.note_from(None, message_id, at, entry);
+    }
+
+    /// Records `entry` for the event `message_id`, as of `at`, at `destination` (on a server
+    /// with several; `None` on one with one).
+    pub fn note_from(&self, destination: Option<&str>, message_id: &str, at: u64, entry: Entry) {
         self.send(
             Note::Written(Written::Entry {
                 message_id: message_id.to_owned(),
                 at,
                 entry,
+                destination: destination.map(str::to_owned),
             }),
             1,
         );
+    }
+
+    /// What the delivery to `destination` notes its events' entries with: this log, each
+    /// entry saying the destination (`None`: a server with one destination says none).
+    pub fn witness_for(self: &Arc<Self>, destination: Option<&str>) -> Arc<dyn Witness> {
+        match destination {
+            None => self.clone(),
+            Some(name) => Arc::new(AtDestination {
+                journal: self.clone(),
+                destination: name.to_owned(),
+            }),
+        }
     }
 
     /// A call was refused at ingest: recorded under its `messageId` (a generated one when it
@@ -574,6 +609,18 @@ impl Witness for Journal {
     }
 }
 
+/// The log as the delivery to one of several destinations notes in it.
+struct AtDestination {
+    journal: Arc<Journal>,
+    destination: String,
+}
+
+impl Witness for AtDestination {
+    fn note(&self, message_id: &str, at_ms: u64, entry: Entry) {
+        (self.journal).note_from(Some(&self.destination), message_id, at_ms, entry);
+    }
+}
+
 impl Drop for Journal {
     fn drop(&mut self) {
         self.close();
@@ -638,14 +685,15 @@ fn summary(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Summary> {
 /// An entry row (`id, at, entry`); `None` for an entry this version does not read.
 fn noted(row: &rusqlite::Row<'_>, message_id: Option<String>) -> rusqlite::Result<Option<Noted>> {
     let text: String = row.get(2)?;
-    let Ok(entry) = serde_json::from_str(&text) else {
+    let Ok(kept) = serde_json::from_str::<Kept>(&text) else {
         return Ok(None);
     };
     Ok(Some(Noted {
         seq: u64::try_from(row.get::<_, i64>(0)?).unwrap_or_default(),
         at: time_of(row.get(1)?),
         message_id,
-        entry,
+        destination: kept.destination,
+        entry: kept.entry,
     }))
 }
 
@@ -788,8 +836,8 @@ fn commit(conn: &mut Connection, group: Vec<Written>) -> rusqlite::Result<()> {
         // The rows of this group's events, and the latest state of each (by time).
         let mut ids: HashMap<String, i64> = HashMap::new();
         let mut states: HashMap<i64, (&'static str, i64)> = HashMap::new();
-        let mut add_entry = |id: i64, at: i64, entry: &Entry| -> rusqlite::Result<()> {
-            if let Ok(text) = serde_json::to_string(entry) {
+        let mut add_entry = |id: i64, at: i64, kept: &Kept| -> rusqlite::Result<()> {
+            if let Ok(text) = serde_json::to_string(kept) {
                 add.execute(rusqlite::params![id, at, text])?;
             }
             Ok(())
@@ -826,7 +874,11 @@ fn commit(conn: &mut Connection, group: Vec<Written>) -> rusqlite::Result<()> {
                             )
                             .optional()?;
                         if let Some(id) = row {
-                            add_entry(id, at, &entry)?;
+                            let kept = Kept {
+                                destination: None,
+                                entry,
+                            };
+                            add_entry(id, at, &kept)?;
                             ids.insert(facts.message_id, id);
                         }
                     }
@@ -835,6 +887,7 @@ fn commit(conn: &mut Connection, group: Vec<Written>) -> rusqlite::Result<()> {
                     message_id,
                     at,
                     entry,
+                    destination,
                 } => {
                     let at = i64::try_from(at).unwrap_or(i64::MAX);
                     let state = entry.state();
@@ -854,7 +907,7 @@ fn commit(conn: &mut Connection, group: Vec<Written>) -> rusqlite::Result<()> {
                             id
                         }
                     };
-                    add_entry(id, at, &entry)?;
+                    add_entry(id, at, &Kept { destination, entry })?;
                     let latest = states.entry(id).or_insert((state, at));
                     if at >= latest.1 {
                         *latest = (state, at);
@@ -1011,6 +1064,7 @@ mod tests {
                 message_id: "m1".into(),
                 at: 6,
                 entry: Entry::Delivered,
+                destination: Some("eu".into()),
             },
         ];
         let messages = messages(&written);
@@ -1033,6 +1087,7 @@ mod tests {
                 message_id: format!("message-{i}"),
                 at: i,
                 entry: Entry::Delivered,
+                destination: None,
             })
             .collect();
         let split = self::messages(&many);

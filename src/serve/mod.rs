@@ -200,6 +200,12 @@ impl Shared {
         }
     }
 
+    /// The destination's name where the server has several (what its logs and the delivery
+    /// log's entries say); `None` on a server with one.
+    pub fn named(&self) -> Option<&str> {
+        self.several.then_some(self.destination.as_str())
+    }
+
     /// The executor of the current config.
     pub fn executor(&self) -> Arc<Executor> {
         self.executor

@@ -175,8 +175,10 @@ fn incoming<Q: Queue + 'static>(
             if let Some(journal) = &shared.journal
                 && let Some(message_id) = item.event.get("messageId").and_then(Value::as_str)
             {
-                journal.note(
+                journal.note_from(
+                    shared.named(),
                     message_id,
+                    crate::base::time::unix_millis_now(),
                     Entry::DeadLettered {
                         action: None,
                         step: letter.step.clone(),
@@ -212,7 +214,7 @@ fn incoming<Q: Queue + 'static>(
     if let Some(journal) = &shared.journal
         && let Some(message_id) = event.value().get("messageId").and_then(Value::as_str)
     {
-        let witness: Arc<dyn Witness> = journal.clone();
+        let witness: Arc<dyn Witness> = journal.witness_for(shared.named());
         delivery.witnessed_by(Trail::new(witness, message_id));
     }
     if queue.rereads() {
