@@ -266,6 +266,7 @@ impl Server {
                 let queue = Arc::new(NatsQueue::open(&nats).await?);
                 NatsAllowance::share(
                     queue.layout().settings.clone(),
+                    &queue.layout().names,
                     destination.executor.transport().budget(),
                 );
                 let closing = queue.clone();

@@ -994,7 +994,7 @@ async fn holds_in_nats_go_to_one_replica_at_a_time() {
     // Long enough that a renewal (every third of it) is never late on a loaded machine.
     let lease = Duration::from_secs(3);
     let replica = |name: &str| {
-        let clock = NatsClock::start(layout.entities.clone());
+        let clock = NatsClock::start(layout.entities.clone(), layout.names.clone());
         let holds = NatsHolds::start(
             layout.entities.clone(),
             clock.clone(),
