@@ -30,6 +30,11 @@ pub struct DeadLettersArgs {
     /// ZDMAP_NATS_TOKEN or ZDMAP_NATS_CREDS).
     #[arg(long, value_name = "URLS", env = "ZDMAP_QUEUE", global = true)]
     pub queue: Option<String>,
+    /// The destination whose dead letters to read, replay or purge (a replay goes back to it
+    /// only); `default` when the server's config names none. With --queue only: a data
+    /// directory's dead letters are those of its default destination.
+    #[arg(long, value_name = "NAME", global = true)]
+    pub destination: Option<String>,
     #[command(subcommand)]
     pub command: DeadLettersCommand,
 }
@@ -87,13 +92,27 @@ impl Which {
 pub fn dead_letters(args: &DeadLettersArgs) -> ExitCode {
     match args.queue.as_deref().filter(|q| !q.trim().is_empty()) {
         Some(queue) => super::block_on(async {
-            let options = crate::queue::NatsOptions::for_a_command(queue);
+            let options = crate::queue::NatsOptions::for_a_command(queue).for_destination(
+                args.destination
+                    .as_deref()
+                    .unwrap_or(crate::queue::DEFAULT_DESTINATION),
+            );
             let outcome = match NatsDeadLetters::open(&options).await {
                 Ok(mut store) => run(&mut store, &args.command, None).await,
                 Err(e) => Err(e),
             };
             exit(outcome)
         }),
+        None if args
+            .destination
+            .as_deref()
+            .is_some_and(|d| d != crate::queue::DEFAULT_DESTINATION) =>
+        {
+            eprintln!(
+                "error: --destination is for a NATS queue (--queue nats://...); a data directory's dead letters are its default destination's"
+            );
+            ExitCode::from(2)
+        }
         None => exit(DeadLetterStore::open(&args.data_dir).and_then(|mut store| {
             // Replays and purges are recorded in the server's delivery log, when it keeps one.
             let journal = args
