@@ -1723,6 +1723,108 @@ mod destinations {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_destination_keeps_its_own_token_chain() {
+        use zdmap::deliver::auth::{Chain, Secret};
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let store = async |destination: Option<&str>| {
+            zdmap::commands::auth::open_store(
+                None,
+                std::path::Path::new("unused"),
+                Some(&server.url()),
+                destination,
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("the store opens")
+        };
+        let chain = |refresh: &str| Chain {
+            client_id: "app".into(),
+            scope: "read write".into(),
+            access_token: Secret::new("access"),
+            access_expires_at: None,
+            refresh_token: Secret::new(refresh),
+            refresh_expires_at: None,
+            issued_at: std::time::SystemTime::now(),
+            login_needed: None,
+            in_doubt: false,
+            refreshing: None,
+        };
+        let (default, eu) = (store(None).await, store(Some("eu")).await);
+        eu.write(&chain("refresh-eu"), Some(0))
+            .await
+            .expect("write");
+        assert!(default.read().await.expect("read").is_none());
+        default
+            .write(&chain("refresh-default"), Some(0))
+            .await
+            .expect("write");
+        let read = |v: Option<zdmap::deliver::auth::Versioned>| {
+            v.expect("a chain").chain.refresh_token.expose().to_owned()
+        };
+        assert_eq!(read(eu.read().await.expect("read")), "refresh-eu");
+        assert_eq!(read(default.read().await.expect("read")), "refresh-default");
+        assert!(eu.place().contains("d.eu.chain"), "{}", eu.place());
+
+        // The default's chain is at the key it always had.
+        let js =
+            async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("connect"));
+        let bucket = js.get_key_value("zdmap_oauth").await.expect("bucket");
+        assert!(bucket.get("chain").await.expect("get").is_some());
+        assert!(bucket.get("d.eu.chain").await.expect("get").is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_destination_shares_its_own_request_budget_and_pauses() {
+        use std::sync::Arc;
+        use zdmap::deliver::Budget;
+        use zdmap::deliver::budget::SharedAllowance as _;
+        use zdmap::queue::nats::{Layout, budget::NatsAllowance};
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let layout = async |destination: &str| {
+            Layout::open(&NatsOptions::new(&server.url()).for_destination(destination))
+                .await
+                .expect("layout")
+        };
+        let (default, eu) = (layout("default").await, layout("eu").await);
+        // Two replicas of eu, one of the default destination.
+        let budget = || Arc::new(Budget::new(Some(600)));
+        let (eu_a, eu_b, default_budget) = (budget(), budget(), budget());
+        let shared_a = NatsAllowance::share(eu.settings.clone(), &eu.names, &eu_a);
+        let _shared_b = NatsAllowance::share(eu.settings.clone(), &eu.names, &eu_b);
+        let _shared_default =
+            NatsAllowance::share(default.settings.clone(), &default.names, &default_budget);
+
+        eu_a.acquire().await;
+        let keys = async || -> HashSet<String> {
+            eu.settings
+                .keys()
+                .await
+                .expect("keys")
+                .filter_map(|k| async { k.ok() })
+                .collect()
+                .await
+        };
+        let written = keys().await;
+        assert!(written.contains("d.eu.budget"), "{written:?}");
+        assert!(!written.contains("budget"), "{written:?}");
+
+        // A 429 seen by one replica of eu pauses the other, not the default destination.
+        shared_a.pause_until(std::time::SystemTime::now() + Duration::from_secs(5));
+        eventually(
+            "eu's other replica paused",
+            Duration::from_secs(5),
+            async || eu_b.paused_until().is_some(),
+        )
+        .await;
+        assert!(keys().await.contains("d.eu.pause"));
+        assert!(default_budget.paused_until().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_deployment_from_before_destinations_keeps_its_names() {
         use async_nats::jetstream::{self, stream};
         let Some(server) = NatsServer::start() else {
