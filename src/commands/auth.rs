@@ -109,12 +109,15 @@ pub fn auth(args: &AuthArgs) -> ExitCode {
 }
 
 /// The token store `args` name: a file, or NATS key-value.
+/// `nats_destination`: whose chain it is in NATS key-value, by destination name (`None`: the
+/// default destination's, at the key it always had); a file store is the file named.
 /// `nats_wait`: how long NATS is waited for (`serve` waits for a server starting beside it; a
 /// command a person runs says at once that it is not there).
 pub async fn open_store(
     token_store: Option<&Path>,
     data_dir: &Path,
     queue: Option<&str>,
+    nats_destination: Option<&str>,
     nats_wait: std::time::Duration,
 ) -> Result<Arc<dyn ChainStore>, String> {
     if let Some(path) = token_store {
@@ -122,10 +125,13 @@ pub async fn open_store(
     }
     match queue.map(str::trim).filter(|q| !q.is_empty()) {
         Some(q) if crate::queue::nats::is_nats(q) => {
-            let options = crate::queue::NatsOptions {
+            let mut options = crate::queue::NatsOptions {
                 first_connection: nats_wait,
                 ..crate::queue::NatsOptions::new(q)
             };
+            if let Some(destination) = nats_destination {
+                options = options.for_destination(destination);
+            }
             let store = crate::queue::nats::tokens::KvChainStore::open(&options)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -166,6 +172,7 @@ async fn open(
         store.token_store.as_deref(),
         &store.data_dir,
         store.queue.as_deref(),
+        None,
         crate::queue::nats::COMMAND_WAIT,
     )
     .await

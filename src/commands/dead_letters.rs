@@ -30,6 +30,10 @@ pub struct DeadLettersArgs {
     /// ZDMAP_NATS_TOKEN or ZDMAP_NATS_CREDS).
     #[arg(long, value_name = "URLS", env = "ZDMAP_QUEUE", global = true)]
     pub queue: Option<String>,
+    /// The destination whose dead letters to read, replay or purge (a replay goes back to it
+    /// only): a name of the server config's `destinations:`; `default` when it names none.
+    #[arg(long, value_name = "NAME", global = true)]
+    pub destination: Option<String>,
     #[command(subcommand)]
     pub command: DeadLettersCommand,
 }
@@ -85,34 +89,44 @@ impl Which {
 
 /// Exit 0 on success, 1 on a failure (or an unknown id for `show`).
 pub fn dead_letters(args: &DeadLettersArgs) -> ExitCode {
+    let destination = (args.destination.as_deref()).unwrap_or(crate::queue::DEFAULT_DESTINATION);
+    if !crate::queue::valid_destination_name(destination) {
+        eprintln!(
+            "error: --destination {destination:?} is no destination's name (a-z, 0-9, _ and -, starting with a letter)"
+        );
+        return ExitCode::from(2);
+    }
     match args.queue.as_deref().filter(|q| !q.trim().is_empty()) {
         Some(queue) => super::block_on(async {
-            let options = crate::queue::NatsOptions::for_a_command(queue);
+            let options =
+                crate::queue::NatsOptions::for_a_command(queue).for_destination(destination);
             let outcome = match NatsDeadLetters::open(&options).await {
                 Ok(mut store) => run(&mut store, &args.command, None).await,
                 Err(e) => Err(e),
             };
             exit(outcome)
         }),
-        None => exit(DeadLetterStore::open(&args.data_dir).and_then(|mut store| {
-            // Replays and purges are recorded in the server's delivery log, when it keeps one.
-            let journal = args
-                .data_dir
-                .join(JOURNAL_FILE)
-                .exists()
-                .then(|| Journal::open(&args.data_dir, JournalOptions::default()).ok())
-                .flatten();
-            let outcome = futures_util::FutureExt::now_or_never(run(
-                &mut store,
-                &args.command,
-                journal.as_deref(),
-            ))
-            .unwrap_or_else(|| Err(QueueError::Stopped("did not answer")));
-            if let Some(journal) = journal {
-                journal.close();
-            }
-            outcome
-        })),
+        None => exit(
+            DeadLetterStore::open_for(&args.data_dir, destination).and_then(|mut store| {
+                // Replays and purges are recorded in the server's delivery log, when it keeps one.
+                let journal = args
+                    .data_dir
+                    .join(JOURNAL_FILE)
+                    .exists()
+                    .then(|| Journal::open(&args.data_dir, JournalOptions::default()).ok())
+                    .flatten();
+                let outcome = futures_util::FutureExt::now_or_never(run(
+                    &mut store,
+                    &args.command,
+                    journal.as_deref(),
+                ))
+                .unwrap_or_else(|| Err(QueueError::Stopped("did not answer")));
+                if let Some(journal) = journal {
+                    journal.close();
+                }
+                outcome
+            }),
+        ),
     }
 }
 

@@ -359,6 +359,7 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
         args.token_store.as_deref(),
         &args.data_dir,
         args.queue.as_deref(),
+        None,
         crate::queue::nats::SERVE_WAIT,
     )
     .await

@@ -1,29 +1,40 @@
 //! The shared queue: NATS JetStream, so that several `zdmap serve` replicas (on several
 //! machines) take events, deliver them and keep the dead letters and the request budget together.
 //!
+//! Several destinations (Zendesk accounts) share the account: a [`NatsQueue`] is one
+//! destination's, and each delivers every event routed to it on its own. What is a
+//! destination's own is named by [`names::Names`]; the default destination keeps the names
+//! from before destinations existed (those below), another `D` has its own (`zdmap.events.D.…`,
+//! keys `d.D.…`, see there).
+//!
 //! What lives in the NATS account (created by the first replica, shared by the others):
 //! - the stream `ZDMAP_EVENTS` (work-queue retention, file storage): accepted events on the
-//!   subjects `zdmap.events.<partition>`, the partition a hash of the event's ordering key (its
-//!   user, else its organization), so one key's events are in one partition, in order. The
-//!   sender's `messageId` is the publish's `Nats-Msg-Id`: JetStream drops the same id within the
-//!   stream's duplicate window. An event is acknowledged (and so removed) once settled.
-//! - the stream `ZDMAP_DEAD_LETTERS`: one message per dead letter; its id is the stream sequence
+//!   subjects `zdmap.events.<partition>` (another destination's `zdmap.events.D.<partition>`),
+//!   the partition a hash of the event's ordering key (its user, else its organization), so one
+//!   key's events are in one partition, in order. An event routed to two destinations is
+//!   stored once on each one's subject. The sender's `messageId` is the publish's `Nats-Msg-Id`
+//!   (`<messageId>@D` for another destination): JetStream drops the same id within the stream's
+//!   duplicate window. An event is acknowledged (and so removed) once its destination settled it.
+//! - the stream `ZDMAP_DEAD_LETTERS`: one message per dead letter, on its destination's subject
+//!   (`zdmap.dead_letters`, `zdmap.dead_letters.D`); its id is the stream sequence
 //!   ([`dead_letters`]).
 //! - the key-value bucket `zdmap_leases` (keys expire after the lease time): who owns which
-//!   partition, and which replicas are alive ([`partitions`]). One replica at a time delivers a
-//!   partition, so one key's events are never delivered by two replicas at once.
-//! - the key-value bucket `zdmap`: the partition count (fixed by the first replica) and the
-//!   shared request budget ([`budget`]).
-//! - the key-value bucket `zdmap_entities`: the time of the last change applied per entity
-//!   ([`entities`]), so a late retry or a replay never applies an older change over a newer one,
-//!   whichever replica made it; the last write applied per entity, so a write that would change
-//!   nothing (`skip_unchanged`) is skipped whichever replica applied the last one ([`applied`]);
-//!   and the holds on the keys that events of different partitions
-//!   share ([`holds`]: the organization of a `group` call, whose calls come from many users), so
-//!   that one replica at a time delivers an organization's events, in the order of their times.
+//!   partition of each destination, and which replicas of it are alive ([`partitions`]). One
+//!   replica at a time delivers a partition of a destination, so one key's events are never
+//!   delivered to a destination by two replicas at once.
+//! - the key-value bucket `zdmap`: the partition count (fixed by the first replica, one for
+//!   every destination) and each destination's shared request budget ([`budget`]).
+//! - the key-value bucket `zdmap_entities`, each destination's under its own keys: the time of
+//!   the last change applied per entity ([`entities`]), so a late retry or a replay never
+//!   applies an older change over a newer one, whichever replica made it; the last write
+//!   applied per entity, so a write that would change nothing (`skip_unchanged`) is skipped
+//!   whichever replica applied the last one ([`applied`]); and the holds on the keys that
+//!   events of different partitions share ([`holds`]: the organization of a `group` call, whose
+//!   calls come from many users), so that one replica at a time delivers an organization's
+//!   events, in the order of their times.
 //!
-//! - the key-value bucket `zdmap_oauth`: the OAuth refresh-token chain every replica shares
-//!   ([`tokens`]).
+//! - the key-value bucket `zdmap_oauth`: the OAuth refresh-token chain every replica of a
+//!   destination shares ([`tokens`]).
 //!
 //! A replica that takes a partition starts its consumer again from the oldest event not yet
 //! acknowledged: a replica that died leaves nothing behind, and its events are delivered in the
@@ -35,6 +46,7 @@ pub mod dead_letters;
 pub mod entities;
 pub mod holds;
 pub mod journal;
+pub mod names;
 pub mod partitions;
 pub mod tokens;
 
@@ -46,6 +58,7 @@ use crate::deliver::dispatch::Ownership;
 use crate::mapping::plan::ActionName;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv, stream};
+use futures_util::StreamExt as _;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,7 +69,6 @@ use tokio::sync::{Notify, mpsc, watch};
 pub(crate) const EVENTS_STREAM: &str = "ZDMAP_EVENTS";
 /// The dead-letters stream.
 pub(crate) const DEAD_LETTERS_STREAM: &str = "ZDMAP_DEAD_LETTERS";
-const DEAD_LETTERS_SUBJECT: &str = "zdmap.dead_letters";
 /// The bucket of leases and replicas' heartbeats.
 pub(crate) const LEASES_BUCKET: &str = "zdmap_leases";
 /// The bucket of the settings every replica shares and the request budget.
@@ -74,11 +86,6 @@ const FORCE_HEADER: &str = "Zdmap-Force";
 pub const DEFAULT_PARTITIONS: u32 = 32;
 /// How long a lease lasts without being renewed, by default.
 pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(10);
-
-/// The subject of a partition's events.
-fn events_subject(partition: u32) -> String {
-    format!("zdmap.events.{partition}")
-}
 
 /// Where a key's events go: FNV-1a of the key, so every replica agrees.
 pub(crate) fn partition_of(key: &str, partitions: u32) -> u32 {
@@ -107,6 +114,9 @@ pub struct NatsOptions {
     /// How long the first connection is waited for: a server starting beside `zdmap serve` may
     /// take a while; a command a person runs says at once that NATS is not there.
     pub first_connection: Duration,
+    /// The destination whose queue this is ([`names::Names`]); by default
+    /// [`DEFAULT_DESTINATION`](super::DEFAULT_DESTINATION).
+    pub destination: String,
 }
 
 /// How long a command a person runs waits for NATS before it says it is not there.
@@ -121,6 +131,7 @@ impl std::fmt::Debug for NatsOptions {
             .field("lease", &self.lease)
             .field("dedupe_window", &self.dedupe_window)
             .field("first_connection", &self.first_connection)
+            .field("destination", &self.destination)
             .finish()
     }
 }
@@ -140,6 +151,15 @@ impl NatsOptions {
             lease: DEFAULT_LEASE,
             dedupe_window: super::DEFAULT_DEDUPE_WINDOW,
             first_connection: SERVE_WAIT,
+            destination: super::DEFAULT_DESTINATION.to_owned(),
+        }
+    }
+
+    /// The same, for the destination called `destination`.
+    pub fn for_destination(self, destination: &str) -> NatsOptions {
+        NatsOptions {
+            destination: destination.to_owned(),
+            ..self
         }
     }
 
@@ -289,9 +309,12 @@ pub async fn connect(options: &NatsOptions) -> Result<async_nats::Client, QueueE
     }
 }
 
-/// What of the NATS queue every process needs: the JetStream context, the streams and buckets.
+/// What of the NATS queue every process of a destination needs: the JetStream context, the
+/// streams and buckets, and the names of the destination's records in them.
 #[derive(Clone)]
 pub struct Layout {
+    /// The destination's names.
+    pub names: names::Names,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub events: stream::Stream,
@@ -308,6 +331,7 @@ pub struct Layout {
 impl std::fmt::Debug for Layout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Layout")
+            .field("destination", &self.names.destination())
             .field("partitions", &self.partitions)
             .finish()
     }
@@ -334,13 +358,14 @@ impl Layout {
     }
 
     async fn connect(options: &NatsOptions, create: bool) -> Result<Layout, QueueError> {
+        let names = names::Names::of(&options.destination)?;
         let client = connect(options).await?;
         let js = jetstream::new(client.clone());
         let replicas = options.replicas.max(1);
         let dedupe = !options.dedupe_window.is_zero();
         let events_config = stream::Config {
             name: EVENTS_STREAM.into(),
-            subjects: vec!["zdmap.events.*".into()],
+            subjects: names::EVENTS_SUBJECTS.map(String::from).into(),
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             num_replicas: replicas,
@@ -352,14 +377,14 @@ impl Layout {
             ..Default::default()
         };
         if !create {
-            return Self::existing(client, js).await;
+            return Self::existing(client, js, names).await;
         }
         let events = ensure_stream(&js, events_config).await?;
         let dead_letters = ensure_stream(
             &js,
             stream::Config {
                 name: DEAD_LETTERS_STREAM.into(),
-                subjects: vec![DEAD_LETTERS_SUBJECT.into()],
+                subjects: names::DEAD_LETTERS_SUBJECTS.map(String::from).into(),
                 storage: stream::StorageType::File,
                 num_replicas: replicas,
                 ..Default::default()
@@ -391,6 +416,7 @@ impl Layout {
         .await?;
         let partitions = shared_partitions(&settings, options.partitions).await?;
         Ok(Layout {
+            names,
             client,
             js,
             events,
@@ -406,6 +432,7 @@ impl Layout {
     async fn existing(
         client: async_nats::Client,
         js: jetstream::Context,
+        names: names::Names,
     ) -> Result<Layout, QueueError> {
         let missing = |what: &str| {
             QueueError::nats_says(format!(
@@ -441,6 +468,7 @@ impl Layout {
             .filter(|n| *n > 0)
             .ok_or_else(|| missing("the partition count"))?;
         Ok(Layout {
+            names,
             client,
             js,
             events,
@@ -464,66 +492,88 @@ impl Layout {
         }
     }
 
-    /// Stores events, each in its key's partition, in order; resolves once JetStream has them
-    /// all. Returns how many were dropped as duplicates of a `messageId` within the window.
+    /// Stores events, each in its key's partition of every destination it names (none: this
+    /// layout's destination), in order; resolves once JetStream has them all. Returns how many
+    /// were dropped as duplicates of a `messageId` within the window: an item is one when each
+    /// of its destinations had it already (a sender's retry after a crash between the
+    /// publishes of one item stores it for the destinations that lacked it only).
     async fn publish_events(&self, items: Vec<NewItem>) -> Result<u64, QueueError> {
         let mut acks = Vec::with_capacity(items.len());
-        for item in items {
-            let mut headers = HeaderMap::new();
+        for (index, item) in items.iter().enumerate() {
+            let destinations = if item.destinations.is_empty() {
+                vec![self.names.clone()]
+            } else {
+                item.destinations
+                    .iter()
+                    .map(|d| names::Names::of(d))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
             let key = item.partition.clone().unwrap_or_else(|| {
                 // Ordered with nothing: any partition, spread by its id.
                 item.message_id.clone().unwrap_or_else(|| {
-                    format!(
-                        "{}",
-                        crate::base::time::unix_millis_now() ^ acks.len() as u64
-                    )
+                    format!("{}", crate::base::time::unix_millis_now() ^ index as u64)
                 })
             });
-            if let Some(k) = &item.partition {
-                headers.insert(KEY_HEADER, k.as_str());
-            }
-            if let Some(only) = &item.only {
-                headers.insert(ONLY_HEADER, only.as_str());
-            }
-            if item.force {
-                headers.insert(FORCE_HEADER, "1");
-            }
-            if self.dedupe
-                && let Some(id) = &item.message_id
-            {
-                headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-            }
+            let partition = partition_of(&key, self.partitions);
             let payload = serde_json::to_vec(&item.event).unwrap_or_default();
-            let subject = events_subject(partition_of(&key, self.partitions));
-            acks.push(
-                self.js
-                    .publish_with_headers(subject, headers, payload.into())
+            for names in &destinations {
+                let mut headers = HeaderMap::new();
+                if let Some(k) = &item.partition {
+                    headers.insert(KEY_HEADER, k.as_str());
+                }
+                if let Some(only) = &item.only {
+                    headers.insert(ONLY_HEADER, only.as_str());
+                }
+                if item.force {
+                    headers.insert(FORCE_HEADER, "1");
+                }
+                if self.dedupe
+                    && let Some(id) = &item.message_id
+                {
+                    headers.insert(
+                        async_nats::header::NATS_MESSAGE_ID,
+                        names.message_id(id).as_str(),
+                    );
+                }
+                let ack = self
+                    .js
+                    .publish_with_headers(
+                        names.events_subject(partition),
+                        headers,
+                        payload.clone().into(),
+                    )
                     .await
-                    .map_err(nats_error("cannot store an event"))?,
-            );
+                    .map_err(|e| {
+                        QueueError::nats(
+                            format!("cannot store an event for destination {names}"),
+                            e,
+                        )
+                    })?;
+                acks.push((index, ack));
+            }
         }
-        let mut duplicates = 0;
-        for ack in acks {
+        // Whether each item was a duplicate for every destination so far.
+        let mut duplicate = vec![true; items.len()];
+        for (index, ack) in acks {
             let ack = ack
                 .await
                 .map_err(nats_error("an event was not acknowledged"))?;
-            if ack.duplicate {
-                duplicates += 1;
-            }
+            duplicate[index] &= ack.duplicate;
         }
-        Ok(duplicates)
+        Ok(duplicate.into_iter().filter(|d| *d).count() as u64)
     }
 
-    /// Stores dead letters; resolves once JetStream has them all.
+    /// Stores dead letters of this layout's destination; resolves once JetStream has them all.
     pub(crate) async fn publish_dead_letters(
         &self,
         letters: &[DeadLetter],
     ) -> Result<(), QueueError> {
+        let subject = self.names.dead_letters_subject();
         let mut acks = Vec::with_capacity(letters.len());
         for letter in letters {
             acks.push(
                 self.js
-                    .publish(DEAD_LETTERS_SUBJECT, letter.to_line().into_bytes().into())
+                    .publish(subject.clone(), letter.to_line().into_bytes().into())
                     .await
                     .map_err(nats_error("cannot store a dead letter"))?,
             );
@@ -534,9 +584,26 @@ impl Layout {
         }
         Ok(())
     }
+
+    /// How many events of this layout's destination wait in the stream (all replicas
+    /// together).
+    pub(crate) async fn waiting(&self) -> Result<u64, QueueError> {
+        let mut subjects = self
+            .events
+            .info_with_subjects(self.names.events_filter())
+            .await
+            .map_err(nats_error("cannot read the events stream"))?;
+        let mut total = 0u64;
+        while let Some(counted) = subjects.next().await {
+            let (_, count) = counted.map_err(nats_error("cannot read the events stream"))?;
+            total += count as u64;
+        }
+        Ok(total)
+    }
 }
 
-/// Gets a stream, creating it when missing; a changed duplicate window is applied.
+/// Gets a stream, creating it when missing; a changed duplicate window is applied, and
+/// subjects of `config` the stream lacks are added.
 async fn ensure_stream(
     js: &jetstream::Context,
     config: stream::Config,
@@ -547,14 +614,30 @@ async fn ensure_stream(
                 .info()
                 .await
                 .map_err(nats_error("cannot read a stream"))?;
+            let mut updated = info.config.clone();
             if info.config.duplicate_window != config.duplicate_window
                 && info.config.retention == stream::RetentionPolicy::WorkQueue
             {
-                let mut updated = info.config.clone();
                 updated.duplicate_window = config.duplicate_window;
-                js.update_stream(updated)
-                    .await
-                    .map_err(nats_error("cannot change the duplicate window"))?;
+            }
+            // A stream of a deployment from before destinations takes the default's subjects
+            // only: the others' are added (every replica adds the same ones).
+            for subject in &config.subjects {
+                if !updated.subjects.contains(subject) {
+                    updated.subjects.push(subject.clone());
+                }
+            }
+            if updated != info.config {
+                js.update_stream(updated).await.map_err(|e| {
+                    QueueError::nats(
+                        format!(
+                            "cannot change the stream {} (its duplicate window, or its subjects: {})",
+                            config.name,
+                            config.subjects.join(", ")
+                        ),
+                        e,
+                    )
+                })?;
             }
             Ok(existing)
         }
@@ -763,7 +846,8 @@ pub(crate) struct NatsMetrics {
     pub fenced: AtomicU64,
 }
 
-/// The JetStream queue of one replica.
+/// The JetStream queue of one destination in one replica: its consumers, leases, records and
+/// dead letters ([`names::Names`]); a replica with several destinations opens one each.
 pub struct NatsQueue {
     layout: Layout,
     clock: Arc<entities::NatsClock>,
@@ -793,7 +877,8 @@ impl std::fmt::Debug for NatsQueue {
 const HANDOVER: usize = 1024;
 
 impl NatsQueue {
-    /// Connects, creates the streams and buckets if needed, and starts taking partitions.
+    /// Connects, creates the streams and buckets if needed, and starts taking partitions of
+    /// `options.destination`.
     pub async fn open(options: &NatsOptions) -> Result<NatsQueue, QueueError> {
         let layout = Layout::open(options).await?;
         let (tx, rx) = mpsc::channel(HANDOVER);
@@ -801,7 +886,7 @@ impl NatsQueue {
         let added = Arc::new(Notify::new());
         let metrics = Arc::new(NatsMetrics::default());
         let (stop, stopped) = watch::channel(false);
-        let clock = entities::NatsClock::start(layout.entities.clone());
+        let clock = entities::NatsClock::start(layout.entities.clone(), layout.names.clone());
         let manager = partitions::Manager::new(
             layout.clone(),
             clock.clone(),
@@ -820,6 +905,7 @@ impl NatsQueue {
         ));
         tracing::info!(
             replica = %replica,
+            destination = %layout.names,
             partitions = layout.partitions,
             lease_seconds = layout.lease().as_secs_f64(),
             "queue on NATS JetStream"
@@ -910,7 +996,7 @@ impl NatsQueue {
         if let Some(lag) = stream_lag {
             gauge(
                 "zdmap_nats_stream_lag",
-                "Events in the stream not yet settled, all replicas together.",
+                "Events of this destination in the stream not yet settled, all replicas together.",
                 "gauge",
                 lag,
             );
@@ -1136,13 +1222,9 @@ impl Queue for NatsQueue {
         }
     }
 
+    /// The events of this queue's destination waiting, all replicas together.
     async fn depth(&self) -> Result<u64, QueueError> {
-        self.layout
-            .events
-            .get_info()
-            .await
-            .map(|info| info.state.messages)
-            .map_err(nats_error("cannot read the events stream"))
+        self.layout.waiting().await
     }
 
     async fn changed(&self, max_wait: Duration) {
@@ -1166,6 +1248,7 @@ impl Queue for NatsQueue {
         serde_json::json!({
             "backend": "nats",
             "servers": self.servers,
+            "destination": self.layout.names.destination(),
             "connected": self.connection_problem().is_none(),
             "partitions": self.layout.partitions,
             "partitions_owned": self.metrics.partitions_owned.load(Ordering::Relaxed),

@@ -374,16 +374,15 @@ impl Server {
             Some(nats) => {
                 let mut lanes = Vec::with_capacity(outlets.len());
                 for outlet in &outlets {
-                    if outlets.len() > 1 {
-                        return Err(ServeError::NoDestination);
-                    }
                     let nats = NatsOptions {
                         dedupe_window: options.ingest.dedupe_window,
                         ..nats.clone()
-                    };
+                    }
+                    .for_destination(&outlet.name);
                     let queue = Arc::new(NatsQueue::open(&nats).await?);
                     NatsAllowance::share(
                         queue.layout().settings.clone(),
+                        &queue.layout().names,
                         outlet.destination.executor.transport().budget(),
                     );
                     lanes.push(queue);

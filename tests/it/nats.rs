@@ -994,7 +994,7 @@ async fn holds_in_nats_go_to_one_replica_at_a_time() {
     // Long enough that a renewal (every third of it) is never late on a loaded machine.
     let lease = Duration::from_secs(3);
     let replica = |name: &str| {
-        let clock = NatsClock::start(layout.entities.clone());
+        let clock = NatsClock::start(layout.entities.clone(), layout.names.clone());
         let holds = NatsHolds::start(
             layout.entities.clone(),
             clock.clone(),
@@ -1499,4 +1499,438 @@ async fn any_replica_answers_for_an_event_another_accepted_and_delivered() {
         Some("accepted"),
         "{record}"
     );
+}
+
+/// Destinations on one NATS account: each delivers every event routed to it on its own, with
+/// its own subjects, consumers, leases, dead letters and deduplication; the default destination
+/// keeps the names of a deployment from before destinations.
+mod destinations {
+    use super::*;
+    use futures_util::StreamExt as _;
+    use zdmap::deliver::DeadLetter;
+    use zdmap::queue::{
+        DeadLetters, Item, ItemId, NatsOptions, NatsQueue, NewItem, Queue, Selection,
+    };
+
+    /// The queue of `destination` on `server`, with few partitions (quick to take).
+    async fn queue(server: &NatsServer, destination: &str) -> NatsQueue {
+        let options = NatsOptions {
+            partitions: 4,
+            ..NatsOptions::new(&server.url())
+        }
+        .for_destination(destination);
+        NatsQueue::open(&options).await.expect("the queue opens")
+    }
+
+    /// User `u`'s event, with the sender's `messageId` `id`, routed to `destinations`.
+    fn item(u: usize, id: &str, destinations: &[&str]) -> NewItem {
+        NewItem {
+            event: ticket(u, 0),
+            partition: Some(format!("user:u-{u}")),
+            only: None,
+            force: false,
+            message_id: Some(id.to_owned()),
+            destinations: destinations.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    fn letter(u: usize) -> DeadLetter {
+        DeadLetter {
+            event: ticket(u, 0),
+            action: Some("create_ticket".into()),
+            step: "create".into(),
+            status: Some(422),
+            code: Some("RecordInvalid".into()),
+            message: "refused".into(),
+            attempts: 1,
+            at: "2026-12-06T00:00:00Z".into(),
+            changes: Vec::new(),
+        }
+    }
+
+    /// Everything `queue` hands out within `within`.
+    async fn fetched(queue: &NatsQueue, within: Duration) -> Vec<Item> {
+        let deadline = Instant::now() + within;
+        let mut items = Vec::new();
+        while Instant::now() < deadline {
+            items.extend(queue.fetch(ItemId(0), 100).await.expect("fetch"));
+            queue.changed(Duration::from_millis(100)).await;
+        }
+        items
+    }
+
+    /// Waits until `queue` has handed out `n` items, then a while longer for any more.
+    async fn fetched_n(queue: &NatsQueue, n: usize) -> Vec<Item> {
+        let mut items = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while items.len() < n && Instant::now() < deadline {
+            items.extend(queue.fetch(ItemId(0), 100).await.expect("fetch"));
+            queue.changed(Duration::from_millis(100)).await;
+        }
+        items.extend(fetched(queue, Duration::from_millis(700)).await);
+        items
+    }
+
+    async fn depth_becomes(queue: &NatsQueue, n: u64) {
+        eventually(
+            &format!("{n} waiting"),
+            Duration::from_secs(10),
+            async || queue.depth().await.expect("depth") == n,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_for_two_destinations_is_delivered_by_each_on_its_own() {
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let (eu, us) = (queue(&server, "eu").await, queue(&server, "us").await);
+        let pushed = eu
+            .push(vec![item(1, "m-1", &["eu", "us"])], Vec::new())
+            .await
+            .expect("push");
+        assert_eq!(pushed.duplicates, 0);
+
+        let (from_eu, from_us) = (fetched_n(&eu, 1).await, fetched_n(&us, 1).await);
+        assert_eq!(from_eu.len(), 1, "eu fetches the event once");
+        assert_eq!(from_us.len(), 1, "us fetches the event once");
+        assert_eq!(from_eu[0].event, ticket(1, 0));
+        assert_eq!(from_us[0].event, ticket(1, 0));
+        assert_eq!(from_eu[0].partition.as_deref(), Some("user:u-1"));
+
+        // Settled by eu: gone for eu, still waiting for us.
+        eu.finish(from_eu[0].id, Vec::new()).expect("finish");
+        depth_becomes(&eu, 0).await;
+        assert_eq!(us.depth().await.expect("depth"), 1);
+        us.finish(from_us[0].id, Vec::new()).expect("finish");
+        depth_becomes(&us, 0).await;
+
+        // Each destination's partitions are leased apart: both hold all four.
+        let keys: HashSet<String> = eu
+            .layout()
+            .leases
+            .keys()
+            .await
+            .expect("keys")
+            .filter_map(|k| async { k.ok() })
+            .collect()
+            .await;
+        for p in 0..4 {
+            assert!(keys.contains(&format!("d.eu.p.{p}")), "{keys:?}");
+            assert!(keys.contains(&format!("d.us.p.{p}")), "{keys:?}");
+        }
+        eu.close().await;
+        us.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_letter_is_its_destinations_alone_and_replays_to_it_only() {
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let (eu, us) = (queue(&server, "eu").await, queue(&server, "us").await);
+        eu.push(Vec::new(), vec![letter(2)]).await.expect("push");
+        let (mut eu_letters, mut us_letters) = (
+            eu.dead_letters().await.expect("letters"),
+            us.dead_letters().await.expect("letters"),
+        );
+        let listed = eu_letters.list(0, 10).await.expect("list");
+        assert_eq!(listed.len(), 1);
+        let id = listed[0].id;
+        assert_eq!(eu_letters.count().await.expect("count"), 1);
+        assert!(us_letters.list(0, 10).await.expect("list").is_empty());
+        assert_eq!(us_letters.count().await.expect("count"), 0);
+        assert!(us_letters.get(id).await.expect("get").is_none());
+        assert_eq!(us_letters.purge(&Selection::All).await.expect("purge"), 0);
+        assert_eq!(
+            us_letters
+                .replay(&Selection::Ids(vec![id]), false)
+                .await
+                .expect("replay")
+                .moved,
+            0,
+            "us cannot replay eu's letter"
+        );
+
+        let replayed = eu_letters
+            .replay(&Selection::Ids(vec![id]), false)
+            .await
+            .expect("replay");
+        assert_eq!(replayed.moved, 1);
+        assert_eq!(eu_letters.count().await.expect("count"), 0);
+        let from_eu = fetched_n(&eu, 1).await;
+        assert_eq!(from_eu.len(), 1);
+        assert_eq!(
+            from_eu[0].only.as_ref().map(|a| a.as_str()),
+            Some("create_ticket")
+        );
+        assert!(fetched(&us, Duration::from_secs(1)).await.is_empty());
+        assert_eq!(us.depth().await.expect("depth"), 0);
+
+        // `zdmap dead-letters --destination` opens the same: a letter `us` refused is listed
+        // for `us` only.
+        us.push(Vec::new(), vec![letter(3)]).await.expect("push");
+        let listed = |destination: &str| {
+            let url = server.url();
+            let args = [
+                "dead-letters",
+                "--queue",
+                &url,
+                "--destination",
+                destination,
+                "list",
+            ];
+            let output = zdmap(&args, "");
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8_lossy(&output.stdout).lines().count()
+        };
+        assert_eq!(listed("us"), 1);
+        assert_eq!(listed("eu"), 0);
+        assert_eq!(listed("default"), 0);
+        eu.close().await;
+        us.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_id_sent_again_is_stored_once_per_destination() {
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let (eu, us) = (queue(&server, "eu").await, queue(&server, "us").await);
+        // A first send stored for eu only (the sender's process stopped before us had it)...
+        let first = eu
+            .push(vec![item(4, "m-4", &["eu"])], Vec::new())
+            .await
+            .expect("push");
+        assert_eq!(first.duplicates, 0);
+        // ...then the same call for both: stored for us, not again for eu.
+        let again = eu
+            .push(vec![item(4, "m-4", &["eu", "us"])], Vec::new())
+            .await
+            .expect("push");
+        assert_eq!(again.duplicates, 0, "us lacked it");
+        // And once more: a duplicate everywhere.
+        let third = us
+            .push(vec![item(4, "m-4", &["eu", "us"])], Vec::new())
+            .await
+            .expect("push");
+        assert_eq!(third.duplicates, 1);
+        assert_eq!(fetched_n(&eu, 1).await.len(), 1);
+        assert_eq!(fetched_n(&us, 1).await.len(), 1);
+        eu.close().await;
+        us.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_destination_keeps_its_own_token_chain() {
+        use zdmap::deliver::auth::{Chain, Secret};
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let store = async |destination: Option<&str>| {
+            zdmap::commands::auth::open_store(
+                None,
+                std::path::Path::new("unused"),
+                Some(&server.url()),
+                destination,
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("the store opens")
+        };
+        let chain = |refresh: &str| Chain {
+            client_id: "app".into(),
+            scope: "read write".into(),
+            access_token: Secret::new("access"),
+            access_expires_at: None,
+            refresh_token: Secret::new(refresh),
+            refresh_expires_at: None,
+            issued_at: std::time::SystemTime::now(),
+            login_needed: None,
+            in_doubt: false,
+            refreshing: None,
+        };
+        let (default, eu) = (store(None).await, store(Some("eu")).await);
+        eu.write(&chain("refresh-eu"), Some(0))
+            .await
+            .expect("write");
+        assert!(default.read().await.expect("read").is_none());
+        default
+            .write(&chain("refresh-default"), Some(0))
+            .await
+            .expect("write");
+        let read = |v: Option<zdmap::deliver::auth::Versioned>| {
+            v.expect("a chain").chain.refresh_token.expose().to_owned()
+        };
+        assert_eq!(read(eu.read().await.expect("read")), "refresh-eu");
+        assert_eq!(read(default.read().await.expect("read")), "refresh-default");
+        assert!(eu.place().contains("d.eu.chain"), "{}", eu.place());
+
+        // The default's chain is at the key it always had.
+        let js =
+            async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("connect"));
+        let bucket = js.get_key_value("zdmap_oauth").await.expect("bucket");
+        assert!(bucket.get("chain").await.expect("get").is_some());
+        assert!(bucket.get("d.eu.chain").await.expect("get").is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_destination_shares_its_own_request_budget_and_pauses() {
+        use std::sync::Arc;
+        use zdmap::deliver::Budget;
+        use zdmap::deliver::budget::SharedAllowance as _;
+        use zdmap::queue::nats::{Layout, budget::NatsAllowance};
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let layout = async |destination: &str| {
+            Layout::open(&NatsOptions::new(&server.url()).for_destination(destination))
+                .await
+                .expect("layout")
+        };
+        let (default, eu) = (layout("default").await, layout("eu").await);
+        // Two replicas of eu, one of the default destination.
+        let budget = || Arc::new(Budget::new(Some(600)));
+        let (eu_a, eu_b, default_budget) = (budget(), budget(), budget());
+        let shared_a = NatsAllowance::share(eu.settings.clone(), &eu.names, &eu_a);
+        let _shared_b = NatsAllowance::share(eu.settings.clone(), &eu.names, &eu_b);
+        let _shared_default =
+            NatsAllowance::share(default.settings.clone(), &default.names, &default_budget);
+
+        eu_a.acquire().await;
+        let keys = async || -> HashSet<String> {
+            eu.settings
+                .keys()
+                .await
+                .expect("keys")
+                .filter_map(|k| async { k.ok() })
+                .collect()
+                .await
+        };
+        let written = keys().await;
+        assert!(written.contains("d.eu.budget"), "{written:?}");
+        assert!(!written.contains("budget"), "{written:?}");
+
+        // A 429 seen by one replica of eu pauses the other, not the default destination.
+        shared_a.pause_until(std::time::SystemTime::now() + Duration::from_secs(5));
+        eventually(
+            "eu's other replica paused",
+            Duration::from_secs(5),
+            async || eu_b.paused_until().is_some(),
+        )
+        .await;
+        assert!(keys().await.contains("d.eu.pause"));
+        assert!(default_budget.paused_until().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deployment_from_before_destinations_keeps_its_names() {
+        use async_nats::jetstream::{self, stream};
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        // The streams as a deployment from before destinations made them.
+        let js = jetstream::new(async_nats::connect(server.url()).await.expect("connect"));
+        for (name, subject) in [
+            ("ZDMAP_EVENTS", "zdmap.events.*"),
+            ("ZDMAP_DEAD_LETTERS", "zdmap.dead_letters"),
+        ] {
+            js.create_stream(stream::Config {
+                name: name.into(),
+                subjects: vec![subject.into()],
+                retention: if name == "ZDMAP_EVENTS" {
+                    stream::RetentionPolicy::WorkQueue
+                } else {
+                    stream::RetentionPolicy::Limits
+                },
+                ..Default::default()
+            })
+            .await
+            .expect("stream");
+        }
+        let old = js
+            .publish(
+                "zdmap.events.1",
+                serde_json::to_vec(&ticket(9, 0)).expect("json").into(),
+            )
+            .await
+            .expect("publish");
+        old.await.expect("stored");
+
+        let default = queue(&server, "default").await;
+        let eu = queue(&server, "eu").await;
+        default
+            .push(vec![item(5, "m-5", &[])], vec![letter(5)])
+            .await
+            .expect("push");
+        // The event waiting from before, and the new one, both the default destination's.
+        assert_eq!(fetched_n(&default, 2).await.len(), 2);
+        assert!(fetched(&eu, Duration::from_millis(500)).await.is_empty());
+
+        let events = js.get_stream("ZDMAP_EVENTS").await.expect("stream");
+        let info = events.get_info().await.expect("info");
+        assert_eq!(info.config.subjects, ["zdmap.events.*", "zdmap.events.*.*"]);
+        let mut subjects = events
+            .info_with_subjects("zdmap.>")
+            .await
+            .expect("subjects");
+        let mut seen = Vec::new();
+        while let Some(s) = subjects.next().await {
+            seen.push(s.expect("subject").0);
+        }
+        assert!(
+            seen.iter()
+                .all(|s| s.split('.').count() == 3 && s.starts_with("zdmap.events.")),
+            "{seen:?}"
+        );
+        let newest = events
+            .get_raw_message(info.state.last_sequence)
+            .await
+            .expect("the event");
+        assert_eq!(
+            newest
+                .headers
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .map(|v| v.as_str()),
+            Some("m-5"),
+            "the sender's messageId itself"
+        );
+        let consumers: Vec<String> = events
+            .consumer_names()
+            .filter_map(|n| async { n.ok() })
+            .collect()
+            .await;
+        assert!(
+            consumers.iter().any(|c| c.starts_with('p'))
+                && consumers.iter().any(|c| c.starts_with("eu@p")),
+            "{consumers:?}"
+        );
+        let leases: HashSet<String> = default
+            .layout()
+            .leases
+            .keys()
+            .await
+            .expect("keys")
+            .filter_map(|k| async { k.ok() })
+            .collect()
+            .await;
+        assert!(
+            leases.contains("p.0") && leases.iter().any(|k| k.starts_with("r.")),
+            "{leases:?}"
+        );
+
+        let letters = js.get_stream("ZDMAP_DEAD_LETTERS").await.expect("stream");
+        assert_eq!(
+            letters.cached_info().config.subjects,
+            ["zdmap.dead_letters", "zdmap.dead_letters.*"]
+        );
+        let letter = letters
+            .get_last_raw_message_by_subject("zdmap.dead_letters")
+            .await
+            .expect("the letter");
+        assert!(String::from_utf8_lossy(&letter.payload).contains("refused"));
+        default.close().await;
+        eu.close().await;
+    }
 }

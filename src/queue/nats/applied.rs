@@ -1,26 +1,28 @@
 //! The last write applied per entity in the bucket `zdmap_entities` (for `skip_unchanged`):
-//! keys `w.<base64url of the entity>`, the value [`AppliedWrite::encode`], or empty once the
+//! keys `w.<base64url of the entity>` (another destination's `d.<name>.w.…`), the value [`AppliedWrite::encode`], or empty once the
 //! record is forgotten (a write to the entity is going out).
 //!
 //! The replicas share the records through [`super::entities::NatsClock`], which follows the
 //! bucket into memory and writes them (see there for why a record read is never older than the
 //! last write applied to its entity, whichever replica applied it).
 
+use super::names::Names;
 use crate::deliver::unchanged::AppliedWrite;
 use base64::Engine as _;
 
 /// The prefix of the records' keys.
 const PREFIX: &str = "w.";
 
-/// The bucket key of `entity`'s record.
-pub(super) fn key(entity: &str) -> String {
-    format!(
+/// The bucket key of `entity`'s record for the destination of `names`.
+pub(super) fn key(names: &Names, entity: &str) -> String {
+    names.key(&format!(
         "{PREFIX}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(entity)
-    )
+    ))
 }
 
-/// The entity whose record `key` is; `None` for another kind of key.
+/// The entity whose record `key` (a destination's key, without its prefix) is; `None` for
+/// another kind of key.
 pub(super) fn entity_of(key: &str) -> Option<String> {
     let encoded = key.strip_prefix(PREFIX)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -41,7 +43,7 @@ mod tests {
     #[test]
     fn record_keys_are_valid_nats_keys_apart_from_the_others() {
         for entity in ["user:u1", "membership:u1/acme", "organization:a b/ü"] {
-            let k = key(entity);
+            let k = key(&Names::default(), entity);
             assert!(k.starts_with("w."), "{k}");
             assert!(
                 k.chars()

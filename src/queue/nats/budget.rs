@@ -1,4 +1,7 @@
-//! One request budget for all replicas, in the `zdmap` bucket.
+//! One request budget for all replicas of a destination (a Zendesk account), in the `zdmap`
+//! bucket: each destination has its own keys ([`Names::key`]: the default's as below,
+//! another's `d.<name>.budget` and `d.<name>.pause`), so one account's requests and pauses
+//! never hold up another's.
 //!
 //! - `budget`: a token bucket for the whole account (`{"tokens": T, "at_ms": MS}`): it fills at
 //!   `requests_per_minute` a minute up to a sixth of a minute's worth, as the budget of one
@@ -11,6 +14,7 @@
 //!
 //! When NATS cannot be reached for a few seconds, a replica goes on within its own budget.
 
+use super::names::Names;
 use crate::base::sync::lock;
 use crate::deliver::Budget;
 use crate::deliver::budget::SharedAllowance;
@@ -33,9 +37,13 @@ struct Bucket {
     at_ms: u64,
 }
 
-/// The shared allowance of one replica.
+/// The shared allowance of one destination in one replica.
 pub struct NatsAllowance {
     settings: kv::Store,
+    /// The destination's token bucket key.
+    budget_key: String,
+    /// The destination's pause key.
+    pause_key: String,
     requests_per_minute: Option<u32>,
     held: Mutex<(u32, Instant)>,
     taking: tokio::sync::Mutex<()>,
@@ -55,17 +63,21 @@ fn now_ms() -> u64 {
 }
 
 impl NatsAllowance {
-    /// Shares `budget` with the other replicas: its requests take tokens of the common bucket,
-    /// its pauses are told to them and theirs heard.
-    pub fn share(settings: kv::Store, budget: &Arc<Budget>) -> Arc<NatsAllowance> {
+    /// Shares `budget`, the budget of the destination of `names`, with the other replicas: its
+    /// requests take tokens of the destination's common bucket, its pauses are told to them and
+    /// theirs heard.
+    pub fn share(settings: kv::Store, names: &Names, budget: &Arc<Budget>) -> Arc<NatsAllowance> {
+        let pause_key = names.key(PAUSE_KEY);
         let allowance = Arc::new(NatsAllowance {
             settings: settings.clone(),
+            budget_key: names.key(BUDGET_KEY),
+            pause_key: pause_key.clone(),
             requests_per_minute: budget.requests_per_minute(),
             held: Mutex::new((0, Instant::now())),
             taking: tokio::sync::Mutex::new(()),
             watcher: Mutex::new(None),
         });
-        let watcher = tokio::spawn(watch_pauses(settings, Arc::downgrade(budget)));
+        let watcher = tokio::spawn(watch_pauses(settings, pause_key, Arc::downgrade(budget)));
         *lock(&allowance.watcher) = Some(watcher);
         budget.share(allowance.clone());
         allowance
@@ -91,7 +103,7 @@ impl NatsAllowance {
         loop {
             let entry = self
                 .settings
-                .entry(BUDGET_KEY)
+                .entry(&self.budget_key)
                 .await
                 .map_err(|e| e.to_string())?
                 .filter(|e| e.operation == kv::Operation::Put);
@@ -119,12 +131,12 @@ impl NatsAllowance {
             let written = match revision {
                 Some(r) => self
                     .settings
-                    .update(BUDGET_KEY, value.into(), r)
+                    .update(&self.budget_key, value.into(), r)
                     .await
                     .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision),
                 None => self
                     .settings
-                    .create(BUDGET_KEY, value.into())
+                    .create(&self.budget_key, value.into())
                     .await
                     .map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists),
             };
@@ -188,10 +200,10 @@ impl SharedAllowance for NatsAllowance {
         let until_ms = until
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let settings = self.settings.clone();
+        let (settings, key) = (self.settings.clone(), self.pause_key.clone());
         tokio::spawn(async move {
             for _ in 0..10 {
-                let entry = settings.entry(PAUSE_KEY).await.ok().flatten();
+                let entry = settings.entry(&key).await.ok().flatten();
                 let current = entry
                     .as_ref()
                     .filter(|e| e.operation == kv::Operation::Put)
@@ -202,10 +214,10 @@ impl SharedAllowance for NatsAllowance {
                 let value = until_ms.to_string();
                 let written = match entry {
                     Some(e) => settings
-                        .update(PAUSE_KEY, value.into(), e.revision)
+                        .update(&key, value.into(), e.revision)
                         .await
                         .is_ok(),
-                    None => settings.create(PAUSE_KEY, value.into()).await.is_ok(),
+                    None => settings.create(&key, value.into()).await.is_ok(),
                 };
                 if written {
                     return;
@@ -215,10 +227,11 @@ impl SharedAllowance for NatsAllowance {
     }
 }
 
-/// Pauses this replica whenever another writes a later pause.
-async fn watch_pauses(settings: kv::Store, budget: Weak<Budget>) {
+/// Pauses this replica's destination whenever another replica writes a later pause of it (at
+/// `key`).
+async fn watch_pauses(settings: kv::Store, key: String, budget: Weak<Budget>) {
     loop {
-        if let Ok(mut watch) = settings.watch(PAUSE_KEY).await {
+        if let Ok(mut watch) = settings.watch(&key).await {
             while let Some(Ok(entry)) = watch.next().await {
                 let Some(budget) = budget.upgrade() else {
                     return;

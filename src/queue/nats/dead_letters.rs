@@ -1,16 +1,19 @@
-//! The dead letters on NATS: the stream `ZDMAP_DEAD_LETTERS`, one message per dead letter, its
-//! id the stream sequence. Any replica, or an operator's machine, lists and replays them; a
-//! replay publishes the event back into the events stream (for the failed action only) and then
-//! deletes the dead letter.
+//! The dead letters on NATS: the stream `ZDMAP_DEAD_LETTERS`, one message per dead letter on
+//! its destination's subject ([`super::names::Names::dead_letters_subject`]), its id the stream
+//! sequence. Any replica, or an operator's machine, lists and replays one destination's; a
+//! replay publishes the event back into the events stream for that destination only (for the
+//! failed action only) and then deletes the dead letter. Another destination's letters are
+//! neither listed, shown, replayed nor purged.
 
 use super::{Layout, NatsOptions};
 use crate::deliver::DeadLetter;
 use crate::queue::{
     DeadLetters, NewItem, QueueError, Replayed, Selection, StaleLetter, StoredDeadLetter,
 };
+use futures_util::StreamExt as _;
 use serde_json::Value;
 
-/// The dead letters of a NATS queue.
+/// The dead letters of one destination of a NATS queue.
 #[derive(Debug)]
 pub struct NatsDeadLetters {
     layout: Layout,
@@ -18,8 +21,8 @@ pub struct NatsDeadLetters {
 }
 
 impl NatsDeadLetters {
-    /// Opens the dead letters of the queue that `zdmap serve --queue` created (nothing is
-    /// created or changed).
+    /// Opens the dead letters of `options.destination` in the queue that `zdmap serve --queue`
+    /// created (nothing is created or changed).
     pub async fn open(options: &NatsOptions) -> Result<NatsDeadLetters, QueueError> {
         Ok(NatsDeadLetters {
             layout: Layout::open_existing(options).await?,
@@ -32,37 +35,29 @@ impl NatsDeadLetters {
         NatsDeadLetters { layout, servers }
     }
 
-    /// The first and last sequence of the stream (`None` when empty).
-    async fn bounds(&self) -> Result<Option<(u64, u64)>, QueueError> {
-        let info = self
-            .layout
-            .dead_letters
-            .get_info()
-            .await
-            .map_err(|e| QueueError::nats("cannot read the dead letters", e))?;
-        Ok((info.state.messages > 0)
-            .then_some((info.state.first_sequence, info.state.last_sequence)))
+    /// The destination's dead letter `id`; `None` when there is none (or it is another
+    /// destination's).
+    async fn read(&self, id: u64) -> Result<Option<StoredDeadLetter>, QueueError> {
+        let message = self.layout.dead_letters.get_raw_message(id).await;
+        letter_of(id, message, &self.subject())
     }
 
-    async fn read(&self, id: u64) -> Result<Option<StoredDeadLetter>, QueueError> {
-        match self.layout.dead_letters.get_raw_message(id).await {
-            Ok(message) => {
-                let value: Value = serde_json::from_slice(&message.payload).map_err(|e| {
-                    QueueError::Damaged(format!("dead letter {id} is damaged: {e}"))
-                })?;
-                let letter = DeadLetter::parse(&value).ok_or_else(|| {
-                    QueueError::Damaged(format!("dead letter {id} is not a dead-letter record"))
-                })?;
-                Ok(Some(StoredDeadLetter { id, letter }))
-            }
-            Err(e)
-                if e.kind()
-                    == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(QueueError::nats(format!("cannot read dead letter {id}"), e)),
-        }
+    /// The destination's first dead letter with an id of `from` or above.
+    async fn read_from(&self, from: u64) -> Result<Option<StoredDeadLetter>, QueueError> {
+        let message = self
+            .layout
+            .dead_letters
+            .raw_message_builder()
+            .sequence(from)
+            .next_by_subject(self.subject())
+            .send()
+            .await;
+        letter_of(from, message, &self.subject())
+    }
+
+    /// The subject of the destination's dead letters.
+    fn subject(&self) -> String {
+        self.layout.names.dead_letters_subject()
     }
 
     /// The ids selected that exist.
@@ -96,20 +91,61 @@ impl NatsDeadLetters {
     }
 }
 
+/// The dead letter a message read for `id` (the id asked for) holds; `None` when there is no
+/// message, or it is not on `subject` (another destination's).
+fn letter_of(
+    id: u64,
+    message: Result<
+        async_nats::jetstream::message::StreamMessage,
+        async_nats::jetstream::stream::RawMessageError,
+    >,
+    subject: &str,
+) -> Result<Option<StoredDeadLetter>, QueueError> {
+    match message {
+        Ok(message) if message.subject.as_str() != subject => Ok(None),
+        Ok(message) => {
+            let id = message.sequence;
+            let value: Value = serde_json::from_slice(&message.payload)
+                .map_err(|e| QueueError::Damaged(format!("dead letter {id} is damaged: {e}")))?;
+            let letter = DeadLetter::parse(&value).ok_or_else(|| {
+                QueueError::Damaged(format!("dead letter {id} is not a dead-letter record"))
+            })?;
+            Ok(Some(StoredDeadLetter { id, letter }))
+        }
+        Err(e)
+            if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(QueueError::nats(format!("cannot read dead letter {id}"), e)),
+    }
+}
+
 impl DeadLetters for NatsDeadLetters {
     fn place(&self) -> String {
-        format!("the NATS queue at {}", self.servers)
+        if self.layout.names.is_default() {
+            format!("the NATS queue at {}", self.servers)
+        } else {
+            format!(
+                "the NATS queue at {} (destination {})",
+                self.servers, self.layout.names
+            )
+        }
     }
 
     async fn count(&mut self) -> Result<u64, QueueError> {
-        Ok(self
+        let unreadable = |e| QueueError::nats("cannot read the dead letters", e);
+        let mut subjects = self
             .layout
             .dead_letters
-            .get_info()
+            .info_with_subjects(self.subject())
             .await
-            .map_err(|e| QueueError::nats("cannot read the dead letters", e))?
-            .state
-            .messages)
+            .map_err(unreadable)?;
+        let mut total = 0u64;
+        while let Some(counted) = subjects.next().await {
+            total += counted.map_err(unreadable)?.1 as u64;
+        }
+        Ok(total)
     }
 
     async fn list(
@@ -137,7 +173,12 @@ impl DeadLetters for NatsDeadLetters {
             let mut lasts = Vec::with_capacity(letter.changes.len());
             for change in &letter.changes {
                 lasts.push(
-                    super::entities::last_applied_in(&self.layout.entities, &change.entity).await,
+                    super::entities::last_applied_in(
+                        &self.layout.entities,
+                        &self.layout.names,
+                        &change.entity,
+                    )
+                    .await,
                 );
             }
             if let Some(stale) = StaleLetter::of(*id, &letter, &lasts) {
@@ -146,6 +187,7 @@ impl DeadLetters for NatsDeadLetters {
                     continue;
                 }
             }
+            // For this destination only (an item naming none goes to its layout's).
             let item = NewItem::replay(letter, force);
             // Stored again first, then deleted: a failure in between replays it twice at worst.
             self.layout.publish_events(vec![item]).await?;
@@ -171,16 +213,14 @@ impl NatsDeadLetters {
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredDeadLetter>, QueueError> {
-        let Some((first, last)) = self.bounds().await? else {
-            return Ok(Vec::new());
-        };
         let mut out = Vec::new();
-        let mut id = first.max(after.saturating_add(1));
-        while id <= last && out.len() < limit {
-            if let Some(l) = self.read(id).await? {
-                out.push(l);
-            }
-            id += 1;
+        let mut from = after.saturating_add(1);
+        while out.len() < limit {
+            let Some(letter) = self.read_from(from).await? else {
+                break;
+            };
+            from = letter.id.saturating_add(1);
+            out.push(letter);
         }
         Ok(out)
     }

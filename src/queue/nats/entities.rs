@@ -1,7 +1,12 @@
 //! What the replicas share per entity, in the bucket `zdmap_entities`: the time of the last
 //! change applied (`e.<base64url of kind:key>`, the value the event time in ms) and the last
-//! write applied, for `skip_unchanged` ([`super::applied`], keys `w.…`). The bucket is bounded
-//! (past [`CAPACITY`] keys, all kinds together, the oldest written go).
+//! write applied, for `skip_unchanged` ([`super::applied`], keys `w.…`). Each destination has
+//! its own, under its keys ([`Names::key`]: the default's as above, another's `d.<name>.e.…`):
+//! a change applied to one Zendesk account says nothing of another. The bucket is bounded
+//! (past [`CAPACITY`] keys, all kinds and destinations together, the oldest written go).
+//!
+//! Each clock follows the whole bucket (so that the revisions it has seen are the bucket's),
+//! and keeps its destination's keys only.
 //!
 //! Each replica keeps both in memory ([`MemoryClock`], [`MemoryWrites`]), fed by one watch on
 //! the bucket, so a check costs no round trip; a change applied is written to the bucket at once
@@ -29,6 +34,7 @@
 //! organization from an identify's traits) has no such order, for its change times either.
 
 use super::applied;
+use super::names::Names;
 use crate::base::sync::lock;
 use crate::deliver::order::{DEFAULT_CAPACITY, EntityClock, MemoryClock};
 use crate::deliver::unchanged::{AppliedWrite, AppliedWrites as _, Forgetting, MemoryWrites};
@@ -47,13 +53,15 @@ pub(crate) const ENTITIES_BUCKET: &str = "zdmap_entities";
 /// Entities kept in the bucket at most.
 pub(crate) const CAPACITY: i64 = DEFAULT_CAPACITY as i64;
 
-fn key(entity: &str) -> String {
-    format!(
+/// The bucket key of `entity`'s change time for the destination of `names`.
+fn key(names: &Names, entity: &str) -> String {
+    names.key(&format!(
         "e.{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(entity)
-    )
+    ))
 }
 
+/// The entity whose change time `key` (a destination's key, without its prefix) is.
 fn entity_of(key: &str) -> Option<String> {
     let encoded = key.strip_prefix("e.")?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -66,18 +74,25 @@ fn time_of(value: &[u8]) -> Option<i64> {
     std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
-/// The last change time of `entity` in the bucket (for `zdmap dead-letters replay`).
-pub(crate) async fn last_applied_in(bucket: &kv::Store, entity: &str) -> Option<i64> {
+/// The last change time of `entity` applied to the destination of `names`, in the bucket (for
+/// `zdmap dead-letters replay`).
+pub(crate) async fn last_applied_in(
+    bucket: &kv::Store,
+    names: &Names,
+    entity: &str,
+) -> Option<i64> {
     bucket
-        .get(key(entity))
+        .get(key(names, entity))
         .await
         .ok()
         .flatten()
         .and_then(|v| time_of(&v))
 }
 
-/// The entity clock and the records of applied writes of one replica.
+/// The entity clock and the records of applied writes of one destination in one replica.
 pub struct NatsClock {
+    /// The destination whose keys these are.
+    names: Names,
     memory: MemoryClock,
     /// Fed by the watch alone; as many entries as the bucket has keys.
     records: MemoryWrites,
@@ -152,9 +167,10 @@ impl std::fmt::Debug for NatsClock {
 }
 
 impl NatsClock {
-    /// Starts following the bucket.
-    pub fn start(bucket: kv::Store) -> Arc<NatsClock> {
+    /// Starts following the bucket, for the destination of `names`.
+    pub fn start(bucket: kv::Store, names: Names) -> Arc<NatsClock> {
         let clock = Arc::new(NatsClock {
+            names,
             memory: MemoryClock::default(),
             records: MemoryWrites::new(DEFAULT_CAPACITY),
             bucket: bucket.clone(),
@@ -165,6 +181,11 @@ impl NatsClock {
         let watcher = tokio::spawn(follow(bucket, Arc::downgrade(&clock)));
         *lock(&clock.watcher) = Some(watcher);
         clock
+    }
+
+    /// The destination whose keys the clock keeps.
+    pub(crate) fn names(&self) -> &Names {
+        &self.names
     }
 
     /// Waits (up to `limit`) until the watch has seen the bucket's revision `revision`, so that
@@ -217,7 +238,7 @@ impl NatsClock {
         };
         let writing = self.writes.start(Some(entity));
         let bucket = self.bucket.clone();
-        let key = applied::key(entity);
+        let key = applied::key(&self.names, entity);
         let mut seen = self.seen.subscribe();
         tokio::spawn(async move {
             // Ends once the watch has seen it too: a record not being written is in memory.
@@ -255,7 +276,7 @@ impl NatsClock {
                 return false;
             }
             let _writing = clock.writes.start(None);
-            let key = applied::key(&entity);
+            let key = applied::key(&clock.names, &entity);
             for _ in 0..3 {
                 match clock.bucket.put(&key, Vec::new().into()).await {
                     Ok(revision) => {
@@ -288,7 +309,7 @@ impl EntityClock for NatsClock {
     fn applied(&self, entity: &str, at_ms: i64) {
         self.memory.applied(entity, at_ms);
         let bucket = self.bucket.clone();
-        let key = key(entity);
+        let key = key(&self.names, entity);
         let writing = self.writes.start(None);
         tokio::spawn(async move {
             let _writing = writing;
@@ -334,7 +355,11 @@ async fn follow(bucket: kv::Store, clock: Weak<NatsClock>) {
                     *seen = (*seen).max(entry.revision);
                     later
                 });
-                if let Some(entity) = applied::entity_of(&entry.key) {
+                // Another destination's key: seen (its revision counts), not kept.
+                let Some(key) = clock.names.own_key(&entry.key) else {
+                    continue;
+                };
+                if let Some(entity) = applied::entity_of(key) {
                     match applied::record_of(&entry.value)
                         .filter(|_| entry.operation == kv::Operation::Put)
                     {
@@ -346,7 +371,7 @@ async fn follow(bucket: kv::Store, clock: Weak<NatsClock>) {
                 if entry.operation != kv::Operation::Put {
                     continue;
                 }
-                if let (Some(entity), Some(at)) = (entity_of(&entry.key), time_of(&entry.value)) {
+                if let (Some(entity), Some(at)) = (entity_of(key), time_of(&entry.value)) {
                     clock.memory.applied(&entity, at);
                 }
             }
@@ -365,13 +390,17 @@ mod tests {
     #[test]
     fn entity_keys_are_valid_nats_keys_and_read_back() {
         for entity in ["ticket:123", "membership:u1/acme", "user:a b@c.d"] {
-            let k = key(entity);
+            let k = key(&Names::default(), entity);
             assert!(
                 k.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_=./".contains(c)),
                 "{k}"
             );
             assert_eq!(entity_of(&k).as_deref(), Some(entity));
+            let eu = Names::of("eu").expect("a name");
+            let k = key(&eu, entity);
+            assert_eq!(eu.own_key(&k).and_then(entity_of).as_deref(), Some(entity));
+            assert_eq!(entity_of(&k), None);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Holds on the keys that events of different partitions share (the organization of a `group`
-//! call), so that one replica at a time delivers an organization's events: keys
-//! `h.<base64url of the key>` in the bucket `zdmap_entities`, beside the entities' change times,
+//! call), so that one replica at a time delivers an organization's events to a destination:
+//! keys `h.<base64url of the key>` (another destination's `d.<name>.h.…`, see
+//! [`super::names`]) in the bucket `zdmap_entities`, beside the entities' change times,
 //! the value the holding replica and when the hold ends unless renewed (ms since the Unix
 //! epoch; a lease ahead).
 //!
@@ -19,6 +20,7 @@
 //!   `--nats-lease`, 10 s by default).
 
 use super::entities::NatsClock;
+use super::names::Names;
 use crate::base::sync::lock;
 use crate::deliver::holds::{Holding, KeyHolds, Taking};
 use async_nats::jetstream::kv;
@@ -33,12 +35,12 @@ use tokio::sync::{Notify, watch};
 /// written before it lets a hold go.
 pub(super) const CATCH_UP: Duration = Duration::from_secs(5);
 
-/// The bucket key of a hold on `key`.
-fn hold_key(key: &str) -> String {
-    format!(
+/// The bucket key of the hold on `key` of the destination of `names`.
+fn hold_key(names: &Names, key: &str) -> String {
+    names.key(&format!(
         "h.{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
-    )
+    ))
 }
 
 /// What a hold's entry says.
@@ -224,7 +226,7 @@ impl Inner {
         let mut releasing = lock(&self.releasing);
         let mut let_go = Vec::new();
         for key in dedup(keys) {
-            let key = hold_key(&key);
+            let key = hold_key(self.clock.names(), &key);
             let Some(h) = held.get_mut(&key) else {
                 continue;
             };
@@ -242,7 +244,7 @@ impl Inner {
         let mut taken = Vec::new();
         let mut newest = 0;
         for key in dedup(keys) {
-            let bucket_key = hold_key(&key);
+            let bucket_key = hold_key(self.clock.names(), &key);
             if let Some(h) = lock(&self.held).get_mut(&bucket_key) {
                 h.count += 1;
                 taken.push(key);
@@ -406,7 +408,7 @@ mod tests {
     #[test]
     fn hold_keys_are_valid_nats_keys_apart_from_entity_times() {
         for key in ["group:acme", "group:a b/c", "group:ü"] {
-            let k = hold_key(key);
+            let k = hold_key(&Names::default(), key);
             assert!(k.starts_with("h."), "{k}");
             assert!(
                 k.chars()

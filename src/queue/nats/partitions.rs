@@ -1,5 +1,11 @@
 //! Who delivers which partition: leases in the `zdmap_leases` bucket.
 //!
+//! Each destination's partitions are leased on their own, by the replicas delivering to it,
+//! under the destination's keys ([`super::names::Names::key`]: the default's as below,
+//! another's `d.<name>.p.<partition>` and `d.<name>.r.<replica>`), and read by consumers of its
+//! own ([`super::names::Names::consumer_prefix`]): a partition of `eu` and the same partition
+//! of `us` are owned and handed over independently.
+//!
 //! Every tick (a fifth of the lease time, at most a second) each replica:
 //! 1. writes its heartbeat (`r.<replica>`), which expires with the bucket's max age, so the
 //!    replicas alive are the heartbeats present;
@@ -33,7 +39,8 @@
 //! cannot stop is a request sent before that moment that reaches Zendesk late.
 
 use super::entities::NatsClock;
-use super::{Layout, Local, NatsMetrics, Received, events_subject};
+use super::names::Names;
+use super::{Layout, Local, NatsMetrics, Received};
 use crate::base::sync::lock;
 use async_nats::jetstream::consumer::{self, pull};
 use futures_util::StreamExt as _;
@@ -72,8 +79,14 @@ pub(crate) struct Manager {
 /// Leases are renewed, and partitions balanced, at least this often.
 const MAX_TICK: Duration = Duration::from_secs(1);
 
-fn lease_key(partition: u32) -> String {
-    format!("p.{partition}")
+/// The bucket key of the lease of the destination's `partition`.
+fn lease_key(names: &Names, partition: u32) -> String {
+    names.key(&format!("p.{partition}"))
+}
+
+/// The bucket key of the heartbeat of `replica` for the destination.
+fn heartbeat_key(names: &Names, replica: &str) -> String {
+    names.key(&format!("r.{}", key_safe(replica)))
 }
 
 /// Until when a lease written (taken or renewed) at `sent` is certainly ours: `sent` is read
@@ -140,7 +153,7 @@ impl Manager {
     }
 
     async fn tick(&mut self) {
-        let heartbeat = format!("r.{}", key_safe(&self.replica));
+        let heartbeat = heartbeat_key(&self.layout.names, &self.replica);
         if let Err(e) = self
             .layout
             .leases
@@ -199,7 +212,8 @@ impl Manager {
             .store(self.held.len() as u64, Ordering::Relaxed);
     }
 
-    /// Replicas alive and the partitions leased by anyone, from the bucket's keys.
+    /// Replicas alive and the partitions leased by anyone, from the bucket's keys of this
+    /// destination.
     async fn survey(&self) -> Option<(usize, HashSet<u32>)> {
         let keys = match self.layout.leases.keys().await {
             Ok(keys) => keys,
@@ -210,9 +224,10 @@ impl Manager {
         };
         // A key written while the listing runs may come twice: count each once.
         let keys: HashSet<String> = keys.filter_map(|k| async { k.ok() }).collect().await;
-        let alive = keys.iter().filter(|k| k.starts_with("r.")).count().max(1);
-        let leased = keys
-            .iter()
+        let names = &self.layout.names;
+        let ours = || keys.iter().filter_map(|k| names.own_key(k));
+        let alive = ours().filter(|k| k.starts_with("r.")).count().max(1);
+        let leased = ours()
             .filter_map(|k| k.strip_prefix("p.")?.parse().ok())
             .collect();
         Some((alive, leased))
@@ -222,13 +237,13 @@ impl Manager {
     /// The writes of a round go out together, so it takes one round trip (or one JetStream
     /// timeout, cut off from NATS), not one per partition.
     async fn renew(&mut self) {
-        let (leases, replica) = (&self.layout.leases, &self.replica);
+        let (leases, names, replica) = (&self.layout.leases, &self.layout.names, &self.replica);
         let renewals = self.held.iter().map(|(&p, held)| {
             let revision = held.revision;
             async move {
                 let sent = Instant::now();
                 let result = leases
-                    .update(lease_key(p), replica.clone().into(), revision)
+                    .update(lease_key(names, p), replica.clone().into(), revision)
                     .await;
                 (p, sent, result)
             }
@@ -247,10 +262,12 @@ impl Manager {
             }
         }
         // Expired (NATS was away longer than the lease): taken again where free.
-        let (leases, replica) = (&self.layout.leases, &self.replica);
+        let (leases, names, replica) = (&self.layout.leases, &self.layout.names, &self.replica);
         let regains = failed.into_iter().map(|(p, e)| async move {
             let sent = Instant::now();
-            let regained = leases.create(lease_key(p), replica.clone().into()).await;
+            let regained = leases
+                .create(lease_key(names, p), replica.clone().into())
+                .await;
             (p, e, sent, regained)
         });
         for (p, e, sent, regained) in futures_util::future::join_all(regains).await {
@@ -293,14 +310,17 @@ impl Manager {
         let Ok(revision) = self
             .layout
             .leases
-            .create(lease_key(p), self.replica.clone().into())
+            .create(
+                lease_key(&self.layout.names, p),
+                self.replica.clone().into(),
+            )
             .await
         else {
             return false;
         };
         self.begin(p, revision, sent, true);
         self.metrics.lease_changes.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(partition = p, "took a partition");
+        tracing::info!(partition = p, destination = %self.layout.names, "took a partition");
         true
     }
 
@@ -414,7 +434,7 @@ impl Manager {
             let _ = self
                 .layout
                 .leases
-                .delete_expect_revision(lease_key(p), Some(revision))
+                .delete_expect_revision(lease_key(&self.layout.names, p), Some(revision))
                 .await;
             self.held.remove(&p);
             lock(&self.local).end(p);
@@ -438,13 +458,13 @@ impl Manager {
             let _ = self
                 .layout
                 .leases
-                .delete_expect_revision(lease_key(p), Some(held.revision))
+                .delete_expect_revision(lease_key(&self.layout.names, p), Some(held.revision))
                 .await;
         }
         let _ = self
             .layout
             .leases
-            .delete(format!("r.{}", key_safe(&self.replica)))
+            .delete(heartbeat_key(&self.layout.names, &self.replica))
             .await;
         self.metrics.partitions_owned.store(0, Ordering::Relaxed);
         tracing::info!(
@@ -507,13 +527,14 @@ async fn consume(
     added: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
-    // One consumer per owner: `p<N>-<replica>`. A work-queue stream takes one consumer per
-    // subject, so the previous owner's is deleted first.
-    let prefix = format!("p{p}-");
+    // One consumer per owner: `p<N>-<replica>` (another destination's `<name>@p<N>-<replica>`).
+    // A work-queue stream takes one consumer per subject, so the previous owner's is deleted
+    // first.
+    let prefix = layout.names.consumer_prefix(p);
     let name = format!("{prefix}{}", key_safe(&replica));
     let config = pull::Config {
         durable_name: Some(name.clone()),
-        filter_subject: events_subject(p),
+        filter_subject: layout.names.events_subject(p),
         deliver_policy: consumer::DeliverPolicy::All,
         ack_policy: consumer::AckPolicy::Explicit,
         // Redelivery to the same consumer is not how events come back (a new consumer is):

@@ -1,4 +1,6 @@
-//! The OAuth refresh-token chain of every replica, in the key-value bucket `zdmap_oauth`.
+//! The OAuth refresh-token chain of every replica, in the key-value bucket `zdmap_oauth`: one
+//! chain per destination (Zendesk account), the default's at the key `chain`, another's at
+//! `d.<name>.chain` ([`super::names::Names::key`]).
 //!
 //! Zendesk rotates a chain on every refresh and drops the pair before it, so replicas that
 //! refreshed on their own would lock each other out. They share the chain here instead: a
@@ -9,6 +11,7 @@
 
 use futures_util::future::BoxFuture;
 
+use super::names::Names;
 use super::{Bucket, NatsOptions, connect, ensure_bucket};
 use crate::deliver::auth::chain::{Chain, ChainStore, StoreError, StoredChain, Versioned};
 use crate::queue::QueueError;
@@ -16,13 +19,15 @@ use async_nats::jetstream::{self, kv};
 
 /// The bucket of the chain.
 pub(crate) const TOKENS_BUCKET: &str = "zdmap_oauth";
-/// The chain's key.
+/// The chain's key, before its destination's prefix.
 const CHAIN_KEY: &str = "chain";
 
-/// The chain in NATS.
+/// The chain of one destination in NATS.
 #[derive(Clone)]
 pub struct KvChainStore {
     store: kv::Store,
+    /// The destination's key.
+    key: String,
     place: String,
 }
 
@@ -35,8 +40,10 @@ impl std::fmt::Debug for KvChainStore {
 }
 
 impl KvChainStore {
-    /// Connects and opens the bucket, creating it when missing.
+    /// Connects and opens the bucket, creating it when missing, for the chain of
+    /// `options.destination`.
     pub async fn open(options: &NatsOptions) -> Result<KvChainStore, QueueError> {
+        let names = Names::of(&options.destination)?;
         let client = connect(options).await?;
         let js = jetstream::new(client);
         let store = ensure_bucket(
@@ -49,13 +56,19 @@ impl KvChainStore {
             },
         )
         .await?;
-        Ok(KvChainStore {
-            store,
-            place: format!(
+        let key = names.key(CHAIN_KEY);
+        let place = if names.is_default() {
+            format!(
                 "the NATS key-value bucket {TOKENS_BUCKET} ({})",
                 super::shown_list(&options.servers)
-            ),
-        })
+            )
+        } else {
+            format!(
+                "the NATS key-value bucket {TOKENS_BUCKET}, key {key} ({})",
+                super::shown_list(&options.servers)
+            )
+        };
+        Ok(KvChainStore { store, key, place })
     }
 
     fn unusable(&self, reason: impl std::fmt::Display) -> StoreError {
@@ -71,7 +84,7 @@ impl ChainStore for KvChainStore {
         Box::pin(async move {
             let Some(entry) = self
                 .store
-                .entry(CHAIN_KEY)
+                .entry(&self.key)
                 .await
                 .map_err(|e| self.unusable(e))?
             else {
@@ -98,12 +111,12 @@ impl ChainStore for KvChainStore {
             match expected {
                 None => self
                     .store
-                    .put(CHAIN_KEY, bytes.into())
+                    .put(&self.key, bytes.into())
                     .await
                     .map_err(|e| self.unusable(e)),
                 Some(0) => self
                     .store
-                    .create(CHAIN_KEY, bytes.into())
+                    .create(&self.key, bytes.into())
                     .await
                     .map_err(|e| match e.kind() {
                         kv::CreateErrorKind::AlreadyExists => StoreError::Conflict,
@@ -111,7 +124,7 @@ impl ChainStore for KvChainStore {
                     }),
                 Some(revision) => self
                     .store
-                    .update(CHAIN_KEY, bytes.into(), revision)
+                    .update(&self.key, bytes.into(), revision)
                     .await
                     .map_err(|e| match e.kind() {
                         kv::UpdateErrorKind::WrongLastRevision => StoreError::Conflict,
