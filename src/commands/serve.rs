@@ -440,10 +440,9 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
     // Standard output may be closed once its first line was read: no panic for that.
     let mut out = super::Out::new();
     out.line(format_args!("zdmap serve listening on {}", server.url()));
-    if let Some(emulator) = server.emulator() {
+    if let Some(url) = server.emulator_url() {
         out.line(format_args!(
-            "  delivering to the built-in emulator at {}",
-            emulator.url()
+            "  delivering to the built-in emulator at {url}"
         ));
     }
     if let Some(url) = server.admin_url() {

@@ -300,6 +300,11 @@ pub trait Queue: EntityClock + AppliedWrites + Send + Sync + 'static {
         serde_json::Value::Null
     }
 
+    /// Makes `budget` (a destination's requests a minute) one budget for every process that
+    /// delivers from this queue to the same destination. A queue of one process has nothing
+    /// to share.
+    fn share_budget(&self, _budget: &Arc<crate::deliver::Budget>) {}
+
     /// Where the holds on keys that events of different partitions share are taken: one
     /// process delivers everything of a queue of its own, so it holds every key
     /// ([`OneProcess`]); a queue shared by several processes holds them where they all see.

@@ -1052,6 +1052,10 @@ impl Drop for NatsQueue {
 }
 
 impl Queue for NatsQueue {
+    fn share_budget(&self, budget: &Arc<crate::deliver::Budget>) {
+        budget::NatsAllowance::share(self.layout.settings.clone(), &self.layout.names, budget);
+    }
+
     type Letters = dead_letters::NatsDeadLetters;
 
     async fn dead_letters(&self) -> Result<dead_letters::NatsDeadLetters, QueueError> {

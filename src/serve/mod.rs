@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod body;
 pub mod connections;
+mod fleet;
 pub mod guard;
 pub mod ingest;
 pub mod logs;
@@ -30,13 +31,13 @@ pub mod reload;
 pub(crate) mod slots;
 pub mod workers;
 
+use crate::base::sync::lock;
 use crate::base::time::rfc3339_utc;
 use crate::deliver::setup::{Destination, reread_credentials};
 use crate::deliver::trail::Entry;
 use crate::deliver::{CredentialsError, Executor, Stats};
 use crate::mapping::config::{Diagnostics, Source};
 use crate::queue::journal::{Facts, Journal, JournalOptions};
-use crate::queue::nats::budget::NatsAllowance;
 use crate::queue::{NatsOptions, NatsQueue, Queue, SqliteQueue};
 use axum::Router;
 use axum::body::Body;
@@ -46,6 +47,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use body::{BodyError, BodyLimits};
 use connections::ConnectionLimits;
+pub use fleet::Outlet;
+use fleet::{Destinations, Fleet, LaneOf};
 use ingest::{Endpoint, Refused, WriteKeys};
 use metrics::{Health, Metrics};
 use serde_json::{Value, json};
@@ -130,6 +133,8 @@ pub enum ServeError {
     CorsOrigin(String),
     #[error("no destination to deliver to")]
     NoDestination,
+    #[error("the destination `{0}` is named twice")]
+    DuplicateDestination(String),
     #[error("a write key names the destination `{0}`, which the config does not have")]
     UnknownDestination(String),
 }
@@ -271,57 +276,90 @@ impl Shared {
     }
 }
 
+/// The destinations of a server, each with its handle of the queue (a snapshot: a reload
+/// swaps in another).
+type Lanes<Q> = Arc<Vec<(Arc<Shared>, Arc<Q>)>>;
+
 /// The ingest side's state.
 struct App<Q> {
     /// Where events are stored (the first destination's handle of the queue).
     queue: Arc<Q>,
     /// The first destination's, which counts the ingest's requests.
     shared: Arc<Shared>,
-    /// Every destination, in order, with its handle of the queue.
-    destinations: Vec<(Arc<Shared>, Arc<Q>)>,
-    keys: WriteKeys,
+    /// Whether the config names its destinations (`destinations:`): events are routed by name,
+    /// and metrics, `/readyz` and logs say each destination's.
+    named: bool,
+    /// Every destination, in the order they were added, with its handle of the queue.
+    destinations: RwLock<Lanes<Q>>,
+    keys: RwLock<Arc<WriteKeys>>,
     body_timeout: Duration,
 }
 
 impl<Q> App<Q> {
+    fn destinations(&self) -> Lanes<Q> {
+        read(&self.destinations).clone()
+    }
+
+    fn keys(&self) -> Arc<WriteKeys> {
+        read(&self.keys).clone()
+    }
+
+    fn add_destination(&self, shared: Arc<Shared>, lane: Arc<Q>) {
+        let mut destinations = write(&self.destinations);
+        let mut next = Vec::clone(&destinations);
+        next.push((shared, lane));
+        *destinations = Arc::new(next);
+    }
+
+    fn remove_destination(&self, name: &str) {
+        let mut destinations = write(&self.destinations);
+        let next = (destinations.iter())
+            .filter(|(shared, _)| shared.destination != name)
+            .cloned()
+            .collect();
+        *destinations = Arc::new(next);
+    }
+
+    /// Which write keys feed which destinations from now on; each name must be a destination's.
+    fn set_write_keys(&self, keys: WriteKeys) -> Result<(), ServeError> {
+        let destinations = self.destinations();
+        if let Some(unknown) = keys
+            .destinations()
+            .find(|name| !destinations.iter().any(|(s, _)| s.destination == *name))
+        {
+            return Err(ServeError::UnknownDestination(unknown.to_owned()));
+        }
+        *write(&self.keys) = Arc::new(keys);
+        Ok(())
+    }
+
     /// The destinations of the events of write key `key`: those its source names, else every
-    /// one (the queue's own when there is only one).
-    fn route(&self, key: Option<&str>) -> Vec<String> {
-        if self.destinations.len() < 2 {
+    /// one (none named: the queue's own, on a server with one destination).
+    fn route(&self, keys: &WriteKeys, key: Option<&str>) -> Vec<String> {
+        if !self.named {
             return Vec::new();
         }
-        match key.and_then(|k| self.keys.route(k)) {
+        match key.and_then(|k| keys.route(k)) {
             Some(named) if !named.is_empty() => named.to_vec(),
-            _ => (self.destinations.iter())
+            _ => (self.destinations().iter())
                 .map(|(shared, _)| shared.destination.clone())
                 .collect(),
         }
     }
 }
 
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Closes the queue on shutdown.
 type Closer = Box<dyn FnOnce() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
-
-/// One destination of a server: a Zendesk account, with the config it delivers with and how
-/// its workers run. Each delivers every event routed to it on its own: its own progress in the
-/// queue, request budget, retries, dead letters and order per user.
-pub struct Outlet {
-    /// Its name ([`crate::queue::DEFAULT_DESTINATION`] for a server with one).
-    pub name: String,
-    /// Where its config loads from, to load it again on reload.
-    pub config: Source,
-    pub workers: WorkerOptions,
-    /// Its delivery, set up for that config (see [`crate::deliver::setup::connect`]).
-    pub destination: Destination,
-}
-
-/// A destination being delivered to.
-struct Running {
-    shared: Arc<Shared>,
-    workers: tokio::task::JoinHandle<()>,
-    _watcher: Option<reload::Watcher>,
-    destination: Destination,
-}
 
 /// A running server.
 pub struct Server {
@@ -330,8 +368,10 @@ pub struct Server {
     stop: watch::Sender<bool>,
     http: tokio::task::JoinHandle<()>,
     admin: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
-    /// The destinations, the first taking the ingest's counters and the admin listener.
-    running: Vec<Running>,
+    /// The first destination's delivery, which counts the ingest's requests too.
+    first: Arc<Shared>,
+    fleet: Arc<dyn Destinations>,
+    emulator_url: Option<String>,
     shutdown_timeout: Duration,
 }
 
@@ -349,48 +389,55 @@ impl Server {
             workers: options.workers.clone(),
             destination,
         };
-        Self::start_outlets(options, vec![outlet]).await
+        Self::start_with(options, vec![outlet], false).await
     }
 
-    /// Opens the queue, starts listening and delivering to each of `outlets` (at least one;
-    /// `options.config` and `options.workers` are theirs to say). An event goes to the
-    /// destinations its write key names ([`WriteKeys`]), else to every one.
+    /// Opens the queue, starts listening and delivering to each of the destinations the config
+    /// names (at least one; `options.config` and `options.workers` are theirs to say). An event
+    /// goes to the destinations its write key names ([`WriteKeys::add_source`]), else to every
+    /// one; metrics, `/readyz`, logs and the delivery log name each destination.
     pub async fn start_outlets(
         options: ServeOptions,
         outlets: Vec<Outlet>,
     ) -> Result<Server, ServeError> {
+        Self::start_with(options, outlets, true).await
+    }
+
+    async fn start_with(
+        options: ServeOptions,
+        outlets: Vec<Outlet>,
+        named: bool,
+    ) -> Result<Server, ServeError> {
         if options.write_keys.is_empty() && !options.listen.ip().is_loopback() {
             return Err(ServeError::NoWriteKey(options.listen));
         }
-        if outlets.is_empty() {
+        let Some(first) = outlets.first() else {
             return Err(ServeError::NoDestination);
-        }
-        for name in options.write_keys.destinations() {
-            if !outlets.iter().any(|o| o.name == name) {
-                return Err(ServeError::UnknownDestination(name.to_owned()));
-            }
-        }
+        };
         match &options.nats {
             Some(nats) => {
-                let mut lanes = Vec::with_capacity(outlets.len());
-                for outlet in &outlets {
-                    let nats = NatsOptions {
-                        dedupe_window: options.ingest.dedupe_window,
-                        ..nats.clone()
-                    }
-                    .for_destination(&outlet.name);
-                    let queue = Arc::new(NatsQueue::open(&nats).await?);
-                    NatsAllowance::share(
-                        queue.layout().settings.clone(),
-                        &queue.layout().names,
-                        outlet.destination.executor.transport().budget(),
-                    );
-                    lanes.push(queue);
-                }
-                let closing = lanes.clone();
+                let nats = NatsOptions {
+                    dedupe_window: options.ingest.dedupe_window,
+                    ..nats.clone()
+                };
+                let opened: Arc<std::sync::Mutex<Vec<Arc<NatsQueue>>>> = Arc::default();
+                let lane_of: LaneOf<NatsQueue> = {
+                    let (nats, opened) = (nats.clone(), opened.clone());
+                    Box::new(move |name: String| {
+                        let nats = nats.clone().for_destination(&name);
+                        let opened = opened.clone();
+                        Box::pin(async move {
+                            let queue = Arc::new(NatsQueue::open(&nats).await?);
+                            lock(&opened).push(queue.clone());
+                            Ok(queue)
+                        })
+                    })
+                };
+                let ingest = lane_of(first.name.clone()).await?;
                 let close: Closer = Box::new(move || {
                     Box::pin(async move {
-                        for queue in closing {
+                        let all = std::mem::take(&mut *lock(&opened));
+                        for queue in all {
                             queue.close().await;
                         }
                     })
@@ -399,7 +446,7 @@ impl Server {
                 let journal = match &options.journal {
                     Some(journal) => {
                         crate::queue::nats::journal::open(
-                            lanes[0].layout(),
+                            ingest.layout(),
                             &options.data_dir,
                             journal.clone(),
                         )
@@ -407,169 +454,48 @@ impl Server {
                     }
                     None => None,
                 };
-                Self::start_on(lanes, journal, close, place, options, outlets).await
+                let start = Start {
+                    ingest,
+                    lane_of,
+                    journal,
+                    close,
+                    place,
+                    named,
+                };
+                start.run(options, outlets).await
             }
             None => {
                 let queue = Arc::new(
                     SqliteQueue::open(&options.data_dir)?
                         .with_dedupe_window(options.ingest.dedupe_window),
                 );
-                let lanes: Vec<Arc<SqliteQueue>> = outlets
-                    .iter()
-                    .map(|o| Arc::new(queue.lane(&o.name)))
-                    .collect();
                 warn_of_orphan_lanes(&queue, &outlets).await;
-                let closing = queue.clone();
+                let ingest = Arc::new(queue.lane(&first.name));
+                let lanes = queue.clone();
+                let lane_of: LaneOf<SqliteQueue> = Box::new(move |name: String| {
+                    let lane = Arc::new(lanes.lane(&name));
+                    Box::pin(async move { Ok(lane) })
+                });
                 let close: Closer = Box::new(move || {
                     Box::pin(async move {
-                        let _ = tokio::task::spawn_blocking(move || closing.close()).await;
+                        let _ = tokio::task::spawn_blocking(move || queue.close()).await;
                     })
                 });
-                let place = options.data_dir.display().to_string();
                 let journal = match &options.journal {
                     Some(journal) => Some(Journal::open(&options.data_dir, journal.clone())?),
                     None => None,
                 };
-                Self::start_on(lanes, journal, close, place, options, outlets).await
+                let start = Start {
+                    ingest,
+                    lane_of,
+                    journal,
+                    close,
+                    place: options.data_dir.display().to_string(),
+                    named,
+                };
+                start.run(options, outlets).await
             }
         }
-    }
-
-    async fn start_on<Q: Queue>(
-        lanes: Vec<Arc<Q>>,
-        journal: Option<Arc<Journal>>,
-        close: Closer,
-        place: String,
-        options: ServeOptions,
-        outlets: Vec<Outlet>,
-    ) -> Result<Server, ServeError> {
-        let cors = cors(&options.ingest.cors_origins)?;
-        let several = outlets.len() > 1;
-        let shared: Vec<Arc<Shared>> = outlets
-            .iter()
-            .zip(&lanes)
-            .map(|(outlet, lane)| {
-                Arc::new(Shared::new(
-                    outlet,
-                    lane.clone(),
-                    journal.clone(),
-                    options.log_events,
-                    several,
-                ))
-            })
-            .collect();
-        let listener = tokio::net::TcpListener::bind(options.listen)
-            .await
-            .map_err(|source| ServeError::Listen {
-                addr: options.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ServeError::Listen {
-            addr: options.listen,
-            source,
-        })?;
-        let (stop, stopped) = watch::channel(false);
-        let app = Arc::new(App {
-            queue: lanes[0].clone(),
-            shared: shared[0].clone(),
-            destinations: shared
-                .iter()
-                .zip(&lanes)
-                .map(|(s, l)| (s.clone(), l.clone()))
-                .collect(),
-            keys: options.write_keys.clone(),
-            body_timeout: options.ingest.body_timeout,
-        });
-        let http = tokio::spawn(connections::serve(
-            listener,
-            router(
-                app,
-                cors,
-                guard::Guard::new(
-                    options.listen,
-                    &options.ingest.cors_origins,
-                    &options.ingest.allowed_hosts,
-                ),
-            ),
-            options.ingest.connections,
-            shared[0].clone(),
-            stopped.clone(),
-        ));
-        let admin = match &options.admin {
-            Some(admin) => {
-                start_admin(admin, lanes[0].clone(), shared[0].clone(), stopped.clone()).await?
-            }
-            None => None,
-        };
-        let mut running = Vec::with_capacity(outlets.len());
-        let mut described = Vec::with_capacity(outlets.len());
-        for ((outlet, lane), shared) in outlets.into_iter().zip(lanes).zip(shared) {
-            described.push(Described::of(&outlet, &*lane, options.nats.is_some()).await);
-            let span = tracing::info_span!("destination", name = %outlet.name);
-            let workers = tokio::spawn(tracing::Instrument::instrument(
-                workers::run(
-                    lane,
-                    shared.clone(),
-                    outlet.workers.clone(),
-                    stopped.clone(),
-                ),
-                if several { span } else { tracing::Span::none() },
-            ));
-            let watcher = if options.watch {
-                match reload::watch(&outlet.config.mappings, shared.clone()) {
-                    Ok(w) => Some(w),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot watch the mappings directory; reload with SIGHUP");
-                        None
-                    }
-                }
-            } else {
-                None
-            };
-            running.push(Running {
-                shared,
-                workers,
-                _watcher: watcher,
-                destination: outlet.destination,
-            });
-        }
-        if let [one] = described.as_slice() {
-            tracing::info!(
-                listen = %addr,
-                zendesk = %one.zendesk,
-                queue = %place,
-                budget = %one.budget,
-                queued = one.queued,
-                max_connections = options.ingest.connections.max_connections,
-                "zdmap serve started"
-            );
-        } else {
-            for d in &described {
-                tracing::info!(
-                    destination = %d.name,
-                    zendesk = %d.zendesk,
-                    budget = %d.budget,
-                    queued = d.queued,
-                    "delivering"
-                );
-            }
-            tracing::info!(
-                listen = %addr,
-                queue = %place,
-                destinations = described.len(),
-                max_connections = options.ingest.connections.max_connections,
-                "zdmap serve started"
-            );
-        }
-        Ok(Server {
-            addr,
-            close,
-            stop,
-            http,
-            admin,
-            running,
-            shutdown_timeout: options.shutdown_timeout,
-        })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -586,24 +512,34 @@ impl Server {
 
     /// What the first destination's delivery shares (the ingest's counters are there too).
     pub fn shared(&self) -> &Arc<Shared> {
-        &self.running[0].shared
+        &self.first
     }
 
-    /// What each destination's delivery shares, in the order they were given.
-    pub fn destinations(&self) -> impl Iterator<Item = &Arc<Shared>> {
-        self.running.iter().map(|r| &r.shared)
+    /// What each destination's delivery shares, in the order they were added.
+    pub fn destinations(&self) -> Vec<Arc<Shared>> {
+        self.fleet.shared()
     }
 
-    /// The built-in emulator of the first destination, when it delivers to one.
-    pub fn emulator(&self) -> Option<&crate::emulator::Emulator> {
-        self.running[0].destination.emulator.as_ref()
+    /// Starts delivering to another destination; it receives the events accepted from now on
+    /// (a reload that names a new destination).
+    pub async fn add_destination(&self, outlet: Outlet) -> Result<(), ServeError> {
+        self.fleet.add(outlet).await
     }
 
-    /// The built-in emulators the destinations deliver to, by destination name.
-    pub fn emulators(&self) -> impl Iterator<Item = (&str, &crate::emulator::Emulator)> {
-        self.running.iter().filter_map(|r| {
-            (r.destination.emulator.as_ref()).map(|e| (r.shared.destination.as_str(), e))
-        })
+    /// Stops delivering to the destination `name` (a reload that no longer names it): its
+    /// workers put down their events, and what waits for it, and its dead letters, stay.
+    pub async fn remove_destination(&self, name: &str) -> Result<(), ServeError> {
+        self.fleet.remove(name, self.shutdown_timeout).await
+    }
+
+    /// Which write keys feed which destinations, from now on.
+    pub fn set_write_keys(&self, keys: WriteKeys) -> Result<(), ServeError> {
+        self.fleet.set_write_keys(keys)
+    }
+
+    /// The URL of the built-in emulator the first destination delivers to, when it does.
+    pub fn emulator_url(&self) -> Option<&str> {
+        self.emulator_url.as_deref()
     }
 
     /// Stops taking requests (those in progress are answered), lets the workers put down their
@@ -621,25 +557,9 @@ impl Server {
             tracing::error!(error = %e, "the admin listener stopped with an error");
         }
         let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
-        let journal = self.running[0].shared.journal.clone();
-        let mut emulators = Vec::new();
-        for running in self.running {
-            let mut workers = running.workers;
-            if tokio::time::timeout_at(deadline, &mut workers)
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    destination = %running.shared.destination,
-                    "workers did not stop in time; their events stay queued for the next start"
-                );
-                workers.abort();
-                let _ = workers.await;
-            }
-            emulators.extend(running.destination.emulator);
-        }
+        let emulators = self.fleet.stop_all(deadline).await;
         (self.close)().await;
-        if let Some(journal) = journal {
+        if let Some(journal) = self.first.journal.clone() {
             let _ = tokio::task::spawn_blocking(move || journal.close()).await;
         }
         for emulator in emulators {
@@ -649,34 +569,129 @@ impl Server {
     }
 }
 
-/// A destination as the start lines say it.
-struct Described {
-    name: String,
-    zendesk: String,
-    budget: String,
-    queued: u64,
+/// A queue opened, ready for the server to start on.
+struct Start<Q> {
+    /// The first destination's handle, which the ingest stores through.
+    ingest: Arc<Q>,
+    lane_of: LaneOf<Q>,
+    journal: Option<Arc<Journal>>,
+    close: Closer,
+    /// Where the queue is, for the start line.
+    place: String,
+    named: bool,
 }
 
-impl Described {
-    async fn of<Q: Queue>(outlet: &Outlet, lane: &Q, shared_budget: bool) -> Described {
-        let transport = outlet.destination.executor.transport();
-        let shared = if shared_budget {
-            ", shared by the replicas"
-        } else {
-            ""
+impl<Q: Queue> Start<Q> {
+    async fn run(self, options: ServeOptions, outlets: Vec<Outlet>) -> Result<Server, ServeError> {
+        let cors = cors(&options.ingest.cors_origins)?;
+        let mut outlets = outlets.into_iter();
+        let Some(first) = outlets.next() else {
+            return Err(ServeError::NoDestination);
         };
-        Described {
-            name: outlet.name.clone(),
-            zendesk: shown_target(
-                transport.client().target(),
-                outlet.destination.emulator.is_some(),
-            ),
-            budget: match transport.budget().requests_per_minute() {
-                Some(rpm) => format!("{rpm} requests a minute{shared}"),
-                None => "none".to_owned(),
-            },
-            queued: lane.depth().await.unwrap_or(0),
+        let emulator_url = first.destination.emulator.as_ref().map(|e| e.url());
+        let first_shared = Arc::new(Shared::new(
+            &first,
+            self.ingest.clone(),
+            self.journal.clone(),
+            options.log_events,
+            self.named,
+        ));
+        let app = Arc::new(App {
+            queue: self.ingest.clone(),
+            shared: first_shared.clone(),
+            named: self.named,
+            destinations: RwLock::new(Arc::new(Vec::new())),
+            keys: RwLock::new(Arc::new(WriteKeys::default())),
+            body_timeout: options.ingest.body_timeout,
+        });
+        let fleet = Arc::new(Fleet::new(
+            app.clone(),
+            self.lane_of,
+            self.journal.clone(),
+            options.log_events,
+            options.watch,
+            options.nats.is_some(),
+        ));
+        let mut described = vec![
+            fleet
+                .launch_with(first, first_shared.clone(), self.ingest)
+                .await?,
+        ];
+        for outlet in outlets {
+            described.push(fleet.launch(outlet).await?);
         }
+        app.set_write_keys(options.write_keys.clone())?;
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| ServeError::Listen {
+                addr: options.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServeError::Listen {
+            addr: options.listen,
+            source,
+        })?;
+        let (stop, stopped) = watch::channel(false);
+        let http = tokio::spawn(connections::serve(
+            listener,
+            router(
+                app.clone(),
+                cors,
+                guard::Guard::new(
+                    options.listen,
+                    &options.ingest.cors_origins,
+                    &options.ingest.allowed_hosts,
+                ),
+            ),
+            options.ingest.connections,
+            first_shared.clone(),
+            stopped.clone(),
+        ));
+        let admin = match &options.admin {
+            Some(admin) => {
+                start_admin(admin, app.queue.clone(), first_shared.clone(), stopped).await?
+            }
+            None => None,
+        };
+        if let [one] = described.as_slice() {
+            tracing::info!(
+                listen = %addr,
+                zendesk = %one.zendesk,
+                queue = %self.place,
+                budget = %one.budget,
+                queued = one.queued,
+                max_connections = options.ingest.connections.max_connections,
+                "zdmap serve started"
+            );
+        } else {
+            for d in &described {
+                tracing::info!(
+                    destination = %d.name,
+                    zendesk = %d.zendesk,
+                    budget = %d.budget,
+                    queued = d.queued,
+                    "delivering"
+                );
+            }
+            tracing::info!(
+                listen = %addr,
+                queue = %self.place,
+                destinations = described.len(),
+                max_connections = options.ingest.connections.max_connections,
+                "zdmap serve started"
+            );
+        }
+        Ok(Server {
+            addr,
+            close: self.close,
+            stop,
+            http,
+            admin,
+            first: first_shared,
+            fleet,
+            emulator_url,
+            shutdown_timeout: options.shutdown_timeout,
+        })
     }
 }
 
@@ -969,8 +984,9 @@ async fn take<Q: Queue>(
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .and_then(ingest::basic_user);
-    let keyed = !app.keys.is_empty();
-    if keyed && header_key.as_ref().is_some_and(|k| !app.keys.allows(k)) {
+    let keys = app.keys();
+    let keyed = !keys.is_empty();
+    if keyed && header_key.as_ref().is_some_and(|k| !keys.allows(k)) {
         return unauthorized();
     }
     let limits = BodyLimits {
@@ -993,7 +1009,7 @@ async fn take<Q: Queue>(
         Some(key) => Some(key),
         None => ingest::body_write_key(&bytes),
     };
-    if keyed && !key.as_deref().is_some_and(|k| app.keys.allows(k)) {
+    if keyed && !key.as_deref().is_some_and(|k| keys.allows(k)) {
         return unauthorized();
     }
     let mut calls = match ingest::events(endpoint, &bytes, &rfc3339_utc(SystemTime::now())) {
@@ -1001,8 +1017,8 @@ async fn take<Q: Queue>(
         Err(e) => return bad_request(StatusCode::BAD_REQUEST, e.0),
     };
     // A sender's messageId names a call among that sender's calls only.
-    let source = app.keys.source_of(key.as_deref());
-    let destinations = app.route(key.as_deref());
+    let source = keys.source_of(key.as_deref());
+    let destinations = app.route(&keys, key.as_deref());
     for item in &mut calls.accepted {
         if let Some(id) = item.message_id.take() {
             item.message_id = Some(format!("{source}/{id}"));
@@ -1137,14 +1153,14 @@ fn health<Q: Queue>(shared: &Shared, queue: &Q) -> metrics::HealthState {
     state
 }
 
-/// Whether the server is ready. With one destination, as its health says. With several, while
+/// Whether the server is ready. With one destination, as its health says. With named ones, while
 /// the queue takes and gives events: one destination refusing its credentials must not take
 /// the others' events out of a load balancer (each destination says its own readiness).
 fn ready<Q: Queue>(app: &App<Q>) -> bool {
-    if app.destinations.len() < 2 {
+    if !app.named {
         return health(&app.shared, &*app.queue).ready();
     }
-    app.destinations.iter().all(|(shared, queue)| {
+    app.destinations().iter().all(|(shared, queue)| {
         let state = health(shared, &**queue);
         state.queue.is_none() && state.queue_write.is_none()
     })
@@ -1163,8 +1179,8 @@ async fn readyz<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
         "delivery": app.shared.metrics.delivery(),
         "queue": app.queue.describe(),
     });
-    if app.destinations.len() > 1 {
-        let destinations: serde_json::Map<String, Value> = (app.destinations.iter())
+    if app.named {
+        let destinations: serde_json::Map<String, Value> = (app.destinations().iter())
             .map(|(shared, queue)| {
                 let state = health(shared, &**queue);
                 let entry = json!({
@@ -1196,11 +1212,12 @@ async fn destination_metrics<Q: Queue>(shared: &Shared, queue: &Q, ready: bool) 
 
 async fn metrics_text<Q: Queue>(State(app): State<Arc<App<Q>>>) -> Response {
     let ready = ready(&app);
-    let mut text = if app.destinations.len() < 2 {
+    let mut text = if !app.named {
         destination_metrics(&app.shared, &*app.queue, ready).await
     } else {
-        let mut texts = Vec::with_capacity(app.destinations.len());
-        for (shared, queue) in &app.destinations {
+        let destinations = app.destinations();
+        let mut texts = Vec::with_capacity(destinations.len());
+        for (shared, queue) in destinations.iter() {
             let text = destination_metrics(shared, &**queue, ready).await;
             texts.push((shared.destination.as_str(), text));
         }
