@@ -1,6 +1,12 @@
 //! `zdmap send`: deliver events to Zendesk (or the emulator), with a summary at the end.
+//!
+//! `--destination NAME` delivers as `zdmap serve` would to that destination of its config file
+//! (see [`choose_destination`]).
 
 use super::args::{ConfigArgs, TargetArgs};
+use super::config_file::{self, FileError};
+use super::destinations::{DestinationSpec, destination_args, names_of};
+use crate::deliver::CredentialNames;
 use crate::deliver::dispatch::{DispatchOptions, RecordWait};
 use crate::deliver::run::{RunStop, run_until};
 use crate::deliver::{DeadLetterWriter, Progress};
@@ -13,6 +19,24 @@ use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct SendArgs {
+    /// With --destination: the config file of `zdmap serve` that names the destination.
+    /// Default: zdmap.yaml in the working directory, when there is one. Without
+    /// --destination it is not read.
+    #[arg(
+        id = "config_file",
+        long = "config",
+        value_name = "FILE",
+        env = "ZDMAP_CONFIG"
+    )]
+    pub config_file: Option<PathBuf>,
+    /// Deliver as `zdmap serve` would to this destination of the config file's
+    /// `destinations:`: its mappings, settings, subdomain, target, credential variables and
+    /// token store, over the file's top-level keys and the environment (ZDMAP_MAPPINGS,
+    /// ZDMAP_SET, ZDMAP_ZENDESK_URL, ZDMAP_TOKEN_STORE...). What is given on the command line
+    /// (--mappings, --set, --zendesk-url, --emulator, --token-store) wins over the
+    /// destination. Delivery options (--concurrency, --retry-for...) stay send's own.
+    #[arg(long, value_name = "NAME", env = "ZDMAP_DESTINATION")]
+    pub destination: Option<String>,
     #[command(flatten)]
     pub config: ConfigArgs,
     #[command(flatten)]
@@ -65,6 +89,93 @@ pub struct SendArgs {
     /// refreshed) instead of the credentials of the environment.
     #[arg(long, value_name = "FILE", env = "ZDMAP_TOKEN_STORE")]
     pub token_store: Option<PathBuf>,
+    /// The variables the credentials are read from, in place of those of destination.yaml
+    /// (a destination's `credentials`).
+    #[arg(skip)]
+    pub credential_names: CredentialNames,
+}
+
+/// Applies the destination `args.destination` of the config file to `args`: as `zdmap serve`
+/// runs it (the file's top-level `mappings`, `set`, target and `token_store` under the
+/// environment, then the destination's own), with what `matches` shows was given on the
+/// command line on top. `serve` is the serve command, whose flags the file's keys are.
+pub(crate) fn choose_destination(
+    args: &mut SendArgs,
+    matches: &clap::ArgMatches,
+    serve: &clap::Command,
+) -> Result<(), FileError> {
+    let Some(name) = args.destination.clone() else {
+        return Ok(());
+    };
+    let Some(path) = config_file::chosen(args.config_file.as_deref()) else {
+        return Err(FileError(format!(
+            "--destination {name}: no config file names it: give --config FILE (or ZDMAP_CONFIG), or run where zdmap.yaml is"
+        )));
+    };
+    let file = config_file::load(&path, serve, &|var| std::env::var(var).ok())?;
+    let shown = path.display();
+    let spec = find(&file.destinations, &name)
+        .map_err(|problem| FileError(format!("{shown}: {problem}")))?;
+    let given = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    let above_file = |id: &str| {
+        matches
+            .value_source(id)
+            .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue)
+    };
+    let one = |id: &str| file.flag(id).and_then(|v| v.first()).cloned();
+
+    let mut base = args.config.clone();
+    if !above_file("mappings")
+        && let Some(dir) = one("mappings")
+    {
+        base.mappings = PathBuf::from(dir);
+    }
+    base.file_set = file.set.clone();
+    base.set = Vec::new();
+    let mut base_target = args.target.clone();
+    if !above_file("zendesk_url") && !above_file("emulator") {
+        base_target = TargetArgs {
+            zendesk_url: one("zendesk_url"),
+            emulator: one("emulator").as_deref() == Some("true"),
+        };
+    }
+    let (mut config, mut target) = destination_args(spec, &base, &base_target);
+    if given("mappings") {
+        config.mappings = args.config.mappings.clone();
+    }
+    config.set.extend(args.config.set.iter().cloned());
+    if given("zendesk_url") || given("emulator") {
+        target = args.target.clone();
+    }
+    args.token_store = if given("token_store") {
+        args.token_store.clone()
+    } else {
+        spec.token_store
+            .clone()
+            .or_else(|| args.token_store.clone())
+            .or_else(|| one("token_store").map(PathBuf::from))
+    };
+    args.config = config;
+    args.target = target;
+    args.credential_names = spec.credentials.clone();
+    Ok(())
+}
+
+/// The destination called `name`, or why there is none (naming those there are).
+fn find<'a>(specs: &'a [DestinationSpec], name: &str) -> Result<&'a DestinationSpec, String> {
+    if specs.is_empty() {
+        return Err(format!(
+            "--destination {name}: the file has no `destinations:`"
+        ));
+    }
+    specs.iter().find(|s| s.name == name).ok_or_else(|| {
+        let hint =
+            crate::mapping::diagnostic::did_you_mean(name, specs.iter().map(|s| s.name.as_str()));
+        format!(
+            "--destination {name}: no such destination{hint} (the destinations: {})",
+            names_of(specs)
+        )
+    })
 }
 
 /// Exit 0 when everything was delivered, 2 when some events were dead-lettered, 1 on a fatal
@@ -82,6 +193,7 @@ async fn send_async(args: &SendArgs) -> ExitCode {
         &args.config,
         &args.target,
         args.token_store.as_deref(),
+        &args.credential_names,
     )
     .await
     {
