@@ -366,3 +366,109 @@ fn emulator_counts(state: &serde_json::Value) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Command, Unparsed, parse};
+    use super::*;
+
+    /// The send arguments of `zdmap send ARGS`, the config file applied.
+    fn send_args(args: &[&str]) -> Result<SendArgs, String> {
+        let line = ["zdmap", "send"]
+            .iter()
+            .chain(args)
+            .map(Into::into)
+            .collect();
+        match parse(line) {
+            Ok(cli) => match cli.command {
+                Command::Send(send) => Ok(send),
+                other => Err(format!("not send: {other:?}")),
+            },
+            Err(Unparsed::Clap(e)) => Err(e.to_string()),
+            Err(Unparsed::File(e)) => Err(e.0),
+        }
+    }
+
+    #[test]
+    fn the_destination_comes_between_the_file_and_the_command_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("serve.yaml");
+        std::fs::write(
+            &file,
+            "mappings: /srv/mappings\nzendesk_url: http://127.0.0.1:9000\nset: {integration_name: Z}\n\
+             destinations:\n  eu:\n    subdomain: acme-eu\n    settings: {requests_per_minute: 5}\n    \
+             credentials: {api_token_env: EU_API_TOKEN}\n    token_store: /srv/eu-tokens.json\n  \
+             lab: {mappings: /srv/lab, emulator: true}\n",
+        )
+        .expect("write");
+        let config = file.display().to_string();
+
+        let eu = send_args(&["--config", &config, "--destination", "eu"]).expect("eu");
+        assert_eq!(
+            eu.config.mappings,
+            PathBuf::from("/srv/mappings"),
+            "the file's"
+        );
+        assert_eq!(eu.config.file_set, ["integration_name=Z"]);
+        assert_eq!(
+            eu.config.set,
+            ["requests_per_minute=5", "subdomain=acme-eu"]
+        );
+        assert_eq!(
+            eu.target.zendesk_url.as_deref(),
+            Some("http://127.0.0.1:9000"),
+            "the file's"
+        );
+        assert_eq!(
+            eu.credential_names.api_token.as_deref(),
+            Some("EU_API_TOKEN")
+        );
+        assert_eq!(eu.token_store, Some(PathBuf::from("/srv/eu-tokens.json")));
+
+        let lab = send_args(&["--config", &config, "--destination", "lab"]).expect("lab");
+        assert_eq!(lab.config.mappings, PathBuf::from("/srv/lab"));
+        assert!(lab.target.emulator && lab.target.zendesk_url.is_none());
+        assert_eq!(lab.credential_names, CredentialNames::default());
+
+        let given = send_args(&[
+            "--config",
+            &config,
+            "--destination",
+            "eu",
+            "--mappings",
+            "/here",
+            "--set",
+            "subdomain=other",
+            "--emulator",
+            "--token-store",
+            "/here/tokens.json",
+        ])
+        .expect("eu");
+        assert_eq!(given.config.mappings, PathBuf::from("/here"));
+        assert_eq!(
+            given.config.set.last().map(String::as_str),
+            Some("subdomain=other")
+        );
+        assert!(given.target.emulator && given.target.zendesk_url.is_none());
+        assert_eq!(given.token_store, Some(PathBuf::from("/here/tokens.json")));
+
+        let plain = send_args(&["--config", &config]).expect("no destination");
+        assert_eq!(
+            plain.config.mappings,
+            PathBuf::from("mappings"),
+            "no file read"
+        );
+        assert!(plain.config.file_set.is_empty() && plain.target.zendesk_url.is_none());
+
+        let unknown = send_args(&["--config", &config, "--destination", "staging"]);
+        assert_eq!(
+            unknown.err().as_deref(),
+            Some(
+                format!(
+                    "{config}: --destination staging: no such destination (the destinations: eu, lab)"
+                )
+                .as_str()
+            )
+        );
+    }
+}
