@@ -7,9 +7,13 @@
 //! and every value goes through the flag's own parser. `set` is merged per setting instead
 //! (see [`ConfigArgs::source`](super::args::ConfigArgs::source)).
 //!
+//! `destinations` and `sources` name several Zendesk accounts behind one server and which write
+//! key's events go to which: [`super::destinations`] reads them.
+//!
 //! String values may name environment variables, `${NAME}` (an unset one is an error at its
 //! place); `$${` writes a literal `${`.
 
+use super::destinations::{self, DESTINATIONS_KEY, DestinationSpec, SOURCES_KEY, SourceSpec};
 use crate::mapping::diagnostic::did_you_mean;
 use crate::mapping::yaml::{self, Loc, Node, NodeValue};
 use clap::ArgAction;
@@ -31,6 +35,20 @@ pub(crate) struct ConfigFile {
     pub(crate) flags: Vec<(String, Vec<String>)>,
     /// `NAME=VALUE` settings of its `set`.
     pub(crate) set: Vec<String>,
+    /// Its `destinations`, in the file's order (empty: one destination, the server's).
+    pub(crate) destinations: Vec<DestinationSpec>,
+    /// Its `sources`: which write key's events go to which destinations.
+    pub(crate) sources: Vec<SourceSpec>,
+}
+
+impl ConfigFile {
+    /// The values the file gives the flag whose arg id is `id`.
+    pub(crate) fn flag(&self, id: &str) -> Option<&[String]> {
+        self.flags
+            .iter()
+            .find(|(flag, _)| flag == id)
+            .map(|(_, values)| values.as_slice())
+    }
 }
 
 /// Why a config file cannot be used: `FILE:LINE:COL: message` (or `FILE: message`). Never
@@ -93,12 +111,22 @@ pub(crate) fn load(
             ));
         }
     };
-    let known = keys(serve);
+    let mut known = keys(serve);
+    known.extend([DESTINATIONS_KEY.to_owned(), SOURCES_KEY.to_owned()]);
     let mut file = ConfigFile::default();
+    let (mut destinations, mut sources) = (None, None);
     for (key, node) in &entries {
         let value_at = |message: String| at(node.loc, format!("`{}`: {message}", key.name));
         if key.name == SET_KEY {
             file.set = settings(node, env).map_err(value_at)?;
+            continue;
+        }
+        if key.name == DESTINATIONS_KEY {
+            destinations = Some((key, node));
+            continue;
+        }
+        if key.name == SOURCES_KEY {
+            sources = Some((key, node));
             continue;
         }
         let Some(arg) = serve
@@ -127,11 +155,16 @@ pub(crate) fn load(
         }
         file.flags.push((arg.get_id().to_string(), values));
     }
+    (file.destinations, file.sources) =
+        destinations::parse(destinations, sources, env).map_err(|e| at(e.loc, e.message))?;
     Ok(file)
 }
 
 /// `set` as `NAME: VALUE` pairs, or as a list of `NAME=VALUE`.
-fn settings(node: &Node, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<String>, String> {
+pub(super) fn settings(
+    node: &Node,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<String>, String> {
     match &node.value {
         NodeValue::Map(pairs) => pairs
             .iter()
@@ -153,7 +186,7 @@ fn settings(node: &Node, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Str
 }
 
 /// A scalar as the command line would give it, its `${NAME}`s replaced.
-fn scalar(node: &Node, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub(super) fn scalar(node: &Node, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     match &node.value {
         NodeValue::Str(s) => interpolate(s, env),
         NodeValue::Bool(b) => Ok(b.to_string()),
@@ -367,5 +400,33 @@ mod tests {
         assert!(err("colour: red\n").contains("long names of `zdmap serve --help`'s flags"));
         assert!(err("listen: [a, b]\n").contains("takes one value, not a list"));
         assert!(err("- listen\n").contains("must be a mapping"));
+    }
+
+    #[test]
+    fn destinations_and_sources_are_read_beside_the_flags() {
+        let file = load_text(
+            "listen: 0.0.0.0:8080\ndestinations:\n  eu: {subdomain: acme-eu}\n  us: {}\n\
+             sources:\n  - {write_key_env: HOST, destinations: [us]}\nset: {subdomain: acme}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            file.flags,
+            [("listen".to_owned(), vec!["0.0.0.0:8080".to_owned()])]
+        );
+        assert_eq!(file.set, ["subdomain=acme"]);
+        let names: Vec<&str> = file.destinations.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["eu", "us"]);
+        assert_eq!(file.sources[0].destinations, ["us"]);
+        assert_eq!(file.sources[0].key.expose(), "nats.internal");
+
+        let err = |text: &str| load_text(text).err().map(|e| e.0).unwrap_or_default();
+        assert_eq!(
+            err("destination:\n  eu: {}\n"),
+            "zdmap.yaml:1:1: unknown key `destination`; did you mean `destinations`?"
+        );
+        assert_eq!(
+            err("listen: 0.0.0.0:8080\ndestinations:\n  eu:\n    filter: type =\n"),
+            "zdmap.yaml:4:13: `destinations.eu.filter`: \"type =\": column 7: expected a value (a field, string, number, true, false or null) after `=`, found the end"
+        );
     }
 }

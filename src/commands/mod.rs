@@ -8,6 +8,7 @@ mod args;
 pub mod auth;
 mod config_file;
 pub mod dead_letters;
+mod destinations;
 pub mod emulator;
 pub mod events;
 pub mod fields;
@@ -60,7 +61,8 @@ pub enum Command {
     /// 130 (SIGINT) or 143 (SIGTERM) when a signal stopped it with events left: the requests
     /// under way finish (`--stop-grace`), the summary is printed, and the events left are in
     /// the dead-letter file as not attempted (send it again to finish); a second signal ends
-    /// it at once.
+    /// it at once. `--destination NAME` delivers as `serve` would to that destination of its
+    /// config file.
     Send(send::SendArgs),
     /// Run the built-in Zendesk emulator: a stateful local Zendesk Support API for tests and
     /// for developing mappings (inspect it at /__emulator/state).
@@ -141,12 +143,23 @@ enum Unparsed {
 }
 
 /// Parses `args`; for `serve`, with the values of its config file as the defaults of its flags
-/// (see [`config_file`]).
+/// (see [`config_file`]); for `send --destination`, with that destination of the file applied
+/// (see [`send::choose_destination`]).
 fn parse(args: Vec<OsString>) -> Result<Cli, Unparsed> {
     let mut command = Cli::command();
     let matches = command
         .try_get_matches_from_mut(args.iter())
         .map_err(Unparsed::Clap)?;
+    if let Some(("send", send_matches)) = matches.subcommand() {
+        let mut cli = Cli::from_arg_matches(&matches).map_err(Unparsed::Clap)?;
+        if let (Command::Send(send_args), Some(serve_command)) =
+            (&mut cli.command, command.find_subcommand("serve"))
+        {
+            send::choose_destination(send_args, send_matches, serve_command)
+                .map_err(Unparsed::File)?;
+        }
+        return Ok(cli);
+    }
     let Some(("serve", serve)) = matches.subcommand() else {
         return Cli::from_arg_matches(&matches).map_err(Unparsed::Clap);
     };
@@ -263,6 +276,7 @@ pub async fn load_and_connect(
     config: &args::ConfigArgs,
     target: &args::TargetArgs,
     token_store: Option<&std::path::Path>,
+    credential_names: &crate::deliver::CredentialNames,
 ) -> Result<crate::deliver::setup::Destination, ExitCode> {
     let options = crate::deliver::setup::ConnectOptions {
         emulator_final_state: Some(EMULATOR_STATE_FILE.into()),
@@ -270,6 +284,7 @@ pub async fn load_and_connect(
             std::sync::Arc::new(crate::deliver::auth::FileStore::new(p))
                 as std::sync::Arc<dyn crate::deliver::auth::ChainStore>
         }),
+        credential_names: credential_names.clone(),
         ..Default::default()
     };
     try_load_and_connect(config, target, options)

@@ -1,6 +1,12 @@
 //! `zdmap send`: deliver events to Zendesk (or the emulator), with a summary at the end.
+//!
+//! `--destination NAME` delivers as `zdmap serve` would to that destination of its config file
+//! (see [`choose_destination`]).
 
 use super::args::{ConfigArgs, TargetArgs};
+use super::config_file::{self, FileError};
+use super::destinations::{DestinationSpec, destination_args, names_of};
+use crate::deliver::CredentialNames;
 use crate::deliver::dispatch::{DispatchOptions, RecordWait};
 use crate::deliver::run::{RunStop, run_until};
 use crate::deliver::{DeadLetterWriter, Progress};
@@ -13,6 +19,24 @@ use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct SendArgs {
+    /// With --destination: the config file of `zdmap serve` that names the destination.
+    /// Default: zdmap.yaml in the working directory, when there is one. Without
+    /// --destination it is not read.
+    #[arg(
+        id = "config_file",
+        long = "config",
+        value_name = "FILE",
+        env = "ZDMAP_CONFIG"
+    )]
+    pub config_file: Option<PathBuf>,
+    /// Deliver as `zdmap serve` would to this destination of the config file's
+    /// `destinations:`: its mappings, settings, subdomain, target, credential variables and
+    /// token store, over the file's top-level keys and the environment (ZDMAP_MAPPINGS,
+    /// ZDMAP_SET, ZDMAP_ZENDESK_URL, ZDMAP_TOKEN_STORE...). What is given on the command line
+    /// (--mappings, --set, --zendesk-url, --emulator, --token-store) wins over the
+    /// destination. Delivery options (--concurrency, --retry-for...) stay send's own.
+    #[arg(long, value_name = "NAME", env = "ZDMAP_DESTINATION")]
+    pub destination: Option<String>,
     #[command(flatten)]
     pub config: ConfigArgs,
     #[command(flatten)]
@@ -65,6 +89,93 @@ pub struct SendArgs {
     /// refreshed) instead of the credentials of the environment.
     #[arg(long, value_name = "FILE", env = "ZDMAP_TOKEN_STORE")]
     pub token_store: Option<PathBuf>,
+    /// The variables the credentials are read from, in place of those of destination.yaml
+    /// (a destination's `credentials`).
+    #[arg(skip)]
+    pub credential_names: CredentialNames,
+}
+
+/// Applies the destination `args.destination` of the config file to `args`: as `zdmap serve`
+/// runs it (the file's top-level `mappings`, `set`, target and `token_store` under the
+/// environment, then the destination's own), with what `matches` shows was given on the
+/// command line on top. `serve` is the serve command, whose flags the file's keys are.
+pub(crate) fn choose_destination(
+    args: &mut SendArgs,
+    matches: &clap::ArgMatches,
+    serve: &clap::Command,
+) -> Result<(), FileError> {
+    let Some(name) = args.destination.clone() else {
+        return Ok(());
+    };
+    let Some(path) = config_file::chosen(args.config_file.as_deref()) else {
+        return Err(FileError(format!(
+            "--destination {name}: no config file names it: give --config FILE (or ZDMAP_CONFIG), or run where zdmap.yaml is"
+        )));
+    };
+    let file = config_file::load(&path, serve, &|var| std::env::var(var).ok())?;
+    let shown = path.display();
+    let spec = find(&file.destinations, &name)
+        .map_err(|problem| FileError(format!("{shown}: {problem}")))?;
+    let given = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    let above_file = |id: &str| {
+        matches
+            .value_source(id)
+            .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue)
+    };
+    let one = |id: &str| file.flag(id).and_then(|v| v.first()).cloned();
+
+    let mut base = args.config.clone();
+    if !above_file("mappings")
+        && let Some(dir) = one("mappings")
+    {
+        base.mappings = PathBuf::from(dir);
+    }
+    base.file_set = file.set.clone();
+    base.set = Vec::new();
+    let mut base_target = args.target.clone();
+    if !above_file("zendesk_url") && !above_file("emulator") {
+        base_target = TargetArgs {
+            zendesk_url: one("zendesk_url"),
+            emulator: one("emulator").as_deref() == Some("true"),
+        };
+    }
+    let (mut config, mut target) = destination_args(spec, &base, &base_target);
+    if given("mappings") {
+        config.mappings = args.config.mappings.clone();
+    }
+    config.set.extend(args.config.set.iter().cloned());
+    if given("zendesk_url") || given("emulator") {
+        target = args.target.clone();
+    }
+    args.token_store = if given("token_store") {
+        args.token_store.clone()
+    } else {
+        spec.token_store
+            .clone()
+            .or_else(|| args.token_store.clone())
+            .or_else(|| one("token_store").map(PathBuf::from))
+    };
+    args.config = config;
+    args.target = target;
+    args.credential_names = spec.credentials.clone();
+    Ok(())
+}
+
+/// The destination called `name`, or why there is none (naming those there are).
+fn find<'a>(specs: &'a [DestinationSpec], name: &str) -> Result<&'a DestinationSpec, String> {
+    if specs.is_empty() {
+        return Err(format!(
+            "--destination {name}: the file has no `destinations:`"
+        ));
+    }
+    specs.iter().find(|s| s.name == name).ok_or_else(|| {
+        let hint =
+            crate::mapping::diagnostic::did_you_mean(name, specs.iter().map(|s| s.name.as_str()));
+        format!(
+            "--destination {name}: no such destination{hint} (the destinations: {})",
+            names_of(specs)
+        )
+    })
 }
 
 /// Exit 0 when everything was delivered, 2 when some events were dead-lettered, 1 on a fatal
@@ -82,6 +193,7 @@ async fn send_async(args: &SendArgs) -> ExitCode {
         &args.config,
         &args.target,
         args.token_store.as_deref(),
+        &args.credential_names,
     )
     .await
     {
@@ -253,4 +365,110 @@ fn emulator_counts(state: &serde_json::Value) -> String {
         .filter_map(|(k, v)| v.as_array().map(|a| format!("{} {k}", a.len())))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Command, Unparsed, parse};
+    use super::*;
+
+    /// The send arguments of `zdmap send ARGS`, the config file applied.
+    fn send_args(args: &[&str]) -> Result<SendArgs, String> {
+        let line = ["zdmap", "send"]
+            .iter()
+            .chain(args)
+            .map(Into::into)
+            .collect();
+        match parse(line) {
+            Ok(cli) => match cli.command {
+                Command::Send(send) => Ok(send),
+                other => Err(format!("not send: {other:?}")),
+            },
+            Err(Unparsed::Clap(e)) => Err(e.to_string()),
+            Err(Unparsed::File(e)) => Err(e.0),
+        }
+    }
+
+    #[test]
+    fn the_destination_comes_between_the_file_and_the_command_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("serve.yaml");
+        std::fs::write(
+            &file,
+            "mappings: /srv/mappings\nzendesk_url: http://127.0.0.1:9000\nset: {integration_name: Z}\n\
+             destinations:\n  eu:\n    subdomain: acme-eu\n    settings: {requests_per_minute: 5}\n    \
+             credentials: {api_token_env: EU_API_TOKEN}\n    token_store: /srv/eu-tokens.json\n  \
+             lab: {mappings: /srv/lab, emulator: true}\n",
+        )
+        .expect("write");
+        let config = file.display().to_string();
+
+        let eu = send_args(&["--config", &config, "--destination", "eu"]).expect("eu");
+        assert_eq!(
+            eu.config.mappings,
+            PathBuf::from("/srv/mappings"),
+            "the file's"
+        );
+        assert_eq!(eu.config.file_set, ["integration_name=Z"]);
+        assert_eq!(
+            eu.config.set,
+            ["requests_per_minute=5", "subdomain=acme-eu"]
+        );
+        assert_eq!(
+            eu.target.zendesk_url.as_deref(),
+            Some("http://127.0.0.1:9000"),
+            "the file's"
+        );
+        assert_eq!(
+            eu.credential_names.api_token.as_deref(),
+            Some("EU_API_TOKEN")
+        );
+        assert_eq!(eu.token_store, Some(PathBuf::from("/srv/eu-tokens.json")));
+
+        let lab = send_args(&["--config", &config, "--destination", "lab"]).expect("lab");
+        assert_eq!(lab.config.mappings, PathBuf::from("/srv/lab"));
+        assert!(lab.target.emulator && lab.target.zendesk_url.is_none());
+        assert_eq!(lab.credential_names, CredentialNames::default());
+
+        let given = send_args(&[
+            "--config",
+            &config,
+            "--destination",
+            "eu",
+            "--mappings",
+            "/here",
+            "--set",
+            "subdomain=other",
+            "--emulator",
+            "--token-store",
+            "/here/tokens.json",
+        ])
+        .expect("eu");
+        assert_eq!(given.config.mappings, PathBuf::from("/here"));
+        assert_eq!(
+            given.config.set.last().map(String::as_str),
+            Some("subdomain=other")
+        );
+        assert!(given.target.emulator && given.target.zendesk_url.is_none());
+        assert_eq!(given.token_store, Some(PathBuf::from("/here/tokens.json")));
+
+        let plain = send_args(&["--config", &config]).expect("no destination");
+        assert_eq!(
+            plain.config.mappings,
+            PathBuf::from("mappings"),
+            "no file read"
+        );
+        assert!(plain.config.file_set.is_empty() && plain.target.zendesk_url.is_none());
+
+        let unknown = send_args(&["--config", &config, "--destination", "staging"]);
+        assert_eq!(
+            unknown.err().as_deref(),
+            Some(
+                format!(
+                    "{config}: --destination staging: no such destination (the destinations: eu, lab)"
+                )
+                .as_str()
+            )
+        );
+    }
 }

@@ -51,7 +51,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-pub use auth::{CredentialVars, Credentials, CredentialsError, Secret};
+pub use auth::{CredentialNames, CredentialVars, Credentials, CredentialsError, Secret};
 pub use budget::Budget;
 pub use cache::LookupCache;
 pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterWriter, unwrap_dead_letter};

@@ -6,8 +6,8 @@
 
 use crate::deliver::auth::{ChainStore, OAuthRequest, StoreError, scopes};
 use crate::deliver::{
-    Budget, Client, ClientOptions, CredentialVars, Credentials, CredentialsError, Executor,
-    LookupCache, RetryPolicy, Stats, Target, TargetChoice, TargetOverride, Transport,
+    Budget, Client, ClientOptions, CredentialNames, CredentialVars, Credentials, CredentialsError,
+    Executor, LookupCache, RetryPolicy, Stats, Target, TargetChoice, TargetOverride, Transport,
 };
 use crate::mapping::config::Config;
 use std::sync::Arc;
@@ -111,9 +111,13 @@ pub struct ConnectOptions {
     pub emulator_final_state: Option<std::path::PathBuf>,
     /// Where a refresh-token chain from `zdmap auth login` is looked for.
     pub token_store: Option<Arc<dyn ChainStore>>,
+    /// The variables this destination's credentials are read from, in place of those of
+    /// `destination.yaml` (one destination of several, each with an account of its own).
+    pub credential_names: CredentialNames,
 }
 
-/// The HTTP client for a config's target (with the credentials its `auth` names) and, with
+/// The HTTP client for a config's target (with the credentials its `auth` names, or those of
+/// [`ConnectOptions::credential_names`] in their place) and, with
 /// `--emulator`, the emulator it sends to, kept alive by the caller.
 pub async fn open_client(
     config: &Config,
@@ -137,7 +141,7 @@ pub async fn open_client(
     };
     let allow_placeholder = emulator.is_some() || target.allows_placeholder_credentials();
     let credentials = credentials(
-        &credential_vars(config),
+        &options.credential_names.apply(credential_vars(config)),
         options.token_store.as_ref(),
         allow_placeholder,
     )

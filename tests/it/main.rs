@@ -32,6 +32,7 @@ mod parked;
 mod refused;
 mod scheduler;
 mod schemas;
+mod send_destination;
 mod serve;
 mod serve_config;
 mod stopping;

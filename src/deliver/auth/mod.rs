@@ -108,6 +108,37 @@ impl Default for CredentialVars {
     }
 }
 
+/// The environment variables one destination's credentials are read from, each in place of
+/// the one `destination.yaml` names (`None`: that one is kept). Names only, never values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CredentialNames {
+    /// In place of [`CredentialVars::email`].
+    pub email: Option<String>,
+    /// In place of [`CredentialVars::api_token`].
+    pub api_token: Option<String>,
+    /// In place of [`CredentialVars::oauth_token`].
+    pub oauth_token: Option<String>,
+    /// In place of [`CredentialVars::client_id`].
+    pub client_id: Option<String>,
+    /// In place of [`CredentialVars::client_secret`].
+    pub client_secret: Option<String>,
+}
+
+impl CredentialNames {
+    /// `vars` with the names given here in place of theirs.
+    pub fn apply(&self, vars: CredentialVars) -> CredentialVars {
+        let pick = |name: &Option<String>, default: String| name.clone().unwrap_or(default);
+        CredentialVars {
+            email: pick(&self.email, vars.email),
+            api_token: pick(&self.api_token, vars.api_token),
+            oauth_token: pick(&self.oauth_token, vars.oauth_token),
+            client_id: pick(&self.client_id, vars.client_id),
+            client_secret: pick(&self.client_secret, vars.client_secret),
+            oauth: vars.oauth,
+        }
+    }
+}
+
 impl CredentialVars {
     /// The variables of an OAuth client, for messages.
     pub(crate) fn client_hint(&self) -> String {
@@ -420,6 +451,24 @@ pub(crate) fn env_or_file(name: &str) -> Result<Option<String>, CredentialsError
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn credential_names_replace_only_the_names_given() {
+        let names = CredentialNames {
+            email: Some("US_EMAIL".into()),
+            client_secret: Some("US_CLIENT_SECRET".into()),
+            ..CredentialNames::default()
+        };
+        let vars = names.apply(CredentialVars::default());
+        assert_eq!(vars.email, "US_EMAIL");
+        assert_eq!(vars.client_secret, "US_CLIENT_SECRET");
+        assert_eq!(vars.api_token, "ZENDESK_API_TOKEN");
+        assert_eq!(vars.client_id, "ZENDESK_OAUTH_CLIENT_ID");
+        assert_eq!(
+            CredentialNames::default().apply(CredentialVars::default()),
+            CredentialVars::default()
+        );
+    }
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs
