@@ -57,6 +57,10 @@ pub struct StoreArgs {
     /// `zdmap_oauth`, shared by every replica.
     #[arg(long, value_name = "URLS", env = "ZDMAP_QUEUE")]
     pub queue: Option<String>,
+    /// The destination of the server config's `destinations:` whose chain this is: each has
+    /// its own (oauth-tokens.NAME.json in --data-dir, or its own key in zdmap_oauth).
+    #[arg(long, value_name = "NAME", env = "ZDMAP_DESTINATION")]
+    pub destination: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -117,9 +121,17 @@ pub async fn open_store(
     token_store: Option<&Path>,
     data_dir: &Path,
     queue: Option<&str>,
-    nats_destination: Option<&str>,
+    destination: Option<&str>,
     nats_wait: std::time::Duration,
 ) -> Result<Arc<dyn ChainStore>, String> {
+    let destination = destination.filter(|d| *d != crate::queue::DEFAULT_DESTINATION);
+    if let Some(name) = destination
+        && !crate::queue::valid_destination_name(name)
+    {
+        return Err(format!(
+            "--destination {name:?} is no destination's name (a-z, 0-9, _ and -, starting with a letter)"
+        ));
+    }
     if let Some(path) = token_store {
         return Ok(Arc::new(FileStore::new(path)));
     }
@@ -129,7 +141,7 @@ pub async fn open_store(
                 first_connection: nats_wait,
                 ..crate::queue::NatsOptions::new(q)
             };
-            if let Some(destination) = nats_destination {
+            if let Some(destination) = destination {
                 options = options.for_destination(destination);
             }
             let store = crate::queue::nats::tokens::KvChainStore::open(&options)
@@ -140,7 +152,18 @@ pub async fn open_store(
         Some(q) => Err(format!(
             "--queue {q:?} is not a NATS address like nats://127.0.0.1:4222"
         )),
-        None => Ok(Arc::new(FileStore::new(data_dir.join(STORE_FILE)))),
+        None => Ok(Arc::new(FileStore::new(data_dir.join(match destination {
+            Some(name) => store_file_of(name),
+            None => STORE_FILE.to_owned(),
+        })))),
+    }
+}
+
+/// The token store file in the data directory of a destination other than the default.
+fn store_file_of(destination: &str) -> String {
+    match STORE_FILE.rsplit_once('.') {
+        Some((stem, ext)) => format!("{stem}.{destination}.{ext}"),
+        None => format!("{STORE_FILE}.{destination}"),
     }
 }
 
@@ -172,7 +195,7 @@ async fn open(
         store.token_store.as_deref(),
         &store.data_dir,
         store.queue.as_deref(),
-        None,
+        store.destination.as_deref(),
         crate::queue::nats::COMMAND_WAIT,
     )
     .await

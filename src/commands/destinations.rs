@@ -74,13 +74,6 @@ pub(crate) struct SourceSpec {
     /// Where the key was read from, for messages: the variable's name or the file's path.
     pub(crate) from: String,
     /// The names of its destinations, each one of `destinations:`.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "read by the server's routing of events to destinations"
-        )
-    )]
     pub(crate) destinations: Vec<String>,
 }
 

@@ -180,6 +180,8 @@ fn parse(args: Vec<OsString>) -> Result<Cli, Unparsed> {
         (&mut cli.command, matches.subcommand())
     {
         serve_args.config.file_set = file.set;
+        serve_args.destinations = file.destinations;
+        serve_args.sources = file.sources;
         // The file's choice of target gives way to the other one given above it.
         use clap::parser::ValueSource::DefaultValue;
         let from_file = |id: &str| serve.value_source(id) == Some(DefaultValue);

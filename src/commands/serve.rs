@@ -4,15 +4,19 @@
 //! gracefully.
 
 use super::args::{ConfigArgs, TargetArgs};
+use super::destinations::{self, DestinationSpec, SourceSpec};
+use crate::deliver::setup::{ConnectOptions, Destination};
+use crate::mapping::config::Routing;
 use crate::queue::journal::JournalOptions;
 use crate::serve::admin::{self, AdminOptions, AdminToken};
 use crate::serve::connections::ConnectionLimits;
 use crate::serve::ingest::WriteKeys;
 use crate::serve::logs::{self, LogFormat};
-use crate::serve::{IngestOptions, ServeOptions, Server, WorkerOptions};
+use crate::serve::{IngestOptions, Outlet, ServeOptions, Server, WorkerOptions};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
@@ -194,6 +198,12 @@ pub struct ServeArgs {
     /// A file holding the admin token (a mounted secret), read at start.
     #[arg(long, value_name = "FILE", env = "ZDMAP_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// The destinations of the config file's `destinations:` (none: the one these flags set).
+    #[arg(skip)]
+    pub(crate) destinations: Vec<DestinationSpec>,
+    /// The sources of the config file's `sources:`: which write key feeds which destinations.
+    #[arg(skip)]
+    pub(crate) sources: Vec<SourceSpec>,
     /// Start no admin listener.
     #[arg(long, env = "ZDMAP_NO_ADMIN", conflicts_with = "admin_listen")]
     pub no_admin: bool,
@@ -351,33 +361,41 @@ fn write_keys(args: &ServeArgs) -> Result<WriteKeys, String> {
 }
 
 async fn serve_async(args: &ServeArgs) -> ExitCode {
-    let write_keys = match write_keys(args) {
+    let mut write_keys = match write_keys(args) {
         Ok(keys) => keys,
         Err(problem) => return cannot_start(&problem),
     };
-    let token_store = match super::auth::open_store(
-        args.token_store.as_deref(),
-        &args.data_dir,
-        args.queue.as_deref(),
-        None,
-        crate::queue::nats::SERVE_WAIT,
-    )
-    .await
-    {
-        Ok(s) => s,
-        Err(problem) => return cannot_start(&problem),
-    };
+    for source in &args.sources {
+        write_keys.add_source(source.key.clone(), source.destinations.clone());
+    }
     let admin = match admin_options(args) {
         Ok(admin) => admin,
         Err(problem) => return cannot_start(&problem),
     };
-    let connect = crate::deliver::setup::ConnectOptions {
-        token_store: Some(token_store),
-        ..Default::default()
+    let workers = WorkerOptions {
+        concurrency: args.concurrency,
+        retry_for: args.retry_for,
+        wait_for_records: args.wait_for_records,
+        max_parked_bytes: args.max_parked_mb.saturating_mul(1 << 20),
+        drain: args.shutdown_timeout,
+        batch_window: (!args.no_batch).then_some(args.batch_window),
+        ..WorkerOptions::default()
     };
-    let destination = match super::try_load_and_connect(&args.config, &args.target, connect).await {
-        Ok(d) => d,
-        Err(problem) => return cannot_start(&problem),
+    // The config's destinations, each set up on its own; without any, the one of the flags.
+    let mut outlets = Vec::with_capacity(args.destinations.len());
+    for spec in &args.destinations {
+        match outlet(args, spec, &workers).await {
+            Ok(outlet) => outlets.push(outlet),
+            Err(problem) => return cannot_start(&problem),
+        }
+    }
+    let single = if outlets.is_empty() {
+        match default_destination(args).await {
+            Ok(destination) => Some(destination),
+            Err(problem) => return cannot_start(&problem),
+        }
+    } else {
+        None
     };
     let options = ServeOptions {
         listen: args.listen,
@@ -397,15 +415,7 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
             }
         },
         write_keys,
-        workers: WorkerOptions {
-            concurrency: args.concurrency,
-            retry_for: args.retry_for,
-            wait_for_records: args.wait_for_records,
-            max_parked_bytes: args.max_parked_mb.saturating_mul(1 << 20),
-            drain: args.shutdown_timeout,
-            batch_window: (!args.no_batch).then_some(args.batch_window),
-            ..WorkerOptions::default()
-        },
+        workers,
         config: args.config.source(),
         watch: !args.no_watch,
         log_events: args.log_events,
@@ -430,7 +440,11 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
         },
         admin,
     };
-    let server = match Server::start(options, destination).await {
+    let started = match single {
+        Some(destination) => Server::start(options, destination).await,
+        None => Server::start_outlets(options, outlets).await,
+    };
+    let server = match started {
         Ok(s) => s,
         Err(e) => return cannot_start(&e.to_string()),
     };
@@ -457,6 +471,83 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
     signals.wait(&server).await;
     server.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// The one destination of a server whose config names none: the flags' mappings, account and
+/// credentials, with the token store of `--token-store` (or the data directory's, or NATS').
+async fn default_destination(args: &ServeArgs) -> Result<Destination, String> {
+    let token_store = super::auth::open_store(
+        args.token_store.as_deref(),
+        &args.data_dir,
+        args.queue.as_deref(),
+        None,
+        crate::queue::nats::SERVE_WAIT,
+    )
+    .await?;
+    let connect = ConnectOptions {
+        token_store: Some(token_store),
+        ..Default::default()
+    };
+    super::try_load_and_connect(&args.config, &args.target, connect).await
+}
+
+/// A destination the config names, set up on its own: its mappings, settings, account,
+/// credentials and token store (its own file or key unless it names one), its filter, and its
+/// workers' settings over the server's.
+async fn outlet(
+    args: &ServeArgs,
+    spec: &DestinationSpec,
+    workers: &WorkerOptions,
+) -> Result<Outlet, String> {
+    let (config_args, target_args) =
+        destinations::destination_args(spec, &args.config, &args.target);
+    let mut source = config_args.source();
+    source.routing = Routing {
+        destination: Some(spec.name.clone()),
+        filter: spec.filter.as_ref().map(|f| f.source().to_owned()),
+    };
+    let config = source.load().map_err(|diags| {
+        format!(
+            "destination `{}`: {}",
+            spec.name,
+            super::invalid_mappings(&diags)
+        )
+    })?;
+    let token_store = super::auth::open_store(
+        spec.token_store.as_deref(),
+        &args.data_dir,
+        args.queue.as_deref(),
+        Some(&spec.name),
+        crate::queue::nats::SERVE_WAIT,
+    )
+    .await
+    .map_err(|e| format!("destination `{}`: {e}", spec.name))?;
+    let connect = ConnectOptions {
+        token_store: Some(token_store),
+        credential_names: spec.credentials.clone(),
+        ..Default::default()
+    };
+    let destination =
+        crate::deliver::setup::connect(Arc::new(config), &target_args.wanted(), connect)
+            .await
+            .map_err(|e| format!("destination `{}`: {e}", spec.name))?;
+    let no_batch = spec.no_batch.unwrap_or(workers.batch_window.is_none());
+    Ok(Outlet {
+        name: spec.name.clone(),
+        config: source,
+        workers: WorkerOptions {
+            concurrency: spec.concurrency.unwrap_or(workers.concurrency),
+            retry_for: spec.retry_for.unwrap_or(workers.retry_for),
+            wait_for_records: spec.wait_for_records.unwrap_or(workers.wait_for_records),
+            batch_window: (!no_batch).then(|| {
+                (spec.batch_window)
+                    .or(workers.batch_window)
+                    .unwrap_or(WorkerOptions::default().batch_window.unwrap_or_default())
+            }),
+            ..workers.clone()
+        },
+        destination,
+    })
 }
 
 /// Logs whether the OAuth token's scopes cover every request of the mappings (the check of

@@ -17,6 +17,9 @@ pub struct Destination {
     pub executor: Arc<Executor>,
     pub stats: Arc<Stats>,
     pub emulator: Option<crate::emulator::Emulator>,
+    /// The variables its credentials were read from in place of its mappings' (read again on
+    /// reload).
+    pub credential_names: CredentialNames,
 }
 
 /// Why a destination could not be set up. Never carries a secret.
@@ -81,10 +84,11 @@ pub async fn credentials(
 /// again); the others come from the environment as at start.
 pub fn reread_credentials(
     config: &Config,
+    names: &CredentialNames,
     current: &Credentials,
     allow_placeholder: bool,
 ) -> Result<Credentials, CredentialsError> {
-    let vars = credential_vars(config);
+    let vars = names.apply(credential_vars(config));
     match current {
         Credentials::OAuthChain(chain) => Credentials::chain(chain.store.clone(), &vars),
         _ => Credentials::from_env_or_placeholder(&vars, allow_placeholder),
@@ -159,6 +163,7 @@ pub async fn connect(
     options: ConnectOptions,
 ) -> Result<Destination, SetupError> {
     let (client, emulator) = open_client(&config, target, &options).await?;
+    let credential_names = options.credential_names.clone();
     // The built-in emulator is not paced unless asked: it has no account limit to respect.
     let paced = emulator.is_none() || config.overridden.iter().any(|n| n == "requests_per_minute");
     let rpm = config
@@ -181,6 +186,7 @@ pub async fn connect(
         executor,
         stats,
         emulator,
+        credential_names,
     })
 }
 

@@ -165,6 +165,8 @@ pub struct Shared {
     config: Source,
     /// Whether the emulator's placeholder credential may stand in when none are set.
     placeholder_credentials: bool,
+    /// The variables the destination's credentials are read from, in place of its mappings'.
+    credential_names: crate::deliver::CredentialNames,
     reloading: std::sync::Mutex<()>,
 }
 
@@ -201,6 +203,7 @@ impl Shared {
             journal,
             config: outlet.config.clone(),
             placeholder_credentials,
+            credential_names: destination.credential_names.clone(),
             reloading: std::sync::Mutex::new(()),
         }
     }
@@ -239,9 +242,14 @@ impl Shared {
                     .client()
                     .authorizer()
                     .credentials();
-                reread_credentials(&config, &current, self.placeholder_credentials)
-                    .map(|credentials| (config, credentials))
-                    .map_err(ReloadError::from)
+                reread_credentials(
+                    &config,
+                    &self.credential_names,
+                    &current,
+                    self.placeholder_credentials,
+                )
+                .map(|credentials| (config, credentials))
+                .map_err(ReloadError::from)
             });
         match loaded {
             Ok((config, credentials)) => {
