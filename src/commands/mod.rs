@@ -17,6 +17,7 @@ mod healthcheck;
 pub mod init;
 pub mod inspect;
 pub mod junit;
+mod reconfigure;
 pub mod send;
 pub mod serve;
 
@@ -194,6 +195,17 @@ fn parse(args: Vec<OsString>) -> Result<Cli, Unparsed> {
         }
     }
     Ok(cli)
+}
+
+/// The serve config file at `path`, read again (a reload), its `${VAR}`s from the environment.
+fn read_serve_file(
+    path: &std::path::Path,
+) -> Result<config_file::ConfigFile, config_file::FileError> {
+    let command = Cli::command();
+    let serve = command
+        .find_subcommand("serve")
+        .ok_or_else(|| config_file::FileError("no serve command".into()))?;
+    config_file::load(path, serve, &|name| std::env::var(name).ok())
 }
 
 /// An input argument: a file, or `-` (or nothing) for standard input; says why on standard

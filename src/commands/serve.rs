@@ -341,7 +341,7 @@ fn cannot_start(problem: &str) -> ExitCode {
 }
 
 /// The write keys of --write-key and of --write-key-file.
-fn write_keys(args: &ServeArgs) -> Result<WriteKeys, String> {
+pub(super) fn write_keys(args: &ServeArgs) -> Result<WriteKeys, String> {
     let mut keys = args.write_keys.clone();
     if let Some(path) = &args.write_key_file {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -389,6 +389,7 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
             Err(problem) => return cannot_start(&problem),
         }
     }
+    let reconfigure = super::reconfigure::Reconfigure::new(args, &workers);
     let single = if outlets.is_empty() {
         match default_destination(args).await {
             Ok(destination) => Some(destination),
@@ -468,7 +469,7 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
     for shared in server.destinations() {
         tokio::spawn(check_scopes(shared.clone()));
     }
-    signals.wait(&server).await;
+    signals.wait(&server, args, reconfigure).await;
     server.shutdown().await;
     ExitCode::SUCCESS
 }
@@ -494,7 +495,7 @@ async fn default_destination(args: &ServeArgs) -> Result<Destination, String> {
 /// A destination the config names, set up on its own: its mappings, settings, account,
 /// credentials and token store (its own file or key unless it names one), its filter, and its
 /// workers' settings over the server's.
-async fn outlet(
+pub(super) async fn outlet(
     args: &ServeArgs,
     spec: &DestinationSpec,
     workers: &WorkerOptions,
@@ -599,8 +600,14 @@ impl Signals {
         Signals {}
     }
 
-    /// Reloads on SIGHUP; returns on SIGTERM or Ctrl-C.
-    async fn wait(self, server: &Server) {
+    /// Reloads on SIGHUP (the config file's destinations and sources too, when it names
+    /// them); returns on SIGTERM or Ctrl-C.
+    async fn wait(
+        self,
+        server: &Server,
+        args: &ServeArgs,
+        mut reconfigure: Option<super::reconfigure::Reconfigure>,
+    ) {
         #[cfg(unix)]
         {
             let Some((mut hup, mut term)) = self.unix else {
@@ -611,6 +618,14 @@ impl Signals {
                 tokio::select! {
                     _ = hup.recv() => {
                         tracing::info!("SIGHUP: reloading the mappings and the credentials");
+                        if let Some(reconfigure) = &mut reconfigure
+                            && let Err(problem) = reconfigure.apply(args, server).await
+                        {
+                            tracing::error!(
+                                problem = %problem,
+                                "the config file's destinations and sources do not apply; the running ones stay"
+                            );
+                        }
                         for shared in server.destinations() {
                             let shared = shared.clone();
                             let _ = tokio::task::spawn_blocking(move || shared.reload()).await;
@@ -623,7 +638,7 @@ impl Signals {
         }
         #[cfg(not(unix))]
         {
-            let _ = server;
+            let _ = (server, args, reconfigure);
             let _ = tokio::signal::ctrl_c().await;
         }
     }

@@ -162,7 +162,8 @@ pub struct Shared {
     pub log_events: bool,
     /// The delivery log, when it is on.
     pub journal: Option<Arc<Journal>>,
-    config: Source,
+    /// Where the config loads from (a reload of the server's config file may change it).
+    config: RwLock<Source>,
     /// Whether the emulator's placeholder credential may stand in when none are set.
     placeholder_credentials: bool,
     /// The variables the destination's credentials are read from, in place of its mappings'.
@@ -201,7 +202,7 @@ impl Shared {
             stats: destination.stats.clone(),
             log_events,
             journal,
-            config: outlet.config.clone(),
+            config: RwLock::new(outlet.config.clone()),
             placeholder_credentials,
             credential_names: destination.credential_names.clone(),
             reloading: std::sync::Mutex::new(()),
@@ -222,6 +223,12 @@ impl Shared {
             .clone()
     }
 
+    /// Where the config loads from from now on (the server's config file changed the
+    /// destination's mappings, settings or filter); [`Shared::reload`] loads it.
+    pub fn set_source(&self, source: Source) {
+        *write(&self.config) = source;
+    }
+
     /// Loads the mappings and reads the credentials again (from their variables or files); a
     /// valid config replaces the running one, a broken one is refused (the running one stays)
     /// and reported by `/healthz`, `/readyz` and a metric until a good one loads. The server
@@ -231,8 +238,8 @@ impl Shared {
             .reloading
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let loaded = self
-            .config
+        let source = read(&self.config).clone();
+        let loaded = source
             .load()
             .map_err(ReloadError::Mappings)
             .and_then(|config| {
