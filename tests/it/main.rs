@@ -29,6 +29,7 @@ mod nats;
 mod oas_oracle;
 mod oauth;
 mod parked;
+mod reconfigure;
 mod refused;
 mod scheduler;
 mod schemas;

@@ -1,0 +1,169 @@
+//! A reload (SIGHUP) of a server whose config file names destinations: a destination added
+//! starts with the events accepted after the reload, one removed stops and keeps its dead
+//! letters, and a rename is refused.
+
+use crate::support::command::{run, signal};
+use crate::support::http::get;
+use crate::support::serving::{free_port, spawn_in};
+use crate::support::wait::eventually;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+use zdmap::emulator::{Emulator, EmulatorOptions, ForcedFault};
+
+const WEB_KEY: &str = "web-key-0123456789";
+
+/// The emails of the users an emulator holds.
+fn emails(emu: &Emulator) -> Vec<String> {
+    let state = emu.state();
+    let mut emails: Vec<String> = (state["users"].as_array().into_iter().flatten())
+        .filter_map(|u| u["email"].as_str().map(str::to_owned))
+        .collect();
+    emails.sort();
+    emails
+}
+
+/// The config file: the destinations named in `destinations` (`name: url`), and one source
+/// of `WEB_KEY` feeding all of them.
+fn write_config(file: &Path, port: u16, data: &Path, destinations: &[(&str, &Emulator)]) {
+    let mappings = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
+    let mut text = format!(
+        "listen: 127.0.0.1:{port}\ndata_dir: {}\nmappings: {}\nno_watch: true\nno_admin: true\n\
+         set: {{requests_per_minute: 0}}\ndestinations:\n",
+        data.display(),
+        mappings.display()
+    );
+    for (name, emu) in destinations {
+        text.push_str(&format!("  {name}: {{ zendesk_url: \"{}\" }}\n", emu.url()));
+    }
+    let names: Vec<&str> = destinations.iter().map(|(n, _)| *n).collect();
+    text.push_str(&format!(
+        "sources:\n  - {{ write_key_env: WK_WEB, destinations: [{}] }}\n",
+        names.join(", ")
+    ));
+    std::fs::write(file, text).expect("write the config file");
+}
+
+async fn identify(url: &str, user: &str) {
+    let answer = reqwest::Client::new()
+        .post(format!("{url}/v1/identify"))
+        .basic_auth(WEB_KEY, Some(""))
+        .json(&json!({"userId": user, "traits": {"email": format!("{user}@example.com")}}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(answer.status().as_u16(), 200, "{user}");
+}
+
+/// The destinations `/readyz` names, sorted.
+async fn named(url: &str) -> Vec<String> {
+    let (_, body) = get(&format!("{url}/readyz")).await;
+    let body: Value = serde_json::from_str(&body).unwrap_or_default();
+    let mut names: Vec<String> = (body["destinations"].as_object().into_iter().flatten())
+        .map(|(name, _)| name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_removes_and_refuses_to_rename_destinations() {
+    let start = || Emulator::start(EmulatorOptions::default());
+    let (eu, us, ap) = (
+        start().await.expect("eu"),
+        start().await.expect("us"),
+        start().await.expect("ap"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (file, data, port) = (
+        dir.path().join("zdmap.yaml"),
+        dir.path().join("data"),
+        free_port(),
+    );
+    write_config(&file, port, &data, &[("eu", &eu), ("us", &us)]);
+    let config = file.display().to_string();
+    let (child, url) = spawn_in(
+        dir.path(),
+        &["serve", "--config", &config],
+        &[("WK_WEB", WEB_KEY)],
+    )
+    .expect("the server starts");
+
+    // `us` refuses the first write: a dead letter of its own.
+    let fault: ForcedFault = serde_json::from_value(json!({"status": 422})).expect("fault");
+    us.configure(|k| k.forced_faults.push(fault));
+    identify(&url, "u1").await;
+    eventually("u1 at eu", Duration::from_secs(30), async || {
+        emails(&eu) == ["u1@example.com"]
+    })
+    .await;
+    let us_letters = |dir: &Path| {
+        let data = dir.join("data").display().to_string();
+        run(
+            &[
+                "dead-letters",
+                "--data-dir",
+                &data,
+                "--destination",
+                "us",
+                "list",
+                "--json",
+            ],
+            "",
+        )
+    };
+    eventually("us's dead letter", Duration::from_secs(30), async || {
+        us_letters(dir.path()).1.contains("u1")
+    })
+    .await;
+
+    // `us` goes, `ap` comes: only what is accepted after the reload goes to `ap`.
+    write_config(&file, port, &data, &[("eu", &eu), ("ap", &ap)]);
+    signal(&child, "HUP");
+    eventually(
+        "ap added, us removed",
+        Duration::from_secs(30),
+        async || named(&url).await == ["ap", "eu"],
+    )
+    .await;
+    identify(&url, "u2").await;
+    eventually("u2 at eu and ap", Duration::from_secs(30), async || {
+        emails(&eu) == ["u1@example.com", "u2@example.com"] && emails(&ap) == ["u2@example.com"]
+    })
+    .await;
+    assert!(
+        emails(&us).is_empty(),
+        "nothing reaches a removed destination"
+    );
+    let (code, listed, _) = us_letters(dir.path());
+    assert_eq!(code, 0);
+    assert!(
+        listed.contains("u1"),
+        "a removed destination keeps its dead letters: {listed}"
+    );
+
+    // A new name for `ap`'s account is refused: `ap` keeps delivering.
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(&file)
+            .expect("read")
+            .replace("  ap: ", "  apac: ")
+            .replace("[eu, ap]", "[eu, apac]"),
+    )
+    .expect("rename");
+    signal(&child, "HUP");
+    identify(&url, "u3").await;
+    eventually("u3 at ap", Duration::from_secs(30), async || {
+        emails(&ap) == ["u2@example.com", "u3@example.com"]
+    })
+    .await;
+    assert_eq!(named(&url).await, ["ap", "eu"], "the rename was refused");
+
+    signal(&child, "TERM");
+    let out = child.wait_with_output().expect("wait");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        logs.contains("renaming the destination `ap` to `apac` is refused"),
+        "{logs}"
+    );
+}
