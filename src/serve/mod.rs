@@ -664,7 +664,21 @@ impl<Q: Queue> Start<Q> {
         ));
         let admin = match &options.admin {
             Some(admin) => {
-                start_admin(admin, app.queue.clone(), first_shared.clone(), stopped).await?
+                let each = if app.named {
+                    (app.destinations().iter())
+                        .map(|(shared, lane)| (shared.clone(), lane.clone()))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                start_admin(
+                    admin,
+                    app.queue.clone(),
+                    first_shared.clone(),
+                    each,
+                    stopped,
+                )
+                .await?
             }
             None => None,
         };
@@ -815,6 +829,7 @@ async fn start_admin<Q: Queue>(
     options: &admin::AdminOptions,
     queue: Arc<Q>,
     shared: Arc<Shared>,
+    destinations: Vec<(Arc<Shared>, Arc<Q>)>,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<Option<(SocketAddr, tokio::task::JoinHandle<()>)>, ServeError> {
     let listen = options.listen;
@@ -840,7 +855,18 @@ async fn start_admin<Q: Queue>(
         source,
     })?;
     let state = Arc::new(admin::AdminState::new(queue, shared, options.token.clone()));
-    let router = admin::router(state.clone(), admin::guard(listen, &options.allowed_hosts));
+    let each = (destinations.into_iter())
+        .map(|(shared, lane)| {
+            let name = shared.destination.clone();
+            let state = admin::AdminState::new(lane, shared, options.token.clone());
+            (name, Arc::new(state))
+        })
+        .collect();
+    let router = admin::router(
+        state.clone(),
+        each,
+        admin::guard(listen, &options.allowed_hosts),
+    );
     let mut sampling = stopped.clone();
     tokio::spawn(async move {
         // The console's charts: the counters a minute at a time.

@@ -12,6 +12,22 @@ use std::time::Duration;
 use zdmap::emulator::{Emulator, EmulatorOptions, ForcedFault};
 
 const WEB_KEY: &str = "web-key-0123456789";
+const ADMIN_TOKEN: &str = "admin-token-0123456789";
+
+/// How many dead letters the admin API gives for `destination`.
+async fn letters_at(admin: &str, destination: &str) -> u64 {
+    let answer = reqwest::Client::new()
+        .get(format!(
+            "{admin}/api/destinations/{destination}/dead-letters"
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin API");
+    assert_eq!(answer.status().as_u16(), 200, "{destination}");
+    let body: Value = answer.json().await.expect("JSON");
+    body["total"].as_u64().expect("total")
+}
 
 /// The emails of the users an emulator holds.
 fn emails(emu: &Emulator) -> Vec<String> {
@@ -25,11 +41,12 @@ fn emails(emu: &Emulator) -> Vec<String> {
 
 /// The config file: the destinations named in `destinations` (`name: url`), and one source
 /// of `WEB_KEY` feeding all of them.
-fn write_config(file: &Path, port: u16, data: &Path, destinations: &[(&str, &Emulator)]) {
+fn write_config(file: &Path, ports: (u16, u16), data: &Path, destinations: &[(&str, &Emulator)]) {
+    let (port, admin) = ports;
     let mappings = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
     let mut text = format!(
-        "listen: 127.0.0.1:{port}\ndata_dir: {}\nmappings: {}\nno_watch: true\nno_admin: true\n\
-         set: {{requests_per_minute: 0}}\ndestinations:\n",
+        "listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin}\ndata_dir: {}\nmappings: {}\n\
+         no_watch: true\nset: {{requests_per_minute: 0}}\ndestinations:\n",
         data.display(),
         mappings.display()
     );
@@ -78,14 +95,14 @@ async fn a_reload_adds_removes_and_refuses_to_rename_destinations() {
     let (file, data, port) = (
         dir.path().join("zdmap.yaml"),
         dir.path().join("data"),
-        free_port(),
+        (free_port(), free_port()),
     );
     write_config(&file, port, &data, &[("eu", &eu), ("us", &us)]);
     let config = file.display().to_string();
     let (child, url) = spawn_in(
         dir.path(),
         &["serve", "--config", &config],
-        &[("WK_WEB", WEB_KEY)],
+        &[("WK_WEB", WEB_KEY), ("ZDMAP_ADMIN_TOKEN", ADMIN_TOKEN)],
     )
     .expect("the server starts");
 
@@ -116,6 +133,13 @@ async fn a_reload_adds_removes_and_refuses_to_rename_destinations() {
         us_letters(dir.path()).1.contains("u1")
     })
     .await;
+    let admin = format!("http://127.0.0.1:{}", port.1);
+    assert_eq!(
+        letters_at(&admin, "us").await,
+        1,
+        "the admin API names the destination"
+    );
+    assert_eq!(letters_at(&admin, "eu").await, 0);
 
     // `us` goes, `ap` comes: only what is accepted after the reload goes to `ap`.
     write_config(&file, port, &data, &[("eu", &eu), ("ap", &ap)]);

@@ -161,10 +161,22 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 
 /// The admin listener's routes: the API and the console pages behind the token or a session,
 /// the login page and the console's assets open (and on loopback the host guard).
-pub(crate) fn router<Q: Queue>(state: Arc<AdminState<Q>>, guard: Option<Guard>) -> Router {
+pub(crate) fn router<Q: Queue>(
+    state: Arc<AdminState<Q>>,
+    destinations: Vec<(String, Arc<AdminState<Q>>)>,
+    guard: Option<Guard>,
+) -> Router {
     let api_gate = axum::middleware::from_fn_with_state(state.clone(), require_admin::<Q, true>);
     let page_gate = axum::middleware::from_fn_with_state(state.clone(), require_admin::<Q, false>);
-    let router = Router::new()
+    let mut router = Router::new();
+    // A server with named destinations: each one's API under /api/destinations/NAME/ (the
+    // bearer token opens them; /api/ itself is the first destination's).
+    for (name, each) in destinations {
+        let gate = axum::middleware::from_fn_with_state(each.clone(), require_admin::<Q, true>);
+        let api = api::routes::<Q>().layer(gate).with_state(each);
+        router = router.nest_service(&format!("/api/destinations/{name}"), api);
+    }
+    let router = router
         .nest("/api", api::routes::<Q>().layer(api_gate))
         .merge(console::pages::<Q>().layer(page_gate))
         .merge(console::open::<Q>())
