@@ -313,8 +313,16 @@ fn shown_record(record: &Value) -> String {
     out
 }
 
-/// One entry of the log on one line.
+/// One entry of the log on one line, after the destination it happened at (`[eu]`) on a
+/// server with several.
 fn shown_entry(entry: &Value) -> String {
+    match entry["destination"].as_str() {
+        Some(destination) => format!("[{destination}] {}", entry_line(entry)),
+        None => entry_line(entry),
+    }
+}
+
+fn entry_line(entry: &Value) -> String {
     let field = |key: &str| text(&entry[key]);
     let kind = field("kind");
     match kind.as_str() {

@@ -467,7 +467,11 @@ async fn serve_async(args: &ServeArgs) -> ExitCode {
     }
     drop(out);
     for shared in server.destinations() {
-        tokio::spawn(check_scopes(shared.clone()));
+        let span = match shared.named() {
+            Some(name) => tracing::info_span!("destination", name = %name),
+            None => tracing::Span::none(),
+        };
+        tokio::spawn(tracing::Instrument::instrument(check_scopes(shared), span));
     }
     signals.wait(&server, args, reconfigure).await;
     server.shutdown().await;
