@@ -326,6 +326,7 @@ async fn dead_letters<Q: Queue>(
         "filter": query.filter,
         "filtered": !query.filter.is_empty(),
         "notice": params.notice.json(),
+        "destination": state.shared.named(),
     });
     state.pages.render(
         "dead_letters.html",
