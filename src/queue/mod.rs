@@ -300,6 +300,13 @@ pub trait Queue: EntityClock + AppliedWrites + Send + Sync + 'static {
         serde_json::Value::Null
     }
 
+    /// A destination removed from a running server stops using this handle: a queue that holds
+    /// something of its own for it (NATS: its partitions' leases and consumers) lets it go, so
+    /// that another process may deliver what waits. The handle is not used again.
+    fn retire(&self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+
     /// Makes `budget` (a destination's requests a minute) one budget for every process that
     /// delivers from this queue to the same destination. A queue of one process has nothing
     /// to share.

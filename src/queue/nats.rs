@@ -1052,6 +1052,10 @@ impl Drop for NatsQueue {
 }
 
 impl Queue for NatsQueue {
+    async fn retire(&self) {
+        self.close().await;
+    }
+
     fn share_budget(&self, budget: &Arc<crate::deliver::Budget>) {
         budget::NatsAllowance::share(self.layout.settings.clone(), &self.layout.names, budget);
     }

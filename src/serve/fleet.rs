@@ -41,8 +41,9 @@ pub(super) type LaneOf<Q> =
     Box<dyn Fn(String) -> Pending<'static, Result<Arc<Q>, ServeError>> + Send + Sync>;
 
 /// A destination being delivered to.
-struct Running {
+struct Running<Q> {
     shared: Arc<Shared>,
+    lane: Arc<Q>,
     /// Turns true to stop its workers (shutdown, or removed by a reload).
     stop: watch::Sender<bool>,
     workers: tokio::task::JoinHandle<()>,
@@ -91,7 +92,7 @@ pub(super) struct Fleet<Q> {
     pub(super) watch: bool,
     /// The request budgets are shared by replicas (NATS), as the start lines say.
     pub(super) shared_budget: bool,
-    running: tokio::sync::Mutex<Vec<Running>>,
+    running: tokio::sync::Mutex<Vec<Running<Q>>>,
 }
 
 impl<Q: Queue> Fleet<Q> {
@@ -166,9 +167,10 @@ impl<Q: Queue> Fleet<Q> {
         } else {
             None
         };
-        self.app.add_destination(shared.clone(), lane);
+        self.app.add_destination(shared.clone(), lane.clone());
         running.push(Running {
             shared,
+            lane,
             stop,
             workers,
             _watcher: watcher,
@@ -196,8 +198,13 @@ impl<Q: Queue> Fleet<Q> {
             running.remove(at)
         };
         let deadline = tokio::time::Instant::now() + drain;
+        let lane = removed.lane.clone();
         if let Some(emulator) = stop(removed, deadline).await {
             emulator.shutdown().await;
+        }
+        // The ingest stores through the first destination's handle: that one stays open.
+        if !Arc::ptr_eq(&lane, &self.app.queue) {
+            lane.retire().await;
         }
         Ok(())
     }
@@ -221,8 +228,8 @@ impl<Q: Queue> Fleet<Q> {
 }
 
 /// Stops a destination's workers, waiting for them until `deadline`; gives its emulator.
-async fn stop(
-    running: Running,
+async fn stop<Q>(
+    running: Running<Q>,
     deadline: tokio::time::Instant,
 ) -> Option<crate::emulator::Emulator> {
     let _ = running.stop.send(true);

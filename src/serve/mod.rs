@@ -153,8 +153,9 @@ pub enum ReloadError {
 pub struct Shared {
     /// The destination's name.
     pub destination: String,
-    /// Whether the server has other destinations (its metrics and logs then name this one).
-    pub several: bool,
+    /// Whether the server's config names its destinations (`destinations:`): what this one
+    /// shows (metrics, logs, the delivery log's entries) then carries its name.
+    pub labeled: bool,
     executor: RwLock<Arc<Executor>>,
     pub health: Health,
     pub metrics: Metrics,
@@ -178,7 +179,7 @@ impl Shared {
         lane: Arc<Q>,
         journal: Option<Arc<Journal>>,
         log_events: bool,
-        several: bool,
+        labeled: bool,
     ) -> Shared {
         let destination = &outlet.destination;
         let placeholder_credentials = destination.emulator.is_some()
@@ -190,7 +191,7 @@ impl Shared {
                 .allows_placeholder_credentials();
         Shared {
             destination: outlet.name.clone(),
-            several,
+            labeled,
             executor: RwLock::new(Arc::new(
                 destination
                     .executor
@@ -209,10 +210,10 @@ impl Shared {
         }
     }
 
-    /// The destination's name where the server has several (what its logs and the delivery
-    /// log's entries say); `None` on a server with one.
+    /// The destination's name where the server's config names its destinations (what its
+    /// logs and the delivery log's entries say); `None` on a server with one unnamed.
     pub fn named(&self) -> Option<&str> {
-        self.several.then_some(self.destination.as_str())
+        self.labeled.then_some(self.destination.as_str())
     }
 
     /// The executor of the current config.
