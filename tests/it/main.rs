@@ -15,6 +15,7 @@ mod deliver_cases;
 mod deliver_e2e;
 mod deliver_transport;
 mod deploy;
+mod destinations;
 mod effectively_once;
 mod emulator;
 mod fields;

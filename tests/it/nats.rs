@@ -1933,4 +1933,35 @@ mod destinations {
         default.close().await;
         eu.close().await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serve_on_nats_delivers_each_event_once_to_each_of_two_destinations() {
+        use crate::support::fleet::{Dest, Fleet, KEY_A};
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let (eu, us) = (emulator(5).await, emulator(5).await);
+        let fleet = Fleet::new(
+            &[Dest::new("eu", &eu), Dest::new("us", &us)],
+            &["eu", "us"],
+            &[],
+            &format!(
+                "queue: {}\nnats_partitions: 4\nnats_lease: 2s\n",
+                server.url()
+            ),
+        );
+        let serve = fleet.start();
+        let (users, per_user) = (4, 8);
+        let events = tickets(users, per_user);
+        for chunk in events.chunks(10) {
+            serve.post(KEY_A, chunk).await;
+        }
+        for emu in [&eu, &us] {
+            all_delivered_once_in_order(emu, users * per_user, users, per_user).await;
+        }
+        serve.drained(&["eu", "us"]).await;
+        for emu in [&eu, &us] {
+            each_ticket_once(&emu.state(), users * per_user);
+        }
+    }
 }

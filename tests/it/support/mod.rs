@@ -4,6 +4,7 @@
 pub mod browser;
 pub mod chart;
 pub mod command;
+pub mod fleet;
 pub mod http;
 pub mod mappings;
 pub mod nats;
