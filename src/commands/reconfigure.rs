@@ -16,9 +16,8 @@
 //! The file's other keys (the serve flags) take effect at the next start.
 
 use super::config_file;
-use super::destinations::{self, DestinationSpec};
-use super::serve::{ServeArgs, outlet, write_keys};
-use crate::mapping::config::Routing;
+use super::destinations::DestinationSpec;
+use super::serve::{ServeArgs, destination_source, outlet, write_keys};
 use crate::serve::{Server, WorkerOptions};
 use std::path::PathBuf;
 
@@ -111,13 +110,7 @@ impl Reconfigure {
                     "the destination's account changed in the config file; it takes effect at the next start"
                 );
             }
-            let (config, _) = destinations::destination_args(spec, &args.config, &args.target);
-            let mut source = config.source();
-            source.routing = Routing {
-                destination: Some(spec.name.clone()),
-                filter: spec.filter.as_ref().map(|f| f.source().to_owned()),
-            };
-            shared.set_source(source);
+            shared.set_source(destination_source(args, spec).0);
         }
         tracing::info!(
             added = added.len(),

@@ -6,7 +6,7 @@
 use super::args::{ConfigArgs, TargetArgs};
 use super::destinations::{self, DestinationSpec, SourceSpec};
 use crate::deliver::setup::{ConnectOptions, Destination};
-use crate::mapping::config::Routing;
+use crate::mapping::config::{Routing, Source};
 use crate::queue::journal::JournalOptions;
 use crate::serve::admin::{self, AdminOptions, AdminToken};
 use crate::serve::connections::ConnectionLimits;
@@ -496,6 +496,19 @@ async fn default_destination(args: &ServeArgs) -> Result<Destination, String> {
     super::try_load_and_connect(&args.config, &args.target, connect).await
 }
 
+/// Where a destination's config loads from (its mappings and settings over the server's, its
+/// name and filter), and its target.
+pub(super) fn destination_source(args: &ServeArgs, spec: &DestinationSpec) -> (Source, TargetArgs) {
+    let (config_args, target_args) =
+        destinations::destination_args(spec, &args.config, &args.target);
+    let mut source = config_args.source();
+    source.routing = Routing {
+        destination: Some(spec.name.clone()),
+        filter: spec.filter.as_ref().map(|f| f.source().to_owned()),
+    };
+    (source, target_args)
+}
+
 /// A destination the config names, set up on its own: its mappings, settings, account,
 /// credentials and token store (its own file or key unless it names one), its filter, and its
 /// workers' settings over the server's.
@@ -504,13 +517,7 @@ pub(super) async fn outlet(
     spec: &DestinationSpec,
     workers: &WorkerOptions,
 ) -> Result<Outlet, String> {
-    let (config_args, target_args) =
-        destinations::destination_args(spec, &args.config, &args.target);
-    let mut source = config_args.source();
-    source.routing = Routing {
-        destination: Some(spec.name.clone()),
-        filter: spec.filter.as_ref().map(|f| f.source().to_owned()),
-    };
+    let (source, target_args) = destination_source(args, spec);
     let config = source.load().map_err(|diags| {
         format!(
             "destination `{}`: {}",
@@ -536,7 +543,7 @@ pub(super) async fn outlet(
         crate::deliver::setup::connect(Arc::new(config), &target_args.wanted(), connect)
             .await
             .map_err(|e| format!("destination `{}`: {e}", spec.name))?;
-    let no_batch = spec.no_batch.unwrap_or(workers.batch_window.is_none());
+    let no_batch = spec.no_batch.unwrap_or(args.no_batch);
     Ok(Outlet {
         name: spec.name.clone(),
         config: source,
@@ -544,11 +551,7 @@ pub(super) async fn outlet(
             concurrency: spec.concurrency.unwrap_or(workers.concurrency),
             retry_for: spec.retry_for.unwrap_or(workers.retry_for),
             wait_for_records: spec.wait_for_records.unwrap_or(workers.wait_for_records),
-            batch_window: (!no_batch).then(|| {
-                (spec.batch_window)
-                    .or(workers.batch_window)
-                    .unwrap_or(WorkerOptions::default().batch_window.unwrap_or_default())
-            }),
+            batch_window: (!no_batch).then(|| spec.batch_window.unwrap_or(args.batch_window)),
             ..workers.clone()
         },
         destination,
