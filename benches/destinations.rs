@@ -18,6 +18,9 @@
 //! window of a minute by default, twice, then a catch-up), not a piece of code to sample.
 //!
 //! `ZDMAP_BENCH_OUTAGE_SECS` sets the window (60 s), `ZDMAP_BENCH_ROUNDS` the rounds (3).
+//! `ZDMAP_BENCH_FAULT=5xx` makes `a`'s emulator answer 500 or 503 without `Retry-After` instead
+//! (a gateway in front of the account failing): then each of `a`'s events backs off on its own,
+//! up to a minute, rather than the destination pausing as `Retry-After` says.
 //! Run: `cargo bench --bench destinations`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench says what it expected
 
@@ -59,6 +62,22 @@ fn env_number(name: &str, default: u64) -> u64 {
         .and_then(|n| n.parse().ok())
         .filter(|n| *n > 0)
         .unwrap_or(default)
+}
+
+/// How `a`'s emulator fails while it is down.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// 503 with `Retry-After: 1` (the default).
+    RetryAfter,
+    /// 500 or 503 without `Retry-After` (`ZDMAP_BENCH_FAULT=5xx`).
+    Plain,
+}
+
+fn fault() -> Fault {
+    match std::env::var("ZDMAP_BENCH_FAULT").as_deref() {
+        Ok("5xx") => Fault::Plain,
+        _ => Fault::RetryAfter,
+    }
 }
 
 /// The posts of a window of `seconds`: groups of `USERS_AT_ONCE` users, `SESSION` posts a
@@ -221,7 +240,10 @@ async fn window(a_down: bool, seconds: u64, times: &DeliveredTimes) -> Window {
     };
     let (a, b) = (of("a"), of("b"));
     if a_down {
-        emu_a.configure(|k| k.forced_faults = vec![ForcedFault::new(503).times(u32::MAX)]);
+        emu_a.configure(|k| match fault() {
+            Fault::RetryAfter => k.forced_faults = vec![ForcedFault::new(503).times(u32::MAX)],
+            Fault::Plain => k.fail_rate = 1.0,
+        });
     }
     let a_requests_before = a.stats.snapshot().requests_total;
 
@@ -259,7 +281,10 @@ async fn window(a_down: bool, seconds: u64, times: &DeliveredTimes) -> Window {
         assert_eq!(settled(&a), 0, "a settled nothing while down");
         let requests = a.stats.snapshot().requests_total - a_requests_before;
         let waiting = events - settled(&a);
-        emu_a.configure(|k| k.forced_faults.clear());
+        emu_a.configure(|k| {
+            k.forced_faults.clear();
+            k.fail_rate = 0.0;
+        });
         let catch_up = settled_all(&a, events).await;
         Some(Outage {
             requests,
@@ -368,7 +393,7 @@ fn main() {
     }
     let med = |f: fn(&Round) -> f64| median(all.iter().map(f).collect());
     println!(
-        "\nmedians of {rounds} rounds (a down for {seconds} s, 100 events/s to each destination):\n\
+        "\nmedians of {rounds} rounds (a down for {seconds} s, {}, 100 events/s to each destination):\n\
          | | alone | a down | ratio |\n|---|---|---|---|\n\
          | b p50 accept -> delivered | {:.0} ms | {:.0} ms | {:.2} |\n\
          | b p95 accept -> delivered | {:.0} ms | {:.0} ms | {:.2} |\n\
@@ -376,6 +401,10 @@ fn main() {
          | posts answered p50 | {:.1} ms | {:.1} ms | {:.2} |\n\
          | posts answered p95 | {:.1} ms | {:.1} ms | {:.2} |\n\
          | a's catch-up after the outage | | {:.1} s | |",
+        match fault() {
+            Fault::RetryAfter => "503 with Retry-After: 1",
+            Fault::Plain => "500 or 503 without Retry-After",
+        },
         med(|r| r.alone.0),
         med(|r| r.down.0),
         med(|r| r.down.0 / r.alone.0),
