@@ -17,15 +17,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test or bench says what it expected
 
 use criterion::{Criterion, Throughput};
-use std::sync::{Arc, Mutex};
+use delivered::{DeliveredTimes, rank};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use zdmap::mapping::config::Source;
 use zdmap::queue::{Queue, SqliteQueue};
 use zdmap::serve::ingest::{Endpoint, WriteKeys, events};
-use zdmap::serve::{IngestOptions, ServeOptions, Server, WorkerOptions};
+use zdmap::serve::{ServeOptions, Server, WorkerOptions};
 
 #[path = "support/allocator.rs"]
 mod allocator;
+#[path = "support/delivered.rs"]
+mod delivered;
 #[path = "support/emulated.rs"]
 mod emulated;
 #[path = "support/mix.rs"]
@@ -255,54 +257,6 @@ fn bucket_of(before: &Metrics, after: &Metrics, p: f64) -> String {
         .map_or_else(|| "?".into(), |(le, _)| le)
 }
 
-/// The accept → delivered time of each event the server delivers, exactly (ms), as its
-/// `event delivered` debug line tells it: the same figure its histogram counts.
-#[derive(Clone, Default)]
-struct DeliveredTimes(Arc<Mutex<Vec<u64>>>);
-
-impl DeliveredTimes {
-    /// Collects from now on, in this process.
-    fn install() -> DeliveredTimes {
-        use tracing_subscriber::layer::SubscriberExt as _;
-        use tracing_subscriber::{Layer as _, filter::Targets};
-        let times = DeliveredTimes::default();
-        let only = Targets::new().with_target("zdmap::serve::workers", tracing::Level::DEBUG);
-        let subscriber = tracing_subscriber::registry().with(times.clone().with_filter(only));
-        let _ = tracing::subscriber::set_global_default(subscriber);
-        times
-    }
-
-    /// The times collected since the last call.
-    fn take(&self) -> Vec<u64> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for DeliveredTimes {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        struct LatencyMs(Option<u64>);
-        impl tracing::field::Visit for LatencyMs {
-            fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-                if field.name() == "latency_ms" {
-                    self.0 = Some(value);
-                }
-            }
-            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
-        }
-        let mut latency = LatencyMs(None);
-        event.record(&mut latency);
-        if let Some(ms) = latency.0 {
-            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(ms);
-        }
-    }
-}
-
-/// Quantile `p` of sorted `times` (nearest rank).
-fn rank(times: &[u64], p: f64) -> u64 {
-    let i = ((times.len() as f64 * p).ceil() as usize).clamp(1, times.len().max(1)) - 1;
-    times.get(i).copied().unwrap_or(0)
-}
-
 /// `{"batch":[...]}` of the given events.
 fn batch_body<'a>(events: impl Iterator<Item = &'a Vec<u8>>) -> Vec<u8> {
     let calls: Vec<serde_json::Value> = events
@@ -400,25 +354,14 @@ fn load_run(batch_window: Option<Duration>, times: &DeliveredTimes) {
         .await;
         let data = tempfile::tempdir().expect("temp");
         let options = ServeOptions {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            data_dir: data.path().to_path_buf(),
-            nats: None,
-            write_keys: WriteKeys::from_args_and_env(&[KEY.to_owned()], None),
             workers: WorkerOptions {
                 batch_window,
                 ..WorkerOptions::default()
             },
-            config: Source {
-                mappings: "mappings".into(),
-                set: vec![emulated::UNLIMITED.to_owned()],
-                routing: Default::default(),
-            },
-            watch: false,
-            log_events: false,
-            shutdown_timeout: Duration::from_secs(30),
-            ingest: IngestOptions::default(),
-            admin: None,
-            journal: None,
+            ..emulated::serve_options(
+                data.path(),
+                WriteKeys::from_args_and_env(&[KEY.to_owned()], None),
+            )
         };
         let server = Server::start(options, dest).await.expect("server");
         let url = server.url();

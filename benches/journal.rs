@@ -10,10 +10,9 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use zdmap::mapping::config::Source;
 use zdmap::queue::journal::{JOURNAL_FILE, JournalOptions};
 use zdmap::serve::ingest::WriteKeys;
-use zdmap::serve::{IngestOptions, ServeOptions, Server, WorkerOptions};
+use zdmap::serve::{ServeOptions, Server, WorkerOptions};
 
 #[path = "support/allocator.rs"]
 mod allocator;
@@ -93,22 +92,11 @@ async fn round(log: bool, bodies: Arc<Vec<Vec<u8>>>, orgs: Vec<u8>) -> Round {
     .await;
     let data = tempfile::tempdir().expect("temp");
     let options = ServeOptions {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: data.path().to_path_buf(),
-        nats: None,
-        write_keys: WriteKeys::from_args_and_env(&[KEY.to_owned()], None),
-        workers: WorkerOptions::default(),
-        config: Source {
-            mappings: "mappings".into(),
-            set: vec![emulated::UNLIMITED.to_owned()],
-            routing: Default::default(),
-        },
-        watch: false,
-        log_events: false,
-        shutdown_timeout: Duration::from_secs(30),
-        ingest: IngestOptions::default(),
-        admin: None,
         journal: log.then(JournalOptions::default),
+        ..emulated::serve_options(
+            data.path(),
+            WriteKeys::from_args_and_env(&[KEY.to_owned()], None),
+        )
     };
     let server = Server::start(options, dest).await.expect("server");
     let url = server.url();

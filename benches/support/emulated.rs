@@ -6,7 +6,9 @@ use std::sync::Arc;
 use zdmap::deliver::TargetOverride;
 use zdmap::deliver::setup::{ConnectOptions, Destination, connect};
 use zdmap::emulator::{Emulator, EmulatorOptions};
-use zdmap::mapping::config::Config;
+use zdmap::mapping::config::{Config, Routing, Source};
+use zdmap::serve::ingest::WriteKeys;
+use zdmap::serve::{IngestOptions, Outlet, ServeOptions, WorkerOptions};
 
 /// The setting that lifts zdmap's own request budget.
 pub const UNLIMITED: &str = "requests_per_minute=0";
@@ -62,6 +64,48 @@ pub async fn destination_with_mappings(emu: &Emulator, mappings: &Path) -> Desti
     connect(Arc::new(config), &target, ConnectOptions::default())
         .await
         .expect("connect")
+}
+
+/// A server on a free loopback port with its SQLite queue in `data_dir`, taking `write_keys`,
+/// delivering with the shipped mappings, unbudgeted, its workers as by default; no file watch,
+/// no delivery log (set `journal` for one).
+pub fn serve_options(data_dir: &Path, write_keys: WriteKeys) -> ServeOptions {
+    ServeOptions {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: data_dir.to_path_buf(),
+        nats: None,
+        write_keys,
+        workers: WorkerOptions::default(),
+        config: Source {
+            mappings: "mappings".into(),
+            set: vec![UNLIMITED.to_owned()],
+            routing: Routing::default(),
+        },
+        watch: false,
+        log_events: false,
+        shutdown_timeout: std::time::Duration::from_secs(30),
+        ingest: IngestOptions::default(),
+        admin: None,
+        journal: None,
+    }
+}
+
+/// The destination `name` of a server with several ([`zdmap::serve::Server::start_outlets`]):
+/// delivery with the shipped mappings, unbudgeted, to `emu`, its workers as `workers` says.
+pub async fn outlet(name: &str, emu: &Emulator, workers: WorkerOptions) -> Outlet {
+    Outlet {
+        name: name.to_owned(),
+        config: Source {
+            mappings: "mappings".into(),
+            set: vec![UNLIMITED.to_owned()],
+            routing: Routing {
+                destination: Some(name.to_owned()),
+                filter: None,
+            },
+        },
+        workers,
+        destination: destination_to(emu).await,
+    }
 }
 
 /// What a measured `zdmap send` run did.
