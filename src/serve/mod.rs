@@ -855,14 +855,17 @@ async fn start_admin<Q: Queue>(
         addr: listen,
         source,
     })?;
-    let state = Arc::new(admin::AdminState::new(queue, shared, options.token.clone()));
-    let each = (destinations.into_iter())
+    let each: Vec<(String, Arc<admin::AdminState<Q>>)> = (destinations.into_iter())
         .map(|(shared, lane)| {
             let name = shared.destination.clone();
             let state = admin::AdminState::new(lane, shared, options.token.clone());
             (name, Arc::new(state))
         })
         .collect();
+    let state = Arc::new(
+        admin::AdminState::new(queue, shared, options.token.clone())
+            .with_destinations(each.clone()),
+    );
     let router = admin::router(
         state.clone(),
         each,

@@ -83,6 +83,48 @@ async fn named(url: &str) -> Vec<String> {
     names
 }
 
+/// The console's dead letters pages: the first destination's by default, another's with
+/// `?destination=NAME`, and a name that is none refused.
+async fn console_shows_each_destinations_letters(admin: &str) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let login = client
+        .post(format!("{admin}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={ADMIN_TOKEN}"))
+        .send()
+        .await
+        .expect("login");
+    let cookie = (login.headers().get("set-cookie"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let page = async |path: &str| {
+        let answer = (client.get(format!("{admin}{path}")))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("page");
+        (answer.status().as_u16(), answer.text().await.expect("body"))
+    };
+    let (status, first) = page("/dead-letters").await;
+    assert_eq!(status, 200);
+    assert!(first.contains(r#"id="destination">eu<"#), "{first}");
+    assert!(first.contains(r#"id="none""#), "eu has none: {first}");
+    let (status, us) = page("/dead-letters?destination=us").await;
+    assert_eq!(status, 200);
+    assert!(us.contains(r#"id="destination">us<"#), "{us}");
+    assert!(us.contains("upsert_user"), "us's letter: {us}");
+    assert!(
+        us.contains("/dead-letters/replay?destination=us"),
+        "its forms stay on us: {us}"
+    );
+    assert_eq!(page("/dead-letters?destination=nope").await.0, 404);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_adds_removes_and_refuses_to_rename_destinations() {
     let start = || Emulator::start(EmulatorOptions::default());
@@ -140,6 +182,7 @@ async fn a_reload_adds_removes_and_refuses_to_rename_destinations() {
         "the admin API names the destination"
     );
     assert_eq!(letters_at(&admin, "eu").await, 0);
+    console_shows_each_destinations_letters(&admin).await;
 
     // `us` goes, `ap` comes: only what is accepted after the reload goes to `ap`.
     write_config(&file, port, &data, &[("eu", &eu), ("ap", &ap)]);

@@ -96,6 +96,9 @@ pub(crate) struct AdminState<Q> {
     pub(crate) sessions: session::Sessions,
     pub(crate) pages: console::Pages,
     pub(crate) samples: samples::Samples,
+    /// On a server with named destinations, each one's state by name (the console's dead
+    /// letters pages take `?destination=NAME`); empty otherwise.
+    pub(crate) destinations: Vec<(String, Arc<AdminState<Q>>)>,
 }
 
 /// How a request came in.
@@ -127,6 +130,24 @@ impl<Q> AdminState<Q> {
             sessions: session::Sessions::default(),
             pages: console::Pages::new(),
             samples: samples::Samples::default(),
+            destinations: Vec::new(),
+        }
+    }
+
+    /// With the states of each named destination, for the pages that take one.
+    pub(crate) fn with_destinations(mut self, each: Vec<(String, Arc<AdminState<Q>>)>) -> Self {
+        self.destinations = each;
+        self
+    }
+
+    /// The state of the destination `name` (`None`: this one); `None` when there is no such
+    /// destination.
+    pub(crate) fn at(self: &Arc<Self>, name: Option<&str>) -> Option<Arc<Self>> {
+        match name.filter(|n| Some(*n) != self.shared.named()) {
+            None => Some(self.clone()),
+            Some(name) => (self.destinations.iter())
+                .find(|(n, _)| n == name)
+                .map(|(_, state)| state.clone()),
         }
     }
 

@@ -309,43 +309,100 @@ struct ListParams {
     notice: Notice,
 }
 
+/// Which destination's dead letters a page or a form is about (`?destination=NAME`; none: the
+/// first destination's).
+#[derive(Debug, Default, serde::Deserialize)]
+struct At {
+    #[serde(default)]
+    destination: Option<String>,
+}
+
+impl At {
+    /// The state of that destination; `None` when the name is no destination's.
+    fn state<Q>(&self, state: &Arc<AdminState<Q>>) -> Option<Arc<AdminState<Q>>> {
+        state.at(self.destination.as_deref())
+    }
+
+    /// The answer to a page or a form for a name that is no destination's.
+    fn unknown(&self) -> Response {
+        let name = self.destination.as_deref().unwrap_or_default();
+        super::error(StatusCode::NOT_FOUND, format!("no destination {name:?}"))
+    }
+
+    /// What the pages of `state` add to their dead-letter links: `destination=NAME` of a
+    /// destination other than the first, else nothing.
+    fn query<Q>(first: &AdminState<Q>, state: &AdminState<Q>) -> String {
+        match state.shared.named() {
+            Some(name) if Some(name) != first.shared.named() => {
+                format!("destination={}", encode(name))
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+/// The pages' part on destinations: which one this is, the others' links, and what its links
+/// add (`dq`: `?destination=NAME` or nothing; `dqa`: `&destination=NAME` or nothing).
+fn destination_view<Q>(first: &AdminState<Q>, state: &AdminState<Q>) -> Value {
+    let query = At::query(first, state);
+    let names: Vec<&str> = first.destinations.iter().map(|(n, _)| n.as_str()).collect();
+    json!({
+        "destination": state.shared.named(),
+        "destinations": names,
+        "dq": if query.is_empty() { String::new() } else { format!("?{query}") },
+        "dqa": if query.is_empty() { String::new() } else { format!("&{query}") },
+    })
+}
+
 async fn dead_letters<Q: Queue>(
-    State(state): State<Arc<AdminState<Q>>>,
+    State(first): State<Arc<AdminState<Q>>>,
     Extension(access): Extension<Access>,
     Query(params): Query<ListParams>,
+    Query(at): Query<At>,
 ) -> Response {
+    let Some(state) = at.state(&first) else {
+        return at.unknown();
+    };
     let query = params.list;
     let (page, total) = match api::letters_page(&state, &query).await {
         Ok(found) => found,
         Err(e) => return api::queue_error(&e),
     };
+    let view = destination_view(&first, &state);
     let content = json!({
         "letters": page.letters.iter().map(letters::json).collect::<Vec<_>>(),
-        "next_url": page.next.map(|cursor| next_url(&query.filter, cursor)),
+        "next_url": page.next.map(|cursor| next_url(&query.filter, cursor, &At::query(&first, &state))),
         "total": total,
         "filter": query.filter,
         "filtered": !query.filter.is_empty(),
         "notice": params.notice.json(),
-        "destination": state.shared.named(),
+        "at": view,
     });
-    state.pages.render(
+    first.pages.render(
         "dead_letters.html",
-        frame(&state, &access, "dead-letters", content),
+        frame(&first, &access, "dead-letters", content),
     )
 }
 
 async fn dead_letter<Q: Queue>(
-    State(state): State<Arc<AdminState<Q>>>,
+    State(first): State<Arc<AdminState<Q>>>,
     Extension(access): Extension<Access>,
     Path(id): Path<u64>,
+    Query(at): Query<At>,
 ) -> Response {
+    let Some(state) = at.state(&first) else {
+        return at.unknown();
+    };
     let found = async { state.queue.dead_letters().await?.get(id).await }.await;
     match found {
         Ok(Some(letter)) => {
-            let content = json!({ "letter": letters::json(&letter) });
-            state.pages.render(
+            let content = json!({
+                "letter": letters::json(&letter),
+                "at": destination_view(&first, &state),
+            });
+            first.pages.render(
                 "dead_letter.html",
-                frame(&state, &access, "dead-letters", content),
+                frame(&first, &access, "dead-letters", content),
             )
         }
         Ok(None) => (StatusCode::NOT_FOUND, Redirect::to("/dead-letters")).into_response(),
@@ -358,11 +415,17 @@ fn encode(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-/// The link to the page of letters after `cursor` under `filter`.
-fn next_url(filter: &Filter, cursor: u64) -> String {
+/// The link to the page of letters after `cursor` under `filter` (`at`: the destination's
+/// part of the query, or nothing).
+fn next_url(filter: &Filter, cursor: u64, at: &str) -> String {
     let part = |part: &Option<String>| encode(part.as_deref().unwrap_or_default());
+    let at = if at.is_empty() {
+        String::new()
+    } else {
+        format!("&{at}")
+    };
     format!(
-        "/dead-letters?cursor={cursor}&action={}&status={}&code={}&message_id={}",
+        "/dead-letters?cursor={cursor}&action={}&status={}&code={}&message_id={}{at}",
         part(&filter.action),
         part(&filter.status),
         part(&filter.code),
@@ -370,27 +433,53 @@ fn next_url(filter: &Filter, cursor: u64) -> String {
     )
 }
 
-/// Where a form sends the person after a replay or a discard.
-fn after(done: &str, n: u64, stale: usize) -> Response {
-    Redirect::to(&format!("/dead-letters?done={done}&n={n}&stale={stale}")).into_response()
+/// Where a form sends the person after a replay or a discard (back to the destination's
+/// letters).
+fn after<Q>(
+    first: &AdminState<Q>,
+    state: &AdminState<Q>,
+    done: &str,
+    n: u64,
+    stale: usize,
+) -> Response {
+    let at = At::query(first, state);
+    let at = if at.is_empty() { at } else { format!("&{at}") };
+    Redirect::to(&format!(
+        "/dead-letters?done={done}&n={n}&stale={stale}{at}"
+    ))
+    .into_response()
 }
 
 async fn replay_one<Q: Queue>(
-    State(state): State<Arc<AdminState<Q>>>,
+    State(first): State<Arc<AdminState<Q>>>,
     Path(id): Path<u64>,
+    Query(at): Query<At>,
 ) -> Response {
+    let Some(state) = at.state(&first) else {
+        return at.unknown();
+    };
     match api::replay(&state, api::exists(&state, id).await, false, By::Console).await {
-        Ok(replayed) => after("replayed", replayed.moved, replayed.stale.len()),
+        Ok(replayed) => after(
+            &first,
+            &state,
+            "replayed",
+            replayed.moved,
+            replayed.stale.len(),
+        ),
         Err(answer) => answer,
     }
 }
 
 async fn discard_one<Q: Queue>(
-    State(state): State<Arc<AdminState<Q>>>,
+    State(first): State<Arc<AdminState<Q>>>,
     Path(id): Path<u64>,
+    Query(at): Query<At>,
 ) -> Response {
+    let Some(state) = at.state(&first) else {
+        return at.unknown();
+    };
     match api::discard(&state, api::exists(&state, id).await, By::Console).await {
-        Ok(n) => after("discarded", n, 0),
+        Ok(n) => after(&first, &state, "discarded", n, 0),
         Err(answer) => answer,
     }
 }
@@ -414,23 +503,37 @@ impl SelectionForm {
 }
 
 async fn replay_selection<Q: Queue>(
-    State(state): State<Arc<AdminState<Q>>>,
+    State(first): State<Arc<AdminState<Q>>>,
+    Query(at): Query<At>,
     Form(form): Form<SelectionForm>,
 ) -> Response {
+    let Some(state) = at.state(&first) else {
+        return at.unknown();
+    };
     let which = form.body().selection(&state).await;
     match api::replay(&state, which, false, By::Console).await {
-        Ok(replayed) => after("replayed", replayed.moved, replayed.stale.len()),
+        Ok(replayed) => after(
+            &first,
+            &state,
+            "replayed",
+            replayed.moved,
+            replayed.stale.len(),
+        ),
         Err(answer) => answer,
     }
 }
 
 async fn discard_selection<Q: Queue>(
-    State(state): State<Arc<AdminState<Q>>>,
+    State(first): State<Arc<AdminState<Q>>>,
+    Query(at): Query<At>,
     Form(form): Form<SelectionForm>,
 ) -> Response {
+    let Some(state) = at.state(&first) else {
+        return at.unknown();
+    };
     let which = form.body().selection(&state).await;
     match api::discard(&state, which, By::Console).await {
-        Ok(n) => after("discarded", n, 0),
+        Ok(n) => after(&first, &state, "discarded", n, 0),
         Err(answer) => answer,
     }
 }
