@@ -66,15 +66,15 @@ CREATE TABLE IF NOT EXISTS events (
 );
 -- Small, so that counting the queue (`depth`) reads this index rather than every body.
 CREATE INDEX IF NOT EXISTS events_by_acceptance ON events (accepted_at);
--- Which destination still has to deliver which event: an event is stored once, and removed
--- with its last lane.
+-- Which destination still has to deliver which event: an event is stored once, counts its
+-- lanes left (`events.pending`), and is removed with its last one.
 CREATE TABLE IF NOT EXISTS lanes (
     destination TEXT NOT NULL,
     event INTEGER NOT NULL,
     started INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (destination, event)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS lanes_by_event ON lanes (event);
+DROP INDEX IF EXISTS lanes_by_event;
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     record TEXT NOT NULL
@@ -158,6 +158,13 @@ fn open_connection(data_dir: &Path) -> Result<Connection, QueueError> {
             "INSERT OR IGNORE INTO lanes (destination, event, started) \
              SELECT ?1, id, started FROM events",
             params![DEFAULT_DESTINATION],
+        )?;
+    }
+    if add_column(&conn, "events", "pending")? {
+        // Each waiting event counts the lanes it has left.
+        conn.execute(
+            "UPDATE events SET pending = (SELECT count(*) FROM lanes WHERE lanes.event = events.id)",
+            [],
         )?;
     }
     Ok(conn)
@@ -268,13 +275,16 @@ impl Command {
                 for letter in letters {
                     insert_letter(tx, letter, destination)?;
                 }
-                tx.prepare_cached("DELETE FROM lanes WHERE destination = ?1 AND event = ?2")?
+                let settled = tx
+                    .prepare_cached("DELETE FROM lanes WHERE destination = ?1 AND event = ?2")?
                     .execute(params![&**destination, *id as i64])?;
-                tx.prepare_cached(
-                    "DELETE FROM events WHERE id = ?1 \
-                     AND NOT EXISTS (SELECT 1 FROM lanes WHERE event = ?1)",
-                )?
-                .execute(params![*id as i64])?;
+                if settled == 1 {
+                    // The event goes with its last lane.
+                    tx.prepare_cached("UPDATE events SET pending = pending - 1 WHERE id = ?1")?
+                        .execute(params![*id as i64])?;
+                    tx.prepare_cached("DELETE FROM events WHERE id = ?1 AND pending <= 0")?
+                        .execute(params![*id as i64])?;
+                }
             }
             Command::Started {
                 destination, id, ..
@@ -551,20 +561,24 @@ impl Drop for Store {
 /// the destinations it names.
 fn insert_item(conn: &Connection, item: &NewItem, accepted_ms: u64) -> rusqlite::Result<()> {
     let body = serde_json::to_string(&item.event).unwrap_or_default();
+    let mut destinations: Vec<&str> = item.destinations.iter().map(String::as_str).collect();
+    destinations.sort_unstable();
+    destinations.dedup();
     conn.prepare_cached(
-        "INSERT INTO events (partition, only_action, accepted_at, body, force) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO events (partition, only_action, accepted_at, body, force, pending) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![
         item.partition,
         item.only.as_deref(),
         accepted_ms as i64,
         body,
-        item.force
+        item.force,
+        destinations.len() as i64
     ])?;
     let event = conn.last_insert_rowid();
-    let mut lane =
-        conn.prepare_cached("INSERT OR IGNORE INTO lanes (destination, event) VALUES (?1, ?2)")?;
-    for destination in &item.destinations {
+    let mut lane = conn.prepare_cached("INSERT INTO lanes (destination, event) VALUES (?1, ?2)")?;
+    for destination in destinations {
         lane.execute(params![destination, event])?;
     }
     Ok(())
