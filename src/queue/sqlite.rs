@@ -1369,13 +1369,7 @@ mod tests {
             .finish(items[1].id, vec![letter])
             .expect("dead-lettered");
         // Settling is committed shortly after `finish` returns.
-        for _ in 0..500 {
-            if queue.depth().await.expect("depth") == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(queue.depth().await.expect("depth"), 0);
+        settled(&queue, 0).await;
 
         let mut store = DeadLetterStore::open(dir.path()).expect("store");
         let letters = store.list(0, 10).expect("list");
