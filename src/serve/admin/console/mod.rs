@@ -330,11 +330,11 @@ impl At {
     }
 
     /// What the pages of `state` add to their dead-letter links: `destination=NAME` of a
-    /// destination other than the first, else nothing.
-    fn query<Q>(first: &AdminState<Q>, state: &AdminState<Q>) -> String {
+    /// destination other than the first, after `sep` (`?` or `&`); else nothing.
+    fn query<Q>(first: &AdminState<Q>, state: &AdminState<Q>, sep: char) -> String {
         match state.shared.named() {
             Some(name) if Some(name) != first.shared.named() => {
-                format!("destination={}", encode(name))
+                format!("{sep}destination={}", encode(name))
             }
             _ => String::new(),
         }
@@ -342,15 +342,13 @@ impl At {
 }
 
 /// The pages' part on destinations: which one this is, the others' links, and what its links
-/// add (`dq`: `?destination=NAME` or nothing; `dqa`: `&destination=NAME` or nothing).
+/// add (`dq`: `?destination=NAME` or nothing).
 fn destination_view<Q>(first: &AdminState<Q>, state: &AdminState<Q>) -> Value {
-    let query = At::query(first, state);
     let names: Vec<&str> = first.destinations.iter().map(|(n, _)| n.as_str()).collect();
     json!({
         "destination": state.shared.named(),
         "destinations": names,
-        "dq": if query.is_empty() { String::new() } else { format!("?{query}") },
-        "dqa": if query.is_empty() { String::new() } else { format!("&{query}") },
+        "dq": At::query(first, state, '?'),
     })
 }
 
@@ -371,7 +369,7 @@ async fn dead_letters<Q: Queue>(
     let view = destination_view(&first, &state);
     let content = json!({
         "letters": page.letters.iter().map(letters::json).collect::<Vec<_>>(),
-        "next_url": page.next.map(|cursor| next_url(&query.filter, cursor, &At::query(&first, &state))),
+        "next_url": page.next.map(|cursor| next_url(&query.filter, cursor, &At::query(&first, &state, '&'))),
         "total": total,
         "filter": query.filter,
         "filtered": !query.filter.is_empty(),
@@ -416,14 +414,9 @@ fn encode(text: &str) -> String {
 }
 
 /// The link to the page of letters after `cursor` under `filter` (`at`: the destination's
-/// part of the query, or nothing).
+/// part of the query, `&destination=NAME`, or nothing).
 fn next_url(filter: &Filter, cursor: u64, at: &str) -> String {
     let part = |part: &Option<String>| encode(part.as_deref().unwrap_or_default());
-    let at = if at.is_empty() {
-        String::new()
-    } else {
-        format!("&{at}")
-    };
     format!(
         "/dead-letters?cursor={cursor}&action={}&status={}&code={}&message_id={}{at}",
         part(&filter.action),
@@ -442,8 +435,7 @@ fn after<Q>(
     n: u64,
     stale: usize,
 ) -> Response {
-    let at = At::query(first, state);
-    let at = if at.is_empty() { at } else { format!("&{at}") };
+    let at = At::query(first, state, '&');
     Redirect::to(&format!(
         "/dead-letters?done={done}&n={n}&stale={stale}{at}"
     ))
